@@ -1,0 +1,31 @@
+# Every target installs what it needs, so a fresh clone works with `make demo` / `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit bench system clean
+
+demo: $(STAMP) system
+	$(PY) tools/demo.py
+
+test: $(STAMP) system
+	$(VENV)/bin/ruff check vfs cache tools tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP) system
+	$(PY) tools/bench.py
+
+# System packages: libfuse (2 and 3) for the mount, rsync/attr for tests, nginx/rclone for the benchmark.
+system:
+	@bash tools/install_system.sh
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
