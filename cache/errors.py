@@ -1,0 +1,112 @@
+"""Our exception tree. Every failure inside mixvfs ends as one of these; foreign libraries' errors are
+translated at their boundary (httpx in :mod:`cache.http`, the OS in :mod:`cache.store`), and the FUSE
+adapter turns these into errno in one table (:mod:`vfs.errno_map`).
+
+::
+
+    MixvfsError
+    ├── ConfigError                 bad command-line value, token given on the command line, ...
+    ├── CacheError                  the cache folder itself is unusable
+    │   └── CorruptBlob             a blob's bytes no longer hash to its digest
+    └── FetchError                  one track could not be had; ``reason`` is a sentence for the report
+        ├── SourceMissing           no local file and no cloud path; local file unreadable
+        ├── Cancelled               the last reader went away mid-download
+        ├── PermanentHttpError      4xx that retrying will not fix (404, 410, ...)
+        │   └── AuthRejected        401/403 even after one token refresh
+        ├── BadBody                 the body is not the track
+        │   ├── LengthMismatch      body length differs from the advertised size
+        │   ├── NotAudio            2xx whose body is an error page (text/html, application/json)
+        │   └── ContentChanged      the server's copy changed after bytes were already served
+        ├── NoSpace                 the cache's disk is full
+        └── TransientError          worth retrying (with backoff, bounded)
+            ├── ServerBusy          5xx, 429
+            ├── NetworkError        connection reset, body cut off, protocol error
+            │   └── ServerUnreachable   connection refused, DNS failure, connect timeout
+            └── StallTimeout        no progress for ``stall_timeout`` seconds
+"""
+
+from __future__ import annotations
+
+
+class MixvfsError(Exception):
+    """Base of every error mixvfs raises on purpose."""
+
+
+class ConfigError(MixvfsError):
+    """A user-supplied setting is unusable; the message says which and why."""
+
+
+class CacheError(MixvfsError):
+    """The cache folder cannot be used."""
+
+
+class CorruptBlob(CacheError):
+    """A stored blob does not hash to its digest (changed on disk)."""
+
+
+class FetchError(MixvfsError):
+    """A track's bytes could not be had. ``reason`` is shown in the report as is."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SourceMissing(FetchError):
+    pass
+
+
+class Cancelled(FetchError):
+    pass
+
+
+class PermanentHttpError(FetchError):
+    def __init__(self, reason: str, status: int) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class AuthRejected(PermanentHttpError):
+    pass
+
+
+class BadBody(FetchError):
+    pass
+
+
+class LengthMismatch(BadBody):
+    pass
+
+
+class NotAudio(BadBody):
+    pass
+
+
+class ContentChanged(BadBody):
+    pass
+
+
+class NoSpace(FetchError):
+    pass
+
+
+class TransientError(FetchError):
+    """Failures that a later attempt may not meet; the fetcher retries these."""
+
+
+class ServerBusy(TransientError):
+    def __init__(self, reason: str, status: int) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class NetworkError(TransientError):
+    pass
+
+
+class ServerUnreachable(NetworkError):
+    pass
+
+
+class StallTimeout(TransientError):
+    pass

@@ -1,0 +1,408 @@
+"""Downloads: one per source version at a time, shared by every reader, bounded across sources.
+
+A :class:`Download` streams a URL into a private staging file while hashing it, lets readers wait for
+just the bytes they need (progressive reads), resumes a cut-off body with ``Range``/``If-Range``,
+retries transient failures with backoff through stamina, and commits the file to the store by rename
+only once it is complete and consistent. A :class:`Fetcher` owns the worker threads (``jobs``), the
+queue (readers first, then prefetch in session order) and the map of downloads in flight.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import errno
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import stamina
+
+from cache.errors import (
+    Cancelled,
+    ContentChanged,
+    FetchError,
+    LengthMismatch,
+    NetworkError,
+    NoSpace,
+    StallTimeout,
+    TransientError,
+)
+from cache.http import HttpClient
+from cache.index import SourceEntry, SourceIndex, identity
+from cache.store import BlobStore, hash_fd, new_hasher
+
+log = logging.getLogger(__name__)
+
+DEMAND = 0  # queue priority of a download somebody is reading right now; prefetch uses 1 + session order
+
+
+@dataclass(frozen=True)
+class Source:
+    """A remote file version as far as we know it before downloading."""
+
+    url: str
+    size: int | None = None
+    etag: str | None = None
+    label: str = ""
+
+    @property
+    def ident(self) -> str:
+        return identity(self.url, etag=self.etag, size=self.size)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    total_timeout: float = 120.0
+    wait_initial: float = 0.5
+    wait_max: float = 8.0
+    wait_jitter: float = 0.5
+    stall_timeout: float = 30.0
+    verify_hash_below: int = 16 << 20  # blobs up to this size are fully re-hashed on open (xxh3: ~ms)
+
+
+class State(enum.Enum):
+    PENDING = "pending"
+    FETCHING = "fetching"
+    DONE = "cached"
+    FAILED = "failed"
+
+
+Listener = Callable[["Download", str], None]
+
+
+@dataclass(eq=False)
+class Download:
+    source: Source
+    store: BlobStore
+    http: HttpClient
+    policy: RetryPolicy
+    listener: Listener
+    state: State = State.PENDING
+    available: int = 0
+    total: int | None = None
+    digest: str | None = None
+    content_type: str | None = None
+    error: FetchError | None = None
+    attempts: int = 0
+    readers: int = 0
+    prefetch_wanted: bool = False
+    served_upto: int = 0
+    cancelled: bool = False
+    fd: int = -1
+    path: Path | None = None
+    etag: str | None = None
+    started: float = 0.0
+    finished: float = 0.0
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def __post_init__(self) -> None:
+        self.total = self.source.size
+        self.etag = self.source.etag
+        self.fd, self.path = self.store.new_staging_file()
+        self._hasher = new_hasher()
+
+    # -- worker side -----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Fetch, verify and commit. Never raises: the outcome is in ``state``/``error``."""
+        try:
+            if self.cancelled:
+                raise Cancelled("cancelled before it started")
+            self._set_state(State.FETCHING)
+            self._fetch_with_retries()
+            self._commit()
+            self._set_state(State.DONE)
+        except FetchError as exc:
+            self._fail(exc)
+        except Exception as exc:  # a bug must still end as a failed track, never a hung reader
+            log.exception("download of %s crashed", self.source.label)
+            self._fail(FetchError(f"internal error: {type(exc).__name__}"))
+        finally:
+            self.finished = time.monotonic()
+            os.close(self.fd)
+            if self.state is not State.DONE and self.path is not None:
+                os.unlink(self.path)  # failed bodies never enter the store
+
+    def _fetch_with_retries(self) -> None:
+        policy = self.policy
+        for attempt in stamina.retry_context(
+            on=TransientError,
+            attempts=policy.attempts,
+            timeout=policy.total_timeout,
+            wait_initial=policy.wait_initial,
+            wait_max=policy.wait_max,
+            wait_jitter=policy.wait_jitter,
+        ):
+            with attempt:
+                if self.cancelled:
+                    raise Cancelled("the reader went away")
+                self.attempts += 1
+                self.listener(self, "attempt")
+                self._attempt()
+
+    def _attempt(self) -> None:
+        start = self.available
+        with self.http.get(self.source.url, start=start, if_range=self.etag if start else None) as body:
+            if body.start != start:
+                self._start_over(body.start)
+            if body.etag and self.etag and body.etag != self.etag:
+                self._start_over(body.start)
+                raise NetworkError("the server's copy changed during the download; starting over")
+            self._check_total(body.total)
+            self.etag = self.etag or body.etag
+            self.content_type = self.content_type or body.content_type
+            for chunk in body.chunks:
+                if self.cancelled:
+                    raise Cancelled("the reader went away")
+                self._append(chunk)
+        if self.total is None:
+            self.total = self.available  # no length was ever advertised: the body is what it is
+        if self.available != self.total:
+            raise NetworkError(f"the body ended after {self.available} of {self.total} bytes")
+
+    def _check_total(self, total: int | None) -> None:
+        if total is None:
+            return
+        if self.total is not None and total != self.total:
+            raise LengthMismatch(
+                f"length mismatch: the server sends {total} bytes where {self.total} were advertised")
+        self.total = total
+
+    def _start_over(self, body_start: int) -> None:
+        if body_start != 0:
+            raise NetworkError(f"the server resumed at byte {body_start}, not {self.available}")
+        if self.served_upto > 0:
+            raise ContentChanged("the server's copy changed after part of it was already read")
+        with self.cond:
+            self.available = 0
+        os.ftruncate(self.fd, 0)
+        self._hasher = new_hasher()
+        self.total = self.source.size
+
+    def _append(self, chunk: bytes) -> None:
+        if self.total is not None and self.available + len(chunk) > self.total:
+            raise LengthMismatch(f"length mismatch: the server sends more than the advertised {self.total} bytes")
+        view = memoryview(chunk)
+        offset = self.available
+        try:
+            while view:
+                written = os.pwrite(self.fd, view, offset)
+                view = view[written:]
+                offset += written
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace("no space left on the cache disk while downloading") from None
+            raise FetchError(f"cannot write the download: {exc.strerror}") from None
+        self._hasher.update(chunk)
+        with self.cond:
+            self.available = offset
+            self.cond.notify_all()
+
+    def _commit(self) -> None:
+        assert self.path is not None and self.total is not None
+        self.digest = str(self._hasher.hexdigest())
+        self.store.commit(self.path, self.digest, self.total)  # rename: a blob in the store is always whole
+        self.path = None  # now owned by the store
+
+    def _fail(self, exc: FetchError) -> None:
+        self.error = exc
+        self._set_state(State.FAILED)
+
+    def _set_state(self, state: State) -> None:
+        with self.cond:
+            self.state = state
+            self.cond.notify_all()
+        self.listener(self, state.value)
+
+    # -- reader side -----------------------------------------------------------------------------------
+
+    def read(self, fd: int, size: int, offset: int) -> bytes:
+        """Wait for bytes [offset, offset+size) (or the end) and return them. Raises the download's error."""
+        end = offset + size
+        deadline = time.monotonic() + self.policy.total_timeout + self.policy.stall_timeout
+        with self.cond:
+            while True:
+                if self.error is not None:
+                    raise copy.copy(self.error)  # one exception object per raising thread
+                if self.total is not None:
+                    end = min(end, self.total)
+                if self.available >= end or self.state is State.DONE:
+                    break
+                if time.monotonic() > deadline:
+                    raise StallTimeout("timed out waiting for the download to reach the bytes being read")
+                self.cond.wait(timeout=0.5)
+            self.served_upto = max(self.served_upto, end)
+        return os.pread(fd, end - offset, offset) if end > offset else b""
+
+    def dup_fd(self) -> int:
+        return os.dup(self.fd)
+
+
+@dataclass
+class Acquired:
+    """What a reader gets: a stored blob's descriptor, or a download to read through (with its own fd)."""
+
+    fd: int
+    download: Download | None
+    entry: SourceEntry | None
+
+
+class Fetcher:
+    def __init__(
+        self,
+        store: BlobStore,
+        index: SourceIndex,
+        http: HttpClient,
+        *,
+        jobs: int = 3,
+        policy: RetryPolicy | None = None,
+        listener: Listener | None = None,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.http = http
+        self.jobs = max(1, jobs)
+        self.policy = policy or RetryPolicy()
+        self.listener: Listener = listener or (lambda download, event: None)
+        self._lock = threading.Lock()
+        self._active: dict[str, Download] = {}
+        self._queue: queue.PriorityQueue[tuple[int, int, Download | None]] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._workers: list[threading.Thread] = []
+        self._closed = False
+
+    # -- what readers and the prefetcher call ---------------------------------------------------------
+
+    def cached(self, source: Source) -> SourceEntry | None:
+        entry = self.index.lookup(source.ident)
+        if entry is not None and not self.store.has(entry.digest):
+            return None  # evicted or pruned: the mapping is stale
+        return entry
+
+    def acquire(self, source: Source) -> Acquired:
+        """Open ``source`` for reading: its verified blob if stored, else a (shared) download, reader first."""
+        with self._lock:
+            download = self._active.get(source.ident)
+            if download is None:
+                opened = self._open_stored(source)
+                if opened is not None:
+                    return opened
+                download = self._start(source)
+            download.readers += 1
+            self._enqueue(download, DEMAND)
+            return Acquired(download.dup_fd(), download, None)
+
+    def release(self, download: Download) -> None:
+        """A reader closed its file. The last reader leaving cancels the download unless prefetch wants it."""
+        with self._lock:
+            download.readers -= 1
+            if download.readers <= 0 and not download.prefetch_wanted and download.state in (
+                State.PENDING, State.FETCHING
+            ):
+                download.cancelled = True
+
+    def prefetch(self, source: Source, order: int) -> Download | None:
+        with self._lock:
+            download = self._active.get(source.ident)
+            if download is None:
+                if self.cached(source) is not None:
+                    return None
+                download = self._start(source)
+            download.prefetch_wanted = True
+            download.cancelled = False
+            self._enqueue(download, 1 + order)
+            return download
+
+    def active(self) -> list[Download]:
+        with self._lock:
+            return list(self._active.values())
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for download in self._active.values():
+                download.cancelled = True
+        for _ in self._workers:
+            self._queue.put((-1, next(self._seq), None))
+        for worker in self._workers:
+            worker.join(timeout=self.policy.stall_timeout + 1)
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _open_stored(self, source: Source) -> Acquired | None:
+        entry = self.index.lookup(source.ident)
+        if entry is None:
+            return None
+        fd = self.store.open_blob(entry.digest)
+        if fd is None:
+            self.index.forget(source.ident)
+            return None
+        if not self._blob_intact(fd, entry):
+            os.close(fd)
+            log.warning("blob %s of %s was damaged on disk; removed, fetching again", entry.digest,
+                        source.label)
+            self.store.remove(entry.digest)
+            self.index.forget(source.ident)
+            return None
+        return Acquired(fd, None, entry)
+
+    def _blob_intact(self, fd: int, entry: SourceEntry) -> bool:
+        size = os.fstat(fd).st_size
+        if size != entry.size:
+            return False
+        if size <= self.policy.verify_hash_below:
+            return hash_fd(fd) == entry.digest
+        return True
+
+    def _start(self, source: Source) -> Download:
+        if self._closed:
+            raise Cancelled("the mount is shutting down")
+        try:
+            download = Download(source, self.store, self.http, self.policy, self._on_event)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace("no space left on the cache disk") from None
+            raise FetchError(f"cannot create a staging file: {exc.strerror}") from None
+        self._active[source.ident] = download
+        self._ensure_workers()
+        return download
+
+    def _enqueue(self, download: Download, priority: int) -> None:
+        if download.state is State.PENDING:
+            self._queue.put((priority, next(self._seq), download))
+
+    def _ensure_workers(self) -> None:
+        while len(self._workers) < self.jobs:
+            worker = threading.Thread(target=self._work, name=f"fetch-{len(self._workers)}", daemon=True)
+            self._workers.append(worker)
+            worker.start()
+
+    def _work(self) -> None:
+        while True:
+            _, _, download = self._queue.get()
+            if download is None:
+                return
+            with self._lock:
+                if download.state is not State.PENDING or self._active.get(download.source.ident) is not download:
+                    continue  # a duplicate queue entry (priority bump) of a download already taken
+                download.started = time.monotonic()
+                download.state = State.FETCHING
+            download.run()
+
+    def _on_event(self, download: Download, event: str) -> None:
+        if event in (State.DONE.value, State.FAILED.value):
+            if download.state is State.DONE and download.digest is not None and download.total is not None:
+                entry = SourceEntry(download.digest, download.total, download.content_type)
+                self.index.record(download.source.ident, entry)
+            with self._lock:
+                if self._active.get(download.source.ident) is download:
+                    del self._active[download.source.ident]
+        self.listener(download, event)

@@ -1,0 +1,283 @@
+"""The httpx boundary: every httpx exception and every HTTP status becomes one of ours here, and only here
+(like httpx's own ``map_httpcore_exceptions``). Bearer auth with a single refresh on 401 is an httpx
+auth flow; redirects are followed by httpx, which drops Authorization when the origin changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+import stat
+import subprocess
+import threading
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from cache.errors import (
+    AuthRejected,
+    ConfigError,
+    NetworkError,
+    NotAudio,
+    PermanentHttpError,
+    ServerBusy,
+    ServerUnreachable,
+    StallTimeout,
+)
+from cache.index import RemoteInfo
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+ERROR_BODY_TYPES = ("text/html", "text/plain", "application/json", "application/problem+json", "application/xml",
+                    "text/xml")
+
+
+def looks_like_error_body(content_type: str | None) -> bool:
+    """A 2xx with one of these types is a server's error page, not audio."""
+    if not content_type:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() in ERROR_BODY_TYPES
+
+
+class TokenSource:
+    """Where the bearer token comes from: ``MIXVFS_TOKEN``, a file, or a command (run again to refresh).
+
+    The token is never logged and never part of an exception text.
+    """
+
+    def __init__(self, *, value: str | None = None, file: Path | None = None, command: str | None = None) -> None:
+        self._value = value
+        self._file = file
+        self._command = command
+        self._lock = threading.Lock()
+        self.generation = 0
+        self.refreshes = 0
+        if file is not None:
+            warn_if_shared(file)
+        self._token = self._obtain()
+
+    @property
+    def configured(self) -> bool:
+        return any(x is not None for x in (self._value, self._file, self._command))
+
+    def current(self) -> tuple[str | None, int]:
+        with self._lock:
+            return self._token, self.generation
+
+    def refresh(self, seen_generation: int) -> str | None:
+        """Obtain a fresh token, unless another thread already did since ``seen_generation``."""
+        with self._lock:
+            if self.generation == seen_generation:
+                self._token = self._obtain()
+                self.generation += 1
+                self.refreshes += 1
+            return self._token
+
+    def _obtain(self) -> str | None:
+        if self._command is not None:
+            return run_token_command(self._command)
+        if self._file is not None:
+            try:
+                return self._file.read_text().strip() or None
+            except OSError as exc:
+                raise ConfigError(f"cannot read token file {self._file}: {exc.strerror}") from None
+        return self._value
+
+
+def run_token_command(command: str) -> str | None:
+    try:
+        done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        raise AuthRejected("the token command did not finish within 30 s", 401) from None
+    if done.returncode != 0:
+        raise AuthRejected(f"the token command failed with exit status {done.returncode}", 401)
+    return done.stdout.strip() or None
+
+
+def warn_if_shared(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("token file %s is readable by group or others; chmod 600 it", path)
+
+
+def warn_if_insecure(url: str, tokens: TokenSource | None) -> bool:
+    """Warn when a token would travel in clear text to another machine. Returns True if it warned."""
+    parts = urlsplit(url)
+    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1") or (parts.hostname or "").startswith("127.")
+    if tokens is not None and tokens.configured and parts.scheme == "http" and not loopback:
+        log.warning("sending the token over plain http to %s: anyone on the network can read it", parts.hostname)
+        return True
+    return False
+
+
+class BearerAuth(httpx.Auth):
+    """``Authorization: Bearer``; on 401, one refresh of the token and one retry — never a storm."""
+
+    def __init__(self, tokens: TokenSource) -> None:
+        self.tokens = tokens
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token, generation = self.tokens.current()
+        if token:
+            request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401 and self.tokens.configured:
+            fresh = self.tokens.refresh(generation)
+            if fresh:
+                request.headers["Authorization"] = f"Bearer {fresh}"
+            yield request
+
+
+@dataclass(frozen=True)
+class Body:
+    """An open GET response: where it starts, how long the whole file is, and its chunks."""
+
+    start: int
+    total: int | None
+    etag: str | None
+    content_type: str | None
+    chunks: Iterator[bytes]
+
+
+class HttpClient:
+    def __init__(
+        self,
+        *,
+        tokens: TokenSource | None = None,
+        connect_timeout: float = 10.0,
+        stall_timeout: float = 30.0,
+        max_connections: int = 16,
+    ) -> None:
+        self.tokens = tokens
+        self._client = httpx.Client(
+            auth=BearerAuth(tokens) if tokens is not None and tokens.configured else None,
+            follow_redirects=True,
+            timeout=httpx.Timeout(stall_timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={"Accept-Encoding": "identity", "User-Agent": "mixvfs/0.1"},
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def head(self, url: str) -> RemoteInfo:
+        with httpx_errors(url):
+            response = self._client.head(url)
+        check_status(response, url)
+        return RemoteInfo(
+            size=content_length(response),
+            etag=response.headers.get("ETag"),
+            content_type=response.headers.get("Content-Type"),
+        )
+
+    def first_bytes(self, url: str, count: int) -> bytes:
+        """The first ``count`` bytes (a ranged GET), for telling the format by magic bytes."""
+        with self.get(url, start=0, end=count - 1) as body:
+            data = b""
+            for chunk in body.chunks:
+                data += chunk
+                if len(data) >= count:
+                    break
+            return data[:count]
+
+    @contextlib.contextmanager
+    def get(
+        self, url: str, *, start: int = 0, end: int | None = None, if_range: str | None = None
+    ) -> Iterator[Body]:
+        """Stream ``url`` from ``start``. If the server ignores the range (or If-Range no longer matches)
+        the body starts at 0 and ``Body.start`` says so."""
+        headers = {}
+        if start or end is not None:
+            headers["Range"] = f"bytes={start}-{'' if end is None else end}"
+            if if_range:
+                headers["If-Range"] = if_range
+        with httpx_errors(url), self._client.stream("GET", url, headers=headers) as response:
+            check_status(response, url)
+            content_type = response.headers.get("Content-Type")
+            if looks_like_error_body(content_type):
+                raise NotAudio(f"the server answered {response.status_code} with a {content_type} page "
+                               "instead of audio")
+            body_start, total = body_range(response)
+            yield Body(body_start, total, response.headers.get("ETag"), content_type,
+                       wrap_chunks(response.iter_raw(CHUNK), url))
+
+
+def wrap_chunks(chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
+    # Errors raised while the body streams come out of the generator, outside the `with` above.
+    with httpx_errors(url):
+        yield from chunks
+
+
+def body_range(response: httpx.Response) -> tuple[int, int | None]:
+    """(offset of the first body byte, size of the whole file) from a 200 or 206."""
+    if response.status_code == 206:
+        value = response.headers.get("Content-Range", "")
+        try:
+            _unit, _, rest = value.partition(" ")
+            span, _, total = rest.partition("/")
+            first = int(span.split("-", 1)[0])
+            return first, (None if total == "*" else int(total))
+        except ValueError:
+            raise NetworkError(f"the server sent an unreadable Content-Range {value!r}") from None
+    return 0, content_length(response)
+
+
+def content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("Content-Length")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value)
+
+
+def check_status(response: httpx.Response, url: str) -> None:
+    status = response.status_code
+    if status < 300:
+        return
+    what = f"HTTP {status} {response.reason_phrase}".strip()
+    if status in (401, 403):
+        raise AuthRejected(f"the server rejected the token ({what})", status)
+    if status == 429 or status >= 500:
+        raise ServerBusy(f"the server answered {what}", status)
+    if status == 416:
+        raise PermanentHttpError(f"the server refused the byte range ({what})", status)
+    raise PermanentHttpError(f"the server answered {what}", status)
+
+
+@contextlib.contextmanager
+def httpx_errors(url: str) -> Iterator[None]:
+    """Translate httpx's exceptions into ours. The URL's host is named; query strings (maybe secrets) not."""
+    host = urlsplit(url).netloc or url
+    try:
+        yield
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise ServerUnreachable(f"server unreachable: cannot connect to {host} ({short(exc)})") from None
+    except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
+        raise StallTimeout(f"timed out: no data from {host} within the stall timeout ({short(exc)})") from None
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
+        raise NetworkError(f"network error talking to {host}: {short(exc)}") from None
+    except httpx.TooManyRedirects:
+        raise PermanentHttpError(f"too many redirects from {host}", 310) from None
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        raise PermanentHttpError(f"bad URL for {host}: {short(exc)}", 0) from None
+    except httpx.HTTPError as exc:
+        raise NetworkError(f"HTTP error talking to {host}: {short(exc)}") from None
+    except httpx.StreamError as exc:
+        raise NetworkError(f"HTTP stream error from {host}: {short(exc)}") from None
+
+
+def short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 200 else text[:200] + "…"
+
+
+def command_preview(command: str) -> str:
+    """The token command's program name only: its arguments may hold secrets."""
+    try:
+        return shlex.split(command)[0]
+    except (ValueError, IndexError):
+        return "<token command>"

@@ -1,0 +1,20 @@
+"""Where the cache lives: ``--cache-dir``, else ``$MIXVFS_CACHE_DIR``, else the platform's user cache folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+DEFAULT_MAX_SIZE = 10 << 30
+DEFAULT_MAX_AGE = 30 * 86400.0
+
+
+def resolve_cache_dir(flag: str | os.PathLike[str] | None) -> Path:
+    if flag:
+        return Path(flag).expanduser().resolve()
+    env = os.environ.get("MIXVFS_CACHE_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(platformdirs.user_cache_dir("mixvfs"))

@@ -1,0 +1,147 @@
+"""Shared fixtures: a real dev server process, session manifests, and real FUSE mounts made with the
+real `mixvfs` command. Under CI=true a machine that cannot mount fails the mount tests; it never skips."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tools.devserver import DevServer
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+MIXVFS = str(BIN / "mixvfs")
+CACHECTL = str(BIN / "cachectl")
+
+
+def fuse_problem() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if not (shutil.which("fusermount3") or shutil.which("fusermount")):
+        return "fusermount is not installed (apt install fuse3)"
+    try:
+        import vfs.fuse_ops  # noqa: F401
+    except (OSError, AttributeError) as exc:
+        return f"libfuse is not loadable: {exc}"
+    return None
+
+
+def require_fuse() -> None:
+    problem = fuse_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"FUSE mounts are impossible here ({problem}); CI must be able to mount")
+    pytest.skip(f"FUSE mounts are impossible here ({problem})")
+
+
+def run(cmd: list[str], *, check: bool = False, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kw)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+@pytest.fixture
+def server_root(tmp_path: Path) -> Path:
+    root = tmp_path / "server"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def devserver(server_root: Path) -> Iterator[DevServer]:
+    with DevServer(server_root) as server:
+        yield server
+
+
+def write_session(path: Path, tracks: list[dict[str, Any]], *, server: str | None = None,
+                  name: str = "Test Session") -> Path:
+    doc: dict[str, Any] = {"name": name, "tracks": tracks}
+    if server is not None:
+        doc["server"] = server
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@dataclass
+class Mount:
+    path: Path
+    cache_dir: Path
+    report_path: Path
+    session: Path
+    log_file: Path
+    mounted: bool = True
+    extra: list[str] = field(default_factory=list)
+
+    def report(self) -> dict[str, Any]:
+        return dict(json.loads(self.report_path.read_text()))
+
+    def track(self, track_id: str) -> dict[str, Any]:
+        for record in self.report()["tracks"]:
+            if record["id"] == track_id:
+                return dict(record)
+        raise KeyError(track_id)
+
+    def wait_track(self, track_id: str, predicate: Callable[[dict[str, Any]], bool],
+                   timeout: float = 10.0) -> dict[str, Any]:
+        """The report is rewritten in batches (failures at once); poll until it says what we expect."""
+        deadline = time.monotonic() + timeout
+        record = self.track(track_id)
+        while not predicate(record) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            record = self.track(track_id)
+        return record
+
+    def unmount(self) -> None:
+        if self.mounted:
+            run([MIXVFS, "unmount", str(self.path)], check=True)
+            self.mounted = False
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+@pytest.fixture
+def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
+    """Mount with the real `mixvfs mount` (daemon in the background); always unmounted at teardown."""
+    require_fuse()
+    mounts: list[Mount] = []
+
+    def mount(session: Path, *extra: str, cache_dir: Path | None = None, mountpoint: Path | None = None,
+              env: dict[str, str] | None = None, expect_ok: bool = True) -> Mount:
+        index = len(mounts)
+        mp = mountpoint or tmp_path / f"mnt{index}"
+        mp.mkdir(exist_ok=True)
+        cache = cache_dir or tmp_path / "cache"
+        report = tmp_path / f"report{index}.json"
+        log = tmp_path / f"mixvfs{index}.log"
+        cmd = [MIXVFS, "mount", str(session), str(mp), "--cache-dir", str(cache), "--report", str(report),
+               "--log-file", str(log), *extra]
+        done = run(cmd, env={**os.environ, **(env or {})})
+        if expect_ok and done.returncode != 0:
+            log_text = log.read_text() if log.exists() else ""
+            raise AssertionError(f"mount failed ({done.returncode}): {done.stderr}\n{log_text}")
+        m = Mount(mp, cache, report, session, log, mounted=done.returncode == 0)
+        m.extra = [done.stdout, done.stderr, str(done.returncode)]  # for tests of failing mounts
+        mounts.append(m)
+        return m
+
+    yield mount
+    for m in mounts:
+        if m.mounted:
+            with contextlib.suppress(Exception):
+                run([MIXVFS, "unmount", str(m.path)])
+            if os.path.ismount(m.path):
+                run(["umount", "-l", str(m.path)])

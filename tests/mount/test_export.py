@@ -1,0 +1,139 @@
+"""Tier 2: the product's main job through a real mount, read by real cp / rsync / shutil.copytree."""
+
+from __future__ import annotations
+
+import errno
+import filecmp
+import os
+import shutil
+from pathlib import Path
+
+from tests.conftest import run, write_session
+from tools.make_audio import write_flac, write_sized, write_wav
+
+
+def mixed_session(tmp_path: Path, server_root: Path, url: str) -> Path:
+    local = tmp_path / "local"
+    local.mkdir()
+    write_wav(local / "intro.wav", 0.5, 440)
+    (server_root / "stream").mkdir()
+    write_flac(server_root / "stream" / "c7.flac", 0.5, 660)
+    write_sized(server_root / "stream" / "big", 3 << 20, kind="wav", seed=1)
+    write_sized(server_root / "stream" / "noext", 200_000, kind="wav", seed=2)
+    return write_session(tmp_path / "session.json", [
+        {"id": "a1", "artist": "Nina", "title": "Intro", "file_path": "local/intro.wav"},
+        {"id": "c7", "artist": "Kid A", "title": "Hook", "cloud_stream_path": "/stream/c7.flac",
+         "size": (server_root / "stream" / "c7.flac").stat().st_size, "content_type": "audio/flac"},
+        {"id": "c8", "artist": "Big", "title": "Tune", "cloud_stream_path": "/stream/big",
+         "content_type": "audio/wav"},
+        {"id": "c9", "artist": "Magic", "title": "Bytes", "cloud_stream_path": "stream/noext"},
+    ], server=url)
+
+
+EXPECTED = {
+    "Nina - Intro.wav": "local/intro.wav",
+    "Kid A - Hook.flac": "server/stream/c7.flac",
+    "Big - Tune.wav": "server/stream/big",
+    "Magic - Bytes.wav": "server/stream/noext",
+}
+
+
+def test_mixed_export_with_cp_is_byte_identical(tmp_path, server_root, devserver, mounter):
+    session = mixed_session(tmp_path, server_root, devserver.url)
+    mount = mounter(session)
+    assert sorted(os.listdir(mount.path)) == sorted(EXPECTED)
+    out = tmp_path / "export"
+    run(["cp", "-r", f"{mount.path}/.", str(out)], check=True)
+    for name, origin in EXPECTED.items():
+        assert filecmp.cmp(out / name, tmp_path / origin, shallow=False), name
+    statuses = {t["id"]: mount.wait_track(t["id"], lambda r: r["status"] not in ("pending", "fetching"))["status"]
+                for t in mount.report()["tracks"]}
+    assert statuses == {"a1": "local", "c7": "cached", "c8": "cached", "c9": "cached"}
+
+
+def test_rsync_and_copytree_read_the_same_bytes(tmp_path, server_root, devserver, mounter):
+    session = mixed_session(tmp_path, server_root, devserver.url)
+    mount = mounter(session, "--no-prefetch")
+    run(["rsync", "-r", f"{mount.path}/", str(tmp_path / "rsync")], check=True)
+    shutil.copytree(mount.path, tmp_path / "copytree")
+    for name, origin in EXPECTED.items():
+        assert filecmp.cmp(tmp_path / "rsync" / name, tmp_path / origin, shallow=False)
+        assert filecmp.cmp(tmp_path / "copytree" / name, tmp_path / origin, shallow=False)
+
+
+def test_size_is_exact_before_first_read_from_head(tmp_path, server_root, devserver, mounter):
+    session = mixed_session(tmp_path, server_root, devserver.url)
+    mount = mounter(session, "--no-prefetch")
+    assert (mount.path / "Big - Tune.wav").stat().st_size == 3 << 20  # not in the manifest: HEAD at mount
+    assert (mount.path / "Magic - Bytes.wav").stat().st_size == 200_000
+    assert devserver.requests("GET", "/stream/big") == []  # known without downloading
+    assert len(devserver.requests("HEAD", "/stream/big")) == 1
+
+
+def test_failing_track_gives_eio_others_copy_and_report_says_why(tmp_path, server_root, devserver, mounter):
+    session = mixed_session(tmp_path, server_root, devserver.url)
+    doc = session.read_text().replace('"tracks": [', '"tracks": [{"id": "x1", "artist": "Gone", "title": "Track", '
+                                      '"cloud_stream_path": "/stream/missing.wav", "size": 1000}, ')
+    session.write_text(doc)
+    mount = mounter(session)
+    out = tmp_path / "export"
+    done = run(["cp", "-r", f"{mount.path}/.", str(out)])
+    assert done.returncode != 0
+    assert "Gone - Track.wav" in done.stderr and "Input/output error" in done.stderr
+    for name, origin in EXPECTED.items():
+        assert filecmp.cmp(out / name, tmp_path / origin, shallow=False), name
+    record = mount.track("x1")
+    assert record["status"] == "failed"
+    assert "404" in record["error"]
+    fd = os.open(mount.path / "Gone - Track.wav", os.O_RDONLY)
+    try:
+        try:
+            os.read(fd, 100)
+        except OSError as exc:
+            assert exc.errno == errno.EIO
+        else:
+            raise AssertionError("a failing track must not read as data")
+    finally:
+        os.close(fd)
+
+
+def test_missing_track_is_listed_and_reads_fail_with_eio(tmp_path, server_root, devserver, mounter):
+    session = write_session(tmp_path / "s.json", [
+        {"id": "m1", "artist": "No", "title": "File", "file_path": "/nonexistent/x.wav"},
+    ])
+    mount = mounter(session)
+    path = mount.path / "No - File.wav"
+    assert path.exists()
+    done = run(["cp", str(path), str(tmp_path / "x.wav")])
+    assert done.returncode != 0 and "Input/output error" in done.stderr
+    assert mount.track("m1")["status"] == "missing"
+    assert "/nonexistent/x.wav" in mount.track("m1")["error"]
+
+
+def test_remount_reuses_the_cache_without_a_second_get(tmp_path, server_root, devserver, mounter):
+    session = mixed_session(tmp_path, server_root, devserver.url)
+    first = mounter(session)
+    run(["cp", "-r", f"{first.path}/.", str(tmp_path / "one")], check=True)
+    first.unmount()
+    gets_before = len(devserver.requests("GET"))
+    second = mounter(session, cache_dir=first.cache_dir)
+    run(["cp", "-r", f"{second.path}/.", str(tmp_path / "two")], check=True)
+    devserver.wait_idle()
+    assert len(devserver.requests("GET")) == gets_before
+    assert filecmp.cmp(tmp_path / "two" / "Big - Tune.wav", server_root / "stream" / "big", shallow=False)
+
+
+def test_writes_are_refused_with_erofs(tmp_path, server_root, devserver, mounter):
+    session = mixed_session(tmp_path, server_root, devserver.url)
+    mount = mounter(session, "--no-prefetch")
+    for action in (lambda: (mount.path / "new.wav").write_bytes(b"x"),
+                   lambda: os.open(mount.path / "Nina - Intro.wav", os.O_WRONLY),
+                   lambda: os.unlink(mount.path / "Nina - Intro.wav"),
+                   lambda: os.rename(mount.path / "Nina - Intro.wav", mount.path / "x.wav"),
+                   lambda: os.mkdir(mount.path / "d")):
+        try:
+            action()
+        except OSError as exc:
+            assert exc.errno == errno.EROFS, exc
+        else:
+            raise AssertionError("write succeeded on a read-only mount")

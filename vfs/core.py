@@ -1,0 +1,274 @@
+"""The session filesystem without FUSE: names, attributes, open/read/release and prefetch.
+
+The FUSE adapter (:mod:`vfs.fuse_ops`) is a thin shell over this class; everything here can be driven
+by unit tests without a kernel. Failures are raised as :class:`cache.errors.FetchError` (the adapter's
+errno table turns them into EIO) and recorded per track in the report first — never silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cache.errors import Cancelled, FetchError, SourceMissing
+from cache.fetch import Download, Fetcher, State
+from vfs.report import Report, TrackRecord
+from vfs.tracks import Kind, Track
+
+log = logging.getLogger(__name__)
+
+BLOCK_SIZE = 1 << 20  # st_blksize: `cp` sizes its buffer from it (128 KiB by default)
+
+
+class Handle:
+    """An open file of the mount."""
+
+    track: Track
+
+    def read(self, size: int, offset: int) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class FdHandle(Handle):
+    """A local file or a stored blob: plain ``pread`` on a descriptor held for the life of the handle."""
+
+    def __init__(self, track: Track, fd: int) -> None:
+        self.track = track
+        self.fd = fd
+
+    def read(self, size: int, offset: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class StreamHandle(Handle):
+    """A cloud track still downloading: reads wait for just the bytes they need."""
+
+    def __init__(self, track: Track, download: Download, fd: int, fetcher: Fetcher) -> None:
+        self.track = track
+        self.download = download
+        self.fd = fd
+        self.fetcher = fetcher
+
+    def read(self, size: int, offset: int) -> bytes:
+        return self.download.read(self.fd, size, offset)
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.fetcher.release(self.download)
+
+
+class FailedHandle(Handle):
+    """A track known to fail right now: every read gets the same error at once (no new download)."""
+
+    def __init__(self, track: Track, error: FetchError) -> None:
+        self.track = track
+        self.error = error
+
+    def read(self, size: int, offset: int) -> bytes:
+        raise FetchError(self.error.reason)
+
+
+@dataclass(frozen=True)
+class Opened:
+    handle: Handle
+    keep_cache: bool  # immutable bytes: let the kernel keep its page cache across opens
+    direct_io: bool  # size unknown: bypass st_size so readers still get every byte
+
+
+@dataclass
+class Failure:
+    error: FetchError
+    at: float
+
+
+class SessionFS:
+    def __init__(
+        self,
+        tracks: list[Track],
+        fetcher: Fetcher,
+        report: Report,
+        *,
+        retry_after: float = 60.0,
+        prefetch: bool = True,
+        mtime: float = 0.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.fetcher = fetcher
+        self.mtime = mtime
+        self.report = report
+        self.retry_after = retry_after
+        self.prefetch_enabled = prefetch
+        self.now = now
+        self._lock = threading.Lock()
+        self._failures: dict[str, Failure] = {}
+        self._set_tracks(tracks)
+        fetcher.listener = self._on_download_event
+        self._prefetch_stop = threading.Event()
+        self._prefetch_thread: threading.Thread | None = None
+
+    # -- listing -------------------------------------------------------------------------------------
+
+    def _set_tracks(self, tracks: list[Track]) -> None:
+        by_ident: dict[str, list[Track]] = {}
+        for track in tracks:
+            if track.source is not None:
+                by_ident.setdefault(track.source.ident, []).append(track)
+        with self._lock:
+            self.tracks = tracks
+            self._by_name = {t.name: t for t in tracks}
+            self._by_ident = by_ident
+
+    def names(self) -> list[str]:
+        return [t.name for t in self.tracks]
+
+    def lookup(self, name: str) -> Track | None:
+        return self._by_name.get(name)
+
+    def total_size(self) -> int:
+        return sum(t.size or 0 for t in self.tracks)
+
+    def track_xattrs(self, track: Track) -> dict[str, str]:
+        """What ``getfattr`` shows for a file: ``user.mixvfs.<key>``."""
+        record = self.report.record(track.id)
+        return {"status": record.status, "source": record.source, "error": record.error or "",
+                "digest": record.digest or "", "id": track.id}
+
+    def initial_records(self) -> list[TrackRecord]:
+        return [self._initial_record(t) for t in self.tracks]
+
+    def _initial_record(self, track: Track) -> TrackRecord:
+        if track.kind is Kind.LOCAL:
+            return TrackRecord(track.id, track.name, "local", "local", bytes=track.size)
+        if track.kind is Kind.MISSING:
+            return TrackRecord(track.id, track.name, "missing", "missing", error=track.reason)
+        assert track.source is not None
+        entry = self.fetcher.cached(track.source)
+        if entry is not None:
+            return TrackRecord(track.id, track.name, "cloud", "cached", bytes=entry.size, digest=entry.digest)
+        return TrackRecord(track.id, track.name, "cloud", "pending", bytes=track.size)
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def open(self, track: Track) -> Opened:
+        if track.kind is Kind.MISSING:
+            return Opened(FailedHandle(track, SourceMissing(track.reason or "missing")), False, True)
+        if track.kind is Kind.LOCAL:
+            return self._open_local(track)
+        return self._open_cloud(track)
+
+    def _open_local(self, track: Track) -> Opened:
+        assert track.local_path is not None
+        try:
+            fd = os.open(track.local_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            error = SourceMissing(f"local file {track.local_path} cannot be opened: {exc.strerror}")
+            self._record_failure(track, error)
+            raise error from None
+        return Opened(FdHandle(track, fd), keep_cache=True, direct_io=False)
+
+    def _open_cloud(self, track: Track) -> Opened:
+        assert track.source is not None
+        failure = self._failures.get(track.id)
+        if failure is not None and self.now() - failure.at < self.retry_after:
+            return Opened(FailedHandle(track, failure.error), False, True)
+        try:
+            acquired = self.fetcher.acquire(track.source)
+        except FetchError as exc:
+            self._record_failure(track, exc)
+            raise
+        if acquired.download is None:
+            return Opened(FdHandle(track, acquired.fd), keep_cache=True, direct_io=track.size is None)
+        handle = StreamHandle(track, acquired.download, acquired.fd, self.fetcher)
+        return Opened(handle, keep_cache=track.size is not None, direct_io=track.size is None)
+
+    def read(self, handle: Handle, size: int, offset: int) -> bytes:
+        try:
+            return handle.read(size, offset)
+        except FetchError as exc:
+            if not isinstance(handle, FailedHandle):
+                self._record_failure(handle.track, exc)
+            raise
+        except OSError as exc:
+            error = FetchError(f"reading {handle.track.name} failed: {exc.strerror}")
+            self._record_failure(handle.track, error)
+            raise error from None
+
+    def release(self, handle: Handle) -> None:
+        handle.close()
+
+    # -- prefetch --------------------------------------------------------------------------------------
+
+    def start_prefetch(self) -> None:
+        if not self.prefetch_enabled or self._prefetch_thread is not None:
+            return
+        self._prefetch_thread = threading.Thread(target=self._prefetch_all, name="prefetch", daemon=True)
+        self._prefetch_thread.start()
+
+    def _prefetch_all(self) -> None:
+        """Queue cloud tracks in session order, keeping only ``jobs`` prefetches in flight at a time so
+        a 10 000-track session does not open 10 000 staging files."""
+        slots = threading.Semaphore(self.fetcher.jobs)
+        for order, track in enumerate(list(self.tracks)):
+            if track.source is None or track.id in self._failures:
+                continue
+            while not slots.acquire(timeout=0.5):
+                if self._prefetch_stop.is_set():
+                    return
+            if self._prefetch_stop.is_set():
+                return
+            try:
+                download = self.fetcher.prefetch(track.source, order)
+            except FetchError as exc:
+                self._record_failure(track, exc)
+                download = None
+            if download is None:
+                slots.release()
+            else:
+                threading.Thread(target=self._release_when_done, args=(download, slots), daemon=True).start()
+
+    def _release_when_done(self, download: Download, slots: threading.Semaphore) -> None:
+        with download.cond:
+            while download.state in (State.PENDING, State.FETCHING) and not self._prefetch_stop.is_set():
+                download.cond.wait(timeout=0.5)
+        slots.release()
+
+    def close(self) -> None:
+        self._prefetch_stop.set()
+        self.fetcher.close()
+
+    # -- events --------------------------------------------------------------------------------------
+
+    def _on_download_event(self, download: Download, event: str) -> None:
+        for track in self._by_ident.get(download.source.ident, []):
+            if event == "attempt":
+                self.report.update(track.id, status="fetching", attempts=download.attempts)
+            elif event == State.DONE.value:
+                if track.size is None:
+                    track.size = download.total
+                self._failures.pop(track.id, None)
+                self.report.update(track.id, status="cached", bytes=download.total, digest=download.digest,
+                                   error=None, attempts=download.attempts)
+            elif event == State.FAILED.value and download.error is not None:
+                if isinstance(download.error, Cancelled):
+                    self.report.update(track.id, status="pending", error=None)
+                else:
+                    self._record_failure(track, download.error)
+
+    def _record_failure(self, track: Track, error: FetchError) -> None:
+        first = track.id not in self._failures or self._failures[track.id].error.reason != error.reason
+        self._failures[track.id] = Failure(error, self.now())
+        record = self.report.record(track.id)
+        self.report.update(track.id, urgent=True, status="failed", error=error.reason,
+                           attempts=max(record.attempts, 1))
+        if first:
+            log.error("%s: %s", track.name, error.reason)

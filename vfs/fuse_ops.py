@@ -1,0 +1,156 @@
+"""The FUSE adapter: paths, handles, stat dicts and errno — nothing else. All behaviour is in
+:class:`vfs.core.SessionFS`. Uses mfusepy (libfuse3 when present) in its multithreaded loop."""
+
+from __future__ import annotations
+
+import ctypes.util
+import errno
+import os
+import stat
+import threading
+from collections.abc import Callable
+from typing import Any
+
+if "FUSE_LIBRARY_NAME" not in os.environ and ctypes.util.find_library("fuse3"):
+    os.environ["FUSE_LIBRARY_NAME"] = "fuse3"  # mfusepy prefers libfuse2; 3 gives 1 MiB requests
+
+import mfusepy as fuse
+
+from vfs.core import BLOCK_SIZE, Handle, SessionFS
+from vfs.errno_map import fuse_errors
+from vfs.tracks import Track
+
+FuseOSError = fuse.FuseOSError
+LIBFUSE_MAJOR: int = fuse.fuse_version_major
+guard = fuse_errors(FuseOSError)
+XATTR_PREFIX = "user.mixvfs."
+
+
+class MixOps(fuse.Operations):  # type: ignore[misc]
+    use_ns = True
+
+    def __init__(self, core: SessionFS, *, on_ready: Callable[[], None], root_xattrs: dict[str, str]) -> None:
+        self.core = core
+        self.on_ready = on_ready
+        self.root_xattrs = root_xattrs
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self._handles: dict[int, Handle] = {}
+        self._next = 1
+        self._lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def init(self, path: str) -> None:
+        self.on_ready()
+
+    def destroy(self, path: str) -> None:
+        self.core.close()
+
+    # -- names and attributes ------------------------------------------------------------------------
+
+    def _track(self, path: str) -> Track:
+        track = self.core.lookup(path[1:]) if path.count("/") == 1 else None
+        if track is None:
+            raise FuseOSError(errno.ENOENT)
+        return track
+
+    @guard
+    def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
+        if path == "/":
+            return self._stat(stat.S_IFDIR | 0o555, 0, int(self.core.mtime * 1e9), nlink=2)
+        track = self._track(path)
+        return self._stat(stat.S_IFREG | 0o444, track.size or 0, int(track.mtime * 1e9))
+
+    def _stat(self, mode: int, size: int, mtime_ns: int, nlink: int = 1) -> dict[str, int]:
+        return {"st_mode": mode, "st_nlink": nlink, "st_size": size, "st_uid": self.uid, "st_gid": self.gid,
+                "st_mtime": mtime_ns, "st_ctime": mtime_ns, "st_atime": mtime_ns,
+                "st_blksize": BLOCK_SIZE, "st_blocks": (size + 511) // 512}
+
+    @guard
+    def readdir(self, path: str, fh: int) -> list[str]:
+        if path != "/":
+            raise FuseOSError(errno.ENOTDIR)
+        return [".", "..", *self.core.names()]
+
+    @guard
+    def statfs(self, path: str) -> dict[str, int]:
+        blocks = (self.core.total_size() + BLOCK_SIZE - 1) // BLOCK_SIZE
+        return {"f_bsize": BLOCK_SIZE, "f_frsize": BLOCK_SIZE, "f_blocks": blocks, "f_bfree": 0, "f_bavail": 0,
+                "f_files": len(self.core.names()), "f_ffree": 0, "f_namemax": 255}
+
+    @guard
+    def access(self, path: str, amode: int) -> int:
+        if path != "/":
+            self._track(path)
+        if amode & os.W_OK:
+            raise FuseOSError(errno.EROFS)
+        return 0
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    @guard
+    def open(self, path: str, fi: Any) -> int:
+        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise FuseOSError(errno.EROFS)
+        opened = self.core.open(self._track(path))
+        with self._lock:
+            fh, self._next = self._next, self._next + 1
+            self._handles[fh] = opened.handle
+        fi.fh = fh
+        fi.keep_cache = int(opened.keep_cache)
+        fi.direct_io = int(opened.direct_io)
+        return 0
+
+    @guard
+    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        return self.core.read(self._handles[fi.fh], size, offset)
+
+    @guard
+    def release(self, path: str, fi: Any) -> int:
+        with self._lock:
+            handle = self._handles.pop(fi.fh, None)
+        if handle is not None:
+            self.core.release(handle)
+        return 0
+
+    # -- extended attributes (status of each track) -------------------------------------------------
+
+    @guard
+    def listxattr(self, path: str) -> list[str]:
+        if path == "/":
+            return [XATTR_PREFIX + key for key in self.root_xattrs]
+        return [XATTR_PREFIX + key for key in self.core.track_xattrs(self._track(path))]
+
+    @guard
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        values = self.root_xattrs if path == "/" else self.core.track_xattrs(self._track(path))
+        key = name.removeprefix(XATTR_PREFIX)
+        if not name.startswith(XATTR_PREFIX) or key not in values:
+            raise FuseOSError(fuse.ENOATTR)
+        return values[key].encode()
+
+    # -- a read-only filesystem ------------------------------------------------------------------------
+
+    def _read_only(self, *args: Any) -> int:
+        raise FuseOSError(errno.EROFS)
+
+    chmod = chown = create = link = mkdir = mknod = rename = rmdir = symlink = _read_only
+    truncate = unlink = utimens = write = setxattr = removexattr = _read_only
+
+
+def run(ops: MixOps, mountpoint: str, *, foreground: bool = True, threads: int = 16,
+        attr_timeout: float = 1.0, debug: bool = False) -> None:
+    """Serve until unmounted. libfuse installs SIGTERM/SIGINT handlers that unmount cleanly."""
+    options: dict[str, Any] = {
+        "foreground": foreground,
+        "ro": True,
+        "fsname": "mixvfs",
+        "subtype": "mixvfs",
+        "attr_timeout": attr_timeout,
+        "entry_timeout": attr_timeout,
+        "negative_timeout": 0,
+        "debug": debug,
+    }
+    if LIBFUSE_MAJOR >= 3:
+        options["max_threads"] = threads
+    fuse.FUSE(ops, mountpoint, raw_fi=True, **options)

@@ -1,0 +1,169 @@
+"""The session manifest MixBoard writes: parsing and validation.
+
+Every problem is reported as one line that names the track (index and id) and the field, and nothing is
+mounted: an export that silently misses a track is exactly the bug mixvfs exists to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cache.errors import MixvfsError
+
+MAX_MANIFEST_BYTES = 256 << 20
+MAX_FIELD_CHARS = 1 << 20  # a megabyte string is sanitised (names are cut to 255 bytes), not fatal; more is abuse
+
+
+class ManifestError(MixvfsError):
+    """The manifest cannot be used; the message names the track and field."""
+
+
+@dataclass(frozen=True)
+class TrackSpec:
+    index: int
+    id: str
+    artist: str | None
+    title: str | None
+    file_path: Path | None
+    stream_path: str | None
+    cloud_url: str | None
+    size: int | None
+    content_type: str | None
+
+    @property
+    def label(self) -> str:
+        return f"track {self.index} (id {self.id!r})"
+
+
+@dataclass(frozen=True)
+class Session:
+    name: str
+    server: str | None
+    tracks: tuple[TrackSpec, ...]
+    path: Path
+    mtime: float
+
+
+def load_manifest(path: Path) -> Session:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+        mtime = path.stat().st_mtime
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest: {exc.strerror}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: the manifest is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+    return parse_manifest(data, base_dir=path.resolve().parent, origin=str(path), mtime=mtime)
+
+
+def parse_manifest(data: bytes, *, base_dir: Path, origin: str = "manifest", mtime: float = 0.0) -> Session:
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{origin}: not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{origin}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{origin}: the manifest must be a JSON object with a 'tracks' list")
+    name = _optional_str(doc, "name", f"{origin}: session") or Path(origin).stem
+    server = _optional_str(doc, "server", f"{origin}: session")
+    if server is not None:
+        _check_http_url(server, f"{origin}: session field 'server'")
+    tracks = doc.get("tracks")
+    if not isinstance(tracks, list):
+        raise ManifestError(f"{origin}: field 'tracks' must be a list of tracks")
+    specs = tuple(_parse_track(raw, i, base_dir, server, origin) for i, raw in enumerate(tracks))
+    _check_unique_ids(specs, origin)
+    return Session(name=_clean_text(name), server=server, tracks=specs, path=Path(origin), mtime=mtime)
+
+
+def _parse_track(raw: Any, index: int, base_dir: Path, server: str | None, origin: str) -> TrackSpec:
+    where = f"{origin}: track {index}"
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: must be an object, not {type(raw).__name__}")
+    track_id = raw.get("id")
+    if not isinstance(track_id, str) or not track_id.strip():
+        raise ManifestError(f"{where}: field 'id' is required and must be a non-empty string")
+    if "\x00" in track_id or len(track_id) > 1024:
+        raise ManifestError(f"{where}: field 'id' must not contain NUL or exceed 1024 characters")
+    where = f"{origin}: track {index} (id {track_id!r})"
+    file_path = _optional_str(raw, "file_path", where)
+    stream_path = _optional_str(raw, "cloud_stream_path", where)
+    for field_name, value in (("file_path", file_path), ("cloud_stream_path", stream_path)):
+        if value is not None and "\x00" in value:
+            raise ManifestError(f"{where}: field {field_name!r} contains a NUL character")
+    return TrackSpec(
+        index=index,
+        id=track_id,
+        artist=_optional_str(raw, "artist", where),
+        title=_optional_str(raw, "title", where),
+        file_path=_resolve_local(file_path, base_dir),
+        stream_path=stream_path,
+        cloud_url=_cloud_url(stream_path, server, where),
+        size=_optional_size(raw, where),
+        content_type=_optional_str(raw, "content_type", where),
+    )
+
+
+def _optional_str(doc: dict[str, Any], key: str, where: str) -> str | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ManifestError(f"{where}: field {key!r} must be a string, not {type(value).__name__}")
+    if len(value) > MAX_FIELD_CHARS:
+        raise ManifestError(f"{where}: field {key!r} is longer than {MAX_FIELD_CHARS} characters")
+    return value
+
+
+def _optional_size(doc: dict[str, Any], where: str) -> int | None:
+    value = doc.get("size")
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ManifestError(f"{where}: field 'size' must be a non-negative integer number of bytes, not {value!r}")
+    return value
+
+
+def _resolve_local(file_path: str | None, base_dir: Path) -> Path | None:
+    if not file_path:
+        return None
+    path = Path(file_path).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def _cloud_url(stream_path: str | None, server: str | None, where: str) -> str | None:
+    if not stream_path:
+        return None
+    if "://" in stream_path:
+        _check_http_url(stream_path, f"{where}: field 'cloud_stream_path'")
+        return stream_path
+    if server is None:
+        raise ManifestError(f"{where}: field 'cloud_stream_path' is a relative path but the session has no 'server'")
+    return server.rstrip("/") + "/" + stream_path.lstrip("/")
+
+
+def _check_http_url(url: str, where: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ManifestError(f"{where}: must be an http:// or https:// URL, not {url[:80]!r}")
+
+
+def _check_unique_ids(specs: tuple[TrackSpec, ...], origin: str) -> None:
+    seen: dict[str, int] = {}
+    for spec in specs:
+        if spec.id in seen:
+            raise ManifestError(
+                f"{origin}: track {spec.index} (id {spec.id!r}): field 'id' duplicates track {seen[spec.id]}")
+        seen[spec.id] = spec.index
+
+
+def _clean_text(text: str) -> str:
+    return "".join(ch for ch in text if ch >= " " and ch != "\x7f")[:500]

@@ -1,0 +1,103 @@
+"""The per-track report: JSON, mode 0600, rewritten atomically (temp + rename) as events happen, so it can
+be read in the middle of an export. Failures are written at once; other events are batched (a 10 000
+track session would otherwise rewrite megabytes per event)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+FLUSH_INTERVAL = 0.2
+
+
+@dataclass
+class TrackRecord:
+    id: str
+    name: str
+    source: str  # local | cloud | missing
+    status: str  # local | pending | fetching | cached | failed | missing
+    bytes: int | None = None
+    digest: str | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
+def utc_stamp(at: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if at is None else at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Report:
+    def __init__(self, path: Path, *, session: str, mountpoint: str, records: list[TrackRecord]) -> None:
+        self.path = path
+        self._header: dict[str, Any] = {"session": session, "mountpoint": mountpoint, "started": utc_stamp()}
+        self._records = {r.id: r for r in records}
+        self._order = [r.id for r in records]
+        self._lock = threading.Lock()
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._flusher, name="report", daemon=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.write()
+        self._thread.start()
+
+    def record(self, track_id: str) -> TrackRecord:
+        with self._lock:
+            return TrackRecord(**asdict(self._records[track_id]))
+
+    def update(self, track_id: str, *, urgent: bool = False, **fields: Any) -> None:
+        with self._lock:
+            record = self._records[track_id]
+            for key, value in fields.items():
+                setattr(record, key, value)
+        if urgent:
+            self.write()
+        else:
+            self._dirty.set()
+
+    def replace_records(self, records: list[TrackRecord]) -> None:
+        """A new track list (the manifest changed while mounted)."""
+        with self._lock:
+            self._records = {r.id: r for r in records}
+            self._order = [r.id for r in records]
+        self.write()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {**self._header, "tracks": [asdict(self._records[i]) for i in self._order]}
+
+    def write(self, **extra: Any) -> None:
+        doc = {**self.snapshot(), **extra}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(doc, handle, indent=1, ensure_ascii=False)
+        os.replace(tmp, self.path)
+
+    def close(self, **extra: Any) -> None:
+        self._stop.set()
+        self._dirty.set()
+        self._thread.join(timeout=5)
+        self.write(**extra)
+
+    def _flusher(self) -> None:
+        while not self._stop.is_set():
+            self._dirty.wait()
+            if self._stop.is_set():
+                return
+            time.sleep(FLUSH_INTERVAL)
+            self._dirty.clear()
+            self.write()
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    with path.open() as handle:
+        data = json.load(handle)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a mixvfs report")
+    return data

@@ -1,0 +1,141 @@
+"""From a manifest to the files of the mount: each track's kind (local, cloud, missing), size, extension
+and unique name. Sizes and formats the manifest does not give are asked of the server (HEAD, and a few
+leading bytes when the Content-Type says nothing), concurrently and bounded, and remembered in the cache
+index so a later mount knows them even when the server is down."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cache.errors import FetchError
+from cache.fetch import Source
+from cache.http import HttpClient
+from cache.index import RemoteInfo, SourceIndex
+from vfs import sniff
+from vfs.manifest import Session, TrackSpec
+from vfs.naming import assign_names
+
+log = logging.getLogger(__name__)
+
+
+class Kind(enum.Enum):
+    LOCAL = "local"
+    CLOUD = "cloud"
+    MISSING = "missing"
+
+
+@dataclass
+class Track:
+    spec: TrackSpec
+    kind: Kind
+    name: str = ""
+    size: int | None = None
+    mtime: float = 0.0
+    ext: str | None = None
+    source: Source | None = None
+    local_path: Path | None = None
+    reason: str | None = None  # why a missing track is missing
+    probe_error: str | None = None  # what the server said when we asked at mount time
+    remote: RemoteInfo | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+def classify(spec: TrackSpec, mtime: float) -> Track:
+    """Local if the file exists, else cloud if it has a stream path, else missing (with the reason)."""
+    problem = None
+    if spec.file_path is not None:
+        try:
+            st = spec.file_path.stat()
+        except OSError as exc:
+            problem = f"local file {spec.file_path} cannot be used: {exc.strerror}"
+        else:
+            if os.path.isdir(spec.file_path):
+                problem = f"local file {spec.file_path} is a folder"
+            else:
+                return Track(spec, Kind.LOCAL, size=st.st_size, mtime=st.st_mtime, local_path=spec.file_path)
+    if spec.cloud_url is not None:
+        return Track(spec, Kind.CLOUD, size=spec.size, mtime=mtime)
+    reason = problem or "the track has neither a local file nor a cloud stream path"
+    return Track(spec, Kind.MISSING, size=0, mtime=mtime, reason=reason)
+
+
+def build_tracks(session: Session, *, http: HttpClient | None, index: SourceIndex, jobs: int = 3) -> list[Track]:
+    tracks = [classify(spec, session.mtime) for spec in session.tracks]
+    cloud = [t for t in tracks if t.kind is Kind.CLOUD]
+    needs_server = [t for t in cloud if t.size is None or _static_ext(t) is None]
+    if needs_server and http is not None:
+        with ThreadPoolExecutor(max_workers=max(2, jobs * 2), thread_name_prefix="probe") as pool:
+            list(pool.map(lambda t: _probe(t, http, index), needs_server))
+    for track in needs_server:
+        if track.remote is None:
+            track.remote = index.remote(track.spec.cloud_url or "")  # server down: what it said last time
+    for track in tracks:
+        _finish(track)
+    names = assign_names([(t.id, t.spec.artist, t.spec.title, t.ext) for t in tracks])
+    for track, name in zip(tracks, names, strict=True):
+        track.name = name
+    return tracks
+
+
+def _static_ext(track: Track) -> str | None:
+    spec = track.spec
+    return sniff.choose_ext(manifest_content_type=spec.content_type, file_path=str(spec.file_path or ""),
+                            stream_path=spec.stream_path, server_content_type=None, head=None)
+
+
+def _probe(track: Track, http: HttpClient, index: SourceIndex) -> None:
+    url = track.spec.cloud_url
+    assert url is not None
+    try:
+        info = http.head(url)
+        magic_ext = None
+        if _static_ext(track) is None and sniff.ext_from_content_type(info.content_type) is None:
+            known = index.remote(url)
+            if known is not None and known.magic_ext and known.etag == info.etag and known.size == info.size:
+                magic_ext = known.magic_ext  # same version as last time: no need to look at its bytes again
+            else:
+                magic_ext = sniff.ext_from_magic(http.first_bytes(url, sniff.MAGIC_BYTES_NEEDED))
+        info = RemoteInfo(info.size, info.etag, info.content_type, magic_ext)
+    except FetchError as exc:
+        track.probe_error = exc.reason
+        log.info("cannot ask the server about %s: %s", track.spec.label, exc.reason)
+        return
+    track.remote = info
+    index.remember_remote(url, info)
+
+
+def _finish(track: Track) -> None:
+    spec = track.spec
+    remote = track.remote
+    if track.kind is Kind.CLOUD:
+        if track.size is None and remote is not None:
+            track.size = remote.size
+        etag = remote.etag if remote is not None and spec.size is None else None
+        track.source = Source(spec.cloud_url or "", size=track.size, etag=etag, label=spec.label)
+    head = _local_head(track) if track.kind is Kind.LOCAL else None
+    track.ext = sniff.choose_ext(
+        manifest_content_type=spec.content_type,
+        file_path=str(spec.file_path) if spec.file_path else None,
+        stream_path=spec.stream_path,
+        server_content_type=remote.content_type if remote else None,
+        head=head,
+    ) or (remote.magic_ext if remote else None)
+
+
+def _local_head(track: Track) -> bytes | None:
+    if track.local_path is None or _static_ext(track) is not None:
+        return None
+    try:
+        with track.local_path.open("rb") as handle:
+            return handle.read(sniff.MAGIC_BYTES_NEEDED)
+    except OSError:
+        return None
