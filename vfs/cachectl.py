@@ -1,0 +1,154 @@
+"""``cachectl``: look after the mixvfs cache — ``stats``, ``ls``, ``prune``, ``verify`` (and ``warm``).
+
+Safe while a mount uses the same cache: diskcache's metadata is transactional across processes, and a
+blob removed under an open reader keeps reading through its descriptor.
+
+Exit codes: 0 ok; 1 ``verify`` found corrupt blobs; 2 bad flags or an unusable cache folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from cache.errors import ConfigError, MixvfsError
+from cache.index import SourceIndex
+from cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, resolve_cache_dir
+from cache.store import BlobInfo, BlobStore
+from cache.units import format_size, parse_duration, parse_size
+
+EXAMPLES = """examples:
+  cachectl stats
+  cachectl ls --json
+  cachectl prune --max-age 7d --max-size 5G --dry-run
+  cachectl verify
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cachectl", description=__doc__, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache-dir", help="cache folder (default: $MIXVFS_CACHE_DIR or the user cache folder)")
+    parser.add_argument("--max-size", help="the cache's size limit, for stats and prune (default 10G)")
+    parser.add_argument("--max-age", help="the cache's time-since-last-use limit (default 30d)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("stats", "blob count, bytes and limits"), ("ls", "every blob and the sources that map to it"),
+                       ("verify", "re-hash every blob; remove corrupt ones")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--json", action="store_true")
+    prune = sub.add_parser("prune", help="expire unused blobs, then least recently used down to the size")
+    prune.add_argument("--max-age", dest="prune_age", help="drop blobs unused this long (default: the cache's)")
+    prune.add_argument("--max-size", dest="prune_size", help="then evict down to this size (default: the cache's)")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be freed")
+    prune.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        store, index = open_cache(args)
+        try:
+            return run_command(args, store, index)
+        finally:
+            index.close()
+            store.close()
+    except MixvfsError as exc:
+        print(f"cachectl: {exc}", file=sys.stderr)
+        return 2
+
+
+def open_cache(args: argparse.Namespace) -> tuple[BlobStore, SourceIndex]:
+    root = resolve_cache_dir(args.cache_dir)
+    max_size = parse_size(args.max_size) if args.max_size else DEFAULT_MAX_SIZE
+    max_age = parse_duration(args.max_age) if args.max_age else DEFAULT_MAX_AGE
+    try:
+        return BlobStore(root, max_size=max_size, max_age=max_age), SourceIndex(root)
+    except OSError as exc:
+        raise ConfigError(f"cannot open the cache at {root}: {exc.strerror}") from None
+
+
+def run_command(args: argparse.Namespace, store: BlobStore, index: SourceIndex) -> int:
+    if args.command == "stats":
+        return emit(args, stats(store), format_stats)
+    if args.command == "ls":
+        return emit(args, listing(store, index), format_listing)
+    if args.command == "prune":
+        victims = store.prune(
+            max_age=parse_duration(args.prune_age) if args.prune_age else None,
+            max_size=parse_size(args.prune_size) if args.prune_size else None,
+            dry_run=args.dry_run,
+        )
+        result = {"dry_run": args.dry_run, "freed_blobs": len(victims), "freed_bytes": sum(v.size for v in victims),
+                  "blobs": [blob_json(v) for v in victims]}
+        return emit(args, result, format_prune)
+    if args.command == "verify":
+        checked, corrupt = store.verify()
+        result = {"checked": checked, "corrupt": [blob_json(c) for c in corrupt]}
+        emit(args, result, format_verify)
+        return 1 if corrupt else 0
+    raise ConfigError(f"unknown command {args.command}")
+
+
+def stats(store: BlobStore) -> dict[str, Any]:
+    infos = store.infos()
+    return {"cache_dir": str(store.root), "blobs": len(infos), "bytes": sum(i.size for i in infos),
+            "max_size": store.max_size, "max_age": store.max_age,
+            "staging_files": len(list(store.staging.glob("*.part")))}
+
+
+def listing(store: BlobStore, index: SourceIndex) -> list[dict[str, Any]]:
+    sources = index.sources_by_digest()
+    return [{**blob_json(info), "sources": sources.get(info.digest, [])} for info in store.infos()]
+
+
+def blob_json(info: BlobInfo) -> dict[str, Any]:
+    return {"digest": info.digest, "size": info.size, "last_used": iso(info.last_used),
+            "expires": iso(info.expires) if info.expires else None}
+
+
+def iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def emit(args: argparse.Namespace, result: Any, formatter: Any) -> int:
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        print()
+    else:
+        print(formatter(result))
+    return 0
+
+
+def format_stats(s: dict[str, Any]) -> str:
+    return (f"cache:   {s['cache_dir']}\nblobs:   {s['blobs']}\nbytes:   {format_size(s['bytes'])} of "
+            f"{format_size(s['max_size'])}\nmax age: {s['max_age'] / 86400:g} days\n"
+            f"staging: {s['staging_files']} download(s) in progress or left over")
+
+
+def format_listing(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'DIGEST':<32}  {'SIZE':>10}  {'LAST USE':<20}  SOURCES"]
+    for row in rows:
+        sources = ", ".join(row["sources"]) or "-"
+        lines.append(f"{row['digest']:<32}  {format_size(row['size']):>10}  {row['last_used']:<20}  {sources}")
+    return "\n".join(lines)
+
+
+def format_prune(r: dict[str, Any]) -> str:
+    verb = "would free" if r["dry_run"] else "freed"
+    lines = [f"{blob['digest']}  {format_size(blob['size'])}  last used {blob['last_used']}" for blob in r["blobs"]]
+    return "\n".join([*lines, f"{verb} {r['freed_blobs']} blob(s), {format_size(r['freed_bytes'])}"])
+
+
+def format_verify(r: dict[str, Any]) -> str:
+    lines = [f"corrupt, removed: {c['digest']} ({format_size(c['size'])})" for c in r["corrupt"]]
+    lines.append(f"checked {r['checked']} blob(s): {len(r['corrupt'])} corrupt")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
