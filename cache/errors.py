@@ -61,7 +61,7 @@ class Cancelled(FetchError):
 
 
 class PermanentHttpError(FetchError):
-    def __init__(self, reason: str, status: int) -> None:
+    def __init__(self, reason: str, status: int = 0) -> None:
         super().__init__(reason)
         self.status = status
 
@@ -95,7 +95,7 @@ class TransientError(FetchError):
 
 
 class ServerBusy(TransientError):
-    def __init__(self, reason: str, status: int) -> None:
+    def __init__(self, reason: str, status: int = 0) -> None:
         super().__init__(reason)
         self.status = status
 

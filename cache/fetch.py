@@ -96,6 +96,7 @@ class Download:
     prefetch_wanted: bool = False
     served_upto: int = 0
     cancelled: bool = False
+    dying: bool = False  # the worker saw the cancel and is tearing down: too late to revive
     fd: int = -1
     path: Path | None = None
     etag: str | None = None
@@ -114,8 +115,7 @@ class Download:
     def run(self) -> None:
         """Fetch, verify and commit. Never raises: the outcome is in ``state``/``error``."""
         try:
-            if self.cancelled:
-                raise Cancelled("cancelled before it started")
+            self._check_cancel()
             self._set_state(State.FETCHING)
             self._fetch_with_retries()
             self._commit()
@@ -142,8 +142,7 @@ class Download:
             wait_jitter=policy.wait_jitter,
         ):
             with attempt:
-                if self.cancelled:
-                    raise Cancelled("the reader went away")
+                self._check_cancel()
                 self.attempts += 1
                 self.listener(self, "attempt")
                 self._attempt()
@@ -160,13 +159,26 @@ class Download:
             self.etag = self.etag or body.etag
             self.content_type = self.content_type or body.content_type
             for chunk in body.chunks:
-                if self.cancelled:
-                    raise Cancelled("the reader went away")
+                self._check_cancel()
                 self._append(chunk)
         if self.total is None:
             self.total = self.available  # no length was ever advertised: the body is what it is
         if self.available != self.total:
             raise NetworkError(f"the body ended after {self.available} of {self.total} bytes")
+
+    def _check_cancel(self) -> None:
+        with self.cond:
+            if self.cancelled:
+                self.dying = True
+                raise Cancelled("the reader went away")
+
+    def revive(self) -> bool:
+        """A reader (or prefetch) wants this download again. False if it is already being torn down."""
+        with self.cond:
+            if self.dying:
+                return False
+            self.cancelled = False
+            return True
 
     def _check_total(self, total: int | None) -> None:
         if total is None:
@@ -291,6 +303,8 @@ class Fetcher:
         """Open ``source`` for reading: its verified blob if stored, else a (shared) download, reader first."""
         with self._lock:
             download = self._active.get(source.ident)
+            if download is not None and not download.revive():
+                download = None
             if download is None:
                 opened = self._open_stored(source)
                 if opened is not None:
@@ -304,20 +318,23 @@ class Fetcher:
         """A reader closed its file. The last reader leaving cancels the download unless prefetch wants it."""
         with self._lock:
             download.readers -= 1
-            if download.readers <= 0 and not download.prefetch_wanted and download.state in (
+            complete = download.total is not None and download.available >= download.total
+            if download.readers <= 0 and not download.prefetch_wanted and not complete and download.state in (
                 State.PENDING, State.FETCHING
             ):
-                download.cancelled = True
+                with download.cond:
+                    download.cancelled = True
 
     def prefetch(self, source: Source, order: int) -> Download | None:
         with self._lock:
             download = self._active.get(source.ident)
+            if download is not None and not download.revive():
+                download = None
             if download is None:
                 if self.cached(source) is not None:
                     return None
                 download = self._start(source)
             download.prefetch_wanted = True
-            download.cancelled = False
             self._enqueue(download, 1 + order)
             return download
 

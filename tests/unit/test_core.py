@@ -1,0 +1,158 @@
+"""SessionFS without a kernel, against a real dev server process."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cache.errors import FetchError
+from cache.fetch import Fetcher, RetryPolicy
+from cache.http import HttpClient
+from cache.index import SourceIndex
+from cache.store import BlobStore
+from tests.conftest import write_session
+from vfs.core import FailedHandle, SessionFS, StreamHandle
+from vfs.manifest import load_manifest
+from vfs.report import Report
+from vfs.tracks import build_tracks
+
+MiB = 1 << 20
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def make_fs(tmp_path: Path) -> Iterator[Any]:
+    opened: list[SessionFS] = []
+
+    def make(tracks: list[dict[str, Any]], url: str, **kw: Any) -> SessionFS:
+        session = load_manifest(write_session(tmp_path / "s.json", tracks, server=url))
+        store = BlobStore(tmp_path / "cache", max_size=100 * MiB, max_age=86400)
+        index = SourceIndex(tmp_path / "cache")
+        http = HttpClient(stall_timeout=5)
+        fetcher = Fetcher(store, index, http, jobs=2, policy=RetryPolicy(attempts=2, wait_initial=0.01))
+        built = build_tracks(session, http=http, index=index)
+        report = Report(tmp_path / "report.json", session=session.name, mountpoint="-", records=[])
+        fs = SessionFS(built, fetcher, report, prefetch=False, **kw)
+        report.replace_records(fs.initial_records())
+        opened.append(fs)
+        return fs
+
+    yield make
+    for fs in opened:
+        fs.close()
+        fs.report.close()
+
+
+def settle(fs: SessionFS) -> None:
+    """Wait (bounded) until no download is in flight, i.e. finished ones are committed."""
+    deadline = time.monotonic() + 10
+    while fs.fetcher.active() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fs.fetcher.active() == []
+
+
+def read_all(fs: SessionFS, name: str, chunk: int = 128 * 1024) -> bytes:
+    track = fs.lookup(name)
+    assert track is not None
+    opened = fs.open(track)
+    data = b""
+    try:
+        while True:
+            piece = fs.read(opened.handle, chunk, len(data))
+            if not piece:
+                return data
+            data += piece
+    finally:
+        fs.release(opened.handle)
+
+
+def test_reads_wait_only_for_the_bytes_they_need(make_fs, server_root, devserver):
+    body = bytes(range(256)) * (4 * MiB // 256)
+    (server_root / "slow.wav").write_bytes(body)
+    devserver.set_faults({"/slow.wav": {"rate": 4 * MiB}})  # a one-second download
+    fs = make_fs([{"id": "s", "artist": "A", "title": "Slow", "cloud_stream_path": "/slow.wav",
+                   "size": len(body)}], devserver.url)
+    opened = fs.open(fs.lookup("A - Slow.wav"))
+    assert isinstance(opened.handle, StreamHandle)
+    first = fs.read(opened.handle, 65536, 0)
+    assert first == body[:65536]
+    assert opened.handle.download.available < len(body)  # served before the download finished
+    fs.release(opened.handle)
+    assert read_all(fs, "A - Slow.wav") == body
+
+
+def test_two_readers_share_one_download(make_fs, server_root, devserver):
+    body = b"x" * (2 * MiB)
+    (server_root / "t.wav").write_bytes(body)
+    devserver.set_faults({"/t.wav": {"rate": 8 * MiB}})
+    fs = make_fs([{"id": "t", "artist": "A", "title": "T", "cloud_stream_path": "/t.wav", "size": len(body)}],
+                 devserver.url)
+    one = fs.open(fs.lookup("A - T.wav"))
+    two = fs.open(fs.lookup("A - T.wav"))
+    assert isinstance(one.handle, StreamHandle) and isinstance(two.handle, StreamHandle)
+    assert one.handle.download is two.handle.download
+    assert fs.read(two.handle, 64 * 1024, MiB) == body[MiB : MiB + 64 * 1024]
+    fs.release(one.handle)
+    fs.release(two.handle)
+    assert read_all(fs, "A - T.wav") == body
+    assert len(devserver.requests("GET", "/t.wav")) == 1
+
+
+def test_identical_content_behind_two_tracks_is_stored_once(make_fs, server_root, devserver):
+    for name in ("one.wav", "two.wav"):
+        (server_root / name).write_bytes(b"same audio" * 5000)
+    fs = make_fs([{"id": "1", "artist": "A", "title": "One", "cloud_stream_path": "/one.wav"},
+                  {"id": "2", "artist": "A", "title": "Two", "cloud_stream_path": "/two.wav"}], devserver.url)
+    assert read_all(fs, "A - One.wav") == read_all(fs, "A - Two.wav") == b"same audio" * 5000
+    settle(fs)
+    assert len(fs.fetcher.store.infos()) == 1
+
+
+def test_failure_is_remembered_until_retry_after(make_fs, server_root, devserver):
+    (server_root / "e.wav").write_bytes(b"e" * 1000)
+    devserver.set_faults({"/e.wav": {"status": 404}})
+    clock = Clock()
+    fs = make_fs([{"id": "e", "artist": "A", "title": "E", "cloud_stream_path": "/e.wav", "size": 1000}],
+                 devserver.url, retry_after=60, now=clock)
+    with pytest.raises(FetchError, match="404"):
+        read_all(fs, "A - E.wav")
+    record = json.loads(fs.report.path.read_text())["tracks"][0]
+    assert (record["status"], record["attempts"]) == ("failed", 1)
+    assert "HTTP 404" in record["error"]
+    assert isinstance(fs.open(fs.lookup("A - E.wav")).handle, FailedHandle)  # EIO at once, no new GET
+    assert len(devserver.requests("GET", "/e.wav")) == 1
+    devserver.set_faults({})
+    clock.t += 61
+    assert read_all(fs, "A - E.wav") == b"e" * 1000
+    assert len(devserver.requests("GET", "/e.wav")) == 2
+
+
+def test_length_mismatch_is_a_failure_and_nothing_is_stored(make_fs, server_root, devserver):
+    (server_root / "m.wav").write_bytes(b"m" * 1000)
+    fs = make_fs([{"id": "m", "artist": "A", "title": "M", "cloud_stream_path": "/m.wav", "size": 999}],
+                 devserver.url)
+    with pytest.raises(FetchError, match="length mismatch"):
+        read_all(fs, "A - M.wav")
+    settle(fs)
+    assert fs.fetcher.store.infos() == []
+    assert list(fs.fetcher.store.staging.iterdir()) == []
+
+
+def test_missing_track_reads_fail_and_report_says_why(make_fs, devserver, tmp_path):
+    fs = make_fs([{"id": "x", "artist": "A", "title": "X", "file_path": str(tmp_path / "nope.wav")}], devserver.url)
+    with pytest.raises(FetchError, match=r"nope\.wav"):
+        read_all(fs, "A - X.wav")
+    record = json.loads(fs.report.path.read_text())["tracks"][0]
+    assert (record["source"], record["status"]) == ("missing", "missing")
