@@ -1,0 +1,134 @@
+"""The `mixvfs` and `cachectl` commands as a user runs them, on real mounts."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from tests.conftest import CACHECTL, MIXVFS, run, write_session
+from tools.make_audio import write_sized
+
+
+def test_mount_refuses_bad_mountpoints_with_one_line(tmp_path, mounter):
+    session = write_session(tmp_path / "s.json", [])
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    for target, words in ((tmp_path / "absent", "does not exist"), (not_a_dir, "is not a folder")):
+        done = run([MIXVFS, "mount", str(session), str(target), "--cache-dir", str(tmp_path / "c")])
+        assert done.returncode == 2
+        assert words in done.stderr and done.stderr.count("\n") == 1
+    live = mounter(session)
+    again = run([MIXVFS, "mount", str(session), str(live.path), "--cache-dir", str(tmp_path / "c")])
+    assert again.returncode == 2 and "already mounted" in again.stderr
+
+
+def test_invalid_manifest_exits_nonzero_naming_track_and_field_and_mounts_nothing(tmp_path):
+    session = write_session(tmp_path / "s.json", [{"id": "a", "title": "ok"}, {"id": "b", "size": "big"}])
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    done = run([MIXVFS, "mount", str(session), str(mountpoint), "--cache-dir", str(tmp_path / "c")])
+    assert done.returncode == 2
+    assert "track 1 (id 'b'): field 'size'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not os.path.ismount(mountpoint)
+
+
+def test_token_on_the_command_line_is_refused(tmp_path):
+    session = write_session(tmp_path / "s.json", [])
+    (tmp_path / "mnt").mkdir()
+    done = run([MIXVFS, "mount", str(session), str(tmp_path / "mnt"), "--token", "sekrit"])
+    assert done.returncode == 2
+    assert "refusing --token" in done.stderr and "sekrit" not in done.stderr
+
+
+def test_names_follow_the_rules_through_the_mount(tmp_path, server_root, devserver, mounter):
+    write_sized(server_root / "riff", 5000, kind="wav", seed=3)
+    (server_root / "x.flac").write_bytes(b"fLaC" + b"\0" * 100)
+    long_title = "é" * 200
+    tracks = [
+        {"id": "1", "artist": "AC/DC", "title": " Back\u0000 in\tBlack. ", "cloud_stream_path": "/x.flac"},
+        {"id": "2", "artist": "", "title": "", "cloud_stream_path": "/x.flac", "content_type": "audio/flac"},
+        {"id": "3", "artist": "ac_dc", "title": "BACK IN BLACK", "cloud_stream_path": "/x.flac"},
+        {"id": "4", "artist": "Cafe\u0301", "title": long_title, "cloud_stream_path": "/x.flac"},
+        {"id": "5", "artist": "Magic", "title": "Riff", "cloud_stream_path": "/riff"},
+    ]
+    session = write_session(tmp_path / "s.json", tracks, server=devserver.url)
+    mount = mounter(session, "--no-prefetch")
+    names = [t["name"] for t in mount.report()["tracks"]]
+    assert names[0] == "AC_DC - Back in Black.flac"
+    assert names[1] == "Unknown Artist - 2.flac"
+    assert names[2] == "ac_dc - BACK IN BLACK (2).flac"
+    assert names[3].startswith("Café - éé") and names[3].endswith(".flac")
+    assert len(names[3].encode()) <= 255
+    assert names[4] == "Magic - Riff.wav"  # from the magic bytes: no type anywhere else
+    assert sorted(os.listdir(mount.path)) == sorted(names)
+    mount.unmount()
+    again = mounter(session, "--no-prefetch", cache_dir=mount.cache_dir)
+    assert sorted(os.listdir(again.path)) == sorted(names)  # stable across remounts
+
+
+def test_report_file_is_private_and_printable(tmp_path, server_root, devserver, mounter):
+    (server_root / "a.wav").write_bytes(b"a" * 1000)
+    session = write_session(tmp_path / "s.json", [
+        {"id": "a", "artist": "A", "title": "Song", "cloud_stream_path": "/a.wav"},
+        {"id": "m", "artist": "M", "title": "Gone"},
+    ], server=devserver.url)
+    mount = mounter(session)
+    run(["cp", str(mount.path / "A - Song.wav"), str(tmp_path / "out.wav")], check=True)
+    assert stat.S_IMODE(mount.report_path.stat().st_mode) == 0o600
+    table = run([MIXVFS, "report", str(mount.path)])
+    assert table.returncode == 1  # a missing track is a failure to report
+    assert "A - Song.wav" in table.stdout and "missing" in table.stdout
+    mount.unmount()
+    as_json = run([MIXVFS, "report", str(mount.report_path), "--json"])
+    data = json.loads(as_json.stdout)
+    assert data["session"] == "Test Session" and data["mountpoint"] == str(mount.path)
+    by_id = {t["id"]: t for t in data["tracks"]}
+    assert by_id["a"]["status"] == "cached" and by_id["a"]["bytes"] == 1000 and by_id["a"]["digest"]
+    assert by_id["m"]["status"] == "missing" and "neither a local file nor a cloud stream path" in by_id["m"]["error"]
+
+
+def test_cachectl_stats_ls_prune_verify(tmp_path, server_root, devserver, mounter):
+    for i in range(3):
+        (server_root / f"{i}.wav").write_bytes(bytes([i]) * (1 << 20))
+    (server_root / "dup.wav").write_bytes(bytes([0]) * (1 << 20))
+    tracks = [{"id": str(i), "artist": "A", "title": str(i), "cloud_stream_path": f"/{i}.wav"} for i in range(3)]
+    tracks.append({"id": "d", "artist": "A", "title": "dup", "cloud_stream_path": "/dup.wav"})
+    session = write_session(tmp_path / "s.json", tracks, server=devserver.url)
+    mount = mounter(session)
+    run(["cp", "-r", f"{mount.path}/.", str(tmp_path / "out")], check=True)
+    mount.unmount()
+    cache = ["--cache-dir", str(mount.cache_dir)]
+    stats = json.loads(run([CACHECTL, *cache, "stats", "--json"], check=True).stdout)
+    assert (stats["blobs"], stats["bytes"], stats["max_size"]) == (3, 3 << 20, 10 << 30)  # dup stored once
+    listing = json.loads(run([CACHECTL, *cache, "ls", "--json"], check=True).stdout)
+    zero = next(row for row in listing if len(row["sources"]) == 2)
+    assert sorted(s.split("#")[0].rsplit("/", 1)[1] for s in zero["sources"]) == ["0.wav", "dup.wav"]
+    dry = json.loads(run([CACHECTL, *cache, "prune", "--max-size", "2M", "--dry-run", "--json"], check=True).stdout)
+    assert dry["freed_blobs"] == 1 and dry["freed_bytes"] == 1 << 20
+    assert json.loads(run([CACHECTL, *cache, "stats", "--json"]).stdout)["blobs"] == 3
+    pruned = json.loads(run([CACHECTL, *cache, "prune", "--max-size", "2M", "--json"], check=True).stdout)
+    assert pruned["freed_blobs"] == 1
+    aged = json.loads(run([CACHECTL, *cache, "prune", "--max-age", "0s", "--json"], check=True).stdout)
+    assert aged["freed_blobs"] == 2
+    assert json.loads(run([CACHECTL, *cache, "stats", "--json"]).stdout)["blobs"] == 0
+    ok = run([CACHECTL, *cache, "verify"])
+    assert ok.returncode == 0 and "0 corrupt" in ok.stdout
+
+
+def test_cachectl_verify_reports_corruption(tmp_path, server_root, devserver, mounter):
+    (server_root / "v.wav").write_bytes(b"v" * 100_000)
+    session = write_session(tmp_path / "s.json", [{"id": "v", "artist": "A", "title": "V",
+                                                   "cloud_stream_path": "/v.wav"}], server=devserver.url)
+    mount = mounter(session)
+    run(["cp", str(mount.path / "A - V.wav"), str(tmp_path / "v.wav")], check=True)
+    mount.unmount()
+    blobs = [p for p in Path(mount.cache_dir, "blobs").rglob("*.val")]
+    assert len(blobs) == 1
+    with open(blobs[0], "r+b") as handle:
+        handle.write(b"X")
+    done = run([CACHECTL, "--cache-dir", str(mount.cache_dir), "verify", "--json"])
+    assert done.returncode == 1
+    assert len(json.loads(done.stdout)["corrupt"]) == 1
