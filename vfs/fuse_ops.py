@@ -153,4 +153,5 @@ def run(ops: MixOps, mountpoint: str, *, foreground: bool = True, threads: int =
     }
     if LIBFUSE_MAJOR >= 3:
         options["max_threads"] = threads
+        options["max_idle_threads"] = threads  # libfuse 3.14 warns about its own default (UINT_MAX)
     fuse.FUSE(ops, mountpoint, raw_fi=True, **options)

@@ -137,3 +137,16 @@ def test_writes_are_refused_with_erofs(tmp_path, server_root, devserver, mounter
             assert exc.errno == errno.EROFS, exc
         else:
             raise AssertionError("write succeeded on a read-only mount")
+
+
+def test_unknown_size_is_served_with_direct_io_so_cp_gets_every_byte(tmp_path, server_root, devserver, mounter):
+    write_sized(server_root / "nosize", 300_000, kind="wav", seed=5)
+    devserver.set_faults({"/nosize": {"status": 405, "head": True, "times": 1}})  # HEAD refused once
+    session = write_session(tmp_path / "s.json", [
+        {"id": "n", "artist": "No", "title": "Size", "cloud_stream_path": "/nosize", "content_type": "audio/wav"},
+    ], server=devserver.url)
+    mount = mounter(session, "--no-prefetch")
+    path = mount.path / "No - Size.wav"
+    assert path.stat().st_size == 0  # truly unknown before the first read
+    run(["cp", str(path), str(tmp_path / "copy.wav")], check=True)
+    assert filecmp.cmp(tmp_path / "copy.wav", server_root / "nosize", shallow=False)
