@@ -114,22 +114,26 @@ class Download:
 
     def run(self) -> None:
         """Fetch, verify and commit. Never raises: the outcome is in ``state``/``error``."""
+        error: FetchError | None = None
         try:
             self._check_cancel()
             self._set_state(State.FETCHING)
             self._fetch_with_retries()
             self._commit()
-            self._set_state(State.DONE)
         except FetchError as exc:
-            self._fail(exc)
+            error = exc
         except Exception as exc:  # a bug must still end as a failed track, never a hung reader
             log.exception("download of %s crashed", self.source.label)
-            self._fail(FetchError(f"internal error: {type(exc).__name__}"))
-        finally:
-            self.finished = time.monotonic()
-            os.close(self.fd)
-            if self.state is not State.DONE and self.path is not None:
-                os.unlink(self.path)  # failed bodies never enter the store
+            error = FetchError(f"internal error: {type(exc).__name__}")
+        # Clean up before announcing the outcome, so whoever hears it sees the final state of the disk.
+        self.finished = time.monotonic()
+        os.close(self.fd)
+        if error is not None and self.path is not None:
+            os.unlink(self.path)  # failed bodies never enter the store
+        if error is None:
+            self._set_state(State.DONE)
+        else:
+            self._fail(error)
 
     def _fetch_with_retries(self) -> None:
         policy = self.policy

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shlex
 import stat
 import subprocess
 import threading
@@ -33,15 +32,14 @@ from cache.index import RemoteInfo
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-ERROR_BODY_TYPES = ("text/html", "text/plain", "application/json", "application/problem+json", "application/xml",
-                    "text/xml")
+ERROR_BODY_TYPES = frozenset({"text/html", "text/plain", "application/json", "application/xml", "text/xml"})
 
 
 def looks_like_error_body(content_type: str | None) -> bool:
-    """A 2xx with one of these types is a server's error page, not audio."""
-    if not content_type:
-        return False
-    return content_type.split(";", 1)[0].strip().lower() in ERROR_BODY_TYPES
+    """A 2xx of one of these types is a server's (or CDN's) error page, not audio: caching it as a track
+    would serve garbage forever. Structured-syntax variants (application/problem+json, …+xml) count too."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media in ERROR_BODY_TYPES or media.endswith(("+json", "+xml"))
 
 
 class TokenSource:
@@ -273,11 +271,3 @@ def httpx_errors(url: str) -> Iterator[None]:
 def short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) < 200 else text[:200] + "…"
-
-
-def command_preview(command: str) -> str:
-    """The token command's program name only: its arguments may hold secrets."""
-    try:
-        return shlex.split(command)[0]
-    except (ValueError, IndexError):
-        return "<token command>"

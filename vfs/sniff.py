@@ -74,11 +74,6 @@ AUDIO_EXTENSIONS: frozenset[str] = frozenset(
     }
 )
 
-# Body types that mean "this is a message, not audio" when a 2xx carries them.
-_ERROR_BODY_TYPES: frozenset[str] = frozenset(
-    {"text/html", "text/plain", "application/json", "application/xml", "text/xml"}
-)
-
 # MP4 "ftyp" major brands that we treat as an audio file (.m4a).
 _M4A_BRANDS: frozenset[bytes] = frozenset(
     {b"M4A ", b"M4B ", b"M4P ", b"mp41", b"mp42", b"isom", b"iso2", b"iso4", b"iso5", b"iso6", b"dash"}
@@ -95,17 +90,6 @@ def _media_type(content_type: str | None) -> str:
 def ext_from_content_type(content_type: str | None) -> str | None:
     """Extension named by a Content-Type value, or None for generic/unknown types."""
     return _CONTENT_TYPE_EXT.get(_media_type(content_type))
-
-
-def looks_like_error_body(content_type: str | None) -> bool:
-    """True when a response of this type is an error page rather than audio.
-
-    Servers and CDNs answer some failures with a 200 and an HTML/JSON message;
-    caching that as a track would serve garbage forever, so callers reject it.
-    Structured-syntax variants (application/problem+json, ...+xml) count too.
-    """
-    media = _media_type(content_type)
-    return media in _ERROR_BODY_TYPES or media.endswith(("+json", "+xml"))
 
 
 def _known_suffix(path: str) -> str | None:

@@ -9,7 +9,7 @@ import enum
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cache.errors import FetchError
@@ -42,7 +42,6 @@ class Track:
     reason: str | None = None  # why a missing track is missing
     probe_error: str | None = None  # what the server said when we asked at mount time
     remote: RemoteInfo | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def id(self) -> str:

@@ -6,13 +6,13 @@ import struct
 
 import pytest
 
+from cache.http import looks_like_error_body
 from vfs.sniff import (
     MAGIC_BYTES_NEEDED,
     choose_ext,
     ext_from_content_type,
     ext_from_magic,
     ext_from_path,
-    looks_like_error_body,
 )
 
 # --- content types -------------------------------------------------------------
