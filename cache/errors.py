@@ -47,9 +47,10 @@ class CorruptBlob(CacheError):
 class FetchError(MixvfsError):
     """A track's bytes could not be had. ``reason`` is shown in the report as is."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, status: int = 0) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.status = status  # the HTTP status behind it, when there was one
 
 
 class SourceMissing(FetchError):
@@ -61,9 +62,7 @@ class Cancelled(FetchError):
 
 
 class PermanentHttpError(FetchError):
-    def __init__(self, reason: str, status: int = 0) -> None:
-        super().__init__(reason)
-        self.status = status
+    pass
 
 
 class AuthRejected(PermanentHttpError):
@@ -95,9 +94,7 @@ class TransientError(FetchError):
 
 
 class ServerBusy(TransientError):
-    def __init__(self, reason: str, status: int = 0) -> None:
-        super().__init__(reason)
-        self.status = status
+    pass
 
 
 class NetworkError(TransientError):
