@@ -353,8 +353,11 @@ class Fetcher:
                 download.cancelled = True
         for _ in self._workers:
             self._queue.put((-1, next(self._seq), None))
+        # Bounded: a worker stuck in a stalled read notices the cancel only at its next chunk. Workers are
+        # daemon threads, and a staging file left by an exiting process is removed at the next mount.
+        deadline = time.monotonic() + 3.0
         for worker in self._workers:
-            worker.join(timeout=self.policy.stall_timeout + 1)
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
 
     # -- internals -------------------------------------------------------------------------------------
 
