@@ -29,6 +29,7 @@ import xxhash
 
 from cache.errors import CacheError, NoSpace
 
+PROCESS_STARTED = time.time()
 HASH_CHUNK = 1 << 20  # xxhash releases the GIL only for inputs over 64 KiB; 1 MiB is its sweet spot.
 
 
@@ -172,7 +173,12 @@ class BlobStore:
         removed = []
         for path in self.staging.glob("*.part"):
             pid_text = path.name.split(".", 1)[0]
-            if pid_text.isdigit() and not pid_alive(int(pid_text)):
+            if not pid_text.isdigit():
+                continue
+            pid = int(pid_text)
+            # Our own pid on an older file: a dead process whose pid we were given again.
+            reused = pid == os.getpid() and path.stat().st_mtime < PROCESS_STARTED
+            if reused or not pid_alive(pid):
                 path.unlink(missing_ok=True)
                 removed.append(path)
         return removed
