@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes.util
 import errno
+import json
 import os
 import stat
 import threading
@@ -115,15 +116,18 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
 
     # -- extended attributes (status of each track) -------------------------------------------------
 
+    def _root_values(self) -> dict[str, str]:
+        return {**self.root_xattrs, "status": json.dumps(self.core.live_status(), ensure_ascii=False)}
+
     @guard
     def listxattr(self, path: str) -> list[str]:
         if path == "/":
-            return [XATTR_PREFIX + key for key in self.root_xattrs]
+            return [XATTR_PREFIX + key for key in [*self.root_xattrs, "status"]]
         return [XATTR_PREFIX + key for key in self.core.track_xattrs(self._track(path))]
 
     @guard
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        values = self.root_xattrs if path == "/" else self.core.track_xattrs(self._track(path))
+        values = self._root_values() if path == "/" else self.core.track_xattrs(self._track(path))
         key = name.removeprefix(XATTR_PREFIX)
         if not name.startswith(XATTR_PREFIX) or key not in values:
             raise FuseOSError(fuse.ENOATTR)
