@@ -325,15 +325,19 @@ class Fetcher:
         with self._lock:
             return list(self._active.values())
 
-    def close(self) -> None:
+    def close(self, wait: float | None = None) -> None:
+        """Cancel every download and wait for the workers: at most ``wait`` seconds in all (default: a
+        stall timeout each — a worker blocked in a silent read notices its cancellation only then)."""
         with self._lock:
             self._closed = True
             for download in self._active.values():
                 download.cancelled = True
         for _ in self._workers:
             self._queue.put((-1, next(self._seq), None))
+        deadline = None if wait is None else time.monotonic() + wait
         for worker in self._workers:
-            worker.join(timeout=self.policy.stall_timeout + 1)
+            timeout = self.policy.stall_timeout + 1 if deadline is None else max(0.0, deadline - time.monotonic())
+            worker.join(timeout=timeout)
 
     # -- internals -------------------------------------------------------------------------------------
 

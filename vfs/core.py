@@ -285,9 +285,9 @@ class SessionFS:
                 download.cond.wait(timeout=0.5)
         slots.release()
 
-    def close(self) -> None:
+    def close(self, wait: float | None = None) -> None:
         self._prefetch_stop.set()
-        self.fetcher.close()
+        self.fetcher.close(wait)
 
     # -- events --------------------------------------------------------------------------------------
 
