@@ -61,7 +61,9 @@ class Cancelled(FetchError):
 
 
 class PermanentHttpError(FetchError):
-    def __init__(self, reason: str, status: int) -> None:
+    # status has a default so copy.copy/pickle (which re-call __init__ with args == (reason,)) work;
+    # the real status comes back with the instance __dict__.
+    def __init__(self, reason: str, status: int = 0) -> None:
         super().__init__(reason)
         self.status = status
 
@@ -95,7 +97,7 @@ class TransientError(FetchError):
 
 
 class ServerBusy(TransientError):
-    def __init__(self, reason: str, status: int) -> None:
+    def __init__(self, reason: str, status: int = 0) -> None:  # default: see PermanentHttpError
         super().__init__(reason)
         self.status = status
 

@@ -59,7 +59,10 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
         if path == "/":
             return self._stat(stat.S_IFDIR | 0o555, 0, int(self.core.mtime * 1e9), nlink=2)
-        track = self._track(path)
+        # An open file is asked about by its handle when the kernel has one (fstat, reads revalidating
+        # the page cache): answer from the handle's track, which a live reload may have renamed or removed.
+        handle = self._handles.get(fh.fh) if fh is not None and hasattr(fh, "fh") else None
+        track = handle.track if handle is not None else self._track(path)
         return self._stat(stat.S_IFREG | 0o444, track.size or 0, int(track.mtime * 1e9))
 
     def _stat(self, mode: int, size: int, mtime_ns: int, nlink: int = 1) -> dict[str, int]:

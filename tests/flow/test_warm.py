@@ -36,7 +36,7 @@ def test_warm_downloads_everything_with_plain_lines(tmp_path, server_root, devse
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "Test Session: 2 tracks; 0 cached, 0 local, 2 to download (2.2 MiB)"
-    events = sorted(line.split()[0] + " " + line.split()[1] for line in lines[1:] if line.startswith(("done", "failed")))
+    events = sorted(" ".join(line.split()[:2]) for line in lines[1:] if line.startswith(("done", "failed")))
     assert events == ["done A", "done B"]
     assert "\x1b[" not in done.stdout  # no terminal control codes in a pipe
     assert lines[-1] == "2 cached"
