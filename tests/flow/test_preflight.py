@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import CACHECTL, MIXVFS, run, write_session
 from tools.devserver import DevServer
@@ -35,7 +36,7 @@ def preflight(manifest: Path, cache: Path, *extra: str, token: str | None = None
     return done.returncode, json.loads(done.stdout) if done.stdout else None, done
 
 
-def states(doc):
+def states(doc: dict[str, Any]) -> dict[str, str]:
     return {t["id"]: t["state"] for t in doc["tracks"]}
 
 

@@ -64,18 +64,25 @@ def test_bad_env_value_names_the_variable(tmp_path):
         config.resolve(None, env={"MIXVFS_CONFIG": "", "MIXVFS_MAX_AGE": "soon"})
 
 
+def token(settings: config.Settings) -> str | None:
+    source = settings.token_source()
+    assert source is not None
+    return source.current()[0]
+
+
 def test_token_from_the_highest_layer(tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("from-file\n")
     path = tmp_path / "c.toml"
     path.write_text('token_command = "echo from-command"\n')
     env = {"MIXVFS_CONFIG": str(path), "MIXVFS_TOKEN": "from-env"}
-    assert config.resolve(None, env=env).token_source().current()[0] == "from-env"  # env beats config
+    assert token(config.resolve(None, env=env)) == "from-env"  # env beats config
     env["MIXVFS_TOKEN_FILE"] = str(token_file)  # same layer as MIXVFS_TOKEN: a file beats a value
-    assert config.resolve(None, env=env).token_source().current()[0] == "from-file"
+    assert token(config.resolve(None, env=env)) == "from-file"
     flags = parse("--token-command", "echo from-flag")
-    assert config.resolve(flags, env=env).token_source().current()[0] == "from-flag"
-    assert config.resolve(None, env={"MIXVFS_CONFIG": str(path)}).token_source().current()[0] == "from-command"
+    assert token(config.resolve(flags, env=env)) == "from-flag"
+    assert token(config.resolve(None, env={"MIXVFS_CONFIG": str(path)})) == "from-command"
+    assert config.resolve(None, env={"MIXVFS_CONFIG": ""}).token_source() is None
 
 
 def test_mixvfs_config_shows_value_and_origin(tmp_path):
