@@ -32,7 +32,7 @@ from typing import Any
 import platformdirs
 
 from cache.errors import ConfigError
-from cache.http import TokenSource
+from cache.http import TokenSource, command_preview
 from cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, resolve_cache_dir
 from cache.units import format_size, parse_duration, parse_size
 
@@ -78,6 +78,10 @@ class Spec:
         return "--" + self.name.replace("_", "-")
 
 
+def _command_shown(command: str) -> str:
+    return command_preview(command) + " …"  # its arguments may hold secrets
+
+
 def _seconds(value: float) -> str:
     """2592000 -> "30d", 90 -> "1m30s": the way the flags take durations."""
     parts, rest = [], float(value)
@@ -93,7 +97,8 @@ def _seconds(value: float) -> str:
 
 SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("server", "MIXVFS_SERVER", None, _server, "server for manifests that name none"),
-    Spec("token_command", "MIXVFS_TOKEN_COMMAND", None, _text, "command printing the bearer token (run again on 401)"),
+    Spec("token_command", "MIXVFS_TOKEN_COMMAND", None, _text, "command printing the bearer token (run again on 401)",
+         _command_shown),
     Spec("token_file", "MIXVFS_TOKEN_FILE", None, _path, "file holding the bearer token (re-read on 401)"),
     Spec("cache_dir", "MIXVFS_CACHE_DIR", None, _path, "cache folder (default: the user cache folder)"),
     Spec("max_size", "MIXVFS_MAX_SIZE", DEFAULT_MAX_SIZE, parse_size, "cache size limit, LRU eviction (10G)",
