@@ -112,7 +112,9 @@ def start_daemon(argv: list[str], log_file: Path) -> dict[str, object]:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log_handle:
         child = subprocess.Popen(
-            [sys.executable, "-m", "vfs.cli", *argv, "--foreground", "--ready-fd", str(write_end)],
+            # -P: do not put the working directory on sys.path, where a folder named `cache` or `vfs` would
+            # shadow our packages (the cwd must stay: argv may hold relative paths).
+            [sys.executable, "-P", "-m", "vfs.cli", *argv, "--foreground", "--ready-fd", str(write_end)],
             stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle,
             pass_fds=(write_end,), start_new_session=True,
         )

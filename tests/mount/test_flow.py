@@ -147,3 +147,21 @@ def test_log_has_one_line_per_failure_with_name_and_cause(tmp_path, server_root,
         "ERROR vfs.mount: No - File.wav: local file /nonexistent/x.wav cannot be used: No such file or directory",
         "ERROR vfs.core: Art - Gone.wav: the server answered HTTP 404 Not Found",
     ]
+
+
+def test_mount_from_a_folder_holding_cache_and_vfs_folders(tmp_path):
+    """The daemon is `python -m vfs.cli`: the working directory must not shadow our packages."""
+    from tests.conftest import require_fuse
+
+    require_fuse()
+    work = tmp_path / "work"
+    for name in ("cache/index", "vfs", "mnt"):  # cache/index: what a cache folder made in the cwd holds
+        (work / name).mkdir(parents=True)
+    (work / "a.wav").write_bytes(b"RIFF" + bytes(100))
+    write_session(work / "s.json", [{"id": "t", "artist": "A", "title": "T", "file_path": "a.wav"}])
+    done = run([MIXVFS, "mount", "s.json", "mnt", "--cache-dir", "cache"], cwd=work)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert (work / "mnt" / "A - T.wav").read_bytes() == b"RIFF" + bytes(100)
+    finally:
+        run([MIXVFS, "unmount", "mnt"], cwd=work)
