@@ -346,7 +346,8 @@ class Fetcher:
         with self._lock:
             return list(self._active.values())
 
-    def close(self) -> None:
+    def close(self, wait: float | None = None) -> None:
+        """Cancel every download and wait for the workers: at most ``wait`` seconds in all (default 3)."""
         with self._lock:
             self._closed = True
             for download in self._active.values():
@@ -355,7 +356,7 @@ class Fetcher:
             self._queue.put((-1, next(self._seq), None))
         # Bounded: a worker stuck in a stalled read notices the cancel only at its next chunk. Workers are
         # daemon threads, and a staging file left by an exiting process is removed at the next mount.
-        deadline = time.monotonic() + 3.0
+        deadline = time.monotonic() + (3.0 if wait is None else wait)
         for worker in self._workers:
             worker.join(timeout=max(0.0, deadline - time.monotonic()))
 

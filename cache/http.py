@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import stat
 import subprocess
 import threading
@@ -271,3 +272,11 @@ def httpx_errors(url: str) -> Iterator[None]:
 def short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) < 200 else text[:200] + "…"
+
+
+def command_preview(command: str) -> str:
+    """The token command's program name only: its arguments may hold secrets."""
+    try:
+        return shlex.split(command)[0]
+    except (ValueError, IndexError):
+        return "<token command>"

@@ -183,6 +183,15 @@ class BlobStore:
                 removed.append(path)
         return removed
 
+    def clean_own_staging(self) -> list[Path]:
+        """Remove this process's staging files (after its downloads were stopped, e.g. on Ctrl-C): a
+        download queued but never started still has its empty staging file."""
+        removed = []
+        for path in self.staging.glob(f"{os.getpid()}.*.part"):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        return removed
+
     # -- blobs -----------------------------------------------------------------------------------------
 
     def commit(self, staged: Path, digest: str, size: int) -> None:

@@ -1,9 +1,10 @@
-"""``cachectl``: look after the mixvfs cache — ``stats``, ``ls``, ``prune``, ``verify`` (and ``warm``).
+"""``cachectl``: look after the mixvfs cache — ``stats``, ``ls``, ``prune``, ``verify`` and ``warm``.
 
 Safe while a mount uses the same cache: diskcache's metadata is transactional across processes, and a
 blob removed under an open reader keeps reading through its descriptor.
 
-Exit codes: 0 ok; 1 ``verify`` found corrupt blobs; 2 bad flags or an unusable cache folder.
+Exit codes: 0 ok; 1 ``verify`` found corrupt blobs, or ``warm`` could not download a track; 2 bad flags,
+config or manifest, or an unusable cache folder; 130 ``warm`` interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -13,28 +14,32 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cache.errors import ConfigError, MixvfsError
+from cache.fetch import RetryPolicy
+from cache.http import HttpClient
 from cache.index import SourceIndex
-from cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, resolve_cache_dir
 from cache.store import BlobInfo, BlobStore
 from cache.units import format_size, parse_duration, parse_size
+from vfs import config
+from vfs.manifest import load_manifest
 
 EXAMPLES = """examples:
   cachectl stats
   cachectl ls --json
   cachectl prune --max-age 7d --max-size 5G --dry-run
   cachectl verify
+  cachectl warm ~/Sessions/friday.json --jobs 4     # download every cloud track before the export
+  cachectl warm friday.json > warm.log              # not a terminal: one line per event
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cachectl", description=__doc__, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache-dir", help="cache folder (default: $MIXVFS_CACHE_DIR or the user cache folder)")
-    parser.add_argument("--max-size", help="the cache's size limit, for stats and prune (default 10G)")
-    parser.add_argument("--max-age", help="the cache's time-since-last-use limit (default 30d)")
+    config.add_flags(parser, config.CACHE_SETTINGS)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("stats", "blob count, bytes and limits"), ("ls", "every blob and the sources that map to it"),
                        ("verify", "re-hash every blob; remove corrupt ones")):
@@ -45,7 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--max-size", dest="prune_size", help="then evict down to this size (default: the cache's)")
     prune.add_argument("--dry-run", action="store_true", help="only say what would be freed")
     prune.add_argument("--json", action="store_true")
+    warm = sub.add_parser("warm", help="download every cloud track of a session now (progress; Ctrl-C stops)",
+                          description=warm_module_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    warm.add_argument("session", type=Path, help="the session manifest (JSON)")
+    config.add_flags(warm, config.WARM_SETTINGS)
+    warm.add_argument("--retries", type=int, default=5, help="attempts per download for transient errors (5)")
+    warm.add_argument("--retry-wait", default="0.5s", help="first backoff wait, doubling with jitter (0.5s)")
     return parser
+
+
+def warm_module_doc() -> str:
+    from vfs import warm
+
+    return warm.__doc__ or ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,11 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def open_cache(args: argparse.Namespace) -> tuple[BlobStore, SourceIndex]:
-    root = resolve_cache_dir(args.cache_dir)
-    max_size = parse_size(args.max_size) if args.max_size else DEFAULT_MAX_SIZE
-    max_age = parse_duration(args.max_age) if args.max_age else DEFAULT_MAX_AGE
+    settings = config.resolve(args, config.CACHE_SETTINGS)
+    root = settings.cache_dir
     try:
-        return BlobStore(root, max_size=max_size, max_age=max_age), SourceIndex(root)
+        return BlobStore(root, max_size=settings.max_size, max_age=settings.max_age), SourceIndex(root)
     except OSError as exc:
         raise ConfigError(f"cannot open the cache at {root}: {exc.strerror}") from None
 
@@ -91,7 +107,24 @@ def run_command(args: argparse.Namespace, store: BlobStore, index: SourceIndex) 
         result = {"checked": checked, "corrupt": [blob_json(c) for c in corrupt]}
         emit(args, result, format_verify)
         return 1 if corrupt else 0
+    if args.command == "warm":
+        return cmd_warm(args, store, index)
     raise ConfigError(f"unknown command {args.command}")
+
+
+def cmd_warm(args: argparse.Namespace, store: BlobStore, index: SourceIndex) -> int:
+    from vfs import warm
+
+    settings = config.resolve(args, config.CACHE_SETTINGS + config.WARM_SETTINGS)
+    session = load_manifest(args.session.expanduser(), default_server=settings.server)
+    policy = RetryPolicy(attempts=max(1, args.retries), wait_initial=parse_duration(args.retry_wait),
+                         stall_timeout=settings.stall_timeout, total_timeout=max(120.0, settings.stall_timeout * 4))
+    http = HttpClient(tokens=settings.token_source(), stall_timeout=settings.stall_timeout)
+    try:
+        return warm.warm(session, store=store, index=index, http=http, jobs=settings.jobs, policy=policy,
+                         out=sys.stdout, tty=sys.stdout.isatty())
+    finally:
+        http.close()
 
 
 def stats(store: BlobStore) -> dict[str, Any]:

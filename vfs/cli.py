@@ -1,7 +1,11 @@
-"""``mixvfs``: mount a MixBoard session as a read-only folder, unmount it, show its report.
+"""``mixvfs``: mount a MixBoard session as a read-only folder, check it before an export, watch it, unmount it.
 
-Exit codes: 0 ok; 1 the command ran and something failed (e.g. unmount refused); 2 bad input
-(manifest, flags, mountpoint); 3 "will fail" and 4 "could not check" are used by ``preflight``.
+Exit codes (every command):
+  0  ok
+  1  the command ran and something failed (a track failed in the report, unmount refused, ...)
+  2  bad input: manifest, flags, config file, mountpoint
+  3  preflight: the export will fail (a track is missing/unauthorized, not enough disk space)
+  4  preflight: could not check (the server is unreachable or answered 5xx)
 """
 
 from __future__ import annotations
@@ -13,15 +17,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from cache.errors import ConfigError, MixvfsError
 from cache.fetch import RetryPolicy
-from cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, resolve_cache_dir
-from cache.units import format_size, parse_duration, parse_size
-from vfs import mount
+from cache.units import parse_duration
+from vfs import config, mount
 from vfs.manifest import ManifestError, load_manifest
-from vfs.report import load_report
+from vfs.report import format_report, load_report
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -30,6 +32,36 @@ MOUNT_EXAMPLES = """examples:
   MIXVFS_TOKEN=... mixvfs mount friday.json ~/MixBoardTracks --max-size 20G
   mixvfs mount friday.json ~/MixBoardTracks --token-command 'security find-generic-password -w -s chad'
   cp -r ~/MixBoardTracks/. ~/Export/ && mixvfs unmount ~/MixBoardTracks
+  mixvfs mount friday.json ~/MixBoardTracks --foreground     # for launchd / systemd (logs to stderr)
+"""
+UNMOUNT_EXAMPLES = """examples:
+  mixvfs unmount ~/MixBoardTracks
+"""
+REPORT_EXAMPLES = """examples:
+  mixvfs report ~/MixBoardTracks            # a live mount's report
+  mixvfs report ~/.cache/mixvfs/reports/Friday-Mix.json --json
+"""
+PREFLIGHT_TEXT = """Before an export: every track with its source, size and state (local ok, cached, to download,
+unreachable, unauthorized, missing), the bytes to download, the free disk space of the cache folder
+against what is needed (with --max-size: a download larger than the limit still works by evicting
+older blobs, and preflight says so), and whether the server accepts the token. Nothing is downloaded:
+one HEAD per cloud track that is not cached.
+
+Exit codes: 0 the export can succeed; 3 it will fail (a track missing, unauthorized or refused, or
+not enough disk space); 4 could not check (server unreachable or busy); 2 bad manifest or flags."""
+PREFLIGHT_EXAMPLES = """examples:
+  mixvfs preflight ~/Sessions/friday.json
+  mixvfs preflight friday.json --json | jq '.tracks[] | select(.state != "cached")'
+  mixvfs preflight friday.json && mixvfs mount friday.json ~/MixBoardTracks
+"""
+STATUS_EXAMPLES = """examples:
+  mixvfs status ~/MixBoardTracks            # which tracks are downloading, bytes done/total, failures
+  mixvfs status ~/MixBoardTracks --watch    # refresh every second until Ctrl-C
+  mixvfs status ~/MixBoardTracks --json     # the same as: getfattr -n user.mixvfs.status ~/MixBoardTracks
+"""
+CONFIG_EXAMPLES = """examples:
+  mixvfs config
+  MIXVFS_CONFIG=./test.toml MIXVFS_JOBS=4 mixvfs config --jobs 2 --json
 """
 
 
@@ -42,15 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("session", type=Path, help="the session manifest (JSON) MixBoard wrote")
     m.add_argument("mountpoint", type=Path, help="an existing, empty folder, e.g. ~/MixBoardTracks")
-    add_cache_flags(m)
+    config.add_flags(m, config.MOUNT_SETTINGS)
     m.add_argument("--report", type=Path, help="where to write the per-track report (default: in the cache folder)")
-    m.add_argument("--token-file", type=Path, help="file holding the bearer token (re-read on 401)")
-    m.add_argument("--token-command", help="command printing the bearer token (run again on 401)")
     m.add_argument("--token", help=argparse.SUPPRESS)  # only to refuse it with a useful message
-    m.add_argument("--jobs", type=int, default=3, help="parallel downloads (default 3)")
     m.add_argument("--no-prefetch", action="store_true", help="download only what is read")
-    m.add_argument("--stall-timeout", default="30s", help="fail a download without progress this long (30s)")
-    m.add_argument("--retry-after", default="60s", help="after a failure, answer EIO at once this long (60s)")
     m.add_argument("--retries", type=int, default=5, help="attempts per download for transient errors (5)")
     m.add_argument("--retry-wait", default="0.5s", help="first backoff wait, doubling with jitter (0.5s)")
     m.add_argument("--log-file", type=Path, help="daemon log (default: <cache>/logs/mixvfs.log)")
@@ -58,19 +85,33 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--foreground", action="store_true", help="stay attached instead of running in the background")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
-    u = sub.add_parser("unmount", help="unmount; waits for the daemon's final report")
+    u = sub.add_parser("unmount", help="unmount; waits for the daemon's final report", epilog=UNMOUNT_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     u.add_argument("mountpoint", type=Path)
 
-    r = sub.add_parser("report", help="show a report file or a live mount's report")
+    r = sub.add_parser("report", help="show a report file or a live mount's report", epilog=REPORT_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("target", type=Path, help="report file or mountpoint")
     r.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("preflight", help="before an export: can every track be had?", epilog=PREFLIGHT_EXAMPLES,
+                       description=PREFLIGHT_TEXT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("session", type=Path, help="the session manifest (JSON)")
+    config.add_flags(p, config.PREFLIGHT_SETTINGS)
+    p.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("status", help="live view of a running mount: downloads, failures", epilog=STATUS_EXAMPLES,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    st.add_argument("mountpoint", type=Path)
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--watch", nargs="?", type=float, const=1.0, metavar="SECONDS",
+                    help="refresh every SECONDS (1) until Ctrl-C")
+
+    c = sub.add_parser("config", help="each effective setting and where it came from", epilog=CONFIG_EXAMPLES,
+                       description=config.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config.add_flags(c, config.MOUNT_SETTINGS)
+    c.add_argument("--json", action="store_true")
     return parser
-
-
-def add_cache_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-dir", help="cache folder (default: $MIXVFS_CACHE_DIR or the user cache folder)")
-    parser.add_argument("--max-size", default=None, help="cache size limit (default 10G)")
-    parser.add_argument("--max-age", default=None, help="drop blobs unused this long (default 30d)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,6 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "preflight":
+            from vfs import preflight  # imported on use: `mixvfs mount` need not load it
+            return preflight.main(args)
+        if args.command == "status":
+            from vfs import status
+            return status.main(args)
+        if args.command == "config":
+            return cmd_config(args)
     except MixvfsError as exc:
         print(f"mixvfs: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, ConfigError | ManifestError) else EXIT_FAILED
@@ -94,12 +143,10 @@ def mount_options(args: argparse.Namespace) -> mount.MountOptions:
     if args.token is not None:
         raise ConfigError("refusing --token: a token on the command line shows in `ps`; "
                           "use MIXVFS_TOKEN, --token-file or --token-command")
-    if args.token_file is not None and not args.token_file.expanduser().is_file():
-        raise ConfigError(f"--token-file {args.token_file}: no such file")
-    if args.jobs < 1 or args.jobs > 64:
-        raise ConfigError("--jobs must be between 1 and 64")
-    cache_dir = resolve_cache_dir(args.cache_dir)
-    stall = parse_duration(args.stall_timeout)
+    settings = config.resolve(args, config.MOUNT_SETTINGS)
+    settings.check_token_file()  # stop here, in the user's terminal, not in the daemon's log
+    cache_dir = settings.cache_dir
+    stall = settings.stall_timeout
     policy = RetryPolicy(attempts=max(1, args.retries), wait_initial=parse_duration(args.retry_wait),
                          stall_timeout=stall, total_timeout=max(120.0, stall * 4))
     return mount.MountOptions(
@@ -108,14 +155,16 @@ def mount_options(args: argparse.Namespace) -> mount.MountOptions:
         cache_dir=cache_dir,
         report_path=args.report.expanduser().absolute() if args.report else None,
         log_file=(args.log_file or cache_dir / "logs" / "mixvfs.log").expanduser().absolute(),
-        max_size=parse_size(args.max_size) if args.max_size else DEFAULT_MAX_SIZE,
-        max_age=parse_duration(args.max_age) if args.max_age else DEFAULT_MAX_AGE,
-        jobs=args.jobs,
+        max_size=settings.max_size,
+        max_age=settings.max_age,
+        jobs=settings.jobs,
         policy=policy,
-        retry_after=parse_duration(args.retry_after),
+        retry_after=settings.retry_after,
         prefetch=not args.no_prefetch,
-        token_file=args.token_file.expanduser().absolute() if args.token_file else None,
-        token_command=args.token_command,
+        token_file=None,
+        token_command=None,
+        tokens=settings.token_source,
+        default_server=settings.server,
     )
 
 
@@ -124,7 +173,7 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
     if args.foreground:
         setup_logging(options.log_file if args.ready_fd is not None else None, args.log_level)
         return mount.serve(options, args.ready_fd)
-    load_manifest(options.session_path)  # fail fast, in the user's terminal, on a bad manifest
+    load_manifest(options.session_path, default_server=options.default_server)  # fail fast, in the terminal
     mount.check_mountpoint(options.mountpoint)
     mount.check_libfuse()
     assert options.log_file is not None
@@ -164,22 +213,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def format_report(data: dict[str, Any]) -> str:
-    tracks = data.get("tracks", [])
-    lines = [f"session {data.get('session')!r} at {data.get('mountpoint')} (started {data.get('started')})"]
-    width = min(60, max([len(str(t.get("name", ""))) for t in tracks] + [4]))
-    lines.append(f"{'NAME':<{width}}  {'SOURCE':<7} {'STATUS':<8} {'BYTES':>10} {'TRIES':>5}  ERROR")
-    for t in tracks:
-        name = str(t.get("name", ""))
-        name = name if len(name) <= width else name[: width - 1] + "…"
-        size = format_size(t["bytes"]) if isinstance(t.get("bytes"), int) else "-"
-        lines.append(f"{name:<{width}}  {t.get('source', ''):<7} {t.get('status', ''):<8} {size:>10} "
-                     f"{t.get('attempts', 0):>5}  {t.get('error') or ''}")
-    counts: dict[str, int] = {}
-    for t in tracks:
-        counts[t.get("status", "?")] = counts.get(t.get("status", "?"), 0) + 1
-    lines.append(", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no tracks")
-    return "\n".join(lines)
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = config.resolve(args, config.MOUNT_SETTINGS)
+    if args.json:
+        doc = {"config_file": str(settings.path), "config_file_found": settings.file_found,
+               "settings": settings.rows()}
+        json.dump(doc, sys.stdout, indent=1)
+        print()
+    else:
+        print(config.format_rows(settings))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

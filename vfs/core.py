@@ -22,6 +22,7 @@ from vfs.tracks import Kind, Track
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1 << 20  # st_blksize: `cp` sizes its buffer from it (128 KiB by default)
+MAX_STATUS_FAILURES = 100  # an xattr value is at most 64 KiB on Linux: list this many failures, count the rest
 
 
 class Handle:
@@ -127,6 +128,48 @@ class SessionFS:
             self.tracks = tracks
             self._by_name = {t.name: t for t in tracks}
             self._by_ident = by_ident
+
+    def reload(self, tracks: list[Track], *, mtime: float | None = None) -> None:
+        """The manifest changed while mounted: swap the listing in one step. Open handles hold their Track
+        (and descriptor or download), so files already open keep reading; a track that stays keeps its
+        report record (status, attempts), under its new name if it was renamed."""
+        records = []
+        for track in tracks:
+            old = self.report.record(track.id) if self.report.has(track.id) else None
+            if old is not None and old.source == track.kind.value:
+                old.name = track.name
+                records.append(old)
+            else:
+                records.append(self._initial_record(track))
+        self._set_tracks(tracks)
+        if mtime is not None:
+            self.mtime = mtime  # the folder's mtime changes too: tools that cache listings by mtime notice
+        self.report.replace_records(records)
+        if self._prefetch_thread is not None and not self._prefetch_stop.is_set():
+            self._prefetch_thread = None  # the running pass walks the old list; a new pass covers the new tracks
+            self.start_prefetch()
+
+    def live_status(self) -> dict[str, object]:
+        """What ``mixvfs status`` shows (the root's ``user.mixvfs.status``): downloads in flight and failures."""
+        names: dict[str, str] = {}
+        for track in self.tracks:
+            if track.source is not None:
+                names.setdefault(track.source.ident, track.name)
+        downloading = [
+            {"name": names.get(d.source.ident, d.source.label), "available": d.available, "total": d.total,
+             "attempts": d.attempts, "state": d.state.value}
+            for d in self.fetcher.active() if d.state in (State.PENDING, State.FETCHING)
+        ]
+        snapshot = self.report.snapshot()
+        counts: dict[str, int] = {}
+        failed = []
+        for record in snapshot["tracks"]:
+            counts[record["status"]] = counts.get(record["status"], 0) + 1
+            if record["status"] in ("failed", "missing"):
+                failed.append({"name": record["name"], "error": record["error"]})
+        return {"session": snapshot["session"], "tracks": len(snapshot["tracks"]), "counts": counts,
+                "downloading": downloading, "failed": failed[:MAX_STATUS_FAILURES],
+                "failed_total": len(failed)}
 
     def names(self) -> list[str]:
         return [t.name for t in self.tracks]
@@ -242,9 +285,9 @@ class SessionFS:
                 download.cond.wait(timeout=0.5)
         slots.release()
 
-    def close(self) -> None:
+    def close(self, wait: float | None = None) -> None:
         self._prefetch_stop.set()
-        self.fetcher.close()
+        self.fetcher.close(wait)
 
     # -- events --------------------------------------------------------------------------------------
 
@@ -267,6 +310,9 @@ class SessionFS:
     def _record_failure(self, track: Track, error: FetchError) -> None:
         first = track.id not in self._failures or self._failures[track.id].error.reason != error.reason
         self._failures[track.id] = Failure(error, self.now())
+        if not self.report.has(track.id):
+            log.error("%s (removed from the session): %s", track.name, error.reason)
+            return
         record = self.report.record(track.id)
         self.report.update(track.id, urgent=True, status="failed", error=error.reason,
                            attempts=max(record.attempts, 1))

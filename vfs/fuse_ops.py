@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes.util
 import errno
+import json
 import os
 import stat
 import threading
@@ -58,7 +59,10 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
         if path == "/":
             return self._stat(stat.S_IFDIR | 0o555, 0, int(self.core.mtime * 1e9), nlink=2)
-        track = self._track(path)
+        # An open file is asked about by its handle when the kernel has one (fstat, reads revalidating
+        # the page cache): answer from the handle's track, which a live reload may have renamed or removed.
+        handle = self._handles.get(fh.fh) if fh is not None and hasattr(fh, "fh") else None
+        track = handle.track if handle is not None else self._track(path)
         return self._stat(stat.S_IFREG | 0o444, track.size or 0, int(track.mtime * 1e9))
 
     def _stat(self, mode: int, size: int, mtime_ns: int, nlink: int = 1) -> dict[str, int]:
@@ -115,15 +119,18 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
 
     # -- extended attributes (status of each track) -------------------------------------------------
 
+    def _root_values(self) -> dict[str, str]:
+        return {**self.root_xattrs, "status": json.dumps(self.core.live_status(), ensure_ascii=False)}
+
     @guard
     def listxattr(self, path: str) -> list[str]:
         if path == "/":
-            return [XATTR_PREFIX + key for key in self.root_xattrs]
+            return [XATTR_PREFIX + key for key in [*self.root_xattrs, "status"]]
         return [XATTR_PREFIX + key for key in self.core.track_xattrs(self._track(path))]
 
     @guard
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        values = self.root_xattrs if path == "/" else self.core.track_xattrs(self._track(path))
+        values = self._root_values() if path == "/" else self.core.track_xattrs(self._track(path))
         key = name.removeprefix(XATTR_PREFIX)
         if not name.startswith(XATTR_PREFIX) or key not in values:
             raise FuseOSError(fuse.ENOATTR)

@@ -49,7 +49,8 @@ class Session:
     mtime: float
 
 
-def load_manifest(path: Path) -> Session:
+def load_manifest(path: Path, *, default_server: str | None = None) -> Session:
+    """``default_server`` (from the config) serves manifests that name no ``server``; theirs wins."""
     try:
         with path.open("rb") as handle:
             data = handle.read(MAX_MANIFEST_BYTES + 1)
@@ -58,10 +59,12 @@ def load_manifest(path: Path) -> Session:
         raise ManifestError(f"{path}: cannot read the manifest: {exc.strerror}") from None
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{path}: the manifest is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
-    return parse_manifest(data, base_dir=path.resolve().parent, origin=str(path), mtime=mtime)
+    return parse_manifest(data, base_dir=path.resolve().parent, origin=str(path), mtime=mtime,
+                          default_server=default_server)
 
 
-def parse_manifest(data: bytes, *, base_dir: Path, origin: str = "manifest", mtime: float = 0.0) -> Session:
+def parse_manifest(data: bytes, *, base_dir: Path, origin: str = "manifest", mtime: float = 0.0,
+                   default_server: str | None = None) -> Session:
     try:
         doc = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -74,6 +77,7 @@ def parse_manifest(data: bytes, *, base_dir: Path, origin: str = "manifest", mti
     server = _optional_str(doc, "server", f"{origin}: session")
     if server is not None:
         _check_http_url(server, f"{origin}: session field 'server'")
+    server = server or default_server
     tracks = doc.get("tracks")
     if not isinstance(tracks, list):
         raise ManifestError(f"{origin}: field 'tracks' must be a list of tracks")

@@ -23,9 +23,10 @@ from cache.http import HttpClient, TokenSource, warn_if_insecure
 from cache.index import SourceIndex
 from cache.store import BlobStore, make_private_dir
 from vfs.core import SessionFS
+from vfs.live import ManifestWatcher
 from vfs.manifest import Session, load_manifest
 from vfs.report import Report
-from vfs.tracks import build_tracks
+from vfs.tracks import Kind, Track, build_tracks
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ class MountOptions:
     token_file: Path | None
     token_command: str | None
     threads: int = 16
-    attr_timeout: float = 1.0
+    attr_timeout: float = 1.0  # keep <= 1 s: live reloads must show within 2 s through the kernel's caches
+    tokens: Callable[[], TokenSource | None] | None = None  # from vfs.config; else token_file/command/env
+    default_server: str | None = None  # for manifests that name no server (from the config)
 
 
 # -- the mountpoint -------------------------------------------------------------------------------------
@@ -109,7 +112,9 @@ def start_daemon(argv: list[str], log_file: Path) -> dict[str, object]:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log_handle:
         child = subprocess.Popen(
-            [sys.executable, "-m", "vfs.cli", *argv, "--foreground", "--ready-fd", str(write_end)],
+            # -P: do not put the working directory on sys.path, where a folder named `cache` or `vfs` would
+            # shadow our packages (the cwd must stay: argv may hold relative paths).
+            [sys.executable, "-P", "-m", "vfs.cli", *argv, "--foreground", "--ready-fd", str(write_end)],
             stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle,
             pass_fds=(write_end,), start_new_session=True,
         )
@@ -152,7 +157,7 @@ def serve(options: MountOptions, ready_fd: int | None) -> int:
                 os.close(ready_fd)
 
     try:
-        session = load_manifest(options.session_path)
+        session = load_manifest(options.session_path, default_server=options.default_server)
         check_mountpoint(options.mountpoint)
         check_libfuse()
         core, report, closers = open_session(session, options)
@@ -195,7 +200,7 @@ def open_session(
     for path in store.clean_stale_staging():
         log.info("removed a dead download's leftover %s", path.name)
     store.prune()
-    tokens = token_source(options.token_file, options.token_command)
+    tokens = options.tokens() if options.tokens else token_source(options.token_file, options.token_command)
     if session.server:
         warn_if_insecure(session.server, tokens)
     http = HttpClient(tokens=tokens, stall_timeout=options.policy.stall_timeout)
@@ -206,10 +211,22 @@ def open_session(
     core = SessionFS(tracks, fetcher, report, retry_after=options.retry_after, prefetch=options.prefetch,
                      mtime=session.mtime)
     report.replace_records(core.initial_records())
+    log_missing(tracks)
+
+    def apply(changed: Session) -> None:
+        fresh = build_tracks(changed, http=http, index=index, jobs=options.jobs)
+        core.reload(fresh, mtime=changed.mtime)
+        log_missing(fresh)
+
+    watcher = ManifestWatcher(options.session_path, apply, default_server=options.default_server)
+    watcher.start()
+    return core, report, [watcher.stop, http.close, index.close, store.close]
+
+
+def log_missing(tracks: list[Track]) -> None:
     for track in tracks:
-        if track.kind.value == "missing":
+        if track.kind is Kind.MISSING:
             log.error("%s: %s", track.name, track.reason)
-    return core, report, [http.close, index.close, store.close]
 
 
 def token_source(token_file: Path | None, token_command: str | None) -> TokenSource | None:

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cache.units import format_size
+
 FLUSH_INTERVAL = 0.2
 
 
@@ -50,9 +52,15 @@ class Report:
         with self._lock:
             return TrackRecord(**asdict(self._records[track_id]))
 
+    def has(self, track_id: str) -> bool:
+        with self._lock:
+            return track_id in self._records
+
     def update(self, track_id: str, *, urgent: bool = False, **fields: Any) -> None:
         with self._lock:
-            record = self._records[track_id]
+            record = self._records.get(track_id)
+            if record is None:
+                return  # a track removed from the session by a live reload; its download may still finish
             for key, value in fields.items():
                 setattr(record, key, value)
         if urgent:
@@ -101,3 +109,23 @@ def load_report(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a mixvfs report")
     return data
+
+
+def format_report(data: dict[str, Any]) -> str:
+    """The per-track table of ``mixvfs report`` (and the summary of ``cachectl warm``)."""
+    tracks = data.get("tracks", [])
+    where = f" at {data['mountpoint']}" if data.get("mountpoint") else ""
+    lines = [f"session {data.get('session')!r}{where} (started {data.get('started')})"]
+    width = min(60, max([len(str(t.get("name", ""))) for t in tracks] + [4]))
+    lines.append(f"{'NAME':<{width}}  {'SOURCE':<7} {'STATUS':<8} {'BYTES':>10} {'TRIES':>5}  ERROR")
+    for t in tracks:
+        name = str(t.get("name", ""))
+        name = name if len(name) <= width else name[: width - 1] + "…"
+        size = format_size(t["bytes"]) if isinstance(t.get("bytes"), int) else "-"
+        lines.append(f"{name:<{width}}  {t.get('source', ''):<7} {t.get('status', ''):<8} {size:>10} "
+                     f"{t.get('attempts', 0):>5}  {t.get('error') or ''}")
+    counts: dict[str, int] = {}
+    for t in tracks:
+        counts[t.get("status", "?")] = counts.get(t.get("status", "?"), 0) + 1
+    lines.append(", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no tracks")
+    return "\n".join(lines)

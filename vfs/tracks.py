@@ -41,6 +41,7 @@ class Track:
     local_path: Path | None = None
     reason: str | None = None  # why a missing track is missing
     probe_error: str | None = None  # what the server said when we asked at mount time
+    probe_failure: FetchError | None = None  # the same, as our exception (preflight classifies it)
     remote: RemoteInfo | None = None
 
     @property
@@ -106,6 +107,7 @@ def _probe(track: Track, http: HttpClient, index: SourceIndex) -> None:
         info = RemoteInfo(info.size, info.etag, info.content_type, magic_ext)
     except FetchError as exc:
         track.probe_error = exc.reason
+        track.probe_failure = exc
         log.info("cannot ask the server about %s: %s", track.spec.label, exc.reason)
         return
     track.remote = info

@@ -1,0 +1,86 @@
+"""`cachectl warm`: plain line-per-event output off a terminal, the report's summary, exit codes, and a
+Ctrl-C that leaves only whole blobs and no staging files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.conftest import CACHECTL, run, write_session
+from tools.make_audio import write_sized
+
+
+def session(tmp_path: Path, server_root: Path, url: str) -> Path:
+    (server_root / "stream").mkdir(exist_ok=True)
+    write_sized(server_root / "stream" / "a", 300_000, kind="wav", seed=1)
+    write_sized(server_root / "stream" / "b", 2_000_000, kind="wav", seed=2)
+    return write_session(tmp_path / "s.json", [
+        {"id": "a", "artist": "A", "title": "One", "cloud_stream_path": "/stream/a", "size": 300_000,
+         "content_type": "audio/wav"},
+        {"id": "b", "artist": "B", "title": "Two", "cloud_stream_path": "/stream/b", "size": 2_000_000,
+         "content_type": "audio/wav"},
+    ], server=url)
+
+
+def cachectl(cache: Path, *args: str) -> list[str]:
+    return [CACHECTL, "--cache-dir", str(cache), *args]
+
+
+def test_warm_downloads_everything_with_plain_lines(tmp_path, server_root, devserver):
+    manifest = session(tmp_path, server_root, devserver.url)
+    cache = tmp_path / "cache"
+    done = run(cachectl(cache, "warm", str(manifest), "--jobs", "2"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "Test Session: 2 tracks; 0 cached, 0 local, 2 to download (2.2 MiB)"
+    events = sorted(" ".join(line.split()[:2]) for line in lines[1:] if line.startswith(("done", "failed")))
+    assert events == ["done A", "done B"]
+    assert "\x1b[" not in done.stdout  # no terminal control codes in a pipe
+    assert lines[-1] == "2 cached"
+    assert lines[-4].split()[:3] == ["NAME", "SOURCE", "STATUS"]
+    assert len(devserver.requests("GET", "/stream/a")) == 1 and len(devserver.requests("GET", "/stream/b")) == 1
+    listing = json.loads(run(cachectl(cache, "ls", "--json"), check=True).stdout)
+    assert sorted(blob["size"] for blob in listing) == [300_000, 2_000_000]
+    again = run(cachectl(cache, "warm", str(manifest)), check=True)  # nothing left to do, no request
+    assert again.stdout.splitlines()[0] == "Test Session: 2 tracks; 2 cached, 0 local, 0 to download (0 B)"
+    assert len(devserver.requests("GET")) == 2
+
+
+def test_warm_exits_1_and_reports_a_failed_track(tmp_path, server_root, devserver):
+    manifest = session(tmp_path, server_root, devserver.url)
+    devserver.set_faults({"/stream/b": {"status": 404}})
+    done = run(cachectl(tmp_path / "cache", "warm", str(manifest)))
+    assert done.returncode == 1
+    assert "failed B - Two.wav: the server answered HTTP 404 Not Found" in done.stdout.splitlines()
+    assert done.stdout.splitlines()[-1] == "1 cached, 1 failed"
+
+
+def test_ctrl_c_stops_cleanly_leaving_only_whole_blobs(tmp_path, server_root, devserver):
+    manifest = session(tmp_path, server_root, devserver.url)
+    devserver.set_faults({"/stream/b": {"rate": 200_000}})  # 10 s for the whole track: it is mid-way when we stop
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen(cachectl(cache, "warm", str(manifest), "--jobs", "2"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:  # wait until "a" is whole and "b" is downloading
+        seen.append(line.rstrip("\n"))
+        if any(s.startswith("done   A") for s in seen) and any(s.startswith("start  B") for s in seen):
+            break
+    parts = list((cache / "staging").glob("*.part"))
+    assert len(parts) == 1  # b's body, growing
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert out.splitlines()[-1] == "interrupted: downloads stopped; only whole files are in the cache"
+    assert "Traceback" not in err
+    assert os.listdir(cache / "staging") == []
+    verify = run(cachectl(cache, "verify", "--json"), check=True)
+    assert json.loads(verify.stdout) == {"checked": 1, "corrupt": []}
+    listing = json.loads(run(cachectl(cache, "ls", "--json"), check=True).stdout)
+    assert [blob["size"] for blob in listing] == [300_000]
+    served = devserver.requests("GET", "/stream/b")
+    assert len(served) == 1 and served[0]["bytes"] < 2_000_000  # b really was cut off mid-way

@@ -1,0 +1,167 @@
+"""Tier 2, the export workflow around a real mount: xattrs, `mixvfs status`, the live session (manifest
+edited while mounted, during a copy), and the log's one line per failure."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import MIXVFS, run, write_session
+from tools.make_audio import write_sized
+
+
+def cloud(track_id: str, title: str, path: str, size: int) -> dict[str, object]:
+    return {"id": track_id, "artist": "Art", "title": title, "cloud_stream_path": path, "size": size,
+            "content_type": "audio/wav"}
+
+
+def serve(server_root: Path, name: str, size: int, seed: int) -> None:
+    (server_root / "stream").mkdir(exist_ok=True)
+    write_sized(server_root / "stream" / name, size, kind="wav", seed=seed)
+
+
+def test_xattrs_of_files_and_root_status(tmp_path, server_root, devserver, mounter):
+    serve(server_root, "ok", 100_000, 1)
+    session = write_session(tmp_path / "s.json", [
+        cloud("c1", "Fine", "/stream/ok", 100_000),
+        cloud("x1", "Gone", "/stream/nope", 1000),
+    ], server=devserver.url)
+    mount = mounter(session, "--no-prefetch")
+    fine, gone = mount.path / "Art - Fine.wav", mount.path / "Art - Gone.wav"
+    assert os.getxattr(fine, "user.mixvfs.status") == b"pending"
+    assert set(os.listxattr(fine)) == {f"user.mixvfs.{k}" for k in ("status", "source", "error", "digest", "id")}
+    run(["cp", str(fine), str(tmp_path / "fine.wav")], check=True)
+    assert filecmp.cmp(tmp_path / "fine.wav", server_root / "stream" / "ok", shallow=False)
+    mount.wait_track("c1", lambda r: r["status"] == "cached")
+    assert os.getxattr(fine, "user.mixvfs.status") == b"cached"
+    assert os.getxattr(fine, "user.mixvfs.source") == b"cloud"
+    assert os.getxattr(fine, "user.mixvfs.id") == b"c1"
+    assert os.getxattr(fine, "user.mixvfs.digest").decode() == mount.track("c1")["digest"]
+    assert len(os.getxattr(fine, "user.mixvfs.digest")) == 32
+    assert run(["cp", str(gone), str(tmp_path / "gone.wav")]).returncode != 0
+    assert os.getxattr(gone, "user.mixvfs.status") == b"failed"
+    assert os.getxattr(gone, "user.mixvfs.error") == b"the server answered HTTP 404 Not Found"
+    status = json.loads(os.getxattr(mount.path, "user.mixvfs.status"))
+    assert status["tracks"] == 2 and status["counts"] == {"cached": 1, "failed": 1}
+    assert status["downloading"] == []
+    assert status["failed"] == [{"name": "Art - Gone.wav", "error": "the server answered HTTP 404 Not Found"}]
+    assert os.getxattr(mount.path, "user.mixvfs.pid").decode().isdigit()
+    done = run([MIXVFS, "status", str(mount.path), "--json"])
+    assert done.returncode == 1  # a failed track
+    assert json.loads(done.stdout) == status
+    text = run([MIXVFS, "status", str(mount.path)]).stdout.splitlines()
+    assert text == ["session 'Test Session': 2 tracks (1 cached, 1 failed)", "downloading: 0", "failed: 1",
+                    "  Art - Gone.wav: the server answered HTTP 404 Not Found"]
+
+
+def test_status_shows_a_download_in_flight(tmp_path, server_root, devserver, mounter):
+    size, stall_at = 1536 << 10, 1 << 20  # httpx hands over the body in 1 MiB chunks: stall on a boundary
+    serve(server_root, "slow", size, 2)
+    devserver.set_faults({"/stream/slow": {"stall_after": stall_at, "stall_seconds": 2}})
+    session = write_session(tmp_path / "s.json", [cloud("s1", "Slow", "/stream/slow", size)], server=devserver.url)
+    mount = mounter(session)  # prefetch starts the download
+    deadline = time.monotonic() + 10
+    status = json.loads(os.getxattr(mount.path, "user.mixvfs.status"))
+    while not (status["downloading"] and status["downloading"][0]["available"] == stall_at):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+        status = json.loads(os.getxattr(mount.path, "user.mixvfs.status"))
+    assert status["downloading"] == [{"name": "Art - Slow.wav", "available": stall_at, "total": size,
+                                      "attempts": 1, "state": "fetching"}]
+    assert status["counts"] == {"fetching": 1}
+    done = run([MIXVFS, "status", str(mount.path)])
+    assert done.returncode == 0
+    assert "  Art - Slow.wav: 1.0 MiB of 1.5 MiB (67%)" in done.stdout.splitlines()
+    watch = subprocess.Popen([MIXVFS, "status", str(mount.path), "--watch", "0.1", "--json"],
+                             stdout=subprocess.PIPE, text=True)
+    assert watch.stdout is not None
+    first, second = json.loads(watch.stdout.readline()), json.loads(watch.stdout.readline())
+    watch.terminate()
+    watch.wait(timeout=5)
+    assert first["session"] == second["session"] == "Test Session"
+    assert mount.wait_track("s1", lambda r: r["status"] == "cached")["status"] == "cached"
+
+
+def test_live_reload_adds_and_removes_tracks_while_a_copy_runs(tmp_path, server_root, devserver, mounter):
+    serve(server_root, "long", 2_000_000, 3)
+    serve(server_root, "old", 50_000, 4)
+    serve(server_root, "new", 60_000, 5)
+    devserver.set_faults({"/stream/long": {"rate": 1_000_000}})  # the copy takes ~2 s
+    tracks = [cloud("l1", "Long", "/stream/long", 2_000_000), cloud("o1", "Old", "/stream/old", 50_000)]
+    session = write_session(tmp_path / "s.json", tracks, server=devserver.url)
+    mount = mounter(session, "--no-prefetch")
+    assert sorted(os.listdir(mount.path)) == ["Art - Long.wav", "Art - Old.wav"]
+    copy = subprocess.Popen(["cp", str(mount.path / "Art - Long.wav"), str(tmp_path / "long.wav")],
+                            stderr=subprocess.PIPE, text=True)
+    mount.wait_track("l1", lambda r: r["status"] == "fetching")
+    renamed = {**tracks[0], "title": "Longer"}
+    write_session(session, [renamed, cloud("n1", "New", "/stream/new", 60_000)], server=devserver.url)
+    wanted = ["Art - Longer.wav", "Art - New.wav"]
+    deadline = time.monotonic() + 10  # typically ~1 s (0.5 s poll + 1 s kernel entry cache); no timed assertion
+    while sorted(os.listdir(mount.path)) != wanted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(os.listdir(mount.path)) == wanted
+    assert not (mount.path / "Art - Old.wav").exists()
+    assert (mount.path / "Art - New.wav").stat().st_size == 60_000
+    run(["cp", str(mount.path / "Art - New.wav"), str(tmp_path / "new.wav")], check=True)
+    assert filecmp.cmp(tmp_path / "new.wav", server_root / "stream" / "new", shallow=False)
+    _, err = copy.communicate(timeout=30)
+    assert copy.returncode == 0, err  # the file open before the reload kept reading to the end
+    assert filecmp.cmp(tmp_path / "long.wav", server_root / "stream" / "long", shallow=False)
+    report = mount.report()
+    assert [(t["id"], t["name"]) for t in report["tracks"]] == [("l1", "Art - Longer.wav"), ("n1", "Art - New.wav")]
+    assert mount.wait_track("l1", lambda r: r["status"] == "cached")["status"] == "cached"
+
+
+def test_invalid_manifest_keeps_the_listing_and_is_logged(tmp_path, server_root, devserver, mounter):
+    serve(server_root, "old", 50_000, 4)
+    session = write_session(tmp_path / "s.json", [cloud("o1", "Old", "/stream/old", 50_000)], server=devserver.url)
+    mount = mounter(session, "--no-prefetch")
+    session.write_text('{"tracks": [{"title": "no id"}]}')
+    deadline = time.monotonic() + 5
+    while "cannot be used" not in mount.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.listdir(mount.path) == ["Art - Old.wav"]
+    lines = [line for line in mount.log().splitlines() if "cannot be used" in line]
+    assert len(lines) == 1 and "track 0" in lines[0] and "'id'" in lines[0]
+
+
+def test_log_has_one_line_per_failure_with_name_and_cause(tmp_path, server_root, devserver, mounter):
+    serve(server_root, "ok", 10_000, 1)
+    session = write_session(tmp_path / "s.json", [
+        cloud("c1", "Fine", "/stream/ok", 10_000),
+        cloud("x1", "Gone", "/stream/nope", 1000),
+        {"id": "m1", "artist": "No", "title": "File", "file_path": "/nonexistent/x.wav"},
+    ], server=devserver.url)
+    mount = mounter(session, "--no-prefetch", "--retry-after", "0s", "--log-level", "info")
+    for _ in range(3):  # three reads of a failing track: still one line (the cause did not change)
+        assert run(["cat", str(mount.path / "Art - Gone.wav")]).returncode != 0
+    run(["cp", "-r", f"{mount.path}/.", str(tmp_path / "out")])
+    mount.unmount()
+    errors = [line.split(" ", 2)[2] for line in mount.log().splitlines() if " ERROR " in line]
+    assert errors == [
+        "ERROR vfs.mount: No - File.wav: local file /nonexistent/x.wav cannot be used: No such file or directory",
+        "ERROR vfs.core: Art - Gone.wav: the server answered HTTP 404 Not Found",
+    ]
+
+
+def test_mount_from_a_folder_holding_cache_and_vfs_folders(tmp_path):
+    """The daemon is `python -m vfs.cli`: the working directory must not shadow our packages."""
+    from tests.conftest import require_fuse
+
+    require_fuse()
+    work = tmp_path / "work"
+    for name in ("cache/index", "vfs", "mnt"):  # cache/index: what a cache folder made in the cwd holds
+        (work / name).mkdir(parents=True)
+    (work / "a.wav").write_bytes(b"RIFF" + bytes(100))
+    write_session(work / "s.json", [{"id": "t", "artist": "A", "title": "T", "file_path": "a.wav"}])
+    done = run([MIXVFS, "mount", "s.json", "mnt", "--cache-dir", "cache"], cwd=work)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert (work / "mnt" / "A - T.wav").read_bytes() == b"RIFF" + bytes(100)
+    finally:
+        run([MIXVFS, "unmount", "mnt"], cwd=work)

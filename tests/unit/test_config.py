@@ -1,0 +1,115 @@
+"""Settings layers: default < config file < env < flag, and `mixvfs config` saying where each came from."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import pytest
+
+from cache.errors import ConfigError
+from tests.conftest import MIXVFS, run
+from vfs import config
+
+
+def parse(*flags: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    config.add_flags(parser, config.MOUNT_SETTINGS)
+    return parser.parse_args(list(flags))
+
+
+def test_each_layer_overrides_the_one_below(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('jobs = 2\nmax_size = "5G"\nstall_timeout = "10s"\nserver = "http://file.example"\n')
+    env = {"MIXVFS_CONFIG": str(path), "MIXVFS_JOBS": "4", "MIXVFS_STALL_TIMEOUT": "20s"}
+    settings = config.resolve(parse("--stall-timeout", "5s"), env=env)
+    assert (settings.jobs, settings.resolved["jobs"].origin) == (4, "env MIXVFS_JOBS")
+    assert (settings.max_size, settings.resolved["max_size"].origin) == (5 << 30, "config file")
+    assert (settings.stall_timeout, settings.resolved["stall_timeout"].origin) == (5.0, "flag --stall-timeout")
+    assert (settings.retry_after, settings.resolved["retry_after"].origin) == (60.0, "default")
+    assert settings.server == "http://file.example"
+
+
+def test_cache_dir_from_config_file_is_expanded(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(f'cache_dir = "{tmp_path}/cache"\nmax_age = 3600\n')
+    settings = config.resolve(None, config.CACHE_SETTINGS, env={"MIXVFS_CONFIG": str(path)})
+    assert settings.cache_dir == tmp_path / "cache"
+    assert settings.max_age == 3600.0
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("jobs = 3\nbogus = 1\n", "unknown key(s) bogus"),
+    ("jobs = [\n", "not valid TOML"),
+    ("jobs = 0\n", "jobs: must be between 1 and 64"),
+    ('max_size = "lots"\n', "max_size: not a size"),
+])
+def test_bad_config_file_names_the_problem(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        config.resolve(None, env={"MIXVFS_CONFIG": str(path)})
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_explicit_config_path_must_exist(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.resolve(None, env={"MIXVFS_CONFIG": str(tmp_path / "none.toml")})
+
+
+def test_bad_env_value_names_the_variable(tmp_path):
+    with pytest.raises(ConfigError, match="env MIXVFS_MAX_AGE: not a duration"):
+        config.resolve(None, env={"MIXVFS_CONFIG": "", "MIXVFS_MAX_AGE": "soon"})
+
+
+def token(settings: config.Settings) -> str | None:
+    source = settings.token_source()
+    assert source is not None
+    return source.current()[0]
+
+
+def test_token_from_the_highest_layer(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    path = tmp_path / "c.toml"
+    path.write_text('token_command = "echo from-command"\n')
+    env = {"MIXVFS_CONFIG": str(path), "MIXVFS_TOKEN": "from-env"}
+    assert token(config.resolve(None, env=env)) == "from-env"  # env beats config
+    env["MIXVFS_TOKEN_FILE"] = str(token_file)  # same layer as MIXVFS_TOKEN: a file beats a value
+    assert token(config.resolve(None, env=env)) == "from-file"
+    flags = parse("--token-command", "echo from-flag")
+    assert token(config.resolve(flags, env=env)) == "from-flag"
+    assert token(config.resolve(None, env={"MIXVFS_CONFIG": str(path)})) == "from-command"
+    assert config.resolve(None, env={"MIXVFS_CONFIG": ""}).token_source() is None
+
+
+def test_mixvfs_config_shows_value_and_origin(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('jobs = 2\nmax_age = "7d"\n')
+    env = {**os.environ, "MIXVFS_CONFIG": str(path), "MIXVFS_CACHE_DIR": str(tmp_path / "cache"),
+           "MIXVFS_TOKEN": "secret-value"}
+    env.pop("MIXVFS_JOBS", None)
+    done = run([MIXVFS, "config", "--max-size", "2G", "--json"], env=env, check=True)
+    doc = json.loads(done.stdout)
+    rows = {r["name"]: (r["value"], r["origin"]) for r in doc["settings"]}
+    assert doc["config_file"] == str(path) and doc["config_file_found"] is True
+    assert rows["jobs"] == ("2", "config file")
+    assert rows["max_age"] == ("7d", "config file")
+    assert rows["max_size"] == ("2.0 GiB", "flag --max-size")
+    assert rows["cache_dir"] == (str(tmp_path / "cache"), "env MIXVFS_CACHE_DIR")
+    assert rows["retry_after"] == ("1m", "default")
+    assert rows["token"] == ("(set, hidden)", "env MIXVFS_TOKEN")
+    text = run([MIXVFS, "config"], env=env, check=True).stdout
+    assert "secret-value" not in text and "secret-value" not in done.stdout
+    assert text.splitlines()[0] == f"config file: {path}"
+    assert any(line.split() == ["jobs", "2", "config", "file"] for line in text.splitlines())
+
+
+def test_mixvfs_config_rejects_a_bad_file_with_exit_2(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("jobs = 'many'\n")
+    done = run([MIXVFS, "config"], env={**os.environ, "MIXVFS_CONFIG": str(path)})
+    assert done.returncode == 2
+    assert "jobs: not a whole number: 'many'" in done.stderr

@@ -1,0 +1,282 @@
+"""Settings in layers: built-in default < config file < environment variable < command-line flag.
+
+The config file is TOML, at ``$MIXVFS_CONFIG`` if set, else ``config.toml`` in the platform's user
+config folder (``~/.config/mixvfs`` on Linux, ``~/Library/Application Support/mixvfs`` on macOS).
+Every key is optional; unknown keys are an error (a typo must not be ignored silently)::
+
+    server = "https://music.example.com"   # for manifests without a "server" (the manifest's own wins)
+    token_command = "security find-generic-password -w -s chad"   # or token_file = "~/.config/mixvfs/token"
+    cache_dir = "~/Library/Caches/mixvfs"
+    max_size = "20G"
+    max_age = "30d"
+    jobs = 3
+    stall_timeout = "30s"
+    retry_after = "60s"
+
+Each command declares which settings it takes (:func:`add_flags`) and resolves them once
+(:func:`resolve`); ``mixvfs config`` shows every effective value and where it came from. The token
+itself is only ever taken from ``MIXVFS_TOKEN``, a token file or a token command, never from the config
+file or a flag (it would show in ``ps`` or sit in a file meant for settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from cache.errors import ConfigError
+from cache.http import TokenSource, command_preview
+from cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, resolve_cache_dir
+from cache.units import format_size, parse_duration, parse_size
+
+CONFIG_ENV = "MIXVFS_CONFIG"
+TOKEN_ENV = "MIXVFS_TOKEN"
+
+
+def _jobs(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise ConfigError(f"not a whole number: {text!r}") from None
+    if not 1 <= jobs <= 64:
+        raise ConfigError(f"must be between 1 and 64, not {jobs}")
+    return jobs
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser().absolute()
+
+
+def _server(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise ConfigError(f"must be an http:// or https:// URL, not {text!r}")
+    return text
+
+
+def _text(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str  # the key in the config file and the attribute on the argparse namespace
+    env: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+    show: Callable[[Any], str] = str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _command_shown(command: str) -> str:
+    return command_preview(command) + " …"  # its arguments may hold secrets
+
+
+def _seconds(value: float) -> str:
+    """2592000 -> "30d", 90 -> "1m30s": the way the flags take durations."""
+    parts, rest = [], float(value)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if rest >= size:
+            count = int(rest // size)
+            parts.append(f"{count}{unit}")
+            rest -= count * size
+    if rest or not parts:
+        parts.append(f"{rest:g}s")
+    return "".join(parts)
+
+
+SPECS: dict[str, Spec] = {s.name: s for s in (
+    Spec("server", "MIXVFS_SERVER", None, _server, "server for manifests that name none"),
+    Spec("token_command", "MIXVFS_TOKEN_COMMAND", None, _text, "command printing the bearer token (run again on 401)",
+         _command_shown),
+    Spec("token_file", "MIXVFS_TOKEN_FILE", None, _path, "file holding the bearer token (re-read on 401)"),
+    Spec("cache_dir", "MIXVFS_CACHE_DIR", None, _path, "cache folder (default: the user cache folder)"),
+    Spec("max_size", "MIXVFS_MAX_SIZE", DEFAULT_MAX_SIZE, parse_size, "cache size limit, LRU eviction (10G)",
+         format_size),
+    Spec("max_age", "MIXVFS_MAX_AGE", DEFAULT_MAX_AGE, parse_duration, "drop blobs unused this long (30d)", _seconds),
+    Spec("jobs", "MIXVFS_JOBS", 3, _jobs, "parallel downloads (3)"),
+    Spec("stall_timeout", "MIXVFS_STALL_TIMEOUT", 30.0, parse_duration,
+         "fail a download without progress this long (30s)", _seconds),
+    Spec("retry_after", "MIXVFS_RETRY_AFTER", 60.0, parse_duration,
+         "after a failure, answer EIO at once this long (60s)", _seconds),
+)}
+
+# What each command takes (the rest of its flags are its own).
+MOUNT_SETTINGS = tuple(SPECS)
+PREFLIGHT_SETTINGS = ("server", "token_command", "token_file", "cache_dir", "max_size", "max_age", "jobs",
+                      "stall_timeout")
+CACHE_SETTINGS = ("cache_dir", "max_size", "max_age")
+WARM_SETTINGS = ("server", "token_command", "token_file", "jobs", "stall_timeout")
+
+
+DEFAULT, FILE, ENV, FLAG = range(4)  # the layers, lowest first
+
+
+@dataclass(frozen=True)
+class Resolved:
+    value: Any
+    layer: int
+    origin: str  # "default", "config file", "env MIXVFS_X", "flag --x"
+
+
+def config_path(env: Mapping[str, str] | None = None) -> Path:
+    explicit = (os.environ if env is None else env).get(CONFIG_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(platformdirs.user_config_dir("mixvfs")) / "config.toml"
+
+
+def load_config_file(path: Path, *, required: bool) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} (from ${CONFIG_ENV}) does not exist") from None
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(SPECS))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown key(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(SPECS)})")
+    return data
+
+
+def add_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """Add ``--<setting>`` flags. Their argparse default is None: "not given", so lower layers show through."""
+    for name in names:
+        spec = SPECS[name]
+        parser.add_argument(spec.flag, dest=name, default=None, metavar=name.split("_")[-1].upper(),
+                            help=f"{spec.help}; env {spec.env}")
+
+
+class Settings:
+    """The effective settings of one command, each with where it came from."""
+
+    def __init__(self, resolved: Mapping[str, Resolved], path: Path, file_found: bool, token: str | None) -> None:
+        self.resolved = dict(resolved)
+        self.path = path
+        self.file_found = file_found
+        self.token = token  # MIXVFS_TOKEN's value: used, never shown
+
+    def value(self, name: str) -> Any:
+        return self.resolved[name].value
+
+    @property
+    def cache_dir(self) -> Path:
+        return resolve_cache_dir(self.value("cache_dir"))
+
+    @property
+    def max_size(self) -> int:
+        return int(self.value("max_size"))
+
+    @property
+    def max_age(self) -> float:
+        return float(self.value("max_age"))
+
+    @property
+    def jobs(self) -> int:
+        return int(self.value("jobs"))
+
+    @property
+    def stall_timeout(self) -> float:
+        return float(self.value("stall_timeout"))
+
+    @property
+    def retry_after(self) -> float:
+        return float(self.value("retry_after"))
+
+    @property
+    def server(self) -> str | None:
+        value = self.resolved.get("server")
+        return None if value is None else value.value
+
+    def check_token_file(self) -> None:
+        """Fail early (in the user's terminal) on a token file that does not exist."""
+        file = self.resolved.get("token_file")
+        if file is not None and file.value and not Path(file.value).is_file():
+            raise ConfigError(f"token file {file.value} ({file.origin}): no such file")
+
+    def token_source(self) -> TokenSource | None:
+        """The highest layer that names a token wins; within a layer: command, then file, then value."""
+        candidates: list[tuple[int, int, Callable[[], TokenSource]]] = []
+        command, file = self.resolved.get("token_command"), self.resolved.get("token_file")
+        if command is not None and command.value:
+            candidates.append((command.layer, 2, lambda: TokenSource(command=command.value)))
+        if file is not None and file.value:
+            self.check_token_file()
+            path: Path = file.value
+            candidates.append((file.layer, 1, lambda: TokenSource(file=path)))
+        token = self.token
+        if token:
+            candidates.append((ENV, 0, lambda: TokenSource(value=token)))
+        if not candidates:
+            return None
+        return max(candidates, key=lambda c: (c[0], c[1]))[2]()
+
+    def rows(self) -> list[dict[str, str]]:
+        """For ``mixvfs config``: name, shown value, origin."""
+        rows = []
+        for name, item in self.resolved.items():
+            spec = SPECS[name]
+            shown = "-" if item.value is None else spec.show(item.value)
+            if name == "cache_dir":
+                shown = str(self.cache_dir)  # the default is the platform's folder: show which
+            rows.append({"name": name, "value": shown, "origin": item.origin})
+        rows.append({"name": "token", "value": "(set, hidden)" if self.token else "-",
+                     "origin": f"env {TOKEN_ENV}" if self.token else "default"})
+        return rows
+
+
+def resolve(args: argparse.Namespace | None, names: Iterable[str] = MOUNT_SETTINGS,
+            env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    path = config_path(env)
+    file_values = load_config_file(path, required=bool(env.get(CONFIG_ENV)))
+    resolved: dict[str, Resolved] = {}
+    for name in names:
+        spec = SPECS[name]
+        item = Resolved(spec.default, DEFAULT, "default")
+        if name in file_values:
+            item = Resolved(_parse_file_value(spec, file_values[name], path), FILE, "config file")
+        if env.get(spec.env):
+            item = Resolved(_parse(spec, env[spec.env], f"env {spec.env}"), ENV, f"env {spec.env}")
+        flag_value = getattr(args, name, None) if args is not None else None
+        if flag_value is not None:
+            item = Resolved(_parse(spec, str(flag_value), spec.flag), FLAG, f"flag {spec.flag}")
+        resolved[name] = item
+    return Settings(resolved, path, path.is_file(), env.get(TOKEN_ENV) or None)
+
+
+def _parse(spec: Spec, text: str, where: str) -> Any:
+    try:
+        return spec.parse(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _parse_file_value(spec: Spec, value: Any, path: Path) -> Any:
+    # TOML gives numbers as numbers: a bare number is bytes / seconds / jobs, like on the command line.
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ConfigError(f"config file {path}: {spec.name} must be a string or a number")
+    return _parse(spec, str(value), f"config file {path}: {spec.name}")
+
+
+def format_rows(settings: Settings) -> str:
+    state = "" if settings.file_found else " (not found: defaults apply)"
+    lines = [f"config file: {settings.path}{state}", f"{'SETTING':<14} {'VALUE':<40} FROM"]
+    lines += [f"{r['name']:<14} {r['value']:<40} {r['origin']}" for r in settings.rows()]
+    return "\n".join(lines)

@@ -1,0 +1,229 @@
+"""``mixvfs preflight SESSION``: before an export, can every track be had?
+
+Every track with its source, size and state; the bytes to download; the cache folder's free space
+against what the download needs; whether the server accepts the token. Nothing is downloaded: the
+tracks are built exactly as the mount builds them (:func:`vfs.tracks.build_tracks`, which asks the
+server about tracks whose size or format the manifest does not give), and every other cloud track that
+is not in the cache gets one HEAD. Exit codes: 0 the export can succeed, 3 it will fail, 4 could not
+check (the server could not be reached or was busy), 2 bad manifest or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cache.errors import AuthRejected, ConfigError, FetchError, TransientError
+from cache.fetch import Fetcher
+from cache.http import HttpClient, TokenSource
+from cache.index import SourceIndex
+from cache.store import BlobStore
+from cache.units import format_size
+from vfs import config
+from vfs.manifest import Session, load_manifest
+from vfs.tracks import Kind, Track, build_tracks
+
+EXIT_OK, EXIT_WILL_FAIL, EXIT_UNCHECKED = 0, 3, 4
+
+# Track states (JSON values); the table shows them with spaces.
+LOCAL_OK, CACHED, TO_DOWNLOAD = "local_ok", "cached", "to_download"
+UNREACHABLE, UNAUTHORIZED, MISSING = "unreachable", "unauthorized", "missing"
+FAILING = (UNAUTHORIZED, MISSING)
+
+
+@dataclass
+class TrackCheck:
+    id: str
+    name: str
+    source: str  # local | cloud | missing
+    location: str | None  # the local path or the URL
+    size: int | None
+    state: str
+    detail: str | None = None
+
+
+@dataclass
+class Disk:
+    cache_dir: str
+    free: int
+    used: int  # by the cache now
+    max_size: int
+    needed: int  # at most, on the cache's disk, during the export
+    enough: bool
+    exceeds_max_size: bool
+
+
+def check_track(track: Track, fetcher: Fetcher, http: HttpClient) -> TrackCheck:
+    spec = track.spec
+    base = TrackCheck(track.id, track.name, track.kind.value, None, track.size, MISSING)
+    if track.kind is Kind.LOCAL:
+        base.location, base.state = str(track.local_path), LOCAL_OK
+        return base
+    if track.kind is Kind.MISSING:
+        base.location = str(spec.file_path) if spec.file_path else None
+        base.size, base.detail = None, track.reason
+        return base
+    assert track.source is not None
+    base.location = track.source.url
+    entry = fetcher.cached(track.source)
+    if entry is not None:
+        base.size, base.state = entry.size, CACHED
+        return base
+    failure = track.probe_failure
+    if failure is None and track.remote is None:  # build_tracks did not need the server for this one
+        try:
+            info = http.head(track.source.url)
+        except FetchError as exc:
+            failure = exc
+        else:
+            if track.size is not None and info.size is not None and info.size != track.size:
+                base.detail = (f"the manifest says {track.size} bytes, the server {info.size}: "
+                               "the download will fail with a length mismatch")
+                return base
+            base.size = track.size if track.size is not None else info.size
+    if failure is not None:
+        base.state, base.detail = classify(failure), failure.reason
+        return base
+    base.state = TO_DOWNLOAD
+    return base
+
+
+def classify(error: FetchError) -> str:
+    if isinstance(error, AuthRejected):
+        return UNAUTHORIZED
+    if isinstance(error, TransientError):
+        return UNREACHABLE  # down, busy or too slow now: we cannot tell whether the export would work
+    return MISSING  # 404, 410, a refused range...: retrying will not help
+
+
+def disk_check(cache_dir: Path, checks: list[TrackCheck], store: BlobStore, jobs: int) -> Disk:
+    """What the export needs on the cache's disk: the bytes to download, bounded by the room left under
+    ``max_size`` (older blobs are evicted beyond it) plus the downloads in flight (``jobs`` staging files)."""
+    sizes = [c.size or 0 for c in checks if c.state == TO_DOWNLOAD]
+    to_download = sum(sizes)
+    used = store.used_bytes()
+    room = max(0, store.max_size - used)
+    needed = min(to_download, room + jobs * max(sizes, default=0))
+    free = shutil.disk_usage(existing_parent(cache_dir)).free
+    return Disk(str(cache_dir), free, used, store.max_size, needed, free >= needed, to_download > room)
+
+
+def existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def token_state(tokens: TokenSource | None, token_error: str | None, checks: list[TrackCheck]) -> str:
+    if token_error is not None:
+        return f"unusable: {token_error}"
+    if any(c.state == UNAUTHORIZED for c in checks):
+        return "rejected" if tokens is not None else "required, but none is configured"
+    if tokens is None:
+        return "none configured"
+    asked = any(c.state == TO_DOWNLOAD for c in checks)
+    return "accepted" if asked else "not checked (nothing to ask the server)"
+
+
+def run_preflight(session: Session, settings: config.Settings) -> dict[str, Any]:
+    token_error = None
+    try:
+        tokens = settings.token_source()
+    except FetchError as exc:  # the token command failed: the server will see no token
+        tokens, token_error = None, exc.reason
+    cache_dir = settings.cache_dir
+    store = BlobStore(cache_dir, max_size=settings.max_size, max_age=settings.max_age)
+    index = SourceIndex(cache_dir)
+    http = HttpClient(tokens=tokens, stall_timeout=settings.stall_timeout)
+    try:
+        fetcher = Fetcher(store, index, http, jobs=settings.jobs)  # for `cached` only: no download starts
+        tracks = build_tracks(session, http=http, index=index, jobs=settings.jobs)
+        with ThreadPoolExecutor(max_workers=max(2, settings.jobs * 2), thread_name_prefix="preflight") as pool:
+            checks = list(pool.map(lambda t: check_track(t, fetcher, http), tracks))
+        disk = disk_check(cache_dir, checks, store, settings.jobs)
+    finally:
+        http.close()
+        index.close()
+        store.close()
+    return summarize(session, checks, disk, token_state(tokens, token_error, checks))
+
+
+def summarize(session: Session, checks: list[TrackCheck], disk: Disk, token: str) -> dict[str, Any]:
+    downloads = [c for c in checks if c.state == TO_DOWNLOAD]
+    problems = [f"{c.name}: {c.state.replace('_', ' ')}" + (f" ({c.detail})" if c.detail else "")
+                for c in checks if c.state in (*FAILING, UNREACHABLE)]
+    if not disk.enough:
+        problems.append(f"not enough disk space in {disk.cache_dir}: {format_size(disk.free)} free, "
+                        f"{format_size(disk.needed)} needed")
+    if any(c.state in FAILING for c in checks) or not disk.enough:
+        verdict, code = "will_fail", EXIT_WILL_FAIL
+    elif any(c.state == UNREACHABLE for c in checks):
+        verdict, code = "could_not_check", EXIT_UNCHECKED
+    else:
+        verdict, code = "ok", EXIT_OK
+    notes = []
+    if disk.exceeds_max_size:
+        notes.append(f"the download does not fit under the cache limit ({format_size(disk.max_size)}, "
+                     f"{format_size(disk.used)} used): older blobs will be evicted; the export still works, "
+                     "but tracks evicted before being copied are downloaded again")
+    unknown = sum(1 for c in downloads if c.size is None)
+    if unknown:
+        notes.append(f"{unknown} track(s) to download have no known size: the totals leave them out")
+    return {
+        "session": session.name,
+        "tracks": [asdict(c) for c in checks],
+        "to_download": {"tracks": len(downloads), "bytes": sum(c.size or 0 for c in downloads),
+                        "unknown_sizes": unknown},
+        "disk": asdict(disk),
+        "token": token,
+        "verdict": verdict,
+        "exit_code": code,
+        "problems": problems,
+        "notes": notes,
+    }
+
+
+VERDICTS = {"ok": "the export can succeed", "will_fail": "the export will fail",
+            "could_not_check": "could not check everything"}
+
+
+def format_preflight(result: dict[str, Any]) -> str:
+    tracks = result["tracks"]
+    width = min(60, max([len(t["name"]) for t in tracks] + [4]))
+    lines = [f"session {result['session']!r}: {len(tracks)} tracks",
+             f"{'NAME':<{width}}  {'SOURCE':<7} {'SIZE':>10}  {'STATE':<12}  DETAIL"]
+    for t in tracks:
+        name = t["name"] if len(t["name"]) <= width else t["name"][: width - 1] + "…"
+        size = format_size(t["size"]) if t["size"] is not None else "?"
+        lines.append(f"{name:<{width}}  {t['source']:<7} {size:>10}  {t['state'].replace('_', ' '):<12}  "
+                     f"{t['detail'] or t['location'] or ''}")
+    todo, disk = result["to_download"], result["disk"]
+    lines.append(f"to download: {todo['tracks']} track(s), {format_size(todo['bytes'])}")
+    lines.append(f"cache disk:  {format_size(disk['free'])} free in {disk['cache_dir']}, "
+                 f"{format_size(disk['needed'])} needed — {'ok' if disk['enough'] else 'NOT ENOUGH'}")
+    lines.append(f"token:       {result['token']}")
+    lines += [f"note: {note}" for note in result["notes"]]
+    lines += [f"problem: {problem}" for problem in result["problems"]]
+    lines.append(f"verdict: {VERDICTS[result['verdict']]} (exit {result['exit_code']})")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = config.resolve(args, config.PREFLIGHT_SETTINGS)
+    session = load_manifest(args.session.expanduser(), default_server=settings.server)
+    try:
+        result = run_preflight(session, settings)
+    except OSError as exc:
+        raise ConfigError(f"cannot open the cache at {settings.cache_dir}: {exc.strerror}") from None
+    if args.json:
+        json.dump(result, sys.stdout, indent=1, ensure_ascii=False)
+        print()
+    else:
+        print(format_preflight(result))
+    return int(result["exit_code"])

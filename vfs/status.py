@@ -1,0 +1,85 @@
+"""``mixvfs status MOUNTPOINT``: a live view of a running mount — which tracks are downloading, bytes done
+of total, failures. The daemon publishes it as JSON in the root's ``user.mixvfs.status`` extended
+attribute (built on each read from the fetcher's downloads in flight and the report), so no socket or
+extra protocol is needed and ``getfattr -n user.mixvfs.status MOUNTPOINT`` shows the same."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cache.errors import ConfigError
+from cache.units import format_size
+
+STATUS_XATTR = "user.mixvfs.status"
+
+
+def read_status(mountpoint: Path) -> dict[str, Any]:
+    try:
+        raw = os.getxattr(mountpoint, STATUS_XATTR)
+    except OSError as exc:
+        raise ConfigError(f"{mountpoint} is not a live mixvfs mount ({exc.strerror})") from None
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{mountpoint}: unreadable status")
+    return data
+
+
+def format_status(data: dict[str, Any]) -> str:
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(data.get("counts", {}).items()))
+    lines = [f"session {data.get('session')!r}: {data.get('tracks')} tracks ({counts or 'none'})"]
+    downloading = data.get("downloading", [])
+    lines.append(f"downloading: {len(downloading)}")
+    for d in downloading:
+        total = d.get("total")
+        done = format_size(d.get("available", 0))
+        share = f" of {format_size(total)} ({100 * d['available'] / total:.0f}%)" if total else ""
+        retry = f", attempt {d['attempts']}" if d.get("attempts", 0) > 1 else ""
+        lines.append(f"  {d.get('name')}: {done}{share}{retry}")
+    failed = data.get("failed", [])
+    lines.append(f"failed: {data.get('failed_total', len(failed))}")
+    lines += [f"  {f.get('name')}: {f.get('error')}" for f in failed]
+    hidden = data.get("failed_total", len(failed)) - len(failed)
+    if hidden > 0:
+        lines.append(f"  … and {hidden} more (mixvfs report MOUNTPOINT)")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    mountpoint: Path = args.mountpoint.expanduser()
+    if args.watch is None:
+        data = read_status(mountpoint)
+        show(data, as_json=args.json)
+        return 1 if data.get("failed_total") else 0
+    return watch(mountpoint, max(0.1, args.watch), as_json=args.json)
+
+
+def show(data: dict[str, Any], *, as_json: bool) -> None:
+    print(json.dumps(data, ensure_ascii=False) if as_json else format_status(data), flush=True)
+
+
+def watch(mountpoint: Path, interval: float, *, as_json: bool) -> int:
+    """Refresh until Ctrl-C or the mount goes away: in place on a terminal, one block (or JSON line) per
+    refresh otherwise (a log or a pipe)."""
+    if as_json or not sys.stdout.isatty():
+        try:
+            while True:
+                show(read_status(mountpoint), as_json=as_json)
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return 0
+    from rich.live import Live
+    from rich.text import Text
+
+    try:
+        with Live(Text(format_status(read_status(mountpoint))), refresh_per_second=4) as live:
+            while True:
+                time.sleep(interval)
+                live.update(Text(format_status(read_status(mountpoint))))
+    except KeyboardInterrupt:
+        return 0
