@@ -236,7 +236,10 @@ class Download:
         with self.cond:
             self.state = state
             self.cond.notify_all()
-        self.listener(self, state.value)
+        try:
+            self.listener(self, state.value)
+        except Exception:  # a listener's bug must not kill a worker thread or hide the outcome
+            log.exception("download listener failed on %s", state.value)
 
     # -- reader side -----------------------------------------------------------------------------------
 
