@@ -61,7 +61,9 @@ class Cancelled(FetchError):
 
 
 class PermanentHttpError(FetchError):
-    def __init__(self, reason: str, status: int) -> None:
+    # ``status`` has a default so that copy.copy (one exception object per raising reader) can rebuild
+    # the exception from ``args`` alone; the status itself comes back with ``__dict__``.
+    def __init__(self, reason: str, status: int = 0) -> None:
         super().__init__(reason)
         self.status = status
 
@@ -95,7 +97,7 @@ class TransientError(FetchError):
 
 
 class ServerBusy(TransientError):
-    def __init__(self, reason: str, status: int) -> None:
+    def __init__(self, reason: str, status: int = 0) -> None:  # default: see PermanentHttpError
         super().__init__(reason)
         self.status = status
 

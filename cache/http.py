@@ -203,8 +203,10 @@ class HttpClient:
                 raise NotAudio(f"the server answered {response.status_code} with a {content_type} page "
                                "instead of audio")
             body_start, total = body_range(response)
+            # No chunk size: httpx would buffer up to it and lose the buffer when the body is cut off,
+            # so the resume would ask again for bytes already received (and readers would wait for them).
             yield Body(body_start, total, response.headers.get("ETag"), content_type,
-                       wrap_chunks(response.iter_raw(CHUNK), url))
+                       wrap_chunks(response.iter_raw(), url))
 
 
 def wrap_chunks(chunks: Iterator[bytes], url: str) -> Iterator[bytes]:

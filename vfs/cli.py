@@ -100,7 +100,9 @@ def mount_options(args: argparse.Namespace) -> mount.MountOptions:
         raise ConfigError("--jobs must be between 1 and 64")
     cache_dir = resolve_cache_dir(args.cache_dir)
     stall = parse_duration(args.stall_timeout)
-    policy = RetryPolicy(attempts=max(1, args.retries), wait_initial=parse_duration(args.retry_wait),
+    wait = parse_duration(args.retry_wait)
+    # Jitter in proportion to the first wait: a fixed 0.5 s would dwarf a short --retry-wait.
+    policy = RetryPolicy(attempts=max(1, args.retries), wait_initial=wait, wait_jitter=wait,
                          stall_timeout=stall, total_timeout=max(120.0, stall * 4))
     return mount.MountOptions(
         session_path=args.session.expanduser().resolve(),
