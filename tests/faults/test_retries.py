@@ -4,9 +4,12 @@ other 4xx fail at once; the resume of a cut-off body asks for exactly the missin
 from __future__ import annotations
 
 import filecmp
+from collections.abc import Callable
+from pathlib import Path
 
-from tests.conftest import write_session
+from tests.conftest import Mount, write_session
 from tests.faults.helpers import FAST, cloud_track, cp, name_of, stream_path, wait_until
+from tools.devserver import DevServer
 
 EIO = "Input/output error"
 
@@ -63,7 +66,8 @@ def test_cut_off_body_resumes_at_the_exact_byte_with_if_range(tmp_path, server_r
     assert mount.wait_track("t1", lambda r: r["status"] == "cached")["attempts"] == 2
 
 
-def change_file_during_first_get(tmp_path, server_root, devserver, mounter):
+def change_file_during_first_get(tmp_path: Path, server_root: Path, devserver: DevServer,
+                                 mounter: Callable[..., Mount]) -> Mount:
     """Mount with prefetch; the first GET stalls after 300 kB and then drops; during the stall the file
     changes on the server (same size, new bytes, new mtime: a new ETag)."""
     session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 1_000_000)], server=devserver.url)
