@@ -300,4 +300,9 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed daemon whose parent never reaps it (a container's init may not) is a zombie: dead.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b") ", 1)[1][:1] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(0) is all we know

@@ -68,7 +68,9 @@ def is_stale(mountpoint: Path) -> bool:
     try:
         os.stat(mountpoint)
     except OSError as exc:
-        return exc.errno == errno.ENOTCONN
+        # ENOTCONN ("Transport endpoint is not connected"); ECONNABORTED when the kernel saw the daemon
+        # die with requests in flight (measured on 6.18 after kill -9 mid-download).
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
 
 

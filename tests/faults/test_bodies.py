@@ -54,7 +54,7 @@ def test_body_shorter_than_content_length_is_retried_then_eio_never_a_short_file
     done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
     assert done.returncode != 0 and EIO in done.stderr
     gets = devserver.requests("GET", stream_path("t1"))
-    assert [g["range"] for g in gets] == [None, "bytes=10000-", "bytes=20000-"]  # each resume goes on from the last byte
+    assert [g["range"] for g in gets] == [None, "bytes=10000-", "bytes=20000-"]  # resumes go on from the last byte
     record = mount.track("t1")
     assert record["status"] == "failed" and record["attempts"] == 3 and "network error" in record["error"]
     assert cachectl_json(mount.cache_dir, "ls") == []
