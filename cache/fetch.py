@@ -25,6 +25,7 @@ from pathlib import Path
 import stamina
 
 from cache.errors import (
+    CacheError,
     Cancelled,
     ContentChanged,
     FetchError,
@@ -122,6 +123,8 @@ class Download:
             self._set_state(State.DONE)
         except FetchError as exc:
             self._fail(exc)
+        except CacheError as exc:
+            self._fail(FetchError(f"the cache could not take the download: {exc}"))
         except Exception as exc:  # a bug must still end as a failed track, never a hung reader
             log.exception("download of %s crashed", self.source.label)
             self._fail(FetchError(f"internal error: {type(exc).__name__}"))
