@@ -192,6 +192,9 @@ class HttpClient:
         with httpx_errors(url):
             response = self._client.head(url)
         check_status(response, url)
+        content_type = response.headers.get("Content-Type")
+        if looks_like_error_body(content_type):  # a maintenance page: its length is not the track's size
+            raise NotAudio(f"the server answered {response.status_code} with a {content_type} page instead of audio")
         return RemoteInfo(
             size=content_length(response),
             etag=response.headers.get("ETag"),
