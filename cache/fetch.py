@@ -292,6 +292,8 @@ class Fetcher:
         """Open ``source`` for reading: its verified blob if stored, else a (shared) download, reader first."""
         with self._lock:
             download = self._active.get(source.ident)
+            if download is not None and download.cancelled:
+                download = None  # it may already be unwinding; a new reader gets a new download
             if download is None:
                 opened = self._open_stored(source)
                 if opened is not None:
@@ -313,12 +315,13 @@ class Fetcher:
     def prefetch(self, source: Source, order: int) -> Download | None:
         with self._lock:
             download = self._active.get(source.ident)
+            if download is not None and download.cancelled:
+                download = None  # un-cancelling could race with a worker already raising Cancelled
             if download is None:
                 if self.cached(source) is not None:
                     return None
                 download = self._start(source)
             download.prefetch_wanted = True
-            download.cancelled = False
             self._enqueue(download, 1 + order)
             return download
 

@@ -569,6 +569,9 @@ class DevRequestHandler(BaseHTTPRequestHandler):
                 headers["Content-Range"] = f"bytes {start}-{end}/{st.st_size}"
             lie = fault.content_length if fault else None
             headers["Content-Length"] = str(length if lie is None else lie)
+            if fault is not None and fault.shapes_body and not head:
+                # _send_body hangs up afterwards: say so, or a keep-alive client reuses a dead connection.
+                headers["Connection"] = "close"
             self._start(record, 206 if byte_range else 200, headers, fault)
             if not head:
                 self._send_body(record, f, start, length, fault)
@@ -627,7 +630,7 @@ class DevRequestHandler(BaseHTTPRequestHandler):
                 return
             self.wfile.write(data)
             record.bytes += len(data)
-            if fault.rate is not None:
+            if fault.rate is not None and record.bytes < limit:  # no pause after the last byte: t_end is honest
                 _sleep_until(clock + record.bytes / fault.rate)
         if stall_at is not None and record.bytes >= stall_at and record.bytes < length:
             # stall_after == drop_after: hold the socket open, then drop.
