@@ -20,7 +20,7 @@ from cache.fetch import RetryPolicy
 from cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, resolve_cache_dir
 from cache.units import format_size, parse_duration, parse_size
 from vfs import mount
-from vfs.manifest import load_manifest
+from vfs.manifest import ManifestError, load_manifest
 from vfs.report import load_report
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_report(args)
     except MixvfsError as exc:
         print(f"mixvfs: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
+        return EXIT_USAGE if isinstance(exc, ConfigError | ManifestError) else EXIT_FAILED
     return EXIT_USAGE
 
 
