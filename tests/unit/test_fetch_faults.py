@@ -65,16 +65,17 @@ def test_get_from_an_offset_starts_there(served, http):
     assert server.requests("GET")[0]["range"] == "bytes=123456-"
 
 
-def test_error_pages_and_statuses_become_our_errors(served, http):
+def test_error_pages_and_statuses_become_our_errors(served: tuple[DevServer, bytes], http: HttpClient) -> None:
     server, _ = served
     url = server.url_for("a.wav")
     for fault, kind in (({"body": "<html/>", "content_type": "text/html"}, NotAudio),
                         ({"status": 401}, AuthRejected), ({"status": 404}, PermanentHttpError),
                         ({"status": 503}, ServerBusy), ({"status": 429}, ServerBusy)):
         server.set_faults({"/a.wav": {**fault, "head": True}})
-        for call in (lambda: http.head(url), lambda: http.get(url).__enter__()):
-            with pytest.raises(kind):
-                call()
+        with pytest.raises(kind):
+            http.head(url)
+        with pytest.raises(kind), http.get(url):
+            pass
 
 
 def test_cut_off_body_resumes_from_the_exact_byte(served, store, http):
