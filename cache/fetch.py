@@ -25,6 +25,7 @@ from pathlib import Path
 import stamina
 
 from cache.errors import (
+    CacheError,
     Cancelled,
     ContentChanged,
     FetchError,
@@ -122,6 +123,8 @@ class Download:
             self._commit()
         except FetchError as exc:
             error = exc
+        except CacheError as exc:
+            error = FetchError(f"the cache could not take the download: {exc}")
         except Exception as exc:  # a bug must still end as a failed track, never a hung reader
             log.exception("download of %s crashed", self.source.label)
             error = FetchError(f"internal error: {type(exc).__name__}")
@@ -154,13 +157,11 @@ class Download:
     def _attempt(self) -> None:
         start = self.available
         with self.http.get(self.source.url, start=start, if_range=self.etag if start else None) as body:
-            if body.start != start:
-                self._start_over(body.start)
-            if body.etag and self.etag and body.etag != self.etag:
-                self._start_over(body.start)
-                raise NetworkError("the server's copy changed during the download; starting over")
+            changed = bool(body.etag and self.etag and body.etag != self.etag)
+            if body.start != start or changed:
+                self._start_over(body.start)  # a new version (If-Range failed) or a server ignoring Range
             self._check_total(body.total)
-            self.etag = self.etag or body.etag
+            self.etag = body.etag or self.etag  # a new version's ETag: the next resume must name it
             self.content_type = self.content_type or body.content_type
             for chunk in body.chunks:
                 self._check_cancel()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shlex
 import stat
 import subprocess
@@ -20,7 +21,6 @@ import httpx
 
 from cache.errors import (
     AuthRejected,
-    ConfigError,
     NetworkError,
     NotAudio,
     PermanentHttpError,
@@ -79,29 +79,52 @@ class TokenSource:
 
     def _obtain(self) -> str | None:
         if self._command is not None:
-            return run_token_command(self._command)
+            return header_safe(run_token_command(self._command), "the token command's output")
         if self._file is not None:
             try:
-                return self._file.read_text().strip() or None
-            except OSError as exc:
-                raise ConfigError(f"cannot read token file {self._file}: {exc.strerror}") from None
-        return self._value
+                text = self._file.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                # AuthRejected (a track failure), not ConfigError: this also runs on a refresh mid-export.
+                raise AuthRejected(f"cannot read token file {self._file}: {getattr(exc, 'strerror', None) or exc}",
+                                   401) from None
+            return header_safe(text, f"token file {self._file}")
+        return header_safe(self._value, "MIXVFS_TOKEN")
 
 
-def run_token_command(command: str) -> str | None:
+TOKEN_TEXT = re.compile(r"[\x21-\x7e]+")  # visible ASCII: all a header value can carry safely
+
+
+def header_safe(raw: str | None, origin: str) -> str | None:
+    """The token stripped of surrounding whitespace; refused (without quoting it) if it could not travel
+    in a header — httpx's error for an illegal header value would print the value, i.e. the secret."""
+    token = (raw or "").strip()
+    if not token:
+        return None
+    if not TOKEN_TEXT.fullmatch(token):
+        raise AuthRejected(f"the token from {origin} contains spaces, control or non-ASCII characters", 401)
+    return token
+
+
+def run_token_command(command: str) -> str:
     try:
         done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=30, check=False)
     except subprocess.TimeoutExpired:
         raise AuthRejected("the token command did not finish within 30 s", 401) from None
     if done.returncode != 0:
         raise AuthRejected(f"the token command failed with exit status {done.returncode}", 401)
-    return done.stdout.strip() or None
+    return done.stdout
 
 
 def warn_if_shared(path: Path) -> None:
     with contextlib.suppress(OSError):
         if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("token file %s is readable by group or others; chmod 600 it", path)
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` of a URL (no path, no query: they may hold secrets)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def warn_if_insecure(url: str, tokens: TokenSource | None) -> bool:
@@ -168,6 +191,9 @@ class HttpClient:
         with httpx_errors(url):
             response = self._client.head(url)
         check_status(response, url)
+        content_type = response.headers.get("Content-Type")
+        if looks_like_error_body(content_type):  # a maintenance page: its length is not the track's size
+            raise NotAudio(f"the server answered {response.status_code} with a {content_type} page instead of audio")
         return RemoteInfo(
             size=content_length(response),
             etag=response.headers.get("ETag"),
@@ -202,8 +228,10 @@ class HttpClient:
                 raise NotAudio(f"the server answered {response.status_code} with a {content_type} page "
                                "instead of audio")
             body_start, total = body_range(response)
+            # No chunk size: httpx would buffer up to it and lose the buffer when the body is cut off,
+            # so the resume would ask again for bytes already received (and readers would wait for them).
             yield Body(body_start, total, response.headers.get("ETag"), content_type,
-                       wrap_chunks(response.iter_raw(CHUNK), url))
+                       wrap_chunks(response.iter_raw(), url))
 
 
 def wrap_chunks(chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
@@ -239,7 +267,7 @@ def check_status(response: httpx.Response, url: str) -> None:
         return
     what = f"HTTP {status} {response.reason_phrase}".strip()
     if status in (401, 403):
-        raise AuthRejected(f"the server rejected the token ({what})", status)
+        raise AuthRejected(f"token rejected by the server ({what})", status)
     if status == 429 or status >= 500:
         raise ServerBusy(f"the server answered {what}", status)
     if status == 416:

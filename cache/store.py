@@ -80,8 +80,16 @@ class BlobDisk(SafeDisk):
             raise TypeError("blobs enter the store only as finished staging files")
         # Keep diskcache's random file name: re-storing a key at a fixed path would lose the data.
         filename, full_path = self.filename(key, value)
-        os.makedirs(os.path.dirname(full_path), exist_ok=True)
-        os.rename(value.path, full_path)
+        for attempt in range(10):
+            try:
+                os.makedirs(os.path.dirname(full_path), exist_ok=True)
+                os.rename(value.path, full_path)
+                break
+            except FileNotFoundError:
+                # An eviction (ours or `cachectl prune`) removed the emptied folder between makedirs and
+                # rename: diskcache's own writer retries the same way.
+                if attempt == 9 or not value.path.exists():
+                    raise
         return value.size, diskcache.core.MODE_BINARY, filename, None
 
 
@@ -315,4 +323,9 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed daemon whose parent never reaps it (a container's init may not) is a zombie: dead.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b") ", 1)[1][:1] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(0) is all we know

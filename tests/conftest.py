@@ -123,7 +123,8 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
               env: dict[str, str] | None = None, expect_ok: bool = True) -> Mount:
         index = len(mounts)
         mp = mountpoint or tmp_path / f"mnt{index}"
-        mp.mkdir(exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # not exist_ok: its is_dir() check fails on a dead mount
+            mp.mkdir()
         cache = cache_dir or tmp_path / "cache"
         report = tmp_path / f"report{index}.json"
         log = tmp_path / f"mixvfs{index}.log"

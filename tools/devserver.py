@@ -20,8 +20,8 @@ Faults are applied after auth: an unauthenticated request gets its 401 and consu
 its count; changing any field, e.g. ``id``, starts a fresh budget).
 
 Log (``--log``): one JSON object per request, written when the response is finished:
-``t`` (request start, epoch seconds), ``method``, ``path`` (URL-decoded, no query), ``range``,
-``if_range``, ``auth``, ``status``, ``bytes`` (body bytes sent), ``fault`` (the applied fault's
+``t`` (request start, epoch seconds), ``t_end`` (response finished), ``method``, ``path`` (URL-decoded,
+no query), ``range``, ``if_range``, ``auth``, ``status``, ``bytes`` (body bytes sent), ``fault`` (the applied fault's
 actions joined by '+', e.g. ``"stall_after+drop_after"``, or null).
 
 Tests use :class:`DevServer`, which runs this file as a real subprocess.
@@ -308,6 +308,7 @@ class RequestRecord:
     status: int | None = None
     bytes: int = 0
     fault: str | None = None
+    t_end: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -383,6 +384,7 @@ class ServerState:
 
     def end(self, record: RequestRecord) -> None:
         # Log before leaving the in-flight count, so wait_idle() implies "the line is written".
+        record.t_end = time.time()
         try:
             self.write_log(record)
         finally:
@@ -567,6 +569,9 @@ class DevRequestHandler(BaseHTTPRequestHandler):
                 headers["Content-Range"] = f"bytes {start}-{end}/{st.st_size}"
             lie = fault.content_length if fault else None
             headers["Content-Length"] = str(length if lie is None else lie)
+            if fault is not None and fault.shapes_body and not head:
+                # _send_body hangs up afterwards: say so, or a keep-alive client reuses a dead connection.
+                headers["Connection"] = "close"
             self._start(record, 206 if byte_range else 200, headers, fault)
             if not head:
                 self._send_body(record, f, start, length, fault)
@@ -625,7 +630,7 @@ class DevRequestHandler(BaseHTTPRequestHandler):
                 return
             self.wfile.write(data)
             record.bytes += len(data)
-            if fault.rate is not None:
+            if fault.rate is not None and record.bytes < limit:  # no pause after the last byte: t_end is honest
                 _sleep_until(clock + record.bytes / fault.rate)
         if stall_at is not None and record.bytes >= stall_at and record.bytes < length:
             # stall_after == drop_after: hold the socket open, then drop.

@@ -147,7 +147,9 @@ def mount_options(args: argparse.Namespace) -> mount.MountOptions:
     settings.check_token_file()  # stop here, in the user's terminal, not in the daemon's log
     cache_dir = settings.cache_dir
     stall = settings.stall_timeout
-    policy = RetryPolicy(attempts=max(1, args.retries), wait_initial=parse_duration(args.retry_wait),
+    wait = parse_duration(args.retry_wait)
+    # Jitter in proportion to the first wait: a fixed 0.5 s would dwarf a short --retry-wait.
+    policy = RetryPolicy(attempts=max(1, args.retries), wait_initial=wait, wait_jitter=wait,
                          stall_timeout=stall, total_timeout=max(120.0, stall * 4))
     return mount.MountOptions(
         session_path=args.session.expanduser().resolve(),

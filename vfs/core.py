@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -212,11 +213,17 @@ class SessionFS:
     def _open_local(self, track: Track) -> Opened:
         assert track.local_path is not None
         try:
-            fd = os.open(track.local_path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: if the file was swapped for a FIFO since the mount, open must not wait for a writer.
+            fd = os.open(track.local_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             error = SourceMissing(f"local file {track.local_path} cannot be opened: {exc.strerror}")
             self._record_failure(track, error)
             raise error from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            error = SourceMissing(f"local file {track.local_path} is no longer a regular file")
+            self._record_failure(track, error)
+            raise error
         return Opened(FdHandle(track, fd), keep_cache=True, direct_io=False)
 
     def _open_cloud(self, track: Track) -> Opened:

@@ -95,6 +95,8 @@ def _parse_track(raw: Any, index: int, base_dir: Path, server: str | None, origi
         raise ManifestError(f"{where}: field 'id' is required and must be a non-empty string")
     if "\x00" in track_id or len(track_id) > 1024:
         raise ManifestError(f"{where}: field 'id' must not contain NUL or exceed 1024 characters")
+    if _has_surrogates(track_id):
+        raise ManifestError(f"{where}: field 'id' is not valid Unicode text (an unpaired surrogate escape)")
     where = f"{origin}: track {index} (id {track_id!r})"
     file_path = _optional_str(raw, "file_path", where)
     stream_path = _optional_str(raw, "cloud_stream_path", where)
@@ -122,7 +124,24 @@ def _optional_str(doc: dict[str, Any], key: str, where: str) -> str | None:
         raise ManifestError(f"{where}: field {key!r} must be a string, not {type(value).__name__}")
     if len(value) > MAX_FIELD_CHARS:
         raise ManifestError(f"{where}: field {key!r} is longer than {MAX_FIELD_CHARS} characters")
+    if _has_surrogates(value):
+        # JSON can escape an unpaired surrogate ("\ud800"), which no file name or path can hold: display
+        # text is repaired, anything that must name a real file or URL is refused.
+        if key not in DISPLAY_FIELDS:
+            raise ManifestError(f"{where}: field {key!r} is not valid Unicode text (an unpaired surrogate escape)")
+        value = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in value)
     return value
+
+
+DISPLAY_FIELDS = frozenset({"name", "artist", "title"})
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _optional_size(doc: dict[str, Any], where: str) -> int | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cache.errors import ConfigError, MixvfsError
 from cache.fetch import Fetcher, RetryPolicy
-from cache.http import HttpClient, TokenSource, warn_if_insecure
+from cache.http import HttpClient, TokenSource, origin_of, warn_if_insecure
 from cache.index import SourceIndex
 from cache.store import BlobStore, make_private_dir
 from vfs.core import SessionFS
@@ -71,7 +71,9 @@ def is_stale(mountpoint: Path) -> bool:
     try:
         os.stat(mountpoint)
     except OSError as exc:
-        return exc.errno == errno.ENOTCONN
+        # ENOTCONN ("Transport endpoint is not connected"); ECONNABORTED when the kernel saw the daemon
+        # die with requests in flight (measured on 6.18 after kill -9 mid-download).
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
 
 
@@ -201,8 +203,10 @@ def open_session(
         log.info("removed a dead download's leftover %s", path.name)
     store.prune()
     tokens = options.tokens() if options.tokens else token_source(options.token_file, options.token_command)
-    if session.server:
-        warn_if_insecure(session.server, tokens)
+    # Every origin the token may travel to: the server and any absolute cloud URL of a track.
+    urls = [session.server, *(t.cloud_url for t in session.tracks)]
+    for origin in sorted({origin_of(url) for url in urls if url}):
+        warn_if_insecure(origin, tokens)
     http = HttpClient(tokens=tokens, stall_timeout=options.policy.stall_timeout)
     fetcher = Fetcher(store, index, http, jobs=options.jobs, policy=options.policy)
     tracks = build_tracks(session, http=http, index=index, jobs=options.jobs)

@@ -41,6 +41,9 @@ class Report:
         self._records = {r.id: r for r in records}
         self._order = [r.id for r in records]
         self._lock = threading.Lock()
+        # Snapshot and rename under one lock: else a batched write holding an older snapshot can land
+        # after an urgent one and put a failed track back to "fetching".
+        self._write_lock = threading.Lock()
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._flusher, name="report", daemon=True)
@@ -80,12 +83,13 @@ class Report:
             return {**self._header, "tracks": [asdict(self._records[i]) for i in self._order]}
 
     def write(self, **extra: Any) -> None:
-        doc = {**self.snapshot(), **extra}
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(doc, handle, indent=1, ensure_ascii=False)
-        os.replace(tmp, self.path)
+        with self._write_lock:
+            doc = {**self.snapshot(), **extra}
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(doc, handle, indent=1, ensure_ascii=False)
+            os.replace(tmp, self.path)
 
     def close(self, **extra: Any) -> None:
         self._stop.set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,8 @@ def classify(spec: TrackSpec, mtime: float) -> Track:
         else:
             if os.path.isdir(spec.file_path):
                 problem = f"local file {spec.file_path} is a folder"
+            elif not stat.S_ISREG(st.st_mode):  # a FIFO or device would hang or never end a read
+                problem = f"local file {spec.file_path} is not a regular file"
             else:
                 return Track(spec, Kind.LOCAL, size=st.st_size, mtime=st.st_mtime, local_path=spec.file_path)
     if spec.cloud_url is not None:

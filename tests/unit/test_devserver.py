@@ -379,8 +379,9 @@ def test_log_records_every_field(root: Path, tmp_path: Path, client: httpx.Clien
         client.head(f"{srv.url}/album/My%20Song.mp3", headers={"Authorization": f"Bearer {TOKEN}"})
         get, head = srv.requests()
         assert srv.requests(path="/album/My Song.mp3") == [head]
-    assert isinstance(get["t"], float) and before <= get["t"] <= time.time()
-    assert {k: v for k, v in get.items() if k != "t"} == {
+    assert isinstance(get["t"], float) and isinstance(get["t_end"], float)
+    assert before <= get["t"] <= get["t_end"] <= time.time()
+    assert {k: v for k, v in get.items() if k not in ("t", "t_end")} == {
         "method": "GET",
         "path": "/track.flac",
         "range": "bytes=10-19",

@@ -1,0 +1,74 @@
+"""Small helpers shared by the fault tests: cloud tracks on the dev server, `cp`, `cachectl`, waiting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import CACHECTL, run
+from tools.make_audio import write_sized
+
+# Short, per-test timeouts: a fault test must fail fast, never wait for production defaults.
+FAST = ["--no-prefetch", "--retries", "3", "--retry-wait", "0.01s", "--stall-timeout", "1s"]
+
+
+def cloud_track(server_root: Path, track_id: str, size: int, *, seed: int = 0,
+                declare_size: bool = True) -> dict[str, Any]:
+    """A WAV of ``size`` bytes at ``/stream/<id>.wav`` on the dev server, and its manifest entry.
+
+    With the size and content type in the manifest the mount sends no HEAD, so the request log holds
+    only what reading caused."""
+    folder = server_root / "stream"
+    folder.mkdir(exist_ok=True)
+    write_sized(folder / f"{track_id}.wav", size, kind="wav", seed=seed)
+    entry: dict[str, Any] = {"id": track_id, "artist": "Artist", "title": track_id,
+                             "cloud_stream_path": f"/stream/{track_id}.wav", "content_type": "audio/wav"}
+    if declare_size:
+        entry["size"] = size
+    return entry
+
+
+def name_of(track_id: str) -> str:
+    return f"Artist - {track_id}.wav"
+
+
+def stream_path(track_id: str) -> str:
+    return f"/stream/{track_id}.wav"
+
+
+def cp(src: Path, dst: Path) -> subprocess.CompletedProcess[str]:
+    return run(["cp", str(src), str(dst)])
+
+
+def cachectl(cache_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run([CACHECTL, "--cache-dir", str(cache_dir), *args])
+
+
+def cachectl_json(cache_dir: Path, *args: str) -> Any:
+    done = cachectl(cache_dir, *args, "--json")
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll for a state change the test cannot be told about (a file removed by another process)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def max_overlap(entries: list[dict[str, Any]]) -> int:
+    """The largest number of requests in flight at once, from the log's start and end times."""
+    events = sorted([(float(e["t"]), 1) for e in entries] + [(float(e["t_end"]), -1) for e in entries])
+    current = peak = 0
+    for _, step in events:  # at equal times the end (-1) sorts first: touching intervals do not overlap
+        current += step
+        peak = max(peak, current)
+    return peak

@@ -1,0 +1,78 @@
+"""Validation and failure memory: an error page or a body of the wrong length is a failure, never a
+track, and never enters the store; after a failure reads get EIO at once until --retry-after."""
+
+from __future__ import annotations
+
+import filecmp
+import time
+
+from tests.conftest import write_session
+from tests.faults.helpers import FAST, cachectl_json, cloud_track, cp, name_of, stream_path
+
+EIO = "Input/output error"
+
+
+def test_html_error_page_with_200_is_eio_and_not_stored(tmp_path, server_root, devserver, mounter):
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 40_000)], server=devserver.url)
+    devserver.set_faults({stream_path("t1"): {"body": "<html>Please log in</html>", "content_type": "text/html"}})
+    mount = mounter(session, *FAST)
+    done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
+    assert done.returncode != 0 and EIO in done.stderr
+    record = mount.track("t1")
+    assert record["status"] == "failed" and "text/html page instead of audio" in record["error"]
+    assert record["attempts"] == 1 and len(devserver.requests("GET", stream_path("t1"))) == 1
+    assert cachectl_json(mount.cache_dir, "ls") == []
+    assert list((mount.cache_dir / "staging").iterdir()) == []
+
+
+def test_json_error_with_200_is_eio(tmp_path, server_root, devserver, mounter):
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 40_000)], server=devserver.url)
+    devserver.set_faults({stream_path("t1"): {"body": '{"error": "quota"}', "content_type": "application/json"}})
+    mount = mounter(session, *FAST)
+    assert cp(mount.path / name_of("t1"), tmp_path / "out.wav").returncode != 0
+    assert "application/json page instead of audio" in mount.track("t1")["error"]
+
+
+def test_body_longer_than_the_manifest_size_is_a_length_mismatch(tmp_path, server_root, devserver, mounter):
+    entry = cloud_track(server_root, "t1", 40_000)
+    entry["size"] = 30_000  # the manifest promises less than the server has
+    session = write_session(tmp_path / "s.json", [entry], server=devserver.url)
+    mount = mounter(session, *FAST)
+    done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
+    assert done.returncode != 0 and EIO in done.stderr
+    record = mount.track("t1")
+    assert "length mismatch" in record["error"] and "40000" in record["error"] and "30000" in record["error"]
+    assert record["attempts"] == 1
+    assert cachectl_json(mount.cache_dir, "ls") == []
+
+
+def test_body_shorter_than_content_length_is_retried_then_eio_never_a_short_file(
+        tmp_path, server_root, devserver, mounter):
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 40_000)], server=devserver.url)
+    devserver.set_faults({stream_path("t1"): {"drop_after": 10_000}})  # every attempt is cut at 10 kB
+    mount = mounter(session, *FAST)
+    done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
+    assert done.returncode != 0 and EIO in done.stderr
+    gets = devserver.requests("GET", stream_path("t1"))
+    assert [g["range"] for g in gets] == [None, "bytes=10000-", "bytes=20000-"]  # resumes go on from the last byte
+    record = mount.track("t1")
+    assert record["status"] == "failed" and record["attempts"] == 3 and "network error" in record["error"]
+    assert cachectl_json(mount.cache_dir, "ls") == []
+
+
+def test_after_a_failure_reads_fail_at_once_until_retry_after(tmp_path, server_root, devserver, mounter):
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 300_000)], server=devserver.url)
+    devserver.set_faults({stream_path("t1"): {"status": 404}})
+    mount = mounter(session, *FAST, "--retry-after", "1s")
+    failed_at = time.monotonic()
+    for _ in range(3):
+        done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
+        assert done.returncode != 0 and EIO in done.stderr
+    assert len(devserver.requests("GET", stream_path("t1"))) == 1  # no new download per read or per open
+    devserver.set_faults({})  # the server is fixed; after --retry-after the next open tries again
+    time.sleep(max(0.0, failed_at + 1.1 - time.monotonic()))
+    done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
+    assert done.returncode == 0, done.stderr
+    assert filecmp.cmp(tmp_path / "out.wav", server_root / "stream" / "t1.wav", shallow=False)
+    assert [g["status"] for g in devserver.requests("GET", stream_path("t1"))] == [404, 200]
+    assert mount.wait_track("t1", lambda r: r["status"] == "cached")["error"] is None

@@ -1,0 +1,67 @@
+"""Corruption: a blob changed on disk is found by `cachectl verify` and by the check on open (size
+always, full hash for small blobs), removed and fetched again. Wrong bytes are never served."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Mount, write_session
+from tests.faults.helpers import FAST, cachectl, cachectl_json, cloud_track, cp, name_of, stream_path
+from tools.devserver import DevServer
+
+
+def cache_one_track(tmp_path: Path, server_root: Path, devserver: DevServer,
+                    mounter: Callable[..., Mount]) -> tuple[Path, Path]:
+    """Export one cloud track through a mount, unmount; return the session and the blob file on disk."""
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 400_000)], server=devserver.url)
+    mount = mounter(session, *FAST)
+    assert cp(mount.path / name_of("t1"), tmp_path / "first.wav").returncode == 0
+    mount.unmount()
+    (blob,) = (mount.cache_dir / "blobs").rglob("*.val")  # diskcache's random file name for the value
+    assert blob.stat().st_size == 400_000
+    return session, blob
+
+
+def damage(blob: Path, how: str) -> None:
+    if how == "flip":
+        with open(blob, "r+b") as handle:
+            handle.seek(200_000)
+            byte = handle.read(1)
+            handle.seek(200_000)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+    else:
+        os.truncate(blob, 399_000)
+
+
+def test_cachectl_verify_finds_and_removes_a_changed_blob(tmp_path, server_root, devserver, mounter):
+    session, blob = cache_one_track(tmp_path, server_root, devserver, mounter)
+    digest = cachectl_json(tmp_path / "cache", "ls")[0]["digest"]
+    damage(blob, "flip")
+    done = cachectl(tmp_path / "cache", "verify")
+    assert done.returncode == 1
+    assert f"corrupt, removed: {digest}" in done.stdout and "checked 1 blob(s): 1 corrupt" in done.stdout
+    assert cachectl_json(tmp_path / "cache", "ls") == [] and not blob.exists()
+    assert cachectl(tmp_path / "cache", "verify").returncode == 0
+    mount = mounter(session, *FAST)
+    assert cp(mount.path / name_of("t1"), tmp_path / "again.wav").returncode == 0
+    assert filecmp.cmp(tmp_path / "again.wav", server_root / "stream" / "t1.wav", shallow=False)
+    assert len(devserver.requests("GET", stream_path("t1"))) == 2  # fetched again
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_open_detects_a_damaged_blob_and_fetches_again(tmp_path, server_root, devserver, mounter, how):
+    session, blob = cache_one_track(tmp_path, server_root, devserver, mounter)
+    damage(blob, how)
+    mount = mounter(session, *FAST)
+    done = cp(mount.path / name_of("t1"), tmp_path / "again.wav")
+    assert done.returncode == 0, done.stderr
+    assert filecmp.cmp(tmp_path / "again.wav", server_root / "stream" / "t1.wav", shallow=False)
+    assert len(devserver.requests("GET", stream_path("t1"))) == 2
+    assert "was damaged on disk; removed, fetching again" in mount.log()
+    mount.unmount()
+    assert cachectl(mount.cache_dir, "verify").returncode == 0

@@ -1,0 +1,53 @@
+"""Crash safety: the daemon killed with -9 mid-download. The next `mixvfs mount` on the same folder clears
+the dead mount by itself, removes the dead process's temp files, never serves a partial blob, and the
+cache verifies."""
+
+from __future__ import annotations
+
+import errno
+import filecmp
+import os
+import signal
+
+from tests.conftest import write_session
+from tests.faults.helpers import cachectl, cloud_track, cp, name_of, stream_path, wait_until
+
+
+def dead(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1].startswith("Z")  # a zombie has let go of everything
+    except FileNotFoundError:
+        return True
+
+
+def test_kill_9_mid_download_then_remount_recovers(tmp_path, server_root, devserver, mounter):
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "big", 3_000_000)], server=devserver.url)
+    devserver.set_faults({stream_path("big"): {"rate": 2_000_000}})
+    first = mounter(session, "--retry-wait", "0.01s")  # prefetch starts the download at once
+    staging = first.cache_dir / "staging"
+    assert wait_until(lambda: any(p.stat().st_size > 0 for p in staging.glob("*.part")))
+    pid = int(os.getxattr(first.path, "user.mixvfs.pid"))
+    leftovers = sorted(p.name for p in staging.glob("*.part"))
+    assert leftovers and all(name.startswith(f"{pid}.") for name in leftovers)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: dead(pid))
+    first.mounted = False
+    try:
+        os.stat(first.path)
+    except OSError as exc:
+        assert exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)  # "Transport endpoint is not connected"
+    else:
+        raise AssertionError("a killed daemon leaves a dead mount behind")
+
+    devserver.set_faults({})
+    second = mounter(session, "--no-prefetch", mountpoint=first.path)  # same folder, same cache
+    assert os.path.ismount(second.path)
+    assert not any((staging / name).exists() for name in leftovers)  # the dead process's temp files
+    assert cachectl(second.cache_dir, "verify").returncode == 0
+    done = cp(second.path / name_of("big"), tmp_path / "out.wav")
+    assert done.returncode == 0, done.stderr
+    assert filecmp.cmp(tmp_path / "out.wav", server_root / "stream" / "big.wav", shallow=False)
+    second.unmount()
+    verified = cachectl(second.cache_dir, "verify")
+    assert verified.returncode == 0 and "checked 1 blob(s): 0 corrupt" in verified.stdout

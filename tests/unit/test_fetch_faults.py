@@ -1,0 +1,187 @@
+"""Tier 1 (no kernel): cache/http.py and cache/fetch.py against the real dev server — resume offsets,
+ETag changes, length and content-type checks, status mapping, cancellation, copyable errors."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cache import errors
+from cache.errors import AuthRejected, FetchError, LengthMismatch, NotAudio, PermanentHttpError, ServerBusy
+from cache.fetch import Download, Fetcher, RetryPolicy, Source, State
+from cache.http import HttpClient
+from cache.index import SourceIndex
+from cache.store import BlobStore, pid_alive
+from tools.devserver import DevServer
+from tools.make_audio import write_sized
+
+SIZE = 300_000
+POLICY = RetryPolicy(attempts=3, wait_initial=0.001, wait_max=0.01, wait_jitter=0.0, stall_timeout=2.0)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[DevServer, bytes]]:
+    root = tmp_path / "srv"
+    root.mkdir()
+    write_sized(root / "a.wav", SIZE, seed=7)
+    with DevServer(root) as server:
+        yield server, (root / "a.wav").read_bytes()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[BlobStore]:
+    blobs = BlobStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
+    yield blobs
+    blobs.close()
+
+
+@pytest.fixture
+def http() -> Iterator[HttpClient]:
+    client = HttpClient(stall_timeout=2.0)
+    yield client
+    client.close()
+
+
+def download(server: DevServer, store: BlobStore, http: HttpClient, size: int | None = SIZE) -> Download:
+    events: list[str] = []
+    d = Download(Source(server.url_for("a.wav"), size=size, label="a"), store, http, POLICY,
+                 lambda _d, event: events.append(event))
+    d.run()
+    return d
+
+
+def test_get_from_an_offset_starts_there(served, http):
+    server, data = served
+    with http.get(server.url_for("a.wav"), start=123_456) as body:
+        got = b"".join(body.chunks)
+    assert (body.start, body.total) == (123_456, SIZE) and got == data[123_456:]
+    assert server.requests("GET")[0]["range"] == "bytes=123456-"
+
+
+def test_error_pages_and_statuses_become_our_errors(served: tuple[DevServer, bytes], http: HttpClient) -> None:
+    server, _ = served
+    url = server.url_for("a.wav")
+    for fault, kind in (({"body": "<html/>", "content_type": "text/html"}, NotAudio),
+                        ({"status": 401}, AuthRejected), ({"status": 404}, PermanentHttpError),
+                        ({"status": 503}, ServerBusy), ({"status": 429}, ServerBusy)):
+        server.set_faults({"/a.wav": {**fault, "head": True}})
+        with pytest.raises(kind):
+            http.head(url)
+        with pytest.raises(kind), http.get(url):
+            pass
+
+
+def test_cut_off_body_resumes_from_the_exact_byte(served, store, http):
+    server, data = served
+    server.set_faults({"/a.wav": {"drop_after": 100_000, "times": 2}})
+    d = download(server, store, http)
+    assert d.state is State.DONE and d.attempts == 3
+    assert [g["range"] for g in server.requests("GET")] == [None, "bytes=100000-", "bytes=200000-"]
+    fd = store.open_blob(d.digest or "")
+    assert fd is not None
+    try:
+        assert os.pread(fd, SIZE + 1, 0) == data
+    finally:
+        os.close(fd)
+
+
+def test_new_etag_between_attempts_starts_over_and_is_used_for_the_next_resume(served, store, http, tmp_path):
+    server, _ = served
+    server.set_faults({"/a.wav": {"drop_after": 100_000, "times": 1, "id": "first"}})
+    first = download(server, store, http)
+    assert first.state is State.DONE
+    time.sleep(0.01)
+    write_sized(tmp_path / "srv" / "a.wav", SIZE, seed=8)  # a new version: new mtime, new ETag
+    new_data = (tmp_path / "srv" / "a.wav").read_bytes()
+    d = Download(Source(server.url_for("a.wav"), size=SIZE, etag=first.etag, label="a"), store, http, POLICY,
+                 lambda _d, _e: None)
+    server.set_faults({"/a.wav": {"drop_after": 50_000, "times": 2, "id": "second"}})
+    d.run()
+    assert d.state is State.DONE and d.etag != first.etag
+    gets = server.requests("GET")[-3:]
+    # A fresh start meets the new version (cut at 50 kB); the resumes then name the NEW ETag in If-Range.
+    assert [g["range"] for g in gets] == [None, "bytes=50000-", "bytes=100000-"]
+    assert gets[1]["if_range"] == d.etag
+    fd = store.open_blob(d.digest or "")
+    assert fd is not None
+    try:
+        assert os.pread(fd, SIZE + 1, 0) == new_data
+    finally:
+        os.close(fd)
+
+
+def test_wrong_length_fails_and_leaves_nothing_behind(served, store, http):
+    server, _ = served
+    d = download(server, store, http, size=SIZE - 1)
+    assert d.state is State.FAILED and isinstance(d.error, LengthMismatch) and d.attempts == 1
+    assert store.infos() == [] and list(store.staging.iterdir()) == []
+
+
+def test_transient_failures_stop_after_the_attempts(served, store, http):
+    server, _ = served
+    server.set_faults({"/a.wav": {"status": 502}})
+    d = download(server, store, http)
+    assert d.state is State.FAILED and isinstance(d.error, ServerBusy) and d.attempts == 3
+    assert len(server.requests("GET")) == 3
+
+
+def test_a_cancelled_download_is_revived_or_replaced_never_handed_over_dying(served, store, http, tmp_path):
+    server, _ = served
+    server.set_faults({"/a.wav": {"rate": 300_000}})  # about 1 s
+    index = SourceIndex(tmp_path / "cache")
+    fetcher = Fetcher(store, index, http, jobs=1, policy=POLICY)
+    source = Source(server.url_for("a.wav"), size=SIZE, label="a")
+    try:
+        first = fetcher.acquire(source)
+        assert first.download is not None
+        fetcher.release(first.download)  # the last reader leaves: cancelled
+        assert first.download.cancelled
+        if first.download.revive():  # not yet torn down: a new reader keeps its bytes
+            second = fetcher.acquire(source)
+            assert second.download is first.download and not second.download.cancelled
+        else:
+            second = fetcher.acquire(source)
+            assert second.download is not first.download
+        assert second.download is not None and not second.download.dying
+        fetcher.release(second.download)
+        first.download.cancelled = True  # now force the worker to unwind it
+        with first.download.cond:
+            first.download.dying = True
+        third = fetcher.acquire(source)
+        assert third.download is not None and third.download is not first.download  # a dying one is replaced
+        fetcher.release(third.download)
+        os.close(first.fd)
+        os.close(second.fd)
+        os.close(third.fd)
+    finally:
+        fetcher.close()
+        index.close()
+
+
+def test_every_fetch_error_survives_copy():
+    """Each raising reader gets its own copy of the download's error (copy.copy)."""
+    for _, kind in inspect.getmembers(errors, inspect.isclass):
+        if issubclass(kind, FetchError):
+            args = ("why", 503) if "status" in inspect.signature(kind).parameters else ("why",)
+            original = kind(*args)
+            clone = copy.copy(original)
+            assert type(clone) is kind and clone.reason == "why" and vars(clone) == vars(original)
+
+
+def test_a_zombie_counts_as_dead_for_staging_cleanup():
+    child = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 5
+        while pid_alive(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not pid_alive(child.pid)  # exited but not reaped yet: a zombie
+    finally:
+        child.wait()
+    assert pid_alive(os.getpid())
