@@ -15,7 +15,8 @@ test: $(STAMP) system
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP) system
-	$(PY) tools/bench.py
+	MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh
+	$(PY) tools/bench.py $(BENCH_ARGS)
 
 # System packages: libfuse (2 and 3) for the mount, rsync/attr for tests, nginx/rclone for the benchmark.
 system:
