@@ -14,7 +14,7 @@ test: $(STAMP) system
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
-bench: $(STAMP) system
+bench: $(STAMP)
 	MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh
 	$(PY) tools/bench.py $(BENCH_ARGS)
 

@@ -226,6 +226,12 @@ class Download:
 
     def read(self, fd: int, size: int, offset: int) -> bytes:
         """Wait for bytes [offset, offset+size) (or the end) and return them. Raises the download's error."""
+        end = self.wait_for(size, offset)
+        return os.pread(fd, end - offset, offset) if end > offset else b""
+
+    def wait_for(self, size: int, offset: int) -> int:
+        """Wait until bytes [offset, offset+size) (or the end) are in the staging file; returns their end.
+        Raises the download's error."""
         end = offset + size
         deadline = time.monotonic() + self.policy.total_timeout + self.policy.stall_timeout
         with self.cond:
@@ -240,7 +246,7 @@ class Download:
                     raise StallTimeout("timed out waiting for the download to reach the bytes being read")
                 self.cond.wait(timeout=0.5)
             self.served_upto = max(self.served_upto, end)
-        return os.pread(fd, end - offset, offset) if end > offset else b""
+        return max(end, offset)
 
     def dup_fd(self) -> int:
         return os.dup(self.fd)
