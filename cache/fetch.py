@@ -102,6 +102,9 @@ class Download:
     started: float = 0.0
     finished: float = 0.0
     cond: threading.Condition = field(default_factory=threading.Condition)
+    # Set once the download is cached or failed: for waiters that do not care about each chunk (the
+    # prefetcher's slots), so they are not woken by every notify on ``cond``.
+    ended: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.total = self.source.size
@@ -220,6 +223,8 @@ class Download:
         with self.cond:
             self.state = state
             self.cond.notify_all()
+        if state in (State.DONE, State.FAILED):
+            self.ended.set()
         self.listener(self, state.value)
 
     # -- reader side -----------------------------------------------------------------------------------
@@ -281,6 +286,9 @@ class Fetcher:
         self._lock = threading.Lock()
         self._active: dict[str, Download] = {}
         self._queue: queue.PriorityQueue[tuple[int, int, Download | None]] = queue.PriorityQueue()
+        # Readers also go to one extra worker of their own: with ``jobs`` prefetches of large tracks in
+        # flight, a track being read must not wait for one of them to finish (first-bytes latency).
+        self._demand: queue.Queue[Download | None] = queue.Queue()
         self._seq = itertools.count()
         self._workers: list[threading.Thread] = []
         self._closed = False
@@ -338,6 +346,7 @@ class Fetcher:
                 download.cancelled = True
         for _ in self._workers:
             self._queue.put((-1, next(self._seq), None))
+            self._demand.put(None)
         for worker in self._workers:
             worker.join(timeout=self.policy.stall_timeout + 1)
 
@@ -384,16 +393,21 @@ class Fetcher:
     def _enqueue(self, download: Download, priority: int) -> None:
         if download.state is State.PENDING:
             self._queue.put((priority, next(self._seq), download))
+            if priority == DEMAND:
+                self._demand.put(download)
 
     def _ensure_workers(self) -> None:
-        while len(self._workers) < self.jobs:
-            worker = threading.Thread(target=self._work, name=f"fetch-{len(self._workers)}", daemon=True)
+        while len(self._workers) < self.jobs + 1:
+            demand = len(self._workers) == self.jobs
+            take = self._demand.get if demand else lambda: self._queue.get()[2]
+            worker = threading.Thread(target=self._work, args=(take,), daemon=True,
+                                      name="fetch-demand" if demand else f"fetch-{len(self._workers)}")
             self._workers.append(worker)
             worker.start()
 
-    def _work(self) -> None:
+    def _work(self, take: Callable[[], Download | None]) -> None:
         while True:
-            _, _, download = self._queue.get()
+            download = take()
             if download is None:
                 return
             with self._lock:

@@ -260,9 +260,8 @@ class SessionFS:
                 threading.Thread(target=self._release_when_done, args=(download, slots), daemon=True).start()
 
     def _release_when_done(self, download: Download, slots: threading.Semaphore) -> None:
-        with download.cond:
-            while download.state in (State.PENDING, State.FETCHING) and not self._prefetch_stop.is_set():
-                download.cond.wait(timeout=0.5)
+        while not download.ended.wait(timeout=0.5) and not self._prefetch_stop.is_set():
+            pass
         slots.release()
 
     def close(self) -> None:
