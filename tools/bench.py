@@ -179,7 +179,7 @@ def machine() -> dict[str, Any]:
             versions[tool] = (out.stdout + out.stderr).strip().splitlines()[0]
     return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "nproc": os.cpu_count(),
             "mem_gib": round(mem_kb / (1 << 20), 1), "kernel": platform.release(), "libfuse3": libfuse,
-            "python": platform.python_version(), "tools": versions}
+            "python": platform.python_version(), "tools": versions, "loadavg_at_start": os.getloadavg()}
 
 
 def free_port() -> int:
@@ -642,6 +642,10 @@ def main(argv: list[str] | None = None) -> int:
         result = {"machine": info, "server": server, "command": " ".join(["tools/bench.py", *(argv or sys.argv[1:])]),
                   "runs": args.runs, "rows": [row.to_json() for row in bench.rows], "profiles": profiles}
         (out / "results.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
+        result["loadavg_at_end"] = os.getloadavg()
+        (out / "results.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
+        print(f"load average at start {info['loadavg_at_start'][0]:.2f}, at end {os.getloadavg()[0]:.2f} "
+              "(other work on the machine makes runs noisy)")
         print(f"\nwrote {out / 'results.json'}")
         failed = [row.name for row in bench.rows if row.met() is False]
         if failed:
