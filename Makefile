@@ -14,8 +14,9 @@ test: $(STAMP) system
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
-bench: $(STAMP) system
-	$(PY) tools/bench.py
+bench: $(STAMP)
+	MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh
+	$(PY) tools/bench.py $(BENCH_ARGS)
 
 # System packages: libfuse (2 and 3) for the mount, rsync/attr for tests, nginx/rclone for the benchmark.
 system:

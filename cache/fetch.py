@@ -98,12 +98,18 @@ class Download:
     served_upto: int = 0
     cancelled: bool = False
     dying: bool = False  # the worker saw the cancel and is tearing down: too late to revive
+    priority: int = DEMAND  # its place in the queue: DEMAND for readers, 1 + session order for prefetch
+    yield_requested: bool = False  # a reader's track needs this prefetch's worker: pause, resume later
+    resuming: bool = False  # the next request continues after a pause: not a new attempt
     fd: int = -1
     path: Path | None = None
     etag: str | None = None
     started: float = 0.0
     finished: float = 0.0
     cond: threading.Condition = field(default_factory=threading.Condition)
+    # Set once the download is cached or failed: for waiters that do not care about each chunk (the
+    # prefetcher's slots), so they are not woken by every notify on ``cond``.
+    ended: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.total = self.source.size
@@ -121,6 +127,14 @@ class Download:
             self._set_state(State.FETCHING)
             self._fetch_with_retries()
             self._commit()
+        except Yielded:
+            # Paused for a reader's track: keep the staging file and the hash state; the fetcher queues
+            # this download again and the next request resumes with Range from ``available``.
+            with self.cond:
+                self.state = State.PENDING
+                self.yield_requested = False
+                self.resuming = True
+            return
         except FetchError as exc:
             error = exc
         except CacheError as exc:
@@ -150,8 +164,10 @@ class Download:
         ):
             with attempt:
                 self._check_cancel()
-                self.attempts += 1
-                self.listener(self, "attempt")
+                if not self.resuming:
+                    self.attempts += 1
+                    self.listener(self, "attempt")
+                self.resuming = False
                 self._attempt()
 
     def _attempt(self) -> None:
@@ -172,10 +188,13 @@ class Download:
             raise NetworkError(f"the body ended after {self.available} of {self.total} bytes")
 
     def _check_cancel(self) -> None:
+        """Between chunks: stop if cancelled, pause if a reader's track needs this worker."""
         with self.cond:
             if self.cancelled:
                 self.dying = True
                 raise Cancelled("the reader went away")
+            if self.yield_requested and self.readers == 0:
+                raise Yielded
 
     def revive(self) -> bool:
         """A reader (or prefetch) wants this download again. False if it is already being torn down."""
@@ -237,6 +256,8 @@ class Download:
         with self.cond:
             self.state = state
             self.cond.notify_all()
+        if state in (State.DONE, State.FAILED):
+            self.ended.set()
         try:
             self.listener(self, state.value)
         except Exception:  # a listener's bug must not kill a worker thread or hide the outcome
@@ -246,6 +267,12 @@ class Download:
 
     def read(self, fd: int, size: int, offset: int) -> bytes:
         """Wait for bytes [offset, offset+size) (or the end) and return them. Raises the download's error."""
+        end = self.wait_for(size, offset)
+        return os.pread(fd, end - offset, offset) if end > offset else b""
+
+    def wait_for(self, size: int, offset: int) -> int:
+        """Wait until bytes [offset, offset+size) (or the end) are in the staging file; returns their end.
+        Raises the download's error."""
         end = offset + size
         deadline = time.monotonic() + self.policy.total_timeout + self.policy.stall_timeout
         with self.cond:
@@ -260,10 +287,14 @@ class Download:
                     raise StallTimeout("timed out waiting for the download to reach the bytes being read")
                 self.cond.wait(timeout=0.5)
             self.served_upto = max(self.served_upto, end)
-        return os.pread(fd, end - offset, offset) if end > offset else b""
+        return max(end, offset)
 
     def dup_fd(self) -> int:
         return os.dup(self.fd)
+
+
+class Yielded(Exception):  # control flow, not an error: never leaves this module
+    """A prefetch pauses so that its worker can serve a track somebody is reading."""
 
 
 @dataclass
@@ -295,6 +326,7 @@ class Fetcher:
         self._lock = threading.Lock()
         self._active: dict[str, Download] = {}
         self._queue: queue.PriorityQueue[tuple[int, int, Download | None]] = queue.PriorityQueue()
+        self._running: set[Download] = set()
         self._seq = itertools.count()
         self._workers: list[threading.Thread] = []
         self._closed = False
@@ -343,7 +375,9 @@ class Fetcher:
                     return None
                 download = self._start(source)
             download.prefetch_wanted = True
-            self._enqueue(download, 1 + order)
+            if download.readers == 0:
+                download.priority = 1 + order
+            self._enqueue(download, download.priority)
             return download
 
     def active(self) -> list[Download]:
@@ -405,8 +439,20 @@ class Fetcher:
         return download
 
     def _enqueue(self, download: Download, priority: int) -> None:
-        if download.state is State.PENDING:
-            self._queue.put((priority, next(self._seq), download))
+        """Queue a pending download (callers hold ``_lock``). A reader's track never waits behind
+        prefetches: when every worker is busy, the least urgent prefetch pauses (and resumes later with
+        Range), so at most ``jobs`` downloads run at once and the reader still starts at once."""
+        if priority == DEMAND:
+            download.priority = DEMAND
+        if download.state is not State.PENDING:
+            return
+        self._queue.put((priority, next(self._seq), download))
+        if priority == DEMAND and len(self._running) >= self.jobs:
+            paused = [d for d in self._running if d.readers == 0 and not d.yield_requested]
+            if paused:
+                victim = max(paused, key=lambda d: d.priority)
+                with victim.cond:
+                    victim.yield_requested = True
 
     def _ensure_workers(self) -> None:
         while len(self._workers) < self.jobs:
@@ -424,7 +470,14 @@ class Fetcher:
                     continue  # a duplicate queue entry (priority bump) of a download already taken
                 download.started = time.monotonic()
                 download.state = State.FETCHING
-            download.run()
+                self._running.add(download)
+            try:
+                download.run()
+            finally:
+                with self._lock:
+                    self._running.discard(download)
+                    if download.state is State.PENDING and self._active.get(download.source.ident) is download:
+                        self._queue.put((download.priority, next(self._seq), download))  # paused: resume later
 
     def _on_event(self, download: Download, event: str) -> None:
         if event in (State.DONE.value, State.FAILED.value):

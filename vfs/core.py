@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cache.errors import Cancelled, FetchError, SourceMissing
 from cache.fetch import Download, Fetcher, State
@@ -22,6 +23,7 @@ from vfs.tracks import Kind, Track
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 BLOCK_SIZE = 1 << 20  # st_blksize: `cp` sizes its buffer from it (128 KiB by default)
 MAX_STATUS_FAILURES = 100  # an xattr value is at most 64 KiB on Linux: list this many failures, count the rest
 
@@ -32,6 +34,11 @@ class Handle:
     track: Track
 
     def read(self, size: int, offset: int) -> bytes:
+        raise NotImplementedError
+
+    def span(self, size: int, offset: int) -> tuple[int, int]:
+        """(descriptor, byte count) that hold bytes [offset, offset+size) now, for a zero-copy reply:
+        libfuse reads them from the descriptor itself, without the GIL and without Python bytes."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -47,6 +54,9 @@ class FdHandle(Handle):
 
     def read(self, size: int, offset: int) -> bytes:
         return os.pread(self.fd, size, offset)
+
+    def span(self, size: int, offset: int) -> tuple[int, int]:
+        return self.fd, size  # a short read at the end of the file is the end of the file
 
     def close(self) -> None:
         os.close(self.fd)
@@ -64,6 +74,9 @@ class StreamHandle(Handle):
     def read(self, size: int, offset: int) -> bytes:
         return self.download.read(self.fd, size, offset)
 
+    def span(self, size: int, offset: int) -> tuple[int, int]:
+        return self.fd, self.download.wait_for(size, offset) - offset
+
     def close(self) -> None:
         os.close(self.fd)
         self.fetcher.release(self.download)
@@ -77,6 +90,9 @@ class FailedHandle(Handle):
         self.error = error
 
     def read(self, size: int, offset: int) -> bytes:
+        raise FetchError(self.error.reason)
+
+    def span(self, size: int, offset: int) -> tuple[int, int]:
         raise FetchError(self.error.reason)
 
 
@@ -242,8 +258,15 @@ class SessionFS:
         return Opened(handle, keep_cache=track.size is not None, direct_io=track.size is None)
 
     def read(self, handle: Handle, size: int, offset: int) -> bytes:
+        return self._reading(handle, lambda: handle.read(size, offset))
+
+    def read_span(self, handle: Handle, size: int, offset: int) -> tuple[int, int]:
+        """Like :meth:`read`, but (descriptor, count) for the adapter's zero-copy reply."""
+        return self._reading(handle, lambda: handle.span(size, offset))
+
+    def _reading(self, handle: Handle, action: Callable[[], T]) -> T:
         try:
-            return handle.read(size, offset)
+            return action()
         except FetchError as exc:
             if not isinstance(handle, FailedHandle):
                 self._record_failure(handle.track, exc)
@@ -287,9 +310,8 @@ class SessionFS:
                 threading.Thread(target=self._release_when_done, args=(download, slots), daemon=True).start()
 
     def _release_when_done(self, download: Download, slots: threading.Semaphore) -> None:
-        with download.cond:
-            while download.state in (State.PENDING, State.FETCHING) and not self._prefetch_stop.is_set():
-                download.cond.wait(timeout=0.5)
+        while not download.ended.wait(timeout=0.5) and not self._prefetch_stop.is_set():
+            pass
         slots.release()
 
     def close(self, wait: float | None = None) -> None:

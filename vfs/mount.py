@@ -70,6 +70,10 @@ def fusermount() -> list[str]:
 def is_stale(mountpoint: Path) -> bool:
     try:
         os.stat(mountpoint)
+        if os.path.ismount(mountpoint):
+            # The kernel may answer stat from its attribute cache for a second after the daemon died;
+            # opening the folder always asks the daemon.
+            os.close(os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY))
     except OSError as exc:
         # ENOTCONN ("Transport endpoint is not connected"); ECONNABORTED when the kernel saw the daemon
         # die with requests in flight (measured on 6.18 after kill -9 mid-download).

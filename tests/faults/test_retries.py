@@ -67,16 +67,17 @@ def test_cut_off_body_resumes_at_the_exact_byte_with_if_range(tmp_path, server_r
 
 
 def change_file_during_first_get(tmp_path: Path, server_root: Path, devserver: DevServer,
-                                 mounter: Callable[..., Mount]) -> Mount:
-    """Mount with prefetch; the first GET stalls after 300 kB and then drops; during the stall the file
-    changes on the server (same size, new bytes, new mtime: a new ETag)."""
-    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 1_000_000)], server=devserver.url)
-    devserver.set_faults({stream_path("t1"): {"stall_after": 300_000, "stall_seconds": 1.0,
-                                              "drop_after": 300_000, "times": 1}})
+                                 mounter: Callable[..., Mount], *, size: int = 1_000_000,
+                                 cut: int = 300_000) -> Mount:
+    """Mount with prefetch; the first GET stalls after ``cut`` bytes and then drops; during the stall the
+    file changes on the server (same size, new bytes, new mtime: a new ETag)."""
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", size)], server=devserver.url)
+    devserver.set_faults({stream_path("t1"): {"stall_after": cut, "stall_seconds": 1.0,
+                                              "drop_after": cut, "times": 1}})
     mount = mounter(session, "--retries", "3", "--retry-wait", "0.01s", "--stall-timeout", "5s")
     staging = mount.cache_dir / "staging"
-    assert wait_until(lambda: any(p.stat().st_size == 300_000 for p in staging.glob("*.part")))
-    cloud_track(server_root, "t1", 1_000_000, seed=99)
+    assert wait_until(lambda: any(p.stat().st_size == cut for p in staging.glob("*.part")))
+    cloud_track(server_root, "t1", size, seed=99)
     return mount
 
 
@@ -94,7 +95,9 @@ def test_file_changed_on_server_between_attempts_starts_over(tmp_path, server_ro
 
 def test_file_changed_after_bytes_were_served_is_eio_not_a_mix(tmp_path, server_root, devserver, mounter):
     """A reader already holds old bytes: serving the new ones after them would be a wrong file."""
-    mount = change_file_during_first_get(tmp_path, server_root, devserver, mounter)
+    # Past the first 1 MiB read request, so cp holds old bytes when the change shows (a FUSE read is served
+    # whole or not at all: with a shorter cut, the first request would simply get the new file).
+    mount = change_file_during_first_get(tmp_path, server_root, devserver, mounter, size=4_000_000, cut=2_500_000)
     done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")  # reads the first bytes during the stall
     assert done.returncode != 0 and EIO in done.stderr
     record = mount.track("t1")
