@@ -21,6 +21,7 @@ import mfusepy as fuse
 
 from vfs.core import BLOCK_SIZE, Handle, SessionFS
 from vfs.errno_map import fuse_errors
+from vfs.fuse_io import fd_bufvec, raise_readahead
 from vfs.tracks import Track
 
 log = logging.getLogger(__name__)
@@ -29,59 +30,6 @@ FuseOSError = fuse.FuseOSError
 LIBFUSE_MAJOR: int = fuse.fuse_version_major
 guard = fuse_errors(FuseOSError)
 XATTR_PREFIX = "user.mixvfs."
-# The kernel's readahead for a FUSE mount is 128 KiB (libfuse can only lower it); 4 MiB makes a first read
-# arrive as 1 MiB requests with several in flight (1 GiB fresh-mount read: 0.85 s -> 0.49 s, BENCHMARKS.md).
-READAHEAD_KIB = 4096
-
-FUSE_BUF_IS_FD, FUSE_BUF_FD_SEEK = 1 << 1, 1 << 2
-_libc = ctypes.CDLL(None)
-_libc.malloc.restype = ctypes.c_void_p
-_libc.malloc.argtypes = [ctypes.c_size_t]
-
-
-class _FdBuf(ctypes.Structure):
-    """libfuse's ``struct fuse_buf`` (plus 3.17's trailing ``mem_size``, so the allocation is never short)."""
-
-    _fields_ = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p),
-                ("fd", ctypes.c_int), ("pos", ctypes.c_int64), ("mem_size", ctypes.c_size_t)]
-
-
-class _BufVec(ctypes.Structure):
-    """libfuse's ``struct fuse_bufvec`` with its one inline buffer (mfusepy declares it as a pointer)."""
-
-    _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t), ("buf", _FdBuf)]
-
-
-def fd_bufvec(fd: int, count: int, offset: int) -> int:
-    """A malloc'd bufvec telling libfuse to read ``count`` bytes at ``offset`` from ``fd`` itself (it frees it)."""
-    address = _libc.malloc(ctypes.sizeof(_BufVec))
-    if not address:
-        raise FuseOSError(errno.ENOMEM)
-    vec = _BufVec.from_address(address)
-    vec.count, vec.idx, vec.off = 1, 0, 0
-    vec.buf = _FdBuf(count, FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK, None, fd, offset, 0)
-    return int(address)
-
-
-def raise_readahead(mountpoint: str, kib: int = READAHEAD_KIB) -> bool:
-    """Set the mount's readahead through sysfs (root only; elsewhere the kernel default stays)."""
-    device = None
-    try:
-        with open("/proc/self/mountinfo") as handle:
-            for line in handle:
-                fields = line.split()
-                if len(fields) > 4 and fields[4].replace("\\040", " ") == mountpoint:
-                    device = fields[2]  # the last match is the mount on top
-        if device is None:
-            return False
-        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as knob:
-            knob.write(f"{kib}\n")
-    except OSError as exc:
-        log.debug("readahead of %s left at the kernel default: %s", mountpoint, exc)
-        return False
-    return True
-
-
 class MixOps(fuse.Operations):  # type: ignore[misc]
     use_ns = True
 
@@ -206,9 +154,11 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
 
     @guard
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if not name.startswith(XATTR_PREFIX):  # `ls -l` asks every file for security.* and ACLs
+            raise FuseOSError(fuse.ENOATTR)
         values = self._root_values() if path == "/" else self.core.track_xattrs(self._track(path))
         key = name.removeprefix(XATTR_PREFIX)
-        if not name.startswith(XATTR_PREFIX) or key not in values:
+        if key not in values:
             raise FuseOSError(fuse.ENOATTR)
         return values[key].encode()
 
