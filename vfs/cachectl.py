@@ -10,7 +10,6 @@ config or manifest, or an unusable cache folder; 130 ``warm`` interrupted (Ctrl-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from cache.http import HttpClient
 from cache.index import SourceIndex
 from cache.store import BlobInfo, BlobStore
 from cache.units import format_size, parse_duration, parse_size
-from vfs import config
+from vfs import config, output
 from vfs.manifest import load_manifest
 
 EXAMPLES = """examples:
@@ -149,11 +148,7 @@ def iso(at: float) -> str:
 
 
 def emit(args: argparse.Namespace, result: Any, formatter: Any) -> int:
-    if args.json:
-        json.dump(result, sys.stdout, indent=1)
-        print()
-    else:
-        print(formatter(result))
+    output.emit(result, args.json, formatter)
     return 0
 
 

@@ -11,7 +11,6 @@ Exit codes (every command):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 from cache.errors import ConfigError, MixvfsError
 from cache.fetch import RetryPolicy
 from cache.units import parse_duration
-from vfs import config, mount
+from vfs import config, mount, output
 from vfs.manifest import ManifestError, load_manifest
 from vfs.report import format_report, load_report
 
@@ -206,24 +205,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         data = load_report(target)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read report {target}: {exc}") from None
-    if args.json:
-        json.dump(data, sys.stdout, indent=1, ensure_ascii=False)
-        print()
-    else:
-        print(format_report(data))
+    output.emit(data, args.json, format_report)
     failed = [t for t in data.get("tracks", []) if t.get("status") in ("failed", "missing")]
     return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_config(args: argparse.Namespace) -> int:
     settings = config.resolve(args, config.MOUNT_SETTINGS)
-    if args.json:
-        doc = {"config_file": str(settings.path), "config_file_found": settings.file_found,
-               "settings": settings.rows()}
-        json.dump(doc, sys.stdout, indent=1)
-        print()
-    else:
-        print(config.format_rows(settings))
+    doc = {"config_file": str(settings.path), "config_file_found": settings.file_found, "settings": settings.rows()}
+    output.emit(doc, args.json, lambda _: config.format_rows(settings))
     return EXIT_OK
 
 

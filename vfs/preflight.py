@@ -11,9 +11,7 @@ check (the server could not be reached or was busy), 2 bad manifest or settings.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ from cache.http import HttpClient, TokenSource
 from cache.index import SourceIndex
 from cache.store import BlobStore
 from cache.units import format_size
-from vfs import config
+from vfs import config, output
 from vfs.manifest import Session, load_manifest
 from vfs.tracks import Kind, Track, build_tracks
 
@@ -221,9 +219,5 @@ def main(args: argparse.Namespace) -> int:
         result = run_preflight(session, settings)
     except OSError as exc:
         raise ConfigError(f"cannot open the cache at {settings.cache_dir}: {exc.strerror}") from None
-    if args.json:
-        json.dump(result, sys.stdout, indent=1, ensure_ascii=False)
-        print()
-    else:
-        print(format_preflight(result))
+    output.emit(result, args.json, format_preflight)
     return int(result["exit_code"])
