@@ -126,6 +126,10 @@ class BlobCache(diskcache.Cache):
         k, s, a, st, e, f = rows[0]
         return BlobInfo(str(k), int(s), float(a), float(st), e, str(f))
 
+    def stored_bytes(self) -> int:
+        """diskcache's running total of value sizes (kept by its triggers), without summing the table."""
+        return int(self.reset("size"))
+
     def used_bytes(self) -> int:
         ((total,),) = self._query("SELECT COALESCE(SUM(size), 0) FROM Cache")
         return int(total)
@@ -245,6 +249,8 @@ class BlobStore:
     # -- limits ----------------------------------------------------------------------------------------
 
     def evict_to(self, limit: int, *, protect: Iterable[str] = ()) -> list[BlobInfo]:
+        if self._cache.stored_bytes() <= limit:
+            return []  # the common case, answered from diskcache's running total: no table scan per commit
         with self._evict_lock:
             victims = self._cache.lru_victims(limit, protect)
             for info in victims:

@@ -133,6 +133,8 @@ class SessionFS:
         fetcher.listener = self._on_download_event
         self._prefetch_stop = threading.Event()
         self._prefetch_thread: threading.Thread | None = None
+        self._prefetch_slots = threading.Semaphore(fetcher.jobs)
+        self._prefetching: set[Download] = set()
 
     # -- listing -------------------------------------------------------------------------------------
 
@@ -189,9 +191,11 @@ class SessionFS:
                 "failed_total": len(failed)}
 
     def names(self) -> list[str]:
+        self.fetcher.foreground.touch()
         return [t.name for t in self.tracks]
 
     def lookup(self, name: str) -> Track | None:
+        self.fetcher.foreground.touch()  # someone is looking at the folder: prefetch steps aside
         return self._by_name.get(name)
 
     def total_size(self) -> int:
@@ -289,12 +293,12 @@ class SessionFS:
 
     def _prefetch_all(self) -> None:
         """Queue cloud tracks in session order, keeping only ``jobs`` prefetches in flight at a time so
-        a 10 000-track session does not open 10 000 staging files."""
-        slots = threading.Semaphore(self.fetcher.jobs)
+        a 10 000-track session does not open 10 000 staging files. A slot is given back when its download
+        ends (see ``_on_download_event``)."""
         for order, track in enumerate(list(self.tracks)):
             if track.source is None or track.id in self._failures:
                 continue
-            while not slots.acquire(timeout=0.5):
+            while not self._prefetch_slots.acquire(timeout=0.5):
                 if self._prefetch_stop.is_set():
                     return
             if self._prefetch_stop.is_set():
@@ -304,15 +308,12 @@ class SessionFS:
             except FetchError as exc:
                 self._record_failure(track, exc)
                 download = None
-            if download is None:
-                slots.release()
-            else:
-                threading.Thread(target=self._release_when_done, args=(download, slots), daemon=True).start()
-
-    def _release_when_done(self, download: Download, slots: threading.Semaphore) -> None:
-        while not download.ended.wait(timeout=0.5) and not self._prefetch_stop.is_set():
-            pass
-        slots.release()
+            with self._lock:
+                # Nothing to fetch, or already over (its end event came before we could hold it).
+                if download is None or download.ended.is_set():
+                    self._prefetch_slots.release()
+                else:
+                    self._prefetching.add(download)
 
     def close(self, wait: float | None = None) -> None:
         self._prefetch_stop.set()
@@ -321,6 +322,11 @@ class SessionFS:
     # -- events --------------------------------------------------------------------------------------
 
     def _on_download_event(self, download: Download, event: str) -> None:
+        if event in (State.DONE.value, State.FAILED.value):
+            with self._lock:
+                if download in self._prefetching:
+                    self._prefetching.remove(download)
+                    self._prefetch_slots.release()
         for track in self._by_ident.get(download.source.ident, []):
             if event == "attempt":
                 self.report.update(track.id, status="fetching", attempts=download.attempts)
