@@ -168,15 +168,20 @@ class Download:
         except Exception as exc:  # a bug must still end as a failed track, never a hung reader
             log.exception("download of %s crashed", self.source.label)
             error = FetchError(f"internal error: {type(exc).__name__}")
-        # Clean up before announcing the outcome, so whoever hears it sees the final state of the disk.
+        # A failed body leaves the disk before the outcome is announced, so whoever hears it sees the
+        # final state of the staging folder (readers keep their own descriptors).
         self.finished = time.monotonic()
-        os.close(self.fd)
         if error is not None and self.path is not None:
             os.unlink(self.path)  # failed bodies never enter the store
         if error is None:
             self._set_state(State.DONE)
         else:
             self._fail(error)
+        # Closed only after the announcement took the download out of the fetcher's map: a descriptor
+        # closed while still findable could be reused by an unrelated open and handed to a new reader.
+        with self.cond:
+            os.close(self.fd)
+            self.fd = -1
 
     def _fetch_with_retries(self) -> None:
         policy = self.policy
@@ -228,10 +233,18 @@ class Download:
     def revive(self) -> bool:
         """A reader (or prefetch) wants this download again. False if it is already being torn down."""
         with self.cond:
-            if self.dying:
+            if self.dying or self.fd < 0:
                 return False
             self.cancelled = False
             return True
+
+    def attach(self) -> int | None:
+        """Revive and give a reader its own descriptor, atomically; None if the download is over."""
+        with self.cond:
+            if self.dying or self.fd < 0:
+                return None
+            self.cancelled = False
+            return os.dup(self.fd)
 
     def _check_total(self, total: int | None) -> None:
         if total is None:
@@ -318,8 +331,6 @@ class Download:
             self.served_upto = max(self.served_upto, end)
         return max(end, offset)
 
-    def dup_fd(self) -> int:
-        return os.dup(self.fd)
 
 
 class Yielded(Exception):  # control flow, not an error: never leaves this module
@@ -373,16 +384,17 @@ class Fetcher:
         """Open ``source`` for reading: its verified blob if stored, else a (shared) download, reader first."""
         with self._lock:
             download = self._active.get(source.ident)
-            if download is not None and not download.revive():
-                download = None
-            if download is None:
+            fd = download.attach() if download is not None else None
+            if download is None or fd is None:
                 opened = self._open_stored(source)
                 if opened is not None:
                     return opened
                 download = self._start(source)
+                fd = download.attach()
+                assert fd is not None  # a new download's staging file is open
             download.readers += 1
             self._enqueue(download, DEMAND)
-            return Acquired(download.dup_fd(), download, None)
+            return Acquired(fd, download, None)
 
     def release(self, download: Download) -> None:
         """A reader closed its file. The last reader leaving cancels the download unless prefetch wants it."""

@@ -185,3 +185,30 @@ def test_a_zombie_counts_as_dead_for_staging_cleanup():
     finally:
         child.wait()
     assert pid_alive(os.getpid())
+
+
+def test_a_finished_download_still_in_the_map_is_never_handed_out(served, store, http, tmp_path):
+    """The window between a download closing its staging descriptor and leaving the fetcher's map: a new
+    reader must get the stored blob, never a dup() of a closed (or, worse, reused) descriptor."""
+    server, body = served
+    index = SourceIndex(tmp_path / "cache")
+    fetcher = Fetcher(store, index, http, jobs=1, policy=POLICY)
+    source = Source(server.url_for("a.wav"), size=SIZE, label="a")
+    try:
+        first = fetcher.acquire(source)
+        assert first.download is not None
+        finished = first.download
+        assert finished.ended.wait(10) and finished.state is State.DONE
+        fetcher.release(finished)
+        os.close(first.fd)
+        deadline = time.monotonic() + 5
+        while finished.fd >= 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert finished.fd == -1
+        fetcher._active[source.ident] = finished  # as if the announcement had not removed it yet
+        again = fetcher.acquire(source)
+        assert again.download is None  # served from the store
+        assert os.pread(again.fd, SIZE + 1, 0) == body
+        os.close(again.fd)
+    finally:
+        fetcher.close()
