@@ -269,6 +269,7 @@ class SessionFS:
         return self._reading(handle, lambda: handle.span(size, offset))
 
     def _reading(self, handle: Handle, action: Callable[[], T]) -> T:
+        self.fetcher.foreground.reading()
         try:
             return action()
         except FetchError as exc:

@@ -30,7 +30,6 @@ from vfs.tracks import Kind, Track, build_tracks
 
 log = logging.getLogger(__name__)
 
-SWITCH_INTERVAL = 0.001
 READY_TIMEOUT = 300.0  # probing thousands of tracks' sizes can take a while on a slow server
 PID_XATTR = "user.mixvfs.pid"
 REPORT_XATTR = "user.mixvfs.report"
@@ -156,9 +155,6 @@ def _read_ready(fd: int, child: subprocess.Popen[bytes]) -> dict[str, object]:
 
 def serve(options: MountOptions, ready_fd: int | None) -> int:
     """The daemon: open the cache, learn the tracks, mount, serve until unmounted, write the final report."""
-    # FUSE requests are short and many (`ls -l` of 10 000 files is 30 000 of them); with the default 5 ms
-    # GIL switch interval each one can wait that long behind a download thread busy in Python.
-    sys.setswitchinterval(SWITCH_INTERVAL)
 
     def tell(message: dict[str, object]) -> None:
         if ready_fd is not None:
