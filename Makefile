@@ -16,6 +16,7 @@ test: $(STAMP) system
 
 bench: $(STAMP)
 	MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) tools/bench.py $(BENCH_ARGS)
 
 # System packages: libfuse (2 and 3) for the mount, rsync/attr for tests, nginx/rclone for the benchmark.

@@ -543,7 +543,11 @@ class Bench:
     @contextlib.contextmanager
     def profiling(self, pid: int, name: str) -> Iterator[None]:
         """py-spy on the daemon while the block runs (only with --profile, only for named cases)."""
-        if not (self.args.profile and name and PY_SPY.exists()):
+        if not (self.args.profile and name):
+            yield
+            return
+        if not PY_SPY.exists():
+            self.say(f"  (no profile: {PY_SPY} is missing; `pip install py-spy`, or run `make bench`)")
             yield
             return
         out = Path(self.args.out) / f"profile-{name}.txt"
