@@ -49,6 +49,15 @@ def http() -> Iterator[HttpClient]:
     client.close()
 
 
+def stored_bytes(store: BlobStore, d: Download) -> bytes:
+    fd = store.open_blob(d.digest or "")
+    assert fd is not None
+    try:
+        return os.pread(fd, SIZE + 1, 0)
+    finally:
+        os.close(fd)
+
+
 def download(server: DevServer, store: BlobStore, http: HttpClient, size: int | None = SIZE) -> Download:
     events: list[str] = []
     d = Download(Source(server.url_for("a.wav"), size=size, label="a"), store, http, POLICY,
@@ -84,12 +93,7 @@ def test_cut_off_body_resumes_from_the_exact_byte(served, store, http):
     d = download(server, store, http)
     assert d.state is State.DONE and d.attempts == 3
     assert [g["range"] for g in server.requests("GET")] == [None, "bytes=100000-", "bytes=200000-"]
-    fd = store.open_blob(d.digest or "")
-    assert fd is not None
-    try:
-        assert os.pread(fd, SIZE + 1, 0) == data
-    finally:
-        os.close(fd)
+    assert stored_bytes(store, d) == data
 
 
 def test_new_etag_between_attempts_starts_over_and_is_used_for_the_next_resume(served, store, http, tmp_path):
@@ -109,12 +113,7 @@ def test_new_etag_between_attempts_starts_over_and_is_used_for_the_next_resume(s
     # A fresh start meets the new version (cut at 50 kB); the resumes then name the NEW ETag in If-Range.
     assert [g["range"] for g in gets] == [None, "bytes=50000-", "bytes=100000-"]
     assert gets[1]["if_range"] == d.etag
-    fd = store.open_blob(d.digest or "")
-    assert fd is not None
-    try:
-        assert os.pread(fd, SIZE + 1, 0) == new_data
-    finally:
-        os.close(fd)
+    assert stored_bytes(store, d) == new_data
 
 
 def test_wrong_length_fails_and_leaves_nothing_behind(served, store, http):
