@@ -132,3 +132,14 @@ def test_cachectl_verify_reports_corruption(tmp_path, server_root, devserver, mo
     done = run([CACHECTL, "--cache-dir", str(mount.cache_dir), "verify", "--json"])
     assert done.returncode == 1
     assert len(json.loads(done.stdout)["corrupt"]) == 1
+
+
+def test_missing_libfuse_is_one_clear_line(tmp_path):
+    session = write_session(tmp_path / "s.json", [])
+    (tmp_path / "mnt").mkdir()
+    env = {**os.environ, "FUSE_LIBRARY_NAME": "no-such-libfuse"}  # as on a machine without libfuse
+    done = run([MIXVFS, "mount", str(session), str(tmp_path / "mnt"), "--cache-dir", str(tmp_path / "c")], env=env)
+    assert done.returncode == 2
+    assert "libfuse is not usable" in done.stderr and "fuse3" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not os.path.ismount(tmp_path / "mnt")
