@@ -2,7 +2,7 @@
 # Installs the system packages mixvfs needs (Debian/Ubuntu). Idempotent and quiet when all is present.
 set -euo pipefail
 need=()
-for pkg in fuse3 libfuse2 libfuse3-3 rsync attr; do
+for pkg in fuse3 libfuse2 libfuse3-3 rsync attr flac; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [[ "${MIXVFS_BENCH_DEPS:-0}" == 1 ]]; then
