@@ -49,6 +49,12 @@ def http() -> Iterator[HttpClient]:
     client.close()
 
 
+def one_job_fetcher(server: DevServer, store: BlobStore, http: HttpClient, tmp_path: Path) -> tuple[Fetcher, Source]:
+    """A fetcher with one worker over the test cache, and the source of the served a.wav."""
+    fetcher = Fetcher(store, SourceIndex(tmp_path / "cache"), http, jobs=1, policy=POLICY)
+    return fetcher, Source(server.url_for("a.wav"), size=SIZE, label="a")
+
+
 def stored_bytes(store: BlobStore, d: Download) -> bytes:
     fd = store.open_blob(d.digest or "")
     assert fd is not None
@@ -134,9 +140,7 @@ def test_transient_failures_stop_after_the_attempts(served, store, http):
 def test_a_cancelled_download_is_revived_or_replaced_never_handed_over_dying(served, store, http, tmp_path):
     server, _ = served
     server.set_faults({"/a.wav": {"rate": 300_000}})  # about 1 s
-    index = SourceIndex(tmp_path / "cache")
-    fetcher = Fetcher(store, index, http, jobs=1, policy=POLICY)
-    source = Source(server.url_for("a.wav"), size=SIZE, label="a")
+    fetcher, source = one_job_fetcher(server, store, http, tmp_path)
     try:
         first = fetcher.acquire(source)
         assert first.download is not None
@@ -161,7 +165,7 @@ def test_a_cancelled_download_is_revived_or_replaced_never_handed_over_dying(ser
         os.close(third.fd)
     finally:
         fetcher.close()
-        index.close()
+        fetcher.index.close()
 
 
 def test_every_fetch_error_survives_copy():
@@ -190,9 +194,7 @@ def test_a_finished_download_still_in_the_map_is_never_handed_out(served, store,
     """The window between a download closing its staging descriptor and leaving the fetcher's map: a new
     reader must get the stored blob, never a dup() of a closed (or, worse, reused) descriptor."""
     server, body = served
-    index = SourceIndex(tmp_path / "cache")
-    fetcher = Fetcher(store, index, http, jobs=1, policy=POLICY)
-    source = Source(server.url_for("a.wav"), size=SIZE, label="a")
+    fetcher, source = one_job_fetcher(server, store, http, tmp_path)
     try:
         first = fetcher.acquire(source)
         assert first.download is not None
