@@ -9,6 +9,7 @@ queue (readers first, then prefetch in session order) and the map of downloads i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import enum
 import errno
@@ -25,6 +26,7 @@ from pathlib import Path
 import stamina
 
 from cache.errors import (
+    BadBody,
     CacheError,
     Cancelled,
     ContentChanged,
@@ -35,12 +37,13 @@ from cache.errors import (
     StallTimeout,
     TransientError,
 )
-from cache.http import HttpClient
-from cache.index import SourceEntry, SourceIndex, identity
-from cache.store import BlobStore, hash_fd, new_hasher
+from cache.http import Freshness, HttpClient
+from cache.index import RemoteInfo, SourceEntry, SourceIndex, identity
+from cache.store import BlobStore, hash_fd, hash_prefix, new_hasher
 
 log = logging.getLogger(__name__)
 
+_SERIALS = itertools.count(1)
 DEMAND = 0  # queue priority of a download somebody is reading right now; prefetch uses 1 + session order
 
 
@@ -135,6 +138,11 @@ class Download:
     fd: int = -1
     path: Path | None = None
     etag: str | None = None
+    last_modified: str | None = None
+    encoding: str | None = None  # a Content-Encoding the server applied anyway (we stored the decoded bytes)
+    recheck: bool = False  # the bytes held are not known to be of the server's current version
+    last_progress: float = 0.0  # monotonic time of the last byte or attempt: waits end only without it
+    serial: int = field(default_factory=lambda: next(_SERIALS))  # names this download's bytes (page cache)
     started: float = 0.0
     finished: float = 0.0
     foreground: Foreground = field(default_factory=Foreground)
@@ -148,12 +156,12 @@ class Download:
         self.etag = self.source.etag
         self.fd, self.path = self.store.new_staging_file()
         self._hasher = new_hasher()
+        self.last_progress = time.monotonic()
 
     # -- worker side -----------------------------------------------------------------------------------
 
     def run(self) -> None:
         """Fetch, verify and commit. Never raises: the outcome is in ``state``/``error``."""
-        error: FetchError | None = None
         try:
             self._check_cancel()
             self._set_state(State.FETCHING)
@@ -168,17 +176,24 @@ class Download:
                 self.resuming = True
             return
         except FetchError as exc:
-            error = exc
+            self._finish(exc)
         except CacheError as exc:
-            error = FetchError(f"the cache could not take the download: {exc}")
+            self._finish(FetchError(f"the cache could not take the download: {exc}"))
         except Exception as exc:  # a bug must still end as a failed track, never a hung reader
             log.exception("download of %s crashed", self.source.label)
-            error = FetchError(f"internal error: {type(exc).__name__}")
+            self._finish(FetchError(f"internal error: {type(exc).__name__}: {exc}"))
+        else:
+            self._finish(None)
+
+    def _finish(self, error: FetchError | None) -> None:
         # A failed body leaves the disk before the outcome is announced, so whoever hears it sees the
-        # final state of the staging folder (readers keep their own descriptors).
+        # final state of the staging folder (readers keep their own descriptors). The path may already
+        # be gone (the store took it by rename, then failed): never let that end the worker thread.
         self.finished = time.monotonic()
         if error is not None and self.path is not None:
-            os.unlink(self.path)  # failed bodies never enter the store
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        self.path = None
         if error is None:
             self._set_state(State.DONE)
         else:
@@ -186,7 +201,8 @@ class Download:
         # Closed only after the announcement took the download out of the fetcher's map: a descriptor
         # closed while still findable could be reused by an unrelated open and handed to a new reader.
         with self.cond:
-            os.close(self.fd)
+            if self.fd >= 0:
+                os.close(self.fd)
             self.fd = -1
 
     def _fetch_with_retries(self) -> None:
@@ -203,26 +219,68 @@ class Download:
                 self._check_cancel()
                 if not self.resuming:
                     self.attempts += 1
+                    self._progress()
                     self.listener(self, "attempt")
                 self.resuming = False
                 self._attempt()
 
     def _attempt(self) -> None:
-        start = self.available
+        """One request. Bytes already held are never trusted on the server's word alone: a body that
+        starts before ``available`` (a server ignoring Range, a 206 rounded down, an encoded body, a
+        re-check after the validator changed) is compared with them byte for byte, and the download
+        continues from where they differ — so the file is one version, whole, or the download fails."""
+        start = 0 if self.recheck else self.available
         with self.http.get(self.source.url, start=start, if_range=self.etag if start else None) as body:
             changed = bool(body.etag and self.etag and body.etag != self.etag)
-            if body.start != start or changed:
-                self._start_over(body.start)  # a new version (If-Range failed) or a server ignoring Range
+            if changed and body.start > 0:
+                # A new version continued mid-file (no If-Range: weak or no validator): what we hold
+                # may be of the old one. Read it again from the start and compare.
+                self.etag = body.etag
+                self.recheck = True
+                raise NetworkError("the server's copy changed; reading it again from the start")
+            if body.start > self.available:
+                raise NetworkError(f"the server resumed at byte {body.start}, after the {self.available} bytes held")
+            if changed:
+                self.total = self.source.size  # the new version has a length of its own
             self._check_total(body.total)
-            self.etag = body.etag or self.etag  # a new version's ETag: the next resume must name it
+            self.etag = body.etag or self.etag
+            self.last_modified = body.last_modified or self.last_modified
             self.content_type = self.content_type or body.content_type
+            self.encoding = body.encoding
+            position = body.start
             for chunk in body.chunks:
                 self._check_cancel()
-                self._append(chunk)
+                fresh = self._skip_held(chunk, position) if position < self.available else chunk
+                position += len(chunk)
+                if position >= self.available:
+                    self.recheck = False
+                if fresh:
+                    self._append(fresh)
+        self.recheck = False
         if self.total is None:
             self.total = self.available  # no length was ever advertised: the body is what it is
         if self.available != self.total:
             raise NetworkError(f"the body ended after {self.available} of {self.total} bytes")
+
+    def _skip_held(self, chunk: bytes, position: int) -> bytes:
+        """The part of ``chunk`` (at ``position``) beyond the bytes held, after checking the overlap."""
+        count = min(len(chunk), self.available - position)
+        held = os.pread(self.fd, count, position)
+        if held == chunk[:count]:
+            return chunk[count:]
+        differs = next(i for i in range(count) if i >= len(held) or held[i] != chunk[i])
+        self._diverge(position + differs)
+        return chunk[differs:]
+
+    def _diverge(self, at: int) -> None:
+        """The server's bytes differ from ours from ``at`` on: keep the common start, drop the rest."""
+        if at < self.served_upto:
+            raise ContentChanged("the server's copy changed after part of it was already read")
+        log.info("%s: the server's copy differs from byte %d on; continuing from there", self.source.label, at)
+        os.ftruncate(self.fd, at)
+        self._hasher = hash_prefix(self.fd, at)
+        with self.cond:
+            self.available = at
 
     def _check_cancel(self) -> None:
         """Between chunks: stop if cancelled, pause if a reader's track needs this worker, step aside
@@ -260,16 +318,8 @@ class Download:
                 f"length mismatch: the server sends {total} bytes where {self.total} were advertised")
         self.total = total
 
-    def _start_over(self, body_start: int) -> None:
-        if body_start != 0:
-            raise NetworkError(f"the server resumed at byte {body_start}, not {self.available}")
-        if self.served_upto > 0:
-            raise ContentChanged("the server's copy changed after part of it was already read")
-        with self.cond:
-            self.available = 0
-        os.ftruncate(self.fd, 0)
-        self._hasher = new_hasher()
-        self.total = self.source.size
+    def _progress(self) -> None:
+        self.last_progress = time.monotonic()
 
     def _append(self, chunk: bytes) -> None:
         if self.total is not None and self.available + len(chunk) > self.total:
@@ -288,6 +338,7 @@ class Download:
         self._hasher.update(chunk)
         with self.cond:
             self.available = offset
+            self.last_progress = time.monotonic()
             self.cond.notify_all()
 
     def _commit(self) -> None:
@@ -320,23 +371,31 @@ class Download:
 
     def wait_for(self, size: int, offset: int) -> int:
         """Wait until bytes [offset, offset+size) (or the end) are in the staging file; returns their end.
-        Raises the download's error."""
+
+        Bytes already held are served even after the download failed (they were checked as they came),
+        unless the failure says the body itself is wrong. A wait ends only on the download's failure or
+        on a lack of progress: a slow but steady download is waited for as long as it takes, and a
+        download still queued behind others is not stalled."""
         end = offset + size
-        deadline = time.monotonic() + self.policy.total_timeout + self.policy.stall_timeout
+        patience = 2 * self.policy.stall_timeout + self.policy.wait_max
         with self.cond:
             while True:
-                if self.error is not None:
-                    raise copy.copy(self.error)  # one exception object per raising thread
                 if self.total is not None:
                     end = min(end, self.total)
-                if self.available >= end or self.state is State.DONE:
+                if self.available >= end and not isinstance(self.error, BadBody):
                     break
-                if time.monotonic() > deadline:
-                    raise StallTimeout("timed out waiting for the download to reach the bytes being read")
+                if self.error is not None:
+                    raise copy.copy(self.error)  # one exception object per raising thread
+                if self.state is State.DONE:
+                    break
+                if self.state is State.PENDING:
+                    self.last_progress = time.monotonic()
+                elif time.monotonic() - self.last_progress > patience:
+                    raise StallTimeout("no progress on the download for "
+                                       f"{patience:.0f} s while waiting for the bytes being read")
                 self.cond.wait(timeout=0.5)
             self.served_upto = max(self.served_upto, end)
         return max(end, offset)
-
 
 
 class Yielded(Exception):  # control flow, not an error: never leaves this module
@@ -385,6 +444,21 @@ class Fetcher:
         if entry is not None and not self.store.has(entry.digest):
             return None  # evicted or pruned: the mapping is stale
         return entry
+
+    def probe(self, source: Source) -> RemoteInfo:
+        """What the server says about ``source`` now (size, validators), without its body."""
+        return self.http.probe(source.url)
+
+    def revalidate(self, source: Source) -> Freshness:
+        """Is the stored version of ``source`` still the server's? A changed one is forgotten, so the
+        next :meth:`acquire` downloads the new version. Raises FetchError when the server cannot say."""
+        entry = self.cached(source)
+        if entry is None:
+            return Freshness.UNCHANGED  # nothing stored: a download fetches whatever is current
+        freshness = self.http.revalidate(source.url, entry.etag, entry.last_modified, entry.size)
+        if freshness is Freshness.CHANGED:
+            self.index.forget(source.ident)
+        return freshness
 
     def acquire(self, source: Source) -> Acquired:
         """Open ``source`` for reading: its verified blob if stored, else a (shared) download, reader first."""
@@ -522,6 +596,11 @@ class Fetcher:
                 self._running.add(download)
             try:
                 download.run()
+            except Exception:  # run() reports its own failures; this is the last guard of the worker
+                log.exception("worker crashed on %s; the track fails, the worker goes on", download.source.label)
+                if not download.ended.is_set():
+                    with contextlib.suppress(Exception):
+                        download._finish(FetchError("internal error in the download worker"))
             finally:
                 with self._lock:
                     self._running.discard(download)
@@ -531,7 +610,8 @@ class Fetcher:
     def _on_event(self, download: Download, event: str) -> None:
         if event in (State.DONE.value, State.FAILED.value):
             if download.state is State.DONE and download.digest is not None and download.total is not None:
-                entry = SourceEntry(download.digest, download.total, download.content_type)
+                entry = SourceEntry(download.digest, download.total, download.content_type, download.etag,
+                                    download.last_modified)
                 self.index.record(download.source.ident, entry)
             with self._lock:
                 if self._active.get(download.source.ident) is download:

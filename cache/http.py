@@ -6,6 +6,7 @@ auth flow; redirects are followed by httpx, which drops Authorization when the o
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import re
 import shlex
@@ -19,9 +20,11 @@ from urllib.parse import urlsplit
 
 import httpcore
 import httpx
+from httpx import _decoders as httpx_decoders  # its table of decoders: which encodings it can undo
 
 from cache.errors import (
     AuthRejected,
+    BadBody,
     NetworkError,
     NotAudio,
     PermanentHttpError,
@@ -163,13 +166,26 @@ class BearerAuth(httpx.Auth):
 
 @dataclass(frozen=True)
 class Body:
-    """An open GET response: where it starts, how long the whole file is, and its chunks."""
+    """An open GET response: where it starts, how long the whole file is, and its (decoded) chunks."""
 
     start: int
     total: int | None
     etag: str | None
+    last_modified: str | None
     content_type: str | None
+    encoding: str | None  # the Content-Encoding the server applied anyway (chunks are decoded)
     chunks: Iterator[bytes]
+
+
+class Freshness(enum.Enum):
+    UNCHANGED = "unchanged"  # the server confirmed the stored version (304, or the same strong validator)
+    CHANGED = "changed"  # the server has another version now
+    UNKNOWN = "unknown"  # the server gives nothing to compare (no validator, same size)
+
+
+def is_strong(etag: str | None) -> bool:
+    """A strong ETag: the only kind RFC 9110 allows in If-Range, and the only proof of identical bytes."""
+    return bool(etag) and not str(etag).startswith("W/")
 
 
 class HttpClient:
@@ -193,18 +209,61 @@ class HttpClient:
     def close(self) -> None:
         self._client.close()
 
-    def head(self, url: str) -> RemoteInfo:
+    def head(self, url: str, headers: dict[str, str] | None = None) -> RemoteInfo:
         with httpx_errors(url):
-            response = self._client.head(url)
+            response = self._client.head(url, headers=headers)
+        if response.status_code == 304:
+            return NOT_MODIFIED
         check_status(response, url)
-        content_type = response.headers.get("Content-Type")
-        if looks_like_error_body(content_type):  # a maintenance page: its length is not the track's size
-            raise NotAudio(f"the server answered {response.status_code} with a {content_type} page instead of audio")
-        return RemoteInfo(
-            size=content_length(response),
-            etag=response.headers.get("ETag"),
-            content_type=response.headers.get("Content-Type"),
-        )
+        return remote_info(response, url)
+
+    def probe(self, url: str, headers: dict[str, str] | None = None) -> RemoteInfo:
+        """What the server says about ``url`` without sending the body: HEAD, or — when HEAD is not
+        supported (405, 501) or gives no usable size — a one-byte ranged GET, whose ``Content-Range``
+        carries the total. ``headers`` may make it conditional (NOT_MODIFIED for a 304)."""
+        try:
+            info = self.head(url, headers)
+        except PermanentHttpError as exc:
+            if exc.status not in (405, 501) or isinstance(exc, AuthRejected):
+                raise
+            return self._ranged_info(url, headers or {})
+        if info.size is not None or info is NOT_MODIFIED:
+            return info
+        ranged = self._ranged_info(url, headers or {})
+        return ranged if ranged.size is not None or ranged is NOT_MODIFIED else info
+
+    def revalidate(self, url: str, etag: str | None, last_modified: str | None, size: int) -> Freshness:
+        """Is the stored version (these validators, this size) still the server's? One conditional
+        request: 304 = unchanged."""
+        headers = {}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        info = self.probe(url, headers)
+        if info is NOT_MODIFIED:
+            return Freshness.UNCHANGED
+        if info.size is not None and info.size != size:
+            return Freshness.CHANGED
+        if etag and info.etag:
+            # Weak comparison is enough here: a 304 would have come for an equal strong one.
+            same = info.etag.removeprefix("W/") == etag.removeprefix("W/")
+            return Freshness.UNCHANGED if same else Freshness.CHANGED
+        if last_modified and info.last_modified:
+            return Freshness.UNCHANGED if info.last_modified == last_modified else Freshness.CHANGED
+        return Freshness.UNKNOWN
+
+    def _ranged_info(self, url: str, headers: dict[str, str]) -> RemoteInfo:
+        """Headers of ``GET Range: bytes=0-0`` (the body is not read); NOT_MODIFIED for a 304."""
+        with httpx_errors(url), self._client.stream("GET", url, headers={"Range": "bytes=0-0", **headers}) as response:
+            if response.status_code == 304:
+                return NOT_MODIFIED
+            check_status(response, url)
+            info = remote_info(response, url)
+            if response.status_code == 206 and not encoding_of(response):
+                _start, total = body_range(response)
+                info = RemoteInfo(total, info.etag, info.content_type, None, info.last_modified)
+            return info
 
     def first_bytes(self, url: str, count: int) -> bytes:
         """The first ``count`` bytes (a ranged GET), for telling the format by magic bytes."""
@@ -220,12 +279,13 @@ class HttpClient:
     def get(
         self, url: str, *, start: int = 0, end: int | None = None, if_range: str | None = None
     ) -> Iterator[Body]:
-        """Stream ``url`` from ``start``. If the server ignores the range (or If-Range no longer matches)
-        the body starts at 0 and ``Body.start`` says so."""
+        """Stream ``url`` from ``start``. ``Body.start`` says where the body really starts: 0 when the
+        server ignores the range (or If-Range no longer matches), earlier than asked when it rounds
+        ranges down, and always 0 for a body the server encoded anyway (the chunks are decoded)."""
         headers = {}
         if start or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
-            if if_range:
+            if if_range and is_strong(if_range):  # RFC 9110 13.1.5: a weak validator never matches
                 headers["If-Range"] = if_range
         with httpx_errors(url), self._client.stream("GET", url, headers=headers) as response:
             check_status(response, url)
@@ -233,11 +293,49 @@ class HttpClient:
             if looks_like_error_body(content_type):
                 raise NotAudio(f"the server answered {response.status_code} with a {content_type} page "
                                "instead of audio")
-            body_start, total = body_range(response)
-            # No chunk size: httpx would buffer up to it and lose the buffer when the body is cut off,
-            # so the resume would ask again for bytes already received (and readers would wait for them).
-            yield Body(body_start, total, response.headers.get("ETag"), content_type,
-                       wrap_chunks(response.iter_raw(), url))
+            encoding = encoding_of(response)
+            if encoding is None:
+                body_start, total = body_range(response)
+                # No chunk size: httpx would buffer up to it and lose the buffer when the body is cut off,
+                # so the resume would ask again for bytes already received (and readers would wait for them).
+                chunks = response.iter_raw()
+            else:
+                if response.status_code == 206:
+                    raise NetworkError(f"the server sent an encoded ({encoding}) part of the file; "
+                                       "it cannot be decoded on its own")
+                check_decodable(encoding)
+                # httpx decodes; the lengths the server sent are of the encoded bytes, not the track's.
+                body_start, total = 0, None
+                chunks = response.iter_bytes()
+            yield Body(body_start, total, response.headers.get("ETag"), response.headers.get("Last-Modified"),
+                       content_type, encoding, wrap_chunks(chunks, url))
+
+
+NOT_MODIFIED = RemoteInfo(None, None, None)
+
+
+def remote_info(response: httpx.Response, url: str) -> RemoteInfo:
+    content_type = response.headers.get("Content-Type")
+    if looks_like_error_body(content_type):  # a maintenance page: its length is not the track's size
+        raise NotAudio(f"the server answered {response.status_code} with a {content_type} page instead of audio")
+    # An encoded answer's Content-Length is the encoded size, never the track's.
+    size = None if encoding_of(response) else content_length(response)
+    return RemoteInfo(size=size, etag=response.headers.get("ETag"), content_type=content_type,
+                      last_modified=response.headers.get("Last-Modified"))
+
+
+def encoding_of(response: httpx.Response) -> str | None:
+    """The content coding the server applied (we ask for identity, but servers and CDNs compress anyway)."""
+    codings = [c.strip().lower() for c in response.headers.get("Content-Encoding", "").split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    return ", ".join(codings) or None
+
+
+def check_decodable(encoding: str) -> None:
+    """httpx silently passes an encoding it has no decoder for through as is: refuse those ourselves."""
+    for coding in encoding.split(", "):
+        if coding not in httpx_decoders.SUPPORTED_DECODERS:
+            raise BadBody(f"the server sent an encoded body ({coding}) that mixvfs cannot decode")
 
 
 def wrap_chunks(chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
@@ -297,6 +395,8 @@ def httpx_errors(url: str) -> Iterator[None]:
         raise PermanentHttpError(f"too many redirects from {host}", 310) from None
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
         raise PermanentHttpError(f"bad URL for {host}: {short(exc)}", 0) from None
+    except httpx.DecodingError as exc:  # before HTTPError, its base class
+        raise BadBody(f"the server sent an encoded body that does not decode: {short(exc)}") from None
     except httpx.HTTPError as exc:
         raise NetworkError(f"HTTP error talking to {host}: {short(exc)}") from None
     except httpx.StreamError as exc:

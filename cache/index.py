@@ -2,9 +2,9 @@
 
 Two kinds of record, JSON text in a diskcache (never pickles; see :class:`cache.store.SafeDisk`):
 
-* ``src:<identity>`` -> ``{"digest", "size", "content_type"}`` — a source identity is the URL plus the
-  version the server gave (ETag, else size), so a changed file on the server is a different identity and
-  never served from an old blob;
+* ``src:<identity>`` -> ``{"digest", "size", "content_type", "etag", "last_modified"}`` — a source
+  identity is the URL plus the version the server gave (ETag, else size); the entry keeps the validators of
+  the stored version, so a cached track is revalidated at its first open in each mount;
 * ``head:<url>`` -> ``{"size", "etag", "content_type", "magic_ext", "t"}`` — the last HEAD answer, so sizes
   and names are known at mount time even when the server is down.
 """
@@ -30,13 +30,18 @@ class RemoteInfo:
     etag: str | None
     content_type: str | None
     magic_ext: str | None = None
+    last_modified: str | None = None
 
 
 @dataclass(frozen=True)
 class SourceEntry:
+    """A stored version: its blob, and the validators the server gave for it (for revalidation)."""
+
     digest: str
     size: int
     content_type: str | None
+    etag: str | None = None
+    last_modified: str | None = None
 
 
 def identity(url: str, *, etag: str | None, size: int | None) -> str:
@@ -59,7 +64,8 @@ class SourceIndex:
         data = self._get(f"src:{ident}")
         if data is None:
             return None
-        return SourceEntry(str(data["digest"]), int(data["size"]), data.get("content_type"))
+        return SourceEntry(str(data["digest"]), int(data["size"]), data.get("content_type"), data.get("etag"),
+                           data.get("last_modified"))
 
     def record(self, ident: str, entry: SourceEntry) -> None:
         self._db.set(f"src:{ident}", json.dumps(asdict(entry)))
@@ -71,7 +77,8 @@ class SourceIndex:
         data = self._get(f"head:{url}")
         if data is None:
             return None
-        return RemoteInfo(data.get("size"), data.get("etag"), data.get("content_type"), data.get("magic_ext"))
+        return RemoteInfo(data.get("size"), data.get("etag"), data.get("content_type"), data.get("magic_ext"),
+                          data.get("last_modified"))
 
     def remember_remote(self, url: str, info: RemoteInfo) -> None:
         self._db.set(f"head:{url}", json.dumps({**asdict(info), "t": time.time()}))

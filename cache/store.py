@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable
@@ -38,18 +39,23 @@ def new_hasher() -> Any:
 
 
 def hash_fd(fd: int, *, size: int | None = None) -> str:
-    """Digest of a whole file through a descriptor (pread: does not move a shared offset)."""
+    """Digest of a whole file through a descriptor (pread: does not move a shared offset); with ``size``,
+    of at most its first ``size`` + one chunk bytes (enough to tell a longer file from the blob)."""
+    return str(hash_prefix(fd, None if size is None else size + 1).hexdigest())
+
+
+def hash_prefix(fd: int, length: int | None) -> Any:
+    """A hasher fed with the first ``length`` bytes of ``fd`` (all of it for None), ready for more."""
     hasher = new_hasher()
     offset = 0
-    while True:
-        chunk = os.pread(fd, HASH_CHUNK, offset)
+    while length is None or offset < length:
+        want = HASH_CHUNK if length is None else min(HASH_CHUNK, length - offset)
+        chunk = os.pread(fd, want, offset)
         if not chunk:
             break
         hasher.update(chunk)
         offset += len(chunk)
-        if size is not None and offset > size:
-            break
-    return str(hasher.hexdigest())
+    return hasher
 
 
 @dataclass(frozen=True)
@@ -216,6 +222,9 @@ class BlobStore:
                 self._cache.set(digest, Adopt(staged, size), read=True, expire=self.max_age)
             except OSError as exc:
                 raise translate_os_error(exc, "storing a download in the cache") from exc
+            except (diskcache.Timeout, sqlite3.Error) as exc:
+                # The rename may have happened: the orphan file is diskcache's to clean (check(fix=True)).
+                raise CacheError(f"the cache database did not take the download: {exc or type(exc).__name__}") from exc
         self.evict_to(self.max_size, protect=[digest])
 
     def has(self, digest: str) -> bool:

@@ -7,6 +7,7 @@ errno table turns them into EIO) and recorded per track in the report first — 
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import os
 import stat
@@ -16,8 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from cache.errors import Cancelled, FetchError, SourceMissing
+from cache.errors import Cancelled, ContentChanged, FetchError, SourceMissing
 from cache.fetch import Download, Fetcher, State
+from cache.http import Freshness
+from vfs.pages import PageTable, Version
 from vfs.report import Report, TrackRecord
 from vfs.tracks import Kind, Track
 
@@ -32,9 +35,12 @@ class Handle:
     """An open file of the mount."""
 
     track: Track
+    name: str  # the file's name when it was opened (the kernel's file; a live reload may rename the track)
+    pinned: bool = False  # counted as a page-cached reader in the page table
 
     def read(self, size: int, offset: int) -> bytes:
-        raise NotImplementedError
+        fd, count = self.span(size, offset)
+        return os.pread(fd, count, offset) if count > 0 else b""
 
     def span(self, size: int, offset: int) -> tuple[int, int]:
         """(descriptor, byte count) that hold bytes [offset, offset+size) now, for a zero-copy reply:
@@ -45,15 +51,11 @@ class Handle:
         pass
 
 
-class FdHandle(Handle):
-    """A local file or a stored blob: plain ``pread`` on a descriptor held for the life of the handle."""
+class BlobHandle(Handle):
+    """A stored blob: immutable bytes, plain ``pread`` on a descriptor held for the life of the handle."""
 
     def __init__(self, track: Track, fd: int) -> None:
-        self.track = track
-        self.fd = fd
-
-    def read(self, size: int, offset: int) -> bytes:
-        return os.pread(self.fd, size, offset)
+        self.track, self.name, self.fd = track, track.name, fd
 
     def span(self, size: int, offset: int) -> tuple[int, int]:
         return self.fd, size  # a short read at the end of the file is the end of the file
@@ -62,17 +64,28 @@ class FdHandle(Handle):
         os.close(self.fd)
 
 
+class LocalHandle(BlobHandle):
+    """A local file, which its owner may rewrite while we read it: every read first checks that the file
+    is still the version that was opened (a file replaced by rename keeps reading the old one whole)."""
+
+    def __init__(self, track: Track, fd: int, stamp: tuple[int, ...]) -> None:
+        super().__init__(track, fd)
+        self.stamp = stamp
+
+    def span(self, size: int, offset: int) -> tuple[int, int]:
+        if file_stamp(os.fstat(self.fd)) != self.stamp:
+            raise ContentChanged(f"local file {self.track.local_path} changed while it was being read")
+        return self.fd, size
+
+
 class StreamHandle(Handle):
     """A cloud track still downloading: reads wait for just the bytes they need."""
 
     def __init__(self, track: Track, download: Download, fd: int, fetcher: Fetcher) -> None:
-        self.track = track
+        self.track, self.name = track, track.name
         self.download = download
         self.fd = fd
         self.fetcher = fetcher
-
-    def read(self, size: int, offset: int) -> bytes:
-        return self.download.read(self.fd, size, offset)
 
     def span(self, size: int, offset: int) -> tuple[int, int]:
         return self.fd, self.download.wait_for(size, offset) - offset
@@ -86,21 +99,40 @@ class FailedHandle(Handle):
     """A track known to fail right now: every read gets the same error at once (no new download)."""
 
     def __init__(self, track: Track, error: FetchError) -> None:
-        self.track = track
+        self.track, self.name = track, track.name
         self.error = error
-
-    def read(self, size: int, offset: int) -> bytes:
-        raise FetchError(self.error.reason)
 
     def span(self, size: int, offset: int) -> tuple[int, int]:
         raise FetchError(self.error.reason)
 
 
+def file_stamp(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file's bytes may have: a rewrite in place changes size, mtime or ctime; a
+    replacement by rename changes the inode."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def blob_key(digest: str) -> str:
+    return f"blob:{digest}"
+
+
+def download_key(download: Download) -> str:
+    return f"download:{download.serial}"
+
+
+def http_time(value: str, default: float) -> float:
+    """An HTTP date (Last-Modified) as epoch seconds; ``default`` when it does not parse."""
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return default
+
+
 @dataclass(frozen=True)
 class Opened:
     handle: Handle
-    keep_cache: bool  # immutable bytes: let the kernel keep its page cache across opens
-    direct_io: bool  # size unknown: bypass st_size so readers still get every byte
+    keep_cache: bool  # the kernel may keep the pages it has: they are of this very version
+    direct_io: bool  # read to the end of this version, whatever size the kernel holds
 
 
 @dataclass
@@ -129,6 +161,8 @@ class SessionFS:
         self.now = now
         self._lock = threading.Lock()
         self._failures: dict[str, Failure] = {}
+        self._track_locks: dict[str, threading.Lock] = {}
+        self.pages = PageTable()
         self._set_tracks(tracks)
         fetcher.listener = self._on_download_event
         self._prefetch_stop = threading.Event()
@@ -221,45 +255,149 @@ class SessionFS:
             return TrackRecord(track.id, track.name, "cloud", "cached", bytes=entry.size, digest=entry.digest)
         return TrackRecord(track.id, track.name, "cloud", "pending", bytes=track.size)
 
+    # -- attributes ----------------------------------------------------------------------------------
+
+    def attributes(self, track: Track) -> tuple[int, float]:
+        """(size, mtime) of a file as ``stat`` should see it now. A local file is looked at again (its
+        owner may have re-rendered it); a cloud track of unknown size is asked about, or fetched, rather
+        than shown as empty. While a page-cached reader is open, its version's answer stays (see
+        :mod:`vfs.pages`)."""
+        pinned = self.pages.pinned(track.name)
+        if pinned is not None and pinned[0] is not None:
+            return pinned[0], pinned[1]
+        if track.kind is Kind.LOCAL:
+            self._restat_local(track)
+            size = track.size or 0
+        elif track.kind is Kind.CLOUD:
+            size = self._cloud_size(track)
+        else:
+            size = 0
+        self.pages.told(track.name, size, track.mtime)
+        return size, track.mtime
+
+    def _restat_local(self, track: Track) -> None:
+        assert track.local_path is not None
+        try:
+            st = os.stat(track.local_path)
+        except OSError:
+            return  # gone for now: opening it will say why
+        track.size, track.mtime = st.st_size, st.st_mtime
+
+    def _cloud_size(self, track: Track) -> int:
+        """The size of a cloud track, never a made-up 0: the manifest's, the server's (HEAD, else a
+        one-byte ranged GET), or — for a server that says nothing about lengths — the downloaded file's."""
+        if track.size is not None:
+            return track.size
+        assert track.source is not None
+        with self._track_lock(track):
+            if track.size is None:
+                try:
+                    track.size = self.fetcher.probe(track.source).size
+                    if track.size is None:
+                        track.size = self._download_for_size(track)
+                except FetchError as exc:
+                    self._record_failure(track, FetchError(f"the size is unknown: {exc.reason}"))
+                    raise
+        return track.size or 0
+
+    def _download_for_size(self, track: Track) -> int:
+        assert track.source is not None
+        acquired = self.fetcher.acquire(track.source)
+        try:
+            if acquired.download is None:
+                return os.fstat(acquired.fd).st_size
+            acquired.download.wait_for(1 << 62, 0)
+            return acquired.download.total or 0
+        finally:
+            os.close(acquired.fd)
+            if acquired.download is not None:
+                self.fetcher.release(acquired.download)
+
+    def _track_lock(self, track: Track) -> threading.Lock:
+        with self._lock:
+            return self._track_locks.setdefault(track.id, threading.Lock())
+
     # -- reading -------------------------------------------------------------------------------------
 
     def open(self, track: Track) -> Opened:
         if track.kind is Kind.MISSING:
             return Opened(FailedHandle(track, SourceMissing(track.reason or "missing")), False, True)
-        if track.kind is Kind.LOCAL:
-            return self._open_local(track)
-        return self._open_cloud(track)
+        try:
+            if track.kind is Kind.LOCAL:
+                handle, version = self._open_local(track)
+            else:
+                handle, version = self._open_cloud(track)
+        except FetchError as exc:
+            self._record_failure(track, exc)
+            raise
+        if isinstance(handle, FailedHandle):
+            return Opened(handle, keep_cache=False, direct_io=True)
+        try:
+            admission = self.pages.admit(handle.name, version)
+        except FetchError as exc:
+            handle.close()
+            self._record_failure(track, exc, track_failed=False)
+            raise
+        handle.pinned = admission.pinned
+        return Opened(handle, admission.keep_cache, admission.direct_io)
 
-    def _open_local(self, track: Track) -> Opened:
+    def _open_local(self, track: Track) -> tuple[Handle, Version]:
         assert track.local_path is not None
         try:
             # O_NONBLOCK: if the file was swapped for a FIFO since the mount, open must not wait for a writer.
             fd = os.open(track.local_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
-            error = SourceMissing(f"local file {track.local_path} cannot be opened: {exc.strerror}")
-            self._record_failure(track, error)
-            raise error from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SourceMissing(f"local file {track.local_path} cannot be opened: {exc.strerror}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            error = SourceMissing(f"local file {track.local_path} is no longer a regular file")
-            self._record_failure(track, error)
-            raise error
-        return Opened(FdHandle(track, fd), keep_cache=True, direct_io=False)
+            raise SourceMissing(f"local file {track.local_path} is no longer a regular file")
+        track.size, track.mtime = st.st_size, st.st_mtime
+        if self._failures.pop(track.id, None) is not None:
+            self.report.update(track.id, status="local", error=None, bytes=st.st_size)
+        stamp = file_stamp(st)
+        return LocalHandle(track, fd, stamp), Version("file:" + ":".join(map(str, stamp)), st.st_size, st.st_mtime)
 
-    def _open_cloud(self, track: Track) -> Opened:
+    def _open_cloud(self, track: Track) -> tuple[Handle, Version]:
         assert track.source is not None
         failure = self._failures.get(track.id)
         if failure is not None and self.now() - failure.at < self.retry_after:
-            return Opened(FailedHandle(track, failure.error), False, True)
-        try:
-            acquired = self.fetcher.acquire(track.source)
-        except FetchError as exc:
-            self._record_failure(track, exc)
-            raise
+            return FailedHandle(track, failure.error), Version("failed", None, track.mtime)
+        self._revalidate_once(track)
+        acquired = self.fetcher.acquire(track.source)
         if acquired.download is None:
-            return Opened(FdHandle(track, acquired.fd), keep_cache=True, direct_io=track.size is None)
-        handle = StreamHandle(track, acquired.download, acquired.fd, self.fetcher)
-        return Opened(handle, keep_cache=track.size is not None, direct_io=track.size is None)
+            assert acquired.entry is not None
+            version = Version(blob_key(acquired.entry.digest), acquired.entry.size, track.mtime)
+            return BlobHandle(track, acquired.fd), version
+        download = acquired.download
+        handle = StreamHandle(track, download, acquired.fd, self.fetcher)
+        return handle, Version(download_key(download), download.total or track.size, track.mtime)
+
+    def _revalidate_once(self, track: Track) -> None:
+        """At a cached track's first open in this mount, ask the server (one conditional request) whether
+        the stored version is still its version; never at listing time. A changed track is downloaded
+        again; an unreachable server means the cached copy is served, and the report says so."""
+        if track.validated:
+            return
+        assert track.source is not None
+        with self._track_lock(track):
+            if track.validated:
+                return
+            try:
+                freshness = self.fetcher.revalidate(track.source)
+            except FetchError as exc:
+                self.report.update(track.id, note=f"served from cache, not revalidated: {exc.reason}")
+                log.warning("%s: served from cache, not revalidated: %s", track.name, exc.reason)
+            else:
+                if freshness is Freshness.CHANGED:
+                    track.mtime = max(track.mtime, self.now())  # a new version: tools comparing mtimes see it
+                    self.report.update(track.id, status="pending", digest=None,
+                                       note="the server's copy changed since it was cached; downloaded again")
+                    log.info("%s: the server's copy changed; downloading it again", track.name)
+                elif freshness is Freshness.UNKNOWN:
+                    self.report.update(track.id, note="served from cache; the server gives no ETag or "
+                                                      "Last-Modified to revalidate it with")
+            track.validated = True
 
     def read(self, handle: Handle, size: int, offset: int) -> bytes:
         return self._reading(handle, lambda: handle.read(size, offset))
@@ -274,7 +412,11 @@ class SessionFS:
             return action()
         except FetchError as exc:
             if not isinstance(handle, FailedHandle):
-                self._record_failure(handle.track, exc)
+                # A reader that gave up on a download that is still going (or on a changed local file)
+                # fails alone: the track and the bytes already held stay good for everybody else.
+                alone = isinstance(handle, LocalHandle) or (
+                    isinstance(handle, StreamHandle) and handle.download.error is None)
+                self._record_failure(handle.track, exc, track_failed=not alone)
             raise
         except OSError as exc:
             error = FetchError(f"reading {handle.track.name} failed: {exc.strerror}")
@@ -282,6 +424,8 @@ class SessionFS:
             raise error from None
 
     def release(self, handle: Handle) -> None:
+        if handle.pinned:
+            self.pages.release(handle.name)
         handle.close()
 
     # -- prefetch --------------------------------------------------------------------------------------
@@ -323,6 +467,8 @@ class SessionFS:
     # -- events --------------------------------------------------------------------------------------
 
     def _on_download_event(self, download: Download, event: str) -> None:
+        if event == State.DONE.value and download.digest is not None:
+            self.pages.relabel(download_key(download), blob_key(download.digest))
         if event in (State.DONE.value, State.FAILED.value):
             with self._lock:
                 if download in self._prefetching:
@@ -334,6 +480,8 @@ class SessionFS:
             elif event == State.DONE.value:
                 if track.size is None:
                     track.size = download.total
+                if download.last_modified:
+                    track.mtime = http_time(download.last_modified, track.mtime)
                 self._failures.pop(track.id, None)
                 self.report.update(track.id, status="cached", bytes=download.total, digest=download.digest,
                                    error=None, attempts=download.attempts)
@@ -343,14 +491,21 @@ class SessionFS:
                 else:
                     self._record_failure(track, download.error)
 
-    def _record_failure(self, track: Track, error: FetchError) -> None:
-        first = track.id not in self._failures or self._failures[track.id].error.reason != error.reason
-        self._failures[track.id] = Failure(error, self.now())
+    def _record_failure(self, track: Track, error: FetchError, *, track_failed: bool = True) -> None:
+        """Into the report (on disk before the reader sees EIO) and the log. ``track_failed``: the track
+        itself fails for ``retry_after`` (else only this reader failed, e.g. it gave up waiting)."""
+        previous = self._failures.get(track.id)
+        first = previous is None or previous.error.reason != error.reason
+        if track_failed:
+            self._failures[track.id] = Failure(error, self.now())
         if not self.report.has(track.id):
             log.error("%s (removed from the session): %s", track.name, error.reason)
             return
         record = self.report.record(track.id)
-        self.report.update(track.id, urgent=True, status="failed", error=error.reason,
-                           attempts=max(record.attempts, 1))
+        if track_failed:
+            self.report.update(track.id, urgent=True, status="failed", error=error.reason,
+                               attempts=max(record.attempts, 1))
+        else:
+            self.report.update(track.id, urgent=True, error=error.reason)
         if first:
             log.error("%s: %s", track.name, error.reason)

@@ -77,8 +77,8 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         # An open file is asked about by its handle when the kernel has one (fstat, reads revalidating
         # the page cache): answer from the handle's track, which a live reload may have renamed or removed.
         handle = self._handles.get(fh.fh) if fh is not None and hasattr(fh, "fh") else None
-        track = handle.track if handle is not None else self._track(path)
-        return self._stat(stat.S_IFREG | 0o444, track.size or 0, int(track.mtime * 1e9))
+        size, mtime = self.core.attributes(handle.track if handle is not None else self._track(path))
+        return self._stat(stat.S_IFREG | 0o444, size, int(mtime * 1e9))
 
     def _stat(self, mode: int, size: int, mtime_ns: int, nlink: int = 1) -> dict[str, int]:
         return {"st_mode": mode, "st_nlink": nlink, "st_size": size, "st_uid": self.uid, "st_gid": self.gid,

@@ -32,6 +32,7 @@ class TrackRecord:
     digest: str | None = None
     error: str | None = None
     attempts: int = 0
+    note: str | None = None  # not a failure, but worth knowing: e.g. served from cache without revalidation
 
 
 def utc_stamp(at: float | None = None) -> str:

@@ -44,6 +44,7 @@ class Track:
     probe_error: str | None = None  # what the server said when we asked at mount time
     probe_failure: FetchError | None = None  # the same, as our exception (preflight classifies it)
     remote: RemoteInfo | None = None
+    validated: bool = False  # the server confirmed, in this mount, that ``source`` is its current version
 
     @property
     def id(self) -> str:
@@ -99,7 +100,7 @@ def _probe(track: Track, http: HttpClient, index: SourceIndex) -> None:
     url = track.spec.cloud_url
     assert url is not None
     try:
-        info = http.head(url)
+        info = http.probe(url)
         magic_ext = None
         if _static_ext(track) is None and sniff.ext_from_content_type(info.content_type) is None:
             known = index.remote(url)
@@ -107,13 +108,14 @@ def _probe(track: Track, http: HttpClient, index: SourceIndex) -> None:
                 magic_ext = known.magic_ext  # same version as last time: no need to look at its bytes again
             else:
                 magic_ext = sniff.ext_from_magic(http.first_bytes(url, sniff.MAGIC_BYTES_NEEDED))
-        info = RemoteInfo(info.size, info.etag, info.content_type, magic_ext)
+        info = RemoteInfo(info.size, info.etag, info.content_type, magic_ext, info.last_modified)
     except FetchError as exc:
         track.probe_error = exc.reason
         track.probe_failure = exc
         log.info("cannot ask the server about %s: %s", track.spec.label, exc.reason)
         return
     track.remote = info
+    track.validated = True  # asked live; it counts only if the source identity carries the ETag (_finish)
     index.remember_remote(url, info)
 
 
@@ -125,6 +127,9 @@ def _finish(track: Track) -> None:
             track.size = remote.size
         etag = remote.etag if remote is not None and spec.size is None else None
         track.source = Source(spec.cloud_url or "", size=track.size, etag=etag, label=spec.label)
+        # A cached blob found under this identity is the server's current version only when the identity
+        # names the version the server just gave; otherwise its first open revalidates it.
+        track.validated = track.validated and etag is not None
     head = _local_head(track) if track.kind is Kind.LOCAL else None
     track.ext = sniff.choose_ext(
         manifest_content_type=spec.content_type,

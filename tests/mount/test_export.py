@@ -139,14 +139,16 @@ def test_writes_are_refused_with_erofs(tmp_path, server_root, devserver, mounter
             raise AssertionError("write succeeded on a read-only mount")
 
 
-def test_unknown_size_is_served_with_direct_io_so_cp_gets_every_byte(tmp_path, server_root, devserver, mounter):
+def test_a_server_refusing_head_still_gives_the_size_to_every_copier(tmp_path, server_root, devserver, mounter):
     write_sized(server_root / "nosize", 300_000, kind="wav", seed=5)
-    devserver.set_faults({"/nosize": {"status": 405, "head": True, "times": 1}})  # HEAD refused once
+    devserver.set_faults({"/nosize": {"status": 405, "head": True}})  # HEAD refused: a ranged GET tells the size
     session = write_session(tmp_path / "s.json", [
         {"id": "n", "artist": "No", "title": "Size", "cloud_stream_path": "/nosize", "content_type": "audio/wav"},
     ], server=devserver.url)
     mount = mounter(session, "--no-prefetch")
     path = mount.path / "No - Size.wav"
-    assert path.stat().st_size == 0  # truly unknown before the first read
+    assert path.stat().st_size == 300_000  # never a made-up 0: rsync and shutil.copyfile copy st_size bytes
+    run(["rsync", str(path), str(tmp_path / "rsync.wav")], check=True)
+    assert filecmp.cmp(tmp_path / "rsync.wav", server_root / "nosize", shallow=False)
     run(["cp", str(path), str(tmp_path / "copy.wav")], check=True)
     assert filecmp.cmp(tmp_path / "copy.wav", server_root / "nosize", shallow=False)
