@@ -7,7 +7,6 @@ errno table turns them into EIO) and recorded per track in the report first — 
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import os
 import stat
@@ -107,9 +106,9 @@ class FailedHandle(Handle):
 
 
 def file_stamp(st: os.stat_result) -> tuple[int, ...]:
-    """What changes when a file's bytes may have: a rewrite in place changes size, mtime or ctime; a
-    replacement by rename changes the inode."""
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    """What changes when a file's bytes may have: a rewrite in place changes size or mtime; a replacement
+    by rename changes the inode. (Not ctime: unlinking the replaced file changes it, not its bytes.)"""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def blob_key(digest: str) -> str:
@@ -118,14 +117,6 @@ def blob_key(digest: str) -> str:
 
 def download_key(download: Download) -> str:
     return f"download:{download.serial}"
-
-
-def http_time(value: str, default: float) -> float:
-    """An HTTP date (Last-Modified) as epoch seconds; ``default`` when it does not parse."""
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return default
 
 
 @dataclass(frozen=True)
@@ -480,8 +471,6 @@ class SessionFS:
             elif event == State.DONE.value:
                 if track.size is None:
                     track.size = download.total
-                if download.last_modified:
-                    track.mtime = http_time(download.last_modified, track.mtime)
                 self._failures.pop(track.id, None)
                 self.report.update(track.id, status="cached", bytes=download.total, digest=download.digest,
                                    error=None, attempts=download.attempts)

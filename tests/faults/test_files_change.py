@@ -1,0 +1,258 @@
+"""The world changing under the mount: local files re-rendered or replaced while mounted (and while being
+read), cloud tracks re-rendered on the server, through a real mount with real `cp`, `rsync` and
+`shutil.copyfile`. Every copy is one version whole — or an I/O error with a report line — never old and
+new bytes mixed, never cut at a stale size."""
+
+from __future__ import annotations
+
+import errno
+import filecmp
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run, write_session
+from tests.faults.helpers import FAST, cloud_track, name_of, stream_path, wait_until
+from tools.make_audio import write_sized
+
+MiB = 1 << 20
+
+
+def local_session(tmp_path: Path, source: Path) -> Path:
+    return write_session(tmp_path / "s.json", [
+        {"id": "loc", "artist": "Local", "title": "Render", "file_path": str(source)},
+    ])
+
+
+def replace_by_rename(path: Path, size: int, seed: int) -> None:
+    """What a renderer that writes a temp file and renames it over the old one does."""
+    tmp = path.with_name(path.name + ".new")
+    write_sized(tmp, size, kind="wav", seed=seed)
+    os.replace(tmp, path)
+
+
+def overwrite_in_place(path: Path, size: int, seed: int) -> None:
+    """What `cp new old` (or a renderer reopening with O_TRUNC) does: same inode, new bytes."""
+    tmp = path.with_name(path.name + ".bytes")
+    write_sized(tmp, size, kind="wav", seed=seed)
+    with open(path, "r+b") as out:
+        out.truncate(0)
+        out.write(tmp.read_bytes())
+
+
+def copy_all_ways(src: Path, dest: Path) -> dict[str, Path]:
+    """The copiers a user's exporter may be: `cp`, `rsync` (size-driven), `rsync --inplace`, shutil.copyfile."""
+    dest.mkdir(exist_ok=True)
+    copies = {name: dest / name for name in ("cp", "rsync", "inplace", "shutil")}
+    run(["cp", str(src), str(copies["cp"])], check=True)
+    run(["rsync", str(src), str(copies["rsync"])], check=True)
+    run(["rsync", "--inplace", str(src), str(copies["inplace"])], check=True)
+    shutil.copyfile(src, copies["shutil"])
+    return copies
+
+
+def assert_same(copies: dict[str, Path], expected: Path) -> None:
+    for name, copy in copies.items():
+        assert filecmp.cmp(copy, expected, shallow=False), f"{name} copied other bytes than {expected}"
+
+
+# -- local tracks ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", [replace_by_rename, overwrite_in_place])
+def test_a_local_file_that_grew_copies_whole_at_once(tmp_path, mounter, change):
+    source = tmp_path / "render.wav"
+    write_sized(source, 1 * MiB, kind="wav", seed=1)
+    mount = mounter(local_session(tmp_path, source))
+    path = mount.path / "Local - Render.wav"
+    run(["cp", str(path), str(tmp_path / "before.wav")], check=True)  # the kernel now holds its pages and size
+    change(source, 3 * MiB + 123, seed=2)
+    # At once, before any attribute cache expired: the open sees another version and reads it to its end.
+    run(["cp", str(path), str(tmp_path / "after.wav")], check=True)
+    assert filecmp.cmp(tmp_path / "after.wav", source, shallow=False)
+    # stat follows the file within the attribute timeout; then the size-driven copiers get it whole too.
+    assert wait_until(lambda: path.stat().st_size == source.stat().st_size)
+    assert_same(copy_all_ways(path, tmp_path / "copies"), source)
+
+
+@pytest.mark.parametrize("change", [replace_by_rename, overwrite_in_place])
+def test_a_local_file_that_shrank_is_never_padded_or_mixed(tmp_path, mounter, change):
+    source = tmp_path / "render.wav"
+    write_sized(source, 3 * MiB, kind="wav", seed=1)
+    mount = mounter(local_session(tmp_path, source))
+    path = mount.path / "Local - Render.wav"
+    run(["cp", str(path), str(tmp_path / "before.wav")], check=True)
+    change(source, 1 * MiB + 7, seed=2)
+    run(["cp", str(path), str(tmp_path / "after.wav")], check=True)
+    assert filecmp.cmp(tmp_path / "after.wav", source, shallow=False)
+    assert wait_until(lambda: path.stat().st_size == source.stat().st_size)
+    assert_same(copy_all_ways(path, tmp_path / "copies"), source)
+
+
+def test_a_same_size_replacement_after_a_partial_read_is_never_mixed(tmp_path, mounter):
+    source = tmp_path / "render.wav"
+    write_sized(source, 6 * MiB, kind="wav", seed=1)
+    mount = mounter(local_session(tmp_path, source))
+    path = mount.path / "Local - Render.wav"
+    with open(path, "rb") as peek:  # a DAW reads the header and a bit more: those pages stay in the kernel
+        peek.read(2 * MiB)
+    replace_by_rename(source, 6 * MiB, seed=3)
+    assert_same(copy_all_ways(path, tmp_path / "copies"), source)
+
+
+def read_while(path: Path, change: object, *, size: int) -> bytes | OSError:
+    """Read ``path`` 1 MiB at a time, calling ``change`` after the first 2 MiB; the bytes, or the error."""
+    got = bytearray()
+    try:
+        with open(path, "rb", buffering=0) as reader:
+            while chunk := reader.read(MiB):
+                got += chunk
+                if len(got) == 2 * MiB:
+                    change()  # type: ignore[operator]
+    except OSError as exc:
+        return exc
+    return bytes(got)
+
+
+def test_a_copy_in_progress_when_the_file_is_replaced_gets_one_version_whole(tmp_path, mounter):
+    source = tmp_path / "render.wav"
+    write_sized(source, 8 * MiB, kind="wav", seed=1)
+    old = source.read_bytes()
+    mount = mounter(local_session(tmp_path, source))
+    path = mount.path / "Local - Render.wav"
+    # Replaced by a shorter file while being read: the reader keeps reading the version it opened, whole
+    # (a stat in between must not cut it off at the new size).
+    result = read_while(path, lambda: (replace_by_rename(source, 3 * MiB, seed=4), path.stat()), size=8 * MiB)
+    assert result == old
+
+
+def test_a_copy_in_progress_when_the_file_is_rewritten_in_place_gets_eio_or_one_version(tmp_path, mounter):
+    source = tmp_path / "render.wav"
+    write_sized(source, 16 * MiB, kind="wav", seed=1)
+    old = source.read_bytes()
+    mount = mounter(local_session(tmp_path, source))
+    path = mount.path / "Local - Render.wav"
+    result = read_while(path, lambda: overwrite_in_place(source, 16 * MiB, seed=5), size=16 * MiB)
+    if isinstance(result, OSError):
+        assert result.errno == errno.EIO
+        record = mount.track("loc")
+        assert "changed while it was being read" in (record["error"] or "")
+    else:  # only possible if every byte was already in the kernel's cache before the rewrite
+        assert result == old
+
+
+def test_stat_follows_a_local_file_while_mounted(tmp_path, mounter):
+    source = tmp_path / "render.wav"
+    write_sized(source, 1 * MiB, kind="wav", seed=1)
+    mount = mounter(local_session(tmp_path, source))
+    path = mount.path / "Local - Render.wav"
+    assert path.stat().st_size == MiB
+    replace_by_rename(source, 2 * MiB, seed=2)
+    os.utime(source, (1_700_000_000, 1_700_000_000))
+    assert wait_until(lambda: path.stat().st_size == 2 * MiB and int(path.stat().st_mtime) == 1_700_000_000)
+
+
+# -- cloud tracks ---------------------------------------------------------------------------------------
+
+
+def test_a_peeked_cloud_track_re_rendered_on_the_server_is_never_mixed(tmp_path, server_root, devserver, mounter):
+    size = 8 * MiB
+    entry = cloud_track(server_root, "t1", size, seed=1)  # the manifest gives the size: no HEAD at mount
+    session = write_session(tmp_path / "s.json", [entry], server=devserver.url)
+    # The first download is slow, so the peek below ends (and cancels it) long before it finishes.
+    devserver.set_faults({stream_path("t1"): {"rate": 2 * MiB, "times": 1}})
+    mount = mounter(session, *FAST)
+    path = mount.path / name_of("t1")
+    with open(path, "rb") as peek:
+        assert len(peek.read(2 * MiB)) == 2 * MiB
+    # The reader went away: the download is cancelled (back to pending), its first 2 MiB stay in the kernel.
+    assert mount.wait_track("t1", lambda r: r["status"] == "pending")["status"] == "pending"
+    replace_by_rename(server_root / "stream" / "t1.wav", size, seed=2)  # re-rendered on the server, same size
+    assert_same(copy_all_ways(path, tmp_path / "copies"), server_root / "stream" / "t1.wav")
+
+
+def test_a_cached_track_re_rendered_on_the_server_is_revalidated_at_its_first_open(
+        tmp_path, server_root, devserver, mounter):
+    size = 3 * MiB
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", size, seed=1)],
+                            server=devserver.url)
+    first = mounter(session, *FAST)
+    run(["cp", str(first.path / name_of("t1")), str(tmp_path / "old.wav")], check=True)
+    old_mtime = (first.path / name_of("t1")).stat().st_mtime
+    first.unmount()
+    write_sized(server_root / "stream" / "t1.wav", size, kind="wav", seed=2)  # same size: same identity
+    before = len(devserver.requests())
+    second = mounter(session, *FAST, cache_dir=first.cache_dir)
+    path = second.path / name_of("t1")
+    assert_same(copy_all_ways(path, tmp_path / "copies"), server_root / "stream" / "t1.wav")
+    # Tools that compare mtimes (rsync) see a new version (once the kernel's 1 s attribute cache expires).
+    assert wait_until(lambda: path.stat().st_mtime != old_mtime)
+    asked = [r["method"] for r in devserver.requests()[before:]]
+    assert asked == ["HEAD", "GET"]  # one revalidation, one download of the new version
+    record = second.track("t1")
+    assert "changed since it was cached" in record["note"]
+
+
+def test_an_unchanged_cached_track_costs_one_conditional_request_and_no_get(
+        tmp_path, server_root, devserver, mounter):
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", MiB, seed=1)],
+                            server=devserver.url)
+    first = mounter(session, *FAST)
+    run(["cp", str(first.path / name_of("t1")), str(tmp_path / "one.wav")], check=True)
+    first.unmount()
+    before = len(devserver.requests())
+    second = mounter(session, *FAST, cache_dir=first.cache_dir)
+    run(["ls", "-l", str(second.path)], check=True)  # listing never revalidates
+    assert len(devserver.requests()) == before
+    for n in range(3):  # one check per track per mount, not one per open
+        run(["cp", str(second.path / name_of("t1")), str(tmp_path / f"two{n}.wav")], check=True)
+    after = devserver.requests()[before:]
+    assert [r["method"] for r in after] == ["HEAD"]
+    assert filecmp.cmp(tmp_path / "two2.wav", server_root / "stream" / "t1.wav", shallow=False)
+
+
+def test_a_cached_track_is_served_when_the_server_is_down_and_the_report_says_so(
+        tmp_path, server_root, devserver, mounter):
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", MiB, seed=1)],
+                            server=devserver.url)
+    first = mounter(session, *FAST)
+    run(["cp", str(first.path / name_of("t1")), str(tmp_path / "one.wav")], check=True)
+    first.unmount()
+    devserver.stop()
+    second = mounter(session, *FAST, cache_dir=first.cache_dir)
+    run(["cp", str(second.path / name_of("t1")), str(tmp_path / "two.wav")], check=True)
+    assert filecmp.cmp(tmp_path / "two.wav", server_root / "stream" / "t1.wav", shallow=False)
+    record = second.wait_track("t1", lambda r: bool(r.get("note")))
+    assert record["status"] == "cached"
+    assert "served from cache, not revalidated" in record["note"]
+
+
+# -- unknown sizes ---------------------------------------------------------------------------------------
+
+
+def test_a_size_probe_that_failed_at_mount_is_retried_at_lookup(tmp_path, server_root, devserver, mounter):
+    entry = cloud_track(server_root, "t1", 700_000, seed=1, declare_size=False)
+    session = write_session(tmp_path / "s.json", [entry], server=devserver.url)
+    devserver.set_faults({stream_path("t1"): {"status": 503, "head": True, "times": 1}})  # a blip at mount
+    mount = mounter(session, *FAST)
+    path = mount.path / name_of("t1")
+    assert path.stat().st_size == 700_000
+    assert_same(copy_all_ways(path, tmp_path / "copies"), server_root / "stream" / "t1.wav")
+
+
+def test_a_size_that_cannot_be_learned_is_an_error_not_an_empty_file(tmp_path, server_root, devserver, mounter):
+    entry = cloud_track(server_root, "t1", 700_000, seed=1, declare_size=False)
+    session = write_session(tmp_path / "s.json", [entry], server=devserver.url)
+    devserver.set_faults({stream_path("t1"): {"status": 503, "head": True}})  # HEAD and GET: always 503
+    mount = mounter(session, *FAST)
+    path = mount.path / name_of("t1")
+    with pytest.raises(OSError) as caught:
+        path.stat()
+    assert caught.value.errno == errno.EIO
+    done = run(["rsync", str(path), str(tmp_path / "r.wav")])
+    assert done.returncode != 0
+    assert not (tmp_path / "r.wav").exists()
+    record = mount.track("t1")
+    assert record["status"] == "failed" and "size is unknown" in record["error"]
