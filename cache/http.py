@@ -25,6 +25,7 @@ from httpx import _decoders as httpx_decoders  # its table of decoders: which en
 from cache.errors import (
     AuthRejected,
     BadBody,
+    FetchError,
     NetworkError,
     NotAudio,
     PermanentHttpError,
@@ -223,8 +224,8 @@ class HttpClient:
         carries the total. ``headers`` may make it conditional (NOT_MODIFIED for a 304)."""
         try:
             info = self.head(url, headers)
-        except PermanentHttpError as exc:
-            if exc.status not in (405, 501) or isinstance(exc, AuthRejected):
+        except FetchError as exc:
+            if exc.status not in HEAD_UNSUPPORTED:
                 raise
             return self._ranged_info(url, headers or {})
         if info.size is not None or info is NOT_MODIFIED:
@@ -312,6 +313,7 @@ class HttpClient:
 
 
 NOT_MODIFIED = RemoteInfo(None, None, None)
+HEAD_UNSUPPORTED = frozenset({405, 501})  # Method Not Allowed, Not Implemented: ask with a ranged GET
 
 
 def remote_info(response: httpx.Response, url: str) -> RemoteInfo:

@@ -76,7 +76,7 @@ def check_track(track: Track, fetcher: Fetcher, http: HttpClient) -> TrackCheck:
     failure = track.probe_failure
     if failure is None and track.remote is None:  # build_tracks did not need the server for this one
         try:
-            info = http.head(track.source.url)
+            info = http.probe(track.source.url)  # HEAD, or a ranged GET where HEAD is not supported
         except FetchError as exc:
             failure = exc
         else:
@@ -89,6 +89,8 @@ def check_track(track: Track, fetcher: Fetcher, http: HttpClient) -> TrackCheck:
         base.state, base.detail = classify(failure), failure.reason
         return base
     base.state = TO_DOWNLOAD
+    if base.size is None:
+        base.detail = "size unknown: the server does not say; it is learned by downloading the track"
     return base
 
 

@@ -9,6 +9,7 @@ import errno
 import filecmp
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,7 @@ def test_a_same_size_replacement_after_a_partial_read_is_never_mixed(tmp_path, m
     assert_same(copy_all_ways(path, tmp_path / "copies"), source)
 
 
-def read_while(path: Path, change: object, *, size: int) -> bytes | OSError:
+def read_while(path: Path, change: Callable[[], None], *, size: int) -> bytes | OSError:
     """Read ``path`` 1 MiB at a time, calling ``change`` after the first 2 MiB; the bytes, or the error."""
     got = bytearray()
     try:
@@ -110,7 +111,7 @@ def read_while(path: Path, change: object, *, size: int) -> bytes | OSError:
             while chunk := reader.read(MiB):
                 got += chunk
                 if len(got) == 2 * MiB:
-                    change()  # type: ignore[operator]
+                    change()
     except OSError as exc:
         return exc
     return bytes(got)
@@ -124,7 +125,11 @@ def test_a_copy_in_progress_when_the_file_is_replaced_gets_one_version_whole(tmp
     path = mount.path / "Local - Render.wav"
     # Replaced by a shorter file while being read: the reader keeps reading the version it opened, whole
     # (a stat in between must not cut it off at the new size).
-    result = read_while(path, lambda: (replace_by_rename(source, 3 * MiB, seed=4), path.stat()), size=8 * MiB)
+    def replace_and_stat() -> None:
+        replace_by_rename(source, 3 * MiB, seed=4)
+        path.stat()
+
+    result = read_while(path, replace_and_stat, size=8 * MiB)
     assert result == old
 
 

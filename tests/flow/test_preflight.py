@@ -130,3 +130,15 @@ def test_bad_manifest_exits_2(tmp_path):
     done = run([MIXVFS, "preflight", str(bad), "--cache-dir", str(tmp_path / "cache")])
     assert done.returncode == 2
     assert "track 0" in done.stderr and "'id'" in done.stderr
+
+
+def test_a_server_without_head_is_size_unknown_or_ranged_not_missing(tmp_path, server_root, devserver):
+    """HEAD 405/501 means "ask another way", not "missing": the size comes from a one-byte ranged GET."""
+    manifest = session(tmp_path, server_root, devserver.url)
+    devserver.set_faults({"/stream/a": {"no_head": 405}, "/stream/b": {"no_head": 501}})
+    code, doc, _ = preflight(manifest, tmp_path / "cache")
+    assert code == 0, doc
+    assert states(doc) == {"l": "local_ok", "a": "to_download", "b": "to_download"}
+    assert {t["id"]: t["size"] for t in doc["tracks"]} == {"l": doc["tracks"][0]["size"], "a": 300_000, "b": 200_000}
+    ranged = devserver.requests("GET", "/stream/a")
+    assert [r["range"] for r in ranged] == ["bytes=0-0"]  # one byte, not the track
