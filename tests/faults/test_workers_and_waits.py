@@ -1,0 +1,57 @@
+"""Through a real mount: a slow but steady link is waited for (readers of the tail and of the start alike),
+and a cache database that refuses a commit fails that one track — the download workers go on."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+from pathlib import Path
+
+from tests.conftest import run, write_session
+from tests.faults.helpers import FAST, cachectl, cloud_track, name_of, stream_path
+
+KiB, MiB = 1 << 10, 1 << 20
+
+
+def test_a_slow_steady_download_serves_a_tail_reader_and_a_copier(tmp_path, server_root, devserver, mounter):
+    size = 2 * MiB  # about 8 s at 256 KiB/s, far past the 1 s stall timeout: only progress keeps it going
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "slow", size, seed=1)],
+                            server=devserver.url)
+    devserver.set_faults({stream_path("slow"): {"rate": 256 * KiB}})
+    mount = mounter(session, *FAST)
+    path = mount.path / name_of("slow")
+    expected = (server_root / "stream" / "slow.wav").read_bytes()
+    with open(path, "rb", buffering=0) as tail_first:  # a DAW reading the end of the file first
+        tail_first.seek(size - 64 * KiB)
+        copier = subprocess.Popen(["cp", str(path), str(tmp_path / "copy.wav")])
+        assert tail_first.read(64 * KiB) == expected[-64 * KiB:]
+        assert copier.wait(timeout=120) == 0
+    assert filecmp.cmp(tmp_path / "copy.wav", server_root / "stream" / "slow.wav", shallow=False)
+    record = mount.track("slow")
+    assert record["status"] in ("fetching", "cached") and record["error"] is None
+
+
+def chattr(flag: str, paths: list[Path]) -> None:
+    run(["chattr", flag, *map(str, paths)], check=True)
+
+
+def test_a_cache_database_refusing_a_commit_fails_one_track_and_the_worker_goes_on(
+        tmp_path, server_root, devserver, mounter):
+    entries = [cloud_track(server_root, name, 300_000, seed=n) for n, name in enumerate(("a", "b", "c"))]
+    session = write_session(tmp_path / "s.json", entries, server=devserver.url)
+    mount = mounter(session, *FAST, "--jobs", "1")
+    run(["cp", str(mount.path / name_of("a")), str(tmp_path / "a.wav")], check=True)
+    database = sorted((mount.cache_dir / "blobs").glob("cache.db*"))
+    chattr("+i", database)  # SQLite can no longer write: the commit fails after the blob file was renamed in
+    try:
+        done = run(["cp", str(mount.path / name_of("b")), str(tmp_path / "b.wav")])
+        if done.returncode == 0:  # the reader had every byte before the commit failed: they are right
+            assert filecmp.cmp(tmp_path / "b.wav", server_root / "stream" / "b.wav", shallow=False)
+        record = mount.wait_track("b", lambda r: r["status"] == "failed")
+        assert record["status"] == "failed" and "cache" in record["error"]
+    finally:
+        chattr("-i", database)
+    # The only worker survived: the next track downloads (a dead worker would leave this cp waiting forever).
+    run(["cp", str(mount.path / name_of("c")), str(tmp_path / "c.wav")], check=True, timeout=30)
+    assert filecmp.cmp(tmp_path / "c.wav", server_root / "stream" / "c.wav", shallow=False)
+    assert cachectl(mount.cache_dir, "verify").returncode == 0

@@ -1,0 +1,94 @@
+"""Tier 1 (no kernel): the download rules behind "never a wrong copy", against the real dev server —
+waits that end only without progress, a store that fails after taking the file, workers never lost."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import diskcache
+import pytest
+
+from cache.fetch import Fetcher, RetryPolicy, Source
+from cache.http import HttpClient
+from cache.index import SourceIndex
+from cache.store import BlobStore
+from tools.devserver import DevServer
+from tools.make_audio import write_sized
+
+KiB, MiB = 1 << 10, 1 << 20
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[BlobStore]:
+    blobs = BlobStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
+    yield blobs
+    blobs.close()
+
+
+def fetcher_for(store: BlobStore, tmp_path: Path, policy: RetryPolicy, jobs: int = 1) -> Fetcher:
+    return Fetcher(store, SourceIndex(tmp_path / "cache"), HttpClient(stall_timeout=policy.stall_timeout),
+                   jobs=jobs, policy=policy)
+
+
+def test_a_slow_but_steady_download_is_waited_for_past_every_fixed_deadline(root, store, tmp_path):
+    """Old rule: a reader gave up after total_timeout + stall_timeout whatever the progress. Here that is
+    2 s, the download takes about 4 s at a steady 256 KiB/s, and the reader asks for the last byte."""
+    size = 1 * MiB
+    write_sized(root / "slow.wav", size, seed=3)
+    policy = RetryPolicy(attempts=2, total_timeout=1.0, stall_timeout=1.0, wait_initial=0.01, wait_max=0.01,
+                         wait_jitter=0.0)
+    with DevServer(root, faults={"*": {"rate": 256 * KiB}}) as server:
+        fetcher = fetcher_for(store, tmp_path, policy)
+        acquired = fetcher.acquire(Source(server.url_for("slow.wav"), size=size, label="slow"))
+        assert acquired.download is not None
+        end = acquired.download.wait_for(1, size - 1)  # the tail first, like a DAW reading the index
+        assert end == size
+        assert acquired.download.error is None
+        fetcher.release(acquired.download)
+        fetcher.close()
+
+
+class FlakyCommitStore(BlobStore):
+    """A store whose database refuses the first commit after the file was already renamed into it — what
+    diskcache does when SQLite stays locked past its timeout."""
+
+    failures = 1
+
+    def commit(self, staged: Path, digest: str, size: int) -> None:
+        if self.failures:
+            self.failures -= 1
+            staged.rename(staged.with_suffix(".taken"))  # the rename happened: the staging path is gone
+            raise diskcache.Timeout("database is locked")
+        super().commit(staged, digest, size)
+
+
+def test_a_store_failing_after_the_rename_fails_one_track_and_keeps_the_worker(root, tmp_path):
+    write_sized(root / "a.wav", 200_000, seed=1)
+    write_sized(root / "b.wav", 300_000, seed=2)
+    store = FlakyCommitStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
+    policy = RetryPolicy(attempts=1, stall_timeout=2.0)
+    with DevServer(root) as server:
+        fetcher = fetcher_for(store, tmp_path, policy, jobs=1)
+        first = fetcher.acquire(Source(server.url_for("a.wav"), size=200_000, label="a"))
+        assert first.download is not None
+        assert first.download.ended.wait(10)
+        assert first.download.error is not None and "database is locked" in first.download.error.reason
+        workers = [t for t in threading.enumerate() if t.name.startswith("fetch-")]
+        assert workers and all(t.is_alive() for t in workers)
+        # The one worker goes on: the next track downloads (it would wait forever on a dead worker).
+        second = fetcher.acquire(Source(server.url_for("b.wav"), size=300_000, label="b"))
+        assert second.download is not None
+        assert second.download.wait_for(300_000, 0) == 300_000
+        second.download.ended.wait(10)
+        assert second.download.error is None and second.download.digest is not None
+        fetcher.close()
+    store.close()
