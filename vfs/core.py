@@ -7,6 +7,7 @@ errno table turns them into EIO) and recorded per track in the report first — 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -158,6 +159,7 @@ class SessionFS:
         fetcher.listener = self._on_download_event
         self._prefetch_stop = threading.Event()
         self._prefetch_thread: threading.Thread | None = None
+        self._sizes_thread: threading.Thread | None = None
         self._prefetch_slots = threading.Semaphore(fetcher.jobs)
         self._prefetching: set[Download] = set()
 
@@ -422,10 +424,31 @@ class SessionFS:
     # -- prefetch --------------------------------------------------------------------------------------
 
     def start_prefetch(self) -> None:
+        """Once the folder is live: learn the sizes the mount could not learn, and prefetch."""
+        if self._sizes_thread is None:
+            self._sizes_thread = threading.Thread(target=self._learn_sizes, name="sizes", daemon=True)
+            self._sizes_thread.start()
         if not self.prefetch_enabled or self._prefetch_thread is not None:
             return
         self._prefetch_thread = threading.Thread(target=self._prefetch_all, name="prefetch", daemon=True)
         self._prefetch_thread.start()
+
+    def _learn_sizes(self) -> None:
+        """Ask again, with growing pauses, about tracks whose size the mount-time probe could not learn
+        (a 503 blip, a timeout), so a later listing shows it without waiting. A lookup asks at once too."""
+        pause = 1.0
+        while not self._prefetch_stop.wait(pause):
+            unknown = [t for t in self.tracks if t.kind is Kind.CLOUD and t.size is None
+                       and t.source is not None and t.probe_failure is not None]
+            if not unknown:
+                return
+            for track in unknown:
+                assert track.source is not None
+                with contextlib.suppress(FetchError):
+                    info = self.fetcher.probe(track.source)
+                    track.size = track.size if track.size is not None else info.size
+                    track.probe_failure = None  # answered: a server that gives no size is not asked again
+            pause = min(pause * 2, 60.0)
 
     def _prefetch_all(self) -> None:
         """Queue cloud tracks in session order, keeping only ``jobs`` prefetches in flight at a time so

@@ -261,3 +261,14 @@ def test_a_size_that_cannot_be_learned_is_an_error_not_an_empty_file(tmp_path, s
     assert not (tmp_path / "r.wav").exists()
     record = mount.track("t1")
     assert record["status"] == "failed" and "size is unknown" in record["error"]
+
+
+def test_a_size_probe_that_failed_at_mount_is_retried_in_the_background(tmp_path, server_root, devserver, mounter):
+    entry = cloud_track(server_root, "t1", 700_000, seed=1, declare_size=False)
+    session = write_session(tmp_path / "s.json", [entry], server=devserver.url)
+    devserver.set_faults({stream_path("t1"): {"status": 503, "head": True, "times": 1}})
+    mount = mounter(session, *FAST)
+    assert wait_until(lambda: len(devserver.requests("HEAD", stream_path("t1"))) >= 2)
+    asked = len(devserver.requests())
+    assert (mount.path / name_of("t1")).stat().st_size == 700_000
+    assert len(devserver.requests()) == asked  # known already: the lookup did not have to ask
