@@ -461,7 +461,7 @@ def encode_body(data: bytes, coding: str) -> bytes:
     if coding == "deflate":
         return zlib.compress(data, 1)
     brotli = importlib.import_module("brotli")  # parse_fault only lets "br" through if it imports
-    return bytes(brotli.compress(data))
+    return bytes(brotli.compress(data, quality=1))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,118 @@
+"""Real servers' habits, through a real mount with real copiers: bodies compressed despite
+`Accept-Encoding: identity`, Range ignored, weak ETags, ranges rounded down, no length at all, no HEAD.
+Every copy ends in the track's real bytes, or EIO plus a report line naming the cause."""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run, write_session
+from tests.faults.helpers import FAST, cachectl, cloud_track, name_of, stream_path
+from tests.faults.test_files_change import assert_same, copy_all_ways, replace_by_rename
+
+MiB = 1 << 20
+
+
+def one_track(tmp_path: Path, server_root: Path, url: str, size: int, *, declare_size: bool) -> Path:
+    entry = cloud_track(server_root, "t1", size, seed=1, declare_size=declare_size)
+    return write_session(tmp_path / "s.json", [entry], server=url)
+
+
+def served(server_root: Path) -> Path:
+    return server_root / "stream" / "t1.wav"
+
+
+# -- encoded bodies -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+@pytest.mark.parametrize("declare_size", [False, True])
+def test_a_compressed_body_is_stored_and_served_decoded(tmp_path, server_root, devserver, mounter, encoding,
+                                                       declare_size):
+    session = one_track(tmp_path, server_root, devserver.url, 3 * MiB, declare_size=declare_size)
+    devserver.set_faults({stream_path("t1"): {"encoding": encoding}})
+    mount = mounter(session, *FAST)
+    path = mount.path / name_of("t1")
+    assert path.stat().st_size == 3 * MiB  # the track's size, not the compressed length
+    assert_same(copy_all_ways(path, tmp_path / "copies"), served(server_root))
+    record = mount.wait_track("t1", lambda r: r["status"] == "cached")
+    assert record["status"] == "cached" and record["bytes"] == 3 * MiB
+    assert cachectl(mount.cache_dir, "verify").returncode == 0
+
+
+def test_an_encoding_that_cannot_be_decoded_is_an_error_never_the_track(tmp_path, server_root, devserver, mounter):
+    session = one_track(tmp_path, server_root, devserver.url, MiB, declare_size=True)
+    devserver.set_faults({stream_path("t1"): {"headers": {"Content-Encoding": "compress"}}})
+    mount = mounter(session, *FAST)
+    done = run(["cp", str(mount.path / name_of("t1")), str(tmp_path / "x.wav")])
+    assert done.returncode != 0 and "Input/output error" in done.stderr
+    record = mount.track("t1")
+    assert record["status"] == "failed" and "encoded body (compress)" in record["error"]
+    assert cachectl(mount.cache_dir, "ls", "--json").stdout.count('"digest"') == 0  # nothing stored
+
+
+# -- resuming against real servers --------------------------------------------------------------------
+
+
+def cut_once(extra: dict[str, Any]) -> dict[str, Any]:
+    """The first response is cut off after 1 MiB; every request gets ``extra``."""
+    return {"*": extra, stream_path("t1"): {**extra, "drop_after": MiB, "times": 1}}
+
+
+@pytest.mark.parametrize("habit", [
+    {"ignore_range": True},  # the resume gets 200 and the whole body
+    {"weak_etag": True},  # If-Range must not be sent with W/"…": the resume is a plain Range
+    {"range_early": 4096},  # a 206 that starts earlier than asked
+    {"no_validators": True},  # neither ETag nor Last-Modified
+    {"chunked": True},  # no Content-Length on the bodies
+])
+def test_a_cut_download_resumes_to_the_right_bytes(tmp_path, server_root, devserver, mounter, habit):
+    session = one_track(tmp_path, server_root, devserver.url, 3 * MiB, declare_size=True)
+    devserver.set_faults(cut_once(habit))
+    mount = mounter(session, *FAST)
+    run(["cp", str(mount.path / name_of("t1")), str(tmp_path / "x.wav")], check=True)
+    assert filecmp.cmp(tmp_path / "x.wav", served(server_root), shallow=False)
+    record = mount.wait_track("t1", lambda r: r["status"] == "cached")
+    assert record["status"] == "cached" and record["error"] is None
+    gets = devserver.requests("GET", stream_path("t1"))
+    assert len(gets) == 2
+    if habit.get("weak_etag"):
+        assert gets[1]["if_range"] is None and gets[1]["range"] == f"bytes={MiB}-"
+
+
+def test_a_resume_that_finds_a_new_version_starts_over_when_nothing_was_read(
+        tmp_path, server_root, devserver, mounter):
+    """Prefetch (no reader yet) is cut off; the track is re-rendered before the resume: the download starts
+    over and the copy made afterwards is the new version, whole."""
+    session = one_track(tmp_path, server_root, devserver.url, 3 * MiB, declare_size=True)
+    devserver.set_faults({stream_path("t1"): {"drop_after": MiB, "hold": "cut", "hold_after": MiB, "times": 1}})
+    mount = mounter(session, "--retries", "3", "--retry-wait", "0.01s", "--stall-timeout", "5s")
+    devserver.wait_held("cut")
+    replace_by_rename(served(server_root), 3 * MiB, seed=9)
+    devserver.release("cut")
+    assert mount.wait_track("t1", lambda r: r["status"] in ("cached", "failed"), timeout=30)["status"] == "cached"
+    assert_same(copy_all_ways(mount.path / name_of("t1"), tmp_path / "copies"), served(server_root))
+
+
+def test_a_resume_that_finds_a_new_version_after_bytes_were_read_is_eio_not_mixed(
+        tmp_path, server_root, devserver, mounter):
+    session = one_track(tmp_path, server_root, devserver.url, 3 * MiB, declare_size=True)
+    devserver.set_faults({stream_path("t1"): {"drop_after": MiB, "hold": "cut", "hold_after": MiB, "times": 1}})
+    mount = mounter(session, "--no-prefetch", "--retries", "3", "--retry-wait", "0.01s", "--stall-timeout", "5s")
+    path = mount.path / name_of("t1")
+    with open(path, "rb", buffering=0) as reader:
+        devserver.wait_held("cut")
+        first = reader.read(512 * 1024)  # bytes of the old version reach the reader
+        replace_by_rename(served(server_root), 3 * MiB, seed=9)
+        devserver.release("cut")
+        with pytest.raises(OSError) as caught:
+            while reader.read(MiB):
+                pass
+    assert caught.value.errno == 5
+    assert len(first) == 512 * 1024
+    record = mount.track("t1")
+    assert record["status"] == "failed" and "changed" in record["error"]
