@@ -60,7 +60,7 @@ def test_an_encoding_that_cannot_be_decoded_is_an_error_never_the_track(tmp_path
 
 def cut_once(extra: dict[str, Any]) -> dict[str, Any]:
     """The first response is cut off after 1 MiB; every request gets ``extra``."""
-    return {"*": extra, stream_path("t1"): {**extra, "drop_after": MiB, "times": 1}}
+    return {stream_path("t1"): {**extra, "drop_after": MiB, "times": 1, "then": extra}}
 
 
 @pytest.mark.parametrize("habit", [

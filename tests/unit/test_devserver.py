@@ -885,3 +885,13 @@ def test_cli_prints_url_writes_port_file_and_exits_cleanly(root: Path, tmp_path:
 def test_start_failure_raises_with_stderr(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="not a directory"):
         DevServer(tmp_path / "missing").start()
+
+
+def test_then_applies_once_times_are_used_up(server: DevServer) -> None:
+    server.set_faults({"/track.flac": {"status": 503, "times": 1, "then": {"weak_etag": True}}})
+    first, second, third = (fetch(server, "track.flac") for _ in range(3))
+    assert first.status == 503
+    assert (second.status, second.headers["ETag"][:2]) == (200, "W/")
+    assert third.headers["ETag"][:2] == "W/"  # for good, not once
+    with pytest.raises(FaultsError, match="'then' needs 'times'"):
+        server.set_faults({"/track.flac": {"then": {"weak_etag": True}}})
