@@ -126,13 +126,14 @@ def holds_files(folder: Path) -> bool:
 def check_paths(options: MountOptions, *, log_file: bool) -> None:
     """Prove, before anything is mounted, that the cache folder, the report's folder and (for a background
     mount) the log file are usable: one line naming the path and the cause, not a traceback in the daemon."""
-    usable_folder(options.cache_dir, "cache folder", private=True)
-    if options.report_path is not None:
-        if options.report_path.is_dir():
-            raise ConfigError(f"report {options.report_path}: it is a folder, not a file")
-        usable_folder(options.report_path.parent, f"report {options.report_path}: its folder")
+    usable_folder(options.cache_dir, f"cache folder {options.cache_dir}", private=True)
+    report = options.report_path
+    if report is not None:
+        if report.is_dir():
+            raise ConfigError(f"report {report}: it is a folder, not a file")
+        usable_folder(report.parent, f"report {report}")
     if log_file and options.log_file is not None:
-        usable_folder(options.log_file.parent, f"log file {options.log_file}: its folder")
+        usable_folder(options.log_file.parent, f"log file {options.log_file}")
         try:
             with open(options.log_file, "ab"):
                 pass
@@ -140,30 +141,33 @@ def check_paths(options: MountOptions, *, log_file: bool) -> None:
             raise ConfigError(f"log file {options.log_file}: cannot write it: {exc.strerror}") from None
 
 
-def usable_folder(path: Path, what: str, *, private: bool = False) -> None:
-    """Create ``path`` if needed and create (and remove) a file in it: permissions, a read-only file system
-    or a file in the way all show here."""
+def usable_folder(folder: Path, what: str, *, private: bool = False) -> None:
+    """Create ``folder`` if needed and create (and remove) a file in it: permissions, a read-only file
+    system or a file in the way all show here, as ``what: cause``."""
     try:
         if private:
-            make_private_dir(path)
+            make_private_dir(folder)
         else:
-            path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".mixvfs-probe-", dir=path)
+            folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".mixvfs-probe-", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ConfigError(f"{what} {path}: {why_unusable(path, exc)}") from None
+        raise ConfigError(f"{what}: {why_unusable(folder, exc, named=what.endswith(str(folder)))}") from None
 
 
-def why_unusable(path: Path, exc: OSError) -> str:
-    if isinstance(exc, FileExistsError) or (path.exists() and not path.is_dir()):
-        return "it is a file, not a folder"
+def why_unusable(folder: Path, exc: OSError, *, named: bool) -> str:
+    """The cause, naming ``folder`` unless the message already does."""
+    if isinstance(exc, FileExistsError) or (folder.exists() and not folder.is_dir()):
+        return "it is a file, not a folder" if named else f"{folder} is a file, not a folder"
     if isinstance(exc, NotADirectoryError):
-        for parent in path.parents:
+        for parent in folder.parents:
             if parent.exists() and not parent.is_dir():
                 return f"{parent} is a file, not a folder"
-    where = "" if exc.filename in (None, str(path)) else f" ({exc.filename})"
-    return f"cannot create files in it: {exc.strerror or exc}{where}"
+    where = "it" if named else str(folder)
+    if not folder.is_dir():
+        return f"cannot create {where}: {exc.strerror or exc}"
+    return f"cannot create files in {where}: {exc.strerror or exc}"
 
 
 def check_libfuse() -> None:
