@@ -233,7 +233,10 @@ class ReadyChannel:
         self._lock = threading.Lock()
         self.sent: dict[str, object] | None = None
         if fd is not None:
-            os.set_inheritable(fd, False)  # token commands and fusermount need not hold the parent waiting
+            # Not inherited by fusermount (forked by libfuse) or a token command: a child still holding the
+            # write end would keep `mixvfs mount` waiting after this daemon died.
+            with contextlib.suppress(OSError):  # a bad number shows when sending, as a logged warning
+                os.set_inheritable(fd, False)
 
     @property
     def live(self) -> bool:
