@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import os
 import re
 import shlex
+import signal
 import stat
 import subprocess
 import threading
@@ -43,6 +45,7 @@ CHUNK = 1 << 20
 # ~2.5x (measured: BENCHMARKS.md, "download path"). READ_NUM_BYTES is httpcore's per-connection read size.
 if isinstance(getattr(httpcore.HTTP11Connection, "READ_NUM_BYTES", None), int):
     httpcore.HTTP11Connection.READ_NUM_BYTES = CHUNK
+TOKEN_COMMAND_TIMEOUT = 30.0  # seconds; a password manager waiting for an unlock may need the user
 ERROR_BODY_TYPES = frozenset({"text/html", "text/plain", "application/json", "application/xml", "text/xml"})
 
 
@@ -59,10 +62,12 @@ class TokenSource:
     The token is never logged and never part of an exception text.
     """
 
-    def __init__(self, *, value: str | None = None, file: Path | None = None, command: str | None = None) -> None:
+    def __init__(self, *, value: str | None = None, file: Path | None = None, command: str | None = None,
+                 timeout: float = TOKEN_COMMAND_TIMEOUT) -> None:
         self._value = value
         self._file = file
         self._command = command
+        self._timeout = timeout
         self._lock = threading.Lock()
         self.generation = 0
         self.refreshes = 0
@@ -88,8 +93,13 @@ class TokenSource:
             return self._token
 
     def _obtain(self) -> str | None:
+        # An empty token is an error here, where its cause is known: sent as no token at all, it would come
+        # back as a puzzling "token rejected (401)".
         if self._command is not None:
-            return header_safe(run_token_command(self._command), "the token command's output")
+            token = header_safe(run_token_command(self._command, self._timeout), "the token command's output")
+            if token is None:
+                raise AuthRejected(f"the token command printed no token ({command_preview(self._command)})", 401)
+            return token
         if self._file is not None:
             try:
                 text = self._file.read_text()
@@ -97,7 +107,10 @@ class TokenSource:
                 # AuthRejected (a track failure), not ConfigError: this also runs on a refresh mid-export.
                 raise AuthRejected(f"cannot read token file {self._file}: {getattr(exc, 'strerror', None) or exc}",
                                    401) from None
-            return header_safe(text, f"token file {self._file}")
+            token = header_safe(text, f"token file {self._file}")
+            if token is None:
+                raise AuthRejected(f"the token file {self._file} holds no token (it is empty)", 401)
+            return token
         return header_safe(self._value, "MIXVFS_TOKEN")
 
 
@@ -115,14 +128,74 @@ def header_safe(raw: str | None, origin: str) -> str | None:
     return token
 
 
-def run_token_command(command: str) -> str:
+def run_token_command(command: str, timeout: float = TOKEN_COMMAND_TIMEOUT) -> str:
+    """The command's standard output. It runs in a session of its own, so that on a timeout the whole
+    process group goes (a shell's children too, not only the shell). Errors name the program, never its
+    arguments (they may hold secrets)."""
+    name = command_preview(command)
     try:
-        done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=30, check=False)
+        process = subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+    except OSError as exc:
+        raise AuthRejected(f"cannot run the token command {name}: {exc.strerror}", 401) from None
+    try:
+        out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise AuthRejected("the token command did not finish within 30 s", 401) from None
-    if done.returncode != 0:
-        raise AuthRejected(f"the token command failed with exit status {done.returncode}", 401)
-    return done.stdout
+        stop_process_group(process)
+        raise AuthRejected(f"the token command {name} did not finish within {timeout:g} s "
+                           "(stopped, with every process it started)", 401) from None
+    if process.returncode == 127:  # the shell's "command not found"
+        program = missing_program(err, command) or name
+        raise AuthRejected(f"the token command failed: command not found: {program}", 401)
+    if process.returncode != 0:
+        raise AuthRejected(f"the token command {name} failed with exit status {process.returncode}", 401)
+    return out
+
+
+def stop_process_group(process: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    try:
+        process.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        # A child that left the group (setsid) still holds the pipes: stop waiting for them.
+        process.kill()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+        process.wait()
+
+
+NOT_FOUND = re.compile(r"([^\s:]+): (?:command )?not found\s*$", re.MULTILINE)
+
+
+def missing_program(stderr: str, command: str) -> str | None:
+    """The program the shell could not find, from its message (``sh: 1: NAME: not found``, bash's
+    ``NAME: command not found``) — only if it is a program word of the command (in a pipeline it need
+    not be the first), never an argument, which may be a secret."""
+    programs = program_words(command)
+    for match in NOT_FOUND.finditer(stderr or ""):
+        if match.group(1) in programs:
+            return match.group(1)
+    return None
+
+
+def program_words(command: str) -> set[str]:
+    """The words in command position: the first of the command and the first after each | ; & && ||."""
+    try:
+        lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        tokens = list(lexer)
+    except ValueError:
+        return set()
+    words, expecting = set(), True
+    for token in tokens:
+        if token and set(token) <= set("|;&()"):
+            expecting = True
+        elif expecting and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", token):  # skip VAR=value prefixes
+            words.add(token)
+            expecting = False
+    return words
 
 
 def warn_if_shared(path: Path) -> None:
@@ -373,6 +446,13 @@ def check_status(response: httpx.Response, url: str) -> None:
         return
     what = f"HTTP {status} {response.reason_phrase}".strip()
     if status in (401, 403):
+        final = str(response.url)
+        if origin_of(final) != origin_of(url):
+            # Redirected to another origin (a CDN), which never sees our token: what it refuses is the
+            # URL it was given, typically a signed URL that has expired. Not a token problem.
+            host = urlsplit(final).netloc.rpartition("@")[2]
+            raise PermanentHttpError(f"the CDN host {host} refused the request ({what}): "
+                                     "a signed URL may have expired", status)
         raise AuthRejected(f"token rejected by the server ({what})", status)
     if status == 429 or status >= 500:
         raise ServerBusy(f"the server answered {what}", status)

@@ -3,7 +3,7 @@
 Exit codes (every command):
   0  ok
   1  the command ran and something failed (a track failed in the report, unmount refused, ...)
-  2  bad input: manifest, flags, config file, mountpoint
+  2  bad input: manifest, flags, config file, mountpoint (missing, not empty), unusable cache/report/log path
   3  preflight: the export will fail (a track is missing/unauthorized, not enough disk space)
   4  preflight: could not check (the server is unreachable or answered 5xx)
 """
@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--log-file", type=Path, help="daemon log (default: <cache>/logs/mixvfs.log)")
     m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     m.add_argument("--foreground", action="store_true", help="stay attached instead of running in the background")
+    m.add_argument("--allow-non-empty", action="store_true",
+                   help="mount over a folder that holds files (hidden until the unmount); refused otherwise")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
     u = sub.add_parser("unmount", help="unmount; waits for the daemon's final report", epilog=UNMOUNT_EXAMPLES,
@@ -166,6 +168,7 @@ def mount_options(args: argparse.Namespace) -> mount.MountOptions:
         token_command=None,
         tokens=settings.token_source,
         default_server=settings.server,
+        allow_non_empty=args.allow_non_empty,
     )
 
 
@@ -174,8 +177,10 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
     if args.foreground:
         setup_logging(options.log_file if args.ready_fd is not None else None, args.log_level)
         return mount.serve(options, args.ready_fd)
-    load_manifest(options.session_path, default_server=options.default_server)  # fail fast, in the terminal
-    mount.check_mountpoint(options.mountpoint)
+    # Fail fast, in the terminal, with one line: the daemon's own errors would only say "exited with status 1".
+    load_manifest(options.session_path, default_server=options.default_server)
+    mount.check_mountpoint(options.mountpoint, allow_non_empty=options.allow_non_empty)
+    mount.check_paths(options, log_file=True)
     mount.check_libfuse()
     assert options.log_file is not None
     message = mount.start_daemon(argv, options.log_file)

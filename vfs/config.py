@@ -6,6 +6,7 @@ Every key is optional; unknown keys are an error (a typo must not be ignored sil
 
     server = "https://music.example.com"   # for manifests without a "server" (the manifest's own wins)
     token_command = "security find-generic-password -w -s chad"   # or token_file = "~/.config/mixvfs/token"
+    token_timeout = "30s"                  # a token command running longer is stopped, with its children
     cache_dir = "~/Library/Caches/mixvfs"
     max_size = "20G"
     max_age = "30d"
@@ -32,7 +33,7 @@ from typing import Any
 import platformdirs
 
 from cache.errors import ConfigError
-from cache.http import TokenSource, command_preview
+from cache.http import TOKEN_COMMAND_TIMEOUT, TokenSource, command_preview
 from cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, resolve_cache_dir
 from cache.units import format_size, parse_duration, parse_size
 
@@ -99,6 +100,8 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("server", "MIXVFS_SERVER", None, _server, "server for manifests that name none"),
     Spec("token_command", "MIXVFS_TOKEN_COMMAND", None, _text, "command printing the bearer token (run again on 401)",
          _command_shown),
+    Spec("token_timeout", "MIXVFS_TOKEN_TIMEOUT", TOKEN_COMMAND_TIMEOUT, parse_duration,
+         "stop a token command (and every process it started) running longer (30s)", _seconds),
     Spec("token_file", "MIXVFS_TOKEN_FILE", None, _path, "file holding the bearer token (re-read on 401)"),
     Spec("cache_dir", "MIXVFS_CACHE_DIR", None, _path, "cache folder (default: the user cache folder)"),
     Spec("max_size", "MIXVFS_MAX_SIZE", DEFAULT_MAX_SIZE, parse_size, "cache size limit, LRU eviction (10G)",
@@ -113,10 +116,10 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
 
 # What each command takes (the rest of its flags are its own).
 MOUNT_SETTINGS = tuple(SPECS)
-PREFLIGHT_SETTINGS = ("server", "token_command", "token_file", "cache_dir", "max_size", "max_age", "jobs",
-                      "stall_timeout")
+PREFLIGHT_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "cache_dir", "max_size", "max_age",
+                      "jobs", "stall_timeout")
 CACHE_SETTINGS = ("cache_dir", "max_size", "max_age")
-WARM_SETTINGS = ("server", "token_command", "token_file", "jobs", "stall_timeout")
+WARM_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "jobs", "stall_timeout")
 
 
 DEFAULT, FILE, ENV, FLAG = range(4)  # the layers, lowest first
@@ -215,7 +218,9 @@ class Settings:
         candidates: list[tuple[int, int, Callable[[], TokenSource]]] = []
         command, file = self.resolved.get("token_command"), self.resolved.get("token_file")
         if command is not None and command.value:
-            candidates.append((command.layer, 2, lambda: TokenSource(command=command.value)))
+            timeout = self.resolved.get("token_timeout")
+            seconds = TOKEN_COMMAND_TIMEOUT if timeout is None else float(timeout.value)
+            candidates.append((command.layer, 2, lambda: TokenSource(command=command.value, timeout=seconds)))
         if file is not None and file.value:
             self.check_token_file()
             path: Path = file.value

@@ -10,14 +10,19 @@ import logging
 import os
 import select
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
-from cache.errors import ConfigError, MixvfsError
+from cache.errors import CacheError, ConfigError, MixvfsError
 from cache.fetch import Fetcher, RetryPolicy
 from cache.http import HttpClient, TokenSource, origin_of, warn_if_insecure
 from cache.index import SourceIndex
@@ -54,6 +59,7 @@ class MountOptions:
     attr_timeout: float = 1.0  # keep <= 1 s: live reloads must show within 2 s through the kernel's caches
     tokens: Callable[[], TokenSource | None] | None = None  # from vfs.config; else token_file/command/env
     default_server: str | None = None  # for manifests that name no server (from the config)
+    allow_non_empty: bool = False  # mount over a folder that holds files (they are hidden while mounted)
 
 
 # -- the mountpoint -------------------------------------------------------------------------------------
@@ -91,7 +97,7 @@ def clear_stale(mountpoint: Path) -> None:
     log.warning("cleared a stale mount at %s", mountpoint)
 
 
-def check_mountpoint(mountpoint: Path) -> None:
+def check_mountpoint(mountpoint: Path, *, allow_non_empty: bool = False) -> None:
     if is_stale(mountpoint):
         clear_stale(mountpoint)
     if not mountpoint.exists():
@@ -100,6 +106,68 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise ConfigError(f"mountpoint {mountpoint} is not a folder")
     if os.path.ismount(mountpoint):
         raise ConfigError(f"mountpoint {mountpoint} is already mounted (mixvfs unmount {mountpoint})")
+    if not allow_non_empty and holds_files(mountpoint):
+        # libfuse 3 mounts over files without a word: they would vanish from view until the unmount.
+        raise ConfigError(f"mountpoint {mountpoint} is not empty: mounting would hide its files "
+                          "(use an empty folder, or --allow-non-empty)")
+
+
+def holds_files(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is not None
+    except OSError as exc:
+        raise ConfigError(f"mountpoint {folder}: cannot list it: {exc.strerror}") from None
+
+
+# -- the folders we write to ------------------------------------------------------------------------------
+
+
+def check_paths(options: MountOptions, *, log_file: bool) -> None:
+    """Prove, before anything is mounted, that the cache folder, the report's folder and (for a background
+    mount) the log file are usable: one line naming the path and the cause, not a traceback in the daemon."""
+    usable_folder(options.cache_dir, f"cache folder {options.cache_dir}", private=True)
+    report = options.report_path
+    if report is not None:
+        if report.is_dir():
+            raise ConfigError(f"report {report}: it is a folder, not a file")
+        usable_folder(report.parent, f"report {report}")
+    if log_file and options.log_file is not None:
+        usable_folder(options.log_file.parent, f"log file {options.log_file}")
+        try:
+            with open(options.log_file, "ab"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"log file {options.log_file}: cannot write it: {exc.strerror}") from None
+
+
+def usable_folder(folder: Path, what: str, *, private: bool = False) -> None:
+    """Create ``folder`` if needed and create (and remove) a file in it: permissions, a read-only file
+    system or a file in the way all show here, as ``what: cause``."""
+    try:
+        if private:
+            make_private_dir(folder)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".mixvfs-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{what}: {why_unusable(folder, exc, named=what.endswith(str(folder)))}") from None
+
+
+def why_unusable(folder: Path, exc: OSError, *, named: bool) -> str:
+    """The cause, naming ``folder`` unless the message already does."""
+    if isinstance(exc, FileExistsError) or (folder.exists() and not folder.is_dir()):
+        return "it is a file, not a folder" if named else f"{folder} is a file, not a folder"
+    if isinstance(exc, NotADirectoryError):
+        for parent in folder.parents:
+            if parent.exists() and not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+    where = "it" if named else str(folder)
+    if not folder.is_dir():
+        return f"cannot create {where}: {exc.strerror or exc}"
+    return f"cannot create files in {where}: {exc.strerror or exc}"
 
 
 def check_libfuse() -> None:
@@ -114,17 +182,19 @@ def check_libfuse() -> None:
 
 def start_daemon(argv: list[str], log_file: Path) -> dict[str, object]:
     """Run ``mixvfs mount ... --foreground`` detached and wait until it says the folder is live."""
-    read_end, write_end = os.pipe()
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log_handle:
-        child = subprocess.Popen(
-            # -P: do not put the working directory on sys.path, where a folder named `cache` or `vfs` would
-            # shadow our packages (the cwd must stay: argv may hold relative paths).
-            [sys.executable, "-P", "-m", "vfs.cli", *argv, "--foreground", "--ready-fd", str(write_end)],
-            stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle,
-            pass_fds=(write_end,), start_new_session=True,
-        )
-    os.close(write_end)
+    read_end, write_end = os.pipe()
+    try:
+        with open(log_file, "ab") as log_handle:
+            child = subprocess.Popen(
+                # -P: do not put the working directory on sys.path, where a folder named `cache` or `vfs`
+                # would shadow our packages (the cwd must stay: argv may hold relative paths).
+                [sys.executable, "-P", "-m", "vfs.cli", *argv, "--foreground", "--ready-fd", str(write_end)],
+                stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle,
+                pass_fds=(write_end,), start_new_session=True,
+            )
+    finally:
+        os.close(write_end)  # the daemon has its copy: ours must go, or the pipe never reports its death
     try:
         message = _read_ready(read_end, child)
     finally:
@@ -153,42 +223,134 @@ def _read_ready(fd: int, child: subprocess.Popen[bytes]) -> dict[str, object]:
     return {"error": f"the mount daemon exited with status {child.returncode} before the folder was live"}
 
 
+class ReadyChannel:
+    """The pipe to the ``mixvfs mount`` waiting in the terminal: one message ("ok" or an error), then
+    closed for good. Once closed, its number belongs to whatever the daemon opens next (the index
+    database, a staging file, a socket), so the channel forgets it: a later ``send`` writes nothing."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self.sent: dict[str, object] | None = None
+        if fd is not None:
+            # Not inherited by fusermount (forked by libfuse) or a token command: a child still holding the
+            # write end would keep `mixvfs mount` waiting after this daemon died.
+            with contextlib.suppress(OSError):  # a bad number shows when sending, as a logged warning
+                os.set_inheritable(fd, False)
+
+    @property
+    def live(self) -> bool:
+        """The folder was reported live: from here on, the end of the FUSE loop is an unmount."""
+        return self.sent is not None and "ok" in self.sent
+
+    def send(self, message: dict[str, object]) -> bool:
+        """Write ``message`` and close, once; False (and nothing written) if it was already sent."""
+        with self._lock:
+            if self.sent is not None:
+                return False
+            self.sent = message
+            fd, self._fd = self._fd, None
+        if fd is None:
+            return True  # --foreground without a waiting parent: nothing to tell
+        data = (json.dumps(message) + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError as exc:
+            log.warning("could not tell the waiting mixvfs mount: %s", exc.strerror)
+        finally:
+            os.close(fd)
+        return True
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Stopped(BaseException):
+    """A stop signal arrived outside the FUSE loop (a BaseException, like KeyboardInterrupt): while the
+    session opens, a clean "nothing was mounted"."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_now(signum: int, _frame: FrameType | None) -> None:
+    raise Stopped(signum)
+
+
+def _finishing(signum: int, _frame: FrameType | None) -> None:
+    log.info("%s while finishing: the final report is being written", signal.Signals(signum).name)
+
+
+def _set_handlers(handler: Callable[[int, FrameType | None], None] | int) -> None:
+    for signum in STOP_SIGNALS:
+        with contextlib.suppress(ValueError, OSError):  # not the main thread (tests calling serve directly)
+            if signal.getsignal(signum) != signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+                signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def stop_signals_for_libfuse() -> Iterator[None]:
+    """While the FUSE loop runs, libfuse's own handlers take SIGTERM/SIGINT/SIGHUP (it installs them only
+    over SIG_DFL): they end the loop and unmount. Python handlers could not run then, the main thread
+    being inside fuse_main. Afterwards a further signal must not cut the final report short."""
+    _set_handlers(signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        _set_handlers(_finishing)
+
+
 def serve(options: MountOptions, ready_fd: int | None) -> int:
-    """The daemon: open the cache, learn the tracks, mount, serve until unmounted, write the final report."""
-
-    def tell(message: dict[str, object]) -> None:
-        if ready_fd is not None:
-            with contextlib.suppress(OSError):
-                os.write(ready_fd, (json.dumps(message) + "\n").encode())
-                os.close(ready_fd)
-
+    """The daemon: open the cache, learn the tracks, mount, serve until unmounted (or stopped by
+    SIGTERM/SIGINT/SIGHUP, which is an unmount too), write the final report."""
+    ready = ReadyChannel(ready_fd)
+    _set_handlers(_stop_now)
     try:
         session = load_manifest(options.session_path, default_server=options.default_server)
-        check_mountpoint(options.mountpoint)
+        check_mountpoint(options.mountpoint, allow_non_empty=options.allow_non_empty)
+        check_paths(options, log_file=False)
         check_libfuse()
         core, report, closers = open_session(session, options)
     except MixvfsError as exc:
-        tell({"error": str(exc)})
+        ready.send({"error": str(exc)})
         log.error("%s", exc)
         return 2
+    except (Stopped, KeyboardInterrupt) as exc:
+        stopped(ready, exc)
+        return 0
+    return serve_mounted(options, ready, session, core, report, closers)
 
+
+def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, core: SessionFS, report: Report,
+                  closers: list[Callable[[], None]]) -> int:
     from vfs import fuse_ops
 
     root_xattrs = {"pid": str(os.getpid()), "report": str(report.path), "session": session.name}
 
     def on_ready() -> None:
-        tell({"ok": True, "report": str(report.path), "pid": os.getpid()})
+        ready.send({"ok": True, "report": str(report.path), "pid": os.getpid()})
         core.start_prefetch()
 
-    ops = fuse_ops.MixOps(core, on_ready=on_ready, root_xattrs=root_xattrs)
-    log.info("mounting %s (%d tracks) at %s", session.name, len(core.tracks), options.mountpoint)
     status = 0
     try:
-        fuse_ops.run(ops, str(options.mountpoint), threads=options.threads, attr_timeout=options.attr_timeout)
+        ops = fuse_ops.MixOps(core, on_ready=on_ready, root_xattrs=root_xattrs)
+        log.info("mounting %s (%d tracks) at %s", session.name, len(core.tracks), options.mountpoint)
+        with stop_signals_for_libfuse():
+            fuse_ops.run(ops, str(options.mountpoint), threads=options.threads, attr_timeout=options.attr_timeout)
     except RuntimeError as exc:
-        tell({"error": f"libfuse could not mount {options.mountpoint} ({exc}); see {options.log_file}"})
-        status = 1
+        if ready.live:
+            # libfuse 3 answers a loop ended by SIGTERM/SIGINT/SIGHUP with a non-zero status (mfusepy raises
+            # it): it has unmounted the folder, which is what the signal asked for.
+            log.info("stop signal: the FUSE loop ended (libfuse status %s) and the folder is unmounted", exc)
+        else:
+            ready.send({"error": f"libfuse could not mount {options.mountpoint} ({exc}); see {options.log_file}"})
+            status = 1
+    except (Stopped, KeyboardInterrupt) as exc:  # a signal just before or just after the FUSE loop
+        stopped(ready, exc)
     finally:
+        _set_handlers(_finishing)  # from here a signal must not cut the final report short
         core.close()
         report.close(finished=True)
         for close in closers:
@@ -197,12 +359,21 @@ def serve(options: MountOptions, ready_fd: int | None) -> int:
     return status
 
 
+def stopped(ready: ReadyChannel, exc: BaseException) -> None:
+    name = exc.args[0] if isinstance(exc, Stopped) else "SIGINT"
+    if ready.send({"error": f"stopped by {name} before the folder was live; nothing was mounted"}):
+        log.info("stopped by %s before the folder was live", name)
+
+
 def open_session(
     session: Session, options: MountOptions
 ) -> tuple[SessionFS, Report, list[Callable[[], None]]]:
-    make_private_dir(options.cache_dir)
-    store = BlobStore(options.cache_dir, max_size=options.max_size, max_age=options.max_age)
-    index = SourceIndex(options.cache_dir)
+    try:
+        make_private_dir(options.cache_dir)
+        store = BlobStore(options.cache_dir, max_size=options.max_size, max_age=options.max_age)
+        index = SourceIndex(options.cache_dir)
+    except (OSError, sqlite3.Error) as exc:  # e.g. "file is not a database": one line, not a traceback
+        raise CacheError(f"cache folder {options.cache_dir}: cannot open it: {exc}") from None
     for path in store.clean_stale_staging():
         log.info("removed a dead download's leftover %s", path.name)
     store.prune()
@@ -215,7 +386,10 @@ def open_session(
     fetcher = Fetcher(store, index, http, jobs=options.jobs, policy=options.policy)
     tracks = build_tracks(session, http=http, index=index, jobs=options.jobs)
     report_path = options.report_path or default_report_path(options.cache_dir, session)
-    report = Report(report_path, session=session.name, mountpoint=str(options.mountpoint), records=[])
+    try:
+        report = Report(report_path, session=session.name, mountpoint=str(options.mountpoint), records=[])
+    except OSError as exc:
+        raise ConfigError(f"report {report_path}: cannot write it: {exc.strerror or exc}") from None
     core = SessionFS(tracks, fetcher, report, retry_after=options.retry_after, prefetch=options.prefetch,
                      mtime=session.mtime)
     report.replace_records(core.initial_records())

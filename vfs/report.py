@@ -1,13 +1,18 @@
 """The per-track report: JSON, mode 0600, rewritten atomically (temp + rename) as events happen, so it can
-be read in the middle of an export. Failures are written at once while the report is small (a few ms to
-write); other events, and everything in very large sessions, are batched so that writing takes at most
-about a tenth of the time (a 10 000-track session would otherwise rewrite megabytes per event and starve
-the threads serving the mount)."""
+be read in the middle of an export.
+
+A failure is on disk before the reader sees its EIO, whatever the size of the report: an urgent update
+returns only once the file holds the track's status and error. To keep failure storms cheap, only a
+change of status or error text is written at once (a repeated identical failure rewrites nothing), and
+concurrent urgent updates share one write (whoever writes takes every change made so far). Every other
+event is batched so that writing takes at most about a tenth of the time (a 10 000-track session would
+otherwise rewrite megabytes per event and starve the threads serving the mount)."""
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import threading
 import time
@@ -18,8 +23,9 @@ from typing import Any
 
 from cache.units import format_size
 
+log = logging.getLogger(__name__)
+
 FLUSH_INTERVAL = 0.2
-URGENT_WRITE_MAX = 0.005  # seconds: reports that write faster than this are rewritten at once on failure
 
 
 @dataclass
@@ -46,11 +52,15 @@ class Report:
         self._records = {r.id: r for r in records}
         self._order = [r.id for r in records]
         self._lock = threading.Lock()
-        # Snapshot and rename under one lock: else a batched write holding an older snapshot can land
-        # after an urgent one and put a failed track back to "fetching".
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one writer at a time (see _write_locked)
         self._dirty = threading.Event()
         self._last_write_seconds = 0.0
+        # Versions: every change to a record bumps ``_version``; ``_written`` is the version the file holds;
+        # ``_shown_at[id]`` is when the track's status or error last changed (what an urgent update must
+        # see on disk before it returns).
+        self._version = 0
+        self._written = 0
+        self._shown_at: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._flusher, name="report", daemon=True)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,48 +76,81 @@ class Report:
             return track_id in self._records
 
     def update(self, track_id: str, *, urgent: bool = False, **fields: Any) -> None:
+        """Change a track's record. ``urgent`` (a failure): return only once the file on disk shows the
+        record's status and error — the reader's EIO comes after this returns."""
         with self._lock:
             record = self._records.get(track_id)
             if record is None:
                 return  # a track removed from the session by a live reload; its download may still finish
-            for key, value in fields.items():
-                setattr(record, key, value)
-        if urgent and self._last_write_seconds < URGENT_WRITE_MAX:
-            self.write()  # a failure is on disk before the reader sees its EIO
-        else:
-            self._dirty.set()  # big reports (10 000 tracks): batched, or a failure storm would stall the mount
+            shown = (record.status, record.error)
+            if any(getattr(record, key) != value for key, value in fields.items()):
+                for key, value in fields.items():
+                    setattr(record, key, value)
+                self._version += 1
+                if (record.status, record.error) != shown:
+                    self._shown_at[track_id] = self._version
+            needed = self._shown_at.get(track_id, 0)
+        if urgent:
+            self._write_through(needed)
+        if self._version > self._written:
+            self._dirty.set()  # the rest (attempts, other tracks' progress) goes with the next batch
+
+    def _write_through(self, needed: int) -> None:
+        """Return once the file holds version ``needed``: at once if a write already did (a repeated
+        identical failure), else after our write — or after another thread's, if it took our change."""
+        if self._written >= needed:
+            return
+        try:
+            with self._write_lock:
+                if self._written < needed:
+                    self._write_locked()
+        except OSError as exc:  # a full disk must not turn the reader's EIO into another errno
+            log.error("cannot write the report %s: %s", self.path, exc.strerror or exc)
 
     def replace_records(self, records: list[TrackRecord]) -> None:
         """A new track list (the manifest changed while mounted)."""
         with self._lock:
             self._records = {r.id: r for r in records}
             self._order = [r.id for r in records]
+            self._version += 1
+            self._shown_at = {}
         self.write()
 
     def snapshot(self) -> dict[str, Any]:
+        return self._snapshot()[0]
+
+    def _snapshot(self) -> tuple[dict[str, Any], int]:
         with self._lock:
             # Shallow copies (the fields are plain values): asdict's deep copy costs 10x on big sessions.
-            return {**self._header, "tracks": [dict(vars(self._records[i])) for i in self._order]}
+            tracks = [dict(vars(self._records[i])) for i in self._order]
+            return {**self._header, "tracks": tracks}, self._version
 
     def write(self, **extra: Any) -> None:
-        started = time.monotonic()
-        self._write(**extra)
-        self._last_write_seconds = time.monotonic() - started
-
-    def _write(self, **extra: Any) -> None:
         with self._write_lock:
-            doc = {**self.snapshot(), **extra}
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                json.dump(doc, handle, ensure_ascii=False)
-            os.replace(tmp, self.path)
+            self._write_locked(**extra)
+
+    def _write_locked(self, **extra: Any) -> None:
+        # Snapshot and rename under one lock: else a batched write holding an older snapshot could land
+        # after an urgent one and put a failed track back to "fetching".
+        started = time.monotonic()
+        snapshot, version = self._snapshot()
+        doc = {**snapshot, **extra}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(doc, handle, ensure_ascii=False)
+        os.replace(tmp, self.path)
+        self._written = version
+        self._last_write_seconds = time.monotonic() - started
 
     def close(self, **extra: Any) -> None:
         self._stop.set()
         self._dirty.set()
         self._thread.join(timeout=5)
-        self.write(**extra)
+        try:
+            self.write(**extra)
+        except OSError as exc:  # the caller still has a cache to close
+            log.error("cannot write the final report %s: %s", self.path, exc.strerror or exc)
 
     def _flusher(self) -> None:
         while not self._stop.is_set():
@@ -118,7 +161,10 @@ class Report:
             # 10 000-track session's report never starves the threads that serve the mount.
             time.sleep(max(FLUSH_INTERVAL, 10 * self._last_write_seconds))
             self._dirty.clear()
-            self.write()
+            try:
+                self.write()
+            except OSError as exc:  # e.g. a full disk: try again with the next batch, never stop flushing
+                log.warning("cannot write the report %s: %s", self.path, exc.strerror or exc)
 
 
 def load_report(path: Path) -> dict[str, Any]:

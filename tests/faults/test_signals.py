@@ -1,0 +1,214 @@
+"""Stop signals (logout, `systemctl stop`, Ctrl-C on `--foreground`) never damage the cache.
+
+SIGTERM, SIGINT or SIGHUP at any moment — idle, after a cloud track was read, with a download in flight —
+is a clean unmount: the daemon exits 0, the folder is unmounted, the final report is written, `cachectl
+verify` passes, and the next mount serves the cached track without a request to the server.
+
+The daemon of a background mount is not our child; this process becomes a child subreaper so the daemon is
+re-parented to it once `mixvfs mount` returns, and the test reads the daemon's real exit status."""
+
+from __future__ import annotations
+
+import ctypes
+import filecmp
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import CACHECTL, MIXVFS, Mount, require_fuse, run, write_session
+from tests.faults.helpers import cachectl, cloud_track, cp, name_of, stream_path, wait_until
+from tools.devserver import DevServer
+
+PR_SET_CHILD_SUBREAPER = 36
+SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+HANG_GUARD = 60.0  # only against a hang: a clean stop takes well under a second here
+
+
+class Reaper:
+    """Collects the exit status of daemons re-parented to this process."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+
+    def exit_status(self, pid: int, timeout: float = HANG_GUARD) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                self.pids.remove(pid)
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.02)
+        raise AssertionError(f"daemon {pid} still running {timeout:g} s after the signal")
+
+    def reap_rest(self) -> None:
+        for pid in list(self.pids):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done == pid:
+                self.pids.remove(pid)
+
+
+@pytest.fixture
+def reaper() -> Iterator[Reaper]:
+    require_fuse()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+    reaper = Reaper()
+    yield reaper
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+    reaper.reap_rest()  # daemons unmounted by the mounter's teardown (it runs before this one)
+
+
+def daemon_pid(mount: Mount, reaper: Reaper) -> int:
+    pid = int(os.getxattr(mount.path, "user.mixvfs.pid"))
+    reaper.pids.append(pid)
+    return pid
+
+
+def mounted(path: Path) -> bool:
+    return any(line.split()[1] == str(path) for line in Path("/proc/mounts").read_text().splitlines())
+
+
+def assert_cache_intact(cache_dir: Path) -> None:
+    verified = cachectl(cache_dir, "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "0 corrupt" in verified.stdout
+    assert cachectl(cache_dir, "stats").returncode == 0
+    for path in cache_dir.rglob("*"):  # the old bug wrote the daemon's "ready" message into the index database
+        if path.is_file():
+            assert b"libfuse could not mount" not in path.read_bytes(), path
+
+
+def assert_next_mount_serves_from_cache(mounter: Callable[..., Mount], session: Path, cache_dir: Path,
+                                        server: DevServer, server_root: Path, out: Path) -> None:
+    gets = len(server.requests("GET", stream_path("a")))
+    again = mounter(session, "--no-prefetch", cache_dir=cache_dir)
+    done = cp(again.path / name_of("a"), out)
+    assert done.returncode == 0, done.stderr
+    assert filecmp.cmp(out, server_root / "stream" / "a.wav", shallow=False)
+    assert len(server.requests("GET", stream_path("a"))) == gets  # served from the cache: no request
+    assert again.track("a")["status"] == "cached"
+    assert not list((cache_dir / "staging").glob("*.part"))  # nothing left of a cancelled download
+    again.unmount()
+
+
+def stop_and_check(mount: Mount, pid: int, signum: int, reaper: Reaper) -> dict[str, Any]:
+    os.kill(pid, signum)
+    assert reaper.exit_status(pid) == 0  # a stop signal is a clean unmount, not "could not mount"
+    mount.mounted = False
+    assert not mounted(mount.path)
+    report = mount.report()
+    assert report.get("finished") is True
+    log = mount.log()
+    assert "could not mount" not in log and "Traceback" not in log, log
+    return report
+
+
+def session_with(tmp_path: Path, server_root: Path, server: DevServer, *, slow: bool = False) -> Path:
+    tracks = [cloud_track(server_root, "a", 200_000, seed=1)]
+    if slow:
+        tracks.append(cloud_track(server_root, "slow", 16_000_000, seed=2))
+    return write_session(tmp_path / "s.json", tracks, server=server.url)
+
+
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_stop_signal_while_idle_is_a_clean_unmount(signum, reaper, tmp_path, server_root, devserver, mounter):
+    session = session_with(tmp_path, server_root, devserver)
+    cache_dir = tmp_path / "cache"
+    warmed = run([CACHECTL, "--cache-dir", str(cache_dir), "warm", str(session)])
+    assert warmed.returncode == 0, warmed.stdout + warmed.stderr
+    mount = mounter(session, "--no-prefetch", cache_dir=cache_dir)
+    pid = daemon_pid(mount, reaper)
+    assert os.listdir(mount.path) == [name_of("a")]
+    report = stop_and_check(mount, pid, signum, reaper)
+    assert [t["status"] for t in report["tracks"]] == ["cached"]
+    assert_cache_intact(cache_dir)
+    assert_next_mount_serves_from_cache(mounter, session, cache_dir, devserver, server_root, tmp_path / "out.wav")
+
+
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_stop_signal_after_a_cloud_track_was_read_is_a_clean_unmount(signum, reaper, tmp_path, server_root,
+                                                                     devserver, mounter):
+    session = session_with(tmp_path, server_root, devserver)
+    mount = mounter(session, "--no-prefetch")
+    pid = daemon_pid(mount, reaper)
+    done = cp(mount.path / name_of("a"), tmp_path / "first.wav")
+    assert done.returncode == 0, done.stderr
+    report = stop_and_check(mount, pid, signum, reaper)
+    assert [t["status"] for t in report["tracks"]] == ["cached"]
+    assert_cache_intact(mount.cache_dir)
+    assert_next_mount_serves_from_cache(mounter, session, mount.cache_dir, devserver, server_root,
+                                        tmp_path / "out.wav")
+
+
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_stop_signal_mid_download_is_a_clean_unmount(signum, reaper, tmp_path, server_root, devserver, mounter):
+    session = session_with(tmp_path, server_root, devserver, slow=True)
+    mount = mounter(session, "--no-prefetch")
+    pid = daemon_pid(mount, reaper)
+    done = cp(mount.path / name_of("a"), tmp_path / "first.wav")
+    assert done.returncode == 0, done.stderr
+    devserver.set_faults({stream_path("slow"): {"rate": 1_000_000}})  # 16 s: in flight when the signal comes
+    copier = subprocess.Popen(["cp", str(mount.path / name_of("slow")), str(tmp_path / "slow.wav")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        staging = mount.cache_dir / "staging"
+        assert wait_until(lambda: mount.track("slow")["status"] == "fetching"
+                          and any(p.stat().st_size > 0 for p in staging.glob("*.part")), timeout=HANG_GUARD)
+        report = stop_and_check(mount, pid, signum, reaper)
+        _, err = copier.communicate(timeout=HANG_GUARD)
+    finally:
+        if copier.poll() is None:
+            copier.kill()
+            copier.wait()
+    # The copy in progress fails (never a short file with exit 0); the track is not "cached" half-done.
+    assert copier.returncode != 0, err
+    statuses = {t["id"]: t["status"] for t in report["tracks"]}
+    assert statuses["a"] == "cached" and statuses["slow"] != "cached"
+    assert_cache_intact(mount.cache_dir)
+    devserver.set_faults({})
+    assert_next_mount_serves_from_cache(mounter, session, mount.cache_dir, devserver, server_root,
+                                        tmp_path / "out.wav")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: signal.Signals(s).name)
+def test_foreground_mount_stopped_by_a_signal_exits_0_and_keeps_the_cache(signum, tmp_path, server_root,
+                                                                          devserver, mounter):
+    require_fuse()
+    session = session_with(tmp_path, server_root, devserver)
+    mountpoint, cache_dir, report_path = tmp_path / "fg", tmp_path / "cache", tmp_path / "fg-report.json"
+    mountpoint.mkdir()
+    with (tmp_path / "fg.log").open("w") as log:
+        daemon = subprocess.Popen(
+            [MIXVFS, "mount", str(session), str(mountpoint), "--foreground", "--no-prefetch",
+             "--cache-dir", str(cache_dir), "--report", str(report_path)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert wait_until(lambda: daemon.poll() is not None or mounted(mountpoint), timeout=HANG_GUARD)
+        assert daemon.poll() is None, (tmp_path / "fg.log").read_text()
+        done = cp(mountpoint / name_of("a"), tmp_path / "first.wav")
+        assert done.returncode == 0, done.stderr
+        daemon.send_signal(signum)  # Ctrl-C in the terminal / systemctl stop
+        assert daemon.wait(timeout=HANG_GUARD) == 0, (tmp_path / "fg.log").read_text()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        if mounted(mountpoint):
+            run(["umount", "-l", str(mountpoint)])
+    log_text = (tmp_path / "fg.log").read_text()
+    assert "Traceback" not in log_text and "could not mount" not in log_text, log_text
+    assert not mounted(mountpoint)
+    report = Mount(mountpoint, cache_dir, report_path, session, tmp_path / "fg.log").report()
+    assert report.get("finished") is True and [t["status"] for t in report["tracks"]] == ["cached"]
+    assert_cache_intact(cache_dir)
+    assert_next_mount_serves_from_cache(mounter, session, cache_dir, devserver, server_root, tmp_path / "out.wav")

@@ -1,0 +1,87 @@
+"""The report's write rule: an urgent update (a failure) returns only once the file shows it, whatever the
+report's size; a repeated identical failure rewrites nothing; other events are batched."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from vfs.report import Report, TrackRecord
+
+
+def records(count: int) -> list[TrackRecord]:
+    return [TrackRecord(f"t{i}", f"Artist - Track {i}.wav", "cloud", "pending") for i in range(count)]
+
+
+def on_disk(report: Report, track_id: str) -> dict[str, object]:
+    for record in json.loads(report.path.read_text())["tracks"]:
+        if record["id"] == track_id:
+            return dict(record)
+    raise KeyError(track_id)
+
+
+def test_urgent_failure_is_on_disk_when_update_returns_even_for_a_big_report(tmp_path: Path) -> None:
+    report = Report(tmp_path / "r.json", session="s", mountpoint="/m", records=records(5000))
+    try:
+        for i in range(3):
+            report.update(f"t{i}", urgent=True, status="failed", error=f"boom {i}", attempts=1)
+            assert on_disk(report, f"t{i}")["status"] == "failed"
+            assert on_disk(report, f"t{i}")["error"] == f"boom {i}"
+    finally:
+        report.close()
+
+
+def test_repeated_identical_failure_rewrites_nothing(tmp_path: Path) -> None:
+    report = Report(tmp_path / "r.json", session="s", mountpoint="/m", records=records(3))
+    try:
+        report.update("t0", urgent=True, status="failed", error="the server answered HTTP 404", attempts=1)
+        first = report.path.stat().st_ino  # every write is a new file renamed into place
+        for _ in range(50):
+            report.update("t0", urgent=True, status="failed", error="the server answered HTTP 404", attempts=1)
+        assert report.path.stat().st_ino == first
+        report.update("t0", urgent=True, status="failed", error="the server answered HTTP 410", attempts=1)
+        assert report.path.stat().st_ino != first  # a new cause is written at once
+        assert on_disk(report, "t0")["error"] == "the server answered HTTP 410"
+    finally:
+        report.close()
+
+
+def test_urgent_update_waits_for_a_change_another_thread_is_writing(tmp_path: Path) -> None:
+    """The worker records the failure; a reader records the same failure a moment later and finds
+    nothing changed: it must still not return before the file shows it."""
+    report = Report(tmp_path / "r.json", session="s", mountpoint="/m", records=records(3000))
+    try:
+        worker = threading.Thread(target=report.update, args=("t1",),
+                                  kwargs={"urgent": True, "status": "failed", "error": "gone"})
+        worker.start()
+        deadline = time.monotonic() + 30  # a hang guard only
+        while report.record("t1").status != "failed":  # the worker's change is made; its write may be running
+            assert time.monotonic() < deadline
+        report.update("t1", urgent=True, status="failed", error="gone")
+        assert on_disk(report, "t1")["status"] == "failed"
+        worker.join()
+    finally:
+        report.close()
+
+
+def test_non_urgent_updates_are_batched(tmp_path: Path) -> None:
+    report = Report(tmp_path / "r.json", session="s", mountpoint="/m", records=records(3))
+    try:
+        first = report.path.stat().st_ino
+        report.update("t0", status="fetching", attempts=1)
+        assert report.path.stat().st_ino == first  # not written by the update itself
+    finally:
+        report.close()
+    assert on_disk(report, "t0")["status"] == "fetching"
+
+
+def test_a_report_that_cannot_be_written_never_raises_into_the_reader(tmp_path: Path) -> None:
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    report = Report(folder / "r.json", session="s", mountpoint="/m", records=records(2))
+    shutil.rmtree(folder)  # the folder is gone: every write fails
+    report.update("t0", urgent=True, status="failed", error="boom")
+    report.close(finished=True)
