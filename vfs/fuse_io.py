@@ -1,17 +1,27 @@
 """Low-level libfuse tuning that mfusepy does not offer: answering a read with a descriptor instead of
-bytes (``read_buf``), and raising the mount's readahead. ctypes only; no FUSE binding here."""
+bytes (``read_buf``), raising the mount's readahead, and how many reads may wait on downloads at once.
+ctypes only; no FUSE binding here."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
 import logging
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 # The kernel's readahead for a FUSE mount is 128 KiB (libfuse can only lower it); 4 MiB makes a first read
 # arrive as 1 MiB requests with several in flight (1 GiB fresh-mount read: 0.85 s -> 0.49 s, BENCHMARKS.md).
 READAHEAD_KIB = 4096
+
+# Reads of page-cached files (all reads but direct I/O) reach the daemon as the kernel's "background"
+# requests, of which it keeps only max_background (12 by default) in flight per mount; the rest wait in the
+# kernel, whatever file they are for. Thirty readers parked on queued downloads held all 12, and a read of a
+# cached track took 48 s (issue 8). A waiting reader holds 1-2 requests with libfuse 3 (1 MiB each; 8-16 of
+# 128 KiB with libfuse 2), each on a libfuse thread of its own (~70 KiB of memory while it waits). With 1024
+# the mount answered in under 0.2 s with 700 readers of 2 MB tracks waiting (822 requests, 60 MB of threads).
+WAITING_READS = 1024
 
 FUSE_BUF_IS_FD, FUSE_BUF_FD_SEEK = 1 << 1, 1 << 2
 _libc = ctypes.CDLL(None)
@@ -62,3 +72,14 @@ def raise_readahead(mountpoint: str, kib: int = READAHEAD_KIB) -> bool:
     return True
 
 
+def allow_waiting_reads(conn: Any, count: int) -> None:
+    """Ask the kernel, in libfuse's reply to its init, to keep ``count`` background requests in flight.
+
+    ``conn`` is libfuse's ``struct fuse_conn_info`` (libfuse 2.9 and 3 both have the two fields), filled in
+    during init. Linux applies it to this mount only, lowered to ``/sys/module/fuse/parameters/max_user_bgreq``
+    for a mount without CAP_SYS_ADMIN; libfuse caps it at 65535; macFUSE has its own queueing (untested)."""
+    conn.max_background = count
+    # Past this many requests in flight, readahead asks only for the pages being read, not the ones after:
+    # a reader parked on a download then holds one request, not two (kernel default: 3/4 of the maximum;
+    # 8 cached copies at once keep up to ~100 in flight, measured: they still read ahead).
+    conn.congestion_threshold = count // 4

@@ -21,7 +21,7 @@ import mfusepy as fuse
 
 from vfs.core import BLOCK_SIZE, Handle, SessionFS
 from vfs.errno_map import fuse_errors
-from vfs.fuse_io import fd_bufvec, raise_readahead
+from vfs.fuse_io import WAITING_READS, allow_waiting_reads, fd_bufvec, raise_readahead
 from vfs.tracks import Track
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,12 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
     # -- lifecycle ------------------------------------------------------------------------------------
 
     mountpoint = ""  # set by run()
+    waiting_reads = 0  # set by run(): 0 leaves the kernel's limit on reads in flight
 
-    def init(self, path: str) -> None:
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """libfuse's init; mfusepy hands the connection's parameters only to this form of it."""
+        if conn is not None and self.waiting_reads:
+            allow_waiting_reads(conn, self.waiting_reads)
         if self.mountpoint:
             # The kernel applies libfuse's init reply (which caps readahead) only after init returns.
             threading.Thread(target=self._tune_after_init, name="readahead", daemon=True).start()
@@ -172,8 +176,13 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
 
 
 def run(ops: MixOps, mountpoint: str, *, foreground: bool = True, threads: int = 16,
-        attr_timeout: float = 1.0, debug: bool = False) -> None:
-    """Serve until unmounted. libfuse installs SIGTERM/SIGINT handlers that unmount cleanly."""
+        waiting_reads: int = WAITING_READS, attr_timeout: float = 1.0, debug: bool = False) -> None:
+    """Serve until unmounted. libfuse installs SIGTERM/SIGINT handlers that unmount cleanly.
+
+    ``threads`` serve what never waits on the network (lookups, stat, listings, opens, local and cached
+    reads); up to ``waiting_reads`` reads more may wait for downloads, each on a thread of its own. libfuse 3
+    starts threads only when every one is busy and ends those left idle beyond ``threads``; libfuse 2 has no
+    cap (it keeps 10 idle)."""
     options: dict[str, Any] = {
         "foreground": foreground,
         "ro": True,
@@ -185,7 +194,8 @@ def run(ops: MixOps, mountpoint: str, *, foreground: bool = True, threads: int =
         "debug": debug,
     }
     if LIBFUSE_MAJOR >= 3:
-        options["max_threads"] = threads
+        options["max_threads"] = threads + waiting_reads
         options["max_idle_threads"] = threads  # libfuse 3.14 warns about its own default (UINT_MAX)
+    ops.waiting_reads = waiting_reads
     ops.mountpoint = os.path.realpath(mountpoint)
     fuse.FUSE(ops, mountpoint, raw_fi=True, **options)
