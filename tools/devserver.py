@@ -16,7 +16,9 @@ where the key ``"*"`` applies to every path without its own entry. Unknown field
 Fields, all optional:
 
 * ``status``, ``body`` + ``content_type``, ``redirect``: answer with that instead of the file.
-* ``times``: how many requests the entry acts on, then it is inert (see below).
+* ``times``: how many requests the entry acts on, then it is inert (see below) — or, with ``then``
+  (an entry of its own), ``then`` applies from there on: ``{"drop_after": 1024, "times": 1, "then":
+  {"weak_etag": true}}`` cuts the first response and keeps the weak ETags for good.
 * ``head``: true applies the whole entry to HEAD too; without it a HEAD gets only the header
   habits below (``encoding``, ``ignore_range``, ``range_early``, ``weak_etag``, ``etag``,
   ``no_validators``, ``no_head``, and ``hold`` with ``hold_head``).
@@ -123,7 +125,7 @@ FAULT_FIELDS: Final = frozenset(
         "status", "times", "head", "drop_after", "stall_after", "stall_seconds", "rate",
         "content_length", "body", "content_type", "redirect", "delay", "headers", "id",
         "encoding", "ignore_range", "weak_etag", "no_head", "chunked", "no_validators", "etag",
-        "range_early", "hold", "hold_head", "hold_after",
+        "range_early", "hold", "hold_head", "hold_after", "then",
     }
 )  # fmt: skip
 ENCODINGS: Final = ("gzip", "deflate", "br")
@@ -176,6 +178,7 @@ class Fault:
     hold: str | None = None
     hold_head: bool = False
     hold_after: int | None = None
+    then: Fault | None = None  # applies once ``times`` is used up (e.g. cut once, then a habit for good)
 
     @property
     def name(self) -> str | None:
@@ -311,6 +314,14 @@ def _check_combination(fault: Fault) -> None:
         raise FaultsError("'hold_after' needs a file body; use 'hold' alone with status/body/redirect")
 
 
+def _then_field(spec: Mapping[str, object]) -> Fault | None:
+    if "then" not in spec:
+        return None
+    if "times" not in spec:
+        raise FaultsError("'then' needs 'times': it is what applies once they are used up")
+    return parse_fault(spec["then"])
+
+
 def parse_fault(spec: object) -> Fault:
     """Validate one entry; unknown fields are errors so a typo never silently disables a fault."""
     if not isinstance(spec, Mapping):
@@ -344,6 +355,7 @@ def parse_fault(spec: object) -> Fault:
         hold=_opt_name(spec, "hold"),
         hold_head=_opt_bool(spec, "hold_head"),
         hold_after=_opt_int(spec, "hold_after"),
+        then=_then_field(spec),
     )
     _check_combination(fault)
     return fault
@@ -461,7 +473,7 @@ def encode_body(data: bytes, coding: str) -> bytes:
     if coding == "deflate":
         return zlib.compress(data, 1)
     brotli = importlib.import_module("brotli")  # parse_fault only lets "br" through if it imports
-    return bytes(brotli.compress(data))
+    return bytes(brotli.compress(data, quality=1))
 
 
 @dataclass(frozen=True)
@@ -694,7 +706,8 @@ class ServerState:
         with self._lock:
             used = self._counts.get(counter, 0)
             if used >= fault.times:
-                return None
+                then = fault.then.for_request(head) if fault.then is not None else None
+                return then if then is not None and then.name is not None else None
             self._counts[counter] = used + 1
         return fault
 
