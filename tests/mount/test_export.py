@@ -141,7 +141,7 @@ def test_writes_are_refused_with_erofs(tmp_path, server_root, devserver, mounter
 
 def test_a_server_refusing_head_still_gives_the_size_to_every_copier(tmp_path, server_root, devserver, mounter):
     write_sized(server_root / "nosize", 300_000, kind="wav", seed=5)
-    devserver.set_faults({"/nosize": {"status": 405, "head": True}})  # HEAD refused: a ranged GET tells the size
+    devserver.set_faults({"/nosize": {"no_head": 405}})  # HEAD refused: a ranged GET tells the size
     session = write_session(tmp_path / "s.json", [
         {"id": "n", "artist": "No", "title": "Size", "cloud_stream_path": "/nosize", "content_type": "audio/wav"},
     ], server=devserver.url)
