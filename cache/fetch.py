@@ -393,7 +393,7 @@ class Download:
                 elif time.monotonic() - self.last_progress > patience:
                     raise StallTimeout("no progress on the download for "
                                        f"{patience:.0f} s while waiting for the bytes being read")
-                self.cond.wait(timeout=0.5)
+                self.cond.wait(timeout=2.0)  # every change notifies; the timeout only re-checks progress
             self.served_upto = max(self.served_upto, end)
         return max(end, offset)
 

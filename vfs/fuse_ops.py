@@ -176,7 +176,8 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
 
 
 def run(ops: MixOps, mountpoint: str, *, foreground: bool = True, threads: int = 16,
-        waiting_reads: int = WAITING_READS, attr_timeout: float = 1.0, debug: bool = False) -> None:
+        waiting_reads: int = WAITING_READS, attr_timeout: float = 1.0, nonempty: bool = False,
+        debug: bool = False) -> None:
     """Serve until unmounted. libfuse installs SIGTERM/SIGINT handlers that unmount cleanly.
 
     ``threads`` serve what never waits on the network (lookups, stat, listings, opens, local and cached
@@ -196,6 +197,8 @@ def run(ops: MixOps, mountpoint: str, *, foreground: bool = True, threads: int =
     if LIBFUSE_MAJOR >= 3:
         options["max_threads"] = threads + waiting_reads
         options["max_idle_threads"] = threads  # libfuse 3.14 warns about its own default (UINT_MAX)
+    elif nonempty:
+        options["nonempty"] = True  # libfuse 2 (macFUSE's API) refuses a non-empty mountpoint without it
     ops.waiting_reads = waiting_reads
     ops.mountpoint = os.path.realpath(mountpoint)
     fuse.FUSE(ops, mountpoint, raw_fi=True, **options)

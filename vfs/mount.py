@@ -338,7 +338,8 @@ def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, 
         ops = fuse_ops.MixOps(core, on_ready=on_ready, root_xattrs=root_xattrs)
         log.info("mounting %s (%d tracks) at %s", session.name, len(core.tracks), options.mountpoint)
         with stop_signals_for_libfuse():
-            fuse_ops.run(ops, str(options.mountpoint), threads=options.threads, attr_timeout=options.attr_timeout)
+            fuse_ops.run(ops, str(options.mountpoint), threads=options.threads, attr_timeout=options.attr_timeout,
+                         nonempty=options.allow_non_empty)
     except RuntimeError as exc:
         if ready.live:
             # libfuse 3 answers a loop ended by SIGTERM/SIGINT/SIGHUP with a non-zero status (mfusepy raises
