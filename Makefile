@@ -10,7 +10,7 @@ demo: $(STAMP) system
 	$(PY) tools/demo.py
 
 test: $(STAMP) system
-	$(VENV)/bin/ruff check vfs cache tools tests
+	$(VENV)/bin/ruff check mixvfs vfs cache tools tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 

@@ -1,6 +1,6 @@
 """Our exception tree. Every failure inside mixvfs ends as one of these; foreign libraries' errors are
-translated at their boundary (httpx in :mod:`cache.http`, the OS in :mod:`cache.store`), and the FUSE
-adapter turns these into errno in one table (:mod:`vfs.errno_map`).
+translated at their boundary (httpx in :mod:`mixvfs.cache.http`, the OS in :mod:`mixvfs.cache.store`), and the FUSE
+adapter turns these into errno in one table (:mod:`mixvfs.vfs.adapter.errno_map`).
 
 ::
 

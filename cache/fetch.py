@@ -25,7 +25,7 @@ from pathlib import Path
 
 import stamina
 
-from cache.errors import (
+from mixvfs.cache.errors import (
     BadBody,
     CacheError,
     Cancelled,
@@ -37,9 +37,9 @@ from cache.errors import (
     StallTimeout,
     TransientError,
 )
-from cache.http import Freshness, HttpClient
-from cache.index import RemoteInfo, SourceEntry, SourceIndex, identity
-from cache.store import BlobStore, hash_fd, hash_prefix, new_hasher
+from mixvfs.cache.http import Freshness, HttpClient
+from mixvfs.cache.index import RemoteInfo, SourceEntry, SourceIndex, identity
+from mixvfs.cache.store import BlobStore, hash_fd, hash_prefix, new_hasher
 
 log = logging.getLogger(__name__)
 

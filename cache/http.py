@@ -24,7 +24,7 @@ import httpcore
 import httpx
 from httpx import _decoders as httpx_decoders  # its table of decoders: which encodings it can undo
 
-from cache.errors import (
+from mixvfs.cache.errors import (
     AuthRejected,
     BadBody,
     FetchError,
@@ -35,7 +35,7 @@ from cache.errors import (
     ServerUnreachable,
     StallTimeout,
 )
-from cache.index import RemoteInfo
+from mixvfs.cache.index import RemoteInfo
 
 log = logging.getLogger(__name__)
 

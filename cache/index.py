@@ -1,6 +1,6 @@
 """The source index: which digest holds the bytes of a source, and what the server last said about it.
 
-Two kinds of record, JSON text in a diskcache (never pickles; see :class:`cache.store.SafeDisk`):
+Two kinds of record, JSON text in a diskcache (never pickles; see :class:`mixvfs.cache.store.SafeDisk`):
 
 * ``src:<identity>`` -> ``{"digest", "size", "content_type", "etag", "last_modified"}`` — a source
   identity is the URL plus the version the server gave (ETag, else size); the entry keeps the validators of
@@ -19,7 +19,7 @@ from typing import Any
 
 import diskcache
 
-from cache.store import SafeDisk
+from mixvfs.cache.store import SafeDisk
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any
 import diskcache
 import xxhash
 
-from cache.errors import CacheError, NoSpace
+from mixvfs.cache.errors import CacheError, NoSpace
 
 PROCESS_STARTED = time.time()
 HASH_CHUNK = 1 << 20  # xxhash releases the GIL only for inputs over 64 KiB; 1 MiB is its sweet spot.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from cache.errors import ConfigError
+from mixvfs.cache.errors import ConfigError
 
 _SIZE_UNITS = {
     "": 1, "b": 1,

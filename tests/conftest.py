@@ -31,7 +31,7 @@ def fuse_problem() -> str | None:
     if not (shutil.which("fusermount3") or shutil.which("fusermount")):
         return "fusermount is not installed (apt install fuse3)"
     try:
-        import vfs.fuse_ops  # noqa: F401
+        import mixvfs.vfs.adapter.fuse_ops  # noqa: F401
     except (OSError, AttributeError) as exc:
         return f"libfuse is not loadable: {exc}"
     return None

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cache.errors import AuthRejected
-from cache.http import TokenSource, warn_if_insecure
+from mixvfs.cache.errors import AuthRejected
+from mixvfs.cache.http import TokenSource, warn_if_insecure
 from tests.conftest import MIXVFS, run, write_session
 from tests.faults.helpers import FAST, cloud_track, cp, name_of, stream_path
 from tools.devserver import DevServer

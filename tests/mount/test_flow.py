@@ -144,13 +144,14 @@ def test_log_has_one_line_per_failure_with_name_and_cause(tmp_path, server_root,
     mount.unmount()
     errors = [line.split(" ", 2)[2] for line in mount.log().splitlines() if " ERROR " in line]
     assert errors == [
-        "ERROR vfs.mount: No - File.wav: local file /nonexistent/x.wav cannot be used: No such file or directory",
-        "ERROR vfs.core: Art - Gone.wav: the server answered HTTP 404 Not Found",
+        "ERROR mixvfs.vfs.fs.mount: No - File.wav: local file /nonexistent/x.wav cannot be used: "
+        "No such file or directory",
+        "ERROR mixvfs.vfs.fs.sessionfs: Art - Gone.wav: the server answered HTTP 404 Not Found",
     ]
 
 
 def test_mount_from_a_folder_holding_cache_and_vfs_folders(tmp_path):
-    """The daemon is `python -m vfs.cli`: the working directory must not shadow our packages."""
+    """The daemon is `python -m mixvfs.vfs.commands.cli`: the working directory must not shadow our packages."""
     from tests.conftest import require_fuse
 
     require_fuse()

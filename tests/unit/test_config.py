@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from cache.errors import ConfigError
+from mixvfs.cache.errors import ConfigError
+from mixvfs.vfs.commands import config
 from tests.conftest import MIXVFS, run
-from vfs import config
 
 
 def parse(*flags: str) -> argparse.Namespace:

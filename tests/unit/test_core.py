@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from cache.errors import FetchError
-from cache.fetch import Fetcher, RetryPolicy
-from cache.http import HttpClient
-from cache.index import SourceIndex
-from cache.store import BlobStore
+from mixvfs.cache.errors import FetchError
+from mixvfs.cache.fetch import Fetcher, RetryPolicy
+from mixvfs.cache.http import HttpClient
+from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.store import BlobStore
+from mixvfs.vfs.fs.report import Report
+from mixvfs.vfs.fs.sessionfs import FailedHandle, SessionFS, StreamHandle
+from mixvfs.vfs.session.manifest import load_manifest
+from mixvfs.vfs.session.tracks import build_tracks
 from tests.conftest import write_session
-from vfs.core import FailedHandle, SessionFS, StreamHandle
-from vfs.manifest import load_manifest
-from vfs.report import Report
-from vfs.tracks import build_tracks
 
 MiB = 1 << 20
 

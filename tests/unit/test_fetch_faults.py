@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from cache import errors
-from cache.errors import AuthRejected, FetchError, LengthMismatch, NotAudio, PermanentHttpError, ServerBusy
-from cache.fetch import Download, Fetcher, RetryPolicy, Source, State
-from cache.http import HttpClient
-from cache.index import SourceIndex
-from cache.store import BlobStore, pid_alive
+from mixvfs.cache import errors
+from mixvfs.cache.errors import AuthRejected, FetchError, LengthMismatch, NotAudio, PermanentHttpError, ServerBusy
+from mixvfs.cache.fetch import Download, Fetcher, RetryPolicy, Source, State
+from mixvfs.cache.http import HttpClient
+from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.store import BlobStore, pid_alive
 from tools.devserver import DevServer
 from tools.make_audio import write_sized
 

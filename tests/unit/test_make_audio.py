@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from mixvfs.vfs.session.sniff import MAGIC_BYTES_NEEDED, ext_from_magic
 from tools.make_audio import (
     FLAC_BLOCK_SIZE,
     main,
@@ -26,7 +27,6 @@ from tools.make_audio import (
     write_sized,
     write_wav,
 )
-from vfs.sniff import MAGIC_BYTES_NEEDED, ext_from_magic
 
 REPO = Path(__file__).resolve().parents[2]
 FLAC_BIN = shutil.which("flac")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vfs.manifest import ManifestError, load_manifest, parse_manifest
+from mixvfs.vfs.session.manifest import ManifestError, load_manifest, parse_manifest
 
 
 def parse(doc: object, base: Path = Path("/base")):

@@ -6,7 +6,7 @@ import unicodedata
 
 import pytest
 
-from vfs.naming import (
+from mixvfs.vfs.session.naming import (
     MAX_NAME_BYTES,
     assign_names,
     base_name,

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from vfs.report import Report, TrackRecord
+from mixvfs.vfs.fs.report import Report, TrackRecord
 
 
 def records(count: int) -> list[TrackRecord]:

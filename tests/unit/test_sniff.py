@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from cache.http import looks_like_error_body
-from vfs.sniff import (
+from mixvfs.cache.http import looks_like_error_body
+from mixvfs.vfs.session.sniff import (
     MAGIC_BYTES_NEEDED,
     choose_ext,
     ext_from_content_type,

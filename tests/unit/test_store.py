@@ -13,9 +13,9 @@ from pathlib import Path
 import diskcache
 import pytest
 
-from cache.errors import CacheError
-from cache.index import RemoteInfo, SourceEntry, SourceIndex, identity
-from cache.store import BlobStore, SafeDisk, hash_fd
+from mixvfs.cache.errors import CacheError
+from mixvfs.cache.index import RemoteInfo, SourceEntry, SourceIndex, identity
+from mixvfs.cache.store import BlobStore, SafeDisk, hash_fd
 
 MiB = 1 << 20
 

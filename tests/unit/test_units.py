@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from cache.errors import ConfigError
-from cache.units import format_size, parse_duration, parse_size
+from mixvfs.cache.errors import ConfigError
+from mixvfs.cache.units import format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(("text", "value"), [("10G", 10 << 30), ("512MiB", 512 << 20), ("1000", 1000),

@@ -32,10 +32,10 @@ from typing import Any
 
 import platformdirs
 
-from cache.errors import ConfigError
-from cache.http import TOKEN_COMMAND_TIMEOUT, TokenSource, command_preview
-from cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, resolve_cache_dir
-from cache.units import format_size, parse_duration, parse_size
+from mixvfs.cache.errors import ConfigError
+from mixvfs.cache.http import TOKEN_COMMAND_TIMEOUT, TokenSource, command_preview
+from mixvfs.cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, resolve_cache_dir
+from mixvfs.cache.units import format_size, parse_duration, parse_size
 
 CONFIG_ENV = "MIXVFS_CONFIG"
 TOKEN_ENV = "MIXVFS_TOKEN"

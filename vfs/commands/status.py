@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cache.errors import ConfigError
-from cache.units import format_size
+from mixvfs.cache.errors import ConfigError
+from mixvfs.cache.units import format_size
 
 STATUS_XATTR = "user.mixvfs.status"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cache.errors import MixvfsError
+from mixvfs.cache.errors import MixvfsError
 
 MAX_MANIFEST_BYTES = 256 << 20
 MAX_FIELD_CHARS = 1 << 20  # a megabyte string is sanitised (names are cut to 255 bytes), not fatal; more is abuse

@@ -16,14 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cache.errors import ConfigError, MixvfsError
-from cache.fetch import RetryPolicy
-from cache.http import HttpClient
-from cache.index import SourceIndex
-from cache.store import BlobInfo, BlobStore
-from cache.units import format_size, parse_duration, parse_size
-from vfs import config, output
-from vfs.manifest import load_manifest
+from mixvfs.cache.errors import ConfigError, MixvfsError
+from mixvfs.cache.fetch import RetryPolicy
+from mixvfs.cache.http import HttpClient
+from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.store import BlobInfo, BlobStore
+from mixvfs.cache.units import format_size, parse_duration, parse_size
+from mixvfs.vfs.commands import config, output
+from mixvfs.vfs.session.manifest import load_manifest
 
 EXAMPLES = """examples:
   cachectl stats
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def warm_module_doc() -> str:
-    from vfs import warm
+    from mixvfs.vfs.commands import warm
 
     return warm.__doc__ or ""
 
@@ -112,7 +112,7 @@ def run_command(args: argparse.Namespace, store: BlobStore, index: SourceIndex) 
 
 
 def cmd_warm(args: argparse.Namespace, store: BlobStore, index: SourceIndex) -> int:
-    from vfs import warm
+    from mixvfs.vfs.commands import warm
 
     settings = config.resolve(args, config.CACHE_SETTINGS + config.WARM_SETTINGS)
     session = load_manifest(args.session.expanduser(), default_server=settings.server)

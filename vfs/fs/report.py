@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cache.units import format_size
+from mixvfs.cache.units import format_size
 
 log = logging.getLogger(__name__)
 

@@ -22,16 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from cache.errors import CacheError, ConfigError, MixvfsError
-from cache.fetch import Fetcher, RetryPolicy
-from cache.http import HttpClient, TokenSource, origin_of, warn_if_insecure
-from cache.index import SourceIndex
-from cache.store import BlobStore, make_private_dir
-from vfs.core import SessionFS
-from vfs.live import ManifestWatcher
-from vfs.manifest import Session, load_manifest
-from vfs.report import Report
-from vfs.tracks import Kind, Track, build_tracks
+from mixvfs.cache.errors import CacheError, ConfigError, MixvfsError
+from mixvfs.cache.fetch import Fetcher, RetryPolicy
+from mixvfs.cache.http import HttpClient, TokenSource, origin_of, warn_if_insecure
+from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.store import BlobStore, make_private_dir
+from mixvfs.vfs.fs.report import Report
+from mixvfs.vfs.fs.sessionfs import SessionFS
+from mixvfs.vfs.session.live import ManifestWatcher
+from mixvfs.vfs.session.manifest import Session, load_manifest
+from mixvfs.vfs.session.tracks import Kind, Track, build_tracks
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class MountOptions:
     token_command: str | None
     threads: int = 16
     attr_timeout: float = 1.0  # keep <= 1 s: live reloads must show within 2 s through the kernel's caches
-    tokens: Callable[[], TokenSource | None] | None = None  # from vfs.config; else token_file/command/env
+    tokens: Callable[[], TokenSource | None] | None = None  # from the config layers; else token_file/command/env
     default_server: str | None = None  # for manifests that name no server (from the config)
     allow_non_empty: bool = False  # mount over a folder that holds files (they are hidden while mounted)
 
@@ -172,7 +172,7 @@ def why_unusable(folder: Path, exc: OSError, *, named: bool) -> str:
 
 def check_libfuse() -> None:
     try:
-        import vfs.fuse_ops  # noqa: F401  (loads libfuse through mfusepy)
+        import mixvfs.vfs.adapter.fuse_ops  # noqa: F401  (loads libfuse through mfusepy)
     except (OSError, AttributeError) as exc:
         raise ConfigError(f"libfuse is not usable: {exc} (Debian/Ubuntu: apt install fuse3; macOS: macFUSE)") from None
 
@@ -187,9 +187,9 @@ def start_daemon(argv: list[str], log_file: Path) -> dict[str, object]:
     try:
         with open(log_file, "ab") as log_handle:
             child = subprocess.Popen(
-                # -P: do not put the working directory on sys.path, where a folder named `cache` or `vfs`
-                # would shadow our packages (the cwd must stay: argv may hold relative paths).
-                [sys.executable, "-P", "-m", "vfs.cli", *argv, "--foreground", "--ready-fd", str(write_end)],
+                # Our packages are mixvfs.*: a `cache` or `vfs` folder in the working directory cannot shadow
+                # them (the cwd must stay: argv may hold relative paths).
+                [sys.executable, "-m", "mixvfs.vfs.commands.cli", *argv, "--foreground", "--ready-fd", str(write_end)],
                 stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle,
                 pass_fds=(write_end,), start_new_session=True,
             )
@@ -325,7 +325,7 @@ def serve(options: MountOptions, ready_fd: int | None) -> int:
 
 def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, core: SessionFS, report: Report,
                   closers: list[Callable[[], None]]) -> int:
-    from vfs import fuse_ops
+    from mixvfs.vfs.adapter import fuse_ops
 
     root_xattrs = {"pid": str(os.getpid()), "report": str(report.path), "session": session.name}
 

@@ -13,13 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache.errors import FetchError
-from cache.fetch import Source
-from cache.http import HttpClient
-from cache.index import RemoteInfo, SourceIndex
-from vfs import sniff
-from vfs.manifest import Session, TrackSpec
-from vfs.naming import assign_names
+from mixvfs.cache.errors import FetchError
+from mixvfs.cache.fetch import Source
+from mixvfs.cache.http import HttpClient
+from mixvfs.cache.index import RemoteInfo, SourceIndex
+from mixvfs.vfs.session import sniff
+from mixvfs.vfs.session.manifest import Session, TrackSpec
+from mixvfs.vfs.session.naming import assign_names
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The session filesystem without FUSE: names, attributes, open/read/release and prefetch.
 
-The FUSE adapter (:mod:`vfs.fuse_ops`) is a thin shell over this class; everything here can be driven
-by unit tests without a kernel. Failures are raised as :class:`cache.errors.FetchError` (the adapter's
+The FUSE adapter (:mod:`mixvfs.vfs.adapter.fuse_ops`) is a thin shell over this class; everything here can be driven
+by unit tests without a kernel. Failures are raised as :class:`mixvfs.cache.errors.FetchError` (the adapter's
 errno table turns them into EIO) and recorded per track in the report first — never silently.
 """
 
@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from cache.errors import Cancelled, ContentChanged, FetchError, SourceMissing
-from cache.fetch import Download, Fetcher, State
-from cache.http import Freshness
-from vfs.pages import PageTable, Version
-from vfs.report import Report, TrackRecord
-from vfs.tracks import Kind, Track
+from mixvfs.cache.errors import Cancelled, ContentChanged, FetchError, SourceMissing
+from mixvfs.cache.fetch import Download, Fetcher, State
+from mixvfs.cache.http import Freshness
+from mixvfs.vfs.fs.pages import PageTable, Version
+from mixvfs.vfs.fs.report import Report, TrackRecord
+from mixvfs.vfs.session.tracks import Kind, Track
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class SessionFS:
         """(size, mtime) of a file as ``stat`` should see it now. A local file is looked at again (its
         owner may have re-rendered it); a cloud track of unknown size is asked about, or fetched, rather
         than shown as empty. While a page-cached reader is open, its version's answer stays (see
-        :mod:`vfs.pages`)."""
+        :mod:`mixvfs.vfs.fs.pages`)."""
         pinned = self.pages.pinned(track.name)
         if pinned is not None and pinned[0] is not None:
             return pinned[0], pinned[1]

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
-from cache.errors import CacheError, ConfigError, FetchError, MixvfsError
+from mixvfs.cache.errors import CacheError, ConfigError, FetchError, MixvfsError
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
 """``cachectl warm SESSION``: download every cloud track of a session into the cache ahead of the export.
 
-The downloads are the mount's own (:class:`vfs.core.SessionFS` prefetch over a :class:`cache.fetch.Fetcher`):
-``jobs`` at a time, retried, verified, committed by rename — so a warmed cache is exactly what a mount
-would have built. Progress goes through rich on a terminal (per track and total: bytes, rate, ETA) and
-as one plain line per event otherwise (logs, pipes, CI). Ctrl-C stops the downloads, removes their
-staging files and leaves only whole blobs. The end is the report's per-track table.
+The downloads are the mount's own (:class:`mixvfs.vfs.fs.sessionfs.SessionFS` prefetch over a
+:class:`mixvfs.cache.fetch.Fetcher`): ``jobs`` at a time, retried, verified, committed by rename — so a
+warmed cache is exactly what a mount would have built. Progress goes through rich on a terminal (per
+track and total: bytes, rate, ETA) and as one plain line per event otherwise (logs, pipes, CI). Ctrl-C
+stops the downloads, removes their staging files and leaves only whole blobs. The end is the report's
+per-track table.
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from cache.fetch import Fetcher, RetryPolicy
-from cache.http import HttpClient
-from cache.index import SourceIndex
-from cache.store import BlobStore
-from cache.units import format_size
-from vfs.core import SessionFS
-from vfs.manifest import Session
-from vfs.mount import default_report_path
-from vfs.report import Report, format_report
-from vfs.tracks import build_tracks
+from mixvfs.cache.fetch import Fetcher, RetryPolicy
+from mixvfs.cache.http import HttpClient
+from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.store import BlobStore
+from mixvfs.cache.units import format_size
+from mixvfs.vfs.fs.mount import default_report_path
+from mixvfs.vfs.fs.report import Report, format_report
+from mixvfs.vfs.fs.sessionfs import SessionFS
+from mixvfs.vfs.session.manifest import Session
+from mixvfs.vfs.session.tracks import build_tracks
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 FINAL = ("local", "cached", "failed", "missing")

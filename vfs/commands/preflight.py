@@ -2,7 +2,7 @@
 
 Every track with its source, size and state; the bytes to download; the cache folder's free space
 against what the download needs; whether the server accepts the token. Nothing is downloaded: the
-tracks are built exactly as the mount builds them (:func:`vfs.tracks.build_tracks`, which asks the
+tracks are built exactly as the mount builds them (:func:`mixvfs.vfs.session.tracks.build_tracks`, which asks the
 server about tracks whose size or format the manifest does not give), and every other cloud track that
 is not in the cache gets one HEAD. Exit codes: 0 the export can succeed, 3 it will fail, 4 could not
 check (the server could not be reached or was busy), 2 bad manifest or settings.
@@ -17,15 +17,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cache.errors import AuthRejected, ConfigError, FetchError, TransientError
-from cache.fetch import Fetcher
-from cache.http import HttpClient, TokenSource
-from cache.index import SourceIndex
-from cache.store import BlobStore
-from cache.units import format_size
-from vfs import config, output
-from vfs.manifest import Session, load_manifest
-from vfs.tracks import Kind, Track, build_tracks
+from mixvfs.cache.errors import AuthRejected, ConfigError, FetchError, TransientError
+from mixvfs.cache.fetch import Fetcher
+from mixvfs.cache.http import HttpClient, TokenSource
+from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.store import BlobStore
+from mixvfs.cache.units import format_size
+from mixvfs.vfs.commands import config, output
+from mixvfs.vfs.session.manifest import Session, load_manifest
+from mixvfs.vfs.session.tracks import Kind, Track, build_tracks
 
 EXIT_OK, EXIT_WILL_FAIL, EXIT_UNCHECKED = 0, 3, 4
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from cache.errors import ContentChanged
+from mixvfs.cache.errors import ContentChanged
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A thread polls the manifest's (mtime, size, inode) every ``interval`` seconds — portable (macOS and
 Linux, no inotify/FSEvents dependency) and cheap (one ``stat``). On a change the manifest is loaded and
 the tracks are built again (sizes of new cloud tracks asked of the server as at mount time), then
-swapped into the :class:`vfs.core.SessionFS` in one step. A manifest that does not load (MixBoard may
+swapped into the :class:`mixvfs.vfs.fs.sessionfs.SessionFS` in one step. A manifest that does not load (MixBoard may
 be halfway through writing it) is logged and the old listing kept; the next change is tried again.
 With the kernel's entry/attr timeouts at 1 s, a change shows in the folder within about 1.5 s.
 """
@@ -16,8 +16,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from cache.errors import MixvfsError
-from vfs.manifest import Session, load_manifest
+from mixvfs.cache.errors import MixvfsError
+from mixvfs.vfs.session.manifest import Session, load_manifest
 
 log = logging.getLogger(__name__)
 

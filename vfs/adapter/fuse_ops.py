@@ -1,5 +1,5 @@
 """The FUSE adapter: paths, handles, stat dicts and errno — nothing else. All behaviour is in
-:class:`vfs.core.SessionFS`. Uses mfusepy (libfuse3 when present) in its multithreaded loop."""
+:class:`mixvfs.vfs.fs.sessionfs.SessionFS`. Uses mfusepy (libfuse3 when present) in its multithreaded loop."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ if "FUSE_LIBRARY_NAME" not in os.environ and ctypes.util.find_library("fuse3"):
 
 import mfusepy as fuse
 
-from vfs.core import BLOCK_SIZE, Handle, SessionFS
-from vfs.errno_map import fuse_errors
-from vfs.fuse_io import WAITING_READS, allow_waiting_reads, fd_bufvec, raise_readahead
-from vfs.tracks import Track
+from mixvfs.vfs.adapter.errno_map import fuse_errors
+from mixvfs.vfs.adapter.libfuse import WAITING_READS, allow_waiting_reads, fd_bufvec, raise_readahead
+from mixvfs.vfs.fs.sessionfs import BLOCK_SIZE, Handle, SessionFS
+from mixvfs.vfs.session.tracks import Track
 
 log = logging.getLogger(__name__)
 

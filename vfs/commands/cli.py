@@ -17,12 +17,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cache.errors import ConfigError, MixvfsError
-from cache.fetch import RetryPolicy
-from cache.units import parse_duration
-from vfs import config, mount, output
-from vfs.manifest import ManifestError, load_manifest
-from vfs.report import format_report, load_report
+from mixvfs.cache.errors import ConfigError, MixvfsError
+from mixvfs.cache.fetch import RetryPolicy
+from mixvfs.cache.units import parse_duration
+from mixvfs.vfs.commands import config, output
+from mixvfs.vfs.fs import mount
+from mixvfs.vfs.fs.report import format_report, load_report
+from mixvfs.vfs.session.manifest import ManifestError, load_manifest
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -127,10 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return cmd_report(args)
         if args.command == "preflight":
-            from vfs import preflight  # imported on use: `mixvfs mount` need not load it
+            from mixvfs.vfs.commands import preflight  # imported on use: `mixvfs mount` need not load it
             return preflight.main(args)
         if args.command == "status":
-            from vfs import status
+            from mixvfs.vfs.commands import status
             return status.main(args)
         if args.command == "config":
             return cmd_config(args)

@@ -1,0 +1,1 @@
+"""The commands a user runs: ``mixvfs`` and ``cachectl`` and their subcommands."""

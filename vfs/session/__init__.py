@@ -1,0 +1,1 @@
+"""The session model: the manifest, the tracks it names, their file names and formats."""
