@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
@@ -18,3 +19,12 @@ def resolve_cache_dir(flag: str | os.PathLike[str] | None) -> Path:
     if env:
         return Path(env).expanduser().resolve()
     return Path(platformdirs.user_cache_dir("mixvfs"))
+
+
+@dataclass(frozen=True)
+class CacheLimits:
+    """Which cache, and how big and how old its blobs may grow."""
+
+    root: Path
+    max_size: int = DEFAULT_MAX_SIZE
+    max_age: float = DEFAULT_MAX_AGE

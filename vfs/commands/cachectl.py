@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from mixvfs.cache.errors import ConfigError, MixvfsError
-from mixvfs.cache.fetch import RetryPolicy
-from mixvfs.cache.http import HttpClient
 from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.store import BlobInfo, BlobStore
 from mixvfs.cache.units import format_size, parse_duration, parse_size
 from mixvfs.vfs.commands import config, output
+from mixvfs.vfs.runtime import open_cache, open_runtime
 from mixvfs.vfs.session.manifest import load_manifest
 
 EXAMPLES = """examples:
@@ -53,8 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
                           description=warm_module_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)
     warm.add_argument("session", type=Path, help="the session manifest (JSON)")
     config.add_flags(warm, config.WARM_SETTINGS)
-    warm.add_argument("--retries", type=int, default=5, help="attempts per download for transient errors (5)")
-    warm.add_argument("--retry-wait", default="0.5s", help="first backoff wait, doubling with jitter (0.5s)")
     return parser
 
 
@@ -67,7 +64,9 @@ def warm_module_doc() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        store, index = open_cache(args)
+        if args.command == "warm":
+            return cmd_warm(args)  # opens the whole runtime (store, index, HTTP, fetcher) itself
+        store, index = open_cache(config.resolve(args, config.CACHE_SETTINGS).cache_limits())
         try:
             return run_command(args, store, index)
         finally:
@@ -76,15 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MixvfsError as exc:
         print(f"cachectl: {exc}", file=sys.stderr)
         return 2
-
-
-def open_cache(args: argparse.Namespace) -> tuple[BlobStore, SourceIndex]:
-    settings = config.resolve(args, config.CACHE_SETTINGS)
-    root = settings.cache_dir
-    try:
-        return BlobStore(root, max_size=settings.max_size, max_age=settings.max_age), SourceIndex(root)
-    except OSError as exc:
-        raise ConfigError(f"cannot open the cache at {root}: {exc.strerror}") from None
 
 
 def run_command(args: argparse.Namespace, store: BlobStore, index: SourceIndex) -> int:
@@ -106,24 +96,19 @@ def run_command(args: argparse.Namespace, store: BlobStore, index: SourceIndex) 
         result = {"checked": checked, "corrupt": [blob_json(c) for c in corrupt]}
         emit(args, result, format_verify)
         return 1 if corrupt else 0
-    if args.command == "warm":
-        return cmd_warm(args, store, index)
     raise ConfigError(f"unknown command {args.command}")
 
 
-def cmd_warm(args: argparse.Namespace, store: BlobStore, index: SourceIndex) -> int:
+def cmd_warm(args: argparse.Namespace) -> int:
     from mixvfs.vfs.commands import warm
 
     settings = config.resolve(args, config.CACHE_SETTINGS + config.WARM_SETTINGS)
     session = load_manifest(args.session.expanduser(), default_server=settings.server)
-    policy = RetryPolicy(attempts=max(1, args.retries), wait_initial=parse_duration(args.retry_wait),
-                         stall_timeout=settings.stall_timeout, total_timeout=max(120.0, settings.stall_timeout * 4))
-    http = HttpClient(tokens=settings.token_source(), stall_timeout=settings.stall_timeout)
+    runtime = open_runtime(settings.runtime(), origins=[session.server, *(t.cloud_url for t in session.tracks)])
     try:
-        return warm.warm(session, store=store, index=index, http=http, jobs=settings.jobs, policy=policy,
-                         out=sys.stdout, tty=sys.stdout.isatty())
+        return warm.warm(session, runtime, out=sys.stdout, tty=sys.stdout.isatty())
     finally:
-        http.close()
+        runtime.close()
 
 
 def stats(store: BlobStore) -> dict[str, Any]:

@@ -18,8 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mixvfs.cache.errors import ConfigError, MixvfsError
-from mixvfs.cache.fetch import RetryPolicy
-from mixvfs.cache.units import parse_duration
 from mixvfs.vfs.commands import config, output
 from mixvfs.vfs.fs import mount
 from mixvfs.vfs.fs.report import format_report, load_report
@@ -78,8 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--report", type=Path, help="where to write the per-track report (default: in the cache folder)")
     m.add_argument("--token", help=argparse.SUPPRESS)  # only to refuse it with a useful message
     m.add_argument("--no-prefetch", action="store_true", help="download only what is read")
-    m.add_argument("--retries", type=int, default=5, help="attempts per download for transient errors (5)")
-    m.add_argument("--retry-wait", default="0.5s", help="first backoff wait, doubling with jitter (0.5s)")
     m.add_argument("--log-file", type=Path, help="daemon log (default: <cache>/logs/mixvfs.log)")
     m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     m.add_argument("--foreground", action="store_true", help="stay attached instead of running in the background")
@@ -147,27 +143,15 @@ def mount_options(args: argparse.Namespace) -> mount.MountOptions:
                           "use MIXVFS_TOKEN, --token-file or --token-command")
     settings = config.resolve(args, config.MOUNT_SETTINGS)
     settings.check_token_file()  # stop here, in the user's terminal, not in the daemon's log
-    cache_dir = settings.cache_dir
-    stall = settings.stall_timeout
-    wait = parse_duration(args.retry_wait)
-    # Jitter in proportion to the first wait: a fixed 0.5 s would dwarf a short --retry-wait.
-    policy = RetryPolicy(attempts=max(1, args.retries), wait_initial=wait, wait_jitter=wait,
-                         stall_timeout=stall, total_timeout=max(120.0, stall * 4))
+    runtime = settings.runtime()
     return mount.MountOptions(
         session_path=args.session.expanduser().resolve(),
         mountpoint=args.mountpoint.expanduser().absolute(),
-        cache_dir=cache_dir,
+        runtime=runtime,
         report_path=args.report.expanduser().absolute() if args.report else None,
-        log_file=(args.log_file or cache_dir / "logs" / "mixvfs.log").expanduser().absolute(),
-        max_size=settings.max_size,
-        max_age=settings.max_age,
-        jobs=settings.jobs,
-        policy=policy,
+        log_file=(args.log_file or runtime.cache.root / "logs" / "mixvfs.log").expanduser().absolute(),
         retry_after=settings.retry_after,
         prefetch=not args.no_prefetch,
-        token_file=None,
-        token_command=None,
-        tokens=settings.token_source,
         default_server=settings.server,
         allow_non_empty=args.allow_non_empty,
     )

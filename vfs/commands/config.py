@@ -13,6 +13,8 @@ Every key is optional; unknown keys are an error (a typo must not be ignored sil
     jobs = 3
     stall_timeout = "30s"
     retry_after = "60s"
+    retries = 5
+    retry_wait = "0.5s"
 
 Each command declares which settings it takes (:func:`add_flags`) and resolves them once
 (:func:`resolve`); ``mixvfs config`` shows every effective value and where it came from. The token
@@ -34,8 +36,9 @@ import platformdirs
 
 from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.http import TOKEN_COMMAND_TIMEOUT, TokenSource, command_preview
-from mixvfs.cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, resolve_cache_dir
+from mixvfs.cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, CacheLimits, resolve_cache_dir
 from mixvfs.cache.units import format_size, parse_duration, parse_size
+from mixvfs.vfs.runtime import RuntimeConfig
 
 CONFIG_ENV = "MIXVFS_CONFIG"
 TOKEN_ENV = "MIXVFS_TOKEN"
@@ -49,6 +52,16 @@ def _jobs(text: str) -> int:
     if not 1 <= jobs <= 64:
         raise ConfigError(f"must be between 1 and 64, not {jobs}")
     return jobs
+
+
+def _attempts(text: str) -> int:
+    try:
+        attempts = int(text)
+    except ValueError:
+        raise ConfigError(f"not a whole number: {text!r}") from None
+    if not 1 <= attempts <= 100:
+        raise ConfigError(f"must be between 1 and 100, not {attempts}")
+    return attempts
 
 
 def _path(text: str) -> Path:
@@ -112,6 +125,9 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
          "fail a download without progress this long (30s)", _seconds),
     Spec("retry_after", "MIXVFS_RETRY_AFTER", 60.0, parse_duration,
          "after a failure, answer EIO at once this long (60s)", _seconds),
+    Spec("retries", "MIXVFS_RETRIES", 5, _attempts, "attempts per download for transient errors (5)"),
+    Spec("retry_wait", "MIXVFS_RETRY_WAIT", 0.5, parse_duration,
+         "first backoff wait, doubling, with jitter in proportion (0.5s)", _seconds),
 )}
 
 # What each command takes (the rest of its flags are its own).
@@ -119,7 +135,8 @@ MOUNT_SETTINGS = tuple(SPECS)
 PREFLIGHT_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "cache_dir", "max_size", "max_age",
                       "jobs", "stall_timeout")
 CACHE_SETTINGS = ("cache_dir", "max_size", "max_age")
-WARM_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "jobs", "stall_timeout")
+WARM_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "jobs", "stall_timeout", "retries",
+                 "retry_wait")
 
 
 DEFAULT, FILE, ENV, FLAG = range(4)  # the layers, lowest first
@@ -201,6 +218,18 @@ class Settings:
     @property
     def retry_after(self) -> float:
         return float(self.value("retry_after"))
+
+    def cache_limits(self) -> CacheLimits:
+        return CacheLimits(self.cache_dir, self.max_size, self.max_age)
+
+    def runtime(self) -> RuntimeConfig:
+        """What :func:`mixvfs.vfs.runtime.open_runtime` needs; settings a command does not take keep their
+        defaults."""
+        retries, wait = self.resolved.get("retries"), self.resolved.get("retry_wait")
+        return RuntimeConfig(self.cache_limits(), self.jobs, self.stall_timeout,
+                             SPECS["retries"].default if retries is None else int(retries.value),
+                             SPECS["retry_wait"].default if wait is None else float(wait.value),
+                             self.token_source)
 
     @property
     def server(self) -> str | None:

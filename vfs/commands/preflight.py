@@ -20,10 +20,10 @@ from typing import Any
 from mixvfs.cache.errors import AuthRejected, ConfigError, FetchError, TransientError
 from mixvfs.cache.fetch import Fetcher
 from mixvfs.cache.http import HttpClient, TokenSource
-from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.store import BlobStore
 from mixvfs.cache.units import format_size
 from mixvfs.vfs.commands import config, output
+from mixvfs.vfs.runtime import open_runtime
 from mixvfs.vfs.session.manifest import Session, load_manifest
 from mixvfs.vfs.session.tracks import Kind, Track, build_tracks
 
@@ -132,26 +132,17 @@ def token_state(tokens: TokenSource | None, token_error: str | None, checks: lis
 
 
 def run_preflight(session: Session, settings: config.Settings) -> dict[str, Any]:
-    token_error = None
+    runtime = open_runtime(settings.runtime(), origins=[session.server, *(t.cloud_url for t in session.tracks)],
+                           housekeeping=False, tolerate_token_error=True)
     try:
-        tokens = settings.token_source()
-    except FetchError as exc:  # the token command failed: the server will see no token
-        tokens, token_error = None, exc.reason
-    cache_dir = settings.cache_dir
-    store = BlobStore(cache_dir, max_size=settings.max_size, max_age=settings.max_age)
-    index = SourceIndex(cache_dir)
-    http = HttpClient(tokens=tokens, stall_timeout=settings.stall_timeout)
-    try:
-        fetcher = Fetcher(store, index, http, jobs=settings.jobs)  # for `cached` only: no download starts
-        tracks = build_tracks(session, http=http, index=index, jobs=settings.jobs)
-        with ThreadPoolExecutor(max_workers=max(2, settings.jobs * 2), thread_name_prefix="preflight") as pool:
-            checks = list(pool.map(lambda t: check_track(t, fetcher, http), tracks))
-        disk = disk_check(cache_dir, checks, store, settings.jobs)
+        # The fetcher answers `cached` only: preflight starts no download.
+        tracks = build_tracks(session, http=runtime.http, index=runtime.index, jobs=runtime.jobs)
+        with ThreadPoolExecutor(max_workers=max(2, runtime.jobs * 2), thread_name_prefix="preflight") as pool:
+            checks = list(pool.map(lambda t: check_track(t, runtime.fetcher, runtime.http), tracks))
+        disk = disk_check(settings.cache_dir, checks, runtime.store, runtime.jobs)
     finally:
-        http.close()
-        index.close()
-        store.close()
-    return summarize(session, checks, disk, token_state(tokens, token_error, checks))
+        runtime.close()
+    return summarize(session, checks, disk, token_state(runtime.tokens, runtime.token_error, checks))
 
 
 def summarize(session: Session, checks: list[TrackCheck], disk: Disk, token: str) -> dict[str, Any]:

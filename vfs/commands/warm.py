@@ -16,14 +16,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from mixvfs.cache.fetch import Fetcher, RetryPolicy
-from mixvfs.cache.http import HttpClient
-from mixvfs.cache.index import SourceIndex
-from mixvfs.cache.store import BlobStore
 from mixvfs.cache.units import format_size
 from mixvfs.vfs.fs.mount import default_report_path
 from mixvfs.vfs.fs.report import Report, format_report
 from mixvfs.vfs.fs.sessionfs import SessionFS
+from mixvfs.vfs.runtime import Runtime
 from mixvfs.vfs.session.manifest import Session
 from mixvfs.vfs.session.tracks import build_tracks
 
@@ -70,24 +67,14 @@ def size_text(size: int | None) -> str:
     return format_size(size) if isinstance(size, int) else "size unknown"
 
 
-def warm(
-    session: Session,
-    *,
-    store: BlobStore,
-    index: SourceIndex,
-    http: HttpClient,
-    jobs: int,
-    policy: RetryPolicy,
-    out: TextIO,
-    tty: bool,
-) -> int:
-    fetcher = Fetcher(store, index, http, jobs=jobs, policy=policy)
+def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
+    fetcher, store = runtime.fetcher, runtime.store
     report_path = default_report_path(store.root, session).with_suffix(".warm.json")  # not the mount's
     report = Report(report_path, session=session.name, mountpoint="", records=[])
     core: SessionFS | None = None
     interrupted = False
     try:
-        tracks = build_tracks(session, http=http, index=index, jobs=jobs)
+        tracks = build_tracks(session, http=runtime.http, index=runtime.index, jobs=runtime.jobs)
         core = SessionFS(tracks, fetcher, report, retry_after=0.0, prefetch=True)
         report.replace_records(core.initial_records())
         records = report.snapshot()["tracks"]

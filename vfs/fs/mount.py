@@ -11,7 +11,6 @@ import os
 import select
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -22,13 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from mixvfs.cache.errors import CacheError, ConfigError, MixvfsError
-from mixvfs.cache.fetch import Fetcher, RetryPolicy
-from mixvfs.cache.http import HttpClient, TokenSource, origin_of, warn_if_insecure
-from mixvfs.cache.index import SourceIndex
-from mixvfs.cache.store import BlobStore, make_private_dir
+from mixvfs.cache.errors import ConfigError, MixvfsError
+from mixvfs.cache.store import make_private_dir
 from mixvfs.vfs.fs.report import Report
 from mixvfs.vfs.fs.sessionfs import SessionFS
+from mixvfs.vfs.runtime import RuntimeConfig, open_runtime
 from mixvfs.vfs.session.live import ManifestWatcher
 from mixvfs.vfs.session.manifest import Session, load_manifest
 from mixvfs.vfs.session.tracks import Kind, Track, build_tracks
@@ -44,20 +41,13 @@ REPORT_XATTR = "user.mixvfs.report"
 class MountOptions:
     session_path: Path
     mountpoint: Path
-    cache_dir: Path
+    runtime: RuntimeConfig  # the cache, downloads, retries and token, from the settings layers
     report_path: Path | None
     log_file: Path | None
-    max_size: int
-    max_age: float
-    jobs: int
-    policy: RetryPolicy
     retry_after: float
     prefetch: bool
-    token_file: Path | None
-    token_command: str | None
     threads: int = 16
     attr_timeout: float = 1.0  # keep <= 1 s: live reloads must show within 2 s through the kernel's caches
-    tokens: Callable[[], TokenSource | None] | None = None  # from the config layers; else token_file/command/env
     default_server: str | None = None  # for manifests that name no server (from the config)
     allow_non_empty: bool = False  # mount over a folder that holds files (they are hidden while mounted)
 
@@ -126,7 +116,8 @@ def holds_files(folder: Path) -> bool:
 def check_paths(options: MountOptions, *, log_file: bool) -> None:
     """Prove, before anything is mounted, that the cache folder, the report's folder and (for a background
     mount) the log file are usable: one line naming the path and the cause, not a traceback in the daemon."""
-    usable_folder(options.cache_dir, f"cache folder {options.cache_dir}", private=True)
+    cache_dir = options.runtime.cache.root
+    usable_folder(cache_dir, f"cache folder {cache_dir}", private=True)
     report = options.report_path
     if report is not None:
         if report.is_dir():
@@ -369,56 +360,35 @@ def stopped(ready: ReadyChannel, exc: BaseException) -> None:
 def open_session(
     session: Session, options: MountOptions
 ) -> tuple[SessionFS, Report, list[Callable[[], None]]]:
-    try:
-        make_private_dir(options.cache_dir)
-        store = BlobStore(options.cache_dir, max_size=options.max_size, max_age=options.max_age)
-        index = SourceIndex(options.cache_dir)
-    except (OSError, sqlite3.Error) as exc:  # e.g. "file is not a database": one line, not a traceback
-        raise CacheError(f"cache folder {options.cache_dir}: cannot open it: {exc}") from None
-    for path in store.clean_stale_staging():
-        log.info("removed a dead download's leftover %s", path.name)
-    store.prune()
-    tokens = options.tokens() if options.tokens else token_source(options.token_file, options.token_command)
     # Every origin the token may travel to: the server and any absolute cloud URL of a track.
-    urls = [session.server, *(t.cloud_url for t in session.tracks)]
-    for origin in sorted({origin_of(url) for url in urls if url}):
-        warn_if_insecure(origin, tokens)
-    http = HttpClient(tokens=tokens, stall_timeout=options.policy.stall_timeout)
-    fetcher = Fetcher(store, index, http, jobs=options.jobs, policy=options.policy)
-    tracks = build_tracks(session, http=http, index=index, jobs=options.jobs)
-    report_path = options.report_path or default_report_path(options.cache_dir, session)
+    runtime = open_runtime(options.runtime, origins=[session.server, *(t.cloud_url for t in session.tracks)])
+    tracks = build_tracks(session, http=runtime.http, index=runtime.index, jobs=runtime.jobs)
+    report_path = options.report_path or default_report_path(runtime.store.root, session)
     try:
         report = Report(report_path, session=session.name, mountpoint=str(options.mountpoint), records=[])
     except OSError as exc:
+        runtime.close()
         raise ConfigError(f"report {report_path}: cannot write it: {exc.strerror or exc}") from None
-    core = SessionFS(tracks, fetcher, report, retry_after=options.retry_after, prefetch=options.prefetch,
+    core = SessionFS(tracks, runtime.fetcher, report, retry_after=options.retry_after, prefetch=options.prefetch,
                      mtime=session.mtime)
     report.replace_records(core.initial_records())
     log_missing(tracks)
 
     def apply(changed: Session) -> None:
-        fresh = build_tracks(changed, http=http, index=index, jobs=options.jobs)
+        fresh = build_tracks(changed, http=runtime.http, index=runtime.index, jobs=runtime.jobs)
         core.reload(fresh, mtime=changed.mtime)
         log_missing(fresh)
 
     watcher = ManifestWatcher(options.session_path, apply, default_server=options.default_server)
     watcher.start()
-    return core, report, [watcher.stop, http.close, index.close, store.close]
+    # The fetcher is closed by core.close() (serve's finally), before these.
+    return core, report, [watcher.stop, runtime.http.close, runtime.index.close, runtime.store.close]
 
 
 def log_missing(tracks: list[Track]) -> None:
     for track in tracks:
         if track.kind is Kind.MISSING:
             log.error("%s: %s", track.name, track.reason)
-
-
-def token_source(token_file: Path | None, token_command: str | None) -> TokenSource | None:
-    if token_command:
-        return TokenSource(command=token_command)
-    if token_file:
-        return TokenSource(file=token_file)
-    value = os.environ.get("MIXVFS_TOKEN")
-    return TokenSource(value=value) if value else None
 
 
 def default_report_path(cache_dir: Path, session: Session) -> Path:

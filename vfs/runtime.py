@@ -1,0 +1,92 @@
+"""The composition root: the one place that builds the cache's parts — blob store, source index, HTTP client
+(with its token source), fetcher — from the layered settings. ``mixvfs mount`` (in the daemon),
+``mixvfs preflight`` and ``cachectl warm`` all open their runtime here, so they share the same retry policy,
+the same warnings and the same start-up housekeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from mixvfs.cache.errors import CacheError, FetchError
+from mixvfs.cache.fetch import Fetcher, RetryPolicy
+from mixvfs.cache.http import HttpClient, TokenSource, origin_of, warn_if_insecure
+from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.location import CacheLimits
+from mixvfs.cache.store import BlobStore, make_private_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Plain values resolved from the settings layers (see :mod:`mixvfs.vfs.commands.config`)."""
+
+    cache: CacheLimits
+    jobs: int
+    stall_timeout: float
+    retries: int
+    retry_wait: float
+    tokens: Callable[[], TokenSource | None]
+
+    @property
+    def policy(self) -> RetryPolicy:
+        # Jitter in proportion to the first wait: a fixed 0.5 s would dwarf a short --retry-wait.
+        return RetryPolicy(attempts=max(1, self.retries), wait_initial=self.retry_wait, wait_jitter=self.retry_wait,
+                           stall_timeout=self.stall_timeout, total_timeout=max(120.0, self.stall_timeout * 4))
+
+
+@dataclass
+class Runtime:
+    store: BlobStore
+    index: SourceIndex
+    http: HttpClient
+    fetcher: Fetcher
+    tokens: TokenSource | None
+    token_error: str | None  # the token source failed (e.g. its command): requests go without a token
+    jobs: int
+
+    def close(self) -> None:
+        self.fetcher.close()
+        self.http.close()
+        self.index.close()
+        self.store.close()
+
+
+def open_cache(limits: CacheLimits) -> tuple[BlobStore, SourceIndex]:
+    """The store and the index, or one CacheError line (e.g. "file is not a database"), never a traceback."""
+    try:
+        make_private_dir(limits.root)
+        return (BlobStore(limits.root, max_size=limits.max_size, max_age=limits.max_age),
+                SourceIndex(limits.root))
+    except (OSError, sqlite3.Error) as exc:
+        raise CacheError(f"cache folder {limits.root}: cannot open it: {exc}") from None
+
+
+def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housekeeping: bool = True,
+                 tolerate_token_error: bool = False) -> Runtime:
+    """Everything a command needs to read or fill the cache. ``origins``: every URL the token may travel to
+    (warned about when it is plain http to another machine). ``housekeeping``: remove dead downloads'
+    staging files and expired blobs first (commands that download; preflight only looks)."""
+    store, index = open_cache(config.cache)
+    if housekeeping:
+        for path in store.clean_stale_staging():
+            log.info("removed a dead download's leftover %s", path.name)
+        store.prune()
+    token_error = None
+    try:
+        tokens = config.tokens()
+    except FetchError as exc:
+        if not tolerate_token_error:
+            index.close()
+            store.close()
+            raise
+        tokens, token_error = None, exc.reason
+    for origin in sorted({origin_of(url) for url in origins if url}):
+        warn_if_insecure(origin, tokens)
+    http = HttpClient(tokens=tokens, stall_timeout=config.stall_timeout)
+    fetcher = Fetcher(store, index, http, jobs=config.jobs, policy=config.policy)
+    return Runtime(store, index, http, fetcher, tokens, token_error, config.jobs)
