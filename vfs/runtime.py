@@ -11,11 +11,12 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from mixvfs.cache.download import Foreground, RetryPolicy
 from mixvfs.cache.errors import CacheError, FetchError
-from mixvfs.cache.fetch import Fetcher, RetryPolicy
 from mixvfs.cache.http import HttpClient, TokenSource, origin_of, warn_if_insecure
 from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.location import CacheLimits
+from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore, make_private_dir
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Runtime:
     index: SourceIndex
     http: HttpClient
     fetcher: Fetcher
+    foreground: Foreground  # the mount's browsing and reading, which background downloads make way for
     tokens: TokenSource | None
     token_error: str | None  # the token source failed (e.g. its command): requests go without a token
     jobs: int
@@ -88,5 +90,6 @@ def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housek
     for origin in sorted({origin_of(url) for url in origins if url}):
         warn_if_insecure(origin, tokens)
     http = HttpClient(tokens=tokens, stall_timeout=config.stall_timeout)
-    fetcher = Fetcher(store, index, http, jobs=config.jobs, policy=config.policy)
-    return Runtime(store, index, http, fetcher, tokens, token_error, config.jobs)
+    foreground = Foreground()
+    fetcher = Fetcher(store, index, http, jobs=config.jobs, policy=config.policy, foreground=foreground)
+    return Runtime(store, index, http, fetcher, foreground, tokens, token_error, config.jobs)

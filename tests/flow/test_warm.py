@@ -84,3 +84,21 @@ def test_ctrl_c_stops_cleanly_leaving_only_whole_blobs(tmp_path, server_root, de
     assert [blob["size"] for blob in listing] == [300_000]
     served = devserver.requests("GET", "/stream/b")
     assert len(served) == 1 and served[0]["bytes"] < 2_000_000  # b really was cut off mid-way
+
+
+def test_every_download_gets_its_start_and_done_line_however_fast(tmp_path, server_root, devserver):
+    """The lines come from the downloads' own events: a 10 KB track that downloads in a millisecond still
+    gets its `start` line before its `done` line, exactly once each."""
+    (server_root / "stream").mkdir()
+    entries = []
+    for n in range(12):
+        write_sized(server_root / "stream" / f"t{n}", 10_000, kind="wav", seed=n)
+        entries.append({"id": f"t{n}", "artist": "A", "title": f"T{n}", "cloud_stream_path": f"/stream/t{n}",
+                        "size": 10_000, "content_type": "audio/wav"})
+    manifest = write_session(tmp_path / "s.json", entries, server=devserver.url)
+    done = run(cachectl(tmp_path / "cache", "warm", str(manifest), "--jobs", "3"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for n in range(12):
+        mine = [line.split()[0] for line in lines if f" A - T{n}.wav" in line and line.startswith(("start", "done"))]
+        assert mine == ["start", "done"], (n, done.stdout)

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from mixvfs.cache.download import RetryPolicy
 from mixvfs.cache.errors import FetchError
-from mixvfs.cache.fetch import Fetcher, RetryPolicy
 from mixvfs.cache.http import HttpClient
 from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore
 from mixvfs.vfs.fs.report import Report
 from mixvfs.vfs.fs.sessionfs import FailedHandle, SessionFS, StreamHandle

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from mixvfs.cache import errors
+from mixvfs.cache.download import Download, Event, RetryPolicy, Source, State
 from mixvfs.cache.errors import AuthRejected, FetchError, LengthMismatch, NotAudio, PermanentHttpError, ServerBusy
-from mixvfs.cache.fetch import Download, Fetcher, RetryPolicy, Source, State
 from mixvfs.cache.http import HttpClient
 from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore, pid_alive
 from tools.devserver import DevServer
 from tools.make_audio import write_sized
@@ -65,9 +66,9 @@ def stored_bytes(store: BlobStore, d: Download) -> bytes:
 
 
 def download(server: DevServer, store: BlobStore, http: HttpClient, size: int | None = SIZE) -> Download:
-    events: list[str] = []
-    d = Download(Source(server.url_for("a.wav"), size=size, label="a"), store, http, POLICY,
-                 lambda _d, event: events.append(event))
+    events: list[Event] = []
+    d = Download(Source(server.url_for("a.wav"), size=size, label="a"), store, SourceIndex(store.root), http,
+                 POLICY, lambda _d, event: events.append(event))
     d.run()
     return d
 
@@ -110,8 +111,8 @@ def test_new_etag_between_attempts_starts_over_and_is_used_for_the_next_resume(s
     time.sleep(0.01)
     write_sized(tmp_path / "srv" / "a.wav", SIZE, seed=8)  # a new version: new mtime, new ETag
     new_data = (tmp_path / "srv" / "a.wav").read_bytes()
-    d = Download(Source(server.url_for("a.wav"), size=SIZE, etag=first.etag, label="a"), store, http, POLICY,
-                 lambda _d, _e: None)
+    d = Download(Source(server.url_for("a.wav"), size=SIZE, etag=first.etag, label="a"), store,
+                 SourceIndex(store.root), http, POLICY, lambda _d, _e: None)
     server.set_faults({"/a.wav": {"drop_after": 50_000, "times": 2, "id": "second"}})
     d.run()
     assert d.state is State.DONE and d.etag != first.etag

@@ -9,11 +9,11 @@ import threading
 import time
 from pathlib import Path
 
-from mixvfs.vfs.fs.report import Report, TrackRecord
+from mixvfs.vfs.fs.report import Report, Status, TrackRecord
 
 
 def records(count: int) -> list[TrackRecord]:
-    return [TrackRecord(f"t{i}", f"Artist - Track {i}.wav", "cloud", "pending") for i in range(count)]
+    return [TrackRecord(f"t{i}", f"Artist - Track {i}.wav", "cloud", Status.PENDING) for i in range(count)]
 
 
 def on_disk(report: Report, track_id: str) -> dict[str, object]:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from mixvfs.cache.errors import AuthRejected, ConfigError, FetchError, TransientError
-from mixvfs.cache.fetch import Fetcher
 from mixvfs.cache.http import HttpClient, TokenSource
+from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore
 from mixvfs.cache.units import format_size
 from mixvfs.vfs.commands import config, output

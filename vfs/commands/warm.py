@@ -1,7 +1,7 @@
 """``cachectl warm SESSION``: download every cloud track of a session into the cache ahead of the export.
 
 The downloads are the mount's own (:class:`mixvfs.vfs.fs.sessionfs.SessionFS` prefetch over a
-:class:`mixvfs.cache.fetch.Fetcher`): ``jobs`` at a time, retried, verified, committed by rename — so a
+:class:`mixvfs.cache.scheduler.Fetcher`): ``jobs`` at a time, retried, verified, committed by rename — so a
 warmed cache is exactly what a mount would have built. Progress goes through rich on a terminal (per
 track and total: bytes, rate, ETA) and as one plain line per event otherwise (logs, pipes, CI). Ctrl-C
 stops the downloads, removes their staging files and leaves only whole blobs. The end is the report's
@@ -11,55 +11,69 @@ per-track table.
 from __future__ import annotations
 
 import contextlib
+import queue
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from mixvfs.cache.download import Download
+from mixvfs.cache.download import Event as DownloadEvent
+from mixvfs.cache.errors import Cancelled
 from mixvfs.cache.units import format_size
 from mixvfs.vfs.fs.mount import default_report_path
-from mixvfs.vfs.fs.report import Report, format_report
+from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, format_report
 from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.runtime import Runtime
 from mixvfs.vfs.session.manifest import Session
 from mixvfs.vfs.session.tracks import build_tracks
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-FINAL = ("local", "cached", "failed", "missing")
-POLL = 0.1
+FINAL = (Status.LOCAL, Status.CACHED, Status.FAILED, Status.MISSING)
+TICK = 0.2  # how often the display refreshes bytes in flight when no event comes
 STOP_WAIT = 2.0  # on Ctrl-C, how long to let downloads wind down before removing their staging files
 
 
 @dataclass
-class Event:
+class Line:
     kind: str  # start | done | failed
     name: str
     text: str
 
 
 @dataclass
-class Tracker:
-    """Turns successive report snapshots into events (a status change is an event)."""
+class Announcer:
+    """Turns the fetcher's download events into display lines: one ``start`` and one ``done`` or
+    ``failed`` per track, however fast the download (built on events, not on polling the report)."""
 
-    seen: dict[str, str] = field(default_factory=dict)
+    core: SessionFS
     started: dict[str, float] = field(default_factory=dict)
+    said: set[str] = field(default_factory=set)  # names with their final line printed
 
-    def events(self, records: list[dict[str, Any]], now: float) -> list[Event]:
+    def lines(self, download: Download, event: DownloadEvent, at: float) -> list[Line]:
+        out = []
+        for name in self.core.names_of(download.source):
+            if event is DownloadEvent.ATTEMPT and name not in self.started:
+                self.started[name] = at
+                out.append(Line("start", name, f"start  {name} ({size_text(download.total)})"))
+            elif event is DownloadEvent.DONE and name not in self.said:
+                self.said.add(name)
+                took = at - self.started.get(name, at)
+                rate = f" in {took:.1f}s, {format_size(int((download.total or 0) / took))}/s" if took > 0 else ""
+                out.append(Line("done", name, f"done   {name} {size_text(download.total)}{rate}"))
+            elif event is DownloadEvent.FAILED and download.error is not None and not isinstance(
+                    download.error, Cancelled) and name not in self.said:
+                self.said.add(name)
+                out.append(Line("failed", name, f"failed {name}: {download.error.reason}"))
+        return out
+
+    def leftovers(self, records: list[dict[str, Any]]) -> list[Line]:
+        """Failures that were no download's (e.g. no room for a staging file): from the report."""
         out = []
         for r in records:
-            before, after = self.seen.get(r["id"]), r["status"]
-            self.seen[r["id"]] = after
-            if before is None or before == after:
-                continue
-            if after == "fetching":
-                self.started.setdefault(r["id"], now)
-                out.append(Event("start", r["name"], f"start  {r['name']} ({size_text(r.get('bytes'))})"))
-            if after == "cached":
-                took = now - self.started[r["id"]] if r["id"] in self.started else 0.0
-                rate = f" in {took:.1f}s, {format_size(r['bytes'] / took)}/s" if took > 0 and r.get("bytes") else ""
-                out.append(Event("done", r["name"], f"done   {r['name']} {size_text(r.get('bytes'))}{rate}"))
-            elif after == "failed":
-                out.append(Event("failed", r["name"], f"failed {r['name']}: {r.get('error')}"))
+            if r["status"] == Status.FAILED and r["name"] not in self.said:
+                self.said.add(r["name"])
+                out.append(Line("failed", r["name"], f"failed {r['name']}: {r.get('error')}"))
         return out
 
 
@@ -73,29 +87,36 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
     report = Report(report_path, session=session.name, mountpoint="", records=[])
     core: SessionFS | None = None
     interrupted = False
+    events: queue.SimpleQueue[tuple[Download, DownloadEvent, float]] = queue.SimpleQueue()
+    unsubscribe = fetcher.subscribe(lambda download, event: events.put((download, event, time.monotonic())))
     try:
         tracks = build_tracks(session, http=runtime.http, index=runtime.index, jobs=runtime.jobs)
-        core = SessionFS(tracks, fetcher, report, retry_after=0.0, prefetch=True)
+        core = SessionFS(tracks, fetcher, report, retry_after=0.0, prefetch=True, foreground=runtime.foreground)
         report.replace_records(core.initial_records())
         records = report.snapshot()["tracks"]
-        todo = [r for r in records if r["status"] == "pending"]
-        print(f"{session.name}: {len(records)} tracks; {sum(r['status'] == 'cached' for r in records)} cached, "
-              f"{sum(r['status'] == 'local' for r in records)} local, {len(todo)} to download "
+        todo = [r for r in records if r["status"] == Status.PENDING]
+        print(f"{session.name}: {len(records)} tracks; {sum(r['status'] == Status.CACHED for r in records)} "
+              f"cached, {sum(r['status'] == Status.LOCAL for r in records)} local, {len(todo)} to download "
               f"({format_size(sum(r['bytes'] or 0 for r in todo))})", file=out, flush=True)
         core.start_prefetch()
+        announcer = Announcer(core)
         display = rich_display if tty else plain_display
         with display(out, core, todo) as update:
-            tracker = Tracker()
-            tracker.events(records, time.monotonic())
             while True:
+                lines = []
+                with contextlib.suppress(queue.Empty):
+                    lines += announcer.lines(*events.get(timeout=TICK))
+                    while True:
+                        lines += announcer.lines(*events.get_nowait())
                 snapshot = report.snapshot()["tracks"]
-                update(tracker.events(snapshot, time.monotonic()))
+                lines += announcer.leftovers(snapshot)
+                update(lines)
                 if all(r["status"] in FINAL for r in snapshot):
                     break
-                time.sleep(POLL)
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        unsubscribe()
         # Cancel the downloads; workers unlink their unfinished bodies. One blocked in a silent read (a
         # stalled server) would notice only after the stall timeout: do not wait for it past STOP_WAIT.
         if core is not None:
@@ -109,15 +130,15 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
     if interrupted:
         print("interrupted: downloads stopped; only whole files are in the cache", file=out, flush=True)
         return EXIT_INTERRUPTED
-    return EXIT_FAILED if any(t["status"] in ("failed", "missing") for t in data["tracks"]) else EXIT_OK
+    return EXIT_FAILED if any(t["status"] in FAILED_STATUSES for t in data["tracks"]) else EXIT_OK
 
 
-Update = Callable[[list[Event]], None]
+Update = Callable[[list[Line]], None]
 
 
 @contextlib.contextmanager
 def plain_display(out: TextIO, core: SessionFS, todo: list[dict[str, Any]]) -> Iterator[Update]:
-    def update(events: list[Event]) -> None:
+    def update(events: list[Line]) -> None:
         for event in events:
             print(event.text, file=out, flush=True)
 
@@ -145,7 +166,7 @@ def rich_display(out: TextIO, core: SessionFS, todo: list[dict[str, Any]]) -> It
     with Progress(*columns, console=Console(file=out), transient=False) as progress:
         total = progress.add_task("[bold]total", total=total_bytes)
 
-        def update(events: list[Event]) -> None:
+        def update(events: list[Line]) -> None:
             nonlocal done_bytes
             for event in events:
                 if event.kind != "start":

@@ -11,6 +11,8 @@ otherwise rewrite megabytes per event and starve the threads serving the mount).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import enum
 import json
 import logging
 import os
@@ -28,12 +30,26 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 0.2
 
 
+class Status(enum.StrEnum):
+    """A track's state in the report (a str: the JSON holds the plain value)."""
+
+    LOCAL = "local"  # a local file, passed through
+    PENDING = "pending"  # a cloud track not downloaded (yet)
+    FETCHING = "fetching"
+    CACHED = "cached"  # whole and verified in the cache
+    FAILED = "failed"  # ``error`` says why
+    MISSING = "missing"  # neither a usable local file nor a cloud path
+
+
+FAILED_STATUSES = (Status.FAILED, Status.MISSING)
+
+
 @dataclass
 class TrackRecord:
     id: str
     name: str
     source: str  # local | cloud | missing
-    status: str  # local | pending | fetching | cached | failed | missing
+    status: Status
     bytes: int | None = None
     digest: str | None = None
     error: str | None = None
@@ -83,9 +99,9 @@ class Report:
             if record is None:
                 return  # a track removed from the session by a live reload; its download may still finish
             shown = (record.status, record.error)
-            if any(getattr(record, key) != value for key, value in fields.items()):
-                for key, value in fields.items():
-                    setattr(record, key, value)
+            changed = dataclasses.replace(record, **fields)  # an unknown field name is a TypeError, not a new key
+            if changed != record:
+                self._records[track_id] = record = changed
                 self._version += 1
                 if (record.status, record.error) != shown:
                     self._shown_at[track_id] = self._version

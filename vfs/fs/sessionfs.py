@@ -17,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from mixvfs.cache.download import Download, Event, Foreground, Source, State
 from mixvfs.cache.errors import Cancelled, ContentChanged, FetchError, SourceMissing
-from mixvfs.cache.fetch import Download, Fetcher, State
 from mixvfs.cache.http import Freshness
+from mixvfs.cache.scheduler import Fetcher
 from mixvfs.vfs.fs.pages import PageTable, Version
-from mixvfs.vfs.fs.report import Report, TrackRecord
+from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, TrackRecord
 from mixvfs.vfs.session.tracks import Kind, Track
 
 log = logging.getLogger(__name__)
@@ -143,9 +144,12 @@ class SessionFS:
         retry_after: float = 60.0,
         prefetch: bool = True,
         mtime: float = 0.0,
+        foreground: Foreground | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.fetcher = fetcher
+        # Told when the folder is browsed or read, so prefetch steps aside while it is only browsed.
+        self.foreground = foreground or fetcher.foreground
         self.mtime = mtime
         self.report = report
         self.retry_after = retry_after
@@ -156,7 +160,7 @@ class SessionFS:
         self._track_locks: dict[str, threading.Lock] = {}
         self.pages = PageTable()
         self._set_tracks(tracks)
-        fetcher.listener = self._on_download_event
+        self._unsubscribe = fetcher.subscribe(self._on_download_event)
         self._prefetch_stop = threading.Event()
         self._prefetch_thread: threading.Thread | None = None
         self._sizes_thread: threading.Thread | None = None
@@ -211,18 +215,22 @@ class SessionFS:
         failed = []
         for record in snapshot["tracks"]:
             counts[record["status"]] = counts.get(record["status"], 0) + 1
-            if record["status"] in ("failed", "missing"):
+            if record["status"] in FAILED_STATUSES:
                 failed.append({"name": record["name"], "error": record["error"]})
         return {"session": snapshot["session"], "tracks": len(snapshot["tracks"]), "counts": counts,
                 "downloading": downloading, "failed": failed[:MAX_STATUS_FAILURES],
                 "failed_total": len(failed)}
 
+    def names_of(self, source: Source) -> list[str]:
+        """The files (one per track; several tracks may share a source) that ``source`` is the bytes of."""
+        return [t.name for t in self._by_ident.get(source.ident, [])]
+
     def names(self) -> list[str]:
-        self.fetcher.foreground.touch()
+        self.foreground.touch()
         return [t.name for t in self.tracks]
 
     def lookup(self, name: str) -> Track | None:
-        self.fetcher.foreground.touch()  # someone is looking at the folder: prefetch steps aside
+        self.foreground.touch()  # someone is looking at the folder: prefetch steps aside
         return self._by_name.get(name)
 
     def total_size(self) -> int:
@@ -239,14 +247,14 @@ class SessionFS:
 
     def _initial_record(self, track: Track) -> TrackRecord:
         if track.kind is Kind.LOCAL:
-            return TrackRecord(track.id, track.name, "local", "local", bytes=track.size)
+            return TrackRecord(track.id, track.name, "local", Status.LOCAL, bytes=track.size)
         if track.kind is Kind.MISSING:
-            return TrackRecord(track.id, track.name, "missing", "missing", error=track.reason)
+            return TrackRecord(track.id, track.name, "missing", Status.MISSING, error=track.reason)
         assert track.source is not None
         entry = self.fetcher.cached(track.source)
         if entry is not None:
-            return TrackRecord(track.id, track.name, "cloud", "cached", bytes=entry.size, digest=entry.digest)
-        return TrackRecord(track.id, track.name, "cloud", "pending", bytes=track.size)
+            return TrackRecord(track.id, track.name, "cloud", Status.CACHED, bytes=entry.size, digest=entry.digest)
+        return TrackRecord(track.id, track.name, "cloud", Status.PENDING, bytes=track.size)
 
     # -- attributes ----------------------------------------------------------------------------------
 
@@ -347,7 +355,7 @@ class SessionFS:
             raise SourceMissing(f"local file {track.local_path} is no longer a regular file")
         track.size, track.mtime = st.st_size, st.st_mtime
         if self._failures.pop(track.id, None) is not None:
-            self.report.update(track.id, status="local", error=None, bytes=st.st_size)
+            self.report.update(track.id, status=Status.LOCAL, error=None, bytes=st.st_size)
         stamp = file_stamp(st)
         return LocalHandle(track, fd, stamp), Version("file:" + ":".join(map(str, stamp)), st.st_size, st.st_mtime)
 
@@ -384,7 +392,7 @@ class SessionFS:
             else:
                 if freshness is Freshness.CHANGED:
                     track.mtime = max(track.mtime, self.now())  # a new version: tools comparing mtimes see it
-                    self.report.update(track.id, status="pending", digest=None,
+                    self.report.update(track.id, status=Status.PENDING, digest=None,
                                        note="the server's copy changed since it was cached; downloaded again")
                     log.info("%s: the server's copy changed; downloading it again", track.name)
                 elif freshness is Freshness.UNKNOWN:
@@ -400,7 +408,7 @@ class SessionFS:
         return self._reading(handle, lambda: handle.span(size, offset))
 
     def _reading(self, handle: Handle, action: Callable[[], T]) -> T:
-        self.fetcher.foreground.reading()
+        self.foreground.reading()
         try:
             return action()
         except FetchError as exc:
@@ -477,29 +485,30 @@ class SessionFS:
     def close(self, wait: float | None = None) -> None:
         self._prefetch_stop.set()
         self.fetcher.close(wait)
+        self._unsubscribe()
 
     # -- events --------------------------------------------------------------------------------------
 
-    def _on_download_event(self, download: Download, event: str) -> None:
-        if event == State.DONE.value and download.digest is not None:
+    def _on_download_event(self, download: Download, event: Event) -> None:
+        if event is Event.DONE and download.digest is not None:
             self.pages.relabel(download_key(download), blob_key(download.digest))
-        if event in (State.DONE.value, State.FAILED.value):
+        if event in (Event.DONE, Event.FAILED):
             with self._lock:
                 if download in self._prefetching:
                     self._prefetching.remove(download)
                     self._prefetch_slots.release()
         for track in self._by_ident.get(download.source.ident, []):
-            if event == "attempt":
-                self.report.update(track.id, status="fetching", attempts=download.attempts)
-            elif event == State.DONE.value:
+            if event is Event.ATTEMPT:
+                self.report.update(track.id, status=Status.FETCHING, attempts=download.attempts)
+            elif event is Event.DONE:
                 if track.size is None:
                     track.size = download.total
                 self._failures.pop(track.id, None)
-                self.report.update(track.id, status="cached", bytes=download.total, digest=download.digest,
+                self.report.update(track.id, status=Status.CACHED, bytes=download.total, digest=download.digest,
                                    error=None, attempts=download.attempts)
-            elif event == State.FAILED.value and download.error is not None:
+            elif event is Event.FAILED and download.error is not None:
                 if isinstance(download.error, Cancelled):
-                    self.report.update(track.id, status="pending", error=None)
+                    self.report.update(track.id, status=Status.PENDING, error=None)
                 else:
                     self._record_failure(track, download.error)
 
@@ -515,7 +524,7 @@ class SessionFS:
             return
         record = self.report.record(track.id)
         if track_failed:
-            self.report.update(track.id, urgent=True, status="failed", error=error.reason,
+            self.report.update(track.id, urgent=True, status=Status.FAILED, error=error.reason,
                                attempts=max(record.attempts, 1))
         else:
             self.report.update(track.id, urgent=True, error=error.reason)

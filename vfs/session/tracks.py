@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixvfs.cache.download import Source
 from mixvfs.cache.errors import FetchError
-from mixvfs.cache.fetch import Source
 from mixvfs.cache.http import HttpClient
 from mixvfs.cache.index import RemoteInfo, SourceIndex
 from mixvfs.vfs.session import sniff

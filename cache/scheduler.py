@@ -1,0 +1,260 @@
+"""The scheduler: which downloads run. One :class:`~mixvfs.cache.download.Download` per source version at a
+time, shared by every reader; at most ``jobs`` running; readers' tracks first, then prefetch in session
+order (a reader's track pauses the least urgent prefetch rather than waiting behind it). Subscribers hear
+every download's events (:meth:`Fetcher.subscribe`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mixvfs.cache.download import DEMAND, Download, Event, Foreground, RetryPolicy, Source, State
+from mixvfs.cache.errors import Cancelled, FetchError, NoSpace
+from mixvfs.cache.http import Freshness, HttpClient
+from mixvfs.cache.index import RemoteInfo, SourceEntry, SourceIndex
+from mixvfs.cache.store import BlobStore, hash_fd
+
+log = logging.getLogger(__name__)
+
+Subscriber = Callable[[Download, Event], None]
+
+
+@dataclass
+class Acquired:
+    """What a reader gets: a stored blob's descriptor, or a download to read through (with its own fd)."""
+
+    fd: int
+    download: Download | None
+    entry: SourceEntry | None
+
+
+class Fetcher:
+    def __init__(
+        self,
+        store: BlobStore,
+        index: SourceIndex,
+        http: HttpClient,
+        *,
+        jobs: int = 3,
+        policy: RetryPolicy | None = None,
+        foreground: Foreground | None = None,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.http = http
+        self.jobs = max(1, jobs)
+        self.policy = policy or RetryPolicy()
+        # When the mount is browsed or read: prefetch steps aside while it is only browsed.
+        self.foreground = foreground or Foreground()
+        self._subscribers: list[Subscriber] = []
+        self._lock = threading.Lock()
+        self._active: dict[str, Download] = {}
+        self._queue: queue.PriorityQueue[tuple[int, int, Download | None]] = queue.PriorityQueue()
+        self._running: set[Download] = set()
+        self._seq = itertools.count()
+        self._workers: list[threading.Thread] = []
+        self._closed = False
+
+    # -- what readers and the prefetcher call ---------------------------------------------------------
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Hear every download's events (in the worker's thread: be quick); returns the unsubscribe call."""
+        with self._lock:
+            self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if subscriber in self._subscribers:
+                    self._subscribers.remove(subscriber)
+
+        return unsubscribe
+
+    def cached(self, source: Source) -> SourceEntry | None:
+        entry = self.index.lookup(source.ident)
+        if entry is not None and not self.store.has(entry.digest):
+            return None  # evicted or pruned: the mapping is stale
+        return entry
+
+    def probe(self, source: Source) -> RemoteInfo:
+        """What the server says about ``source`` now (size, validators), without its body."""
+        return self.http.probe(source.url)
+
+    def revalidate(self, source: Source) -> Freshness:
+        """Is the stored version of ``source`` still the server's? A changed one is forgotten, so the
+        next :meth:`acquire` downloads the new version. Raises FetchError when the server cannot say."""
+        entry = self.cached(source)
+        if entry is None:
+            return Freshness.UNCHANGED  # nothing stored: a download fetches whatever is current
+        freshness = self.http.revalidate(source.url, entry.etag, entry.last_modified, entry.size)
+        if freshness is Freshness.CHANGED:
+            self.index.forget(source.ident)
+        return freshness
+
+    def acquire(self, source: Source) -> Acquired:
+        """Open ``source`` for reading: its verified blob if stored, else a (shared) download, reader first."""
+        with self._lock:
+            download = self._active.get(source.ident)
+            fd = download.attach() if download is not None else None
+            if download is None or fd is None:
+                opened = self._open_stored(source)
+                if opened is not None:
+                    return opened
+                download = self._start(source)
+                fd = download.attach()
+                assert fd is not None  # a new download's staging file is open
+            download.readers += 1
+            self._enqueue(download, DEMAND)
+            return Acquired(fd, download, None)
+
+    def release(self, download: Download) -> None:
+        """A reader closed its file. The last reader leaving cancels the download unless prefetch wants it."""
+        with self._lock:
+            download.readers -= 1
+            complete = download.total is not None and download.available >= download.total
+            if download.readers <= 0 and not download.prefetch_wanted and not complete and download.state in (
+                State.PENDING, State.FETCHING
+            ):
+                with download.cond:
+                    download.cancelled = True
+
+    def prefetch(self, source: Source, order: int) -> Download | None:
+        with self._lock:
+            download = self._active.get(source.ident)
+            if download is not None and not download.revive():
+                download = None
+            if download is None:
+                if self.cached(source) is not None:
+                    return None
+                download = self._start(source)
+            download.prefetch_wanted = True
+            if download.readers == 0:
+                download.priority = 1 + order
+            self._enqueue(download, download.priority)
+            return download
+
+    def active(self) -> list[Download]:
+        with self._lock:
+            return list(self._active.values())
+
+    def close(self, wait: float | None = None) -> None:
+        """Cancel every download and wait for the workers: at most ``wait`` seconds in all (default 3)."""
+        with self._lock:
+            self._closed = True
+            for download in self._active.values():
+                download.cancelled = True
+        for _ in self._workers:
+            self._queue.put((-1, next(self._seq), None))
+        # Bounded: a worker stuck in a stalled read notices the cancel only at its next chunk. Workers are
+        # daemon threads, and a staging file left by an exiting process is removed at the next mount.
+        deadline = time.monotonic() + (3.0 if wait is None else wait)
+        for worker in self._workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _open_stored(self, source: Source) -> Acquired | None:
+        entry = self.index.lookup(source.ident)
+        if entry is None:
+            return None
+        fd = self.store.open_blob(entry.digest)
+        if fd is None:
+            self.index.forget(source.ident)
+            return None
+        if not self._blob_intact(fd, entry):
+            os.close(fd)
+            log.warning("blob %s of %s was damaged on disk; removed, fetching again", entry.digest,
+                        source.label)
+            self.store.remove(entry.digest)
+            self.index.forget(source.ident)
+            return None
+        return Acquired(fd, None, entry)
+
+    def _blob_intact(self, fd: int, entry: SourceEntry) -> bool:
+        size = os.fstat(fd).st_size
+        if size != entry.size:
+            return False
+        if size <= self.policy.verify_hash_below:
+            return hash_fd(fd) == entry.digest
+        return True
+
+    def _start(self, source: Source) -> Download:
+        if self._closed:
+            raise Cancelled("the mount is shutting down")
+        try:
+            download = Download(source, self.store, self.index, self.http, self.policy, self._on_event,
+                                foreground=self.foreground)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace("no space left on the cache disk") from None
+            raise FetchError(f"cannot create a staging file: {exc.strerror}") from None
+        self._active[source.ident] = download
+        self._ensure_workers()
+        return download
+
+    def _enqueue(self, download: Download, priority: int) -> None:
+        """Queue a pending download (callers hold ``_lock``). A reader's track never waits behind
+        prefetches: when every worker is busy, the least urgent prefetch pauses (and resumes later with
+        Range), so at most ``jobs`` downloads run at once and the reader still starts at once."""
+        if priority == DEMAND:
+            download.priority = DEMAND
+        if download.state is not State.PENDING:
+            return
+        self._queue.put((priority, next(self._seq), download))
+        if priority == DEMAND and len(self._running) >= self.jobs:
+            paused = [d for d in self._running if d.readers == 0 and not d.yield_requested]
+            if paused:
+                victim = max(paused, key=lambda d: d.priority)
+                with victim.cond:
+                    victim.yield_requested = True
+
+    def _ensure_workers(self) -> None:
+        while len(self._workers) < self.jobs:
+            worker = threading.Thread(target=self._work, name=f"fetch-{len(self._workers)}", daemon=True)
+            self._workers.append(worker)
+            worker.start()
+
+    def _work(self) -> None:
+        while True:
+            _, _, download = self._queue.get()
+            if download is None:
+                return
+            with self._lock:
+                if download.state is not State.PENDING or self._active.get(download.source.ident) is not download:
+                    continue  # a duplicate queue entry (priority bump) of a download already taken
+                download.started = time.monotonic()
+                download.state = State.FETCHING
+                self._running.add(download)
+            try:
+                download.run()
+            except Exception:  # run() reports its own failures; this is the last guard of the worker
+                log.exception("worker crashed on %s; the track fails, the worker goes on", download.source.label)
+                if not download.ended.is_set():
+                    with contextlib.suppress(Exception):
+                        download._finish(FetchError("internal error in the download worker"))
+            finally:
+                with self._lock:
+                    self._running.discard(download)
+                    if download.state is State.PENDING and self._active.get(download.source.ident) is download:
+                        self._queue.put((download.priority, next(self._seq), download))  # paused: resume later
+
+    def _on_event(self, download: Download, event: Event) -> None:
+        if event in (Event.DONE, Event.FAILED):
+            with self._lock:  # over: a new reader of this source opens the blob, or starts anew
+                if self._active.get(download.source.ident) is download:
+                    del self._active[download.source.ident]
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            try:
+                subscriber(download, event)
+            except Exception:  # one subscriber's bug must not keep the others from hearing
+                log.exception("a subscriber failed on %s of %s", event.value, download.source.label)
