@@ -242,7 +242,10 @@ class Download:
         starts before ``available`` (a server ignoring Range, a 206 rounded down, an encoded body, a
         re-check after the validator changed) is compared with them byte for byte, and the download
         continues from where they differ — so the file is one version, whole, or the download fails."""
-        start = 0 if self.recheck else self.available
+        # Resume where we are only with an ETag to hold the server to (strong: If-Range; weak: compared
+        # below); a server that gives none is read again from the start and compared byte for byte, or a
+        # change between the two requests would be stitched into one file.
+        start = self.available if self.etag and not self.recheck else 0
         with self.http.get(self.source.url, start=start, if_range=self.etag if start else None) as body:
             changed = bool(body.etag and self.etag and body.etag != self.etag)
             if changed and body.start > 0:

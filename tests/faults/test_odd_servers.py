@@ -116,3 +116,20 @@ def test_a_resume_that_finds_a_new_version_after_bytes_were_read_is_eio_not_mixe
     assert len(first) == 512 * 1024
     record = mount.track("t1")
     assert record["status"] == "failed" and "changed" in record["error"]
+
+
+def test_a_server_without_validators_changing_between_a_cut_and_the_resume_is_never_stitched(
+        tmp_path, server_root, devserver, mounter):
+    """Found by trying it: no ETag, no Last-Modified; the track changes (same size) while the download is
+    cut off. Resuming at the cut would join the old head to the new tail, a file that never existed."""
+    session = one_track(tmp_path, server_root, devserver.url, 3 * MiB, declare_size=True)
+    devserver.set_faults({stream_path("t1"): {"no_validators": True, "drop_after": MiB, "hold": "cut",
+                                              "hold_after": MiB, "times": 1, "then": {"no_validators": True}}})
+    mount = mounter(session, "--retries", "3", "--retry-wait", "0.01s", "--stall-timeout", "5s")  # prefetch
+    devserver.wait_held("cut")
+    replace_by_rename(served(server_root), 3 * MiB, seed=9)
+    devserver.release("cut")
+    assert mount.wait_track("t1", lambda r: r["status"] in ("cached", "failed"), timeout=30)["status"] == "cached"
+    assert_same(copy_all_ways(mount.path / name_of("t1"), tmp_path / "copies"), served(server_root))
+    resume = devserver.requests("GET", stream_path("t1"))[1]
+    assert resume["range"] is None  # read again from the start, compared with what was held

@@ -20,7 +20,7 @@ if "FUSE_LIBRARY_NAME" not in os.environ and ctypes.util.find_library("fuse3"):
 import mfusepy as fuse
 
 from mixvfs.vfs.adapter.errno_map import fuse_errors
-from mixvfs.vfs.adapter.libfuse import WAITING_READS, allow_waiting_reads, fd_bufvec, raise_readahead
+from mixvfs.vfs.adapter.libfuse import WAITING_READS, allow_waiting_reads, fd_bufvec, invalidate_path, raise_readahead
 from mixvfs.vfs.fs.sessionfs import BLOCK_SIZE, Handle, SessionFS
 from mixvfs.vfs.session.tracks import Track
 
@@ -116,6 +116,8 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise FuseOSError(errno.EROFS)
         opened = self.core.open(self._track(path))
+        if opened.stale:  # another version's size or pages may be in the kernel: before the opener stats it
+            invalidate_path(fuse._libfuse, path)
         with self._lock:
             fh, self._next = self._next, self._next + 1
             self._handles[fh] = opened.handle

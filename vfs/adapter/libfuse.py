@@ -83,3 +83,20 @@ def allow_waiting_reads(conn: Any, count: int) -> None:
     # a reader parked on a download then holds one request, not two (kernel default: 3/4 of the maximum;
     # 8 cached copies at once keep up to ~100 in flight, measured: they still read ahead).
     conn.congestion_threshold = count // 4
+
+
+def invalidate_path(lib: Any, path: str) -> bool:
+    """Make the kernel forget the attributes and pages it holds for ``path`` (libfuse 3's
+    ``fuse_invalidate_path``), so the opener's next ``fstat`` — and the size ``sendfile`` stops at — come
+    from the daemon again. Only from inside a request handler (it needs the request's context). False
+    where libfuse has no such call (libfuse 2: there, direct I/O alone serves the new version to ``read``)."""
+    invalidate = getattr(lib, "fuse_invalidate_path", None)
+    if invalidate is None:
+        return False
+    invalidate.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    invalidate.restype = ctypes.c_int
+    fuse = lib.fuse_get_context().contents.fuse
+    result = int(invalidate(fuse, path.encode("utf-8", "surrogateescape")))
+    if result != 0 and result != -errno.ENOENT:  # ENOENT: the kernel holds nothing for it yet
+        log.debug("fuse_invalidate_path(%s) = %d", path, result)
+    return result == 0

@@ -64,6 +64,13 @@ def _attempts(text: str) -> int:
     return attempts
 
 
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ConfigError(f"must be longer than 0, not {text!r}")
+    return seconds
+
+
 def _path(text: str) -> Path:
     return Path(text).expanduser().absolute()
 
@@ -121,7 +128,7 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
          format_size),
     Spec("max_age", "MIXVFS_MAX_AGE", DEFAULT_MAX_AGE, parse_duration, "drop blobs unused this long (30d)", _seconds),
     Spec("jobs", "MIXVFS_JOBS", 3, _jobs, "parallel downloads (3)"),
-    Spec("stall_timeout", "MIXVFS_STALL_TIMEOUT", 30.0, parse_duration,
+    Spec("stall_timeout", "MIXVFS_STALL_TIMEOUT", 30.0, _positive_duration,
          "fail a download without progress this long (30s)", _seconds),
     Spec("retry_after", "MIXVFS_RETRY_AFTER", 60.0, parse_duration,
          "after a failure, answer EIO at once this long (60s)", _seconds),

@@ -34,13 +34,15 @@ class Admission:
     keep_cache: bool
     direct_io: bool
     pinned: bool  # counted as a page-cached reader: call ``release`` when the file is closed
+    stale: bool  # the kernel may hold another size or pages for this file: invalidate them now
 
 
 @dataclass
 class _File:
     key: str | None = None  # the version whose pages the kernel may hold
-    size: int | None = None  # the size the kernel was last told
+    size: int | None = None  # that version's size: what ``stat`` answers while it has readers
     mtime: float = 0.0
+    told: int | None = None  # the size ``stat`` last told the kernel (it may keep it for the attribute timeout)
     readers: int = 0  # open page-cached readers of ``key``
 
 
@@ -58,12 +60,13 @@ class PageTable:
                 if version.size != state.size:
                     raise ContentChanged("the file changed while another program is reading it; copy it again "
                                          "once that program has closed it")
-                return Admission(keep_cache=True, direct_io=True, pinned=False)  # keep_cache: leave its pages be
+                # keep_cache: leave the other reader's pages be; nothing is invalidated under it.
+                return Admission(keep_cache=True, direct_io=True, pinned=False, stale=False)
             keep = state.key == version.key
-            direct = version.size is None or version.size != state.size
+            stale = version.size is None or version.size != state.told
             state.key, state.size, state.mtime = version.key, version.size, version.mtime
             state.readers += 1
-            return Admission(keep_cache=keep, direct_io=direct, pinned=True)
+            return Admission(keep_cache=keep, direct_io=stale, pinned=True, stale=stale or not keep)
 
     def release(self, name: str) -> None:
         with self._lock:
@@ -71,20 +74,20 @@ class PageTable:
             if state is not None and state.readers > 0:
                 state.readers -= 1
 
-    def pinned(self, name: str) -> tuple[int | None, float] | None:
-        """(size, mtime) that ``stat`` must keep answering while a page-cached reader is open, else None."""
-        with self._lock:
-            state = self._files.get(name)
-            if state is None or not state.readers:
-                return None
-            return state.size, state.mtime
-
-    def told(self, name: str, size: int | None, mtime: float) -> None:
-        """``stat`` just told the kernel this size: an open of a version of this size may use its pages."""
+    def answer(self, name: str, size: int | None, mtime: float) -> tuple[int | None, float]:
+        """What ``stat`` tells the kernel: the file as it is now (``size``, ``mtime``) — or, while a
+        page-cached reader is open, that reader's version."""
         with self._lock:
             state = self._files.setdefault(name, _File())
-            if not state.readers:
-                state.size, state.mtime = size, mtime
+            if state.readers:
+                size, mtime = state.size, state.mtime
+            state.told = size
+            return size, mtime
+
+    def pinned(self, name: str) -> bool:
+        with self._lock:
+            state = self._files.get(name)
+            return state is not None and state.readers > 0
 
     def relabel(self, old_key: str, new_key: str) -> None:
         """A download finished as a blob: pages read from the download are the blob's bytes."""

@@ -126,6 +126,7 @@ class Opened:
     handle: Handle
     keep_cache: bool  # the kernel may keep the pages it has: they are of this very version
     direct_io: bool  # read to the end of this version, whatever size the kernel holds
+    stale: bool = False  # the kernel's size or pages of this file may be another version's: drop them now
 
 
 @dataclass
@@ -263,9 +264,9 @@ class SessionFS:
         owner may have re-rendered it); a cloud track of unknown size is asked about, or fetched, rather
         than shown as empty. While a page-cached reader is open, its version's answer stays (see
         :mod:`mixvfs.vfs.fs.pages`)."""
-        pinned = self.pages.pinned(track.name)
-        if pinned is not None and pinned[0] is not None:
-            return pinned[0], pinned[1]
+        if self.pages.pinned(track.name):
+            size, mtime = self.pages.answer(track.name, None, track.mtime)  # that reader's version
+            return size or 0, mtime
         if track.kind is Kind.LOCAL:
             self._restat_local(track)
             size = track.size or 0
@@ -273,8 +274,8 @@ class SessionFS:
             size = self._cloud_size(track)
         else:
             size = 0
-        self.pages.told(track.name, size, track.mtime)
-        return size, track.mtime
+        answered, mtime = self.pages.answer(track.name, size, track.mtime)
+        return answered or 0, mtime
 
     def _restat_local(self, track: Track) -> None:
         assert track.local_path is not None
@@ -340,7 +341,7 @@ class SessionFS:
             self._record_failure(track, exc, track_failed=False)
             raise
         handle.pinned = admission.pinned
-        return Opened(handle, admission.keep_cache, admission.direct_io)
+        return Opened(handle, admission.keep_cache, admission.direct_io, admission.stale)
 
     def _open_local(self, track: Track) -> tuple[Handle, Version]:
         assert track.local_path is not None
