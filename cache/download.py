@@ -387,11 +387,6 @@ class Download:
 
     # -- reader side -----------------------------------------------------------------------------------
 
-    def read(self, fd: int, size: int, offset: int) -> bytes:
-        """Wait for bytes [offset, offset+size) (or the end) and return them. Raises the download's error."""
-        end = self.wait_for(size, offset)
-        return os.pread(fd, end - offset, offset) if end > offset else b""
-
     def wait_for(self, size: int, offset: int) -> int:
         """Wait until bytes [offset, offset+size) (or the end) are in the staging file; returns their end.
 

@@ -21,8 +21,7 @@ from mixvfs.cache.download import Download
 from mixvfs.cache.download import Event as DownloadEvent
 from mixvfs.cache.errors import Cancelled
 from mixvfs.cache.units import format_size
-from mixvfs.vfs.fs.mount import default_report_path
-from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, format_report
+from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, default_report_path, format_report
 from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.runtime import Runtime
 from mixvfs.vfs.session.manifest import Session
@@ -83,7 +82,7 @@ def size_text(size: int | None) -> str:
 
 def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
     fetcher, store = runtime.fetcher, runtime.store
-    report_path = default_report_path(store.root, session).with_suffix(".warm.json")  # not the mount's
+    report_path = default_report_path(store.root, session.name).with_suffix(".warm.json")  # not the mount's
     report = Report(report_path, session=session.name, mountpoint="", records=[])
     core: SessionFS | None = None
     interrupted = False

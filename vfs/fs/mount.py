@@ -23,7 +23,7 @@ from types import FrameType
 
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.cache.store import make_private_dir
-from mixvfs.vfs.fs.report import Report
+from mixvfs.vfs.fs.report import Report, default_report_path
 from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.runtime import RuntimeConfig, open_runtime
 from mixvfs.vfs.session.live import ManifestWatcher
@@ -363,7 +363,7 @@ def open_session(
     # Every origin the token may travel to: the server and any absolute cloud URL of a track.
     runtime = open_runtime(options.runtime, origins=[session.server, *(t.cloud_url for t in session.tracks)])
     tracks = build_tracks(session, http=runtime.http, index=runtime.index, jobs=runtime.jobs)
-    report_path = options.report_path or default_report_path(runtime.store.root, session)
+    report_path = options.report_path or default_report_path(runtime.store.root, session.name)
     try:
         report = Report(report_path, session=session.name, mountpoint=str(options.mountpoint), records=[])
     except OSError as exc:
@@ -389,11 +389,6 @@ def log_missing(tracks: list[Track]) -> None:
     for track in tracks:
         if track.kind is Kind.MISSING:
             log.error("%s: %s", track.name, track.reason)
-
-
-def default_report_path(cache_dir: Path, session: Session) -> Path:
-    slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in session.name)[:60].strip("-") or "session"
-    return cache_dir / "reports" / f"{slug}.json"
 
 
 # -- stopping -------------------------------------------------------------------------------------------

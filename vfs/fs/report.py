@@ -57,6 +57,12 @@ class TrackRecord:
     note: str | None = None  # not a failure, but worth knowing: e.g. served from cache without revalidation
 
 
+def default_report_path(cache_dir: Path, session_name: str) -> Path:
+    """``<cache>/reports/<session>.json``: where a session's report goes unless ``--report`` says."""
+    slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in session_name)[:60].strip("-") or "session"
+    return cache_dir / "reports" / f"{slug}.json"
+
+
 def utc_stamp(at: float | None = None) -> str:
     return datetime.fromtimestamp(time.time() if at is None else at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

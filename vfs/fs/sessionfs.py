@@ -39,10 +39,6 @@ class Handle:
     name: str  # the file's name when it was opened (the kernel's file; a live reload may rename the track)
     pinned: bool = False  # counted as a page-cached reader in the page table
 
-    def read(self, size: int, offset: int) -> bytes:
-        fd, count = self.span(size, offset)
-        return os.pread(fd, count, offset) if count > 0 else b""
-
     def span(self, size: int, offset: int) -> tuple[int, int]:
         """(descriptor, byte count) that hold bytes [offset, offset+size) now, for a zero-copy reply:
         libfuse reads them from the descriptor itself, without the GIL and without Python bytes."""
@@ -401,12 +397,20 @@ class SessionFS:
                                                       "Last-Modified to revalidate it with")
             track.validated = True
 
-    def read(self, handle: Handle, size: int, offset: int) -> bytes:
-        return self._reading(handle, lambda: handle.read(size, offset))
-
     def read_span(self, handle: Handle, size: int, offset: int) -> tuple[int, int]:
-        """Like :meth:`read`, but (descriptor, count) for the adapter's zero-copy reply."""
+        """The one read path: (descriptor, byte count) holding bytes [offset, offset+size) now — after
+        waiting for a download to reach them, or checking that a local file is still the version opened."""
         return self._reading(handle, lambda: handle.span(size, offset))
+
+    def read(self, handle: Handle, size: int, offset: int) -> bytes:
+        """:meth:`read_span`, as bytes (for a binding without ``read_buf``, and for tests)."""
+        fd, count = self.read_span(handle, size, offset)
+        try:
+            return os.pread(fd, count, offset) if count > 0 else b""
+        except OSError as exc:
+            error = FetchError(f"reading {handle.track.name} failed: {exc.strerror}")
+            self._record_failure(handle.track, error)
+            raise error from None
 
     def _reading(self, handle: Handle, action: Callable[[], T]) -> T:
         self.foreground.reading()

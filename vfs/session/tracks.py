@@ -41,8 +41,7 @@ class Track:
     source: Source | None = None
     local_path: Path | None = None
     reason: str | None = None  # why a missing track is missing
-    probe_error: str | None = None  # what the server said when we asked at mount time
-    probe_failure: FetchError | None = None  # the same, as our exception (preflight classifies it)
+    probe_failure: FetchError | None = None  # what the server said when we asked at mount time (its reason)
     remote: RemoteInfo | None = None
     validated: bool = False  # the server confirmed, in this mount, that ``source`` is its current version
 
@@ -110,7 +109,6 @@ def _probe(track: Track, http: HttpClient, index: SourceIndex) -> None:
                 magic_ext = sniff.ext_from_magic(http.first_bytes(url, sniff.MAGIC_BYTES_NEEDED))
         info = RemoteInfo(info.size, info.etag, info.content_type, magic_ext, info.last_modified)
     except FetchError as exc:
-        track.probe_error = exc.reason
         track.probe_failure = exc
         log.info("cannot ask the server about %s: %s", track.spec.label, exc.reason)
         return
