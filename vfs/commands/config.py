@@ -30,7 +30,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import platformdirs
 
@@ -40,28 +40,27 @@ from mixvfs.cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, CacheLimits
 from mixvfs.cache.units import format_size, parse_duration, parse_size
 from mixvfs.vfs.runtime import RuntimeConfig
 
+T = TypeVar("T")
 CONFIG_ENV = "MIXVFS_CONFIG"
 TOKEN_ENV = "MIXVFS_TOKEN"
 
 
-def _jobs(text: str) -> int:
-    try:
-        jobs = int(text)
-    except ValueError:
-        raise ConfigError(f"not a whole number: {text!r}") from None
-    if not 1 <= jobs <= 64:
-        raise ConfigError(f"must be between 1 and 64, not {jobs}")
-    return jobs
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """A parser of whole numbers from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise ConfigError(f"not a whole number: {text!r}") from None
+        if not low <= number <= high:
+            raise ConfigError(f"must be between {low} and {high}, not {number}")
+        return number
+
+    return parse
 
 
-def _attempts(text: str) -> int:
-    try:
-        attempts = int(text)
-    except ValueError:
-        raise ConfigError(f"not a whole number: {text!r}") from None
-    if not 1 <= attempts <= 100:
-        raise ConfigError(f"must be between 1 and 100, not {attempts}")
-    return attempts
+_jobs, _attempts = _whole(1, 64), _whole(1, 100)
 
 
 def _positive_duration(text: str) -> float:
@@ -190,6 +189,20 @@ def add_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
                             help=f"{spec.help}; env {spec.env}")
 
 
+class Setting(Generic[T]):
+    """A resolved setting read as an attribute: ``settings.jobs`` is ``int(settings.value("jobs"))``."""
+
+    def __init__(self, convert: Callable[[Any], T]) -> None:
+        self.convert = convert
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, settings: Settings, owner: type | None = None) -> T:
+        return self.convert(settings.value(self.name))
+
+
 class Settings:
     """The effective settings of one command, each with where it came from."""
 
@@ -206,25 +219,11 @@ class Settings:
     def cache_dir(self) -> Path:
         return resolve_cache_dir(self.value("cache_dir"))
 
-    @property
-    def max_size(self) -> int:
-        return int(self.value("max_size"))
-
-    @property
-    def max_age(self) -> float:
-        return float(self.value("max_age"))
-
-    @property
-    def jobs(self) -> int:
-        return int(self.value("jobs"))
-
-    @property
-    def stall_timeout(self) -> float:
-        return float(self.value("stall_timeout"))
-
-    @property
-    def retry_after(self) -> float:
-        return float(self.value("retry_after"))
+    max_size = Setting(int)
+    max_age = Setting(float)
+    jobs = Setting(int)
+    stall_timeout = Setting(float)
+    retry_after = Setting(float)
 
     def cache_limits(self) -> CacheLimits:
         return CacheLimits(self.cache_dir, self.max_size, self.max_age)
