@@ -98,7 +98,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import BinaryIO, Final, cast
+from typing import Any, BinaryIO, Final, cast
 
 CHUNK: Final = 1 << 20
 # Reserved paths, answered before auth and never logged. IDLE_PATH lets DevServer.requests() wait
@@ -322,6 +322,36 @@ def _then_field(spec: Mapping[str, object]) -> Fault | None:
     return parse_fault(spec["then"])
 
 
+FieldReader = Callable[[Mapping[str, object], str], Any]  # the value is checked by the reader, typed by Fault
+# How each field is read and checked (``then`` is a whole entry of its own: see _then_field).
+FIELD_READERS: Final[Mapping[str, FieldReader]] = {
+    "status": lambda spec, name: _opt_int(spec, name, minimum=100),
+    "times": _opt_int,
+    "head": _opt_bool,
+    "drop_after": _opt_int,
+    "stall_after": _opt_int,
+    "stall_seconds": _opt_float,
+    "rate": lambda spec, name: _opt_int(spec, name, minimum=1),
+    "content_length": _opt_int,
+    "body": _opt_str,
+    "content_type": _opt_str,
+    "redirect": _opt_str,
+    "delay": _opt_float,
+    "headers": lambda spec, _name: _headers_field(spec),
+    "encoding": lambda spec, _name: _encoding_field(spec),
+    "ignore_range": _opt_bool,
+    "weak_etag": _opt_bool,
+    "no_head": lambda spec, _name: _no_head_field(spec),
+    "chunked": _opt_bool,
+    "no_validators": _opt_bool,
+    "etag": _opt_name,
+    "range_early": _opt_int,
+    "hold": _opt_name,
+    "hold_head": _opt_bool,
+    "hold_after": _opt_int,
+}
+
+
 def parse_fault(spec: object) -> Fault:
     """Validate one entry; unknown fields are errors so a typo never silently disables a fault."""
     if not isinstance(spec, Mapping):
@@ -329,34 +359,8 @@ def parse_fault(spec: object) -> Fault:
     unknown = set(spec) - FAULT_FIELDS
     if unknown:
         raise FaultsError(f"unknown fault field(s): {sorted(unknown)}")
-    fault = Fault(
-        identity=json.dumps(spec, sort_keys=True, default=str),
-        status=_opt_int(spec, "status", minimum=100),
-        times=_opt_int(spec, "times"),
-        head=_opt_bool(spec, "head"),
-        drop_after=_opt_int(spec, "drop_after"),
-        stall_after=_opt_int(spec, "stall_after"),
-        stall_seconds=_opt_float(spec, "stall_seconds"),
-        rate=_opt_int(spec, "rate", minimum=1),
-        content_length=_opt_int(spec, "content_length"),
-        body=_opt_str(spec, "body"),
-        content_type=_opt_str(spec, "content_type"),
-        redirect=_opt_str(spec, "redirect"),
-        delay=_opt_float(spec, "delay"),
-        headers=_headers_field(spec),
-        encoding=_encoding_field(spec),
-        ignore_range=_opt_bool(spec, "ignore_range"),
-        weak_etag=_opt_bool(spec, "weak_etag"),
-        no_head=_no_head_field(spec),
-        chunked=_opt_bool(spec, "chunked"),
-        no_validators=_opt_bool(spec, "no_validators"),
-        etag=_opt_name(spec, "etag"),
-        range_early=_opt_int(spec, "range_early"),
-        hold=_opt_name(spec, "hold"),
-        hold_head=_opt_bool(spec, "hold_head"),
-        hold_after=_opt_int(spec, "hold_after"),
-        then=_then_field(spec),
-    )
+    fields = {name: read(spec, name) for name, read in FIELD_READERS.items()}
+    fault = Fault(identity=json.dumps(spec, sort_keys=True, default=str), **fields, then=_then_field(spec))
     _check_combination(fault)
     return fault
 
@@ -642,22 +646,23 @@ class Holds:
             self._cond.notify_all()
 
 
+@dataclass(frozen=True)
+class ServerConfig:
+    """What the command line says: the files served, who may read them, the faults file and the log."""
+
+    root: Path
+    tokens: tuple[str, ...]
+    token_file: Path | None
+    faults_file: Path | None
+    log_file: Path | None
+
+
 class ServerState:
     """Everything shared by the handler threads: config, the times counters, the log."""
 
-    def __init__(
-        self,
-        root: Path,
-        tokens: Sequence[str] = (),
-        token_file: Path | None = None,
-        faults_file: Path | None = None,
-        log_file: Path | None = None,
-    ) -> None:
-        self.root = root
-        self.tokens = tuple(tokens)
-        self.token_file = token_file
-        self.faults_file = faults_file
-        self.log_file = log_file
+    def __init__(self, config: ServerConfig) -> None:
+        self.root, self.tokens, self.token_file = config.root, config.tokens, config.token_file
+        self.faults_file, self.log_file = config.faults_file, config.log_file
         self._counts: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
         self._inflight = 0
@@ -1152,7 +1157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not root.is_dir():
         print(f"devserver: not a directory: {root}", file=sys.stderr)
         return 2
-    state = ServerState(root, args.token, args.token_file, args.faults, args.log)
+    state = ServerState(ServerConfig(root, tuple(args.token), args.token_file, args.faults, args.log))
     server = DevHTTPServer((args.host, args.port), state)
     # Handlers first: a caller may send SIGTERM the instant it learns the port.
     _install_stop_handlers(server)
