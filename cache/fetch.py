@@ -38,7 +38,8 @@ from mixvfs.cache.errors import (
     TransientError,
 )
 from mixvfs.cache.http import Freshness, HttpClient
-from mixvfs.cache.index import RemoteInfo, SourceEntry, SourceIndex, identity
+from mixvfs.cache.index import SourceEntry, SourceIndex, identity
+from mixvfs.cache.remote import RemoteInfo
 from mixvfs.cache.store import BlobStore, hash_fd, hash_prefix, new_hasher
 
 log = logging.getLogger(__name__)

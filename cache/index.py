@@ -1,36 +1,34 @@
 """The source index: which digest holds the bytes of a source, and what the server last said about it.
 
-Two kinds of record, JSON text in a diskcache (never pickles; see :class:`mixvfs.cache.store.SafeDisk`):
+Two kinds of record, JSON values in a diskcache (:class:`mixvfs.cache.disk.JsonDisk`, never pickles):
 
 * ``src:<identity>`` -> ``{"digest", "size", "content_type", "etag", "last_modified"}`` — a source
   identity is the URL plus the version the server gave (ETag, else size); the entry keeps the validators of
-  the stored version, so a cached track is revalidated at its first open in each mount;
-* ``head:<url>`` -> ``{"size", "etag", "content_type", "magic_ext", "t"}`` — the last HEAD answer, so sizes
-  and names are known at mount time even when the server is down.
+  the stored version, so a cached track is revalidated at its first open in each mount. Each row is tagged
+  with its digest, so removing a blob removes its rows in one ``evict(tag)`` (:meth:`SourceIndex.forget_digest`,
+  called by the blob store whenever it removes a blob);
+* ``head:<url>`` -> ``{"size", "etag", "content_type", "magic_ext", "last_modified", "t"}`` — the last HEAD
+  answer, so sizes and names are known at mount time even when the server is down. Rows not refreshed for
+  ``max_age`` are dropped by :meth:`SourceIndex.prune` (the same rule as blobs: unused that long).
+
+The index stays bounded: ``src:`` rows leave with their blob, ``head:`` rows with age.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import diskcache
 
-from mixvfs.cache.store import SafeDisk
+from mixvfs.cache.disk import JsonDisk
+from mixvfs.cache.remote import RemoteInfo
 
-
-@dataclass(frozen=True)
-class RemoteInfo:
-    """What a HEAD (or the headers of a GET) told us about a URL."""
-
-    size: int | None
-    etag: str | None
-    content_type: str | None
-    magic_ext: str | None = None
-    last_modified: str | None = None
+SRC = "src:"
+HEAD = "head:"
 
 
 @dataclass(frozen=True)
@@ -55,50 +53,91 @@ def identity(url: str, *, etag: str | None, size: int | None) -> str:
 
 class SourceIndex:
     def __init__(self, root: Path) -> None:
-        self._db = diskcache.Cache(str(root / "index"), disk=SafeDisk, eviction_policy="none", cull_limit=0)
+        # tag_index: `evict(digest)` finds a blob's rows through an index, not a table scan.
+        self._db = diskcache.Cache(str(root / "index"), disk=JsonDisk, eviction_policy="none", cull_limit=0,
+                                   tag_index=True)
 
     def close(self) -> None:
         self._db.close()
 
+    # -- sources ---------------------------------------------------------------------------------------
+
     def lookup(self, ident: str) -> SourceEntry | None:
-        data = self._get(f"src:{ident}")
-        if data is None:
-            return None
-        return SourceEntry(str(data["digest"]), int(data["size"]), data.get("content_type"), data.get("etag"),
-                           data.get("last_modified"))
+        data = self._get(SRC + ident)
+        return None if data is None else entry_of(data)
 
     def record(self, ident: str, entry: SourceEntry) -> None:
-        self._db.set(f"src:{ident}", json.dumps(asdict(entry)))
+        """Map ``ident`` to ``entry``; the row is tagged with the entry's digest (see :meth:`forget_digest`)."""
+        self._db.set(SRC + ident, asdict(entry), tag=entry.digest)
 
     def forget(self, ident: str) -> None:
-        self._db.delete(f"src:{ident}")
+        self._db.delete(SRC + ident)
+
+    def forget_digest(self, digest: str) -> int:
+        """Remove every source row that maps to ``digest`` (its blob is gone); returns how many."""
+        return int(self._db.evict(digest))
+
+    def sources_by_digest(self) -> dict[str, list[str]]:
+        """digest -> source identities that map to it (for ``cachectl ls``)."""
+        result: dict[str, list[str]] = {}
+        for key in self._keys(SRC):
+            entry = self.lookup(key[len(SRC):])
+            if entry is not None:
+                result.setdefault(entry.digest, []).append(key[len(SRC):])
+        return result
+
+    # -- what servers said -----------------------------------------------------------------------------
 
     def remote(self, url: str) -> RemoteInfo | None:
-        data = self._get(f"head:{url}")
+        data = self._get(HEAD + url)
         if data is None:
             return None
         return RemoteInfo(data.get("size"), data.get("etag"), data.get("content_type"), data.get("magic_ext"),
                           data.get("last_modified"))
 
-    def remember_remote(self, url: str, info: RemoteInfo) -> None:
-        self._db.set(f"head:{url}", json.dumps({**asdict(info), "t": time.time()}))
+    def remember_remote(self, url: str, info: RemoteInfo, *, now: float | None = None) -> None:
+        self._db.set(HEAD + url, {**asdict(info), "t": time.time() if now is None else now})
 
-    def sources_by_digest(self) -> dict[str, list[str]]:
-        """digest -> source identities that map to it (for ``cachectl ls``)."""
-        result: dict[str, list[str]] = {}
-        for key in self._db.iterkeys():
-            if isinstance(key, str) and key.startswith("src:"):
-                data = self._get(key)
-                if data is not None:
-                    result.setdefault(str(data["digest"]), []).append(key[4:])
-        return result
+    # -- bounds ----------------------------------------------------------------------------------------
+
+    def prune(self, *, cutoff: float, has_blob: Callable[[str], bool]) -> int:
+        """Drop ``head:`` rows last refreshed before ``cutoff`` and ``src:`` rows whose blob is gone; returns
+        how many rows went. The blob store removes a blob's rows as it removes the blob; this sweep catches
+        what that cannot: rows of the previous version (untagged), rows written by a process that raced a
+        removal, damaged rows. ``has_blob`` is asked per row, at that moment (a blob committed meanwhile
+        keeps its rows). Untagged rows whose blob exists are re-written with their tag."""
+        removed = 0
+        for key in self._keys(HEAD):
+            data = self._get(key)
+            stamp = data.get("t") if data is not None else None
+            if not isinstance(stamp, int | float) or stamp < cutoff:
+                removed += bool(self._db.delete(key))
+        for key in self._keys(SRC):
+            value, tag = self._db.get(key, tag=True)
+            entry = entry_of(value) if isinstance(value, dict) else None
+            if entry is None or not has_blob(entry.digest):
+                removed += bool(self._db.delete(key))
+            elif tag != entry.digest:
+                self.record(key[len(SRC):], entry)
+        return removed
+
+    def counts(self) -> dict[str, int]:
+        """How many rows of each kind (for ``cachectl stats``)."""
+        return {"sources": len(self._keys(SRC)), "heads": len(self._keys(HEAD))}
+
+    def _keys(self, prefix: str) -> list[str]:
+        # A list, not the iterator: callers delete while they walk.
+        return [key for key in self._db.iterkeys() if isinstance(key, str) and key.startswith(prefix)]
 
     def _get(self, key: str) -> dict[str, Any] | None:
-        raw = self._db.get(key)
-        if not isinstance(raw, str):
-            return None
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return None  # a damaged record is a cache miss, never a crash
+        data = self._db.get(key)
         return data if isinstance(data, dict) else None
+
+
+def entry_of(data: dict[str, Any]) -> SourceEntry | None:
+    """A source row's entry; None for a row that lacks its fields (damaged): a miss, never a crash."""
+    try:
+        return SourceEntry(str(data["digest"]), int(data["size"]), data.get("content_type"), data.get("etag"),
+                           data.get("last_modified"))
+    except (KeyError, TypeError, ValueError):
+        return None
