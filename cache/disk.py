@@ -1,9 +1,14 @@
-"""diskcache ``Disk`` classes that never unpickle: a writable cache folder must never be able to run code
-(CVE-2025-69872 — diskcache pickles any value that is not str, bytes or a number, and unpickles on read).
+"""Where we reach into diskcache beyond its API, in one place.
 
-* :class:`SafeDisk` stores only str, bytes and numbers and refuses a pickled value on read;
-* :class:`JsonDisk` is diskcache's own ``JSONDisk`` for the index's records (dicts), with plain-text keys,
+* ``Disk`` classes that never unpickle: a writable cache folder must never be able to run code
+  (CVE-2025-69872 — diskcache pickles any value that is not str, bytes or a number, and unpickles on
+  read). :class:`SafeDisk` stores only str, bytes and numbers and refuses a pickled value on read;
+  :class:`JsonDisk` is diskcache's own ``JSONDisk`` for the index's records (dicts), with plain-text keys,
   the same refusal, and the rows of the previous version (JSON *text* values) still readable.
+* :class:`CheckedCache`: raw SQL over diskcache's ``Cache`` table, for what its API cannot answer in one
+  query ("every entry with its size and last use"). Each subclass names the columns it reads; they are
+  checked when the cache opens, so a diskcache release that changed the schema fails loudly there,
+  never with a wrong answer later.
 
 Both the blob store and the source index build on this module; it imports neither.
 """
@@ -11,8 +16,9 @@ Both the blob store and the source index build on this module; it imports neithe
 from __future__ import annotations
 
 import json
+import sqlite3
 import zlib
-from typing import Any
+from typing import Any, ClassVar
 
 import diskcache
 
@@ -64,3 +70,27 @@ class JsonDisk(diskcache.JSONDisk):
             return super().fetch(mode, filename, value, read)
         except (ValueError, zlib.error):  # json's and UnicodeDecodeError are ValueErrors
             return None
+
+
+class CheckedCache(diskcache.Cache):
+    """A diskcache.Cache that may be queried by SQL on the ``COLUMNS`` it names (checked at open)."""
+
+    COLUMNS: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, directory: str, **settings: Any) -> None:
+        super().__init__(directory, **settings)
+        self.check_schema()
+
+    def check_schema(self) -> None:
+        try:
+            columns = {str(row[1]) for row in self._query("PRAGMA table_info(Cache)")}
+        except (AttributeError, sqlite3.Error) as exc:
+            raise CacheError(f"diskcache {diskcache.__version__}: cannot read its Cache table ({exc})") from exc
+        missing = self.COLUMNS - columns
+        if missing:
+            raise CacheError(f"diskcache {diskcache.__version__} changed its Cache table (no column "
+                             f"{', '.join(sorted(missing))}); this mixvfs needs diskcache 5.x")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        # diskcache's `_sql` is its cursor helper (autocommit: one statement is one transaction).
+        return list(self._sql(sql, args).fetchall())  # type: ignore[attr-defined]

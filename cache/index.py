@@ -7,24 +7,22 @@ Two kinds of record, JSON values in a diskcache (:class:`mixvfs.cache.disk.JsonD
   the stored version, so a cached track is revalidated at its first open in each mount. Each row is tagged
   with its digest, so removing a blob removes its rows in one ``evict(tag)`` (:meth:`SourceIndex.forget_digest`,
   called by the blob store whenever it removes a blob);
-* ``head:<url>`` -> ``{"size", "etag", "content_type", "magic_ext", "last_modified", "t"}`` — the last HEAD
+* ``head:<url>`` -> ``{"size", "etag", "content_type", "magic_ext", "last_modified"}`` — the last HEAD
   answer, so sizes and names are known at mount time even when the server is down. Rows not refreshed for
-  ``max_age`` are dropped by :meth:`SourceIndex.prune` (the same rule as blobs: unused that long).
+  ``max_age`` (diskcache's ``store_time``) are dropped by :meth:`SourceIndex.prune`: the same rule as
+  blobs, unused that long.
 
 The index stays bounded: ``src:`` rows leave with their blob, ``head:`` rows with age.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import diskcache
-
-from mixvfs.cache.disk import JsonDisk
+from mixvfs.cache.disk import CheckedCache, JsonDisk
 from mixvfs.cache.remote import RemoteInfo
 
 SRC = "src:"
@@ -51,11 +49,20 @@ def identity(url: str, *, etag: str | None, size: int | None) -> str:
     return url
 
 
+class IndexCache(CheckedCache):
+    COLUMNS = frozenset({"key", "raw", "tag", "store_time"})
+
+    def rows(self) -> list[tuple[str, str | None, float]]:
+        """Every row's key, tag and time of writing, in one query (the sweep's input)."""
+        rows = self._query("SELECT key, tag, store_time FROM Cache WHERE raw = 1")
+        return [(str(key), tag if isinstance(tag, str) else None, float(stored)) for key, tag, stored in rows]
+
+
 class SourceIndex:
     def __init__(self, root: Path) -> None:
         # tag_index: `evict(digest)` finds a blob's rows through an index, not a table scan.
-        self._db = diskcache.Cache(str(root / "index"), disk=JsonDisk, eviction_policy="none", cull_limit=0,
-                                   tag_index=True)
+        self._db = IndexCache(str(root / "index"), disk=JsonDisk, eviction_policy="none", cull_limit=0,
+                              tag_index=True)
 
     def close(self) -> None:
         self._db.close()
@@ -95,39 +102,48 @@ class SourceIndex:
         return RemoteInfo(data.get("size"), data.get("etag"), data.get("content_type"), data.get("magic_ext"),
                           data.get("last_modified"))
 
-    def remember_remote(self, url: str, info: RemoteInfo, *, now: float | None = None) -> None:
-        self._db.set(HEAD + url, {**asdict(info), "t": time.time() if now is None else now})
+    def remember_remote(self, url: str, info: RemoteInfo) -> None:
+        self._db.set(HEAD + url, asdict(info))  # diskcache keeps the time (store_time): see prune
 
     # -- bounds ----------------------------------------------------------------------------------------
 
-    def prune(self, *, cutoff: float, has_blob: Callable[[str], bool]) -> int:
-        """Drop ``head:`` rows last refreshed before ``cutoff`` and ``src:`` rows whose blob is gone; returns
+    def prune(self, *, cutoff: float, blobs: Callable[[], Collection[str]]) -> int:
+        """Drop ``head:`` rows last written before ``cutoff`` and ``src:`` rows whose blob is gone; returns
         how many rows went. The blob store removes a blob's rows as it removes the blob; this sweep catches
-        what that cannot: rows of the previous version (untagged), rows written by a process that raced a
-        removal, damaged rows. ``has_blob`` is asked per row, at that moment (a blob committed meanwhile
-        keeps its rows). Untagged rows whose blob exists are re-written with their tag."""
+        what that cannot: rows of the previous version (untagged; re-written with their tag when their blob
+        exists), rows of a process that raced a removal, damaged rows. ``blobs`` (the stored digests) is
+        asked after the rows are listed: a blob is committed before its row is written, so every listed
+        row whose blob exists finds it there."""
+        rows = self._db.rows()
+        live = blobs()
         removed = 0
-        for key in self._keys(HEAD):
-            data = self._get(key)
-            stamp = data.get("t") if data is not None else None
-            if not isinstance(stamp, int | float) or stamp < cutoff:
+        for key, tag, stored in rows:
+            if key.startswith(HEAD):
+                gone = stored < cutoff
+            elif key.startswith(SRC):
+                gone = self._orphan(key, tag, live)
+            else:
+                continue
+            if gone:
                 removed += bool(self._db.delete(key))
-        for key in self._keys(SRC):
-            value, tag = self._db.get(key, tag=True)
-            entry = entry_of(value) if isinstance(value, dict) else None
-            if entry is None or not has_blob(entry.digest):
-                removed += bool(self._db.delete(key))
-            elif tag != entry.digest:
-                self.record(key[len(SRC):], entry)
         return removed
+
+    def _orphan(self, key: str, tag: str | None, live: Collection[str]) -> bool:
+        if tag is not None:
+            return tag not in live
+        entry = self.lookup(key[len(SRC):])  # untagged: a row of the previous version
+        if entry is None or entry.digest not in live:
+            return True
+        self.record(key[len(SRC):], entry)
+        return False
 
     def counts(self) -> dict[str, int]:
         """How many rows of each kind (for ``cachectl stats``)."""
-        return {"sources": len(self._keys(SRC)), "heads": len(self._keys(HEAD))}
+        keys = [key for key, _, _ in self._db.rows()]
+        return {"sources": sum(k.startswith(SRC) for k in keys), "heads": sum(k.startswith(HEAD) for k in keys)}
 
     def _keys(self, prefix: str) -> list[str]:
-        # A list, not the iterator: callers delete while they walk.
-        return [key for key in self._db.iterkeys() if isinstance(key, str) and key.startswith(prefix)]
+        return [key for key, _, _ in self._db.rows() if key.startswith(prefix)]
 
     def _get(self, key: str) -> dict[str, Any] | None:
         data = self._db.get(key)

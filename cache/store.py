@@ -42,7 +42,7 @@ from typing import Any
 import diskcache
 import xxhash
 
-from mixvfs.cache.disk import SafeDisk
+from mixvfs.cache.disk import CheckedCache, SafeDisk
 from mixvfs.cache.errors import CacheError, NoSpace
 from mixvfs.cache.index import SourceIndex
 
@@ -132,32 +132,10 @@ def victims(
     return expired + by_size
 
 
-# diskcache's Cache table columns our SQL names (BlobCache). diskcache has no API for "every entry with its
-# size and last use", so we read its table; the schema is checked at open so a diskcache that changed it
-# fails loudly there, never with a wrong answer later.
-SCHEMA_COLUMNS = frozenset({"key", "raw", "size", "access_time", "store_time", "expire_time", "filename"})
-
-
-class BlobCache(diskcache.Cache):
+class BlobCache(CheckedCache):
     """diskcache.Cache plus the few queries we need over its ``Cache`` table."""
 
-    def __init__(self, directory: str, **settings: Any) -> None:
-        super().__init__(directory, **settings)
-        self.check_schema()
-
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        # diskcache's `_sql` is its cursor helper (autocommit: one statement is one transaction).
-        return list(self._sql(sql, args).fetchall())  # type: ignore[attr-defined]
-
-    def check_schema(self) -> None:
-        try:
-            columns = {str(row[1]) for row in self._query("PRAGMA table_info(Cache)")}
-        except (AttributeError, sqlite3.Error) as exc:
-            raise CacheError(f"diskcache {diskcache.__version__}: cannot read its Cache table ({exc})") from exc
-        missing = SCHEMA_COLUMNS - columns
-        if missing:
-            raise CacheError(f"diskcache {diskcache.__version__} changed its Cache table (no column "
-                             f"{', '.join(sorted(missing))}); this mixvfs needs diskcache 5.x")
+    COLUMNS = frozenset({"key", "raw", "size", "access_time", "store_time", "expire_time", "filename"})
 
     def infos(self) -> list[BlobInfo]:
         rows = self._query("SELECT key, size, access_time, store_time, filename FROM Cache ORDER BY access_time")
@@ -177,6 +155,9 @@ class BlobCache(diskcache.Cache):
         last use, and a stored one would make ``get`` hide a blob that a raised max_age keeps."""
         if self._query("SELECT 1 FROM Cache WHERE expire_time IS NOT NULL LIMIT 1"):
             self._query("UPDATE Cache SET expire_time = NULL WHERE expire_time IS NOT NULL")
+
+    def digests(self) -> set[str]:
+        return {str(key) for (key,) in self._query("SELECT key FROM Cache WHERE raw = 1")}
 
     def stored_bytes(self) -> int:
         """diskcache's running total of value sizes (kept by its triggers), without summing the table."""
@@ -377,7 +358,7 @@ class BlobStore:
             chosen = victims(self.infos(), limit=limit, cutoff=cutoff)
             if not dry_run:
                 self._remove(chosen)
-                self.index.prune(cutoff=cutoff, has_blob=self.has)
+                self.index.prune(cutoff=cutoff, blobs=self._cache.digests)
         return chosen
 
     def verify(self) -> tuple[int, list[BlobInfo]]:

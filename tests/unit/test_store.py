@@ -20,9 +20,9 @@ import pytest
 from mixvfs.cache import store as store_module
 from mixvfs.cache.disk import SafeDisk
 from mixvfs.cache.errors import CacheError
-from mixvfs.cache.index import SourceEntry, SourceIndex, identity
+from mixvfs.cache.index import IndexCache, SourceEntry, SourceIndex, identity
 from mixvfs.cache.remote import RemoteInfo
-from mixvfs.cache.store import SCHEMA_COLUMNS, BlobInfo, BlobStore, hash_fd, victims
+from mixvfs.cache.store import BlobCache, BlobInfo, BlobStore, hash_fd, victims
 
 MiB = 1 << 20
 
@@ -276,15 +276,14 @@ def test_index_rows_leave_with_a_corrupt_blob(tmp_path):
 
 def test_head_rows_older_than_max_age_are_pruned(tmp_path):
     store = BlobStore(tmp_path, max_size=100 * MiB, max_age=3600)
-    now = time.time()
-    store.index.remember_remote("http://h/old", RemoteInfo(1, None, None), now=now - 7200)
-    store.index.remember_remote("http://h/new", RemoteInfo(2, None, None), now=now - 60)
-    store.prune(dry_run=True, now=now)
-    assert store.index.remote("http://h/old") is not None  # a dry run changes nothing
-    store.prune(now=now)
-    assert store.index.remote("http://h/old") is None
-    assert store.index.remote("http://h/new") == RemoteInfo(2, None, None)
-    assert store.index.counts() == {"sources": 0, "heads": 1}
+    store.index.remember_remote("http://h/a", RemoteInfo(1, None, None))
+    store.prune(now=time.time() + 60)
+    assert store.index.remote("http://h/a") == RemoteInfo(1, None, None)
+    store.prune(dry_run=True, now=time.time() + 7200)
+    assert store.index.remote("http://h/a") is not None  # a dry run changes nothing
+    store.prune(now=time.time() + 7200)
+    assert store.index.remote("http://h/a") is None
+    assert store.index.counts() == {"sources": 0, "heads": 0}
 
 
 def test_rows_of_the_previous_version_are_read_tagged_and_bounded(tmp_path):
@@ -328,15 +327,20 @@ def test_the_columns_our_sql_reads_exist_in_diskcache(tmp_path):
     diskcache.Cache(str(tmp_path / "plain")).close()
     with sqlite3.connect(tmp_path / "plain" / "cache.db") as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(Cache)")}
-    assert columns >= SCHEMA_COLUMNS
-    sql = " ".join(
-        text for name in ("infos", "info", "clear_expiry", "used_bytes")
-        for text in store_module.BlobCache.__dict__[name].__code__.co_consts
-        if isinstance(text, str) and text.startswith(("SELECT", "UPDATE"))
-    )
-    named = {word for word in sql.replace(",", " ").replace("(", " ").replace(")", " ").split()
-             if word.islower() and word.isidentifier()}
-    assert named and named <= SCHEMA_COLUMNS, "SCHEMA_COLUMNS must list every column our SQL names"
+    assert columns >= BlobCache.COLUMNS | IndexCache.COLUMNS
+    for cache in (BlobCache, IndexCache):
+        assert sql_columns(cache) <= cache.COLUMNS, f"{cache.__name__}.COLUMNS must list every column its SQL names"
+
+
+def sql_columns(cache: type) -> set[str]:
+    """The lower-case words of the SQL statements in a class's methods: the columns they name."""
+    sql = " ".join(text for method in vars(cache).values() if callable(method)
+                   for text in method.__code__.co_consts
+                   if isinstance(text, str) and text.startswith(("SELECT", "UPDATE")))
+    words = sql.replace(",", " ").replace("(", " ").replace(")", " ").split()
+    named = {word for word in words if word.islower() and word.isidentifier()}
+    assert named
+    return named
 
 
 def test_a_changed_diskcache_schema_fails_loudly_at_open(tmp_path):
@@ -355,14 +359,17 @@ import fcntl, os, sys
 fd = os.open(sys.argv[1], os.O_RDWR)
 fcntl.flock(fd, fcntl.LOCK_EX)
 print("held", flush=True)
-sys.stdin.read()  # until the test closes our stdin
+sys.stdin.read()  # until the test kills us
 """
 
 
 @pytest.fixture
 def holder(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
-    """Another process holding the lock of a staging file (a download of another mount)."""
-    path = tmp_path / "staging" / "1.held.part"
+    """Another process holding the lock of a staging file (a download of another mount). The file is
+    named after a process that has exited: only the lock tells that it is in use."""
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    path = tmp_path / "staging" / f"{exited.pid}.held.part"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"partial")
     child = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
