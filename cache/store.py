@@ -220,25 +220,18 @@ class BlobStore:
                 self._own_bound = 2 * len(self._own) + 64
         return fd, path
 
-    def clean_stale_staging(self) -> list[Path]:
+    def clean_stale_staging(self, *, dry_run: bool = False) -> list[Path]:
         """Remove staging files no process holds: the downloads of a process that crashed or was killed.
-        Safe while other processes (or this one) download into the same folder: their files are locked."""
-        removed = []
+        Safe while other processes (or this one) download into the same folder: their files are locked.
+        With ``dry_run``, only say which files those are."""
+        stale = []
         for path in sorted(self.staging.glob("*.part")):
-            with claimed(path) as stale:
-                if stale:
-                    path.unlink(missing_ok=True)
-                    removed.append(path)
-        return removed
-
-    def left_over_staging(self) -> list[Path]:
-        """The staging files :meth:`clean_stale_staging` would remove (without removing them)."""
-        left = []
-        for path in sorted(self.staging.glob("*.part")):
-            with claimed(path) as stale:
-                if stale:
-                    left.append(path)
-        return left
+            with claimed(path) as unheld:
+                if unheld:
+                    if not dry_run:
+                        path.unlink(missing_ok=True)
+                    stale.append(path)
+        return stale
 
     def clean_own_staging(self) -> list[Path]:
         """Remove this store's staging files (after its downloads were stopped, e.g. on Ctrl-C): a

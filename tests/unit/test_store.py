@@ -385,11 +385,11 @@ def holder(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
 def test_a_staging_file_whose_lock_is_held_is_kept_and_removed_once_its_holder_dies(tmp_path, holder):
     path, child = holder
     store = BlobStore(tmp_path, max_size=MiB, max_age=3600)
-    assert store.clean_stale_staging() == [] and store.left_over_staging() == []
+    assert store.clean_stale_staging() == [] and store.clean_stale_staging(dry_run=True) == []
     assert path.exists()
     child.kill()  # as a crash would: the kernel drops the lock
     child.wait()
-    assert store.left_over_staging() == [path]
+    assert store.clean_stale_staging(dry_run=True) == [path]
     assert store.clean_stale_staging() == [path] and not path.exists()
 
 

@@ -100,7 +100,7 @@ def run_command(args: argparse.Namespace, store: BlobStore, index: SourceIndex) 
             dry_run=args.dry_run,
         )
         # Dead downloads' staging files go too (those no process holds: see BlobStore.clean_stale_staging).
-        staging = store.left_over_staging() if args.dry_run else store.clean_stale_staging()
+        staging = store.clean_stale_staging(dry_run=args.dry_run)
         result = {"dry_run": args.dry_run, "freed_blobs": len(victims), "freed_bytes": sum(v.size for v in victims),
                   "blobs": [blob_json(v) for v in victims], "staging_files": len(staging)}
         return emit(args, result, format_prune)
@@ -134,7 +134,7 @@ def stats(store: BlobStore) -> dict[str, Any]:
     return {"cache_dir": str(store.root), "blobs": len(infos), "bytes": sum(i.size for i in infos),
             "max_size": store.max_size, "max_age": store.max_age,
             "staging_files": len(list(store.staging.glob("*.part"))),
-            "staging_left_over": len(store.left_over_staging()), "index": store.index.counts()}
+            "staging_left_over": len(store.clean_stale_staging(dry_run=True)), "index": store.index.counts()}
 
 
 def listing(store: BlobStore, index: SourceIndex) -> list[dict[str, Any]]:
