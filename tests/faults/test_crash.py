@@ -23,7 +23,8 @@ def dead(pid: int) -> bool:
 
 def test_kill_9_mid_download_then_remount_recovers(tmp_path, server_root, devserver, mounter):
     session = write_session(tmp_path / "s.json", [cloud_track(server_root, "big", 3_000_000)], server=devserver.url)
-    devserver.set_faults({stream_path("big"): {"rate": 2_000_000}})
+    # The body stops after 100 KB until released: the download is mid-way, however slow this machine is.
+    devserver.set_faults({stream_path("big"): {"hold": "crash", "hold_after": 100_000}})
     first = mounter(session, "--retry-wait", "0.01s")  # prefetch starts the download at once
     staging = first.cache_dir / "staging"
     assert wait_until(lambda: any(p.stat().st_size > 0 for p in staging.glob("*.part")))
@@ -45,6 +46,7 @@ def test_kill_9_mid_download_then_remount_recovers(tmp_path, server_root, devser
         raise AssertionError("a killed daemon leaves a dead mount behind")
 
     devserver.set_faults({})
+    devserver.release("crash")  # the dead daemon's request: let the server end it
     second = mounter(session, "--no-prefetch", mountpoint=first.path)  # same folder, same cache
     assert os.path.ismount(second.path)
     assert not any((staging / name).exists() for name in leftovers)  # the dead process's temp files
