@@ -35,7 +35,7 @@ from mixvfs.cache.errors import (
     ServerUnreachable,
     StallTimeout,
 )
-from mixvfs.cache.index import RemoteInfo
+from mixvfs.cache.remote import RemoteInfo
 
 log = logging.getLogger(__name__)
 

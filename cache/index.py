@@ -1,36 +1,32 @@
 """The source index: which digest holds the bytes of a source, and what the server last said about it.
 
-Two kinds of record, JSON text in a diskcache (never pickles; see :class:`mixvfs.cache.store.SafeDisk`):
+Two kinds of record, JSON values in a diskcache (:class:`mixvfs.cache.disk.JsonDisk`, never pickles):
 
 * ``src:<identity>`` -> ``{"digest", "size", "content_type", "etag", "last_modified"}`` — a source
   identity is the URL plus the version the server gave (ETag, else size); the entry keeps the validators of
-  the stored version, so a cached track is revalidated at its first open in each mount;
-* ``head:<url>`` -> ``{"size", "etag", "content_type", "magic_ext", "t"}`` — the last HEAD answer, so sizes
-  and names are known at mount time even when the server is down.
+  the stored version, so a cached track is revalidated at its first open in each mount. Each row is tagged
+  with its digest, so removing a blob removes its rows in one ``evict(tag)`` (:meth:`SourceIndex.forget_digest`,
+  called by the blob store whenever it removes a blob);
+* ``head:<url>`` -> ``{"size", "etag", "content_type", "magic_ext", "last_modified"}`` — the last HEAD
+  answer, so sizes and names are known at mount time even when the server is down. Rows not refreshed for
+  ``max_age`` (diskcache's ``store_time``) are dropped by :meth:`SourceIndex.prune`: the same rule as
+  blobs, unused that long.
+
+The index stays bounded: ``src:`` rows leave with their blob, ``head:`` rows with age.
 """
 
 from __future__ import annotations
 
-import json
-import time
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import diskcache
+from mixvfs.cache.disk import CheckedCache, JsonDisk
+from mixvfs.cache.remote import RemoteInfo
 
-from mixvfs.cache.store import SafeDisk
-
-
-@dataclass(frozen=True)
-class RemoteInfo:
-    """What a HEAD (or the headers of a GET) told us about a URL."""
-
-    size: int | None
-    etag: str | None
-    content_type: str | None
-    magic_ext: str | None = None
-    last_modified: str | None = None
+SRC = "src:"
+HEAD = "head:"
 
 
 @dataclass(frozen=True)
@@ -53,52 +49,111 @@ def identity(url: str, *, etag: str | None, size: int | None) -> str:
     return url
 
 
+class IndexCache(CheckedCache):
+    COLUMNS = frozenset({"key", "raw", "tag", "store_time"})
+
+    def rows(self) -> list[tuple[str, str | None, float]]:
+        """Every row's key, tag and time of writing, in one query (the sweep's input)."""
+        rows = self._query("SELECT key, tag, store_time FROM Cache WHERE raw = 1")
+        return [(str(key), tag if isinstance(tag, str) else None, float(stored)) for key, tag, stored in rows]
+
+
 class SourceIndex:
     def __init__(self, root: Path) -> None:
-        self._db = diskcache.Cache(str(root / "index"), disk=SafeDisk, eviction_policy="none", cull_limit=0)
+        # tag_index: `evict(digest)` finds a blob's rows through an index, not a table scan.
+        self._db = IndexCache(str(root / "index"), disk=JsonDisk, eviction_policy="none", cull_limit=0,
+                              tag_index=True)
 
     def close(self) -> None:
         self._db.close()
 
+    # -- sources ---------------------------------------------------------------------------------------
+
     def lookup(self, ident: str) -> SourceEntry | None:
-        data = self._get(f"src:{ident}")
-        if data is None:
-            return None
-        return SourceEntry(str(data["digest"]), int(data["size"]), data.get("content_type"), data.get("etag"),
-                           data.get("last_modified"))
+        data = self._get(SRC + ident)
+        return None if data is None else entry_of(data)
 
     def record(self, ident: str, entry: SourceEntry) -> None:
-        self._db.set(f"src:{ident}", json.dumps(asdict(entry)))
+        """Map ``ident`` to ``entry``; the row is tagged with the entry's digest (see :meth:`forget_digest`)."""
+        self._db.set(SRC + ident, asdict(entry), tag=entry.digest)
 
     def forget(self, ident: str) -> None:
-        self._db.delete(f"src:{ident}")
+        self._db.delete(SRC + ident)
+
+    def forget_digest(self, digest: str) -> int:
+        """Remove every source row that maps to ``digest`` (its blob is gone); returns how many."""
+        return int(self._db.evict(digest))
+
+    def sources_by_digest(self) -> dict[str, list[str]]:
+        """digest -> source identities that map to it (for ``cachectl ls``)."""
+        result: dict[str, list[str]] = {}
+        for key in self._keys(SRC):
+            entry = self.lookup(key[len(SRC):])
+            if entry is not None:
+                result.setdefault(entry.digest, []).append(key[len(SRC):])
+        return result
+
+    # -- what servers said -----------------------------------------------------------------------------
 
     def remote(self, url: str) -> RemoteInfo | None:
-        data = self._get(f"head:{url}")
+        data = self._get(HEAD + url)
         if data is None:
             return None
         return RemoteInfo(data.get("size"), data.get("etag"), data.get("content_type"), data.get("magic_ext"),
                           data.get("last_modified"))
 
     def remember_remote(self, url: str, info: RemoteInfo) -> None:
-        self._db.set(f"head:{url}", json.dumps({**asdict(info), "t": time.time()}))
+        self._db.set(HEAD + url, asdict(info))  # diskcache keeps the time (store_time): see prune
 
-    def sources_by_digest(self) -> dict[str, list[str]]:
-        """digest -> source identities that map to it (for ``cachectl ls``)."""
-        result: dict[str, list[str]] = {}
-        for key in self._db.iterkeys():
-            if isinstance(key, str) and key.startswith("src:"):
-                data = self._get(key)
-                if data is not None:
-                    result.setdefault(str(data["digest"]), []).append(key[4:])
-        return result
+    # -- bounds ----------------------------------------------------------------------------------------
+
+    def prune(self, *, cutoff: float, blobs: Callable[[], Collection[str]]) -> int:
+        """Drop ``head:`` rows last written before ``cutoff`` and ``src:`` rows whose blob is gone; returns
+        how many rows went. The blob store removes a blob's rows as it removes the blob; this sweep catches
+        what that cannot: rows of the previous version (untagged; re-written with their tag when their blob
+        exists), rows of a process that raced a removal, damaged rows. ``blobs`` (the stored digests) is
+        asked after the rows are listed: a blob is committed before its row is written, so every listed
+        row whose blob exists finds it there."""
+        rows = self._db.rows()
+        live = blobs()
+        removed = 0
+        for key, tag, stored in rows:
+            if key.startswith(HEAD):
+                gone = stored < cutoff
+            elif key.startswith(SRC):
+                gone = self._orphan(key, tag, live)
+            else:
+                continue
+            if gone:
+                removed += bool(self._db.delete(key))
+        return removed
+
+    def _orphan(self, key: str, tag: str | None, live: Collection[str]) -> bool:
+        if tag is not None:
+            return tag not in live
+        entry = self.lookup(key[len(SRC):])  # untagged: a row of the previous version
+        if entry is None or entry.digest not in live:
+            return True
+        self.record(key[len(SRC):], entry)
+        return False
+
+    def counts(self) -> dict[str, int]:
+        """How many rows of each kind (for ``cachectl stats``)."""
+        keys = [key for key, _, _ in self._db.rows()]
+        return {"sources": sum(k.startswith(SRC) for k in keys), "heads": sum(k.startswith(HEAD) for k in keys)}
+
+    def _keys(self, prefix: str) -> list[str]:
+        return [key for key, _, _ in self._db.rows() if key.startswith(prefix)]
 
     def _get(self, key: str) -> dict[str, Any] | None:
-        raw = self._db.get(key)
-        if not isinstance(raw, str):
-            return None
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return None  # a damaged record is a cache miss, never a crash
+        data = self._db.get(key)
         return data if isinstance(data, dict) else None
+
+
+def entry_of(data: dict[str, Any]) -> SourceEntry | None:
+    """A source row's entry; None for a row that lacks its fields (damaged): a miss, never a crash."""
+    try:
+        return SourceEntry(str(data["digest"]), int(data["size"]), data.get("content_type"), data.get("etag"),
+                           data.get("last_modified"))
+    except (KeyError, TypeError, ValueError):
+        return None

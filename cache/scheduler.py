@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from mixvfs.cache.download import DEMAND, Download, Event, Foreground, RetryPolicy, Source, State
 from mixvfs.cache.errors import Cancelled, FetchError, NoSpace
 from mixvfs.cache.http import Freshness, HttpClient
-from mixvfs.cache.index import RemoteInfo, SourceEntry, SourceIndex
+from mixvfs.cache.index import SourceEntry, SourceIndex
+from mixvfs.cache.remote import RemoteInfo
 from mixvfs.cache.store import BlobStore, hash_fd
 
 log = logging.getLogger(__name__)

@@ -1,36 +1,53 @@
 """The blob store: whole, verified files keyed by the xxh3-128 digest of their bytes.
 
-diskcache does the bookkeeping (transactional metadata, last-use time, TTL through ``expire``); we only
-teach it two things it does not do by itself:
+diskcache does the bookkeeping (transactional metadata, last-use time kept by its LRU policy on every
+``get``); we teach it what it does not do by itself:
 
 * :class:`BlobDisk` adopts a finished staging file by ``rename`` instead of copying it, and refuses
   pickled values (a writable cache folder must never be able to run code);
-* :meth:`BlobCache.evict_to` evicts least-recently-used blobs one at a time down to a size, sparing the
-  blob just stored — diskcache's own ``cull`` works in batches of ten and can evict the new entry.
+* one eviction policy, :func:`victims`: blobs unused for ``max_age`` (the TTL), then least recently used
+  down to a size, sparing protected blobs. Commit-time eviction (size only, sparing the blob just stored —
+  diskcache's own ``cull`` works in batches of ten and can evict it) and :meth:`BlobStore.prune` (TTL and
+  size; at every mount start and ``cachectl prune``) both ask it;
+* one TTL rule: last use + ``max_age`` < now, judged by :meth:`BlobStore.prune` with the max_age *it* is
+  given. diskcache's ``expire_time`` is not used (kept NULL): its ``get`` hides a row whose stored expiry
+  passed and its ``touch`` refuses to extend one, so a raised ``--max-age`` could not rescue a blob, and
+  processes with different max_ages would overwrite each other's expiries;
+* a blob leaves with its index rows (:meth:`BlobStore._remove` — eviction, prune, verify, a blob found
+  damaged at open): the store opens its root's :class:`SourceIndex` as ``store.index``.
 
 Staging files live in ``<root>/staging``: outside diskcache's folder (its ``check(fix=True)`` deletes
-files it does not know) but on the same filesystem, so the final rename is atomic and copy-free.
+files it does not know) but on the same filesystem, so the final rename is atomic and copy-free. A
+download owns its staging file by holding an ``flock`` on it for as long as its descriptor (or a reader's
+``dup`` of it) is open; the kernel drops the lock when the process dies, however it dies, so a staging
+file whose lock can be taken is a dead download's leftover. No pids, no ``/proc``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
+import logging
 import os
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import diskcache
 import xxhash
 
+from mixvfs.cache.disk import CheckedCache, SafeDisk
 from mixvfs.cache.errors import CacheError, NoSpace
+from mixvfs.cache.index import SourceIndex
 
-PROCESS_STARTED = time.time()
+log = logging.getLogger(__name__)
+
 HASH_CHUNK = 1 << 20  # xxhash releases the GIL only for inputs over 64 KiB; 1 MiB is its sweet spot.
 
 
@@ -66,20 +83,6 @@ class Adopt:
     size: int
 
 
-class SafeDisk(diskcache.Disk):
-    """A diskcache Disk that never pickles or unpickles (CVE-2025-69872: pickles in a cache folder run code)."""
-
-    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
-        if not isinstance(value, str | bytes | int | float):
-            raise TypeError(f"refusing to store a {type(value).__name__}: only str, bytes and numbers")
-        return super().store(value, read, key=key)
-
-    def fetch(self, mode: Any, filename: Any, value: Any, read: bool) -> Any:
-        if mode == diskcache.core.MODE_PICKLE:
-            raise CacheError("the cache index holds a pickled value; refusing to load it (run `cachectl verify`)")
-        return super().fetch(mode, filename, value, read)
-
-
 class BlobDisk(SafeDisk):
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         if not isinstance(value, Adopt):
@@ -105,32 +108,56 @@ class BlobInfo:
     size: int
     last_used: float
     stored: float
-    expires: float | None
+    expires: float | None  # when prune will drop it if unused until then: last use + the store's max_age
     filename: str
 
 
-class BlobCache(diskcache.Cache):
-    """diskcache.Cache plus the few queries we need over its documented ``Cache`` table."""
+def victims(
+    infos: Sequence[BlobInfo], *, limit: int, cutoff: float | None = None, protect: Collection[str] = ()
+) -> list[BlobInfo]:
+    """The one eviction policy. ``infos`` are least recently used first. Chosen: every blob last used
+    before ``cutoff`` (the TTL; None: no TTL), then the least recently used until the rest fits in
+    ``limit`` bytes. A digest in ``protect`` is never chosen (a single blob over the limit stays)."""
+    expired = [i for i in infos if cutoff is not None and i.last_used < cutoff and i.digest not in protect]
+    chosen = {i.digest for i in expired}
+    excess = sum(i.size for i in infos if i.digest not in chosen) - limit
+    by_size: list[BlobInfo] = []
+    for info in infos:
+        if excess <= 0:
+            break
+        if info.digest in protect or info.digest in chosen:
+            continue
+        by_size.append(info)
+        excess -= info.size
+    return expired + by_size
 
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        # diskcache's `_sql` is its documented-in-source cursor helper; the Cache table schema is stable.
-        return list(self._sql(sql, args).fetchall())  # type: ignore[attr-defined]
+
+class BlobCache(CheckedCache):
+    """diskcache.Cache plus the few queries we need over its ``Cache`` table."""
+
+    COLUMNS = frozenset({"key", "raw", "size", "access_time", "store_time", "expire_time", "filename"})
 
     def infos(self) -> list[BlobInfo]:
-        rows = self._query(
-            "SELECT key, size, access_time, store_time, expire_time, filename FROM Cache ORDER BY access_time"
-        )
-        return [BlobInfo(str(k), int(s), float(a), float(st), e, str(f)) for k, s, a, st, e, f in rows]
+        rows = self._query("SELECT key, size, access_time, store_time, filename FROM Cache ORDER BY access_time")
+        return [BlobInfo(str(k), int(s), float(a), float(st), None, str(f)) for k, s, a, st, f in rows]
 
     def info(self, digest: str) -> BlobInfo | None:
         rows = self._query(
-            "SELECT key, size, access_time, store_time, expire_time, filename FROM Cache WHERE key = ? AND raw = 1",
-            (digest,),
+            "SELECT key, size, access_time, store_time, filename FROM Cache WHERE key = ? AND raw = 1", (digest,)
         )
         if not rows:
             return None
-        k, s, a, st, e, f = rows[0]
-        return BlobInfo(str(k), int(s), float(a), float(st), e, str(f))
+        k, s, a, st, f = rows[0]
+        return BlobInfo(str(k), int(s), float(a), float(st), None, str(f))
+
+    def clear_expiry(self) -> None:
+        """Forget stored expiries (the previous version wrote them): the TTL is judged by prune from the
+        last use, and a stored one would make ``get`` hide a blob that a raised max_age keeps."""
+        if self._query("SELECT 1 FROM Cache WHERE expire_time IS NOT NULL LIMIT 1"):
+            self._query("UPDATE Cache SET expire_time = NULL WHERE expire_time IS NOT NULL")
+
+    def digests(self) -> set[str]:
+        return {str(key) for (key,) in self._query("SELECT key FROM Cache WHERE raw = 1")}
 
     def stored_bytes(self) -> int:
         """diskcache's running total of value sizes (kept by its triggers), without summing the table."""
@@ -140,23 +167,9 @@ class BlobCache(diskcache.Cache):
         ((total,),) = self._query("SELECT COALESCE(SUM(size), 0) FROM Cache")
         return int(total)
 
-    def lru_victims(self, limit: int, protect: Iterable[str]) -> list[BlobInfo]:
-        """Blobs to evict, least recently used first, until the rest fits in ``limit`` bytes."""
-        spared = set(protect)
-        excess = self.used_bytes() - limit
-        victims: list[BlobInfo] = []
-        for info in self.infos():
-            if excess <= 0:
-                break
-            if info.digest in spared:
-                continue
-            victims.append(info)
-            excess -= info.size
-        return victims
-
 
 class BlobStore:
-    """Content-addressed blobs with a size limit and a time-since-last-use limit."""
+    """Content-addressed blobs with a size limit and a time-since-last-use limit, and their index."""
 
     def __init__(self, root: Path, *, max_size: int, max_age: float) -> None:
         self.root = root
@@ -168,86 +181,128 @@ class BlobStore:
         self._cache = BlobCache(
             str(root / "blobs"),
             disk=BlobDisk,
-            eviction_policy="least-recently-used",
+            eviction_policy="least-recently-used",  # every get() records the use: LRU order and the TTL
             size_limit=max_size,
             cull_limit=0,  # we evict ourselves (see evict_to); diskcache's batch cull can drop the new blob
             disk_min_file_size=0,
         )
+        self._cache.clear_expiry()
+        self.index = SourceIndex(root)  # a blob's rows leave with it (see _remove)
         self._evict_lock = threading.Lock()
+        self._own: set[Path] = set()  # staging files this store handed out and has not seen end
+        self._own_bound = 64
+        self._own_lock = threading.Lock()
 
     def close(self) -> None:
+        self.index.close()
         self._cache.close()
 
     # -- staging ---------------------------------------------------------------------------------------
 
     def new_staging_file(self) -> tuple[int, Path]:
-        """An empty private file for a download; its name carries our pid so leftovers can be cleaned."""
-        path = self.staging / f"{os.getpid()}.{secrets.token_hex(8)}.part"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        """An empty private file for a download, locked (``flock``) until the descriptor and every ``dup``
+        of it are closed: the lock is the download's claim on the file. The pid in the name is for
+        people reading the folder; nothing decides by it."""
+        while True:
+            path = self.staging / f"{os.getpid()}.{secrets.token_hex(8)}.part"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                if hold(fd):
+                    break
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # a cleaner saw it unlocked in the instant after creation and removed it: again
+        with self._own_lock:
+            self._own.add(path)
+            if len(self._own) > self._own_bound:  # downloads that failed unlinked theirs without telling us
+                self._own = {p for p in self._own if p.exists()}
+                self._own_bound = 2 * len(self._own) + 64
         return fd, path
 
-    def clean_stale_staging(self) -> list[Path]:
-        """Remove staging files of processes that are gone (killed mid-download)."""
+    def clean_stale_staging(self, *, dry_run: bool = False) -> list[Path]:
+        """Remove staging files no process holds: the downloads of a process that crashed or was killed.
+        Safe while other processes (or this one) download into the same folder: their files are locked.
+        With ``dry_run``, only say which files those are."""
+        stale = []
+        for path in sorted(self.staging.glob("*.part")):
+            with claimed(path) as unheld:
+                if unheld:
+                    if not dry_run:
+                        path.unlink(missing_ok=True)
+                    stale.append(path)
+        return stale
+
+    def clean_own_staging(self) -> list[Path]:
+        """Remove this store's staging files (after its downloads were stopped, e.g. on Ctrl-C): a
+        download queued but never started still has its empty staging file, and a worker blocked in a
+        stalled read still holds its lock, so these are not stale yet."""
+        with self._own_lock:
+            own, self._own = self._own, set()
         removed = []
-        for path in self.staging.glob("*.part"):
-            pid_text = path.name.split(".", 1)[0]
-            if not pid_text.isdigit():
-                continue
-            pid = int(pid_text)
-            # Our own pid on an older file: a dead process whose pid we were given again.
-            reused = pid == os.getpid() and path.stat().st_mtime < PROCESS_STARTED
-            if reused or not pid_alive(pid):
-                path.unlink(missing_ok=True)
+        for path in sorted(own):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
                 removed.append(path)
         return removed
 
-    def clean_own_staging(self) -> list[Path]:
-        """Remove this process's staging files (after its downloads were stopped, e.g. on Ctrl-C): a
-        download queued but never started still has its empty staging file."""
-        removed = []
-        for path in self.staging.glob(f"{os.getpid()}.*.part"):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-        return removed
+    def _disown(self, staged: Path) -> None:
+        with self._own_lock:
+            self._own.discard(staged)
 
     # -- blobs -----------------------------------------------------------------------------------------
 
     def commit(self, staged: Path, digest: str, size: int) -> None:
         """Adopt a verified staging file as the blob ``digest``; identical bytes are stored once."""
-        if self.has(digest):
-            staged.unlink(missing_ok=True)  # open readers keep their descriptor (POSIX)
-            self._cache.touch(digest, expire=self.max_age)
-        else:
-            try:
-                self._cache.set(digest, Adopt(staged, size), read=True, expire=self.max_age)
-            except OSError as exc:
-                raise translate_os_error(exc, "storing a download in the cache") from exc
-            except (diskcache.Timeout, sqlite3.Error) as exc:
-                # The rename may have happened: the orphan file is diskcache's to clean (check(fix=True)).
-                raise CacheError(f"the cache database did not take the download: {exc or type(exc).__name__}") from exc
+        try:
+            if self._mark_used(digest):
+                staged.unlink(missing_ok=True)  # open readers keep their descriptor (POSIX)
+            else:
+                self._adopt(staged, digest, size)
+        finally:
+            self._disown(staged)
         self.evict_to(self.max_size, protect=[digest])
+
+    def _adopt(self, staged: Path, digest: str, size: int) -> None:
+        try:
+            self._cache.set(digest, Adopt(staged, size), read=True)
+        except OSError as exc:
+            raise translate_os_error(exc, "storing a download in the cache") from exc
+        except (diskcache.Timeout, sqlite3.Error) as exc:
+            # The rename may have happened: the orphan file is diskcache's to clean (check(fix=True)).
+            raise CacheError(f"the cache database did not take the download: {exc or type(exc).__name__}") from exc
+
+    def _mark_used(self, digest: str) -> bool:
+        """Record a use of ``digest`` (LRU and TTL) if it is stored; False if it is not."""
+        handle = self._cache.get(digest, read=True)
+        if handle is None:
+            return False
+        handle.close()
+        return True
 
     def has(self, digest: str) -> bool:
         return digest in self._cache
 
     def open_blob(self, digest: str) -> int | None:
-        """A descriptor of the blob, or None. Marks the blob used (LRU and TTL): once per open, not per read."""
+        """A descriptor of the blob, or None. Records the use (diskcache's LRU ``get`` sets the last-use
+        time, which the TTL counts from): once per open, not per read."""
         handle = self._cache.get(digest, read=True)
         if handle is None:
             return None
         with handle:
-            fd = os.dup(handle.fileno())
-        self._cache.touch(digest, expire=self.max_age)
-        return fd
+            return os.dup(handle.fileno())
 
     def info(self, digest: str) -> BlobInfo | None:
-        return self._cache.info(digest)
+        info = self._cache.info(digest)
+        return None if info is None else self._with_expiry(info)
 
     def remove(self, digest: str) -> bool:
-        return bool(self._cache.delete(digest))
+        """Remove a blob (e.g. found damaged at open) and its index rows."""
+        return self._remove_digest(digest)
 
     def infos(self) -> list[BlobInfo]:
-        return self._cache.infos()
+        """Every blob, least recently used first."""
+        return [self._with_expiry(info) for info in self._cache.infos()]
 
     def path_of(self, info: BlobInfo) -> Path:
         return self.root / "blobs" / info.filename
@@ -255,16 +310,29 @@ class BlobStore:
     def used_bytes(self) -> int:
         return self._cache.used_bytes()
 
+    def _with_expiry(self, info: BlobInfo) -> BlobInfo:
+        return replace(info, expires=info.last_used + self.max_age)
+
+    def _remove(self, infos: Iterable[BlobInfo]) -> None:
+        for info in infos:
+            self._remove_digest(info.digest)
+
+    def _remove_digest(self, digest: str) -> bool:
+        """The one way a blob leaves the store: its row and file (diskcache), then its index rows."""
+        removed = bool(self._cache.delete(digest))
+        self.index.forget_digest(digest)
+        return removed
+
     # -- limits ----------------------------------------------------------------------------------------
 
     def evict_to(self, limit: int, *, protect: Iterable[str] = ()) -> list[BlobInfo]:
+        """Least recently used blobs out until the rest fits in ``limit`` (after each commit)."""
         if self._cache.stored_bytes() <= limit:
             return []  # the common case, answered from diskcache's running total: no table scan per commit
         with self._evict_lock:
-            victims = self._cache.lru_victims(limit, protect)
-            for info in victims:
-                self._cache.delete(info.digest)
-            return victims
+            chosen = victims(self.infos(), limit=limit, protect=frozenset(protect))
+            self._remove(chosen)
+            return chosen
 
     def prune(
         self,
@@ -274,38 +342,29 @@ class BlobStore:
         dry_run: bool = False,
         now: float | None = None,
     ) -> list[BlobInfo]:
-        """Expire blobs unused for ``max_age`` (default: the store's), then LRU down to ``max_size``."""
+        """Drop blobs unused for ``max_age`` (default: the store's), then least recently used down to
+        ``max_size``; and bound the index (its rows of removed blobs, HEAD answers older than max_age)."""
         now = time.time() if now is None else now
-        age = self.max_age if max_age is None else max_age
+        cutoff = now - (self.max_age if max_age is None else max_age)
         limit = self.max_size if max_size is None else max_size
-        infos = self._cache.infos()
-        expired = [i for i in infos if now - i.last_used > age or (i.expires is not None and i.expires < now)]
-        gone = {i.digest for i in expired}
-        remaining = [i for i in infos if i.digest not in gone]
-        excess = sum(i.size for i in remaining) - limit
-        by_size: list[BlobInfo] = []
-        for info in remaining:  # already least recently used first
-            if excess <= 0:
-                break
-            by_size.append(info)
-            excess -= info.size
-        victims = expired + by_size
-        if not dry_run:
-            for info in victims:
-                self._cache.delete(info.digest)
-        return victims
+        with self._evict_lock:
+            chosen = victims(self.infos(), limit=limit, cutoff=cutoff)
+            if not dry_run:
+                self._remove(chosen)
+                self.index.prune(cutoff=cutoff, blobs=self._cache.digests)
+        return chosen
 
     def verify(self) -> tuple[int, list[BlobInfo]]:
         """Re-hash every blob; remove and return the ones whose bytes changed. Returns (checked, corrupt)."""
         corrupt = []
-        infos = self._cache.infos()
+        infos = self.infos()
         for info in infos:
             try:
                 fd = os.open(self.path_of(info), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 if self.has(info.digest):  # not evicted meanwhile: its file is really gone
                     corrupt.append(info)
-                    self._cache.delete(info.digest)
+                    self._remove_digest(info.digest)
                 continue
             try:
                 ok = os.fstat(fd).st_size == info.size and hash_fd(fd, size=info.size) == info.digest
@@ -313,8 +372,59 @@ class BlobStore:
                 os.close(fd)
             if not ok:
                 corrupt.append(info)
-                self._cache.delete(info.digest)
+                self._remove_digest(info.digest)
         return len(infos), corrupt
+
+
+LOCKS_UNSUPPORTED = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+_warned_no_locks = False
+
+
+def hold(fd: int) -> bool:
+    """Lock a new staging file for its download's life. False if a cleaner removed it first: for an
+    instant after creation it was unlocked, so it looked like a dead download's leftover."""
+    global _warned_no_locks
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only while a cleaner holds it, to unlink it
+    except OSError as exc:
+        if exc.errno not in LOCKS_UNSUPPORTED:
+            raise
+        # No locks on this filesystem: cleaners cannot take the lock either, so they keep every file.
+        if not _warned_no_locks:
+            _warned_no_locks = True
+            log.warning("the cache filesystem has no flock: dead downloads' staging files will not be removed")
+    return os.fstat(fd).st_nlink > 0
+
+
+@contextlib.contextmanager
+def claimed(path: Path) -> Iterator[bool]:
+    """Whether no process holds ``path`` (a staging file): its lock was taken here and is held for the
+    with-block, so no download can claim the file meanwhile. False when a live download holds it, when the
+    file is gone, or when its lock cannot be asked for (then it is kept: never remove what may be in use)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: a live download's lock
+            stale = False
+        else:
+            stale = same_file(path, fd)  # not renamed away (committed) and replaced meanwhile
+        yield stale
+    finally:
+        os.close(fd)
+
+
+def same_file(path: Path, fd: int) -> bool:
+    try:
+        there = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
 
 
 def translate_os_error(exc: OSError, doing: str) -> Exception:
@@ -329,18 +439,3 @@ def make_private_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     if path.stat().st_mode & 0o077:
         path.chmod(0o700)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A killed daemon whose parent never reaps it (a container's init may not) is a zombie: dead.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b") ", 1)[1][:1] != b"Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): kill(0) is all we know

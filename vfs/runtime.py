@@ -62,8 +62,8 @@ def open_cache(limits: CacheLimits) -> tuple[BlobStore, SourceIndex]:
     """The store and the index, or one CacheError line (e.g. "file is not a database"), never a traceback."""
     try:
         make_private_dir(limits.root)
-        return (BlobStore(limits.root, max_size=limits.max_size, max_age=limits.max_age),
-                SourceIndex(limits.root))
+        store = BlobStore(limits.root, max_size=limits.max_size, max_age=limits.max_age)
+        return store, store.index  # the store keeps the index: a blob removed takes its rows with it
     except (OSError, sqlite3.Error) as exc:
         raise CacheError(f"cache folder {limits.root}: cannot open it: {exc}") from None
 

@@ -1,6 +1,6 @@
 """Crash safety: the daemon killed with -9 mid-download. The next `mixvfs mount` on the same folder clears
-the dead mount by itself, removes the dead process's temp files, never serves a partial blob, and the
-cache verifies."""
+the dead mount by itself, removes the dead process's temp files (their flock died with it; a live
+download's file is left alone), never serves a partial blob, and the cache verifies."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import signal
 
 from tests.conftest import write_session
-from tests.faults.helpers import cachectl, cloud_track, cp, name_of, stream_path, wait_until
+from tests.faults.helpers import cachectl, cachectl_json, cloud_track, cp, name_of, stream_path, wait_until
 
 
 def dead(pid: int) -> bool:
@@ -23,15 +23,20 @@ def dead(pid: int) -> bool:
 
 def test_kill_9_mid_download_then_remount_recovers(tmp_path, server_root, devserver, mounter):
     session = write_session(tmp_path / "s.json", [cloud_track(server_root, "big", 3_000_000)], server=devserver.url)
-    devserver.set_faults({stream_path("big"): {"rate": 2_000_000}})
+    # The body stops after 100 KB until released: the download is mid-way, however slow this machine is.
+    devserver.set_faults({stream_path("big"): {"hold": "crash", "hold_after": 100_000}})
     first = mounter(session, "--retry-wait", "0.01s")  # prefetch starts the download at once
     staging = first.cache_dir / "staging"
     assert wait_until(lambda: any(p.stat().st_size > 0 for p in staging.glob("*.part")))
     pid = int(os.getxattr(first.path, "user.mixvfs.pid"))
     leftovers = sorted(p.name for p in staging.glob("*.part"))
     assert leftovers and all(name.startswith(f"{pid}.") for name in leftovers)
+    # Another process cleaning the cache leaves a live download's file alone: the download holds its lock.
+    assert cachectl_json(first.cache_dir, "prune")["staging_files"] == 0
+    assert all((staging / name).exists() for name in leftovers)
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: dead(pid))
+    assert cachectl_json(first.cache_dir, "stats")["staging_left_over"] == len(leftovers)  # the kernel let go
     first.mounted = False
     try:
         os.listdir(first.path)  # not stat: the kernel may answer that from its attribute cache
@@ -41,6 +46,7 @@ def test_kill_9_mid_download_then_remount_recovers(tmp_path, server_root, devser
         raise AssertionError("a killed daemon leaves a dead mount behind")
 
     devserver.set_faults({})
+    devserver.release("crash")  # the dead daemon's request: let the server end it
     second = mounter(session, "--no-prefetch", mountpoint=first.path)  # same folder, same cache
     assert os.path.ismount(second.path)
     assert not any((staging / name).exists() for name in leftovers)  # the dead process's temp files

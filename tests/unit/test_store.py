@@ -1,21 +1,28 @@
-"""The blob store without a kernel: adoption by rename, dedupe, limits, TTL, verify, no pickles."""
+"""The blob store without a kernel: adoption by rename, dedupe, one eviction policy, one TTL, verify, a
+bounded index, staging files owned by flock, no pickles."""
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
+import sqlite3
 import stat
 import subprocess
 import sys
 import time
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import diskcache
 import pytest
 
+from mixvfs.cache import store as store_module
+from mixvfs.cache.disk import SafeDisk
 from mixvfs.cache.errors import CacheError
-from mixvfs.cache.index import RemoteInfo, SourceEntry, SourceIndex, identity
-from mixvfs.cache.store import BlobStore, SafeDisk, hash_fd
+from mixvfs.cache.index import IndexCache, SourceEntry, SourceIndex, identity
+from mixvfs.cache.remote import RemoteInfo
+from mixvfs.cache.store import BlobCache, BlobInfo, BlobStore, hash_fd, victims
 
 MiB = 1 << 20
 
@@ -132,17 +139,6 @@ def test_verify_removes_blobs_whose_bytes_changed(tmp_path):
     assert [i.digest for i in store.infos()] == [good]
 
 
-def test_stale_staging_files_of_dead_processes_are_removed(tmp_path):
-    store = BlobStore(tmp_path, max_size=MiB, max_age=3600)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    leftover = store.staging / f"{int(dead.stdout)}.abc.part"
-    leftover.write_bytes(b"partial")
-    fd, mine = store.new_staging_file()
-    os.close(fd)
-    assert store.clean_stale_staging() == [leftover]
-    assert mine.exists() and not leftover.exists()
-
-
 def test_cache_folder_is_private(tmp_path):
     root = tmp_path / "c"
     root.mkdir(mode=0o755)
@@ -156,7 +152,6 @@ def test_no_pickles_in_or_out(tmp_path):
         cache.set("k", {"a": 1})
     plain = diskcache.Cache(str(tmp_path / "x"))  # what an attacker with write access could plant
     plain.set("evil", {"payload": 1})
-    assert pickle.loads(pickle.dumps(1)) == 1
     with pytest.raises(CacheError, match="pickled"):
         cache.get("evil")
 
@@ -172,3 +167,290 @@ def test_index_maps_identities_and_remembers_remote_info(tmp_path):
     assert sorted(index.sources_by_digest()["d1"]) == ["http://h/s/1#size=10", "http://h/s/1x#size=10"]
     index.remember_remote(url, RemoteInfo(10, '"e1"', "audio/wav", None))
     assert index.remote(url) == RemoteInfo(10, '"e1"', "audio/wav", None)
+
+
+# -- one eviction policy ----------------------------------------------------------------------------------
+
+
+def blob(digest: str, size: int, last_used: float) -> BlobInfo:
+    return BlobInfo(digest, size, last_used, last_used, None, digest)
+
+
+def test_victims_takes_the_expired_then_the_least_recently_used_and_spares_the_protected():
+    infos = [blob("a", 10, 1.0), blob("b", 10, 2.0), blob("c", 10, 3.0), blob("d", 10, 4.0)]  # LRU first
+    assert victims(infos, limit=40) == []
+    assert [v.digest for v in victims(infos, limit=25)] == ["a", "b"]
+    assert [v.digest for v in victims(infos, limit=25, protect={"a"})] == ["b", "c"]
+    assert [v.digest for v in victims(infos, limit=100, cutoff=2.5)] == ["a", "b"]  # the TTL alone
+    assert [v.digest for v in victims(infos, limit=15, cutoff=1.5)] == ["a", "b", "c"]  # TTL, then size
+    assert victims([blob("big", 99, 1.0)], limit=10, protect={"big"}) == []
+
+
+def test_commit_eviction_and_prune_ask_the_same_victims_function(tmp_path, monkeypatch):
+    calls: list[dict[str, object]] = []
+
+    def spy(infos, **kwargs):
+        calls.append(kwargs)
+        return victims(infos, **kwargs)
+
+    monkeypatch.setattr(store_module, "victims", spy)
+    store = BlobStore(tmp_path, max_size=2 * MiB, max_age=3600)
+    first = put(store, b"1" * MiB)
+    put(store, b"2" * MiB)
+    third = put(store, b"3" * MiB)  # over the limit: commit-time eviction
+    assert first not in {i.digest for i in store.infos()}
+    assert calls == [{"limit": 2 * MiB, "protect": frozenset({third})}]
+    assert len(store.prune(max_size=MiB, now=time.time())) == 1
+    assert calls[1]["limit"] == MiB and calls[1]["cutoff"] is not None
+
+
+# -- one TTL ----------------------------------------------------------------------------------------------
+
+
+def test_raising_max_age_rescues_a_blob_past_the_old_one(tmp_path):
+    short = BlobStore(tmp_path, max_size=100 * MiB, max_age=100)
+    digest = put(short, b"r" * 1000)
+    later = time.time() + 200  # past the old max_age, inside the new one
+    assert [v.digest for v in short.prune(dry_run=True, now=later)] == [digest]
+    short.close()
+    longer = BlobStore(tmp_path, max_size=100 * MiB, max_age=10_000)
+    assert longer.prune(now=later) == []
+    assert read_blob(longer, digest) == b"r" * 1000
+
+
+def test_a_stored_expiry_of_the_previous_version_does_not_hide_a_blob(tmp_path):
+    """The previous version stored diskcache expiries; diskcache's get() hides a row whose expiry passed,
+    and its touch() refuses to extend one. The TTL is now judged by prune from the last use only."""
+    old = BlobStore(tmp_path, max_size=100 * MiB, max_age=100)
+    digest = put(old, b"x" * 1000)
+    assert old._cache.touch(digest, expire=-1)  # as the previous version left it: expired by its max_age
+    assert old._cache.get(digest) is None
+    old.close()
+    store = BlobStore(tmp_path, max_size=100 * MiB, max_age=10_000)
+    assert read_blob(store, digest) == b"x" * 1000
+    assert store.prune() == []
+
+
+# -- a bounded index --------------------------------------------------------------------------------------
+
+
+def recorded(tmp_path: Path, digest: str, *names: str) -> SourceIndex:
+    """A separate index handle, as the fetcher has: the store's removals must reach it."""
+    index = SourceIndex(tmp_path)
+    for name in names:
+        index.record(identity(f"http://h/{name}", etag=None, size=1), SourceEntry(digest, 1, "audio/wav"))
+    return index
+
+
+def test_index_rows_leave_with_a_blob_evicted_at_commit(tmp_path):
+    store = BlobStore(tmp_path, max_size=MiB, max_age=3600)
+    old = put(store, b"o" * MiB)
+    index = recorded(tmp_path, old, "a", "b")
+    assert len(index.sources_by_digest()[old]) == 2
+    put(store, b"n" * MiB)
+    assert not store.has(old)
+    assert index.lookup("http://h/a#size=1") is None and old not in index.sources_by_digest()
+
+
+def test_index_rows_leave_with_a_pruned_blob(tmp_path):
+    store = BlobStore(tmp_path, max_size=100 * MiB, max_age=3600)
+    gone = put(store, b"g" * 1000)
+    index = recorded(tmp_path, gone, "a")
+    assert [v.digest for v in store.prune(now=time.time() + 7200)] == [gone]
+    assert index.lookup("http://h/a#size=1") is None
+
+
+def test_index_rows_leave_with_a_corrupt_blob(tmp_path):
+    store = BlobStore(tmp_path, max_size=100 * MiB, max_age=3600)
+    bad = put(store, b"b" * 5000)
+    damaged = put(store, b"d" * 5000)
+    index = recorded(tmp_path, bad, "a")
+    recorded(tmp_path, damaged, "b")
+    with open(store.path_of(next(i for i in store.infos() if i.digest == bad)), "r+b") as handle:
+        handle.write(b"X")
+    assert [c.digest for c in store.verify()[1]] == [bad]
+    assert index.lookup("http://h/a#size=1") is None
+    assert store.remove(damaged)  # what the fetcher does with a blob found damaged at open
+    assert index.lookup("http://h/b#size=1") is None and index.sources_by_digest() == {}
+
+
+def test_head_rows_older_than_max_age_are_pruned(tmp_path):
+    store = BlobStore(tmp_path, max_size=100 * MiB, max_age=3600)
+    store.index.remember_remote("http://h/a", RemoteInfo(1, None, None))
+    store.prune(now=time.time() + 60)
+    assert store.index.remote("http://h/a") == RemoteInfo(1, None, None)
+    store.prune(dry_run=True, now=time.time() + 7200)
+    assert store.index.remote("http://h/a") is not None  # a dry run changes nothing
+    store.prune(now=time.time() + 7200)
+    assert store.index.remote("http://h/a") is None
+    assert store.index.counts() == {"sources": 0, "heads": 0}
+
+
+def test_rows_of_the_previous_version_are_read_tagged_and_bounded(tmp_path):
+    """The previous version wrote JSON text values, untagged: still read; prune tags those whose blob
+    exists (so they leave with it) and drops the others."""
+    store = BlobStore(tmp_path, max_size=100 * MiB, max_age=3600)
+    kept = put(store, b"k" * 1000)
+    old = diskcache.Cache(str(tmp_path / "index"), disk=SafeDisk)
+    old.set("src:http://h/k#size=1000", json.dumps({"digest": kept, "size": 1000, "content_type": None}))
+    old.set("src:http://h/gone#size=1", json.dumps({"digest": "0" * 32, "size": 1, "content_type": None}))
+    old.set("head:http://h/k", json.dumps({"size": 1000, "etag": None, "content_type": None, "t": time.time()}))
+    assert store.index.lookup("http://h/k#size=1000") == SourceEntry(kept, 1000, None)
+    assert store.index.remote("http://h/k") == RemoteInfo(1000, None, None)
+    store.prune()
+    assert store.index.lookup("http://h/gone#size=1") is None
+    assert store.index.lookup("http://h/k#size=1000") is not None
+    store.remove(kept)
+    assert store.index.lookup("http://h/k#size=1000") is None
+
+
+def test_index_values_are_json_not_pickles(tmp_path):
+    index = SourceIndex(tmp_path)
+    index.record("http://h/a#size=1", SourceEntry("d1", 1, "audio/wav"))
+    index.close()
+    with sqlite3.connect(tmp_path / "index" / "cache.db") as db:
+        ((key, tag, value),) = db.execute("SELECT key, tag, value FROM Cache").fetchall()
+    assert key == "src:http://h/a#size=1" and tag == "d1"
+    assert json.loads(zlib.decompress(value)) == {"digest": "d1", "size": 1, "content_type": "audio/wav",
+                                                  "etag": None, "last_modified": None}
+    diskcache.Cache(str(tmp_path / "index")).set("src:evil", {"payload": 1})  # pickled, as an attacker could
+    with pytest.raises(CacheError, match="pickled"):
+        SourceIndex(tmp_path).lookup("evil")
+
+
+# -- diskcache's table, read by raw SQL -------------------------------------------------------------------
+
+
+def test_the_columns_our_sql_reads_exist_in_diskcache(tmp_path):
+    """BlobCache reads diskcache's Cache table by SQL: if a diskcache release renames a column this
+    fails here, not as a wrong eviction in the field."""
+    diskcache.Cache(str(tmp_path / "plain")).close()
+    with sqlite3.connect(tmp_path / "plain" / "cache.db") as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(Cache)")}
+    assert columns >= BlobCache.COLUMNS | IndexCache.COLUMNS
+    for cache in (BlobCache, IndexCache):
+        assert sql_columns(cache) <= cache.COLUMNS, f"{cache.__name__}.COLUMNS must list every column its SQL names"
+
+
+def sql_columns(cache: type) -> set[str]:
+    """The lower-case words of the SQL statements in a class's methods: the columns they name."""
+    sql = " ".join(text for method in vars(cache).values() if callable(method)
+                   for text in method.__code__.co_consts
+                   if isinstance(text, str) and text.startswith(("SELECT", "UPDATE")))
+    words = sql.replace(",", " ").replace("(", " ").replace(")", " ").split()
+    named = {word for word in words if word.islower() and word.isidentifier()}
+    assert named
+    return named
+
+
+def test_a_changed_diskcache_schema_fails_loudly_at_open(tmp_path):
+    BlobStore(tmp_path, max_size=MiB, max_age=3600).close()
+    with sqlite3.connect(tmp_path / "blobs" / "cache.db") as db:
+        db.execute("ALTER TABLE Cache RENAME COLUMN access_time TO last_access")
+    with pytest.raises(CacheError, match="access_time"):
+        BlobStore(tmp_path, max_size=MiB, max_age=3600)
+
+
+# -- staging files owned by flock -------------------------------------------------------------------------
+
+
+HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()  # until the test kills us
+"""
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """Another process holding the lock of a staging file (a download of another mount). The file is
+    named after a process that has exited: only the lock tells that it is in use."""
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    path = tmp_path / "staging" / f"{exited.pid}.held.part"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"partial")
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline() == "held\n"
+    try:
+        yield path, child
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_staging_file_whose_lock_is_held_is_kept_and_removed_once_its_holder_dies(tmp_path, holder):
+    path, child = holder
+    store = BlobStore(tmp_path, max_size=MiB, max_age=3600)
+    assert store.clean_stale_staging() == [] and store.clean_stale_staging(dry_run=True) == []
+    assert path.exists()
+    child.kill()  # as a crash would: the kernel drops the lock
+    child.wait()
+    assert store.clean_stale_staging(dry_run=True) == [path]
+    assert store.clean_stale_staging() == [path] and not path.exists()
+
+
+def test_a_staging_file_nobody_holds_is_removed_whatever_its_name_says(tmp_path):
+    store = BlobStore(tmp_path, max_size=MiB, max_age=3600)
+    alive = store.staging / f"{os.getppid()}.abc.part"  # a live process's pid: a dead one's, reused
+    alive.write_bytes(b"partial")
+    fd, mine = store.new_staging_file()
+    try:
+        assert store.clean_stale_staging() == [alive]
+        assert mine.exists() and not alive.exists()  # ours is held by our open descriptor
+        copy = os.dup(fd)  # a reader's dup shares the lock
+        os.close(fd)
+        fd = -1
+        assert store.clean_stale_staging() == []
+        os.close(copy)
+        assert store.clean_stale_staging() == [mine]
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def test_a_new_staging_file_is_locked_against_other_processes(tmp_path):
+    store = BlobStore(tmp_path, max_size=MiB, max_age=3600)
+    fd, path = store.new_staging_file()
+    try:
+        probe = "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\n" \
+                "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)\n"
+        assert subprocess.run([sys.executable, "-c", probe, str(path)]).returncode == 3
+    finally:
+        os.close(fd)
+
+
+def test_own_staging_files_are_removed_even_while_held(tmp_path):
+    """After Ctrl-C, warm removes the files of downloads that never started (still open, so locked)."""
+    store = BlobStore(tmp_path, max_size=MiB, max_age=3600)
+    fd, queued = store.new_staging_file()
+    put(store, b"whole")  # committed: no longer this store's to clean
+    try:
+        assert store.clean_own_staging() == [queued]
+        assert list(store.staging.iterdir()) == []
+    finally:
+        os.close(fd)
+
+
+def test_cachectl_prune_removes_dead_downloads_and_stats_counts_the_index(tmp_path, capsys):
+    from mixvfs.vfs.commands import cachectl
+
+    store = BlobStore(tmp_path, max_size=MiB, max_age=3600)
+    left = store.staging / "1.dead.part"
+    left.write_bytes(b"partial")
+    store.index.remember_remote("http://h/a", RemoteInfo(1, None, None))
+    store.close()
+
+    def run(*args: str) -> dict[str, object]:
+        assert cachectl.main(["--cache-dir", str(tmp_path), *args, "--json"]) == 0
+        result: dict[str, object] = json.loads(capsys.readouterr().out)
+        return result
+
+    stats = run("stats")
+    assert stats["staging_files"] == 1 and stats["staging_left_over"] == 1
+    assert stats["index"] == {"sources": 0, "heads": 1}
+    assert run("prune", "--dry-run")["staging_files"] == 1 and left.exists()
+    assert run("prune")["staging_files"] == 1 and not left.exists()

@@ -88,8 +88,10 @@ def run_command(args: argparse.Namespace, store: BlobStore, index: SourceIndex) 
             max_size=parse_size(args.prune_size) if args.prune_size else None,
             dry_run=args.dry_run,
         )
+        # Dead downloads' staging files go too (those no process holds: see BlobStore.clean_stale_staging).
+        staging = store.clean_stale_staging(dry_run=args.dry_run)
         result = {"dry_run": args.dry_run, "freed_blobs": len(victims), "freed_bytes": sum(v.size for v in victims),
-                  "blobs": [blob_json(v) for v in victims]}
+                  "blobs": [blob_json(v) for v in victims], "staging_files": len(staging)}
         return emit(args, result, format_prune)
     if args.command == "verify":
         checked, corrupt = store.verify()
@@ -115,7 +117,8 @@ def stats(store: BlobStore) -> dict[str, Any]:
     infos = store.infos()
     return {"cache_dir": str(store.root), "blobs": len(infos), "bytes": sum(i.size for i in infos),
             "max_size": store.max_size, "max_age": store.max_age,
-            "staging_files": len(list(store.staging.glob("*.part")))}
+            "staging_files": len(list(store.staging.glob("*.part"))),
+            "staging_left_over": len(store.clean_stale_staging(dry_run=True)), "index": store.index.counts()}
 
 
 def listing(store: BlobStore, index: SourceIndex) -> list[dict[str, Any]]:
@@ -140,7 +143,9 @@ def emit(args: argparse.Namespace, result: Any, formatter: Any) -> int:
 def format_stats(s: dict[str, Any]) -> str:
     return (f"cache:   {s['cache_dir']}\nblobs:   {s['blobs']}\nbytes:   {format_size(s['bytes'])} of "
             f"{format_size(s['max_size'])}\nmax age: {s['max_age'] / 86400:g} days\n"
-            f"staging: {s['staging_files']} download(s) in progress or left over")
+            f"staging: {s['staging_files']} download(s) in progress or left over "
+            f"({s['staging_left_over']} left over by a dead process)\n"
+            f"index:   {s['index']['sources']} source(s), {s['index']['heads']} server answer(s)")
 
 
 def format_listing(rows: list[dict[str, Any]]) -> str:
@@ -154,7 +159,10 @@ def format_listing(rows: list[dict[str, Any]]) -> str:
 def format_prune(r: dict[str, Any]) -> str:
     verb = "would free" if r["dry_run"] else "freed"
     lines = [f"{blob['digest']}  {format_size(blob['size'])}  last used {blob['last_used']}" for blob in r["blobs"]]
-    return "\n".join([*lines, f"{verb} {r['freed_blobs']} blob(s), {format_size(r['freed_bytes'])}"])
+    lines.append(f"{verb} {r['freed_blobs']} blob(s), {format_size(r['freed_bytes'])}")
+    if r["staging_files"]:
+        lines.append(f"{verb} {r['staging_files']} staging file(s) of dead downloads")
+    return "\n".join(lines)
 
 
 def format_verify(r: dict[str, Any]) -> str:

@@ -16,7 +16,8 @@ from pathlib import Path
 from mixvfs.cache.download import Source
 from mixvfs.cache.errors import FetchError
 from mixvfs.cache.http import HttpClient
-from mixvfs.cache.index import RemoteInfo, SourceIndex
+from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.remote import RemoteInfo
 from mixvfs.vfs.session import sniff
 from mixvfs.vfs.session.manifest import Session, TrackSpec
 from mixvfs.vfs.session.naming import assign_names

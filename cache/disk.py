@@ -1,0 +1,96 @@
+"""Where we reach into diskcache beyond its API, in one place.
+
+* ``Disk`` classes that never unpickle: a writable cache folder must never be able to run code
+  (CVE-2025-69872 — diskcache pickles any value that is not str, bytes or a number, and unpickles on
+  read). :class:`SafeDisk` stores only str, bytes and numbers and refuses a pickled value on read;
+  :class:`JsonDisk` is diskcache's own ``JSONDisk`` for the index's records (dicts), with plain-text keys,
+  the same refusal, and the rows of the previous version (JSON *text* values) still readable.
+* :class:`CheckedCache`: raw SQL over diskcache's ``Cache`` table, for what its API cannot answer in one
+  query ("every entry with its size and last use"). Each subclass names the columns it reads; they are
+  checked when the cache opens, so a diskcache release that changed the schema fails loudly there,
+  never with a wrong answer later.
+
+Both the blob store and the source index build on this module; it imports neither.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import zlib
+from typing import Any, ClassVar
+
+import diskcache
+
+from mixvfs.cache.errors import CacheError
+
+
+def refuse_pickle(mode: Any) -> None:
+    if mode == diskcache.core.MODE_PICKLE:
+        raise CacheError("the cache holds a pickled value; refusing to load it (run `cachectl verify`)")
+
+
+class SafeDisk(diskcache.Disk):
+    """A diskcache Disk that never pickles or unpickles."""
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if not isinstance(value, str | bytes | int | float):
+            raise TypeError(f"refusing to store a {type(value).__name__}: only str, bytes and numbers")
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode: Any, filename: Any, value: Any, read: bool) -> Any:
+        refuse_pickle(mode)
+        return super().fetch(mode, filename, value, read)
+
+
+class JsonDisk(diskcache.JSONDisk):
+    """JSON values (zlib-compressed, as diskcache's JSONDisk writes them), plain str keys, no pickles.
+
+    Keys stay plain text rather than JSONDisk's compressed JSON: the previous version wrote plain keys, and
+    compressing them would make its rows unreachable (never read again, never removed). Its values were
+    JSON text; they are decoded here too. A value that does not decode reads as None: a damaged record is a
+    cache miss, never a crash."""
+
+    def put(self, key: Any) -> Any:
+        return diskcache.Disk.put(self, key)
+
+    def get(self, key: Any, raw: bool) -> Any:
+        return diskcache.Disk.get(self, key, raw)
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if read:
+            raise TypeError("the index holds JSON values, not files")
+        return super().store(value, read, key=key)  # JSON bytes: diskcache stores bytes as they are
+
+    def fetch(self, mode: Any, filename: Any, value: Any, read: bool) -> Any:
+        refuse_pickle(mode)
+        try:
+            if mode == diskcache.core.MODE_RAW and isinstance(value, str):
+                return json.loads(value)  # a row of the previous version: JSON text, not compressed bytes
+            return super().fetch(mode, filename, value, read)
+        except (ValueError, zlib.error):  # json's and UnicodeDecodeError are ValueErrors
+            return None
+
+
+class CheckedCache(diskcache.Cache):
+    """A diskcache.Cache that may be queried by SQL on the ``COLUMNS`` it names (checked at open)."""
+
+    COLUMNS: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, directory: str, **settings: Any) -> None:
+        super().__init__(directory, **settings)
+        self.check_schema()
+
+    def check_schema(self) -> None:
+        try:
+            columns = {str(row[1]) for row in self._query("PRAGMA table_info(Cache)")}
+        except (AttributeError, sqlite3.Error) as exc:
+            raise CacheError(f"diskcache {diskcache.__version__}: cannot read its Cache table ({exc})") from exc
+        missing = self.COLUMNS - columns
+        if missing:
+            raise CacheError(f"diskcache {diskcache.__version__} changed its Cache table (no column "
+                             f"{', '.join(sorted(missing))}); this mixvfs needs diskcache 5.x")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        # diskcache's `_sql` is its cursor helper (autocommit: one statement is one transaction).
+        return list(self._sql(sql, args).fetchall())  # type: ignore[attr-defined]
