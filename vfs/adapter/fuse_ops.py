@@ -199,6 +199,8 @@ def run(ops: MixOps, mountpoint: str, *, foreground: bool = True, threads: int =
         options["max_idle_threads"] = threads  # libfuse 3.14 warns about its own default (UINT_MAX)
     elif nonempty:
         options["nonempty"] = True  # libfuse 2 (macFUSE's API) refuses a non-empty mountpoint without it
+    if os.environ.get("MIXVFS_READ_BUF") == "0":  # benchmark switch (tools/bench_read_buf.py): plain read
+        ops.read_buf = None  # type: ignore[method-assign,assignment]
     ops.waiting_reads = waiting_reads
     ops.mountpoint = os.path.realpath(mountpoint)
     fuse.FUSE(ops, mountpoint, raw_fi=True, **options)
