@@ -43,8 +43,21 @@ CHUNK = 1 << 20
 # httpcore reads an HTTP/1.1 body 64 KiB per recv() and httpx re-chunks it with extra copies; on loopback that
 # capped one stream at ~200 MB/s. One recv of up to 1 MiB and the chunks as they come (no re-chunking) give
 # ~2.5x (measured: BENCHMARKS.md, "download path"). READ_NUM_BYTES is httpcore's per-connection read size.
-if isinstance(getattr(httpcore.HTTP11Connection, "READ_NUM_BYTES", None), int):
-    httpcore.HTTP11Connection.READ_NUM_BYTES = CHUNK
+
+
+def read_bigger_chunks(connection: type = httpcore.HTTP11Connection, size: int = CHUNK) -> bool:
+    """Make httpcore's HTTP/1.1 connections ask for ``size`` bytes per ``recv``. ``READ_NUM_BYTES`` is
+    private: if a new httpcore drops or changes it, downloads still work, only slower, so say so loudly
+    instead of silently patching nothing (tests/unit/test_library_reaches.py checks it applies)."""
+    if not isinstance(getattr(connection, "READ_NUM_BYTES", None), int):
+        log.warning("httpcore %s: %s.READ_NUM_BYTES is gone; downloads read 64 KiB per recv, about 2.5x slower "
+                    "(mixvfs needs an update for this httpcore)", httpcore.__version__, connection.__name__)
+        return False
+    connection.READ_NUM_BYTES = size  # type: ignore[attr-defined]
+    return True
+
+
+read_bigger_chunks()
 TOKEN_COMMAND_TIMEOUT = 30.0  # seconds; a password manager waiting for an unlock may need the user
 ERROR_BODY_TYPES = frozenset({"text/html", "text/plain", "application/json", "application/xml", "text/xml"})
 

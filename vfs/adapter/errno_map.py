@@ -34,8 +34,26 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def fuse_errors(error_type: Callable[[int], OSError]) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Decorate a FUSE operation so that whatever goes wrong leaves as ``error_type(errno)``."""
+def cause_chain(exc: BaseException) -> str:
+    """``FetchError: … <- CacheError: … <- OSError: …``: the exceptions that led to ``exc``, as Python's own
+    traceback follows them (a ``from`` cause, or the implicit context unless ``from None`` hid it). Exception
+    texts never hold the token (cache/http.py keeps it out of them), so the chain may be logged."""
+    links: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        links.append(f"{type(current).__name__}: {current}" if str(current) else type(current).__name__)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return " <- ".join(links)
+
+
+def fuse_errors(error_type: type[OSError]) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a FUSE operation so that whatever goes wrong leaves as ``error_type(errno)``.
+
+    What leaves is raised ``from None``: mfusepy logs it (with a traceback at debug), and a chain there
+    would only repeat what is logged here. The cause chain is logged here instead: at debug for our own
+    errors and OS errors (a failing track is reported per track anyway), as an error for a crash."""
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(func)
@@ -43,15 +61,27 @@ def fuse_errors(error_type: Callable[[int], OSError]) -> Callable[[Callable[P, R
             try:
                 return func(*args, **kwargs)
             except MixvfsError as exc:
-                raise error_type(errno_for(exc)) from None
+                raise answer(error_type, func.__name__, exc, errno_for(exc)) from None
             except OSError as exc:
                 if exc.errno is None or exc.errno <= 0:
-                    log.exception("%s failed", func.__name__)
-                raise error_type(errno_for(exc)) from None
-            except Exception:
-                log.exception("%s crashed; answering EIO", func.__name__)
+                    log.error("%s failed without an errno; answering EIO: %s", func.__name__, cause_chain(exc),
+                              exc_info=exc)
+                    raise error_type(errno.EIO) from None
+                if isinstance(exc, error_type) and exc.__cause__ is None and exc.__context__ is None:
+                    raise  # a deliberate answer (ENOENT, EROFS, …): nothing to explain
+                raise answer(error_type, func.__name__, exc, errno_for(exc)) from None
+            except Exception as exc:
+                log.error("%s crashed; answering EIO: %s", func.__name__, cause_chain(exc), exc_info=exc)
                 raise error_type(errno.EIO) from None
 
         return wrapper
 
     return decorate
+
+
+def answer(error_type: type[OSError], operation: str, exc: BaseException, code: int) -> OSError:
+    """The errno answer for ``exc``, after a debug line with its cause chain (and traceback)."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s: %s from %s", operation, errno.errorcode.get(code, str(code)), cause_chain(exc),
+                  exc_info=exc)
+    return error_type(code)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import ctypes.util
 import errno
 import json
@@ -20,7 +19,7 @@ if "FUSE_LIBRARY_NAME" not in os.environ and ctypes.util.find_library("fuse3"):
 import mfusepy as fuse
 
 from mixvfs.vfs.adapter.errno_map import fuse_errors
-from mixvfs.vfs.adapter.libfuse import WAITING_READS, allow_waiting_reads, fd_bufvec, invalidate_path, raise_readahead
+from mixvfs.vfs.adapter.libfuse import WAITING_READS, allow_waiting_reads, invalidate_path, raise_readahead
 from mixvfs.vfs.fs.sessionfs import BLOCK_SIZE, Handle, SessionFS
 from mixvfs.vfs.session.tracks import Track
 
@@ -128,16 +127,11 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
 
     @guard
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        """The bytes themselves (after waiting for a download to reach them). Not ``read_buf``: naming a
+        descriptor for libfuse to pread made a copy from the cache take 1.2-1.5x as long with 1.8x the
+        daemon's CPU, because libfuse (without splice) preads it into a fresh page-aligned buffer per
+        request, faulting in every page (BENCHMARKS.md, "read_buf against plain read")."""
         return self.core.read(self._handles[fi.fh], size, offset)
-
-    @guard
-    def read_buf(self, path: str, bufpp: Any, size: int, offset: int, fi: Any) -> int:
-        """The read path libfuse uses when present: we only say which descriptor holds the bytes (after
-        waiting for a download to reach them); libfuse preads them in C, outside the GIL, without a copy
-        through Python."""
-        fd, count = self.core.read_span(self._handles[fi.fh], size, offset)
-        bufpp[0] = ctypes.cast(fd_bufvec(fd, count, offset), fuse.fuse_bufvec_p)
-        return 0
 
     @guard
     def release(self, path: str, fi: Any) -> int:

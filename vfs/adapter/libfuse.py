@@ -1,6 +1,8 @@
-"""Low-level libfuse tuning that mfusepy does not offer: answering a read with a descriptor instead of
-bytes (``read_buf``), raising the mount's readahead, and how many reads may wait on downloads at once.
-ctypes only; no FUSE binding here."""
+"""Low-level libfuse calls that mfusepy does not offer: raising the mount's readahead, how many reads may wait
+on downloads at once, and making the kernel forget a changed file's size. ctypes only; no FUSE binding here.
+
+(Answering reads with a descriptor through ``read_buf`` and a hand-declared ``fuse_bufvec`` was measured
+slower than plain ``read`` and removed: BENCHMARKS.md, "read_buf against plain read".)"""
 
 from __future__ import annotations
 
@@ -22,35 +24,6 @@ READAHEAD_KIB = 4096
 # 128 KiB with libfuse 2), each on a libfuse thread of its own (~70 KiB of memory while it waits). With 1024
 # the mount answered in under 0.2 s with 700 readers of 2 MB tracks waiting (822 requests, 60 MB of threads).
 WAITING_READS = 1024
-
-FUSE_BUF_IS_FD, FUSE_BUF_FD_SEEK = 1 << 1, 1 << 2
-_libc = ctypes.CDLL(None)
-_libc.malloc.restype = ctypes.c_void_p
-_libc.malloc.argtypes = [ctypes.c_size_t]
-
-
-class _FdBuf(ctypes.Structure):
-    """libfuse's ``struct fuse_buf`` (plus 3.17's trailing ``mem_size``, so the allocation is never short)."""
-
-    _fields_ = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p),
-                ("fd", ctypes.c_int), ("pos", ctypes.c_int64), ("mem_size", ctypes.c_size_t)]
-
-
-class _BufVec(ctypes.Structure):
-    """libfuse's ``struct fuse_bufvec`` with its one inline buffer (mfusepy declares it as a pointer)."""
-
-    _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t), ("buf", _FdBuf)]
-
-
-def fd_bufvec(fd: int, count: int, offset: int) -> int:
-    """A malloc'd bufvec telling libfuse to read ``count`` bytes at ``offset`` from ``fd`` itself (it frees it)."""
-    address = _libc.malloc(ctypes.sizeof(_BufVec))
-    if not address:
-        raise OSError(errno.ENOMEM, "cannot allocate a libfuse buffer")  # the errno guard passes it on
-    vec = _BufVec.from_address(address)
-    vec.count, vec.idx, vec.off = 1, 0, 0
-    vec.buf = _FdBuf(count, FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK, None, fd, offset, 0)
-    return int(address)
 
 
 def raise_readahead(mountpoint: str, kib: int = READAHEAD_KIB) -> bool:
