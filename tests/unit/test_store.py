@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import stat
 import subprocess
 import sys
@@ -156,7 +155,6 @@ def test_no_pickles_in_or_out(tmp_path):
         cache.set("k", {"a": 1})
     plain = diskcache.Cache(str(tmp_path / "x"))  # what an attacker with write access could plant
     plain.set("evil", {"payload": 1})
-    assert pickle.loads(pickle.dumps(1)) == 1
     with pytest.raises(CacheError, match="pickled"):
         cache.get("evil")
 
