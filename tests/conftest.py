@@ -162,12 +162,12 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
             log_text = log.read_text() if log.exists() else ""
             raise AssertionError(f"mount failed ({done.returncode}): {done.stderr}\n{log_text}")
         m = Mount(mp, cache, report, session, log, mounted=done.returncode == 0)
+        m.extra = [done.stdout, done.stderr, str(done.returncode)]  # for tests of failing mounts
+        mounts.append(m)  # before any check below: teardown unmounts it whatever happens
         wanted = lane_libfuse_major()
         if m.mounted and wanted is not None and sys.platform == "linux":
             pid = int(os.getxattr(mp, "user.mixvfs.pid"))
             assert daemon_libfuse_major(pid) == wanted, f"the daemon does not run on libfuse {wanted}"
-        m.extra = [done.stdout, done.stderr, str(done.returncode)]  # for tests of failing mounts
-        mounts.append(m)
         return m
 
     yield mount

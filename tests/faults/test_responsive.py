@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import Mount, run, write_session
-from tests.faults.helpers import cloud_track, name_of, wait_until
+from tests.faults.helpers import cloud_track, holds_open, name_of, wait_until
 from tools.make_audio import write_sized
 
 READERS = 30
@@ -26,14 +26,6 @@ SIZE = 6 << 20
 HELD_AT = 1 << 20  # the two downloads that run park here until the checks are done: every reader still waits
 BOUND = 10.0  # seconds; the issue wants 1 s, the bug took 36-60 s
 HANG_GUARD = 120.0
-
-
-def holds_open(pid: int, path: Path) -> bool:
-    """True once process ``pid`` has ``path`` open (it then sits in a read of it)."""
-    try:
-        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return False
 
 
 def requests_waiting(mountpoint: Path) -> int | None:
