@@ -25,6 +25,16 @@ MIXVFS = str(BIN / "mixvfs")
 CACHECTL = str(BIN / "cachectl")
 
 
+# `make test` runs the mount tier a second time with FUSE_LIBRARY_NAME=fuse: libfuse 2, the API macFUSE
+# gives mfusepy on macOS. A lane that asks for a libfuse must run on it, in this process and in the daemon.
+LANE_MAJORS: dict[str, int] = {"fuse": 2, "fuse3": 3}
+
+
+def lane_libfuse_major() -> int | None:
+    """The libfuse major version FUSE_LIBRARY_NAME asks for, if it names one."""
+    return LANE_MAJORS.get(os.environ.get("FUSE_LIBRARY_NAME", ""))
+
+
 def fuse_problem() -> str | None:
     if not os.path.exists("/dev/fuse"):
         return "/dev/fuse is missing"
@@ -33,17 +43,34 @@ def fuse_problem() -> str | None:
     try:
         import mixvfs.vfs.adapter.fuse_ops  # noqa: F401
     except (OSError, AttributeError) as exc:
-        return f"libfuse is not loadable: {exc}"
+        wanted = lane_libfuse_major()
+        return f"libfuse{'' if wanted is None else f' {wanted}'} is not loadable: {exc}"
     return None
 
 
 def require_fuse() -> None:
     problem = fuse_problem()
-    if problem is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"FUSE mounts are impossible here ({problem}); CI must be able to mount")
-    pytest.skip(f"FUSE mounts are impossible here ({problem})")
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"FUSE mounts are impossible here ({problem}); CI must be able to mount")
+        pytest.skip(f"FUSE mounts are impossible here ({problem})")
+    from mixvfs.vfs.adapter.fuse_ops import LIBFUSE_MAJOR
+
+    wanted = lane_libfuse_major()
+    if wanted is not None and wanted != LIBFUSE_MAJOR:  # never a lane that silently tests the other libfuse
+        pytest.fail(f"FUSE_LIBRARY_NAME={os.environ['FUSE_LIBRARY_NAME']} asks for libfuse {wanted}, "
+                    f"but mfusepy loaded libfuse {LIBFUSE_MAJOR}")
+
+
+def daemon_libfuse_major(pid: int) -> int | None:
+    """The libfuse major version mapped into process ``pid`` (Linux /proc; None where it cannot be told)."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return None
+    names = {Path(line.split()[-1]).name for line in maps.splitlines() if "libfuse" in line}
+    majors = {3 if name.startswith("libfuse3.") else 2 for name in names if name.startswith("libfuse")}
+    return majors.pop() if len(majors) == 1 else None
 
 
 def run(cmd: list[str], *, check: bool = False, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -136,7 +163,11 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
             raise AssertionError(f"mount failed ({done.returncode}): {done.stderr}\n{log_text}")
         m = Mount(mp, cache, report, session, log, mounted=done.returncode == 0)
         m.extra = [done.stdout, done.stderr, str(done.returncode)]  # for tests of failing mounts
-        mounts.append(m)
+        mounts.append(m)  # before any check below: teardown unmounts it whatever happens
+        wanted = lane_libfuse_major()
+        if m.mounted and wanted is not None and sys.platform == "linux":
+            pid = int(os.getxattr(mp, "user.mixvfs.pid"))
+            assert daemon_libfuse_major(pid) == wanted, f"the daemon does not run on libfuse {wanted}"
         return m
 
     yield mount

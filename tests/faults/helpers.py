@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -62,6 +63,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def holds_open(pid: int, path: Path) -> bool:
+    """True once process ``pid`` has ``path`` open (Linux /proc; a `cp` then sits in a read of it)."""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
 
 
 def max_overlap(entries: list[dict[str, Any]]) -> int:

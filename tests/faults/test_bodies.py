@@ -4,7 +4,6 @@ track, and never enters the store; after a failure reads get EIO at once until -
 from __future__ import annotations
 
 import filecmp
-import time
 
 from tests.conftest import write_session
 from tests.faults.helpers import FAST, cachectl_json, cloud_track, cp, name_of, stream_path
@@ -61,16 +60,32 @@ def test_body_shorter_than_content_length_is_retried_then_eio_never_a_short_file
 
 
 def test_after_a_failure_reads_fail_at_once_until_retry_after(tmp_path, server_root, devserver, mounter):
+    """Within --retry-after every open fails at once without a request, even once the server is fixed.
+    The window is an hour, so no copy here can outlast it; that it ends is tested with an injected clock
+    (unit/test_core.py::test_failure_is_remembered_until_retry_after)."""
     session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 300_000)], server=devserver.url)
     devserver.set_faults({stream_path("t1"): {"status": 404}})
-    mount = mounter(session, *FAST, "--retry-after", "1s")
-    failed_at = time.monotonic()
+    mount = mounter(session, *FAST, "--retry-after", "1h")
     for _ in range(3):
         done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
         assert done.returncode != 0 and EIO in done.stderr
     assert len(devserver.requests("GET", stream_path("t1"))) == 1  # no new download per read or per open
-    devserver.set_faults({})  # the server is fixed; after --retry-after the next open tries again
-    time.sleep(max(0.0, failed_at + 1.1 - time.monotonic()))
+    devserver.set_faults({})  # the server is fixed, but the failure is remembered until --retry-after
+    for _ in range(3):
+        done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
+        assert done.returncode != 0 and EIO in done.stderr
+    assert [g["status"] for g in devserver.requests("GET", stream_path("t1"))] == [404]
+    record = mount.track("t1")
+    assert record["status"] == "failed" and "404" in record["error"] and record["attempts"] == 1
+
+
+def test_a_zero_retry_after_tries_again_at_the_next_open(tmp_path, server_root, devserver, mounter):
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 300_000)], server=devserver.url)
+    devserver.set_faults({stream_path("t1"): {"status": 404}})
+    mount = mounter(session, *FAST, "--retry-after", "0s")
+    done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
+    assert done.returncode != 0 and EIO in done.stderr
+    devserver.set_faults({})  # the server is fixed: with no --retry-after window the next open tries again
     done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
     assert done.returncode == 0, done.stderr
     assert filecmp.cmp(tmp_path / "out.wav", server_root / "stream" / "t1.wav", shallow=False)

@@ -23,10 +23,10 @@ def dead(pid: int) -> bool:
 
 def test_kill_9_mid_download_then_remount_recovers(tmp_path, server_root, devserver, mounter):
     session = write_session(tmp_path / "s.json", [cloud_track(server_root, "big", 3_000_000)], server=devserver.url)
-    # The body stops after 100 KB until released: the download is mid-way, however slow this machine is.
-    devserver.set_faults({stream_path("big"): {"hold": "crash", "hold_after": 100_000}})
+    devserver.set_faults({stream_path("big"): {"hold": "big", "hold_after": 1_000_000}})  # parked mid-body
     first = mounter(session, "--retry-wait", "0.01s")  # prefetch starts the download at once
     staging = first.cache_dir / "staging"
+    devserver.wait_held("big")
     assert wait_until(lambda: any(p.stat().st_size > 0 for p in staging.glob("*.part")))
     pid = int(os.getxattr(first.path, "user.mixvfs.pid"))
     leftovers = sorted(p.name for p in staging.glob("*.part"))

@@ -1,6 +1,7 @@
 """The mount keeps answering while downloads queue (issue 8, item 8).
 
-Thirty readers wait on uncached cloud tracks behind ``--jobs 2`` at a throttled server; meanwhile a small
+Thirty readers wait on uncached cloud tracks behind ``--jobs 2``, the two running downloads parked mid-body
+by the dev server until the checks are done (so every reader surely still waits); meanwhile a small
 local track, an already-cached cloud track, ``stat`` and ``ls -l`` must answer at once. Before the fix the
 readers' parked reads held the kernel's 12 background slots for the mount and libfuse's 16 threads: the issue
 saw a local track take 36-60 s, and here a cached track took 48-68 s. The bound asserted is generous (a loaded
@@ -17,22 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import Mount, run, write_session
-from tests.faults.helpers import cloud_track, name_of, wait_until
+from tests.faults.helpers import cloud_track, holds_open, name_of, wait_until
 from tools.make_audio import write_sized
 
 READERS = 30
-SIZE = 6 << 20  # at RATE a download lasts 6 s: the first two are still running after the checks
-RATE = 1 << 20  # bytes/s per connection, as in the issue
+SIZE = 6 << 20
+HELD_AT = 1 << 20  # the two downloads that run park here until the checks are done: every reader still waits
 BOUND = 10.0  # seconds; the issue wants 1 s, the bug took 36-60 s
 HANG_GUARD = 120.0
-
-
-def holds_open(pid: int, path: Path) -> bool:
-    """True once process ``pid`` has ``path`` open (it then sits in a read of it)."""
-    try:
-        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return False
 
 
 def requests_waiting(mountpoint: Path) -> int | None:
@@ -72,17 +65,19 @@ def test_local_cached_stat_and_ls_answer_while_thirty_readers_wait(tmp_path, ser
     assert run(["cp", str(first.path / name_of("cached")), str(tmp_path / "warm.wav")]).returncode == 0
     first.unmount()
 
-    devserver.set_faults({"*": {"rate": RATE}})
-    mount: Mount = mounter(session, "--no-prefetch", "--jobs", "2")
+    devserver.set_faults({"*": {"hold": "q", "hold_after": HELD_AT}})
+    mount: Mount = mounter(session, "--no-prefetch", "--jobs", "2", "--stall-timeout", "300s")  # parked, not stalled
     sources = [mount.path / name_of(t) for t in ids]
     out = tmp_path / "out"
     out.mkdir()
     readers = [subprocess.Popen(["cp", str(src), str(out / src.name)], stderr=subprocess.PIPE) for src in sources]
     try:
         # The event gate: every reader has its track open (cp reads right after opening it), two downloads
-        # are running, and where fusectl is mounted, the kernel counts a request waiting for each reader.
+        # are running (parked mid-body), and where fusectl is mounted, the kernel counts a request waiting
+        # for each reader.
         assert wait_until(lambda: all(holds_open(r.pid, s) for r, s in zip(readers, sources, strict=True)),
                           HANG_GUARD)
+        devserver.wait_held("q", 2, timeout=HANG_GUARD)
         assert wait_until(lambda: sum(r["status"] == "fetching" for r in mount.report()["tracks"]) == 2, HANG_GUARD)
         if requests_waiting(mount.path) is not None:
             assert wait_until(lambda: (requests_waiting(mount.path) or 0) >= READERS, HANG_GUARD)
@@ -101,9 +96,11 @@ def test_local_cached_stat_and_ls_answer_while_thirty_readers_wait(tmp_path, ser
               + ("" if waiting is None else f" ({waiting} requests)") + ": "
               + ", ".join(f"{label} {seconds:.3f} s" for label, seconds in times.items()))
         assert still_running == READERS  # all of it happened while every reader was still waiting
+        assert devserver.held("q") == 2
         assert max(times.values()) < BOUND, times
     finally:
         devserver.set_faults({})  # the queued downloads now run at full speed
+        devserver.release("q")  # and so do the two parked ones
         codes = [r.wait(timeout=HANG_GUARD) for r in readers]
     assert codes == [0] * READERS, [r.stderr.read() for r in readers if r.stderr]
     for src in sources:

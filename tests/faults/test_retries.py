@@ -4,6 +4,7 @@ other 4xx fail at once; the resume of a cut-off body asks for exactly the missin
 from __future__ import annotations
 
 import filecmp
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,13 +70,14 @@ def test_cut_off_body_resumes_at_the_exact_byte_with_if_range(tmp_path, server_r
 def change_file_during_first_get(tmp_path: Path, server_root: Path, devserver: DevServer,
                                  mounter: Callable[..., Mount], *, size: int = 1_000_000,
                                  cut: int = 300_000) -> Mount:
-    """Mount with prefetch; the first GET stalls after ``cut`` bytes and then drops; during the stall the
-    file changes on the server (same size, new bytes, new mtime: a new ETag)."""
+    """Mount with prefetch; the first GET parks after ``cut`` bytes (then drops once released); while it is
+    parked the file changes on the server (same size, new bytes, new mtime: a new ETag). The caller
+    releases the hold "cut"."""
     session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", size)], server=devserver.url)
-    devserver.set_faults({stream_path("t1"): {"stall_after": cut, "stall_seconds": 1.0,
-                                              "drop_after": cut, "times": 1}})
-    mount = mounter(session, "--retries", "3", "--retry-wait", "0.01s", "--stall-timeout", "5s")
+    devserver.set_faults({stream_path("t1"): {"hold": "cut", "hold_after": cut, "drop_after": cut, "times": 1}})
+    mount = mounter(session, "--retries", "3", "--retry-wait", "0.01s", "--stall-timeout", "300s")
     staging = mount.cache_dir / "staging"
+    devserver.wait_held("cut")
     assert wait_until(lambda: any(p.stat().st_size == cut for p in staging.glob("*.part")))
     cloud_track(server_root, "t1", size, seed=99)
     return mount
@@ -84,6 +86,7 @@ def change_file_during_first_get(tmp_path: Path, server_root: Path, devserver: D
 def test_file_changed_on_server_between_attempts_starts_over(tmp_path, server_root, devserver, mounter):
     """If-Range no longer matches: the server sends the new file whole (200) and we restart from byte 0."""
     mount = change_file_during_first_get(tmp_path, server_root, devserver, mounter)
+    devserver.release("cut")
     assert mount.wait_track("t1", lambda r: r["status"] == "cached")["status"] == "cached"
     done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
     assert done.returncode == 0, done.stderr
@@ -98,8 +101,13 @@ def test_file_changed_after_bytes_were_served_is_eio_not_a_mix(tmp_path, server_
     # Past the first 1 MiB read request, so cp holds old bytes when the change shows (a FUSE read is served
     # whole or not at all: with a shorter cut, the first request would simply get the new file).
     mount = change_file_during_first_get(tmp_path, server_root, devserver, mounter, size=4_000_000, cut=2_500_000)
-    done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")  # reads the first bytes during the stall
-    assert done.returncode != 0 and EIO in done.stderr
+    out = tmp_path / "out.wav"
+    copier = subprocess.Popen(["cp", str(mount.path / name_of("t1")), str(out)], stderr=subprocess.PIPE, text=True)
+    # cp writes only what it has read: once the copy has bytes, the reader holds old ones. Then the change shows.
+    assert wait_until(lambda: out.exists() and out.stat().st_size > 0, timeout=60)
+    devserver.release("cut")
+    _, err = copier.communicate(timeout=60)
+    assert copier.returncode != 0 and EIO in err
     record = mount.track("t1")
     assert record["status"] == "failed" and "changed" in record["error"]
     assert len(devserver.requests("GET", stream_path("t1"))) == 2

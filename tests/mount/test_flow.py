@@ -9,6 +9,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import MIXVFS, run, write_session
 from tools.make_audio import write_sized
@@ -58,19 +59,26 @@ def test_xattrs_of_files_and_root_status(tmp_path, server_root, devserver, mount
                     "  Art - Gone.wav: the server answered HTTP 404 Not Found"]
 
 
+def status_of(mountpoint: Path) -> dict[str, Any]:
+    return dict(json.loads(os.getxattr(mountpoint, "user.mixvfs.status")))
+
+
 def test_status_shows_a_download_in_flight(tmp_path, server_root, devserver, mounter):
-    size, stall_at = 1536 << 10, 1 << 20  # httpx hands over the body in 1 MiB chunks: stall on a boundary
+    size, held_at = 1536 << 10, 1 << 20
     serve(server_root, "slow", size, 2)
-    devserver.set_faults({"/stream/slow": {"stall_after": stall_at, "stall_seconds": 2}})
+    # The download parks after 1 MiB until the test lets it go: status is asked while it is surely in flight.
+    devserver.set_faults({"/stream/slow": {"hold": "slow", "hold_after": held_at}})
     session = write_session(tmp_path / "s.json", [cloud("s1", "Slow", "/stream/slow", size)], server=devserver.url)
     mount = mounter(session)  # prefetch starts the download
-    deadline = time.monotonic() + 10
-    status = json.loads(os.getxattr(mount.path, "user.mixvfs.status"))
-    while not (status["downloading"] and status["downloading"][0]["available"] == stall_at):
+    devserver.wait_held("slow")
+    # The server has sent its 1 MiB; poll (hang guard only) until the mount has taken all of it in.
+    deadline = time.monotonic() + 30
+    status = status_of(mount.path)
+    while not (status["downloading"] and status["downloading"][0]["available"] == held_at):
         assert time.monotonic() < deadline, status
-        time.sleep(0.05)
-        status = json.loads(os.getxattr(mount.path, "user.mixvfs.status"))
-    assert status["downloading"] == [{"name": "Art - Slow.wav", "available": stall_at, "total": size,
+        time.sleep(0.02)
+        status = status_of(mount.path)
+    assert status["downloading"] == [{"name": "Art - Slow.wav", "available": held_at, "total": size,
                                       "attempts": 1, "state": "fetching"}]
     assert status["counts"] == {"fetching": 1}
     done = run([MIXVFS, "status", str(mount.path)])
@@ -83,21 +91,26 @@ def test_status_shows_a_download_in_flight(tmp_path, server_root, devserver, mou
     watch.terminate()
     watch.wait(timeout=5)
     assert first["session"] == second["session"] == "Test Session"
+    assert first["downloading"] == second["downloading"] == status["downloading"]  # all of it while held
+    assert devserver.held("slow") == 1
+    devserver.release("slow")
     assert mount.wait_track("s1", lambda r: r["status"] == "cached")["status"] == "cached"
+    assert status_of(mount.path)["downloading"] == []
 
 
 def test_live_reload_adds_and_removes_tracks_while_a_copy_runs(tmp_path, server_root, devserver, mounter):
     serve(server_root, "long", 2_000_000, 3)
     serve(server_root, "old", 50_000, 4)
     serve(server_root, "new", 60_000, 5)
-    devserver.set_faults({"/stream/long": {"rate": 1_000_000}})  # the copy takes ~2 s
+    # The copy's download parks after 1.5 MB until the reload is done and checked: the copy spans the reload.
+    devserver.set_faults({"/stream/long": {"hold": "long", "hold_after": 1_500_000}})
     tracks = [cloud("l1", "Long", "/stream/long", 2_000_000), cloud("o1", "Old", "/stream/old", 50_000)]
     session = write_session(tmp_path / "s.json", tracks, server=devserver.url)
     mount = mounter(session, "--no-prefetch")
     assert sorted(os.listdir(mount.path)) == ["Art - Long.wav", "Art - Old.wav"]
     copy = subprocess.Popen(["cp", str(mount.path / "Art - Long.wav"), str(tmp_path / "long.wav")],
                             stderr=subprocess.PIPE, text=True)
-    mount.wait_track("l1", lambda r: r["status"] == "fetching")
+    devserver.wait_held("long")
     renamed = {**tracks[0], "title": "Longer"}
     write_session(session, [renamed, cloud("n1", "New", "/stream/new", 60_000)], server=devserver.url)
     wanted = ["Art - Longer.wav", "Art - New.wav"]
@@ -109,6 +122,8 @@ def test_live_reload_adds_and_removes_tracks_while_a_copy_runs(tmp_path, server_
     assert (mount.path / "Art - New.wav").stat().st_size == 60_000
     run(["cp", str(mount.path / "Art - New.wav"), str(tmp_path / "new.wav")], check=True)
     assert filecmp.cmp(tmp_path / "new.wav", server_root / "stream" / "new", shallow=False)
+    assert copy.poll() is None  # the copy opened before the reload is still waiting for its bytes
+    devserver.release("long")
     _, err = copy.communicate(timeout=30)
     assert copy.returncode == 0, err  # the file open before the reload kept reading to the end
     assert filecmp.cmp(tmp_path / "long.wav", server_root / "stream" / "long", shallow=False)

@@ -82,14 +82,15 @@ def read_all(fs: SessionFS, name: str, chunk: int = 128 * 1024) -> bytes:
 def test_reads_wait_only_for_the_bytes_they_need(make_fs, server_root, devserver):
     body = bytes(range(256)) * (4 * MiB // 256)
     (server_root / "slow.wav").write_bytes(body)
-    devserver.set_faults({"/slow.wav": {"rate": 4 * MiB}})  # a one-second download
+    devserver.set_faults({"/slow.wav": {"hold": "slow", "hold_after": MiB}})  # parks after 1 MiB until released
     fs = make_fs([{"id": "s", "artist": "A", "title": "Slow", "cloud_stream_path": "/slow.wav",
                    "size": len(body)}], devserver.url)
     opened = fs.open(fs.lookup("A - Slow.wav"))
     assert isinstance(opened.handle, StreamHandle)
     first = fs.read(opened.handle, 65536, 0)
     assert first == body[:65536]
-    assert opened.handle.download.available < len(body)  # served before the download finished
+    assert opened.handle.download.available <= MiB  # served while the rest of the download was held back
+    devserver.release("slow")
     fs.release(opened.handle)
     assert read_all(fs, "A - Slow.wav") == body
 
@@ -97,13 +98,14 @@ def test_reads_wait_only_for_the_bytes_they_need(make_fs, server_root, devserver
 def test_two_readers_share_one_download(make_fs, server_root, devserver):
     body = b"x" * (2 * MiB)
     (server_root / "t.wav").write_bytes(body)
-    devserver.set_faults({"/t.wav": {"rate": 8 * MiB}})
+    devserver.set_faults({"/t.wav": {"hold": "t", "hold_after": 64 * 1024}})  # in flight until both are open
     fs = make_fs([{"id": "t", "artist": "A", "title": "T", "cloud_stream_path": "/t.wav", "size": len(body)}],
                  devserver.url)
     one = fs.open(fs.lookup("A - T.wav"))
     two = fs.open(fs.lookup("A - T.wav"))
     assert isinstance(one.handle, StreamHandle) and isinstance(two.handle, StreamHandle)
     assert one.handle.download is two.handle.download
+    devserver.release("t")
     assert fs.read(two.handle, 64 * 1024, MiB) == body[MiB : MiB + 64 * 1024]
     fs.release(one.handle)
     fs.release(two.handle)
@@ -135,7 +137,10 @@ def test_failure_is_remembered_until_retry_after(make_fs, server_root, devserver
     assert isinstance(fs.open(fs.lookup("A - E.wav")).handle, FailedHandle)  # EIO at once, no new GET
     assert len(devserver.requests("GET", "/e.wav")) == 1
     devserver.set_faults({})
-    clock.t += 61
+    clock.t += 59  # still inside the window: the fixed server is not asked yet
+    assert isinstance(fs.open(fs.lookup("A - E.wav")).handle, FailedHandle)
+    assert len(devserver.requests("GET", "/e.wav")) == 1
+    clock.t += 2
     assert read_all(fs, "A - E.wav") == b"e" * 1000
     assert len(devserver.requests("GET", "/e.wav")) == 2
 

@@ -1,4 +1,4 @@
-"""Tier 1 (no kernel): cache/http.py and cache/fetch.py against the real dev server — resume offsets,
+"""Tier 1 (no kernel): cache/http.py, cache/download.py and cache/scheduler.py against the real dev server — resume offsets,
 ETag changes, length and content-type checks, status mapping, cancellation, copyable errors."""
 
 from __future__ import annotations
@@ -14,7 +14,15 @@ import pytest
 
 from mixvfs.cache import errors
 from mixvfs.cache.download import Download, Event, RetryPolicy, Source, State
-from mixvfs.cache.errors import AuthRejected, FetchError, LengthMismatch, NotAudio, PermanentHttpError, ServerBusy
+from mixvfs.cache.errors import (
+    AuthRejected,
+    Cancelled,
+    FetchError,
+    LengthMismatch,
+    NotAudio,
+    PermanentHttpError,
+    ServerBusy,
+)
 from mixvfs.cache.http import HttpClient
 from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.scheduler import Fetcher
@@ -107,8 +115,10 @@ def test_new_etag_between_attempts_starts_over_and_is_used_for_the_next_resume(s
     server.set_faults({"/a.wav": {"drop_after": 100_000, "times": 1, "id": "first"}})
     first = download(server, store, http)
     assert first.state is State.DONE
-    time.sleep(0.01)
-    write_sized(tmp_path / "srv" / "a.wav", SIZE, seed=8)  # a new version: new mtime, new ETag
+    served = tmp_path / "srv" / "a.wav"
+    old_mtime_ns = served.stat().st_mtime_ns
+    write_sized(served, SIZE, seed=8)  # a new version: same size, new bytes
+    os.utime(served, ns=(old_mtime_ns + 10**9, old_mtime_ns + 10**9))  # and surely a new mtime, so a new ETag
     new_data = (tmp_path / "srv" / "a.wav").read_bytes()
     d = Download(Source(server.url_for("a.wav"), size=SIZE, etag=first.etag, label="a"), store,
                  SourceIndex(store.root), http, POLICY, lambda _d, _e: None)
@@ -138,32 +148,39 @@ def test_transient_failures_stop_after_the_attempts(served, store, http):
 
 
 def test_a_cancelled_download_is_revived_or_replaced_never_handed_over_dying(served, store, http, tmp_path):
-    server, _ = served
-    server.set_faults({"/a.wav": {"rate": 300_000}})  # about 1 s
+    server, data = served
+    # The response parks mid-body: the worker sits in a read and cannot see a cancel until bytes come again.
+    server.set_faults({"/a.wav": {"hold": "a", "hold_after": 100_000}})
     fetcher, source = one_job_fetcher(server, store, http, tmp_path)
+    fds: list[int] = []
     try:
         first = fetcher.acquire(source)
-        assert first.download is not None
-        fetcher.release(first.download)  # the last reader leaves: cancelled
-        assert first.download.cancelled
-        if first.download.revive():  # not yet torn down: a new reader keeps its bytes
-            second = fetcher.acquire(source)
-            assert second.download is first.download and not second.download.cancelled
-        else:
-            second = fetcher.acquire(source)
-            assert second.download is not first.download
-        assert second.download is not None and not second.download.dying
-        fetcher.release(second.download)
-        first.download.cancelled = True  # now force the worker to unwind it
-        with first.download.cond:
-            first.download.dying = True
-        third = fetcher.acquire(source)
-        assert third.download is not None and third.download is not first.download  # a dying one is replaced
+        fds.append(first.fd)
+        download = first.download
+        assert download is not None
+        server.wait_held("a")
+        with download.cond:
+            assert download.cond.wait_for(lambda: download.available == 100_000, timeout=30)
+        fetcher.release(download)  # the last reader leaves: cancelled, but not yet torn down
+        assert download.cancelled and not download.dying
+        second = fetcher.acquire(source)  # a new reader revives it and keeps the bytes already held
+        fds.append(second.fd)
+        assert second.download is download and not download.cancelled and download.available == 100_000
+        fetcher.release(download)  # cancelled again; now let the worker see it
+        server.release("a")
+        assert download.ended.wait(30)
+        assert download.state is State.FAILED and isinstance(download.error, Cancelled) and download.dying
+        assert not download.revive() and download.attach() is None  # too late: never handed over again
+        third = fetcher.acquire(source)  # replaced by a new download of the whole file
+        fds.append(third.fd)
+        assert third.download is not None and third.download is not download
+        assert third.download.ended.wait(30) and third.download.state is State.DONE
+        assert os.pread(third.fd, SIZE + 1, 0) == data
         fetcher.release(third.download)
-        os.close(first.fd)
-        os.close(second.fd)
-        os.close(third.fd)
+        assert [g["range"] for g in server.requests("GET")] == [None, None]  # the third started over
     finally:
+        for fd in fds:
+            os.close(fd)
         fetcher.close()
         fetcher.index.close()
 
