@@ -453,6 +453,9 @@ def content_length(response: httpx.Response) -> int | None:
     return int(value)
 
 
+NO_TOKEN_HINT = "set MIXVFS_TOKEN, --token-file or --token-command"
+
+
 def check_status(response: httpx.Response, url: str) -> None:
     status = response.status_code
     if status < 300:
@@ -466,6 +469,9 @@ def check_status(response: httpx.Response, url: str) -> None:
             host = urlsplit(final).netloc.rpartition("@")[2]
             raise PermanentHttpError(f"the CDN host {host} refused the request ({what}): "
                                      "a signed URL may have expired", status)
+        if "Authorization" not in response.request.headers:
+            raise AuthRejected(f"the server asks for a token ({what}) and none is configured: "
+                               f"{NO_TOKEN_HINT}", status)
         raise AuthRejected(f"token rejected by the server ({what})", status)
     if status == 429 or status >= 500:
         raise ServerBusy(f"the server answered {what}", status)

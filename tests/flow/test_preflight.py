@@ -77,7 +77,11 @@ def test_token_refused_is_unauthorized_and_will_fail(tmp_path, server_root):
         assert "HTTP 401" in {t["id"]: t["detail"] for t in doc["tracks"]}["b"]
         assert doc["verdict"] == "will_fail"
         code, doc, _ = preflight(manifest, tmp_path / "cache")
-        assert code == 3 and doc["token"] == "required, but none is configured"
+        assert code == 3
+        assert doc["token"] == "required, but none is configured: set MIXVFS_TOKEN, --token-file or --token-command"
+        detail = {t["id"]: t["detail"] for t in doc["tracks"]}["b"]
+        assert "none is configured" in detail and "token rejected" not in detail  # none was sent
+        assert all("MIXVFS_TOKEN" not in problem for problem in doc["problems"])  # said once, on the token line
 
 
 def test_not_found_is_missing_and_will_fail(tmp_path, server_root, devserver):

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import CACHECTL, run, write_session
+from tools.devserver import DevServer
 from tools.make_audio import write_sized
 
 
@@ -102,3 +103,14 @@ def test_every_download_gets_its_start_and_done_line_however_fast(tmp_path, serv
     for n in range(12):
         mine = [line.split()[0] for line in lines if f" A - T{n}.wav" in line and line.startswith(("start", "done"))]
         assert mine == ["start", "done"], (n, done.stdout)
+
+
+def test_without_a_token_each_failure_is_said_once_and_how_to_set_one(tmp_path, server_root):
+    with DevServer(server_root, tokens=["good"]) as server:
+        manifest = session(tmp_path, server_root, server.url)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MIXVFS_")}
+        done = run(cachectl(tmp_path / "cache", "warm", str(manifest)), env=env)
+    assert done.returncode == 1
+    failed = [line for line in done.stdout.splitlines() if line.startswith("failed")]
+    assert len(failed) == 2 and all("none is configured: set MIXVFS_TOKEN" in line for line in failed)
+    assert "none is configured" not in done.stderr  # not a second time through the log

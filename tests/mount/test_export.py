@@ -6,7 +6,10 @@ import errno
 import filecmp
 import os
 import shutil
+import stat
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import run, write_session
 from tools.make_audio import write_flac, write_sized, write_wav
@@ -152,3 +155,17 @@ def test_a_server_refusing_head_still_gives_the_size_to_every_copier(tmp_path, s
     assert filecmp.cmp(tmp_path / "rsync.wav", server_root / "nosize", shallow=False)
     run(["cp", str(path), str(tmp_path / "copy.wav")], check=True)
     assert filecmp.cmp(tmp_path / "copy.wav", server_root / "nosize", shallow=False)
+
+
+def test_files_show_0644_so_exported_copies_are_writable_and_the_mount_stays_read_only(tmp_path, mounter):
+    source = tmp_path / "a.wav"
+    write_sized(source, 10_000, kind="wav", seed=1)
+    session = write_session(tmp_path / "s.json", [{"id": "a", "artist": "A", "title": "T", "file_path": str(source)}])
+    mount = mounter(session)
+    path = mount.path / "A - T.wav"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    run(["cp", str(path), str(tmp_path / "copy.wav")], check=True)
+    assert stat.S_IMODE((tmp_path / "copy.wav").stat().st_mode) & 0o200  # the owner may write (and delete) it
+    with pytest.raises(OSError) as caught:
+        path.open("r+b")
+    assert caught.value.errno == errno.EROFS

@@ -81,7 +81,9 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         # the page cache): answer from the handle's track, which a live reload may have renamed or removed.
         handle = self._handles.get(fh.fh) if fh is not None and hasattr(fh, "fh") else None
         size, mtime = self.core.attributes(handle.track if handle is not None else self._track(path))
-        return self._stat(stat.S_IFREG | 0o444, size, int(mtime * 1e9))
+        # 0644 like other read-only network mounts (writes still fail with EROFS): with 0444 every exported
+        # copy came out read-only, and deleting an export folder asked about each file.
+        return self._stat(stat.S_IFREG | 0o644, size, int(mtime * 1e9))
 
     def _stat(self, mode: int, size: int, mtime_ns: int, nlink: int = 1) -> dict[str, int]:
         return {"st_mode": mode, "st_nlink": nlink, "st_size": size, "st_uid": self.uid, "st_gid": self.gid,

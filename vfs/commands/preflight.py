@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mixvfs.cache.errors import AuthRejected, ConfigError, FetchError, TransientError
-from mixvfs.cache.http import HttpClient, TokenSource
+from mixvfs.cache.http import NO_TOKEN_HINT, HttpClient, TokenSource
 from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore
 from mixvfs.cache.units import format_size
@@ -124,7 +124,7 @@ def token_state(tokens: TokenSource | None, token_error: str | None, checks: lis
     if token_error is not None:
         return f"unusable: {token_error}"
     if any(c.state == UNAUTHORIZED for c in checks):
-        return "rejected" if tokens is not None else "required, but none is configured"
+        return "rejected" if tokens is not None else f"required, but none is configured: {NO_TOKEN_HINT}"
     if tokens is None:
         return "none configured"
     asked = any(c.state == TO_DOWNLOAD for c in checks)
@@ -145,9 +145,14 @@ def run_preflight(session: Session, settings: config.Settings) -> dict[str, Any]
     return summarize(session, checks, disk, token_state(runtime.tokens, runtime.token_error, checks))
 
 
+def short_detail(detail: str) -> str:
+    return detail.replace(f": {NO_TOKEN_HINT}", "")
+
+
 def summarize(session: Session, checks: list[TrackCheck], disk: Disk, token: str) -> dict[str, Any]:
     downloads = [c for c in checks if c.state == TO_DOWNLOAD]
-    problems = [f"{c.name}: {c.state.replace('_', ' ')}" + (f" ({c.detail})" if c.detail else "")
+    # The way to set a token is said once, on the token line, not on every row.
+    problems = [f"{c.name}: {c.state.replace('_', ' ')}" + (f" ({short_detail(c.detail)})" if c.detail else "")
                 for c in checks if c.state in (*FAILING, UNREACHABLE)]
     if not disk.enough:
         problems.append(f"not enough disk space in {disk.cache_dir}: {format_size(disk.free)} free, "
@@ -193,7 +198,7 @@ def format_preflight(result: dict[str, Any]) -> str:
         name = t["name"] if len(t["name"]) <= width else t["name"][: width - 1] + "…"
         size = format_size(t["size"]) if t["size"] is not None else "?"
         lines.append(f"{name:<{width}}  {t['source']:<7} {size:>10}  {t['state'].replace('_', ' '):<12}  "
-                     f"{t['detail'] or t['location'] or ''}")
+                     f"{short_detail(t['detail'] or t['location'] or '')}")
     todo, disk = result["to_download"], result["disk"]
     lines.append(f"to download: {todo['tracks']} track(s), {format_size(todo['bytes'])}")
     lines.append(f"cache disk:  {format_size(disk['free'])} free in {disk['cache_dir']}, "

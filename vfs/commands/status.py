@@ -34,13 +34,18 @@ def format_status(data: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(data.get("counts", {}).items()))
     lines = [f"session {data.get('session')!r}: {data.get('tracks')} tracks ({counts or 'none'})"]
     downloading = data.get("downloading", [])
-    lines.append(f"downloading: {len(downloading)}")
+    rate = sum(d.get("rate") or 0 for d in downloading)
+    left = [d["total"] - d["available"] for d in downloading if d.get("total") is not None]
+    overall = f", {format_size(int(rate))}/s{eta_text(sum(left), rate)}" if rate else ""
+    lines.append(f"downloading: {len(downloading)}{overall}")
     for d in downloading:
         total = d.get("total")
         done = format_size(d.get("available", 0))
         share = f" of {format_size(total)} ({100 * d['available'] / total:.0f}%)" if total else ""
+        speed = f", {format_size(int(d['rate']))}/s" if d.get("rate") else ""
+        eta = eta_text(total - d["available"], d["rate"]) if total and d.get("rate") else ""
         retry = f", attempt {d['attempts']}" if d.get("attempts", 0) > 1 else ""
-        lines.append(f"  {d.get('name')}: {done}{share}{retry}")
+        lines.append(f"  {d.get('name')}: {done}{share}{speed}{eta}{retry}")
     failed = data.get("failed", [])
     lines.append(f"failed: {data.get('failed_total', len(failed))}")
     lines += [f"  {f.get('name')}: {f.get('error')}" for f in failed]
@@ -48,6 +53,14 @@ def format_status(data: dict[str, Any]) -> str:
     if hidden > 0:
         lines.append(f"  … and {hidden} more (mixvfs report MOUNTPOINT)")
     return "\n".join(lines)
+
+
+def eta_text(remaining: int, rate: float) -> str:
+    """ ", 1m05s left" at this rate ("" when it cannot be told)."""
+    if rate <= 0 or remaining <= 0:
+        return ""
+    seconds = int(remaining / rate + 0.5)
+    return f", {seconds // 60}m{seconds % 60:02d}s left" if seconds >= 60 else f", {seconds}s left"
 
 
 def main(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ per-track table.
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import time
 from collections.abc import Callable, Iterator
@@ -86,6 +87,10 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
     report = Report(report_path, session=session.name, mountpoint="", records=[])
     core: SessionFS | None = None
     interrupted = False
+    # Each failure is said once, as a "failed" line: the filesystem's own log line for it would reach stderr
+    # too (no log handler is set up for cachectl).
+    track_log = logging.getLogger("mixvfs.vfs.fs.sessionfs")
+    track_log.disabled = True
     events: queue.SimpleQueue[tuple[Download, DownloadEvent, float]] = queue.SimpleQueue()
     unsubscribe = fetcher.subscribe(lambda download, event: events.put((download, event, time.monotonic())))
     try:
@@ -124,6 +129,7 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
             fetcher.close(wait=STOP_WAIT)
         store.clean_own_staging()  # queued-but-never-started downloads' files, and any worker still blocked
         report.close(finished=not interrupted)
+        track_log.disabled = False  # only now: a worker may still be logging the failure it just reported
     data = report.snapshot()
     print(format_report(data), file=out, flush=True)
     if interrupted:
@@ -151,14 +157,23 @@ def rich_display(out: TextIO, core: SessionFS, todo: list[dict[str, Any]]) -> It
         BarColumn,
         DownloadColumn,
         Progress,
+        ProgressColumn,
+        Task,
         TaskID,
         TextColumn,
         TimeRemainingColumn,
-        TransferSpeedColumn,
     )
+    from rich.text import Text
 
-    columns = (TextColumn("{task.description}", justify="left"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn(), TimeRemainingColumn())
+    class BinarySpeed(ProgressColumn):
+        """Rate in the project's units (KiB/s, MiB/s): rich's own column counts in kB/s and MB/s."""
+
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?" if speed is None else f"{format_size(int(speed))}/s", style="progress.data.speed")
+
+    columns = (TextColumn("{task.description}", justify="left"), BarColumn(), DownloadColumn(binary_units=True),
+               BinarySpeed(), TimeRemainingColumn())
     total_bytes = sum(r["bytes"] or 0 for r in todo) or None
     done_bytes = 0
     tasks: dict[str, TaskID] = {}

@@ -202,9 +202,11 @@ class SessionFS:
         for track in self.tracks:
             if track.source is not None:
                 names.setdefault(track.source.ident, track.name)
+        now = time.monotonic()
         downloading = [
             {"name": names.get(d.source.ident, d.source.label), "available": d.available, "total": d.total,
-             "attempts": d.attempts, "state": d.state.value}
+             "attempts": d.attempts, "state": d.state.value,
+             "rate": d.available / (now - d.started) if d.started and now > d.started else None}
             for d in self.fetcher.active() if d.state in (State.PENDING, State.FETCHING)
         ]
         snapshot = self.report.snapshot()
