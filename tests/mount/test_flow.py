@@ -88,7 +88,8 @@ def test_status_shows_a_download_in_flight(tmp_path, server_root, devserver, mou
     assert status["counts"] == {"fetching": 1}
     done = run([MIXVFS, "status", str(mount.path)])
     assert done.returncode == 0
-    assert "  Art - Slow.wav: 1.0 MiB of 1.5 MiB (67%)" in done.stdout.splitlines()
+    assert any(line.startswith("  Art - Slow.wav: 1.0 MiB of 1.5 MiB (67%), ") and line.endswith(" left")
+               for line in done.stdout.splitlines()), done.stdout  # bytes, share, rate and time left
     watch = subprocess.Popen([MIXVFS, "status", str(mount.path), "--watch", "0.1", "--json"],
                              stdout=subprocess.PIPE, text=True)
     assert watch.stdout is not None

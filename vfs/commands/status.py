@@ -60,6 +60,8 @@ def eta_text(remaining: int, rate: float) -> str:
     if rate <= 0 or remaining <= 0:
         return ""
     seconds = int(remaining / rate + 0.5)
+    if seconds < 1:
+        return ", under 1s left"
     return f", {seconds // 60}m{seconds % 60:02d}s left" if seconds >= 60 else f", {seconds}s left"
 
 
