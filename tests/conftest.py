@@ -80,6 +80,20 @@ def run(cmd: list[str], *, check: bool = False, timeout: float = 60, **kw: Any) 
     return done
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Mounts note their report path in the user's state folder (mixvfs.vfs.fs.history): the tests' mounts
+    (daemons inherit this environment) note theirs in a folder of their own, not the developer's."""
+    state = tmp_path_factory.mktemp("state")
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(state)
+    yield state
+    if old is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = old
+
+
 @pytest.fixture
 def server_root(tmp_path: Path) -> Path:
     root = tmp_path / "server"

@@ -10,9 +10,10 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from mixvfs.cache.download import Foreground, RetryPolicy
-from mixvfs.cache.errors import CacheError, FetchError
+from mixvfs.cache.errors import CacheError, ConfigError, FetchError
 from mixvfs.cache.http import HttpClient, TokenSource, origin_of, warn_if_insecure
 from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.location import CacheLimits
@@ -20,6 +21,8 @@ from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore, make_private_dir
 
 log = logging.getLogger(__name__)
+
+BLOB_DB = Path("blobs") / "cache.db"  # diskcache's database in the store's blob folder
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,18 @@ class Runtime:
         self.store.close()
 
 
-def open_cache(limits: CacheLimits) -> tuple[BlobStore, SourceIndex]:
-    """The store and the index, or one CacheError line (e.g. "file is not a database"), never a traceback."""
+def is_cache(root: Path) -> bool:
+    """A cache folder is one a store was opened in: its blob database exists (a store creates it at once,
+    so a mount, a preflight or a warm that never downloaded a byte still leaves a cache)."""
+    return (root / BLOB_DB).is_file()
+
+
+def open_cache(limits: CacheLimits, *, create: bool = True) -> tuple[BlobStore, SourceIndex]:
+    """The store and the index, or one CacheError line (e.g. "file is not a database"), never a traceback.
+    ``create=False`` (the commands that only look): a folder that is not a cache is a ConfigError (a mistyped
+    ``--cache-dir`` must not become a new, empty cache that answers "0 blobs")."""
+    if not create and not is_cache(limits.root):
+        raise ConfigError(f"no cache at {limits.root}")
     try:
         make_private_dir(limits.root)
         store = BlobStore(limits.root, max_size=limits.max_size, max_age=limits.max_age)

@@ -1,10 +1,7 @@
-"""``cachectl``: look after the mixvfs cache — ``stats``, ``ls``, ``prune``, ``verify`` and ``warm``.
+"""The ``cachectl`` command: look after the mixvfs cache (see :data:`DESCRIPTION`).
 
 Safe while a mount uses the same cache: diskcache's metadata is transactional across processes, and a
 blob removed under an open reader keeps reading through its descriptor.
-
-Exit codes: 0 ok; 1 ``verify`` found corrupt blobs, or ``warm`` could not download a track; 2 bad flags,
-config or manifest, or an unusable cache folder; 130 ``warm`` interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -19,11 +16,20 @@ from typing import Any
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.store import BlobInfo, BlobStore
-from mixvfs.cache.units import format_size, parse_duration, parse_size
+from mixvfs.cache.units import format_size
 from mixvfs.vfs.commands import config, output
 from mixvfs.vfs.runtime import open_cache, open_runtime
 from mixvfs.vfs.session.manifest import load_manifest
 
+DESCRIPTION = """cachectl: look after the mixvfs cache (stats, ls, verify, prune) and fill it ahead of an export (warm).
+Safe while a mount uses the same cache. Each command's help (cachectl COMMAND --help) describes it, with
+examples.
+The cache options (--cache-dir, --max-size, --max-age) go before or after the command.
+
+Exit codes: 0 ok; 1 verify found corrupt blobs, or warm could not download a track; 2 bad flags,
+config or manifest, no cache at the folder (stats, ls, verify, prune), or an unusable cache folder;
+130 warm interrupted (Ctrl-C).
+"""
 EXAMPLES = """examples:
   cachectl stats
   cachectl ls --json
@@ -32,33 +38,64 @@ EXAMPLES = """examples:
   cachectl warm ~/Sessions/friday.json --jobs 4     # download every cloud track before the export
   cachectl warm friday.json > warm.log              # not a terminal: one line per event
 """
+JSON_HELP = "print JSON instead of a table"
+# name: (one-line summary, description, examples)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "stats": ("blob count, bytes and limits",
+              "The cache folder, its blobs and bytes against the size limit, the age limit, downloads in\n"
+              "progress or left over by a dead process, and the index's entries.",
+              "  cachectl stats\n  cachectl --cache-dir /Volumes/Scratch/mixvfs stats --json"),
+    "ls": ("every blob and the sources that map to it",
+           "Every blob (by content digest) with its size, last use and the sources (cloud URLs) that map to it.",
+           "  cachectl ls\n  cachectl ls --json | jq '.[] | select(.size > 100000000)'"),
+    "verify": ("re-hash every blob; remove corrupt ones",
+               "Re-hash every blob and remove the ones whose bytes changed on disk (a mount downloads them again\n"
+               "when read). Exit 1 if a blob was corrupt.",
+               "  cachectl verify\n  cachectl verify --json"),
+    "prune": ("expire unused blobs, then least recently used down to the size",
+              "Remove blobs unused for --max-age, then the least recently used ones until the rest fits in\n"
+              "--max-size (both default to the cache's settings), and the staging files of dead downloads.",
+              "  cachectl prune --max-age 7d --max-size 5G --dry-run    # only say what would go\n"
+              "  cachectl prune --max-size 0                            # empty the cache"),
+    "warm": ("download every cloud track of a session now (progress; Ctrl-C stops)",
+             "Download every cloud track of SESSION into the cache ahead of the export: the same downloads a\n"
+             "mount makes (--jobs at a time, retried, verified), so a warmed cache is what a mount would have\n"
+             "built. Progress per track and in total on a terminal; one plain line per event otherwise (logs,\n"
+             "pipes, CI). Ctrl-C stops the downloads and leaves only whole blobs. It ends with the report's\n"
+             "per-track table. Exit 1 if a track could not be downloaded, 130 if interrupted.",
+             "  cachectl warm ~/Sessions/friday.json --jobs 4\n"
+             "  cachectl warm friday.json --cache-dir /Volumes/Scratch/mixvfs > warm.log"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cachectl", description=__doc__, epilog=EXAMPLES,
+    # allow_abbrev=False everywhere: `--tok` must not quietly mean `--token-file`, nor `--token` be "ambiguous".
+    parser = argparse.ArgumentParser(prog="cachectl", description=DESCRIPTION, epilog=EXAMPLES, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_line())
     config.add_flags(parser, config.CACHE_SETTINGS)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("stats", "blob count, bytes and limits"), ("ls", "every blob and the sources that map to it"),
-                       ("verify", "re-hash every blob; remove corrupt ones")):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--json", action="store_true")
-    prune = sub.add_parser("prune", help="expire unused blobs, then least recently used down to the size")
-    prune.add_argument("--max-age", dest="prune_age", help="drop blobs unused this long (default: the cache's)")
-    prune.add_argument("--max-size", dest="prune_size", help="then evict down to this size (default: the cache's)")
-    prune.add_argument("--dry-run", action="store_true", help="only say what would be freed")
-    prune.add_argument("--json", action="store_true")
-    warm = sub.add_parser("warm", help="download every cloud track of a session now (progress; Ctrl-C stops)",
-                          description=warm_module_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = {}
+    for name, (summary, text, examples) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=summary, description=text, epilog="examples:\n" + examples + "\n",
+                             allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+        # The cache options after the command too (`cachectl stats --cache-dir X`); SUPPRESS: not given here,
+        # they leave the value given before the command alone.
+        config.add_flags(cmd, config.CACHE_SETTINGS, default=argparse.SUPPRESS)
+        commands[name] = cmd
+    for name in ("stats", "ls", "verify", "prune"):
+        commands[name].add_argument("--json", action="store_true", help=JSON_HELP)
+    commands["prune"].add_argument("--dry-run", action="store_true", help="only say what would be freed")
+    warm = commands["warm"]
     warm.add_argument("session", type=Path, help="the session manifest (JSON)")
     config.add_flags(warm, config.WARM_SETTINGS)
     return parser
 
 
-def warm_module_doc() -> str:
-    from mixvfs.vfs.commands import warm
+def version_line() -> str:
+    from mixvfs import __version__
 
-    return warm.__doc__ or ""
+    return f"mixvfs {__version__}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "warm":
             return cmd_warm(args)  # opens the whole runtime (store, index, HTTP, fetcher) itself
-        store, index = open_cache(config.resolve(args, config.CACHE_SETTINGS).cache_limits())
+        # Only warm may create the cache: the others only look, and a mistyped --cache-dir is "no cache".
+        store, index = open_cache(config.resolve(args, config.CACHE_SETTINGS).cache_limits(), create=False)
         try:
             return run_command(args, store, index)
         finally:
@@ -83,11 +121,8 @@ def run_command(args: argparse.Namespace, store: BlobStore, index: SourceIndex) 
     if args.command == "ls":
         return emit(args, listing(store, index), format_listing)
     if args.command == "prune":
-        victims = store.prune(
-            max_age=parse_duration(args.prune_age) if args.prune_age else None,
-            max_size=parse_size(args.prune_size) if args.prune_size else None,
-            dry_run=args.dry_run,
-        )
+        # --max-age/--max-size are the store's limits (flag, env, config file or default): prune to them.
+        victims = store.prune(dry_run=args.dry_run)
         # Dead downloads' staging files go too (those no process holds: see BlobStore.clean_stale_staging).
         staging = store.clean_stale_staging(dry_run=args.dry_run)
         result = {"dry_run": args.dry_run, "freed_blobs": len(victims), "freed_bytes": sum(v.size for v in victims),

@@ -1,12 +1,4 @@
-"""``mixvfs``: mount a MixBoard session as a read-only folder, check it before an export, watch it, unmount it.
-
-Exit codes (every command):
-  0  ok
-  1  the command ran and something failed (a track failed in the report, unmount refused, ...)
-  2  bad input: manifest, flags, config file, mountpoint (missing, not empty), unusable cache/report/log path
-  3  preflight: the export will fail (a track is missing/unauthorized, not enough disk space)
-  4  preflight: could not check (the server is unreachable or answered 5xx)
-"""
+"""The ``mixvfs`` command: mount, unmount, report, preflight, status, config (see :data:`DESCRIPTION`)."""
 
 from __future__ import annotations
 
@@ -19,12 +11,27 @@ from pathlib import Path
 
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.vfs.commands import config, output
-from mixvfs.vfs.fs import mount
+from mixvfs.vfs.fs import history, mount
 from mixvfs.vfs.fs.report import format_report, load_report
 from mixvfs.vfs.session.manifest import ManifestError, load_manifest
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
+DESCRIPTION = """mixvfs: mount a MixBoard session as a read-only folder, check it before an export, watch it,
+unmount it. Each command's help (mixvfs COMMAND --help) describes it, with examples.
+
+Exit codes (every command):
+  0  ok
+  1  the command ran and something failed (a track failed in the report, unmount refused, ...)
+  2  bad input: manifest, flags, config file, mountpoint (missing, not empty, not mounted),
+     unusable cache/report/log path
+  3  preflight: the export will fail (a track is missing/unauthorized, not enough disk space)
+  4  preflight: could not check (the server is unreachable or answered 5xx)
+"""
+MOUNT_TEXT = """Mount SESSION (the manifest MixBoard wrote) read-only at MOUNTPOINT, in the background. Local tracks
+pass through; cloud tracks are downloaded into the cache when read (and ahead of time, unless
+--no-prefetch). A copying program gets the right bytes or an input/output error, never a short file;
+every track's outcome goes into the report (`mixvfs report MOUNTPOINT`)."""
 MOUNT_EXAMPLES = """examples:
   mixvfs mount ~/Sessions/friday.json ~/MixBoardTracks
   MIXVFS_TOKEN=... mixvfs mount friday.json ~/MixBoardTracks --max-size 20G
@@ -32,11 +39,17 @@ MOUNT_EXAMPLES = """examples:
   cp -r ~/MixBoardTracks/. ~/Export/ && mixvfs unmount ~/MixBoardTracks
   mixvfs mount friday.json ~/MixBoardTracks --foreground     # for launchd / systemd (logs to stderr)
 """
+UNMOUNT_TEXT = """Unmount MOUNTPOINT and wait until the daemon has written its final report; says where the report is.
+Refused (exit 1) while a program has a file in it, or the folder itself, open."""
 UNMOUNT_EXAMPLES = """examples:
   mixvfs unmount ~/MixBoardTracks
+  mixvfs unmount ~/MixBoardTracks && mixvfs report ~/MixBoardTracks    # the report of the mount just ended
 """
+REPORT_TEXT = """Show a report: every track with its name, source, state (local, cached, failed, missing, ...), bytes
+and error. TARGET is a report file or a mountpoint: a live mount's report, or after the unmount the
+report of the last mount there. Exit 1 if a track failed or is missing."""
 REPORT_EXAMPLES = """examples:
-  mixvfs report ~/MixBoardTracks            # a live mount's report
+  mixvfs report ~/MixBoardTracks            # a live mount's report (or the last one, once unmounted)
   mixvfs report ~/.cache/mixvfs/reports/Friday-Mix.json --json
 """
 PREFLIGHT_TEXT = """Before an export: every track with its source, size and state (local ok, cached, to download,
@@ -52,6 +65,8 @@ PREFLIGHT_EXAMPLES = """examples:
   mixvfs preflight friday.json --json | jq '.tracks[] | select(.state != "cached")'
   mixvfs preflight friday.json && mixvfs mount friday.json ~/MixBoardTracks
 """
+STATUS_TEXT = """While a mount runs: which tracks are downloading (bytes done of total) and which failed. After the
+unmount it says where the last report is. Exit 1 if a track failed."""
 STATUS_EXAMPLES = """examples:
   mixvfs status ~/MixBoardTracks            # which tracks are downloading, bytes done/total, failures
   mixvfs status ~/MixBoardTracks --watch    # refresh every second until Ctrl-C
@@ -61,55 +76,62 @@ CONFIG_EXAMPLES = """examples:
   mixvfs config
   MIXVFS_CONFIG=./test.toml MIXVFS_JOBS=4 mixvfs config --jobs 2 --json
 """
+JSON_HELP = "print JSON instead of a table"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mixvfs", description=__doc__,
+    # allow_abbrev=False everywhere: `--tok` must not quietly mean `--token-file`, nor `--token` be "ambiguous".
+    parser = argparse.ArgumentParser(prog="mixvfs", description=DESCRIPTION, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=version_line())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    m = sub.add_parser("mount", help="mount a session read-only", epilog=MOUNT_EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    def command(name: str, summary: str, text: str, examples: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=text, epilog=examples, allow_abbrev=False,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    m = command("mount", "mount a session read-only", MOUNT_TEXT, MOUNT_EXAMPLES)
     m.add_argument("session", type=Path, help="the session manifest (JSON) MixBoard wrote")
     m.add_argument("mountpoint", type=Path, help="an existing, empty folder, e.g. ~/MixBoardTracks")
     config.add_flags(m, config.MOUNT_SETTINGS)
     m.add_argument("--report", type=Path, help="where to write the per-track report (default: in the cache folder)")
-    m.add_argument("--token", help=argparse.SUPPRESS)  # only to refuse it with a useful message
     m.add_argument("--no-prefetch", action="store_true", help="download only what is read")
     m.add_argument("--log-file", type=Path, help="daemon log (default: <cache>/logs/mixvfs.log)")
-    m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="what goes into the log (default: info)")
     m.add_argument("--foreground", action="store_true", help="stay attached instead of running in the background")
     m.add_argument("--allow-non-empty", action="store_true",
                    help="mount over a folder that holds files (hidden until the unmount); refused otherwise")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
-    u = sub.add_parser("unmount", help="unmount; waits for the daemon's final report", epilog=UNMOUNT_EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    u.add_argument("mountpoint", type=Path)
+    u = command("unmount", "unmount; waits for the daemon's final report", UNMOUNT_TEXT, UNMOUNT_EXAMPLES)
+    u.add_argument("mountpoint", type=Path, help="the folder a session is mounted at")
 
-    r = sub.add_parser("report", help="show a report file or a live mount's report", epilog=REPORT_EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = command("report", "show a report file, or a mount's report", REPORT_TEXT, REPORT_EXAMPLES)
     r.add_argument("target", type=Path, help="report file or mountpoint")
-    r.add_argument("--json", action="store_true")
+    r.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    p = sub.add_parser("preflight", help="before an export: can every track be had?", epilog=PREFLIGHT_EXAMPLES,
-                       description=PREFLIGHT_TEXT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command("preflight", "before an export: can every track be had?", PREFLIGHT_TEXT, PREFLIGHT_EXAMPLES)
     p.add_argument("session", type=Path, help="the session manifest (JSON)")
     config.add_flags(p, config.PREFLIGHT_SETTINGS)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    st = sub.add_parser("status", help="live view of a running mount: downloads, failures", epilog=STATUS_EXAMPLES,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    st.add_argument("mountpoint", type=Path)
-    st.add_argument("--json", action="store_true")
+    st = command("status", "live view of a running mount: downloads, failures", STATUS_TEXT, STATUS_EXAMPLES)
+    st.add_argument("mountpoint", type=Path, help="the folder a session is mounted at")
+    st.add_argument("--json", action="store_true", help="print the status as JSON (one line per refresh with --watch)")
     st.add_argument("--watch", nargs="?", type=float, const=1.0, metavar="SECONDS",
                     help="refresh every SECONDS (1) until Ctrl-C")
 
-    c = sub.add_parser("config", help="each effective setting and where it came from", epilog=CONFIG_EXAMPLES,
-                       description=config.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = command("config", "each effective setting and where it came from", config.HELP, CONFIG_EXAMPLES)
     config.add_flags(c, config.MOUNT_SETTINGS)
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help=JSON_HELP)
     return parser
+
+
+def version_line() -> str:
+    from mixvfs import __version__
+
+    return f"mixvfs {__version__}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,8 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "mount":
             return cmd_mount(args, args_list)
         if args.command == "unmount":
-            mount.unmount(args.mountpoint.expanduser())
-            return EXIT_OK
+            return cmd_unmount(args.mountpoint.expanduser())
         if args.command == "report":
             return cmd_report(args)
         if args.command == "preflight":
@@ -138,9 +159,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def mount_options(args: argparse.Namespace) -> mount.MountOptions:
-    if args.token is not None:
-        raise ConfigError("refusing --token: a token on the command line shows in `ps`; "
-                          "use MIXVFS_TOKEN, --token-file or --token-command")
     settings = config.resolve(args, config.MOUNT_SETTINGS)
     settings.check_token_file()  # stop here, in the user's terminal, not in the daemon's log
     runtime = settings.runtime()
@@ -184,13 +202,16 @@ def setup_logging(log_file: Path | None, level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry every URL
 
 
+def cmd_unmount(mountpoint: Path) -> int:
+    report = mount.unmount(mountpoint)
+    print(f"unmounted {mountpoint}" + (f" (report: {report})" if report else ""))
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     target: Path = args.target.expanduser()
-    if target.is_dir():
-        _, path = mount.mount_info(target)
-        if path is None:
-            raise ConfigError(f"{target} is not a live mixvfs mount")
-        target = path
+    if target.is_dir() or mount.is_stale(target):
+        target = report_of_mountpoint(target)
     try:
         data = load_report(target)
     except (OSError, ValueError) as exc:
@@ -198,6 +219,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     output.emit(data, args.json, format_report)
     failed = [t for t in data.get("tracks", []) if t.get("status") in ("failed", "missing")]
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def report_of_mountpoint(mountpoint: Path) -> Path:
+    """A live mount's report; else the report of the last mount there (said on stderr: stdout may be JSON)."""
+    _, path = mount.mount_info(mountpoint)
+    if path is not None:
+        return path
+    last = history.recall(mountpoint)
+    if last is None or os.path.ismount(mountpoint) or not last.report.is_file():
+        raise ConfigError(history.not_live(mountpoint))
+    print(f"mixvfs: {mountpoint} is not mounted now; the report of its last mount: {last.report}", file=sys.stderr)
+    return last.report
 
 
 def cmd_config(args: argparse.Namespace) -> int:

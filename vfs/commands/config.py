@@ -181,12 +181,47 @@ def load_config_file(path: Path, *, required: bool) -> dict[str, Any]:
     return data
 
 
-def add_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
-    """Add ``--<setting>`` flags. Their argparse default is None: "not given", so lower layers show through."""
+TOKEN_REFUSAL = ("refusing --token: a token on the command line shows in `ps`; "
+                 "use MIXVFS_TOKEN, --token-file or --token-command")
+
+# The help shown by `mixvfs config --help` (this module's docstring is for the code's readers).
+HELP = """Each effective setting, its value and where it came from. Settings come in layers: built-in
+default < config file < environment variable < command-line flag.
+
+The config file is TOML, at $MIXVFS_CONFIG if set, else config.toml in the user config folder
+(~/.config/mixvfs on Linux, ~/Library/Application Support/mixvfs on macOS). Every key is optional;
+an unknown key is an error (a typo is never ignored silently):
+
+    server = "https://music.example.com"   # for manifests without a "server" (the manifest's own wins)
+    token_command = "pass show mixboard"   # or token_file = "~/.config/mixvfs/token"
+    token_timeout = "30s"
+    cache_dir = "~/.cache/mixvfs"
+    max_size = "20G"
+    max_age = "30d"
+    jobs = 3
+    stall_timeout = "30s"
+    retry_after = "60s"
+    retries = 5
+    retry_wait = "0.5s"
+
+The token itself is only ever taken from MIXVFS_TOKEN, a token file or a token command, never from the
+config file or a flag (it would show in the process list or sit in a file meant for settings)."""
+
+
+def add_flags(parser: argparse.ArgumentParser, names: Iterable[str], *, default: Any = None) -> None:
+    """Add ``--<setting>`` flags. Their argparse default is None: "not given", so lower layers show through.
+    ``default=argparse.SUPPRESS`` for a subcommand repeating its parent's flags: a flag not given after the
+    subcommand then leaves the parent's value alone instead of overwriting it with None.
+
+    Commands taking a token setting also get a hidden ``--token``, only to refuse it (see :func:`resolve`):
+    without it, argparse would answer "unrecognized arguments", which does not say what to do instead."""
+    names = list(names)
     for name in names:
         spec = SPECS[name]
-        parser.add_argument(spec.flag, dest=name, default=None, metavar=name.split("_")[-1].upper(),
+        parser.add_argument(spec.flag, dest=name, default=default, metavar=name.split("_")[-1].upper(),
                             help=f"{spec.help}; env {spec.env}")
+    if "token_command" in names:
+        parser.add_argument("--token", default=default, help=argparse.SUPPRESS)
 
 
 class Setting(Generic[T]):
@@ -283,6 +318,8 @@ class Settings:
 
 def resolve(args: argparse.Namespace | None, names: Iterable[str] = MOUNT_SETTINGS,
             env: Mapping[str, str] | None = None) -> Settings:
+    if getattr(args, "token", None) is not None:
+        raise ConfigError(TOKEN_REFUSAL)
     env = os.environ if env is None else env
     path = config_path(env)
     file_values = load_config_file(path, required=bool(env.get(CONFIG_ENV)))

@@ -23,7 +23,9 @@ def read_status(mountpoint: Path) -> dict[str, Any]:
     try:
         raw = os.getxattr(mountpoint, STATUS_XATTR)
     except OSError as exc:
-        raise ConfigError(f"{mountpoint} is not a live mixvfs mount ({exc.strerror})") from None
+        from mixvfs.vfs.fs.history import not_live  # says where the last report is, after an unmount
+
+        raise ConfigError(not_live(mountpoint, exc.strerror)) from None
     data = json.loads(raw)
     if not isinstance(data, dict):
         raise ConfigError(f"{mountpoint}: unreadable status")

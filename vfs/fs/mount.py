@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from types import FrameType
 
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.cache.store import make_private_dir
+from mixvfs.vfs.fs import history
 from mixvfs.vfs.fs.report import Report, default_report_path
 from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.runtime import RuntimeConfig, open_runtime
@@ -319,8 +321,11 @@ def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, 
     from mixvfs.vfs.adapter import fuse_ops
 
     root_xattrs = {"pid": str(os.getpid()), "report": str(report.path), "session": session.name}
+    where = history.key(options.mountpoint)  # now: once mounted, resolving the folder would ask this daemon
 
     def on_ready() -> None:
+        # Before the "ok": once `mixvfs mount` returns, `mixvfs report MOUNTPOINT` finds the report after an unmount.
+        history.remember(where, report.path, session.name)
         ready.send({"ok": True, "report": str(report.path), "pid": os.getpid()})
         core.start_prefetch()
 
@@ -404,21 +409,42 @@ def mount_info(mountpoint: Path) -> tuple[int | None, Path | None]:
     return pid, report
 
 
-def unmount(mountpoint: Path, *, wait: float = 30.0) -> None:
+class UnmountRefused(MixvfsError):
+    """The folder is mounted but could not be unmounted (exit 1: the command ran, the unmount failed)."""
+
+
+def unmount(mountpoint: Path, *, wait: float = 30.0) -> Path | None:
+    """Unmount and wait for the daemon to finish its final report; returns the report's path (None when
+    neither the mount nor the history knows it)."""
     if is_stale(mountpoint):
         clear_stale(mountpoint)
-        return
+        last = history.recall(mountpoint)
+        return last.report if last else None
     if not os.path.ismount(mountpoint):
-        raise ConfigError(f"{mountpoint} is not mounted")
-    pid, _ = mount_info(mountpoint)
+        raise ConfigError(history.not_live(mountpoint))
+    pid, report = mount_info(mountpoint)
+    if report is None:
+        last = history.recall(mountpoint)
+        report = last.report if last else None
     tool = fusermount()
     command = [*tool, "-u", str(mountpoint)] if "umount" not in tool[0] else ["umount", str(mountpoint)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise ConfigError(f"cannot unmount {mountpoint}: {done.stderr.strip() or done.returncode}")
+        raise UnmountRefused(refusal(mountpoint, done.stderr.strip(), f"{command[0]} exited {done.returncode}"))
     deadline = time.monotonic() + wait
     while pid is not None and time.monotonic() < deadline and _alive(pid):
         time.sleep(0.05)
+    return report
+
+
+def refusal(mountpoint: Path, stderr: str, fallback: str) -> str:
+    """Why the unmount failed, and for the usual cause (a program holds a file or the folder open: EBUSY,
+    "Device or resource busy" on Linux, "Resource busy" on macOS) what to do about it."""
+    if "busy" not in stderr.lower():
+        return f"cannot unmount {mountpoint}: {stderr or fallback}"
+    quoted = shlex.quote(str(mountpoint))
+    return (f"cannot unmount {mountpoint}: it is in use. Close the program reading it (or leave the folder in "
+            f"your shell); `fuser -vm {quoted}` or `lsof +f -- {quoted}` shows which")
 
 
 def _alive(pid: int) -> bool:

@@ -169,7 +169,10 @@ def _cloud_url(stream_path: str | None, server: str | None, where: str) -> str |
         _check_http_url(stream_path, f"{where}: field 'cloud_stream_path'")
         return stream_path
     if server is None:
-        raise ManifestError(f"{where}: field 'cloud_stream_path' is a relative path but the session has no 'server'")
+        # Name every place a server can come from: the manifest is MixBoard's, the other three are the user's.
+        raise ManifestError(f"{where}: field 'cloud_stream_path' is a relative path but no server is known: "
+                            "give --server, set MIXVFS_SERVER or `server` in the config file "
+                            "(or a 'server' in the session)")
     return server.rstrip("/") + "/" + stream_path.lstrip("/")
 
 

@@ -1,0 +1,106 @@
+"""Where the report of each mountpoint's last mount is, so that after the unmount ``mixvfs report MOUNTPOINT``
+and ``mixvfs status MOUNTPOINT`` can still show it or say where it is (while mounted, the root's xattrs say).
+
+One small JSON file in the user's state folder (``~/.local/state/mixvfs/mounts.json`` on Linux, honouring
+``$XDG_STATE_HOME``), written by the daemon as the folder goes live, bounded to the last :data:`LIMIT`
+mountpoints. Losing it costs only this convenience: a failure to write it is a logged warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from mixvfs.cache.store import make_private_dir
+
+log = logging.getLogger(__name__)
+
+LIMIT = 200  # mountpoints remembered; the oldest go first
+
+
+@dataclass(frozen=True)
+class LastMount:
+    mountpoint: str
+    report: Path
+    session: str
+    mounted_at: float
+
+
+def history_file() -> Path:
+    return Path(platformdirs.user_state_dir("mixvfs")) / "mounts.json"
+
+
+def key(mountpoint: Path) -> str:
+    """The mountpoint as remembered: absolute, symlinks resolved (``~/Tracks`` and ``./Tracks`` are one).
+    The daemon computes it before mounting: resolving the live mountpoint from inside libfuse's init
+    would ask the daemon itself."""
+    return os.path.realpath(mountpoint)
+
+
+def remember(mountpoint_key: str, report: Path, session: str) -> None:
+    """Record ``report`` as the last report of the mount at ``mountpoint_key``; never raises."""
+    path = history_file()
+    try:
+        make_private_dir(path.parent)
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two mounts starting at once must not drop each other's entry
+            entries = _read(path)
+            entries.pop(mountpoint_key, None)
+            entries[mountpoint_key] = {"report": str(report), "session": session, "mounted_at": time.time()}
+            newest = sorted(entries.items(), key=lambda item: float(item[1].get("mounted_at", 0)))[-LIMIT:]
+            _write(path, dict(newest))
+    except OSError as exc:
+        log.warning("could not note the report path in %s: %s", path, exc.strerror or exc)
+
+
+def recall(mountpoint: Path) -> LastMount | None:
+    """The last mount at ``mountpoint`` this user made, if it is remembered."""
+    where = key(mountpoint)
+    entry = _read(history_file()).get(where)
+    if not isinstance(entry, dict) or not isinstance(entry.get("report"), str):
+        return None
+    return LastMount(where, Path(entry["report"]), str(entry.get("session", "")), float(entry.get("mounted_at", 0)))
+
+
+def not_live(mountpoint: Path, cause: str | None = None) -> str:
+    """One line for a folder that is not a live mixvfs mount: what it is, and where its last report is."""
+    if os.path.ismount(mountpoint):
+        return f"{mountpoint} is mounted, but not a live mixvfs mount" + (f" ({cause})" if cause else "")
+    last = recall(mountpoint)
+    if last is None:
+        return f"nothing is mounted at {mountpoint} (and no earlier mixvfs mount there is known)"
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last.mounted_at))
+    if not last.report.is_file():
+        return f"{mountpoint} is not mounted now; the report of its last mount ({when}), {last.report}, is gone"
+    return (f"{mountpoint} is not mounted now; the report of its last mount ({when}) is {last.report} "
+            f"(mixvfs report {last.report})")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, or damaged: it only ever helps
+    return data if isinstance(data, dict) else {}
+
+
+def _write(path: Path, entries: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".mounts-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(entries, handle, indent=1, ensure_ascii=False)
+        os.replace(tmp, path)  # readers never see half a file
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
