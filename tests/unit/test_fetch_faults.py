@@ -1,5 +1,5 @@
-"""Tier 1 (no kernel): cache/http.py, cache/download.py and cache/scheduler.py against the real dev server — resume offsets,
-ETag changes, length and content-type checks, status mapping, cancellation, copyable errors."""
+"""Tier 1 (no kernel): cache/http.py, cache/download.py and cache/scheduler.py against the real dev server —
+resume offsets, ETag changes, length and content-type checks, status mapping, cancellation, copyable errors."""
 
 from __future__ import annotations
 
