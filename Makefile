@@ -1,5 +1,11 @@
-# Every target installs what it needs, so a fresh clone works with `make demo` / `make test`.
+# Every target installs what it needs, so a fresh clone works with `make demo` / `make test`, in this order:
+#   1. `system`: Debian/Ubuntu packages with apt, as root or through sudo (python3-venv, libfuse 3 and 2,
+#      rsync, attr, flac; the list and why each is needed: tools/install_system.sh);
+#   2. $(VENV): a virtual environment made with $(PYTHON), holding mixvfs (editable) and its dev tools.
 SHELL := /bin/bash
+# Any Python >= 3.11 (pyproject.toml's requires-python), e.g. `make demo PYTHON=python3.12` where python3 is
+# older (Ubuntu 22.04's is 3.10).
+PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -28,12 +34,18 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) tools/bench.py $(BENCH_ARGS)
 
-# System packages: libfuse (2 and 3) for the mount, rsync/attr for tests, nginx/rclone for the benchmark.
+# System packages: python3-venv for the venv, libfuse (3 and 2) for the mount, rsync/attr/flac for the tests,
+# nginx/rclone for the benchmark.
 system:
-	@bash tools/install_system.sh
+	@PYTHON=$(PYTHON) bash tools/install_system.sh
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+# After `system` (order-only: it changes no file make could compare), since the venv needs python3-venv.
+# A venv without pip (left by a `python3 -m venv` that failed for want of python3-venv) is made again.
+$(STAMP): pyproject.toml | system
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "mixvfs needs Python 3.11 or newer; $(PYTHON) is: $$(command -v $(PYTHON) >/dev/null && $(PYTHON) --version 2>&1 || echo not found)" >&2; \
+	  echo "Install one (or use pyenv/uv) and name it: make demo PYTHON=python3.11" >&2; exit 1; }
+	$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)

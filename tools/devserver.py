@@ -1125,12 +1125,30 @@ class DevHTTPServer(ThreadingHTTPServer):
 # --------------------------------------------------------------------------- CLI
 
 
+_EPILOG = """\
+How URLs map to files: GET or HEAD /PATH serves ROOT/PATH (URL-decoded); folders, missing
+files and paths leading out of ROOT answer 404. So a manifest with "server": "http://127.0.0.1:8765"
+and a track with "cloud_stream_path": "/stream/hook.flac" gets ROOT/stream/hook.flac.
+
+Example (Ctrl-C stops it):
+  python tools/devserver.py ~/mixvfs-try/server --port 8765 --token try-me
+
+The faults file, the request log and the test controls are described at the top of this file."""
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Local stand-in for the Chad Music file server.")
-    p.add_argument("root", type=Path, help="directory whose files are served")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="0 lets the OS pick")
-    p.add_argument("--token", action="append", default=[], help="valid bearer token (repeatable)")
+    p = argparse.ArgumentParser(
+        description="Local stand-in for the Chad Music file server: serves the files under ROOT over HTTP,\n"
+                    "with byte ranges, ETags and conditional requests, as mixvfs expects of a server.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", type=Path, metavar="ROOT", help="folder whose files are served")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=0,
+                   help="port to listen on (default: 0, a free port the OS picks; the first line printed, "
+                        "'listening on URL', says which)")
+    p.add_argument("--token", action="append", default=[],
+                   help="a bearer token to accept (repeatable); with no --token and no --token-file every "
+                        "request is served without one")
     p.add_argument("--token-file", type=Path, help="file holding the valid token, re-read per request")
     p.add_argument("--faults", type=Path, help="JSON faults file, re-read per request")
     p.add_argument("--log", type=Path, help="append one JSON line per request here")

@@ -1,15 +1,38 @@
 #!/usr/bin/env bash
-# Installs the system packages mixvfs needs (Debian/Ubuntu). Idempotent and quiet when all is present.
+# Installs the system packages mixvfs needs, with apt (Debian/Ubuntu; as root, or through sudo).
+# Idempotent and quiet when all is present. `make` runs it before it creates .venv, because the venv
+# itself needs one of them (python3-venv). What it installs:
+#   python3, python3-venv   the interpreter and `python3 -m venv` (Debian/Ubuntu ship venv's ensurepip apart)
+#   fuse3, libfuse3-3       fusermount3 and libfuse 3, which mixvfs mounts with
+#   libfuse2                libfuse 2, the API macFUSE offers: `make test` runs the mount tests on it too
+#   rsync, attr, flac       for the tests: real rsync copies, getfattr, the reference FLAC decoder
+# With MIXVFS_BENCH_DEPS=1 (`make bench`) also nginx-light, rclone and curl.
+# PYTHON (default python3) is the interpreter `make` builds .venv with; if it is apt's and cannot make a
+# venv, its own pythonX.Y-venv is installed too (e.g. python3.11-venv for `make demo PYTHON=python3.11`).
 set -euo pipefail
+PYTHON=${PYTHON:-python3}
+want=(python3 python3-venv fuse3 libfuse2 libfuse3-3 rsync attr flac)
+if [[ "${MIXVFS_BENCH_DEPS:-0}" == 1 ]]; then
+    want+=(nginx-light rclone curl)
+fi
+
+if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then
+    # Not Debian/Ubuntu: say what is needed instead of failing on a missing apt.
+    echo "note: no apt here; make sure these are installed: Python >= 3.11 with venv, libfuse 3 (fusermount3)," \
+         "and for the tests libfuse 2, rsync, getfattr (attr), flac" >&2
+    exit 0
+fi
+
 need=()
-for pkg in fuse3 libfuse2 libfuse3-3 rsync attr flac; do
+for pkg in "${want[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
-if [[ "${MIXVFS_BENCH_DEPS:-0}" == 1 ]]; then
-    for pkg in nginx-light rclone curl; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-    done
+# A non-default apt Python (python3.11 on Ubuntu 22.04) needs its own -venv package: python3-venv is the default's.
+py=$(command -v "$PYTHON" || true)
+if [[ -n "$py" && $(readlink -f "$py") == /usr/bin/* ]] && ! "$py" -c 'import ensurepip' 2>/dev/null; then
+    need+=("$("$py" -c 'import sys; print("python%d.%d-venv" % sys.version_info[:2])')")
 fi
+
 if (( ${#need[@]} )); then
     if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
     echo "installing system packages: ${need[*]}"
