@@ -243,3 +243,11 @@ def test_status_and_report_of_a_folder_never_mounted(tmp_path):
         assert done.returncode == 2
         assert one_line(done.stderr) == (f"mixvfs: nothing is mounted at {folder} "
                                          "(and no earlier mixvfs mount there is known)")
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """`mixvfs config | head -1`: the pipe closes under a command still writing."""
+    # head -c0 closes the pipe at once, before the command has written anything.
+    done = subprocess.run(f"'{MIXVFS}' config | head -c0; '{CACHECTL}' --help | head -c0", shell=True,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stderr == ""

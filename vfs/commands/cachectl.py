@@ -98,6 +98,7 @@ def version_line() -> str:
     return f"mixvfs {__version__}"
 
 
+@output.quiet_on_closed_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -134,6 +134,7 @@ def version_line() -> str:
     return f"mixvfs {__version__}"
 
 
+@output.quiet_on_closed_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(args_list)
