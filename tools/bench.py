@@ -645,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         work = Path(args.work) if args.work else Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="mixvfs-bench-", dir="/var/tmp")))
+        if not args.work:
+            work.chmod(0o755)  # mkdtemp's 0700 would keep nginx's workers (www-data) out: every GET a 403
         root = work / "www"
         root.mkdir(parents=True, exist_ok=True)
         url, server = stack.enter_context(serve(root, work, prefer_nginx=not args.devserver))
