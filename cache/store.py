@@ -34,7 +34,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -55,13 +55,14 @@ def new_hasher() -> Any:
     return xxhash.xxh3_128()
 
 
-def hash_fd(fd: int, *, size: int | None = None) -> str:
+def hash_fd(fd: int, *, size: int | None = None, progress: Callable[[int], None] | None = None) -> str:
     """Digest of a whole file through a descriptor (pread: does not move a shared offset); with ``size``,
-    of at most its first ``size`` + one chunk bytes (enough to tell a longer file from the blob)."""
-    return str(hash_prefix(fd, None if size is None else size + 1).hexdigest())
+    of at most its first ``size`` + one chunk bytes (enough to tell a longer file from the blob).
+    ``progress`` is told the length of each chunk hashed (``mixvfs check-export``'s display)."""
+    return str(hash_prefix(fd, None if size is None else size + 1, progress=progress).hexdigest())
 
 
-def hash_prefix(fd: int, length: int | None) -> Any:
+def hash_prefix(fd: int, length: int | None, *, progress: Callable[[int], None] | None = None) -> Any:
     """A hasher fed with the first ``length`` bytes of ``fd`` (all of it for None), ready for more."""
     hasher = new_hasher()
     offset = 0
@@ -72,6 +73,8 @@ def hash_prefix(fd: int, length: int | None) -> Any:
             break
         hasher.update(chunk)
         offset += len(chunk)
+        if progress is not None:
+            progress(len(chunk))
     return hasher
 
 

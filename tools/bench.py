@@ -10,7 +10,7 @@ Cold runs drop the kernel page cache (``echo 3 > /proc/sys/vm/drop_caches``, nee
 the server's files once, so that nothing is cached on the client side while the server itself is not
 the bottleneck. Warm runs read both sides' sources once beforehand so both come from the page cache.
 
-    python tools/bench.py [--quick] [--runs N] [--out DIR] [--profile]
+    python tools/bench.py [--quick] [--runs N] [--out DIR] [--profile] [--only cold,warm,first,ls,scale,checkexport]
 """
 
 from __future__ import annotations
@@ -538,6 +538,40 @@ class Bench:
         self.rows.append(Row(f"scaling {label}: {len(data.files)} × {size / MIB:g} MiB cold", "s", "mixvfs", mix,
                              "curl one after another", curl, extra={"peak_rss_mb": rss}))
 
+    # -- check-export: hashing an export folder against reading it ---------------------------------------
+
+    def case_check_export(self, data: DataSet) -> None:
+        """``mixvfs check-export`` of a real export (a mount, ``cp -r``) against ``cat`` of the same files to
+        /dev/null, both from the page cache (the harsher case: nothing hides the hashing behind the disk),
+        alternately in the same run. check-export's time includes its start-up (a new Python process)."""
+        cache = reset(self.work / "cache-check")
+        export = reset(self.work / "export-check")
+        with mixvfs_mount(data.session, self.work / "mnt", cache, self.work) as mount:
+            copy_tree(mount.path, export)
+        report = self.work / "report.json"  # the report of the mount the export was made from
+        files = files_under(export)
+        total = sum(p.stat().st_size for p in files)
+        self.say(f"check-export of a {total >> 20} MiB export ({len(files)} files) / cat > /dev/null, "
+                 f"{self.runs} runs, page cache warm")
+        check = [MIXVFS, "check-export", str(report), str(export), "--json"]
+        cat = ["sh", "-c", 'exec cat "$@" > /dev/null', "cat", *map(str, files)]
+        mix, base, inside = [], [], []
+        for _ in range(self.runs):
+            read_through(files)
+            base.append(timed(cat))
+            read_through(files)
+            start = time.perf_counter()
+            done = subprocess.run(check, capture_output=True, text=True, check=False)
+            mix.append(time.perf_counter() - start)
+            if done.returncode != 0:
+                raise RuntimeError(f"check-export found a problem in a clean export: {done.stdout[-2000:]}")
+            inside.append(float(json.loads(done.stdout)["seconds"]))  # listing, stat and hashing: no start-up
+            self.say(f"  cat {base[-1]:.3f} s, check-export {mix[-1]:.3f} s (of which checking {inside[-1]:.3f} s)")
+        self.rows.append(Row(f"check-export of a {total >> 20} MiB export (process)", "s", "mixvfs", mix,
+                             "cat > /dev/null", base, "ratio <= 1.3", {"bytes": total, "files": len(files)}))
+        self.rows.append(Row("  the same, its checking only (no start-up)", "s", "mixvfs", inside,
+                             "cat > /dev/null", base, "ratio <= 1.3"))
+
     # -- profiles ----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -590,7 +624,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--devserver", action="store_true", help="use tools/devserver.py even if nginx exists")
     parser.add_argument("--no-rclone", action="store_true", help="skip the rclone comparison")
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon in the first run of each case")
-    parser.add_argument("--only", default="", help="comma list of cases: cold,warm,first,ls,scale")
+    parser.add_argument("--only", default="", help="comma list of cases: cold,warm,first,ls,scale,checkexport")
     args = parser.parse_args(argv)
     args.runs = max(3, args.runs or (3 if args.quick else 5))
     return args
@@ -600,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    only = set(filter(None, args.only.split(","))) or {"cold", "warm", "first", "ls", "scale"}
+    only = set(filter(None, args.only.split(","))) or {"cold", "warm", "first", "ls", "scale", "checkexport"}
     info = machine()
     print(f"mixvfs benchmark {info['date']}: {info['nproc']} CPUs, {info['mem_gib']} GiB, kernel {info['kernel']}, "
           f"libfuse3 {info['libfuse3']}")
@@ -611,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         work = Path(args.work) if args.work else Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="mixvfs-bench-", dir="/var/tmp")))
+        if not args.work:
+            work.chmod(0o755)  # mkdtemp's 0700 would keep nginx's workers (www-data) out: every GET a 403
         root = work / "www"
         root.mkdir(parents=True, exist_ok=True)
         url, server = stack.enter_context(serve(root, work, prefer_nginx=not args.devserver))
@@ -627,6 +663,9 @@ def main(argv: list[str] | None = None) -> int:
             bench.case_first_bytes(main_set)
         if "ls" in only:
             bench.case_listing(2000 if args.quick else 10_000)
+        if "checkexport" in only:  # 1 GiB even with --quick: a smaller export would time start-up, not hashing
+            big = main_set if count * size >= 1 << 30 else make_dataset(root, work, url, "export16x64", 16, 64 * MIB)
+            bench.case_check_export(big)
         if "scale" in only:
             print("scaling (cold export vs curl):")
             sessions = (16, 64) if args.quick else (16, 64, 256)

@@ -17,7 +17,7 @@ from mixvfs.vfs.commands import cachectl, cli
 from tests.conftest import CACHECTL, MIXVFS, run, write_session
 from tests.faults.helpers import holds_open, wait_until
 
-MIXVFS_COMMANDS = ("mount", "unmount", "report", "preflight", "status", "config")
+MIXVFS_COMMANDS = ("mount", "unmount", "report", "preflight", "status", "check-export", "config")
 CACHECTL_COMMANDS = ("stats", "ls", "verify", "prune", "warm")
 MARKUP = ("``", ":class:", ":func:", ":mod:", ":data:", ":meth:")
 
@@ -203,7 +203,7 @@ def test_busy_unmount_exits_1_and_says_what_to_do(tmp_path, mounter):
         holder.communicate(timeout=30)  # stdin closes: the holder exits, closing the file
     done = run([MIXVFS, "unmount", str(mount.path)], check=True)
     mount.mounted = False
-    assert done.stdout == f"unmounted {mount.path} (report: {mount.report_path})\n"
+    assert done.stdout == f"unmounted {mount.path} (report: {mount.report_path})\n1 track served whole\n"
     assert not os.path.ismount(mount.path)
 
 
@@ -212,7 +212,7 @@ def test_after_the_unmount_report_and_status_find_the_last_report(tmp_path, moun
     run(["cp", str(mount.path / "A - Song.wav"), str(tmp_path / "out.wav")], check=True)
     done = run([MIXVFS, "unmount", str(mount.path)], check=True)
     mount.mounted = False
-    assert done.stdout == f"unmounted {mount.path} (report: {mount.report_path})\n"
+    assert done.stdout == f"unmounted {mount.path} (report: {mount.report_path})\n1 track served whole\n"
 
     table = run([MIXVFS, "report", str(mount.path)])
     assert table.returncode == 0, table

@@ -1,10 +1,12 @@
-"""The ``mixvfs`` command: mount, unmount, report, preflight, status, config (see :data:`DESCRIPTION`)."""
+"""The ``mixvfs`` command: mount, unmount, report, preflight, status, check-export, config (see
+:data:`DESCRIPTION`)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.vfs.commands import config, output
 from mixvfs.vfs.fs import history, mount
-from mixvfs.vfs.fs.report import format_report, load_report
+from mixvfs.vfs.fs.report import FAILED_STATUSES, Status, format_report, load_report
 from mixvfs.vfs.session.manifest import ManifestError, load_manifest
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -72,6 +74,21 @@ STATUS_EXAMPLES = """examples:
   mixvfs status ~/MixBoardTracks --watch    # refresh every second until Ctrl-C
   mixvfs status ~/MixBoardTracks --json     # the same as: getfattr -n user.mixvfs.status ~/MixBoardTracks
 """
+CHECK_EXPORT_TEXT = """After an export: does EXPORT_DIR hold every track of the session, byte for byte? For each track,
+the file the mount showed (same names, same collision numbering) is looked for and its content hashed
+(xxh3-128, each file read once): cloud tracks against the digest in the report or the cache index,
+local tracks against their source file. Each track is ok, missing, wrong size, wrong content or not
+verifiable (no digest known: `cachectl warm SESSION` makes it verifiable); files of no track are
+listed as extra. SESSION_OR_REPORT is the session manifest or a mount's report (it holds the names
+the mount served and the digests). Nothing is downloaded. A progress display on a terminal, one line
+per problem otherwise.
+
+Exit codes: 0 every track is ok; 1 a track is not; 2 bad input (manifest, report, folder)."""
+CHECK_EXPORT_EXAMPLES = """examples:
+  mixvfs check-export ~/Sessions/friday.json ~/Export/Friday
+  mixvfs check-export ~/.cache/mixvfs/reports/Friday-Mix.json ~/Export/Friday   # the report unmount named
+  mixvfs check-export friday.json ~/Export/Friday --json | jq '.tracks[] | select(.state != "ok")'
+"""
 CONFIG_EXAMPLES = """examples:
   mixvfs config
   MIXVFS_CONFIG=./test.toml MIXVFS_JOBS=4 mixvfs config --jobs 2 --json
@@ -122,10 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--watch", nargs="?", type=float, const=1.0, metavar="SECONDS",
                     help="refresh every SECONDS (1) until Ctrl-C")
 
+    ce = command("check-export", "after an export: is every track there, byte for byte?", CHECK_EXPORT_TEXT,
+                 CHECK_EXPORT_EXAMPLES)
+    ce.add_argument("session_or_report", type=Path, metavar="SESSION_OR_REPORT",
+                    help="the session manifest, or the report of the mount the export was made from")
+    ce.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="the folder the tracks were exported to")
+    config.add_flags(ce, check_export_settings())
+    ce.add_argument("--json", action="store_true", help=JSON_HELP)
+
     c = command("config", "each effective setting and where it came from", config.HELP, CONFIG_EXAMPLES)
     config.add_flags(c, config.MOUNT_SETTINGS)
     c.add_argument("--json", action="store_true", help=JSON_HELP)
     return parser
+
+
+def check_export_settings() -> tuple[str, ...]:
+    from mixvfs.vfs.commands.check_export import SETTINGS
+
+    return SETTINGS
 
 
 def version_line() -> str:
@@ -151,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             from mixvfs.vfs.commands import status
             return status.main(args)
+        if args.command == "check-export":
+            from mixvfs.vfs.commands import check_export
+            return check_export.main(args)
         if args.command == "config":
             return cmd_config(args)
     except MixvfsError as exc:
@@ -206,7 +240,33 @@ def setup_logging(log_file: Path | None, level: str) -> None:
 def cmd_unmount(mountpoint: Path) -> int:
     report = mount.unmount(mountpoint)
     print(f"unmounted {mountpoint}" + (f" (report: {report})" if report else ""))
+    if report is not None:
+        for line in served_summary(report):
+            print(line)
     return EXIT_OK
+
+
+def served_summary(report: Path) -> list[str]:
+    """"14 tracks served whole, 1 failed: see the report" and, when a track was not served whole, how to
+    find out whether the export has it anyway (the exporter may have skipped it and said nothing)."""
+    try:
+        tracks = [t for t in load_report(report).get("tracks", []) if isinstance(t, dict)]
+    except (OSError, ValueError):
+        return []  # the report's path was said above; a damaged one is `mixvfs report`'s to explain
+    counts = {status: sum(t.get("status") == status for t in tracks) for status in Status}
+    whole = counts[Status.LOCAL] + counts[Status.CACHED]
+    failed = sum(counts[s] for s in FAILED_STATUSES)
+    unread = len(tracks) - whole - failed
+    parts = [f"{whole} track{'' if whole == 1 else 's'} served whole"]
+    if failed:
+        parts.append(f"{failed} failed")
+    if unread:
+        parts.append(f"{unread} not downloaded")
+    line = ", ".join(parts)
+    if not (failed or unread):
+        return [line]
+    return [f"{line}: see the report (mixvfs report {shlex.quote(str(report))})",
+            f"did the export get everything? mixvfs check-export {shlex.quote(str(report))} EXPORT_DIR"]
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -370,7 +370,8 @@ def open_session(
     tracks = build_tracks(session, http=runtime.http, index=runtime.index, jobs=runtime.jobs)
     report_path = options.report_path or default_report_path(runtime.store.root, session.name)
     try:
-        report = Report(report_path, session=session.name, mountpoint=str(options.mountpoint), records=[])
+        report = Report(report_path, session=session.name, mountpoint=str(options.mountpoint), records=[],
+                        manifest=str(options.session_path))
     except OSError as exc:
         runtime.close()
         raise ConfigError(f"report {report_path}: cannot write it: {exc.strerror or exc}") from None

@@ -68,9 +68,12 @@ def utc_stamp(at: float | None = None) -> str:
 
 
 class Report:
-    def __init__(self, path: Path, *, session: str, mountpoint: str, records: list[TrackRecord]) -> None:
+    def __init__(self, path: Path, *, session: str, mountpoint: str, records: list[TrackRecord],
+                 manifest: str | None = None) -> None:
         self.path = path
         self._header: dict[str, Any] = {"session": session, "mountpoint": mountpoint, "started": utc_stamp()}
+        if manifest is not None:  # `mixvfs check-export REPORT` finds the local tracks' sources through it
+            self._header["manifest"] = manifest
         self._records = {r.id: r for r in records}
         self._order = [r.id for r in records]
         self._lock = threading.Lock()

@@ -72,15 +72,18 @@ def classify(spec: TrackSpec, mtime: float) -> Track:
     return Track(spec, Kind.MISSING, size=0, mtime=mtime, reason=reason)
 
 
-def build_tracks(session: Session, *, http: HttpClient | None, index: SourceIndex, jobs: int = 3) -> list[Track]:
+def build_tracks(session: Session, *, http: HttpClient | None, index: SourceIndex | None,
+                 jobs: int = 3) -> list[Track]:
+    """``http`` None: the server is not asked (what it said last time comes from ``index``, if any: no
+    cache at all means no index, as for ``mixvfs check-export`` on a machine that never mounted)."""
     tracks = [classify(spec, session.mtime) for spec in session.tracks]
     cloud = [t for t in tracks if t.kind is Kind.CLOUD]
     needs_server = [t for t in cloud if t.size is None or _static_ext(t) is None]
-    if needs_server and http is not None:
+    if needs_server and http is not None and index is not None:
         with ThreadPoolExecutor(max_workers=max(2, jobs * 2), thread_name_prefix="probe") as pool:
             list(pool.map(lambda t: _probe(t, http, index), needs_server))
     for track in needs_server:
-        if track.remote is None:
+        if track.remote is None and index is not None:
             track.remote = index.remote(track.spec.cloud_url or "")  # server down: what it said last time
     for track in tracks:
         _finish(track)

@@ -1,0 +1,66 @@
+"""`mixvfs check-export` without a mount: bad input (exit 2), a track it cannot verify and how `cachectl warm`
+makes it verifiable, and a check that never creates a cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.conftest import CACHECTL, MIXVFS, run, write_session
+from tools.make_audio import write_sized
+
+
+def one_cloud_track(tmp_path: Path, server_root: Path, url: str) -> Path:
+    (server_root / "stream").mkdir(exist_ok=True)
+    write_sized(server_root / "stream" / "a", 300_000, kind="wav", seed=1)
+    return write_session(tmp_path / "s.json", [
+        {"id": "a", "artist": "A", "title": "One", "cloud_stream_path": "/stream/a", "size": 300_000,
+         "content_type": "audio/wav"},
+    ], server=url)
+
+
+def check(*args: str) -> tuple[int, str, str]:
+    done = run([MIXVFS, "check-export", *args])
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path):
+    session = write_session(tmp_path / "s.json", [{"id": "a", "artist": "A", "title": "T", "file_path": "a.wav"}])
+    export = tmp_path / "export"
+    export.mkdir()
+    (tmp_path / "not-json.json").write_text("{not json")
+    (tmp_path / "no-tracks.json").write_text(json.dumps({"tracks": "nope"}))
+    (tmp_path / "bad-report.json").write_text(json.dumps({"session": "s", "started": "x", "tracks": [{"id": "a"}]}))
+    cases = {
+        (str(session), str(tmp_path / "nowhere")): f"export folder {tmp_path / 'nowhere'} does not exist",
+        (str(session), str(session)): f"export folder {session} is not a folder",
+        (str(tmp_path / "none.json"), str(export)): "cannot read it: No such file or directory",
+        (str(tmp_path / "not-json.json"), str(export)): "not a session manifest or a mixvfs report",
+        (str(tmp_path / "no-tracks.json"), str(export)): "field 'tracks' must be a list",
+        (str(tmp_path / "bad-report.json"), str(export)): "track 0 of the report has no id or name",
+    }
+    for args, message in cases.items():
+        code, out, err = check(*args, "--json")
+        assert code == 2, (args, out, err)
+        assert out == "" and len(err.splitlines()) == 1 and message in err, (args, err)
+
+
+def test_a_track_with_no_digest_is_not_verifiable_until_warmed(tmp_path, server_root, devserver):
+    session = one_cloud_track(tmp_path, server_root, devserver.url)
+    export = tmp_path / "export"
+    export.mkdir()
+    shutil.copyfile(server_root / "stream" / "a", export / "A - One.wav")  # right bytes, but nothing to prove it
+    cache = tmp_path / "cache"
+    code, out, _ = check(str(session), str(export), "--cache-dir", str(cache))
+    assert code == 1
+    assert out.splitlines()[0] == (f"not verifiable A - One.wav: no digest known (not in the report, not in the "
+                                   f"cache): `cachectl warm {session}` downloads it into the cache; then check again")
+    assert not cache.exists()  # a check never creates a cache
+    run([CACHECTL, "--cache-dir", str(cache), "warm", str(session)], check=True)
+    code, out, _ = check(str(session), str(export), "--cache-dir", str(cache), "--json")
+    assert code == 0
+    assert [t["state"] for t in json.loads(out)["tracks"]] == ["ok"]
+    (export / "A - One.wav").write_bytes(b"x" * 300_000)  # the same size, other bytes: now it is caught
+    code, out, _ = check(str(session), str(export), "--cache-dir", str(cache), "--json")
+    assert code == 1 and [t["state"] for t in json.loads(out)["tracks"]] == ["wrong_content"]

@@ -1,0 +1,517 @@
+"""``mixvfs check-export SESSION_OR_REPORT EXPORT_DIR``: does the export folder hold the whole session,
+byte for byte?
+
+The exporter may meet an EIO, log it, skip the track and finish "successfully"; this closes the loop.
+Every track's expected file name comes from the same rules as the mount (:func:`build_tracks`, collision
+numbering included) or, given a report, from the names the mount served; its expected content from:
+
+* cloud tracks: the blob digest (xxh3-128) in the report, else in the cache index (the source identity
+  the mount used), else in the session's default report in the cache;
+* local tracks: the source file, hashed as well (found through the manifest; a report names it).
+
+Each exported file is read once, hashed while read. States: ``ok``, ``missing``, ``wrong_size``,
+``wrong_content``, ``not_verifiable`` (no digest known: say how to make it verifiable), and ``extra`` files
+that belong to no track (informational). Exit 0 only when every track is ``ok``; 1 otherwise; 2 bad input.
+Nothing is downloaded and the server is not asked: the check works offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import sqlite3
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from mixvfs.cache.errors import ConfigError, MixvfsError
+from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.store import hash_fd
+from mixvfs.cache.units import format_size
+from mixvfs.vfs.commands import config, output
+from mixvfs.vfs.fs.report import default_report_path, load_report
+from mixvfs.vfs.runtime import is_cache
+from mixvfs.vfs.session.manifest import Session, load_manifest
+from mixvfs.vfs.session.naming import collision_key
+from mixvfs.vfs.session.tracks import Kind, Track, build_tracks
+
+EXIT_OK, EXIT_INCOMPLETE = 0, 1
+SETTINGS = ("server", "cache_dir")  # no token, no download settings: nothing is fetched
+
+# Track states (JSON values); the lines show them with spaces.
+OK, MISSING, WRONG_SIZE, WRONG_CONTENT, NOT_VERIFIABLE = (
+    "ok", "missing", "wrong_size", "wrong_content", "not_verifiable")
+STATES = (OK, MISSING, WRONG_SIZE, WRONG_CONTENT, NOT_VERIFIABLE)
+
+
+@dataclass
+class Expected:
+    """What one track should have produced in the export folder."""
+
+    id: str
+    name: str
+    source: str  # local | cloud | missing
+    size: int | None = None
+    digest: str | None = None  # xxh3-128 of the right bytes (cloud tracks)
+    digest_from: str | None = None  # report | cache index | ...: said in a wrong_content detail
+    local_path: Path | None = None  # the source to compare with (local tracks)
+    why_unknown: str | None = None  # why the right bytes cannot be known (a missing track's reason, ...)
+    failure: str | None = None  # what the mount said when it could not serve the track
+
+
+@dataclass
+class TrackCheck:
+    id: str
+    name: str
+    source: str
+    state: str
+    size: int | None  # of the exported file
+    expected_size: int | None
+    detail: str | None = None
+
+
+@dataclass
+class Plan:
+    """The expected tracks, and where they were learned."""
+
+    session: str
+    against: str  # "manifest" or "report"
+    expected: list[Expected]
+    manifest: Path | None = None
+    report: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# -- what the export should hold -------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> Any:
+    try:
+        with path.open("rb") as handle:
+            return json.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not a session manifest or a mixvfs report (not valid JSON: {exc})") from None
+
+
+def is_report(doc: Any) -> bool:
+    """A report has a header (``started``) and tracks with a status; a manifest has neither."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("tracks"), list):
+        return False
+    return "started" in doc or any(isinstance(t, dict) and "status" in t for t in doc["tracks"])
+
+
+def open_index(settings: config.Settings) -> SourceIndex | None:
+    """The cache's source index, if there is a cache (read only: a check never creates one)."""
+    root = settings.cache_dir
+    if not is_cache(root):
+        return None
+    try:
+        return SourceIndex(root)
+    except (OSError, sqlite3.Error) as exc:  # a damaged index only costs digests: say so, check the rest
+        print(f"mixvfs: cannot open the cache index in {root} ({exc}): cloud tracks are checked by size only",
+              file=sys.stderr)
+        return None
+
+
+def session_tracks(session: Session, index: SourceIndex | None) -> list[Track]:
+    """The mount's tracks, names included, without asking the server (its last answers are in the index)."""
+    return build_tracks(session, http=None, index=index)
+
+
+def expected_of(track: Track, index: SourceIndex | None) -> Expected:
+    exp = Expected(track.id, track.name, track.kind.value, size=track.size)
+    if track.kind is Kind.LOCAL:
+        exp.local_path = track.local_path
+    elif track.kind is Kind.MISSING:
+        exp.size, exp.why_unknown = None, track.reason
+    elif track.source is not None and index is not None:
+        entry = index.lookup(track.source.ident)
+        if entry is not None:
+            exp.digest, exp.digest_from, exp.size = entry.digest, "the cache index", entry.size
+    return exp
+
+
+def records_by_id(doc: dict[str, Any], where: Path) -> dict[str, dict[str, Any]]:
+    records: dict[str, dict[str, Any]] = {}
+    for i, record in enumerate(doc.get("tracks", [])):
+        if not (isinstance(record, dict) and isinstance(record.get("id"), str)
+                and isinstance(record.get("name"), str) and record["name"]):
+            raise ConfigError(f"{where}: track {i} of the report has no id or name")
+        records[record["id"]] = record
+    return records
+
+
+def apply_record(exp: Expected, record: dict[str, Any], *, served: bool) -> None:
+    """What a report adds. ``served``: the report of the mount the export was made from, so its names, sizes
+    and digests are the reference; else the session's last report in the cache, which only fills a digest
+    the index lost (an evicted blob) when the size agrees, and says why a track failed."""
+    size = record["bytes"] if isinstance(record.get("bytes"), int) else None
+    digest = record["digest"] if isinstance(record.get("digest"), str) and record["digest"] else None
+    if served:
+        exp.name, exp.source = str(record["name"]), str(record.get("source") or exp.source)
+        if exp.source == "cloud" and size is not None:
+            exp.size = size
+        if exp.source == "cloud" and digest is not None:
+            exp.digest, exp.digest_from = digest, "the report"
+    elif exp.source == "cloud" and digest is not None and exp.digest is None and exp.size in (None, size):
+        exp.digest, exp.digest_from, exp.size = digest, "the session's last report", size
+    if record.get("status") in ("failed", "missing") and record.get("error"):
+        exp.failure = str(record["error"])
+
+
+def expected_from_manifest(session: Session, settings: config.Settings) -> list[Expected]:
+    index = open_index(settings)
+    try:
+        return [expected_of(t, index) for t in session_tracks(session, index)]
+    finally:
+        if index is not None:
+            index.close()
+
+
+def plan_from_manifest(path: Path, settings: config.Settings) -> Plan:
+    session = load_manifest(path, default_server=settings.server)
+    expected = expected_from_manifest(session, settings)
+    plan = Plan(session.name, "manifest", expected, manifest=path)
+    report = default_report_path(settings.cache_dir, session.name)
+    with contextlib.suppress(OSError, ValueError):
+        records = records_by_id(load_report(report), report)
+        plan.report = report
+        for exp in expected:
+            if exp.id in records:
+                apply_record(exp, records[exp.id], served=False)
+    return plan
+
+
+def plan_from_report(path: Path, doc: dict[str, Any], settings: config.Settings) -> Plan:
+    """The report of the mount the export was made from: its names and digests; the local tracks' sources
+    (and the cache index's digests) through the manifest it names, if that is still there."""
+    records = records_by_id(doc, path)
+    plan = Plan(str(doc.get("session") or path.stem), "report", [], report=path)
+    known: dict[str, Expected] = {}
+    manifest = doc.get("manifest")
+    if isinstance(manifest, str) and manifest:
+        plan.manifest = Path(manifest)
+        try:
+            known = {e.id: e for e in expected_from_manifest(load_manifest(plan.manifest,
+                                                                           default_server=settings.server),
+                                                             settings)}
+        except MixvfsError as exc:
+            plan.notes.append(f"the session manifest the report names cannot be used ({exc}): local tracks "
+                              "are checked by size only")
+    else:
+        plan.notes.append("the report names no session manifest (an older mixvfs wrote it): local tracks are "
+                          "checked by size only; give the manifest instead for a full check")
+    for track_id, record in records.items():
+        exp = known.get(track_id) or Expected(track_id, str(record["name"]), str(record.get("source") or "missing"))
+        if track_id not in known and exp.source == "local":
+            exp.why_unknown = "its source file is not known"
+            exp.size = record["bytes"] if isinstance(record.get("bytes"), int) else None
+        apply_record(exp, record, served=True)
+        plan.expected.append(exp)
+    return plan
+
+
+def make_plan(target: Path, settings: config.Settings) -> Plan:
+    doc = read_json(target)
+    if is_report(doc):
+        return plan_from_report(target, doc, settings)
+    return plan_from_manifest(target, settings)
+
+
+# -- checking --------------------------------------------------------------------------------------------
+
+
+def export_entries(folder: Path) -> dict[str, os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return {e.name: e for e in entries}
+    except FileNotFoundError:
+        raise ConfigError(f"export folder {folder} does not exist") from None
+    except NotADirectoryError:
+        raise ConfigError(f"export folder {folder} is not a folder") from None
+    except OSError as exc:
+        raise ConfigError(f"export folder {folder}: cannot list it: {exc.strerror}") from None
+
+
+def match_files(expected: list[Expected], entries: dict[str, os.DirEntry[str]]) -> dict[str, str | None]:
+    """Track id -> the exported file's name. Exact names first; then the same name up to case and Unicode
+    normalisation (a case-insensitive or NFD-storing disk, e.g. macOS, changes them)."""
+    found: dict[str, str | None] = {}
+    free = dict(entries)
+    for exp in expected:
+        if exp.name in free:
+            found[exp.id] = exp.name
+            del free[exp.name]
+    loose = {collision_key(name): name for name in free}
+    for exp in expected:
+        if exp.id not in found:
+            name = loose.pop(collision_key(exp.name), None)
+            found[exp.id] = name
+            if name is not None:
+                del free[name]
+    return found
+
+
+@dataclass
+class Job:
+    """One track whose content is to be hashed: its exported file, and what to compare it with."""
+
+    exp: Expected
+    check: TrackCheck
+    path: Path
+
+
+class Checker:
+    """Runs the checks; tells ``say`` each problem as it is found and ``hashed`` each chunk read."""
+
+    def __init__(self, plan: Plan, folder: Path, *, say: Callable[[TrackCheck], None],
+                 hashed: Callable[[int], None]) -> None:
+        self.plan = plan
+        self.folder = folder
+        self.say = say
+        self.hashed = hashed
+        self.bytes_hashed = 0
+        self.matched: set[str] = set()  # the exported files that belong to a track
+
+    def first_pass(self, entries: dict[str, os.DirEntry[str]]) -> tuple[list[TrackCheck], list[Job]]:
+        """Presence and sizes (stat only); what is left to hash."""
+        found = match_files(self.plan.expected, entries)
+        self.matched = {name for name in found.values() if name is not None}
+        checks, jobs = [], []
+        for exp in self.plan.expected:
+            name = found[exp.id]
+            check = TrackCheck(exp.id, exp.name, exp.source, MISSING, None, exp.size)
+            checks.append(check)
+            if name is None:
+                check.detail = self.why_missing(exp)
+                continue
+            path = self.folder / name
+            if name != exp.name:
+                check.detail = f"exported as {name!r}"
+            try:
+                st = entries[name].stat()  # follows a symlink: what a reader of the folder gets
+            except OSError as exc:
+                check.detail = f"{name}: cannot be read ({exc.strerror})"
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                check.detail = f"{name} is not a regular file"
+                continue
+            check.size = st.st_size
+            if exp.local_path is not None:
+                with contextlib.suppress(OSError):
+                    check.expected_size = exp.size = exp.local_path.stat().st_size
+            if check.size == 0 and check.expected_size != 0:
+                # What `cp` leaves when the first read fails (EIO): the track is not there.
+                check.detail = self.why_missing(exp, empty=True)
+                continue
+            if check.expected_size is not None and check.size != check.expected_size:
+                check.state = WRONG_SIZE
+                check.detail = f"{format_bytes(check.size)}, expected {format_bytes(check.expected_size)}"
+                continue
+            if exp.digest is None and exp.local_path is None:
+                check.state, check.detail = NOT_VERIFIABLE, self.why_unverifiable(exp)
+                continue
+            jobs.append(Job(exp, check, path))
+        return checks, jobs
+
+    def why_missing(self, exp: Expected, *, empty: bool = False) -> str:
+        said = "an empty file: the copy failed" if empty else "no such file in the export"
+        if exp.failure:
+            return f"{said} (the mount could not serve it: {exp.failure})"
+        if exp.why_unknown and exp.source == "missing":
+            return f"{said} ({exp.why_unknown})"
+        return said
+
+    def why_unverifiable(self, exp: Expected) -> str:
+        if exp.source == "missing":
+            return f"the session gives it no source ({exp.why_unknown})" if exp.why_unknown else \
+                "the session gives it no source"
+        if exp.source == "local":
+            reason = exp.why_unknown or "its source file is not known"
+            return f"{reason}; give the session manifest (with the source files in place) to compare"
+        manifest = shlex.quote(str(self.plan.manifest)) if self.plan.manifest else "SESSION"
+        return (f"no digest known (not in the report, not in the cache): `cachectl warm {manifest}` "
+                "downloads it into the cache; then check again")
+
+    def hash_file(self, path: Path) -> str:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a big readahead: one pass, in order
+            return hash_fd(fd, progress=self.progress)
+        finally:
+            os.close(fd)
+
+    def progress(self, length: int) -> None:
+        self.bytes_hashed += length
+        self.hashed(length)
+
+    def run_job(self, job: Job) -> None:
+        exp, check = job.exp, job.check
+        try:
+            got = self.hash_file(job.path)
+        except OSError as exc:
+            check.state, check.detail = WRONG_CONTENT, f"cannot be read: {exc.strerror}"
+            return
+        if exp.digest is not None:
+            want, against = exp.digest, f"the digest in {exp.digest_from}"
+        else:
+            assert exp.local_path is not None
+            try:
+                want, against = self.hash_file(exp.local_path), f"the local file {exp.local_path}"
+            except OSError as exc:
+                check.state = NOT_VERIFIABLE
+                check.detail = f"its source file {exp.local_path} cannot be read now: {exc.strerror}"
+                return
+        if got == want:
+            check.state = OK
+        else:
+            check.state, check.detail = WRONG_CONTENT, f"the bytes differ from {against}"
+
+    def run(self) -> tuple[list[TrackCheck], list[dict[str, Any]], float]:
+        started = time.monotonic()
+        entries = export_entries(self.folder)
+        checks, jobs = self.first_pass(entries)
+        for check in checks:
+            if check.state != OK and all(job.check is not check for job in jobs):
+                self.say(check)
+        for job in jobs:
+            self.run_job(job)
+            if job.check.state != OK:
+                self.say(job.check)
+        extra = [{"name": name, "size": safe_size(entry)} for name, entry in sorted(entries.items())
+                 if name not in self.matched]
+        return checks, extra, time.monotonic() - started
+
+
+def safe_size(entry: os.DirEntry[str]) -> int | None:
+    try:
+        return entry.stat().st_size if entry.is_file() else None
+    except OSError:
+        return None
+
+
+def format_bytes(size: int | None) -> str:
+    if size is None:
+        return "?"
+    return f"{size} bytes" if size < 10_000 else f"{format_size(size)} ({size} bytes)"
+
+
+# -- the result --------------------------------------------------------------------------------------------
+
+
+def result_doc(plan: Plan, folder: Path, checks: list[TrackCheck], extra: list[dict[str, Any]],
+               bytes_hashed: int, seconds: float) -> dict[str, Any]:
+    counts = {state: sum(c.state == state for c in checks) for state in STATES}
+    complete = counts[OK] == len(checks)
+    return {
+        "session": plan.session,
+        "checked_against": plan.against,
+        "manifest": str(plan.manifest) if plan.manifest else None,
+        "report": str(plan.report) if plan.report else None,
+        "export_dir": str(folder),
+        "tracks": [asdict(c) for c in checks],
+        "extra": extra,
+        "counts": counts,
+        "bytes_hashed": bytes_hashed,
+        "seconds": round(seconds, 3),
+        "notes": plan.notes,
+        "complete": complete,
+        "exit_code": EXIT_OK if complete else EXIT_INCOMPLETE,
+    }
+
+
+def problem_line(check: TrackCheck) -> str:
+    return f"{check.state.replace('_', ' '):<14} {check.name}" + (f": {check.detail}" if check.detail else "")
+
+
+def summary_lines(doc: dict[str, Any]) -> list[str]:
+    counts, total = doc["counts"], len(doc["tracks"])
+    lines = [f"extra          {e['name']} (belongs to no track)" for e in doc["extra"]]
+    lines += [f"note: {note}" for note in doc["notes"]]
+    problems = ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in counts.items() if n and state != OK)
+    rate = doc["bytes_hashed"] / doc["seconds"] if doc["seconds"] > 0 else 0
+    hashed = f"{format_size(doc['bytes_hashed'])} hashed in {doc['seconds']:.1f}s ({format_size(int(rate))}/s)"
+    extra = f"; {len(doc['extra'])} extra file(s)" if doc["extra"] else ""
+    if doc["complete"]:
+        lines.append(f"ok: all {total} tracks of {doc['session']!r} are in {doc['export_dir']}, byte for byte "
+                     f"({hashed}){extra}")
+    else:
+        lines.append(f"INCOMPLETE: {counts[OK]} of {total} tracks ok; {problems} ({hashed}){extra}")
+    return lines
+
+
+# -- display ----------------------------------------------------------------------------------------------
+
+
+Display = tuple[Callable[[TrackCheck], None], Callable[[int], None]]
+
+
+@contextlib.contextmanager
+def plain_display(out: TextIO) -> Iterator[Display]:
+    """One line per problem, as found (logs, pipes, CI)."""
+    yield (lambda check: print(problem_line(check), file=out, flush=True)), (lambda _length: None)
+
+
+@contextlib.contextmanager
+def rich_display(out: TextIO, total: int) -> Iterator[Display]:
+    """A progress bar of the bytes hashed, with the rate; problems printed above it."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, ProgressColumn, Task, TextColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?" if speed is None else f"{format_size(int(speed))}/s", style="progress.data.speed")
+
+    columns = (TextColumn("hashing"), BarColumn(), DownloadColumn(binary_units=True), Rate())
+    with Progress(*columns, console=Console(file=out), transient=True) as progress:
+        task = progress.add_task("hashing", total=total or None)
+        yield ((lambda check: progress.console.print(problem_line(check), markup=False, highlight=False)),
+               (lambda length: progress.advance(task, length)))
+
+
+def bytes_to_hash(plan: Plan, folder: Path) -> int:
+    """An estimate for the progress bar: the exported sizes of tracks whose content can be compared."""
+    total = 0
+    for exp in plan.expected:
+        if exp.digest is not None or exp.local_path is not None:
+            with contextlib.suppress(OSError):
+                total += (folder / exp.name).stat().st_size * (2 if exp.digest is None else 1)
+    return total
+
+
+def check_export(plan: Plan, folder: Path, *, out: TextIO, tty: bool, quiet: bool) -> dict[str, Any]:
+    if quiet:
+        display: contextlib.AbstractContextManager[Display] = contextlib.nullcontext(
+            ((lambda _check: None), (lambda _length: None)))
+    elif tty:
+        display = rich_display(out, bytes_to_hash(plan, folder))
+    else:
+        display = plain_display(out)
+    with display as (say, hashed):
+        checker = Checker(plan, folder, say=say, hashed=hashed)
+        checks, extra, seconds = checker.run()
+    return result_doc(plan, folder, checks, extra, checker.bytes_hashed, seconds)
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = config.resolve(args, SETTINGS)
+    target: Path = args.session_or_report.expanduser()
+    folder: Path = args.export_dir.expanduser()
+    if not folder.is_dir():  # before anything is read: a mistyped folder is bad input, not "all missing"
+        raise ConfigError(f"export folder {folder} " + ("is not a folder" if folder.exists() else "does not exist"))
+    plan = make_plan(target, settings)
+    doc = check_export(plan, folder, out=sys.stdout, tty=sys.stdout.isatty() and not args.json, quiet=args.json)
+    output.emit(doc, args.json, lambda d: "\n".join(summary_lines(d)))
+    return int(doc["exit_code"])
