@@ -366,6 +366,10 @@ class Download:
         self.path = None  # now owned by the store
         entry = SourceEntry(self.digest, self.total, self.content_type, self.etag, self.last_modified)
         self.index.record(self.source.ident, entry)
+        # Another commit (ours or another process's) may have evicted the blob between the rename and this
+        # row: its eviction could not remove a row not yet written, so remove it now.
+        if not self.store.has(self.digest):
+            self.index.forget(self.source.ident)
 
     def _fail(self, exc: FetchError) -> None:
         self.error = exc

@@ -56,6 +56,9 @@ class Runtime:
 
     def close(self) -> None:
         self.fetcher.close()
+        # The blob committed last is spared by the eviction at commit (its reader needs it); once nothing
+        # reads, the cache keeps to its limit.
+        self.store.evict_to(self.store.max_size)
         self.http.close()
         self.index.close()
         self.store.close()

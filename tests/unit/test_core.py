@@ -21,6 +21,7 @@ from mixvfs.vfs.fs.sessionfs import FailedHandle, SessionFS, StreamHandle
 from mixvfs.vfs.session.manifest import load_manifest
 from mixvfs.vfs.session.tracks import build_tracks
 from tests.conftest import write_session
+from tools.make_audio import write_sized
 
 MiB = 1 << 20
 
@@ -162,3 +163,32 @@ def test_missing_track_reads_fail_and_report_says_why(make_fs, devserver, tmp_pa
         read_all(fs, "A - X.wav")
     record = json.loads(fs.report.path.read_text())["tracks"][0]
     assert (record["source"], record["status"]) == ("missing", "missing")
+
+
+def test_a_track_another_process_cached_meanwhile_is_reported_cached_not_pending(
+        make_fs, server_root, devserver, tmp_path):
+    """Two processes on one cache (a mount and `cachectl warm`, or two warms): B's report was made before A
+    stored the track; B's prefetch then has nothing to fetch — the report must say cached, or a warm waiting
+    for every track to settle waits forever."""
+    write_sized(server_root / "t.wav", 200_000, seed=4)
+    entry = [{"id": "t", "artist": "A", "title": "T", "cloud_stream_path": "/t.wav", "size": 200_000,
+              "content_type": "audio/wav"}]
+    first = make_fs(entry, devserver.url)  # process A (no prefetch)
+    session = load_manifest(tmp_path / "s.json")
+    store = BlobStore(tmp_path / "cache", max_size=100 * MiB, max_age=86400)  # process B: its own connections
+    index = SourceIndex(tmp_path / "cache")
+    fetcher = Fetcher(store, index, HttpClient(stall_timeout=5), jobs=1)
+    report = Report(tmp_path / "report-b.json", session=session.name, mountpoint="-", records=[])
+    second = SessionFS(build_tracks(session, http=None, index=index), fetcher, report, prefetch=True)
+    report.replace_records(second.initial_records())
+    assert report.record("t").status == "pending"
+    assert len(read_all(first, "A - T.wav")) == 200_000  # A downloads and stores it
+    settle(first)
+    second.start_prefetch()
+    deadline = time.monotonic() + 10
+    while report.record("t").status != "cached" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert report.record("t").status == "cached"
+    assert len(devserver.requests("GET", "/t.wav")) == 1  # B did not download it again
+    second.close()
+    report.close()

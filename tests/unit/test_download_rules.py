@@ -93,3 +93,24 @@ def test_a_store_failing_after_the_rename_fails_one_track_and_keeps_the_worker(r
         assert second.download.error is None and second.download.digest is not None
         fetcher.close()
     store.close()
+
+
+class EvictedAtOnceStore(BlobStore):
+    """Another commit (or process) evicts the blob between our rename and our index row."""
+
+    def commit(self, staged: Path, digest: str, size: int) -> None:
+        super().commit(staged, digest, size)
+        self.remove(digest)
+
+
+def test_an_index_row_never_outlives_a_blob_evicted_before_it_was_written(root, tmp_path):
+    write_sized(root / "a.wav", 200_000, seed=1)
+    store = EvictedAtOnceStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
+    with DevServer(root) as server:
+        fetcher = Fetcher(store, store.index, HttpClient(stall_timeout=2.0), jobs=1)
+        source = Source(server.url_for("a.wav"), size=200_000, label="a")
+        acquired = fetcher.acquire(source)
+        assert acquired.download is not None and acquired.download.ended.wait(10)
+        assert store.index.lookup(source.ident) is None  # no row pointing at a blob that is gone
+        fetcher.close()
+    store.close()

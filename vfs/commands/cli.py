@@ -271,7 +271,7 @@ def served_summary(report: Path) -> list[str]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     target: Path = args.target.expanduser()
-    if target.is_dir() or mount.is_stale(target):
+    if mount.is_stale(target) or target.is_dir():  # is_dir() of a dead mount raises ENOTCONN: ask first
         target = report_of_mountpoint(target)
     try:
         data = load_report(target)
@@ -288,9 +288,11 @@ def report_of_mountpoint(mountpoint: Path) -> Path:
     if path is not None:
         return path
     last = history.recall(mountpoint)
-    if last is None or os.path.ismount(mountpoint) or not last.report.is_file():
+    dead = mount.is_stale(mountpoint)  # a daemon that was killed: its report is as it last wrote it
+    if last is None or (os.path.ismount(mountpoint) and not dead) or not last.report.is_file():
         raise ConfigError(history.not_live(mountpoint))
-    print(f"mixvfs: {mountpoint} is not mounted now; the report of its last mount: {last.report}", file=sys.stderr)
+    state = "its daemon died; the report as last written" if dead else "the report of its last mount"
+    print(f"mixvfs: {mountpoint} is not mounted now; {state}: {last.report}", file=sys.stderr)
     return last.report
 
 

@@ -71,6 +71,8 @@ def _positive_duration(text: str) -> float:
 
 
 def _path(text: str) -> Path:
+    if not text.strip():
+        raise ConfigError("must not be empty (an empty path would mean the current folder)")
     return Path(text).expanduser().absolute()
 
 

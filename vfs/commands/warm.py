@@ -89,8 +89,10 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
     interrupted = False
     # Each failure is said once, as a "failed" line: the filesystem's own log line for it would reach stderr
     # too (no log handler is set up for cachectl).
-    track_log = logging.getLogger("mixvfs.vfs.fs.sessionfs")
-    track_log.disabled = True
+    # stamina's "retry_scheduled" warnings likewise: the tries are counted in the report.
+    quiet = [logging.getLogger("mixvfs.vfs.fs.sessionfs"), logging.getLogger("stamina")]
+    for logger in quiet:
+        logger.disabled = True
     events: queue.SimpleQueue[tuple[Download, DownloadEvent, float]] = queue.SimpleQueue()
     unsubscribe = fetcher.subscribe(lambda download, event: events.put((download, event, time.monotonic())))
     try:
@@ -129,7 +131,8 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
             fetcher.close(wait=STOP_WAIT)
         store.clean_own_staging()  # queued-but-never-started downloads' files, and any worker still blocked
         report.close(finished=not interrupted)
-        track_log.disabled = False  # only now: a worker may still be logging the failure it just reported
+        for logger in quiet:  # only now: a worker may still be logging the failure it just reported
+            logger.disabled = False
     data = report.snapshot()
     print(format_report(data), file=out, flush=True)
     if interrupted:

@@ -387,8 +387,9 @@ def open_session(
 
     watcher = ManifestWatcher(options.session_path, apply, default_server=options.default_server)
     watcher.start()
-    # The fetcher is closed by core.close() (serve's finally), before these.
-    return core, report, [watcher.stop, runtime.http.close, runtime.index.close, runtime.store.close]
+    # The fetcher is closed by core.close() (serve's finally) first; runtime.close() then keeps the cache to
+    # its limit and closes the rest.
+    return core, report, [watcher.stop, runtime.close]
 
 
 def log_missing(tracks: list[Track]) -> None:

@@ -195,9 +195,11 @@ class Report:
 def load_report(path: Path) -> dict[str, Any]:
     with path.open() as handle:
         data = json.load(handle)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} is not a mixvfs report")
-    return data
+    # A session manifest is JSON with "tracks" too; a report's tracks carry a status.
+    tracks = data.get("tracks") if isinstance(data, dict) else None
+    if not isinstance(tracks, list) or not all(isinstance(t, dict) and "status" in t for t in tracks):
+        raise ValueError("not a mixvfs report (a report's tracks each have a status)")
+    return dict(data)
 
 
 def format_report(data: dict[str, Any]) -> str:

@@ -482,12 +482,23 @@ class SessionFS:
             except FetchError as exc:
                 self._record_failure(track, exc)
                 download = None
+            else:
+                if download is None:
+                    self._stored_meanwhile(track)
             with self._lock:
                 # Nothing to fetch, or already over (its end event came before we could hold it).
                 if download is None or download.ended.is_set():
                     self._prefetch_slots.release()
                 else:
                     self._prefetching.add(download)
+
+    def _stored_meanwhile(self, track: Track) -> None:
+        """Nothing to prefetch: the track is in the cache — maybe put there by another process sharing it
+        (a second mount, `cachectl warm`) since the report was made. Say so, or it stays "pending" forever."""
+        assert track.source is not None
+        entry = self.fetcher.cached(track.source)
+        if entry is not None and self.report.has(track.id) and self.report.record(track.id).status is not Status.CACHED:
+            self.report.update(track.id, status=Status.CACHED, bytes=entry.size, digest=entry.digest, error=None)
 
     def close(self, wait: float | None = None) -> None:
         self._prefetch_stop.set()
