@@ -2,19 +2,8 @@
 
 The config file is TOML, at ``$MIXVFS_CONFIG`` if set, else ``config.toml`` in the platform's user
 config folder (``~/.config/mixvfs`` on Linux, ``~/Library/Application Support/mixvfs`` on macOS).
-Every key is optional; unknown keys are an error (a typo must not be ignored silently)::
-
-    server = "https://music.example.com"   # for manifests without a "server" (the manifest's own wins)
-    token_command = "security find-generic-password -w -s chad"   # or token_file = "~/.config/mixvfs/token"
-    token_timeout = "30s"                  # a token command running longer is stopped, with its children
-    cache_dir = "~/Library/Caches/mixvfs"
-    max_size = "20G"
-    max_age = "30d"
-    jobs = 3
-    stall_timeout = "30s"
-    retry_after = "60s"
-    retries = 5
-    retry_wait = "0.5s"
+Every key is optional; unknown keys are an error (a typo must not be ignored silently). The keys, with
+an example of each, are in ``HELP`` below (what ``mixvfs config --help`` shows).
 
 Each command declares which settings it takes (:func:`add_flags`) and resolves them once
 (:func:`resolve`); ``mixvfs config`` shows every effective value and where it came from. The token
