@@ -203,7 +203,7 @@ def test_busy_unmount_exits_1_and_says_what_to_do(tmp_path, mounter):
         holder.communicate(timeout=30)  # stdin closes: the holder exits, closing the file
     done = run([MIXVFS, "unmount", str(mount.path)], check=True)
     mount.mounted = False
-    assert done.stdout == f"unmounted {mount.path} (report: {mount.report_path})\n1 track served whole\n"
+    assert done.stdout == f"unmounted {mount.path} (report: {mount.report_path})\n1 track whole (local or cached)\n"
     assert not os.path.ismount(mount.path)
 
 
@@ -212,7 +212,7 @@ def test_after_the_unmount_report_and_status_find_the_last_report(tmp_path, moun
     run(["cp", str(mount.path / "A - Song.wav"), str(tmp_path / "out.wav")], check=True)
     done = run([MIXVFS, "unmount", str(mount.path)], check=True)
     mount.mounted = False
-    assert done.stdout == f"unmounted {mount.path} (report: {mount.report_path})\n1 track served whole\n"
+    assert done.stdout == f"unmounted {mount.path} (report: {mount.report_path})\n1 track whole (local or cached)\n"
 
     table = run([MIXVFS, "report", str(mount.path)])
     assert table.returncode == 0, table
@@ -251,3 +251,17 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     done = subprocess.run(f"'{MIXVFS}' config | head -c0; '{CACHECTL}' --help | head -c0", shell=True,
                           capture_output=True, text=True, timeout=60)
     assert done.stderr == ""
+
+
+def test_token_anywhere_is_refused_without_echoing_it(tmp_path):
+    for cmd in ([MIXVFS, "status", str(tmp_path), "--token", "s3cret"], [MIXVFS, "report", "--token=s3cret", "x"],
+                [CACHECTL, "stats", "--token", "s3cret"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "refusing --token" in done.stderr and "s3cret" not in done.stderr
+
+
+def test_a_path_the_system_refuses_is_one_line(tmp_path):
+    long = tmp_path / ("x" * 300)
+    for cmd in ([MIXVFS, "report", str(long)], [CACHECTL, "--cache-dir", str(long), "stats"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1

@@ -9,7 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import MIXVFS, Mount, run, write_session
+from mixvfs.vfs.fs.report import default_report_path
+from tests.conftest import CACHECTL, MIXVFS, Mount, run, write_session
 from tools.make_audio import write_sized, write_wav
 
 FAILING, GONE = "Gone - Track.wav", "No - File.wav"
@@ -73,7 +74,7 @@ def test_a_cp_export_with_a_failing_and_a_missing_track_names_exactly_those_two_
     unmounted = run([MIXVFS, "unmount", str(mount.path)], check=True)
     mount.mounted = False
     lines = unmounted.stdout.splitlines()
-    assert lines[1] == f"4 tracks served whole, 2 failed: see the report (mixvfs report {mount.report_path})"
+    assert lines[1] == f"4 tracks whole (local or cached), 2 failed: see the report (mixvfs report {mount.report_path})"
     assert lines[2] == f"did the export get everything? mixvfs check-export {mount.report_path} EXPORT_DIR"
 
     for target, cache in ((mount.report_path, None), (session, mount.cache_dir)):
@@ -130,7 +131,7 @@ def test_a_clean_export_exits_0(tmp_path, server_root, devserver, mounter):
     run(["cp", "-r", f"{mount.path}/.", str(export)], check=True)
     unmounted = run([MIXVFS, "unmount", str(mount.path)], check=True)
     mount.mounted = False
-    assert unmounted.stdout.splitlines()[1:] == ["4 tracks served whole"]  # nothing failed: no suggestion
+    assert unmounted.stdout.splitlines()[1:] == ["4 tracks whole (local or cached)"]  # nothing failed: no suggestion
     for target, cache in ((mount.report_path, None), (session, mount.cache_dir)):
         code, doc = check(target, export, cache_dir=cache)
         assert code == 0, doc
@@ -177,3 +178,40 @@ def test_json_shape(tmp_path, server_root, devserver, mounter):
     sizes = {t["name"]: t["size"] for t in doc["tracks"]}
     local = sizes["Nina - Intro.wav"] + sizes["Nina - Intro (2).wav"]
     assert doc["bytes_hashed"] == sum(sizes.values()) + local
+
+
+def test_links_and_the_mount_itself_are_not_an_export(tmp_path, server_root, devserver, mounter):
+    """Found by trying it: `cp -rs` (links into the mount) and the mount folder itself looked complete —
+    until the unmount, when every file is gone."""
+    session = session_with_two_failures(tmp_path, server_root, devserver.url)
+    mount = mounter(session)
+    links = tmp_path / "links"
+    run(["cp", "-rs", f"{mount.path}/.", str(links)])
+    code, doc = check(mount.report_path, links)
+    assert code == 1 and all(t["state"] == "missing" for t in doc["tracks"])
+    assert {t["detail"] for t in doc["tracks"] if t["name"] in GOOD} == {"a symbolic link, not a copy"}
+    done = run([MIXVFS, "check-export", str(mount.report_path), str(mount.path)])
+    assert done.returncode == 2 and "is a mixvfs mount, not an export" in done.stderr
+
+
+def test_the_last_report_of_another_manifest_of_the_same_name_is_not_used(tmp_path, server_root, devserver,
+                                                                         mounter):
+    session = session_with_two_failures(tmp_path, server_root, devserver.url)
+    mount = mounter(session)
+    export = tmp_path / "export"
+    export_with_cp(mount, export)
+    mount.unmount()
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(session, other / "session.json")  # another manifest file, same session name
+    shutil.copytree(tmp_path / "local", other / "local")
+    # The blobs (and their index rows) go; the session's last report stays in the cache's reports folder.
+    run([CACHECTL, "--cache-dir", str(mount.cache_dir), "prune", "--max-size", "0"], check=True)
+    # Where a mount without --report keeps it (the fixture's mounts write theirs elsewhere).
+    last = default_report_path(mount.cache_dir, "Test Session")
+    last.parent.mkdir(exist_ok=True)
+    shutil.copy(mount.report_path, last)
+    _, doc = check(other / "session.json", export, cache_dir=mount.cache_dir)
+    assert states(doc)["Kid A - Hook.wav"] == "not_verifiable"  # not verified with another session's digests
+    _, doc = check(session, export, cache_dir=mount.cache_dir)
+    assert states(doc)["Kid A - Hook.wav"] == "ok"  # this manifest's own last report does verify it

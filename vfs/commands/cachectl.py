@@ -100,6 +100,12 @@ def version_line() -> str:
 
 @output.quiet_on_closed_pipe
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config.refuse_token_flag(argv)
+    except ConfigError as exc:
+        print(f"cachectl: {exc}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         if args.command == "warm":
@@ -113,6 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             store.close()
     except MixvfsError as exc:
         print(f"cachectl: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        raise  # the reader left: quiet_on_closed_pipe's business
+    except OSError as exc:  # a path the system refuses (too long, a dead mount...): one line, not a traceback
+        print(f"cachectl: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -113,6 +113,8 @@ def open_index(settings: config.Settings) -> SourceIndex | None:
     """The cache's source index, if there is a cache (read only: a check never creates one)."""
     root = settings.cache_dir
     if not is_cache(root):
+        if settings.resolved["cache_dir"].origin != "default":  # named on purpose: a typo is bad input
+            raise ConfigError(f"no cache at {root}")
         return None
     try:
         return SourceIndex(root)
@@ -177,13 +179,27 @@ def expected_from_manifest(session: Session, settings: config.Settings) -> list[
             index.close()
 
 
+def same_manifest(recorded: object, path: Path) -> bool:
+    """The report was written by a mount of this manifest file, unchanged since (same path, not newer)."""
+    if not isinstance(recorded, str):
+        return False
+    try:
+        return Path(recorded).resolve() == path.resolve()
+    except OSError:
+        return False
+
+
 def plan_from_manifest(path: Path, settings: config.Settings) -> Plan:
     session = load_manifest(path, default_server=settings.server)
     expected = expected_from_manifest(session, settings)
     plan = Plan(session.name, "manifest", expected, manifest=path)
     report = default_report_path(settings.cache_dir, session.name)
     with contextlib.suppress(OSError, ValueError):
-        records = records_by_id(load_report(report), report)
+        last = load_report(report)
+        if not same_manifest(last.get("manifest"), path):
+            # Another manifest of the same name (or a report without one): its digests are not this session's.
+            return plan
+        records = records_by_id(last, report)
         plan.report = report
         for exp in expected:
             if exp.id in records:
@@ -297,13 +313,16 @@ class Checker:
             path = self.folder / name
             if name != exp.name:
                 check.detail = f"exported as {name!r}"
+            if entries[name].is_symlink():  # a link into the mount or the source: gone with it, not a copy
+                check.detail = "a symbolic link, not a copy"
+                continue
             try:
-                st = entries[name].stat()  # follows a symlink: what a reader of the folder gets
+                st = entries[name].stat()
             except OSError as exc:
-                check.detail = f"{name}: cannot be read ({exc.strerror})"
+                check.detail = f"cannot be read ({exc.strerror})"
                 continue
             if not stat.S_ISREG(st.st_mode):
-                check.detail = f"{name} is not a regular file"
+                check.detail = "not a regular file"
                 continue
             check.size = st.st_size
             if exp.local_path is not None:
@@ -436,7 +455,10 @@ def problem_line(check: TrackCheck) -> str:
 
 def summary_lines(doc: dict[str, Any]) -> list[str]:
     counts, total = doc["counts"], len(doc["tracks"])
-    lines = [f"extra          {e['name']} (belongs to no track)" for e in doc["extra"]]
+    # Matched by a name that differs in case or Unicode form only (one file on macOS, two on Linux): said.
+    lines = [f"renamed        {t['name']}: {t['detail']}" for t in doc["tracks"]
+             if t["state"] == OK and str(t.get("detail") or "").startswith("exported as")]
+    lines += [f"extra          {e['name']} (belongs to no track)" for e in doc["extra"]]
     lines += [f"note: {note}" for note in doc["notes"]]
     problems = ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in counts.items() if n and state != OK)
     rate = doc["bytes_hashed"] / doc["seconds"] if doc["seconds"] > 0 else 0
@@ -505,12 +527,39 @@ def check_export(plan: Plan, folder: Path, *, out: TextIO, tty: bool, quiet: boo
     return result_doc(plan, folder, checks, extra, checker.bytes_hashed, seconds)
 
 
+def check_folder(folder: Path) -> None:
+    """Before anything is read: a mistyped folder is bad input, not "all missing"; the mount itself (or a
+    folder inside it) is not an export — its files vanish with the unmount."""
+    try:
+        st = folder.stat()
+    except OSError as exc:
+        raise ConfigError(f"export folder {folder}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"export folder {folder} is not a folder")
+    with contextlib.suppress(OSError):
+        if is_mixvfs(folder):
+            raise ConfigError(f"export folder {folder} is a mixvfs mount, not an export: copy it out first")
+
+
+def is_mixvfs(folder: Path) -> bool:
+    """On a mixvfs mount (the mount's own folder or below): its filesystem type says so."""
+    real = str(folder.resolve())
+    best = ""
+    fstype = ""
+    with open("/proc/self/mounts") as mounts:  # Linux; elsewhere the check is skipped (OSError)
+        for line in mounts:
+            fields = line.split()
+            where = fields[1].replace("\\040", " ")
+            if (real == where or real.startswith(where.rstrip("/") + "/")) and len(where) > len(best):
+                best, fstype = where, fields[2]
+    return fstype.endswith("mixvfs")
+
+
 def main(args: argparse.Namespace) -> int:
     settings = config.resolve(args, SETTINGS)
     target: Path = args.session_or_report.expanduser()
     folder: Path = args.export_dir.expanduser()
-    if not folder.is_dir():  # before anything is read: a mistyped folder is bad input, not "all missing"
-        raise ConfigError(f"export folder {folder} " + ("is not a folder" if folder.exists() else "does not exist"))
+    check_folder(folder)
     plan = make_plan(target, settings)
     doc = check_export(plan, folder, out=sys.stdout, tty=sys.stdout.isatty() and not args.json, quiet=args.json)
     output.emit(doc, args.json, lambda d: "\n".join(summary_lines(d)))

@@ -168,6 +168,11 @@ def version_line() -> str:
 @output.quiet_on_closed_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config.refuse_token_flag(args_list)
+    except ConfigError as exc:
+        print(f"mixvfs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     args = build_parser().parse_args(args_list)
     try:
         if args.command == "mount":
@@ -190,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MixvfsError as exc:
         print(f"mixvfs: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, ConfigError | ManifestError) else EXIT_FAILED
+    except BrokenPipeError:
+        raise  # the reader left: quiet_on_closed_pipe's business
+    except OSError as exc:  # a path the system refuses (too long, a dead mount...): one line, not a traceback
+        print(f"mixvfs: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_USAGE
 
 
@@ -247,7 +257,8 @@ def cmd_unmount(mountpoint: Path) -> int:
 
 
 def served_summary(report: Path) -> list[str]:
-    """"14 tracks served whole, 1 failed: see the report" and, when a track was not served whole, how to
+    """"14 tracks whole (local or cached), 1 failed: see the report" — whole whether or not anything read them
+    (the report cannot tell a copy from a peek) — and, when a track was not whole, how to
     find out whether the export has it anyway (the exporter may have skipped it and said nothing)."""
     try:
         tracks = [t for t in load_report(report).get("tracks", []) if isinstance(t, dict)]
@@ -257,7 +268,7 @@ def served_summary(report: Path) -> list[str]:
     whole = counts[Status.LOCAL] + counts[Status.CACHED]
     failed = sum(counts[s] for s in FAILED_STATUSES)
     unread = len(tracks) - whole - failed
-    parts = [f"{whole} track{'' if whole == 1 else 's'} served whole"]
+    parts = [f"{whole} track{'' if whole == 1 else 's'} whole (local or cached)"]
     if failed:
         parts.append(f"{failed} failed")
     if unread:

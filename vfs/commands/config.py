@@ -307,6 +307,13 @@ class Settings:
         return rows
 
 
+def refuse_token_flag(argv: Iterable[str]) -> None:
+    """``--token VALUE`` anywhere on any command: refused before argparse, which would echo the value back
+    in its "unrecognized arguments" line."""
+    if any(arg == "--token" or arg.startswith("--token=") for arg in argv):
+        raise ConfigError(TOKEN_REFUSAL)
+
+
 def resolve(args: argparse.Namespace | None, names: Iterable[str] = MOUNT_SETTINGS,
             env: Mapping[str, str] | None = None) -> Settings:
     if getattr(args, "token", None) is not None:
