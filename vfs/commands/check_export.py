@@ -113,8 +113,9 @@ def open_index(settings: config.Settings) -> SourceIndex | None:
     """The cache's source index, if there is a cache (read only: a check never creates one)."""
     root = settings.cache_dir
     if not is_cache(root):
-        if settings.resolved["cache_dir"].origin != "default":  # named on purpose: a typo is bad input
-            raise ConfigError(f"no cache at {root}")
+        if settings.resolved["cache_dir"].origin != "default":  # named on purpose: maybe a typo, so say it
+            print(f"mixvfs: note: no cache at {root}: cloud tracks are checked against a report only",
+                  file=sys.stderr)
         return None
     try:
         return SourceIndex(root)
@@ -532,6 +533,8 @@ def check_folder(folder: Path) -> None:
     folder inside it) is not an export — its files vanish with the unmount."""
     try:
         st = folder.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"export folder {folder} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"export folder {folder}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
