@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mixvfs.cache.errors import ConfigError, MixvfsError
+from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.store import BlobInfo, BlobStore
 from mixvfs.cache.units import format_size
@@ -100,31 +100,20 @@ def version_line() -> str:
 
 @output.quiet_on_closed_pipe
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        config.refuse_token_flag(argv)
-    except ConfigError as exc:
-        print(f"cachectl: {exc}", file=sys.stderr)
-        return 2
+    return output.command_line("cachectl", argv, run, lambda _exc: 2, config.refuse_token_flag)
+
+
+def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "warm":
+        return cmd_warm(args)  # opens the whole runtime (store, index, HTTP, fetcher) itself
+    # Only warm may create the cache: the others only look, and a mistyped --cache-dir is "no cache".
+    store, index = open_cache(config.resolve(args, config.CACHE_SETTINGS).cache_limits(), create=False)
     try:
-        if args.command == "warm":
-            return cmd_warm(args)  # opens the whole runtime (store, index, HTTP, fetcher) itself
-        # Only warm may create the cache: the others only look, and a mistyped --cache-dir is "no cache".
-        store, index = open_cache(config.resolve(args, config.CACHE_SETTINGS).cache_limits(), create=False)
-        try:
-            return run_command(args, store, index)
-        finally:
-            index.close()
-            store.close()
-    except MixvfsError as exc:
-        print(f"cachectl: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        raise  # the reader left: quiet_on_closed_pipe's business
-    except OSError as exc:  # a path the system refuses (too long, a dead mount...): one line, not a traceback
-        print(f"cachectl: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return run_command(args, store, index)
+    finally:
+        index.close()
+        store.close()
 
 
 def run_command(args: argparse.Namespace, store: BlobStore, index: SourceIndex) -> int:

@@ -167,39 +167,32 @@ def version_line() -> str:
 
 @output.quiet_on_closed_pipe
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    try:
-        config.refuse_token_flag(args_list)
-    except ConfigError as exc:
-        print(f"mixvfs: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    return output.command_line("mixvfs", argv, run, exit_code, config.refuse_token_flag)
+
+
+def exit_code(exc: MixvfsError) -> int:
+    return EXIT_USAGE if isinstance(exc, ConfigError | ManifestError) else EXIT_FAILED
+
+
+def run(args_list: list[str]) -> int:
     args = build_parser().parse_args(args_list)
-    try:
-        if args.command == "mount":
-            return cmd_mount(args, args_list)
-        if args.command == "unmount":
-            return cmd_unmount(args.mountpoint.expanduser())
-        if args.command == "report":
-            return cmd_report(args)
-        if args.command == "preflight":
-            from mixvfs.vfs.commands import preflight  # imported on use: `mixvfs mount` need not load it
-            return preflight.main(args)
-        if args.command == "status":
-            from mixvfs.vfs.commands import status
-            return status.main(args)
-        if args.command == "check-export":
-            from mixvfs.vfs.commands import check_export
-            return check_export.main(args)
-        if args.command == "config":
-            return cmd_config(args)
-    except MixvfsError as exc:
-        print(f"mixvfs: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, ConfigError | ManifestError) else EXIT_FAILED
-    except BrokenPipeError:
-        raise  # the reader left: quiet_on_closed_pipe's business
-    except OSError as exc:  # a path the system refuses (too long, a dead mount...): one line, not a traceback
-        print(f"mixvfs: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
+    if args.command == "mount":
+        return cmd_mount(args, args_list)
+    if args.command == "unmount":
+        return cmd_unmount(args.mountpoint.expanduser())
+    if args.command == "report":
+        return cmd_report(args)
+    if args.command == "preflight":
+        from mixvfs.vfs.commands import preflight  # imported on use: `mixvfs mount` need not load it
+        return preflight.main(args)
+    if args.command == "status":
+        from mixvfs.vfs.commands import status
+        return status.main(args)
+    if args.command == "check-export":
+        from mixvfs.vfs.commands import check_export
+        return check_export.main(args)
+    if args.command == "config":
+        return cmd_config(args)
     return EXIT_USAGE
 
 

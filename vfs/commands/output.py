@@ -6,8 +6,10 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec
+
+from mixvfs.cache.errors import MixvfsError
 
 P = ParamSpec("P")
 
@@ -36,3 +38,22 @@ def quiet_on_closed_pipe(main: Callable[P, int]) -> Callable[P, int]:
             return 141
 
     return wrapper
+
+
+def command_line(prog: str, argv: Sequence[str] | None, run: Callable[[list[str]], int],
+                 exit_code: Callable[[MixvfsError], int], refuse: Callable[[list[str]], None]) -> int:
+    """What every entry point does around its work: ``refuse`` bad words before argparse could echo them
+    (``--token VALUE``), and end every error as one line on stderr — ours with ``exit_code``, one from the
+    system (a path too long, a dead mount) with 2 — never a traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        refuse(args)
+        return run(args)
+    except MixvfsError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    except BrokenPipeError:
+        raise  # the reader left: quiet_on_closed_pipe's business
+    except OSError as exc:
+        print(f"{prog}: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
