@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,14 @@ def local_session(tmp_path: Path, source: Path) -> Path:
     return write_session(tmp_path / "s.json", [
         {"id": "loc", "artist": "Local", "title": "Render", "file_path": str(source)},
     ])
+
+
+def mounted_render(tmp_path: Path, mounter: Any, size: int) -> tuple[Path, Any, Path]:
+    """A local track of ``size`` bytes (seed 1) in a mounted session: its source, the mount, its file there."""
+    source = tmp_path / "render.wav"
+    write_sized(source, size, kind="wav", seed=1)
+    mount = mounter(local_session(tmp_path, source))
+    return source, mount, mount.path / "Local - Render.wav"
 
 
 def replace_by_rename(path: Path, size: int, seed: int) -> None:
@@ -73,13 +82,11 @@ def settle_without_invalidation(path: Path, source: Path) -> None:
 
 
 @pytest.mark.parametrize("change", [replace_by_rename, overwrite_in_place])
-def test_a_local_file_that_grew_copies_whole_at_once(tmp_path, mounter, change):
-    source = tmp_path / "render.wav"
-    write_sized(source, 1 * MiB, kind="wav", seed=1)
-    mount = mounter(local_session(tmp_path, source))
-    path = mount.path / "Local - Render.wav"
+@pytest.mark.parametrize(("old", "new"), [(MiB, 3 * MiB + 123), (3 * MiB, MiB + 7)], ids=["grew", "shrank"])
+def test_a_re_rendered_local_file_copies_whole_never_cut_padded_or_mixed(tmp_path, mounter, change, old, new):
+    source, _mount, path = mounted_render(tmp_path, mounter, old)
     run(["cp", str(path), str(tmp_path / "before.wav")], check=True)  # the kernel now holds its pages and size
-    change(source, 3 * MiB + 123, seed=2)
+    change(source, new, seed=2)
     # At once, before any attribute cache expired: the open sees another version and reads it to its end.
     run(["cp", str(path), str(tmp_path / "after.wav")], check=True)
     assert filecmp.cmp(tmp_path / "after.wav", source, shallow=False)
@@ -88,25 +95,8 @@ def test_a_local_file_that_grew_copies_whole_at_once(tmp_path, mounter, change):
     assert_same(copy_all_ways(path, tmp_path / "copies"), source)
 
 
-@pytest.mark.parametrize("change", [replace_by_rename, overwrite_in_place])
-def test_a_local_file_that_shrank_is_never_padded_or_mixed(tmp_path, mounter, change):
-    source = tmp_path / "render.wav"
-    write_sized(source, 3 * MiB, kind="wav", seed=1)
-    mount = mounter(local_session(tmp_path, source))
-    path = mount.path / "Local - Render.wav"
-    run(["cp", str(path), str(tmp_path / "before.wav")], check=True)
-    change(source, 1 * MiB + 7, seed=2)
-    run(["cp", str(path), str(tmp_path / "after.wav")], check=True)
-    assert filecmp.cmp(tmp_path / "after.wav", source, shallow=False)
-    assert wait_until(lambda: path.stat().st_size == source.stat().st_size)
-    assert_same(copy_all_ways(path, tmp_path / "copies"), source)
-
-
 def test_a_same_size_replacement_after_a_partial_read_is_never_mixed(tmp_path, mounter):
-    source = tmp_path / "render.wav"
-    write_sized(source, 6 * MiB, kind="wav", seed=1)
-    mount = mounter(local_session(tmp_path, source))
-    path = mount.path / "Local - Render.wav"
+    source, _mount, path = mounted_render(tmp_path, mounter, 6 * MiB)
     with open(path, "rb") as peek:  # a DAW reads the header and a bit more: those pages stay in the kernel
         peek.read(2 * MiB)
     replace_by_rename(source, 6 * MiB, seed=3)
@@ -128,11 +118,8 @@ def read_while(path: Path, change: Callable[[], None], *, size: int) -> bytes | 
 
 
 def test_a_copy_in_progress_when_the_file_is_replaced_gets_one_version_whole(tmp_path, mounter):
-    source = tmp_path / "render.wav"
-    write_sized(source, 8 * MiB, kind="wav", seed=1)
+    source, _mount, path = mounted_render(tmp_path, mounter, 8 * MiB)
     old = source.read_bytes()
-    mount = mounter(local_session(tmp_path, source))
-    path = mount.path / "Local - Render.wav"
     # Replaced by a shorter file while being read: the reader keeps reading the version it opened, whole
     # (a stat in between must not cut it off at the new size).
     def replace_and_stat() -> None:
@@ -144,11 +131,8 @@ def test_a_copy_in_progress_when_the_file_is_replaced_gets_one_version_whole(tmp
 
 
 def test_a_copy_in_progress_when_the_file_is_rewritten_in_place_gets_eio_or_one_version(tmp_path, mounter):
-    source = tmp_path / "render.wav"
-    write_sized(source, 16 * MiB, kind="wav", seed=1)
+    source, mount, path = mounted_render(tmp_path, mounter, 16 * MiB)
     old = source.read_bytes()
-    mount = mounter(local_session(tmp_path, source))
-    path = mount.path / "Local - Render.wav"
     result = read_while(path, lambda: overwrite_in_place(source, 16 * MiB, seed=5), size=16 * MiB)
     if isinstance(result, OSError):
         assert result.errno == errno.EIO
@@ -159,10 +143,7 @@ def test_a_copy_in_progress_when_the_file_is_rewritten_in_place_gets_eio_or_one_
 
 
 def test_stat_follows_a_local_file_while_mounted(tmp_path, mounter):
-    source = tmp_path / "render.wav"
-    write_sized(source, 1 * MiB, kind="wav", seed=1)
-    mount = mounter(local_session(tmp_path, source))
-    path = mount.path / "Local - Render.wav"
+    source, _mount, path = mounted_render(tmp_path, mounter, 1 * MiB)
     assert path.stat().st_size == MiB
     replace_by_rename(source, 2 * MiB, seed=2)
     os.utime(source, (1_700_000_000, 1_700_000_000))
@@ -210,13 +191,20 @@ def test_a_cached_track_re_rendered_on_the_server_is_revalidated_at_its_first_op
     assert "changed since it was cached" in record["note"]
 
 
-def test_an_unchanged_cached_track_costs_one_conditional_request_and_no_get(
-        tmp_path, server_root, devserver, mounter):
+def cached_by_a_first_mount(tmp_path: Path, server_root: Path, devserver: Any,
+                            mounter: Any) -> tuple[Path, Any]:
+    """A 1 MiB cloud track copied once through a mount that is then unmounted: it is in the cache."""
     session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", MiB, seed=1)],
                             server=devserver.url)
     first = mounter(session, *FAST)
     run(["cp", str(first.path / name_of("t1")), str(tmp_path / "one.wav")], check=True)
     first.unmount()
+    return session, first
+
+
+def test_an_unchanged_cached_track_costs_one_conditional_request_and_no_get(
+        tmp_path, server_root, devserver, mounter):
+    session, first = cached_by_a_first_mount(tmp_path, server_root, devserver, mounter)
     before = len(devserver.requests())
     second = mounter(session, *FAST, cache_dir=first.cache_dir)
     run(["ls", "-l", str(second.path)], check=True)  # listing never revalidates
@@ -230,11 +218,7 @@ def test_an_unchanged_cached_track_costs_one_conditional_request_and_no_get(
 
 def test_a_cached_track_is_served_when_the_server_is_down_and_the_report_says_so(
         tmp_path, server_root, devserver, mounter):
-    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", MiB, seed=1)],
-                            server=devserver.url)
-    first = mounter(session, *FAST)
-    run(["cp", str(first.path / name_of("t1")), str(tmp_path / "one.wav")], check=True)
-    first.unmount()
+    session, first = cached_by_a_first_mount(tmp_path, server_root, devserver, mounter)
     devserver.stop()
     second = mounter(session, *FAST, cache_dir=first.cache_dir)
     run(["cp", str(second.path / name_of("t1")), str(tmp_path / "two.wav")], check=True)
@@ -288,10 +272,7 @@ def test_a_size_probe_that_failed_at_mount_is_retried_in_the_background(tmp_path
 def test_a_re_render_then_a_peek_then_a_copy_all_within_the_attribute_timeout(tmp_path, mounter, new_size):
     """Found by trying it: version A read, the file re-rendered (bigger or smaller), something peeks at it
     (a thumbnailer, `file`), then the export copies it — all inside the kernel's 1 s attribute cache."""
-    source = tmp_path / "render.wav"
-    write_sized(source, 2 * MiB, kind="wav", seed=1)
-    mount = mounter(local_session(tmp_path, source))
-    path = mount.path / "Local - Render.wav"
+    source, _mount, path = mounted_render(tmp_path, mounter, 2 * MiB)
     assert len(path.read_bytes()) == 2 * MiB  # the kernel holds version A's size and pages
     replace_by_rename(source, new_size, seed=2)
     with open(path, "rb") as peek:
@@ -304,10 +285,7 @@ def test_a_re_render_then_a_peek_then_a_copy_all_within_the_attribute_timeout(tm
 def test_shutil_copyfile_right_after_a_re_render_gets_the_new_file(tmp_path, mounter, new_size):
     """shutil.copyfile uses sendfile, which stops at the size the kernel holds: the open must make the
     kernel ask again, or the copy is cut (bigger file) or padded with zeros (smaller file)."""
-    source = tmp_path / "render.wav"
-    write_sized(source, 2 * MiB, kind="wav", seed=1)
-    mount = mounter(local_session(tmp_path, source))
-    path = mount.path / "Local - Render.wav"
+    source, _mount, path = mounted_render(tmp_path, mounter, 2 * MiB)
     assert len(path.read_bytes()) == 2 * MiB
     replace_by_rename(source, new_size, seed=2)
     settle_without_invalidation(path, source)

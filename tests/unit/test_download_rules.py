@@ -22,13 +22,6 @@ KiB, MiB = 1 << 10, 1 << 20
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    folder = tmp_path / "srv"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> Iterator[BlobStore]:
     blobs = BlobStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
     yield blobs
@@ -40,14 +33,14 @@ def fetcher_for(store: BlobStore, tmp_path: Path, policy: RetryPolicy, jobs: int
                    jobs=jobs, policy=policy)
 
 
-def test_a_slow_but_steady_download_is_waited_for_past_every_fixed_deadline(root, store, tmp_path):
+def test_a_slow_but_steady_download_is_waited_for_past_every_fixed_deadline(server_root, store, tmp_path):
     """Old rule: a reader gave up after total_timeout + stall_timeout whatever the progress. Here that is
     2 s, the download takes about 4 s at a steady 256 KiB/s, and the reader asks for the last byte."""
     size = 1 * MiB
-    write_sized(root / "slow.wav", size, seed=3)
+    write_sized(server_root / "slow.wav", size, seed=3)
     policy = RetryPolicy(attempts=2, total_timeout=1.0, stall_timeout=1.0, wait_initial=0.01, wait_max=0.01,
                          wait_jitter=0.0)
-    with DevServer(root, faults={"*": {"rate": 256 * KiB}}) as server:
+    with DevServer(server_root, faults={"*": {"rate": 256 * KiB}}) as server:
         fetcher = fetcher_for(store, tmp_path, policy)
         acquired = fetcher.acquire(Source(server.url_for("slow.wav"), size=size, label="slow"))
         assert acquired.download is not None
@@ -72,12 +65,12 @@ class FlakyCommitStore(BlobStore):
         super().commit(staged, digest, size)
 
 
-def test_a_store_failing_after_the_rename_fails_one_track_and_keeps_the_worker(root, tmp_path):
-    write_sized(root / "a.wav", 200_000, seed=1)
-    write_sized(root / "b.wav", 300_000, seed=2)
+def test_a_store_failing_after_the_rename_fails_one_track_and_keeps_the_worker(server_root, tmp_path):
+    write_sized(server_root / "a.wav", 200_000, seed=1)
+    write_sized(server_root / "b.wav", 300_000, seed=2)
     store = FlakyCommitStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
     policy = RetryPolicy(attempts=1, stall_timeout=2.0)
-    with DevServer(root) as server:
+    with DevServer(server_root) as server:
         fetcher = fetcher_for(store, tmp_path, policy, jobs=1)
         first = fetcher.acquire(Source(server.url_for("a.wav"), size=200_000, label="a"))
         assert first.download is not None
@@ -103,10 +96,10 @@ class EvictedAtOnceStore(BlobStore):
         self.remove(digest)
 
 
-def test_an_index_row_never_outlives_a_blob_evicted_before_it_was_written(root, tmp_path):
-    write_sized(root / "a.wav", 200_000, seed=1)
+def test_an_index_row_never_outlives_a_blob_evicted_before_it_was_written(server_root, tmp_path):
+    write_sized(server_root / "a.wav", 200_000, seed=1)
     store = EvictedAtOnceStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
-    with DevServer(root) as server:
+    with DevServer(server_root) as server:
         fetcher = Fetcher(store, store.index, HttpClient(stall_timeout=2.0), jobs=1)
         source = Source(server.url_for("a.wav"), size=200_000, label="a")
         acquired = fetcher.acquire(source)
