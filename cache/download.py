@@ -27,6 +27,7 @@ from pathlib import Path
 
 import stamina
 
+from mixvfs.cache.digest import hash_prefix, new_hasher
 from mixvfs.cache.errors import (
     BadBody,
     CacheError,
@@ -40,27 +41,14 @@ from mixvfs.cache.errors import (
     TransientError,
 )
 from mixvfs.cache.http import HttpClient
-from mixvfs.cache.index import SourceEntry, SourceIndex, identity
-from mixvfs.cache.store import BlobStore, hash_prefix, new_hasher
+from mixvfs.cache.index import SourceEntry, SourceIndex
+from mixvfs.cache.remote import Source
+from mixvfs.cache.store import BlobStore
 
 log = logging.getLogger(__name__)
 
 _SERIALS = itertools.count(1)
 DEMAND = 0  # queue priority of a download somebody is reading right now; prefetch uses 1 + session order
-
-
-@dataclass(frozen=True)
-class Source:
-    """A remote file version as far as we know it before downloading."""
-
-    url: str
-    size: int | None = None
-    etag: str | None = None
-    label: str = ""
-
-    @property
-    def ident(self) -> str:
-        return identity(self.url, etag=self.etag, size=self.size)
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-import os
-import re
-import shlex
-import signal
-import stat
-import subprocess
-import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpcore
@@ -36,6 +28,7 @@ from mixvfs.cache.errors import (
     StallTimeout,
 )
 from mixvfs.cache.remote import RemoteInfo
+from mixvfs.cache.token import TokenSource
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +51,6 @@ def read_bigger_chunks(connection: type = httpcore.HTTP11Connection, size: int =
 
 
 read_bigger_chunks()
-TOKEN_COMMAND_TIMEOUT = 30.0  # seconds; a password manager waiting for an unlock may need the user
 ERROR_BODY_TYPES = frozenset({"text/html", "text/plain", "application/json", "application/xml", "text/xml"})
 
 
@@ -67,154 +59,6 @@ def looks_like_error_body(content_type: str | None) -> bool:
     would serve garbage forever. Structured-syntax variants (application/problem+json, …+xml) count too."""
     media = (content_type or "").split(";", 1)[0].strip().lower()
     return media in ERROR_BODY_TYPES or media.endswith(("+json", "+xml"))
-
-
-class TokenSource:
-    """Where the bearer token comes from: ``MIXVFS_TOKEN``, a file, or a command (run again to refresh).
-
-    The token is never logged and never part of an exception text.
-    """
-
-    def __init__(self, *, value: str | None = None, file: Path | None = None, command: str | None = None,
-                 timeout: float = TOKEN_COMMAND_TIMEOUT) -> None:
-        self._value = value
-        self._file = file
-        self._command = command
-        self._timeout = timeout
-        self._lock = threading.Lock()
-        self.generation = 0
-        self.refreshes = 0
-        if file is not None:
-            warn_if_shared(file)
-        self._token = self._obtain()
-
-    @property
-    def configured(self) -> bool:
-        return any(x is not None for x in (self._value, self._file, self._command))
-
-    def current(self) -> tuple[str | None, int]:
-        with self._lock:
-            return self._token, self.generation
-
-    def refresh(self, seen_generation: int) -> str | None:
-        """Obtain a fresh token, unless another thread already did since ``seen_generation``."""
-        with self._lock:
-            if self.generation == seen_generation:
-                self._token = self._obtain()
-                self.generation += 1
-                self.refreshes += 1
-            return self._token
-
-    def _obtain(self) -> str | None:
-        # An empty token is an error here, where its cause is known: sent as no token at all, it would come
-        # back as a puzzling "token rejected (401)".
-        if self._command is not None:
-            token = header_safe(run_token_command(self._command, self._timeout), "the token command's output")
-            if token is None:
-                raise AuthRejected(f"the token command printed no token ({command_preview(self._command)})", 401)
-            return token
-        if self._file is not None:
-            try:
-                text = self._file.read_text()
-            except (OSError, UnicodeDecodeError) as exc:
-                # AuthRejected (a track failure), not ConfigError: this also runs on a refresh mid-export.
-                raise AuthRejected(f"cannot read token file {self._file}: {getattr(exc, 'strerror', None) or exc}",
-                                   401) from None
-            token = header_safe(text, f"token file {self._file}")
-            if token is None:
-                raise AuthRejected(f"the token file {self._file} holds no token (it is empty)", 401)
-            return token
-        return header_safe(self._value, "MIXVFS_TOKEN")
-
-
-TOKEN_TEXT = re.compile(r"[\x21-\x7e]+")  # visible ASCII: all a header value can carry safely
-
-
-def header_safe(raw: str | None, origin: str) -> str | None:
-    """The token stripped of surrounding whitespace; refused (without quoting it) if it could not travel
-    in a header — httpx's error for an illegal header value would print the value, i.e. the secret."""
-    token = (raw or "").strip()
-    if not token:
-        return None
-    if not TOKEN_TEXT.fullmatch(token):
-        raise AuthRejected(f"the token from {origin} contains spaces, control or non-ASCII characters", 401)
-    return token
-
-
-def run_token_command(command: str, timeout: float = TOKEN_COMMAND_TIMEOUT) -> str:
-    """The command's standard output. It runs in a session of its own, so that on a timeout the whole
-    process group goes (a shell's children too, not only the shell). Errors name the program, never its
-    arguments (they may hold secrets)."""
-    name = command_preview(command)
-    try:
-        process = subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
-    except OSError as exc:
-        raise AuthRejected(f"cannot run the token command {name}: {exc.strerror}", 401) from None
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stop_process_group(process)
-        raise AuthRejected(f"the token command {name} did not finish within {timeout:g} s "
-                           "(stopped, with every process it started)", 401) from None
-    if process.returncode == 127:  # the shell's "command not found"
-        program = missing_program(err, command) or name
-        raise AuthRejected(f"the token command failed: command not found: {program}", 401)
-    if process.returncode != 0:
-        raise AuthRejected(f"the token command {name} failed with exit status {process.returncode}", 401)
-    return out
-
-
-def stop_process_group(process: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    try:
-        process.communicate(timeout=5)
-    except subprocess.TimeoutExpired:
-        # A child that left the group (setsid) still holds the pipes: stop waiting for them.
-        process.kill()
-        for pipe in (process.stdout, process.stderr):
-            if pipe is not None:
-                pipe.close()
-        process.wait()
-
-
-NOT_FOUND = re.compile(r"([^\s:]+): (?:command )?not found\s*$", re.MULTILINE)
-
-
-def missing_program(stderr: str, command: str) -> str | None:
-    """The program the shell could not find, from its message (``sh: 1: NAME: not found``, bash's
-    ``NAME: command not found``) — only if it is a program word of the command (in a pipeline it need
-    not be the first), never an argument, which may be a secret."""
-    programs = program_words(command)
-    for match in NOT_FOUND.finditer(stderr or ""):
-        if match.group(1) in programs:
-            return match.group(1)
-    return None
-
-
-def program_words(command: str) -> set[str]:
-    """The words in command position: the first of the command and the first after each | ; & && ||."""
-    try:
-        lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
-        lexer.whitespace_split = True
-        tokens = list(lexer)
-    except ValueError:
-        return set()
-    words, expecting = set(), True
-    for token in tokens:
-        if token and set(token) <= set("|;&()"):
-            expecting = True
-        elif expecting and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", token):  # skip VAR=value prefixes
-            words.add(token)
-            expecting = False
-    return words
-
-
-def warn_if_shared(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("token file %s is readable by group or others; chmod 600 it", path)
 
 
 def origin_of(url: str) -> str:
@@ -507,11 +351,3 @@ def httpx_errors(url: str) -> Iterator[None]:
 def short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) < 200 else text[:200] + "…"
-
-
-def command_preview(command: str) -> str:
-    """The token command's program name only: its arguments may hold secrets."""
-    try:
-        return shlex.split(command)[0]
-    except (ValueError, IndexError):
-        return "<token command>"

@@ -40,15 +40,6 @@ class SourceEntry:
     last_modified: str | None = None
 
 
-def identity(url: str, *, etag: str | None, size: int | None) -> str:
-    """The cache identity of a remote file version: URL plus ETag, else size."""
-    if etag:
-        return f"{url}#etag={etag}"
-    if size is not None:
-        return f"{url}#size={size}"
-    return url
-
-
 class IndexCache(CheckedCache):
     COLUMNS = frozenset({"key", "raw", "tag", "store_time"})
 

@@ -28,3 +28,19 @@ class CacheLimits:
     root: Path
     max_size: int = DEFAULT_MAX_SIZE
     max_age: float = DEFAULT_MAX_AGE
+
+
+BLOB_DB = Path("blobs") / "cache.db"  # diskcache's database in the store's blob folder
+
+
+def is_cache(root: Path) -> bool:
+    """A cache folder is one a store was opened in: its blob database exists (a store creates it at once,
+    so a mount, a preflight or a warm that never downloaded a byte still leaves a cache)."""
+    return (root / BLOB_DB).is_file()
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (mode 0700) or tighten it: cache contents are the user's business only."""
+    path.mkdir(parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)

@@ -1,7 +1,8 @@
-"""What a server said about a URL: the one record that both the HTTP transport (which reads it off a HEAD's
-or a GET's headers) and the source index (which remembers it for mounts while the server is down) speak.
-Its own module so that neither side imports the other: ``http`` (transport) and ``index`` (storage) both
-depend on it, and it depends on nothing."""
+"""What a server said about a URL (:class:`RemoteInfo`) and which version of it we mean (:class:`Source`,
+:func:`identity`): the records that both the HTTP transport (which reads them off a HEAD's or a GET's headers)
+and the source index (which remembers them for mounts while the server is down) speak. Its own module so that
+neither side imports the other, and so the commands that only name tracks (``check-export``) need neither
+httpx nor diskcache: ``http`` (transport) and ``index`` (storage) depend on it; it depends on nothing."""
 
 from __future__ import annotations
 
@@ -17,3 +18,26 @@ class RemoteInfo:
     content_type: str | None
     magic_ext: str | None = None
     last_modified: str | None = None
+
+
+def identity(url: str, *, etag: str | None, size: int | None) -> str:
+    """The cache identity of a remote file version: URL plus ETag, else size."""
+    if etag:
+        return f"{url}#etag={etag}"
+    if size is not None:
+        return f"{url}#size={size}"
+    return url
+
+
+@dataclass(frozen=True)
+class Source:
+    """A remote file version as far as we know it before downloading."""
+
+    url: str
+    size: int | None = None
+    etag: str | None = None
+    label: str = ""
+
+    @property
+    def ident(self) -> str:
+        return identity(self.url, etag=self.etag, size=self.size)

@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mixvfs.cache.download import DEMAND, Download, Event, Foreground, RetryPolicy, Source, State
+from mixvfs.cache.digest import hash_fd
+from mixvfs.cache.download import DEMAND, Download, Event, Foreground, RetryPolicy, State
 from mixvfs.cache.errors import Cancelled, FetchError, NoSpace
 from mixvfs.cache.http import Freshness, HttpClient
 from mixvfs.cache.index import SourceEntry, SourceIndex
-from mixvfs.cache.remote import RemoteInfo
-from mixvfs.cache.store import BlobStore, hash_fd
+from mixvfs.cache.remote import RemoteInfo, Source
+from mixvfs.cache.store import BlobStore
 
 log = logging.getLogger(__name__)
 

@@ -34,49 +34,20 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import diskcache
-import xxhash
 
+from mixvfs.cache.digest import hash_fd
 from mixvfs.cache.disk import CheckedCache, SafeDisk
 from mixvfs.cache.errors import CacheError, NoSpace
 from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.location import make_private_dir
 
 log = logging.getLogger(__name__)
-
-HASH_CHUNK = 1 << 20  # xxhash releases the GIL only for inputs over 64 KiB; 1 MiB is its sweet spot.
-
-
-def new_hasher() -> Any:
-    return xxhash.xxh3_128()
-
-
-def hash_fd(fd: int, *, size: int | None = None, progress: Callable[[int], None] | None = None) -> str:
-    """Digest of a whole file through a descriptor (pread: does not move a shared offset); with ``size``,
-    of at most its first ``size`` + one chunk bytes (enough to tell a longer file from the blob).
-    ``progress`` is told the length of each chunk hashed (``mixvfs check-export``'s display)."""
-    return str(hash_prefix(fd, None if size is None else size + 1, progress=progress).hexdigest())
-
-
-def hash_prefix(fd: int, length: int | None, *, progress: Callable[[int], None] | None = None) -> Any:
-    """A hasher fed with the first ``length`` bytes of ``fd`` (all of it for None), ready for more."""
-    hasher = new_hasher()
-    offset = 0
-    while length is None or offset < length:
-        want = HASH_CHUNK if length is None else min(HASH_CHUNK, length - offset)
-        chunk = os.pread(fd, want, offset)
-        if not chunk:
-            break
-        hasher.update(chunk)
-        offset += len(chunk)
-        if progress is not None:
-            progress(len(chunk))
-    return hasher
-
 
 @dataclass(frozen=True)
 class Adopt:
@@ -435,10 +406,3 @@ def translate_os_error(exc: OSError, doing: str) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(f"no space left on the cache disk while {doing}")
     return CacheError(f"{doing}: {exc.strerror or exc}")
-
-
-def make_private_dir(path: Path) -> None:
-    """Create ``path`` (mode 0700) or tighten it: cache contents are the user's business only."""
-    path.mkdir(parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o700)

@@ -6,9 +6,16 @@ top-level module that another distribution — PyPI has a ``cache`` — or a fol
 could shadow.
 """
 
-from importlib.metadata import PackageNotFoundError, version
 
-try:
-    __version__ = version("mixvfs")
-except PackageNotFoundError:  # running from a checkout that was never installed
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> str:
+    # Read from the package metadata only when asked (``--version``): importlib.metadata costs ~40 ms of
+    # start-up that every command, check-export above all, would pay.
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mixvfs")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "0+unknown"

@@ -10,19 +10,18 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from mixvfs.cache.download import Foreground, RetryPolicy
 from mixvfs.cache.errors import CacheError, ConfigError, FetchError
-from mixvfs.cache.http import HttpClient, TokenSource, origin_of, warn_if_insecure
+from mixvfs.cache.http import HttpClient, origin_of, warn_if_insecure
 from mixvfs.cache.index import SourceIndex
-from mixvfs.cache.location import CacheLimits
+from mixvfs.cache.location import CacheLimits, is_cache, make_private_dir
 from mixvfs.cache.scheduler import Fetcher
-from mixvfs.cache.store import BlobStore, make_private_dir
+from mixvfs.cache.store import BlobStore
+from mixvfs.cache.token import TokenSource
 
 log = logging.getLogger(__name__)
 
-BLOB_DB = Path("blobs") / "cache.db"  # diskcache's database in the store's blob folder
 
 
 @dataclass(frozen=True)
@@ -62,12 +61,6 @@ class Runtime:
         self.http.close()
         self.index.close()
         self.store.close()
-
-
-def is_cache(root: Path) -> bool:
-    """A cache folder is one a store was opened in: its blob database exists (a store creates it at once,
-    so a mount, a preflight or a warm that never downloaded a byte still leaves a cache)."""
-    return (root / BLOB_DB).is_file()
 
 
 def open_cache(limits: CacheLimits, *, create: bool = True) -> tuple[BlobStore, SourceIndex]:

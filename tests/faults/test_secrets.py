@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from mixvfs.cache.errors import AuthRejected
-from mixvfs.cache.http import TokenSource, warn_if_insecure
+from mixvfs.cache.http import warn_if_insecure
+from mixvfs.cache.token import TokenSource
 from tests.conftest import MIXVFS, run, write_session
 from tests.faults.helpers import FAST, cloud_track, cp, name_of, stream_path
 from tools.devserver import DevServer

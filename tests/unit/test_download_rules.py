@@ -10,9 +10,10 @@ from pathlib import Path
 import diskcache
 import pytest
 
-from mixvfs.cache.download import RetryPolicy, Source
+from mixvfs.cache.download import RetryPolicy
 from mixvfs.cache.http import HttpClient
 from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.remote import Source
 from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore
 from tools.devserver import DevServer

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mixvfs.cache import errors
-from mixvfs.cache.download import Download, Event, RetryPolicy, Source, State
+from mixvfs.cache.download import Download, Event, RetryPolicy, State
 from mixvfs.cache.errors import (
     AuthRejected,
     Cancelled,
@@ -25,6 +25,7 @@ from mixvfs.cache.errors import (
 )
 from mixvfs.cache.http import HttpClient
 from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.remote import Source
 from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore
 from tools.devserver import DevServer

@@ -18,11 +18,12 @@ import diskcache
 import pytest
 
 from mixvfs.cache import store as store_module
+from mixvfs.cache.digest import hash_fd
 from mixvfs.cache.disk import SafeDisk
 from mixvfs.cache.errors import CacheError
-from mixvfs.cache.index import IndexCache, SourceEntry, SourceIndex, identity
-from mixvfs.cache.remote import RemoteInfo
-from mixvfs.cache.store import BlobCache, BlobInfo, BlobStore, hash_fd, victims
+from mixvfs.cache.index import IndexCache, SourceEntry, SourceIndex
+from mixvfs.cache.remote import RemoteInfo, identity
+from mixvfs.cache.store import BlobCache, BlobInfo, BlobStore, victims
 
 MiB = 1 << 20
 

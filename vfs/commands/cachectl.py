@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False everywhere: `--tok` must not quietly mean `--token-file`, nor `--token` be "ambiguous".
     parser = argparse.ArgumentParser(prog="cachectl", description=DESCRIPTION, epilog=EXAMPLES, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument("--version", action=output.VersionAction)
     config.add_flags(parser, config.CACHE_SETTINGS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = {}
@@ -90,12 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("session", type=Path, help="the session manifest (JSON)")
     config.add_flags(warm, config.WARM_SETTINGS)
     return parser
-
-
-def version_line() -> str:
-    from mixvfs import __version__
-
-    return f"mixvfs {__version__}"
 
 
 @output.quiet_on_closed_pipe

@@ -22,25 +22,28 @@ import contextlib
 import json
 import os
 import shlex
-import sqlite3
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from mixvfs.cache.digest import hash_path, ignore_lease_breaks
 from mixvfs.cache.errors import ConfigError, MixvfsError
-from mixvfs.cache.index import SourceIndex
-from mixvfs.cache.store import hash_fd
+from mixvfs.cache.location import is_cache
 from mixvfs.cache.units import format_size
 from mixvfs.vfs.commands import config, output
 from mixvfs.vfs.fs.report import default_report_path, load_report
-from mixvfs.vfs.runtime import is_cache
 from mixvfs.vfs.session.manifest import Session, load_manifest
 from mixvfs.vfs.session.naming import collision_key
 from mixvfs.vfs.session.tracks import Kind, Track, build_tracks
+
+if TYPE_CHECKING:
+    from mixvfs.cache.index import SourceIndex
 
 EXIT_OK, EXIT_INCOMPLETE = 0, 1
 SETTINGS = ("server", "cache_dir")  # no token, no download settings: nothing is fetched
@@ -117,6 +120,10 @@ def open_index(settings: config.Settings) -> SourceIndex | None:
             print(f"mixvfs: note: no cache at {root}: cloud tracks are checked against a report only",
                   file=sys.stderr)
         return None
+    import sqlite3  # here, with diskcache: only when there is a cache to read
+
+    from mixvfs.cache.index import SourceIndex
+
     try:
         return SourceIndex(root)
     except (OSError, sqlite3.Error) as exc:  # a damaged index only costs digests: say so, check the rest
@@ -297,6 +304,7 @@ class Checker:
         self.say = say
         self.hashed = hashed
         self.bytes_hashed = 0
+        self.lock = threading.Lock()
         self.matched: set[str] = set()  # the exported files that belong to a track
 
     def first_pass(self, entries: dict[str, os.DirEntry[str]]) -> tuple[list[TrackCheck], list[Job]]:
@@ -363,19 +371,18 @@ class Checker:
                 "downloads it into the cache; then check again")
 
     def hash_file(self, path: Path) -> str:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a big readahead: one pass, in order
-            return hash_fd(fd, progress=self.progress)
-        finally:
-            os.close(fd)
+        return hash_path(path, progress=self.progress)
 
     def progress(self, length: int) -> None:
-        self.bytes_hashed += length
+        with self.lock:  # hashing threads
+            self.bytes_hashed += length
         self.hashed(length)
 
-    def run_job(self, job: Job) -> None:
+    def run_job(self, job: Job) -> Job:
+        self.check_content(job)
+        return job
+
+    def check_content(self, job: Job) -> None:
         exp, check = job.exp, job.check
         try:
             got = self.hash_file(job.path)
@@ -404,10 +411,11 @@ class Checker:
         for check in checks:
             if check.state != OK and all(job.check is not check for job in jobs):
                 self.say(check)
-        for job in jobs:
-            self.run_job(job)
-            if job.check.state != OK:
-                self.say(job.check)
+        # Files hashed side by side (xxhash lets go of the GIL), problems said in the session's order.
+        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1, 4))) as pool:
+            for job in pool.map(self.run_job, jobs):
+                if job.check.state != OK:
+                    self.say(job.check)
         extra = [{"name": name, "size": safe_size(entry)} for name, entry in sorted(entries.items())
                  if name not in self.matched]
         return checks, extra, time.monotonic() - started
@@ -559,6 +567,7 @@ def is_mixvfs(folder: Path) -> bool:
 
 
 def main(args: argparse.Namespace) -> int:
+    ignore_lease_breaks()  # exported files are hashed from a mapping under a read lease (cache/digest.py)
     settings = config.resolve(args, SETTINGS)
     target: Path = args.session_or_report.expanduser()
     folder: Path = args.export_dir.expanduser()

@@ -10,12 +10,16 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.vfs.commands import config, output
-from mixvfs.vfs.fs import history, mount
+from mixvfs.vfs.fs import history
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Status, format_report, load_report
 from mixvfs.vfs.session.manifest import ManifestError, load_manifest
+
+if TYPE_CHECKING:  # imported where a command needs it: check-export, config, status start without httpx
+    from mixvfs.vfs.fs import mount
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -100,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False everywhere: `--tok` must not quietly mean `--token-file`, nor `--token` be "ambiguous".
     parser = argparse.ArgumentParser(prog="mixvfs", description=DESCRIPTION, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument("--version", action=output.VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, text: str, examples: str) -> argparse.ArgumentParser:
@@ -159,12 +163,6 @@ def check_export_settings() -> tuple[str, ...]:
     return SETTINGS
 
 
-def version_line() -> str:
-    from mixvfs import __version__
-
-    return f"mixvfs {__version__}"
-
-
 @output.quiet_on_closed_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     return output.command_line("mixvfs", argv, run, exit_code, config.refuse_token_flag)
@@ -197,6 +195,8 @@ def run(args_list: list[str]) -> int:
 
 
 def mount_options(args: argparse.Namespace) -> mount.MountOptions:
+    from mixvfs.vfs.fs import mount
+
     settings = config.resolve(args, config.MOUNT_SETTINGS)
     settings.check_token_file()  # stop here, in the user's terminal, not in the daemon's log
     runtime = settings.runtime()
@@ -214,6 +214,8 @@ def mount_options(args: argparse.Namespace) -> mount.MountOptions:
 
 
 def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
+    from mixvfs.vfs.fs import mount
+
     options = mount_options(args)
     if args.foreground:
         setup_logging(options.log_file if args.ready_fd is not None else None, args.log_level)
@@ -241,6 +243,8 @@ def setup_logging(log_file: Path | None, level: str) -> None:
 
 
 def cmd_unmount(mountpoint: Path) -> int:
+    from mixvfs.vfs.fs import mount
+
     report = mount.unmount(mountpoint)
     print(f"unmounted {mountpoint}" + (f" (report: {report})" if report else ""))
     if report is not None:
@@ -274,6 +278,8 @@ def served_summary(report: Path) -> list[str]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from mixvfs.vfs.fs import mount
+
     target: Path = args.target.expanduser()
     if mount.is_stale(target) or target.is_dir():  # is_dir() of a dead mount raises ENOTCONN: ask first
         target = report_of_mountpoint(target)
@@ -288,6 +294,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def report_of_mountpoint(mountpoint: Path) -> Path:
     """A live mount's report; else the report of the last mount there (said on stderr: stdout may be JSON)."""
+    from mixvfs.vfs.fs import mount
+
     _, path = mount.mount_info(mountpoint)
     if path is not None:
         return path

@@ -19,15 +19,17 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import platformdirs
 
 from mixvfs.cache.errors import ConfigError
-from mixvfs.cache.http import TOKEN_COMMAND_TIMEOUT, TokenSource, command_preview
 from mixvfs.cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, CacheLimits, resolve_cache_dir
+from mixvfs.cache.token import TOKEN_COMMAND_TIMEOUT, TokenSource, command_preview
 from mixvfs.cache.units import format_size, parse_duration, parse_size
-from mixvfs.vfs.runtime import RuntimeConfig
+
+if TYPE_CHECKING:  # built in runtime() only: reading settings (config, check-export) needs no httpx
+    from mixvfs.vfs.runtime import RuntimeConfig
 
 T = TypeVar("T")
 CONFIG_ENV = "MIXVFS_CONFIG"
@@ -257,6 +259,8 @@ class Settings:
     def runtime(self) -> RuntimeConfig:
         """What :func:`mixvfs.vfs.runtime.open_runtime` needs; settings a command does not take keep their
         defaults."""
+        from mixvfs.vfs.runtime import RuntimeConfig
+
         retries, wait = self.resolved.get("retries"), self.resolved.get("retry_wait")
         return RuntimeConfig(self.cache_limits(), self.jobs, self.stall_timeout,
                              SPECS["retries"].default if retries is None else int(retries.value),

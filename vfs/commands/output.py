@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -57,3 +58,19 @@ def command_line(prog: str, argv: Sequence[str] | None, run: Callable[[list[str]
     except OSError as exc:
         print(f"{prog}: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+
+
+class VersionAction(argparse.Action):
+    """``--version`` for mixvfs and cachectl: "mixvfs X.Y.Z", read from the package metadata only when asked
+    (argparse's own action wants the text up front, which would cost every command ~40 ms of start-up)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help=kwargs.get("help", "show the version and exit"))
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from mixvfs import __version__
+
+        print(f"mixvfs {__version__}")  # on stdout, as argparse's own version action does
+        parser.exit()

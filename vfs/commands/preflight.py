@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from mixvfs.cache.errors import AuthRejected, ConfigError, FetchError, TransientError
-from mixvfs.cache.http import NO_TOKEN_HINT, HttpClient, TokenSource
+from mixvfs.cache.http import NO_TOKEN_HINT, HttpClient
 from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore
+from mixvfs.cache.token import TokenSource
 from mixvfs.cache.units import format_size
 from mixvfs.vfs.commands import config, output
 from mixvfs.vfs.runtime import open_runtime

@@ -21,7 +21,7 @@ from typing import Any
 
 import platformdirs
 
-from mixvfs.cache.store import make_private_dir
+from mixvfs.cache.location import make_private_dir
 
 log = logging.getLogger(__name__)
 

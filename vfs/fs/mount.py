@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from mixvfs.cache.errors import ConfigError, MixvfsError
-from mixvfs.cache.store import make_private_dir
+from mixvfs.cache.location import make_private_dir
 from mixvfs.vfs.fs import history
 from mixvfs.vfs.fs.report import Report, default_report_path
 from mixvfs.vfs.fs.sessionfs import SessionFS

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from mixvfs.cache.download import Download, Event, Foreground, Source, State
+from mixvfs.cache.download import Download, Event, Foreground, State
 from mixvfs.cache.errors import Cancelled, ContentChanged, FetchError, SourceMissing
 from mixvfs.cache.http import Freshness
+from mixvfs.cache.remote import Source
 from mixvfs.cache.scheduler import Fetcher
 from mixvfs.vfs.fs.pages import PageTable, Version
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, TrackRecord

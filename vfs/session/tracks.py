@@ -12,15 +12,17 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mixvfs.cache.download import Source
 from mixvfs.cache.errors import FetchError
-from mixvfs.cache.http import HttpClient
-from mixvfs.cache.index import SourceIndex
-from mixvfs.cache.remote import RemoteInfo
+from mixvfs.cache.remote import RemoteInfo, Source
 from mixvfs.vfs.session import sniff
 from mixvfs.vfs.session.manifest import Session, TrackSpec
 from mixvfs.vfs.session.naming import assign_names
+
+if TYPE_CHECKING:  # only annotations: naming tracks (check-export) needs neither httpx nor diskcache
+    from mixvfs.cache.http import HttpClient
+    from mixvfs.cache.index import SourceIndex
 
 log = logging.getLogger(__name__)
 
