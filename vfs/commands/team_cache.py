@@ -24,17 +24,15 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from mixvfs.cache.errors import ConfigError
+from mixvfs.cache.team import MARKER, MISDIRECTED, ORIGIN_ETAG, ORIGIN_HEADER, ORIGIN_LENGTH, REFRESH_HEADER
 from mixvfs.cache.units import parse_size
 
-MARKER = "X-Cache-Status"
-REFRESH_HEADER = "X-Mixvfs-Refresh"
-ORIGIN_ETAG = "X-Mixvfs-Origin-ETag"
-ORIGIN_LENGTH = "X-Mixvfs-Origin-Length"
 SLICE = "4m"
 AUTH_VALID, AUTH_REFUSED_VALID = "60s", "10s"
 
@@ -103,6 +101,7 @@ def render(cfg: CacheConfig) -> str:
                     "\n    proxy_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;"
                     if cfg.origin.startswith("https://") else "")
     user_line = f"user {cfg.user};\n" if cfg.user else ""
+    origin_var = "$http_" + ORIGIN_HEADER.lower().replace("-", "_")
     # proxy_set_header is inherited only by a level that sets none itself: every location says them all.
     headers = "\n".join(f"            proxy_set_header {line};" for line in (
         'Connection ""', f"Host {origin_host}", f'{REFRESH_HEADER} ""'))
@@ -149,6 +148,8 @@ http {{
 
         location / {{
             if ($request_method !~ ^(GET|HEAD)$) {{ return 405; }}
+            # A client that means another origin is told so before anything reaches this one.
+            if ({origin_var} !~ "^(|{re.escape(cfg.origin)}/?)$") {{ return {MISDIRECTED}; }}
             auth_request /.mixvfs-auth;
             auth_request_set $mixvfs_auth_status $upstream_status;
             auth_request_set $mixvfs_origin_etag $upstream_http_etag;
@@ -174,6 +175,7 @@ http {{
             add_header {MARKER} $mixvfs_cache_status always;
             add_header {ORIGIN_ETAG} $mixvfs_origin_etag always;
             add_header {ORIGIN_LENGTH} $mixvfs_origin_length always;
+            add_header {ORIGIN_HEADER} {cfg.origin} always;
             proxy_pass {cfg.origin.split('://')[0]}://mixvfs_origin;
         }}
 
@@ -200,6 +202,7 @@ http {{
 {headers}
             proxy_pass {cfg.origin.split('://')[0]}://mixvfs_origin;
             add_header {MARKER} PASS always;
+            add_header {ORIGIN_HEADER} {cfg.origin} always;
         }}
     }}
 }}
