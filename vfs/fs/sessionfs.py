@@ -205,7 +205,7 @@ class SessionFS:
         now = time.monotonic()
         downloading = [
             {"name": names.get(d.source.ident, d.source.label), "available": d.available, "total": d.total,
-             "attempts": d.attempts, "state": d.state.value, "via": d.via,
+             "attempts": d.attempts, "state": d.state.value, **({"via": d.via} if d.via else {}),
              "rate": d.available / (now - d.started) if d.started and now > d.started else None}
             for d in self.fetcher.active() if d.state in (State.PENDING, State.FETCHING)
         ]
