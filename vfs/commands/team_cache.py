@@ -39,8 +39,15 @@ AUTH_VALID, AUTH_REFUSED_VALID = "60s", "10s"
 TEXT = """Print a complete nginx configuration for a studio's team cache in front of ORIGIN (the music service).
 Every request is authorized at the origin with the user's own token (a HEAD of the same URI, cached per
 token for at most 60 s); track bytes are cached once for everybody, in 4 MiB slices; a HEAD never
-downloads. Everything nginx writes (pid, logs, temporary files, the cache) goes under CACHE_DIR.
+downloads. Everything nginx writes (pid, logs, temporary files, the cache) goes under --cache-dir.
 Run it with: nginx -c FILE (add -g 'daemon off;' to keep it in the foreground, e.g. under systemd)."""
+GROUP_TEXT = """A studio's team cache: nginx on the LAN in front of the music service, so that each track crosses the
+internet once per studio while every user keeps their own token. nginx-config prints its configuration;
+workstations use it with the team_cache setting (--team-cache, MIXVFS_TEAM_CACHE)."""
+GROUP_EXAMPLES = """examples:
+  mixvfs team-cache nginx-config --origin https://music.example.com --listen 10.0.0.5:8443 --cache-dir /srv/c ...
+  mixvfs mount friday.json ~/MixBoardTracks --team-cache https://10.0.0.5:8443
+"""
 EXAMPLES = """examples:
   mixvfs team-cache nginx-config --origin https://music.example.com --listen 10.0.0.5:8443 \\
       --cache-dir /srv/mixvfs-cache --tls-cert /etc/ssl/cache.pem --tls-key /etc/ssl/cache.key > /srv/cache.conf
@@ -246,8 +253,8 @@ def config_from_args(args: argparse.Namespace) -> CacheConfig:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t = sub.add_parser("team-cache", help="a studio's shared cache (nginx) in front of the music service",
-                       description="A studio's shared cache: nginx in front of the music service.",
-                       allow_abbrev=False)
+                       description=GROUP_TEXT, epilog=GROUP_EXAMPLES, allow_abbrev=False,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     tsub = t.add_subparsers(dest="team_command", required=True, metavar="SUBCOMMAND")
     n = tsub.add_parser("nginx-config", help="print a complete nginx configuration", description=TEXT,
                         epilog=EXAMPLES, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -258,7 +265,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     n.add_argument("--tls-cert", type=Path, metavar="FILE", help="TLS certificate (PEM) for the listener")
     n.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key")
     n.add_argument("--max-size", default="100G", metavar="SIZE", help="cache size limit (100G)")
-    n.add_argument("--user", help="the user nginx's workers run as when started as root (default: CACHE_DIR's owner)")
+    n.add_argument("--user", help="the user nginx's workers run as when started as root "
+                                  "(default: the --cache-dir folder's owner)")
 
 
 def main(args: argparse.Namespace) -> int:
