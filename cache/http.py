@@ -422,7 +422,10 @@ class HttpClient:
         cache when one is set and up, else — or when the cache fails or stays stale — from the origin.
         Errors of the cache's own requests end here; the origin's are the caller's (``httpx_errors``)."""
         refreshed = False
-        while self.team is not None and (route := self.team.route(url)) is not None:
+        # Each cache at most once, plus the refresh: a tiny reset_after must not make a loop of a refusing cache.
+        tries = len(self.team.endpoints) + 1 if self.team is not None else 0
+        while tries > 0 and self.team is not None and (route := self.team.route(url)) is not None:
+            tries -= 1
             attempt = contextlib.ExitStack()
             extra = {ORIGIN_HEADER: team_policy.origin_of(url), **({REFRESH_HEADER: "1"} if refreshed else {})}
             try:
