@@ -141,6 +141,7 @@ class Download:
     etag: str | None = None
     last_modified: str | None = None
     encoding: str | None = None  # a Content-Encoding the server applied anyway (we stored the decoded bytes)
+    via: str | None = None  # where the last request's bytes came from: the origin or the team cache (hit/miss)
     recheck: bool = False  # the bytes held are not known to be of the server's current version
     last_progress: float = 0.0  # monotonic time of the last byte or attempt: waits end only without it
     serial: int = field(default_factory=lambda: next(_SERIALS))  # names this download's bytes (page cache)
@@ -234,7 +235,9 @@ class Download:
         # below); a server that gives none is read again from the start and compared byte for byte, or a
         # change between the two requests would be stitched into one file.
         start = self.available if self.etag and not self.recheck else 0
-        with self.http.get(self.source.url, start=start, if_range=self.etag if start else None) as body:
+        with self.http.get(self.source.url, start=start, if_range=self.etag if start else None,
+                           size=self.source.size) as body:
+            self.via = body.via
             changed = bool(body.etag and self.etag and body.etag != self.etag)
             if changed and body.start > 0:
                 # A new version continued mid-file (no If-Range: weak or no validator): what we hold

@@ -16,6 +16,7 @@ import httpcore
 import httpx
 from httpx import _decoders as httpx_decoders  # its table of decoders: which encodings it can undo
 
+from mixvfs.cache import team as team_policy
 from mixvfs.cache.errors import (
     AuthRejected,
     BadBody,
@@ -26,8 +27,10 @@ from mixvfs.cache.errors import (
     ServerBusy,
     ServerUnreachable,
     StallTimeout,
+    TransientError,
 )
 from mixvfs.cache.remote import RemoteInfo
+from mixvfs.cache.team import ORIGIN_HEADER, REFRESH_HEADER, VIA_ORIGIN, TeamCache, Verdict
 from mixvfs.cache.token import TokenSource
 
 log = logging.getLogger(__name__)
@@ -106,6 +109,7 @@ class Body:
     content_type: str | None
     encoding: str | None  # the Content-Encoding the server applied anyway (chunks are decoded)
     chunks: Iterator[bytes]
+    via: str | None = None  # with a team cache: where the bytes came from (the origin, or the cache: hit/miss)
 
 
 class Freshness(enum.Enum):
@@ -127,8 +131,10 @@ class HttpClient:
         connect_timeout: float = 10.0,
         stall_timeout: float = 30.0,
         max_connections: int = 16,
+        team: TeamCache | None = None,
     ) -> None:
         self.tokens = tokens
+        self.team = team  # track byte requests (GET, and HEAD for sizes) go through it when set
         self._client = httpx.Client(
             auth=BearerAuth(tokens) if tokens is not None and tokens.configured else None,
             follow_redirects=True,
@@ -141,8 +147,13 @@ class HttpClient:
         self._client.close()
 
     def head(self, url: str, headers: dict[str, str] | None = None) -> RemoteInfo:
-        with httpx_errors(url):
-            response = self._client.head(url, headers=headers)
+        """A HEAD: for a size (no ``headers``) through the team cache when one is set; a conditional one
+        (revalidation: is the stored version still the origin's?) always at the origin."""
+        with httpx_errors(url), contextlib.ExitStack() as stack:
+            if headers:
+                response = self._client.head(url, headers=headers)
+            else:
+                response, _via = self._send("HEAD", url, {}, stack)
         if response.status_code == 304:
             return NOT_MODIFIED
         check_status(response, url)
@@ -186,7 +197,12 @@ class HttpClient:
 
     def _ranged_info(self, url: str, headers: dict[str, str]) -> RemoteInfo:
         """Headers of ``GET Range: bytes=0-0`` (the body is not read); NOT_MODIFIED for a 304."""
-        with httpx_errors(url), self._client.stream("GET", url, headers={"Range": "bytes=0-0", **headers}) as response:
+        with httpx_errors(url), contextlib.ExitStack() as stack:
+            if headers:  # conditional: at the origin
+                response = stack.enter_context(self._client.stream("GET", url, headers={"Range": "bytes=0-0",
+                                                                                         **headers}))
+            else:
+                response, _via = self._send("GET", url, {"Range": "bytes=0-0"}, stack)
             if response.status_code == 304:
                 return NOT_MODIFIED
             check_status(response, url)
@@ -208,17 +224,20 @@ class HttpClient:
 
     @contextlib.contextmanager
     def get(
-        self, url: str, *, start: int = 0, end: int | None = None, if_range: str | None = None
+        self, url: str, *, start: int = 0, end: int | None = None, if_range: str | None = None,
+        size: int | None = None,
     ) -> Iterator[Body]:
         """Stream ``url`` from ``start``. ``Body.start`` says where the body really starts: 0 when the
         server ignores the range (or If-Range no longer matches), earlier than asked when it rounds
-        ranges down, and always 0 for a body the server encoded anyway (the chunks are decoded)."""
+        ranges down, and always 0 for a body the server encoded anyway (the chunks are decoded).
+        ``size``: the length the manifest or the origin gave, which a team cache's copy must have."""
         headers = {}
         if start or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
             if if_range and is_strong(if_range):  # RFC 9110 13.1.5: a weak validator never matches
                 headers["If-Range"] = if_range
-        with httpx_errors(url), self._client.stream("GET", url, headers=headers) as response:
+        with httpx_errors(url), contextlib.ExitStack() as stack:
+            response, via = self._send("GET", url, headers, stack, expected=size)
             check_status(response, url)
             content_type = response.headers.get("Content-Type")
             if looks_like_error_body(content_type):
@@ -239,7 +258,45 @@ class HttpClient:
                 body_start, total = 0, None
                 chunks = response.iter_bytes()
             yield Body(body_start, total, response.headers.get("ETag"), response.headers.get("Last-Modified"),
-                       content_type, encoding, wrap_chunks(chunks, url))
+                       content_type, encoding, wrap_chunks(chunks, url), via)
+
+    def _send(self, method: str, url: str, headers: dict[str, str], stack: contextlib.ExitStack, *,
+              expected: int | None = None) -> tuple[httpx.Response, str | None]:
+        """A track request (its response open in ``stack``) and where the answer came from: through the team
+        cache when one is set and up, else — or when the cache fails or stays stale — from the origin.
+        Errors of the cache's own requests end here; the origin's are the caller's (``httpx_errors``)."""
+        refreshed = False
+        # Each cache at most once, plus the refresh: a tiny reset_after must not make a loop of a refusing cache.
+        tries = len(self.team.endpoints) + 1 if self.team is not None else 0
+        while tries > 0 and self.team is not None and (route := self.team.route(url)) is not None:
+            tries -= 1
+            attempt = contextlib.ExitStack()
+            extra = {ORIGIN_HEADER: team_policy.origin_of(url), **({REFRESH_HEADER: "1"} if refreshed else {})}
+            try:
+                with httpx_errors(route.url):
+                    response = attempt.enter_context(self._client.stream(method, route.url,
+                                                                         headers={**headers, **extra}))
+                first = response.history[0] if response.history else response  # the cache's own answer
+                verdict = self.team.judge(route, url, first.status_code, first.headers,
+                                          total=answer_total(response), expected=expected, refreshed=refreshed)
+            except TransientError as exc:  # cannot connect, timed out, cut off: the cache is down
+                attempt.close()
+                self.team.failed(route, exc.reason)
+                continue
+            if verdict is Verdict.USE:
+                stack.push(attempt.pop_all())
+                return response, team_policy.via(first.headers)
+            attempt.close()
+            if verdict is Verdict.REFUSED:
+                raise AuthRejected(f"the server refused this token (HTTP {first.status_code} "
+                                   f"{first.reason_phrase}, asked through the team cache {route.endpoint.host})",
+                                   first.status_code)
+            if verdict is Verdict.REFRESH:
+                refreshed = True
+            elif verdict is Verdict.ORIGIN:
+                break
+        via = VIA_ORIGIN if self.team is not None else None
+        return stack.enter_context(self._client.stream(method, url, headers=headers)), via
 
 
 NOT_MODIFIED = RemoteInfo(None, None, None)
@@ -274,6 +331,13 @@ def wrap_chunks(chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
     # Errors raised while the body streams come out of the generator, outside the `with` above.
     with httpx_errors(url):
         yield from chunks
+
+
+def answer_total(response: httpx.Response) -> int | None:
+    """The whole file's length a 2xx answer gives (None when it cannot be told, e.g. an encoded body)."""
+    if not 200 <= response.status_code < 300 or encoding_of(response):
+        return None
+    return body_range(response)[1]
 
 
 def body_range(response: httpx.Response) -> tuple[int, int | None]:

@@ -10,7 +10,8 @@ Cold runs drop the kernel page cache (``echo 3 > /proc/sys/vm/drop_caches``, nee
 the server's files once, so that nothing is cached on the client side while the server itself is not
 the bottleneck. Warm runs read both sides' sources once beforehand so both come from the page cache.
 
-    python tools/bench.py [--quick] [--runs N] [--out DIR] [--profile] [--only cold,warm,first,ls,scale,checkexport]
+    python tools/bench.py [--quick] [--runs N] [--out DIR] [--profile]
+                          [--only cold,warm,first,ls,scale,checkexport,team]
 """
 
 from __future__ import annotations
@@ -620,6 +621,12 @@ def summarize_profile(path: Path, top: int = 12) -> list[tuple[str, float]]:
 # -- main ------------------------------------------------------------------------------------------------
 
 
+def case_team(bench: Bench, data: DataSet) -> None:
+    from tools.bench_team import TeamCase
+
+    TeamCase(MIXVFS, copy_tree, free_port, wait_for_port).run(bench, data, Row)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller data and fewer runs (about a minute)")
@@ -629,7 +636,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--devserver", action="store_true", help="use tools/devserver.py even if nginx exists")
     parser.add_argument("--no-rclone", action="store_true", help="skip the rclone comparison")
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon in the first run of each case")
-    parser.add_argument("--only", default="", help="comma list of cases: cold,warm,first,ls,scale,checkexport")
+    parser.add_argument("--only", default="",
+                        help="comma list of cases: cold,warm,first,ls,scale,checkexport,team (team: not by default)")
     args = parser.parse_args(argv)
     args.runs = max(3, args.runs or (3 if args.quick else 5))
     return args
@@ -671,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
         if "checkexport" in only:  # 1 GiB even with --quick: a smaller export would time start-up, not hashing
             big = main_set if count * size >= 1 << 30 else make_dataset(root, work, url, "export16x64", 16, 64 * MIB)
             bench.case_check_export(big)
+        if "team" in only:  # the studio tier: tools/bench_team.py; 1 GiB even with --quick (the issue's size)
+            big = main_set if count * size >= 1 << 30 else make_dataset(root, work, url, "export16x64", 16, 64 * MIB)
+            case_team(bench, big)
         if "scale" in only:
             print("scaling (cold export vs curl):")
             sessions = (16, 64) if args.quick else (16, 64, 256)

@@ -6,20 +6,21 @@
 #   fuse3, libfuse3-3       fusermount3 and libfuse 3, which mixvfs mounts with
 #   libfuse2                libfuse 2, the API macFUSE offers: `make test` runs the mount tests on it too
 #   rsync, attr, flac       for the tests: real rsync copies, getfattr, the reference FLAC decoder
-# With MIXVFS_BENCH_DEPS=1 (`make bench`) also nginx-light, rclone, curl and xxhash (xxhsum, check-export's floor).
+#   nginx-light             for the tests: the studio team cache (auth_request, slice) on loopback
+# With MIXVFS_BENCH_DEPS=1 (`make bench`) also rclone, curl and xxhash (xxhsum, check-export's floor).
 # PYTHON (default python3) is the interpreter `make` builds .venv with; if it is apt's and cannot make a
 # venv, its own pythonX.Y-venv is installed too (e.g. python3.11-venv for `make demo PYTHON=python3.11`).
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
-want=(python3 python3-venv fuse3 libfuse2 libfuse3-3 rsync attr flac)
+want=(python3 python3-venv fuse3 libfuse2 libfuse3-3 rsync attr flac nginx-light)
 if [[ "${MIXVFS_BENCH_DEPS:-0}" == 1 ]]; then
-    want+=(nginx-light rclone curl xxhash)
+    want+=(rclone curl xxhash)
 fi
 
 if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then
     # Not Debian/Ubuntu: say what is needed instead of failing on a missing apt.
     echo "note: no apt here; make sure these are installed: Python >= 3.11 with venv, libfuse 3 (fusermount3)," \
-         "and for the tests libfuse 2, rsync, getfattr (attr), flac" >&2
+         "and for the tests libfuse 2, rsync, getfattr (attr), flac, nginx (with auth_request and slice)" >&2
     exit 0
 fi
 

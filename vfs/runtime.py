@@ -18,6 +18,7 @@ from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.location import CacheLimits, is_cache, make_private_dir
 from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore
+from mixvfs.cache.team import TeamCache
 from mixvfs.cache.token import TokenSource
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class RuntimeConfig:
     retries: int
     retry_wait: float
     tokens: Callable[[], TokenSource | None]
+    team_cache: str | None = None  # the team cache setting (already checked), or None: straight to the origin
+    team_reset_after: float = 300.0
 
     @property
     def policy(self) -> RetryPolicy:
@@ -98,7 +101,8 @@ def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housek
         tokens, token_error = None, exc.reason
     for origin in sorted({origin_of(url) for url in origins if url}):
         warn_if_insecure(origin, tokens)
-    http = HttpClient(tokens=tokens, stall_timeout=config.stall_timeout)
+    team = TeamCache(config.team_cache, reset_after=config.team_reset_after) if config.team_cache else None
+    http = HttpClient(tokens=tokens, stall_timeout=config.stall_timeout, team=team)
     foreground = Foreground()
     fetcher = Fetcher(store, index, http, jobs=config.jobs, policy=config.policy, foreground=foreground)
     return Runtime(store, index, http, fetcher, foreground, tokens, token_error, config.jobs)

@@ -17,7 +17,8 @@ from mixvfs.vfs.commands import cachectl, cli
 from tests.conftest import CACHECTL, MIXVFS, run, write_session
 from tests.faults.helpers import holds_open, wait_until
 
-MIXVFS_COMMANDS = ("mount", "unmount", "report", "preflight", "status", "check-export", "config")
+MIXVFS_COMMANDS = ("mount", "unmount", "report", "preflight", "status", "check-export", "config", "team-cache")
+NESTED_COMMANDS = ("team-cache nginx-config",)
 CACHECTL_COMMANDS = ("stats", "ls", "verify", "prune", "warm")
 MARKUP = ("``", ":class:", ":func:", ":mod:", ":data:", ":meth:")
 
@@ -124,7 +125,7 @@ def all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
 
 def test_every_parser_turns_abbreviations_off():
     parsers = all_parsers(cli.build_parser()) + all_parsers(cachectl.build_parser())
-    assert len(parsers) == 2 + len(MIXVFS_COMMANDS) + len(CACHECTL_COMMANDS)
+    assert len(parsers) == 2 + len(MIXVFS_COMMANDS) + len(NESTED_COMMANDS) + len(CACHECTL_COMMANDS)
     assert [p.prog for p in parsers if p.allow_abbrev] == []
 
 

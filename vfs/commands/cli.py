@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_flags(ce, check_export_settings())
     ce.add_argument("--json", action="store_true", help=JSON_HELP)
 
+    from mixvfs.vfs.commands import team_cache
+
+    team_cache.add_parser(sub)
+
     c = command("config", "each effective setting and where it came from", config.HELP, CONFIG_EXAMPLES)
     config.add_flags(c, config.MOUNT_SETTINGS)
     c.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -191,6 +195,9 @@ def run(args_list: list[str]) -> int:
         return check_export.main(args)
     if args.command == "config":
         return cmd_config(args)
+    if args.command == "team-cache":
+        from mixvfs.vfs.commands import team_cache
+        return team_cache.main(args)
     return EXIT_USAGE
 
 

@@ -25,6 +25,7 @@ import platformdirs
 
 from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, CacheLimits, resolve_cache_dir
+from mixvfs.cache.team import DEFAULT_RESET_AFTER, parse_spec, plain_http_problem
 from mixvfs.cache.token import TOKEN_COMMAND_TIMEOUT, TokenSource, command_preview
 from mixvfs.cache.units import format_size, parse_duration, parse_size
 
@@ -77,6 +78,20 @@ def _text(text: str) -> str:
     return text
 
 
+def _team_cache(text: str) -> str:
+    parse_spec(text)  # a bad URL is said where it was given, not in the daemon's log
+    return text
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"must be true or false, not {text!r}")
+
+
 @dataclass(frozen=True)
 class Spec:
     name: str  # the key in the config file and the attribute on the argparse namespace
@@ -127,6 +142,13 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("retries", "MIXVFS_RETRIES", 5, _attempts, "attempts per download for transient errors (5)"),
     Spec("retry_wait", "MIXVFS_RETRY_WAIT", 0.5, parse_duration,
          "first backoff wait, doubling, with jitter in proportion (0.5s)", _seconds),
+    Spec("team_cache", "MIXVFS_TEAM_CACHE", None, _team_cache,
+         "the studio's team cache(s) for track bytes: URL, ';' = failover order, '|' = random within a group"),
+    Spec("team_cache_reset_after", "MIXVFS_TEAM_CACHE_RESET_AFTER", DEFAULT_RESET_AFTER, _positive_duration,
+         "a team cache that failed is skipped this long (5m)", _seconds),
+    Spec("team_cache_allow_plain_http", "MIXVFS_TEAM_CACHE_ALLOW_PLAIN_HTTP", False, _bool,
+         "allow the token over plain http:// to a team cache on another machine (false)",
+         lambda v: "true" if v else "false"),
 )}
 
 # What each command takes (the rest of its flags are its own).
@@ -134,8 +156,9 @@ MOUNT_SETTINGS = tuple(SPECS)
 PREFLIGHT_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "cache_dir", "max_size", "max_age",
                       "jobs", "stall_timeout")
 CACHE_SETTINGS = ("cache_dir", "max_size", "max_age")
+TEAM_SETTINGS = ("team_cache", "team_cache_reset_after", "team_cache_allow_plain_http")
 WARM_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "jobs", "stall_timeout", "retries",
-                 "retry_wait")
+                 "retry_wait", *TEAM_SETTINGS)
 
 
 DEFAULT, FILE, ENV, FLAG = range(4)  # the layers, lowest first
@@ -196,6 +219,9 @@ an unknown key is an error (a typo is never ignored silently):
     retry_after = "60s"
     retries = 5
     retry_wait = "0.5s"
+    team_cache = "https://cache1.studio.lan:8443|https://cache2.studio.lan:8443;https://cache3.studio.lan:8443"
+    team_cache_reset_after = "5m"
+    team_cache_allow_plain_http = false   # true only on a trusted network: the token travels in clear text
 
 The token itself is only ever taken from MIXVFS_TOKEN, a token file or a token command, never from the
 config file or a flag (it would show in the process list or sit in a file meant for settings)."""
@@ -265,7 +291,24 @@ class Settings:
         return RuntimeConfig(self.cache_limits(), self.jobs, self.stall_timeout,
                              SPECS["retries"].default if retries is None else int(retries.value),
                              SPECS["retry_wait"].default if wait is None else float(wait.value),
-                             self.token_source)
+                             self.token_source, self.team_cache(),
+                             float(self._value_or_default("team_cache_reset_after")))
+
+    def _value_or_default(self, name: str) -> Any:
+        item = self.resolved.get(name)
+        return SPECS[name].default if item is None else item.value
+
+    def team_cache(self) -> str | None:
+        """The team cache setting, refused when it would carry a token in clear text to another machine
+        (unless allowed explicitly)."""
+        spec = self._value_or_default("team_cache")
+        if not spec:
+            return None
+        problem = plain_http_problem(parse_spec(spec))
+        has_token = any(self._value_or_default(n) for n in ("token_command", "token_file")) or bool(self.token)
+        if problem and has_token and not self._value_or_default("team_cache_allow_plain_http"):
+            raise ConfigError(problem)
+        return str(spec)
 
     @property
     def server(self) -> str | None:
@@ -349,6 +392,8 @@ def _parse(spec: Spec, text: str, where: str) -> Any:
 
 def _parse_file_value(spec: Spec, value: Any, path: Path) -> Any:
     # TOML gives numbers as numbers: a bare number is bytes / seconds / jobs, like on the command line.
+    if spec.parse is _bool and isinstance(value, bool):
+        return value
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ConfigError(f"config file {path}: {spec.name} must be a string or a number")
     return _parse(spec, str(value), f"config file {path}: {spec.name}")

@@ -47,14 +47,29 @@ def format_status(data: dict[str, Any]) -> str:
         speed = f", {format_size(int(d['rate']))}/s" if d.get("rate") else ""
         eta = eta_text(total - d["available"], d["rate"]) if total and d.get("rate") else ""
         retry = f", attempt {d['attempts']}" if d.get("attempts", 0) > 1 else ""
-        lines.append(f"  {d.get('name')}: {done}{share}{speed}{eta}{retry}")
+        via = f", from the {d['via']}" if d.get("via") else ""
+        lines.append(f"  {d.get('name')}: {done}{share}{speed}{eta}{retry}{via}")
     failed = data.get("failed", [])
     lines.append(f"failed: {data.get('failed_total', len(failed))}")
     lines += [f"  {f.get('name')}: {f.get('error')}" for f in failed]
     hidden = data.get("failed_total", len(failed)) - len(failed)
     if hidden > 0:
         lines.append(f"  … and {hidden} more (mixvfs report MOUNTPOINT)")
+    lines += team_lines(data)
     return "\n".join(lines)
+
+
+def team_lines(data: dict[str, Any]) -> list[str]:
+    """With a team cache: each cache up or down, and where each downloaded track's bytes came from."""
+    if "team_cache" not in data:
+        return []
+    lines = []
+    for cache in data["team_cache"]:
+        state = "up" if cache.get("state") == "up" else (
+            f"down ({cache.get('reason')}), tried again in {cache.get('retry_in')}s")
+        lines.append(f"team cache {cache.get('url')}: {state}")
+    lines += [f"  {t.get('name')}: from the {t.get('via')}" for t in data.get("via", [])]
+    return lines
 
 
 def eta_text(remaining: int, rate: float) -> str:

@@ -55,6 +55,7 @@ class TrackRecord:
     error: str | None = None
     attempts: int = 0
     note: str | None = None  # not a failure, but worth knowing: e.g. served from cache without revalidation
+    via: str | None = None  # with a team cache: where the bytes came from (origin, team cache hit/miss)
 
 
 def default_report_path(cache_dir: Path, session_name: str) -> Path:
@@ -208,13 +209,16 @@ def format_report(data: dict[str, Any]) -> str:
     where = f" at {data['mountpoint']}" if data.get("mountpoint") else ""
     lines = [f"session {data.get('session')!r}{where} (started {data.get('started')})"]
     width = min(60, max([len(str(t.get("name", ""))) for t in tracks] + [4]))
-    lines.append(f"{'NAME':<{width}}  {'SOURCE':<7} {'STATUS':<8} {'BYTES':>10} {'TRIES':>5}  ERROR")
+    team = any(t.get("via") for t in tracks)  # a team cache was set: say where each track's bytes came from
+    via_head = f" {'FROM':<15}" if team else ""
+    lines.append(f"{'NAME':<{width}}  {'SOURCE':<7} {'STATUS':<8} {'BYTES':>10} {'TRIES':>5}{via_head}  ERROR")
     for t in tracks:
         name = str(t.get("name", ""))
         name = name if len(name) <= width else name[: width - 1] + "…"
         size = format_size(t["bytes"]) if isinstance(t.get("bytes"), int) else "-"
+        via = f" {t.get('via') or '-':<15}" if team else ""
         lines.append(f"{name:<{width}}  {t.get('source', ''):<7} {t.get('status', ''):<8} {size:>10} "
-                     f"{t.get('attempts', 0):>5}  {t.get('error') or ''}")
+                     f"{t.get('attempts', 0):>5}{via}  {t.get('error') or ''}")
     counts: dict[str, int] = {}
     for t in tracks:
         counts[t.get("status", "?")] = counts.get(t.get("status", "?"), 0) + 1

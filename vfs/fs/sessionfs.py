@@ -206,20 +206,28 @@ class SessionFS:
         now = time.monotonic()
         downloading = [
             {"name": names.get(d.source.ident, d.source.label), "available": d.available, "total": d.total,
-             "attempts": d.attempts, "state": d.state.value,
+             "attempts": d.attempts, "state": d.state.value, **({"via": d.via} if d.via else {}),
              "rate": d.available / (now - d.started) if d.started and now > d.started else None}
             for d in self.fetcher.active() if d.state in (State.PENDING, State.FETCHING)
         ]
         snapshot = self.report.snapshot()
         counts: dict[str, int] = {}
         failed = []
+        via: dict[str, dict[str, str]] = {}
         for record in snapshot["tracks"]:
             counts[record["status"]] = counts.get(record["status"], 0) + 1
             if record["status"] in FAILED_STATUSES:
                 failed.append({"name": record["name"], "error": record["error"]})
-        return {"session": snapshot["session"], "tracks": len(snapshot["tracks"]), "counts": counts,
-                "downloading": downloading, "failed": failed[:MAX_STATUS_FAILURES],
-                "failed_total": len(failed)}
+            if record.get("via"):
+                via[record["id"]] = {"name": record["name"], "via": record["via"]}
+        status: dict[str, object] = {"session": snapshot["session"], "tracks": len(snapshot["tracks"]),
+                                     "counts": counts, "downloading": downloading,
+                                     "failed": failed[:MAX_STATUS_FAILURES], "failed_total": len(failed)}
+        team = self.fetcher.http.team
+        if team is not None:  # per cache: up or down; per track downloaded: team cache (hit/miss) or origin
+            status["team_cache"] = team.state()
+            status["via"] = list(via.values())
+        return status
 
     def names_of(self, source: Source) -> list[str]:
         """The files (one per track; several tracks may share a source) that ``source`` is the bytes of."""
@@ -524,7 +532,7 @@ class SessionFS:
                     track.size = download.total
                 self._failures.pop(track.id, None)
                 self.report.update(track.id, status=Status.CACHED, bytes=download.total, digest=download.digest,
-                                   error=None, attempts=download.attempts)
+                                   error=None, attempts=download.attempts, via=download.via)
             elif event is Event.FAILED and download.error is not None:
                 if isinstance(download.error, Cancelled):
                     self.report.update(track.id, status=Status.PENDING, error=None)

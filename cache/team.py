@@ -1,0 +1,215 @@
+"""The team cache's routing and failover policy, without HTTP: which cache a track request goes to, when a
+cache counts as down, and whether its answer can be used. :mod:`mixvfs.cache.http` sends the requests and
+asks this module; time is injected (``now``) so the policy is tested without sleeping.
+
+The setting is CVMFS-style: ``;`` separates groups tried in order (failover), ``|`` separates caches of one
+group, one picked at random per request (load spreading). A cache that fails (cannot be reached, times out,
+answers 502/503/504 or without the marker header) is skipped for ``reset_after`` seconds and the request goes
+to the next group, at last straight to the origin. The cache's answers are checked against the origin's ETag
+and length, which the cache's authorization HEAD saw (see :mod:`mixvfs.vfs.commands.team_cache`): a stale
+copy is asked for again with the refresh header, and if still wrong, that request goes to the origin.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from mixvfs.cache.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# The headers the cache and the client agree on (the nginx configuration sets the same names).
+MARKER = "X-Cache-Status"
+REFRESH_HEADER = "X-Mixvfs-Refresh"
+ORIGIN_HEADER = "X-Mixvfs-Origin"  # request: the origin the client means; answer: the origin the cache fronts
+ORIGIN_ETAG = "X-Mixvfs-Origin-ETag"
+ORIGIN_LENGTH = "X-Mixvfs-Origin-Length"
+FAILOVER_STATUSES = frozenset({502, 503, 504})
+MISDIRECTED = 421  # the cache fronts another origin
+DEFAULT_RESET_AFTER = 300.0
+
+VIA_ORIGIN = "origin"
+VIA_HIT = "team cache hit"
+VIA_MISS = "team cache miss"
+
+
+class Verdict(enum.Enum):
+    USE = "use"  # the cache's answer is the answer (bytes, or the origin's own refusal passed through)
+    FAILOVER = "failover"  # the cache failed: it is marked down, the request goes on without it
+    REFRESH = "refresh"  # a stale copy: ask the cache again with the refresh header
+    ORIGIN = "origin"  # this request only goes to the origin (still stale after a refresh, another origin)
+    REFUSED = "refused"  # 401/403: the origin refused this token; final
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_spec(text: str) -> list[list[str]]:
+    """``URL|URL;URL`` → groups of base URLs (no trailing slash). Raises ConfigError naming the bad part."""
+    groups = []
+    for group_text in text.split(";"):
+        members = [m.strip() for m in group_text.split("|") if m.strip()]
+        if not members:
+            continue
+        for member in members:
+            parts = urlsplit(member)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+                raise ConfigError(f"team cache {member!r}: must be an http:// or https:// URL (host[:port])")
+            if parts.username or parts.password:
+                raise ConfigError(f"team cache {parts.hostname}: no user or password in the URL")
+        groups.append([m.rstrip("/") for m in members])
+    if not groups:
+        raise ConfigError(f"team cache {text!r}: no URL")
+    return groups
+
+
+def plain_http_problem(groups: list[list[str]]) -> str | None:
+    """The first cache a bearer token would reach in clear text over the network, as a sentence."""
+    for group in groups:
+        for base in group:
+            parts = urlsplit(base)
+            if parts.scheme == "http" and not is_loopback(parts.hostname):
+                return (f"team cache {base}: the token would travel over plain http to another machine; use "
+                        "https:// (the nginx config's --tls-cert/--tls-key), or allow it explicitly with "
+                        "team_cache_allow_plain_http")
+    return None
+
+
+@dataclass
+class Endpoint:
+    base: str
+    down_until: float = 0.0
+    reason: str = ""
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base).netloc
+
+
+@dataclass(frozen=True)
+class Route:
+    endpoint: Endpoint
+    url: str  # the request's URL on the cache: same path and query
+
+
+class TeamCache:
+    def __init__(self, spec: str, *, reset_after: float = DEFAULT_RESET_AFTER,
+                 choose: Callable[[list[Endpoint]], Endpoint] | None = None,
+                 now: Callable[[], float] = time.monotonic) -> None:
+        self.groups = [[Endpoint(base) for base in group] for group in parse_spec(spec)]
+        self.reset_after = reset_after
+        self._choose = choose or random.choice
+        self._now = now
+        self._lock = threading.Lock()
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return [e for group in self.groups for e in group]
+
+    def route(self, url: str, *, now: float | None = None) -> Route | None:
+        """Where a track request for ``url`` goes: a cache that is up, from the first group that has one;
+        None when every cache is down (the request goes to the origin)."""
+        at = self._now() if now is None else now
+        with self._lock:
+            for group in self.groups:
+                up = [e for e in group if e.down_until <= at]
+                if up:
+                    endpoint = self._choose(up)
+                    return Route(endpoint, endpoint.base + path_and_query(url))
+        return None
+
+    def failed(self, route: Route, reason: str, *, now: float | None = None) -> bool:
+        """The cache failed this request: skip it for ``reset_after``. One log line when it goes down (True)."""
+        at = self._now() if now is None else now
+        endpoint = route.endpoint
+        with self._lock:
+            was_up = endpoint.down_until <= at
+            endpoint.down_until = at + self.reset_after
+            endpoint.reason = reason
+        if was_up:
+            log.warning("team cache %s is down (%s): straight to the origin for %gs", endpoint.host, reason,
+                        self.reset_after)
+        return was_up
+
+    def judge(self, route: Route, url: str, status: int, headers: Mapping[str, str], *, total: int | None,
+              expected: int | None, refreshed: bool) -> Verdict:
+        """What to do with the cache's answer. ``headers`` are the cache's own (before any redirect it passed
+        on), ``total`` the whole file's length the answer gives, ``expected`` the length the manifest or the
+        origin gave earlier (None: unknown)."""
+        if headers.get(MARKER) is None:
+            self.failed(route, f"an answer without the {MARKER} header: not the team cache")
+            return Verdict.FAILOVER
+        if status in FAILOVER_STATUSES:
+            self.failed(route, f"HTTP {status}")
+            return Verdict.FAILOVER
+        fronts = headers.get(ORIGIN_HEADER)
+        if status == MISDIRECTED or (fronts and fronts.rstrip("/") != origin_of(url)):
+            log.info("team cache %s fronts %s, not %s: straight to the origin", route.endpoint.host,
+                     fronts or "another server", origin_of(url))
+            return Verdict.ORIGIN
+        if status in (401, 403):
+            return Verdict.REFUSED
+        if not 200 <= status < 300:
+            return Verdict.USE  # the origin's own answer (404, 416, …), passed through
+        stale = staleness(headers, total, expected)
+        if stale is None:
+            return Verdict.USE
+        if refreshed:
+            log.warning("team cache %s: still %s after a refresh: straight to the origin", route.endpoint.host,
+                        stale)
+            return Verdict.ORIGIN
+        log.info("team cache %s: %s; asking it to refresh", route.endpoint.host, stale)
+        return Verdict.REFRESH
+
+    def state(self, *, now: float | None = None) -> list[dict[str, object]]:
+        """Each cache, up or down (with why and for how much longer): for ``mixvfs status``."""
+        at = self._now() if now is None else now
+        with self._lock:
+            return [{"url": e.base, "state": "up" if e.down_until <= at else "down",
+                     "reason": e.reason if e.down_until > at else None,
+                     "retry_in": round(max(0.0, e.down_until - at), 1)} for e in self.endpoints]
+
+
+def staleness(headers: Mapping[str, str], total: int | None, expected: int | None) -> str | None:
+    """Why the cache's copy is not the origin's current one, or None. The origin's ETag and length come from
+    the cache's authorization HEAD (at most a minute old); ``expected`` from the manifest or a probe."""
+    etag, origin_etag = headers.get("ETag"), headers.get(ORIGIN_ETAG)
+    if origin_etag and etag != origin_etag:
+        return f"its copy has ETag {etag}, the origin's is {origin_etag}"
+    origin_length = headers.get(ORIGIN_LENGTH, "")
+    if total is not None and origin_length.isdigit() and int(origin_length) != total:
+        return f"its copy is {total} bytes, the origin's {origin_length}"
+    if total is not None and expected is not None and total != expected:
+        return f"its copy is {total} bytes where {expected} were expected"
+    return None
+
+
+def via(headers: Mapping[str, str]) -> str:
+    """Where the bytes of a used cache answer came from: the cache's store (hit) or the origin through it."""
+    return VIA_HIT if headers.get(MARKER, "").upper() == "HIT" else VIA_MISS
+
+
+def path_and_query(url: str) -> str:
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"

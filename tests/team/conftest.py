@@ -1,0 +1,125 @@
+"""A real nginx team cache on loopback, configured by `mixvfs team-cache nginx-config`, in front of a real dev
+server accepting two tokens (alice, bob). One of each per test module: the tests use track paths of their
+own, so the shared cache never mixes them. Under CI=true a machine without nginx fails these tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MIXVFS, run
+from tools.devserver import DevServer
+
+TOKENS = ("alice", "bob")
+
+
+def require_nginx() -> str:
+    nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+    if nginx is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("nginx is not installed (apt install nginx-light: tools/install_system.sh); CI must run "
+                        "the team cache tests")
+        pytest.skip("nginx is not installed (apt install nginx-light)")
+    return nginx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def accepts(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class TeamNginx:
+    """nginx run as generated, in the foreground (``-g 'daemon off;'``) so the test owns its process."""
+
+    def __init__(self, nginx: str, origin: str, folder: Path) -> None:
+        self.nginx = nginx
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dir = folder / "cache"
+        self.conf = folder / "nginx.conf"
+        done = run([MIXVFS, "team-cache", "nginx-config", "--origin", origin, "--listen", f"127.0.0.1:{self.port}",
+                    "--cache-dir", str(self.dir), "--max-size", "1G"], check=True)
+        self.conf.write_text(done.stdout)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen([self.nginx, "-c", str(self.conf), "-e", str(self.dir / "logs" / "error.log"),
+                                       "-g", "daemon off;"], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20  # a hang guard, not a wait
+        while not accepts(self.port):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+                raise RuntimeError(f"nginx did not start: {err}{self.error_log()}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.send_signal(signal.SIGTERM)  # fast shutdown: the master waits for its workers
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+    def error_log(self) -> str:
+        path = self.dir / "logs" / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    root = tmp_path_factory.mktemp("origin")
+    with DevServer(root, tokens=TOKENS) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def team_nginx(origin: DevServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamNginx]:
+    cache = TeamNginx(require_nginx(), origin.url, tmp_path_factory.mktemp("nginx"))
+    cache.start()
+    yield cache
+    cache.stop()
+
+
+@pytest.fixture
+def origin_root(origin: DevServer) -> Path:
+    return origin.root
+
+
+def gets(origin: DevServer, path: str, token: str | None = None) -> list[dict[str, object]]:
+    """The origin's GETs of ``path`` (by ``token`` if given)."""
+    return [e for e in origin.requests("GET", path) if token is None or e["auth"] == f"Bearer {token}"]
+
+
+def get_bytes(origin: DevServer, path: str, token: str | None = None) -> int:
+    return sum(int(str(e["bytes"])) for e in gets(origin, path, token))
+
+
+@contextlib.contextmanager
+def stopped(cache: TeamNginx) -> Iterator[None]:
+    """nginx stopped for the block, started again after it whatever happens (the module shares it)."""
+    cache.stop()
+    try:
+        yield
+    finally:
+        cache.start()

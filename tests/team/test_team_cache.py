@@ -1,0 +1,191 @@
+"""The studio tier end to end: real nginx (configured by `mixvfs team-cache nginx-config`) on loopback in front of
+the dev server, real mounts with their own tokens and cache folders, real `cp`."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from mixvfs.cache.team import VIA_HIT, VIA_MISS, VIA_ORIGIN
+from tests.conftest import MIXVFS, Mount, run, write_session
+from tests.faults.helpers import FAST, cloud_track, name_of, stream_path, wait_until
+from tests.team.conftest import TeamNginx, get_bytes, gets
+from tools.devserver import DevServer
+from tools.make_audio import write_sized
+
+MIB = 1 << 20
+SLICE = 4 * MIB
+
+
+def session_of(tmp_path: Path, origin: DevServer, tracks: list[dict[str, Any]], name: str = "s") -> Path:
+    return write_session(tmp_path / f"{name}.json", tracks, server=origin.url)
+
+
+def mount_as(mounter: Callable[..., Mount], session: Path, token: str, cache: TeamNginx, tmp_path: Path,
+             *extra: str) -> Mount:
+    return mounter(session, *FAST, "--team-cache", cache.url, *extra, cache_dir=tmp_path / f"cache-{token}",
+                   env={"MIXVFS_TOKEN": token})
+
+
+def export(m: Mount, dst: Path) -> subprocess.CompletedProcess[str]:
+    return run(["cp", "-r", f"{m.path}/.", str(dst)])
+
+
+def via(m: Mount, track: str) -> str | None:
+    """Where the report says the track's bytes came from (the report is written in batches: poll)."""
+    return m.wait_track(track, lambda r: r.get("via") is not None).get("via")
+
+
+def slices_of(size: int) -> list[str]:
+    return [f"bytes={start}-{start + SLICE - 1}" for start in range(0, size, SLICE)]
+
+
+def test_the_cache_passes_the_origins_etag_and_length_through_slices_and_a_head_downloads_nothing(
+        origin: DevServer, team_nginx: TeamNginx) -> None:
+    size = 2 * SLICE + 12345  # three slices: nginx assembles the answer from them
+    track = cloud_track(origin.root, "raw", size)
+    url = team_nginx.url + track["cloud_stream_path"]
+    auth = {"Authorization": "Bearer alice"}
+    direct = httpx.head(origin.url + track["cloud_stream_path"], headers=auth)
+    head = httpx.head(url, headers=auth)
+    assert head.headers["Content-Length"] == str(size) and head.headers["ETag"] == direct.headers["ETag"]
+    assert not gets(origin, stream_path("raw")), "a HEAD through the cache must not fetch a slice"
+    whole = httpx.get(url, headers=auth)
+    assert whole.status_code == 200 and whole.headers["Content-Length"] == str(size)
+    assert whole.headers["ETag"] == direct.headers["ETag"] and whole.headers["X-Cache-Status"] == "MISS"
+    assert whole.content == (origin.root / "stream" / "raw.wav").read_bytes()
+    tail = httpx.get(url, headers={**auth, "Range": f"bytes={SLICE + 7}-"})
+    assert tail.status_code == 206 and tail.headers["Content-Range"] == f"bytes {SLICE + 7}-{size - 1}/{size}"
+    assert tail.headers["ETag"] == direct.headers["ETag"] and tail.headers["X-Cache-Status"] == "HIT"
+    assert tail.content == whole.content[SLICE + 7:]
+    assert sorted(str(e["range"]) for e in gets(origin, stream_path("raw"))) == sorted(slices_of(size))
+
+
+def test_a_second_user_exports_the_session_with_no_origin_bytes(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    sizes = {"one": 2 * SLICE + 999, "two": 300_000}
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, t, n, seed=i)
+                                             for i, (t, n) in enumerate(sizes.items())])
+    alice = mount_as(mounter, session, "alice", team_nginx, tmp_path)
+    assert export(alice, tmp_path / "alice").returncode == 0
+    for track, size in sizes.items():  # each slice crossed the internet once
+        assert get_bytes(origin, stream_path(track)) == size
+        assert sorted(str(e["range"]) for e in gets(origin, stream_path(track))) == slices_of(size)
+    bob = mount_as(mounter, session, "bob", team_nginx, tmp_path)
+    assert export(bob, tmp_path / "bob").returncode == 0
+    for track, size in sizes.items():
+        assert get_bytes(origin, stream_path(track)) == size, "bob's export fetched track bytes at the origin"
+        assert not gets(origin, stream_path(track), "bob")
+        source = origin.root / "stream" / f"{track}.wav"
+        assert filecmp.cmp(source, tmp_path / "alice" / name_of(track), shallow=False)
+        assert filecmp.cmp(source, tmp_path / "bob" / name_of(track), shallow=False)
+        assert via(alice, track) == VIA_MISS and via(bob, track) == VIA_HIT
+    status = json.loads(run([MIXVFS, "status", str(bob.path), "--json"], check=True).stdout)
+    assert status["team_cache"][0]["state"] == "up"
+    assert {t["via"] for t in status["via"]} == {VIA_HIT}
+    assert "team cache hit" in run([MIXVFS, "report", str(bob.path)], check=True).stdout
+
+
+def test_a_token_the_origin_refuses_gets_eio_and_no_track_bytes(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, "secret", SLICE + 10)])
+    alice = mount_as(mounter, session, "alice", team_nginx, tmp_path)  # the bytes are in the team cache now
+    assert export(alice, tmp_path / "alice").returncode == 0
+    carol = mount_as(mounter, session, "carol", team_nginx, tmp_path)
+    done = run(["cp", str(carol.path / name_of("secret")), str(tmp_path / "carol.wav")])
+    assert done.returncode != 0 and "Input/output error" in done.stderr
+    record = carol.track("secret")
+    assert record["status"] == "failed" and "refused this token" in record["error"]
+    assert not (tmp_path / "carol.wav").exists() or (tmp_path / "carol.wav").stat().st_size == 0
+    assert not gets(origin, stream_path("secret"), "carol")
+    assert any(e["auth"] == "Bearer carol" for e in origin.requests("HEAD", stream_path("secret")))
+
+
+def test_two_cold_users_at_once_fetch_each_slice_once(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    size = 2 * SLICE + 4321
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, "cold", size)])
+    path = stream_path("cold")
+    origin.set_faults({path: {"hold": "first"}})  # the first slice waits until both users are at the cache
+    try:
+        alice = mount_as(mounter, session, "alice", team_nginx, tmp_path)
+        bob = mount_as(mounter, session, "bob", team_nginx, tmp_path)
+        copies = [subprocess.Popen(["cp", str(m.path / name_of("cold")), str(tmp_path / f"{n}.wav")])
+                  for n, m in (("alice", alice), ("bob", bob))]
+        origin.wait_held("first", 1)
+        # Both users were authorized (the origin answered both HEADs): both requests are at nginx's cache lock.
+        assert wait_until(lambda: {e["auth"] for e in origin.requests("HEAD", path)} >= {"Bearer alice",
+                                                                                          "Bearer bob"}, 30)
+        origin.release("first")
+        assert [c.wait(timeout=60) for c in copies] == [0, 0]
+    finally:
+        origin.set_faults({})
+    ranges = [str(e["range"]) for e in gets(origin, path)]
+    assert sorted(ranges) == slices_of(size), f"one origin fetch per slice, got {ranges}"
+    for name in ("alice", "bob"):
+        assert filecmp.cmp(origin.root / "stream" / "cold.wav", tmp_path / f"{name}.wav", shallow=False)
+
+
+def test_listing_through_the_cache_downloads_nothing(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    tracks = [cloud_track(origin.root, f"ls{i}", SLICE + i, declare_size=False) for i in range(3)]
+    session = session_of(tmp_path, origin, tracks)
+    bob = mount_as(mounter, session, "bob", team_nginx, tmp_path)  # sizes unknown: asked at mount (HEAD)
+    listing = run(["ls", "-l", str(bob.path)], check=True).stdout
+    for i in range(3):
+        assert f" {SLICE + i} " in listing
+        assert not gets(origin, stream_path(f"ls{i}")), "listing must not download anything"
+        assert origin.requests("HEAD", stream_path(f"ls{i}"))
+
+
+def test_a_stopped_cache_fails_over_to_the_origin_and_is_used_again_after_the_reset_interval(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, t, SLICE + 1) for t in ("down", "back")])
+    alice = mount_as(mounter, session, "alice", team_nginx, tmp_path, "--team-cache-reset-after", "1s")
+    team_nginx.stop()
+    try:
+        assert run(["cp", str(alice.path / name_of("down")), str(tmp_path / "down.wav")]).returncode == 0
+        assert via(alice, "down") == VIA_ORIGIN
+        assert [e["range"] for e in gets(origin, stream_path("down"))] == [None], "straight from the origin"
+        assert f"team cache 127.0.0.1:{team_nginx.port} is down" in alice.log()
+        status = json.loads(run([MIXVFS, "status", str(alice.path), "--json"], check=True).stdout)
+        assert status["team_cache"][0]["state"] == "down"
+    finally:
+        team_nginx.start()
+
+    def cache_up() -> bool:
+        state = json.loads(run([MIXVFS, "status", str(alice.path), "--json"], check=True).stdout)["team_cache"]
+        return bool(state[0]["state"] == "up")
+
+    assert wait_until(cache_up, 30)
+    assert run(["cp", str(alice.path / name_of("back")), str(tmp_path / "back.wav")]).returncode == 0
+    assert via(alice, "back") == VIA_MISS
+    assert sorted(str(e["range"]) for e in gets(origin, stream_path("back"))) == slices_of(SLICE + 1)
+    for track in ("down", "back"):
+        assert filecmp.cmp(origin.root / "stream" / f"{track}.wav", tmp_path / f"{track}.wav", shallow=False)
+
+
+def test_a_track_changed_at_the_origin_is_detected_and_refetched(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    size = SLICE + 5000
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, "remix", size)])
+    alice = mount_as(mounter, session, "alice", team_nginx, tmp_path)
+    assert export(alice, tmp_path / "old").returncode == 0  # the team cache holds the old version
+    source = origin.root / "stream" / "remix.wav"
+    old = source.read_bytes()
+    write_sized(source, size, seed=99)  # same size, new bytes, new ETag
+    stamp = source.stat().st_mtime_ns + 5_000_000_000
+    os.utime(source, ns=(stamp, stamp))
+    assert source.read_bytes() != old
+    bob = mount_as(mounter, session, "bob", team_nginx, tmp_path)  # bob's authorization sees the new ETag
+    assert export(bob, tmp_path / "new").returncode == 0
+    assert filecmp.cmp(source, tmp_path / "new" / name_of("remix"), shallow=False)
+    assert "asking it to refresh" in bob.log()
+    assert get_bytes(origin, stream_path("remix"), "bob") == size  # refetched through the cache, once

@@ -1,0 +1,153 @@
+"""The team cache's routing and failover policy (cache/team.py), with injected time: no sleeping, no network."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from mixvfs.cache.errors import ConfigError
+from mixvfs.cache.team import (
+    MARKER,
+    ORIGIN_ETAG,
+    ORIGIN_HEADER,
+    ORIGIN_LENGTH,
+    Endpoint,
+    TeamCache,
+    Verdict,
+    parse_spec,
+    plain_http_problem,
+)
+from mixvfs.vfs.commands import config
+
+URL = "http://origin.example:8080/stream/a.wav?v=2"
+GOOD = {MARKER: "HIT", "ETag": '"e1"', ORIGIN_ETAG: '"e1"', ORIGIN_LENGTH: "1000",
+        ORIGIN_HEADER: "http://origin.example:8080"}
+
+
+def first(members: list[Endpoint]) -> Endpoint:
+    return members[0]
+
+
+def team(spec: str = "https://a:1|https://b:2;https://c:3") -> TeamCache:
+    return TeamCache(spec, reset_after=60, choose=first, now=lambda: 0.0)
+
+
+def test_spec_groups_are_failover_order_and_members_are_alternatives() -> None:
+    assert parse_spec(" https://a:1/ | https://b:2 ;https://c:3;") == [["https://a:1", "https://b:2"], ["https://c:3"]]
+    for bad in ("", ";", "ftp://a", "https://a?x=1", "https://u:p@a", "a:1"):
+        with pytest.raises(ConfigError):
+            parse_spec(bad)
+
+
+def test_a_request_keeps_its_path_and_query_on_the_cache() -> None:
+    route = team().route(URL, now=0)
+    assert route is not None and route.url == "https://a:1/stream/a.wav?v=2"
+
+
+def test_within_a_group_the_pick_is_among_the_caches_that_are_up() -> None:
+    seen: list[list[str]] = []
+
+    def choose(members: list[Endpoint]) -> Endpoint:
+        seen.append([m.base for m in members])
+        return members[-1]
+
+    cache = TeamCache("https://a:1|https://b:2", reset_after=60, choose=choose)
+    route = cache.route(URL, now=0)
+    assert route is not None and route.endpoint.base == "https://b:2" and seen == [["https://a:1", "https://b:2"]]
+    cache.failed(route, "refused", now=0)
+    again = cache.route(URL, now=1)
+    assert again is not None and again.endpoint.base == "https://a:1" and seen[-1] == ["https://a:1"]
+
+
+def test_a_failed_cache_is_skipped_for_reset_after_then_tried_again(caplog: pytest.LogCaptureFixture) -> None:
+    cache = team("https://a:1;https://c:3")
+    route = cache.route(URL, now=0)
+    assert route is not None
+    with caplog.at_level(logging.WARNING, "mixvfs.cache.team"):
+        assert cache.failed(route, "connection refused", now=10)
+        assert not cache.failed(route, "connection refused", now=11)  # already down: no second line
+    assert [r.getMessage() for r in caplog.records] == [
+        "team cache a:1 is down (connection refused): straight to the origin for 60s"]
+    fallback = cache.route(URL, now=69.9)
+    assert fallback is not None and fallback.endpoint.base == "https://c:3"
+    assert cache.state(now=30)[0] == {"url": "https://a:1", "state": "down", "reason": "connection refused",
+                                      "retry_in": 41.0}
+    back = cache.route(URL, now=71)
+    assert back is not None and back.endpoint.base == "https://a:1"
+
+
+def test_every_cache_down_means_the_origin() -> None:
+    cache = team("https://a:1")
+    route = cache.route(URL, now=0)
+    assert route is not None
+    cache.failed(route, "timed out", now=0)
+    assert cache.route(URL, now=59) is None
+
+
+@pytest.mark.parametrize(("status", "headers", "verdict"), [
+    (200, GOOD, Verdict.USE),
+    (206, GOOD, Verdict.USE),
+    (200, {k: v for k, v in GOOD.items() if k != MARKER}, Verdict.FAILOVER),  # not the team cache
+    (502, GOOD, Verdict.FAILOVER),
+    (503, GOOD, Verdict.FAILOVER),
+    (504, GOOD, Verdict.FAILOVER),
+    (401, {MARKER: "NONE"}, Verdict.REFUSED),
+    (403, {MARKER: "NONE"}, Verdict.REFUSED),
+    (404, {MARKER: "PASS"}, Verdict.USE),  # the origin's own answer, passed through
+    (421, {MARKER: "NONE"}, Verdict.ORIGIN),  # the cache fronts another origin
+    (200, {**GOOD, ORIGIN_HEADER: "https://elsewhere"}, Verdict.ORIGIN),
+    (200, {**GOOD, "ETag": '"old"'}, Verdict.REFRESH),
+    (200, {**GOOD, ORIGIN_LENGTH: "999"}, Verdict.REFRESH),
+])
+def test_judging_the_caches_answer(status: int, headers: dict[str, str], verdict: Verdict) -> None:
+    cache = team()
+    route = cache.route(URL, now=0)
+    assert route is not None
+    assert cache.judge(route, URL, status, headers, total=1000, expected=None, refreshed=False) is verdict
+    down = cache.state(now=0)[0]["state"] == "down"
+    assert down == (verdict is Verdict.FAILOVER)
+
+
+def test_a_copy_of_another_length_than_the_manifests_is_refreshed_then_taken_from_the_origin() -> None:
+    cache = team()
+    route = cache.route(URL, now=0)
+    assert route is not None
+    assert cache.judge(route, URL, 200, GOOD, total=1000, expected=1000, refreshed=False) is Verdict.USE
+    assert cache.judge(route, URL, 200, GOOD, total=1000, expected=1200, refreshed=False) is Verdict.REFRESH
+    assert cache.judge(route, URL, 200, GOOD, total=1000, expected=1200, refreshed=True) is Verdict.ORIGIN
+    stale = {**GOOD, "ETag": '"old"'}
+    assert cache.judge(route, URL, 200, stale, total=1000, expected=None, refreshed=True) is Verdict.ORIGIN
+    assert cache.state(now=0)[0]["state"] == "up"  # stale is not down
+
+
+def test_a_token_never_goes_over_plain_http_to_another_machine_unless_allowed(tmp_path: Path) -> None:
+    assert plain_http_problem(parse_spec("http://127.0.0.1:8080|http://localhost:1;https://cache.lan")) is None
+    assert plain_http_problem(parse_spec("http://[::1]:8080")) is None
+    problem = plain_http_problem(parse_spec("https://a.lan;http://10.0.0.5:8080"))
+    assert problem is not None and "http://10.0.0.5:8080" in problem and "team_cache_allow_plain_http" in problem
+    env = {"MIXVFS_CONFIG": str(tmp_path / "none.toml"), "MIXVFS_TEAM_CACHE": "http://10.0.0.5:8080"}
+    (tmp_path / "none.toml").write_text("")
+    with pytest.raises(ConfigError, match="plain http"):
+        config.resolve(None, env={**env, "MIXVFS_TOKEN": "t"}).runtime()
+    allowed = config.resolve(None, env={**env, "MIXVFS_TOKEN": "t", "MIXVFS_TEAM_CACHE_ALLOW_PLAIN_HTTP": "yes"})
+    assert allowed.runtime().team_cache == "http://10.0.0.5:8080"
+    assert config.resolve(None, env=env).runtime().team_cache == "http://10.0.0.5:8080"  # no token: nothing to leak
+
+
+def test_team_cache_settings_come_in_layers(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('team_cache = "https://a:1|https://b:2"\nteam_cache_reset_after = "2m"\n'
+                    "team_cache_allow_plain_http = true\n")
+    settings = config.resolve(None, env={"MIXVFS_CONFIG": str(path), "MIXVFS_TEAM_CACHE_RESET_AFTER": "30s"})
+    runtime = settings.runtime()
+    assert runtime.team_cache == "https://a:1|https://b:2" and runtime.team_reset_after == 30
+    assert settings.value("team_cache_allow_plain_http") is True
+    empty = path.with_name("empty.toml")
+    empty.write_text("")
+    defaults = config.resolve(None, env={"MIXVFS_CONFIG": str(empty)},
+                              names=(*config.CACHE_SETTINGS, "jobs", "stall_timeout"))
+    assert defaults.runtime().team_cache is None and defaults.runtime().team_reset_after == 300
+    with pytest.raises(ConfigError, match="MIXVFS_TEAM_CACHE"):
+        config.resolve(None, env={"MIXVFS_CONFIG": str(path), "MIXVFS_TEAM_CACHE": "ftp://x"})

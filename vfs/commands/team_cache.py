@@ -1,0 +1,274 @@
+"""``mixvfs team-cache nginx-config``: a complete nginx configuration for a studio's shared cache.
+
+The cache is nginx (Debian's ``nginx-light`` has the two modules it needs: ``auth_request`` and ``slice``),
+never a home-made server. What the generated configuration does, and why:
+
+* every request, hit or miss, is authorized at the origin with the user's own ``Authorization``: an
+  ``auth_request`` HEAD of the same URI, its answer cached per token and URI for 60 s (refusals 10 s), so a
+  revoked user is refused within a minute and one user's "yes" is never another's;
+* track bytes are cached once for everybody, keyed by method, URI and 4 MiB slice — never by token — so
+  ranged reads and resumes are served from the cache, and ``proxy_cache_lock`` makes concurrent misses of a
+  slice one fetch. The origin's ``Cache-Control: private`` is overridden: acceptable only because every hit
+  is re-authorized (RFC 9111 §3.5);
+* a HEAD stays a HEAD (``proxy_cache_convert_head off``, the method in the key): listing a session
+  downloads nothing;
+* every answer carries ``X-Cache-Status`` (HIT, MISS, … ; NONE for nginx's own, e.g. a refused token;
+  PASS when the origin answered something other than yes/no to the authorization, passed through
+  uncached), plus the origin's ETag and length as the authorization HEAD saw them
+  (``X-Mixvfs-Origin-ETag``, ``X-Mixvfs-Origin-Length``), which the client checks the cached copy against;
+  ``X-Mixvfs-Refresh: 1`` on a request bypasses (and replaces) the cached copy of that URI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from mixvfs.cache.errors import ConfigError
+from mixvfs.cache.team import MARKER, MISDIRECTED, ORIGIN_ETAG, ORIGIN_HEADER, ORIGIN_LENGTH, REFRESH_HEADER
+from mixvfs.cache.units import parse_size
+
+SLICE = "4m"
+AUTH_VALID, AUTH_REFUSED_VALID = "60s", "10s"
+
+TEXT = """Print a complete nginx configuration for a studio's team cache in front of ORIGIN (the music service).
+Every request is authorized at the origin with the user's own token (a HEAD of the same URI, cached per
+token for at most 60 s); track bytes are cached once for everybody, in 4 MiB slices; a HEAD never
+downloads. Everything nginx writes (pid, logs, temporary files, the cache) goes under --cache-dir.
+Run it with: nginx -c FILE (add -g 'daemon off;' to keep it in the foreground, e.g. under systemd)."""
+GROUP_TEXT = """A studio's team cache: nginx on the LAN in front of the music service, so that each track crosses the
+internet once per studio while every user keeps their own token. nginx-config prints its configuration;
+workstations use it with the team_cache setting (--team-cache, MIXVFS_TEAM_CACHE)."""
+GROUP_EXAMPLES = """examples:
+  mixvfs team-cache nginx-config --origin https://music.example.com --listen 10.0.0.5:8443 --cache-dir /srv/c ...
+  mixvfs mount friday.json ~/MixBoardTracks --team-cache https://10.0.0.5:8443
+"""
+EXAMPLES = """examples:
+  mixvfs team-cache nginx-config --origin https://music.example.com --listen 10.0.0.5:8443 \\
+      --cache-dir /srv/mixvfs-cache --tls-cert /etc/ssl/cache.pem --tls-key /etc/ssl/cache.key > /srv/cache.conf
+  nginx -c /srv/cache.conf
+  mixvfs mount friday.json ~/MixBoardTracks --team-cache https://10.0.0.5:8443
+"""
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    origin: str  # scheme://host[:port], no path
+    listen: str  # HOST:PORT
+    cache_dir: Path
+    max_size: int
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    user: str | None = None  # the worker processes' user (only when nginx starts as root)
+
+
+def parse_origin(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--origin must be an http:// or https:// URL, not {text!r}")
+    if parts.path not in ("", "/") or parts.query or parts.username:
+        raise ConfigError(f"--origin must be the server only (scheme://host[:port]), not {text!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def parse_listen(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--listen must be HOST:PORT (e.g. 10.0.0.5:8443), not {text!r}")
+    return text
+
+
+def worker_user(cache_dir: Path, explicit: str | None) -> str | None:
+    """As root, nginx's workers drop to a user that must own CACHE_DIR (they write the cache): the folder's
+    owner unless named. As a normal user there is nothing to drop to (nginx warns about a ``user`` line)."""
+    if explicit:
+        return explicit
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwuid(cache_dir.stat().st_uid).pw_name
+    except (OSError, KeyError):
+        return "root"
+
+
+def render(cfg: CacheConfig) -> str:
+    """The configuration text. Paths are absolute; nothing outside ``cache_dir`` is written."""
+    d = cfg.cache_dir
+    origin_host = urlsplit(cfg.origin).netloc
+    tls = cfg.tls_cert is not None
+    listen = f"listen {cfg.listen}{' ssl' if tls else ''};"
+    tls_lines = (f"\n        ssl_certificate {q(cfg.tls_cert)};\n        ssl_certificate_key {q(cfg.tls_key)};"
+                 "\n        ssl_protocols TLSv1.2 TLSv1.3;") if tls else ""
+    upstream_tls = ("\n    proxy_ssl_server_name on;\n    proxy_ssl_verify on;"
+                    "\n    proxy_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;"
+                    if cfg.origin.startswith("https://") else "")
+    user_line = f"user {cfg.user};\n" if cfg.user else ""
+    origin_var = "$http_" + ORIGIN_HEADER.lower().replace("-", "_")
+    # proxy_set_header is inherited only by a level that sets none itself: every location says them all.
+    headers = "\n".join(f"            proxy_set_header {line};" for line in (
+        'Connection ""', f"Host {origin_host}", f'{REFRESH_HEADER} ""'))
+    return f"""# mixvfs team cache: generated by `mixvfs team-cache nginx-config`. Run: nginx -c THIS_FILE
+# Origin {cfg.origin}; everything nginx writes is under {d}.
+{user_line}worker_processes auto;
+pid {q(d / "nginx.pid")};
+error_log {q(d / "logs" / "error.log")} warn;
+events {{ worker_connections 1024; }}
+
+http {{
+    # Never the Authorization header in the log.
+    log_format mixvfs '$remote_addr [$time_local] "$request" $status $body_bytes_sent cache=$upstream_cache_status '
+                      'auth=$mixvfs_auth_status $request_time';
+    access_log {q(d / "logs" / "access.log")} mixvfs;
+    client_body_temp_path {q(d / "temp" / "client_body")};
+    proxy_temp_path {q(d / "temp" / "proxy")};
+    fastcgi_temp_path {q(d / "temp" / "fastcgi")};
+    uwsgi_temp_path {q(d / "temp" / "uwsgi")};
+    scgi_temp_path {q(d / "temp" / "scgi")};
+    server_tokens off;
+    default_type application/octet-stream;
+
+    # Track bytes, shared by every user: keyed by method, URI and slice, never by token.
+    proxy_cache_path {q(d / "cache" / "bytes")} levels=1:2 keys_zone=mixvfs_bytes:64m max_size={cfg.max_size}
+                     inactive=30d use_temp_path=off;
+    # Authorization answers, per token and URI, for at most {AUTH_VALID}. The key (with the token) is written in
+    # each file's header: this folder is as secret as the tokens; its files go after 2 minutes unused.
+    proxy_cache_path {q(d / "cache" / "auth")} levels=1:2 keys_zone=mixvfs_auth:8m max_size=256m inactive=2m
+                     use_temp_path=off;
+
+    map $http_x_mixvfs_refresh $mixvfs_refresh {{ default 0; "1" 1; }}
+    # Every answer is marked, nginx's own ones too (a refused token: NONE).
+    map $upstream_cache_status $mixvfs_cache_status {{ "" NONE; default $upstream_cache_status; }}
+
+    upstream mixvfs_origin {{
+        server {origin_host}{':443' if cfg.origin.startswith('https://') and ':' not in origin_host else ''};
+        keepalive 16;
+    }}
+
+    server {{
+        {listen}{tls_lines}
+        proxy_http_version 1.1;{upstream_tls}
+
+        location / {{
+            if ($request_method !~ ^(GET|HEAD)$) {{ return 405; }}
+            # A client that means another origin is told so before anything reaches this one.
+            if ({origin_var} !~ "^(|{re.escape(cfg.origin)}/?)$") {{ return {MISDIRECTED}; }}
+            auth_request /.mixvfs-auth;
+            auth_request_set $mixvfs_auth_status $upstream_status;
+            auth_request_set $mixvfs_origin_etag $upstream_http_etag;
+            auth_request_set $mixvfs_origin_length $upstream_http_content_length;
+            # The origin answered the authorization with neither yes nor no (404, 5xx): its own answer to the
+            # request, straight through and uncached.
+            error_page 500 = @mixvfs_pass;
+
+            slice {SLICE};
+            proxy_cache mixvfs_bytes;
+            proxy_cache_key "$request_method $uri$is_args$args $slice_range";
+{headers}
+            proxy_set_header Range $slice_range;
+            proxy_cache_valid 200 206 30d;
+            proxy_cache_lock on;
+            proxy_cache_lock_age 60s;
+            proxy_cache_lock_timeout 60s;
+            proxy_cache_convert_head off;
+            proxy_cache_bypass $mixvfs_refresh;
+            # The origin says "private": overridden, acceptable only because every hit is re-authorized above.
+            proxy_ignore_headers Cache-Control Expires Set-Cookie Vary X-Accel-Expires;
+            proxy_hide_header Set-Cookie;
+            add_header {MARKER} $mixvfs_cache_status always;
+            add_header {ORIGIN_ETAG} $mixvfs_origin_etag always;
+            add_header {ORIGIN_LENGTH} $mixvfs_origin_length always;
+            add_header {ORIGIN_HEADER} {cfg.origin} always;
+            proxy_pass {cfg.origin.split('://')[0]}://mixvfs_origin;
+        }}
+
+        location = /.mixvfs-auth {{
+            internal;
+            proxy_pass {cfg.origin.split('://')[0]}://mixvfs_origin$request_uri;
+            proxy_method HEAD;
+            proxy_pass_request_body off;
+{headers}
+            proxy_set_header Content-Length "";
+            proxy_set_header Range "";
+            proxy_set_header If-Range "";
+            proxy_set_header If-None-Match "";
+            proxy_set_header If-Modified-Since "";
+            proxy_cache mixvfs_auth;
+            proxy_cache_key "$http_authorization $request_uri";
+            proxy_cache_valid 200 204 {AUTH_VALID};
+            proxy_cache_valid 401 403 {AUTH_REFUSED_VALID};
+            proxy_cache_bypass $mixvfs_refresh;
+            proxy_ignore_headers Cache-Control Expires Set-Cookie Vary X-Accel-Expires;
+        }}
+
+        location @mixvfs_pass {{
+{headers}
+            proxy_pass {cfg.origin.split('://')[0]}://mixvfs_origin;
+            add_header {MARKER} PASS always;
+            add_header {ORIGIN_HEADER} {cfg.origin} always;
+        }}
+    }}
+}}
+"""
+
+
+def q(path: Path | None) -> str:
+    """A path as an nginx string: quoted, so spaces and semicolons in it cannot end the directive."""
+    text = str(path).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def prepare_dir(cache_dir: Path) -> None:
+    """The folders nginx writes into: it creates only the last level of a cache or temporary path itself."""
+    try:
+        for sub in ("logs", "temp", "cache"):
+            (cache_dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        cache_dir.chmod(0o700)  # the cache holds every track anyone played, the auth folder tokens
+    except OSError as exc:
+        raise ConfigError(f"--cache-dir {cache_dir}: cannot create it: {exc.strerror}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> CacheConfig:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    for path in (args.tls_cert, args.tls_key):
+        if path is not None and not path.expanduser().is_file():
+            raise ConfigError(f"{path}: no such file")
+    cache_dir = args.cache_dir.expanduser().absolute()
+    prepare_dir(cache_dir)
+    return CacheConfig(
+        origin=parse_origin(args.origin),
+        listen=parse_listen(args.listen),
+        cache_dir=cache_dir,
+        max_size=parse_size(args.max_size),
+        tls_cert=args.tls_cert.expanduser().absolute() if args.tls_cert else None,
+        tls_key=args.tls_key.expanduser().absolute() if args.tls_key else None,
+        user=worker_user(cache_dir, args.user),
+    )
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    t = sub.add_parser("team-cache", help="a studio's shared cache (nginx) in front of the music service",
+                       description=GROUP_TEXT, epilog=GROUP_EXAMPLES, allow_abbrev=False,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    tsub = t.add_subparsers(dest="team_command", required=True, metavar="SUBCOMMAND")
+    n = tsub.add_parser("nginx-config", help="print a complete nginx configuration", description=TEXT,
+                        epilog=EXAMPLES, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    n.add_argument("--origin", required=True, metavar="URL", help="the music service, e.g. https://music.example.com")
+    n.add_argument("--listen", required=True, metavar="HOST:PORT", help="where workstations reach the cache")
+    n.add_argument("--cache-dir", required=True, type=Path, metavar="DIR",
+                   help="pid, logs, temporary files and the cache (created, mode 0700)")
+    n.add_argument("--tls-cert", type=Path, metavar="FILE", help="TLS certificate (PEM) for the listener")
+    n.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key")
+    n.add_argument("--max-size", default="100G", metavar="SIZE", help="cache size limit (100G)")
+    n.add_argument("--user", help="the user nginx's workers run as when started as root "
+                                  "(default: the --cache-dir folder's owner)")
+
+
+def main(args: argparse.Namespace) -> int:
+    print(render(config_from_args(args)), end="")
+    return 0
