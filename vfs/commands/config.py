@@ -75,6 +75,12 @@ def _text(text: str) -> str:
     return text
 
 
+def _passthrough(text: str) -> str:
+    if text not in ("auto", "off"):
+        raise ConfigError(f"must be auto or off, not {text!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class Spec:
     name: str  # the key in the config file and the attribute on the argparse namespace
@@ -125,6 +131,8 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("retries", "MIXVFS_RETRIES", 5, _attempts, "attempts per download for transient errors (5)"),
     Spec("retry_wait", "MIXVFS_RETRY_WAIT", 0.5, parse_duration,
          "first backoff wait, doubling, with jitter in proportion (0.5s)", _seconds),
+    Spec("passthrough", "MIXVFS_PASSTHROUGH", "auto", _passthrough,
+         "auto: the kernel reads cached tracks itself (FUSE passthrough) where it can; off: never (auto)"),
 )}
 
 # What each command takes (the rest of its flags are its own).
@@ -194,6 +202,7 @@ an unknown key is an error (a typo is never ignored silently):
     retry_after = "60s"
     retries = 5
     retry_wait = "0.5s"
+    passthrough = "auto"                   # or "off"
 
 The token itself is only ever taken from MIXVFS_TOKEN, a token file or a token command, never from the
 config file or a flag (it would show in the process list or sit in a file meant for settings)."""
@@ -250,6 +259,7 @@ class Settings:
     jobs = Setting(int)
     stall_timeout = Setting(float)
     retry_after = Setting(float)
+    passthrough = Setting(str)
 
     def cache_limits(self) -> CacheLimits:
         return CacheLimits(self.cache_dir, self.max_size, self.max_age)
