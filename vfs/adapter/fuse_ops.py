@@ -99,7 +99,7 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         status: dict[str, Any] = {"state": "off" if why else "on", "why": why, "daemon_reads": self.daemon_reads}
         if table is not None:
             status.update(opens=table.stats.opens, normal=table.stats.normal, refusals=table.stats.refusals,
-                          live=table.live())
+                          **table.live())
         return status
 
     def destroy(self, path: str) -> None:

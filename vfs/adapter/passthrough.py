@@ -11,9 +11,6 @@ with one reason, and the mount serves every read itself as before:
   descriptor, ``fuse_session_fd(fuse_get_session(fuse_get_context()->fuse))``;
 * ``fuse_file_info.backing_id`` at its libfuse 3.17 offset (mfusepy's struct ends before it): libfuse's
   high-level ``open`` reply carries it to the kernel with ``FOPEN_PASSTHROUGH``.
-
-Test hook: ``MIXVFS_TEST_PASSTHROUGH_REFUSE=EPERM`` (any errno name) makes every backing-file registration
-fail with that errno, as the kernel would, so the fallback at open can be tested where no kernel refuses.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ log = logging.getLogger(__name__)
 MIN_VERSION = (3, 17)  # 3.17.1: the first libfuse whose high-level API passes backing_id on
 FUSE_CAP_PASSTHROUGH = 1 << 29  # fuse_common.h
 CAP_SYS_ADMIN = 21  # linux/capability.h
-REFUSE_ENV = "MIXVFS_TEST_PASSTHROUGH_REFUSE"
 
 
 class BackingMap(ctypes.Structure):
@@ -132,13 +128,9 @@ class Device:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        refuse = os.environ.get(REFUSE_ENV, "")
-        self._refuse = getattr(errno, refuse, errno.EPERM) if refuse else 0
 
     def open_backing(self, fd: int) -> int:
         """Register ``fd``'s file as a backing file; its id (> 0). OSError when the kernel refuses."""
-        if self._refuse:
-            raise OSError(self._refuse, os.strerror(self._refuse))
         mapping = BackingMap(fd=fd, flags=0, padding=0)
         backing_id = fcntl.ioctl(self.fd, FUSE_DEV_IOC_BACKING_OPEN, mapping)
         if backing_id <= 0:

@@ -109,7 +109,9 @@ class BackingTable:
             if state.normal == 0 and state.through == 0:
                 del self._files[name]
 
-    def live(self) -> int:
-        """Backing files registered now."""
+    def live(self) -> dict[str, int]:
+        """Open now: files with a backing file, opens by passthrough, opens served normally."""
         with self._lock:
-            return sum(1 for state in self._files.values() if state.through)
+            files = self._files.values()
+            return {"backing_files": sum(1 for s in files if s.through),
+                    "passthrough_opens": sum(s.through for s in files), "normal_opens": sum(s.normal for s in files)}
