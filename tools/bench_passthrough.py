@@ -64,12 +64,22 @@ def passthrough_hp(floor: Path, source: Path, mnt: Path, *, passthrough: bool) -
         subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
 
 
+def copy_settled(src: Path, out: Path) -> float:
+    """``cp -r`` timed after ``sync``: the previous copy's gigabyte of dirty pages being written back during
+    this one made single runs 2-4 × slower at random (measured: 0.38-1.8 s for the same copy)."""
+    from tools.bench import copy_tree, reset
+
+    reset(out)
+    os.sync()
+    return copy_tree(src, out)
+
+
 def passthrough_state(mnt: Path) -> dict[str, object]:
     return dict(json.loads(os.getxattr(mnt, "user.mixvfs.passthrough")))
 
 
 def case_passthrough(bench: Bench, data: DataSet) -> None:
-    from tools.bench import Row, copy_tree, files_under, mixvfs_mount, read_through, reset
+    from tools.bench import Row, files_under, mixvfs_mount, read_through, reset
 
     if os.geteuid() != 0:
         bench.say("passthrough: skipped (needs root: the kernel lets only CAP_SYS_ADMIN name backing files)")
@@ -95,23 +105,23 @@ def case_passthrough(bench: Bench, data: DataSet) -> None:
         c_off: list[float] = []
         for _ in range(bench.runs):
             read_through(data.files)
-            native.append(copy_tree(data.folder, out))
+            native.append(copy_settled(data.folder, out))
             read_through(blobs)
             with mixvfs_mount(data.session, work / "mnt", cache, work) as mount:
-                on.append(copy_tree(mount.path, out))
-                again.append(copy_tree(mount.path, out))
+                on.append(copy_settled(mount.path, out))
+                again.append(copy_settled(mount.path, out))
                 state = passthrough_state(mount.path)
             if state.get("state") != "on" or state.get("daemon_reads") != 0:
                 raise RuntimeError(f"passthrough was not on for every read: {state}")
             read_through(data.files)
             with passthrough_hp(floor, data.folder, work / "cmnt", passthrough=True) as mnt:
-                c_on.append(copy_tree(mnt, out))
+                c_on.append(copy_settled(mnt, out))
             read_through(blobs)
             with mixvfs_mount(data.session, work / "mnt", cache, work, "--passthrough", "off") as mount:
-                off.append(copy_tree(mount.path, out))
+                off.append(copy_settled(mount.path, out))
             read_through(data.files)
             with passthrough_hp(floor, data.folder, work / "cmnt", passthrough=False) as mnt:
-                c_off.append(copy_tree(mnt, out))
+                c_off.append(copy_settled(mnt, out))
             bench.say(f"  cp {native[-1]:.3f} s; passthrough: mixvfs {on[-1]:.3f} s (re-export {again[-1]:.3f} s), "
                       f"passthrough_hp {c_on[-1]:.3f} s; without: mixvfs {off[-1]:.3f} s, "
                       f"passthrough_hp {c_off[-1]:.3f} s")
