@@ -3,7 +3,7 @@
 # into a private prefix, for the passthrough test lane and the benchmark's C FUSE floor. The system's libfuse
 # is left alone (Debian 12 ships 3.14); mixvfs loads this one only when told: FUSE_LIBRARY_PATH=<printed path>.
 #
-#   bash tools/build_libfuse.sh            # prints the library's path; seconds when already built
+#   bash tools/build_libfuse.sh            # prints the library's path; instant when already built
 #   LIBFUSE_PREFIX=/some/dir bash tools/build_libfuse.sh
 #
 # What it does (each step skipped when already done):
@@ -11,7 +11,7 @@
 #      the system keeps its own release's binaries (no `deb` line is added);
 #   2. build tools with apt: meson, ninja-build, pkg-config, gcc, g++ (libfuse's passthrough_hp example is
 #      C++), dpkg-dev (`apt-get source` unpacks with dpkg-source);
-#   3. `apt-get source fuse3/trixie` into build/libfuse-src/;
+#   3. `apt-get source fuse3/trixie` into $LIBFUSE_PREFIX/src/;
 #   4. meson + ninja, without fusermount and udev rules (`-Dutils=false`: a private build installs nothing
 #      setuid; the system's fusermount3 still mounts for non-root users), into $LIBFUSE_PREFIX (default
 #      build/libfuse-3.17/ in the checkout), with libfuse's own `passthrough_hp` example copied to its bin/ (the
@@ -21,7 +21,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 prefix=${LIBFUSE_PREFIX:-$here/build/libfuse-3.17}
-srcroot=$here/build/libfuse-src
+srcroot=$prefix/src  # the source package and its build tree, beside what is installed
 lib=$prefix/lib/libfuse3.so  # the soname is libfuse3.so.4 from 3.17 on
 floor=$prefix/bin/passthrough_hp
 stamp=$prefix/.built
@@ -99,13 +99,14 @@ minor=$(echo "$version" | cut -d. -f2)
 # 4. meson/ninja into the private prefix.
 say "building libfuse $version into $prefix"
 builddir=$src/build-mixvfs
+buildlog=$srcroot/build.log
 if [[ ! -f $builddir/build.ninja ]]; then
     meson setup "$builddir" "$src" --prefix="$prefix" --libdir=lib --buildtype=release \
-        -Dutils=false -Dexamples=true -Dtests=false -Ddisable-mtab=true >/dev/null \
-        || die "meson setup failed (see $builddir/meson-logs/meson-log.txt)"
+        -Dutils=false -Dexamples=true -Dtests=false -Ddisable-mtab=true >"$buildlog" 2>&1 \
+        || { tail -n 20 "$buildlog" >&2; die "meson setup failed (see $builddir/meson-logs/meson-log.txt)"; }
 fi
-ninja -C "$builddir" >/dev/null || die "ninja failed in $builddir"
-ninja -C "$builddir" install >/dev/null || die "ninja install failed"
+{ ninja -C "$builddir" && ninja -C "$builddir" install; } >>"$buildlog" 2>&1 \
+    || { tail -n 20 "$buildlog" >&2; die "ninja failed in $builddir (log: $buildlog)"; }
 [[ -x $builddir/example/passthrough_hp ]] || die "libfuse's passthrough_hp example was not built (g++ missing?)"
 mkdir -p "$prefix/bin"
 cp "$builddir/example/passthrough_hp" "$floor"
