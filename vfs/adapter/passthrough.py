@@ -6,7 +6,7 @@ What is declared, each checked against the loaded libfuse (:func:`layout_problem
 with one reason, and the mount serves every read itself as before:
 
 * ``FUSE_CAP_PASSTHROUGH`` in ``struct fuse_conn_info``'s ``capable_ext``/``want_ext`` (libfuse >= 3.17), wanted
-  in init with ``max_backing_stack_depth`` 1 (the blobs sit on a plain disk file system);
+  in init with ``max_backing_stack_depth`` 1;
 * ``FUSE_DEV_IOC_BACKING_OPEN`` / ``_CLOSE`` (``struct fuse_backing_map``) on the session's ``/dev/fuse``
   descriptor, ``fuse_session_fd(fuse_get_session(fuse_get_context()->fuse))``;
 * ``fuse_file_info.backing_id`` at its libfuse 3.17 offset (mfusepy's struct ends before it): libfuse's
@@ -92,7 +92,9 @@ def want_passthrough(lib: Any, conn: Any) -> str | None:
     """In libfuse's init: ask for passthrough if the kernel offers it. None when asked; else why not."""
     if not conn.capable_ext & FUSE_CAP_PASSTHROUGH:
         return "the kernel does not offer FUSE passthrough (needs Linux 6.9 or newer with CONFIG_FUSE_PASSTHROUGH)"
-    conn.max_backing_stack_depth = 1  # blobs on a plain file system; libfuse tells the kernel this + 1
+    # Backing files may sit on a disk file system or one overlay (a container's root): libfuse tells the kernel
+    # this + 1 for the FUSE layer, and 2 is the deepest the kernel allows. Deeper: ELOOP at open, served normally.
+    conn.max_backing_stack_depth = 1
     setter = getattr(lib, "fuse_set_feature_flag", None)  # libfuse >= 3.17.3 (Debian's 3.17.2 has it too)
     if setter is not None:
         setter.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
