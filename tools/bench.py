@@ -11,7 +11,7 @@ the server's files once, so that nothing is cached on the client side while the 
 the bottleneck. Warm runs read both sides' sources once beforehand so both come from the page cache.
 
     python tools/bench.py [--quick] [--runs N] [--out DIR] [--profile]
-                          [--only cold,warm,first,ls,scale,checkexport,team]
+                          [--only cold,warm,first,ls,scale,checkexport,team,passthrough]
 """
 
 from __future__ import annotations
@@ -637,7 +637,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-rclone", action="store_true", help="skip the rclone comparison")
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon in the first run of each case")
     parser.add_argument("--only", default="",
-                        help="comma list of cases: cold,warm,first,ls,scale,checkexport,team (team: not by default)")
+                        help="comma list of cases: cold,warm,first,ls,scale,checkexport,passthrough,team "
+                             "(default: all but team)")
     args = parser.parse_args(argv)
     args.runs = max(3, args.runs or (3 if args.quick else 5))
     return args
@@ -647,7 +648,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    only = set(filter(None, args.only.split(","))) or {"cold", "warm", "first", "ls", "scale", "checkexport"}
+    only = set(filter(None, args.only.split(","))) or {"cold", "warm", "first", "ls", "scale", "checkexport",
+                                                        "passthrough"}
     info = machine()
     print(f"mixvfs benchmark {info['date']}: {info['nproc']} CPUs, {info['mem_gib']} GiB, kernel {info['kernel']}, "
           f"libfuse3 {info['libfuse3']}")
@@ -674,6 +676,9 @@ def main(argv: list[str] | None = None) -> int:
             bench.case_warm_export(main_set)
         if "first" in only:
             bench.case_first_bytes(main_set)
+        if "passthrough" in only:  # FUSE passthrough on libfuse >= 3.17 (tools/bench_passthrough.py)
+            from tools.bench_passthrough import case_passthrough
+            case_passthrough(bench, main_set)
         if "ls" in only:
             bench.case_listing(2000 if args.quick else 10_000)
         if "checkexport" in only:  # 1 GiB even with --quick: a smaller export would time start-up, not hashing

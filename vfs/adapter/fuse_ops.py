@@ -18,8 +18,10 @@ if "FUSE_LIBRARY_NAME" not in os.environ and ctypes.util.find_library("fuse3"):
 
 import mfusepy as fuse
 
+from mixvfs.vfs.adapter import passthrough
 from mixvfs.vfs.adapter.errno_map import fuse_errors
 from mixvfs.vfs.adapter.libfuse import WAITING_READS, allow_waiting_reads, invalidate_path, raise_readahead
+from mixvfs.vfs.fs.backing import BackingTable
 from mixvfs.vfs.fs.sessionfs import BLOCK_SIZE, Handle, SessionFS
 from mixvfs.vfs.session.tracks import Track
 
@@ -40,16 +42,20 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         self._handles: dict[int, Handle] = {}
         self._next = 1
         self._lock = threading.Lock()
+        self.passthrough_off: str | None = "the mount has not started"  # why not, or None once on
+        self.daemon_reads = 0  # read requests that reached the daemon (passthrough opens send none)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
     mountpoint = ""  # set by run()
     waiting_reads = 0  # set by run(): 0 leaves the kernel's limit on reads in flight
+    passthrough_setting = "auto"  # set by run(): "off" keeps every read in the daemon
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         """libfuse's init; mfusepy hands the connection's parameters only to this form of it."""
         if conn is not None and self.waiting_reads:
             allow_waiting_reads(conn, self.waiting_reads)
+        self._negotiate_passthrough(conn)
         if self.mountpoint:
             # The kernel applies libfuse's init reply (which caps readahead) only after init returns.
             threading.Thread(target=self._tune_after_init, name="readahead", daemon=True).start()
@@ -62,7 +68,45 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
             return
         raise_readahead(self.mountpoint)
 
+    def _negotiate_passthrough(self, conn: Any) -> None:
+        """FUSE passthrough for cached tracks when everything allows it; else one line saying why not."""
+        why = self._passthrough_problem(conn)
+        if why is None:
+            device = passthrough.Device(passthrough.session_fd(fuse._libfuse))
+            self.core.backings = BackingTable(device.open_backing, device.close_backing)
+            self.passthrough_off = None
+            log.info("FUSE passthrough on (libfuse %s): the kernel reads cached tracks from the cache's blob files",
+                     passthrough.library_version(fuse._libfuse))
+        else:
+            self.passthrough_off = why
+            log.info("FUSE passthrough off: %s", why)
+
+    def _passthrough_problem(self, conn: Any) -> str | None:
+        if self.passthrough_setting == "off":
+            return "the passthrough setting is off"
+        if conn is None:
+            return "libfuse gave no connection parameters"
+        problem = passthrough.layout_problem((fuse.fuse_version_major, fuse.fuse_version_minor),
+                                             fuse.fuse_file_info, fuse.fuse_conn_info)
+        if problem is None and not passthrough.has_sys_admin():
+            problem = "not running as root (the kernel lets only CAP_SYS_ADMIN name backing files)"
+        return problem if problem is not None else passthrough.want_passthrough(fuse._libfuse, conn)
+
+    def passthrough_status(self) -> dict[str, Any]:
+        """The root's ``user.mixvfs.passthrough``: on or off (and why), opens served each way."""
+        table = self.core.backings
+        why = self.passthrough_off if table is None else table.off_reason
+        status: dict[str, Any] = {"state": "off" if why else "on", "why": why, "daemon_reads": self.daemon_reads}
+        if table is not None:
+            status.update(opens=table.stats.opens, normal=table.stats.normal, refusals=table.stats.refusals,
+                          **table.live())
+        return status
+
     def destroy(self, path: str) -> None:
+        table = self.core.backings
+        if table is not None:
+            log.info("FUSE passthrough: %d opens read by the kernel, %d cached opens served by the daemon",
+                     table.stats.opens, table.stats.normal)
         self.core.close()
 
     # -- names and attributes ------------------------------------------------------------------------
@@ -125,6 +169,8 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         fi.fh = fh
         fi.keep_cache = int(opened.keep_cache)
         fi.direct_io = int(opened.direct_io)
+        if opened.backing is not None:
+            passthrough.set_backing_id(fi, opened.backing)
         return 0
 
     @guard
@@ -133,6 +179,7 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         descriptor for libfuse to pread made a copy from the cache take 1.2-1.5x as long with 1.8x the
         daemon's CPU, because libfuse (without splice) preads it into a fresh page-aligned buffer per
         request, faulting in every page (BENCHMARKS.md, "read_buf against plain read")."""
+        self.daemon_reads += 1  # a count for the status (a racing increment may be lost; 0 means none came)
         return self.core.read(self._handles[fi.fh], size, offset)
 
     @guard
@@ -146,12 +193,13 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
     # -- extended attributes (status of each track) -------------------------------------------------
 
     def _root_values(self) -> dict[str, str]:
-        return {**self.root_xattrs, "status": json.dumps(self.core.live_status(), ensure_ascii=False)}
+        return {**self.root_xattrs, "status": json.dumps(self.core.live_status(), ensure_ascii=False),
+                "passthrough": json.dumps(self.passthrough_status())}
 
     @guard
     def listxattr(self, path: str) -> list[str]:
         if path == "/":
-            return [XATTR_PREFIX + key for key in [*self.root_xattrs, "status"]]
+            return [XATTR_PREFIX + key for key in [*self.root_xattrs, "status", "passthrough"]]
         return [XATTR_PREFIX + key for key in self.core.track_xattrs(self._track(path))]
 
     @guard
@@ -175,7 +223,7 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
 
 def run(ops: MixOps, mountpoint: str, *, foreground: bool = True, threads: int = 16,
         waiting_reads: int = WAITING_READS, attr_timeout: float = 1.0, nonempty: bool = False,
-        debug: bool = False) -> None:
+        debug: bool = False, passthrough: str = "auto") -> None:
     """Serve until unmounted. libfuse installs SIGTERM/SIGINT handlers that unmount cleanly.
 
     ``threads`` serve what never waits on the network (lookups, stat, listings, opens, local and cached
@@ -198,5 +246,6 @@ def run(ops: MixOps, mountpoint: str, *, foreground: bool = True, threads: int =
     elif nonempty:
         options["nonempty"] = True  # libfuse 2 (macFUSE's API) refuses a non-empty mountpoint without it
     ops.waiting_reads = waiting_reads
+    ops.passthrough_setting = passthrough
     ops.mountpoint = os.path.realpath(mountpoint)
     fuse.FUSE(ops, mountpoint, raw_fi=True, **options)

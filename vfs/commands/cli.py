@@ -215,6 +215,7 @@ def mount_options(args: argparse.Namespace) -> mount.MountOptions:
         log_file=(args.log_file or runtime.cache.root / "logs" / "mixvfs.log").expanduser().absolute(),
         retry_after=settings.retry_after,
         prefetch=not args.no_prefetch,
+        passthrough=settings.passthrough,
         default_server=settings.server,
         allow_non_empty=args.allow_non_empty,
     )

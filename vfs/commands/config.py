@@ -92,6 +92,12 @@ def _bool(text: str) -> bool:
     raise ConfigError(f"must be true or false, not {text!r}")
 
 
+def _passthrough(text: str) -> str:
+    if text not in ("auto", "off"):
+        raise ConfigError(f"must be auto or off, not {text!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class Spec:
     name: str  # the key in the config file and the attribute on the argparse namespace
@@ -149,6 +155,8 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("team_cache_allow_plain_http", "MIXVFS_TEAM_CACHE_ALLOW_PLAIN_HTTP", False, _bool,
          "allow the token over plain http:// to a team cache on another machine (false)",
          lambda v: "true" if v else "false"),
+    Spec("passthrough", "MIXVFS_PASSTHROUGH", "auto", _passthrough,
+         "auto: the kernel reads cached tracks itself (FUSE passthrough) where it can; off: never (auto)"),
 )}
 
 # What each command takes (the rest of its flags are its own).
@@ -222,6 +230,7 @@ an unknown key is an error (a typo is never ignored silently):
     team_cache = "https://cache1.studio.lan:8443|https://cache2.studio.lan:8443;https://cache3.studio.lan:8443"
     team_cache_reset_after = "5m"
     team_cache_allow_plain_http = false   # true only on a trusted network: the token travels in clear text
+    passthrough = "auto"                   # or "off"
 
 The token itself is only ever taken from MIXVFS_TOKEN, a token file or a token command, never from the
 config file or a flag (it would show in the process list or sit in a file meant for settings)."""
@@ -278,6 +287,7 @@ class Settings:
     jobs = Setting(int)
     stall_timeout = Setting(float)
     retry_after = Setting(float)
+    passthrough = Setting(str)
 
     def cache_limits(self) -> CacheLimits:
         return CacheLimits(self.cache_dir, self.max_size, self.max_age)

@@ -52,6 +52,7 @@ class MountOptions:
     attr_timeout: float = 1.0  # keep <= 1 s: live reloads must show within 2 s through the kernel's caches
     default_server: str | None = None  # for manifests that name no server (from the config)
     allow_non_empty: bool = False  # mount over a folder that holds files (they are hidden while mounted)
+    passthrough: str = "auto"  # FUSE passthrough for cached tracks where the kernel allows it; "off": never
 
 
 # -- the mountpoint -------------------------------------------------------------------------------------
@@ -335,7 +336,7 @@ def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, 
         log.info("mounting %s (%d tracks) at %s", session.name, len(core.tracks), options.mountpoint)
         with stop_signals_for_libfuse():
             fuse_ops.run(ops, str(options.mountpoint), threads=options.threads, attr_timeout=options.attr_timeout,
-                         nonempty=options.allow_non_empty)
+                         nonempty=options.allow_non_empty, passthrough=options.passthrough)
     except RuntimeError as exc:
         if ready.live:
             # libfuse 3 answers a loop ended by SIGTERM/SIGINT/SIGHUP with a non-zero status (mfusepy raises

@@ -22,6 +22,7 @@ from mixvfs.cache.errors import Cancelled, ContentChanged, FetchError, SourceMis
 from mixvfs.cache.http import Freshness
 from mixvfs.cache.remote import Source
 from mixvfs.cache.scheduler import Fetcher
+from mixvfs.vfs.fs.backing import BackingTable
 from mixvfs.vfs.fs.pages import PageTable, Version
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, TrackRecord
 from mixvfs.vfs.session.tracks import Kind, Track
@@ -39,6 +40,8 @@ class Handle:
     track: Track
     name: str  # the file's name when it was opened (the kernel's file; a live reload may rename the track)
     pinned: bool = False  # counted as a page-cached reader in the page table
+    backing: int | None = None  # the passthrough backing file this open was given (see vfs/fs/backing.py)
+    counted: bool = False  # counted in the backing table: release it there
 
     def span(self, size: int, offset: int) -> tuple[int, int]:
         """(descriptor, byte count) that hold bytes [offset, offset+size) now, for a zero-copy reply:
@@ -124,6 +127,7 @@ class Opened:
     keep_cache: bool  # the kernel may keep the pages it has: they are of this very version
     direct_io: bool  # read to the end of this version, whatever size the kernel holds
     stale: bool = False  # the kernel's size or pages of this file may be another version's: drop them now
+    backing: int | None = None  # FUSE passthrough: the kernel reads this open from that backing file
 
 
 @dataclass
@@ -157,6 +161,7 @@ class SessionFS:
         self._failures: dict[str, Failure] = {}
         self._track_locks: dict[str, threading.Lock] = {}
         self.pages = PageTable()
+        self.backings: BackingTable | None = None  # set by the adapter when the kernel does FUSE passthrough
         self._set_tracks(tracks)
         self._unsubscribe = fetcher.subscribe(self._on_download_event)
         self._prefetch_stop = threading.Event()
@@ -348,7 +353,26 @@ class SessionFS:
             self._record_failure(track, exc, track_failed=False)
             raise
         handle.pinned = admission.pinned
+        if self.backings is not None:
+            try:
+                handle.backing = self._passthrough(handle, version)
+            except FetchError as exc:
+                self.release(handle)
+                self._record_failure(track, exc, track_failed=False)
+                raise
+            if handle.backing is not None:  # keep_cache or direct_io with passthrough: EIO, or daemon reads
+                return Opened(handle, keep_cache=False, direct_io=False, stale=admission.stale,
+                              backing=handle.backing)
         return Opened(handle, admission.keep_cache, admission.direct_io, admission.stale)
+
+    def _passthrough(self, handle: Handle, version: Version) -> int | None:
+        """The backing file the kernel may read this open from, or None (served normally). Only a whole,
+        verified blob of the cache (not a download, nor a local file its owner may rewrite under the reader)."""
+        assert self.backings is not None
+        blob_fd = handle.fd if isinstance(handle, BlobHandle) and not isinstance(handle, LocalHandle) else None
+        backing = self.backings.open(handle.name, version.key, blob_fd)
+        handle.counted = True
+        return backing
 
     def _open_local(self, track: Track) -> tuple[Handle, Version]:
         assert track.local_path is not None
@@ -443,6 +467,8 @@ class SessionFS:
     def release(self, handle: Handle) -> None:
         if handle.pinned:
             self.pages.release(handle.name)
+        if handle.counted and self.backings is not None:
+            self.backings.release(handle.name, handle.backing)
         handle.close()
 
     # -- prefetch --------------------------------------------------------------------------------------
