@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import mmap
 import os
 import signal
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,9 +34,14 @@ def hash_fd(fd: int, *, size: int | None = None, progress: Callable[[int], None]
 def hash_prefix(fd: int, length: int | None, *, progress: Callable[[int], None] | None = None) -> Any:
     """A hasher fed with the first ``length`` bytes of ``fd`` (all of it for None), ready for more."""
     hasher = new_hasher()
-    offset = 0
-    while length is None or offset < length:
-        want = HASH_CHUNK if length is None else min(HASH_CHUNK, length - offset)
+    feed(fd, hasher, 0, length, progress)
+    return hasher
+
+
+def feed(fd: int, hasher: Any, offset: int, end: int | None, progress: Callable[[int], None] | None) -> None:
+    """Hash ``fd`` from ``offset`` up to ``end`` (its end for None) with ``pread``, into ``hasher``."""
+    while end is None or offset < end:
+        want = HASH_CHUNK if end is None else min(HASH_CHUNK, end - offset)
         chunk = os.pread(fd, want, offset)
         if not chunk:
             break
@@ -42,10 +49,13 @@ def hash_prefix(fd: int, length: int | None, *, progress: Callable[[int], None] 
         offset += len(chunk)
         if progress is not None:
             progress(len(chunk))
-    return hasher
 
 
-MAP_SPAN = 8 << 20  # bytes hashed per update (and per progress step) from a mapping
+MAP_SPAN = 8 << 20  # bytes hashed per update from a mapping; the lease is looked at between spans
+# Local file systems, where every change to a file goes through this kernel, which honours the lease. On a
+# network or FUSE file system the file can change behind the kernel's back (a truncate on the server) and a
+# mapping would end in SIGBUS whatever the lease says: those are read.
+LEASE_HONOURING = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "bcachefs"})
 
 
 def hash_path(path: Path, *, progress: Callable[[int], None] | None = None) -> str:
@@ -53,29 +63,54 @@ def hash_path(path: Path, *, progress: Callable[[int], None] | None = None) -> s
 
     Mapped when it is safe, read with ``pread`` otherwise. Hashing a mapping skips the copy out of the page
     cache (about twice ``pread``'s rate, faster than ``xxhsum``), but a file cut short under a mapping kills
-    the process with SIGBUS. So it is mapped only under a read lease: the lease is refused while anyone has
-    the file open for writing, and it makes another process's later open-for-writing or truncate wait until
-    we are done (the kernel tells the holder with SIGIO; see :func:`ignore_lease_breaks`)."""
+    the process with SIGBUS. So a file is mapped only on a local file system and under a read lease: the lease
+    is refused while anyone has the file open for writing, and another process's later open-for-writing or
+    truncate must wait for it. The kernel waits only ``/proc/sys/fs/lease-break-time`` (45 s) before it takes
+    the lease away, so between spans the lease is looked at: once a writer is waiting, the rest of the file is
+    read with ``pread`` (a file cut short then just hashes differently) and the lease given back at once."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with contextlib.suppress(OSError):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a big readahead: one pass, in order
-        if not take_read_lease(fd):
-            return hash_fd(fd, progress=progress)
-        try:
-            return hash_mapped(fd, progress)
-        finally:
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        hasher = new_hasher()
+        offset = 0
+        if mappable(fd) and take_read_lease(fd):
+            try:
+                offset = feed_mapped(fd, hasher, progress)
+            finally:
+                give_back_lease(fd)
+        feed(fd, hasher, offset, None, progress)  # the rest (all of it when nothing was mapped)
+        return str(hasher.hexdigest())
     finally:
         os.close(fd)
 
 
 def ignore_lease_breaks() -> None:
     """A lease break is signalled with SIGIO, whose default action ends the process; a command that hashes
-    with :func:`hash_path` calls this once, from its main thread. Ignoring it is safe: the breaker's open waits
-    (at most ``/proc/sys/fs/lease-break-time``) until the file is hashed and its lease given back."""
+    with :func:`hash_path` calls this once, from its main thread. Ignoring the signal is safe: the lease itself
+    is looked at between spans (:func:`feed_mapped`)."""
     signal.signal(signal.SIGIO, signal.SIG_IGN)
+
+
+def mappable(fd: int) -> bool:
+    st = os.fstat(fd)
+    return stat.S_ISREG(st.st_mode) and st.st_size > 0 and fs_type(st.st_dev) in LEASE_HONOURING
+
+
+@functools.cache
+def fs_type(dev: int) -> str | None:
+    """The file system type of device ``dev``, from ``/proc/self/mountinfo`` (whose third field is the
+    device's ``major:minor``, as ``st_dev`` gives it); None when it is not found (then nothing is mapped)."""
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo") as mountinfo:
+            for line in mountinfo:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == want and " - " in line:
+                    return line.split(" - ", 1)[1].split()[0]
+    except OSError:
+        pass
+    return None
 
 
 def take_read_lease(fd: int) -> bool:
@@ -83,22 +118,36 @@ def take_read_lease(fd: int) -> bool:
         return False  # a lease break would end the process: read instead
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-    except OSError:  # EAGAIN: open for writing somewhere; EACCES: not our file; EINVAL: no leases here (FUSE…)
+    except OSError:  # EAGAIN: open for writing somewhere; EACCES: not our file; EINVAL: no leases here
         return False
     return True
 
 
-def hash_mapped(fd: int, progress: Callable[[int], None] | None) -> str:
+def lease_held(fd: int) -> bool:
+    """False once a writer waits: during a lease break F_GETLEASE answers the type the lease is going to."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_RDLCK
+    except OSError:
+        return False
+
+
+def give_back_lease(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+
+
+def feed_mapped(fd: int, hasher: Any, progress: Callable[[int], None] | None) -> int:
+    """Hash ``fd`` from a mapping, span by span, while the lease is held; the offset reached."""
     size = os.fstat(fd).st_size
-    hasher = new_hasher()
-    if size == 0:
-        return str(hasher.hexdigest())  # an empty file cannot be mapped
+    offset = 0
     with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
         mapped.madvise(mmap.MADV_SEQUENTIAL)
         with memoryview(mapped) as view:
-            for offset in range(0, size, MAP_SPAN):
+            while offset < size and lease_held(fd):
                 with view[offset:offset + MAP_SPAN] as span:
                     hasher.update(span)
+                    length = len(span)
+                offset += length
                 if progress is not None:
-                    progress(min(MAP_SPAN, size - offset))
-    return str(hasher.hexdigest())
+                    progress(length)
+    return offset

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 from tests.conftest import CACHECTL, MIXVFS, run, write_session
+from tests.faults.helpers import wait_until
 from tools.make_audio import write_sized
 
 
@@ -64,3 +67,29 @@ def test_a_track_with_no_digest_is_not_verifiable_until_warmed(tmp_path, server_
     (export / "A - One.wav").write_bytes(b"x" * 300_000)  # the same size, other bytes: now it is caught
     code, out, _ = check(str(session), str(export), "--cache-dir", str(cache), "--json")
     assert code == 1 and [t["state"] for t in json.loads(out)["tracks"]] == ["wrong_content"]
+
+
+def test_ctrl_c_stops_a_long_check_at_once_with_one_line(tmp_path):
+    """A 64 GiB track (sparse: nothing on disk) takes a minute to hash: Ctrl-C, once it is being hashed (the
+    export file is leased, /proc/locks), ends the command with 130 and one line, no traceback."""
+    source, export = tmp_path / "huge.wav", tmp_path / "export"
+    export.mkdir()
+    for path in (source, export / "A - Huge.wav"):
+        with open(path, "wb") as f:
+            f.truncate(64 << 30)
+    session = write_session(tmp_path / "s.json", [{"id": "h", "artist": "A", "title": "Huge",
+                                                    "file_path": str(source)}])
+    proc = subprocess.Popen([MIXVFS, "check-export", str(session), str(export)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: proc.poll() is not None or any(
+            " LEASE " in line and f" {proc.pid} " in line for line in Path("/proc/locks").read_text().splitlines()),
+            timeout=60), "check-export never started hashing"
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)  # hang guard: it stops at the next span, milliseconds
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err == "mixvfs: check-export interrupted (Ctrl-C): the export was not checked to the end\n"
+    assert "Traceback" not in out

@@ -45,7 +45,7 @@ from mixvfs.vfs.session.tracks import Kind, Track, build_tracks
 if TYPE_CHECKING:
     from mixvfs.cache.index import SourceIndex
 
-EXIT_OK, EXIT_INCOMPLETE = 0, 1
+EXIT_OK, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 130
 SETTINGS = ("server", "cache_dir")  # no token, no download settings: nothing is fetched
 
 # Track states (JSON values); the lines show them with spaces.
@@ -294,6 +294,10 @@ class Job:
     path: Path
 
 
+class Interrupted(Exception):
+    """Raised in a hashing thread after Ctrl-C."""
+
+
 class Checker:
     """Runs the checks; tells ``say`` each problem as it is found and ``hashed`` each chunk read."""
 
@@ -305,6 +309,7 @@ class Checker:
         self.hashed = hashed
         self.bytes_hashed = 0
         self.lock = threading.Lock()
+        self.stopping = threading.Event()
         self.matched: set[str] = set()  # the exported files that belong to a track
 
     def first_pass(self, entries: dict[str, os.DirEntry[str]]) -> tuple[list[TrackCheck], list[Job]]:
@@ -374,6 +379,8 @@ class Checker:
         return hash_path(path, progress=self.progress)
 
     def progress(self, length: int) -> None:
+        if self.stopping.is_set():  # Ctrl-C: the file being hashed is given up at the next chunk
+            raise Interrupted
         with self.lock:  # hashing threads
             self.bytes_hashed += length
         self.hashed(length)
@@ -387,7 +394,9 @@ class Checker:
         try:
             got = self.hash_file(job.path)
         except OSError as exc:
-            check.state, check.detail = WRONG_CONTENT, f"cannot be read: {exc.strerror}"
+            # Unread is unknown, not wrong: the copy may be right and only closed to us (mode 600, another
+            # user's); the exit status (1) is the same.
+            check.state, check.detail = NOT_VERIFIABLE, f"cannot be read: {exc.strerror}"
             return
         if exp.digest is not None:
             want, against = exp.digest, f"the digest in {exp.digest_from}"
@@ -412,10 +421,16 @@ class Checker:
             if check.state != OK and all(job.check is not check for job in jobs):
                 self.say(check)
         # Files hashed side by side (xxhash lets go of the GIL), problems said in the session's order.
-        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1, 4))) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1, 4)))
+        try:
             for job in pool.map(self.run_job, jobs):
                 if job.check.state != OK:
                     self.say(job.check)
+        except KeyboardInterrupt:
+            self.stopping.set()  # the files being hashed stop at their next chunk; the queued ones never start
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         extra = [{"name": name, "size": safe_size(entry)} for name, entry in sorted(entries.items())
                  if name not in self.matched]
         return checks, extra, time.monotonic() - started
@@ -573,6 +588,11 @@ def main(args: argparse.Namespace) -> int:
     folder: Path = args.export_dir.expanduser()
     check_folder(folder)
     plan = make_plan(target, settings)
-    doc = check_export(plan, folder, out=sys.stdout, tty=sys.stdout.isatty() and not args.json, quiet=args.json)
+    try:
+        doc = check_export(plan, folder, out=sys.stdout, tty=sys.stdout.isatty() and not args.json,
+                           quiet=args.json)
+    except KeyboardInterrupt:
+        print("mixvfs: check-export interrupted (Ctrl-C): the export was not checked to the end", file=sys.stderr)
+        return EXIT_INTERRUPTED
     output.emit(doc, args.json, lambda d: "\n".join(summary_lines(d)))
     return int(doc["exit_code"])

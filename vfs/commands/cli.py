@@ -87,7 +87,7 @@ listed as extra. SESSION_OR_REPORT is the session manifest or a mount's report (
 the mount served and the digests). Nothing is downloaded. A progress display on a terminal, one line
 per problem otherwise.
 
-Exit codes: 0 every track is ok; 1 a track is not; 2 bad input (manifest, report, folder)."""
+Exit codes: 0 every track is ok; 1 a track is not; 2 bad input (manifest, report, folder); 130 Ctrl-C."""
 CHECK_EXPORT_EXAMPLES = """examples:
   mixvfs check-export ~/Sessions/friday.json ~/Export/Friday
   mixvfs check-export ~/.cache/mixvfs/reports/Friday-Mix.json ~/Export/Friday   # the report unmount named
