@@ -266,6 +266,7 @@ class HttpClient:
         cache when one is set and up, else — or when the cache fails or stays stale — from the origin.
         Errors of the cache's own requests end here; the origin's are the caller's (``httpx_errors``)."""
         refreshed = False
+        current: team_policy.Current | None = None  # the origin's own validators, asked once per request
         # Each cache at most once, plus the refresh: a tiny reset_after must not make a loop of a refusing cache.
         tries = len(self.team.endpoints) + 1 if self.team is not None else 0
         while tries > 0 and self.team is not None and (route := self.team.route(url)) is not None:
@@ -277,12 +278,18 @@ class HttpClient:
                     response = attempt.enter_context(self._client.stream(method, route.url,
                                                                          headers={**headers, **extra}))
                 first = response.history[0] if response.history else response  # the cache's own answer
-                verdict = self.team.judge(route, url, first.status_code, first.headers,
-                                          total=answer_total(response), expected=expected, refreshed=refreshed)
             except TransientError as exc:  # cannot connect, timed out, cut off: the cache is down
                 attempt.close()
                 self.team.failed(route, exc.reason)
                 continue
+            if method == "GET" and current is None and 200 <= response.status_code < 300:
+                try:  # bytes are coming: what are the origin's current ones? (the origin's errors are ours)
+                    current = self._origin_now(url)
+                except BaseException:
+                    attempt.close()
+                    raise
+            verdict = self.team.judge(route, url, first.status_code, first.headers, total=answer_total(response),
+                                      expected=expected, refreshed=refreshed, current=current)
             if verdict is Verdict.USE:
                 stack.push(attempt.pop_all())
                 return response, team_policy.via(first.headers)
@@ -297,6 +304,21 @@ class HttpClient:
                 break
         via = VIA_ORIGIN if self.team is not None else None
         return stack.enter_context(self._client.stream(method, url, headers=headers)), via
+
+
+    def _origin_now(self, url: str) -> team_policy.Current:
+        """The origin's current ETag and length of ``url``, from the origin itself (never from the team cache,
+        whose answers — its authorization included — may be as old as its copy): one HEAD, no bytes; a
+        one-byte ranged GET for an origin without HEAD."""
+        with httpx_errors(url):
+            response = self._client.head(url)
+            if response.status_code in HEAD_UNSUPPORTED:
+                with self._client.stream("GET", url, headers={"Range": "bytes=0-0"}) as ranged:
+                    check_status(ranged, url)
+                    length = answer_total(ranged) if ranged.status_code == 206 else None
+                    return team_policy.Current(ranged.headers.get("ETag"), length)
+        check_status(response, url)
+        return team_policy.Current(response.headers.get("ETag"), answer_total(response))
 
 
 NOT_MODIFIED = RemoteInfo(None, None, None)

@@ -189,3 +189,36 @@ def test_a_track_changed_at_the_origin_is_detected_and_refetched(
     assert filecmp.cmp(source, tmp_path / "new" / name_of("remix"), shallow=False)
     assert "asking it to refresh" in bob.log()
     assert get_bytes(origin, stream_path("remix"), "bob") == size  # refetched through the cache, once
+
+
+def replace(source: Path, size: int, seed: int) -> None:
+    """New bytes (and so a new ETag) at the origin."""
+    old = source.read_bytes()
+    write_sized(source, size, seed=seed)
+    stamp = source.stat().st_mtime_ns + 5_000_000_000
+    os.utime(source, ns=(stamp, stamp))
+    assert source.read_bytes() != old
+
+
+def test_the_same_user_gets_a_changed_track_within_the_minute_the_cache_keeps_its_authorization(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    # nginx caches alice's authorization answer (with the origin's ETag and length) for 60 s: the client must
+    # learn the origin's current validators from the origin itself, or a stale copy agrees with a stale answer.
+    same, grown = SLICE + 77, 300_000
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, "rev", same),
+                                             cloud_track(origin.root, "grow", grown, declare_size=False)])
+    first = mount_as(mounter, session, "alice", team_nginx, tmp_path / "first")
+    assert export(first, tmp_path / "old").returncode == 0  # the team cache holds the old versions
+    replace(origin.root / "stream" / "rev.wav", same, seed=7)
+    replace(origin.root / "stream" / "grow.wav", grown + 4321, seed=8)
+    again = mount_as(mounter, session, "alice", team_nginx, tmp_path / "again")  # a fresh local cache
+    rev = run(["cp", str(again.path / name_of("rev")), str(tmp_path / "rev.wav")])
+    assert rev.returncode == 0, rev.stderr
+    assert filecmp.cmp(origin.root / "stream" / "rev.wav", tmp_path / "rev.wav", shallow=False)
+    # The size listed came through the cache's HEAD (the old one): the right bytes, or EIO — never the old ones.
+    grow = run(["cp", str(again.path / name_of("grow")), str(tmp_path / "grow.wav")])
+    if grow.returncode == 0:
+        assert filecmp.cmp(origin.root / "stream" / "grow.wav", tmp_path / "grow.wav", shallow=False)
+    else:
+        assert "Input/output error" in grow.stderr and again.track("grow")["status"] == "failed"
+    assert "asking it to refresh" in again.log()

@@ -10,9 +10,8 @@ import pytest
 from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.team import (
     MARKER,
-    ORIGIN_ETAG,
     ORIGIN_HEADER,
-    ORIGIN_LENGTH,
+    Current,
     Endpoint,
     TeamCache,
     Verdict,
@@ -22,8 +21,7 @@ from mixvfs.cache.team import (
 from mixvfs.vfs.commands import config
 
 URL = "http://origin.example:8080/stream/a.wav?v=2"
-GOOD = {MARKER: "HIT", "ETag": '"e1"', ORIGIN_ETAG: '"e1"', ORIGIN_LENGTH: "1000",
-        ORIGIN_HEADER: "http://origin.example:8080"}
+GOOD = {MARKER: "HIT", "ETag": '"e1"', ORIGIN_HEADER: "http://origin.example:8080"}
 
 
 def first(members: list[Endpoint]) -> Endpoint:
@@ -98,8 +96,6 @@ def test_every_cache_down_means_the_origin() -> None:
     (404, {MARKER: "PASS"}, Verdict.USE),  # the origin's own answer, passed through
     (421, {MARKER: "NONE"}, Verdict.ORIGIN),  # the cache fronts another origin
     (200, {**GOOD, ORIGIN_HEADER: "https://elsewhere"}, Verdict.ORIGIN),
-    (200, {**GOOD, "ETag": '"old"'}, Verdict.REFRESH),
-    (200, {**GOOD, ORIGIN_LENGTH: "999"}, Verdict.REFRESH),
 ])
 def test_judging_the_caches_answer(status: int, headers: dict[str, str], verdict: Verdict) -> None:
     cache = team()
@@ -118,7 +114,8 @@ def test_a_copy_of_another_length_than_the_manifests_is_refreshed_then_taken_fro
     assert cache.judge(route, URL, 200, GOOD, total=1000, expected=1200, refreshed=False) is Verdict.REFRESH
     assert cache.judge(route, URL, 200, GOOD, total=1000, expected=1200, refreshed=True) is Verdict.ORIGIN
     stale = {**GOOD, "ETag": '"old"'}
-    assert cache.judge(route, URL, 200, stale, total=1000, expected=None, refreshed=True) is Verdict.ORIGIN
+    now = Current('"e1"', 1000)
+    assert cache.judge(route, URL, 200, stale, total=1000, expected=None, refreshed=True, current=now) is Verdict.ORIGIN
     assert cache.state(now=0)[0]["state"] == "up"  # stale is not down
 
 
@@ -151,3 +148,23 @@ def test_team_cache_settings_come_in_layers(tmp_path: Path) -> None:
     assert defaults.runtime().team_cache is None and defaults.runtime().team_reset_after == 300
     with pytest.raises(ConfigError, match="MIXVFS_TEAM_CACHE"):
         config.resolve(None, env={"MIXVFS_CONFIG": str(path), "MIXVFS_TEAM_CACHE": "ftp://x"})
+
+
+def test_the_copy_is_judged_by_what_the_origin_itself_says_now() -> None:
+    cache = team()
+    route = cache.route(URL, now=0)
+    assert route is not None
+
+    def judge(etag: str, total: int, expected: int | None, current: Current | None) -> Verdict:
+        return cache.judge(route, URL, 200, {**GOOD, "ETag": etag}, total=total, expected=expected,
+                           refreshed=False, current=current)
+
+    assert judge('"e1"', 1000, None, Current('"e1"', 1000)) is Verdict.USE
+    assert judge('W/"e1"', 1000, None, Current('"e1"', 1000)) is Verdict.USE  # nginx may weaken a tag
+    assert judge('"old"', 1000, 1000, Current('"e1"', 1000)) is Verdict.REFRESH  # same size, new bytes
+    assert judge('"e1"', 999, None, Current('"e1"', 1000)) is Verdict.REFRESH
+    assert judge('"e1"', 999, None, Current(None, 1000)) is Verdict.REFRESH
+    # The origin's length is the truth: a listing's older size is the download's business, not staleness.
+    assert judge('"e1"', 1000, 900, Current('"e1"', 1000)) is Verdict.USE
+    assert judge('"e1"', 1000, 900, Current(None, None)) is Verdict.REFRESH  # nothing to go on but the listing
+    assert judge('"e1"', 1000, None, None) is Verdict.USE  # a HEAD for a size: nothing asked

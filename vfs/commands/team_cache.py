@@ -14,9 +14,9 @@ never a home-made server. What the generated configuration does, and why:
   downloads nothing;
 * every answer carries ``X-Cache-Status`` (HIT, MISS, … ; NONE for nginx's own, e.g. a refused token;
   PASS when the origin answered something other than yes/no to the authorization, passed through
-  uncached), plus the origin's ETag and length as the authorization HEAD saw them
-  (``X-Mixvfs-Origin-ETag``, ``X-Mixvfs-Origin-Length``), which the client checks the cached copy against;
-  ``X-Mixvfs-Refresh: 1`` on a request bypasses (and replaces) the cached copy of that URI.
+  uncached), and the origin it fronts (``X-Mixvfs-Origin``). The client checks a cached copy's ETag and
+  length against what the origin itself says (its own HEAD), never against the authorization answer, which
+  nginx keeps for a minute; ``X-Mixvfs-Refresh: 1`` on a request bypasses (and replaces) the cached copy of that URI.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mixvfs.cache.errors import ConfigError
-from mixvfs.cache.team import MARKER, MISDIRECTED, ORIGIN_ETAG, ORIGIN_HEADER, ORIGIN_LENGTH, REFRESH_HEADER
+from mixvfs.cache.team import MARKER, MISDIRECTED, ORIGIN_HEADER, REFRESH_HEADER
 from mixvfs.cache.units import parse_size
 
 SLICE = "4m"
@@ -159,8 +159,6 @@ http {{
             if ({origin_var} !~ "^(|{re.escape(cfg.origin)}/?)$") {{ return {MISDIRECTED}; }}
             auth_request /.mixvfs-auth;
             auth_request_set $mixvfs_auth_status $upstream_status;
-            auth_request_set $mixvfs_origin_etag $upstream_http_etag;
-            auth_request_set $mixvfs_origin_length $upstream_http_content_length;
             # The origin answered the authorization with neither yes nor no (404, 5xx): its own answer to the
             # request, straight through and uncached.
             error_page 500 = @mixvfs_pass;
@@ -180,8 +178,6 @@ http {{
             proxy_ignore_headers Cache-Control Expires Set-Cookie Vary X-Accel-Expires;
             proxy_hide_header Set-Cookie;
             add_header {MARKER} $mixvfs_cache_status always;
-            add_header {ORIGIN_ETAG} $mixvfs_origin_etag always;
-            add_header {ORIGIN_LENGTH} $mixvfs_origin_length always;
             add_header {ORIGIN_HEADER} {cfg.origin} always;
             proxy_pass {cfg.origin.split('://')[0]}://mixvfs_origin;
         }}
