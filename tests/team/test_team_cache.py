@@ -222,3 +222,6 @@ def test_the_same_user_gets_a_changed_track_within_the_minute_the_cache_keeps_it
     else:
         assert "Input/output error" in grow.stderr and again.track("grow")["status"] == "failed"
     assert "asking it to refresh" in again.log()
+    # The next listing sees the new size: nginx does not keep HEAD answers.
+    head = httpx.head(team_nginx.url + stream_path("grow"), headers={"Authorization": "Bearer alice"})
+    assert head.headers["Content-Length"] == str(grown + 4321)

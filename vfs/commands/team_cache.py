@@ -141,6 +141,9 @@ http {{
                      use_temp_path=off;
 
     map $http_x_mixvfs_refresh $mixvfs_refresh {{ default 0; "1" 1; }}
+    # A HEAD (a size for a listing) is passed on, never stored: a stored size would outlive a track's change
+    # for as long as the bytes, and the bytes' check cannot correct a size a program was already given.
+    map $request_method $mixvfs_head {{ default 0; HEAD 1; }}
     # Every answer is marked, nginx's own ones too (a refused token: NONE).
     map $upstream_cache_status $mixvfs_cache_status {{ "" NONE; default $upstream_cache_status; }}
 
@@ -173,7 +176,8 @@ http {{
             proxy_cache_lock_age 60s;
             proxy_cache_lock_timeout 60s;
             proxy_cache_convert_head off;
-            proxy_cache_bypass $mixvfs_refresh;
+            proxy_cache_bypass $mixvfs_refresh $mixvfs_head;
+            proxy_no_cache $mixvfs_head;
             # The origin says "private": overridden, acceptable only because every hit is re-authorized above.
             proxy_ignore_headers Cache-Control Expires Set-Cookie Vary X-Accel-Expires;
             proxy_hide_header Set-Cookie;
