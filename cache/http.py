@@ -277,7 +277,7 @@ class HttpClient:
                 with httpx_errors(route.url):
                     response = attempt.enter_context(self._client.stream(method, route.url,
                                                                          headers={**headers, **extra}))
-                first = response.history[0] if response.history else response  # the cache's own answer
+                first = cache_answer(response, route.url)
             except TransientError as exc:  # cannot connect, timed out, cut off: the cache is down
                 attempt.close()
                 self.team.failed(route, exc.reason)
@@ -353,6 +353,14 @@ def wrap_chunks(chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
     # Errors raised while the body streams come out of the generator, outside the `with` above.
     with httpx_errors(url):
         yield from chunks
+
+
+def cache_answer(response: httpx.Response, cache_url: str) -> httpx.Response:
+    """The team cache's own answer: the last one from the cache itself. Not simply the first of the history,
+    which also holds the 401 that the token refresh answered (its retry is the answer), and not a CDN's
+    answer after a redirect the cache passed on (it carries no marker)."""
+    chain = [*response.history, response]
+    return next((r for r in reversed(chain) if origin_of(str(r.url)) == origin_of(cache_url)), chain[0])
 
 
 def answer_total(response: httpx.Response) -> int | None:

@@ -225,3 +225,21 @@ def test_the_same_user_gets_a_changed_track_within_the_minute_the_cache_keeps_it
     # The next listing sees the new size: nginx does not keep HEAD answers.
     head = httpx.head(team_nginx.url + stream_path("grow"), headers={"Authorization": "Bearer alice"})
     assert head.headers["Content-Length"] == str(grown + 4321)
+
+
+def test_an_expired_token_is_refreshed_once_and_the_copy_through_the_cache_succeeds(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    size = SLICE + 3 * MIB  # well past what arrived before the 401's retry used to be cut off
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, "expiry", size)])
+    token_file = tmp_path / "token"
+    token_file.write_text("expired\n")
+    token_file.chmod(0o600)
+    m = mounter(session, *FAST, "--team-cache", team_nginx.url, "--token-file", str(token_file), "--no-prefetch",
+                cache_dir=tmp_path / "cache-expiry")
+    token_file.write_text("alice\n")  # the token was rotated meanwhile
+    done = run(["cp", str(m.path / name_of("expiry")), str(tmp_path / "expiry.wav")])
+    assert done.returncode == 0, done.stderr
+    assert filecmp.cmp(origin.root / "stream" / "expiry.wav", tmp_path / "expiry.wav", shallow=False)
+    assert via(m, "expiry") == VIA_MISS
+    heads = [(e["auth"], e["status"]) for e in origin.requests("HEAD", stream_path("expiry"))]
+    assert heads[0] == ("Bearer expired", 401) and ("Bearer alice", 200) in heads
