@@ -6,6 +6,8 @@ never a home-made server. What the generated configuration does, and why:
 * every request, hit or miss, is authorized at the origin with the user's own ``Authorization``: an
   ``auth_request`` HEAD of the same URI, its answer cached per token and URI for 60 s (refusals 10 s), so a
   revoked user is refused within a minute and one user's "yes" is never another's;
+* authorization, cache key and fetch all use the raw request URI as sent (``$request_uri``), never nginx's
+  normalised one, so no path the origin authorizes can name another path's cached bytes;
 * track bytes are cached once for everybody, keyed by method, URI and 4 MiB slice — never by token — so
   ranged reads and resumes are served from the cache, and ``proxy_cache_lock`` makes concurrent misses of a
   slice one fetch. The origin's ``Cache-Control: private`` is overridden: acceptable only because every hit
@@ -168,7 +170,10 @@ http {{
 
             slice {SLICE};
             proxy_cache mixvfs_bytes;
-            proxy_cache_key "$request_method $uri$is_args$args $slice_range";
+            # One URI for everything, the raw one as sent: the authorization above asks the origin about
+            # $request_uri, so the key and the fetch use it too. nginx's normalised $uri (`..`, %2F resolved)
+            # would let a path the origin authorizes (/public/../x) read the cached bytes of another (/x).
+            proxy_cache_key "$request_method $request_uri $slice_range";
 {headers}
             proxy_set_header Range $slice_range;
             proxy_cache_valid 200 206 30d;
@@ -183,7 +188,7 @@ http {{
             proxy_hide_header Set-Cookie;
             add_header {MARKER} $mixvfs_cache_status always;
             add_header {ORIGIN_HEADER} {cfg.origin} always;
-            proxy_pass {cfg.origin.split('://')[0]}://mixvfs_origin;
+            proxy_pass {cfg.origin.split('://')[0]}://mixvfs_origin$request_uri;
         }}
 
         location = /.mixvfs-auth {{
@@ -207,7 +212,7 @@ http {{
 
         location @mixvfs_pass {{
 {headers}
-            proxy_pass {cfg.origin.split('://')[0]}://mixvfs_origin;
+            proxy_pass {cfg.origin.split('://')[0]}://mixvfs_origin$request_uri;
             add_header {MARKER} PASS always;
             add_header {ORIGIN_HEADER} {cfg.origin} always;
         }}
