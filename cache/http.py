@@ -73,7 +73,7 @@ def origin_of(url: str) -> str:
 def warn_if_insecure(url: str, tokens: TokenSource | None) -> bool:
     """Warn when a token would travel in clear text to another machine. Returns True if it warned."""
     parts = urlsplit(url)
-    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1") or (parts.hostname or "").startswith("127.")
+    loopback = team_policy.is_loopback(parts.hostname)
     if tokens is not None and tokens.configured and parts.scheme == "http" and not loopback:
         log.warning("sending the token over plain http to %s: anyone on the network can read it", parts.hostname)
         return True

@@ -17,6 +17,7 @@ import enum
 import ipaddress
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +39,10 @@ DEFAULT_RESET_AFTER = 300.0
 VIA_ORIGIN = "origin"
 VIA_HIT = "team cache hit"
 VIA_MISS = "team cache miss"
+VIA_PASS = "team cache pass (not cached)"  # the origin's answer passed through uncached (no HEAD, a redirect)
+HIT_STATUSES = frozenset({"HIT", "REVALIDATED", "STALE", "UPDATING"})  # served from the cache's store
+MISS_STATUSES = frozenset({"MISS", "EXPIRED", "BYPASS"})  # fetched from the origin and stored
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -57,13 +62,20 @@ class Verdict(enum.Enum):
 
 
 def is_loopback(host: str | None) -> bool:
+    """The machine itself: localhost, ::1, any of 127.0.0.0/8 in any literal form the resolver accepts
+    (``127.1``, ``2130706433``, …: inet_aton's forms, which is how the address is then connected to)."""
     if not host:
         return False
-    if host == "localhost":
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host)).is_loopback
+    except OSError:
         return False
 
 
@@ -80,6 +92,9 @@ def parse_spec(text: str) -> list[list[str]]:
                 raise ConfigError(f"team cache {member!r}: must be an http:// or https:// URL (host[:port])")
             if parts.username or parts.password:
                 raise ConfigError(f"team cache {parts.hostname}: no user or password in the URL")
+            if parts.path not in ("", "/"):
+                raise ConfigError(f"team cache {member!r}: the cache serves the music service's paths as they "
+                                  f"are; give it as scheme://host[:port], without {parts.path!r}")
         groups.append([m.rstrip("/") for m in members])
     if not groups:
         raise ConfigError(f"team cache {text!r}: no URL")
@@ -166,7 +181,7 @@ class TeamCache:
             self.failed(route, f"HTTP {status}")
             return Verdict.FAILOVER
         fronts = headers.get(ORIGIN_HEADER)
-        if status == MISDIRECTED or (fronts and fronts.rstrip("/") != origin_of(url)):
+        if status == MISDIRECTED or (fronts and origin_of(fronts) != origin_of(url)):
             log.info("team cache %s fronts %s, not %s: straight to the origin", route.endpoint.host,
                      fronts or "another server", origin_of(url))
             return Verdict.ORIGIN
@@ -210,7 +225,14 @@ def staleness(headers: Mapping[str, str], total: int | None, expected: int | Non
 
 def via(headers: Mapping[str, str]) -> str:
     """Where the bytes of a used cache answer came from: the cache's store (hit) or the origin through it."""
-    return VIA_HIT if headers.get(MARKER, "").upper() == "HIT" else VIA_MISS
+    status = headers.get(MARKER, "").upper()
+    if status in HIT_STATUSES:
+        return VIA_HIT
+    if status in MISS_STATUSES:
+        return VIA_MISS
+    if status == "PASS":
+        return VIA_PASS
+    return f"team cache ({MARKER}: {status or 'none'})"
 
 
 def path_and_query(url: str) -> str:
@@ -219,5 +241,14 @@ def path_and_query(url: str) -> str:
 
 
 def origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    """``scheme://host[:port]`` in one spelling: lower case, the scheme's default port left out, so that
+    ``HTTPS://Music.Example:443/`` and ``https://music.example`` are the same origin."""
+    parts = urlsplit(url.strip())
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{scheme}://{host}" + ("" if port in (None, DEFAULT_PORTS.get(scheme)) else f":{port}")

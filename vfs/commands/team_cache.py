@@ -24,15 +24,17 @@ never a home-made server. What the generated configuration does, and why:
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import pwd
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from mixvfs.cache.errors import ConfigError
-from mixvfs.cache.team import MARKER, MISDIRECTED, ORIGIN_HEADER, REFRESH_HEADER
+from mixvfs.cache.team import MARKER, MISDIRECTED, ORIGIN_HEADER, REFRESH_HEADER, is_loopback, origin_of
 from mixvfs.cache.units import parse_size
 
 SLICE = "4m"
@@ -75,14 +77,47 @@ def parse_origin(text: str) -> str:
         raise ConfigError(f"--origin must be an http:// or https:// URL, not {text!r}")
     if parts.path not in ("", "/") or parts.query or parts.username:
         raise ConfigError(f"--origin must be the server only (scheme://host[:port]), not {text!r}")
-    return f"{parts.scheme}://{parts.netloc}"
+    # The spelling the client sends in X-Mixvfs-Origin (lower case, no default port): the match is exact.
+    return origin_of(text)
+
+
+HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*\.?")
 
 
 def parse_listen(text: str) -> str:
+    """HOST:PORT, strictly: an IPv4 address, a [IPv6] address, ``*`` or a host name, and a port. It is written
+    into the configuration as it is, so nothing else (``;``, spaces, quotes) may get through."""
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--listen must be HOST:PORT (e.g. 10.0.0.5:8443), not {text!r}")
-    return text
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ConfigError(f"--listen {text!r}: {host} is not an IPv6 address") from None
+    elif host != "*" and not HOSTNAME.fullmatch(host):
+        raise ConfigError(f"--listen {text!r}: {host!r} is not an address or host name")
+    return f"{host}:{int(port)}"
+
+
+def listen_host(listen: str) -> str:
+    return listen.rpartition(":")[0].strip("[]")
+
+
+def parse_max_size(text: str) -> int:
+    size = parse_size(text)
+    if size <= 0:
+        raise ConfigError(f"--max-size {text!r}: the cache needs room (e.g. 100G)")
+    return size
+
+
+def check_user(name: str | None) -> str | None:
+    if name is not None:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise ConfigError(f"--user {name}: no such user on this machine") from None
+    return name
 
 
 def worker_user(cache_dir: Path, explicit: str | None) -> str | None:
@@ -161,7 +196,7 @@ http {{
         location / {{
             if ($request_method !~ ^(GET|HEAD)$) {{ return 405; }}
             # A client that means another origin is told so before anything reaches this one.
-            if ({origin_var} !~ "^(|{re.escape(cfg.origin)}/?)$") {{ return {MISDIRECTED}; }}
+            if ({origin_var} !~* "^(|{re.escape(cfg.origin)}/?)$") {{ return {MISDIRECTED}; }}
             auth_request /.mixvfs-auth;
             auth_request_set $mixvfs_auth_status $upstream_status;
             # The origin answered the authorization with neither yes nor no (404, 5xx): its own answer to the
@@ -243,16 +278,22 @@ def config_from_args(args: argparse.Namespace) -> CacheConfig:
     for path in (args.tls_cert, args.tls_key):
         if path is not None and not path.expanduser().is_file():
             raise ConfigError(f"{path}: no such file")
+    # Every argument is checked before anything is created: a refused command leaves no folder behind.
+    origin, listen = parse_origin(args.origin), parse_listen(args.listen)
+    max_size, user = parse_max_size(args.max_size), check_user(args.user)
+    if args.tls_cert is None and not is_loopback(listen_host(listen)):
+        print(f"mixvfs team-cache: warning: --listen {listen} without --tls-cert/--tls-key: every user's token "
+              "crosses the network in clear text", file=sys.stderr)
     cache_dir = args.cache_dir.expanduser().absolute()
     prepare_dir(cache_dir)
     return CacheConfig(
-        origin=parse_origin(args.origin),
-        listen=parse_listen(args.listen),
+        origin=origin,
+        listen=listen,
         cache_dir=cache_dir,
-        max_size=parse_size(args.max_size),
+        max_size=max_size,
         tls_cert=args.tls_cert.expanduser().absolute() if args.tls_cert else None,
         tls_key=args.tls_key.expanduser().absolute() if args.tls_key else None,
-        user=worker_user(cache_dir, args.user),
+        user=worker_user(cache_dir, user),
     )
 
 
