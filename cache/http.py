@@ -153,7 +153,7 @@ class HttpClient:
             if headers:
                 response = self._client.head(url, headers=headers)
             else:
-                response, _via = self._send("HEAD", url, {}, stack)
+                response, _via, _route = self._send("HEAD", url, {}, stack)
         if response.status_code == 304:
             return NOT_MODIFIED
         check_status(response, url)
@@ -202,7 +202,7 @@ class HttpClient:
                 response = stack.enter_context(self._client.stream("GET", url, headers={"Range": "bytes=0-0",
                                                                                          **headers}))
             else:
-                response, _via = self._send("GET", url, {"Range": "bytes=0-0"}, stack)
+                response, _via, _route = self._send("GET", url, {"Range": "bytes=0-0"}, stack)
             if response.status_code == 304:
                 return NOT_MODIFIED
             check_status(response, url)
@@ -237,7 +237,7 @@ class HttpClient:
             if if_range and is_strong(if_range):  # RFC 9110 13.1.5: a weak validator never matches
                 headers["If-Range"] = if_range
         with httpx_errors(url), contextlib.ExitStack() as stack:
-            response, via = self._send("GET", url, headers, stack, expected=size)
+            response, via, route = self._send("GET", url, headers, stack, expected=size)
             check_status(response, url)
             content_type = response.headers.get("Content-Type")
             if looks_like_error_body(content_type):
@@ -258,10 +258,22 @@ class HttpClient:
                 body_start, total = 0, None
                 chunks = response.iter_bytes()
             yield Body(body_start, total, response.headers.get("ETag"), response.headers.get("Last-Modified"),
-                       content_type, encoding, wrap_chunks(chunks, url), via)
+                       content_type, encoding, self._team_chunks(wrap_chunks(chunks, str(response.url)), route), via)
+
+    def _team_chunks(self, chunks: Iterator[bytes], route: team_policy.Route | None) -> Iterator[bytes]:
+        """A body through the team cache that stalls or breaks marks the cache down at once (one log line):
+        the download's retry then resumes straight at the origin, instead of waiting on a frozen cache again."""
+        if route is None or self.team is None:
+            yield from chunks
+            return
+        try:
+            yield from chunks
+        except TransientError as exc:
+            self.team.failed(route, exc.reason)
+            raise
 
     def _send(self, method: str, url: str, headers: dict[str, str], stack: contextlib.ExitStack, *,
-              expected: int | None = None) -> tuple[httpx.Response, str | None]:
+              expected: int | None = None) -> tuple[httpx.Response, str | None, team_policy.Route | None]:
         """A track request (its response open in ``stack``) and where the answer came from: through the team
         cache when one is set and up, else — or when the cache fails or stays stale — from the origin.
         Errors of the cache's own requests end here; the origin's are the caller's (``httpx_errors``)."""
@@ -292,7 +304,7 @@ class HttpClient:
                                       expected=expected, refreshed=refreshed, current=current)
             if verdict is Verdict.USE:
                 stack.push(attempt.pop_all())
-                return response, team_policy.via(first.headers)
+                return response, team_policy.via(first.headers), route
             attempt.close()
             if verdict is Verdict.REFUSED:
                 raise AuthRejected(f"the server refused this token (HTTP {first.status_code} "
@@ -303,7 +315,7 @@ class HttpClient:
             elif verdict is Verdict.ORIGIN:
                 break
         via = VIA_ORIGIN if self.team is not None else None
-        return stack.enter_context(self._client.stream(method, url, headers=headers)), via
+        return stack.enter_context(self._client.stream(method, url, headers=headers)), via, None
 
 
     def _origin_now(self, url: str) -> team_policy.Current:

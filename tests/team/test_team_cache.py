@@ -6,6 +6,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -243,3 +244,43 @@ def test_an_expired_token_is_refreshed_once_and_the_copy_through_the_cache_succe
     assert via(m, "expiry") == VIA_MISS
     heads = [(e["auth"], e["status"]) for e in origin.requests("HEAD", stream_path("expiry"))]
     assert heads[0] == ("Bearer expired", 401) and ("Bearer alice", 200) in heads
+
+
+def nginx_pids(cache: TeamNginx) -> list[int]:
+    assert cache._proc is not None
+    master = cache._proc.pid
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [master, *map(int, children)]
+
+
+def test_a_cache_frozen_mid_body_fails_over_to_the_origin_at_the_first_stall(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    size = SLICE + MIB
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, "frozen", size)])
+    m = mount_as(mounter, session, "alice", team_nginx, tmp_path)
+    origin.set_faults({stream_path("frozen"): {"hold": "mid", "hold_after": MIB}})
+    copy = subprocess.Popen(["cp", str(m.path / name_of("frozen")), str(tmp_path / "frozen.wav")],
+                            stderr=subprocess.PIPE)
+    pids: list[int] = []
+    try:
+        origin.wait_held("mid", 1)  # nginx is sending the first MiB of the first slice
+        pids = nginx_pids(team_nginx)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        origin.release("mid")
+        assert copy.wait(timeout=60) == 0, copy.stderr.read() if copy.stderr else ""
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        origin.set_faults({})
+        if copy.stderr:
+            copy.stderr.close()
+    assert filecmp.cmp(origin.root / "stream" / "frozen.wav", tmp_path / "frozen.wav", shallow=False)
+    record = m.wait_track("frozen", lambda r: r.get("status") == "cached")
+    assert record["via"] == VIA_ORIGIN, record  # the rest came straight from the origin
+    log = m.log()
+    down = f"team cache 127.0.0.1:{team_nginx.port} is down (timed out: no data from 127.0.0.1:{team_nginx.port}"
+    assert log.count(down) == 1, log
+    # At the first stall: the cache is down before the download's retry, which goes to the origin (not to the
+    # frozen cache for a second stall).
+    assert "retry_scheduled" not in log[:log.index(down)], log
