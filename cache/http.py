@@ -73,7 +73,7 @@ def origin_of(url: str) -> str:
 def warn_if_insecure(url: str, tokens: TokenSource | None) -> bool:
     """Warn when a token would travel in clear text to another machine. Returns True if it warned."""
     parts = urlsplit(url)
-    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1") or (parts.hostname or "").startswith("127.")
+    loopback = team_policy.is_loopback(parts.hostname)
     if tokens is not None and tokens.configured and parts.scheme == "http" and not loopback:
         log.warning("sending the token over plain http to %s: anyone on the network can read it", parts.hostname)
         return True
@@ -153,7 +153,7 @@ class HttpClient:
             if headers:
                 response = self._client.head(url, headers=headers)
             else:
-                response, _via = self._send("HEAD", url, {}, stack)
+                response, _via, _route = self._send("HEAD", url, {}, stack)
         if response.status_code == 304:
             return NOT_MODIFIED
         check_status(response, url)
@@ -202,7 +202,7 @@ class HttpClient:
                 response = stack.enter_context(self._client.stream("GET", url, headers={"Range": "bytes=0-0",
                                                                                          **headers}))
             else:
-                response, _via = self._send("GET", url, {"Range": "bytes=0-0"}, stack)
+                response, _via, _route = self._send("GET", url, {"Range": "bytes=0-0"}, stack)
             if response.status_code == 304:
                 return NOT_MODIFIED
             check_status(response, url)
@@ -237,7 +237,7 @@ class HttpClient:
             if if_range and is_strong(if_range):  # RFC 9110 13.1.5: a weak validator never matches
                 headers["If-Range"] = if_range
         with httpx_errors(url), contextlib.ExitStack() as stack:
-            response, via = self._send("GET", url, headers, stack, expected=size)
+            response, via, route = self._send("GET", url, headers, stack, expected=size)
             check_status(response, url)
             content_type = response.headers.get("Content-Type")
             if looks_like_error_body(content_type):
@@ -258,14 +258,27 @@ class HttpClient:
                 body_start, total = 0, None
                 chunks = response.iter_bytes()
             yield Body(body_start, total, response.headers.get("ETag"), response.headers.get("Last-Modified"),
-                       content_type, encoding, wrap_chunks(chunks, url), via)
+                       content_type, encoding, self._team_chunks(wrap_chunks(chunks, str(response.url)), route), via)
+
+    def _team_chunks(self, chunks: Iterator[bytes], route: team_policy.Route | None) -> Iterator[bytes]:
+        """A body through the team cache that stalls or breaks marks the cache down at once (one log line):
+        the download's retry then resumes straight at the origin, instead of waiting on a frozen cache again."""
+        if route is None or self.team is None:
+            yield from chunks
+            return
+        try:
+            yield from chunks
+        except TransientError as exc:
+            self.team.failed(route, exc.reason)
+            raise
 
     def _send(self, method: str, url: str, headers: dict[str, str], stack: contextlib.ExitStack, *,
-              expected: int | None = None) -> tuple[httpx.Response, str | None]:
+              expected: int | None = None) -> tuple[httpx.Response, str | None, team_policy.Route | None]:
         """A track request (its response open in ``stack``) and where the answer came from: through the team
         cache when one is set and up, else — or when the cache fails or stays stale — from the origin.
         Errors of the cache's own requests end here; the origin's are the caller's (``httpx_errors``)."""
         refreshed = False
+        current: team_policy.Current | None = None  # the origin's own validators, asked once per request
         # Each cache at most once, plus the refresh: a tiny reset_after must not make a loop of a refusing cache.
         tries = len(self.team.endpoints) + 1 if self.team is not None else 0
         while tries > 0 and self.team is not None and (route := self.team.route(url)) is not None:
@@ -276,16 +289,22 @@ class HttpClient:
                 with httpx_errors(route.url):
                     response = attempt.enter_context(self._client.stream(method, route.url,
                                                                          headers={**headers, **extra}))
-                first = response.history[0] if response.history else response  # the cache's own answer
-                verdict = self.team.judge(route, url, first.status_code, first.headers,
-                                          total=answer_total(response), expected=expected, refreshed=refreshed)
+                first = cache_answer(response, route.url)
             except TransientError as exc:  # cannot connect, timed out, cut off: the cache is down
                 attempt.close()
                 self.team.failed(route, exc.reason)
                 continue
+            if method == "GET" and current is None and 200 <= response.status_code < 300:
+                try:  # bytes are coming: what are the origin's current ones? (the origin's errors are ours)
+                    current = self._origin_now(url)
+                except BaseException:
+                    attempt.close()
+                    raise
+            verdict = self.team.judge(route, url, first.status_code, first.headers, total=answer_total(response),
+                                      expected=expected, refreshed=refreshed, current=current)
             if verdict is Verdict.USE:
                 stack.push(attempt.pop_all())
-                return response, team_policy.via(first.headers)
+                return response, team_policy.via(first.headers), route
             attempt.close()
             if verdict is Verdict.REFUSED:
                 raise AuthRejected(f"the server refused this token (HTTP {first.status_code} "
@@ -296,7 +315,22 @@ class HttpClient:
             elif verdict is Verdict.ORIGIN:
                 break
         via = VIA_ORIGIN if self.team is not None else None
-        return stack.enter_context(self._client.stream(method, url, headers=headers)), via
+        return stack.enter_context(self._client.stream(method, url, headers=headers)), via, None
+
+
+    def _origin_now(self, url: str) -> team_policy.Current:
+        """The origin's current ETag and length of ``url``, from the origin itself (never from the team cache,
+        whose answers — its authorization included — may be as old as its copy): one HEAD, no bytes; a
+        one-byte ranged GET for an origin without HEAD."""
+        with httpx_errors(url):
+            response = self._client.head(url)
+            if response.status_code in HEAD_UNSUPPORTED:
+                with self._client.stream("GET", url, headers={"Range": "bytes=0-0"}) as ranged:
+                    check_status(ranged, url)
+                    length = answer_total(ranged) if ranged.status_code == 206 else None
+                    return team_policy.Current(ranged.headers.get("ETag"), length)
+        check_status(response, url)
+        return team_policy.Current(response.headers.get("ETag"), answer_total(response))
 
 
 NOT_MODIFIED = RemoteInfo(None, None, None)
@@ -331,6 +365,14 @@ def wrap_chunks(chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
     # Errors raised while the body streams come out of the generator, outside the `with` above.
     with httpx_errors(url):
         yield from chunks
+
+
+def cache_answer(response: httpx.Response, cache_url: str) -> httpx.Response:
+    """The team cache's own answer: the last one from the cache itself. Not simply the first of the history,
+    which also holds the 401 that the token refresh answered (its retry is the answer), and not a CDN's
+    answer after a redirect the cache passed on (it carries no marker)."""
+    chain = [*response.history, response]
+    return next((r for r in reversed(chain) if origin_of(str(r.url)) == origin_of(cache_url)), chain[0])
 
 
 def answer_total(response: httpx.Response) -> int | None:

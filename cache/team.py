@@ -5,9 +5,10 @@ asks this module; time is injected (``now``) so the policy is tested without sle
 The setting is CVMFS-style: ``;`` separates groups tried in order (failover), ``|`` separates caches of one
 group, one picked at random per request (load spreading). A cache that fails (cannot be reached, times out,
 answers 502/503/504 or without the marker header) is skipped for ``reset_after`` seconds and the request goes
-to the next group, at last straight to the origin. The cache's answers are checked against the origin's ETag
-and length, which the cache's authorization HEAD saw (see :mod:`mixvfs.vfs.commands.team_cache`): a stale
-copy is asked for again with the refresh header, and if still wrong, that request goes to the origin.
+to the next group, at last straight to the origin. The bytes the cache sends are checked against the origin's
+current ETag and length, which the client asks the origin itself for (one HEAD, no bytes, as a download through
+the cache starts): never against anything the cache kept, which can be as stale as its copy. A stale copy is
+asked for again with the refresh header, and if still wrong, that request goes to the origin.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import enum
 import ipaddress
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,8 +32,6 @@ log = logging.getLogger(__name__)
 MARKER = "X-Cache-Status"
 REFRESH_HEADER = "X-Mixvfs-Refresh"
 ORIGIN_HEADER = "X-Mixvfs-Origin"  # request: the origin the client means; answer: the origin the cache fronts
-ORIGIN_ETAG = "X-Mixvfs-Origin-ETag"
-ORIGIN_LENGTH = "X-Mixvfs-Origin-Length"
 FAILOVER_STATUSES = frozenset({502, 503, 504})
 MISDIRECTED = 421  # the cache fronts another origin
 DEFAULT_RESET_AFTER = 300.0
@@ -39,6 +39,18 @@ DEFAULT_RESET_AFTER = 300.0
 VIA_ORIGIN = "origin"
 VIA_HIT = "team cache hit"
 VIA_MISS = "team cache miss"
+VIA_PASS = "team cache pass (not cached)"  # the origin's answer passed through uncached (no HEAD, a redirect)
+HIT_STATUSES = frozenset({"HIT", "REVALIDATED", "STALE", "UPDATING"})  # served from the cache's store
+MISS_STATUSES = frozenset({"MISS", "EXPIRED", "BYPASS"})  # fetched from the origin and stored
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class Current:
+    """What the origin itself says about a track now (its own HEAD): what the cache's copy must match."""
+
+    etag: str | None
+    length: int | None
 
 
 class Verdict(enum.Enum):
@@ -50,13 +62,20 @@ class Verdict(enum.Enum):
 
 
 def is_loopback(host: str | None) -> bool:
+    """The machine itself: localhost, ::1, any of 127.0.0.0/8 in any literal form the resolver accepts
+    (``127.1``, ``2130706433``, …: inet_aton's forms, which is how the address is then connected to)."""
     if not host:
         return False
-    if host == "localhost":
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host)).is_loopback
+    except OSError:
         return False
 
 
@@ -73,6 +92,9 @@ def parse_spec(text: str) -> list[list[str]]:
                 raise ConfigError(f"team cache {member!r}: must be an http:// or https:// URL (host[:port])")
             if parts.username or parts.password:
                 raise ConfigError(f"team cache {parts.hostname}: no user or password in the URL")
+            if parts.path not in ("", "/"):
+                raise ConfigError(f"team cache {member!r}: the cache serves the music service's paths as they "
+                                  f"are; give it as scheme://host[:port], without {parts.path!r}")
         groups.append([m.rstrip("/") for m in members])
     if not groups:
         raise ConfigError(f"team cache {text!r}: no URL")
@@ -148,10 +170,10 @@ class TeamCache:
         return was_up
 
     def judge(self, route: Route, url: str, status: int, headers: Mapping[str, str], *, total: int | None,
-              expected: int | None, refreshed: bool) -> Verdict:
+              expected: int | None, refreshed: bool, current: Current | None = None) -> Verdict:
         """What to do with the cache's answer. ``headers`` are the cache's own (before any redirect it passed
         on), ``total`` the whole file's length the answer gives, ``expected`` the length the manifest or the
-        origin gave earlier (None: unknown)."""
+        origin gave earlier (None: unknown), ``current`` what the origin says now (None: not asked)."""
         if headers.get(MARKER) is None:
             self.failed(route, f"an answer without the {MARKER} header: not the team cache")
             return Verdict.FAILOVER
@@ -159,7 +181,7 @@ class TeamCache:
             self.failed(route, f"HTTP {status}")
             return Verdict.FAILOVER
         fronts = headers.get(ORIGIN_HEADER)
-        if status == MISDIRECTED or (fronts and fronts.rstrip("/") != origin_of(url)):
+        if status == MISDIRECTED or (fronts and origin_of(fronts) != origin_of(url)):
             log.info("team cache %s fronts %s, not %s: straight to the origin", route.endpoint.host,
                      fronts or "another server", origin_of(url))
             return Verdict.ORIGIN
@@ -167,7 +189,7 @@ class TeamCache:
             return Verdict.REFUSED
         if not 200 <= status < 300:
             return Verdict.USE  # the origin's own answer (404, 416, …), passed through
-        stale = staleness(headers, total, expected)
+        stale = staleness(headers, total, expected, current)
         if stale is None:
             return Verdict.USE
         if refreshed:
@@ -186,15 +208,16 @@ class TeamCache:
                      "retry_in": round(max(0.0, e.down_until - at), 1)} for e in self.endpoints]
 
 
-def staleness(headers: Mapping[str, str], total: int | None, expected: int | None) -> str | None:
-    """Why the cache's copy is not the origin's current one, or None. The origin's ETag and length come from
-    the cache's authorization HEAD (at most a minute old); ``expected`` from the manifest or a probe."""
-    etag, origin_etag = headers.get("ETag"), headers.get(ORIGIN_ETAG)
-    if origin_etag and etag != origin_etag:
-        return f"its copy has ETag {etag}, the origin's is {origin_etag}"
-    origin_length = headers.get(ORIGIN_LENGTH, "")
-    if total is not None and origin_length.isdigit() and int(origin_length) != total:
-        return f"its copy is {total} bytes, the origin's {origin_length}"
+def staleness(headers: Mapping[str, str], total: int | None, expected: int | None,
+              current: Current | None = None) -> str | None:
+    """Why the cache's copy is not the origin's current one, or None. ``current`` comes from the origin itself;
+    ``expected`` (the manifest's or a listing's size, maybe stale itself) counts only when the origin gave no
+    length: a track that changed size is the download's business (its rules for a size that changes)."""
+    etag = headers.get("ETag")
+    if current is not None and current.etag and (etag or "").removeprefix("W/") != current.etag.removeprefix("W/"):
+        return f"its copy has ETag {etag}, the origin's is {current.etag}"
+    if current is not None and current.length is not None and total is not None:
+        return None if total == current.length else f"its copy is {total} bytes, the origin's {current.length}"
     if total is not None and expected is not None and total != expected:
         return f"its copy is {total} bytes where {expected} were expected"
     return None
@@ -202,7 +225,14 @@ def staleness(headers: Mapping[str, str], total: int | None, expected: int | Non
 
 def via(headers: Mapping[str, str]) -> str:
     """Where the bytes of a used cache answer came from: the cache's store (hit) or the origin through it."""
-    return VIA_HIT if headers.get(MARKER, "").upper() == "HIT" else VIA_MISS
+    status = headers.get(MARKER, "").upper()
+    if status in HIT_STATUSES:
+        return VIA_HIT
+    if status in MISS_STATUSES:
+        return VIA_MISS
+    if status == "PASS":
+        return VIA_PASS
+    return f"team cache ({MARKER}: {status or 'none'})"
 
 
 def path_and_query(url: str) -> str:
@@ -211,5 +241,14 @@ def path_and_query(url: str) -> str:
 
 
 def origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    """``scheme://host[:port]`` in one spelling: lower case, the scheme's default port left out, so that
+    ``HTTPS://Music.Example:443/`` and ``https://music.example`` are the same origin."""
+    parts = urlsplit(url.strip())
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{scheme}://{host}" + ("" if port in (None, DEFAULT_PORTS.get(scheme)) else f":{port}")

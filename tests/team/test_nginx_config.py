@@ -85,3 +85,28 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path: Path) -> None:
                  ["--origin", "http://x", "--listen", "127.0.0.1:1", "--tls-cert", str(tmp_path / "c.pem")]):
         done = run([MIXVFS, "team-cache", "nginx-config", *args, "--cache-dir", str(tmp_path / "d")])
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("bad", [
+    ["--listen", "host;evil:8443"],  # written into the configuration as it is: an injection
+    ["--listen", "127.0.0.1 ssl:8443"],
+    ["--listen", "[nope]:8443"],
+    ["--user", "nosuchuser-mixvfs"],
+    ["--max-size", "0"],
+])
+def test_a_refused_argument_is_one_line_and_creates_nothing(tmp_path: Path, bad: list[str]) -> None:
+    args = {"--origin": "http://x", "--listen": "127.0.0.1:1", "--cache-dir": str(tmp_path / "d")}
+    args.update(dict(zip(bad[::2], bad[1::2], strict=True)))
+    done = run([MIXVFS, "team-cache", "nginx-config", *[w for kv in args.items() for w in kv]])
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "d").exists(), "the cache folder was created for a refused command"
+
+
+def test_listen_is_normalised_and_a_plain_listener_on_the_network_is_warned_about(tmp_path: Path) -> None:
+    base = [MIXVFS, "team-cache", "nginx-config", "--origin", "HTTP://Music.Example:80/"]
+    lan = run([*base, "--listen", "10.0.0.5:08443", "--cache-dir", str(tmp_path / "a")], check=True)
+    assert "listen 10.0.0.5:8443;" in lan.stdout and "clear text" in lan.stderr
+    assert "X-Mixvfs-Origin http://music.example always;" in lan.stdout
+    for local in ("127.0.0.1:8443", "127.1:8443", "[::1]:8443", "localhost:8443"):
+        done = run([*base, "--listen", local, "--cache-dir", str(tmp_path / "b")], check=True)
+        assert "clear text" not in done.stderr, local

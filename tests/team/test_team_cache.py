@@ -6,6 +6,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -189,3 +190,97 @@ def test_a_track_changed_at_the_origin_is_detected_and_refetched(
     assert filecmp.cmp(source, tmp_path / "new" / name_of("remix"), shallow=False)
     assert "asking it to refresh" in bob.log()
     assert get_bytes(origin, stream_path("remix"), "bob") == size  # refetched through the cache, once
+
+
+def replace(source: Path, size: int, seed: int) -> None:
+    """New bytes (and so a new ETag) at the origin."""
+    old = source.read_bytes()
+    write_sized(source, size, seed=seed)
+    stamp = source.stat().st_mtime_ns + 5_000_000_000
+    os.utime(source, ns=(stamp, stamp))
+    assert source.read_bytes() != old
+
+
+def test_the_same_user_gets_a_changed_track_within_the_minute_the_cache_keeps_its_authorization(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    # nginx caches alice's authorization answer (with the origin's ETag and length) for 60 s: the client must
+    # learn the origin's current validators from the origin itself, or a stale copy agrees with a stale answer.
+    same, grown = SLICE + 77, 300_000
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, "rev", same),
+                                             cloud_track(origin.root, "grow", grown, declare_size=False)])
+    first = mount_as(mounter, session, "alice", team_nginx, tmp_path / "first")
+    assert export(first, tmp_path / "old").returncode == 0  # the team cache holds the old versions
+    replace(origin.root / "stream" / "rev.wav", same, seed=7)
+    replace(origin.root / "stream" / "grow.wav", grown + 4321, seed=8)
+    again = mount_as(mounter, session, "alice", team_nginx, tmp_path / "again")  # a fresh local cache
+    rev = run(["cp", str(again.path / name_of("rev")), str(tmp_path / "rev.wav")])
+    assert rev.returncode == 0, rev.stderr
+    assert filecmp.cmp(origin.root / "stream" / "rev.wav", tmp_path / "rev.wav", shallow=False)
+    # The size listed came through the cache's HEAD (the old one): the right bytes, or EIO — never the old ones.
+    grow = run(["cp", str(again.path / name_of("grow")), str(tmp_path / "grow.wav")])
+    if grow.returncode == 0:
+        assert filecmp.cmp(origin.root / "stream" / "grow.wav", tmp_path / "grow.wav", shallow=False)
+    else:
+        assert "Input/output error" in grow.stderr and again.track("grow")["status"] == "failed"
+    assert "asking it to refresh" in again.log()
+    # The next listing sees the new size: nginx does not keep HEAD answers.
+    head = httpx.head(team_nginx.url + stream_path("grow"), headers={"Authorization": "Bearer alice"})
+    assert head.headers["Content-Length"] == str(grown + 4321)
+
+
+def test_an_expired_token_is_refreshed_once_and_the_copy_through_the_cache_succeeds(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    size = SLICE + 3 * MIB  # well past what arrived before the 401's retry used to be cut off
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, "expiry", size)])
+    token_file = tmp_path / "token"
+    token_file.write_text("expired\n")
+    token_file.chmod(0o600)
+    m = mounter(session, *FAST, "--team-cache", team_nginx.url, "--token-file", str(token_file), "--no-prefetch",
+                cache_dir=tmp_path / "cache-expiry")
+    token_file.write_text("alice\n")  # the token was rotated meanwhile
+    done = run(["cp", str(m.path / name_of("expiry")), str(tmp_path / "expiry.wav")])
+    assert done.returncode == 0, done.stderr
+    assert filecmp.cmp(origin.root / "stream" / "expiry.wav", tmp_path / "expiry.wav", shallow=False)
+    assert via(m, "expiry") == VIA_MISS
+    heads = [(e["auth"], e["status"]) for e in origin.requests("HEAD", stream_path("expiry"))]
+    assert heads[0] == ("Bearer expired", 401) and ("Bearer alice", 200) in heads
+
+
+def nginx_pids(cache: TeamNginx) -> list[int]:
+    assert cache._proc is not None
+    master = cache._proc.pid
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [master, *map(int, children)]
+
+
+def test_a_cache_frozen_mid_body_fails_over_to_the_origin_at_the_first_stall(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    size = SLICE + MIB
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, "frozen", size)])
+    m = mount_as(mounter, session, "alice", team_nginx, tmp_path)
+    origin.set_faults({stream_path("frozen"): {"hold": "mid", "hold_after": MIB}})
+    copy = subprocess.Popen(["cp", str(m.path / name_of("frozen")), str(tmp_path / "frozen.wav")],
+                            stderr=subprocess.PIPE)
+    pids: list[int] = []
+    try:
+        origin.wait_held("mid", 1)  # nginx is sending the first MiB of the first slice
+        pids = nginx_pids(team_nginx)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        origin.release("mid")
+        assert copy.wait(timeout=60) == 0, copy.stderr.read() if copy.stderr else ""
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        origin.set_faults({})
+        if copy.stderr:
+            copy.stderr.close()
+    assert filecmp.cmp(origin.root / "stream" / "frozen.wav", tmp_path / "frozen.wav", shallow=False)
+    record = m.wait_track("frozen", lambda r: r.get("status") == "cached")
+    assert record["via"] == VIA_ORIGIN, record  # the rest came straight from the origin
+    log = m.log()
+    down = f"team cache 127.0.0.1:{team_nginx.port} is down (timed out: no data from 127.0.0.1:{team_nginx.port}"
+    assert log.count(down) == 1, log
+    # At the first stall: the cache is down before the download's retry, which goes to the origin (not to the
+    # frozen cache for a second stall).
+    assert "retry_scheduled" not in log[:log.index(down)], log

@@ -10,20 +10,24 @@ import pytest
 from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.team import (
     MARKER,
-    ORIGIN_ETAG,
     ORIGIN_HEADER,
-    ORIGIN_LENGTH,
+    VIA_HIT,
+    VIA_MISS,
+    VIA_PASS,
+    Current,
     Endpoint,
     TeamCache,
     Verdict,
+    is_loopback,
+    origin_of,
     parse_spec,
     plain_http_problem,
+    via,
 )
 from mixvfs.vfs.commands import config
 
 URL = "http://origin.example:8080/stream/a.wav?v=2"
-GOOD = {MARKER: "HIT", "ETag": '"e1"', ORIGIN_ETAG: '"e1"', ORIGIN_LENGTH: "1000",
-        ORIGIN_HEADER: "http://origin.example:8080"}
+GOOD = {MARKER: "HIT", "ETag": '"e1"', ORIGIN_HEADER: "http://origin.example:8080"}
 
 
 def first(members: list[Endpoint]) -> Endpoint:
@@ -98,8 +102,6 @@ def test_every_cache_down_means_the_origin() -> None:
     (404, {MARKER: "PASS"}, Verdict.USE),  # the origin's own answer, passed through
     (421, {MARKER: "NONE"}, Verdict.ORIGIN),  # the cache fronts another origin
     (200, {**GOOD, ORIGIN_HEADER: "https://elsewhere"}, Verdict.ORIGIN),
-    (200, {**GOOD, "ETag": '"old"'}, Verdict.REFRESH),
-    (200, {**GOOD, ORIGIN_LENGTH: "999"}, Verdict.REFRESH),
 ])
 def test_judging_the_caches_answer(status: int, headers: dict[str, str], verdict: Verdict) -> None:
     cache = team()
@@ -118,7 +120,8 @@ def test_a_copy_of_another_length_than_the_manifests_is_refreshed_then_taken_fro
     assert cache.judge(route, URL, 200, GOOD, total=1000, expected=1200, refreshed=False) is Verdict.REFRESH
     assert cache.judge(route, URL, 200, GOOD, total=1000, expected=1200, refreshed=True) is Verdict.ORIGIN
     stale = {**GOOD, "ETag": '"old"'}
-    assert cache.judge(route, URL, 200, stale, total=1000, expected=None, refreshed=True) is Verdict.ORIGIN
+    now = Current('"e1"', 1000)
+    assert cache.judge(route, URL, 200, stale, total=1000, expected=None, refreshed=True, current=now) is Verdict.ORIGIN
     assert cache.state(now=0)[0]["state"] == "up"  # stale is not down
 
 
@@ -151,3 +154,66 @@ def test_team_cache_settings_come_in_layers(tmp_path: Path) -> None:
     assert defaults.runtime().team_cache is None and defaults.runtime().team_reset_after == 300
     with pytest.raises(ConfigError, match="MIXVFS_TEAM_CACHE"):
         config.resolve(None, env={"MIXVFS_CONFIG": str(path), "MIXVFS_TEAM_CACHE": "ftp://x"})
+
+
+def test_the_copy_is_judged_by_what_the_origin_itself_says_now() -> None:
+    cache = team()
+    route = cache.route(URL, now=0)
+    assert route is not None
+
+    def judge(etag: str, total: int, expected: int | None, current: Current | None) -> Verdict:
+        return cache.judge(route, URL, 200, {**GOOD, "ETag": etag}, total=total, expected=expected,
+                           refreshed=False, current=current)
+
+    assert judge('"e1"', 1000, None, Current('"e1"', 1000)) is Verdict.USE
+    assert judge('W/"e1"', 1000, None, Current('"e1"', 1000)) is Verdict.USE  # nginx may weaken a tag
+    assert judge('"old"', 1000, 1000, Current('"e1"', 1000)) is Verdict.REFRESH  # same size, new bytes
+    assert judge('"e1"', 999, None, Current('"e1"', 1000)) is Verdict.REFRESH
+    assert judge('"e1"', 999, None, Current(None, 1000)) is Verdict.REFRESH
+    # The origin's length is the truth: a listing's older size is the download's business, not staleness.
+    assert judge('"e1"', 1000, 900, Current('"e1"', 1000)) is Verdict.USE
+    assert judge('"e1"', 1000, 900, Current(None, None)) is Verdict.REFRESH  # nothing to go on but the listing
+    assert judge('"e1"', 1000, None, None) is Verdict.USE  # a HEAD for a size: nothing asked
+
+
+def test_a_pass_is_not_called_a_miss() -> None:
+    assert via({MARKER: "HIT"}) == VIA_HIT and via({MARKER: "MISS"}) == VIA_MISS
+    assert via({MARKER: "BYPASS"}) == VIA_MISS  # a refresh: fetched and stored
+    assert via({MARKER: "PASS"}) == VIA_PASS == "team cache pass (not cached)"
+    assert via({MARKER: "NONE"}) == "team cache (X-Cache-Status: NONE)"
+
+
+def test_a_cache_url_with_a_path_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match="without '/sub'"):
+        parse_spec("http://127.0.0.1:18443/sub")
+    assert parse_spec("http://127.0.0.1:18443/") == [["http://127.0.0.1:18443"]]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.1", "127.0.0.2", "127.255.255.254", "2130706433", "::1",
+                                  "[::1]", "localhost", "LOCALHOST"])
+def test_every_loopback_spelling_is_loopback(host: str) -> None:
+    assert is_loopback(host)
+    assert plain_http_problem(parse_spec(f"http://{host if ':' not in host or host.startswith('[') else f'[{host}]'}"
+                                         ":18443")) is None
+
+
+@pytest.mark.parametrize("host", ["10.0.0.5", "128.0.0.1", "cache.lan", "1.127.0.0.1", "", "::2"])
+def test_other_hosts_are_not_loopback(host: str) -> None:
+    assert not is_loopback(host)
+
+
+def test_the_origin_match_ignores_case_and_default_ports() -> None:
+    assert origin_of("HTTPS://Music.Example:443/x") == "https://music.example" == origin_of("https://music.example")
+    assert origin_of("http://Origin.Example:80") == "http://origin.example"
+    assert origin_of("http://origin.example:8080/a") == "http://origin.example:8080"
+    cache = team()
+    route = cache.route(URL, now=0)
+    assert route is not None
+    for fronts in ("HTTP://ORIGIN.EXAMPLE:8080/", "http://origin.example:8080"):
+        headers = {**GOOD, ORIGIN_HEADER: fronts}
+        assert cache.judge(route, URL, 200, headers, total=1000, expected=None, refreshed=False) is Verdict.USE
+    url = "HTTPS://Origin.Example:443/stream/a.wav"
+    route = cache.route(url, now=0)
+    assert route is not None
+    headers = {**GOOD, ORIGIN_HEADER: "https://origin.example"}
+    assert cache.judge(route, url, 200, headers, total=1000, expected=None, refreshed=False) is Verdict.USE

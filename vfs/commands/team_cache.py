@@ -6,6 +6,8 @@ never a home-made server. What the generated configuration does, and why:
 * every request, hit or miss, is authorized at the origin with the user's own ``Authorization``: an
   ``auth_request`` HEAD of the same URI, its answer cached per token and URI for 60 s (refusals 10 s), so a
   revoked user is refused within a minute and one user's "yes" is never another's;
+* authorization, cache key and fetch all use the raw request URI as sent (``$request_uri``), never nginx's
+  normalised one, so no path the origin authorizes can name another path's cached bytes;
 * track bytes are cached once for everybody, keyed by method, URI and 4 MiB slice — never by token — so
   ranged reads and resumes are served from the cache, and ``proxy_cache_lock`` makes concurrent misses of a
   slice one fetch. The origin's ``Cache-Control: private`` is overridden: acceptable only because every hit
@@ -14,23 +16,25 @@ never a home-made server. What the generated configuration does, and why:
   downloads nothing;
 * every answer carries ``X-Cache-Status`` (HIT, MISS, … ; NONE for nginx's own, e.g. a refused token;
   PASS when the origin answered something other than yes/no to the authorization, passed through
-  uncached), plus the origin's ETag and length as the authorization HEAD saw them
-  (``X-Mixvfs-Origin-ETag``, ``X-Mixvfs-Origin-Length``), which the client checks the cached copy against;
-  ``X-Mixvfs-Refresh: 1`` on a request bypasses (and replaces) the cached copy of that URI.
+  uncached), and the origin it fronts (``X-Mixvfs-Origin``). The client checks a cached copy's ETag and
+  length against what the origin itself says (its own HEAD), never against the authorization answer, which
+  nginx keeps for a minute; ``X-Mixvfs-Refresh: 1`` on a request bypasses (and replaces) the cached copy of that URI.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import pwd
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from mixvfs.cache.errors import ConfigError
-from mixvfs.cache.team import MARKER, MISDIRECTED, ORIGIN_ETAG, ORIGIN_HEADER, ORIGIN_LENGTH, REFRESH_HEADER
+from mixvfs.cache.team import MARKER, MISDIRECTED, ORIGIN_HEADER, REFRESH_HEADER, is_loopback, origin_of
 from mixvfs.cache.units import parse_size
 
 SLICE = "4m"
@@ -73,14 +77,47 @@ def parse_origin(text: str) -> str:
         raise ConfigError(f"--origin must be an http:// or https:// URL, not {text!r}")
     if parts.path not in ("", "/") or parts.query or parts.username:
         raise ConfigError(f"--origin must be the server only (scheme://host[:port]), not {text!r}")
-    return f"{parts.scheme}://{parts.netloc}"
+    # The spelling the client sends in X-Mixvfs-Origin (lower case, no default port): the match is exact.
+    return origin_of(text)
+
+
+HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*\.?")
 
 
 def parse_listen(text: str) -> str:
+    """HOST:PORT, strictly: an IPv4 address, a [IPv6] address, ``*`` or a host name, and a port. It is written
+    into the configuration as it is, so nothing else (``;``, spaces, quotes) may get through."""
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--listen must be HOST:PORT (e.g. 10.0.0.5:8443), not {text!r}")
-    return text
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ConfigError(f"--listen {text!r}: {host} is not an IPv6 address") from None
+    elif host != "*" and not HOSTNAME.fullmatch(host):
+        raise ConfigError(f"--listen {text!r}: {host!r} is not an address or host name")
+    return f"{host}:{int(port)}"
+
+
+def listen_host(listen: str) -> str:
+    return listen.rpartition(":")[0].strip("[]")
+
+
+def parse_max_size(text: str) -> int:
+    size = parse_size(text)
+    if size <= 0:
+        raise ConfigError(f"--max-size {text!r}: the cache needs room (e.g. 100G)")
+    return size
+
+
+def check_user(name: str | None) -> str | None:
+    if name is not None:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise ConfigError(f"--user {name}: no such user on this machine") from None
+    return name
 
 
 def worker_user(cache_dir: Path, explicit: str | None) -> str | None:
@@ -141,6 +178,9 @@ http {{
                      use_temp_path=off;
 
     map $http_x_mixvfs_refresh $mixvfs_refresh {{ default 0; "1" 1; }}
+    # A HEAD (a size for a listing) is passed on, never stored: a stored size would outlive a track's change
+    # for as long as the bytes, and the bytes' check cannot correct a size a program was already given.
+    map $request_method $mixvfs_head {{ default 0; HEAD 1; }}
     # Every answer is marked, nginx's own ones too (a refused token: NONE).
     map $upstream_cache_status $mixvfs_cache_status {{ "" NONE; default $upstream_cache_status; }}
 
@@ -156,18 +196,19 @@ http {{
         location / {{
             if ($request_method !~ ^(GET|HEAD)$) {{ return 405; }}
             # A client that means another origin is told so before anything reaches this one.
-            if ({origin_var} !~ "^(|{re.escape(cfg.origin)}/?)$") {{ return {MISDIRECTED}; }}
+            if ({origin_var} !~* "^(|{re.escape(cfg.origin)}/?)$") {{ return {MISDIRECTED}; }}
             auth_request /.mixvfs-auth;
             auth_request_set $mixvfs_auth_status $upstream_status;
-            auth_request_set $mixvfs_origin_etag $upstream_http_etag;
-            auth_request_set $mixvfs_origin_length $upstream_http_content_length;
             # The origin answered the authorization with neither yes nor no (404, 5xx): its own answer to the
             # request, straight through and uncached.
             error_page 500 = @mixvfs_pass;
 
             slice {SLICE};
             proxy_cache mixvfs_bytes;
-            proxy_cache_key "$request_method $uri$is_args$args $slice_range";
+            # One URI for everything, the raw one as sent: the authorization above asks the origin about
+            # $request_uri, so the key and the fetch use it too. nginx's normalised $uri (`..`, %2F resolved)
+            # would let a path the origin authorizes (/public/../x) read the cached bytes of another (/x).
+            proxy_cache_key "$request_method $request_uri $slice_range";
 {headers}
             proxy_set_header Range $slice_range;
             proxy_cache_valid 200 206 30d;
@@ -175,15 +216,14 @@ http {{
             proxy_cache_lock_age 60s;
             proxy_cache_lock_timeout 60s;
             proxy_cache_convert_head off;
-            proxy_cache_bypass $mixvfs_refresh;
+            proxy_cache_bypass $mixvfs_refresh $mixvfs_head;
+            proxy_no_cache $mixvfs_head;
             # The origin says "private": overridden, acceptable only because every hit is re-authorized above.
             proxy_ignore_headers Cache-Control Expires Set-Cookie Vary X-Accel-Expires;
             proxy_hide_header Set-Cookie;
             add_header {MARKER} $mixvfs_cache_status always;
-            add_header {ORIGIN_ETAG} $mixvfs_origin_etag always;
-            add_header {ORIGIN_LENGTH} $mixvfs_origin_length always;
             add_header {ORIGIN_HEADER} {cfg.origin} always;
-            proxy_pass {cfg.origin.split('://')[0]}://mixvfs_origin;
+            proxy_pass {cfg.origin.split('://')[0]}://mixvfs_origin$request_uri;
         }}
 
         location = /.mixvfs-auth {{
@@ -207,7 +247,7 @@ http {{
 
         location @mixvfs_pass {{
 {headers}
-            proxy_pass {cfg.origin.split('://')[0]}://mixvfs_origin;
+            proxy_pass {cfg.origin.split('://')[0]}://mixvfs_origin$request_uri;
             add_header {MARKER} PASS always;
             add_header {ORIGIN_HEADER} {cfg.origin} always;
         }}
@@ -238,16 +278,22 @@ def config_from_args(args: argparse.Namespace) -> CacheConfig:
     for path in (args.tls_cert, args.tls_key):
         if path is not None and not path.expanduser().is_file():
             raise ConfigError(f"{path}: no such file")
+    # Every argument is checked before anything is created: a refused command leaves no folder behind.
+    origin, listen = parse_origin(args.origin), parse_listen(args.listen)
+    max_size, user = parse_max_size(args.max_size), check_user(args.user)
+    if args.tls_cert is None and not is_loopback(listen_host(listen)):
+        print(f"mixvfs team-cache: warning: --listen {listen} without --tls-cert/--tls-key: every user's token "
+              "crosses the network in clear text", file=sys.stderr)
     cache_dir = args.cache_dir.expanduser().absolute()
     prepare_dir(cache_dir)
     return CacheConfig(
-        origin=parse_origin(args.origin),
-        listen=parse_listen(args.listen),
+        origin=origin,
+        listen=listen,
         cache_dir=cache_dir,
-        max_size=parse_size(args.max_size),
+        max_size=max_size,
         tls_cert=args.tls_cert.expanduser().absolute() if args.tls_cert else None,
         tls_key=args.tls_key.expanduser().absolute() if args.tls_key else None,
-        user=worker_user(cache_dir, args.user),
+        user=worker_user(cache_dir, user),
     )
 
 
