@@ -10,7 +10,8 @@ Cold runs drop the kernel page cache (``echo 3 > /proc/sys/vm/drop_caches``, nee
 the server's files once, so that nothing is cached on the client side while the server itself is not
 the bottleneck. Warm runs read both sides' sources once beforehand so both come from the page cache.
 
-    python tools/bench.py [--quick] [--runs N] [--out DIR] [--profile] [--only cold,warm,first,ls,scale,checkexport]
+    python tools/bench.py [--quick] [--runs N] [--out DIR] [--profile] [--only cold,warm,first,ls,scale,checkexport,
+                                                                               pertrack,floors,fuse2]
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tools.bench_floors import Floors  # noqa: E402
 from tools.devserver import DevServer  # noqa: E402
 from tools.make_audio import write_sized  # noqa: E402
 
@@ -624,7 +626,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--devserver", action="store_true", help="use tools/devserver.py even if nginx exists")
     parser.add_argument("--no-rclone", action="store_true", help="skip the rclone comparison")
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon in the first run of each case")
-    parser.add_argument("--only", default="", help="comma list of cases: cold,warm,first,ls,scale,checkexport")
+    parser.add_argument("--only", default="", help="comma list of cases: cold,warm,first,ls,scale,checkexport,"
+                                                         "pertrack,floors,fuse2")
     args = parser.parse_args(argv)
     args.runs = max(3, args.runs or (3 if args.quick else 5))
     return args
@@ -634,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    only = set(filter(None, args.only.split(","))) or {"cold", "warm", "first", "ls", "scale", "checkexport"}
+    only = set(filter(None, args.only.split(","))) or {"cold", "warm", "first", "ls", "scale", "checkexport",
+                                                       "pertrack", "floors", "fuse2"}
     info = machine()
     print(f"mixvfs benchmark {info['date']}: {info['nproc']} CPUs, {info['mem_gib']} GiB, kernel {info['kernel']}, "
           f"libfuse3 {info['libfuse3']}")
@@ -659,6 +663,14 @@ def main(argv: list[str] | None = None) -> int:
             bench.case_cold_export(main_set)
         if "warm" in only:
             bench.case_warm_export(main_set)
+        floors = Floors(bench)  # issue 12: the floors, each measured in the same run (tools/bench_floors.py)
+        if "pertrack" in only:
+            count_small = 64 if args.quick else 256
+            floors.case_pertrack(make_dataset(root, work, url, f"scale{count_small}x4", count_small, 4 * MIB))
+        if "floors" in only:
+            floors.case_floors(main_set)
+        if "fuse2" in only:
+            floors.case_floors(main_set, library="fuse")
         if "first" in only:
             bench.case_first_bytes(main_set)
         if "ls" in only:

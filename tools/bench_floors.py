@@ -1,0 +1,176 @@
+"""Issue 12 part 2: the export measured against its floors, each baseline measured in the same run.
+
+Cases (``tools/bench.py --only pertrack,floors,fuse2``):
+
+* ``pertrack`` — 256 × 4 MiB cold: mixvfs ``cp -r`` against ONE ``curl`` process fetching every URL (``-o``
+  each), which reuses one keep-alive connection: what a track costs beyond its bytes;
+* ``floors`` — per round, alternately: the download floor (that same one-``curl`` fetch), native ``cp`` of the
+  same files, a C FUSE floor (``bindfs`` over the same files, from the page cache), mixvfs's warm export
+  through a fresh mount of a full cache, the re-export in that mount, and the cold export (empty cache).
+  Rows: cold ÷ max(download floor, warm export) — the download hidden behind the copy —, warm ÷ ``bindfs``,
+  re-export ÷ native ``cp``;
+* ``fuse2`` — the cold and warm rows again with the daemon on libfuse 2 (``FUSE_LIBRARY_NAME=fuse``: the API
+  macFUSE offers), against the same floors.
+
+Ratios are of medians; each row also keeps the per-round ratios (``extra.round_ratios``), which hold better
+than the medians when the machine's speed drifts. Nothing here is a test: no figure fails anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mixvfs.vfs.adapter.libfuse import raise_readahead
+
+if TYPE_CHECKING:
+    from tools.bench import Bench, DataSet
+
+# bindfs on Debian 12 is built on libfuse 2 (128 KiB requests); multithreaded like the mixvfs daemon.
+BINDFS_ARGS = ["--multithreaded", "-r", "-o", "ro"]
+
+
+def libfuse_of(pid: int) -> str:
+    """Which libfuse a process has mapped (``libfuse.so.2`` / ``libfuse3.so.3``), from /proc/PID/maps."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/maps") as handle:
+        for line in handle:
+            name = line.rsplit("/", 1)[-1].strip()
+            if name.startswith("libfuse"):
+                return name
+    return "?"
+
+
+def unmount(path: Path) -> None:
+    for tool in ("fusermount3", "fusermount"):
+        if shutil.which(tool) and subprocess.run([tool, "-u", str(path)], capture_output=True,
+                                                 check=False).returncode == 0:
+            return
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+class Floors:
+    """The issue 12 part 2 rows, on top of :class:`tools.bench.Bench` (its machine, server and helpers)."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.bindfs = shutil.which("bindfs")
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def mount(self, data: DataSet, cache: Path, library: str | None) -> Iterator[Path]:
+        """A mixvfs mount of ``data`` on ``library`` (None: the default, libfuse 3)."""
+        from tools.bench import MIXVFS, sh
+
+        env = dict(os.environ)
+        if library is not None:
+            env["FUSE_LIBRARY_NAME"] = library
+        mnt = self.bench.work / "mnt"
+        mnt.mkdir(parents=True, exist_ok=True)
+        sh([MIXVFS, "mount", str(data.session), str(mnt), "--cache-dir", str(cache), "--report",
+            str(self.bench.work / "report.json"), "--log-file", str(self.bench.work / "mixvfs.log")], env=env)
+        pid = int(os.getxattr(mnt, "user.mixvfs.pid"))
+        loaded = libfuse_of(pid)
+        want = {"fuse": "libfuse.so.2", "fuse3": "libfuse3.so"}.get(library or "fuse3", "")
+        try:
+            if not loaded.startswith(want):
+                raise RuntimeError(f"the daemon runs on {loaded}, not on {want}")
+            yield mnt
+        finally:
+            sh([MIXVFS, "unmount", str(mnt)])
+
+    @contextlib.contextmanager
+    def bindfs_mount(self, source: Path) -> Iterator[Path]:
+        from tools.bench import sh
+
+        assert self.bindfs is not None
+        mnt = self.bench.work / "bmnt"
+        mnt.mkdir(parents=True, exist_ok=True)
+        sh([self.bindfs, *BINDFS_ARGS, str(source), str(mnt)])
+        raise_readahead(os.path.realpath(mnt))  # the same 4 MiB as the mixvfs mount: only the daemon differs
+        try:
+            yield mnt
+        finally:
+            unmount(mnt)
+
+    def cold_export(self, data: DataSet, library: str | None = None) -> float:
+        from tools.bench import copy_tree, reset
+
+        cache = reset(self.bench.work / "cache-cold")
+        self.bench.cold(data)
+        with self.mount(data, cache, library) as mnt:
+            return copy_tree(mnt, self.bench.work / "out")
+
+    # -- 256 × 4 MiB: the cost of a track --------------------------------------------------------------
+
+    def case_pertrack(self, data: DataSet) -> None:
+        from tools.bench import Row
+
+        bench = self.bench
+        bench.say(f"per-track cost, {data.name} cold: one curl process (keep-alive) / mixvfs, {bench.runs} runs")
+        curl, mix = [], []
+        for i in range(bench.runs):
+            bench.cold(data)
+            curl.append(bench.curl_all(data, bench.work / "out"))
+            _, seconds, _ = bench.mixvfs_cold(data, profile="pertrack-cold" if i == 0 else "")
+            mix.append(seconds)
+            bench.say(f"  run {i + 1}: curl {curl[-1]:.3f} s, mixvfs {mix[-1]:.3f} s ({mix[-1] / curl[-1]:.2f})")
+        bench.rows.append(Row(f"{data.name} cold export ÷ one curl", "s", "mixvfs", mix, "curl, 1 process, keep-alive",
+                              curl, "ratio <= 1.3", {"round_ratios": ratios(mix, curl),
+                                                      "ms_per_track": 1000 * statistics.median(mix) / len(data.files)}))
+
+    # -- floors: download, native cp, a C FUSE filesystem ------------------------------------------------
+
+    def case_floors(self, data: DataSet, library: str | None = None) -> None:
+        from tools.bench import Row, copy_tree, files_under, read_through, reset
+
+        bench = self.bench
+        lane = "" if library is None else " [libfuse 2]"
+        bench.say(f"floors of {data.name}{lane}: curl / cp / bindfs / mixvfs warm, re-export, cold, {bench.runs} runs")
+        cache = reset(bench.work / "cache-floors")
+        with self.mount(data, cache, library) as mnt:  # fill the cache
+            copy_tree(mnt, bench.work / "out")
+        blobs = files_under(cache / "blobs")
+        curl, native, bind, warm, again, cold = [], [], [], [], [], []
+        for i in range(bench.runs):
+            bench.cold(data)
+            curl.append(bench.curl_all(data, bench.work / "out"))
+            read_through(data.files)
+            native.append(copy_tree(data.folder, bench.work / "out"))
+            if self.bindfs:
+                read_through(data.files)
+                with self.bindfs_mount(data.folder) as bmnt:
+                    bind.append(copy_tree(bmnt, bench.work / "out"))
+            read_through(blobs)
+            with self.mount(data, cache, library) as mnt:
+                warm.append(copy_tree(mnt, bench.work / "out"))
+                again.append(copy_tree(mnt, bench.work / "out"))
+            cold.append(self.cold_export(data, library))
+            bench.say(f"  run {i + 1}: curl {curl[-1]:.3f}, cp {native[-1]:.3f}, "
+                      f"bindfs {bind[-1] if bind else float('nan'):.3f}, mixvfs warm {warm[-1]:.3f}, "
+                      f"re-export {again[-1]:.3f}, cold {cold[-1]:.3f} s")
+        floor = [max(c, w) for c, w in zip(curl, warm, strict=True)]
+        bench.rows.append(Row(f"cold export ÷ max(download, warm){lane}", "s", "mixvfs", cold,
+                              "max(1 curl, mixvfs warm)", floor, "ratio <= 1.2" if not lane else "",
+                              {"round_ratios": ratios(cold, floor), "curl": curl, "warm": warm}))
+        if bind:
+            bench.rows.append(Row(f"warm export, fresh mount ÷ bindfs{lane}", "s", "mixvfs", warm,
+                                  "bindfs (C, libfuse 2)", bind, "ratio <= 1.15" if not lane else "",
+                                  {"round_ratios": ratios(warm, bind), "bindfs_args": BINDFS_ARGS}))
+        else:
+            bench.say("  (no bindfs: `MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh` installs it)")
+        bench.rows.append(Row(f"re-export, same mount ÷ native cp{lane}", "s", "mixvfs", again, "native cp", native,
+                              "ratio <= 1.2" if not lane else "", {"round_ratios": ratios(again, native)}))
+        bench.rows.append(Row(f"warm export, fresh mount ÷ native cp{lane}", "s", "mixvfs", warm, "native cp", native,
+                              extra={"round_ratios": ratios(warm, native)}))
+
+
+def ratios(subject: list[float], baseline: list[float]) -> list[float]:
+    return [round(s / b, 3) if b else 0.0 for s, b in zip(subject, baseline, strict=True)]
+
