@@ -521,6 +521,10 @@ class SessionFS:
             elif event is Event.DONE:
                 if track.size is None:
                     track.size = download.total
+                # The server just sent this version whole: that is the confirmation a first open's HEAD would
+                # ask for (as a mount-time probe's answer is). Without this, every track prefetch finished
+                # cost the exporter's open one more request (~1-2 ms on its serial path: BENCHMARKS.md).
+                track.validated = True
                 self._failures.pop(track.id, None)
                 self.report.update(track.id, status=Status.CACHED, bytes=download.total, digest=download.digest,
                                    error=None, attempts=download.attempts)
