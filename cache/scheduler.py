@@ -88,6 +88,23 @@ class Fetcher:
             return None  # evicted or pruned: the mapping is stale
         return entry
 
+    def check_stored(self, source: Source) -> None:
+        """The open's check of a stored blob (size; hash of a small one), made ahead of the open: a blob found
+        intact is remembered, so its open does not read it again; a damaged one is left for the open, which
+        removes it and downloads the track again. Records no use of the blob (the open does)."""
+        entry = self.index.lookup(source.ident)
+        info = None if entry is None else self.store.info(entry.digest)
+        if entry is None or info is None:
+            return
+        try:
+            fd = os.open(self.store.path_of(info), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return  # evicted meanwhile: the open downloads it
+        try:
+            self._blob_intact(fd, entry)
+        finally:
+            os.close(fd)
+
     def probe(self, source: Source) -> RemoteInfo:
         """What the server says about ``source`` now (size, validators), without its body."""
         return self.http.probe(source.url)
