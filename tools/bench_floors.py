@@ -5,10 +5,12 @@ Cases (``tools/bench.py --only pertrack,floors,fuse2``):
 * ``pertrack`` — 256 × 4 MiB cold: mixvfs ``cp -r`` against ONE ``curl`` process fetching every URL (``-o``
   each), which reuses one keep-alive connection: what a track costs beyond its bytes;
 * ``floors`` — per round, alternately: the download floor (that same one-``curl`` fetch), native ``cp`` of the
-  same files, a C FUSE floor (``bindfs`` over the same files, from the page cache), mixvfs's warm export
-  through a fresh mount of a full cache, the re-export in that mount, and the cold export (empty cache).
-  Rows: cold ÷ max(download floor, warm export) — the download hidden behind the copy —, warm ÷ ``bindfs``,
-  re-export ÷ native ``cp``;
+  same files, two C FUSE floors over the same files (from the page cache): ``tools/fusefloor.c`` (the least a
+  libfuse 3 high-level filesystem does: built here with ``cc``, same libfuse, request size and threads as the
+  daemon) and ``bindfs`` (Debian 12 builds it on libfuse 2: 128 KiB requests), mixvfs's warm export through a
+  fresh mount of a full cache, the re-export in that mount, and the cold export (empty cache). Rows: cold ÷
+  max(download floor, warm export) — the download hidden behind the copy —, warm ÷ the C floor of the same
+  libfuse, re-export ÷ native ``cp``;
 * ``fuse2`` — the cold and warm rows again with the daemon on libfuse 2 (``FUSE_LIBRARY_NAME=fuse``: the API
   macFUSE offers), against the same floors.
 
@@ -34,6 +36,24 @@ if TYPE_CHECKING:
 
 # bindfs on Debian 12 is built on libfuse 2 (128 KiB requests); multithreaded like the mixvfs daemon.
 BINDFS_ARGS = ["--multithreaded", "-r", "-o", "ro"]
+FUSEFLOOR_C = Path(__file__).resolve().parent / "fusefloor.c"
+
+
+def build_fusefloor(work: Path) -> Path | None:
+    """Compile tools/fusefloor.c against the installed libfuse 3 (None, and why, when it cannot be built)."""
+    if not (shutil.which("cc") and shutil.which("pkg-config")):
+        print("  (no C floor: cc or pkg-config missing; `MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh`)")
+        return None
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True,
+                           check=False)
+    binary = work / "fusefloor"
+    built = flags.returncode == 0 and subprocess.run(
+        ["cc", "-O2", "-Wall", "-o", str(binary), str(FUSEFLOOR_C), *flags.stdout.split()],
+        capture_output=True, text=True, check=False).returncode == 0
+    if not built:
+        print("  (no C floor: tools/fusefloor.c did not build; libfuse3-dev missing?)")
+        return None
+    return binary
 
 
 def libfuse_of(pid: int) -> str:
@@ -60,6 +80,7 @@ class Floors:
     def __init__(self, bench: Bench) -> None:
         self.bench = bench
         self.bindfs = shutil.which("bindfs")
+        self.fusefloor = build_fusefloor(bench.work)
 
     # -- helpers --------------------------------------------------------------------------------------
 
@@ -94,6 +115,20 @@ class Floors:
         mnt.mkdir(parents=True, exist_ok=True)
         sh([self.bindfs, *BINDFS_ARGS, str(source), str(mnt)])
         raise_readahead(os.path.realpath(mnt))  # the same 4 MiB as the mixvfs mount: only the daemon differs
+        try:
+            yield mnt
+        finally:
+            unmount(mnt)
+
+    @contextlib.contextmanager
+    def fusefloor_mount(self, source: Path) -> Iterator[Path]:
+        from tools.bench import sh
+
+        assert self.fusefloor is not None
+        mnt = self.bench.work / "fmnt"
+        mnt.mkdir(parents=True, exist_ok=True)
+        sh([str(self.fusefloor), str(source), str(mnt), "-o", "ro"])
+        raise_readahead(os.path.realpath(mnt))
         try:
             yield mnt
         finally:
@@ -137,7 +172,7 @@ class Floors:
         with self.mount(data, cache, library) as mnt:  # fill the cache
             copy_tree(mnt, bench.work / "out")
         blobs = files_under(cache / "blobs")
-        curl, native, bind, warm, again, cold = [], [], [], [], [], []
+        curl, native, bind, cfloor, warm, again, cold = [], [], [], [], [], [], []
         for i in range(bench.runs):
             bench.cold(data)
             curl.append(bench.curl_all(data, bench.work / "out"))
@@ -147,21 +182,31 @@ class Floors:
                 read_through(data.files)
                 with self.bindfs_mount(data.folder) as bmnt:
                     bind.append(copy_tree(bmnt, bench.work / "out"))
+            if self.fusefloor:
+                read_through(data.files)
+                with self.fusefloor_mount(data.folder) as fmnt:
+                    cfloor.append(copy_tree(fmnt, bench.work / "out"))
             read_through(blobs)
             with self.mount(data, cache, library) as mnt:
                 warm.append(copy_tree(mnt, bench.work / "out"))
                 again.append(copy_tree(mnt, bench.work / "out"))
             cold.append(self.cold_export(data, library))
             bench.say(f"  run {i + 1}: curl {curl[-1]:.3f}, cp {native[-1]:.3f}, "
-                      f"bindfs {bind[-1] if bind else float('nan'):.3f}, mixvfs warm {warm[-1]:.3f}, "
+                      f"bindfs {bind[-1] if bind else float('nan'):.3f}, "
+                      f"fusefloor {cfloor[-1] if cfloor else float('nan'):.3f}, mixvfs warm {warm[-1]:.3f}, "
                       f"re-export {again[-1]:.3f}, cold {cold[-1]:.3f} s")
         floor = [max(c, w) for c, w in zip(curl, warm, strict=True)]
         bench.rows.append(Row(f"cold export ÷ max(download, warm){lane}", "s", "mixvfs", cold,
                               "max(1 curl, mixvfs warm)", floor, "ratio <= 1.2" if not lane else "",
                               {"round_ratios": ratios(cold, floor), "curl": curl, "warm": warm}))
+        # The C floor of the daemon's own libfuse carries the target: libfuse 3 -> fusefloor, 2 -> bindfs.
+        if cfloor:
+            bench.rows.append(Row(f"warm export, fresh mount ÷ C floor{lane}", "s", "mixvfs", warm,
+                                  "fusefloor (C, libfuse 3)", cfloor, "" if lane else "ratio <= 1.15",
+                                  {"round_ratios": ratios(warm, cfloor)}))
         if bind:
             bench.rows.append(Row(f"warm export, fresh mount ÷ bindfs{lane}", "s", "mixvfs", warm,
-                                  "bindfs (C, libfuse 2)", bind, "ratio <= 1.15" if not lane else "",
+                                  "bindfs (C, libfuse 2)", bind, "ratio <= 1.15" if lane else "",
                                   {"round_ratios": ratios(warm, bind), "bindfs_args": BINDFS_ARGS}))
         else:
             bench.say("  (no bindfs: `MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh` installs it)")
