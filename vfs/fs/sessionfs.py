@@ -435,6 +435,18 @@ class SessionFS:
             self._record_failure(handle.track, error)
             raise error from None
 
+    def read_into(self, handle: Handle, buffer: memoryview, offset: int) -> int:
+        """:meth:`read` into ``buffer`` (libfuse's reply buffer): the same checks, one copy less."""
+        fd, count = self.read_span(handle, len(buffer), offset)
+        if count <= 0:
+            return 0
+        try:
+            return os.preadv(fd, [buffer[:count]], offset)
+        except OSError as exc:
+            error = FetchError(f"reading {handle.track.name} failed: {exc.strerror}")
+            self._record_failure(handle.track, error)
+            raise error from None
+
     def _reading(self, handle: Handle, action: Callable[[], T]) -> T:
         self.foreground.reading()
         try:
