@@ -172,12 +172,14 @@ class Floors:
         with self.mount(data, cache, library) as mnt:  # fill the cache
             copy_tree(mnt, bench.work / "out")
         blobs = files_under(cache / "blobs")
-        curl, native, bind, cfloor, warm, again, cold = [], [], [], [], [], [], []
+        curl, native, rw, bind, cfloor, warm, again, cold = [], [], [], [], [], [], [], []
         for i in range(bench.runs):
             bench.cold(data)
             curl.append(bench.curl_all(data, bench.work / "out"))
             read_through(data.files)
             native.append(copy_tree(data.folder, bench.work / "out"))
+            read_through(data.files)
+            rw.append(rw_copy_tree(data.folder, bench.work / "out"))
             if self.bindfs:
                 read_through(data.files)
                 with self.bindfs_mount(data.folder) as bmnt:
@@ -191,7 +193,7 @@ class Floors:
                 warm.append(copy_tree(mnt, bench.work / "out"))
                 again.append(copy_tree(mnt, bench.work / "out"))
             cold.append(self.cold_export(data, library))
-            bench.say(f"  run {i + 1}: curl {curl[-1]:.3f}, cp {native[-1]:.3f}, "
+            bench.say(f"  run {i + 1}: curl {curl[-1]:.3f}, cp {native[-1]:.3f}, read/write {rw[-1]:.3f}, "
                       f"bindfs {bind[-1] if bind else float('nan'):.3f}, "
                       f"fusefloor {cfloor[-1] if cfloor else float('nan'):.3f}, mixvfs warm {warm[-1]:.3f}, "
                       f"re-export {again[-1]:.3f}, cold {cold[-1]:.3f} s")
@@ -212,8 +214,32 @@ class Floors:
             bench.say("  (no bindfs: `MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh` installs it)")
         bench.rows.append(Row(f"re-export, same mount ÷ native cp{lane}", "s", "mixvfs", again, "native cp", native,
                               "ratio <= 1.2" if not lane else "", {"round_ratios": ratios(again, native)}))
+        bench.rows.append(Row(f"re-export ÷ read/write copy{lane}", "s", "mixvfs", again, "1 MiB read/write copy",
+                              rw, extra={"round_ratios": ratios(again, rw)}))
         bench.rows.append(Row(f"warm export, fresh mount ÷ native cp{lane}", "s", "mixvfs", warm, "native cp", native,
                               extra={"round_ratios": ratios(warm, native)}))
+
+
+def rw_copy_tree(src: Path, dest: Path) -> float:
+    """Seconds to copy ``src``'s files with plain 1 MiB read/write, as ``cp`` copies out of any FUSE mount
+    (``copy_file_range`` only works within one filesystem): native ``cp`` of the same files does one
+    in-kernel copy instead (BENCHMARKS.md), a floor no FUSE filesystem can reach through ``cp``."""
+    import time
+
+    from tools.bench import reset
+
+    reset(dest).mkdir(parents=True)
+    start = time.perf_counter()
+    for path in sorted(src.iterdir()):
+        fd_in = os.open(path, os.O_RDONLY)
+        fd_out = os.open(dest / path.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            while chunk := os.read(fd_in, 1 << 20):
+                os.write(fd_out, chunk)
+        finally:
+            os.close(fd_in)
+            os.close(fd_out)
+    return time.perf_counter() - start
 
 
 def ratios(subject: list[float], baseline: list[float]) -> list[float]:
