@@ -664,13 +664,15 @@ def main(argv: list[str] | None = None) -> int:
         if "warm" in only:
             bench.case_warm_export(main_set)
         floors = Floors(bench)  # issue 12: the floors, each measured in the same run (tools/bench_floors.py)
+        count_small = 64 if args.quick else 256
         if "pertrack" in only:
-            count_small = 64 if args.quick else 256
             floors.case_pertrack(make_dataset(root, work, url, f"scale{count_small}x4", count_small, 4 * MIB))
         if "floors" in only:
             floors.case_floors(main_set)
-        if "fuse2" in only:
+        if "fuse2" in only:  # the path macOS takes (macFUSE offers the libfuse 2 API)
             floors.case_floors(main_set, library="fuse")
+            floors.case_pertrack(make_dataset(root, work, url, f"scale{count_small}x4", count_small, 4 * MIB),
+                                 library="fuse")
         if "first" in only:
             bench.case_first_bytes(main_set)
         if "ls" in only:
