@@ -113,14 +113,14 @@ def fmt(value: float | None, unit: str) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    lines = [f"{'case':<46} {'mixvfs':>10} {'baseline':<22} {'base':>10} {'ratio':>7}  target          met"]
+    lines = [f"{'case':<50} {'mixvfs':>10} {'baseline':<28} {'base':>10} {'ratio':>7}  target          met"]
     for row in rows:
         ratio = row.ratio
         shown = ratio
         if row.target.startswith("inverse") and ratio:
             shown = 1 / ratio
         met = {True: "yes", False: "NO", None: ""}[row.met()]
-        lines.append(f"{row.name:<46} {fmt(row.subject_median, row.unit):>10} {row.baseline:<22} "
+        lines.append(f"{row.name:<50} {fmt(row.subject_median, row.unit):>10} {row.baseline:<28} "
                      f"{fmt(row.baseline_median, row.unit):>10} {'' if shown is None else f'{shown:.2f}':>7}  "
                      f"{row.target:<15} {met}")
     return "\n".join(lines)
