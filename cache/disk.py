@@ -8,7 +8,8 @@
 * :class:`CheckedCache`: raw SQL over diskcache's ``Cache`` table, for what its API cannot answer in one
   query ("every entry with its size and last use"). Each subclass names the columns it reads; they are
   checked when the cache opens, so a diskcache release that changed the schema fails loudly there,
-  never with a wrong answer later.
+  never with a wrong answer later. It also keeps diskcache's SQLite connections per OS thread (see
+  :meth:`CheckedCache._con`).
 
 Both the blob store and the source index build on this module; it imports neither.
 """
@@ -16,7 +17,9 @@ Both the blob store and the source index build on this module; it imports neithe
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
 import zlib
 from typing import Any, ClassVar
 
@@ -76,10 +79,42 @@ class CheckedCache(diskcache.Cache):
     """A diskcache.Cache that may be queried by SQL on the ``COLUMNS`` it names (checked at open)."""
 
     COLUMNS: ClassVar[frozenset[str]] = frozenset()
+    MAX_CONNECTIONS = 256  # past this many threads seen, the idle ones' connections are dropped (closed)
 
     def __init__(self, directory: str, **settings: Any) -> None:
+        self._thread_cons: dict[int, sqlite3.Connection] = {}
+        self._cons_pid = os.getpid()
         super().__init__(directory, **settings)
         self.check_schema()
+
+    @property
+    def _con(self) -> sqlite3.Connection:
+        """diskcache's connection for this thread, kept per OS thread rather than per Python thread state.
+
+        diskcache keeps one connection per ``threading.local``; but libfuse's threads are not Python's, and
+        ctypes gives such a thread a fresh thread state (so fresh thread-locals) for every callback: each FUSE
+        open reconnected to both databases and re-applied their pragmas, ~1 ms of a ~1.7 ms open
+        (BENCHMARKS.md). ``threading.get_ident()`` is the OS thread's, stable across callbacks and the very
+        id sqlite3's same-thread check compares, so a connection is still only ever used by its thread."""
+        pid = os.getpid()
+        if pid != self._cons_pid:  # forked: the parent's connections are not ours to use
+            self._thread_cons, self._cons_pid = {}, pid
+        key = threading.get_ident()
+        con = self._thread_cons.get(key)
+        if con is None:
+            con = super()._con  # type: ignore[misc]  # diskcache connects and applies its pragmas
+            if len(self._thread_cons) >= self.MAX_CONNECTIONS:
+                self._thread_cons = {}  # threads that ended keep none open for ever (in use: still referenced)
+            self._thread_cons[key] = con
+        return con
+
+    def close(self) -> None:
+        """This thread's connection, as diskcache's ``close`` (which its ``_con`` also calls for a new thread
+        state: the other threads' connections must survive that)."""
+        super().close()
+        con = self._thread_cons.pop(threading.get_ident(), None)
+        if con is not None:
+            con.close()
 
     def check_schema(self) -> None:
         try:

@@ -65,6 +65,9 @@ class Fetcher:
         self._seq = itertools.count()
         self._workers: list[threading.Thread] = []
         self._closed = False
+        # digest -> the blob file's stamp when this process last knew its bytes to be the digest's (it wrote
+        # and hashed them, or hashed them at an open): an open that finds the same stamp skips the re-hash.
+        self._intact: dict[str, tuple[int, ...]] = {}
 
     # -- what readers and the prefetcher call ---------------------------------------------------------
 
@@ -85,6 +88,23 @@ class Fetcher:
         if entry is not None and not self.store.has(entry.digest):
             return None  # evicted or pruned: the mapping is stale
         return entry
+
+    def check_stored(self, source: Source) -> None:
+        """The open's check of a stored blob (size; hash of a small one), made ahead of the open: a blob found
+        intact is remembered, so its open does not read it again; a damaged one is left for the open, which
+        removes it and downloads the track again. Records no use of the blob (the open does)."""
+        entry = self.index.lookup(source.ident)
+        info = None if entry is None else self.store.info(entry.digest)
+        if entry is None or info is None:
+            return
+        try:
+            fd = os.open(self.store.path_of(info), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return  # evicted meanwhile: the open downloads it
+        try:
+            self._blob_intact(fd, entry)
+        finally:
+            os.close(fd)
 
     def probe(self, source: Source) -> RemoteInfo:
         """What the server says about ``source`` now (size, validators), without its body."""
@@ -181,12 +201,36 @@ class Fetcher:
         return Acquired(fd, None, entry)
 
     def _blob_intact(self, fd: int, entry: SourceEntry) -> bool:
-        size = os.fstat(fd).st_size
-        if size != entry.size:
+        """The size always; the full hash of a small blob, unless this process already knows these bytes:
+        it wrote them (hashing as they came) or hashed them at an earlier open, and the file is the same
+        one, unchanged since (same inode, size, mtime and ctime: any write, truncate or chmod changes the
+        ctime, and no program can set it back). Re-hashing a 4 MiB blob the prefetch had just stored read
+        every byte once more at the exporter's open (BENCHMARKS.md, per-track cost)."""
+        st = os.fstat(fd)
+        if st.st_size != entry.size:
             return False
-        if size <= self.policy.verify_hash_below:
-            return hash_fd(fd) == entry.digest
+        if st.st_size > self.policy.verify_hash_below:
+            return True
+        stamp = blob_stamp(st)
+        if self._intact.get(entry.digest) == stamp:
+            return True
+        if hash_fd(fd) != entry.digest:
+            return False
+        self._intact[entry.digest] = stamp
         return True
+
+    def _remember_intact(self, download: Download) -> None:
+        """A download just committed: its descriptor is now the blob's file (renamed into the store), whose
+        bytes are the ones hashed while streaming. Not when the store already had them (the staging file
+        was then unlinked, nlink 0: the blob is another file)."""
+        if download.digest is None or download.fd < 0:
+            return
+        try:
+            st = os.fstat(download.fd)
+        except OSError:
+            return
+        if st.st_nlink > 0:
+            self._intact[download.digest] = blob_stamp(st)
 
     def _start(self, source: Source) -> Download:
         if self._closed:
@@ -249,6 +293,8 @@ class Fetcher:
                         self._queue.put((download.priority, next(self._seq), download))  # paused: resume later
 
     def _on_event(self, download: Download, event: Event) -> None:
+        if event is Event.DONE:
+            self._remember_intact(download)  # before anyone hears DONE and opens the blob
         if event in (Event.DONE, Event.FAILED):
             with self._lock:  # over: a new reader of this source opens the blob, or starts anew
                 if self._active.get(download.source.ident) is download:
@@ -260,3 +306,8 @@ class Fetcher:
                 subscriber(download, event)
             except Exception:  # one subscriber's bug must not keep the others from hearing
                 log.exception("a subscriber failed on %s of %s", event.value, download.source.label)
+
+
+def blob_stamp(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file's bytes may have. ctime included: unlike mtime, no program can set it back."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns

@@ -11,7 +11,7 @@ the server's files once, so that nothing is cached on the client side while the 
 the bottleneck. Warm runs read both sides' sources once beforehand so both come from the page cache.
 
     python tools/bench.py [--quick] [--runs N] [--out DIR] [--profile]
-                          [--only cold,warm,first,ls,scale,checkexport,team,passthrough]
+                          [--only cold,warm,first,ls,scale,checkexport,pertrack,floors,fuse2,passthrough,team]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tools.bench_floors import Floors  # noqa: E402
 from tools.devserver import DevServer  # noqa: E402
 from tools.make_audio import write_sized  # noqa: E402
 
@@ -112,14 +113,14 @@ def fmt(value: float | None, unit: str) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    lines = [f"{'case':<46} {'mixvfs':>10} {'baseline':<22} {'base':>10} {'ratio':>7}  target          met"]
+    lines = [f"{'case':<50} {'mixvfs':>10} {'baseline':<28} {'base':>10} {'ratio':>7}  target          met"]
     for row in rows:
         ratio = row.ratio
         shown = ratio
         if row.target.startswith("inverse") and ratio:
             shown = 1 / ratio
         met = {True: "yes", False: "NO", None: ""}[row.met()]
-        lines.append(f"{row.name:<46} {fmt(row.subject_median, row.unit):>10} {row.baseline:<22} "
+        lines.append(f"{row.name:<50} {fmt(row.subject_median, row.unit):>10} {row.baseline:<28} "
                      f"{fmt(row.baseline_median, row.unit):>10} {'' if shown is None else f'{shown:.2f}':>7}  "
                      f"{row.target:<15} {met}")
     return "\n".join(lines)
@@ -637,8 +638,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-rclone", action="store_true", help="skip the rclone comparison")
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon in the first run of each case")
     parser.add_argument("--only", default="",
-                        help="comma list of cases: cold,warm,first,ls,scale,checkexport,passthrough,team "
-                             "(default: all but team)")
+                        help="comma list of cases: cold,warm,first,ls,scale,checkexport,pertrack,floors,fuse2,"
+                             "passthrough,team (default: all but team)")
     args = parser.parse_args(argv)
     args.runs = max(3, args.runs or (3 if args.quick else 5))
     return args
@@ -649,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     only = set(filter(None, args.only.split(","))) or {"cold", "warm", "first", "ls", "scale", "checkexport",
-                                                        "passthrough"}
+                                                        "pertrack", "floors", "fuse2", "passthrough"}
     info = machine()
     print(f"mixvfs benchmark {info['date']}: {info['nproc']} CPUs, {info['mem_gib']} GiB, kernel {info['kernel']}, "
           f"libfuse3 {info['libfuse3']}")
@@ -674,6 +675,16 @@ def main(argv: list[str] | None = None) -> int:
             bench.case_cold_export(main_set)
         if "warm" in only:
             bench.case_warm_export(main_set)
+        floors = Floors(bench)  # issue 12: the floors, each measured in the same run (tools/bench_floors.py)
+        count_small = 64 if args.quick else 256
+        if "pertrack" in only:
+            floors.case_pertrack(make_dataset(root, work, url, f"scale{count_small}x4", count_small, 4 * MIB))
+        if "floors" in only:
+            floors.case_floors(main_set)
+        if "fuse2" in only:  # the path macOS takes (macFUSE offers the libfuse 2 API)
+            floors.case_floors(main_set, library="fuse")
+            floors.case_pertrack(make_dataset(root, work, url, f"scale{count_small}x4", count_small, 4 * MIB),
+                                 library="fuse")
         if "first" in only:
             bench.case_first_bytes(main_set)
         if "passthrough" in only:  # FUSE passthrough on libfuse >= 3.17 (tools/bench_passthrough.py)

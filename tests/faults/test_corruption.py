@@ -14,6 +14,8 @@ from tests.conftest import Mount, write_session
 from tests.faults.helpers import FAST, cachectl, cachectl_json, cloud_track, cp, name_of, stream_path
 from tools.devserver import DevServer
 
+MiB = 1 << 20
+
 
 def cache_one_track(tmp_path: Path, server_root: Path, devserver: DevServer,
                     mounter: Callable[..., Mount]) -> tuple[Path, Path]:
@@ -65,3 +67,41 @@ def test_open_detects_a_damaged_blob_and_fetches_again(tmp_path, server_root, de
     assert "was damaged on disk; removed, fetching again" in mount.log()
     mount.unmount()
     assert cachectl(mount.cache_dir, "verify").returncode == 0
+
+
+def read_chars(pid: int) -> int:
+    """Bytes the process has read through read-like calls (``rchar``: page cache hits included)."""
+    with open(f"/proc/{pid}/io") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("rchar:"))
+
+
+def test_a_blob_this_mount_stored_is_not_read_again_to_open_it(tmp_path, server_root, devserver, mounter):
+    """The hash on open is skipped for a blob this very process wrote (hashing it as it came) and that is
+    unchanged since: re-reading it doubled what a cold export of short tracks read."""
+    size = 8 * MiB
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", size)], server=devserver.url)
+    mount = mounter(session, *FAST)
+    path = mount.path / name_of("t1")
+    assert cp(path, tmp_path / "first.wav").returncode == 0  # downloads and stores it
+    assert mount.wait_track("t1", lambda r: r["status"] == "cached")["status"] == "cached"
+    pid = int(os.getxattr(mount.path, "user.mixvfs.pid"))
+    before = read_chars(pid)
+    with open(path, "rb"):  # an open alone: the kernel reads nothing
+        pass
+    assert read_chars(pid) - before < size // 2
+
+
+def test_a_blob_damaged_after_this_mount_stored_it_is_caught_at_its_next_open(
+        tmp_path, server_root, devserver, mounter):
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 400_000)], server=devserver.url)
+    mount = mounter(session, *FAST)
+    path = mount.path / name_of("t1")
+    assert cp(path, tmp_path / "first.wav").returncode == 0
+    assert mount.wait_track("t1", lambda r: r["status"] == "cached")["status"] == "cached"
+    (blob,) = (mount.cache_dir / "blobs").rglob("*.val")
+    damage(blob, "flip")  # same size, same inode: only its times tell
+    done = cp(path, tmp_path / "again.wav")
+    assert done.returncode == 0, done.stderr
+    assert filecmp.cmp(tmp_path / "again.wav", server_root / "stream" / "t1.wav", shallow=False)
+    assert len(devserver.requests("GET", stream_path("t1"))) == 2  # found at the open, fetched again
+    assert "was damaged on disk; removed, fetching again" in mount.log()

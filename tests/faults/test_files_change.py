@@ -216,6 +216,43 @@ def test_an_unchanged_cached_track_costs_one_conditional_request_and_no_get(
     assert filecmp.cmp(tmp_path / "two2.wav", server_root / "stream" / "t1.wav", shallow=False)
 
 
+def test_a_track_prefetched_in_this_mount_is_opened_without_a_revalidation(
+        tmp_path, server_root, devserver, mounter):
+    """The download itself was the server's answer: its open must not ask again (a HEAD per track was the
+    largest per-track cost of a cold export of many short tracks)."""
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", MiB, seed=1)],
+                            server=devserver.url)  # the size is in the manifest: nothing asked at mount
+    mount = mounter(session, "--retries", "3", "--retry-wait", "0.01s")  # prefetch on
+    mount.wait_track("t1", lambda r: r["status"] == "cached")
+    run(["cp", str(mount.path / name_of("t1")), str(tmp_path / "one.wav")], check=True)
+    assert [r["method"] for r in devserver.requests()] == ["GET"]
+    assert filecmp.cmp(tmp_path / "one.wav", server_root / "stream" / "t1.wav", shallow=False)
+
+
+def test_with_prefetch_a_cached_track_is_revalidated_ahead_of_its_open(tmp_path, server_root, devserver, mounter):
+    """The look-ahead makes the first open's conditional request before the exporter opens the track (a HEAD
+    per track on the exporter's serial path was most of a warm export of short tracks); the open asks nothing."""
+    session, first = cached_by_a_first_mount(tmp_path, server_root, devserver, mounter)
+    before = len(devserver.requests())
+    second = mounter(session, "--retries", "3", "--retry-wait", "0.01s", cache_dir=first.cache_dir)  # prefetch on
+    assert wait_until(lambda: [r["method"] for r in devserver.requests()[before:]] == ["HEAD"])  # no open yet
+    run(["cp", str(second.path / name_of("t1")), str(tmp_path / "two.wav")], check=True)
+    assert [r["method"] for r in devserver.requests()[before:]] == ["HEAD"]
+    assert filecmp.cmp(tmp_path / "two.wav", server_root / "stream" / "t1.wav", shallow=False)
+
+
+def test_with_prefetch_a_cached_track_re_rendered_on_the_server_is_copied_new(tmp_path, server_root, devserver,
+                                                                              mounter):
+    session, first = cached_by_a_first_mount(tmp_path, server_root, devserver, mounter)
+    write_sized(server_root / "stream" / "t1.wav", MiB, kind="wav", seed=2)  # same size: same identity
+    before = len(devserver.requests())
+    second = mounter(session, "--retries", "3", "--retry-wait", "0.01s", cache_dir=first.cache_dir)  # prefetch on
+    assert_same(copy_all_ways(second.path / name_of("t1"), tmp_path / "copies"), server_root / "stream" / "t1.wav")
+    assert [r["method"] for r in devserver.requests()[before:]] == ["HEAD", "GET"]
+    record = second.wait_track("t1", lambda r: bool(r.get("note")))
+    assert "changed since it was cached" in record["note"]
+
+
 def test_a_cached_track_is_served_when_the_server_is_down_and_the_report_says_so(
         tmp_path, server_root, devserver, mounter):
     session, first = cached_by_a_first_mount(tmp_path, server_root, devserver, mounter)

@@ -192,3 +192,25 @@ def test_a_track_another_process_cached_meanwhile_is_reported_cached_not_pending
     assert len(devserver.requests("GET", "/t.wav")) == 1  # B did not download it again
     second.close()
     report.close()
+
+
+def test_read_into_a_buffer_gives_the_bytes_read_gives(make_fs, server_root, devserver):
+    """The mount answers reads by pread into libfuse's own buffer (one copy less than returning bytes): the
+    same bytes, a short count at the end of the file, nothing past it — cloud and local tracks alike."""
+    body = bytes(range(256)) * (3 * MiB // 256) + b"tail"
+    (server_root / "c.wav").write_bytes(body)
+    (server_root / "l.wav").write_bytes(body)
+    fs = make_fs([{"id": "c", "artist": "A", "title": "Cloud", "cloud_stream_path": "/c.wav", "size": len(body)},
+                  {"id": "l", "artist": "A", "title": "Local", "file_path": str(server_root / "l.wav")}],
+                 devserver.url)
+    for name in ("A - Cloud.wav", "A - Local.wav"):
+        opened = fs.open(fs.lookup(name))
+        try:
+            buffer = bytearray(MiB)
+            got = b""
+            while count := fs.read_into(opened.handle, memoryview(buffer), len(got)):
+                got += buffer[:count]
+            assert got == body
+            assert fs.read_into(opened.handle, memoryview(buffer), len(body) + 5) == 0
+        finally:
+            fs.release(opened.handle)

@@ -193,3 +193,39 @@ def test_a_deliberate_errno_answer_is_not_logged(caplog: pytest.LogCaptureFixtur
     error, records = guard_records(caplog, "enoent")
     assert error.errno == errno.ENOENT
     assert records == []  # every failed lookup of a missing name would otherwise be a debug line
+
+
+def test_a_thread_whose_thread_state_is_new_at_each_call_keeps_one_sqlite_connection(tmp_path: Path) -> None:
+    """libfuse's threads reach Python through ctypes, which gives them a fresh thread state (so fresh
+    ``threading.local`` data) at every callback: diskcache's per-thread-local connection was opened anew,
+    with its pragmas, at every FUSE open. The cache keeps it per OS thread instead."""
+    import threading
+
+    from mixvfs.cache.store import BlobStore
+
+    store = BlobStore(tmp_path / "cache", max_size=1 << 30, max_age=86400)
+    try:
+        caches = [store._cache, store.index._db]
+        first = [cache._con for cache in caches]
+        for cache in caches:
+            cache._local = threading.local()  # type: ignore[attr-defined]  # a new thread state, to diskcache
+        assert [cache._con for cache in caches] == first
+        assert store.infos() == [] and store.index.lookup("nothing") is None  # and they still work
+    finally:
+        store.close()
+
+
+def test_each_thread_gets_its_own_sqlite_connection(tmp_path: Path) -> None:
+    import threading
+
+    from mixvfs.cache.store import BlobStore
+
+    store = BlobStore(tmp_path / "cache", max_size=1 << 30, max_age=86400)
+    seen: list[object] = []
+    try:
+        worker = threading.Thread(target=lambda: seen.append(store._cache._con))
+        worker.start()
+        worker.join()
+        assert seen and seen[0] is not store._cache._con
+    finally:
+        store.close()

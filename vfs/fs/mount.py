@@ -377,7 +377,7 @@ def open_session(
         runtime.close()
         raise ConfigError(f"report {report_path}: cannot write it: {exc.strerror or exc}") from None
     core = SessionFS(tracks, runtime.fetcher, report, retry_after=options.retry_after, prefetch=options.prefetch,
-                     mtime=session.mtime, foreground=runtime.foreground)
+                     confirm_ahead=options.prefetch, mtime=session.mtime, foreground=runtime.foreground)
     report.replace_records(core.initial_records())
     log_missing(tracks)
 

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 BLOCK_SIZE = 1 << 20  # st_blksize: `cp` sizes its buffer from it (128 KiB by default)
+# A cached track confirmed by the server without an open asking (its download just ended, or the look-ahead
+# revalidated it) counts as revalidated for this long; an open after that asks again (a mount may live for days).
+CONFIRMED_FOR = 60.0
+# How many tracks (in session order) past the furthest one a reader opened the look-ahead prepares.
+LOOK_AHEAD = 16
 MAX_STATUS_FAILURES = 100  # an xattr value is at most 64 KiB on Linux: list this many failures, count the rest
 
 
@@ -145,6 +150,7 @@ class SessionFS:
         *,
         retry_after: float = 60.0,
         prefetch: bool = True,
+        confirm_ahead: bool = False,
         mtime: float = 0.0,
         foreground: Foreground | None = None,
         now: Callable[[], float] = time.time,
@@ -156,6 +162,7 @@ class SessionFS:
         self.report = report
         self.retry_after = retry_after
         self.prefetch_enabled = prefetch
+        self.confirm_ahead = confirm_ahead and prefetch
         self.now = now
         self._lock = threading.Lock()
         self._failures: dict[str, Failure] = {}
@@ -169,6 +176,9 @@ class SessionFS:
         self._sizes_thread: threading.Thread | None = None
         self._prefetch_slots = threading.Semaphore(fetcher.jobs)
         self._prefetching: set[Download] = set()
+        self._ahead_thread: threading.Thread | None = None
+        self._reader_at = -1  # the furthest session position a reader opened (the look-ahead keeps ahead of it)
+        self._reader_moved = threading.Condition()
 
     # -- listing -------------------------------------------------------------------------------------
 
@@ -181,6 +191,7 @@ class SessionFS:
             self.tracks = tracks
             self._by_name = {t.name: t for t in tracks}
             self._by_ident = by_ident
+            self._position = {id(t): i for i, t in enumerate(tracks)}
 
     def reload(self, tracks: list[Track], *, mtime: float | None = None) -> None:
         """The manifest changed while mounted: swap the listing in one step. Open handles hold their Track
@@ -200,6 +211,7 @@ class SessionFS:
         self.report.replace_records(records)
         if self._prefetch_thread is not None and not self._prefetch_stop.is_set():
             self._prefetch_thread = None  # the running pass walks the old list; a new pass covers the new tracks
+            self._ahead_thread = None
             self.start_prefetch()
 
     def live_status(self) -> dict[str, object]:
@@ -393,6 +405,7 @@ class SessionFS:
 
     def _open_cloud(self, track: Track) -> tuple[Handle, Version]:
         assert track.source is not None
+        self._reader_reached(track)
         failure = self._failures.get(track.id)
         if failure is not None and self.now() - failure.at < self.retry_after:
             return FailedHandle(track, failure.error), Version("failed", None, track.mtime)
@@ -409,12 +422,13 @@ class SessionFS:
     def _revalidate_once(self, track: Track) -> None:
         """At a cached track's first open in this mount, ask the server (one conditional request) whether
         the stored version is still its version; never at listing time. A changed track is downloaded
-        again; an unreachable server means the cached copy is served, and the report says so."""
-        if track.validated:
+        again; an unreachable server means the cached copy is served, and the report says so. Not asked
+        again when the server confirmed the version moments ago (a download, the look-ahead)."""
+        if self._confirmed(track):
             return
         assert track.source is not None
         with self._track_lock(track):
-            if track.validated:
+            if self._confirmed(track):
                 return
             try:
                 freshness = self.fetcher.revalidate(track.source)
@@ -422,15 +436,22 @@ class SessionFS:
                 self.report.update(track.id, note=f"served from cache, not revalidated: {exc.reason}")
                 log.warning("%s: served from cache, not revalidated: %s", track.name, exc.reason)
             else:
-                if freshness is Freshness.CHANGED:
-                    track.mtime = max(track.mtime, self.now())  # a new version: tools comparing mtimes see it
-                    self.report.update(track.id, status=Status.PENDING, digest=None,
-                                       note="the server's copy changed since it was cached; downloaded again")
-                    log.info("%s: the server's copy changed; downloading it again", track.name)
-                elif freshness is Freshness.UNKNOWN:
-                    self.report.update(track.id, note="served from cache; the server gives no ETag or "
-                                                      "Last-Modified to revalidate it with")
+                self._apply_freshness(track, freshness)
             track.validated = True
+
+    def _confirmed(self, track: Track) -> bool:
+        return track.validated or (track.confirmed_at is not None
+                                   and time.monotonic() - track.confirmed_at < CONFIRMED_FOR)
+
+    def _apply_freshness(self, track: Track, freshness: Freshness) -> None:
+        if freshness is Freshness.CHANGED:
+            track.mtime = max(track.mtime, self.now())  # a new version: tools comparing mtimes see it
+            self.report.update(track.id, status=Status.PENDING, digest=None,
+                               note="the server's copy changed since it was cached; downloaded again")
+            log.info("%s: the server's copy changed; downloading it again", track.name)
+        elif freshness is Freshness.UNKNOWN:
+            self.report.update(track.id, note="served from cache; the server gives no ETag or "
+                                              "Last-Modified to revalidate it with")
 
     def read_span(self, handle: Handle, size: int, offset: int) -> tuple[int, int]:
         """The one read path: (descriptor, byte count) holding bytes [offset, offset+size) now — after
@@ -442,6 +463,18 @@ class SessionFS:
         fd, count = self.read_span(handle, size, offset)
         try:
             return os.pread(fd, count, offset) if count > 0 else b""
+        except OSError as exc:
+            error = FetchError(f"reading {handle.track.name} failed: {exc.strerror}")
+            self._record_failure(handle.track, error)
+            raise error from None
+
+    def read_into(self, handle: Handle, buffer: memoryview, offset: int) -> int:
+        """:meth:`read` into ``buffer`` (libfuse's reply buffer): the same checks, one copy less."""
+        fd, count = self.read_span(handle, len(buffer), offset)
+        if count <= 0:
+            return 0
+        try:
+            return os.preadv(fd, [buffer[:count]], offset)
         except OSError as exc:
             error = FetchError(f"reading {handle.track.name} failed: {exc.strerror}")
             self._record_failure(handle.track, error)
@@ -478,10 +511,55 @@ class SessionFS:
         if self._sizes_thread is None:
             self._sizes_thread = threading.Thread(target=self._learn_sizes, name="sizes", daemon=True)
             self._sizes_thread.start()
+        if self.confirm_ahead and self._ahead_thread is None:
+            self._ahead_thread = threading.Thread(target=self._look_ahead, name="look-ahead", daemon=True)
+            self._ahead_thread.start()
         if not self.prefetch_enabled or self._prefetch_thread is not None:
             return
         self._prefetch_thread = threading.Thread(target=self._prefetch_all, name="prefetch", daemon=True)
         self._prefetch_thread.start()
+
+    # -- look-ahead: what a cached track's first open would do, done just before it -------------------
+
+    def _reader_reached(self, track: Track) -> None:
+        position = self._position.get(id(track), -1)
+        if position > self._reader_at:
+            with self._reader_moved:
+                self._reader_at = max(self._reader_at, position)
+                self._reader_moved.notify_all()
+
+    def _look_ahead(self) -> None:
+        """Keep the cached tracks up to LOOK_AHEAD past the furthest one being read revalidated and their
+        blobs checked, in session order: the same conditional request and the same check their first open
+        would make, made before the exporter opens them (a HEAD and a re-hash per track were most of a warm
+        export's time for short tracks: BENCHMARKS.md). Trusted for CONFIRMED_FOR only."""
+        for position, track in enumerate(list(self.tracks)):
+            if track.kind is not Kind.CLOUD or track.source is None:
+                continue
+            with self._reader_moved:
+                while position > self._reader_at + LOOK_AHEAD and not self._prefetch_stop.is_set():
+                    self._reader_moved.wait(timeout=1.0)
+            if self._prefetch_stop.is_set():
+                return
+            self.foreground.wait_quiet(limit=0.1)  # a listing goes first
+            try:
+                self._confirm_ahead(track)
+            except Exception:  # the look-ahead only saves time: whatever it meets, the open does it all again
+                log.exception("look-ahead of %s failed", track.name)
+
+    def _confirm_ahead(self, track: Track) -> None:
+        assert track.source is not None
+        if self.fetcher.cached(track.source) is None:
+            return  # nothing stored: a download will be the server's answer
+        with self._track_lock(track):
+            if not self._confirmed(track):
+                try:
+                    freshness = self.fetcher.revalidate(track.source)
+                except FetchError:
+                    return  # the open asks again, and notes it if the server cannot answer then either
+                self._apply_freshness(track, freshness)
+                track.confirmed_at = time.monotonic()
+        self.fetcher.check_stored(track.source)
 
     def _learn_sizes(self) -> None:
         """Ask again, with growing pauses, about tracks whose size the mount-time probe could not learn
@@ -556,6 +634,10 @@ class SessionFS:
             elif event is Event.DONE:
                 if track.size is None:
                     track.size = download.total
+                # The server just sent this version whole: the confirmation a first open's HEAD would ask
+                # for. Without this, every track prefetch finished cost the exporter's open one more request
+                # (~1-2 ms on its serial path: BENCHMARKS.md). For CONFIRMED_FOR: a mount may live for days.
+                track.confirmed_at = time.monotonic()
                 self._failures.pop(track.id, None)
                 self.report.update(track.id, status=Status.CACHED, bytes=download.total, digest=download.digest,
                                    error=None, attempts=download.attempts, via=download.via)

@@ -47,6 +47,9 @@ class Track:
     probe_failure: FetchError | None = None  # what the server said when we asked at mount time (its reason)
     remote: RemoteInfo | None = None
     validated: bool = False  # the server confirmed, in this mount, that ``source`` is its current version
+    # When (time.monotonic) the server last confirmed it without an open asking: a download ended, or the
+    # look-ahead revalidated it; trusted for a while only (sessionfs.CONFIRMED_FOR).
+    confirmed_at: float | None = None
 
     @property
     def id(self) -> str:
