@@ -186,6 +186,7 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
     @guard
     def read_into(self, fi: Any, buf: Any, size: int, offset: int) -> int:
         """:meth:`read`, with the bytes pread straight into libfuse's reply buffer (see :class:`MixFUSE`)."""
+        self.daemon_reads += 1  # as in read(): the status's count of reads that reached the daemon
         target = (ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))
         return self.core.read_into(self._handles[fi.fh], memoryview(target).cast("B"), offset)
 
