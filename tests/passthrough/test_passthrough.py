@@ -151,3 +151,25 @@ def test_the_lane_builds_its_floor(tmp_path):
     floor = lib.parent.parent / "bin" / "passthrough_hp"
     done = subprocess.run([str(floor), "--help"], capture_output=True, text=True, timeout=30, check=False)
     assert "passthrough" in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
+
+
+def test_a_track_held_open_by_passthrough_opens_again_after_its_blob_is_evicted(tmp_path, server_root, devserver,
+                                                                                 pt_mounter):
+    """A DJ app holds a cached track open (passthrough) while `cachectl prune` (or --max-size) evicts its blob:
+    a new open would be a download, which the kernel refuses beside a passthrough open — the reader got EIO
+    for a track that had not changed. It is served from the backing file the other reader holds."""
+    session, cache = warmed(tmp_path, server_root, devserver, ["a"])
+    mount = pt_mounter(session, "--no-prefetch", cache_dir=cache)
+    path = mount.path / name_of("a")
+    with open(path, "rb") as held:
+        assert held.read(4096) == source(server_root, "a").read_bytes()[:4096]
+        assert passthrough_status(mount)["backing_files"] == 1
+        done = cachectl(cache, "prune", "--max-size", "0")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert not any((cache / "blobs").rglob("*.val"))  # evicted
+        gets = len(devserver.requests("GET", stream_path("a")))
+        run(["cp", str(path), str(tmp_path / "a.wav")], check=True)
+        assert filecmp.cmp(tmp_path / "a.wav", source(server_root, "a"), shallow=False)
+        assert len(devserver.requests("GET", stream_path("a"))) == gets  # from the held backing file, not the server
+    report = run([MIXVFS, "report", str(mount.path), "--json"]).stdout
+    assert '"reader_error": null' in report

@@ -85,3 +85,27 @@ def test_a_report_that_cannot_be_written_never_raises_into_the_reader(tmp_path: 
     shutil.rmtree(folder)  # the folder is gone: every write fails
     report.update("t0", urgent=True, status="failed", error="boom")
     report.close(finished=True)
+
+
+def test_a_readers_eio_stays_in_the_report_after_the_track_is_whole_again(tmp_path: Path) -> None:
+    """A reader refused with EIO while the track itself did not fail (it changed under another reader): the
+    download that ends well later clears ``error``, but that reader's copy may be missing, so the report keeps
+    ``reader_error``, shows it, and `mixvfs report` / the unmount summary count it as a problem."""
+    from mixvfs.vfs.commands.cli import served_summary
+    from mixvfs.vfs.fs.report import format_report, has_problem, load_report
+
+    report = Report(tmp_path / "r.json", session="s", mountpoint="/m", records=records(2))
+    try:
+        why = "the file changed while another program is reading it"
+        report.update("t0", urgent=True, error=why, reader_error=why)
+        report.update("t0", urgent=True, status=Status.CACHED, error=None, bytes=10)
+        report.update("t1", urgent=True, status=Status.CACHED, bytes=10)
+        assert on_disk(report, "t0")["reader_error"] == why and on_disk(report, "t0")["error"] is None
+        data = load_report(report.path)
+        assert [has_problem(t) for t in data["tracks"]] == [True, False]
+        assert f"a reader got an input/output error: {why}" in format_report(data)
+        summary = served_summary(report.path)
+        assert summary[0].startswith("2 tracks whole (local or cached), 1 refused to a reader (input/output error)")
+        assert "check-export" in summary[1]
+    finally:
+        report.close()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.vfs.commands import config, output
 from mixvfs.vfs.fs import history
-from mixvfs.vfs.fs.report import FAILED_STATUSES, Status, format_report, load_report
+from mixvfs.vfs.fs.report import FAILED_STATUSES, Status, format_report, has_problem, load_report
 from mixvfs.vfs.session.manifest import ManifestError, load_manifest
 
 if TYPE_CHECKING:  # imported where a command needs it: check-export, config, status start without httpx
@@ -273,13 +273,16 @@ def served_summary(report: Path) -> list[str]:
     whole = counts[Status.LOCAL] + counts[Status.CACHED]
     failed = sum(counts[s] for s in FAILED_STATUSES)
     unread = len(tracks) - whole - failed
+    refused = sum(1 for t in tracks if t.get("reader_error") and t.get("status") not in FAILED_STATUSES)
     parts = [f"{whole} track{'' if whole == 1 else 's'} whole (local or cached)"]
     if failed:
         parts.append(f"{failed} failed")
     if unread:
         parts.append(f"{unread} not downloaded")
+    if refused:
+        parts.append(f"{refused} refused to a reader (input/output error)")
     line = ", ".join(parts)
-    if not (failed or unread):
+    if not (failed or unread or refused):
         return [line]
     return [f"{line}: see the report (mixvfs report {shlex.quote(str(report))})",
             f"did the export get everything? mixvfs check-export {shlex.quote(str(report))} EXPORT_DIR"]
@@ -296,8 +299,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read report {target}: {exc}") from None
     output.emit(data, args.json, format_report)
-    failed = [t for t in data.get("tracks", []) if t.get("status") in ("failed", "missing")]
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_FAILED if any(has_problem(t) for t in data.get("tracks", [])) else EXIT_OK
 
 
 def report_of_mountpoint(mountpoint: Path) -> Path:

@@ -39,6 +39,7 @@ class _File:
     through: int = 0  # open by passthrough, all on ``backing``
     backing: int | None = None
     key: str | None = None  # the version ``backing`` holds
+    fd: int | None = None  # our own descriptor of the backing file: new opens can share it after an eviction
 
 
 @dataclass
@@ -73,13 +74,25 @@ class BackingTable:
             if blob_fd is not None and state.normal == 0 and self.off_reason is None:
                 backing = self._try_register(blob_fd)
                 if backing is not None:
-                    state.through, state.backing, state.key = 1, backing, key
+                    state.through, state.backing, state.key, state.fd = 1, backing, key, os.dup(blob_fd)
                     self.stats.opens += 1
                     return backing
             if blob_fd is not None:
                 self.stats.normal += 1
             state.normal += 1
             return None
+
+    def held(self, name: str) -> tuple[str, int] | None:
+        """While ``name`` is open by passthrough: the version its backing file holds and a new descriptor of
+        that file (the caller's to close). A new open of ``name`` must then be served from it: once the blob
+        is evicted (prune, ``--max-size``) the cache would download the track again, and a download cannot
+        be opened beside a passthrough open — the kernel refuses it, and the reader got EIO for a track that
+        had not changed. The backing file still holds those bytes, unlinked or not."""
+        with self._lock:
+            state = self._files.get(name)
+            if state is None or not state.through or state.fd is None or state.key is None:
+                return None
+            return state.key, os.dup(state.fd)
 
     def _try_register(self, fd: int) -> int | None:
         try:
@@ -105,7 +118,9 @@ class BackingTable:
                 state.through -= 1
                 if state.through == 0:
                     self._unregister(backing)
-                    state.backing = state.key = None
+                    if state.fd is not None:
+                        os.close(state.fd)
+                    state.backing = state.key = state.fd = None
             if state.normal == 0 and state.through == 0:
                 del self._files[name]
 

@@ -56,6 +56,9 @@ class TrackRecord:
     attempts: int = 0
     note: str | None = None  # not a failure, but worth knowing: e.g. served from cache without revalidation
     via: str | None = None  # with a team cache: where the bytes came from (origin, team cache hit/miss)
+    # A reader was given EIO while the track itself did not fail (it changed under another reader, a reader gave
+    # up waiting): kept after the track is whole again, since that reader's copy may be missing or partial.
+    reader_error: str | None = None
 
 
 def default_report_path(cache_dir: Path, session_name: str) -> Path:
@@ -203,6 +206,17 @@ def load_report(path: Path) -> dict[str, Any]:
     return dict(data)
 
 
+def reader_failure(track: dict[str, Any]) -> str | None:
+    """The text for a track whose reader got EIO though the track did not fail (its copy may be missing)."""
+    error = track.get("reader_error")
+    return f"a reader got an input/output error: {error}" if error else None
+
+
+def has_problem(track: dict[str, Any]) -> bool:
+    """Failed or missing, or a reader of it was given EIO: the export may lack it."""
+    return track.get("status") in FAILED_STATUSES or bool(track.get("reader_error"))
+
+
 def format_report(data: dict[str, Any]) -> str:
     """The per-track table of ``mixvfs report`` (and the summary of ``cachectl warm``)."""
     tracks = data.get("tracks", [])
@@ -218,7 +232,7 @@ def format_report(data: dict[str, Any]) -> str:
         size = format_size(t["bytes"]) if isinstance(t.get("bytes"), int) else "-"
         via = f" {t.get('via') or '-':<15}" if team else ""
         lines.append(f"{name:<{width}}  {t.get('source', ''):<7} {t.get('status', ''):<8} {size:>10} "
-                     f"{t.get('attempts', 0):>5}{via}  {t.get('error') or ''}")
+                     f"{t.get('attempts', 0):>5}{via}  {t.get('error') or reader_failure(t) or ''}")
     counts: dict[str, int] = {}
     for t in tracks:
         counts[t.get("status", "?")] = counts.get(t.get("status", "?"), 0) + 1

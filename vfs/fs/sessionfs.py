@@ -410,6 +410,10 @@ class SessionFS:
         if failure is not None and self.now() - failure.at < self.retry_after:
             return FailedHandle(track, failure.error), Version("failed", None, track.mtime)
         self._revalidate_once(track)
+        held = self.backings.held(track.name) if self.backings is not None else None
+        if held is not None:  # another program reads this version by passthrough: the same bytes, evicted or not
+            key, fd = held
+            return BlobHandle(track, fd), Version(key, os.fstat(fd).st_size, track.mtime)
         acquired = self.fetcher.acquire(track.source)
         if acquired.download is None:
             assert acquired.entry is not None
@@ -662,6 +666,6 @@ class SessionFS:
             self.report.update(track.id, urgent=True, status=Status.FAILED, error=error.reason,
                                attempts=max(record.attempts, 1))
         else:
-            self.report.update(track.id, urgent=True, error=error.reason)
+            self.report.update(track.id, urgent=True, error=error.reason, reader_error=error.reason)
         if first:
             log.error("%s: %s", track.name, error.reason)
