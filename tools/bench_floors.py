@@ -234,6 +234,7 @@ def rw_copy_tree(src: Path, dest: Path) -> float:
     from tools.bench import reset
 
     reset(dest).mkdir(parents=True)
+    os.sync()  # as copy_tree: no earlier copy's writeback during this one
     start = time.perf_counter()
     for path in sorted(src.iterdir()):
         fd_in = os.open(path, os.O_RDONLY)
