@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MIXVFS, run
+from tests.conftest import MIXVFS, missing_part, run
 from tools.devserver import DevServer
 
 TOKENS = ("alice", "bob")
@@ -25,10 +25,8 @@ TOKENS = ("alice", "bob")
 def require_nginx() -> str:
     nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
     if nginx is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("nginx is not installed (apt install nginx-light: tools/install_system.sh); CI must run "
-                        "the team cache tests")
-        pytest.skip("nginx is not installed (apt install nginx-light)")
+        missing_part("nginx is not installed (apt install nginx-light: tools/install_system.sh)",
+                     "CI must run the team cache tests")
     return nginx
 
 
