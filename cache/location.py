@@ -8,8 +8,10 @@ from pathlib import Path
 
 import platformdirs
 
-DEFAULT_MAX_SIZE = 10 << 30
-DEFAULT_MAX_AGE = 30 * 86400.0
+from mixvfs.cache import defaults
+
+DEFAULT_MAX_SIZE = defaults.MAX_SIZE
+DEFAULT_MAX_AGE = defaults.MAX_AGE
 
 
 def resolve_cache_dir(flag: str | os.PathLike[str] | None) -> Path:

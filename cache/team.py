@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from mixvfs.cache import defaults
 from mixvfs.cache.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ REFRESH_HEADER = "X-Mixvfs-Refresh"
 ORIGIN_HEADER = "X-Mixvfs-Origin"  # request: the origin the client means; answer: the origin the cache fronts
 FAILOVER_STATUSES = frozenset({502, 503, 504})
 MISDIRECTED = 421  # the cache fronts another origin
-DEFAULT_RESET_AFTER = 300.0
+DEFAULT_RESET_AFTER = defaults.TEAM_CACHE_RESET_AFTER
 
 VIA_ORIGIN = "origin"
 VIA_HIT = "team cache hit"

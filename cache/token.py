@@ -16,11 +16,12 @@ import subprocess
 import threading
 from pathlib import Path
 
+from mixvfs.cache import defaults
 from mixvfs.cache.errors import AuthRejected
 
 log = logging.getLogger(__name__)
 
-TOKEN_COMMAND_TIMEOUT = 30.0  # seconds; a password manager waiting for an unlock may need the user
+TOKEN_COMMAND_TIMEOUT = defaults.TOKEN_COMMAND_TIMEOUT
 
 
 class TokenSource:

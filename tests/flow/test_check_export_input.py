@@ -4,9 +4,11 @@ makes it verifiable, and a check that never creates a cache."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import CACHECTL, MIXVFS, run, write_session
@@ -93,3 +95,27 @@ def test_ctrl_c_stops_a_long_check_at_once_with_one_line(tmp_path):
     assert proc.returncode == 130
     assert err == "mixvfs: check-export interrupted (Ctrl-C): the export was not checked to the end\n"
     assert "Traceback" not in out
+
+
+def test_a_check_loads_nothing_it_does_not_use(tmp_path):
+    """check-export starts as a new process after every export, and its start-up is most of its time on a
+    small one (the bench's ratio against xxhsum): no HTTP client, cache database, FUSE binding, token
+    runner or team-cache policy is imported for a check that needs none, nor a TOML parser without a file."""
+    source, export = tmp_path / "a.wav", tmp_path / "export"
+    export.mkdir()
+    write_sized(source, 10_000, kind="wav", seed=2)
+    shutil.copyfile(source, export / "A - T.wav")
+    session = write_session(tmp_path / "s.json", [{"id": "a", "artist": "A", "title": "T",
+                                                    "file_path": str(source)}])
+    probe = ("import json, sys\n"
+             "from mixvfs.vfs.commands import cli\n"
+             "code = cli.main(sys.argv[1:])\n"
+             "print(json.dumps({'code': code, 'modules': sorted(sys.modules)}), file=sys.stderr)\n")
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config"), "MIXVFS_CONFIG": ""}
+    done = run([sys.executable, "-c", probe, "check-export", str(session), str(export), "--json"], env=env)
+    seen = json.loads(done.stderr.splitlines()[-1])
+    assert seen["code"] == 0 and json.loads(done.stdout)["tracks"][0]["state"] == "ok", (done.stdout, done.stderr)
+    unwanted = {"httpx", "diskcache", "sqlite3", "mfusepy", "rich", "tomllib", "subprocess", "socket",
+                "mixvfs.cache.team", "mixvfs.cache.token", "mixvfs.vfs.commands.team_cache",
+                "mixvfs.vfs.fs.history"}
+    assert unwanted.isdisjoint(seen["modules"]), sorted(unwanted.intersection(seen["modules"]))

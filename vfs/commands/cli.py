@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.vfs.commands import config, output
-from mixvfs.vfs.fs import history
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Status, format_report, has_problem, load_report
 from mixvfs.vfs.session.manifest import ManifestError, load_manifest
 
@@ -100,7 +99,9 @@ CONFIG_EXAMPLES = """examples:
 JSON_HELP = "print JSON instead of a table"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given the command about to run (``wanted``), other commands that are costly to
+    describe are left out (``mixvfs --help`` and a mistyped command get them all)."""
     # allow_abbrev=False everywhere: `--tok` must not quietly mean `--token-file`, nor `--token` be "ambiguous".
     parser = argparse.ArgumentParser(prog="mixvfs", description=DESCRIPTION, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_flags(ce, check_export_settings())
     ce.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    from mixvfs.vfs.commands import team_cache
+    if wanted not in sub.choices:  # its module (nginx, addresses) is loaded only to run it or list them all
+        from mixvfs.vfs.commands import team_cache
 
-    team_cache.add_parser(sub)
+        team_cache.add_parser(sub)
 
     c = command("config", "each effective setting and where it came from", config.HELP, CONFIG_EXAMPLES)
     config.add_flags(c, config.MOUNT_SETTINGS)
@@ -177,7 +179,7 @@ def exit_code(exc: MixvfsError) -> int:
 
 
 def run(args_list: list[str]) -> int:
-    args = build_parser().parse_args(args_list)
+    args = build_parser(next((a for a in args_list if not a.startswith("-")), None)).parse_args(args_list)
     if args.command == "mount":
         return cmd_mount(args, args_list)
     if args.command == "unmount":
@@ -309,6 +311,8 @@ def report_of_mountpoint(mountpoint: Path) -> Path:
     _, path = mount.mount_info(mountpoint)
     if path is not None:
         return path
+    from mixvfs.vfs.fs import history
+
     last = history.recall(mountpoint)
     dead = mount.is_stale(mountpoint)  # a daemon that was killed: its report is as it last wrote it
     if last is None or (os.path.ismount(mountpoint) and not dead) or not last.report.is_file():

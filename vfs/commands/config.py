@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +22,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import platformdirs
 
+from mixvfs.cache.defaults import TEAM_CACHE_RESET_AFTER, TOKEN_COMMAND_TIMEOUT
 from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, CacheLimits, resolve_cache_dir
-from mixvfs.cache.team import DEFAULT_RESET_AFTER, parse_spec, plain_http_problem
-from mixvfs.cache.token import TOKEN_COMMAND_TIMEOUT, TokenSource, command_preview
 from mixvfs.cache.units import format_size, parse_duration, parse_size
 
 if TYPE_CHECKING:  # built in runtime() only: reading settings (config, check-export) needs no httpx
+    from mixvfs.cache.token import TokenSource
     from mixvfs.vfs.runtime import RuntimeConfig
 
 T = TypeVar("T")
@@ -79,6 +78,8 @@ def _text(text: str) -> str:
 
 
 def _team_cache(text: str) -> str:
+    from mixvfs.cache.team import parse_spec  # here, not at the top: check-export and config start without it
+
     parse_spec(text)  # a bad URL is said where it was given, not in the daemon's log
     return text
 
@@ -113,6 +114,8 @@ class Spec:
 
 
 def _command_shown(command: str) -> str:
+    from mixvfs.cache.token import command_preview
+
     return command_preview(command) + " …"  # its arguments may hold secrets
 
 
@@ -150,7 +153,7 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
          "first backoff wait, doubling, with jitter in proportion (0.5s)", _seconds),
     Spec("team_cache", "MIXVFS_TEAM_CACHE", None, _team_cache,
          "the studio's team cache(s) for track bytes: URL, ';' = failover order, '|' = random within a group"),
-    Spec("team_cache_reset_after", "MIXVFS_TEAM_CACHE_RESET_AFTER", DEFAULT_RESET_AFTER, _positive_duration,
+    Spec("team_cache_reset_after", "MIXVFS_TEAM_CACHE_RESET_AFTER", TEAM_CACHE_RESET_AFTER, _positive_duration,
          "a team cache that failed is skipped this long (5m)", _seconds),
     Spec("team_cache_allow_plain_http", "MIXVFS_TEAM_CACHE_ALLOW_PLAIN_HTTP", False, _bool,
          "allow the token over plain http:// to a team cache on another machine (false)",
@@ -189,6 +192,8 @@ def config_path(env: Mapping[str, str] | None = None) -> Path:
 def load_config_file(path: Path, *, required: bool) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
+            import tomllib  # only when there is a file to read: most users have none
+
             data = tomllib.load(handle)
     except FileNotFoundError:
         if required:
@@ -196,7 +201,7 @@ def load_config_file(path: Path, *, required: bool) -> dict[str, Any]:
         return {}
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # tomllib.TOMLDecodeError
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
     unknown = sorted(set(data) - set(SPECS))
     if unknown:
@@ -314,6 +319,8 @@ class Settings:
         spec = self._value_or_default("team_cache")
         if not spec:
             return None
+        from mixvfs.cache.team import parse_spec, plain_http_problem
+
         problem = plain_http_problem(parse_spec(spec))
         has_token = any(self._value_or_default(n) for n in ("token_command", "token_file")) or bool(self.token)
         if problem and has_token and not self._value_or_default("team_cache_allow_plain_http"):
@@ -333,6 +340,8 @@ class Settings:
 
     def token_source(self) -> TokenSource | None:
         """The highest layer that names a token wins; within a layer: command, then file, then value."""
+        from mixvfs.cache.token import TokenSource
+
         candidates: list[tuple[int, int, Callable[[], TokenSource]]] = []
         command, file = self.resolved.get("token_command"), self.resolved.get("token_file")
         if command is not None and command.value:

@@ -1,0 +1,13 @@
+"""The defaults of the settings that live in ``cache/``, in a module that imports nothing.
+
+``mixvfs config`` and every command's ``--help`` show them; keeping them here lets a command that never
+talks to a server or runs a token command (``check-export``) start without importing the team-cache policy,
+the token runner or their sockets and subprocesses.
+"""
+
+from __future__ import annotations
+
+MAX_SIZE = 10 << 30  # bytes
+MAX_AGE = 30 * 86400.0  # seconds unused before a blob is dropped
+TEAM_CACHE_RESET_AFTER = 300.0  # seconds a team cache that failed is skipped
+TOKEN_COMMAND_TIMEOUT = 30.0  # seconds; a password manager waiting for an unlock may need the user
