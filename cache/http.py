@@ -16,6 +16,7 @@ import httpcore
 import httpx
 from httpx import _decoders as httpx_decoders  # its table of decoders: which encodings it can undo
 
+from mixvfs.cache import receive_buffer
 from mixvfs.cache import team as team_policy
 from mixvfs.cache.errors import (
     AuthRejected,
@@ -54,6 +55,7 @@ def read_bigger_chunks(connection: type = httpcore.HTTP11Connection, size: int =
 
 
 read_bigger_chunks()
+receive_buffer.install()  # h11 hands body bytes on without copying them (cache/receive_buffer.py)
 ERROR_BODY_TYPES = frozenset({"text/html", "text/plain", "application/json", "application/xml", "text/xml"})
 
 
