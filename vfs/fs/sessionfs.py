@@ -254,6 +254,15 @@ class SessionFS:
         self.foreground.touch()
         return [t.name for t in self.tracks]
 
+    def browsing(self) -> None:
+        """Someone is looking at the folder (a listing, ``ls -l``'s xattr questions): prefetch steps aside."""
+        self.foreground.touch()
+
+    def listing(self) -> list[Track]:
+        """The tracks in listing order (one snapshot: a live reload swaps the whole list)."""
+        self.foreground.touch()
+        return self.tracks
+
     def lookup(self, name: str) -> Track | None:
         self.foreground.touch()  # someone is looking at the folder: prefetch steps aside
         return self._by_name.get(name)
@@ -288,6 +297,16 @@ class SessionFS:
         owner may have re-rendered it); a cloud track of unknown size is asked about, or fetched, rather
         than shown as empty. While a page-cached reader is open, its version's answer stays (see
         :mod:`mixvfs.vfs.fs.pages`)."""
+        answer = self._attributes(track, ask_server=True)
+        assert answer is not None
+        return answer
+
+    def known_attributes(self, track: Track) -> tuple[int, float] | None:
+        """:meth:`attributes` when answering needs no request to a server, so that a listing may hand them
+        to the kernel beside the name; None for a cloud track whose size is still unknown (``stat`` asks)."""
+        return self._attributes(track, ask_server=False)
+
+    def _attributes(self, track: Track, *, ask_server: bool) -> tuple[int, float] | None:
         if self.pages.pinned(track.name):
             size, mtime = self.pages.answer(track.name, None, track.mtime)  # that reader's version
             return size or 0, mtime
@@ -295,6 +314,8 @@ class SessionFS:
             self._restat_local(track)
             size = track.size or 0
         elif track.kind is Kind.CLOUD:
+            if track.size is None and not ask_server:
+                return None
             size = self._cloud_size(track)
         else:
             size = 0
