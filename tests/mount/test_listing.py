@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import daemon_libfuse_major, run, write_session
+from tests.conftest import Mount, daemon_libfuse_major, run, write_session
 from tests.faults.helpers import cloud_track, name_of
 from tools.make_audio import write_sized
 
@@ -56,3 +57,34 @@ def test_ls_l_takes_attributes_from_the_listing(tmp_path, server_root, devserver
     else:  # libfuse 2 has no READDIRPLUS: names only, the kernel looks each file up
         assert listed == 0 and asked >= len(expected), (asked, listed)
     assert {p.name: p.stat().st_size for p in mount.path.iterdir()} == expected
+
+
+def reloads_done(mount: Mount) -> int:
+    """Live reloads the daemon finished: it logs the line once the new listing is in and the kernel was told."""
+    return mount.log().count("manifest changed: now ")
+
+
+SIZES = {"gone": 1000, "grows": 2000, "stays": 3000}
+
+
+def test_a_reload_is_seen_by_stat_at_once(tmp_path, server_root, devserver, mounter):
+    """A listing lets the kernel cache every name with its size (READDIRPLUS; on libfuse 2 the lookups do):
+    once a reload is done, a removed track must not answer `stat`, nor a changed one show its old size."""
+    tracks = [cloud_track(server_root, name, size, seed=i) for i, (name, size) in enumerate(SIZES.items())]
+    session = write_session(tmp_path / "s.json", tracks, server=devserver.url)
+    mount = mounter(session, "--no-prefetch")
+    gone, grows = mount.path / name_of("gone"), mount.path / name_of("grows")
+    assert ls_sizes(mount.path) == {name_of("gone"): 1000, name_of("grows"): 2000, name_of("stays"): 3000}
+    write_session(session, [cloud_track(server_root, "grows", 5000, seed=7), tracks[2]], server=devserver.url)
+    # Until the reload is done, keep the kernel's entries fresh (a lookup or listing renews them for 1 s), so
+    # that what it answers right after the reload comes from the daemon's notice, not from their expiry.
+    deadline = time.monotonic() + 30  # a hang guard only: the watcher polls every 0.5 s
+    while reloads_done(mount) == 0:
+        assert time.monotonic() < deadline, mount.log()
+        assert gone.stat().st_size == 1000 and grows.stat().st_size == 2000
+        ls_sizes(mount.path)
+        time.sleep(0.05)
+    assert not gone.exists()
+    assert grows.stat().st_size == 5000
+    assert ls_sizes(mount.path) == {name_of("grows"): 5000, name_of("stays"): 3000}
+    assert grows.read_bytes() == (server_root / "stream" / "grows.wav").read_bytes()

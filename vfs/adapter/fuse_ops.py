@@ -21,7 +21,13 @@ import mfusepy as fuse
 
 from mixvfs.vfs.adapter import passthrough
 from mixvfs.vfs.adapter.errno_map import fuse_errors
-from mixvfs.vfs.adapter.libfuse import WAITING_READS, allow_waiting_reads, invalidate_path, raise_readahead
+from mixvfs.vfs.adapter.libfuse import (
+    WAITING_READS,
+    KernelEntries,
+    allow_waiting_reads,
+    invalidate_path,
+    raise_readahead,
+)
 from mixvfs.vfs.fs.backing import BackingTable
 from mixvfs.vfs.fs.sessionfs import BLOCK_SIZE, Handle, SessionFS
 from mixvfs.vfs.session.tracks import Track
@@ -34,6 +40,8 @@ guard = fuse_errors(FuseOSError)
 XATTR_PREFIX = "user.mixvfs."
 FUSE_READDIR_PLUS = 1  # libfuse 3's readdir flags: the kernel asks for attributes too
 FUSE_FILL_DIR_PLUS = 2  # the filler's flag: this entry's stat is complete
+
+
 class MixOps(fuse.Operations):  # type: ignore[misc]
     use_ns = True
 
@@ -51,6 +59,7 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         self.file_getattrs = 0  # getattr of a file: each LOOKUP and GETATTR the kernel sends for one
         self.listed_with_attributes = 0  # entries a READDIRPLUS listing handed over with their attributes
         self._listings: dict[int, list[Track]] = {}  # open directory handle -> its snapshot of the tracks
+        self.kernel_entries: KernelEntries | None = None  # set in init: tells the kernel what a reload changed
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -63,6 +72,9 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         if conn is not None and self.waiting_reads:
             allow_waiting_reads(conn, self.waiting_reads)
         self._negotiate_passthrough(conn)
+        # Here, in a request of this mount, libfuse's context names it: a live reload tells the kernel later.
+        self.kernel_entries = KernelEntries.of_this_mount(fuse._libfuse, LIBFUSE_MAJOR)
+        self.core.kernel = self.kernel_entries
         if self.mountpoint:
             # The kernel applies libfuse's init reply (which caps readahead) only after init returns.
             threading.Thread(target=self._tune_after_init, name="readahead", daemon=True).start()
@@ -110,6 +122,9 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         return status
 
     def destroy(self, path: str) -> None:
+        if self.kernel_entries is not None:  # first: libfuse frees the session right after this returns
+            self.core.kernel = None
+            self.kernel_entries.close()
         table = self.core.backings
         if table is not None:
             log.info("FUSE passthrough: %d opens read by the kernel, %d cached opens served by the daemon",
