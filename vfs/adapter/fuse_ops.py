@@ -38,6 +38,7 @@ FuseOSError = fuse.FuseOSError
 LIBFUSE_MAJOR: int = fuse.fuse_version_major
 guard = fuse_errors(FuseOSError)
 XATTR_PREFIX = "user.mixvfs."
+XATTR_PREFIX_BYTES = XATTR_PREFIX.encode()
 FUSE_READDIR_PLUS = 1  # libfuse 3's readdir flags: the kernel asks for attributes too
 FUSE_FILL_DIR_PLUS = 2  # the filler's flag: this entry's stat is complete
 
@@ -268,9 +269,12 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
             return [XATTR_PREFIX + key for key in [*self.root_xattrs, "status", "passthrough", "requests"]]
         return [XATTR_PREFIX + key for key in self.core.track_xattrs(self._track(path))]
 
+    def browsing(self) -> None:
+        """With READDIRPLUS, `ls -l` sends no LOOKUP per file: its xattr questions are what says it is browsing."""
+        self.core.browsing()
+
     @guard
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        # With READDIRPLUS, `ls -l` sends no LOOKUP per file: these questions are what says it is browsing.
         self.core.browsing()
         if not name.startswith(XATTR_PREFIX):  # `ls -l` asks every file for security.* and ACLs
             raise FuseOSError(fuse.ENOATTR)
@@ -296,6 +300,16 @@ class MixFUSE(fuse.FUSE):  # type: ignore[misc]
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         return int(self.operations.read_into(fip.contents, buf, size, offset))
+
+    def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
+        """``ls -l`` asks every file for ``security.selinux`` and its POSIX ACL, each a request of its own on
+        a fresh mount (the kernel caches neither for a filesystem without FUSE_POSIX_ACL): answer names that
+        are not ours before decoding anything or raising (an exception through mfusepy's wrapper costs more
+        than the answer)."""
+        if not name.startswith(XATTR_PREFIX_BYTES):
+            self.operations.browsing()
+            return -int(fuse.ENOATTR)
+        return int(super().getxattr(path, name, value, size, *args))
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
         """The listing with offsets (entry ``i`` is followed by offset ``i + 1``), and for READDIRPLUS
