@@ -21,7 +21,13 @@ import mfusepy as fuse
 
 from mixvfs.vfs.adapter import passthrough
 from mixvfs.vfs.adapter.errno_map import fuse_errors
-from mixvfs.vfs.adapter.libfuse import WAITING_READS, allow_waiting_reads, invalidate_path, raise_readahead
+from mixvfs.vfs.adapter.libfuse import (
+    WAITING_READS,
+    KernelEntries,
+    allow_waiting_reads,
+    invalidate_path,
+    raise_readahead,
+)
 from mixvfs.vfs.fs.backing import BackingTable
 from mixvfs.vfs.fs.sessionfs import BLOCK_SIZE, Handle, SessionFS
 from mixvfs.vfs.session.tracks import Track
@@ -32,6 +38,11 @@ FuseOSError = fuse.FuseOSError
 LIBFUSE_MAJOR: int = fuse.fuse_version_major
 guard = fuse_errors(FuseOSError)
 XATTR_PREFIX = "user.mixvfs."
+XATTR_PREFIX_BYTES = XATTR_PREFIX.encode()
+FUSE_READDIR_PLUS = 1  # libfuse 3's readdir flags: the kernel asks for attributes too
+FUSE_FILL_DIR_PLUS = 2  # the filler's flag: this entry's stat is complete
+
+
 class MixOps(fuse.Operations):  # type: ignore[misc]
     use_ns = True
 
@@ -45,6 +56,11 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         self._lock = threading.Lock()
         self.passthrough_off: str | None = "the mount has not started"  # why not, or None once on
         self.daemon_reads = 0  # read requests that reached the daemon (passthrough opens send none)
+        # Counts for the root's ``user.mixvfs.requests`` (racing increments may be lost; 0 means none came).
+        self.file_getattrs = 0  # getattr of a file: each LOOKUP and GETATTR the kernel sends for one
+        self.listed_with_attributes = 0  # entries a READDIRPLUS listing handed over with their attributes
+        self._listings: dict[int, list[Track]] = {}  # open directory handle -> its snapshot of the tracks
+        self.kernel_entries: KernelEntries | None = None  # set in init: tells the kernel what a reload changed
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -57,6 +73,9 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         if conn is not None and self.waiting_reads:
             allow_waiting_reads(conn, self.waiting_reads)
         self._negotiate_passthrough(conn)
+        # Here, in a request of this mount, libfuse's context names it: a live reload tells the kernel later.
+        self.kernel_entries = KernelEntries.of_this_mount(fuse._libfuse, LIBFUSE_MAJOR)
+        self.core.kernel = self.kernel_entries
         if self.mountpoint:
             # The kernel applies libfuse's init reply (which caps readahead) only after init returns.
             threading.Thread(target=self._tune_after_init, name="readahead", daemon=True).start()
@@ -104,6 +123,9 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         return status
 
     def destroy(self, path: str) -> None:
+        if self.kernel_entries is not None:  # first: libfuse frees the session right after this returns
+            self.core.kernel = None
+            self.kernel_entries.close()
         table = self.core.backings
         if table is not None:
             log.info("FUSE passthrough: %d opens read by the kernel, %d cached opens served by the daemon",
@@ -125,7 +147,10 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         # An open file is asked about by its handle when the kernel has one (fstat, reads revalidating
         # the page cache): answer from the handle's track, which a live reload may have renamed or removed.
         handle = self._handles.get(fh.fh) if fh is not None and hasattr(fh, "fh") else None
-        size, mtime = self.core.attributes(handle.track if handle is not None else self._track(path))
+        self.file_getattrs += 1
+        return self._file_stat(*self.core.attributes(handle.track if handle is not None else self._track(path)))
+
+    def _file_stat(self, size: int, mtime: float) -> dict[str, int]:
         # 0644 like other read-only network mounts (writes still fail with EROFS): with 0444 every exported
         # copy came out read-only, and deleting an export folder asked about each file.
         return self._stat(stat.S_IFREG | 0o644, size, int(mtime * 1e9))
@@ -140,6 +165,40 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         if path != "/":
             raise FuseOSError(errno.ENOTDIR)
         return [".", "..", *self.core.names()]
+
+    @guard
+    def opendir(self, path: str) -> int:
+        if path != "/":
+            raise FuseOSError(errno.ENOTDIR)
+        with self._lock:
+            fh, self._next = self._next, self._next + 1
+        return int(fh)
+
+    @guard
+    def releasedir(self, path: str, fh: int) -> int:
+        with self._lock:
+            self._listings.pop(fh, None)
+        return 0
+
+    @guard
+    def listing(self, fh: int, offset: int) -> list[Track]:
+        """The tracks an open directory lists. One snapshot per open directory, taken when it is read from
+        the start, so that the offsets of a listing read in parts stay valid across a live reload."""
+        with self._lock:
+            if offset == 0 or fh not in self._listings:
+                self._listings[fh] = self.core.listing()
+            return self._listings[fh]
+
+    @guard
+    def listed_stat(self, track: Track) -> dict[str, int] | None:
+        """What ``getattr`` would answer for ``track`` now, when that needs no request to a server (a
+        READDIRPLUS entry then spares the kernel its LOOKUP and GETATTR); None: the name goes alone."""
+        known = self.core.known_attributes(track)
+        return None if known is None else self._file_stat(*known)
+
+    def requests_status(self) -> dict[str, int]:
+        """The root's ``user.mixvfs.requests``: how the kernel learnt about the files' attributes."""
+        return {"file_getattrs": self.file_getattrs, "listed_with_attributes": self.listed_with_attributes}
 
     @guard
     def statfs(self, path: str) -> dict[str, int]:
@@ -202,16 +261,21 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
 
     def _root_values(self) -> dict[str, str]:
         return {**self.root_xattrs, "status": json.dumps(self.core.live_status(), ensure_ascii=False),
-                "passthrough": json.dumps(self.passthrough_status())}
+                "passthrough": json.dumps(self.passthrough_status()), "requests": json.dumps(self.requests_status())}
 
     @guard
     def listxattr(self, path: str) -> list[str]:
         if path == "/":
-            return [XATTR_PREFIX + key for key in [*self.root_xattrs, "status", "passthrough"]]
+            return [XATTR_PREFIX + key for key in [*self.root_xattrs, "status", "passthrough", "requests"]]
         return [XATTR_PREFIX + key for key in self.core.track_xattrs(self._track(path))]
+
+    def browsing(self) -> None:
+        """With READDIRPLUS, `ls -l` sends no LOOKUP per file: its xattr questions are what says it is browsing."""
+        self.core.browsing()
 
     @guard
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        self.core.browsing()
         if not name.startswith(XATTR_PREFIX):  # `ls -l` asks every file for security.* and ACLs
             raise FuseOSError(fuse.ENOATTR)
         values = self._root_values() if path == "/" else self.core.track_xattrs(self._track(path))
@@ -236,6 +300,44 @@ class MixFUSE(fuse.FUSE):  # type: ignore[misc]
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         return int(self.operations.read_into(fip.contents, buf, size, offset))
+
+    def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
+        """``ls -l`` asks every file for ``security.selinux`` and its POSIX ACL, each a request of its own on
+        a fresh mount (the kernel caches neither for a filesystem without FUSE_POSIX_ACL): answer names that
+        are not ours before decoding anything or raising (an exception through mfusepy's wrapper costs more
+        than the answer)."""
+        if not name.startswith(XATTR_PREFIX_BYTES):
+            self.operations.browsing()
+            return -int(fuse.ENOATTR)
+        return int(super().getxattr(path, name, value, size, *args))
+
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+        """The listing with offsets (entry ``i`` is followed by offset ``i + 1``), and for READDIRPLUS
+        each file's attributes where known: libfuse then answers the kernel's LOOKUP of each entry itself
+        (mfusepy passes names only). Offsets matter: libfuse 3.14 sends attributes handed over without one
+        with inode 0, which the kernel ignores (fixed in 3.17)."""
+        ops: MixOps = self.operations
+        tracks = ops.listing(fip.contents.fh, offset)
+        plus = bool(flags & FUSE_READDIR_PLUS)
+        st = fuse.c_stat()
+        for index in range(offset, len(tracks) + 2):
+            ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+            fill = 0
+            if index < 2:
+                name, st.st_mode = ".." if index else ".", stat.S_IFDIR
+            else:
+                track = tracks[index - 2]
+                name, attrs = track.name, ops.listed_stat(track) if plus else None
+                if attrs is None:
+                    st.st_mode = stat.S_IFREG
+                else:
+                    fuse.set_st_attrs(st, attrs, use_ns=True)
+                    fill = FUSE_FILL_DIR_PLUS
+            if filler(buf, name.encode(self.encoding, self.errors), st, index + 1, fill) != 0:
+                break  # the reply is full: the kernel asks again from this entry's offset
+            if fill:
+                ops.listed_with_attributes += 1
+        return 0
 
 
 def run(ops: MixOps, mountpoint: str, *, foreground: bool = True, threads: int = 16,

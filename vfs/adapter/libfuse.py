@@ -1,5 +1,6 @@
 """Low-level libfuse calls that mfusepy does not offer: raising the mount's readahead, how many reads may wait
-on downloads at once, and making the kernel forget a changed file's size. ctypes only; no FUSE binding here.
+on downloads at once, and making the kernel forget a changed file's size or the names a live reload changed.
+ctypes only; no FUSE binding here.
 
 (Answering reads with a descriptor through ``read_buf`` and a hand-declared ``fuse_bufvec`` was measured
 slower than plain ``read`` and removed: BENCHMARKS.md, "read_buf against plain read".)"""
@@ -9,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import threading
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -73,3 +75,92 @@ def invalidate_path(lib: Any, path: str) -> bool:
     if result != 0 and result != -errno.ENOENT:  # ENOENT: the kernel holds nothing for it yet
         log.debug("fuse_invalidate_path(%s) = %d", path, result)
     return result == 0
+
+
+FUSE_ROOT_ID = 1  # the kernel's and libfuse's inode number of the mount's root: the folder of every track
+
+
+class KernelEntries:
+    """Tells the kernel to drop what it caches about names of the root folder (libfuse's
+    ``fuse_lowlevel_notify_inval_entry``) and about the folder's own attributes (``…_inval_inode``).
+
+    With READDIRPLUS a listing hands the kernel a dentry and attributes for every file, kept for the entry
+    timeout (1 s): after a live reload removed, renamed or changed a track, its old name would still answer
+    ``stat`` (and its old size) until then. Only the session's ``/dev/fuse`` channel is used — not libfuse's
+    node table (``fuse_invalidate_path``), which ``fuse_destroy`` frees before the filesystem's ``destroy``
+    runs; the session and its descriptor live until after it, and :meth:`close` (from ``destroy``) shuts
+    this off first. The tracks sit directly in the root (names never hold "/"), so the parent is always
+    ``FUSE_ROOT_ID`` and no inode of libfuse's is needed.
+
+    Call it from a thread of our own (the manifest watcher), never from a FUSE request handler: the kernel
+    takes the folder's lock for the notice, and holds it (shared) while a LOOKUP, READDIR or READDIRPLUS
+    of the folder waits for our answer; a handler asking for the notice would wait for itself. From
+    another thread it waits at most until the requests under way are answered."""
+
+    def __init__(self, lib: Any, session: int, channel: int) -> None:
+        # lib["name"] gives function objects of our own: their argtypes do not touch mfusepy's.
+        self._entry = lib["fuse_lowlevel_notify_inval_entry"]
+        self._entry.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t]
+        self._entry.restype = ctypes.c_int
+        self._inode = lib["fuse_lowlevel_notify_inval_inode"]
+        self._inode.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int64, ctypes.c_int64]
+        self._inode.restype = ctypes.c_int
+        self._exited = lib["fuse_session_exited"]
+        self._exited.argtypes = [ctypes.c_void_p]
+        self._exited.restype = ctypes.c_int
+        self._session = session
+        self._channel = channel  # what the notices go to: the session (libfuse 3) or its channel (libfuse 2)
+        self._lock = threading.Lock()
+        self._open = True
+        self.notices = 0  # notices sent (the kernel may have held none of the names)
+
+    @classmethod
+    def of_this_mount(cls, lib: Any, libfuse_major: int) -> KernelEntries | None:
+        """The notifier for the mount whose request (``init``) this thread is answering; None where the
+        loaded libfuse lacks a call (the old behaviour then stays: names expire after the entry timeout)."""
+        try:
+            get_session = lib["fuse_get_session"]
+            get_session.argtypes = [ctypes.c_void_p]
+            get_session.restype = ctypes.c_void_p
+            session = get_session(lib.fuse_get_context().contents.fuse)
+            channel = session
+            if libfuse_major < 3:  # libfuse 2 sends notices through the session's channel
+                next_channel = lib["fuse_session_next_chan"]
+                next_channel.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+                next_channel.restype = ctypes.c_void_p
+                channel = next_channel(session, None)
+            if not session or not channel:
+                return None
+            return cls(lib, session, channel)
+        except (AttributeError, ValueError) as exc:  # a symbol this libfuse does not export
+            log.info("the kernel is not told of removed tracks (names expire after 1 s): %s", exc)
+            return None
+
+    def forget(self, names: list[str]) -> None:
+        """The kernel drops these names of the root folder (the next ``stat`` of one asks the daemon) and
+        the folder's attributes (its mtime changed). A name it does not hold answers ENOENT: nothing to do."""
+        for name in names:
+            raw = name.encode("utf-8", "surrogateescape")
+            self._notify(self._entry, FUSE_ROOT_ID, raw, len(raw))
+        self._notify(self._inode, FUSE_ROOT_ID, -1, 0)  # offset < 0: attributes only
+
+    def _notify(self, call: Any, *args: Any) -> None:
+        with self._lock:
+            # Not once the loop has stopped: a notice then waiting for the folder's lock would wait for a
+            # request that no thread will answer any more.
+            if not self._open or self._exited(self._session):
+                return
+            result = int(call(self._channel, *args))
+            self.notices += 1
+        if result not in (0, -errno.ENOENT):
+            log.debug("kernel cache notice for the root folder = %d", result)
+
+    def close(self, wait: float = 2.0) -> None:
+        """No notice from now on; waits for one under way (bounded: a notice stuck behind a request the
+        stopped loop left unanswered must not hang the unmount)."""
+        acquired = self._lock.acquire(timeout=wait)
+        self._open = False
+        if acquired:
+            self._lock.release()
+        else:
+            log.warning("a kernel cache notice is still under way at unmount")

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from mixvfs.cache.download import Download, Event, Foreground, State
 from mixvfs.cache.errors import Cancelled, ContentChanged, FetchError, SourceMissing
@@ -135,6 +135,26 @@ class Opened:
     backing: int | None = None  # FUSE passthrough: the kernel reads this open from that backing file
 
 
+class KernelCache(Protocol):
+    """What the kernel caches about the folder's names and attributes (the adapter tells it through libfuse)."""
+
+    def forget(self, names: list[str]) -> None:
+        """Drop these names of the folder, and the folder's attributes: the next ``stat`` asks the daemon."""
+
+
+def stat_key(track: Track) -> tuple[object, ...]:
+    """What ``stat`` of a track's file shows and which bytes it is: a name whose key changed is another file."""
+    return (track.kind, track.size, track.mtime, track.source.ident if track.source else None, track.local_path)
+
+
+def stale_names(old: list[Track], new: list[Track]) -> list[str]:
+    """The names of ``old`` the kernel may hold wrongly once ``new`` is the listing: gone (removed, renamed)
+    or now another file (size, mtime or source changed; a cloud track's mtime is the manifest's, so after a
+    reload that is every cloud track)."""
+    by_name = {t.name: t for t in new}
+    return [t.name for t in old if t.name not in by_name or stat_key(by_name[t.name]) != stat_key(t)]
+
+
 @dataclass
 class Failure:
     error: FetchError
@@ -169,6 +189,7 @@ class SessionFS:
         self._track_locks: dict[str, threading.Lock] = {}
         self.pages = PageTable()
         self.backings: BackingTable | None = None  # set by the adapter when the kernel does FUSE passthrough
+        self.kernel: KernelCache | None = None  # set by the adapter when libfuse can tell the kernel of reloads
         self._set_tracks(tracks)
         self._unsubscribe = fetcher.subscribe(self._on_download_event)
         self._prefetch_stop = threading.Event()
@@ -205,9 +226,16 @@ class SessionFS:
                 records.append(old)
             else:
                 records.append(self._initial_record(track))
+        previous = self.tracks
         self._set_tracks(tracks)
         if mtime is not None:
             self.mtime = mtime  # the folder's mtime changes too: tools that cache listings by mtime notice
+        if self.kernel is not None:
+            # After the swap, so that a LOOKUP the notice provokes gets the new answer. A listing (READDIRPLUS)
+            # made the kernel cache every name with its attributes: without this a removed track would answer
+            # ``stat`` — and a changed one show its old size — for the entry timeout. reload() runs on the
+            # manifest watcher's thread, never in a FUSE request (see KernelEntries: that would deadlock).
+            self.kernel.forget(stale_names(previous, tracks))
         self.report.replace_records(records)
         if self._prefetch_thread is not None and not self._prefetch_stop.is_set():
             self._prefetch_thread = None  # the running pass walks the old list; a new pass covers the new tracks
@@ -254,6 +282,15 @@ class SessionFS:
         self.foreground.touch()
         return [t.name for t in self.tracks]
 
+    def browsing(self) -> None:
+        """Someone is looking at the folder (a listing, ``ls -l``'s xattr questions): prefetch steps aside."""
+        self.foreground.touch()
+
+    def listing(self) -> list[Track]:
+        """The tracks in listing order (one snapshot: a live reload swaps the whole list)."""
+        self.foreground.touch()
+        return self.tracks
+
     def lookup(self, name: str) -> Track | None:
         self.foreground.touch()  # someone is looking at the folder: prefetch steps aside
         return self._by_name.get(name)
@@ -288,6 +325,20 @@ class SessionFS:
         owner may have re-rendered it); a cloud track of unknown size is asked about, or fetched, rather
         than shown as empty. While a page-cached reader is open, its version's answer stays (see
         :mod:`mixvfs.vfs.fs.pages`)."""
+        answer = self._attributes(track, ask_server=True)
+        assert answer is not None
+        return answer
+
+    def known_attributes(self, track: Track) -> tuple[int, float] | None:
+        """:meth:`attributes` when answering needs no request to a server, so that a listing may hand them
+        to the kernel beside the name; None for a cloud track whose size is still unknown (``stat`` asks), and
+        for one a live reload replaced since the listing began (a listing read in parts keeps its snapshot:
+        the kernel would cache a name the reload already told it to forget)."""
+        if self._by_name.get(track.name) is not track:
+            return None
+        return self._attributes(track, ask_server=False)
+
+    def _attributes(self, track: Track, *, ask_server: bool) -> tuple[int, float] | None:
         if self.pages.pinned(track.name):
             size, mtime = self.pages.answer(track.name, None, track.mtime)  # that reader's version
             return size or 0, mtime
@@ -295,6 +346,8 @@ class SessionFS:
             self._restat_local(track)
             size = track.size or 0
         elif track.kind is Kind.CLOUD:
+            if track.size is None and not ask_server:
+                return None
             size = self._cloud_size(track)
         else:
             size = 0
