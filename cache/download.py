@@ -91,9 +91,13 @@ class Foreground:
     exactly what it needs, so it is never held back then; demand downloads are never held back at all.
     """
 
-    def __init__(self, quiet: float = 0.02, copying: float = 0.25) -> None:
+    def __init__(self, quiet: float = 0.02, copying: float = 0.25, patience: float = 1.0) -> None:
         self.quiet = quiet
         self.copying = copying
+        # The longest a prefetch step waits for browsing to pause: about one `ls -l` of 10 000 tracks, so a
+        # listing is not slowed by downloads (each one's httpx work holds the GIL every FUSE answer needs),
+        # while a folder browsed without end (a file manager polling it) still lets prefetch go on.
+        self.patience = patience
         self.last_browse = 0.0
         self.last_read = 0.0
 
@@ -103,8 +107,8 @@ class Foreground:
     def reading(self) -> None:
         self.last_read = time.monotonic()
 
-    def wait_quiet(self, limit: float) -> None:
-        deadline = time.monotonic() + limit
+    def wait_quiet(self) -> None:
+        deadline = time.monotonic() + self.patience
         while True:
             now = time.monotonic()
             idle = now - self.last_browse
@@ -293,7 +297,7 @@ class Download:
         """Between chunks: stop if cancelled, pause if a reader's track needs this worker, step aside
         briefly while the mount is being listed (prefetch only)."""
         if self.readers == 0:
-            self.foreground.wait_quiet(limit=0.1)
+            self.foreground.wait_quiet()
         with self.cond:
             if self.cancelled:
                 self.dying = True

@@ -179,7 +179,8 @@ def apply_record(exp: Expected, record: dict[str, Any], *, served: bool) -> None
 
 
 def expected_from_manifest(session: Session, settings: config.Settings) -> list[Expected]:
-    index = open_index(settings)
+    # The index holds cloud tracks' digests and server answers: a session of local files needs no cache.
+    index = open_index(settings) if any(spec.cloud_url for spec in session.tracks) else None
     try:
         return [expected_of(t, index) for t in session_tracks(session, index)]
     finally:

@@ -598,7 +598,7 @@ class SessionFS:
                     self._reader_moved.wait(timeout=1.0)
             if self._prefetch_stop.is_set():
                 return
-            self.foreground.wait_quiet(limit=0.1)  # a listing goes first
+            self.foreground.wait_quiet()  # a listing goes first
             try:
                 self._confirm_ahead(track)
             except Exception:  # the look-ahead only saves time: whatever it meets, the open does it all again
