@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 
 import httpcore
 import httpx
-from httpx import _decoders as httpx_decoders  # its table of decoders: which encodings it can undo
 
 from mixvfs.cache import receive_buffer
 from mixvfs.cache import team as team_policy
+from mixvfs.cache.decoding import check_decodable, decoded
 from mixvfs.cache.errors import (
     AuthRejected,
     BadBody,
@@ -256,9 +256,10 @@ class HttpClient:
                     raise NetworkError(f"the server sent an encoded ({encoding}) part of the file; "
                                        "it cannot be decoded on its own")
                 check_decodable(encoding)
-                # httpx decodes; the lengths the server sent are of the encoded bytes, not the track's.
+                # Decoded here, not by httpx, which stops at a gzip body's first member and never checks that
+                # a stream ended (cache/decoding.py). The lengths the server sent are of the encoded bytes.
                 body_start, total = 0, None
-                chunks = response.iter_bytes()
+                chunks = decoded(response.iter_raw(), encoding)
             yield Body(body_start, total, response.headers.get("ETag"), response.headers.get("Last-Modified"),
                        content_type, encoding, self._team_chunks(wrap_chunks(chunks, str(response.url)), route), via)
 
@@ -354,13 +355,6 @@ def encoding_of(response: httpx.Response) -> str | None:
     codings = [c.strip().lower() for c in response.headers.get("Content-Encoding", "").split(",")]
     codings = [c for c in codings if c and c != "identity"]
     return ", ".join(codings) or None
-
-
-def check_decodable(encoding: str) -> None:
-    """httpx silently passes an encoding it has no decoder for through as is: refuse those ourselves."""
-    for coding in encoding.split(", "):
-        if coding not in httpx_decoders.SUPPORTED_DECODERS:
-            raise BadBody(f"the server sent an encoded body ({coding}) that mixvfs cannot decode")
 
 
 def wrap_chunks(chunks: Iterator[bytes], url: str) -> Iterator[bytes]:

@@ -29,7 +29,10 @@ Fields, all optional:
 * ``encoding``: ``"gzip"`` | ``"deflate"`` | ``"br"`` (``br`` only if the brotli module imports):
   the body is compressed and sent with ``Content-Encoding`` whatever Accept-Encoding says (a
   misconfigured CDN). Content-Length is the compressed length (HEAD too); Range is ignored (200)
-  and Accept-Ranges left out. The ETag stays strong unless ``weak_etag`` is added.
+  and Accept-Ranges left out. The ETag stays strong unless ``weak_etag`` is added. Two broken-or-odd
+  gzip bodies, both sent as ``Content-Encoding: gzip``: ``"gzip-members"`` compresses each half of
+  the file as a member of its own (``cat a.gz b.gz``, valid gzip), ``"gzip-cut"`` sends the first
+  half of the compressed stream as if it were all of it (a complete HTTP body, an incomplete gzip).
 * ``ignore_range``: true answers 200 with the full body even when a Range is sent (no Accept-Ranges).
 * ``range_early``: N makes every 206 start N bytes before the asked first byte (max(0, S-N)),
   with a truthful Content-Range.
@@ -128,7 +131,7 @@ FAULT_FIELDS: Final = frozenset(
         "range_early", "hold", "hold_head", "hold_after", "then",
     }
 )  # fmt: skip
-ENCODINGS: Final = ("gzip", "deflate", "br")
+ENCODINGS: Final = ("gzip", "deflate", "br", "gzip-members", "gzip-cut")
 NO_HEAD_STATUSES: Final = frozenset({405, 501})
 REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 NO_BODY_STATUSES: Final = frozenset({204, 304})
@@ -474,6 +477,12 @@ def encode_body(data: bytes, coding: str) -> bytes:
     """
     if coding == "gzip":
         return gzip.compress(data, compresslevel=1, mtime=0)
+    if coding == "gzip-members":
+        half = len(data) // 2
+        return gzip.compress(data[:half], compresslevel=1, mtime=0) + gzip.compress(data[half:], 1, mtime=0)
+    if coding == "gzip-cut":
+        whole = gzip.compress(data, compresslevel=1, mtime=0)
+        return whole[:len(whole) // 2]
     if coding == "deflate":
         return zlib.compress(data, 1)
     brotli = importlib.import_module("brotli")  # parse_fault only lets "br" through if it imports
@@ -1054,7 +1063,7 @@ def _representation(f: BinaryIO, target: Path, st: os.stat_result, fault: Fault 
             headers["Accept-Ranges"] = "bytes"  # servers that ignore Range (or compress) do not claim it
         return Representation(f, st.st_size, headers)
     encoded = encode_body(f.read(), fault.encoding)
-    headers["Content-Encoding"] = fault.encoding
+    headers["Content-Encoding"] = fault.encoding.split("-")[0]  # gzip-members, gzip-cut: gzip
     return Representation(io.BytesIO(encoded), len(encoded), headers)
 
 

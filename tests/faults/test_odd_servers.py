@@ -44,6 +44,32 @@ def test_a_compressed_body_is_stored_and_served_decoded(tmp_path, server_root, d
     assert cachectl(mount.cache_dir, "verify").returncode == 0
 
 
+@pytest.mark.parametrize("declare_size", [False, True])
+def test_a_gzip_body_of_two_members_is_the_whole_track(tmp_path, server_root, devserver, mounter, declare_size):
+    """`cat a.gz b.gz` is one valid gzip body; a decoder that stops after the first member stored half the
+    track as whole when the manifest had no size (cp exit 0, check-export ok)."""
+    session = one_track(tmp_path, server_root, devserver.url, 3 * MiB, declare_size=declare_size)
+    devserver.set_faults({stream_path("t1"): {"encoding": "gzip-members"}})
+    mount = mounter(session, *FAST)
+    assert_same(copy_all_ways(mount.path / name_of("t1"), tmp_path / "copies"), served(server_root))
+    assert mount.wait_track("t1", lambda r: r["status"] == "cached")["bytes"] == 3 * MiB
+
+
+@pytest.mark.parametrize("declare_size", [False, True])
+def test_a_gzip_stream_that_stops_early_is_eio_never_a_short_track(tmp_path, server_root, devserver, mounter,
+                                                                 declare_size):
+    """A complete HTTP body (its Content-Length honest) holding half a gzip stream: without a size to hold
+    the track to, only the gzip stream's own end says the track is not whole."""
+    session = one_track(tmp_path, server_root, devserver.url, 3 * MiB, declare_size=declare_size)
+    devserver.set_faults({stream_path("t1"): {"encoding": "gzip-cut"}})
+    mount = mounter(session, *FAST)
+    done = run(["cp", str(mount.path / name_of("t1")), str(tmp_path / "x.wav")])
+    assert done.returncode != 0 and "Input/output error" in done.stderr
+    record = mount.wait_track("t1", lambda r: r["status"] == "failed")
+    assert "gzip body ended before the end of its compressed data" in record["error"]
+    assert cachectl(mount.cache_dir, "ls", "--json").stdout.count('"digest"') == 0  # nothing stored
+
+
 def test_an_encoding_that_cannot_be_decoded_is_an_error_never_the_track(tmp_path, server_root, devserver, mounter):
     session = one_track(tmp_path, server_root, devserver.url, MiB, declare_size=True)
     devserver.set_faults({stream_path("t1"): {"headers": {"Content-Encoding": "compress"}}})
