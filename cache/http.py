@@ -56,6 +56,7 @@ def read_bigger_chunks(connection: type = httpcore.HTTP11Connection, size: int =
 
 read_bigger_chunks()
 receive_buffer.install()  # h11 hands body bytes on without copying them (cache/receive_buffer.py)
+receive_buffer.refuse_leftovers()  # and a connection holding bytes no request asked for is not reused
 ERROR_BODY_TYPES = frozenset({"text/html", "text/plain", "application/json", "application/xml", "text/xml"})
 
 

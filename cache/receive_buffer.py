@@ -1,4 +1,5 @@
-"""h11's receive buffer without copies for body bytes that arrive whole.
+"""h11's receive buffer: no copies for body bytes that arrive whole, and no reuse of a connection whose
+buffer holds bytes that no request asked for.
 
 httpx reads HTTP/1.1 through httpcore and h11. For every ``recv`` of a body, h11 appends the bytes to its
 ``bytearray`` buffer, slices them out twice (``maybe_extract_at_most`` then ``_extract``), and httpcore turns the
@@ -12,8 +13,15 @@ takes at least that many gets that same object (``bytes(b)`` of a ``bytes`` is `
 either). Anything else — a header line, a chunk header, a body's end followed by more data — first moves the
 held bytes into h11's own buffer and runs h11's code unchanged.
 
-h11 is not ours: :func:`install` checks the names it replaces and says loudly when they are gone (downloads then
-work as before, only slower), as :func:`mixvfs.cache.http.read_bigger_chunks` does for httpcore.
+Stray bytes: a server may write more after a body than its Content-Length said (a bug, or a whole second
+response) on a connection it keeps alive. The ``recv`` that ends the body brings them too; h11 keeps them, and
+httpcore, which checks only whether the *socket* is readable before reusing an idle connection, sent the next
+request there and took those bytes for its answer: another track's bytes stored as this one, or an innocent
+track failed with "illegal status line". :func:`refuse_leftovers` makes such a connection count as expired,
+so the pool closes it and opens another.
+
+h11 and httpcore are not ours: :func:`install` and :func:`refuse_leftovers` check the names they reach and say
+loudly when they are gone, as :func:`mixvfs.cache.http.read_bigger_chunks` does for httpcore's read size.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import logging
 from types import ModuleType
 
 import h11
+import httpcore
 from h11 import _connection as h11_connection
 from h11._receivebuffer import ReceiveBuffer
 
@@ -98,4 +107,29 @@ def install(module: ModuleType = h11_connection) -> bool:
                     "times, slower (mixvfs needs an update for this h11)", getattr(h11, "__version__", "?"))
         return False
     module.ReceiveBuffer = PassThroughBuffer  # type: ignore[attr-defined]
+    return True
+
+
+def refuse_leftovers(connection: type = httpcore.HTTP11Connection) -> bool:
+    """Make an idle HTTP/1.1 connection whose h11 state still holds received bytes count as expired. False,
+    with a warning, when httpcore's connection is not the one this was written against."""
+    original = getattr(connection, "has_expired", None)
+    if getattr(original, "refuses_leftovers", False):
+        return True
+    if not callable(original) or not isinstance(getattr(h11.Connection, "trailing_data", None), property):
+        log.warning("httpcore %s: its HTTP/1.1 connection is not the one mixvfs knows; a server's stray bytes "
+                    "after a body may answer the next request (mixvfs needs an update for this httpcore)",
+                    httpcore.__version__)
+        return False
+
+    def has_expired(self: httpcore.HTTP11Connection) -> bool:
+        if original(self):
+            return True
+        # Idle only: the pool asks every connection, and one busy with another thread's response holds that
+        # response's unread bytes, which are no leftovers (and must not be touched from this thread).
+        state = getattr(self, "_h11_state", None)
+        return self.is_idle() and state is not None and bool(state.trailing_data[0])
+
+    has_expired.refuses_leftovers = True  # type: ignore[attr-defined]
+    connection.has_expired = has_expired  # type: ignore[attr-defined]
     return True

@@ -39,6 +39,8 @@ Fields, all optional:
 * ``weak_etag``: true sends the ETag as ``W/"..."`` (so If-Range never matches it).
 * ``etag``: a string sent as the ETag instead of the computed one (If-Range compares against it).
 * ``no_validators``: true sends neither ETag nor Last-Modified.
+* ``after_body``: a string (latin-1) written right after the body, in the same write, on a connection
+  kept alive: stray bytes no request asked for, e.g. a whole second response.
 * ``no_head``: 405 or 501 answers HEAD with that status (405 with ``Allow: GET``); the
   Content-Length is the error text's, never the file's. GET is untouched.
 * ``chunked``: true sends a GET body (200 or 206) with ``Transfer-Encoding: chunked`` and no
@@ -128,7 +130,7 @@ FAULT_FIELDS: Final = frozenset(
         "status", "times", "head", "drop_after", "stall_after", "stall_seconds", "rate",
         "content_length", "body", "content_type", "redirect", "delay", "headers", "id",
         "encoding", "ignore_range", "weak_etag", "no_head", "chunked", "no_validators", "etag",
-        "range_early", "hold", "hold_head", "hold_after", "then",
+        "range_early", "hold", "hold_head", "hold_after", "then", "after_body",
     }
 )  # fmt: skip
 ENCODINGS: Final = ("gzip", "deflate", "br", "gzip-members", "gzip-cut")
@@ -181,6 +183,7 @@ class Fault:
     hold: str | None = None
     hold_head: bool = False
     hold_after: int | None = None
+    after_body: str | None = None
     then: Fault | None = None  # applies once ``times`` is used up (e.g. cut once, then a habit for good)
 
     @property
@@ -205,6 +208,7 @@ class Fault:
             ("drop_after", self.drop_after is not None),
             ("rate", self.rate is not None),
             ("headers", bool(self.headers)),
+            ("after_body", self.after_body is not None),
         ]
         return "+".join(name for name, active in actions if active) or None
 
@@ -352,6 +356,7 @@ FIELD_READERS: Final[Mapping[str, FieldReader]] = {
     "hold": _opt_name,
     "hold_head": _opt_bool,
     "hold_after": _opt_int,
+    "after_body": _opt_str,
 }
 
 
@@ -970,6 +975,13 @@ class DevRequestHandler(BaseHTTPRequestHandler):
                 self._send_body(record, rep.source, start, end - start + 1, fault)
 
     def _send_body(self, record: RequestRecord, src: BinaryIO, start: int, length: int, fault: Fault | None) -> None:
+        if fault is not None and fault.after_body is not None:
+            # Body and stray bytes in one write, the connection kept alive: the client's recv() that ends
+            # the body also brings what no request asked for.
+            src.seek(start)
+            self.wfile.write(src.read(length) + fault.after_body.encode("latin-1"))
+            record.bytes = length
+            return
         if fault is None or not fault.copies_body:
             self._send_fast(record, src, start, length)
             return

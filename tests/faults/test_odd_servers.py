@@ -159,3 +159,26 @@ def test_a_server_without_validators_changing_between_a_cut_and_the_resume_is_ne
     assert_same(copy_all_ways(mount.path / name_of("t1"), tmp_path / "copies"), served(server_root))
     resume = devserver.requests("GET", stream_path("t1"))[1]
     assert resume["range"] is None  # read again from the start, compared with what was held
+
+
+# -- stray bytes on a kept-alive connection -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stray", ["response", "junk"])
+def test_bytes_no_request_asked_for_never_answer_the_next_request(tmp_path, server_root, devserver, mounter,
+                                                                  stray):
+    """A server writes more after a body than its Content-Length said — here a whole second response of the
+    next track's length, or junk — on a connection it keeps alive. The recv() that ends the body brings
+    them too; reused, the connection answered the next track's GET with them (all X, cp exit 0), or
+    failed an innocent track with "illegal status line". Such a connection is never reused."""
+    size = 4096  # body and stray bytes in one TCP segment: one recv() gets both
+    entries = [cloud_track(server_root, f"t{i}", size, seed=i) for i in range(1, 4)]
+    session = write_session(tmp_path / "s.json", entries, server=devserver.url)
+    extra = (f"HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\nContent-Length: {size}\r\n\r\n" + "X" * size
+             if stray == "response" else "GARBAGE\r\n\r\n")
+    devserver.set_faults({stream_path("t1"): {"after_body": extra}})
+    mount = mounter(session, "--jobs", "1", "--retries", "1")  # prefetch one after another, one connection
+    for i in range(1, 4):
+        copy = tmp_path / f"t{i}.wav"
+        assert run(["cp", str(mount.path / name_of(f"t{i}")), str(copy)]).returncode == 0
+        assert filecmp.cmp(copy, server_root / "stream" / f"t{i}.wav", shallow=False), f"t{i}"

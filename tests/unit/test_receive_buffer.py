@@ -8,6 +8,7 @@ import random
 import types
 
 import h11
+import httpcore
 import pytest
 from h11 import _connection as h11_connection
 from h11._receivebuffer import ReceiveBuffer
@@ -120,3 +121,20 @@ def test_an_unknown_h11_is_left_alone_with_a_warning(caplog: pytest.LogCaptureFi
         assert not receive_buffer.install(stranger)
     assert not hasattr(stranger, "ReceiveBuffer")
     assert "receive buffer is not the one mixvfs knows" in caplog.text
+
+
+def test_idle_connections_holding_stray_bytes_count_as_expired() -> None:
+    wrapped = httpcore.HTTP11Connection.has_expired
+    assert getattr(wrapped, "refuses_leftovers", False)  # importing mixvfs.cache.http did it
+    assert receive_buffer.refuse_leftovers()  # again: harmless
+    assert httpcore.HTTP11Connection.has_expired is wrapped  # not wrapped twice
+
+
+def test_an_unknown_httpcore_connection_is_left_alone_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    class Stranger:  # no has_expired
+        pass
+
+    with caplog.at_level(logging.WARNING, logger="mixvfs.cache.receive_buffer"):
+        assert not receive_buffer.refuse_leftovers(Stranger)
+    assert not hasattr(Stranger, "has_expired")
+    assert "stray bytes" in caplog.text
