@@ -84,22 +84,32 @@ def parse_spec(text: str) -> list[list[str]]:
     """``URL|URL;URL`` → groups of base URLs (no trailing slash). Raises ConfigError naming the bad part."""
     groups = []
     for group_text in text.split(";"):
-        members = [m.strip() for m in group_text.split("|") if m.strip()]
-        if not members:
+        members = [m.strip() for m in group_text.split("|")]
+        if not any(members):  # ";;" or a trailing ";": no group
             continue
+        if not all(members):
+            raise ConfigError(f"team cache {text!r}: an empty entry beside '|' (a typo?)")
         for member in members:
-            parts = urlsplit(member)
-            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-                raise ConfigError(f"team cache {member!r}: must be an http:// or https:// URL (host[:port])")
-            if parts.username or parts.password:
-                raise ConfigError(f"team cache {parts.hostname}: no user or password in the URL")
-            if parts.path not in ("", "/"):
-                raise ConfigError(f"team cache {member!r}: the cache serves the music service's paths as they "
-                                  f"are; give it as scheme://host[:port], without {parts.path!r}")
+            check_base_url(member)
         groups.append([m.rstrip("/") for m in members])
     if not groups:
         raise ConfigError(f"team cache {text!r}: no URL")
     return groups
+
+
+def check_base_url(member: str) -> None:
+    try:
+        parts = urlsplit(member)
+        parts.port  # noqa: B018  # a port that is not a number from 0 to 65535 raises here
+    except ValueError as exc:  # an unclosed "[", a port "abc" or "-1": urlsplit's own words
+        raise ConfigError(f"team cache {member!r}: not a usable URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"team cache {member!r}: must be an http:// or https:// URL (host[:port])")
+    if parts.username or parts.password:
+        raise ConfigError(f"team cache {parts.hostname}: no user or password in the URL")
+    if parts.path not in ("", "/"):
+        raise ConfigError(f"team cache {member!r}: the cache serves the music service's paths as they "
+                          f"are; give it as scheme://host[:port], without {parts.path!r}")
 
 
 def plain_http_problem(groups: list[list[str]]) -> str | None:

@@ -67,6 +67,21 @@ def test_cached_tracks_need_nothing(tmp_path, server_root, devserver):
     assert len(devserver.requests("HEAD")) == heads + 1  # only "a" (no size in the manifest) is asked again
 
 
+def test_a_token_command_that_fails_will_fail_as_the_mount_would(tmp_path, server_root, devserver):
+    """`mixvfs mount` refuses to start with a token command that fails; preflight said "can succeed"
+    (exit 0) when the server needed no token."""
+    manifest = session(tmp_path, server_root, devserver.url)
+    code, doc, _ = preflight(manifest, tmp_path / "cache", "--token-command", "false")
+    assert code == 3 and doc["verdict"] == "will_fail"
+    assert doc["token"].startswith("unusable")
+    assert any("`mixvfs mount` will not start with it" in p for p in doc["problems"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIXVFS_")}
+    (tmp_path / "mnt").mkdir()
+    mounted = run([MIXVFS, "mount", str(manifest), str(tmp_path / "mnt"), "--token-command", "false",
+                   "--cache-dir", str(tmp_path / "cache")], env=env)
+    assert mounted.returncode == 2 and "token command" in mounted.stderr, mounted.stderr  # as the mount says
+
+
 def test_token_refused_is_unauthorized_and_will_fail(tmp_path, server_root):
     with DevServer(server_root, tokens=["good"]) as server:
         manifest = session(tmp_path, server_root, server.url)

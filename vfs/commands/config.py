@@ -136,7 +136,7 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("server", "MIXVFS_SERVER", None, _server, "server for manifests that name none"),
     Spec("token_command", "MIXVFS_TOKEN_COMMAND", None, _text, "command printing the bearer token (run again on 401)",
          _command_shown),
-    Spec("token_timeout", "MIXVFS_TOKEN_TIMEOUT", TOKEN_COMMAND_TIMEOUT, parse_duration,
+    Spec("token_timeout", "MIXVFS_TOKEN_TIMEOUT", TOKEN_COMMAND_TIMEOUT, _positive_duration,
          "stop a token command (and every process it started) running longer (30s)", _seconds),
     Spec("token_file", "MIXVFS_TOKEN_FILE", None, _path, "file holding the bearer token (re-read on 401)"),
     Spec("cache_dir", "MIXVFS_CACHE_DIR", None, _path, "cache folder (default: the user cache folder)"),

@@ -143,14 +143,16 @@ def run_preflight(session: Session, settings: config.Settings) -> dict[str, Any]
         disk = disk_check(settings.cache_dir, checks, runtime.store, runtime.jobs)
     finally:
         runtime.close()
-    return summarize(session, checks, disk, token_state(runtime.tokens, runtime.token_error, checks))
+    return summarize(session, checks, disk, token_state(runtime.tokens, runtime.token_error, checks),
+                     token_error=runtime.token_error)
 
 
 def short_detail(detail: str) -> str:
     return detail.replace(f": {NO_TOKEN_HINT}", "")
 
 
-def summarize(session: Session, checks: list[TrackCheck], disk: Disk, token: str) -> dict[str, Any]:
+def summarize(session: Session, checks: list[TrackCheck], disk: Disk, token: str,
+              token_error: str | None = None) -> dict[str, Any]:
     downloads = [c for c in checks if c.state == TO_DOWNLOAD]
     # The way to set a token is said once, on the token line, not on every row.
     problems = [f"{c.name}: {c.state.replace('_', ' ')}" + (f" ({short_detail(c.detail)})" if c.detail else "")
@@ -158,7 +160,9 @@ def summarize(session: Session, checks: list[TrackCheck], disk: Disk, token: str
     if not disk.enough:
         problems.append(f"not enough disk space in {disk.cache_dir}: {format_size(disk.free)} free, "
                         f"{format_size(disk.needed)} needed")
-    if any(c.state in FAILING for c in checks) or not disk.enough:
+    if token_error is not None:  # `mixvfs mount` refuses to start with it: the export cannot even begin
+        problems.append(f"the token source is unusable ({token_error}): `mixvfs mount` will not start with it")
+    if any(c.state in FAILING for c in checks) or not disk.enough or token_error is not None:
         verdict, code = "will_fail", EXIT_WILL_FAIL
     elif any(c.state == UNREACHABLE for c in checks):
         verdict, code = "could_not_check", EXIT_UNCHECKED
