@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import filecmp
 
-from tests.conftest import write_session
+from tests.conftest import MIXVFS, run, write_session
 from tests.faults.helpers import FAST, cachectl_json, cloud_track, cp, name_of, stream_path
 
 EIO = "Input/output error"
@@ -90,4 +90,25 @@ def test_a_zero_retry_after_tries_again_at_the_next_open(tmp_path, server_root, 
     assert done.returncode == 0, done.stderr
     assert filecmp.cmp(tmp_path / "out.wav", server_root / "stream" / "t1.wav", shallow=False)
     assert [g["status"] for g in devserver.requests("GET", stream_path("t1"))] == [404, 200]
-    assert mount.wait_track("t1", lambda r: r["status"] == "cached")["error"] is None
+    record = mount.wait_track("t1", lambda r: r["status"] == "cached")
+    assert record["error"] is None
+    # The first cp got EIO (an exporter may have skipped the track): that stays in the report.
+    assert "404" in record["reader_error"]
+    assert run([MIXVFS, "report", str(mount.report_path)]).returncode == 1
+
+
+def test_a_stat_that_failed_stays_in_the_report_once_the_track_is_had(tmp_path, server_root, devserver, mounter):
+    """A size the server would not give: `stat` (what a size-driven copier asks first) got EIO; the track was
+    downloaded a moment later, and the report said only "cached" — the copier's EIO was lost."""
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 300_000, declare_size=False)],
+                            server=devserver.url)
+    devserver.set_faults({stream_path("t1"): {"status": 404, "head": True, "times": 2}})  # HEAD, then 0-0
+    mount = mounter(session, *FAST, "--retries", "1", "--retry-after", "0s")
+    done = run(["stat", str(mount.path / name_of("t1"))])
+    assert done.returncode != 0 and EIO in done.stderr
+    done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
+    assert done.returncode == 0, done.stderr
+    assert filecmp.cmp(tmp_path / "out.wav", server_root / "stream" / "t1.wav", shallow=False)
+    record = mount.wait_track("t1", lambda r: r["status"] == "cached")
+    assert "the size is unknown" in record["reader_error"]
+    assert run([MIXVFS, "report", str(mount.report_path)]).returncode == 1

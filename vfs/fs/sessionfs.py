@@ -542,6 +542,8 @@ class SessionFS:
         try:
             return action()
         except FetchError as exc:
+            if isinstance(handle, FailedHandle) and self.report.has(handle.track.id):
+                self.report.update(handle.track.id, urgent=True, reader_error=exc.reason)
             if not isinstance(handle, FailedHandle):
                 # A reader that gave up on a download that is still going (or on a changed local file)
                 # fails alone: the track and the bytes already held stay good for everybody else.
@@ -650,7 +652,7 @@ class SessionFS:
             try:
                 download = self.fetcher.prefetch(track.source, order)
             except FetchError as exc:
-                self._record_failure(track, exc)
+                self._record_failure(track, exc, seen_by_reader=False)
                 download = None
             else:
                 if download is None:
@@ -702,11 +704,14 @@ class SessionFS:
                 if isinstance(download.error, Cancelled):
                     self.report.update(track.id, status=Status.PENDING, error=None)
                 else:
-                    self._record_failure(track, download.error)
+                    self._record_failure(track, download.error, seen_by_reader=False)
 
-    def _record_failure(self, track: Track, error: FetchError, *, track_failed: bool = True) -> None:
+    def _record_failure(self, track: Track, error: FetchError, *, track_failed: bool = True,
+                        seen_by_reader: bool = True) -> None:
         """Into the report (on disk before the reader sees EIO) and the log. ``track_failed``: the track
-        itself fails for ``retry_after`` (else only this reader failed, e.g. it gave up waiting)."""
+        itself fails for ``retry_after`` (else only this reader failed, e.g. it gave up waiting).
+        ``seen_by_reader``: a program got this error (stat, open, read) — kept as ``reader_error`` even when
+        the track is had later, since that program may have skipped it (a prefetch's failure is not)."""
         previous = self._failures.get(track.id)
         first = previous is None or previous.error.reason != error.reason
         if track_failed:
@@ -716,8 +721,9 @@ class SessionFS:
             return
         record = self.report.record(track.id)
         if track_failed:
+            seen = {"reader_error": error.reason} if seen_by_reader else {}
             self.report.update(track.id, urgent=True, status=Status.FAILED, error=error.reason,
-                               attempts=max(record.attempts, 1))
+                               attempts=max(record.attempts, 1), **seen)
         else:
             self.report.update(track.id, urgent=True, error=error.reason, reader_error=error.reason)
         if first:
