@@ -16,13 +16,19 @@ _SIZE_UNITS = {
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+MAX_SIZE = (1 << 63) - 1
+
+
 def parse_size(text: str) -> int:
     """``"10G"`` -> 10 GiB. Plain numbers are bytes; single letters are binary (like ``du``)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _SIZE_UNITS:
         raise ConfigError(f"not a size: {text!r} (examples: 500M, 10G, 1048576)")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if size > MAX_SIZE:  # SQLite (diskcache's settings and sizes) holds 64-bit integers
+        raise ConfigError(f"too large a size: {text!r} (at most {MAX_SIZE >> 60} EiB)")
+    return size
 
 
 def parse_duration(text: str) -> float:
@@ -36,8 +42,8 @@ def parse_duration(text: str) -> float:
 
 def format_size(size: int | float) -> str:
     value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if abs(value) < 1024 or unit == "EiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
-    return f"{value:.1f} GiB"
+    return f"{value:.1f} EiB"

@@ -29,3 +29,12 @@ def test_bad_values_are_config_errors(text):
 def test_format_size():
     assert format_size(1000) == "1000 B"
     assert format_size(3 << 20) == "3.0 MiB"
+    assert format_size(5 << 40) == "5.0 TiB"  # not "5120.0 GiB"
+
+
+def test_a_size_beyond_64_bits_is_refused():
+    """diskcache keeps sizes and its limit in SQLite, whose integers are 64-bit: 1e26 bytes was accepted
+    and shown as "100000000000000004764729344.0 GiB"."""
+    assert parse_size("7000000T") == 7000000 << 40
+    with pytest.raises(ConfigError, match="too large"):
+        parse_size("100000000000000000000000000G")
