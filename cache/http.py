@@ -423,7 +423,12 @@ def check_status(response: httpx.Response, url: str) -> None:
     if status == 429 or status >= 500:
         raise ServerBusy(f"the server answered {what}", status)
     if status == 416:
-        raise PermanentHttpError(f"the server refused the byte range ({what})", status)
+        # Content-Range "bytes */N" says how long the file really is: a resume past it means the body
+        # said more bytes than the file has (or the file shrank): say that, not only "refused".
+        length = response.headers.get("Content-Range", "").rpartition("/")[2]
+        asked = response.request.headers.get("Range", "")
+        shorter = f": the file is {length} bytes, {asked} asked beyond it" if length.isdigit() else ""
+        raise PermanentHttpError(f"the server refused the byte range ({what}){shorter}", status)
     raise PermanentHttpError(f"the server answered {what}", status)
 
 
