@@ -137,6 +137,7 @@ class Download:
     served_upto: int = 0
     cancelled: bool = False
     dying: bool = False  # the worker saw the cancel and is tearing down: too late to revive
+    stopped: bool = False  # the process is stopping: waits fail at once, nothing revives it (see stop())
     priority: int = DEMAND  # its place in the queue: DEMAND for readers, 1 + session order for prefetch
     yield_requested: bool = False  # a reader's track needs this prefetch's worker: pause, resume later
     resuming: bool = False  # the next request continues after a pause: not a new attempt
@@ -308,7 +309,7 @@ class Download:
     def revive(self) -> bool:
         """A reader (or prefetch) wants this download again. False if it is already being torn down."""
         with self.cond:
-            if self.dying or self.fd < 0:
+            if self.dying or self.stopped or self.fd < 0:
                 return False
             self.cancelled = False
             return True
@@ -316,7 +317,7 @@ class Download:
     def attach(self) -> int | None:
         """Revive and give a reader its own descriptor, atomically; None if the download is over."""
         with self.cond:
-            if self.dying or self.fd < 0:
+            if self.dying or self.stopped or self.fd < 0:
                 return None
             self.cancelled = False
             return os.dup(self.fd)
@@ -384,6 +385,16 @@ class Download:
         except Exception:  # a subscriber's bug must not kill a worker thread or hide the outcome
             log.exception("download event %s of %s: a subscriber failed", event.value, self.source.label)
 
+    def stop(self) -> None:
+        """The process is stopping (a stop signal, an unmount): every reader waiting for bytes fails now,
+        and the worker gives up at its next chunk. libfuse's loop ends only once each request under way is
+        answered, and a slow but steady server would otherwise keep a reader (and the stop) waiting for as
+        long as the bytes it asked for take to come. For good: no reader or prefetch revives it."""
+        with self.cond:
+            self.stopped = True
+            self.cancelled = True
+            self.cond.notify_all()
+
     # -- reader side -----------------------------------------------------------------------------------
 
     def wait_for(self, size: int, offset: int) -> int:
@@ -405,6 +416,8 @@ class Download:
                     raise copy.copy(self.error)  # one exception object per raising thread
                 if self.state is State.DONE:
                     break
+                if self.stopped:
+                    raise Cancelled("the mount stopped (a stop signal or an unmount) before these bytes came")
                 if self.state is State.PENDING:
                     self.last_progress = time.monotonic()
                 elif time.monotonic() - self.last_progress > patience:

@@ -167,12 +167,18 @@ class Fetcher:
         with self._lock:
             return list(self._active.values())
 
-    def close(self, wait: float | None = None) -> None:
-        """Cancel every download and wait for the workers: at most ``wait`` seconds in all (default 3)."""
+    def stop(self) -> None:
+        """Stop now, without waiting: no new download, every reader waiting for bytes fails at once, every
+        download is cancelled (its worker gives up at its next chunk). Idempotent; :meth:`close` does it too."""
         with self._lock:
             self._closed = True
-            for download in self._active.values():
-                download.cancelled = True
+            downloads = list(self._active.values())
+        for download in downloads:
+            download.stop()
+
+    def close(self, wait: float | None = None) -> None:
+        """:meth:`stop`, then wait for the workers: at most ``wait`` seconds in all (default 3)."""
+        self.stop()
         for _ in self._workers:
             self._queue.put((-1, next(self._seq), None))
         # Bounded: a worker stuck in a stalled read notices the cancel only at its next chunk. Workers are

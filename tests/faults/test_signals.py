@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import CACHECTL, MIXVFS, Mount, require_fuse, run, write_session
-from tests.faults.helpers import cachectl, cloud_track, cp, name_of, stream_path, wait_until
+from tests.faults.helpers import cachectl, cloud_track, cp, holds_open, name_of, stream_path, wait_until
 from tools.devserver import DevServer
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -212,3 +212,82 @@ def test_foreground_mount_stopped_by_a_signal_exits_0_and_keeps_the_cache(signum
     assert report.get("finished") is True and [t["status"] for t in report["tracks"]] == ["cached"]
     assert_cache_intact(cache_dir)
     assert_next_mount_serves_from_cache(mounter, session, cache_dir, devserver, server_root, tmp_path / "out.wav")
+
+
+# A server slow but steady: a 500-byte piece every 0.1 s, so no stall timeout ever fires, and a reader's first
+# request (128 KiB with libfuse 2, 1 MiB with 3) would take 26-210 s, the whole track ~13 min. libfuse only sets
+# its exit flag on a stop signal or an unmount and waits for the requests under way: the daemon stops within
+# HANG_GUARD only if the waiting readers are failed at once.
+TRICKLE = {"rate": 5_000}
+BIG = 4_000_000
+
+
+def blocked_reader(mount: Mount, track_id: str, out: Path) -> subprocess.Popen[str]:
+    """`cat` of a cold track, once it sits in a read waiting for the download (bytes arriving, file open)."""
+    path = mount.path / name_of(track_id)
+    with out.open("wb") as sink:
+        reader = subprocess.Popen(["cat", str(path)], stdout=sink, stderr=subprocess.PIPE, text=True)
+    staging = mount.cache_dir / "staging"
+    assert wait_until(lambda: mount.track(track_id)["status"] == "fetching" and holds_open(reader.pid, path)
+                      and any(p.stat().st_size > 0 for p in staging.glob("*.part")), timeout=HANG_GUARD)
+    return reader
+
+
+def finish(reader: subprocess.Popen[str]) -> tuple[int, str]:
+    try:
+        _, err = reader.communicate(timeout=HANG_GUARD)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    return reader.returncode, err
+
+
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_stop_signal_with_a_reader_waiting_on_a_slow_download_stops_at_once(signum, reaper, tmp_path, server_root,
+                                                                            devserver, mounter):
+    tracks = [cloud_track(server_root, "a", 200_000, seed=1), cloud_track(server_root, "slow", BIG, seed=2)]
+    session = write_session(tmp_path / "s.json", tracks, server=devserver.url)
+    mount = mounter(session, "--no-prefetch")
+    pid = daemon_pid(mount, reaper)
+    done = cp(mount.path / name_of("a"), tmp_path / "first.wav")
+    assert done.returncode == 0, done.stderr
+    devserver.set_faults({stream_path("slow"): TRICKLE})
+    reader = blocked_reader(mount, "slow", tmp_path / "slow.wav")
+    try:
+        # Exits within the hang guard, far below what the bytes asked for would take to come.
+        report = stop_and_check(mount, pid, signum, reaper)
+    finally:
+        code, err = finish(reader)
+    assert code != 0, f"the waiting reader got a short file with success: {err}"  # EIO, never a short file
+    assert (tmp_path / "slow.wav").stat().st_size < BIG
+    statuses = {t["id"]: t["status"] for t in report["tracks"]}
+    assert statuses["a"] == "cached" and statuses["slow"] != "cached"
+    assert not list((mount.cache_dir / "staging").glob("*.part"))  # the cancelled download's body is gone
+    assert_cache_intact(mount.cache_dir)
+    devserver.set_faults({})
+    assert_next_mount_serves_from_cache(mounter, session, mount.cache_dir, devserver, server_root,
+                                        tmp_path / "out.wav")
+
+
+def test_unmount_after_a_waiting_reader_was_killed_is_prompt_and_leaves_no_staging_file(reaper, tmp_path, server_root,
+                                                                                         devserver, mounter):
+    tracks = [cloud_track(server_root, "slow", BIG, seed=2)]
+    session = write_session(tmp_path / "s.json", tracks, server=devserver.url)
+    devserver.set_faults({stream_path("slow"): TRICKLE})
+    mount = mounter(session, "--no-prefetch")
+    pid = daemon_pid(mount, reaper)
+    reader = blocked_reader(mount, "slow", tmp_path / "slow.wav")
+    reader.kill()
+    assert finish(reader)[0] != 0
+    # The kernel keeps the killed reader's read-ahead requests with the daemon (and the file's release waits
+    # for them): unmounting must not wait for their bytes.
+    done = run([MIXVFS, "unmount", str(mount.path)], timeout=HANG_GUARD)
+    assert done.returncode == 0, done.stdout + done.stderr
+    mount.mounted = False
+    assert reaper.exit_status(pid) == 0
+    assert not list((mount.cache_dir / "staging").glob("*.part"))  # a clean unmount leaves no download behind
+    report = mount.report()
+    assert report.get("finished") is True and report["tracks"][0]["status"] != "cached"
+    assert "Traceback" not in mount.log(), mount.log()
+    assert_cache_intact(mount.cache_dir)

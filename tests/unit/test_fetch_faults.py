@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import inspect
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,3 +220,44 @@ def test_a_finished_download_still_in_the_map_is_never_handed_out(served, store,
         os.close(again.fd)
     finally:
         fetcher.close()
+
+
+def test_stop_fails_a_waiting_reader_at_once_even_with_the_worker_stuck_in_a_read(served, store, http, tmp_path):
+    """The mount ending (libfuse's exit flag) must not wait for bytes: a reader waiting on a download fails
+    now, though the worker sits in a read of a parked response and could not see a cancel; and nothing
+    revives the download afterwards."""
+    server, _ = served
+    server.set_faults({"/a.wav": {"hold": "a", "hold_after": 100_000}})
+    fetcher, source = one_job_fetcher(server, store, http, tmp_path)
+    outcome: list[BaseException] = []
+    try:
+        acquired = fetcher.acquire(source)
+        download = acquired.download
+        assert download is not None
+        server.wait_held("a")
+
+        def read_past_the_held_bytes() -> None:
+            try:
+                download.wait_for(100_000, 150_000)
+            except FetchError as exc:
+                outcome.append(exc)
+
+        reader = threading.Thread(target=read_past_the_held_bytes)
+        reader.start()
+        with download.cond:  # the reader is waiting (it holds no lock while it does)
+            assert download.cond.wait_for(lambda: download.available == 100_000, timeout=30)
+        fetcher.stop()
+        reader.join(timeout=30)  # a hang guard only
+        assert not reader.is_alive() and len(outcome) == 1 and isinstance(outcome[0], Cancelled)
+        assert download.wait_for(1000, 0) == 1000  # bytes already held are still served
+        with pytest.raises(Cancelled):
+            fetcher.acquire(source)  # neither revived nor started anew
+        assert not download.revive() and download.attach() is None
+        fetcher.release(download)
+        os.close(acquired.fd)
+    finally:
+        server.release("a")
+        fetcher.close()
+        fetcher.index.close()
+    assert download.ended.is_set() and isinstance(download.error, Cancelled)
+    assert not list(store.staging.glob("*.part"))

@@ -23,6 +23,7 @@ from mixvfs.vfs.adapter import passthrough
 from mixvfs.vfs.adapter.errno_map import fuse_errors
 from mixvfs.vfs.adapter.libfuse import (
     WAITING_READS,
+    ExitWatch,
     KernelEntries,
     allow_waiting_reads,
     invalidate_path,
@@ -61,6 +62,7 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         self.listed_with_attributes = 0  # entries a READDIRPLUS listing handed over with their attributes
         self._listings: dict[int, list[Track]] = {}  # open directory handle -> its snapshot of the tracks
         self.kernel_entries: KernelEntries | None = None  # set in init: tells the kernel what a reload changed
+        self.exit_watch: ExitWatch | None = None  # set in init: the loop is ending, waiting reads must fail now
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -76,6 +78,9 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         # Here, in a request of this mount, libfuse's context names it: a live reload tells the kernel later.
         self.kernel_entries = KernelEntries.of_this_mount(fuse._libfuse, LIBFUSE_MAJOR)
         self.core.kernel = self.kernel_entries
+        # A stop signal or an unmount only sets libfuse's exit flag, and its loop then waits for the reads under
+        # way: the core fails those waiting for downloads, so that the loop (and the daemon) end at once.
+        self.exit_watch = ExitWatch.of_this_mount(fuse._libfuse, on_exit=self.core.stop_now)
         if self.mountpoint:
             # The kernel applies libfuse's init reply (which caps readahead) only after init returns.
             threading.Thread(target=self._tune_after_init, name="readahead", daemon=True).start()
@@ -123,7 +128,9 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         return status
 
     def destroy(self, path: str) -> None:
-        if self.kernel_entries is not None:  # first: libfuse frees the session right after this returns
+        if self.exit_watch is not None:  # first, with the notices: libfuse frees the session after this returns
+            self.exit_watch.close()
+        if self.kernel_entries is not None:
             self.core.kernel = None
             self.kernel_entries.close()
         table = self.core.backings

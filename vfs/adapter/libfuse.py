@@ -1,5 +1,6 @@
 """Low-level libfuse calls that mfusepy does not offer: raising the mount's readahead, how many reads may wait
-on downloads at once, and making the kernel forget a changed file's size or the names a live reload changed.
+on downloads at once, making the kernel forget a changed file's size or the names a live reload changed, and
+learning at once that the loop is ending (a stop signal, an unmount).
 ctypes only; no FUSE binding here.
 
 (Answering reads with a descriptor through ``read_buf`` and a hand-declared ``fuse_bufvec`` was measured
@@ -11,6 +12,7 @@ import ctypes
 import errno
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,78 @@ def invalidate_path(lib: Any, path: str) -> bool:
     return result == 0
 
 
+def session_of_this_mount(lib: Any) -> int | None:
+    """libfuse's ``struct fuse_session *`` of the mount whose request this thread is answering (libfuse 2.9
+    and 3 both have ``fuse_get_session``); valid until the filesystem's ``destroy`` returns."""
+    get_session = lib["fuse_get_session"]
+    get_session.argtypes = [ctypes.c_void_p]
+    get_session.restype = ctypes.c_void_p
+    session = get_session(lib.fuse_get_context().contents.fuse)
+    return int(session) if session else None
+
+
+def session_exited(lib: Any) -> Any:
+    """libfuse's ``fuse_session_exited``, a function object of our own (lib["name"]: mfusepy's are untouched)."""
+    exited = lib["fuse_session_exited"]
+    exited.argtypes = [ctypes.c_void_p]
+    exited.restype = ctypes.c_int
+    return exited
+
+
+class ExitWatch:
+    """Tells the filesystem, within ``interval``, that libfuse's loop is ending: its session's exit flag is
+    set — by libfuse's own SIGTERM/SIGINT/SIGHUP handler (which does nothing else), or when ``/dev/fuse``
+    says the folder was unmounted.
+
+    libfuse then takes no new request but waits for every request under way before its loop returns, and
+    only after that does the daemon's own cleanup run. A read waiting for a download would keep it waiting
+    for as long as the bytes take to come (minutes from a slow but steady server; under systemd, until
+    SIGKILL): ``on_exit`` must make those requests return. Polled from a thread of our own — the flag is all
+    libfuse offers, on 2 and 3 alike, and its signal handler leaves no room for ours. :meth:`close` (from
+    ``destroy``, before libfuse frees the session) stops it; the flag is never read after that."""
+
+    def __init__(self, lib: Any, session: int, on_exit: Callable[[], None], interval: float = 0.1) -> None:
+        self._exited = session_exited(lib)
+        self._session = session
+        self._on_exit = on_exit
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="fuse-exit-watch", daemon=True)
+
+    @classmethod
+    def of_this_mount(cls, lib: Any, on_exit: Callable[[], None]) -> ExitWatch | None:
+        """Started, for the mount whose ``init`` this thread answers; None where the loaded libfuse lacks a
+        call (the old behaviour then stays: the daemon's cleanup runs once the requests under way end)."""
+        try:
+            session = session_of_this_mount(lib)
+            if session is None:
+                return None
+            watch = cls(lib, session, on_exit)
+        except (AttributeError, ValueError) as exc:  # a symbol this libfuse does not export
+            log.warning("a stop waits for the reads under way (libfuse has no %s)", exc)
+            return None
+        watch._thread.start()
+        return watch
+
+    def _watch(self) -> None:
+        while not self._closed.wait(self._interval):
+            with self._lock:
+                if self._closed.is_set() or not self._exited(self._session):
+                    continue
+            log.info("libfuse's loop is ending (a stop signal or an unmount): failing the reads still waiting")
+            try:
+                self._on_exit()
+            except Exception:  # the loop must still end: the daemon's cleanup cancels the downloads anyway
+                log.exception("failing the reads still waiting at the end of the loop failed")
+            return
+
+    def close(self) -> None:
+        """No look at the session from now on (it is freed after ``destroy``)."""
+        with self._lock:
+            self._closed.set()
+
+
 FUSE_ROOT_ID = 1  # the kernel's and libfuse's inode number of the mount's root: the folder of every track
 
 
@@ -105,9 +179,7 @@ class KernelEntries:
         self._inode = lib["fuse_lowlevel_notify_inval_inode"]
         self._inode.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int64, ctypes.c_int64]
         self._inode.restype = ctypes.c_int
-        self._exited = lib["fuse_session_exited"]
-        self._exited.argtypes = [ctypes.c_void_p]
-        self._exited.restype = ctypes.c_int
+        self._exited = session_exited(lib)
         self._session = session
         self._channel = channel  # what the notices go to: the session (libfuse 3) or its channel (libfuse 2)
         self._lock = threading.Lock()
@@ -119,10 +191,9 @@ class KernelEntries:
         """The notifier for the mount whose request (``init``) this thread is answering; None where the
         loaded libfuse lacks a call (the old behaviour then stays: names expire after the entry timeout)."""
         try:
-            get_session = lib["fuse_get_session"]
-            get_session.argtypes = [ctypes.c_void_p]
-            get_session.restype = ctypes.c_void_p
-            session = get_session(lib.fuse_get_context().contents.fuse)
+            session = session_of_this_mount(lib)
+            if session is None:
+                return None
             channel = session
             if libfuse_major < 3:  # libfuse 2 sends notices through the session's channel
                 next_channel = lib["fuse_session_next_chan"]

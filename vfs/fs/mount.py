@@ -288,7 +288,9 @@ def _set_handlers(handler: Callable[[int, FrameType | None], None] | int) -> Non
 def stop_signals_for_libfuse() -> Iterator[None]:
     """While the FUSE loop runs, libfuse's own handlers take SIGTERM/SIGINT/SIGHUP (it installs them only
     over SIG_DFL): they end the loop and unmount. Python handlers could not run then, the main thread
-    being inside fuse_main. Afterwards a further signal must not cut the final report short."""
+    being inside fuse_main. libfuse's handler only sets the session's exit flag; the adapter's ExitWatch
+    sees it and fails the reads waiting on downloads, which the loop would otherwise wait for. Afterwards
+    a further signal must not cut the final report short."""
     _set_handlers(signal.SIG_DFL)
     try:
         yield

@@ -672,6 +672,19 @@ class SessionFS:
         if entry is not None and self.report.has(track.id) and self.report.record(track.id).status is not Status.CACHED:
             self.report.update(track.id, status=Status.CACHED, bytes=entry.size, digest=entry.digest, error=None)
 
+    def stop_now(self) -> None:
+        """The mount is ending (a stop signal or an unmount, as the adapter learns from libfuse): every read
+        waiting for a download fails now — EIO, and a ``reader_error`` in the report — and the downloads
+        are cancelled. libfuse ends its loop only once each request under way is answered; without this a
+        reader waiting on a slow but steady download held the stop (and a killed reader's read-ahead the
+        unmount) for as long as its bytes took to come. Reads of bytes already held are still served."""
+        self._prefetch_stop.set()
+        with self._reader_moved:
+            self._reader_moved.notify_all()  # the look-ahead sees the stop now, not at its next timeout
+        waiting = sum(d.readers for d in self.fetcher.active())
+        self.fetcher.stop()
+        log.info("the mount is ending: downloads cancelled, %d open files still downloading fail", waiting)
+
     def close(self, wait: float | None = None) -> None:
         self._prefetch_stop.set()
         self.fetcher.close(wait)
