@@ -103,6 +103,8 @@ def check_base_url(member: str) -> None:
         parts.port  # noqa: B018  # a port that is not a number from 0 to 65535 raises here
     except ValueError as exc:  # an unclosed "[", a port "abc" or "-1": urlsplit's own words
         raise ConfigError(f"team cache {member!r}: not a usable URL ({exc})") from None
+    if parts.port == 0 or any(c.isspace() for c in parts.netloc):
+        raise ConfigError(f"team cache {member!r}: not a usable URL (a host without spaces, a port from 1 to 65535)")
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise ConfigError(f"team cache {member!r}: must be an http:// or https:// URL (host[:port])")
     if parts.username or parts.password:

@@ -6,12 +6,14 @@ is reported as that host refusing, not as our token being rejected."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, write_session
+from tests.conftest import MIXVFS, Mount, run, write_session
 from tests.faults.helpers import FAST, cloud_track, cp, name_of, stream_path, wait_until
 from tools.devserver import DevServer
 
@@ -176,3 +178,53 @@ def test_cdn_refusing_a_redirected_request_is_reported_as_the_cdn_not_the_token(
         assert f"the CDN host {cdn_host} refused the request (HTTP 403" in record["error"], record
         assert "signed URL may have expired" in record["error"] and "token" not in record["error"], record
         assert [(g["status"], g["auth"]) for g in cdn.requests("GET")] == [(403, None)]
+
+
+def test_a_server_slow_to_answer_probes_does_not_hold_the_folder_back(tmp_path, server_root, devserver):
+    """Tracks without a size are asked about before the folder goes live. A server that does not answer
+    (2000 tracks at 3 s each took 17 minutes) is waited for at most the probe deadline: the tracks it has
+    answered for have their size, the others are asked again later (and when a program looks)."""
+    from mixvfs.cache.http import HttpClient
+    from mixvfs.cache.index import SourceIndex
+    from mixvfs.vfs.session.manifest import load_manifest
+    from mixvfs.vfs.session.tracks import build_tracks
+
+    entries = [cloud_track(server_root, f"t{i}", 1000 + i, declare_size=False) for i in (1, 2)]
+    session = load_manifest(write_session(tmp_path / "s.json", entries, server=devserver.url))
+    devserver.set_faults({stream_path("t2"): {"hold": "probe", "hold_head": True}})
+    http, index = HttpClient(), SourceIndex(tmp_path / "cache")
+    try:
+        tracks = build_tracks(session, http=http, index=index, deadline=0.5)  # t2's HEAD is never answered
+        assert devserver.held("probe") == 1
+        by_id = {t.id: t for t in tracks}
+        assert by_id["t1"].size == 1001 and by_id["t1"].probe_failure is None
+        failure = by_id["t2"].probe_failure
+        assert by_id["t2"].size is None and failure is not None and "did not answer within 0.5 s" in failure.reason
+    finally:
+        devserver.release("probe")
+        http.close()
+        index.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_mount_still_starting_is_cancelled_with_its_daemon(tmp_path, server_root, devserver, signum):
+    """Ctrl-C (or the terminal closing) while `mixvfs mount` waits for a daemon still asking a slow server:
+    the daemon, in a session of its own, went on and mounted later; SIGINT was not even noticed."""
+    entries = [cloud_track(server_root, "t1", 1000, declare_size=False)]
+    session = write_session(tmp_path / "s.json", entries, server=devserver.url)
+    devserver.set_faults({stream_path("t1"): {"hold": "probe", "hold_head": True}})
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen([MIXVFS, "mount", str(session), str(mnt), "--cache-dir", str(tmp_path / "cache")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        devserver.wait_held("probe")  # the daemon is asking: the mount is still starting
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=30)  # hang guard
+    finally:
+        devserver.release("probe")
+        proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert err.strip() == f"mixvfs: mount cancelled ({signal.Signals(signum).name}): the daemon was stopped"
+    daemons = run(["pgrep", "-f", f"--foreground.*{mnt}|{mnt}.*--foreground"]).stdout.split()
+    assert daemons == [] and not os.path.ismount(mnt)

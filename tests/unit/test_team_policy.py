@@ -41,7 +41,8 @@ def team(spec: str = "https://a:1|https://b:2;https://c:3") -> TeamCache:
 def test_spec_groups_are_failover_order_and_members_are_alternatives() -> None:
     assert parse_spec(" https://a:1/ | https://b:2 ;https://c:3;") == [["https://a:1", "https://b:2"], ["https://c:3"]]
     for bad in ("", ";", "ftp://a", "https://a?x=1", "https://u:p@a", "a:1",
-                "http://[::1", "https://[zz]:1", "http://127.0.0.1:abc", "http://h:-1", "http://h:70000", "http://a|"):
+                "http://[::1", "https://[zz]:1", "http://127.0.0.1:abc", "http://h:-1", "http://h:70000", "http://a|",
+                "http://a b:80", "https://h:0"):
         with pytest.raises(ConfigError):
             parse_spec(bad)
 

@@ -175,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def exit_code(exc: MixvfsError) -> int:
+    status = getattr(exc, "exit_status", None)  # an error with a status of its own (a cancelled mount: 130)
+    if isinstance(status, int):
+        return status
     return EXIT_USAGE if isinstance(exc, ConfigError | ManifestError) else EXIT_FAILED
 
 

@@ -190,12 +190,44 @@ def start_daemon(argv: list[str], log_file: Path) -> dict[str, object]:
     finally:
         os.close(write_end)  # the daemon has its copy: ours must go, or the pipe never reports its death
     try:
-        message = _read_ready(read_end, child)
+        with _stop_signals_cancel():
+            message = _read_ready(read_end, child)
+    except MountCancelled:
+        # Ctrl-C, or the terminal or session going away, while the daemon was still starting (probing a
+        # slow server, say): it is in a session of its own, so nothing else would stop it.
+        child.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=5)
+        if child.poll() is None:
+            child.kill()
+        raise
     finally:
         os.close(read_end)
     if "error" in message:
         raise ConfigError(str(message["error"]))
     return message
+
+
+class MountCancelled(MixvfsError):
+    """The waiting ``mixvfs mount`` was told to stop before the folder was live."""
+
+    exit_status = 130  # as a shell reports Ctrl-C
+
+
+@contextlib.contextmanager
+def _stop_signals_cancel() -> Iterator[None]:
+    """While ``mixvfs mount`` waits for its daemon: SIGINT, SIGTERM and SIGHUP cancel the mount (Python's
+    default for the last two would end this process at once and leave the daemon starting)."""
+    def cancel(signum: int, _frame: object) -> None:
+        raise MountCancelled(f"mount cancelled ({signal.Signals(signum).name}): the daemon was stopped")
+
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, cancel) for signum in stops}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _read_ready(fd: int, child: subprocess.Popen[bytes]) -> dict[str, object]:

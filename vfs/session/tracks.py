@@ -8,8 +8,9 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import queue
 import stat
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,16 +78,22 @@ def classify(spec: TrackSpec, mtime: float) -> Track:
     return Track(spec, Kind.MISSING, size=0, mtime=mtime, reason=reason)
 
 
+# The longest the mount waits for the server's answers about tracks without a size or a known type before the
+# folder goes live (a slow server and thousands of such tracks took many minutes, Ctrl-C ignored).
+PROBE_DEADLINE = 10.0
+
+
 def build_tracks(session: Session, *, http: HttpClient | None, index: SourceIndex | None,
-                 jobs: int = 3) -> list[Track]:
+                 jobs: int = 3, deadline: float = PROBE_DEADLINE) -> list[Track]:
     """``http`` None: the server is not asked (what it said last time comes from ``index``, if any: no
-    cache at all means no index, as for ``mixvfs check-export`` on a machine that never mounted)."""
+    cache at all means no index, as for ``mixvfs check-export`` on a machine that never mounted).
+    The server is asked for at most ``deadline`` seconds in all: a track it has not answered for by then is
+    treated as one it could not answer for (its size asked again in the background, and at lookup)."""
     tracks = [classify(spec, session.mtime) for spec in session.tracks]
     cloud = [t for t in tracks if t.kind is Kind.CLOUD]
     needs_server = [t for t in cloud if t.size is None or _static_ext(t) is None]
     if needs_server and http is not None and index is not None:
-        with ThreadPoolExecutor(max_workers=max(2, jobs * 2), thread_name_prefix="probe") as pool:
-            list(pool.map(lambda t: _probe(t, http, index), needs_server))
+        _probe_all(needs_server, http, index, jobs, deadline)
     for track in needs_server:
         if track.remote is None and index is not None:
             track.remote = index.remote(track.spec.cloud_url or "")  # server down: what it said last time
@@ -104,7 +111,50 @@ def _static_ext(track: Track) -> str | None:
                             stream_path=spec.stream_path, server_content_type=None, head=None)
 
 
-def _probe(track: Track, http: HttpClient, index: SourceIndex) -> None:
+def _probe_all(tracks: list[Track], http: HttpClient, index: SourceIndex, jobs: int, deadline: float) -> None:
+    """Ask the server about ``tracks``, a few at a time, for at most ``deadline`` seconds. The answers are
+    applied here, in the calling thread: a probe still running at the deadline changes no track. The askers
+    are daemon threads (not a ThreadPoolExecutor, whose threads the interpreter joins at exit): a stop
+    signal while a slow server keeps one waiting ends the daemon at once."""
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for position in range(len(tracks)):
+        todo.put(position)
+    answers: dict[int, RemoteInfo | FetchError] = {}
+    all_in = threading.Condition()
+
+    def asker() -> None:
+        while True:
+            try:
+                position = todo.get_nowait()
+            except queue.Empty:
+                return
+            answer = _ask(tracks[position], http, index)
+            with all_in:
+                answers[position] = answer
+                all_in.notify_all()
+
+    for number in range(min(len(tracks), max(2, jobs * 2))):
+        threading.Thread(target=asker, name=f"probe-{number}", daemon=True).start()
+    with all_in:
+        all_in.wait_for(lambda: len(answers) == len(tracks), timeout=deadline)
+        got = dict(answers)
+    while True:  # the ones not started yet are never asked now
+        try:
+            todo.get_nowait()
+        except queue.Empty:
+            break
+    for position, answer in got.items():
+        _apply(tracks[position], answer)
+    late = [t for position, t in enumerate(tracks) if position not in got]
+    if late:
+        log.warning("the server had not answered about %d track(s) after %g s; the folder goes live without "
+                    "them: each size is asked again in the background, and when a program looks", len(late),
+                    deadline)
+        for track in late:
+            _apply(track, FetchError(f"the server did not answer within {deadline:g} s at mount"))
+
+
+def _ask(track: Track, http: HttpClient, index: SourceIndex) -> RemoteInfo | FetchError:
     url = track.spec.cloud_url
     assert url is not None
     try:
@@ -118,12 +168,18 @@ def _probe(track: Track, http: HttpClient, index: SourceIndex) -> None:
                 magic_ext = sniff.ext_from_magic(http.first_bytes(url, sniff.MAGIC_BYTES_NEEDED))
         info = RemoteInfo(info.size, info.etag, info.content_type, magic_ext, info.last_modified)
     except FetchError as exc:
-        track.probe_failure = exc
-        log.info("cannot ask the server about %s: %s", track.spec.label, exc.reason)
+        return exc
+    index.remember_remote(url, info)  # what the server said, for a mount or check-export that cannot ask
+    return info
+
+
+def _apply(track: Track, answer: RemoteInfo | FetchError) -> None:
+    if isinstance(answer, FetchError):
+        track.probe_failure = answer
+        log.info("cannot ask the server about %s: %s", track.spec.label, answer.reason)
         return
-    track.remote = info
+    track.remote = answer
     track.validated = True  # asked live; it counts only if the source identity carries the ETag (_finish)
-    index.remember_remote(url, info)
 
 
 def _finish(track: Track) -> None:
