@@ -65,6 +65,17 @@ def one_job_fetcher(server: DevServer, store: BlobStore, http: HttpClient, tmp_p
     return fetcher, Source(server.url_for("a.wav"), size=SIZE, label="a")
 
 
+PARK_AT = 100_000
+PARKED = {"/a.wav": {"hold": "a", "hold_after": PARK_AT}}  # the response parks mid-body on the hold gate "a"
+
+
+def wait_parked(server: DevServer, download: Download) -> None:
+    """Until a.wav's response is parked and the download holds every byte sent before the gate."""
+    server.wait_held("a")
+    with download.cond:
+        assert download.cond.wait_for(lambda: download.available == PARK_AT, timeout=30)
+
+
 def stored_bytes(store: BlobStore, d: Download) -> bytes:
     fd = store.open_blob(d.digest or "")
     assert fd is not None
@@ -152,7 +163,7 @@ def test_transient_failures_stop_after_the_attempts(served, store, http):
 def test_a_cancelled_download_is_revived_or_replaced_never_handed_over_dying(served, store, http, tmp_path):
     server, data = served
     # The response parks mid-body: the worker sits in a read and cannot see a cancel until bytes come again.
-    server.set_faults({"/a.wav": {"hold": "a", "hold_after": 100_000}})
+    server.set_faults(PARKED)
     fetcher, source = one_job_fetcher(server, store, http, tmp_path)
     fds: list[int] = []
     try:
@@ -160,9 +171,7 @@ def test_a_cancelled_download_is_revived_or_replaced_never_handed_over_dying(ser
         fds.append(first.fd)
         download = first.download
         assert download is not None
-        server.wait_held("a")
-        with download.cond:
-            assert download.cond.wait_for(lambda: download.available == 100_000, timeout=30)
+        wait_parked(server, download)
         fetcher.release(download)  # the last reader leaves: cancelled, but not yet torn down
         assert download.cancelled and not download.dying
         second = fetcher.acquire(source)  # a new reader revives it and keeps the bytes already held
@@ -227,25 +236,23 @@ def test_stop_fails_a_waiting_reader_at_once_even_with_the_worker_stuck_in_a_rea
     now, though the worker sits in a read of a parked response and could not see a cancel; and nothing
     revives the download afterwards."""
     server, _ = served
-    server.set_faults({"/a.wav": {"hold": "a", "hold_after": 100_000}})
+    server.set_faults(PARKED)
     fetcher, source = one_job_fetcher(server, store, http, tmp_path)
     outcome: list[BaseException] = []
     try:
         acquired = fetcher.acquire(source)
         download = acquired.download
         assert download is not None
-        server.wait_held("a")
+        wait_parked(server, download)
 
         def read_past_the_held_bytes() -> None:
             try:
-                download.wait_for(100_000, 150_000)
+                download.wait_for(PARK_AT, 150_000)
             except FetchError as exc:
                 outcome.append(exc)
 
         reader = threading.Thread(target=read_past_the_held_bytes)
         reader.start()
-        with download.cond:  # the reader is waiting (it holds no lock while it does)
-            assert download.cond.wait_for(lambda: download.available == 100_000, timeout=30)
         fetcher.stop()
         reader.join(timeout=30)  # a hang guard only
         assert not reader.is_alive() and len(outcome) == 1 and isinstance(outcome[0], Cancelled)
