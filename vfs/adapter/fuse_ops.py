@@ -19,6 +19,7 @@ if "FUSE_LIBRARY_NAME" not in os.environ and ctypes.util.find_library("fuse3"):
 
 import mfusepy as fuse
 
+from mixvfs import host
 from mixvfs.vfs.adapter import passthrough
 from mixvfs.vfs.adapter.errno_map import fuse_errors
 from mixvfs.vfs.adapter.libfuse import (
@@ -111,6 +112,9 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
             return "the passthrough setting is off"
         if conn is None:
             return "libfuse gave no connection parameters"
+        platform_problem = host.passthrough_possible()
+        if platform_problem is not None:
+            return platform_problem
         problem = passthrough.layout_problem((fuse.fuse_version_major, fuse.fuse_version_minor),
                                              fuse.fuse_file_info, fuse.fuse_conn_info)
         if problem is None and not passthrough.has_sys_admin():

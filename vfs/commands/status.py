@@ -1,18 +1,19 @@
 """``mixvfs status MOUNTPOINT``: a live view of a running mount — which tracks are downloading, bytes done
 of total, failures. The daemon publishes it as JSON in the root's ``user.mixvfs.status`` extended
 attribute (built on each read from the fetcher's downloads in flight and the report), so no socket or
-extra protocol is needed and ``getfattr -n user.mixvfs.status MOUNTPOINT`` shows the same."""
+extra protocol is needed and ``getfattr -n user.mixvfs.status MOUNTPOINT`` (``xattr -p`` on macOS) shows the
+same. Read through the platform seam: macOS's Python has no ``os.getxattr``."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from mixvfs import host
 from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.units import format_size
 
@@ -21,7 +22,7 @@ STATUS_XATTR = "user.mixvfs.status"
 
 def read_status(mountpoint: Path) -> dict[str, Any]:
     try:
-        raw = os.getxattr(mountpoint, STATUS_XATTR)
+        raw = host.getxattr(mountpoint, STATUS_XATTR)
     except OSError as exc:
         from mixvfs.vfs.fs.history import not_live  # says where the last report is, after an unmount
 

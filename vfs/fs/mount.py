@@ -10,7 +10,6 @@ import logging
 import os
 import select
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from mixvfs import host
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.cache.location import make_private_dir
 from mixvfs.vfs.fs import history
@@ -58,14 +58,6 @@ class MountOptions:
 # -- the mountpoint -------------------------------------------------------------------------------------
 
 
-def fusermount() -> list[str]:
-    for name in ("fusermount3", "fusermount"):
-        path = shutil.which(name)
-        if path:
-            return [path]
-    return ["umount"]
-
-
 def is_stale(mountpoint: Path) -> bool:
     try:
         os.stat(mountpoint)
@@ -82,8 +74,7 @@ def is_stale(mountpoint: Path) -> bool:
 
 def clear_stale(mountpoint: Path) -> None:
     """A daemon killed with -9 leaves "Transport endpoint is not connected" behind: lazily unmount it."""
-    tool = fusermount()
-    command = [*tool, "-u", "-z", str(mountpoint)] if "umount" not in tool[0] else ["umount", "-l", str(mountpoint)]
+    command = host.unmount_command(str(mountpoint), lazy=True)
     subprocess.run(command, capture_output=True, check=False)
     if is_stale(mountpoint):
         raise ConfigError(f"{mountpoint}: a dead mount is left there and could not be cleared ({' '.join(command)})")
@@ -360,7 +351,7 @@ def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, 
 
     def on_ready() -> None:
         # Before the "ok": once `mixvfs mount` returns, `mixvfs report MOUNTPOINT` finds the report after an unmount.
-        history.remember(where, report.path, session.name)
+        history.remember(where, report.path, session.name, os.getpid())
         ready.send({"ok": True, "report": str(report.path), "pid": os.getpid()})
         core.start_prefetch()
 
@@ -437,10 +428,17 @@ def log_missing(tracks: list[Track]) -> None:
 
 
 def mount_info(mountpoint: Path) -> tuple[int | None, Path | None]:
-    """The daemon's pid and report path, read from the mount's root xattrs (None when not a live mixvfs)."""
+    """The daemon's pid and report path (None, None when not a live mixvfs mount): from the state folder,
+    where the daemon noted them as the folder went live, while that daemon still runs; else from the root's
+    extended attributes (a mount made by an older mixvfs)."""
+    if not os.path.ismount(mountpoint):
+        return None, None
+    last = history.recall(mountpoint)
+    if last is not None and last.pid is not None and _alive(last.pid):
+        return last.pid, last.report
     try:
-        pid = int(os.getxattr(mountpoint, PID_XATTR))
-        report = Path(os.getxattr(mountpoint, REPORT_XATTR).decode())
+        pid = int(host.getxattr(mountpoint, PID_XATTR))
+        report = Path(host.getxattr(mountpoint, REPORT_XATTR).decode())
     except (OSError, ValueError):
         return None, None
     return pid, report
@@ -463,8 +461,7 @@ def unmount(mountpoint: Path, *, wait: float = 30.0) -> Path | None:
     if report is None:
         last = history.recall(mountpoint)
         report = last.report if last else None
-    tool = fusermount()
-    command = [*tool, "-u", str(mountpoint)] if "umount" not in tool[0] else ["umount", str(mountpoint)]
+    command = host.unmount_command(str(mountpoint))
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise UnmountRefused(refusal(mountpoint, done.stderr.strip(), f"{command[0]} exited {done.returncode}"))
@@ -491,8 +488,4 @@ def _alive(pid: int) -> bool:
         return False
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
+    return host.is_zombie(pid) is not True  # unknown (no /proc): alive, as kill(pid, 0) said
