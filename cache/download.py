@@ -37,6 +37,7 @@ from mixvfs.cache.errors import (
     LengthMismatch,
     NetworkError,
     NoSpace,
+    RequestWaitExceeded,
     StallTimeout,
     TransientError,
 )
@@ -397,13 +398,14 @@ class Download:
 
     # -- reader side -----------------------------------------------------------------------------------
 
-    def wait_for(self, size: int, offset: int) -> int:
+    def wait_for(self, size: int, offset: int, deadline: float | None = None) -> int:
         """Wait until bytes [offset, offset+size) (or the end) are in the staging file; returns their end.
 
         Bytes already held are served even after the download failed (they were checked as they came),
-        unless the failure says the body itself is wrong. A wait ends only on the download's failure or
-        on a lack of progress: a slow but steady download is waited for as long as it takes, and a
-        download still queued behind others is not stalled."""
+        unless the failure says the body itself is wrong. A wait ends on the download's failure, on a lack
+        of progress, or at ``deadline`` (``time.monotonic()``; None: none) with RequestWaitExceeded: a slow
+        but steady download is otherwise waited for as long as it takes, and a download still queued
+        behind others is not stalled."""
         end = offset + size
         patience = 2 * self.policy.stall_timeout + self.policy.wait_max
         with self.cond:
@@ -423,7 +425,15 @@ class Download:
                 elif time.monotonic() - self.last_progress > patience:
                     raise StallTimeout("no progress on the download for "
                                        f"{patience:.0f} s while waiting for the bytes being read")
-                self.cond.wait(timeout=2.0)  # every change notifies; the timeout only re-checks progress
+                wait = 2.0  # every change notifies; the timeout only re-checks progress
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise RequestWaitExceeded(
+                            "a read waited the longest one request may (request_timeout) for the download "
+                            f"({'still queued' if self.state is State.PENDING else 'under way'}); "
+                            "the download goes on for the next read")
+                self.cond.wait(timeout=wait)
             self.served_upto = max(self.served_upto, end)
         return max(end, offset)
 

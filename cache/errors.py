@@ -61,6 +61,12 @@ class Cancelled(FetchError):
     pass
 
 
+class RequestWaitExceeded(FetchError):
+    """One read (or ``stat``) waited its longest for a download and is answered EIO; the download goes on
+    for the next read. A bound only where the kernel gives up on the daemon itself (macFUSE's
+    ``daemon_timeout``, which ejects the whole volume)."""
+
+
 class PermanentHttpError(FetchError):
     pass
 

@@ -18,6 +18,7 @@ import httpx
 from mixvfs.cache import receive_buffer
 from mixvfs.cache import team as team_policy
 from mixvfs.cache.decoding import check_decodable, decoded
+from mixvfs.cache.defaults import CONNECT_TIMEOUT
 from mixvfs.cache.errors import (
     AuthRejected,
     BadBody,
@@ -131,7 +132,7 @@ class HttpClient:
         self,
         *,
         tokens: TokenSource | None = None,
-        connect_timeout: float = 10.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
         stall_timeout: float = 30.0,
         max_connections: int = 16,
         team: TeamCache | None = None,

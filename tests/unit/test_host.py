@@ -8,6 +8,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -111,14 +112,19 @@ def test_hashing_without_fadvise_or_leases_reads_and_gives_the_same_digest(tmp_p
         monkeypatch.delattr(os, name, raising=False)
     for name in ("F_SETLEASE", "F_GETLEASE"):
         monkeypatch.delattr(fcntl, name, raising=False)
-    mapped: list[bool] = []
-    monkeypatch.setattr(digest, "feed_mapped", lambda *a: mapped.append(True) or 0)
-    before = digest.signal.getsignal(digest.signal.SIGIO)
+    mapped: list[int] = []
+
+    def feed_mapped(fd: int, *rest: object) -> int:
+        mapped.append(fd)
+        return 0
+
+    monkeypatch.setattr(digest, "feed_mapped", feed_mapped)
+    before = signal.getsignal(signal.SIGIO)
     digest.ignore_lease_breaks()
     try:
         assert digest.hash_path(path) == xxhash.xxh3_128(data).hexdigest()
     finally:
-        digest.signal.signal(digest.signal.SIGIO, before)
+        signal.signal(signal.SIGIO, before)
     assert mapped == []  # no lease: never mapped
     assert host.take_read_lease(0) is False and host.lease_held(0) is False
     host.give_back_lease(0)
@@ -158,10 +164,10 @@ def test_the_unmount_command_of_macos(platform: str, lazy: bool, expected: list[
 
 
 def test_the_unmount_command_of_linux(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(host.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "fusermount3" else None)
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}" if name == "fusermount3" else None)
     assert host.unmount_command("/m", platform="linux") == ["/usr/bin/fusermount3", "-u", "/m"]
     assert host.unmount_command("/m", lazy=True, platform="linux") == ["/usr/bin/fusermount3", "-u", "-z", "/m"]
-    monkeypatch.setattr(host.shutil, "which", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)
     assert host.unmount_command("/m", lazy=True, platform="linux") == ["umount", "-l", "/m"]
 
 

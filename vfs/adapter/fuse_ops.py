@@ -353,13 +353,26 @@ class MixFUSE(fuse.FUSE):  # type: ignore[misc]
 
 def run(ops: MixOps, mountpoint: str, *, foreground: bool = True, threads: int = 16,
         waiting_reads: int = WAITING_READS, attr_timeout: float = 1.0, nonempty: bool = False,
-        debug: bool = False, passthrough: str = "auto") -> None:
+        debug: bool = False, passthrough: str = "auto", platform_options: dict[str, str | bool] | None = None) -> None:
     """Serve until unmounted. libfuse installs SIGTERM/SIGINT handlers that unmount cleanly.
 
     ``threads`` serve what never waits on the network (lookups, stat, listings, opens, local and cached
     reads); up to ``waiting_reads`` reads more may wait for downloads, each on a thread of its own. libfuse 3
     starts threads only when every one is busy and ends those left idle beyond ``threads``; libfuse 2 has no
-    cap (it keeps 10 idle)."""
+    cap (it keeps 10 idle). ``platform_options``: the system's own (macFUSE's, from ``host.mount_options``)."""
+    options = fuse_options(threads=threads, waiting_reads=waiting_reads, attr_timeout=attr_timeout,
+                           nonempty=nonempty, debug=debug, foreground=foreground,
+                           platform_options=platform_options or {})
+    ops.waiting_reads = waiting_reads
+    ops.passthrough_setting = passthrough
+    ops.mountpoint = os.path.realpath(mountpoint)
+    MixFUSE(ops, mountpoint, raw_fi=True, **options)
+
+
+def fuse_options(*, threads: int, waiting_reads: int, attr_timeout: float, nonempty: bool, debug: bool = False,
+                 foreground: bool = True, platform_options: dict[str, str | bool],
+                 libfuse_major: int = LIBFUSE_MAJOR) -> dict[str, Any]:
+    """The mount options handed to mfusepy (which makes them libfuse's ``-o`` list)."""
     options: dict[str, Any] = {
         "foreground": foreground,
         "ro": True,
@@ -370,12 +383,10 @@ def run(ops: MixOps, mountpoint: str, *, foreground: bool = True, threads: int =
         "negative_timeout": 0,
         "debug": debug,
     }
-    if LIBFUSE_MAJOR >= 3:
+    if libfuse_major >= 3:
         options["max_threads"] = threads + waiting_reads
         options["max_idle_threads"] = threads  # libfuse 3.14 warns about its own default (UINT_MAX)
     elif nonempty:
         options["nonempty"] = True  # libfuse 2 (macFUSE's API) refuses a non-empty mountpoint without it
-    ops.waiting_reads = waiting_reads
-    ops.passthrough_setting = passthrough
-    ops.mountpoint = os.path.realpath(mountpoint)
-    MixFUSE(ops, mountpoint, raw_fi=True, **options)
+    options.update(platform_options)
+    return options

@@ -221,6 +221,8 @@ def mount_options(args: argparse.Namespace) -> mount.MountOptions:
         retry_after=settings.retry_after,
         prefetch=not args.no_prefetch,
         passthrough=settings.passthrough,
+        request_timeout=settings.request_timeout,
+        token_timeout=float(settings.value("token_timeout")),
         default_server=settings.server,
         allow_non_empty=args.allow_non_empty,
     )

@@ -93,6 +93,17 @@ def _bool(text: str) -> bool:
     raise ConfigError(f"must be true or false, not {text!r}")
 
 
+def _request_timeout(text: str) -> str | float:
+    """"auto", "off" (0: no bound) or a duration."""
+    if text in ("auto", "off"):
+        return 0.0 if text == "off" else text
+    return parse_duration(text)
+
+
+def _request_timeout_shown(value: str | float) -> str:
+    return value if isinstance(value, str) else ("off" if not value else _seconds(value))
+
+
 def _passthrough(text: str) -> str:
     if text not in ("auto", "off"):
         raise ConfigError(f"must be auto or off, not {text!r}")
@@ -158,6 +169,10 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("team_cache_allow_plain_http", "MIXVFS_TEAM_CACHE_ALLOW_PLAIN_HTTP", False, _bool,
          "allow the token over plain http:// to a team cache on another machine (false)",
          lambda v: "true" if v else "false"),
+    Spec("request_timeout", "MIXVFS_REQUEST_TIMEOUT", "auto", _request_timeout,
+         "the longest one read or stat waits for a download, then EIO and a report line; auto: 2 x stall_timeout "
+         "on macOS (whose macFUSE ejects the volume when a request outlives its daemon_timeout), none on Linux; "
+         "off: none (auto)", _request_timeout_shown),
     Spec("passthrough", "MIXVFS_PASSTHROUGH", "auto", _passthrough,
          "auto: the kernel reads cached tracks itself (FUSE passthrough) where it can; off: never (auto)"),
 )}
@@ -235,6 +250,7 @@ an unknown key is an error (a typo is never ignored silently):
     team_cache = "https://cache1.studio.lan:8443|https://cache2.studio.lan:8443;https://cache3.studio.lan:8443"
     team_cache_reset_after = "5m"
     team_cache_allow_plain_http = false   # true only on a trusted network: the token travels in clear text
+    request_timeout = "auto"               # or "off", or a duration such as "90s"
     passthrough = "auto"                   # or "off"
 
 The token itself is only ever taken from MIXVFS_TOKEN, a token file or a token command, never from the
@@ -293,6 +309,11 @@ class Settings:
     stall_timeout = Setting(float)
     retry_after = Setting(float)
     passthrough = Setting(str)
+
+    @property
+    def request_timeout(self) -> str | float:
+        value = self.value("request_timeout")
+        return value if isinstance(value, str) else float(value)
 
     def cache_limits(self) -> CacheLimits:
         return CacheLimits(self.cache_dir, self.max_size, self.max_age)

@@ -25,6 +25,7 @@ from mixvfs import host
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.cache.location import make_private_dir
 from mixvfs.vfs.fs import history
+from mixvfs.vfs.fs.deadlines import RequestBounds, outlives, request_bounds
 from mixvfs.vfs.fs.report import Report, default_report_path
 from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.runtime import RuntimeConfig, open_runtime
@@ -53,6 +54,12 @@ class MountOptions:
     default_server: str | None = None  # for manifests that name no server (from the config)
     allow_non_empty: bool = False  # mount over a folder that holds files (they are hidden while mounted)
     passthrough: str = "auto"  # FUSE passthrough for cached tracks where the kernel allows it; "off": never
+    request_timeout: str | float = "auto"  # the longest one request waits for a download (vfs/fs/deadlines.py)
+    token_timeout: float = 30.0  # a token command's limit: part of the longest request (a refresh at a 401)
+
+    def bounds(self) -> RequestBounds:
+        return request_bounds(self.request_timeout, stall_timeout=self.runtime.stall_timeout,
+                              token_timeout=self.token_timeout)
 
 
 # -- the mountpoint -------------------------------------------------------------------------------------
@@ -356,12 +363,17 @@ def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, 
         core.start_prefetch()
 
     status = 0
+    bounds = options.bounds()
+    if (problem := outlives(bounds)) is not None:
+        log.warning("%s", problem)
+    platform_options = host.mount_options(volume_name=session.name, daemon_timeout=bounds.daemon_timeout or 0)
     try:
         ops = fuse_ops.MixOps(core, on_ready=on_ready, root_xattrs=root_xattrs)
         log.info("mounting %s (%d tracks) at %s", session.name, len(core.tracks), options.mountpoint)
         with stop_signals_for_libfuse():
             fuse_ops.run(ops, str(options.mountpoint), threads=options.threads, attr_timeout=options.attr_timeout,
-                         nonempty=options.allow_non_empty, passthrough=options.passthrough)
+                         nonempty=options.allow_non_empty, passthrough=options.passthrough,
+                         platform_options=platform_options)
     except RuntimeError as exc:
         if ready.live:
             # libfuse 3 answers a loop ended by SIGTERM/SIGINT/SIGHUP with a non-zero status (mfusepy raises
@@ -402,7 +414,8 @@ def open_session(
         runtime.close()
         raise ConfigError(f"report {report_path}: cannot write it: {exc.strerror or exc}") from None
     core = SessionFS(tracks, runtime.fetcher, report, retry_after=options.retry_after, prefetch=options.prefetch,
-                     confirm_ahead=options.prefetch, mtime=session.mtime, foreground=runtime.foreground)
+                     confirm_ahead=options.prefetch, mtime=session.mtime, foreground=runtime.foreground,
+                     request_wait=options.bounds().request_wait)
     report.replace_records(core.initial_records())
     log_missing(tracks)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from mixvfs.cache.download import Download, Event, Foreground, State
-from mixvfs.cache.errors import Cancelled, ContentChanged, FetchError, SourceMissing
+from mixvfs.cache.errors import Cancelled, ContentChanged, FetchError, RequestWaitExceeded, SourceMissing
 from mixvfs.cache.http import Freshness
 from mixvfs.cache.remote import Source
 from mixvfs.cache.scheduler import Fetcher
@@ -87,14 +87,16 @@ class LocalHandle(BlobHandle):
 class StreamHandle(Handle):
     """A cloud track still downloading: reads wait for just the bytes they need."""
 
-    def __init__(self, track: Track, download: Download, fd: int, fetcher: Fetcher) -> None:
+    def __init__(self, track: Track, download: Download, fd: int, fetcher: Fetcher,
+                 request_wait: float | None = None) -> None:
         self.track, self.name = track, track.name
         self.download = download
         self.fd = fd
         self.fetcher = fetcher
+        self.request_wait = request_wait
 
     def span(self, size: int, offset: int) -> tuple[int, int]:
-        return self.fd, self.download.wait_for(size, offset) - offset
+        return self.fd, self.download.wait_for(size, offset, deadline_after(self.request_wait)) - offset
 
     def close(self) -> None:
         os.close(self.fd)
@@ -110,6 +112,11 @@ class FailedHandle(Handle):
 
     def span(self, size: int, offset: int) -> tuple[int, int]:
         raise FetchError(self.error.reason)
+
+
+def deadline_after(wait: float | None) -> float | None:
+    """The ``time.monotonic()`` by which a request waiting now must be answered (None: no bound)."""
+    return None if wait is None else time.monotonic() + wait
 
 
 def file_stamp(st: os.stat_result) -> tuple[int, ...]:
@@ -174,8 +181,12 @@ class SessionFS:
         mtime: float = 0.0,
         foreground: Foreground | None = None,
         now: Callable[[], float] = time.time,
+        request_wait: float | None = None,
     ) -> None:
         self.fetcher = fetcher
+        # The longest one FUSE request may wait for a download (None: as long as it progresses); macFUSE
+        # ejects the volume when a request outlives its daemon_timeout.
+        self.request_wait = request_wait
         # Told when the folder is browsed or read, so prefetch steps aside while it is only browsed.
         self.foreground = foreground or fetcher.foreground
         self.mtime = mtime
@@ -368,24 +379,36 @@ class SessionFS:
         if track.size is not None:
             return track.size
         assert track.source is not None
-        with self._track_lock(track):
+        deadline = deadline_after(self.request_wait)
+        lock = self._track_lock(track)
+        if not lock.acquire(timeout=-1 if self.request_wait is None else self.request_wait):
+            error = RequestWaitExceeded("the size is unknown: another request asking for it took longer than one "
+                                        f"request may wait ({self.request_wait:g} s, request_timeout)")
+            self._record_failure(track, error, track_failed=False)
+            raise error
+        try:
             if track.size is None:
                 try:
                     track.size = self.fetcher.probe(track.source).size
                     if track.size is None:
-                        track.size = self._download_for_size(track)
+                        track.size = self._download_for_size(track, deadline)
+                except RequestWaitExceeded as exc:  # this request's bound, not the track's failure
+                    self._record_failure(track, FetchError(f"the size is unknown: {exc.reason}"), track_failed=False)
+                    raise
                 except FetchError as exc:
                     self._record_failure(track, FetchError(f"the size is unknown: {exc.reason}"))
                     raise
+        finally:
+            lock.release()
         return track.size or 0
 
-    def _download_for_size(self, track: Track) -> int:
+    def _download_for_size(self, track: Track, deadline: float | None) -> int:
         assert track.source is not None
         acquired = self.fetcher.acquire(track.source)
         try:
             if acquired.download is None:
                 return os.fstat(acquired.fd).st_size
-            acquired.download.wait_for(1 << 62, 0)
+            acquired.download.wait_for(1 << 62, 0, deadline)
             return acquired.download.total or 0
         finally:
             os.close(acquired.fd)
@@ -473,7 +496,7 @@ class SessionFS:
             version = Version(blob_key(acquired.entry.digest), acquired.entry.size, track.mtime)
             return BlobHandle(track, acquired.fd), version
         download = acquired.download
-        handle = StreamHandle(track, download, acquired.fd, self.fetcher)
+        handle = StreamHandle(track, download, acquired.fd, self.fetcher, self.request_wait)
         return handle, Version(download_key(download), download.total or track.size, track.mtime)
 
     def _revalidate_once(self, track: Track) -> None:
