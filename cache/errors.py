@@ -67,6 +67,11 @@ class RequestWaitExceeded(FetchError):
     ``daemon_timeout``, which ejects the whole volume)."""
 
 
+class NotForPreview(FetchError):
+    """A previewer (Spotlight, QuickLook) opened a track that is not stored: it is not downloaded for it.
+    The track itself is not failed."""
+
+
 class PermanentHttpError(FetchError):
     pass
 

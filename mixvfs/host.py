@@ -186,6 +186,27 @@ def is_zombie(pid: int) -> bool | None:
         return None
 
 
+def process_name(pid: int) -> str | None:
+    """The name of process ``pid`` (None when it cannot be told). Linux: ``/proc/PID/comm`` (15 characters
+    at most); macOS: libproc's ``proc_name``."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().rstrip("\n") or None
+    except OSError:
+        pass
+    if not DARWIN:
+        return None
+    try:
+        proc_name = ctypes.CDLL(None, use_errno=True).proc_name
+    except (OSError, AttributeError):
+        return None
+    buffer = ctypes.create_string_buffer(256)
+    length = proc_name(ctypes.c_int(pid), buffer, ctypes.c_uint32(len(buffer)))
+    return buffer.raw[:length].decode(errors="replace") if length > 0 else None
+
+
 CAP_SYS_ADMIN = 21
 
 

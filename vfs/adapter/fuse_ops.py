@@ -30,9 +30,10 @@ from mixvfs.vfs.adapter.libfuse import (
     invalidate_path,
     raise_readahead,
 )
+from mixvfs.vfs.fs import finder
 from mixvfs.vfs.fs.backing import BackingTable
 from mixvfs.vfs.fs.sessionfs import BLOCK_SIZE, Handle, SessionFS
-from mixvfs.vfs.session.tracks import Track
+from mixvfs.vfs.session.tracks import Kind, Track
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ XATTR_PREFIX = "user.mixvfs."
 XATTR_PREFIX_BYTES = XATTR_PREFIX.encode()
 FUSE_READDIR_PLUS = 1  # libfuse 3's readdir flags: the kernel asks for attributes too
 FUSE_FILL_DIR_PLUS = 2  # the filler's flag: this entry's stat is complete
+NEVER_INDEX_PATH = "/" + finder.NEVER_INDEX
+EMPTY_FH = 0  # the handle of the empty marker file (track handles start at 1)
 
 
 class MixOps(fuse.Operations):  # type: ignore[misc]
@@ -146,7 +149,9 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
     # -- names and attributes ------------------------------------------------------------------------
 
     def _track(self, path: str) -> Track:
-        track = self.core.lookup(path[1:]) if path.count("/") == 1 else None
+        name = path[1:]
+        # Finder's and Spotlight's own names are never tracks: no lookup (vfs/fs/finder.py).
+        track = self.core.lookup(name) if path.count("/") == 1 and not finder.is_probe(name) else None
         if track is None:
             raise FuseOSError(errno.ENOENT)
         return track
@@ -155,6 +160,8 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
         if path == "/":
             return self._stat(stat.S_IFDIR | 0o555, 0, int(self.core.mtime * 1e9), nlink=2)
+        if path == NEVER_INDEX_PATH:  # found by name, never listed: no export carries it
+            return self._stat(stat.S_IFREG | 0o444, 0, int(self.core.mtime * 1e9))
         # An open file is asked about by its handle when the kernel has one (fstat, reads revalidating
         # the page cache): answer from the handle's track, which a live reload may have renamed or removed.
         handle = self._handles.get(fh.fh) if fh is not None and hasattr(fh, "fh") else None
@@ -219,7 +226,7 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
 
     @guard
     def access(self, path: str, amode: int) -> int:
-        if path != "/":
+        if path not in ("/", NEVER_INDEX_PATH):
             self._track(path)
         if amode & os.W_OK:
             raise FuseOSError(errno.EROFS)
@@ -231,7 +238,11 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
     def open(self, path: str, fi: Any) -> int:
         if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise FuseOSError(errno.EROFS)
-        opened = self.core.open(self._track(path))
+        if path == NEVER_INDEX_PATH:
+            fi.fh = EMPTY_FH
+            return 0
+        track = self._track(path)
+        opened = self.core.open(track, previewer=self._previewer() if track.kind is Kind.CLOUD else None)
         if opened.stale:  # another version's size or pages may be in the kernel: before the opener stats it
             invalidate_path(fuse._libfuse, path)
         with self._lock:
@@ -244,6 +255,11 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
             passthrough.set_backing_id(fi, opened.backing)
         return 0
 
+    def _previewer(self) -> str | None:
+        """The requesting process's name if it is a Spotlight importer or QuickLook thumbnailer."""
+        name = host.process_name(fuse.fuse_get_context()[2])
+        return name if finder.is_previewer(name) else None
+
     @guard
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
         """The bytes themselves (after waiting for a download to reach them). Not ``read_buf``: naming a
@@ -251,12 +267,16 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         daemon's CPU, because libfuse (without splice) preads it into a fresh page-aligned buffer per
         request, faulting in every page (BENCHMARKS.md, "read_buf against plain read")."""
         self.daemon_reads += 1  # a count for the status (a racing increment may be lost; 0 means none came)
+        if fi.fh == EMPTY_FH:
+            return b""
         return self.core.read(self._handles[fi.fh], size, offset)
 
     @guard
     def read_into(self, fi: Any, buf: Any, size: int, offset: int) -> int:
         """:meth:`read`, with the bytes pread straight into libfuse's reply buffer (see :class:`MixFUSE`)."""
         self.daemon_reads += 1  # as in read(): the status's count of reads that reached the daemon
+        if fi.fh == EMPTY_FH:
+            return 0
         target = (ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))
         return self.core.read_into(self._handles[fi.fh], memoryview(target).cast("B"), offset)
 
@@ -278,6 +298,8 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
     def listxattr(self, path: str) -> list[str]:
         if path == "/":
             return [XATTR_PREFIX + key for key in [*self.root_xattrs, "status", "passthrough", "requests"]]
+        if path == NEVER_INDEX_PATH:
+            return []
         return [XATTR_PREFIX + key for key in self.core.track_xattrs(self._track(path))]
 
     def browsing(self) -> None:

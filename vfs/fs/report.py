@@ -105,18 +105,18 @@ class Report:
             return track_id in self._records
 
     def update(self, track_id: str, *, urgent: bool = False, **fields: Any) -> None:
-        """Change a track's record. ``urgent`` (a failure): return only once the file on disk shows the
-        record's status and error — the reader's EIO comes after this returns."""
+        """Change a track's record. ``urgent`` (a failure, a refusal): return only once the file on disk shows
+        the record's status, error and note — the reader's EIO comes after this returns."""
         with self._lock:
             record = self._records.get(track_id)
             if record is None:
                 return  # a track removed from the session by a live reload; its download may still finish
-            shown = (record.status, record.error)
+            shown = (record.status, record.error, record.note)
             changed = dataclasses.replace(record, **fields)  # an unknown field name is a TypeError, not a new key
             if changed != record:
                 self._records[track_id] = record = changed
                 self._version += 1
-                if (record.status, record.error) != shown:
+                if (record.status, record.error, record.note) != shown:
                     self._shown_at[track_id] = self._version
             needed = self._shown_at.get(track_id, 0)
         if urgent:

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from mixvfs.cache.download import Download, Event, Foreground, State
-from mixvfs.cache.errors import Cancelled, ContentChanged, FetchError, RequestWaitExceeded, SourceMissing
+from mixvfs.cache.errors import (
+    Cancelled,
+    ContentChanged,
+    FetchError,
+    NotForPreview,
+    RequestWaitExceeded,
+    SourceMissing,
+)
 from mixvfs.cache.http import Freshness
 from mixvfs.cache.remote import Source
 from mixvfs.cache.scheduler import Fetcher
@@ -421,14 +428,21 @@ class SessionFS:
 
     # -- reading -------------------------------------------------------------------------------------
 
-    def open(self, track: Track) -> Opened:
+    def open(self, track: Track, *, previewer: str | None = None) -> Opened:
+        """``previewer``: the name of a Spotlight or QuickLook process opening it (vfs/fs/finder.py), served
+        stored bytes only."""
         if track.kind is Kind.MISSING:
             return Opened(FailedHandle(track, SourceMissing(track.reason or "missing")), False, True)
         try:
             if track.kind is Kind.LOCAL:
                 handle, version = self._open_local(track)
+            elif previewer is not None:
+                handle, version = self._open_for_preview(track, previewer)
             else:
                 handle, version = self._open_cloud(track)
+        except NotForPreview as exc:
+            self.report.update(track.id, urgent=True, note=exc.reason)  # a line, the track's status untouched
+            raise
         except FetchError as exc:
             self._record_failure(track, exc)
             raise
@@ -498,6 +512,16 @@ class SessionFS:
         download = acquired.download
         handle = StreamHandle(track, download, acquired.fd, self.fetcher, self.request_wait)
         return handle, Version(download_key(download), download.total or track.size, track.mtime)
+
+    def _open_for_preview(self, track: Track, previewer: str) -> tuple[Handle, Version]:
+        """The stored blob as it is (no revalidation: no request to the server); nothing is downloaded."""
+        assert track.source is not None
+        acquired = self.fetcher.acquire_stored(track.source)
+        if acquired is None or acquired.entry is None:
+            raise NotForPreview(f"not downloaded for {previewer} (a Spotlight or QuickLook preview): "
+                                "previews get cached tracks only")
+        version = Version(blob_key(acquired.entry.digest), acquired.entry.size, track.mtime)
+        return BlobHandle(track, acquired.fd), version
 
     def _revalidate_once(self, track: Track) -> None:
         """At a cached track's first open in this mount, ask the server (one conditional request) whether
