@@ -162,11 +162,20 @@ def why_unusable(folder: Path, exc: OSError, *, named: bool) -> str:
     return f"cannot create files in {where}: {exc.strerror or exc}"
 
 
-def check_libfuse() -> None:
+def libfuse_problem() -> str | None:
+    """None when a libfuse mfusepy can mount with loads; else one line: why not, and what to install or
+    allow (macFUSE refused by the system shows here too: its library loads only once allowed)."""
     try:
         import mixvfs.vfs.adapter.fuse_ops  # noqa: F401  (loads libfuse through mfusepy)
     except (OSError, AttributeError) as exc:
-        raise ConfigError(f"libfuse is not usable: {exc} (Debian/Ubuntu: apt install fuse3; macOS: macFUSE)") from None
+        return f"no usable libfuse ({exc}): {host.libfuse_hint()}"
+    return None
+
+
+def check_libfuse() -> None:
+    problem = libfuse_problem()
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 # -- starting -------------------------------------------------------------------------------------------
