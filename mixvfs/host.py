@@ -159,6 +159,24 @@ def file_system_type(dev: int) -> str | None:
     return None
 
 
+def mount_type(path: str) -> str | None:
+    """The type of the file system mounted at or above ``path`` (already resolved), from ``/proc/self/mounts``
+    (FUSE mounts show as ``fuse.SUBTYPE``); None when it cannot be told (not Linux)."""
+    best, fstype = "", None
+    try:
+        with open("/proc/self/mounts") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                where = fields[1].replace("\\040", " ")
+                if (path == where or path.startswith(where.rstrip("/") + "/")) and len(where) > len(best):
+                    best, fstype = where, fields[2]
+    except OSError:
+        return None
+    return fstype
+
+
 def set_readahead(mountpoint: str, kib: int) -> bool:
     """The mount's readahead through sysfs (Linux, root only); False where it cannot be set (the system's
     own readahead stays: macFUSE's on macOS)."""

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from mixvfs import host
 from mixvfs.cache.digest import hash_path, ignore_lease_breaks
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.cache.location import is_cache
@@ -569,17 +570,29 @@ def check_folder(folder: Path) -> None:
 
 
 def is_mixvfs(folder: Path) -> bool:
-    """On a mixvfs mount (the mount's own folder or below): its filesystem type says so."""
-    real = str(folder.resolve())
-    best = ""
-    fstype = ""
-    with open("/proc/self/mounts") as mounts:  # Linux; elsewhere the check is skipped (OSError)
-        for line in mounts:
-            fields = line.split()
-            where = fields[1].replace("\\040", " ")
-            if (real == where or real.startswith(where.rstrip("/") + "/")) and len(where) > len(best):
-                best, fstype = where, fields[2]
-    return fstype.endswith("mixvfs")
+    """On a mixvfs mount (the mount's own folder or below): its file system type says so (Linux); elsewhere
+    the mount above it is one whose daemon, noted in the state folder, still runs."""
+    real = folder.resolve()
+    fstype = host.mount_type(str(real))
+    if fstype is not None:
+        return fstype.endswith("mixvfs")
+    from mixvfs.vfs.fs import history
+
+    for place in (real, *real.parents):
+        if os.path.ismount(place):
+            last = history.recall(place)
+            return last is not None and last.pid is not None and process_exists(last.pid)
+    return False
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def main(args: argparse.Namespace) -> int:
