@@ -71,6 +71,7 @@ def previewer(tmp_path: Path) -> str:
     return str(program)
 
 
+@pytest.mark.linux_facilities  # the requester's name comes from /proc/PID/comm (macOS: proc_name; else unknown)
 def test_a_previewer_gets_cached_tracks_and_never_starts_a_download(tmp_path, server_root, devserver, mounter,
                                                                      previewer):
     tracks = [cloud_track(server_root, "a", 50_000)]

@@ -17,6 +17,7 @@ import xxhash
 from mixvfs import host
 from mixvfs.cache import digest
 from mixvfs.vfs.fs import mount
+from tests.conftest import _linux_call
 
 # macOS: ssize_t getxattr(const char *path, const char *name, void *value, size_t size, u_int32_t position,
 # int options)
@@ -27,10 +28,8 @@ DARWIN_GETXATTR = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_char_p, ctypes.c_c
 def xattr_file(tmp_path: Path) -> Path:
     path = tmp_path / "f"
     path.write_bytes(b"x")
-    if not hasattr(os, "setxattr"):
-        pytest.skip("this lane has no os.setxattr to set one up with")
     try:
-        os.setxattr(path, "user.mixvfs.t", b'{"a": 1}')
+        _linux_call("setxattr")(path, "user.mixvfs.t", b'{"a": 1}')
     except OSError as exc:
         pytest.skip(f"no user xattrs on {tmp_path}: {exc}")
     return path
@@ -148,9 +147,8 @@ def test_without_proc_the_answers_are_unknown_not_errors(monkeypatch: pytest.Mon
     assert mount._alive(os.getpid())  # kill(pid, 0) alone decides
 
 
+@pytest.mark.linux_facilities
 def test_with_proc_the_answers_are_linux_facts() -> None:
-    if host.mountinfo() is None:
-        pytest.skip("no /proc here")
     assert host.is_zombie(os.getpid()) is False
     assert host.file_system_type(os.stat("/proc").st_dev) == "proc"
 
