@@ -432,7 +432,7 @@ class Download:
                         raise RequestWaitExceeded(
                             "a read waited the longest one request may (request_timeout) for the download "
                             f"({'still queued' if self.state is State.PENDING else 'under way'}); "
-                            "the download goes on for the next read")
+                            "the track is not failed: read it again")
                 self.cond.wait(timeout=wait)
             self.served_upto = max(self.served_upto, end)
         return max(end, offset)

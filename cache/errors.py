@@ -62,9 +62,9 @@ class Cancelled(FetchError):
 
 
 class RequestWaitExceeded(FetchError):
-    """One read (or ``stat``) waited its longest for a download and is answered EIO; the download goes on
-    for the next read. A bound only where the kernel gives up on the daemon itself (macFUSE's
-    ``daemon_timeout``, which ejects the whole volume)."""
+    """One read (or ``stat``) waited its longest for a download and is answered EIO; the download itself is
+    not failed: it goes on while a reader still has the file open or prefetch wants it. A bound only where
+    the kernel gives up on the daemon itself (macFUSE's ``daemon_timeout``, which ejects the whole volume)."""
 
 
 class NotForPreview(FetchError):
