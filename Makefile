@@ -29,7 +29,7 @@ FUSE2_TESTS := tests/mount tests/faults/test_signals.py tests/faults/test_concur
 # check, Finder's names, a dead mount cleared, a stop signal, the request bound.
 PORTABLE := PYTHONPATH=tests/portable_lane MIXVFS_PASSTHROUGH=off
 PORTABLE_MOUNT_TESTS := tests/mount/test_flow.py tests/mount/test_cli.py tests/mount/test_check_export.py \
-	tests/mount/test_finder.py tests/faults/test_crash.py \
+	tests/mount/test_finder.py tests/flow/test_check_export_input.py tests/faults/test_crash.py \
 	tests/faults/test_deadlines.py::test_reads_behind_a_stalled_server_and_a_full_queue_are_answered_within_the_request_timeout \
 	tests/faults/test_signals.py::test_a_restart_after_a_crash_clears_the_dead_mount_and_serves_then_logout_unmounts \
 	tests/faults/test_signals.py::test_foreground_mount_stopped_by_a_signal_exits_0_and_keeps_the_cache \

@@ -571,28 +571,19 @@ def check_folder(folder: Path) -> None:
 
 def is_mixvfs(folder: Path) -> bool:
     """On a mixvfs mount (the mount's own folder or below): its file system type says so (Linux); elsewhere
-    the mount above it is one whose daemon, noted in the state folder, still runs."""
+    the mount above it answers for mixvfs's own root attribute (the daemon's pid)."""
     real = folder.resolve()
     fstype = host.mount_type(str(real))
     if fstype is not None:
         return fstype.endswith("mixvfs")
-    from mixvfs.vfs.fs import history
-
     for place in (real, *real.parents):
         if os.path.ismount(place):
-            last = history.recall(place)
-            return last is not None and last.pid is not None and process_exists(last.pid)
+            try:
+                host.getxattr(place, "user.mixvfs.pid")
+            except OSError:
+                return False
+            return True
     return False
-
-
-def process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def main(args: argparse.Namespace) -> int:
