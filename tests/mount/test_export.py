@@ -169,3 +169,30 @@ def test_files_show_0644_so_exported_copies_are_writable_and_the_mount_stays_rea
     with pytest.raises(OSError) as caught:
         path.open("r+b")
     assert caught.value.errno == errno.EROFS
+
+
+def as_owner(cmd: list[str]) -> list[str]:
+    """``cmd`` subject to permission bits as the files' owner: root writes into an 0555 folder anyway, so root
+    runs it without the capabilities that override them."""
+    if os.geteuid() != 0:
+        return cmd
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+
+
+def test_the_folder_shows_0755_so_an_export_of_it_stays_the_users_and_the_mount_stays_read_only(tmp_path, mounter):
+    source = tmp_path / "a.wav"
+    write_sized(source, 10_000, kind="wav", seed=1)
+    session = write_session(tmp_path / "s.json", [{"id": "a", "artist": "A", "title": "T", "file_path": str(source)}])
+    mount = mounter(session)
+    assert stat.S_IMODE(mount.path.stat().st_mode) == 0o755
+    out = tmp_path / "export"
+    run(["cp", "-r", f"{mount.path}/.", str(out)], check=True)  # cp gives OUT the mount root's mode
+    run(as_owner(["touch", str(out / "notes.txt")]), check=True)  # the user adds to their export
+    run(as_owner(["rm", "-r", str(out)]), check=True)  # and cleans it up
+    assert not out.exists()
+    with pytest.raises(OSError) as caught:
+        (mount.path / "new.wav").write_bytes(b"x")
+    assert caught.value.errno == errno.EROFS
+    with pytest.raises(OSError) as caught:
+        os.mkdir(mount.path / "folder")
+    assert caught.value.errno == errno.EROFS

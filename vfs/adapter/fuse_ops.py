@@ -150,7 +150,9 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
     @guard
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
         if path == "/":
-            return self._stat(stat.S_IFDIR | 0o555, 0, int(self.core.mtime * 1e9), nlink=2)
+            # 0755 like rclone: `cp -r MNT/. OUT` gives OUT the root's mode, and the user must be able to add
+            # to and clean up their own export; writes here still fail with EROFS.
+            return self._stat(stat.S_IFDIR | 0o755, 0, int(self.core.mtime * 1e9), nlink=2)
         # An open file is asked about by its handle when the kernel has one (fstat, reads revalidating
         # the page cache): answer from the handle's track, which a live reload may have renamed or removed.
         handle = self._handles.get(fh.fh) if fh is not None and hasattr(fh, "fh") else None
