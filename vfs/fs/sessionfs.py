@@ -25,7 +25,7 @@ from mixvfs.cache.scheduler import Fetcher
 from mixvfs.vfs.fs.backing import BackingTable
 from mixvfs.vfs.fs.pages import PageTable, Version
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, TrackRecord
-from mixvfs.vfs.session.tracks import Kind, Track
+from mixvfs.vfs.session.tracks import Kind, Track, local_problem
 
 log = logging.getLogger(__name__)
 
@@ -343,24 +343,37 @@ class SessionFS:
             size, mtime = self.pages.answer(track.name, None, track.mtime)  # that reader's version
             return size or 0, mtime
         if track.kind is Kind.LOCAL:
-            self._restat_local(track)
+            if not self._restat_local(track, record=ask_server):
+                return None
             size = track.size or 0
         elif track.kind is Kind.CLOUD:
             if track.size is None and not ask_server:
                 return None
             size = self._cloud_size(track)
         else:
-            size = 0
+            # Like a cloud track the server lacks: no size at all, so that no copier makes an empty stand-in.
+            if not ask_server:
+                return None
+            raise SourceMissing(track.reason or "missing")
         answered, mtime = self.pages.answer(track.name, size, track.mtime)
         return answered or 0, mtime
 
-    def _restat_local(self, track: Track) -> None:
+    def _restat_local(self, track: Track, *, record: bool) -> bool:
+        """Look at a local file again: its size and mtime now. A file gone, unreadable or no longer a regular
+        file fails ``stat`` (recorded in the report when ``record``) rather than showing a size no open can
+        deliver; one put back is served again."""
         assert track.local_path is not None
-        try:
-            st = os.stat(track.local_path)
-        except OSError:
-            return  # gone for now: opening it will say why
+        problem, st = local_problem(track.local_path)
+        if st is None:
+            if not record:
+                return False
+            error = SourceMissing(problem or f"local file {track.local_path} cannot be used")
+            self._record_failure(track, error)
+            raise error
         track.size, track.mtime = st.st_size, st.st_mtime
+        if self._failures.pop(track.id, None) is not None:
+            self.report.update(track.id, status=Status.LOCAL, error=None, bytes=st.st_size)
+        return True
 
     def _cloud_size(self, track: Track) -> int:
         """The size of a cloud track, never a made-up 0: the manifest's, the server's (HEAD, else a
@@ -399,8 +412,8 @@ class SessionFS:
     # -- reading -------------------------------------------------------------------------------------
 
     def open(self, track: Track) -> Opened:
-        if track.kind is Kind.MISSING:
-            return Opened(FailedHandle(track, SourceMissing(track.reason or "missing")), False, True)
+        if track.kind is Kind.MISSING:  # the report says so from the start: nothing more to record
+            raise SourceMissing(track.reason or "missing")
         try:
             if track.kind is Kind.LOCAL:
                 handle, version = self._open_local(track)
