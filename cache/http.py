@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import secrets
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -148,6 +149,23 @@ class HttpClient:
 
     def close(self) -> None:
         self._client.close()
+
+    def check_team_stores(self) -> None:
+        """Ask each team cache whether it stores what it fetches (two small requests, no token: the check is
+        nginx's own answer, never the origin's) and record it. A cache that cannot be reached is left as it
+        was: being down is the routing's business."""
+        if self.team is None:
+            return
+        for endpoint in self.team.endpoints:
+            url = f"{endpoint.base}{team_policy.STORE_CHECK_PATH}?n={secrets.token_hex(16)}"
+            try:
+                with httpx_errors(url):
+                    answers = [self._client.get(url, auth=None) for _ in range(2)]
+                first, second = (team_policy.Answer(r.status_code, r.headers.get(team_policy.MARKER)) for r in answers)
+            except FetchError as exc:
+                log.info("team cache %s: store check not made: %s", endpoint.host, exc.reason)
+                continue
+            self.team.stored(endpoint, *team_policy.judge_store_check(first, second))
 
     def head(self, url: str, headers: dict[str, str] | None = None) -> RemoteInfo:
         """A HEAD: for a size (no ``headers``) through the team cache when one is set; a conditional one

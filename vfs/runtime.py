@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mixvfs.cache.download import Foreground, RetryPolicy
 from mixvfs.cache.errors import CacheError, ConfigError, FetchError
@@ -55,8 +56,24 @@ class Runtime:
     tokens: TokenSource | None
     token_error: str | None  # the token source failed (e.g. its command): requests go without a token
     jobs: int
+    closing: threading.Event = field(default_factory=threading.Event)
+
+    def watch_team_stores(self, every: float) -> None:
+        """With a team cache: check now, then every ``every`` seconds, in the background, whether each cache
+        stores what it fetches (a cache whose workers cannot write answers everything from the origin, only
+        slower): ``mixvfs status`` and the log say so."""
+        if self.http.team is None:
+            return
+
+        def watch() -> None:
+            while not self.closing.is_set():
+                self.http.check_team_stores()
+                self.closing.wait(every)
+
+        threading.Thread(target=watch, name="team-store-check", daemon=True).start()
 
     def close(self) -> None:
+        self.closing.set()
         self.fetcher.close()
         # Queued downloads never started (the workers left first) still have their empty staging files, and a
         # worker blocked in a stalled read past the close's wait still holds its own: a clean end leaves none.

@@ -164,10 +164,11 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
 
 # What each command takes (the rest of its flags are its own).
 MOUNT_SETTINGS = tuple(SPECS)
-PREFLIGHT_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "cache_dir", "max_size", "max_age",
-                      "jobs", "stall_timeout")
-CACHE_SETTINGS = ("cache_dir", "max_size", "max_age")
 TEAM_SETTINGS = ("team_cache", "team_cache_reset_after", "team_cache_allow_plain_http")
+# Preflight asks sizes the way the mount will (through the team cache) and says whether that cache stores.
+PREFLIGHT_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "cache_dir", "max_size", "max_age",
+                      "jobs", "stall_timeout", *TEAM_SETTINGS)
+CACHE_SETTINGS = ("cache_dir", "max_size", "max_age")
 WARM_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "jobs", "stall_timeout", "retries",
                  "retry_wait", *TEAM_SETTINGS)
 

@@ -141,10 +141,17 @@ def run_preflight(session: Session, settings: config.Settings) -> dict[str, Any]
         with ThreadPoolExecutor(max_workers=max(2, runtime.jobs * 2), thread_name_prefix="preflight") as pool:
             checks = list(pool.map(lambda t: check_track(t, runtime.fetcher, runtime.http), tracks))
         disk = disk_check(settings.cache_dir, checks, runtime.store, runtime.jobs)
+        runtime.http.check_team_stores()
+        team = runtime.http.team.state() if runtime.http.team is not None else None
     finally:
         runtime.close()
-    return summarize(session, checks, disk, token_state(runtime.tokens, runtime.token_error, checks),
-                     token_error=runtime.token_error)
+    result = summarize(session, checks, disk, token_state(runtime.tokens, runtime.token_error, checks),
+                       token_error=runtime.token_error)
+    if team is not None:
+        result["team_cache"] = team
+        # Never a failed export (the bytes still come, from the origin), but never silently slower either.
+        result["notes"] += [f"team cache {c['url']}: {c['store_detail']}" for c in team if c["stores"] is False]
+    return result
 
 
 def short_detail(detail: str) -> str:
@@ -209,6 +216,9 @@ def format_preflight(result: dict[str, Any]) -> str:
     lines.append(f"cache disk:  {format_size(disk['free'])} free in {disk['cache_dir']}, "
                  f"{format_size(disk['needed'])} needed — {'ok' if disk['enough'] else 'NOT ENOUGH'}")
     lines.append(f"token:       {result['token']}")
+    for cache in result.get("team_cache", []):
+        stores = {True: "stores", False: "DOES NOT STORE", None: "stores: unknown"}[cache["stores"]]
+        lines.append(f"team cache:  {cache['url']} {cache['state']}, {stores}")
     lines += [f"note: {note}" for note in result["notes"]]
     lines += [f"problem: {problem}" for problem in result["problems"]]
     lines.append(f"verdict: {VERDICTS[result['verdict']]} (exit {result['exit_code']})")

@@ -67,6 +67,10 @@ def team_lines(data: dict[str, Any]) -> list[str]:
     for cache in data["team_cache"]:
         state = "up" if cache.get("state") == "up" else (
             f"down ({cache.get('reason')}), tried again in {cache.get('retry_in')}s")
+        if cache.get("stores") is False:
+            state += f", {cache.get('store_detail')}"
+        elif cache.get("stores") is None and cache.get("store_detail"):
+            state += f"; whether it stores is unknown: {cache.get('store_detail')}"
         lines.append(f"team cache {cache.get('url')}: {state}")
     lines += [f"  {t.get('name')}: from the {t.get('via')}" for t in data.get("via", [])]
     return lines
