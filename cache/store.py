@@ -44,8 +44,8 @@ import diskcache
 from mixvfs.cache.digest import hash_fd
 from mixvfs.cache.disk import CheckedCache, SafeDisk
 from mixvfs.cache.errors import CacheError, NoSpace
+from mixvfs.cache.folder import CacheFolder, cache_errors
 from mixvfs.cache.index import SourceIndex
-from mixvfs.cache.location import make_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -150,33 +150,43 @@ class BlobStore:
         self.max_size = max_size
         self.max_age = max_age
         self.staging = root / "staging"
-        make_private_dir(root)
-        make_private_dir(self.staging)
-        self._cache = BlobCache(
-            str(root / "blobs"),
-            disk=BlobDisk,
-            eviction_policy="least-recently-used",  # every get() records the use: LRU order and the TTL
-            size_limit=max_size,
-            cull_limit=0,  # we evict ourselves (see evict_to); diskcache's batch cull can drop the new blob
-            disk_min_file_size=0,
-        )
-        self._cache.clear_expiry()
-        self.index = SourceIndex(root)  # a blob's rows leave with it (see _remove)
+        # Removed or replaced while in use, the folder is made again at the next access (see CacheFolder).
+        self.folder = CacheFolder(root, subfolders=("staging",))
+        self._blobs = self.folder.database("blobs", self._open_blobs)
+        self.index = SourceIndex(root, self.folder)  # a blob's rows leave with it (see _remove)
         self._evict_lock = threading.Lock()
         self._own: set[Path] = set()  # staging files this store handed out and has not seen end
         self._own_bound = 64
         self._own_lock = threading.Lock()
 
+    def _open_blobs(self, path: str) -> BlobCache:
+        cache = BlobCache(
+            path,
+            disk=BlobDisk,
+            eviction_policy="least-recently-used",  # every get() records the use: LRU order and the TTL
+            size_limit=self.max_size,
+            cull_limit=0,  # we evict ourselves (see evict_to); diskcache's batch cull can drop the new blob
+            disk_min_file_size=0,
+        )
+        cache.clear_expiry()
+        return cache
+
+    @property
+    def _cache(self) -> BlobCache:
+        return self._blobs.get()
+
     def close(self) -> None:
         self.index.close()
-        self._cache.close()
+        self._blobs.close()
 
     # -- staging ---------------------------------------------------------------------------------------
 
+    @cache_errors("starting a download")
     def new_staging_file(self) -> tuple[int, Path]:
         """An empty private file for a download, locked (``flock``) until the descriptor and every ``dup``
         of it are closed: the lock is the download's claim on the file. The pid in the name is for
         people reading the folder; nothing decides by it."""
+        self.folder.ensure()
         while True:
             path = self.staging / f"{os.getpid()}.{secrets.token_hex(8)}.part"
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -246,6 +256,7 @@ class BlobStore:
             # The rename may have happened: the orphan file is diskcache's to clean (check(fix=True)).
             raise CacheError(f"the cache database did not take the download: {exc or type(exc).__name__}") from exc
 
+    @cache_errors("recording a use")
     def _mark_used(self, digest: str) -> bool:
         """Record a use of ``digest`` (LRU and TTL) if it is stored; False if it is not."""
         handle = self._cache.get(digest, read=True)
@@ -254,9 +265,11 @@ class BlobStore:
         handle.close()
         return True
 
+    @cache_errors("looking up a blob")
     def has(self, digest: str) -> bool:
         return digest in self._cache
 
+    @cache_errors("opening a blob")
     def open_blob(self, digest: str) -> int | None:
         """A descriptor of the blob, or None. Records the use (diskcache's LRU ``get`` sets the last-use
         time, which the TTL counts from): once per open, not per read."""
@@ -266,14 +279,17 @@ class BlobStore:
         with handle:
             return os.dup(handle.fileno())
 
+    @cache_errors("looking up a blob")
     def info(self, digest: str) -> BlobInfo | None:
         info = self._cache.info(digest)
         return None if info is None else self._with_expiry(info)
 
+    @cache_errors("removing a blob")
     def remove(self, digest: str) -> bool:
         """Remove a blob (e.g. found damaged at open) and its index rows."""
         return self._remove_digest(digest)
 
+    @cache_errors("listing blobs")
     def infos(self) -> list[BlobInfo]:
         """Every blob, least recently used first."""
         return [self._with_expiry(info) for info in self._cache.infos()]
@@ -281,6 +297,7 @@ class BlobStore:
     def path_of(self, info: BlobInfo) -> Path:
         return self.root / "blobs" / info.filename
 
+    @cache_errors("measuring the cache")
     def used_bytes(self) -> int:
         return self._cache.used_bytes()
 
@@ -299,6 +316,7 @@ class BlobStore:
 
     # -- limits ----------------------------------------------------------------------------------------
 
+    @cache_errors("evicting blobs")
     def evict_to(self, limit: int, *, protect: Iterable[str] = ()) -> list[BlobInfo]:
         """Least recently used blobs out until the rest fits in ``limit`` (after each commit)."""
         if self._cache.stored_bytes() <= limit:
@@ -308,6 +326,7 @@ class BlobStore:
             self._remove(chosen)
             return chosen
 
+    @cache_errors("pruning the cache")
     def prune(
         self,
         *,
@@ -328,6 +347,7 @@ class BlobStore:
                 self.index.prune(cutoff=cutoff, blobs=self._cache.digests)
         return chosen
 
+    @cache_errors("verifying blobs")
     def verify(self) -> tuple[int, list[BlobInfo]]:
         """Re-hash every blob; remove and return the ones whose bytes changed. Returns (checked, corrupt)."""
         corrupt = []

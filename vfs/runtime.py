@@ -75,12 +75,15 @@ class Runtime:
     def close(self) -> None:
         self.closing.set()
         self.fetcher.close()
-        # Queued downloads never started (the workers left first) still have their empty staging files, and a
-        # worker blocked in a stalled read past the close's wait still holds its own: a clean end leaves none.
-        self.store.clean_own_staging()
-        # The blob committed last is spared by the eviction at commit (its reader needs it); once nothing
-        # reads, the cache keeps to its limit.
-        self.store.evict_to(self.store.max_size)
+        try:
+            # Queued downloads never started (the workers left first) still have their empty staging files, and
+            # a worker blocked in a stalled read past the close's wait still holds its own: a clean end leaves none.
+            self.store.clean_own_staging()
+            # The blob committed last is spared by the eviction at commit (its reader needs it); once nothing
+            # reads, the cache keeps to its limit.
+            self.store.evict_to(self.store.max_size)
+        except CacheError as exc:  # the folder gone for good: nothing to tidy, the rest must still close
+            log.warning("the cache was not tidied at the end: %s", exc)
         self.http.close()
         self.index.close()
         self.store.close()

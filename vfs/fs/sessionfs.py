@@ -13,12 +13,12 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from mixvfs.cache.download import Download, Event, Foreground, State
-from mixvfs.cache.errors import Cancelled, ContentChanged, FetchError, SourceMissing
+from mixvfs.cache.errors import CacheError, Cancelled, ContentChanged, FetchError, SourceMissing
 from mixvfs.cache.http import Freshness
 from mixvfs.cache.remote import Source
 from mixvfs.cache.scheduler import Fetcher
@@ -325,9 +325,30 @@ class SessionFS:
         owner may have re-rendered it); a cloud track of unknown size is asked about, or fetched, rather
         than shown as empty. While a page-cached reader is open, its version's answer stays (see
         :mod:`mixvfs.vfs.fs.pages`)."""
-        answer = self._attributes(track, ask_server=True)
+        with self._reported(track):
+            answer = self._attributes(track, ask_server=True)
         assert answer is not None
         return answer
+
+    @contextlib.contextmanager
+    def _reported(self, track: Track) -> Iterator[None]:
+        """Whatever fails a program's stat, open or read of ``track`` is in the report before its EIO: the
+        cache's own failures (its folder gone and not to be made again, its database refusing) and anything
+        unforeseen, besides the track failures each path records itself. They fail this reader, not the track:
+        the next access tries again."""
+        try:
+            yield
+        except FetchError:
+            raise
+        except CacheError as exc:
+            error = FetchError(str(exc))
+            self._record_failure(track, error, track_failed=False)
+            raise error from exc
+        except Exception as exc:
+            log.exception("%s: unexpected error", track.name)
+            error = FetchError(f"internal error ({type(exc).__name__}: {exc}); see the log")
+            self._record_failure(track, error, track_failed=False)
+            raise error from exc
 
     def known_attributes(self, track: Track) -> tuple[int, float] | None:
         """:meth:`attributes` when answering needs no request to a server, so that a listing may hand them
@@ -412,6 +433,10 @@ class SessionFS:
     # -- reading -------------------------------------------------------------------------------------
 
     def open(self, track: Track) -> Opened:
+        with self._reported(track):
+            return self._open(track)
+
+    def _open(self, track: Track) -> Opened:
         if track.kind is Kind.MISSING:  # the report says so from the start: nothing more to record
             raise SourceMissing(track.reason or "missing")
         try:
@@ -552,6 +577,10 @@ class SessionFS:
 
     def _reading(self, handle: Handle, action: Callable[[], T]) -> T:
         self.foreground.reading()
+        with self._reported(handle.track):
+            return self._read_recorded(handle, action)
+
+    def _read_recorded(self, handle: Handle, action: Callable[[], T]) -> T:
         try:
             return action()
         except FetchError as exc:
