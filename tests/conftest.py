@@ -168,6 +168,21 @@ class Mount:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
 
+def eio_without_a_report_line(report: dict[str, Any]) -> list[str]:
+    """Every EIO the daemon answered (``eio_answers``, per track id) must have its reason in the report: the
+    track failed or is missing, or a reader's error is kept. What breaks that promise, as sentences."""
+    tracks = {t.get("id"): t for t in report.get("tracks", [])}
+    broken = []
+    for track_id, count in report.get("eio_answers", {}).items():
+        track = tracks.get(track_id)
+        if track_id == "":
+            broken.append(f"{count} EIO answer(s) about no track")
+        elif track is not None and not (track.get("status") in ("failed", "missing") or track.get("error")
+                                        or track.get("reader_error")):
+            broken.append(f"{count} EIO answer(s) for {track.get('name')!r}, whose report line says nothing: {track}")
+    return broken
+
+
 @pytest.fixture
 def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     """Mount with the real `mixvfs mount` (daemon in the background); always unmounted at teardown."""
@@ -206,3 +221,9 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
         # Whatever happened (a killed daemon, a failed assertion): leave no mount, live or dead, behind.
         if str(m.path) in Path("/proc/mounts").read_text():
             run(["umount", "-l", str(m.path)])
+    # The promise, for every test that mounted: never an EIO without a line in the report saying why.
+    for m in mounts:
+        with contextlib.suppress(OSError, ValueError):
+            report = m.report()
+            broken = eio_without_a_report_line(report)
+            assert not broken, f"{m.path}: " + "; ".join(broken)

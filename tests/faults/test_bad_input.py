@@ -154,3 +154,5 @@ def test_a_local_track_that_cannot_be_read_fails_stat_and_open_and_leaves_nothin
     assert (out / "L - later.wav").read_bytes() == (music / "later.wav").read_bytes()
     record = mount.wait_track("later", lambda r: r["status"] == "local")
     assert record["status"] == "local" and "No such file" in record["reader_error"], record  # cp got EIO before
+    mount.unmount()  # the final report counts every EIO answered, each track's with its reason (see conftest)
+    assert set(mount.report()["eio_answers"]) == set(cases), mount.report()["eio_answers"]

@@ -139,6 +139,18 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
                      table.stats.opens, table.stats.normal)
         self.core.close()
 
+    def answered_eio(self, operation: str, args: tuple[Any, ...]) -> None:
+        """An EIO went to a program (see errno_map.EioWitness): counted in the report against its track."""
+        track: Track | None = None
+        path = next((a for a in args if isinstance(a, str)), None)
+        if path is not None and path.count("/") == 1 and path != "/":
+            track = self.core.lookup(path[1:])
+        if track is None:
+            info = next((a for a in args if hasattr(a, "fh")), None)
+            handle = self._handles.get(info.fh) if info is not None else None
+            track = handle.track if handle is not None else None
+        self.core.answered_eio(track, operation)
+
     # -- names and attributes ------------------------------------------------------------------------
 
     def _track(self, path: str) -> Track:

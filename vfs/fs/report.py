@@ -89,6 +89,7 @@ class Report:
         # see on disk before it returns).
         self._version = 0
         self._written = 0
+        self._eio: dict[str, int] = {}  # EIO answers given to programs, per track id ("" for none)
         self._shown_at: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._flusher, name="report", daemon=True)
@@ -136,6 +137,15 @@ class Report:
         except OSError as exc:  # a full disk must not turn the reader's EIO into another errno
             log.error("cannot write the report %s: %s", self.path, exc.strerror or exc)
 
+    def answered_eio(self, track_id: str | None) -> None:
+        """One more EIO answered to a program about ``track_id`` (None: about no track). Batched: the reason
+        was written (urgently) before the answer left."""
+        with self._lock:
+            key = track_id or ""
+            self._eio[key] = self._eio.get(key, 0) + 1
+            self._version += 1
+        self._dirty.set()
+
     def replace_records(self, records: list[TrackRecord]) -> None:
         """A new track list (the manifest changed while mounted)."""
         with self._lock:
@@ -152,7 +162,7 @@ class Report:
         with self._lock:
             # Shallow copies (the fields are plain values): asdict's deep copy costs 10x on big sessions.
             tracks = [dict(vars(self._records[i])) for i in self._order]
-            return {**self._header, "tracks": tracks}, self._version
+            return {**self._header, "tracks": tracks, "eio_answers": dict(self._eio)}, self._version
 
     def write(self, **extra: Any) -> None:
         with self._write_lock:

@@ -330,6 +330,13 @@ class SessionFS:
         assert answer is not None
         return answer
 
+    def answered_eio(self, track: Track | None, operation: str) -> None:
+        """A program was answered EIO about ``track`` (None: no track): counted in the report, whose track must
+        say why (status, error or reader_error) — the invariant the mount's tests check."""
+        if track is None:
+            log.error("%s answered EIO about no track", operation)
+        self.report.answered_eio(track.id if track is not None else None)
+
     @contextlib.contextmanager
     def _reported(self, track: Track) -> Iterator[None]:
         """Whatever fails a program's stat, open or read of ``track`` is in the report before its EIO: the
