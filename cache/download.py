@@ -358,7 +358,8 @@ class Download:
         it stored."""
         assert self.path is not None and self.total is not None
         self.digest = str(self._hasher.hexdigest())
-        self.store.commit(self.path, self.digest, self.total)  # rename: a blob in the store is always whole
+        with self.store.restaged(self.fd, self.path, self.total) as staged:
+            self.store.commit(staged, self.digest, self.total)  # rename: a blob in the store is always whole
         self.path = None  # now owned by the store
         entry = SourceEntry(self.digest, self.total, self.content_type, self.etag, self.last_modified)
         self.index.record(self.source.ident, entry)

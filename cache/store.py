@@ -44,10 +44,12 @@ import diskcache
 from mixvfs.cache.digest import hash_fd
 from mixvfs.cache.disk import CheckedCache, SafeDisk
 from mixvfs.cache.errors import CacheError, NoSpace
-from mixvfs.cache.folder import CacheFolder, cache_errors
+from mixvfs.cache.folder import CacheFolder, cache_errors, translated
 from mixvfs.cache.index import SourceIndex
 
 log = logging.getLogger(__name__)
+
+COPY_CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Adopt:
@@ -203,6 +205,30 @@ class BlobStore:
                 self._own = {p for p in self._own if p.exists()}
                 self._own_bound = 2 * len(self._own) + 64
         return fd, path
+
+    @contextlib.contextmanager
+    def restaged(self, fd: int, path: Path, size: int) -> Iterator[Path]:
+        """The staging file to commit: ``path``, or — when the cache folder was removed while the download ran,
+        taking the file's name with it — a new staging file holding the same ``size`` bytes, copied from ``fd``
+        (still ours: POSIX keeps an unlinked file's bytes for its descriptors). Its lock is held until the
+        commit has renamed it."""
+        if os.fstat(fd).st_nlink > 0:
+            yield path
+            return
+        copy_fd, copy_path = self.new_staging_file()
+        try:
+            with translated("copying a download whose staging file was removed"):
+                done = 0
+                while done < size:
+                    chunk = os.pread(fd, min(COPY_CHUNK, size - done), done)
+                    if not chunk:
+                        raise CacheError("the download's bytes were cut short while they were copied")
+                    done += os.pwrite(copy_fd, chunk, done)
+            log.info("the staging file of a download went with the cache folder: its bytes were copied back")
+            yield copy_path
+        finally:
+            os.close(copy_fd)
+            self._disown(path)
 
     def clean_stale_staging(self, *, dry_run: bool = False) -> list[Path]:
         """Remove staging files no process holds: the downloads of a process that crashed or was killed.

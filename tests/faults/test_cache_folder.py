@@ -7,6 +7,7 @@ from __future__ import annotations
 import filecmp
 import shutil
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,3 +76,28 @@ def test_a_cache_folder_that_cannot_be_made_again_fails_each_read_with_the_cause
         assert str(mount.cache_dir) in reason and "cache" in reason, record
     mount.unmount()  # the end, too, goes on without the folder
     assert "unmounted" in mount.log() and "Traceback" not in mount.log()
+
+
+def test_a_download_under_way_when_the_folder_goes_is_stored_in_the_new_one(
+        tmp_path, server_root, devserver, mounter):
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "long", 2_000_000)],
+                            server=devserver.url)
+    mount = mounter(session, *FAST)
+    devserver.set_faults({stream_path("long"): {"hold": "mid", "hold_after": 500_000}})
+    copy = subprocess.Popen(["cp", str(mount.path / name_of("long")), str(tmp_path / "long.wav")],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        devserver.wait_held("mid", 1)  # half a megabyte is in the staging file
+        shutil.rmtree(mount.cache_dir)
+    finally:
+        devserver.release("mid")
+    assert copy.wait(timeout=60) == 0, copy.stderr.read() if copy.stderr else ""
+    if copy.stderr:
+        copy.stderr.close()
+    assert filecmp.cmp(server_root / "stream" / "long.wav", tmp_path / "long.wav", shallow=False)
+    assert mount.wait_track("long", lambda r: r["status"] == "cached")["status"] == "cached", mount.log()
+    assert "its bytes were copied back" in mount.log()
+    mount.unmount()
+    assert cachectl(mount.cache_dir, "verify").returncode == 0
+    assert stream_path("long") in cachectl(mount.cache_dir, "ls").stdout
+    assert len(devserver.requests("GET", stream_path("long"))) == 1  # nothing downloaded twice
