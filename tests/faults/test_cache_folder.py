@@ -11,8 +11,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import Mount, run, write_session
-from tests.faults.helpers import FAST, cachectl, cloud_track, name_of, stream_path
+from tests.conftest import MIXVFS, Mount, run, write_session
+from tests.faults.helpers import FAST, cachectl, cloud_track, name_of, stream_path, wait_until
 from tools.devserver import DevServer
 
 TRACKS = ("first", "second", "third")
@@ -101,3 +101,20 @@ def test_a_download_under_way_when_the_folder_goes_is_stored_in_the_new_one(
     assert cachectl(mount.cache_dir, "verify").returncode == 0
     assert stream_path("long") in cachectl(mount.cache_dir, "ls").stdout
     assert len(devserver.requests("GET", stream_path("long"))) == 1  # nothing downloaded twice
+
+
+def test_a_report_and_log_kept_in_the_cache_folder_are_written_again_after_it_goes(
+        tmp_path, server_root, devserver, mounter):
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, t, 300_000 + i, seed=i)
+                                                  for i, t in enumerate(TRACKS)], server=devserver.url)
+    cache = tmp_path / "cache"
+    report, log = cache / "reports" / "s.json", cache / "logs" / "mixvfs.log"  # where they go by default
+    mount = mounter(session, *FAST, "--report", str(report), "--log-file", str(log), cache_dir=cache)
+    mount.report_path, mount.log_file = report, log
+    shutil.rmtree(cache)
+    export_is_whole(mount, server_root, tmp_path / "out")
+    assert "was removed or replaced while in use" in mount.log()  # the log file, opened again
+    assert wait_until(report.exists)  # the next batch of the report's changes writes it again
+    for track in TRACKS:
+        assert mount.wait_track(track, lambda r: r["status"] == "cached")["status"] == "cached"
+    assert "cached" in run([MIXVFS, "report", str(mount.path)], check=True).stdout

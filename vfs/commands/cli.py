@@ -247,7 +247,11 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def setup_logging(log_file: Path | None, level: str) -> None:
-    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler()
+    handler: logging.Handler = logging.StreamHandler()
+    if log_file:
+        from mixvfs.vfs.fs.logfile import LogFile  # the daemon's only: logging.handlers costs every command
+
+        handler = LogFile(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

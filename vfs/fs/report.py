@@ -175,7 +175,12 @@ class Report:
         snapshot, version = self._snapshot()
         doc = {**snapshot, **extra}
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except FileNotFoundError:  # its folder was removed while mounted (by default it is in the cache folder)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, flags, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(doc, handle, ensure_ascii=False)
         os.replace(tmp, self.path)
