@@ -15,6 +15,7 @@ a crash.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -44,7 +45,7 @@ R = TypeVar("R")
 Identity = tuple[tuple[int, int] | None, ...]
 
 
-def identity(*paths: Path) -> Identity:
+def identity(*paths: str | Path) -> Identity:
     """(device, inode) of each path, None for one that is not there."""
     found: list[tuple[int, int] | None] = []
     for path in paths:
@@ -117,11 +118,12 @@ class LiveDb(Generic[D]):
         self.owner = owner
         self.folder = folder
         self._opener = opener
+        self._paths = (str(folder), str(folder / DB_FILE))  # as str: a Path costs as much again per stat
         self._db = opener(str(folder))
         self._identity = self._now()
 
     def _now(self) -> Identity:
-        return identity(self.folder, self.folder / DB_FILE)
+        return identity(*self._paths)
 
     def stale(self) -> bool:
         return self._now() != self._identity
@@ -154,8 +156,12 @@ def cache_errors(doing: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            with translated(doing):
+            try:  # not `with translated(...)`: a context manager costs microseconds on every cache access
                 return func(*args, **kwargs)
+            except MixvfsError:
+                raise
+            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+                raise ours(exc, doing) from exc
 
         return wrapper
 
@@ -168,9 +174,13 @@ def translated(doing: str) -> Iterator[None]:
         yield
     except MixvfsError:
         raise
-    except OSError as exc:
-        if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-            raise NoSpace(f"no space left on the cache disk while {doing}") from exc
-        raise CacheError(f"the cache, {doing}: {describe(exc)}") from exc
-    except (sqlite3.Error, diskcache.Timeout) as exc:
-        raise CacheError(f"the cache database, {doing}: {describe(exc)}") from exc
+    except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+        raise ours(exc, doing) from exc
+
+
+def ours(exc: BaseException, doing: str) -> MixvfsError:
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return NoSpace(f"no space left on the cache disk while {doing}")
+        return CacheError(f"the cache, {doing}: {describe(exc)}")
+    return CacheError(f"the cache database, {doing}: {describe(exc)}")
