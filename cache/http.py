@@ -161,7 +161,8 @@ class HttpClient:
             try:
                 with httpx_errors(url):
                     answers = [self._client.get(url, auth=None) for _ in range(2)]
-                first, second = (team_policy.Answer(r.status_code, r.headers.get(team_policy.MARKER)) for r in answers)
+                first, second = (team_policy.Answer(r.status_code, r.headers.get(team_policy.MARKER),
+                                                    team_policy.STORE_CHECK_HEADER in r.headers) for r in answers)
             except FetchError as exc:
                 log.info("team cache %s: store check not made: %s", endpoint.host, exc.reason)
                 continue

@@ -37,6 +37,7 @@ FAILOVER_STATUSES = frozenset({502, 503, 504})
 MISDIRECTED = 421  # the cache fronts another origin
 # Asked twice with one nonce (``?n=``), the second answer is a HIT only if the cache stored the first.
 STORE_CHECK_PATH = "/.mixvfs-store-check"
+STORE_CHECK_HEADER = "X-Mixvfs-Store-Check"  # on the check's answers: a configuration that has the check
 DEFAULT_RESET_AFTER = defaults.TEAM_CACHE_RESET_AFTER
 
 VIA_ORIGIN = "origin"
@@ -147,12 +148,13 @@ class Answer:
 
     status: int
     cache_status: str | None  # the marker header, None when absent
+    checked: bool = True  # the answer came from the store check (its header), not from an older configuration
 
 
 def judge_store_check(first: Answer, second: Answer) -> tuple[bool | None, str | None]:
     """Does the cache store what it fetches? From two answers to one nonce: the second must be a HIT. None when
     the check cannot tell (a configuration without the check: an older one, or not ours)."""
-    if second.status == 404 or second.cache_status is None:
+    if not second.checked or second.cache_status is None:
         return None, "its configuration has no store check (generate it again with mixvfs team-cache nginx-config)"
     if second.status == 200 and second.cache_status.upper() in HIT_STATUSES:
         return True, None

@@ -231,3 +231,6 @@ def test_the_store_check_wants_a_hit_for_the_second_request_of_one_nonce() -> No
     assert stores is False and detail is not None and "HTTP 500" in detail
     stores, detail = judge_store_check(Answer(404, None), Answer(404, None))  # a configuration without the check
     assert stores is None and detail is not None and "no store check" in detail
+    # An older configuration sends the check to the origin like a track: its refusal (no token) is no verdict.
+    stores, detail = judge_store_check(Answer(401, "NONE", checked=False), Answer(401, "NONE", checked=False))
+    assert stores is None and detail is not None and "no store check" in detail

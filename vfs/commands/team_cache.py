@@ -46,6 +46,7 @@ from mixvfs.cache.team import (
     MISDIRECTED,
     ORIGIN_HEADER,
     REFRESH_HEADER,
+    STORE_CHECK_HEADER,
     STORE_CHECK_PATH,
     is_loopback,
     origin_of,
@@ -308,6 +309,7 @@ http {{
             proxy_pass {self_url};
             add_header {MARKER} $mixvfs_cache_status always;
             add_header {ORIGIN_HEADER} {cfg.origin} always;
+            add_header {STORE_CHECK_HEADER} 1 always;
         }}
 
         location = {STORE_ANSWER} {{
