@@ -22,6 +22,7 @@ from typing import Any
 import platformdirs
 
 from mixvfs.cache.location import make_private_dir
+from mixvfs.vfs.fs.mount_key import mount_key
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,8 @@ def history_file() -> Path:
 
 
 def key(mountpoint: Path) -> str:
-    """The mountpoint as remembered: absolute, symlinks resolved (``~/Tracks`` and ``./Tracks`` are one).
-    The daemon computes it before mounting: resolving the live mountpoint from inside libfuse's init
-    would ask the daemon itself."""
-    return os.path.realpath(mountpoint)
+    """The mountpoint as remembered (see :func:`mixvfs.vfs.fs.mount_key.mount_key`)."""
+    return mount_key(mountpoint)
 
 
 def remember(mountpoint_key: str, report: Path, session: str) -> None:

@@ -403,7 +403,8 @@ def open_session(
     # Every origin the token may travel to: the server and any absolute cloud URL of a track.
     runtime = open_runtime(options.runtime, origins=[session.server, *(t.cloud_url for t in session.tracks)])
     tracks = build_tracks(session, http=runtime.http, index=runtime.index, jobs=runtime.jobs)
-    report_path = options.report_path or default_report_path(runtime.store.root, session.name)
+    report_path = options.report_path or default_report_path(runtime.store.root, session.name,
+                                                                 history.key(options.mountpoint))
     try:
         report = Report(report_path, session=session.name, mountpoint=str(options.mountpoint), records=[],
                         manifest=str(options.session_path))
