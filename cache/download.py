@@ -73,6 +73,7 @@ class Event(enum.Enum):
     """What a download announces: every state change, and each attempt (a try, counted for the report)."""
 
     ATTEMPT = "attempt"
+    SERVER_WAIT = "server_wait"  # the next request waits: the server asked for it (Retry-After)
     FETCHING = "fetching"
     DONE = "done"
     FAILED = "failed"
@@ -149,6 +150,7 @@ class Download:
     via: str | None = None  # where the last request's bytes came from: the origin or the team cache (hit/miss)
     recheck: bool = False  # the bytes held are not known to be of the server's current version
     last_progress: float = 0.0  # monotonic time of the last byte or attempt: waits end only without it
+    server_wait_until: float = 0.0  # waiting until then (the http client's monotonic clock): the server asked
     serial: int = field(default_factory=lambda: next(_SERIALS))  # names this download's bytes (page cache)
     started: float = 0.0
     finished: float = 0.0
@@ -224,12 +226,41 @@ class Download:
         ):
             with attempt:
                 self._check_cancel()
+                self._honour_server_wait()
                 if not self.resuming:
                     self.attempts += 1
                     self._progress()
                     self._announce(Event.ATTEMPT)
                 self.resuming = False
                 self._attempt()
+
+    def _honour_server_wait(self) -> None:
+        """No request before the time the origin named (429/503 with Retry-After, this track's or another's):
+        wait for it here, cancellable, and counted as progress (a reader waiting on this download is not
+        stalled by the server's own word). A wait longer than ``server_wait_max`` fails the track now."""
+        waits = self.http.waits
+        try:
+            while (pending := waits.left(self.source.url)) is not None:
+                too_long = waits.too_long(self.source.url)
+                if too_long is not None:
+                    raise too_long
+                announce = not self.server_wait_until
+                with self.cond:
+                    self.server_wait_until = waits.clock() + pending[0]
+                    self.last_progress = time.monotonic()
+                if announce:
+                    self._announce(Event.SERVER_WAIT)
+                with self.cond:
+                    if not self.cancelled:  # a cancel or a stop notifies; the timeout only re-checks
+                        self.cond.wait(timeout=min(pending[0], 1.0))
+                self._check_cancel()
+        finally:
+            self.server_wait_until = 0.0
+
+    def server_wait_left(self) -> float | None:
+        """Seconds this download still waits because the server asked it to, None when it does not."""
+        left = self.server_wait_until - self.http.waits.clock()
+        return left if self.server_wait_until and left > 0 else None
 
     def _attempt(self) -> None:
         """One request. Bytes already held are never trusted on the server's word alone: a body that

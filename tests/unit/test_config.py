@@ -27,7 +27,7 @@ def test_each_layer_overrides_the_one_below(tmp_path):
     assert (settings.jobs, settings.resolved["jobs"].origin) == (4, "env MIXVFS_JOBS")
     assert (settings.max_size, settings.resolved["max_size"].origin) == (5 << 30, "config file")
     assert (settings.stall_timeout, settings.resolved["stall_timeout"].origin) == (5.0, "flag --stall-timeout")
-    assert (settings.retry_after, settings.resolved["retry_after"].origin) == (60.0, "default")
+    assert (settings.failed_for, settings.resolved["failed_for"].origin) == (60.0, "default")
     assert settings.server == "http://file.example"
 
 
@@ -99,7 +99,8 @@ def test_mixvfs_config_shows_value_and_origin(tmp_path):
     assert rows["max_age"] == ("7d", "config file")
     assert rows["max_size"] == ("2.0 GiB", "flag --max-size")
     assert rows["cache_dir"] == (str(tmp_path / "cache"), "env MIXVFS_CACHE_DIR")
-    assert rows["retry_after"] == ("1m", "default")
+    assert rows["failed_for"] == ("1m", "default")
+    assert rows["server_wait_max"] == ("2m", "default")
     assert rows["token"] == ("(set, hidden)", "env MIXVFS_TOKEN")
     text = run([MIXVFS, "config"], env=env, check=True).stdout
     assert "secret-value" not in text and "secret-value" not in done.stdout

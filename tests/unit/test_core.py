@@ -124,12 +124,12 @@ def test_identical_content_behind_two_tracks_is_stored_once(make_fs, server_root
     assert len(fs.fetcher.store.infos()) == 1
 
 
-def test_failure_is_remembered_until_retry_after(make_fs, server_root, devserver):
+def test_failure_is_remembered_until_failed_for(make_fs, server_root, devserver):
     (server_root / "e.wav").write_bytes(b"e" * 1000)
     devserver.set_faults({"/e.wav": {"status": 404}})
     clock = Clock()
     fs = make_fs([{"id": "e", "artist": "A", "title": "E", "cloud_stream_path": "/e.wav", "size": 1000}],
-                 devserver.url, retry_after=60, now=clock)
+                 devserver.url, failed_for=60, now=clock)
     with pytest.raises(FetchError, match="404"):
         read_all(fs, "A - E.wav")
     record = json.loads(fs.report.path.read_text())["tracks"][0]

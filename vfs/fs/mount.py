@@ -46,7 +46,7 @@ class MountOptions:
     runtime: RuntimeConfig  # the cache, downloads, retries and token, from the settings layers
     report_path: Path | None
     log_file: Path | None
-    retry_after: float
+    failed_for: float
     prefetch: bool
     threads: int = 16
     attr_timeout: float = 1.0  # keep <= 1 s: live reloads must show within 2 s through the kernel's caches
@@ -411,7 +411,7 @@ def open_session(
     except OSError as exc:
         runtime.close()
         raise ConfigError(f"report {report_path}: cannot write it: {exc.strerror or exc}") from None
-    core = SessionFS(tracks, runtime.fetcher, report, retry_after=options.retry_after, prefetch=options.prefetch,
+    core = SessionFS(tracks, runtime.fetcher, report, failed_for=options.failed_for, prefetch=options.prefetch,
                      confirm_ahead=options.prefetch, mtime=session.mtime, foreground=runtime.foreground)
     report.replace_records(core.initial_records())
     log_missing(tracks)

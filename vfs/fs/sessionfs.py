@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import stat
 import threading
@@ -168,7 +169,7 @@ class SessionFS:
         fetcher: Fetcher,
         report: Report,
         *,
-        retry_after: float = 60.0,
+        failed_for: float = 60.0,
         prefetch: bool = True,
         confirm_ahead: bool = False,
         mtime: float = 0.0,
@@ -180,7 +181,7 @@ class SessionFS:
         self.foreground = foreground or fetcher.foreground
         self.mtime = mtime
         self.report = report
-        self.retry_after = retry_after
+        self.failed_for = failed_for
         self.prefetch_enabled = prefetch
         self.confirm_ahead = confirm_ahead and prefetch
         self.now = now
@@ -252,6 +253,7 @@ class SessionFS:
         downloading = [
             {"name": names.get(d.source.ident, d.source.label), "available": d.available, "total": d.total,
              "attempts": d.attempts, "state": d.state.value, **({"via": d.via} if d.via else {}),
+             **({"server_wait": math.ceil(wait)} if (wait := d.server_wait_left()) is not None else {}),
              "rate": d.available / (now - d.started) if d.started and now > d.started else None}
             for d in self.fetcher.active() if d.state in (State.PENDING, State.FETCHING)
         ]
@@ -268,6 +270,9 @@ class SessionFS:
         status: dict[str, object] = {"session": snapshot["session"], "tracks": len(snapshot["tracks"]),
                                      "counts": counts, "downloading": downloading,
                                      "failed": failed[:MAX_STATUS_FAILURES], "failed_total": len(failed)}
+        waits = self.fetcher.http.waits.active()
+        if waits:  # an origin that answered 429/503 with Retry-After: nothing is asked of it until then
+            status["server_waits"] = waits
         team = self.fetcher.http.team
         if team is not None:  # per cache: up or down; per track downloaded: team cache (hit/miss) or origin
             status["team_cache"] = team.state()
@@ -460,7 +465,7 @@ class SessionFS:
         assert track.source is not None
         self._reader_reached(track)
         failure = self._failures.get(track.id)
-        if failure is not None and self.now() - failure.at < self.retry_after:
+        if failure is not None and self.now() - failure.at < self.failed_for:
             return FailedHandle(track, failure.error), Version("failed", None, track.mtime)
         self._revalidate_once(track)
         held = self.backings.held(track.name) if self.backings is not None else None
@@ -722,7 +727,7 @@ class SessionFS:
     def _record_failure(self, track: Track, error: FetchError, *, track_failed: bool = True,
                         seen_by_reader: bool = True) -> None:
         """Into the report (on disk before the reader sees EIO) and the log. ``track_failed``: the track
-        itself fails for ``retry_after`` (else only this reader failed, e.g. it gave up waiting).
+        itself fails for ``failed_for`` (else only this reader failed, e.g. it gave up waiting).
         ``seen_by_reader``: a program got this error (stat, open, read) — kept as ``reader_error`` even when
         the track is had later, since that program may have skipped it (a prefetch's failure is not)."""
         previous = self._failures.get(track.id)
