@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 
 from tests.conftest import MIXVFS, run, write_session
 from tests.faults.helpers import FAST, cloud_track, cp, name_of, stream_path, wait_until
 
 
-def first_refusal(devserver, status: int) -> dict:
+def first_refusal(devserver: Any, status: int) -> dict[str, Any]:
     refused = [r for r in devserver.requests() if r["status"] == status]
     assert len(refused) == 1, devserver.requests()
-    return refused[0]
+    return dict(refused[0])
 
 
 def test_retry_after_in_seconds_holds_every_track_of_the_origin(tmp_path, server_root, devserver, mounter):
