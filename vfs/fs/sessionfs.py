@@ -174,7 +174,7 @@ class SessionFS:
         confirm_ahead: bool = False,
         mtime: float = 0.0,
         foreground: Foreground | None = None,
-        now: Callable[[], float] = time.time,
+        now: Callable[[], float] = time.monotonic,  # durations only: a wall-clock step must not move them
     ) -> None:
         self.fetcher = fetcher
         # Told when the folder is browsed or read, so prefetch steps aside while it is only browsed.
