@@ -507,7 +507,8 @@ class SessionFS:
 
     def _apply_freshness(self, track: Track, freshness: Freshness) -> None:
         if freshness is Freshness.CHANGED:
-            track.mtime = max(track.mtime, self.now())  # a new version: tools comparing mtimes see it
+            # a new version (an mtime, so wall time): tools comparing mtimes see it
+            track.mtime = max(track.mtime, time.time())
             self.report.update(track.id, status=Status.PENDING, digest=None,
                                note="the server's copy changed since it was cached; downloaded again")
             log.info("%s: the server's copy changed; downloading it again", track.name)
