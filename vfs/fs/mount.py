@@ -412,7 +412,8 @@ def open_session(
         runtime.close()
         raise ConfigError(f"report {report_path}: cannot write it: {exc.strerror or exc}") from None
     core = SessionFS(tracks, runtime.fetcher, report, failed_for=options.failed_for, prefetch=options.prefetch,
-                     confirm_ahead=options.prefetch, mtime=session.mtime, foreground=runtime.foreground)
+                     confirm_ahead=options.prefetch, mtime=session.mtime, foreground=runtime.foreground,
+                     attr_timeout=options.attr_timeout)
     report.replace_records(core.initial_records())
     log_missing(tracks)
 

@@ -174,6 +174,7 @@ class SessionFS:
         confirm_ahead: bool = False,
         mtime: float = 0.0,
         foreground: Foreground | None = None,
+        attr_timeout: float = 1.0,
         now: Callable[[], float] = time.monotonic,  # durations only: a wall-clock step must not move them
     ) -> None:
         self.fetcher = fetcher
@@ -182,6 +183,10 @@ class SessionFS:
         self.mtime = mtime
         self.report = report
         self.failed_for = failed_for
+        self.attr_timeout = attr_timeout  # how long the kernel keeps an answer of ours about a file
+        # Tracks of unknown size answered as 0 bytes from a remembered failure: until when the kernel may hold
+        # that 0 (their opens fail until then, so no size-driven copier ever copies 0 bytes of them).
+        self._zero_shown: dict[str, float] = {}
         self.prefetch_enabled = prefetch
         self.confirm_ahead = confirm_ahead and prefetch
         self.now = now
@@ -304,8 +309,9 @@ class SessionFS:
         return sum(t.size or 0 for t in self.tracks)
 
     def track_xattrs(self, track: Track) -> dict[str, str]:
-        """What ``getfattr`` shows for a file: ``user.mixvfs.<key>``."""
-        record = self.report.record(track.id)
+        """What ``getfattr`` shows for a file: ``user.mixvfs.<key>``. From memory (the report), never the
+        network; a track a live reload just replaced answers from its initial record."""
+        record = self.report.record(track.id) if self.report.has(track.id) else self._initial_record(track)
         return {"status": record.status, "source": record.source, "error": record.error or "",
                 "digest": record.digest or "", "id": track.id}
 
@@ -373,6 +379,12 @@ class SessionFS:
         if track.size is not None:
             return track.size
         assert track.source is not None
+        if self._failed_now(track) is not None:
+            # It failed moments ago (its size, or its download): answer from memory, without asking the
+            # server again, so that getfattr, ls -l and `mixvfs status` can say why. 0 is never served as the
+            # track's size: its opens fail (EIO) as long as the kernel may hold this answer (see open).
+            self._zero_shown[track.id] = self.now() + self.attr_timeout
+            return 0
         with self._track_lock(track):
             if track.size is None:
                 try:
@@ -403,9 +415,34 @@ class SessionFS:
 
     # -- reading -------------------------------------------------------------------------------------
 
+    def _failed_now(self, track: Track) -> FetchError | None:
+        """The failure a track is remembered by, while ``failed_for`` runs."""
+        failure = self._failures.get(track.id)
+        if failure is None or self.now() - failure.at >= self.failed_for:
+            return None
+        return failure.error
+
+    def _sizeless_refusal(self, track: Track) -> FetchError | None:
+        """Why a cloud track of unknown size cannot be opened now: it failed moments ago (its ``stat`` said 0
+        bytes from memory), or the kernel may still hold that 0. A copier that sizes its copy from ``stat``
+        (rsync, sendfile) would otherwise copy nothing and succeed; failing the open, no empty stand-in
+        reaches the export (``cp`` opens its source before it creates the copy)."""
+        if track.kind is not Kind.CLOUD or track.size is not None:
+            return None
+        failure = self._failures.get(track.id)
+        if failure is None:
+            return None
+        if self._failed_now(track) is None and self.now() >= self._zero_shown.get(track.id, 0.0):
+            return None
+        return FetchError(failure.error.reason, failure.error.status)
+
     def open(self, track: Track) -> Opened:
         if track.kind is Kind.MISSING:
             return Opened(FailedHandle(track, SourceMissing(track.reason or "missing")), False, True)
+        refusal = self._sizeless_refusal(track)
+        if refusal is not None:
+            self._record_failure(track, refusal, track_failed=False)  # this program's EIO, in the report too
+            raise refusal
         try:
             if track.kind is Kind.LOCAL:
                 handle, version = self._open_local(track)
