@@ -19,7 +19,7 @@ demo: $(STAMP) system
 # tests/conftest.py fails the lane if the daemon does not really run on libfuse 2. The stop signals once each
 # way (SIGTERM): SIGINT and SIGHUP take the same path through libfuse's handlers, and the main run has them all.
 FUSE2_TESTS := tests/mount tests/faults/test_signals.py tests/faults/test_concurrency.py \
-	tests/faults/test_deadlines.py -k "not SIGINT and not SIGHUP"
+	tests/faults/test_deadlines.py tests/faults/test_xattrs_offline.py -k "not SIGINT and not SIGHUP"
 
 test: $(STAMP) system
 	$(VENV)/bin/ruff check mixvfs vfs cache tools tests
