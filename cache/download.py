@@ -151,6 +151,7 @@ class Download:
     recheck: bool = False  # the bytes held are not known to be of the server's current version
     last_progress: float = 0.0  # monotonic time of the last byte or attempt: waits end only without it
     server_wait_until: float = 0.0  # waiting until then (the http client's monotonic clock): the server asked
+    server_wait_asked: float = 0.0  # and how long it asked for, as it said it
     serial: int = field(default_factory=lambda: next(_SERIALS))  # names this download's bytes (page cache)
     started: float = 0.0
     finished: float = 0.0
@@ -247,6 +248,7 @@ class Download:
                 announce = not self.server_wait_until
                 with self.cond:
                     self.server_wait_until = waits.clock() + pending[0]
+                    self.server_wait_asked = pending[1].seconds
                     self.last_progress = time.monotonic()
                 if announce:
                     self._announce(Event.SERVER_WAIT)

@@ -58,8 +58,9 @@ class Announcer:
             if event is DownloadEvent.ATTEMPT and name not in self.started:
                 self.started[name] = at
                 out.append(Line("start", name, f"start  {name} ({size_text(download.total)})"))
-            elif event is DownloadEvent.SERVER_WAIT and (left := download.server_wait_left()) is not None:
-                out.append(Line("wait", name, f"wait   {name}: server asked to wait {math.ceil(left)} s"))
+            elif event is DownloadEvent.SERVER_WAIT:
+                asked = math.ceil(download.server_wait_asked)
+                out.append(Line("wait", name, f"wait   {name}: server asked to wait {asked} s"))
             elif event is DownloadEvent.DONE and name not in self.said:
                 self.said.add(name)
                 took = at - self.started.get(name, at)
