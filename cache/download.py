@@ -37,11 +37,13 @@ from mixvfs.cache.errors import (
     LengthMismatch,
     NetworkError,
     NoSpace,
+    ServerBusy,
     StallTimeout,
     TransientError,
 )
 from mixvfs.cache.http import HttpClient
 from mixvfs.cache.index import SourceEntry, SourceIndex
+from mixvfs.cache.origin_wait import origin_key
 from mixvfs.cache.remote import Source
 from mixvfs.cache.store import BlobStore
 
@@ -166,6 +168,7 @@ class Download:
         self.etag = self.source.etag
         self.fd, self.path = self.store.new_staging_file()
         self._hasher = new_hasher()
+        self._wait_urls: dict[str, str] = {}  # origins besides the source's that asked this download to wait
         self.last_progress = time.monotonic()
 
     # -- worker side -----------------------------------------------------------------------------------
@@ -233,16 +236,23 @@ class Download:
                     self._progress()
                     self._announce(Event.ATTEMPT)
                 self.resuming = False
-                self._attempt()
+                try:
+                    self._attempt()
+                except ServerBusy as exc:
+                    if exc.wait_url is not None:  # a redirect's target (a CDN) may be the origin that said wait
+                        self._wait_urls[origin_key(exc.wait_url)] = exc.wait_url
+                    raise
 
     def _honour_server_wait(self) -> None:
         """No request before the time the origin named (429/503 with Retry-After, this track's or another's):
         wait for it here, cancellable, and counted as progress (a reader waiting on this download is not
         stalled by the server's own word). A wait longer than ``server_wait_max`` fails the track now."""
         waits = self.http.waits
+        urls = [self.source.url, *self._wait_urls.values()]
         try:
-            while (pending := waits.left(self.source.url)) is not None:
-                too_long = waits.too_long(self.source.url)
+            while (pending := max(filter(None, map(waits.left, urls)), default=None,
+                                  key=lambda p: p[0])) is not None:
+                too_long = next(filter(None, map(waits.too_long, urls)), None)
                 if too_long is not None:
                     raise too_long
                 announce = not self.server_wait_until

@@ -100,7 +100,9 @@ class TransientError(FetchError):
 
 
 class ServerBusy(TransientError):
-    pass
+    def __init__(self, reason: str, status: int = 0, wait_url: str | None = None) -> None:
+        super().__init__(reason, status)
+        self.wait_url = wait_url  # the URL whose origin asked to wait (a redirect's target: a CDN), if one did
 
 
 class ServerAskedToWait(ServerBusy):

@@ -440,7 +440,8 @@ def check_status(response: httpx.Response, url: str) -> None:
         seconds = response.extensions.get(WAIT_EXTENSION)
         asked = "" if seconds is None else (f" and asked to wait {seconds:.0f} s "
                                             f"(Retry-After: {response.headers.get('Retry-After')})")
-        raise ServerBusy(f"the server answered {what}{asked}", status)
+        raise ServerBusy(f"the server answered {what}{asked}", status,
+                         wait_url=None if seconds is None else str(response.url))
     if status == 416:
         # Content-Range "bytes */N" says how long the file really is: a resume past it means the body
         # said more bytes than the file has (or the file shrank): say that, not only "refused".

@@ -106,7 +106,7 @@ class OriginWaits:
         if pending is not None:
             left, wait = pending
             raise ServerAskedToWait(f"not asked: the server asked to wait {_seconds(wait.seconds)} "
-                                    f"({wait.said}); {_seconds(left)} left", 503)
+                                    f"({wait.said}); {_seconds(left)} left", 503, wait_url=url)
 
     def too_long(self, url: str) -> ServerWaitTooLong | None:
         """The error for ``url`` when its origin's wait is longer than this mount waits (``max_wait``)."""

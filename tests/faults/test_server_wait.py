@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-from typing import Any
+from typing import Any, cast
 
 from tests.conftest import MIXVFS, run, write_session
 from tests.faults.helpers import FAST, cloud_track, cp, name_of, stream_path, wait_until
+from tools.devserver import DevServer
 
 
 def first_refusal(devserver: Any, status: int) -> dict[str, Any]:
@@ -101,3 +102,24 @@ def test_the_old_retry_after_setting_name_still_works_and_says_its_new_name(tmp_
     assert rows["failed_for"] == "7m" and "--retry-after is now called --failed-for" in done.stderr, done.stderr
 
 
+
+
+def test_a_wait_asked_by_the_cdn_a_track_is_redirected_to_is_honoured(tmp_path, server_root, mounter):
+    """The music service redirects to a CDN, and the CDN says "wait": the download waits for the CDN's time
+    (the service's redirect is asked again only then), never a burst of refused attempts ending in EIO."""
+    cdn_root = tmp_path / "cdn"
+    (cdn_root / "stream").mkdir(parents=True)
+    entry = cloud_track(server_root, "t1", 120_000)
+    (cdn_root / "stream" / "t1.wav").write_bytes((server_root / "stream" / "t1.wav").read_bytes())
+    with DevServer(cdn_root) as cdn, DevServer(server_root) as api:
+        api.set_faults({stream_path("t1"): {"redirect": cdn.url_for("/stream/t1.wav")}})
+        cdn.set_faults({stream_path("t1"): {"status": 503, "headers": {"Retry-After": "2"}, "times": 1}})
+        session = write_session(tmp_path / "s.json", [entry], server=api.url)
+        mount = mounter(session, *FAST)
+        done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "out.wav").read_bytes() == (server_root / "stream" / "t1.wav").read_bytes()
+        refused, *later = cdn.requests("GET")
+        assert refused["status"] == 503 and [r["status"] for r in later] == [200]
+        assert cast(float, later[0]["t"]) >= cast(float, refused["t"]) + 2
+        assert len(api.requests("GET")) == 2  # one redirect per attempt: the refused one and the one after
