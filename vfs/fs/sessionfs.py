@@ -427,12 +427,18 @@ class SessionFS:
         bytes from memory), or the kernel may still hold that 0. A copier that sizes its copy from ``stat``
         (rsync, sendfile) would otherwise copy nothing and succeed; failing the open, no empty stand-in
         reaches the export (``cp`` opens its source before it creates the copy)."""
-        if track.kind is not Kind.CLOUD or track.size is not None:
+        if track.kind is not Kind.CLOUD:
             return None
         failure = self._failures.get(track.id)
-        if failure is None:
-            return None
-        if self._failed_now(track) is None and self.now() >= self._zero_shown.get(track.id, 0.0):
+        shown = self.now() < self._zero_shown.get(track.id, 0.0)
+        if track.size is not None or failure is None:
+            if not shown:
+                return None
+            # The size was learned meanwhile (a probe in the background, another reader's download), but the
+            # kernel may still give this opener the 0 bytes it was told moments ago: once that has expired.
+            return FetchError("the size was unknown a moment ago and the system may still say 0 bytes: "
+                              "open it again in a second")
+        if self._failed_now(track) is None and not shown:
             return None
         return FetchError(failure.error.reason, failure.error.status)
 
