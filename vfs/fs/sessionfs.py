@@ -507,9 +507,9 @@ class SessionFS:
     def _open_cloud(self, track: Track) -> tuple[Handle, Version]:
         assert track.source is not None
         self._reader_reached(track)
-        failure = self._failures.get(track.id)
-        if failure is not None and self.now() - failure.at < self.failed_for:
-            return FailedHandle(track, failure.error), Version("failed", None, track.mtime)
+        failed = self._failed_now(track)
+        if failed is not None:
+            return FailedHandle(track, failed), Version("failed", None, track.mtime)
         self._revalidate_once(track)
         held = self.backings.held(track.name) if self.backings is not None else None
         if held is not None:  # another program reads this version by passthrough: the same bytes, evicted or not
