@@ -53,3 +53,16 @@ def test_one_session_mounted_twice_keeps_a_report_per_mount(tmp_path, server_roo
     first.unmount()
     assert statuses(report_of(first.path)) == {"ok": "pending", "gone": "failed"}
     assert statuses(report_of(second.path)) == {"ok": "cached", "gone": "pending"}
+
+
+def test_a_second_live_mount_is_refused_the_report_file_of_the_first(tmp_path, server_root, devserver, mounter):
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "ok", 300_000, seed=1)],
+                            server=devserver.url)
+    first = mounter(session, *FAST)
+    second = mounter(session, *FAST, "--report", str(first.report_path), expect_ok=False)
+    _stdout, stderr, code = second.extra
+    assert code == "2" and not second.mounted
+    assert f"the live mount at {first.path} writes it" in stderr, stderr
+    first.unmount()  # once the first is gone, its report file may be taken
+    third = mounter(session, *FAST, "--report", str(first.report_path), mountpoint=tmp_path / "mnt1")
+    assert third.mounted and report_of(third.path)["mountpoint"] == str(third.path)

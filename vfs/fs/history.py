@@ -62,6 +62,12 @@ def remember(mountpoint_key: str, report: Path, session: str) -> None:
         log.warning("could not note the report path in %s: %s", path, exc.strerror or exc)
 
 
+def mountpoints_with_report(report: Path) -> list[str]:
+    """The remembered mountpoints whose (last) mount wrote ``report``."""
+    return [where for where, entry in _read(history_file()).items()
+            if isinstance(entry, dict) and entry.get("report") == str(report)]
+
+
 def recall(mountpoint: Path) -> LastMount | None:
     """The last mount at ``mountpoint`` this user made, if it is remembered."""
     where = key(mountpoint)

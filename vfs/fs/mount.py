@@ -126,6 +126,10 @@ def check_paths(options: MountOptions, *, log_file: bool) -> None:
         if report.is_dir():
             raise ConfigError(f"report {report}: it is a folder, not a file")
         usable_folder(report.parent, f"report {report}")
+        other = live_mount_writing(report, besides=options.mountpoint)
+        if other is not None:  # two mounts rewriting one file: each would show the other's tracks
+            raise ConfigError(f"report {report}: the live mount at {other} writes it; give this mount a "
+                              "--report of its own (or none: each mount then has its own)")
     if log_file and options.log_file is not None:
         usable_folder(options.log_file.parent, f"log file {options.log_file}")
         try:
@@ -446,6 +450,15 @@ def mount_info(mountpoint: Path) -> tuple[int | None, Path | None]:
     except (OSError, ValueError):
         return None, None
     return pid, report
+
+
+def live_mount_writing(report: Path, *, besides: Path) -> str | None:
+    """The mountpoint of another live mixvfs mount whose report is ``report``, if the history knows one."""
+    mine = history.key(besides)
+    for where in history.mountpoints_with_report(report):
+        if where != mine and mount_info(Path(where))[1] == report:
+            return where
+    return None
 
 
 class UnmountRefused(MixvfsError):
