@@ -88,6 +88,17 @@ class BlobInfo:
     filename: str
 
 
+def ttl_reference(infos: Sequence[BlobInfo], now: float) -> float:
+    """The "now" a blob's age is measured to: the wall clock, but never more than a second past the cache's
+    own newest use. The TTL is wall time by nature, and a clock stepped forward (a wrong NTP answer, a user
+    changing the date) would otherwise make every blob look unused for the size of the step and empty the
+    cache in one prune; measured from the newest use, a blob goes once it has gone ``max_age`` unused while
+    the cache itself was in use. (A last use in the future — the clock stepped back — is clamped to ``now``
+    before this: see :meth:`BlobCache.clamp_future_uses`.)"""
+    newest = max((info.last_used for info in infos), default=now)
+    return min(now, newest + 1.0)
+
+
 def victims(
     infos: Sequence[BlobInfo], *, limit: int, cutoff: float | None = None, protect: Collection[str] = ()
 ) -> list[BlobInfo]:
@@ -125,6 +136,15 @@ class BlobCache(CheckedCache):
             return None
         k, s, a, st, f = rows[0]
         return BlobInfo(str(k), int(s), float(a), float(st), None, str(f))
+
+    def clamp_future_uses(self, now: float) -> int:
+        """Last uses later than ``now`` (stamped while the wall clock ran ahead, then corrected back) become
+        ``now``: else such a blob would outlive the TTL and the LRU order by the size of the step."""
+        if not self._query("SELECT 1 FROM Cache WHERE access_time > ? LIMIT 1", (now,)):
+            return 0
+        future = self._query("SELECT COUNT(*) FROM Cache WHERE access_time > ?", (now,))[0][0]
+        self._query("UPDATE Cache SET access_time = ? WHERE access_time > ?", (now, now))
+        return int(future)
 
     def clear_expiry(self) -> None:
         """Forget stored expiries (the previous version wrote them): the TTL is judged by prune from the
@@ -364,10 +384,14 @@ class BlobStore:
         """Drop blobs unused for ``max_age`` (default: the store's), then least recently used down to
         ``max_size``; and bound the index (its rows of removed blobs, HEAD answers older than max_age)."""
         now = time.time() if now is None else now
-        cutoff = now - (self.max_age if max_age is None else max_age)
         limit = self.max_size if max_size is None else max_size
         with self._evict_lock:
-            chosen = victims(self.infos(), limit=limit, cutoff=cutoff)
+            if not dry_run and (clamped := self._cache.clamp_future_uses(now)):
+                log.info("%d blobs were last used in the future (the clock was set back): counted as used now",
+                         clamped)
+            infos = self.infos()
+            cutoff = ttl_reference(infos, now) - (self.max_age if max_age is None else max_age)
+            chosen = victims(infos, limit=limit, cutoff=cutoff)
             if not dry_run:
                 self._remove(chosen)
                 self.index.prune(cutoff=cutoff, blobs=self._cache.digests)

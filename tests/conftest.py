@@ -190,7 +190,8 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     mounts: list[Mount] = []
 
     def mount(session: Path, *extra: str, cache_dir: Path | None = None, mountpoint: Path | None = None,
-              env: dict[str, str] | None = None, expect_ok: bool = True, wrap: list[str] | None = None) -> Mount:
+              env: dict[str, str] | None = None, expect_ok: bool = True, wrap: list[str] | None = None,
+              default_report: bool = False) -> Mount:
         index = len(mounts)
         mp = mountpoint or tmp_path / f"mnt{index}"
         with contextlib.suppress(FileExistsError):  # not exist_ok: its is_dir() check fails on a dead mount
@@ -198,12 +199,15 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
         cache = cache_dir or tmp_path / "cache"
         report = tmp_path / f"report{index}.json"
         log = tmp_path / f"mixvfs{index}.log"
-        cmd = [*(wrap or []), MIXVFS, "mount", str(session), str(mp), "--cache-dir", str(cache),
-               "--report", str(report), "--log-file", str(log), *extra]
+        reporting = [] if default_report else ["--report", str(report)]  # default: where the mount puts it
+        cmd = [*(wrap or []), MIXVFS, "mount", str(session), str(mp), "--cache-dir", str(cache), *reporting,
+               "--log-file", str(log), *extra]
         done = run(cmd, env={**os.environ, **(env or {})})
         if expect_ok and done.returncode != 0:
             log_text = log.read_text() if log.exists() else ""
             raise AssertionError(f"mount failed ({done.returncode}): {done.stderr}\n{log_text}")
+        if default_report and done.returncode == 0:
+            report = Path(os.getxattr(mp, "user.mixvfs.report").decode())
         m = Mount(mp, cache, report, session, log, mounted=done.returncode == 0)
         m.extra = [done.stdout, done.stderr, str(done.returncode)]  # for tests of failing mounts
         mounts.append(m)  # before any check below: teardown unmounts it whatever happens

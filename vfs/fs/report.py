@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import glob
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mixvfs.cache.units import format_size
+from mixvfs.vfs.fs.mount_key import mount_tag, slug
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +63,28 @@ class TrackRecord:
     reader_error: str | None = None
 
 
-def default_report_path(cache_dir: Path, session_name: str) -> Path:
-    """``<cache>/reports/<session>.json``: where a session's report goes unless ``--report`` says."""
-    slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in session_name)[:60].strip("-") or "session"
-    return cache_dir / "reports" / f"{slug}.json"
+def default_report_path(cache_dir: Path, session_name: str, mountpoint_key: str | None = None) -> Path:
+    """Where a report goes unless ``--report`` says: ``<cache>/reports/<session>--<mount>.json`` for a mount
+    (one file per mountpoint: two mounts of one session never share a report), ``<session>.json`` for a
+    command that is no mount."""
+    name = slug(session_name)
+    return cache_dir / "reports" / (f"{name}.json" if mountpoint_key is None else
+                                    f"{name}--{mount_tag(mountpoint_key)}.json")
+
+
+def reports_of_session(cache_dir: Path, session_name: str) -> list[Path]:
+    """The mount reports a session's name may have in ``cache_dir`` (one per mountpoint, and the one older
+    versions wrote per session), newest first."""
+    name = slug(session_name)
+    folder = cache_dir / "reports"
+    found = [*folder.glob(f"{glob.escape(name)}--*.json"), folder / f"{name}.json"]
+    dated = []
+    for path in found:
+        try:
+            dated.append((path.stat().st_mtime, path))
+        except OSError:
+            continue
+    return [path for _, path in sorted(dated, reverse=True)]
 
 
 def utc_stamp(at: float | None = None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import stat
 import threading
@@ -168,19 +169,24 @@ class SessionFS:
         fetcher: Fetcher,
         report: Report,
         *,
-        retry_after: float = 60.0,
+        failed_for: float = 60.0,
         prefetch: bool = True,
         confirm_ahead: bool = False,
         mtime: float = 0.0,
         foreground: Foreground | None = None,
-        now: Callable[[], float] = time.time,
+        attr_timeout: float = 1.0,
+        now: Callable[[], float] = time.monotonic,  # durations only: a wall-clock step must not move them
     ) -> None:
         self.fetcher = fetcher
         # Told when the folder is browsed or read, so prefetch steps aside while it is only browsed.
         self.foreground = foreground or fetcher.foreground
         self.mtime = mtime
         self.report = report
-        self.retry_after = retry_after
+        self.failed_for = failed_for
+        self.attr_timeout = attr_timeout  # how long the kernel keeps an answer of ours about a file
+        # Tracks of unknown size answered as 0 bytes from a remembered failure: until when the kernel may hold
+        # that 0 (their opens fail until then, so no size-driven copier ever copies 0 bytes of them).
+        self._zero_shown: dict[str, float] = {}
         self.prefetch_enabled = prefetch
         self.confirm_ahead = confirm_ahead and prefetch
         self.now = now
@@ -252,6 +258,7 @@ class SessionFS:
         downloading = [
             {"name": names.get(d.source.ident, d.source.label), "available": d.available, "total": d.total,
              "attempts": d.attempts, "state": d.state.value, **({"via": d.via} if d.via else {}),
+             **({"server_wait": math.ceil(wait)} if (wait := d.server_wait_left()) is not None else {}),
              "rate": d.available / (now - d.started) if d.started and now > d.started else None}
             for d in self.fetcher.active() if d.state in (State.PENDING, State.FETCHING)
         ]
@@ -268,6 +275,9 @@ class SessionFS:
         status: dict[str, object] = {"session": snapshot["session"], "tracks": len(snapshot["tracks"]),
                                      "counts": counts, "downloading": downloading,
                                      "failed": failed[:MAX_STATUS_FAILURES], "failed_total": len(failed)}
+        waits = self.fetcher.http.waits.active()
+        if waits:  # an origin that answered 429/503 with Retry-After: nothing is asked of it until then
+            status["server_waits"] = waits
         team = self.fetcher.http.team
         if team is not None:  # per cache: up or down; per track downloaded: team cache (hit/miss) or origin
             status["team_cache"] = team.state()
@@ -299,8 +309,9 @@ class SessionFS:
         return sum(t.size or 0 for t in self.tracks)
 
     def track_xattrs(self, track: Track) -> dict[str, str]:
-        """What ``getfattr`` shows for a file: ``user.mixvfs.<key>``."""
-        record = self.report.record(track.id)
+        """What ``getfattr`` shows for a file: ``user.mixvfs.<key>``. From memory (the report), never the
+        network; a track a live reload just replaced answers from its initial record."""
+        record = self.report.record(track.id) if self.report.has(track.id) else self._initial_record(track)
         return {"status": record.status, "source": record.source, "error": record.error or "",
                 "digest": record.digest or "", "id": track.id}
 
@@ -409,6 +420,12 @@ class SessionFS:
         if track.size is not None:
             return track.size
         assert track.source is not None
+        if self._failed_now(track) is not None:
+            # It failed moments ago (its size, or its download): answer from memory, without asking the
+            # server again, so that getfattr, ls -l and `mixvfs status` can say why. 0 is never served as the
+            # track's size: its opens fail (EIO) as long as the kernel may hold this answer (see open).
+            self._zero_shown[track.id] = self.now() + self.attr_timeout
+            return 0
         with self._track_lock(track):
             if track.size is None:
                 try:
@@ -439,6 +456,33 @@ class SessionFS:
 
     # -- reading -------------------------------------------------------------------------------------
 
+    def _failed_now(self, track: Track) -> FetchError | None:
+        """The failure a track is remembered by, while ``failed_for`` runs."""
+        failure = self._failures.get(track.id)
+        if failure is None or self.now() - failure.at >= self.failed_for:
+            return None
+        return failure.error
+
+    def _sizeless_refusal(self, track: Track) -> FetchError | None:
+        """Why a cloud track of unknown size cannot be opened now: it failed moments ago (its ``stat`` said 0
+        bytes from memory), or the kernel may still hold that 0. A copier that sizes its copy from ``stat``
+        (rsync, sendfile) would otherwise copy nothing and succeed; failing the open, no empty stand-in
+        reaches the export (``cp`` opens its source before it creates the copy)."""
+        if track.kind is not Kind.CLOUD:
+            return None
+        failure = self._failures.get(track.id)
+        shown = self.now() < self._zero_shown.get(track.id, 0.0)
+        if track.size is not None or failure is None:
+            if not shown:
+                return None
+            # The size was learned meanwhile (a probe in the background, another reader's download), but the
+            # kernel may still give this opener the 0 bytes it was told moments ago: once that has expired.
+            return FetchError("the size was unknown a moment ago and the system may still say 0 bytes: "
+                              "open it again in a second")
+        if self._failed_now(track) is None and not shown:
+            return None
+        return FetchError(failure.error.reason, failure.error.status)
+
     def open(self, track: Track) -> Opened:
         with self._reported(track):
             return self._open(track)
@@ -446,6 +490,10 @@ class SessionFS:
     def _open(self, track: Track) -> Opened:
         if track.kind is Kind.MISSING:  # the report says so from the start: nothing more to record
             raise SourceMissing(track.reason or "missing")
+        refusal = self._sizeless_refusal(track)
+        if refusal is not None:
+            self._record_failure(track, refusal, track_failed=False)  # this program's EIO, in the report too
+            raise refusal
         try:
             if track.kind is Kind.LOCAL:
                 handle, version = self._open_local(track)
@@ -504,9 +552,9 @@ class SessionFS:
     def _open_cloud(self, track: Track) -> tuple[Handle, Version]:
         assert track.source is not None
         self._reader_reached(track)
-        failure = self._failures.get(track.id)
-        if failure is not None and self.now() - failure.at < self.retry_after:
-            return FailedHandle(track, failure.error), Version("failed", None, track.mtime)
+        failed = self._failed_now(track)
+        if failed is not None:
+            return FailedHandle(track, failed), Version("failed", None, track.mtime)
         self._revalidate_once(track)
         held = self.backings.held(track.name) if self.backings is not None else None
         if held is not None:  # another program reads this version by passthrough: the same bytes, evicted or not
@@ -547,7 +595,8 @@ class SessionFS:
 
     def _apply_freshness(self, track: Track, freshness: Freshness) -> None:
         if freshness is Freshness.CHANGED:
-            track.mtime = max(track.mtime, self.now())  # a new version: tools comparing mtimes see it
+            # a new version (an mtime, so wall time): tools comparing mtimes see it
+            track.mtime = max(track.mtime, time.time())
             self.report.update(track.id, status=Status.PENDING, digest=None,
                                note="the server's copy changed since it was cached; downloaded again")
             log.info("%s: the server's copy changed; downloading it again", track.name)
@@ -771,7 +820,7 @@ class SessionFS:
     def _record_failure(self, track: Track, error: FetchError, *, track_failed: bool = True,
                         seen_by_reader: bool = True) -> None:
         """Into the report (on disk before the reader sees EIO) and the log. ``track_failed``: the track
-        itself fails for ``retry_after`` (else only this reader failed, e.g. it gave up waiting).
+        itself fails for ``failed_for`` (else only this reader failed, e.g. it gave up waiting).
         ``seen_by_reader``: a program got this error (stat, open, read) — kept as ``reader_error`` even when
         the track is had later, since that program may have skipped it (a prefetch's failure is not)."""
         previous = self._failures.get(track.id)
