@@ -1,6 +1,6 @@
 # Every target installs what it needs, so a fresh clone works with `make demo` / `make test`, in this order:
 #   1. `system`: Debian/Ubuntu packages with apt, as root or through sudo (python3-venv, libfuse 3 and 2,
-#      rsync, attr, flac, nginx-light; the list and why each is needed: tools/install_system.sh);
+#      rsync, attr, flac, nginx-light, faketime; the list and why each is needed: tools/install_system.sh);
 #   2. $(VENV): a virtual environment made with $(PYTHON), holding mixvfs (editable) and its dev tools.
 SHELL := /bin/bash
 # Any Python >= 3.11 (pyproject.toml's requires-python), e.g. `make demo PYTHON=python3.12` where python3 is
@@ -19,7 +19,7 @@ demo: $(STAMP) system
 # tests/conftest.py fails the lane if the daemon does not really run on libfuse 2. The stop signals once each
 # way (SIGTERM): SIGINT and SIGHUP take the same path through libfuse's handlers, and the main run has them all.
 FUSE2_TESTS := tests/mount tests/faults/test_signals.py tests/faults/test_concurrency.py \
-	tests/faults/test_deadlines.py -k "not SIGINT and not SIGHUP"
+	tests/faults/test_deadlines.py tests/faults/test_xattrs_offline.py -k "not SIGINT and not SIGHUP"
 
 # The portable lane: what a Mac's Python lacks taken away inside every mixvfs process (this run, the mount daemon,
 # every command), so each fallback of mixvfs/host.py runs for real: tests/portable_lane/sitecustomize.py deletes

@@ -38,11 +38,13 @@ from mixvfs.cache.errors import (
     NetworkError,
     NoSpace,
     RequestWaitExceeded,
+    ServerBusy,
     StallTimeout,
     TransientError,
 )
 from mixvfs.cache.http import HttpClient
 from mixvfs.cache.index import SourceEntry, SourceIndex
+from mixvfs.cache.origin_wait import origin_key
 from mixvfs.cache.remote import Source
 from mixvfs.cache.store import BlobStore
 
@@ -74,6 +76,7 @@ class Event(enum.Enum):
     """What a download announces: every state change, and each attempt (a try, counted for the report)."""
 
     ATTEMPT = "attempt"
+    SERVER_WAIT = "server_wait"  # the next request waits: the server asked for it (Retry-After)
     FETCHING = "fetching"
     DONE = "done"
     FAILED = "failed"
@@ -150,6 +153,8 @@ class Download:
     via: str | None = None  # where the last request's bytes came from: the origin or the team cache (hit/miss)
     recheck: bool = False  # the bytes held are not known to be of the server's current version
     last_progress: float = 0.0  # monotonic time of the last byte or attempt: waits end only without it
+    server_wait_until: float = 0.0  # waiting until then (the http client's monotonic clock): the server asked
+    server_wait_asked: float = 0.0  # and how long it asked for, as it said it
     serial: int = field(default_factory=lambda: next(_SERIALS))  # names this download's bytes (page cache)
     started: float = 0.0
     finished: float = 0.0
@@ -164,6 +169,7 @@ class Download:
         self.etag = self.source.etag
         self.fd, self.path = self.store.new_staging_file()
         self._hasher = new_hasher()
+        self._wait_urls: dict[str, str] = {}  # origins besides the source's that asked this download to wait
         self.last_progress = time.monotonic()
 
     # -- worker side -----------------------------------------------------------------------------------
@@ -225,12 +231,49 @@ class Download:
         ):
             with attempt:
                 self._check_cancel()
+                self._honour_server_wait()
                 if not self.resuming:
                     self.attempts += 1
                     self._progress()
                     self._announce(Event.ATTEMPT)
                 self.resuming = False
-                self._attempt()
+                try:
+                    self._attempt()
+                except ServerBusy as exc:
+                    if exc.wait_url is not None:  # a redirect's target (a CDN) may be the origin that said wait
+                        self._wait_urls[origin_key(exc.wait_url)] = exc.wait_url
+                    raise
+
+    def _honour_server_wait(self) -> None:
+        """No request before the time the origin named (429/503 with Retry-After, this track's or another's):
+        wait for it here, cancellable, and counted as progress (a reader waiting on this download is not
+        stalled by the server's own word). A wait longer than ``server_wait_max`` fails the track now."""
+        waits = self.http.waits
+        urls = [self.source.url, *self._wait_urls.values()]
+        try:
+            while (pending := max(filter(None, map(waits.left, urls)), default=None,
+                                  key=lambda p: p[0])) is not None:
+                too_long = next(filter(None, map(waits.too_long, urls)), None)
+                if too_long is not None:
+                    raise too_long
+                announce = not self.server_wait_until
+                with self.cond:
+                    self.server_wait_until = waits.clock() + pending[0]
+                    self.server_wait_asked = pending[1].seconds
+                    self.last_progress = time.monotonic()
+                if announce:
+                    self._announce(Event.SERVER_WAIT)
+                with self.cond:
+                    if not self.cancelled:  # a cancel or a stop notifies; the timeout only re-checks
+                        self.cond.wait(timeout=min(pending[0], 1.0))
+                self._check_cancel()
+        finally:
+            self.server_wait_until = 0.0
+
+    def server_wait_left(self) -> float | None:
+        """Seconds this download still waits because the server asked it to, None when it does not."""
+        left = self.server_wait_until - self.http.waits.clock()
+        return left if self.server_wait_until and left > 0 else None
 
     def _attempt(self) -> None:
         """One request. Bytes already held are never trusted on the server's word alone: a body that
@@ -359,7 +402,8 @@ class Download:
         it stored."""
         assert self.path is not None and self.total is not None
         self.digest = str(self._hasher.hexdigest())
-        self.store.commit(self.path, self.digest, self.total)  # rename: a blob in the store is always whole
+        with self.store.restaged(self.fd, self.path, self.total) as staged:
+            self.store.commit(staged, self.digest, self.total)  # rename: a blob in the store is always whole
         self.path = None  # now owned by the store
         entry = SourceEntry(self.digest, self.total, self.content_type, self.etag, self.last_modified)
         self.index.record(self.source.ident, entry)

@@ -97,6 +97,14 @@ def daemon_libfuse_major(pid: int) -> int | None:
     return majors.pop() if len(majors) == 1 else None
 
 
+def without_root_override(cmd: list[str]) -> list[str]:
+    """``cmd`` bound by files' permission bits as their owner is: root (who runs these tests in CI) reads and
+    writes anything unless it runs without the capabilities that override them (its children inherit that)."""
+    if os.geteuid() != 0:
+        return cmd
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+
+
 def run(cmd: list[str], *, check: bool = False, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kw)
     if check and done.returncode != 0:
@@ -178,6 +186,21 @@ class Mount:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
 
+def eio_without_a_report_line(report: dict[str, Any]) -> list[str]:
+    """Every EIO the daemon answered (``eio_answers``, per track id) must have its reason in the report: the
+    track failed or is missing, or a reader's error is kept. What breaks that promise, as sentences."""
+    tracks = {t.get("id"): t for t in report.get("tracks", [])}
+    broken = []
+    for track_id, count in report.get("eio_answers", {}).items():
+        track = tracks.get(track_id)
+        if track_id == "":
+            broken.append(f"{count} EIO answer(s) about no track")
+        elif track is not None and not (track.get("status") in ("failed", "missing") or track.get("error")
+                                        or track.get("reader_error")):
+            broken.append(f"{count} EIO answer(s) for {track.get('name')!r}, whose report line says nothing: {track}")
+    return broken
+
+
 @pytest.fixture
 def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     """Mount with the real `mixvfs mount` (daemon in the background); always unmounted at teardown."""
@@ -185,7 +208,8 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     mounts: list[Mount] = []
 
     def mount(session: Path, *extra: str, cache_dir: Path | None = None, mountpoint: Path | None = None,
-              env: dict[str, str] | None = None, expect_ok: bool = True) -> Mount:
+              env: dict[str, str] | None = None, expect_ok: bool = True, wrap: list[str] | None = None,
+              default_report: bool = False) -> Mount:
         index = len(mounts)
         mp = mountpoint or tmp_path / f"mnt{index}"
         with contextlib.suppress(FileExistsError):  # not exist_ok: its is_dir() check fails on a dead mount
@@ -193,12 +217,15 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
         cache = cache_dir or tmp_path / "cache"
         report = tmp_path / f"report{index}.json"
         log = tmp_path / f"mixvfs{index}.log"
-        cmd = [MIXVFS, "mount", str(session), str(mp), "--cache-dir", str(cache), "--report", str(report),
+        reporting = [] if default_report else ["--report", str(report)]  # default: where the mount puts it
+        cmd = [*(wrap or []), MIXVFS, "mount", str(session), str(mp), "--cache-dir", str(cache), *reporting,
                "--log-file", str(log), *extra]
         done = run(cmd, env={**os.environ, **(env or {})})
         if expect_ok and done.returncode != 0:
             log_text = log.read_text() if log.exists() else ""
             raise AssertionError(f"mount failed ({done.returncode}): {done.stderr}\n{log_text}")
+        if default_report and done.returncode == 0:
+            report = Path(os.getxattr(mp, "user.mixvfs.report").decode())
         m = Mount(mp, cache, report, session, log, mounted=done.returncode == 0)
         m.extra = [done.stdout, done.stderr, str(done.returncode)]  # for tests of failing mounts
         mounts.append(m)  # before any check below: teardown unmounts it whatever happens
@@ -216,3 +243,9 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
         # Whatever happened (a killed daemon, a failed assertion): leave no mount, live or dead, behind.
         if str(m.path) in Path("/proc/mounts").read_text():
             run(["umount", "-l", str(m.path)])
+    # The promise, for every test that mounted: never an EIO without a line in the report saying why.
+    for m in mounts:
+        with contextlib.suppress(OSError, ValueError):
+            report = m.report()
+            broken = eio_without_a_report_line(report)
+            assert not broken, f"{m.path}: " + "; ".join(broken)

@@ -159,7 +159,7 @@ def test_log_has_one_line_per_failure_with_name_and_cause(tmp_path, server_root,
         cloud("x1", "Gone", "/stream/nope", 1000),
         {"id": "m1", "artist": "No", "title": "File", "file_path": "/nonexistent/x.wav"},
     ], server=devserver.url)
-    mount = mounter(session, "--no-prefetch", "--retry-after", "0s", "--log-level", "info")
+    mount = mounter(session, "--no-prefetch", "--failed-for", "0s", "--log-level", "info")
     for _ in range(3):  # three reads of a failing track: still one line (the cause did not change)
         assert run(["cat", str(mount.path / "Art - Gone.wav")]).returncode != 0
     run(["cp", "-r", f"{mount.path}/.", str(tmp_path / "out")])

@@ -146,6 +146,18 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
                      table.stats.opens, table.stats.normal)
         self.core.close()
 
+    def answered_eio(self, operation: str, args: tuple[Any, ...]) -> None:
+        """An EIO went to a program (see errno_map.EioWitness): counted in the report against its track."""
+        track: Track | None = None
+        path = next((a for a in args if isinstance(a, str)), None)
+        if path is not None and path.count("/") == 1 and path != "/":
+            track = self.core.lookup(path[1:])
+        if track is None:
+            info = next((a for a in args if hasattr(a, "fh")), None)
+            handle = self._handles.get(info.fh) if info is not None else None
+            track = handle.track if handle is not None else None
+        self.core.answered_eio(track, operation)
+
     # -- names and attributes ------------------------------------------------------------------------
 
     def _track(self, path: str) -> Track:
@@ -159,7 +171,9 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
     @guard
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
         if path == "/":
-            return self._stat(stat.S_IFDIR | 0o555, 0, int(self.core.mtime * 1e9), nlink=2)
+            # 0755 like rclone: `cp -r MNT/. OUT` gives OUT the root's mode, and the user must be able to add
+            # to and clean up their own export; writes here still fail with EROFS.
+            return self._stat(stat.S_IFDIR | 0o755, 0, int(self.core.mtime * 1e9), nlink=2)
         if path == NEVER_INDEX_PATH:  # found by name, never listed: no export carries it
             return self._stat(stat.S_IFREG | 0o444, 0, int(self.core.mtime * 1e9))
         # An open file is asked about by its handle when the kernel has one (fstat, reads revalidating

@@ -38,7 +38,7 @@ from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.cache.location import is_cache
 from mixvfs.cache.units import format_size
 from mixvfs.vfs.commands import config, output
-from mixvfs.vfs.fs.report import default_report_path, load_report
+from mixvfs.vfs.fs.report import load_report, reports_of_session
 from mixvfs.vfs.session.manifest import Session, load_manifest
 from mixvfs.vfs.session.naming import collision_key
 from mixvfs.vfs.session.tracks import Kind, Track, build_tracks
@@ -203,12 +203,15 @@ def plan_from_manifest(path: Path, settings: config.Settings) -> Plan:
     session = load_manifest(path, default_server=settings.server)
     expected = expected_from_manifest(session, settings)
     plan = Plan(session.name, "manifest", expected, manifest=path)
-    report = default_report_path(settings.cache_dir, session.name)
-    with contextlib.suppress(OSError, ValueError):
-        last = load_report(report)
-        if not same_manifest(last.get("manifest"), path):
+    for report in reports_of_session(settings.cache_dir, session.name):  # newest first: one per mountpoint
+        with contextlib.suppress(OSError, ValueError):
+            last = load_report(report)
             # Another manifest of the same name (or a report without one): its digests are not this session's.
-            return plan
+            if same_manifest(last.get("manifest"), path):
+                break
+    else:
+        return plan
+    with contextlib.suppress(OSError, ValueError):
         records = records_by_id(last, report)
         plan.report = report
         for exp in expected:

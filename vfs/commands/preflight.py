@@ -141,12 +141,19 @@ def run_preflight(session: Session, settings: config.Settings) -> dict[str, Any]
         with ThreadPoolExecutor(max_workers=max(2, runtime.jobs * 2), thread_name_prefix="preflight") as pool:
             checks = list(pool.map(lambda t: check_track(t, runtime.fetcher, runtime.http), tracks))
         disk = disk_check(settings.cache_dir, checks, runtime.store, runtime.jobs)
+        runtime.http.check_team_stores()
+        team = runtime.http.team.state() if runtime.http.team is not None else None
     finally:
         runtime.close()
     from mixvfs.vfs.fs.mount import libfuse_problem
 
-    return summarize(session, checks, disk, token_state(runtime.tokens, runtime.token_error, checks),
-                     token_error=runtime.token_error, fuse_problem=libfuse_problem())
+    result = summarize(session, checks, disk, token_state(runtime.tokens, runtime.token_error, checks),
+                       token_error=runtime.token_error, fuse_problem=libfuse_problem())
+    if team is not None:
+        result["team_cache"] = team
+        # Never a failed export (the bytes still come, from the origin), but never silently slower either.
+        result["notes"] += [f"team cache {c['url']}: {c['store_detail']}" for c in team if c["stores"] is False]
+    return result
 
 
 def short_detail(detail: str) -> str:
@@ -215,6 +222,9 @@ def format_preflight(result: dict[str, Any]) -> str:
                  f"{format_size(disk['needed'])} needed — {'ok' if disk['enough'] else 'NOT ENOUGH'}")
     lines.append(f"token:       {result['token']}")
     lines.append(f"fuse:        {'ok' if result['fuse'] == 'ok' else 'NOT USABLE (see the problem below)'}")
+    for cache in result.get("team_cache", []):
+        stores = {True: "stores", False: "DOES NOT STORE", None: "stores: unknown"}[cache["stores"]]
+        lines.append(f"team cache:  {cache['url']} {cache['state']}, {stores}")
     lines += [f"note: {note}" for note in result["notes"]]
     lines += [f"problem: {problem}" for problem in result["problems"]]
     lines.append(f"verdict: {VERDICTS[result['verdict']]} (exit {result['exit_code']})")

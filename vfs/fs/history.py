@@ -23,6 +23,7 @@ from typing import Any
 import platformdirs
 
 from mixvfs.cache.location import make_private_dir
+from mixvfs.vfs.fs.mount_key import mount_key
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,8 @@ def history_file() -> Path:
 
 
 def key(mountpoint: Path) -> str:
-    """The mountpoint as remembered: absolute, symlinks resolved (``~/Tracks`` and ``./Tracks`` are one).
-    The daemon computes it before mounting: resolving the live mountpoint from inside libfuse's init
-    would ask the daemon itself."""
-    return os.path.realpath(mountpoint)
+    """The mountpoint as remembered (see :func:`mixvfs.vfs.fs.mount_key.mount_key`)."""
+    return mount_key(mountpoint)
 
 
 def remember(mountpoint_key: str, report: Path, session: str, pid: int | None = None) -> None:
@@ -64,6 +63,12 @@ def remember(mountpoint_key: str, report: Path, session: str, pid: int | None = 
             _write(path, dict(newest))
     except OSError as exc:
         log.warning("could not note the report path in %s: %s", path, exc.strerror or exc)
+
+
+def mountpoints_with_report(report: Path) -> list[str]:
+    """The remembered mountpoints whose (last) mount wrote ``report``."""
+    return [where for where, entry in _read(history_file()).items()
+            if isinstance(entry, dict) and entry.get("report") == str(report)]
 
 
 def recall(mountpoint: Path) -> LastMount | None:

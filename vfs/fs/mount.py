@@ -47,7 +47,7 @@ class MountOptions:
     runtime: RuntimeConfig  # the cache, downloads, retries and token, from the settings layers
     report_path: Path | None
     log_file: Path | None
-    retry_after: float
+    failed_for: float
     prefetch: bool
     threads: int = 16
     attr_timeout: float = 1.0  # keep <= 1 s: live reloads must show within 2 s through the kernel's caches
@@ -124,6 +124,10 @@ def check_paths(options: MountOptions, *, log_file: bool) -> None:
         if report.is_dir():
             raise ConfigError(f"report {report}: it is a folder, not a file")
         usable_folder(report.parent, f"report {report}")
+        other = live_mount_writing(report, besides=options.mountpoint)
+        if other is not None:  # two mounts rewriting one file: each would show the other's tracks
+            raise ConfigError(f"report {report}: the live mount at {other} writes it; give this mount a "
+                              "--report of its own (or none: each mount then has its own)")
     if log_file and options.log_file is not None:
         usable_folder(options.log_file.parent, f"log file {options.log_file}")
         try:
@@ -415,16 +419,18 @@ def open_session(
     # Every origin the token may travel to: the server and any absolute cloud URL of a track.
     runtime = open_runtime(options.runtime, origins=[session.server, *(t.cloud_url for t in session.tracks)])
     tracks = build_tracks(session, http=runtime.http, index=runtime.index, jobs=runtime.jobs)
-    report_path = options.report_path or default_report_path(runtime.store.root, session.name)
+    runtime.watch_team_stores(options.runtime.team_reset_after)
+    report_path = options.report_path or default_report_path(runtime.store.root, session.name,
+                                                                 history.key(options.mountpoint))
     try:
         report = Report(report_path, session=session.name, mountpoint=str(options.mountpoint), records=[],
                         manifest=str(options.session_path))
     except OSError as exc:
         runtime.close()
         raise ConfigError(f"report {report_path}: cannot write it: {exc.strerror or exc}") from None
-    core = SessionFS(tracks, runtime.fetcher, report, retry_after=options.retry_after, prefetch=options.prefetch,
+    core = SessionFS(tracks, runtime.fetcher, report, failed_for=options.failed_for, prefetch=options.prefetch,
                      confirm_ahead=options.prefetch, mtime=session.mtime, foreground=runtime.foreground,
-                     request_wait=options.bounds().request_wait)
+                     attr_timeout=options.attr_timeout, request_wait=options.bounds().request_wait)
     report.replace_records(core.initial_records())
     log_missing(tracks)
 
@@ -464,6 +470,15 @@ def mount_info(mountpoint: Path) -> tuple[int | None, Path | None]:
     except (OSError, ValueError):
         return None, None
     return pid, report
+
+
+def live_mount_writing(report: Path, *, besides: Path) -> str | None:
+    """The mountpoint of another live mixvfs mount whose report is ``report``, if the history knows one."""
+    mine = history.key(besides)
+    for where in history.mountpoints_with_report(report):
+        if where != mine and mount_info(Path(where))[1] == report:
+            return where
+    return None
 
 
 class UnmountRefused(MixvfsError):
