@@ -188,7 +188,8 @@ class Mount:
 
 def eio_without_a_report_line(report: dict[str, Any]) -> list[str]:
     """Every EIO the daemon answered (``eio_answers``, per track id) must have its reason in the report: the
-    track failed or is missing, or a reader's error is kept. What breaks that promise, as sentences."""
+    track failed or is missing, or a reader's error is kept, or a note says why (a previewer served stored
+    bytes only: no copier's failure). What breaks that promise, as sentences."""
     tracks = {t.get("id"): t for t in report.get("tracks", [])}
     broken = []
     for track_id, count in report.get("eio_answers", {}).items():
@@ -196,7 +197,7 @@ def eio_without_a_report_line(report: dict[str, Any]) -> list[str]:
         if track_id == "":
             broken.append(f"{count} EIO answer(s) about no track")
         elif track is not None and not (track.get("status") in ("failed", "missing") or track.get("error")
-                                        or track.get("reader_error")):
+                                        or track.get("reader_error") or track.get("note")):
             broken.append(f"{count} EIO answer(s) for {track.get('name')!r}, whose report line says nothing: {track}")
     return broken
 
@@ -225,7 +226,7 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
             log_text = log.read_text() if log.exists() else ""
             raise AssertionError(f"mount failed ({done.returncode}): {done.stderr}\n{log_text}")
         if default_report and done.returncode == 0:
-            report = Path(os.getxattr(mp, "user.mixvfs.report").decode())
+            report = Path(getxattr(mp, "user.mixvfs.report").decode())
         m = Mount(mp, cache, report, session, log, mounted=done.returncode == 0)
         m.extra = [done.stdout, done.stderr, str(done.returncode)]  # for tests of failing mounts
         mounts.append(m)  # before any check below: teardown unmounts it whatever happens
