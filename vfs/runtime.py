@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from mixvfs.cache.defaults import QUESTIONS
 from mixvfs.cache.download import Foreground, RetryPolicy
 from mixvfs.cache.errors import CacheError, ConfigError, FetchError
 from mixvfs.cache.http import HttpClient, origin_of, warn_if_insecure
@@ -105,7 +106,10 @@ def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housek
     for origin in sorted({origin_of(url) for url in origins if url}):
         warn_if_insecure(origin, tokens)
     team = TeamCache(config.team_cache, reset_after=config.team_reset_after) if config.team_cache else None
-    http = HttpClient(tokens=tokens, stall_timeout=config.stall_timeout, team=team)
+    # A connection for each download and each question in flight: a size or a revalidation never queues for a
+    # connection behind downloads (nor a download behind them).
+    http = HttpClient(tokens=tokens, stall_timeout=config.stall_timeout, team=team,
+                      max_connections=config.jobs + QUESTIONS)
     foreground = Foreground()
     fetcher = Fetcher(store, index, http, jobs=config.jobs, policy=config.policy, foreground=foreground)
     return Runtime(store, index, http, fetcher, foreground, tokens, token_error, config.jobs)

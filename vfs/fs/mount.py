@@ -402,7 +402,7 @@ def open_session(
 ) -> tuple[SessionFS, Report, list[Callable[[], None]]]:
     # Every origin the token may travel to: the server and any absolute cloud URL of a track.
     runtime = open_runtime(options.runtime, origins=[session.server, *(t.cloud_url for t in session.tracks)])
-    tracks = build_tracks(session, http=runtime.http, index=runtime.index, jobs=runtime.jobs)
+    tracks = build_tracks(session, http=runtime.http, index=runtime.index)
     report_path = options.report_path or default_report_path(runtime.store.root, session.name)
     try:
         report = Report(report_path, session=session.name, mountpoint=str(options.mountpoint), records=[],
@@ -416,7 +416,7 @@ def open_session(
     log_missing(tracks)
 
     def apply(changed: Session) -> None:
-        fresh = build_tracks(changed, http=runtime.http, index=runtime.index, jobs=runtime.jobs)
+        fresh = build_tracks(changed, http=runtime.http, index=runtime.index)
         core.reload(fresh, mtime=changed.mtime)
         log_missing(fresh)
 
