@@ -13,7 +13,7 @@ TEAM_CACHE_RESET_AFTER = 300.0  # seconds a team cache that failed is skipped
 TOKEN_COMMAND_TIMEOUT = 30.0  # seconds; a password manager waiting for an unlock may need the user
 # Questions without a body (a size, a conditional HEAD) in flight at once to a server: each costs a round trip,
 # so asked one after another 200 tracks at 80 ms take 16 s; this many at once, about one second.
-QUESTIONS = 16
+QUESTIONS = 32
 # Seconds an idle connection is kept for the next request: an exporter pausing between tracks must not pay a
 # new TCP (and TLS) handshake, one or more round trips. nginx keeps idle connections 75 s by default.
 KEEPALIVE_EXPIRY = 60.0

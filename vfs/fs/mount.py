@@ -414,6 +414,7 @@ def open_session(
                      confirm_ahead=options.prefetch, mtime=session.mtime, foreground=runtime.foreground)
     report.replace_records(core.initial_records())
     log_missing(tracks)
+    core.start_revalidating()  # while libfuse mounts: on a distant server, each round of questions is a round trip
 
     def apply(changed: Session) -> None:
         fresh = build_tracks(changed, http=runtime.http, index=runtime.index)

@@ -585,15 +585,20 @@ class SessionFS:
         if self._sizes_thread is None:
             self._sizes_thread = threading.Thread(target=self._learn_sizes, name="sizes", daemon=True)
             self._sizes_thread.start()
-        if self.confirm_ahead and self._ahead is None:
-            walk = self._ahead = Walk(list(self.tracks))
-            for number in range(QUESTIONS):
-                threading.Thread(target=self._look_ahead, args=(walk,), name=f"look-ahead-{number}",
-                                 daemon=True).start()
+        self.start_revalidating()
         if not self.prefetch_enabled or self._prefetch_thread is not None:
             return
         self._prefetch_thread = threading.Thread(target=self._prefetch_all, name="prefetch", daemon=True)
         self._prefetch_thread.start()
+
+    def start_revalidating(self) -> None:
+        """Start the look-ahead (with prefetch): called before the folder goes live, so the first round trips
+        overlap the mount's own start rather than follow it; again by :meth:`start_prefetch` (a no-op then)."""
+        if self.confirm_ahead and self._ahead is None and not self._prefetch_stop.is_set():
+            walk = self._ahead = Walk(list(self.tracks))
+            for number in range(QUESTIONS):
+                threading.Thread(target=self._look_ahead, args=(walk,), name=f"look-ahead-{number}",
+                                 daemon=True).start()
 
     # -- look-ahead: what a cached track's first open would do, done just before it -------------------
 
