@@ -27,6 +27,7 @@ from pathlib import Path
 
 import stamina
 
+from mixvfs.cache.bwlimit import Budget
 from mixvfs.cache.digest import hash_prefix, new_hasher
 from mixvfs.cache.errors import (
     BadBody,
@@ -153,6 +154,7 @@ class Download:
     started: float = 0.0
     finished: float = 0.0
     foreground: Foreground = field(default_factory=Foreground)
+    budget: Budget | None = None  # the bandwidth cap shared by every download of the process (bwlimit)
     cond: threading.Condition = field(default_factory=threading.Condition)
     # Set once the download is cached or failed: for waiters that do not care about each chunk (the
     # prefetcher's slots), so they are not woken by every notify on ``cond``.
@@ -268,11 +270,26 @@ class Download:
                     self.recheck = False
                 if fresh:
                     self._append(fresh)
+                self._pace(len(chunk))
         self.recheck = False
         if self.total is None:
             self.total = self.available  # no length was ever advertised: the body is what it is
         if self.available != self.total:
             raise NetworkError(f"the body ended after {self.available} of {self.total} bytes")
+
+    def _pace(self, count: int) -> None:
+        """Under a bandwidth cap, wait before reading on (the server is slowed by TCP's flow control meanwhile);
+        a cancel, a stop or a reader's claim on this worker ends the wait (the next chunk's check acts on it)."""
+        if self.budget is None:
+            return
+        deadline = time.monotonic() + self.budget.spend(count)
+        with self.cond:
+            while not (self.cancelled or self.stopped or self.yield_requested):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(min(left, 0.1))
+            self.last_progress = time.monotonic()  # waiting for the cap is no stall: readers keep waiting
 
     def _skip_held(self, chunk: bytes, position: int) -> bytes:
         """The part of ``chunk`` (at ``position``) beyond the bytes held, after checking the overlap."""

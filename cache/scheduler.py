@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mixvfs.cache.bwlimit import Budget
 from mixvfs.cache.digest import hash_fd
 from mixvfs.cache.download import DEMAND, Download, Event, Foreground, RetryPolicy, State
 from mixvfs.cache.errors import Cancelled, FetchError, NoSpace
@@ -49,8 +50,10 @@ class Fetcher:
         jobs: int = 3,
         policy: RetryPolicy | None = None,
         foreground: Foreground | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.store = store
+        self.budget = budget  # bwlimit: one cap for all downloads
         self.index = index
         self.http = http
         self.jobs = max(1, jobs)
@@ -243,7 +246,7 @@ class Fetcher:
             raise Cancelled("the mount is shutting down")
         try:
             download = Download(source, self.store, self.index, self.http, self.policy, self._on_event,
-                                foreground=self.foreground)
+                                foreground=self.foreground, budget=self.budget)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace("no space left on the cache disk") from None

@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from mixvfs.cache.bwlimit import Budget
 from mixvfs.cache.defaults import QUESTIONS
 from mixvfs.cache.download import Foreground, RetryPolicy
 from mixvfs.cache.errors import CacheError, ConfigError, FetchError
@@ -38,6 +39,7 @@ class RuntimeConfig:
     tokens: Callable[[], TokenSource | None]
     team_cache: str | None = None  # the team cache setting (already checked), or None: straight to the origin
     team_reset_after: float = 300.0
+    bwlimit: int = 0  # bytes per second for all downloads together; 0: no cap
 
     @property
     def policy(self) -> RetryPolicy:
@@ -111,5 +113,7 @@ def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housek
     http = HttpClient(tokens=tokens, stall_timeout=config.stall_timeout, team=team,
                       max_connections=config.jobs + QUESTIONS)
     foreground = Foreground()
-    fetcher = Fetcher(store, index, http, jobs=config.jobs, policy=config.policy, foreground=foreground)
+    budget = Budget(config.bwlimit) if config.bwlimit else None
+    fetcher = Fetcher(store, index, http, jobs=config.jobs, policy=config.policy, foreground=foreground,
+                      budget=budget)
     return Runtime(store, index, http, fetcher, foreground, tokens, token_error, config.jobs)

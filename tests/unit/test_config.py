@@ -113,3 +113,28 @@ def test_mixvfs_config_rejects_a_bad_file_with_exit_2(tmp_path):
     done = run([MIXVFS, "config"], env={**os.environ, "MIXVFS_CONFIG": str(path)})
     assert done.returncode == 2
     assert "jobs: not a whole number: 'many'" in done.stderr
+
+
+@pytest.mark.parametrize(("file", "env", "flag", "expected"), [
+    (None, None, None, 0),  # no cap by default
+    ('bwlimit = "8M"\n', None, None, 8 << 20),
+    ('bwlimit = "8M"\n', "500k", None, 500 << 10),
+    (None, "4M", "10M/s", 10 << 20),  # like rclone's --bwlimit: bytes per second, an optional "/s"
+    ("bwlimit = 1000000\n", None, None, 1_000_000),  # a bare TOML number is bytes per second
+    ('bwlimit = "4M"\n', None, "off", 0),
+])
+def test_bwlimit_layers(tmp_path, file, env, flag, expected):
+    environ = {}
+    if file is not None:
+        (tmp_path / "c.toml").write_text(file)
+        environ["MIXVFS_CONFIG"] = str(tmp_path / "c.toml")
+    if env is not None:
+        environ["MIXVFS_BWLIMIT"] = env
+    settings = config.resolve(parse(*(["--bwlimit", flag] if flag else [])), env=environ)
+    assert settings.bwlimit == expected
+    assert settings.runtime().bwlimit == expected
+
+
+def test_a_bad_bwlimit_is_one_clear_error():
+    with pytest.raises(ConfigError, match="bwlimit: not a size: 'fast'"):
+        config.resolve(parse("--bwlimit", "fast"), env={})

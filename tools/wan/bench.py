@@ -9,7 +9,7 @@ time (mixvfs: from ``mixvfs mount`` to the end of ``cp -r``), cold (an empty cac
 floor (bytes ÷ link rate); the last columns are mixvfs ÷ the best peer of that run and mixvfs's requests and
 connections per track, counted in nginx's log.
 
-    python -m tools.wan.bench [--quick] [--runs N] [--only cold,loss,warm,ask] [--rate MBIT] [--keep]
+    python -m tools.wan.bench [--quick] [--runs N] [--only cold,big,loss,warm,ask,bwlimit] [--rate MBIT]
 
 The link's traffic goes only to the namespaces it makes; they are removed at the end, on Ctrl-C and on SIGTERM
 (a run killed with SIGKILL leaves them: ``python -m tools.wan.link down N``).
@@ -109,6 +109,8 @@ class Bench:
         self.work = work
         self.rows: list[Row] = []
         self.mount_seconds = 0.0  # of the last mixvfs export: until `mixvfs mount` returned
+        self.copied_at = 0.0  # wall clock (nginx logs in it too) when the last mixvfs export's cp ended
+        self.caps: list[tuple[int, float]] = []  # (--bwlimit, the rate the origin sent at)
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -151,6 +153,7 @@ class Bench:
         with self.mounted(session, cache, *extra) as mnt:
             self.mount_seconds = time.perf_counter() - start
             sh(["cp", "-r", f"{mnt}/.", str(dest)])
+            self.copied_at = time.time()
 
     def aria2c(self, data: DataSet, dest: Path) -> None:
         urls = self.work / "urls.txt"
@@ -239,6 +242,28 @@ class Bench:
                      f"{per_track(result.requests, mnt.tracks)}")
         self.rows += [pre, mnt]
 
+    def case_bwlimit(self, data: DataSet, shape: Shape, cap: int, runs: int) -> None:
+        """``--bwlimit``: the rate the origin sent at, first request to last answer, against the cap."""
+        self.shape(shape)
+        session = data.session(self.work, self.origin.url)
+        for i in range(runs):
+            dest = self.fresh("out")
+            carried = self.link.bytes_to_client()
+            result = self.measure(lambda dest=dest: self.mixvfs_export(  # type: ignore[misc]
+                session, self.fresh("cache"), dest, "--bwlimit", str(cap)))
+            carried = self.link.bytes_to_client() - carried
+            check_copy(data, dest)
+            # What the user's line carried (IP headers included, ~4.5 %: the cap counts only the bodies), from
+            # the first GET reaching the origin to the copy's end.
+            gets = [r for r in result.requests if r.method == "GET"]
+            rate = data.total / (self.copied_at - min(r.start for r in gets))
+            self.say(f"    the link carried {carried / MIB:.1f} MiB for {data.total / MIB:.1f} MiB of tracks; "
+                     f"{len(gets)} GETs for {len(data.files)} tracks")
+            self.caps.append((cap, rate))
+            self.say(f"  --bwlimit {human(cap)}/s, {len(data.files)} × {human(data.size)}, {shape.rtt_ms:g} ms, "
+                     f"run {i + 1}: {rate / MIB:.2f} MiB/s = {rate / cap:.3f} × the cap "
+                     f"(whole export {result.seconds:.1f} s)")
+
     # -- the table --------------------------------------------------------------------------------------
 
     def table(self) -> str:
@@ -310,7 +335,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="40 short tracks at 80 ms, one run (a few minutes)")
     parser.add_argument("--runs", type=int, default=None, help="runs of each case (default 3; quick 1)")
-    parser.add_argument("--only", default="", help="comma list: cold,big,loss,warm,ask (default all)")
+    parser.add_argument("--only", default="", help="comma list: cold,big,loss,warm,ask,bwlimit (default all)")
     parser.add_argument("--rate", type=float, default=100.0, help="link rate each way, Mbit/s (100)")
     parser.add_argument("--work", default=None, help="data folder (default: a temp folder on /var/tmp)")
     parser.add_argument("--out", default=str(REPO / "bench-out"), help="where wan-results.md goes")
@@ -330,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench-wan: {', '.join(lacking)} not installed (MIXVFS_BENCH_DEPS=1 tools/install_system.sh)",
               file=sys.stderr)
         return 2
-    only = set(filter(None, args.only.split(","))) or {"cold", "big", "loss", "warm", "ask"}
+    only = set(filter(None, args.only.split(","))) or {"cold", "big", "loss", "warm", "ask", "bwlimit"}
     rate = args.rate
     with contextlib.ExitStack() as stack:
         work = Path(args.work) if args.work else Path(stack.enter_context(
@@ -361,7 +386,12 @@ def main(argv: list[str] | None = None) -> int:
             bench.case_warm(small, Shape(80, rate), args.runs)
         if "ask" in only:
             bench.case_ask(small, Shape(80, rate), args.runs)
+        if "bwlimit" in only:  # a third of the link: the cap, not the link, bounds the export
+            bench.case_bwlimit(small, Shape(20, rate), int(rate * 1e6 / 8 / 3), args.runs)
         table = bench.table()
+        if bench.caps:
+            table += "\n\n--bwlimit: track bytes ÷ (first GET to the end of cp) ÷ the cap, per run: " + ", ".join(
+                f"{sent / cap:.3f}" for cap, sent in bench.caps)
         print()
         print(table)
         print(f"\nload average at the end {os.getloadavg()[0]:.2f} (2 cores shared: other work makes runs noisy)")

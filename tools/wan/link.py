@@ -185,6 +185,15 @@ class Link:
         self.shape = shape
         self.wait_ready()
 
+    def bytes_to_client(self) -> int:
+        """Bytes the link has carried towards the client so far (tbf's counter on the router's client side,
+        IP headers included): what the user's line carried, unlike a server's count of what it wrote to sockets
+        (bytes a client never read — a connection it closed — count there too)."""
+        done = subprocess.run(["ip", "netns", "exec", self.router, "tc", "-s", "qdisc", "show", "dev", self.router_a],
+                              capture_output=True, text=True, check=True)
+        words = done.stdout.split()
+        return int(words[words.index("Sent") + 1])
+
     def wait_ready(self) -> None:
         """The delay line holds its TUN devices (they are down, dropping everything, until it does)."""
         deadline = time.monotonic() + 10  # a hang guard: attaching takes milliseconds

@@ -54,6 +54,18 @@ def _whole(low: int, high: int) -> Callable[[str], int]:
 _jobs, _attempts = _whole(1, 64), _whole(1, 100)
 
 
+def _bwlimit(text: str) -> int:
+    """``off``/``0``: no cap; else a size per second (``10M``, ``500k``, ``10M/s``)."""
+    value = text.strip().lower()
+    if value in ("off", "0", ""):
+        return 0
+    return parse_size(value.removesuffix("/s"))
+
+
+def _rate(value: int) -> str:
+    return f"{format_size(value)}/s" if value else "off"
+
+
 def _positive_duration(text: str) -> float:
     seconds = parse_duration(text)
     if seconds <= 0:
@@ -144,6 +156,8 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
          format_size),
     Spec("max_age", "MIXVFS_MAX_AGE", DEFAULT_MAX_AGE, parse_duration, "drop blobs unused this long (30d)", _seconds),
     Spec("jobs", "MIXVFS_JOBS", 3, _jobs, "parallel downloads (3)"),
+    Spec("bwlimit", "MIXVFS_BWLIMIT", 0, _bwlimit,
+         "cap on all downloads together, bytes per second like rclone's --bwlimit: 10M = 10 MiB/s (off)", _rate),
     Spec("stall_timeout", "MIXVFS_STALL_TIMEOUT", 30.0, _positive_duration,
          "fail a download without progress this long (30s)", _seconds),
     Spec("retry_after", "MIXVFS_RETRY_AFTER", 60.0, parse_duration,
@@ -168,8 +182,8 @@ PREFLIGHT_SETTINGS = ("server", "token_command", "token_timeout", "token_file", 
                       "jobs", "stall_timeout")
 CACHE_SETTINGS = ("cache_dir", "max_size", "max_age")
 TEAM_SETTINGS = ("team_cache", "team_cache_reset_after", "team_cache_allow_plain_http")
-WARM_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "jobs", "stall_timeout", "retries",
-                 "retry_wait", *TEAM_SETTINGS)
+WARM_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "jobs", "bwlimit", "stall_timeout",
+                 "retries", "retry_wait", *TEAM_SETTINGS)
 
 
 DEFAULT, FILE, ENV, FLAG = range(4)  # the layers, lowest first
@@ -228,6 +242,7 @@ an unknown key is an error (a typo is never ignored silently):
     max_size = "20G"
     max_age = "30d"
     jobs = 3
+    bwlimit = "off"                        # or e.g. "4M": all downloads together, bytes per second
     stall_timeout = "30s"
     retry_after = "60s"
     retries = 5
@@ -290,6 +305,7 @@ class Settings:
     max_size = Setting(int)
     max_age = Setting(float)
     jobs = Setting(int)
+    bwlimit = Setting(int)
     stall_timeout = Setting(float)
     retry_after = Setting(float)
     passthrough = Setting(str)
@@ -307,7 +323,8 @@ class Settings:
                              SPECS["retries"].default if retries is None else int(retries.value),
                              SPECS["retry_wait"].default if wait is None else float(wait.value),
                              self.token_source, self.team_cache(),
-                             float(self._value_or_default("team_cache_reset_after")))
+                             float(self._value_or_default("team_cache_reset_after")),
+                             int(self._value_or_default("bwlimit")))
 
     def _value_or_default(self, name: str) -> Any:
         item = self.resolved.get(name)
