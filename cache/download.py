@@ -28,6 +28,7 @@ from pathlib import Path
 import stamina
 
 from mixvfs.cache.bwlimit import Budget
+from mixvfs.cache.concurrency import Concurrency
 from mixvfs.cache.digest import hash_prefix, new_hasher
 from mixvfs.cache.errors import (
     BadBody,
@@ -38,6 +39,7 @@ from mixvfs.cache.errors import (
     LengthMismatch,
     NetworkError,
     NoSpace,
+    ServerBusy,
     StallTimeout,
     TransientError,
 )
@@ -155,6 +157,7 @@ class Download:
     finished: float = 0.0
     foreground: Foreground = field(default_factory=Foreground)
     budget: Budget | None = None  # the bandwidth cap shared by every download of the process (bwlimit)
+    meter: Concurrency | None = None  # told of bytes, round trips and push-back: how many downloads fill the link
     cond: threading.Condition = field(default_factory=threading.Condition)
     # Set once the download is cached or failed: for waiters that do not care about each chunk (the
     # prefetcher's slots), so they are not woken by every notify on ``cond``.
@@ -231,7 +234,12 @@ class Download:
                     self._progress()
                     self._announce(Event.ATTEMPT)
                 self.resuming = False
-                self._attempt()
+                try:
+                    self._attempt()
+                except ServerBusy:
+                    if self.meter is not None:
+                        self.meter.pushed_back()
+                    raise
 
     def _attempt(self) -> None:
         """One request. Bytes already held are never trusted on the server's word alone: a body that
@@ -242,8 +250,11 @@ class Download:
         # below); a server that gives none is read again from the start and compared byte for byte, or a
         # change between the two requests would be stitched into one file.
         start = self.available if self.etag and not self.recheck else 0
+        asked = time.monotonic()
         with self.http.get(self.source.url, start=start, if_range=self.etag if start else None,
                            size=self.source.size) as body:
+            if self.meter is not None:
+                self.meter.answered_after(time.monotonic() - asked)
             self.via = body.via
             changed = bool(body.etag and self.etag and body.etag != self.etag)
             if changed and body.start > 0:
@@ -351,6 +362,8 @@ class Download:
         self.last_progress = time.monotonic()
 
     def _append(self, chunk: bytes) -> None:
+        if self.meter is not None:
+            self.meter.received(len(chunk))
         if self.total is not None and self.available + len(chunk) > self.total:
             raise LengthMismatch(f"length mismatch: the server sends more than the advertised {self.total} bytes")
         view = memoryview(chunk)

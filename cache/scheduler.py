@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mixvfs.cache.bwlimit import Budget
+from mixvfs.cache.concurrency import Concurrency
 from mixvfs.cache.digest import hash_fd
 from mixvfs.cache.download import DEMAND, Download, Event, Foreground, RetryPolicy, State
 from mixvfs.cache.errors import Cancelled, FetchError, NoSpace
@@ -51,6 +52,7 @@ class Fetcher:
         policy: RetryPolicy | None = None,
         foreground: Foreground | None = None,
         budget: Budget | None = None,
+        adaptive: bool = False,
     ) -> None:
         self.store = store
         self.budget = budget  # bwlimit: one cap for all downloads
@@ -62,6 +64,9 @@ class Fetcher:
         self.foreground = foreground or Foreground()
         self._subscribers: list[Subscriber] = []
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)  # a running download ended or paused
+        # adaptive: how many of the ``jobs`` may run is measured (cache/concurrency.py); else all of them.
+        self.concurrency = Concurrency(self.jobs) if adaptive else None
         self._active: dict[str, Download] = {}
         self._queue: queue.PriorityQueue[tuple[int, int, Download | None]] = queue.PriorityQueue()
         self._running: set[Download] = set()
@@ -246,7 +251,7 @@ class Fetcher:
             raise Cancelled("the mount is shutting down")
         try:
             download = Download(source, self.store, self.index, self.http, self.policy, self._on_event,
-                                foreground=self.foreground, budget=self.budget)
+                                foreground=self.foreground, budget=self.budget, meter=self.concurrency)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace("no space left on the cache disk") from None
@@ -264,12 +269,16 @@ class Fetcher:
         if download.state is not State.PENDING:
             return
         self._queue.put((priority, next(self._seq), download))
-        if priority == DEMAND and len(self._running) >= self.jobs:
+        if priority == DEMAND and len(self._running) >= self._limit():
             paused = [d for d in self._running if d.readers == 0 and not d.yield_requested]
             if paused:
                 victim = max(paused, key=lambda d: d.priority)
                 with victim.cond:
                     victim.yield_requested = True
+
+    def _limit(self, *, waiting: bool = False) -> int:
+        """How many downloads may run now (callers hold ``_lock``)."""
+        return self.jobs if self.concurrency is None else min(self.jobs, self.concurrency.limit(waiting=waiting))
 
     def _ensure_workers(self) -> None:
         while len(self._workers) < self.jobs:
@@ -285,6 +294,13 @@ class Fetcher:
             with self._lock:
                 if download.state is not State.PENDING or self._active.get(download.source.ident) is not download:
                     continue  # a duplicate queue entry (priority bump) of a download already taken
+                if (download.priority != DEMAND and not self._closed
+                        and len(self._running) >= self._limit(waiting=True)):
+                    # No slot for a prefetch: back in the queue, where a reader's track would be taken first,
+                    # until a download ends or the measured number grows (asked again at least every 0.1 s).
+                    self._queue.put((download.priority, next(self._seq), download))
+                    self._freed.wait(timeout=0.1)
+                    continue
                 download.started = time.monotonic()
                 download.state = State.FETCHING
                 self._running.add(download)
@@ -298,6 +314,7 @@ class Fetcher:
             finally:
                 with self._lock:
                     self._running.discard(download)
+                    self._freed.notify()
                     if download.state is State.PENDING and self._active.get(download.source.ident) is download:
                         self._queue.put((download.priority, next(self._seq), download))  # paused: resume later
 

@@ -115,5 +115,5 @@ def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housek
     foreground = Foreground()
     budget = Budget(config.bwlimit) if config.bwlimit else None
     fetcher = Fetcher(store, index, http, jobs=config.jobs, policy=config.policy, foreground=foreground,
-                      budget=budget)
+                      budget=budget, adaptive=True)
     return Runtime(store, index, http, fetcher, foreground, tokens, token_error, config.jobs)

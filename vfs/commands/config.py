@@ -155,7 +155,7 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("max_size", "MIXVFS_MAX_SIZE", DEFAULT_MAX_SIZE, parse_size, "cache size limit, LRU eviction (10G)",
          format_size),
     Spec("max_age", "MIXVFS_MAX_AGE", DEFAULT_MAX_AGE, parse_duration, "drop blobs unused this long (30d)", _seconds),
-    Spec("jobs", "MIXVFS_JOBS", 3, _jobs, "parallel downloads (3)"),
+    Spec("jobs", "MIXVFS_JOBS", 16, _jobs, "most downloads at once; how many run is measured (16)"),
     Spec("bwlimit", "MIXVFS_BWLIMIT", 0, _bwlimit,
          "cap on all downloads together, bytes per second like rclone's --bwlimit: 10M = 10 MiB/s (off)", _rate),
     Spec("stall_timeout", "MIXVFS_STALL_TIMEOUT", 30.0, _positive_duration,
@@ -241,7 +241,7 @@ an unknown key is an error (a typo is never ignored silently):
     cache_dir = "~/.cache/mixvfs"
     max_size = "20G"
     max_age = "30d"
-    jobs = 3
+    jobs = 16                              # the most at once; how many run is measured
     bwlimit = "off"                        # or e.g. "4M": all downloads together, bytes per second
     stall_timeout = "30s"
     retry_after = "60s"
