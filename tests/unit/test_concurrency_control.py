@@ -135,7 +135,8 @@ def test_the_fetcher_runs_only_the_measured_number_of_downloads_and_a_reader_goe
         reader = fetcher.acquire(sources[7])  # not prefetched: a reader's demand
         assert reader.download is not None
         server.wait_held("slots", START + 1)  # it reached the server while START prefetches were running
-        assert downloads[START - 1] is not None and downloads[START - 1].yield_requested  # the least urgent
+        least_urgent = downloads[START - 1]
+        assert least_urgent is not None and least_urgent.yield_requested
         server.release("slots")
         for download in [*downloads, reader.download]:
             assert download is not None
