@@ -135,8 +135,9 @@ def test_the_fetcher_runs_only_the_measured_number_of_downloads_and_a_reader_goe
         reader = fetcher.acquire(sources[7])  # not prefetched: a reader's demand
         assert reader.download is not None
         server.wait_held("slots", START + 1)  # it reached the server while START prefetches were running
-        least_urgent = downloads[START - 1]
-        assert least_urgent is not None and least_urgent.yield_requested
+        least_urgent = downloads[START - 1]  # asked to pause; it may have paused already (between two chunks)
+        assert least_urgent is not None
+        assert least_urgent.yield_requested or least_urgent.state is State.PENDING
         server.release("slots")
         for download in [*downloads, reader.download]:
             assert download is not None
