@@ -9,7 +9,8 @@ time (mixvfs: from ``mixvfs mount`` to the end of ``cp -r``), cold (an empty cac
 floor (bytes ÷ link rate); the last columns are mixvfs ÷ the best peer of that run and mixvfs's requests and
 connections per track, counted in nginx's log.
 
-    python -m tools.wan.bench [--quick] [--runs N] [--only cold,big,loss,warm,ask,bwlimit] [--rate MBIT]
+    python -m tools.wan.bench [--quick] [--runs N] [--only cold,big,loss,warm,ask,bwlimit,reconnect]
+                              [--rate MBIT]
 
 The link's traffic goes only to the namespaces it makes; they are removed at the end, on Ctrl-C and on SIGTERM
 (a run killed with SIGKILL leaves them: ``python -m tools.wan.link down N``).
@@ -111,6 +112,7 @@ class Bench:
         self.mount_seconds = 0.0  # of the last mixvfs export: until `mixvfs mount` returned
         self.copied_at = 0.0  # wall clock (nginx logs in it too) when the last mixvfs export's cp ended
         self.caps: list[tuple[int, float]] = []  # (--bwlimit, the rate the origin sent at)
+        self.reconnect = ""
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -264,6 +266,19 @@ class Bench:
                      f"run {i + 1}: {rate / MIB:.2f} MiB/s = {rate / cap:.3f} × the cap "
                      f"(whole export {result.seconds:.1f} s)")
 
+    def case_reconnect(self, data: DataSet, shape: Shape) -> None:
+        """What a new connection costs against a kept one: two HEADs in one curl (the second reuses the first's
+        connection), the time to each answer's first byte."""
+        self.shape(shape)
+        url = data.urls(self.origin.url)[0]
+        done = subprocess.run(["curl", "-sS", "-I", "-o", "/dev/null", "-o", "/dev/null", "-H",
+                               f"Authorization: Bearer {TOKEN}", "-w", "%{time_connect} %{time_starttransfer}\n",
+                               url, url], capture_output=True, text=True, check=True)
+        (connect, first), (_, again) = (map(float, line.split()) for line in done.stdout.split("\n")[:2])
+        self.reconnect = (f"{shape.rtt_ms:g} ms: a HEAD on a new connection answered after {first * 1000:.0f} ms "
+                          f"(TCP handshake {connect * 1000:.0f} ms), on the kept one after {again * 1000:.0f} ms")
+        self.say(f"  reconnect, {self.reconnect}")
+
     # -- the table --------------------------------------------------------------------------------------
 
     def table(self) -> str:
@@ -335,7 +350,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="40 short tracks at 80 ms, one run (a few minutes)")
     parser.add_argument("--runs", type=int, default=None, help="runs of each case (default 3; quick 1)")
-    parser.add_argument("--only", default="", help="comma list: cold,big,loss,warm,ask,bwlimit (default all)")
+    parser.add_argument("--only", default="", help="comma list: cold,big,loss,warm,ask,bwlimit,reconnect (default all)")
     parser.add_argument("--rate", type=float, default=100.0, help="link rate each way, Mbit/s (100)")
     parser.add_argument("--work", default=None, help="data folder (default: a temp folder on /var/tmp)")
     parser.add_argument("--out", default=str(REPO / "bench-out"), help="where wan-results.md goes")
@@ -355,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench-wan: {', '.join(lacking)} not installed (MIXVFS_BENCH_DEPS=1 tools/install_system.sh)",
               file=sys.stderr)
         return 2
-    only = set(filter(None, args.only.split(","))) or {"cold", "big", "loss", "warm", "ask", "bwlimit"}
+    only = set(filter(None, args.only.split(","))) or {"cold", "big", "loss", "warm", "ask", "bwlimit", "reconnect"}
     rate = args.rate
     with contextlib.ExitStack() as stack:
         work = Path(args.work) if args.work else Path(stack.enter_context(
@@ -386,12 +401,16 @@ def main(argv: list[str] | None = None) -> int:
             bench.case_warm(small, Shape(80, rate), args.runs)
         if "ask" in only:
             bench.case_ask(small, Shape(80, rate), args.runs)
+        if "reconnect" in only:
+            bench.case_reconnect(small, Shape(150, rate))
         if "bwlimit" in only:  # a third of the link: the cap, not the link, bounds the export
             bench.case_bwlimit(small, Shape(20, rate), int(rate * 1e6 / 8 / 3), args.runs)
         table = bench.table()
         if bench.caps:
             table += "\n\n--bwlimit: track bytes ÷ (first GET to the end of cp) ÷ the cap, per run: " + ", ".join(
                 f"{sent / cap:.3f}" for cap, sent in bench.caps)
+        if bench.reconnect:
+            table += f"\n\nreconnect at {bench.reconnect}"
         print()
         print(table)
         print(f"\nload average at the end {os.getloadavg()[0]:.2f} (2 cores shared: other work makes runs noisy)")
