@@ -5,8 +5,9 @@ new TCP connection's window starts small); a fixed number is too few for a long 
 a team cache. :class:`Concurrency` measures the goodput of each interval (a few round trips long) and climbs: twice
 as many downloads while the goodput still grows by at least ``GROWTH`` (as TCP's slow start), back to the last
 number that paid when it stops growing; then it holds for a while and probes a quarter more (the link may have
-changed). Half as many when the server pushes back (429/503). It only climbs while downloads wait for a slot: an exporter that reads slower than the
-link needs no more. Time is injected; the scheduler (:mod:`mixvfs.cache.scheduler`) asks :meth:`limit`.
+changed). Half as many when the server pushes back (429/503). It only climbs while downloads wait for a slot:
+an exporter that reads slower than the link needs no more. Time is injected; the scheduler
+(:mod:`mixvfs.cache.scheduler`) asks :meth:`limit`.
 """
 
 from __future__ import annotations

@@ -113,6 +113,8 @@ class Bench:
         self.copied_at = 0.0  # wall clock (nginx logs in it too) when the last mixvfs export's cp ended
         self.caps: list[tuple[int, float]] = []  # (--bwlimit, the rate the origin sent at)
         self.reconnect = ""
+        self.unmount_seconds = 0.0
+        self.export_seconds: float | None = None  # of the last mixvfs export: mount to the end of cp -r
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -123,10 +125,13 @@ class Bench:
             self.say(f"link: {shape}")
 
     def measure(self, run: Callable[[], None]) -> Result:
+        """A tool's wall time; for a mixvfs export, from ``mixvfs mount`` to the end of ``cp -r`` (the unmount
+        after it is not the export's)."""
         mark = self.origin.mark()
+        self.export_seconds = None
         start = time.perf_counter()
         run()
-        seconds = time.perf_counter() - start
+        seconds = self.export_seconds if self.export_seconds is not None else time.perf_counter() - start
         time.sleep(0.3)  # nginx writes its log line after the answer's last byte left: let the last ones land
         return Result(seconds, self.origin.requests(mark))
 
@@ -145,10 +150,32 @@ class Bench:
         sh([MIXVFS, "mount", str(session), str(mnt), "--cache-dir", str(cache), "--report",
             str(self.work / "report.json"), "--log-file", str(self.work / "mixvfs.log"), *extra],
            env={**os.environ, "MIXVFS_TOKEN": TOKEN})
+        pid = int(os.getxattr(mnt, "user.mixvfs.pid"))
         try:
             yield mnt
         finally:
-            sh([MIXVFS, "unmount", str(mnt)])
+            self.unmount(mnt, pid)
+
+    def unmount(self, mnt: Path, pid: int) -> None:
+        """``mixvfs unmount``; a daemon slow to end has its threads dumped (py-spy, when installed) to the work
+        folder: a slow end is a bug to see, not a figure."""
+        started = time.perf_counter()
+        proc = subprocess.Popen([MIXVFS, "unmount", str(mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            spy = Path(sys.executable).parent / "py-spy"
+            if spy.exists():
+                dump = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True)
+                path = self.work / f"slow-unmount-{pid}.txt"
+                path.write_text(dump.stdout + dump.stderr)
+                self.say(f"    the daemon had not ended 5 s after the unmount: its threads in {path}")
+            proc.wait()
+        if proc.returncode != 0:
+            raise RuntimeError(f"mixvfs unmount failed: {proc.stderr.read().decode() if proc.stderr else ''}")
+        if proc.stderr:
+            proc.stderr.close()
+        self.unmount_seconds = time.perf_counter() - started
 
     def mixvfs_export(self, session: Path, cache: Path, dest: Path, *extra: str) -> None:
         start = time.perf_counter()
@@ -156,6 +183,7 @@ class Bench:
             self.mount_seconds = time.perf_counter() - start
             sh(["cp", "-r", f"{mnt}/.", str(dest)])
             self.copied_at = time.time()
+            self.export_seconds = time.perf_counter() - start
 
     def aria2c(self, data: DataSet, dest: Path) -> None:
         urls = self.work / "urls.txt"
@@ -238,7 +266,7 @@ class Bench:
             result = self.measure(lambda cache=cache, mnt_dir=mnt_dir: sh(  # type: ignore[misc]
                 [MIXVFS, "mount", str(nosize), str(mnt_dir), "--cache-dir", str(cache), "--no-prefetch",
                  "--log-file", str(self.work / "mixvfs.log")], env=env))
-            sh([MIXVFS, "unmount", str(mnt_dir)])
+            sh([MIXVFS, "unmount", str(mnt_dir)])  # a mount without prefetch: nothing to wait for
             mnt.add("mixvfs", result)
             self.say(f"  {mnt.case}, run {i + 1}: {result.seconds:.2f} s (until the folder is live); "
                      f"{per_track(result.requests, mnt.tracks)}")
@@ -352,6 +380,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=None, help="runs of each case (default 3; quick 1)")
     parser.add_argument("--only", default="", help="comma list: cold,big,loss,warm,ask,bwlimit,reconnect (default all)")
     parser.add_argument("--rate", type=float, default=100.0, help="link rate each way, Mbit/s (100)")
+    parser.add_argument("--rtts", default="", help="comma list of round trips (ms) for the cold cases (20,80,150)")
     parser.add_argument("--work", default=None, help="data folder (default: a temp folder on /var/tmp)")
     parser.add_argument("--out", default=str(REPO / "bench-out"), help="where wan-results.md goes")
     args = parser.parse_args(argv)
@@ -387,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench-wan {time.strftime('%Y-%m-%d %H:%M')} UTC: link slot {link.slot}, {rate:g} Mbit/s each way, "
               f"origin {origin.url} (nginx, bearer check); load average {os.getloadavg()[0]:.2f}", flush=True)
         bench = Bench(args, link, origin, work)
-        rtts = (80,) if args.quick else (20, 80, 150)
+        rtts = [float(r) for r in args.rtts.split(",") if r] or ((80,) if args.quick else (20, 80, 150))
         if "cold" in only:
             for rtt in rtts:
                 bench.case_cold(small, Shape(rtt, rate), args.runs)
