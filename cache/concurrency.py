@@ -4,8 +4,9 @@ On a long, fat link one download at a time leaves most of it idle (each track's 
 new TCP connection's window starts small); a fixed number is too few for a long link and too many for a thin one or
 a team cache. :class:`Concurrency` measures the goodput of each interval (a few round trips long) and climbs: twice
 as many downloads while the goodput still grows by at least ``GROWTH`` (as TCP's slow start), back to the last
-number that paid when it stops growing; then it holds for a while and probes a quarter more (the link may have
-changed). Half as many when the server pushes back (429/503). It only climbs while downloads wait for a slot:
+number that paid when it stops growing; then it holds for a while and probes, in turn, a quarter fewer (kept when
+the goodput stays within ``GROWTH``: a doubling in TCP's own start-up may overshoot) and a quarter more (the link
+may have changed). Half as many when the server pushes back (429/503). It only climbs while downloads wait for a slot:
 an exporter that reads slower than the link needs no more. Time is injected; the scheduler
 (:mod:`mixvfs.cache.scheduler`) asks :meth:`limit`.
 """
@@ -41,6 +42,7 @@ class Concurrency:
         self._paid: tuple[int, float] | None = None  # the last (limit, goodput) that was worth its number
         self._holding = 0
         self._starting = True  # doubling, until a step up first buys nothing (as TCP's slow start)
+        self._down_next = False  # the next probe is a step down (probes alternate once the start is over)
 
     # -- what downloads report ---------------------------------------------------------------------------
 
@@ -97,10 +99,25 @@ class Concurrency:
             self._limit = paid[0]  # the step up bought nothing: back to the number that paid, for a while
             self._holding = HOLD
             self._starting = False
+            self._down_next = True
+            return
+        if paid is not None and self._limit < paid[0] and goodput * GROWTH < paid[1]:
+            self._limit = paid[0]  # the step down cost goodput: back up, for a while
+            self._holding = HOLD
+            self._down_next = False
             return
         self._paid = (self._limit, goodput)  # the latest at this number: the link may have changed
         if self._holding > 0:
             self._holding -= 1
+        elif self._down_next and self._limit > self.lower:
+            # Fewer, if as many bytes come: every download more is a flow competing at the bottleneck's buffer
+            # (drops, timeouts), a thread, and a track the exporter waits on.
+            self._limit = max(self.lower, self._limit - max(1, self._limit // 4))
+            self._down_next = False
         elif self._limit < self.upper:
             step = self._limit if self._starting else max(1, self._limit // 4)
             self._limit = min(self.upper, self._limit + step)
+            self._down_next = not self._starting
+        else:  # at --jobs: the start is over, the next probe is a step down
+            self._starting = False
+            self._down_next = True

@@ -4,6 +4,7 @@ before its bytes come, so on a long, fat link more downloads at once fill it, up
 from __future__ import annotations
 
 import os
+import statistics
 from pathlib import Path
 
 import pytest
@@ -56,18 +57,42 @@ def test_a_long_fat_link_gets_more_downloads_until_it_is_full() -> None:
     assert seen[0] == START
     # The model: 4 downloads fill half of the link; it takes about 20 to reach 85 %.
     assert max(seen) >= 16
-    assert goodput(seen[-1], 12.5 * MB, 0.15, 0.5 * MB) >= 0.8 * 12.5 * MB
+    # Then it probes around where a quarter more or fewer changes the goodput by about GROWTH.
+    assert statistics.median(goodput(n, 12.5 * MB, 0.15, 0.5 * MB) for n in seen[-20:]) >= 0.75 * 12.5 * MB
     assert max(seen) <= 32
 
 
-def test_a_link_that_is_full_already_keeps_the_few_it_has() -> None:
+def test_a_link_that_is_full_already_comes_down_to_few() -> None:
     clock = Clock()
     control = Concurrency(32, clock=clock)
-    # A thin, near link: 4 downloads already fill it; a step up buys nothing and is taken back.
-    seen = run(control, clock, 40, rate=1 * MB, rtt=0.01, track=8 * MB)
+    # A thin, near link: 2 downloads already fill it; a step up buys nothing and is taken back, steps down cost
+    # nothing and are kept.
+    seen = run(control, clock, 60, rate=1 * MB, rtt=0.01, track=8 * MB)
     assert max(seen) <= 2 * START
-    assert seen[-1] == START
-    assert seen.count(START) >= 30  # it holds between probes
+    assert seen[-1] == LOWER
+
+
+def test_an_overshoot_of_the_start_is_taken_back() -> None:
+    """Big tracks: 4 at once fill the link, and past 8 each more flow costs it 3 % (drops and timeouts at the
+    bottleneck's buffer). In the first seconds TCP's own start-up makes the goodput grow whatever the number, so
+    the doubling start overshoots, up to --jobs; the steps down bring it back."""
+    clock = Clock()
+    control = Concurrency(16, clock=clock)
+    start = clock.now
+
+    def link(downloads: int) -> float:
+        ramp = min(1.0, (clock.now - start) / 2.0)
+        return ramp * goodput(downloads, 12.5 * MB, 0.08, 8 * MB) * (1 - 0.03 * max(0, downloads - 8))
+
+    seen = []
+    control.answered_after(0.08)
+    for _ in range(120):
+        limit = control.limit(waiting=True)
+        seen.append(limit)
+        control.received(int(link(limit) * MIN_INTERVAL))
+        clock.now += MIN_INTERVAL
+    assert max(seen) >= 16  # the start overshot
+    assert seen[-1] <= 10
 
 
 def test_jobs_is_the_upper_bound_and_never_fewer_than_the_floor() -> None:
