@@ -1,6 +1,6 @@
 # Every target installs what it needs, so a fresh clone works with `make demo` / `make test`, in this order:
 #   1. `system`: Debian/Ubuntu packages with apt, as root or through sudo (python3-venv, libfuse 3 and 2,
-#      rsync, attr, flac, nginx-light; the list and why each is needed: tools/install_system.sh);
+#      rsync, attr, flac, nginx-light, faketime; the list and why each is needed: tools/install_system.sh);
 #   2. $(VENV): a virtual environment made with $(PYTHON), holding mixvfs (editable) and its dev tools.
 SHELL := /bin/bash
 # Any Python >= 3.11 (pyproject.toml's requires-python), e.g. `make demo PYTHON=python3.12` where python3 is
@@ -10,7 +10,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fuse2 test-passthrough lint typecheck unit bench bench-wan system clean
+.PHONY: demo test test-fuse2 test-portable test-passthrough lint typecheck unit bench bench-wan system clean
 
 demo: $(STAMP) system
 	$(PY) tools/demo.py
@@ -19,17 +19,38 @@ demo: $(STAMP) system
 # tests/conftest.py fails the lane if the daemon does not really run on libfuse 2. The stop signals once each
 # way (SIGTERM): SIGINT and SIGHUP take the same path through libfuse's handlers, and the main run has them all.
 FUSE2_TESTS := tests/mount tests/faults/test_signals.py tests/faults/test_concurrency.py \
-	tests/faults/test_deadlines.py -k "not SIGINT and not SIGHUP"
+	tests/faults/test_deadlines.py tests/faults/test_xattrs_offline.py -k "not SIGINT and not SIGHUP"
+
+# The portable lane: what a Mac's Python lacks taken away inside every mixvfs process (this run, the mount daemon,
+# every command), so each fallback of mixvfs/host.py runs for real: tests/portable_lane/sitecustomize.py deletes
+# os.*xattr, os.posix_fadvise and fcntl's leases and hides /proc and /sys from our code; passthrough is off. The
+# unit tier whole (less the tests of a Linux facility itself, marked linux_facilities), then the libfuse 2 mount
+# tests that go through the fallbacks: status/report/unmount without xattrs, check-export's hashing and mount
+# check, Finder's names, a dead mount cleared, a stop signal, the request bound.
+PORTABLE := PYTHONPATH=tests/portable_lane MIXVFS_PASSTHROUGH=off
+PORTABLE_MOUNT_TESTS := tests/mount/test_flow.py tests/mount/test_cli.py tests/mount/test_check_export.py \
+	tests/mount/test_finder.py tests/flow/test_check_export_input.py tests/faults/test_crash.py \
+	tests/faults/test_deadlines.py::test_reads_behind_a_stalled_server_and_a_full_queue_are_answered_within_the_request_timeout \
+	tests/faults/test_signals.py::test_a_restart_after_a_crash_clears_the_dead_mount_and_serves_then_logout_unmounts \
+	tests/faults/test_signals.py::test_foreground_mount_stopped_by_a_signal_exits_0_and_keeps_the_cache \
+	-k "not SIGINT and not SIGHUP"
 
 test: $(STAMP) system
 	$(VENV)/bin/ruff check mixvfs vfs cache tools tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --platform darwin mixvfs
 	$(VENV)/bin/pytest -q
 	FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q $(FUSE2_TESTS)
+	@$(MAKE) --no-print-directory test-portable
 	@$(MAKE) --no-print-directory test-passthrough
 
 test-fuse2: $(STAMP) system
 	FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q $(FUSE2_TESTS)
+
+test-portable: $(STAMP) system
+	$(PORTABLE) $(VENV)/bin/pytest -q -p no:cacheprovider -m "not linux_facilities" tests/unit
+	$(PORTABLE) FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q -p no:cacheprovider -m "not linux_facilities" \
+		$(PORTABLE_MOUNT_TESTS)
 
 # The FUSE passthrough lane (tests/passthrough, which the plain run leaves out): libfuse >= 3.17 built from
 # Debian 13's fuse3 source into build/libfuse-3.17 (tools/build_libfuse.sh: seconds once built), loaded through

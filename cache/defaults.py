@@ -11,6 +11,9 @@ MAX_SIZE = 10 << 30  # bytes
 MAX_AGE = 30 * 86400.0  # seconds unused before a blob is dropped
 TEAM_CACHE_RESET_AFTER = 300.0  # seconds a team cache that failed is skipped
 TOKEN_COMMAND_TIMEOUT = 30.0  # seconds; a password manager waiting for an unlock may need the user
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection to a server
+# seconds a server may ask us to wait (429/503 with Retry-After) before the track fails instead
+SERVER_WAIT_MAX = 120.0
 # Questions without a body (a size, a conditional HEAD) in flight at once to a server: each costs a round trip,
 # so asked one after another 200 tracks at 80 ms take 16 s; this many at once, about one second.
 QUESTIONS = 32

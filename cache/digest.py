@@ -4,8 +4,6 @@ xxhash and nothing of the store."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import mmap
 import os
@@ -16,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import xxhash
+
+from mixvfs import host
 
 HASH_CHUNK = 1 << 20  # xxhash releases the GIL only for inputs over 64 KiB; 1 MiB is its sweet spot.
 
@@ -70,8 +70,7 @@ def hash_path(path: Path, *, progress: Callable[[int], None] | None = None) -> s
     read with ``pread`` (a file cut short then just hashes differently) and the lease given back at once."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a big readahead: one pass, in order
+        host.advise_sequential(fd)  # a big readahead: one pass, in order
         hasher = new_hasher()
         offset = 0
         if mappable(fd) and take_read_lease(fd):
@@ -99,41 +98,18 @@ def mappable(fd: int) -> bool:
 
 @functools.cache
 def fs_type(dev: int) -> str | None:
-    """The file system type of device ``dev``, from ``/proc/self/mountinfo`` (whose third field is the
-    device's ``major:minor``, as ``st_dev`` gives it); None when it is not found (then nothing is mapped)."""
-    want = f"{os.major(dev)}:{os.minor(dev)}"
-    try:
-        with open("/proc/self/mountinfo") as mountinfo:
-            for line in mountinfo:
-                fields = line.split()
-                if len(fields) > 2 and fields[2] == want and " - " in line:
-                    return line.split(" - ", 1)[1].split()[0]
-    except OSError:
-        pass
-    return None
+    """The file system type of device ``dev`` (None when it cannot be told: then nothing is mapped)."""
+    return host.file_system_type(dev)
 
 
 def take_read_lease(fd: int) -> bool:
     if signal.getsignal(signal.SIGIO) is not signal.SIG_IGN:
         return False  # a lease break would end the process: read instead
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-    except OSError:  # EAGAIN: open for writing somewhere; EACCES: not our file; EINVAL: no leases here
-        return False
-    return True
+    return host.take_read_lease(fd)
 
 
-def lease_held(fd: int) -> bool:
-    """False once a writer waits: during a lease break F_GETLEASE answers the type the lease is going to."""
-    try:
-        return fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_RDLCK
-    except OSError:
-        return False
-
-
-def give_back_lease(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+lease_held = host.lease_held
+give_back_lease = host.give_back_lease
 
 
 def feed_mapped(fd: int, hasher: Any, progress: Callable[[int], None] | None) -> int:

@@ -39,12 +39,14 @@ from mixvfs.cache.errors import (
     LengthMismatch,
     NetworkError,
     NoSpace,
+    RequestWaitExceeded,
     ServerBusy,
     StallTimeout,
     TransientError,
 )
 from mixvfs.cache.http import HttpClient
 from mixvfs.cache.index import SourceEntry, SourceIndex
+from mixvfs.cache.origin_wait import origin_key
 from mixvfs.cache.remote import Source
 from mixvfs.cache.store import BlobStore
 
@@ -76,6 +78,7 @@ class Event(enum.Enum):
     """What a download announces: every state change, and each attempt (a try, counted for the report)."""
 
     ATTEMPT = "attempt"
+    SERVER_WAIT = "server_wait"  # the next request waits: the server asked for it (Retry-After)
     FETCHING = "fetching"
     DONE = "done"
     FAILED = "failed"
@@ -152,6 +155,8 @@ class Download:
     via: str | None = None  # where the last request's bytes came from: the origin or the team cache (hit/miss)
     recheck: bool = False  # the bytes held are not known to be of the server's current version
     last_progress: float = 0.0  # monotonic time of the last byte or attempt: waits end only without it
+    server_wait_until: float = 0.0  # waiting until then (the http client's monotonic clock): the server asked
+    server_wait_asked: float = 0.0  # and how long it asked for, as it said it
     serial: int = field(default_factory=lambda: next(_SERIALS))  # names this download's bytes (page cache)
     started: float = 0.0
     finished: float = 0.0
@@ -168,6 +173,7 @@ class Download:
         self.etag = self.source.etag
         self.fd, self.path = self.store.new_staging_file()
         self._hasher = new_hasher()
+        self._wait_urls: dict[str, str] = {}  # origins besides the source's that asked this download to wait
         self.last_progress = time.monotonic()
 
     # -- worker side -----------------------------------------------------------------------------------
@@ -229,6 +235,7 @@ class Download:
         ):
             with attempt:
                 self._check_cancel()
+                self._honour_server_wait()
                 if not self.resuming:
                     self.attempts += 1
                     self._progress()
@@ -236,10 +243,43 @@ class Download:
                 self.resuming = False
                 try:
                     self._attempt()
-                except ServerBusy:
+                except ServerBusy as exc:
                     if self.meter is not None:
                         self.meter.pushed_back()
+                    if exc.wait_url is not None:  # a redirect's target (a CDN) may be the origin that said wait
+                        self._wait_urls[origin_key(exc.wait_url)] = exc.wait_url
                     raise
+
+    def _honour_server_wait(self) -> None:
+        """No request before the time the origin named (429/503 with Retry-After, this track's or another's):
+        wait for it here, cancellable, and counted as progress (a reader waiting on this download is not
+        stalled by the server's own word). A wait longer than ``server_wait_max`` fails the track now."""
+        waits = self.http.waits
+        urls = [self.source.url, *self._wait_urls.values()]
+        try:
+            while (pending := max(filter(None, map(waits.left, urls)), default=None,
+                                  key=lambda p: p[0])) is not None:
+                too_long = next(filter(None, map(waits.too_long, urls)), None)
+                if too_long is not None:
+                    raise too_long
+                announce = not self.server_wait_until
+                with self.cond:
+                    self.server_wait_until = waits.clock() + pending[0]
+                    self.server_wait_asked = pending[1].seconds
+                    self.last_progress = time.monotonic()
+                if announce:
+                    self._announce(Event.SERVER_WAIT)
+                with self.cond:
+                    if not self.cancelled:  # a cancel or a stop notifies; the timeout only re-checks
+                        self.cond.wait(timeout=min(pending[0], 1.0))
+                self._check_cancel()
+        finally:
+            self.server_wait_until = 0.0
+
+    def server_wait_left(self) -> float | None:
+        """Seconds this download still waits because the server asked it to, None when it does not."""
+        left = self.server_wait_until - self.http.waits.clock()
+        return left if self.server_wait_until and left > 0 else None
 
     def _attempt(self) -> None:
         """One request. Bytes already held are never trusted on the server's word alone: a body that
@@ -388,7 +428,8 @@ class Download:
         it stored."""
         assert self.path is not None and self.total is not None
         self.digest = str(self._hasher.hexdigest())
-        self.store.commit(self.path, self.digest, self.total)  # rename: a blob in the store is always whole
+        with self.store.restaged(self.fd, self.path, self.total) as staged:
+            self.store.commit(staged, self.digest, self.total)  # rename: a blob in the store is always whole
         self.path = None  # now owned by the store
         entry = SourceEntry(self.digest, self.total, self.content_type, self.etag, self.last_modified)
         self.index.record(self.source.ident, entry)
@@ -427,13 +468,14 @@ class Download:
 
     # -- reader side -----------------------------------------------------------------------------------
 
-    def wait_for(self, size: int, offset: int) -> int:
+    def wait_for(self, size: int, offset: int, deadline: float | None = None) -> int:
         """Wait until bytes [offset, offset+size) (or the end) are in the staging file; returns their end.
 
         Bytes already held are served even after the download failed (they were checked as they came),
-        unless the failure says the body itself is wrong. A wait ends only on the download's failure or
-        on a lack of progress: a slow but steady download is waited for as long as it takes, and a
-        download still queued behind others is not stalled."""
+        unless the failure says the body itself is wrong. A wait ends on the download's failure, on a lack
+        of progress, or at ``deadline`` (``time.monotonic()``; None: none) with RequestWaitExceeded: a slow
+        but steady download is otherwise waited for as long as it takes, and a download still queued
+        behind others is not stalled."""
         end = offset + size
         patience = 2 * self.policy.stall_timeout + self.policy.wait_max
         with self.cond:
@@ -453,7 +495,15 @@ class Download:
                 elif time.monotonic() - self.last_progress > patience:
                     raise StallTimeout("no progress on the download for "
                                        f"{patience:.0f} s while waiting for the bytes being read")
-                self.cond.wait(timeout=2.0)  # every change notifies; the timeout only re-checks progress
+                wait = 2.0  # every change notifies; the timeout only re-checks progress
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise RequestWaitExceeded(
+                            "a read waited the longest one request may (request_timeout) for the download "
+                            f"({'still queued' if self.state is State.PENDING else 'under way'}); "
+                            "the track is not failed: read it again")
+                self.cond.wait(timeout=wait)
             self.served_upto = max(self.served_upto, end)
         return max(end, offset)
 

@@ -18,8 +18,10 @@ adapter turns these into errno in one table (:mod:`mixvfs.vfs.adapter.errno_map`
         │   ├── NotAudio            2xx whose body is an error page (text/html, application/json)
         │   └── ContentChanged      the server's copy changed after bytes were already served
         ├── NoSpace                 the cache's disk is full
+        ├── ServerWaitTooLong       the server asked to wait longer than ``server_wait_max``
         └── TransientError          worth retrying (with backoff, bounded)
             ├── ServerBusy          5xx, 429
+            │   └── ServerAskedToWait   not sent: the origin asked us to wait (Retry-After) and the time is not up
             ├── NetworkError        connection reset, body cut off, protocol error
             │   └── ServerUnreachable   connection refused, DNS failure, connect timeout
             └── StallTimeout        no progress for ``stall_timeout`` seconds
@@ -61,6 +63,17 @@ class Cancelled(FetchError):
     pass
 
 
+class RequestWaitExceeded(FetchError):
+    """One read (or ``stat``) waited its longest for a download and is answered EIO; the download itself is
+    not failed: it goes on while a reader still has the file open or prefetch wants it. A bound only where
+    the kernel gives up on the daemon itself (macFUSE's ``daemon_timeout``, which ejects the whole volume)."""
+
+
+class NotForPreview(FetchError):
+    """A previewer (Spotlight, QuickLook) opened a track that is not stored: it is not downloaded for it.
+    The track itself is not failed."""
+
+
 class PermanentHttpError(FetchError):
     pass
 
@@ -89,12 +102,22 @@ class NoSpace(FetchError):
     pass
 
 
+class ServerWaitTooLong(FetchError):
+    """The server asked to wait (429/503 with Retry-After) longer than the mount is willing to."""
+
+
 class TransientError(FetchError):
     """Failures that a later attempt may not meet; the fetcher retries these."""
 
 
 class ServerBusy(TransientError):
-    pass
+    def __init__(self, reason: str, status: int = 0, wait_url: str | None = None) -> None:
+        super().__init__(reason, status)
+        self.wait_url = wait_url  # the URL whose origin asked to wait (a redirect's target: a CDN), if one did
+
+
+class ServerAskedToWait(ServerBusy):
+    """A request that was not sent: its origin asked to be left alone until a time not reached yet."""
 
 
 class NetworkError(TransientError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import secrets
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -18,7 +19,7 @@ import httpx
 from mixvfs.cache import receive_buffer
 from mixvfs.cache import team as team_policy
 from mixvfs.cache.decoding import check_decodable, decoded
-from mixvfs.cache.defaults import KEEPALIVE_EXPIRY
+from mixvfs.cache.defaults import CONNECT_TIMEOUT, KEEPALIVE_EXPIRY
 from mixvfs.cache.errors import (
     AuthRejected,
     BadBody,
@@ -31,6 +32,7 @@ from mixvfs.cache.errors import (
     StallTimeout,
     TransientError,
 )
+from mixvfs.cache.origin_wait import OriginWaits
 from mixvfs.cache.remote import RemoteInfo
 from mixvfs.cache.team import ORIGIN_HEADER, REFRESH_HEADER, VIA_ORIGIN, TeamCache, Verdict
 from mixvfs.cache.token import TokenSource
@@ -132,14 +134,19 @@ class HttpClient:
         self,
         *,
         tokens: TokenSource | None = None,
-        connect_timeout: float = 10.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
         stall_timeout: float = 30.0,
         max_connections: int = 16,
         team: TeamCache | None = None,
+        waits: OriginWaits | None = None,
     ) -> None:
         self.tokens = tokens
         self.team = team  # track byte requests (GET, and HEAD for sizes) go through it when set
+        # Every request, whoever makes it (a download, a size probe, a revalidation, the auth flow's retry, a
+        # redirect), passes these hooks: an origin that said "wait" is asked nothing until its time is up.
+        self.waits = waits or OriginWaits()
         self._client = httpx.Client(
+            event_hooks={"request": [self._before_request], "response": [self._after_response]},
             auth=BearerAuth(tokens) if tokens is not None and tokens.configured else None,
             follow_redirects=True,
             timeout=httpx.Timeout(stall_timeout, connect=connect_timeout),
@@ -150,6 +157,33 @@ class HttpClient:
 
     def close(self) -> None:
         self._client.close()
+
+    def check_team_stores(self) -> None:
+        """Ask each team cache whether it stores what it fetches (two small requests, no token: the check is
+        nginx's own answer, never the origin's) and record it. A cache that cannot be reached is left as it
+        was: being down is the routing's business."""
+        if self.team is None:
+            return
+        for endpoint in self.team.endpoints:
+            url = f"{endpoint.base}{team_policy.STORE_CHECK_PATH}?n={secrets.token_hex(16)}"
+            try:
+                with httpx_errors(url):
+                    answers = [self._client.get(url, auth=None) for _ in range(2)]
+                first, second = (team_policy.Answer(r.status_code, r.headers.get(team_policy.MARKER),
+                                                    team_policy.STORE_CHECK_HEADER in r.headers) for r in answers)
+            except FetchError as exc:
+                log.info("team cache %s: store check not made: %s", endpoint.host, exc.reason)
+                continue
+            self.team.stored(endpoint, *team_policy.judge_store_check(first, second))
+
+    def _before_request(self, request: httpx.Request) -> None:
+        self.waits.check(str(request.url))  # raises (nothing is sent) while the origin's wait runs
+
+    def _after_response(self, response: httpx.Response) -> None:
+        seconds = self.waits.heard(str(response.request.url), response.status_code,
+                                   response.headers.get("Retry-After"), response.headers.get("Date"))
+        if seconds is not None:  # converted once, here: check_status quotes it
+            response.extensions[WAIT_EXTENSION] = seconds
 
     def head(self, url: str, headers: dict[str, str] | None = None) -> RemoteInfo:
         """A HEAD: for a size (no ``headers``) through the team cache when one is set; a conditional one
@@ -405,6 +439,7 @@ def content_length(response: httpx.Response) -> int | None:
     return int(value)
 
 
+WAIT_EXTENSION = "mixvfs.server_wait"  # seconds a 429/503 asked to wait, set by HttpClient._after_response
 NO_TOKEN_HINT = "set MIXVFS_TOKEN, --token-file or --token-command"
 
 
@@ -426,7 +461,11 @@ def check_status(response: httpx.Response, url: str) -> None:
                                f"{NO_TOKEN_HINT}", status)
         raise AuthRejected(f"token rejected by the server ({what})", status)
     if status == 429 or status >= 500:
-        raise ServerBusy(f"the server answered {what}", status)
+        seconds = response.extensions.get(WAIT_EXTENSION)
+        asked = "" if seconds is None else (f" and asked to wait {seconds:.0f} s "
+                                            f"(Retry-After: {response.headers.get('Retry-After')})")
+        raise ServerBusy(f"the server answered {what}{asked}", status,
+                         wait_url=None if seconds is None else str(response.url))
     if status == 416:
         # Content-Range "bytes */N" says how long the file really is: a resume past it means the body
         # said more bytes than the file has (or the file shrank): say that, not only "refused".

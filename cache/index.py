@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mixvfs.cache.disk import CheckedCache, JsonDisk
+from mixvfs.cache.folder import CacheFolder, cache_errors
 from mixvfs.cache.remote import RemoteInfo
 
 SRC = "src:"
@@ -49,32 +50,46 @@ class IndexCache(CheckedCache):
         return [(str(key), tag if isinstance(tag, str) else None, float(stored)) for key, tag, stored in rows]
 
 
+def open_index(path: str) -> IndexCache:
+    # tag_index: `evict(digest)` finds a blob's rows through an index, not a table scan.
+    return IndexCache(path, disk=JsonDisk, eviction_policy="none", cull_limit=0, tag_index=True)
+
+
 class SourceIndex:
-    def __init__(self, root: Path) -> None:
-        # tag_index: `evict(digest)` finds a blob's rows through an index, not a table scan.
-        self._db = IndexCache(str(root / "index"), disk=JsonDisk, eviction_policy="none", cull_limit=0,
-                              tag_index=True)
+    def __init__(self, root: Path, folder: CacheFolder | None = None) -> None:
+        """The index in ``root/index``; ``folder``: the cache folder it lives in, watched for removal (the
+        blob store's), else its own."""
+        self._live = (folder or CacheFolder(root)).database("index", open_index)
+
+    @property
+    def _db(self) -> IndexCache:
+        return self._live.get()
 
     def close(self) -> None:
-        self._db.close()
+        self._live.close()
 
     # -- sources ---------------------------------------------------------------------------------------
 
+    @cache_errors("looking up a source")
     def lookup(self, ident: str) -> SourceEntry | None:
         data = self._get(SRC + ident)
         return None if data is None else entry_of(data)
 
+    @cache_errors("recording a download")
     def record(self, ident: str, entry: SourceEntry) -> None:
         """Map ``ident`` to ``entry``; the row is tagged with the entry's digest (see :meth:`forget_digest`)."""
         self._db.set(SRC + ident, asdict(entry), tag=entry.digest)
 
+    @cache_errors("forgetting a source")
     def forget(self, ident: str) -> None:
         self._db.delete(SRC + ident)
 
+    @cache_errors("forgetting a blob's sources")
     def forget_digest(self, digest: str) -> int:
         """Remove every source row that maps to ``digest`` (its blob is gone); returns how many."""
         return int(self._db.evict(digest))
 
+    @cache_errors("listing sources")
     def sources_by_digest(self) -> dict[str, list[str]]:
         """digest -> source identities that map to it (for ``cachectl ls``)."""
         result: dict[str, list[str]] = {}
@@ -86,6 +101,7 @@ class SourceIndex:
 
     # -- what servers said -----------------------------------------------------------------------------
 
+    @cache_errors("reading what a server said")
     def remote(self, url: str) -> RemoteInfo | None:
         data = self._get(HEAD + url)
         if data is None:
@@ -93,11 +109,13 @@ class SourceIndex:
         return RemoteInfo(data.get("size"), data.get("etag"), data.get("content_type"), data.get("magic_ext"),
                           data.get("last_modified"))
 
+    @cache_errors("remembering what a server said")
     def remember_remote(self, url: str, info: RemoteInfo) -> None:
         self._db.set(HEAD + url, asdict(info))  # diskcache keeps the time (store_time): see prune
 
     # -- bounds ----------------------------------------------------------------------------------------
 
+    @cache_errors("pruning the index")
     def prune(self, *, cutoff: float, blobs: Callable[[], Collection[str]]) -> int:
         """Drop ``head:`` rows last written before ``cutoff`` and ``src:`` rows whose blob is gone; returns
         how many rows went. The blob store removes a blob's rows as it removes the blob; this sweep catches
@@ -128,6 +146,7 @@ class SourceIndex:
         self.record(key[len(SRC):], entry)
         return False
 
+    @cache_errors("counting the index")
     def counts(self) -> dict[str, int]:
         """How many rows of each kind (for ``cachectl stats``)."""
         keys = [key for key, _, _ in self._db.rows()]

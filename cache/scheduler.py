@@ -149,6 +149,11 @@ class Fetcher:
             self._enqueue(download, DEMAND)
             return Acquired(fd, download, None)
 
+    def acquire_stored(self, source: Source) -> Acquired | None:
+        """Like :meth:`acquire`, for a stored blob only: None (and nothing started) when it is not stored."""
+        with self._lock:
+            return self._open_stored(source)
+
     def release(self, download: Download) -> None:
         """A reader closed its file. The last reader leaving cancels the download unless prefetch wants it."""
         with self._lock:

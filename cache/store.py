@@ -44,10 +44,12 @@ import diskcache
 from mixvfs.cache.digest import hash_fd
 from mixvfs.cache.disk import CheckedCache, SafeDisk
 from mixvfs.cache.errors import CacheError, NoSpace
+from mixvfs.cache.folder import CacheFolder, cache_errors, translated
 from mixvfs.cache.index import SourceIndex
-from mixvfs.cache.location import make_private_dir
 
 log = logging.getLogger(__name__)
+
+COPY_CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Adopt:
@@ -84,6 +86,17 @@ class BlobInfo:
     stored: float
     expires: float | None  # when prune will drop it if unused until then: last use + the store's max_age
     filename: str
+
+
+def ttl_reference(infos: Sequence[BlobInfo], now: float) -> float:
+    """The "now" a blob's age is measured to: the wall clock, but never more than a second past the cache's
+    own newest use. The TTL is wall time by nature, and a clock stepped forward (a wrong NTP answer, a user
+    changing the date) would otherwise make every blob look unused for the size of the step and empty the
+    cache in one prune; measured from the newest use, a blob goes once it has gone ``max_age`` unused while
+    the cache itself was in use. (A last use in the future — the clock stepped back — is clamped to ``now``
+    before this: see :meth:`BlobCache.clamp_future_uses`.)"""
+    newest = max((info.last_used for info in infos), default=now)
+    return min(now, newest + 1.0)
 
 
 def victims(
@@ -124,6 +137,15 @@ class BlobCache(CheckedCache):
         k, s, a, st, f = rows[0]
         return BlobInfo(str(k), int(s), float(a), float(st), None, str(f))
 
+    def clamp_future_uses(self, now: float) -> int:
+        """Last uses later than ``now`` (stamped while the wall clock ran ahead, then corrected back) become
+        ``now``: else such a blob would outlive the TTL and the LRU order by the size of the step."""
+        if not self._query("SELECT 1 FROM Cache WHERE access_time > ? LIMIT 1", (now,)):
+            return 0
+        future = self._query("SELECT COUNT(*) FROM Cache WHERE access_time > ?", (now,))[0][0]
+        self._query("UPDATE Cache SET access_time = ? WHERE access_time > ?", (now, now))
+        return int(future)
+
     def clear_expiry(self) -> None:
         """Forget stored expiries (the previous version wrote them): the TTL is judged by prune from the
         last use, and a stored one would make ``get`` hide a blob that a raised max_age keeps."""
@@ -150,33 +172,43 @@ class BlobStore:
         self.max_size = max_size
         self.max_age = max_age
         self.staging = root / "staging"
-        make_private_dir(root)
-        make_private_dir(self.staging)
-        self._cache = BlobCache(
-            str(root / "blobs"),
-            disk=BlobDisk,
-            eviction_policy="least-recently-used",  # every get() records the use: LRU order and the TTL
-            size_limit=max_size,
-            cull_limit=0,  # we evict ourselves (see evict_to); diskcache's batch cull can drop the new blob
-            disk_min_file_size=0,
-        )
-        self._cache.clear_expiry()
-        self.index = SourceIndex(root)  # a blob's rows leave with it (see _remove)
+        # Removed or replaced while in use, the folder is made again at the next access (see CacheFolder).
+        self.folder = CacheFolder(root, subfolders=("staging",))
+        self._blobs = self.folder.database("blobs", self._open_blobs)
+        self.index = SourceIndex(root, self.folder)  # a blob's rows leave with it (see _remove)
         self._evict_lock = threading.Lock()
         self._own: set[Path] = set()  # staging files this store handed out and has not seen end
         self._own_bound = 64
         self._own_lock = threading.Lock()
 
+    def _open_blobs(self, path: str) -> BlobCache:
+        cache = BlobCache(
+            path,
+            disk=BlobDisk,
+            eviction_policy="least-recently-used",  # every get() records the use: LRU order and the TTL
+            size_limit=self.max_size,
+            cull_limit=0,  # we evict ourselves (see evict_to); diskcache's batch cull can drop the new blob
+            disk_min_file_size=0,
+        )
+        cache.clear_expiry()
+        return cache
+
+    @property
+    def _cache(self) -> BlobCache:
+        return self._blobs.get()
+
     def close(self) -> None:
         self.index.close()
-        self._cache.close()
+        self._blobs.close()
 
     # -- staging ---------------------------------------------------------------------------------------
 
+    @cache_errors("starting a download")
     def new_staging_file(self) -> tuple[int, Path]:
         """An empty private file for a download, locked (``flock``) until the descriptor and every ``dup``
         of it are closed: the lock is the download's claim on the file. The pid in the name is for
         people reading the folder; nothing decides by it."""
+        self.folder.ensure()
         while True:
             path = self.staging / f"{os.getpid()}.{secrets.token_hex(8)}.part"
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -193,6 +225,30 @@ class BlobStore:
                 self._own = {p for p in self._own if p.exists()}
                 self._own_bound = 2 * len(self._own) + 64
         return fd, path
+
+    @contextlib.contextmanager
+    def restaged(self, fd: int, path: Path, size: int) -> Iterator[Path]:
+        """The staging file to commit: ``path``, or — when the cache folder was removed while the download ran,
+        taking the file's name with it — a new staging file holding the same ``size`` bytes, copied from ``fd``
+        (still ours: POSIX keeps an unlinked file's bytes for its descriptors). Its lock is held until the
+        commit has renamed it."""
+        if os.fstat(fd).st_nlink > 0:
+            yield path
+            return
+        copy_fd, copy_path = self.new_staging_file()
+        try:
+            with translated("copying a download whose staging file was removed"):
+                done = 0
+                while done < size:
+                    chunk = os.pread(fd, min(COPY_CHUNK, size - done), done)
+                    if not chunk:
+                        raise CacheError("the download's bytes were cut short while they were copied")
+                    done += os.pwrite(copy_fd, chunk, done)
+            log.info("the staging file of a download went with the cache folder: its bytes were copied back")
+            yield copy_path
+        finally:
+            os.close(copy_fd)
+            self._disown(path)
 
     def clean_stale_staging(self, *, dry_run: bool = False) -> list[Path]:
         """Remove staging files no process holds: the downloads of a process that crashed or was killed.
@@ -246,6 +302,7 @@ class BlobStore:
             # The rename may have happened: the orphan file is diskcache's to clean (check(fix=True)).
             raise CacheError(f"the cache database did not take the download: {exc or type(exc).__name__}") from exc
 
+    @cache_errors("recording a use")
     def _mark_used(self, digest: str) -> bool:
         """Record a use of ``digest`` (LRU and TTL) if it is stored; False if it is not."""
         handle = self._cache.get(digest, read=True)
@@ -254,9 +311,11 @@ class BlobStore:
         handle.close()
         return True
 
+    @cache_errors("looking up a blob")
     def has(self, digest: str) -> bool:
         return digest in self._cache
 
+    @cache_errors("opening a blob")
     def open_blob(self, digest: str) -> int | None:
         """A descriptor of the blob, or None. Records the use (diskcache's LRU ``get`` sets the last-use
         time, which the TTL counts from): once per open, not per read."""
@@ -266,14 +325,17 @@ class BlobStore:
         with handle:
             return os.dup(handle.fileno())
 
+    @cache_errors("looking up a blob")
     def info(self, digest: str) -> BlobInfo | None:
         info = self._cache.info(digest)
         return None if info is None else self._with_expiry(info)
 
+    @cache_errors("removing a blob")
     def remove(self, digest: str) -> bool:
         """Remove a blob (e.g. found damaged at open) and its index rows."""
         return self._remove_digest(digest)
 
+    @cache_errors("listing blobs")
     def infos(self) -> list[BlobInfo]:
         """Every blob, least recently used first."""
         return [self._with_expiry(info) for info in self._cache.infos()]
@@ -281,6 +343,7 @@ class BlobStore:
     def path_of(self, info: BlobInfo) -> Path:
         return self.root / "blobs" / info.filename
 
+    @cache_errors("measuring the cache")
     def used_bytes(self) -> int:
         return self._cache.used_bytes()
 
@@ -299,6 +362,7 @@ class BlobStore:
 
     # -- limits ----------------------------------------------------------------------------------------
 
+    @cache_errors("evicting blobs")
     def evict_to(self, limit: int, *, protect: Iterable[str] = ()) -> list[BlobInfo]:
         """Least recently used blobs out until the rest fits in ``limit`` (after each commit)."""
         if self._cache.stored_bytes() <= limit:
@@ -308,6 +372,7 @@ class BlobStore:
             self._remove(chosen)
             return chosen
 
+    @cache_errors("pruning the cache")
     def prune(
         self,
         *,
@@ -319,15 +384,20 @@ class BlobStore:
         """Drop blobs unused for ``max_age`` (default: the store's), then least recently used down to
         ``max_size``; and bound the index (its rows of removed blobs, HEAD answers older than max_age)."""
         now = time.time() if now is None else now
-        cutoff = now - (self.max_age if max_age is None else max_age)
         limit = self.max_size if max_size is None else max_size
         with self._evict_lock:
-            chosen = victims(self.infos(), limit=limit, cutoff=cutoff)
+            if not dry_run and (clamped := self._cache.clamp_future_uses(now)):
+                log.info("%d blobs were last used in the future (the clock was set back): counted as used now",
+                         clamped)
+            infos = self.infos()
+            cutoff = ttl_reference(infos, now) - (self.max_age if max_age is None else max_age)
+            chosen = victims(infos, limit=limit, cutoff=cutoff)
             if not dry_run:
                 self._remove(chosen)
                 self.index.prune(cutoff=cutoff, blobs=self._cache.digests)
         return chosen
 
+    @cache_errors("verifying blobs")
     def verify(self) -> tuple[int, list[BlobInfo]]:
         """Re-hash every blob; remove and return the ones whose bytes changed. Returns (checked, corrupt)."""
         corrupt = []

@@ -35,6 +35,9 @@ REFRESH_HEADER = "X-Mixvfs-Refresh"
 ORIGIN_HEADER = "X-Mixvfs-Origin"  # request: the origin the client means; answer: the origin the cache fronts
 FAILOVER_STATUSES = frozenset({502, 503, 504})
 MISDIRECTED = 421  # the cache fronts another origin
+# Asked twice with one nonce (``?n=``), the second answer is a HIT only if the cache stored the first.
+STORE_CHECK_PATH = "/.mixvfs-store-check"
+STORE_CHECK_HEADER = "X-Mixvfs-Store-Check"  # on the check's answers: a configuration that has the check
 DEFAULT_RESET_AFTER = defaults.TEAM_CACHE_RESET_AFTER
 
 VIA_ORIGIN = "origin"
@@ -131,10 +134,34 @@ class Endpoint:
     base: str
     down_until: float = 0.0
     reason: str = ""
+    stores: bool | None = None  # the last store check: it stores (True), it does not (False), not known (None)
+    store_detail: str | None = None  # what the check saw, as a phrase
 
     @property
     def host(self) -> str:
         return urlsplit(self.base).netloc
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the store check needs of one answer from the cache."""
+
+    status: int
+    cache_status: str | None  # the marker header, None when absent
+    checked: bool = True  # the answer came from the store check (its header), not from an older configuration
+
+
+def judge_store_check(first: Answer, second: Answer) -> tuple[bool | None, str | None]:
+    """Does the cache store what it fetches? From two answers to one nonce: the second must be a HIT. None when
+    the check cannot tell (a configuration without the check: an older one, or not ours)."""
+    if not second.checked or second.cache_status is None:
+        return None, "its configuration has no store check (generate it again with mixvfs team-cache nginx-config)"
+    if second.status == 200 and second.cache_status.upper() in HIT_STATUSES:
+        return True, None
+    return False, (f"it answers but does not store: a second request of the same thing was HTTP {second.status}, "
+                   f"{MARKER} {second.cache_status} (the first HTTP {first.status}, {first.cache_status}); every "
+                   "track comes from the music service through it — is its --cache-dir owned by nginx's worker "
+                   "user, and is its disk full? (see its error.log)")
 
 
 @dataclass(frozen=True)
@@ -212,13 +239,25 @@ class TeamCache:
         log.info("team cache %s: %s; asking it to refresh", route.endpoint.host, stale)
         return Verdict.REFRESH
 
+    def stored(self, endpoint: Endpoint, stores: bool | None, detail: str | None) -> None:
+        """The result of a store check. One warning when a cache is found not storing (again after it did)."""
+        with self._lock:
+            was = endpoint.stores
+            endpoint.stores, endpoint.store_detail = stores, detail
+        if stores is False and was is not False:
+            log.warning("team cache %s: %s", endpoint.host, detail)
+        elif stores is True and was is False:
+            log.info("team cache %s stores again", endpoint.host)
+
     def state(self, *, now: float | None = None) -> list[dict[str, object]]:
-        """Each cache, up or down (with why and for how much longer): for ``mixvfs status``."""
+        """Each cache, up or down (with why and for how much longer), and whether it stores: for ``mixvfs
+        status``."""
         at = self._now() if now is None else now
         with self._lock:
             return [{"url": e.base, "state": "up" if e.down_until <= at else "down",
                      "reason": e.reason if e.down_until > at else None,
-                     "retry_in": round(max(0.0, e.down_until - at), 1)} for e in self.endpoints]
+                     "retry_in": round(max(0.0, e.down_until - at), 1),
+                     "stores": e.stores, "store_detail": e.store_detail} for e in self.endpoints]
 
 
 def staleness(headers: Mapping[str, str], total: int | None, expected: int | None,

@@ -30,6 +30,24 @@ CACHECTL = str(BIN / "cachectl")
 LANE_MAJORS: dict[str, int] = {"fuse": 2, "fuse3": 3}
 
 
+def _linux_call(name: str) -> Any:
+    """``os.<name>``; in the portable lane (tests/portable_lane), which takes it away from mixvfs, the
+    original: the tests still observe what the mount publishes."""
+    lane = sys.modules.get("portable_lane")
+    call = getattr(os, name, None) or getattr(lane, "REMOVED", {}).get(name)
+    if call is None:
+        pytest.skip(f"os.{name} does not exist here")
+    return call
+
+
+def getxattr(path: str | os.PathLike[str], name: str) -> bytes:
+    return bytes(_linux_call("getxattr")(path, name))
+
+
+def listxattr(path: str | os.PathLike[str]) -> list[str]:
+    return list(_linux_call("listxattr")(path))
+
+
 def lane_libfuse_major() -> int | None:
     """The libfuse major version FUSE_LIBRARY_NAME asks for, if it names one."""
     return LANE_MAJORS.get(os.environ.get("FUSE_LIBRARY_NAME", ""))
@@ -77,6 +95,14 @@ def daemon_libfuse_major(pid: int) -> int | None:
     names = {Path(line.split()[-1]).name for line in maps.splitlines() if "libfuse" in line}
     majors = {3 if name.startswith("libfuse3.") else 2 for name in names if name.startswith("libfuse")}
     return majors.pop() if len(majors) == 1 else None
+
+
+def without_root_override(cmd: list[str]) -> list[str]:
+    """``cmd`` bound by files' permission bits as their owner is: root (who runs these tests in CI) reads and
+    writes anything unless it runs without the capabilities that override them (its children inherit that)."""
+    if os.geteuid() != 0:
+        return cmd
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
 
 
 def run(cmd: list[str], *, check: bool = False, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -160,6 +186,22 @@ class Mount:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
 
+def eio_without_a_report_line(report: dict[str, Any]) -> list[str]:
+    """Every EIO the daemon answered (``eio_answers``, per track id) must have its reason in the report: the
+    track failed or is missing, or a reader's error is kept, or a note says why (a previewer served stored
+    bytes only: no copier's failure). What breaks that promise, as sentences."""
+    tracks = {t.get("id"): t for t in report.get("tracks", [])}
+    broken = []
+    for track_id, count in report.get("eio_answers", {}).items():
+        track = tracks.get(track_id)
+        if track_id == "":
+            broken.append(f"{count} EIO answer(s) about no track")
+        elif track is not None and not (track.get("status") in ("failed", "missing") or track.get("error")
+                                        or track.get("reader_error") or track.get("note")):
+            broken.append(f"{count} EIO answer(s) for {track.get('name')!r}, whose report line says nothing: {track}")
+    return broken
+
+
 @pytest.fixture
 def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     """Mount with the real `mixvfs mount` (daemon in the background); always unmounted at teardown."""
@@ -167,7 +209,8 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     mounts: list[Mount] = []
 
     def mount(session: Path, *extra: str, cache_dir: Path | None = None, mountpoint: Path | None = None,
-              env: dict[str, str] | None = None, expect_ok: bool = True) -> Mount:
+              env: dict[str, str] | None = None, expect_ok: bool = True, wrap: list[str] | None = None,
+              default_report: bool = False) -> Mount:
         index = len(mounts)
         mp = mountpoint or tmp_path / f"mnt{index}"
         with contextlib.suppress(FileExistsError):  # not exist_ok: its is_dir() check fails on a dead mount
@@ -175,18 +218,21 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
         cache = cache_dir or tmp_path / "cache"
         report = tmp_path / f"report{index}.json"
         log = tmp_path / f"mixvfs{index}.log"
-        cmd = [MIXVFS, "mount", str(session), str(mp), "--cache-dir", str(cache), "--report", str(report),
+        reporting = [] if default_report else ["--report", str(report)]  # default: where the mount puts it
+        cmd = [*(wrap or []), MIXVFS, "mount", str(session), str(mp), "--cache-dir", str(cache), *reporting,
                "--log-file", str(log), *extra]
         done = run(cmd, env={**os.environ, **(env or {})})
         if expect_ok and done.returncode != 0:
             log_text = log.read_text() if log.exists() else ""
             raise AssertionError(f"mount failed ({done.returncode}): {done.stderr}\n{log_text}")
+        if default_report and done.returncode == 0:
+            report = Path(getxattr(mp, "user.mixvfs.report").decode())
         m = Mount(mp, cache, report, session, log, mounted=done.returncode == 0)
         m.extra = [done.stdout, done.stderr, str(done.returncode)]  # for tests of failing mounts
         mounts.append(m)  # before any check below: teardown unmounts it whatever happens
         wanted = lane_libfuse_major()
         if m.mounted and wanted is not None and sys.platform == "linux":
-            pid = int(os.getxattr(mp, "user.mixvfs.pid"))
+            pid = int(getxattr(mp, "user.mixvfs.pid"))
             assert daemon_libfuse_major(pid) == wanted, f"the daemon does not run on libfuse {wanted}"
         return m
 
@@ -198,3 +244,9 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
         # Whatever happened (a killed daemon, a failed assertion): leave no mount, live or dead, behind.
         if str(m.path) in Path("/proc/mounts").read_text():
             run(["umount", "-l", str(m.path)])
+    # The promise, for every test that mounted: never an EIO without a line in the report saying why.
+    for m in mounts:
+        with contextlib.suppress(OSError, ValueError):
+            report = m.report()
+            broken = eio_without_a_report_line(report)
+            assert not broken, f"{m.path}: " + "; ".join(broken)

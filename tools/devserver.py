@@ -26,6 +26,8 @@ Fields, all optional:
   (bytes/s, slow but steady), ``content_length`` (a lying Content-Length), ``delay`` (seconds
   before anything is sent), ``headers`` (extra response headers, e.g. ``{"Retry-After": "1"}``),
   ``id`` (ignored, but it makes an entry distinct so its ``times`` budget and holds start again).
+  ``retry_after_date``: N sends ``Retry-After`` as an HTTP-date N seconds after the response's ``Date``
+  (the other form, delta-seconds, is ``headers: {"Retry-After": "N"}``).
 * ``encoding``: ``"gzip"`` | ``"deflate"`` | ``"br"`` (``br`` only if the brotli module imports):
   the body is compressed and sent with ``Content-Encoding`` whatever Accept-Encoding says (a
   misconfigured CDN). Content-Length is the compressed length (HEAD too); Range is ignored (200)
@@ -130,7 +132,7 @@ FAULT_FIELDS: Final = frozenset(
         "status", "times", "head", "drop_after", "stall_after", "stall_seconds", "rate",
         "content_length", "body", "content_type", "redirect", "delay", "headers", "id",
         "encoding", "ignore_range", "weak_etag", "no_head", "chunked", "no_validators", "etag",
-        "range_early", "hold", "hold_head", "hold_after", "then", "after_body",
+        "range_early", "hold", "hold_head", "hold_after", "then", "after_body", "retry_after_date",
     }
 )  # fmt: skip
 ENCODINGS: Final = ("gzip", "deflate", "br", "gzip-members", "gzip-cut")
@@ -184,6 +186,7 @@ class Fault:
     hold_head: bool = False
     hold_after: int | None = None
     after_body: str | None = None
+    retry_after_date: int | None = None
     then: Fault | None = None  # applies once ``times`` is used up (e.g. cut once, then a habit for good)
 
     @property
@@ -208,6 +211,7 @@ class Fault:
             ("drop_after", self.drop_after is not None),
             ("rate", self.rate is not None),
             ("headers", bool(self.headers)),
+            ("retry_after_date", self.retry_after_date is not None),
             ("after_body", self.after_body is not None),
         ]
         return "+".join(name for name, active in actions if active) or None
@@ -357,6 +361,7 @@ FIELD_READERS: Final[Mapping[str, FieldReader]] = {
     "hold_head": _opt_bool,
     "hold_after": _opt_int,
     "after_body": _opt_str,
+    "retry_after_date": _opt_int,
 }
 
 
@@ -901,6 +906,11 @@ class DevRequestHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         for name, value in fault.headers if fault else ():
             self.send_header(name, value)
+        if fault is not None and fault.retry_after_date is not None:
+            # From the second the Date header (sent just above) names, or the next if one ticked since: never
+            # earlier than Date + N.
+            self.send_header("Retry-After", email.utils.formatdate(int(time.time()) + fault.retry_after_date,
+                                                                   usegmt=True))
         self.end_headers()
 
     def _send_text(

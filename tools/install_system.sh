@@ -7,6 +7,8 @@
 #   libfuse2                libfuse 2, the API macFUSE offers: `make test` runs the mount tests on it too
 #   rsync, attr, flac       for the tests: real rsync copies, getfattr, the reference FLAC decoder
 #   nginx-light             for the tests: the studio team cache (auth_request, slice) on loopback
+#   exfatprogs, exfat-fuse  for the tests: an export onto exFAT (a DJ's USB stick), through a loop device
+#   faketime                for the tests: libfaketime steps a mount daemon's wall clock (clock-step tests)
 #   iproute2, gcc, libc6-dev for the tests: the emulated internet link (network namespaces, tc, the delay line
 #                           tools/wan/delayline.c, compiled at the first run)
 # With MIXVFS_BENCH_DEPS=1 (`make bench`, `make bench-wan`) also rclone, curl, aria2 (aria2c), xxhash (xxhsum, check-export's floor), bindfs, and
@@ -16,7 +18,8 @@
 # venv, its own pythonX.Y-venv is installed too (e.g. python3.11-venv for `make demo PYTHON=python3.11`).
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
-want=(python3 python3-venv fuse3 libfuse2 libfuse3-3 rsync attr flac nginx-light iproute2 gcc libc6-dev)
+want=(python3 python3-venv fuse3 libfuse2 libfuse3-3 rsync attr flac nginx-light exfatprogs exfat-fuse faketime iproute2 gcc
+      libc6-dev)
 if [[ "${MIXVFS_BENCH_DEPS:-0}" == 1 ]]; then
     want+=(rclone curl aria2 xxhash bindfs gcc libc6-dev pkg-config libfuse3-dev)
 fi
@@ -24,7 +27,8 @@ fi
 if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then
     # Not Debian/Ubuntu: say what is needed instead of failing on a missing apt.
     echo "note: no apt here; make sure these are installed: Python >= 3.11 with venv, libfuse 3 (fusermount3)," \
-         "and for the tests libfuse 2, rsync, getfattr (attr), flac, nginx (with auth_request and slice)" >&2
+         "and for the tests libfuse 2, rsync, getfattr (attr), flac, nginx (with auth_request and slice)," \
+         "mkfs.exfat, exfat-fuse and libfaketime" >&2
     exit 0
 fi
 

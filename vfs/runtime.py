@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mixvfs.cache.bwlimit import Budget
-from mixvfs.cache.defaults import QUESTIONS
+from mixvfs.cache.defaults import QUESTIONS, SERVER_WAIT_MAX
 from mixvfs.cache.download import Foreground, RetryPolicy
 from mixvfs.cache.errors import CacheError, ConfigError, FetchError
 from mixvfs.cache.http import HttpClient, origin_of, warn_if_insecure
 from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.location import CacheLimits, is_cache, make_private_dir
+from mixvfs.cache.origin_wait import OriginWaits
 from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore
 from mixvfs.cache.team import TeamCache
@@ -40,12 +42,15 @@ class RuntimeConfig:
     team_cache: str | None = None  # the team cache setting (already checked), or None: straight to the origin
     team_reset_after: float = 300.0
     bwlimit: int = 0  # bytes per second for all downloads together; 0: no cap
+    server_wait_max: float = SERVER_WAIT_MAX
 
     @property
     def policy(self) -> RetryPolicy:
         # Jitter in proportion to the first wait: a fixed 0.5 s would dwarf a short --retry-wait.
         return RetryPolicy(attempts=max(1, self.retries), wait_initial=self.retry_wait, wait_jitter=self.retry_wait,
-                           stall_timeout=self.stall_timeout, total_timeout=max(120.0, self.stall_timeout * 4))
+                           stall_timeout=self.stall_timeout,
+                           # a wait the server asked for is spent inside the retries: it must not use them up
+                           total_timeout=max(120.0, self.stall_timeout * 4) + self.server_wait_max)
 
 
 @dataclass
@@ -58,15 +63,34 @@ class Runtime:
     tokens: TokenSource | None
     token_error: str | None  # the token source failed (e.g. its command): requests go without a token
     jobs: int
+    closing: threading.Event = field(default_factory=threading.Event)
+
+    def watch_team_stores(self, every: float) -> None:
+        """With a team cache: check now, then every ``every`` seconds, in the background, whether each cache
+        stores what it fetches (a cache whose workers cannot write answers everything from the origin, only
+        slower): ``mixvfs status`` and the log say so."""
+        if self.http.team is None:
+            return
+
+        def watch() -> None:
+            while not self.closing.is_set():
+                self.http.check_team_stores()
+                self.closing.wait(every)
+
+        threading.Thread(target=watch, name="team-store-check", daemon=True).start()
 
     def close(self) -> None:
+        self.closing.set()
         self.fetcher.close()
-        # Queued downloads never started (the workers left first) still have their empty staging files, and a
-        # worker blocked in a stalled read past the close's wait still holds its own: a clean end leaves none.
-        self.store.clean_own_staging()
-        # The blob committed last is spared by the eviction at commit (its reader needs it); once nothing
-        # reads, the cache keeps to its limit.
-        self.store.evict_to(self.store.max_size)
+        try:
+            # Queued downloads never started (the workers left first) still have their empty staging files, and
+            # a worker blocked in a stalled read past the close's wait still holds its own: a clean end leaves none.
+            self.store.clean_own_staging()
+            # The blob committed last is spared by the eviction at commit (its reader needs it); once nothing
+            # reads, the cache keeps to its limit.
+            self.store.evict_to(self.store.max_size)
+        except CacheError as exc:  # the folder gone for good: nothing to tidy, the rest must still close
+            log.warning("the cache was not tidied at the end: %s", exc)
         self.http.close()
         self.index.close()
         self.store.close()
@@ -111,7 +135,7 @@ def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housek
     # A connection for each download and each question in flight: a size or a revalidation never queues for a
     # connection behind downloads (nor a download behind them).
     http = HttpClient(tokens=tokens, stall_timeout=config.stall_timeout, team=team,
-                      max_connections=config.jobs + QUESTIONS)
+                      max_connections=config.jobs + QUESTIONS, waits=OriginWaits(max_wait=config.server_wait_max))
     foreground = Foreground()
     budget = Budget(config.bwlimit) if config.bwlimit else None
     fetcher = Fetcher(store, index, http, jobs=config.jobs, policy=config.policy, foreground=foreground,

@@ -55,7 +55,7 @@ def test_token_still_rejected_after_refresh_is_eio_without_a_storm(tmp_path, ser
     with DevServer(server_root, tokens=["right-token"]) as server:
         session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 50_000)], server=server.url)
         mount = mounter(session, *FAST, "--token-command", command)
-        for _ in range(3):  # reading again within --retry-after asks nobody
+        for _ in range(3):  # reading again within --failed-for asks nobody
             done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
             assert done.returncode != 0 and "Input/output error" in done.stderr
         gets = server.requests("GET", stream_path("t1"))

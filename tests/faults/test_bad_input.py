@@ -3,6 +3,7 @@ traceback, never a file outside the mount, never a hang on a local path that is 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MIXVFS, run, write_session
+from tests.conftest import MIXVFS, run, without_root_override, write_session
 from tests.faults.helpers import cloud_track, cp
+from tools.make_audio import write_sized
 
 
 def mount_fails(tmp_path: Path, manifest: bytes) -> str:
@@ -107,3 +109,50 @@ def test_local_paths_that_are_not_readable_files_are_missing_not_hangs(tmp_path,
         assert done.returncode != 0 and "Input/output error" in done.stderr, track_id
         record = mount.track(track_id)
         assert record["status"] == "missing" and reason in record["error"], record
+
+
+def test_a_local_track_that_cannot_be_read_fails_stat_and_open_and_leaves_nothing_in_the_export(tmp_path, mounter):
+    """Missing, unreadable or a folder: like a cloud track the server lacks — `stat` and `open` are EIO, so no
+    empty stand-in reaches the export; the report names the path and the reason. A file removed while mounted
+    is the same at the next look, and a file put back is served again."""
+    music = tmp_path / "music"
+    music.mkdir()
+    write_sized(music / "good.wav", 20_000, kind="wav", seed=1)
+    write_sized(music / "locked.wav", 20_000, kind="wav", seed=2)
+    (music / "locked.wav").chmod(0o000)  # the daemon runs without root's override: it cannot read this
+    (music / "folder.wav").mkdir()
+    write_sized(music / "later.wav", 20_000, kind="wav", seed=3)
+    cases = {
+        "gone": (str(music / "gone.wav"), "No such file or directory"),
+        "locked": (str(music / "locked.wav"), "Permission denied"),
+        "folder": (str(music / "folder.wav"), "is a folder"),
+        "later": (str(music / "later.wav"), "No such file or directory"),
+    }
+    session = write_session(tmp_path / "s.json", [
+        {"id": "good", "artist": "L", "title": "good", "file_path": str(music / "good.wav")},
+        *({"id": k, "artist": "L", "title": k, "file_path": path} for k, (path, _) in cases.items())])
+    mount = mounter(session, "--no-prefetch", wrap=without_root_override([]))
+    (music / "later.wav").unlink()  # removed while mounted (after the mount found it)
+    for track_id in cases:
+        path = mount.path / f"L - {track_id}.wav"
+        with pytest.raises(OSError) as caught:
+            os.stat(path)
+        assert caught.value.errno == errno.EIO, track_id
+        with pytest.raises(OSError) as caught:
+            os.open(path, os.O_RDONLY)
+        assert caught.value.errno == errno.EIO, track_id
+    out = tmp_path / "export"
+    done = run(["cp", "-r", f"{mount.path}/.", str(out)])
+    assert done.returncode == 1 and done.stderr.count("Input/output error") == len(cases), done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["L - good.wav"]  # no 0-byte stand-ins
+    for track_id, (path, reason) in cases.items():
+        record = mount.track(track_id)
+        assert record["status"] in ("missing", "failed"), record
+        assert path in record["error"] and reason in record["error"], record
+    write_sized(music / "later.wav", 20_000, kind="wav", seed=3)  # put back: served again
+    run(["cp", str(mount.path / "L - later.wav"), str(out)], check=True)
+    assert (out / "L - later.wav").read_bytes() == (music / "later.wav").read_bytes()
+    record = mount.wait_track("later", lambda r: r["status"] == "local")
+    assert record["status"] == "local" and "No such file" in record["reader_error"], record  # cp got EIO before
+    mount.unmount()  # the final report counts every EIO answered, each track's with its reason (see conftest)
+    assert set(mount.report()["eio_answers"]) == set(cases), mount.report()["eio_answers"]

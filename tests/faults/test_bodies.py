@@ -1,5 +1,5 @@
 """Validation and failure memory: an error page or a body of the wrong length is a failure, never a
-track, and never enters the store; after a failure reads get EIO at once until --retry-after."""
+track, and never enters the store; after a failure reads get EIO at once until --failed-for."""
 
 from __future__ import annotations
 
@@ -59,18 +59,18 @@ def test_body_shorter_than_content_length_is_retried_then_eio_never_a_short_file
     assert cachectl_json(mount.cache_dir, "ls") == []
 
 
-def test_after_a_failure_reads_fail_at_once_until_retry_after(tmp_path, server_root, devserver, mounter):
-    """Within --retry-after every open fails at once without a request, even once the server is fixed.
+def test_after_a_failure_reads_fail_at_once_until_failed_for(tmp_path, server_root, devserver, mounter):
+    """Within --failed-for every open fails at once without a request, even once the server is fixed.
     The window is an hour, so no copy here can outlast it; that it ends is tested with an injected clock
-    (unit/test_core.py::test_failure_is_remembered_until_retry_after)."""
+    (unit/test_core.py::test_failure_is_remembered_until_failed_for)."""
     session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 300_000)], server=devserver.url)
     devserver.set_faults({stream_path("t1"): {"status": 404}})
-    mount = mounter(session, *FAST, "--retry-after", "1h")
+    mount = mounter(session, *FAST, "--failed-for", "1h")
     for _ in range(3):
         done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
         assert done.returncode != 0 and EIO in done.stderr
     assert len(devserver.requests("GET", stream_path("t1"))) == 1  # no new download per read or per open
-    devserver.set_faults({})  # the server is fixed, but the failure is remembered until --retry-after
+    devserver.set_faults({})  # the server is fixed, but the failure is remembered until --failed-for
     for _ in range(3):
         done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
         assert done.returncode != 0 and EIO in done.stderr
@@ -79,13 +79,13 @@ def test_after_a_failure_reads_fail_at_once_until_retry_after(tmp_path, server_r
     assert record["status"] == "failed" and "404" in record["error"] and record["attempts"] == 1
 
 
-def test_a_zero_retry_after_tries_again_at_the_next_open(tmp_path, server_root, devserver, mounter):
+def test_a_zero_failed_for_tries_again_at_the_next_open(tmp_path, server_root, devserver, mounter):
     session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 300_000)], server=devserver.url)
     devserver.set_faults({stream_path("t1"): {"status": 404}})
-    mount = mounter(session, *FAST, "--retry-after", "0s")
+    mount = mounter(session, *FAST, "--failed-for", "0s")
     done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
     assert done.returncode != 0 and EIO in done.stderr
-    devserver.set_faults({})  # the server is fixed: with no --retry-after window the next open tries again
+    devserver.set_faults({})  # the server is fixed: with no --failed-for window the next open tries again
     done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
     assert done.returncode == 0, done.stderr
     assert filecmp.cmp(tmp_path / "out.wav", server_root / "stream" / "t1.wav", shallow=False)
@@ -103,7 +103,7 @@ def test_a_stat_that_failed_stays_in_the_report_once_the_track_is_had(tmp_path, 
     session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 300_000, declare_size=False)],
                             server=devserver.url)
     devserver.set_faults({stream_path("t1"): {"status": 404, "head": True, "times": 2}})  # HEAD, then 0-0
-    mount = mounter(session, *FAST, "--retries", "1", "--retry-after", "0s")
+    mount = mounter(session, *FAST, "--retries", "1", "--failed-for", "0s")
     done = run(["stat", str(mount.path / name_of("t1"))])
     assert done.returncode != 0 and EIO in done.stderr
     done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")

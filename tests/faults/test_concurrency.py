@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import filecmp
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import run, write_session
+from tests.conftest import getxattr, run, write_session
 from tests.faults.helpers import cloud_track, holds_open, max_overlap, name_of, stream_path, wait_until
 from tools.devserver import DevServer
 
 
 def status_of(mountpoint: Path) -> dict[str, Any]:
-    return dict(json.loads(os.getxattr(mountpoint, "user.mixvfs.status")))
+    return dict(json.loads(getxattr(mountpoint, "user.mixvfs.status")))
 
 
 def test_two_readers_of_one_uncached_track_share_one_get(tmp_path, server_root, devserver, mounter):

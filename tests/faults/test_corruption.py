@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, write_session
+from tests.conftest import Mount, getxattr, write_session
 from tests.faults.helpers import FAST, cachectl, cachectl_json, cloud_track, cp, name_of, stream_path
 from tools.devserver import DevServer
 
@@ -84,7 +84,7 @@ def test_a_blob_this_mount_stored_is_not_read_again_to_open_it(tmp_path, server_
     path = mount.path / name_of("t1")
     assert cp(path, tmp_path / "first.wav").returncode == 0  # downloads and stores it
     assert mount.wait_track("t1", lambda r: r["status"] == "cached")["status"] == "cached"
-    pid = int(os.getxattr(mount.path, "user.mixvfs.pid"))
+    pid = int(getxattr(mount.path, "user.mixvfs.pid"))
     before = read_chars(pid)
     with open(path, "rb"):  # an open alone: the kernel reads nothing
         pass

@@ -9,7 +9,7 @@ import filecmp
 import os
 import signal
 
-from tests.conftest import write_session
+from tests.conftest import getxattr, write_session
 from tests.faults.helpers import cachectl, cachectl_json, cloud_track, cp, name_of, stream_path, wait_until
 
 
@@ -28,7 +28,7 @@ def test_kill_9_mid_download_then_remount_recovers(tmp_path, server_root, devser
     staging = first.cache_dir / "staging"
     devserver.wait_held("big")
     assert wait_until(lambda: any(p.stat().st_size > 0 for p in staging.glob("*.part")))
-    pid = int(os.getxattr(first.path, "user.mixvfs.pid"))
+    pid = int(getxattr(first.path, "user.mixvfs.pid"))
     leftovers = sorted(p.name for p in staging.glob("*.part"))
     assert leftovers and all(name.startswith(f"{pid}.") for name in leftovers)
     # Another process cleaning the cache leaves a live download's file alone: the download holds its lock.

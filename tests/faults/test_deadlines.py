@@ -70,3 +70,30 @@ def test_stalled_download_fails_after_stall_timeout(tmp_path, server_root, devse
     assert list(staging.glob("*.part")) == []
     devserver.release("stuck")  # the parked response ends (into a closed connection) and is logged
     assert [g["fault"] for g in devserver.requests("GET", stream_path("stuck"))] == ["hold"]
+
+
+def test_reads_behind_a_stalled_server_and_a_full_queue_are_answered_within_the_request_timeout(
+        tmp_path, server_root, devserver, mounter):
+    """macFUSE ejects the volume when one request outlives its daemon_timeout, so there every read must be
+    answered before then: the one waiting on a stalled download and the one queued behind it (--jobs 1) get
+    EIO and a report line from the request bound, long before the stall timeout (300 s) could end either."""
+    tracks = [cloud_track(server_root, "stuck", 500_000), cloud_track(server_root, "queued", 300_000, seed=2)]
+    session = write_session(tmp_path / "s.json", tracks, server=devserver.url)
+    devserver.set_faults({stream_path("stuck"): {"hold": "stuck", "hold_after": 1000}})
+    mount = mounter(session, "--no-prefetch", "--retries", "1", "--jobs", "1", "--stall-timeout", "300s",
+                    "--request-timeout", "2s")
+    stuck = subprocess.Popen(["cp", str(mount.path / name_of("stuck")), str(tmp_path / "stuck.wav")],
+                             stderr=subprocess.PIPE, text=True)
+    devserver.wait_held("stuck")  # the only download slot now serves a server that sends nothing more
+    queued = subprocess.run(["cp", str(mount.path / name_of("queued")), str(tmp_path / "queued.wav")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert queued.returncode != 0 and "Input/output error" in queued.stderr
+    assert devserver.requests("GET", stream_path("queued")) == []  # it was still queued
+    record = mount.track("queued")
+    assert "request_timeout" in record["reader_error"] and "still queued" in record["reader_error"]
+    _, stuck_err = stuck.communicate(timeout=60)
+    assert stuck.returncode != 0 and "Input/output error" in stuck_err
+    record = mount.track("stuck")
+    assert "request_timeout" in record["reader_error"] and "under way" in record["reader_error"]
+    assert devserver.held("stuck") == 1  # the server never sent more: the request bound answered both
+    devserver.release("stuck")

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 
-from tests.conftest import MIXVFS, run, write_session
+from tests.conftest import MIXVFS, getxattr, run, write_session
 from tests.faults.helpers import cachectl_json, cloud_track, name_of, stream_path
 
 MiB = 1 << 20
@@ -31,7 +31,7 @@ def test_report_of_a_dead_mount_shows_its_last_report(tmp_path, server_root, dev
     reader = subprocess.Popen(["cat", str(mount.path / name_of("t1"))], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     devserver.wait_held("t1")
-    os.kill(int(os.getxattr(mount.path, "user.mixvfs.pid")), signal.SIGKILL)
+    os.kill(int(getxattr(mount.path, "user.mixvfs.pid")), signal.SIGKILL)
     reader.wait(timeout=30)
     done = run([MIXVFS, "report", str(mount.path)])
     assert "Traceback" not in done.stderr

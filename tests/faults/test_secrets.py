@@ -12,7 +12,7 @@ import pytest
 from mixvfs.cache.errors import AuthRejected
 from mixvfs.cache.http import warn_if_insecure
 from mixvfs.cache.token import TokenSource
-from tests.conftest import MIXVFS, run, write_session
+from tests.conftest import MIXVFS, getxattr, run, write_session
 from tests.faults.helpers import FAST, cloud_track, cp, name_of, stream_path
 from tools.devserver import DevServer
 
@@ -25,7 +25,7 @@ def test_token_never_in_log_report_errors_or_process_title(tmp_path, server_root
         server.set_faults({stream_path("no"): {"status": 401}})  # rejected even after the refresh
         session = write_session(tmp_path / "s.json", tracks, server=server.url)
         mount = mounter(session, *FAST, "--log-level", "debug", env={"MIXVFS_TOKEN": SECRET})
-        pid = int(os.getxattr(mount.path, "user.mixvfs.pid"))
+        pid = int(getxattr(mount.path, "user.mixvfs.pid"))
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         assert cp(mount.path / name_of("ok"), tmp_path / "ok.wav").returncode == 0
         failed = cp(mount.path / name_of("no"), tmp_path / "no.wav")

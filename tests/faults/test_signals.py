@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CACHECTL, MIXVFS, Mount, require_fuse, run, write_session
+from tests.conftest import CACHECTL, MIXVFS, Mount, getxattr, require_fuse, run, write_session
 from tests.faults.helpers import cachectl, cloud_track, cp, holds_open, name_of, stream_path, wait_until
 from tools.devserver import DevServer
 
@@ -69,7 +69,7 @@ def reaper() -> Iterator[Reaper]:
 
 
 def daemon_pid(mount: Mount, reaper: Reaper) -> int:
-    pid = int(os.getxattr(mount.path, "user.mixvfs.pid"))
+    pid = int(getxattr(mount.path, "user.mixvfs.pid"))
     reaper.pids.append(pid)
     return pid
 
@@ -291,3 +291,54 @@ def test_unmount_after_a_waiting_reader_was_killed_is_prompt_and_leaves_no_stagi
     assert report.get("finished") is True and report["tracks"][0]["status"] != "cached"
     assert "Traceback" not in mount.log(), mount.log()
     assert_cache_intact(mount.cache_dir)
+
+
+def start_foreground(session: Path, mountpoint: Path, cache_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    """The mount as the launchd agent (contrib/com.mixboard.mixvfs.plist) and the systemd unit run it."""
+    with log.open("a") as handle:
+        return subprocess.Popen([MIXVFS, "mount", str(session), str(mountpoint), "--foreground", "--no-prefetch",
+                                 "--cache-dir", str(cache_dir)], stdin=subprocess.DEVNULL, stdout=handle,
+                                stderr=subprocess.STDOUT)
+
+
+def serving(mountpoint: Path) -> bool:
+    try:
+        return name_of("a") in os.listdir(mountpoint)
+    except OSError:
+        return False
+
+
+def test_a_restart_after_a_crash_clears_the_dead_mount_and_serves_then_logout_unmounts(tmp_path, server_root,
+                                                                                        devserver, mounter):
+    """launchd's KeepAlive (systemd's Restart=on-failure) starts the same foreground command again after a
+    crash: it finds the dead mount the crash left, clears it and serves; logout's SIGTERM then unmounts."""
+    require_fuse()
+    session = session_with(tmp_path, server_root, devserver)
+    mountpoint, cache_dir, log = tmp_path / "agent", tmp_path / "cache", tmp_path / "agent.log"
+    mountpoint.mkdir()
+    first = start_foreground(session, mountpoint, cache_dir, log)
+    second = None
+    try:
+        assert wait_until(lambda: first.poll() is not None or serving(mountpoint), timeout=HANG_GUARD), log.read_text()
+        first.kill()  # the crash
+        first.wait()
+        with pytest.raises(OSError):
+            os.listdir(mountpoint)  # "Transport endpoint is not connected"
+        second = start_foreground(session, mountpoint, cache_dir, log)
+        assert wait_until(lambda: second.poll() is not None or serving(mountpoint), timeout=HANG_GUARD), \
+            log.read_text()
+        assert second.poll() is None, log.read_text()
+        done = cp(mountpoint / name_of("a"), tmp_path / "a.wav")
+        assert done.returncode == 0, done.stderr
+        second.send_signal(signal.SIGTERM)  # logout
+        assert second.wait(timeout=HANG_GUARD) == 0, log.read_text()
+    finally:
+        for daemon in (first, second):
+            if daemon is not None and daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+        if mounted(mountpoint):
+            run(["umount", "-l", str(mountpoint)])
+    assert not mounted(mountpoint)
+    assert "cleared a stale mount" in log.read_text()
+    assert "Traceback" not in log.read_text()

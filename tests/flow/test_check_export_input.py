@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CACHECTL, MIXVFS, run, write_session
 from tests.faults.helpers import wait_until
 from tools.make_audio import write_sized
@@ -71,6 +73,7 @@ def test_a_track_with_no_digest_is_not_verifiable_until_warmed(tmp_path, server_
     assert code == 1 and [t["state"] for t in json.loads(out)["tracks"]] == ["wrong_content"]
 
 
+@pytest.mark.linux_facilities  # gated on the read lease, in /proc/locks
 def test_ctrl_c_stops_a_long_check_at_once_with_one_line(tmp_path):
     """A 64 GiB track (sparse: nothing on disk) takes a minute to hash: Ctrl-C, once it is being hashed (the
     export file is leased, /proc/locks), ends the command with 130 and one line, no traceback."""

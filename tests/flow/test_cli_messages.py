@@ -266,3 +266,24 @@ def test_a_path_the_system_refuses_is_one_line(tmp_path):
     for cmd in ([MIXVFS, "report", str(long)], [CACHECTL, "--cache-dir", str(long), "stats"]):
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+# -- no usable libfuse (macFUSE not installed or not allowed, fuse3 missing) -----------------------------------
+
+
+def test_no_libfuse_is_one_line_naming_what_to_install_for_mount_and_preflight(tmp_path):
+    session = write_session(tmp_path / "s.json", [{"id": "a", "artist": "A", "title": "B",
+                                                     "file_path": str(tmp_path / "s.json")}])
+    (tmp_path / "mnt").mkdir()
+    env = {**os.environ, "FUSE_LIBRARY_PATH": str(tmp_path / "no-libfuse.so")}
+    mounted = run([MIXVFS, "mount", str(session), str(tmp_path / "mnt"), "--cache-dir", str(tmp_path / "c")], env=env)
+    assert mounted.returncode == 2 and "Traceback" not in mounted.stderr
+    line = one_line(mounted.stderr)
+    assert "no usable libfuse" in line and "sudo apt install fuse3" in line
+    checked = run([MIXVFS, "preflight", str(session), "--cache-dir", str(tmp_path / "c")], env=env)
+    assert checked.returncode == 3 and "Traceback" not in checked.stderr
+    problems = [line for line in checked.stdout.splitlines() if line.startswith("problem:")]
+    assert len(problems) == 1 and "cannot mount" in problems[0] and "sudo apt install fuse3" in problems[0]
+    as_json = json.loads(run([MIXVFS, "preflight", str(session), "--cache-dir", str(tmp_path / "c"), "--json"],
+                             env=env).stdout)
+    assert as_json["verdict"] == "will_fail" and "no usable libfuse" in as_json["fuse"]

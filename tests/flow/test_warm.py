@@ -114,3 +114,14 @@ def test_without_a_token_each_failure_is_said_once_and_how_to_set_one(tmp_path, 
     failed = [line for line in done.stdout.splitlines() if line.startswith("failed")]
     assert len(failed) == 2 and all("none is configured: set MIXVFS_TOKEN" in line for line in failed)
     assert "none is configured" not in done.stderr  # not a second time through the log
+
+
+def test_warm_says_when_the_server_asked_to_wait_and_waits(tmp_path, server_root, devserver):
+    manifest = session(tmp_path, server_root, devserver.url)
+    devserver.set_faults({"/stream/a": {"status": 503, "headers": {"Retry-After": "2"}, "times": 1}})
+    done = run(cachectl(tmp_path / "cache", "warm", str(manifest), "--retry-wait", "0.01s"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "wait   A - One.wav: server asked to wait 2 s" in done.stdout.splitlines(), done.stdout
+    refused, *later = devserver.requests("GET", "/stream/a")
+    assert refused["status"] == 503 and [r["status"] for r in later] == [200]
+    assert later[0]["t"] >= refused["t"] + 2

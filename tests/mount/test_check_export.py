@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mixvfs.vfs.fs.mount_key import mount_key
 from mixvfs.vfs.fs.report import default_report_path
 from tests.conftest import CACHECTL, MIXVFS, Mount, run, write_session
 from tools.make_audio import write_sized, write_wav
@@ -208,7 +209,7 @@ def test_the_last_report_of_another_manifest_of_the_same_name_is_not_used(tmp_pa
     # The blobs (and their index rows) go; the session's last report stays in the cache's reports folder.
     run([CACHECTL, "--cache-dir", str(mount.cache_dir), "prune", "--max-size", "0"], check=True)
     # Where a mount without --report keeps it (the fixture's mounts write theirs elsewhere).
-    last = default_report_path(mount.cache_dir, "Test Session")
+    last = default_report_path(mount.cache_dir, "Test Session", mount_key(mount.path))
     last.parent.mkdir(exist_ok=True)
     shutil.copy(mount.report_path, last)
     _, doc = check(other / "session.json", export, cache_dir=mount.cache_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run, write_session
+from tests.conftest import run, without_root_override, write_session
 from tools.make_audio import write_flac, write_sized, write_wav
 
 
@@ -106,9 +106,10 @@ def test_missing_track_is_listed_and_reads_fail_with_eio(tmp_path, server_root, 
     ])
     mount = mounter(session)
     path = mount.path / "No - File.wav"
-    assert path.exists()
+    assert os.listdir(mount.path) == ["No - File.wav"]  # listed; stat is EIO, as for a cloud track not there
     done = run(["cp", str(path), str(tmp_path / "x.wav")])
     assert done.returncode != 0 and "Input/output error" in done.stderr
+    assert not (tmp_path / "x.wav").exists()  # never an empty stand-in
     assert mount.track("m1")["status"] == "missing"
     assert "/nonexistent/x.wav" in mount.track("m1")["error"]
 
@@ -168,4 +169,23 @@ def test_files_show_0644_so_exported_copies_are_writable_and_the_mount_stays_rea
     assert stat.S_IMODE((tmp_path / "copy.wav").stat().st_mode) & 0o200  # the owner may write (and delete) it
     with pytest.raises(OSError) as caught:
         path.open("r+b")
+    assert caught.value.errno == errno.EROFS
+
+
+def test_the_folder_shows_0755_so_an_export_of_it_stays_the_users_and_the_mount_stays_read_only(tmp_path, mounter):
+    source = tmp_path / "a.wav"
+    write_sized(source, 10_000, kind="wav", seed=1)
+    session = write_session(tmp_path / "s.json", [{"id": "a", "artist": "A", "title": "T", "file_path": str(source)}])
+    mount = mounter(session)
+    assert stat.S_IMODE(mount.path.stat().st_mode) == 0o755
+    out = tmp_path / "export"
+    run(["cp", "-r", f"{mount.path}/.", str(out)], check=True)  # cp gives OUT the mount root's mode
+    run(without_root_override(["touch", str(out / "notes.txt")]), check=True)  # the user adds to their export
+    run(without_root_override(["rm", "-r", str(out)]), check=True)  # and cleans it up
+    assert not out.exists()
+    with pytest.raises(OSError) as caught:
+        (mount.path / "new.wav").write_bytes(b"x")
+    assert caught.value.errno == errno.EROFS
+    with pytest.raises(OSError) as caught:
+        os.mkdir(mount.path / "folder")
     assert caught.value.errno == errno.EROFS

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import MIXVFS, run, write_session
+from tests.conftest import MIXVFS, getxattr, listxattr, run, write_session
 from tools.make_audio import write_sized
 
 
@@ -33,24 +33,24 @@ def test_xattrs_of_files_and_root_status(tmp_path, server_root, devserver, mount
     ], server=devserver.url)
     mount = mounter(session, "--no-prefetch")
     fine, gone = mount.path / "Art - Fine.wav", mount.path / "Art - Gone.wav"
-    assert os.getxattr(fine, "user.mixvfs.status") == b"pending"
-    assert set(os.listxattr(fine)) == {f"user.mixvfs.{k}" for k in ("status", "source", "error", "digest", "id")}
+    assert getxattr(fine, "user.mixvfs.status") == b"pending"
+    assert set(listxattr(fine)) == {f"user.mixvfs.{k}" for k in ("status", "source", "error", "digest", "id")}
     run(["cp", str(fine), str(tmp_path / "fine.wav")], check=True)
     assert filecmp.cmp(tmp_path / "fine.wav", server_root / "stream" / "ok", shallow=False)
     mount.wait_track("c1", lambda r: r["status"] == "cached")
-    assert os.getxattr(fine, "user.mixvfs.status") == b"cached"
-    assert os.getxattr(fine, "user.mixvfs.source") == b"cloud"
-    assert os.getxattr(fine, "user.mixvfs.id") == b"c1"
-    assert os.getxattr(fine, "user.mixvfs.digest").decode() == mount.track("c1")["digest"]
-    assert len(os.getxattr(fine, "user.mixvfs.digest")) == 32
+    assert getxattr(fine, "user.mixvfs.status") == b"cached"
+    assert getxattr(fine, "user.mixvfs.source") == b"cloud"
+    assert getxattr(fine, "user.mixvfs.id") == b"c1"
+    assert getxattr(fine, "user.mixvfs.digest").decode() == mount.track("c1")["digest"]
+    assert len(getxattr(fine, "user.mixvfs.digest")) == 32
     assert run(["cp", str(gone), str(tmp_path / "gone.wav")]).returncode != 0
-    assert os.getxattr(gone, "user.mixvfs.status") == b"failed"
-    assert os.getxattr(gone, "user.mixvfs.error") == b"the server answered HTTP 404 Not Found"
-    status = json.loads(os.getxattr(mount.path, "user.mixvfs.status"))
+    assert getxattr(gone, "user.mixvfs.status") == b"failed"
+    assert getxattr(gone, "user.mixvfs.error") == b"the server answered HTTP 404 Not Found"
+    status = json.loads(getxattr(mount.path, "user.mixvfs.status"))
     assert status["tracks"] == 2 and status["counts"] == {"cached": 1, "failed": 1}
     assert status["downloading"] == []
     assert status["failed"] == [{"name": "Art - Gone.wav", "error": "the server answered HTTP 404 Not Found"}]
-    assert os.getxattr(mount.path, "user.mixvfs.pid").decode().isdigit()
+    assert getxattr(mount.path, "user.mixvfs.pid").decode().isdigit()
     done = run([MIXVFS, "status", str(mount.path), "--json"])
     assert done.returncode == 1  # a failed track
     assert json.loads(done.stdout) == status
@@ -64,7 +64,7 @@ def without_rate(download: dict[str, Any]) -> dict[str, Any]:
 
 
 def status_of(mountpoint: Path) -> dict[str, Any]:
-    return dict(json.loads(os.getxattr(mountpoint, "user.mixvfs.status")))
+    return dict(json.loads(getxattr(mountpoint, "user.mixvfs.status")))
 
 
 def test_status_shows_a_download_in_flight(tmp_path, server_root, devserver, mounter):
@@ -159,7 +159,7 @@ def test_log_has_one_line_per_failure_with_name_and_cause(tmp_path, server_root,
         cloud("x1", "Gone", "/stream/nope", 1000),
         {"id": "m1", "artist": "No", "title": "File", "file_path": "/nonexistent/x.wav"},
     ], server=devserver.url)
-    mount = mounter(session, "--no-prefetch", "--retry-after", "0s", "--log-level", "info")
+    mount = mounter(session, "--no-prefetch", "--failed-for", "0s", "--log-level", "info")
     for _ in range(3):  # three reads of a failing track: still one line (the cause did not change)
         assert run(["cat", str(mount.path / "Art - Gone.wav")]).returncode != 0
     run(["cp", "-r", f"{mount.path}/.", str(tmp_path / "out")])

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import ctypes.util
 import filecmp
-import os
 
-from tests.conftest import daemon_libfuse_major, lane_libfuse_major, run, write_session
+from tests.conftest import daemon_libfuse_major, getxattr, lane_libfuse_major, run, write_session
 from tools.make_audio import write_sized
 
 
@@ -19,5 +18,5 @@ def test_the_daemon_runs_on_the_libfuse_the_lane_asks_for(tmp_path, mounter):
     run(["cp", str(mount.path / "A - L.wav"), str(tmp_path / "out.wav")], check=True)
     assert filecmp.cmp(tmp_path / "out.wav", local, shallow=False)
     default = 3 if ctypes.util.find_library("fuse3") else 2  # libfuse 3 when installed, else libfuse 2
-    pid = int(os.getxattr(mount.path, "user.mixvfs.pid"))
+    pid = int(getxattr(mount.path, "user.mixvfs.pid"))
     assert daemon_libfuse_major(pid) == (lane_libfuse_major() or default)

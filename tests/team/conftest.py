@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,22 @@ import pytest
 from tests.conftest import MIXVFS, missing_part, run
 from tools.devserver import DevServer
 
-TOKENS = ("alice", "bob")
+# The third is long enough that finding it in a file (random audio bytes included) means it was written there.
+SECRET_TOKEN = "studio-secret-9c41e7b2d8f3a650"
+TOKENS = ("alice", "bob", SECRET_TOKEN)
+# As a studio runs it: nginx started as root, its workers dropped to a user of their own (`--user`).
+WORKER_USER = "nobody"
+
+
+def worker_args() -> list[str]:
+    return ["--user", WORKER_USER] if os.geteuid() == 0 else []
+
+
+def reachable_folder(prefix: str) -> Path:
+    """A folder the workers' user can reach (pytest's own are root's, mode 0700, as a home folder is)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o755)
+    return folder
 
 
 def require_nginx() -> str:
@@ -45,16 +61,21 @@ def accepts(port: int) -> bool:
 class TeamNginx:
     """nginx run as generated, in the foreground (``-g 'daemon off;'``) so the test owns its process."""
 
-    def __init__(self, nginx: str, origin: str, folder: Path) -> None:
+    def __init__(self, nginx: str, origin: str) -> None:
         self.nginx = nginx
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.dir = folder / "cache"
-        self.conf = folder / "nginx.conf"
+        self.folder = reachable_folder("mixvfs-team-")
+        self.dir = self.folder / "cache"
+        self.conf = self.folder / "nginx.conf"
         done = run([MIXVFS, "team-cache", "nginx-config", "--origin", origin, "--listen", f"127.0.0.1:{self.port}",
-                    "--cache-dir", str(self.dir), "--max-size", "1G"], check=True)
+                    "--cache-dir", str(self.dir), "--max-size", "1G", *worker_args()], check=True)
         self.conf.write_text(done.stdout)
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def start(self) -> None:
         self._proc = subprocess.Popen([self.nginx, "-c", str(self.conf), "-e", str(self.dir / "logs" / "error.log"),
@@ -92,11 +113,11 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
 
 
 @pytest.fixture(scope="module")
-def team_nginx(origin: DevServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamNginx]:
-    cache = TeamNginx(require_nginx(), origin.url, tmp_path_factory.mktemp("nginx"))
+def team_nginx(origin: DevServer) -> Iterator[TeamNginx]:
+    cache = TeamNginx(require_nginx(), origin.url)
     cache.start()
     yield cache
-    cache.stop()
+    cache.remove()
 
 
 @pytest.fixture

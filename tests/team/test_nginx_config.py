@@ -3,6 +3,7 @@ as a normal user, with everything nginx writes under the cache folder."""
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shutil
@@ -110,3 +111,19 @@ def test_listen_is_normalised_and_a_plain_listener_on_the_network_is_warned_abou
     for local in ("127.0.0.1:8443", "127.1:8443", "[::1]:8443", "localhost:8443"):
         done = run([*base, "--listen", local, "--cache-dir", str(tmp_path / "b")], check=True)
         assert "clear text" not in done.stderr, local
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives the folders to another user")
+def test_as_root_the_folders_go_to_the_worker_user_who_must_be_able_to_reach_them(
+        tmp_path: Path, nobody_dir: Path) -> None:
+    base = [MIXVFS, "team-cache", "nginx-config", "--origin", "http://127.0.0.1:9", "--listen", "127.0.0.1:1",
+            "--user", "nobody"]
+    done = run([*base, "--cache-dir", str(nobody_dir / "c")], check=True)
+    nobody = pwd.getpwnam("nobody")
+    for folder in (nobody_dir / "c", *(nobody_dir / "c" / sub for sub in ("cache", "temp", "logs"))):
+        assert (folder.stat().st_uid, folder.stat().st_mode & 0o777) == (nobody.pw_uid, 0o700), folder
+    assert f"user nobody {grp.getgrgid(nobody.pw_gid).gr_name};" in done.stdout  # Debian's nobody has no group nobody
+    hidden = tmp_path / "home"  # pytest's folders are root's, mode 0700, as a home folder is
+    refused = run([*base, "--cache-dir", str(hidden / "c")])
+    assert refused.returncode == 2 and "cannot reach it" in refused.stderr, refused.stderr
+    assert not hidden.exists()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import pwd
 import signal
+import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,7 @@ import httpx
 from mixvfs.cache.team import VIA_HIT, VIA_MISS, VIA_ORIGIN
 from tests.conftest import MIXVFS, Mount, run, write_session
 from tests.faults.helpers import FAST, cloud_track, name_of, stream_path, wait_until
-from tests.team.conftest import TeamNginx, get_bytes, gets
+from tests.team.conftest import SECRET_TOKEN, WORKER_USER, TeamNginx, get_bytes, gets, require_nginx
 from tools.devserver import DevServer
 from tools.make_audio import write_sized
 
@@ -203,8 +205,8 @@ def replace(source: Path, size: int, seed: int) -> None:
 
 def test_the_same_user_gets_a_changed_track_within_the_minute_the_cache_keeps_its_authorization(
         origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
-    # nginx caches alice's authorization answer (with the origin's ETag and length) for 60 s: the client must
-    # learn the origin's current validators from the origin itself, or a stale copy agrees with a stale answer.
+    # The client must learn the origin's current validators from the origin itself, never from anything the
+    # cache kept, or a stale copy agrees with a stale answer.
     same, grown = SLICE + 77, 300_000
     session = session_of(tmp_path, origin, [cloud_track(origin.root, "rev", same),
                                              cloud_track(origin.root, "grow", grown, declare_size=False)])
@@ -284,3 +286,60 @@ def test_a_cache_frozen_mid_body_fails_over_to_the_origin_at_the_first_stall(
     # At the first stall: the cache is down before the download's retry, which goes to the origin (not to the
     # frozen cache for a second stall).
     assert "retry_scheduled" not in log[:log.index(down)], log
+
+
+def test_no_token_rests_on_the_cache_hosts_disk_or_in_its_logs(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, t, SLICE + 100 * i, seed=i)
+                                             for i, t in enumerate(("tok1", "tok2"))])
+    for token in (SECRET_TOKEN, "alice"):
+        user = mount_as(mounter, session, token, team_nginx, tmp_path)
+        assert export(user, tmp_path / token).returncode == 0
+    assert via(user, "tok1") == VIA_HIT  # the second user's export came from the cache's store
+    refused = httpx.get(team_nginx.url + stream_path("tok1"), headers={"Authorization": f"Bearer {SECRET_TOKEN}x"})
+    assert refused.status_code == 401  # a refusal, too, leaves nothing behind
+    files = [p for p in team_nginx.dir.rglob("*") if p.is_file()]
+    assert any(p.parts[-3:-1] != ("cache", "check") and "cache" in p.parts for p in files)  # bytes were stored
+    for path in files:
+        data = path.read_bytes()
+        assert SECRET_TOKEN.encode() not in data and b"Bearer" not in data, path
+
+
+def test_a_cache_that_answers_but_does_not_store_is_named_by_preflight_and_status(
+        origin: DevServer, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    cache = TeamNginx(require_nginx(), origin.url)
+    try:
+        # The workers cannot write their cache folder (root's, 0700: what the generated setup made before).
+        os.chown(cache.dir / "cache", 0, 0)
+        cache.start()
+        session = session_of(tmp_path, origin, [cloud_track(origin.root, "nostore", 300_000)])
+        env = {**os.environ, "MIXVFS_TOKEN": "alice"}
+        pre = run([MIXVFS, "preflight", str(session), "--team-cache", cache.url, "--cache-dir",
+                   str(tmp_path / "pre")], env=env)
+        assert pre.returncode == 0, pre.stdout + pre.stderr  # the export works: the bytes come from the origin
+        assert f"team cache:  {cache.url} up, DOES NOT STORE" in pre.stdout, pre.stdout
+        assert "answers but does not store" in pre.stdout
+        m = mount_as(mounter, session, "alice", cache, tmp_path)
+        assert export(m, tmp_path / "out").returncode == 0
+        assert filecmp.cmp(origin.root / "stream" / "nostore.wav", tmp_path / "out" / name_of("nostore"),
+                           shallow=False)
+
+        def said() -> bool:
+            return "answers but does not store" in run([MIXVFS, "status", str(m.path)]).stdout
+
+        assert wait_until(said, 30)  # checked in the background as the mount starts
+        assert "answers but does not store" in m.log()
+    finally:
+        cache.remove()
+
+
+def test_a_cache_that_stores_says_so(origin: DevServer, team_nginx: TeamNginx, tmp_path: Path) -> None:
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, "stores", 1000)])
+    pre = run([MIXVFS, "preflight", str(session), "--team-cache", team_nginx.url, "--cache-dir",
+               str(tmp_path / "pre"), "--json"], env={**os.environ, "MIXVFS_TOKEN": "alice"})
+    result = json.loads(pre.stdout)
+    assert result["team_cache"][0]["stores"] is True and pre.returncode == 0, result
+    owner = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() else WORKER_USER
+    for folder in (team_nginx.dir, *(team_nginx.dir / sub for sub in ("cache", "temp", "logs"))):
+        assert pwd.getpwuid(folder.stat().st_uid).pw_name == owner, folder
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder

@@ -60,15 +60,15 @@ class PerPathOrigin(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def confused(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamNginx]:
+def confused() -> Iterator[TeamNginx]:
     nginx = require_nginx()
     server = ThreadingHTTPServer(("127.0.0.1", 0), PerPathOrigin)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    cache = TeamNginx(nginx, f"http://127.0.0.1:{server.server_address[1]}", tmp_path_factory.mktemp("confused"))
+    cache = TeamNginx(nginx, f"http://127.0.0.1:{server.server_address[1]}")
     cache.start()
     yield cache
-    cache.stop()
+    cache.remove()
     server.shutdown()
     server.server_close()
 

@@ -27,7 +27,7 @@ def test_each_layer_overrides_the_one_below(tmp_path):
     assert (settings.jobs, settings.resolved["jobs"].origin) == (4, "env MIXVFS_JOBS")
     assert (settings.max_size, settings.resolved["max_size"].origin) == (5 << 30, "config file")
     assert (settings.stall_timeout, settings.resolved["stall_timeout"].origin) == (5.0, "flag --stall-timeout")
-    assert (settings.retry_after, settings.resolved["retry_after"].origin) == (60.0, "default")
+    assert (settings.failed_for, settings.resolved["failed_for"].origin) == (60.0, "default")
     assert settings.server == "http://file.example"
 
 
@@ -99,7 +99,8 @@ def test_mixvfs_config_shows_value_and_origin(tmp_path):
     assert rows["max_age"] == ("7d", "config file")
     assert rows["max_size"] == ("2.0 GiB", "flag --max-size")
     assert rows["cache_dir"] == (str(tmp_path / "cache"), "env MIXVFS_CACHE_DIR")
-    assert rows["retry_after"] == ("1m", "default")
+    assert rows["failed_for"] == ("1m", "default")
+    assert rows["server_wait_max"] == ("2m", "default")
     assert rows["token"] == ("(set, hidden)", "env MIXVFS_TOKEN")
     text = run([MIXVFS, "config"], env=env, check=True).stdout
     assert "secret-value" not in text and "secret-value" not in done.stdout
@@ -113,6 +114,23 @@ def test_mixvfs_config_rejects_a_bad_file_with_exit_2(tmp_path):
     done = run([MIXVFS, "config"], env={**os.environ, "MIXVFS_CONFIG": str(path)})
     assert done.returncode == 2
     assert "jobs: not a whole number: 'many'" in done.stderr
+
+
+def test_the_old_name_of_failed_for_is_taken_with_a_line_saying_the_new_one(tmp_path, capsys):
+    path = tmp_path / "config.toml"
+    path.write_text('retry_after = "5m"\n')
+    settings = config.resolve(parse(), env={"MIXVFS_CONFIG": str(path)})
+    assert (settings.failed_for, settings.resolved["failed_for"].origin) == (300.0, "config file")
+    assert "retry_after is now called failed_for" in capsys.readouterr().err
+    settings = config.resolve(parse(), env={"MIXVFS_CONFIG": str(path), "MIXVFS_RETRY_AFTER": "7m"})
+    assert (settings.failed_for, settings.resolved["failed_for"].origin) == (420.0, "env MIXVFS_RETRY_AFTER")
+    assert "env MIXVFS_RETRY_AFTER is now called MIXVFS_FAILED_FOR" in capsys.readouterr().err
+    settings = config.resolve(parse(), env={"MIXVFS_CONFIG": str(path), "MIXVFS_RETRY_AFTER": "7m",
+                                            "MIXVFS_FAILED_FOR": "9m"})
+    assert settings.failed_for == 540.0  # the new name wins
+    path.write_text('retry_after = "5m"\nfailed_for = "6m"\n')
+    with pytest.raises(ConfigError, match="both retry_after and failed_for"):
+        config.resolve(parse(), env={"MIXVFS_CONFIG": str(path)})
 
 
 @pytest.mark.parametrize(("file", "env", "flag", "expected"), [

@@ -124,12 +124,12 @@ def test_identical_content_behind_two_tracks_is_stored_once(make_fs, server_root
     assert len(fs.fetcher.store.infos()) == 1
 
 
-def test_failure_is_remembered_until_retry_after(make_fs, server_root, devserver):
+def test_failure_is_remembered_until_failed_for(make_fs, server_root, devserver):
     (server_root / "e.wav").write_bytes(b"e" * 1000)
     devserver.set_faults({"/e.wav": {"status": 404}})
     clock = Clock()
     fs = make_fs([{"id": "e", "artist": "A", "title": "E", "cloud_stream_path": "/e.wav", "size": 1000}],
-                 devserver.url, retry_after=60, now=clock)
+                 devserver.url, failed_for=60, now=clock)
     with pytest.raises(FetchError, match="404"):
         read_all(fs, "A - E.wav")
     record = json.loads(fs.report.path.read_text())["tracks"][0]
@@ -144,6 +144,34 @@ def test_failure_is_remembered_until_retry_after(make_fs, server_root, devserver
     clock.t += 2
     assert read_all(fs, "A - E.wav") == b"e" * 1000
     assert len(devserver.requests("GET", "/e.wav")) == 2
+
+
+def test_a_size_that_could_not_be_learned_answers_0_from_memory_and_opens_fail_while_the_kernel_may_hold_it(
+        make_fs, server_root, devserver):
+    (server_root / "u.wav").write_bytes(b"u" * 1000)
+    devserver.set_faults({"/u.wav": {"status": 503, "head": True}})
+    clock = Clock()
+    fs = make_fs([{"id": "u", "artist": "A", "title": "U", "cloud_stream_path": "/u.wav"}], devserver.url,
+                 failed_for=60, attr_timeout=1.0, now=clock)
+    track = fs.lookup("A - U.wav")
+    assert track is not None and track.size is None
+    with pytest.raises(FetchError, match="503"):
+        fs.attributes(track)  # asked of the server, which cannot say
+    asked = len(devserver.requests())
+    assert fs.attributes(track)[0] == 0  # from memory: no request
+    assert fs.track_xattrs(track)["status"] == "failed"
+    with pytest.raises(FetchError, match="size is unknown"):
+        fs.open(track)  # never opened as an empty file
+    assert len(devserver.requests()) == asked
+    devserver.set_faults({})
+    clock.t += 59.5
+    assert fs.attributes(track)[0] == 0  # the kernel may hold this 0 until 60.5
+    track.size = 1000  # learned meanwhile (the background probe)
+    clock.t += 0.7  # failed_for is over, but the 0 answered at 59.5 may sit in the kernel until 60.5
+    with pytest.raises(FetchError, match="may still say 0 bytes"):
+        fs.open(track)
+    clock.t += 0.4
+    assert read_all(fs, "A - U.wav") == b"u" * 1000
 
 
 def test_length_mismatch_is_a_failure_and_nothing_is_stored(make_fs, server_root, devserver):

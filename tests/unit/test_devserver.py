@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import http.client
 import importlib
@@ -265,6 +266,14 @@ def test_fault_extra_headers(server: DevServer, client: httpx.Client) -> None:
     server.set_faults({"/track.flac": {"status": 503, "headers": {"Retry-After": "1"}}})
     resp = client.get(server.url_for("track.flac"))
     assert (resp.status_code, resp.headers["retry-after"]) == (503, "1")
+
+
+def test_fault_retry_after_as_an_http_date(server: DevServer, client: httpx.Client) -> None:
+    server.set_faults({"/track.flac": {"status": 429, "retry_after_date": 30}})
+    resp = client.get(server.url_for("track.flac"))
+    said = email.utils.parsedate_to_datetime(resp.headers["retry-after"]).timestamp()
+    date = email.utils.parsedate_to_datetime(resp.headers["date"]).timestamp()
+    assert resp.status_code == 429 and said - date in (30, 31)
 
 
 def test_fault_drop_after(server: DevServer, client: httpx.Client) -> None:

@@ -100,6 +100,7 @@ TRUNCATE_MID_HASH = textwrap.dedent("""
 """)
 
 
+@pytest.mark.linux_facilities
 def test_a_writer_waiting_mid_hash_ends_the_mapping_and_the_hashing_survives(tmp_path: Path) -> None:
     """Once a writer waits for the lease, no further span is hashed from the mapping (the kernel would take
     the lease after 45 s and a cut under the mapping ends the process with SIGBUS): the rest is read with
@@ -131,6 +132,7 @@ def test_only_local_file_systems_are_mapped(tmp_path: Path, monkeypatch: pytest.
         os.close(fd)
 
 
+@pytest.mark.linux_facilities
 def test_the_file_system_type_is_found_for_this_folder(tmp_path: Path) -> None:
     found = digest.fs_type(tmp_path.stat().st_dev)
     mounts = Path("/proc/self/mounts").read_text().split()

@@ -22,6 +22,7 @@ from mixvfs.cache.errors import (
     LengthMismatch,
     NotAudio,
     PermanentHttpError,
+    RequestWaitExceeded,
     ServerBusy,
 )
 from mixvfs.cache.http import HttpClient
@@ -268,3 +269,32 @@ def test_stop_fails_a_waiting_reader_at_once_even_with_the_worker_stuck_in_a_rea
         fetcher.index.close()
     assert download.ended.is_set() and isinstance(download.error, Cancelled)
     assert not list(store.staging.glob("*.part"))
+
+
+def test_a_wait_past_its_deadline_fails_that_read_alone_and_the_download_goes_on(served, store, http, tmp_path):
+    """macOS's request bound (vfs/fs/deadlines.py): a read whose deadline has passed gets RequestWaitExceeded
+    instead of waiting for bytes the parked server does not send; the bytes already held are still served
+    whatever the deadline, and the download itself neither fails nor stops: it ends whole once the server
+    sends the rest. (A deadline already past: no clock in the test.)"""
+    server, data = served
+    server.set_faults(PARKED)
+    fetcher, source = one_job_fetcher(server, store, http, tmp_path)
+    try:
+        acquired = fetcher.acquire(source)
+        download = acquired.download
+        assert download is not None
+        wait_parked(server, download)
+        past = time.monotonic()
+        with pytest.raises(RequestWaitExceeded, match="under way"):
+            download.wait_for(PARK_AT, 150_000, past)
+        assert download.wait_for(1000, 0, past) == 1000
+        assert download.error is None and download.state is State.FETCHING
+        server.release("a")
+        assert download.wait_for(SIZE, 0) == SIZE
+        assert os.pread(acquired.fd, SIZE, 0) == data
+        fetcher.release(download)
+        os.close(acquired.fd)
+    finally:
+        server.release("a")
+        fetcher.close()
+        fetcher.index.close()

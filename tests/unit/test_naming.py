@@ -326,3 +326,44 @@ def test_assign_names_empty() -> None:
 def test_collision_key_folds_case_and_normalization() -> None:
     assert collision_key("CAFE\u0301.WAV") == collision_key("caf\u00e9.wav")
     assert collision_key("a") != collision_key("b")
+
+
+# --- names every Mac destination accepts (exFAT/FAT32 sticks, APFS) ---------------------------------------
+
+FAT_REFUSES = set('\\:*?"<>|') | {chr(c) for c in range(32)} | {"\x7f"}
+
+
+def fat_accepts(name: str) -> bool:
+    """exFAT's and FAT32's rules (Microsoft's exFAT specification, 7.7.3; FAT's long names): none of
+    ``\\ / : * ? " < > |`` nor a control character, no trailing dot or space, at most 255 UTF-16 units."""
+    return (not (set(name) & (FAT_REFUSES | {"/"})) and not name.endswith((".", " "))
+            and len(name.encode("utf-16-le")) // 2 <= 255 and name not in ("", ".", ".."))
+
+
+def test_a_title_fat_refuses_becomes_readable_look_alikes() -> None:
+    assert _name("Nina", 'Why? "A" <B>') == "Nina - Why？ ＂A＂ ＜B＞.wav"
+    assert _name("AC\\DC", "a:b*c|d") == "AC_DC - a：b＊c｜d.wav"
+
+
+@pytest.mark.parametrize("title", ['Why? "A" <B>', "trailing dot.", "trailing space ", "a\\b", "x:y", "*|*",
+                                   "???", "ends with ?", ". . .", "\x01\x7f", "Tab\there", "<>" * 200, "é" * 300,
+                                   "🎧" * 100])
+def test_every_name_is_one_fat_accepts(title: str) -> None:
+    for ext in ("wav", "fl?ac", None, "x:"):
+        name = _name('Art "ist"', title, ext)
+        assert fat_accepts(name), name
+        assert _nbytes(name) <= MAX_NAME_BYTES
+
+
+def test_names_equal_after_the_mapping_are_numbered() -> None:
+    names = assign_names([("1", "A", "Why?", "wav"), ("2", "A", "Why？", "wav"), ("3", "a", "WHY?", "wav")])
+    assert names == ["A - Why？.wav", "A - Why？ (2).wav", "a - WHY？ (3).wav"]
+    assert len({collision_key(n) for n in names}) == 3
+
+
+def test_names_stay_unique_under_case_folding_and_normalization() -> None:
+    decomposed = unicodedata.normalize("NFD", "Café")
+    names = assign_names([("1", "X", "Café", "wav"), ("2", "X", decomposed, "wav"), ("3", "x", "CAFÉ", "wav"),
+                          ("4", "X", "Cafe\u0301?", "wav"), ("5", "X", "café？", "wav")])
+    assert len({unicodedata.normalize("NFD", n).casefold() for n in names}) == 5
+    assert all(n == unicodedata.normalize("NFC", n) and fat_accepts(n) for n in names)

@@ -42,6 +42,11 @@ def put(store: BlobStore, data: bytes) -> str:
     return digest
 
 
+def last_used_at(store: BlobStore, digest: str, when: float) -> None:
+    """Set a blob's last use, as if it had been opened at ``when`` (diskcache's access_time, wall time)."""
+    store._cache._query("UPDATE Cache SET access_time = ? WHERE key = ?", (when, digest))
+
+
 def read_blob(store: BlobStore, digest: str) -> bytes:
     fd = store.open_blob(digest)
     assert fd is not None
@@ -105,14 +110,47 @@ def test_prune_by_time_since_last_use_and_by_size(tmp_path):
     new = put(store, b"n" * MiB)
     now = time.time()
     assert store.prune(now=now) == []
-    assert [v.digest for v in store.prune(max_age=3600, now=now + 7200, dry_run=True)] == [old, new]
-    assert len(store.infos()) == 2  # dry run
+    used = put(store, b"u")  # the cache in use now; the other two last used two hours ago
+    last_used_at(store, old, now - 7201)
+    last_used_at(store, new, now - 7200)
+    assert [v.digest for v in store.prune(max_age=3600, now=now, dry_run=True)] == [old, new]
+    assert len(store.infos()) == 3  # dry run
     os.close(store.open_blob(new) or -1)
-    victims = store.prune(max_size=MiB, now=time.time())
+    victims = store.prune(max_size=MiB + 10, now=time.time())
     assert [v.digest for v in victims] == [old]
-    assert [i.digest for i in store.infos()] == [new]
-    assert [v.digest for v in store.prune(now=time.time() + 31 * 86400)] == [new]  # the default TTL
-    assert store.infos() == []
+    assert {i.digest for i in store.infos()} == {new, used}
+    last_used_at(store, new, time.time() - 31 * 86400)
+    assert [v.digest for v in store.prune(now=time.time())] == [new]  # the default TTL
+    assert [i.digest for i in store.infos()] == [used]
+
+
+def test_a_wall_clock_stepped_forward_does_not_empty_the_cache_in_one_prune(tmp_path):
+    """Every blob used just now; the wall clock then jumps a year ahead (a wrong NTP answer, a user changing
+    the date): the TTL counts from the cache's own newest use, so nothing looks unused for a year."""
+    store = BlobStore(tmp_path, max_size=100 * MiB, max_age=30 * 86400)
+    digests = {put(store, bytes([n]) * 1000) for n in range(3)}
+    ahead = time.time() + 365 * 86400
+    assert store.prune(now=ahead) == []
+    assert {i.digest for i in store.infos()} == digests
+    old = put(store, b"o" * 1000)  # and one that really was unused for 31 days of the cache's use
+    last_used_at(store, old, time.time() - 31 * 86400)
+    assert [v.digest for v in store.prune(now=ahead)] == [old]
+
+
+def test_a_last_use_in_the_future_is_clamped_so_a_clock_stepped_back_makes_no_blob_immortal(tmp_path):
+    """A blob opened while the wall clock ran a year ahead, then the clock was corrected: its last use is
+    counted as the first prune that sees it, and it ages from there like any other."""
+    store = BlobStore(tmp_path, max_size=100 * MiB, max_age=3600)
+    ahead = put(store, b"a" * 1000)
+    now = time.time()
+    last_used_at(store, ahead, now + 365 * 86400)
+    assert store.prune(now=now) == []
+    (info,) = store.infos()
+    assert info.last_used == now  # clamped: also last in the LRU order no longer
+    put(store, b"u")  # the cache in use an hour and a bit later
+    later = now + 3601
+    last_used_at(store, next(i.digest for i in store.infos() if i.digest != ahead), later)
+    assert [v.digest for v in store.prune(now=later)] == [ahead]
 
 
 def test_ttl_is_counted_from_last_use(tmp_path):
@@ -211,7 +249,9 @@ def test_commit_eviction_and_prune_ask_the_same_victims_function(tmp_path, monke
 def test_raising_max_age_rescues_a_blob_past_the_old_one(tmp_path):
     short = BlobStore(tmp_path, max_size=100 * MiB, max_age=100)
     digest = put(short, b"r" * 1000)
-    later = time.time() + 200  # past the old max_age, inside the new one
+    later = time.time()
+    last_used_at(short, digest, later - 200)  # past the old max_age, inside the new one
+    put(short, b"u")  # the cache in use now
     assert [v.digest for v in short.prune(dry_run=True, now=later)] == [digest]
     short.close()
     longer = BlobStore(tmp_path, max_size=100 * MiB, max_age=10_000)
@@ -257,7 +297,9 @@ def test_index_rows_leave_with_a_pruned_blob(tmp_path):
     store = BlobStore(tmp_path, max_size=100 * MiB, max_age=3600)
     gone = put(store, b"g" * 1000)
     index = recorded(tmp_path, gone, "a")
-    assert [v.digest for v in store.prune(now=time.time() + 7200)] == [gone]
+    last_used_at(store, gone, time.time() - 7200)
+    put(store, b"u")  # the cache in use now
+    assert [v.digest for v in store.prune(now=time.time())] == [gone]
     assert index.lookup("http://h/a#size=1") is None
 
 

@@ -79,7 +79,7 @@ def test_a_failed_cache_is_skipped_for_reset_after_then_tried_again(caplog: pyte
     fallback = cache.route(URL, now=69.9)
     assert fallback is not None and fallback.endpoint.base == "https://c:3"
     assert cache.state(now=30)[0] == {"url": "https://a:1", "state": "down", "reason": "connection refused",
-                                      "retry_in": 41.0}
+                                      "retry_in": 41.0, "stores": None, "store_detail": None}
     back = cache.route(URL, now=71)
     assert back is not None and back.endpoint.base == "https://a:1"
 
@@ -219,3 +219,18 @@ def test_the_origin_match_ignores_case_and_default_ports() -> None:
     assert route is not None
     headers = {**GOOD, ORIGIN_HEADER: "https://origin.example"}
     assert cache.judge(route, url, 200, headers, total=1000, expected=None, refreshed=False) is Verdict.USE
+
+
+def test_the_store_check_wants_a_hit_for_the_second_request_of_one_nonce() -> None:
+    from mixvfs.cache.team import Answer, judge_store_check
+
+    assert judge_store_check(Answer(200, "MISS"), Answer(200, "HIT")) == (True, None)
+    stores, detail = judge_store_check(Answer(200, "MISS"), Answer(200, "MISS"))
+    assert stores is False and detail is not None and "does not store" in detail and "MISS" in detail
+    stores, detail = judge_store_check(Answer(500, "MISS"), Answer(500, "MISS"))  # nginx cannot open its files
+    assert stores is False and detail is not None and "HTTP 500" in detail
+    stores, detail = judge_store_check(Answer(404, None), Answer(404, None))  # a configuration without the check
+    assert stores is None and detail is not None and "no store check" in detail
+    # An older configuration sends the check to the origin like a track: its refusal (no token) is no verdict.
+    stores, detail = judge_store_check(Answer(401, "NONE", checked=False), Answer(401, "NONE", checked=False))
+    assert stores is None and detail is not None and "no store check" in detail

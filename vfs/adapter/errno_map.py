@@ -7,7 +7,7 @@ import errno
 import functools
 import logging
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from mixvfs.cache.errors import CacheError, ConfigError, FetchError, MixvfsError
 
@@ -28,6 +28,23 @@ def errno_for(exc: BaseException) -> int:
     if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
         return exc.errno
     return errno.EIO
+
+
+@runtime_checkable
+class EioWitness(Protocol):
+    """The operations object told of every EIO it answers (with the operation's arguments, to find the file):
+    each must have its line in the report, which the mount's tests check for every test."""
+
+    def answered_eio(self, operation: str, args: tuple[Any, ...]) -> None: ...
+
+
+def witness(operation: str, args: tuple[Any, ...]) -> None:
+    ops = args[0] if args else None
+    if isinstance(ops, EioWitness):
+        try:
+            ops.answered_eio(operation, args[1:])
+        except Exception:  # counting must never change the answer
+            log.exception("could not note an EIO answer to %s", operation)
 
 
 P = ParamSpec("P")
@@ -61,17 +78,21 @@ def fuse_errors(error_type: type[OSError]) -> Callable[[Callable[P, R]], Callabl
             try:
                 return func(*args, **kwargs)
             except MixvfsError as exc:
-                raise answer(error_type, func.__name__, exc, errno_for(exc)) from None
+                raise answer(error_type, func.__name__, exc, errno_for(exc), args) from None
             except OSError as exc:
                 if exc.errno is None or exc.errno <= 0:
                     log.error("%s failed without an errno; answering EIO: %s", func.__name__, cause_chain(exc),
                               exc_info=exc)
+                    witness(func.__name__, args)
                     raise error_type(errno.EIO) from None
                 if isinstance(exc, error_type) and exc.__cause__ is None and exc.__context__ is None:
+                    if exc.errno == errno.EIO:
+                        witness(func.__name__, args)
                     raise  # a deliberate answer (ENOENT, EROFS, …): nothing to explain
-                raise answer(error_type, func.__name__, exc, errno_for(exc)) from None
+                raise answer(error_type, func.__name__, exc, errno_for(exc), args) from None
             except Exception as exc:
                 log.error("%s crashed; answering EIO: %s", func.__name__, cause_chain(exc), exc_info=exc)
+                witness(func.__name__, args)
                 raise error_type(errno.EIO) from None
 
         return wrapper
@@ -79,8 +100,11 @@ def fuse_errors(error_type: type[OSError]) -> Callable[[Callable[P, R]], Callabl
     return decorate
 
 
-def answer(error_type: type[OSError], operation: str, exc: BaseException, code: int) -> OSError:
+def answer(error_type: type[OSError], operation: str, exc: BaseException, code: int,
+           args: tuple[Any, ...] = ()) -> OSError:
     """The errno answer for ``exc``, after a debug line with its cause chain (and traceback)."""
+    if code == errno.EIO:
+        witness(operation, args)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("%s: %s from %s", operation, errno.errorcode.get(code, str(code)), cause_chain(exc),
                   exc_info=exc)

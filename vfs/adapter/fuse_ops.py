@@ -19,6 +19,7 @@ if "FUSE_LIBRARY_NAME" not in os.environ and ctypes.util.find_library("fuse3"):
 
 import mfusepy as fuse
 
+from mixvfs import host
 from mixvfs.vfs.adapter import passthrough
 from mixvfs.vfs.adapter.errno_map import fuse_errors
 from mixvfs.vfs.adapter.libfuse import (
@@ -29,9 +30,10 @@ from mixvfs.vfs.adapter.libfuse import (
     invalidate_path,
     raise_readahead,
 )
+from mixvfs.vfs.fs import finder
 from mixvfs.vfs.fs.backing import BackingTable
 from mixvfs.vfs.fs.sessionfs import BLOCK_SIZE, Handle, SessionFS
-from mixvfs.vfs.session.tracks import Track
+from mixvfs.vfs.session.tracks import Kind, Track
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ XATTR_PREFIX = "user.mixvfs."
 XATTR_PREFIX_BYTES = XATTR_PREFIX.encode()
 FUSE_READDIR_PLUS = 1  # libfuse 3's readdir flags: the kernel asks for attributes too
 FUSE_FILL_DIR_PLUS = 2  # the filler's flag: this entry's stat is complete
+NEVER_INDEX_PATH = "/" + finder.NEVER_INDEX
+EMPTY_FH = 0  # the handle of the empty marker file (track handles start at 1)
 
 
 class MixOps(fuse.Operations):  # type: ignore[misc]
@@ -111,6 +115,9 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
             return "the passthrough setting is off"
         if conn is None:
             return "libfuse gave no connection parameters"
+        platform_problem = host.passthrough_possible()
+        if platform_problem is not None:
+            return platform_problem
         problem = passthrough.layout_problem((fuse.fuse_version_major, fuse.fuse_version_minor),
                                              fuse.fuse_file_info, fuse.fuse_conn_info)
         if problem is None and not passthrough.has_sys_admin():
@@ -139,10 +146,24 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
                      table.stats.opens, table.stats.normal)
         self.core.close()
 
+    def answered_eio(self, operation: str, args: tuple[Any, ...]) -> None:
+        """An EIO went to a program (see errno_map.EioWitness): counted in the report against its track."""
+        track: Track | None = None
+        path = next((a for a in args if isinstance(a, str)), None)
+        if path is not None and path.count("/") == 1 and path != "/":
+            track = self.core.lookup(path[1:])
+        if track is None:
+            info = next((a for a in args if hasattr(a, "fh")), None)
+            handle = self._handles.get(info.fh) if info is not None else None
+            track = handle.track if handle is not None else None
+        self.core.answered_eio(track, operation)
+
     # -- names and attributes ------------------------------------------------------------------------
 
     def _track(self, path: str) -> Track:
-        track = self.core.lookup(path[1:]) if path.count("/") == 1 else None
+        name = path[1:]
+        # Finder's and Spotlight's own names are never tracks: no lookup (vfs/fs/finder.py).
+        track = self.core.lookup(name) if path.count("/") == 1 and not finder.is_probe(name) else None
         if track is None:
             raise FuseOSError(errno.ENOENT)
         return track
@@ -150,7 +171,11 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
     @guard
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
         if path == "/":
-            return self._stat(stat.S_IFDIR | 0o555, 0, int(self.core.mtime * 1e9), nlink=2)
+            # 0755 like rclone: `cp -r MNT/. OUT` gives OUT the root's mode, and the user must be able to add
+            # to and clean up their own export; writes here still fail with EROFS.
+            return self._stat(stat.S_IFDIR | 0o755, 0, int(self.core.mtime * 1e9), nlink=2)
+        if path == NEVER_INDEX_PATH:  # found by name, never listed: no export carries it
+            return self._stat(stat.S_IFREG | 0o444, 0, int(self.core.mtime * 1e9))
         # An open file is asked about by its handle when the kernel has one (fstat, reads revalidating
         # the page cache): answer from the handle's track, which a live reload may have renamed or removed.
         handle = self._handles.get(fh.fh) if fh is not None and hasattr(fh, "fh") else None
@@ -215,7 +240,7 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
 
     @guard
     def access(self, path: str, amode: int) -> int:
-        if path != "/":
+        if path not in ("/", NEVER_INDEX_PATH):
             self._track(path)
         if amode & os.W_OK:
             raise FuseOSError(errno.EROFS)
@@ -227,7 +252,11 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
     def open(self, path: str, fi: Any) -> int:
         if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise FuseOSError(errno.EROFS)
-        opened = self.core.open(self._track(path))
+        if path == NEVER_INDEX_PATH:
+            fi.fh = EMPTY_FH
+            return 0
+        track = self._track(path)
+        opened = self.core.open(track, previewer=self._previewer() if track.kind is Kind.CLOUD else None)
         if opened.stale:  # another version's size or pages may be in the kernel: before the opener stats it
             invalidate_path(fuse._libfuse, path)
         with self._lock:
@@ -240,6 +269,11 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
             passthrough.set_backing_id(fi, opened.backing)
         return 0
 
+    def _previewer(self) -> str | None:
+        """The requesting process's name if it is a Spotlight importer or QuickLook thumbnailer."""
+        name = host.process_name(fuse.fuse_get_context()[2])
+        return name if finder.is_previewer(name) else None
+
     @guard
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
         """The bytes themselves (after waiting for a download to reach them). Not ``read_buf``: naming a
@@ -247,12 +281,16 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         daemon's CPU, because libfuse (without splice) preads it into a fresh page-aligned buffer per
         request, faulting in every page (BENCHMARKS.md, "read_buf against plain read")."""
         self.daemon_reads += 1  # a count for the status (a racing increment may be lost; 0 means none came)
+        if fi.fh == EMPTY_FH:
+            return b""
         return self.core.read(self._handles[fi.fh], size, offset)
 
     @guard
     def read_into(self, fi: Any, buf: Any, size: int, offset: int) -> int:
         """:meth:`read`, with the bytes pread straight into libfuse's reply buffer (see :class:`MixFUSE`)."""
         self.daemon_reads += 1  # as in read(): the status's count of reads that reached the daemon
+        if fi.fh == EMPTY_FH:
+            return 0
         target = (ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))
         return self.core.read_into(self._handles[fi.fh], memoryview(target).cast("B"), offset)
 
@@ -274,6 +312,8 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
     def listxattr(self, path: str) -> list[str]:
         if path == "/":
             return [XATTR_PREFIX + key for key in [*self.root_xattrs, "status", "passthrough", "requests"]]
+        if path == NEVER_INDEX_PATH:
+            return []
         return [XATTR_PREFIX + key for key in self.core.track_xattrs(self._track(path))]
 
     def browsing(self) -> None:
@@ -349,13 +389,26 @@ class MixFUSE(fuse.FUSE):  # type: ignore[misc]
 
 def run(ops: MixOps, mountpoint: str, *, foreground: bool = True, threads: int = 16,
         waiting_reads: int = WAITING_READS, attr_timeout: float = 1.0, nonempty: bool = False,
-        debug: bool = False, passthrough: str = "auto") -> None:
+        debug: bool = False, passthrough: str = "auto", platform_options: dict[str, str | bool] | None = None) -> None:
     """Serve until unmounted. libfuse installs SIGTERM/SIGINT handlers that unmount cleanly.
 
     ``threads`` serve what never waits on the network (lookups, stat, listings, opens, local and cached
     reads); up to ``waiting_reads`` reads more may wait for downloads, each on a thread of its own. libfuse 3
     starts threads only when every one is busy and ends those left idle beyond ``threads``; libfuse 2 has no
-    cap (it keeps 10 idle)."""
+    cap (it keeps 10 idle). ``platform_options``: the system's own (macFUSE's, from ``host.mount_options``)."""
+    options = fuse_options(threads=threads, waiting_reads=waiting_reads, attr_timeout=attr_timeout,
+                           nonempty=nonempty, debug=debug, foreground=foreground,
+                           platform_options=platform_options or {})
+    ops.waiting_reads = waiting_reads
+    ops.passthrough_setting = passthrough
+    ops.mountpoint = os.path.realpath(mountpoint)
+    MixFUSE(ops, mountpoint, raw_fi=True, **options)
+
+
+def fuse_options(*, threads: int, waiting_reads: int, attr_timeout: float, nonempty: bool, debug: bool = False,
+                 foreground: bool = True, platform_options: dict[str, str | bool],
+                 libfuse_major: int = LIBFUSE_MAJOR) -> dict[str, Any]:
+    """The mount options handed to mfusepy (which makes them libfuse's ``-o`` list)."""
     options: dict[str, Any] = {
         "foreground": foreground,
         "ro": True,
@@ -366,12 +419,10 @@ def run(ops: MixOps, mountpoint: str, *, foreground: bool = True, threads: int =
         "negative_timeout": 0,
         "debug": debug,
     }
-    if LIBFUSE_MAJOR >= 3:
+    if libfuse_major >= 3:
         options["max_threads"] = threads + waiting_reads
         options["max_idle_threads"] = threads  # libfuse 3.14 warns about its own default (UINT_MAX)
     elif nonempty:
         options["nonempty"] = True  # libfuse 2 (macFUSE's API) refuses a non-empty mountpoint without it
-    ops.waiting_reads = waiting_reads
-    ops.passthrough_setting = passthrough
-    ops.mountpoint = os.path.realpath(mountpoint)
-    MixFUSE(ops, mountpoint, raw_fi=True, **options)
+    options.update(platform_options)
+    return options

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from mixvfs import host
+
 log = logging.getLogger(__name__)
 
 # The kernel's readahead for a FUSE mount is 128 KiB (libfuse can only lower it); 4 MiB makes a first read
@@ -31,22 +33,11 @@ WAITING_READS = 1024
 
 
 def raise_readahead(mountpoint: str, kib: int = READAHEAD_KIB) -> bool:
-    """Set the mount's readahead through sysfs (root only; elsewhere the kernel default stays)."""
-    device = None
-    try:
-        with open("/proc/self/mountinfo") as handle:
-            for line in handle:
-                fields = line.split()
-                if len(fields) > 4 and fields[4].replace("\\040", " ") == mountpoint:
-                    device = fields[2]  # the last match is the mount on top
-        if device is None:
-            return False
-        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as knob:
-            knob.write(f"{kib}\n")
-    except OSError as exc:
-        log.debug("readahead of %s left at the kernel default: %s", mountpoint, exc)
-        return False
-    return True
+    """Set the mount's readahead (Linux sysfs, root only; elsewhere the system's default stays)."""
+    done = host.set_readahead(mountpoint, kib)
+    if not done:
+        log.debug("readahead of %s left at the system's default", mountpoint)
+    return done
 
 
 def allow_waiting_reads(conn: Any, count: int) -> None:

@@ -19,14 +19,14 @@ import ctypes
 import errno
 import fcntl
 import logging
-import os
 from typing import Any
+
+from mixvfs import host
 
 log = logging.getLogger(__name__)
 
 MIN_VERSION = (3, 17)  # 3.17.1: the first libfuse whose high-level API passes backing_id on
 FUSE_CAP_PASSTHROUGH = 1 << 29  # fuse_common.h
-CAP_SYS_ADMIN = 21  # linux/capability.h
 
 
 class BackingMap(ctypes.Structure):
@@ -78,14 +78,7 @@ def layout_problem(version: tuple[int, int], file_info: type[Any], conn_info: ty
 def has_sys_admin() -> bool:
     """CAP_SYS_ADMIN in this process's effective set (the kernel also wants it in the initial user namespace:
     a container's root passes this and is refused at open — that refusal is handled there)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
-    except (OSError, ValueError):
-        pass
-    return os.geteuid() == 0
+    return host.has_sys_admin()
 
 
 def want_passthrough(lib: Any, conn: Any) -> str | None:

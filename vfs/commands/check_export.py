@@ -32,12 +32,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from mixvfs import host
 from mixvfs.cache.digest import hash_path, ignore_lease_breaks
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.cache.location import is_cache
 from mixvfs.cache.units import format_size
 from mixvfs.vfs.commands import config, output
-from mixvfs.vfs.fs.report import default_report_path, load_report
+from mixvfs.vfs.fs.report import load_report, reports_of_session
 from mixvfs.vfs.session.manifest import Session, load_manifest
 from mixvfs.vfs.session.naming import collision_key
 from mixvfs.vfs.session.tracks import Kind, Track, build_tracks
@@ -202,12 +203,15 @@ def plan_from_manifest(path: Path, settings: config.Settings) -> Plan:
     session = load_manifest(path, default_server=settings.server)
     expected = expected_from_manifest(session, settings)
     plan = Plan(session.name, "manifest", expected, manifest=path)
-    report = default_report_path(settings.cache_dir, session.name)
-    with contextlib.suppress(OSError, ValueError):
-        last = load_report(report)
-        if not same_manifest(last.get("manifest"), path):
+    for report in reports_of_session(settings.cache_dir, session.name):  # newest first: one per mountpoint
+        with contextlib.suppress(OSError, ValueError):
+            last = load_report(report)
             # Another manifest of the same name (or a report without one): its digests are not this session's.
-            return plan
+            if same_manifest(last.get("manifest"), path):
+                break
+    else:
+        return plan
+    with contextlib.suppress(OSError, ValueError):
         records = records_by_id(last, report)
         plan.report = report
         for exp in expected:
@@ -569,17 +573,20 @@ def check_folder(folder: Path) -> None:
 
 
 def is_mixvfs(folder: Path) -> bool:
-    """On a mixvfs mount (the mount's own folder or below): its filesystem type says so."""
-    real = str(folder.resolve())
-    best = ""
-    fstype = ""
-    with open("/proc/self/mounts") as mounts:  # Linux; elsewhere the check is skipped (OSError)
-        for line in mounts:
-            fields = line.split()
-            where = fields[1].replace("\\040", " ")
-            if (real == where or real.startswith(where.rstrip("/") + "/")) and len(where) > len(best):
-                best, fstype = where, fields[2]
-    return fstype.endswith("mixvfs")
+    """On a mixvfs mount (the mount's own folder or below): its file system type says so (Linux); elsewhere
+    the mount above it answers for mixvfs's own root attribute (the daemon's pid)."""
+    real = folder.resolve()
+    fstype = host.mount_type(str(real))
+    if fstype is not None:
+        return fstype.endswith("mixvfs")
+    for place in (real, *real.parents):
+        if os.path.ismount(place):
+            try:
+                host.getxattr(place, "user.mixvfs.pid")
+            except OSError:
+                return False
+            return True
+    return False
 
 
 def main(args: argparse.Namespace) -> int:

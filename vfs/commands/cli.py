@@ -55,7 +55,7 @@ and error. TARGET is a report file or a mountpoint: a live mount's report, or af
 report of the last mount there. Exit 1 if a track failed or is missing."""
 REPORT_EXAMPLES = """examples:
   mixvfs report ~/MixBoardTracks            # a live mount's report (or the last one, once unmounted)
-  mixvfs report ~/.cache/mixvfs/reports/Friday-Mix.json --json
+  mixvfs report ~/.cache/mixvfs/reports/Friday-Mix--MixBoardTracks-3f9c2a41d0.json --json
 """
 PREFLIGHT_TEXT = """Before an export: every track with its source, size and state (local ok, cached, to download,
 unreachable, unauthorized, missing), the bytes to download, the free disk space of the cache folder
@@ -89,7 +89,8 @@ per problem otherwise.
 Exit codes: 0 every track is ok; 1 a track is not; 2 bad input (manifest, report, folder); 130 Ctrl-C."""
 CHECK_EXPORT_EXAMPLES = """examples:
   mixvfs check-export ~/Sessions/friday.json ~/Export/Friday
-  mixvfs check-export ~/.cache/mixvfs/reports/Friday-Mix.json ~/Export/Friday   # the report unmount named
+  # the report `mixvfs unmount` named:
+  mixvfs check-export ~/.cache/mixvfs/reports/Friday-Mix--MixBoardTracks-3f9c2a41d0.json ~/Export/Friday
   mixvfs check-export friday.json ~/Export/Friday --json | jq '.tracks[] | select(.state != "ok")'
 """
 CONFIG_EXAMPLES = """examples:
@@ -218,9 +219,11 @@ def mount_options(args: argparse.Namespace) -> mount.MountOptions:
         runtime=runtime,
         report_path=args.report.expanduser().absolute() if args.report else None,
         log_file=(args.log_file or runtime.cache.root / "logs" / "mixvfs.log").expanduser().absolute(),
-        retry_after=settings.retry_after,
+        failed_for=settings.failed_for,
         prefetch=not args.no_prefetch,
         passthrough=settings.passthrough,
+        request_timeout=settings.request_timeout,
+        token_timeout=float(settings.value("token_timeout")),
         default_server=settings.server,
         allow_non_empty=args.allow_non_empty,
     )
@@ -247,7 +250,11 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def setup_logging(log_file: Path | None, level: str) -> None:
-    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler()
+    handler: logging.Handler = logging.StreamHandler()
+    if log_file:
+        from mixvfs.vfs.fs.logfile import LogFile  # the daemon's only: logging.handlers costs every command
+
+        handler = LogFile(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

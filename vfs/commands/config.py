@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import platformdirs
 
-from mixvfs.cache.defaults import TEAM_CACHE_RESET_AFTER, TOKEN_COMMAND_TIMEOUT
+from mixvfs.cache.defaults import SERVER_WAIT_MAX, TEAM_CACHE_RESET_AFTER, TOKEN_COMMAND_TIMEOUT
 from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, CacheLimits, resolve_cache_dir
 from mixvfs.cache.units import format_size, parse_duration, parse_size
@@ -105,6 +106,17 @@ def _bool(text: str) -> bool:
     raise ConfigError(f"must be true or false, not {text!r}")
 
 
+def _request_timeout(text: str) -> str | float:
+    """"auto", "off" (0: no bound) or a duration."""
+    if text in ("auto", "off"):
+        return 0.0 if text == "off" else text
+    return parse_duration(text)
+
+
+def _request_timeout_shown(value: str | float) -> str:
+    return value if isinstance(value, str) else ("off" if not value else _seconds(value))
+
+
 def _passthrough(text: str) -> str:
     if text not in ("auto", "off"):
         raise ConfigError(f"must be auto or off, not {text!r}")
@@ -160,8 +172,10 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
          "cap on all downloads together, bytes per second like rclone's --bwlimit: 10M = 10 MiB/s (off)", _rate),
     Spec("stall_timeout", "MIXVFS_STALL_TIMEOUT", 30.0, _positive_duration,
          "fail a download without progress this long (30s)", _seconds),
-    Spec("retry_after", "MIXVFS_RETRY_AFTER", 60.0, parse_duration,
+    Spec("failed_for", "MIXVFS_FAILED_FOR", 60.0, parse_duration,
          "after a failure, answer EIO at once this long (60s)", _seconds),
+    Spec("server_wait_max", "MIXVFS_SERVER_WAIT_MAX", SERVER_WAIT_MAX, parse_duration,
+         "the longest wait a server may ask for (429/503 Retry-After) before the track fails (2m)", _seconds),
     Spec("retries", "MIXVFS_RETRIES", 5, _attempts, "attempts per download for transient errors (5)"),
     Spec("retry_wait", "MIXVFS_RETRY_WAIT", 0.5, parse_duration,
          "first backoff wait, doubling, with jitter in proportion (0.5s)", _seconds),
@@ -172,18 +186,26 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("team_cache_allow_plain_http", "MIXVFS_TEAM_CACHE_ALLOW_PLAIN_HTTP", False, _bool,
          "allow the token over plain http:// to a team cache on another machine (false)",
          lambda v: "true" if v else "false"),
+    Spec("request_timeout", "MIXVFS_REQUEST_TIMEOUT", "auto", _request_timeout,
+         "the longest one read or stat waits for a download, then EIO and a report line; auto: 2 x stall_timeout "
+         "on macOS (whose macFUSE ejects the volume when a request outlives its daemon_timeout), none on Linux; "
+         "off: none (auto)", _request_timeout_shown),
     Spec("passthrough", "MIXVFS_PASSTHROUGH", "auto", _passthrough,
          "auto: the kernel reads cached tracks itself (FUSE passthrough) where it can; off: never (auto)"),
 )}
 
 # What each command takes (the rest of its flags are its own).
 MOUNT_SETTINGS = tuple(SPECS)
-PREFLIGHT_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "cache_dir", "max_size", "max_age",
-                      "jobs", "stall_timeout")
-CACHE_SETTINGS = ("cache_dir", "max_size", "max_age")
 TEAM_SETTINGS = ("team_cache", "team_cache_reset_after", "team_cache_allow_plain_http")
+# Preflight asks sizes the way the mount will (through the team cache) and says whether that cache stores.
+PREFLIGHT_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "cache_dir", "max_size", "max_age",
+                      "jobs", "stall_timeout", *TEAM_SETTINGS)
+CACHE_SETTINGS = ("cache_dir", "max_size", "max_age")
 WARM_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "jobs", "bwlimit", "stall_timeout",
-                 "retries", "retry_wait", *TEAM_SETTINGS)
+                 "retries", "retry_wait", "server_wait_max", *TEAM_SETTINGS)
+# Old names still taken, each with a line saying the new one. ``retry_after`` was how long a failed track stays
+# failed: a name easily read as the server's Retry-After header, which ``server_wait_max`` is about.
+RENAMED = {"retry_after": "failed_for"}
 
 
 DEFAULT, FILE, ENV, FLAG = range(4)  # the layers, lowest first
@@ -217,6 +239,13 @@ def load_config_file(path: Path, *, required: bool) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from None
     except ValueError as exc:  # tomllib.TOMLDecodeError
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    for old, new in RENAMED.items():
+        if old in data:
+            if new in data:
+                raise ConfigError(f"config file {path}: both {old} and {new}; keep only {new} ({old} is its old "
+                                  "name)")
+            deprecated(f"config file {path}: {old} is now called {new}")
+            data[new] = data.pop(old)
     unknown = sorted(set(data) - set(SPECS))
     if unknown:
         raise ConfigError(f"config file {path}: unknown key(s) {', '.join(unknown)} "
@@ -244,12 +273,14 @@ an unknown key is an error (a typo is never ignored silently):
     jobs = 16                              # the most at once; how many run is measured
     bwlimit = "off"                        # or e.g. "4M": all downloads together, bytes per second
     stall_timeout = "30s"
-    retry_after = "60s"
+    failed_for = "60s"                     # a failed track answers EIO at once this long, then is tried again
+    server_wait_max = "2m"                 # a server asking to wait longer (Retry-After) fails the track
     retries = 5
     retry_wait = "0.5s"
     team_cache = "https://cache1.studio.lan:8443|https://cache2.studio.lan:8443;https://cache3.studio.lan:8443"
     team_cache_reset_after = "5m"
     team_cache_allow_plain_http = false   # true only on a trusted network: the token travels in clear text
+    request_timeout = "auto"               # or "off", or a duration such as "90s"
     passthrough = "auto"                   # or "off"
 
 The token itself is only ever taken from MIXVFS_TOKEN, a token file or a token command, never from the
@@ -270,6 +301,9 @@ def add_flags(parser: argparse.ArgumentParser, names: Iterable[str], *, default:
                             help=f"{spec.help}; env {spec.env}")
     if "token_command" in names:
         parser.add_argument("--token", default=default, help=argparse.SUPPRESS)
+    for old, new in RENAMED.items():
+        if new in names:
+            parser.add_argument("--" + old.replace("_", "-"), dest=old, default=default, help=argparse.SUPPRESS)
 
 
 class Setting(Generic[T]):
@@ -307,8 +341,13 @@ class Settings:
     jobs = Setting(int)
     bwlimit = Setting(int)
     stall_timeout = Setting(float)
-    retry_after = Setting(float)
+    failed_for = Setting(float)
     passthrough = Setting(str)
+
+    @property
+    def request_timeout(self) -> str | float:
+        value = self.value("request_timeout")
+        return value if isinstance(value, str) else float(value)
 
     def cache_limits(self) -> CacheLimits:
         return CacheLimits(self.cache_dir, self.max_size, self.max_age)
@@ -324,7 +363,8 @@ class Settings:
                              SPECS["retry_wait"].default if wait is None else float(wait.value),
                              self.token_source, self.team_cache(),
                              float(self._value_or_default("team_cache_reset_after")),
-                             int(self._value_or_default("bwlimit")))
+                             int(self._value_or_default("bwlimit")),
+                             float(self._value_or_default("server_wait_max")))
 
     def _value_or_default(self, name: str) -> Any:
         item = self.resolved.get(name)
@@ -410,13 +450,29 @@ def resolve(args: argparse.Namespace | None, names: Iterable[str] = MOUNT_SETTIN
         item = Resolved(spec.default, DEFAULT, "default")
         if name in file_values:
             item = Resolved(_parse_file_value(spec, file_values[name], path), FILE, "config file")
+        for old_env in (SPECS_RENAMED_ENV.get(name, ()) if not env.get(spec.env) else ()):
+            if env.get(old_env):
+                deprecated(f"env {old_env} is now called {spec.env}")
+                item = Resolved(_parse(spec, env[old_env], f"env {old_env}"), ENV, f"env {old_env}")
         if env.get(spec.env):
             item = Resolved(_parse(spec, env[spec.env], f"env {spec.env}"), ENV, f"env {spec.env}")
         flag_value = getattr(args, name, None) if args is not None else None
+        for old in (o for o, n in RENAMED.items() if n == name and flag_value is None and args is not None):
+            flag_value = getattr(args, old, None)
+            if flag_value is not None:
+                deprecated(f"--{old.replace('_', '-')} is now called {spec.flag}")
         if flag_value is not None:
             item = Resolved(_parse(spec, str(flag_value), spec.flag), FLAG, f"flag {spec.flag}")
         resolved[name] = item
     return Settings(resolved, path, path.is_file(), env.get(TOKEN_ENV) or None)
+
+
+SPECS_RENAMED_ENV = {new: (f"MIXVFS_{old.upper()}",) for old, new in RENAMED.items()}
+
+
+def deprecated(text: str) -> None:
+    """One line on stderr (stdout may be JSON) for an old setting name that still works."""
+    print(f"mixvfs: {text} (the old name still works for now)", file=sys.stderr)
 
 
 def _parse(spec: Spec, text: str, where: str) -> Any:

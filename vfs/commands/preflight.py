@@ -143,10 +143,19 @@ def run_preflight(session: Session, settings: config.Settings) -> dict[str, Any]
         with ThreadPoolExecutor(max_workers=QUESTIONS, thread_name_prefix="preflight") as pool:
             checks = list(pool.map(lambda t: check_track(t, runtime.fetcher, runtime.http), tracks))
         disk = disk_check(settings.cache_dir, checks, runtime.store, runtime.jobs)
+        runtime.http.check_team_stores()
+        team = runtime.http.team.state() if runtime.http.team is not None else None
     finally:
         runtime.close()
-    return summarize(session, checks, disk, token_state(runtime.tokens, runtime.token_error, checks),
-                     token_error=runtime.token_error)
+    from mixvfs.vfs.fs.mount import libfuse_problem
+
+    result = summarize(session, checks, disk, token_state(runtime.tokens, runtime.token_error, checks),
+                       token_error=runtime.token_error, fuse_problem=libfuse_problem())
+    if team is not None:
+        result["team_cache"] = team
+        # Never a failed export (the bytes still come, from the origin), but never silently slower either.
+        result["notes"] += [f"team cache {c['url']}: {c['store_detail']}" for c in team if c["stores"] is False]
+    return result
 
 
 def short_detail(detail: str) -> str:
@@ -154,7 +163,7 @@ def short_detail(detail: str) -> str:
 
 
 def summarize(session: Session, checks: list[TrackCheck], disk: Disk, token: str,
-              token_error: str | None = None) -> dict[str, Any]:
+              token_error: str | None = None, fuse_problem: str | None = None) -> dict[str, Any]:
     downloads = [c for c in checks if c.state == TO_DOWNLOAD]
     # The way to set a token is said once, on the token line, not on every row.
     problems = [f"{c.name}: {c.state.replace('_', ' ')}" + (f" ({short_detail(c.detail)})" if c.detail else "")
@@ -164,7 +173,9 @@ def summarize(session: Session, checks: list[TrackCheck], disk: Disk, token: str
                         f"{format_size(disk.needed)} needed")
     if token_error is not None:  # `mixvfs mount` refuses to start with it: the export cannot even begin
         problems.append(f"the token source is unusable ({token_error}): `mixvfs mount` will not start with it")
-    if any(c.state in FAILING for c in checks) or not disk.enough or token_error is not None:
+    if fuse_problem is not None:  # nothing can be mounted: MixBoard's exporter has no folder to copy from
+        problems.append(f"`mixvfs mount` cannot mount: {fuse_problem}")
+    if any(c.state in FAILING for c in checks) or not disk.enough or token_error is not None or fuse_problem:
         verdict, code = "will_fail", EXIT_WILL_FAIL
     elif any(c.state == UNREACHABLE for c in checks):
         verdict, code = "could_not_check", EXIT_UNCHECKED
@@ -185,6 +196,7 @@ def summarize(session: Session, checks: list[TrackCheck], disk: Disk, token: str
                         "unknown_sizes": unknown},
         "disk": asdict(disk),
         "token": token,
+        "fuse": fuse_problem or "ok",
         "verdict": verdict,
         "exit_code": code,
         "problems": problems,
@@ -211,6 +223,10 @@ def format_preflight(result: dict[str, Any]) -> str:
     lines.append(f"cache disk:  {format_size(disk['free'])} free in {disk['cache_dir']}, "
                  f"{format_size(disk['needed'])} needed — {'ok' if disk['enough'] else 'NOT ENOUGH'}")
     lines.append(f"token:       {result['token']}")
+    lines.append(f"fuse:        {'ok' if result['fuse'] == 'ok' else 'NOT USABLE (see the problem below)'}")
+    for cache in result.get("team_cache", []):
+        stores = {True: "stores", False: "DOES NOT STORE", None: "stores: unknown"}[cache["stores"]]
+        lines.append(f"team cache:  {cache['url']} {cache['state']}, {stores}")
     lines += [f"note: {note}" for note in result["notes"]]
     lines += [f"problem: {problem}" for problem in result["problems"]]
     lines.append(f"verdict: {VERDICTS[result['verdict']]} (exit {result['exit_code']})")

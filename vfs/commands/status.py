@@ -1,18 +1,19 @@
 """``mixvfs status MOUNTPOINT``: a live view of a running mount — which tracks are downloading, bytes done
 of total, failures. The daemon publishes it as JSON in the root's ``user.mixvfs.status`` extended
 attribute (built on each read from the fetcher's downloads in flight and the report), so no socket or
-extra protocol is needed and ``getfattr -n user.mixvfs.status MOUNTPOINT`` shows the same."""
+extra protocol is needed and ``getfattr -n user.mixvfs.status MOUNTPOINT`` (``xattr -p`` on macOS) shows the
+same. Read through the platform seam: macOS's Python has no ``os.getxattr``."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from mixvfs import host
 from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.units import format_size
 
@@ -21,7 +22,7 @@ STATUS_XATTR = "user.mixvfs.status"
 
 def read_status(mountpoint: Path) -> dict[str, Any]:
     try:
-        raw = os.getxattr(mountpoint, STATUS_XATTR)
+        raw = host.getxattr(mountpoint, STATUS_XATTR)
     except OSError as exc:
         from mixvfs.vfs.fs.history import not_live  # says where the last report is, after an unmount
 
@@ -30,6 +31,12 @@ def read_status(mountpoint: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{mountpoint}: unreadable status")
     return data
+
+
+def server_wait_text(download: dict[str, Any]) -> str:
+    """``, server asked to wait 30 s`` for a download held back by the server's Retry-After, else empty."""
+    seconds = download.get("server_wait")
+    return f", server asked to wait {seconds} s" if seconds is not None else ""
 
 
 def format_status(data: dict[str, Any]) -> str:
@@ -48,7 +55,8 @@ def format_status(data: dict[str, Any]) -> str:
         eta = eta_text(total - d["available"], d["rate"]) if total and d.get("rate") else ""
         retry = f", attempt {d['attempts']}" if d.get("attempts", 0) > 1 else ""
         via = f", from the {d['via']}" if d.get("via") else ""
-        lines.append(f"  {d.get('name')}: {done}{share}{speed}{eta}{retry}{via}")
+        lines.append(f"  {d.get('name')}: {done}{share}{speed}{eta}{retry}{via}{server_wait_text(d)}")
+    lines += [f"{w.get('origin')}: server asked to wait {w.get('seconds')} s" for w in data.get("server_waits", [])]
     failed = data.get("failed", [])
     lines.append(f"failed: {data.get('failed_total', len(failed))}")
     lines += [f"  {f.get('name')}: {f.get('error')}" for f in failed]
@@ -67,6 +75,10 @@ def team_lines(data: dict[str, Any]) -> list[str]:
     for cache in data["team_cache"]:
         state = "up" if cache.get("state") == "up" else (
             f"down ({cache.get('reason')}), tried again in {cache.get('retry_in')}s")
+        if cache.get("stores") is False:
+            state += f", {cache.get('store_detail')}"
+        elif cache.get("stores") is None and cache.get("store_detail"):
+            state += f"; whether it stores is unknown: {cache.get('store_detail')}"
         lines.append(f"team cache {cache.get('url')}: {state}")
     lines += [f"  {t.get('name')}: from the {t.get('via')}" for t in data.get("via", [])]
     return lines

@@ -4,8 +4,9 @@ The cache is nginx (Debian's ``nginx-light`` has the two modules it needs: ``aut
 never a home-made server. What the generated configuration does, and why:
 
 * every request, hit or miss, is authorized at the origin with the user's own ``Authorization``: an
-  ``auth_request`` HEAD of the same URI, its answer cached per token and URI for 60 s (refusals 10 s), so a
-  revoked user is refused within a minute and one user's "yes" is never another's;
+  ``auth_request`` HEAD of the same URI, never cached: nginx's cache writes each entry's key into its file, and
+  a key with the token would put every user's token on the cache host's disk (nginx-light cannot hash it). A
+  revoked user is refused at once, and one user's "yes" is never another's;
 * authorization, cache key and fetch all use the raw request URI as sent (``$request_uri``), never nginx's
   normalised one, so no path the origin authorizes can name another path's cached bytes;
 * track bytes are cached once for everybody, keyed by method, URI and 4 MiB slice — never by token — so
@@ -17,33 +18,49 @@ never a home-made server. What the generated configuration does, and why:
 * every answer carries ``X-Cache-Status`` (HIT, MISS, … ; NONE for nginx's own, e.g. a refused token;
   PASS when the origin answered something other than yes/no to the authorization, passed through
   uncached), and the origin it fronts (``X-Mixvfs-Origin``). The client checks a cached copy's ETag and
-  length against what the origin itself says (its own HEAD), never against the authorization answer, which
-  nginx keeps for a minute; ``X-Mixvfs-Refresh: 1`` on a request bypasses (and replaces) the cached copy of that URI.
+  length against what the origin itself says (its own HEAD), never against anything the cache kept;
+  ``X-Mixvfs-Refresh: 1`` on a request bypasses (and replaces) the cached copy of that URI;
+* ``/.mixvfs-store-check?n=NONCE`` tells whether the cache stores at all: nginx fetches a small answer from itself
+  through a cache zone beside the track bytes' (same owner, same disk); the second request of one nonce must be
+  a HIT. A cache whose workers cannot write its folder answers every request from the origin and would
+  otherwise only be slower: ``mixvfs preflight`` and ``mixvfs status`` say so.
 """
 
 from __future__ import annotations
 
 import argparse
+import grp
 import ipaddress
 import os
 import pwd
 import re
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from mixvfs.cache.errors import ConfigError
-from mixvfs.cache.team import MARKER, MISDIRECTED, ORIGIN_HEADER, REFRESH_HEADER, is_loopback, origin_of
+from mixvfs.cache.team import (
+    MARKER,
+    MISDIRECTED,
+    ORIGIN_HEADER,
+    REFRESH_HEADER,
+    STORE_CHECK_HEADER,
+    STORE_CHECK_PATH,
+    is_loopback,
+    origin_of,
+)
 from mixvfs.cache.units import parse_size
 
 SLICE = "4m"
-AUTH_VALID, AUTH_REFUSED_VALID = "60s", "10s"
+STORE_CHECK, STORE_ANSWER = STORE_CHECK_PATH, "/.mixvfs-store-answer"
 
 TEXT = """Print a complete nginx configuration for a studio's team cache in front of ORIGIN (the music service).
-Every request is authorized at the origin with the user's own token (a HEAD of the same URI, cached per
-token for at most 60 s); track bytes are cached once for everybody, in 4 MiB slices; a HEAD never
-downloads. Everything nginx writes (pid, logs, temporary files, the cache) goes under --cache-dir.
+Every request is authorized at the origin with the user's own token (a HEAD of the same URI, never cached: no
+token is ever written to the cache host's disk); track bytes are cached once for everybody, in 4 MiB slices; a
+HEAD never downloads. Everything nginx writes (pid, logs, temporary files, the cache) goes under --cache-dir, whose
+folders belong to --user (run it as root: nginx's workers run as that user and must write there).
 Run it with: nginx -c FILE (add -g 'daemon off;' to keep it in the foreground, e.g. under systemd)."""
 GROUP_TEXT = """A studio's team cache: nginx on the LAN in front of the music service, so that each track crosses the
 internet once per studio while every user keeps their own token. nginx-config prints its configuration;
@@ -53,9 +70,10 @@ GROUP_EXAMPLES = """examples:
   mixvfs mount friday.json ~/MixBoardTracks --team-cache https://10.0.0.5:8443
 """
 EXAMPLES = """examples:
-  mixvfs team-cache nginx-config --origin https://music.example.com --listen 10.0.0.5:8443 \\
-      --cache-dir /srv/mixvfs-cache --tls-cert /etc/ssl/cache.pem --tls-key /etc/ssl/cache.key > /srv/cache.conf
-  nginx -c /srv/cache.conf
+  sudo "$(command -v mixvfs)" team-cache nginx-config --origin https://music.example.com --listen 10.0.0.5:8443 \\
+      --cache-dir /srv/mixvfs-cache --user mixvfs-cache --tls-cert /etc/ssl/cache.pem --tls-key /etc/ssl/cache.key \\
+      | sudo tee /srv/mixvfs-cache.conf > /dev/null
+  sudo nginx -c /srv/mixvfs-cache.conf
   mixvfs mount friday.json ~/MixBoardTracks --team-cache https://10.0.0.5:8443
 """
 
@@ -121,8 +139,9 @@ def check_user(name: str | None) -> str | None:
 
 
 def worker_user(cache_dir: Path, explicit: str | None) -> str | None:
-    """As root, nginx's workers drop to a user that must own CACHE_DIR (they write the cache): the folder's
-    owner unless named. As a normal user there is nothing to drop to (nginx warns about a ``user`` line)."""
+    """As root, nginx's workers drop to a user that must own CACHE_DIR (they write the cache): the one named,
+    else the folder's owner if it exists, else root. As a normal user there is nothing to drop to (nginx warns
+    about a ``user`` line), and the folders are that user's own."""
     if explicit:
         return explicit
     if os.geteuid() != 0:
@@ -131,6 +150,40 @@ def worker_user(cache_dir: Path, explicit: str | None) -> str | None:
         return pwd.getpwuid(cache_dir.stat().st_uid).pw_name
     except (OSError, KeyError):
         return "root"
+
+
+def primary_group(user: str) -> str:
+    """The user's own group, named in nginx's ``user`` line: alone, nginx takes a group of the user's name,
+    which many users (``nobody``, whose group is ``nogroup`` on Debian) do not have."""
+    try:
+        gid = pwd.getpwnam(user).pw_gid
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return user
+
+
+def unreachable_by(user: str, folder: Path) -> Path | None:
+    """The first folder above ``folder`` that ``user`` cannot pass through (no search permission for it), or
+    None. nginx's workers must reach their cache: a parent such as a home folder (0700) lets nginx start and
+    answer every request from the origin, storing nothing."""
+    entry = pwd.getpwnam(user)
+    if entry.pw_uid == 0:
+        return None
+    groups = {entry.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+    for parent in reversed(folder.parents):
+        try:
+            st = parent.stat()
+        except OSError:
+            return None  # not there yet: created below, by root, 0755 (umask allowing)
+        if st.st_uid == entry.pw_uid:
+            allowed = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in groups:
+            allowed = st.st_mode & stat.S_IXGRP
+        else:
+            allowed = st.st_mode & stat.S_IXOTH
+        if not allowed:
+            return parent
+    return None
 
 
 def render(cfg: CacheConfig) -> str:
@@ -144,7 +197,12 @@ def render(cfg: CacheConfig) -> str:
     upstream_tls = ("\n    proxy_ssl_server_name on;\n    proxy_ssl_verify on;"
                     "\n    proxy_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;"
                     if cfg.origin.startswith("https://") else "")
-    user_line = f"user {cfg.user};\n" if cfg.user else ""
+    user_line = f"user {cfg.user} {primary_group(cfg.user)};\n" if cfg.user else ""
+    scheme = "https" if tls else "http"
+    host = listen_host(cfg.listen)
+    self_host = {"*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(
+        host, f"[{host}]" if ":" in host else host)
+    self_url = f"{scheme}://{self_host}:{cfg.listen.rpartition(':')[2]}{STORE_ANSWER}"
     origin_var = "$http_" + ORIGIN_HEADER.lower().replace("-", "_")
     # proxy_set_header is inherited only by a level that sets none itself: every location says them all.
     headers = "\n".join(f"            proxy_set_header {line};" for line in (
@@ -172,9 +230,8 @@ http {{
     # Track bytes, shared by every user: keyed by method, URI and slice, never by token.
     proxy_cache_path {q(d / "cache" / "bytes")} levels=1:2 keys_zone=mixvfs_bytes:64m max_size={cfg.max_size}
                      inactive=30d use_temp_path=off;
-    # Authorization answers, per token and URI, for at most {AUTH_VALID}. The key (with the token) is written in
-    # each file's header: this folder is as secret as the tokens; its files go after 2 minutes unused.
-    proxy_cache_path {q(d / "cache" / "auth")} levels=1:2 keys_zone=mixvfs_auth:8m max_size=256m inactive=2m
+    # The store check's answers: beside the track bytes (same owner, same disk), small and short-lived.
+    proxy_cache_path {q(d / "cache" / "check")} keys_zone=mixvfs_check:1m max_size=1m inactive=1m
                      use_temp_path=off;
 
     map $http_x_mixvfs_refresh $mixvfs_refresh {{ default 0; "1" 1; }}
@@ -237,12 +294,26 @@ http {{
             proxy_set_header If-Range "";
             proxy_set_header If-None-Match "";
             proxy_set_header If-Modified-Since "";
-            proxy_cache mixvfs_auth;
-            proxy_cache_key "$http_authorization $request_uri";
-            proxy_cache_valid 200 204 {AUTH_VALID};
-            proxy_cache_valid 401 403 {AUTH_REFUSED_VALID};
-            proxy_cache_bypass $mixvfs_refresh;
-            proxy_ignore_headers Cache-Control Expires Set-Cookie Vary X-Accel-Expires;
+            # Never cached: nginx writes a cache entry's key into its file, and this one would hold the token.
+        }}
+
+        # Does this cache store? The second request of one nonce is a HIT only if the workers could write the
+        # first answer under the cache folder (their user owns it). The answer comes from nginx itself.
+        location = {STORE_CHECK} {{
+            if ($arg_n !~ "^[A-Za-z0-9]{{8,64}}$") {{ return 400; }}
+            proxy_cache mixvfs_check;
+            proxy_cache_key "store-check $arg_n";
+            proxy_cache_valid 200 1m;
+            proxy_ssl_verify off;
+            proxy_set_header Host $host;
+            proxy_pass {self_url};
+            add_header {MARKER} $mixvfs_cache_status always;
+            add_header {ORIGIN_HEADER} {cfg.origin} always;
+            add_header {STORE_CHECK_HEADER} 1 always;
+        }}
+
+        location = {STORE_ANSWER} {{
+            return 200 "mixvfs team cache\n";
         }}
 
         location @mixvfs_pass {{
@@ -262,12 +333,25 @@ def q(path: Path | None) -> str:
     return f'"{text}"'
 
 
-def prepare_dir(cache_dir: Path) -> None:
-    """The folders nginx writes into: it creates only the last level of a cache or temporary path itself."""
+def prepare_dir(cache_dir: Path, owner: str | None = None) -> None:
+    """The folders nginx writes into (it creates only the last level of a cache or temporary path itself),
+    mode 0700 and, run as root, owned by ``owner``: the workers (that user) write the cache and temporary
+    files; the master (root) opens the logs before it drops to them."""
+    if owner is not None and os.geteuid() == 0:
+        blocked = unreachable_by(owner, cache_dir)
+        if blocked is not None:
+            raise ConfigError(f"--cache-dir {cache_dir}: nginx's workers (user {owner}) cannot reach it: {blocked} "
+                              f"is mode {stat.S_IMODE(blocked.stat().st_mode):04o}; choose a folder such as "
+                              "/srv/mixvfs-cache")
     try:
-        for sub in ("logs", "temp", "cache"):
-            (cache_dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-        cache_dir.chmod(0o700)  # the cache holds every track anyone played, the auth folder tokens
+        folders = [cache_dir, *(cache_dir / sub for sub in ("logs", "temp", "cache"))]
+        for folder in folders[1:]:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for folder in folders:
+            folder.chmod(0o700)  # the cache holds every track anyone played
+            if owner is not None and os.geteuid() == 0:
+                entry = pwd.getpwnam(owner)
+                os.chown(folder, entry.pw_uid, entry.pw_gid)
     except OSError as exc:
         raise ConfigError(f"--cache-dir {cache_dir}: cannot create it: {exc.strerror}") from None
 
@@ -285,7 +369,8 @@ def config_from_args(args: argparse.Namespace) -> CacheConfig:
         print(f"mixvfs team-cache: warning: --listen {listen} without --tls-cert/--tls-key: every user's token "
               "crosses the network in clear text", file=sys.stderr)
     cache_dir = args.cache_dir.expanduser().absolute()
-    prepare_dir(cache_dir)
+    owner = worker_user(cache_dir, user)
+    prepare_dir(cache_dir, owner)
     return CacheConfig(
         origin=origin,
         listen=listen,
@@ -293,7 +378,7 @@ def config_from_args(args: argparse.Namespace) -> CacheConfig:
         max_size=max_size,
         tls_cert=args.tls_cert.expanduser().absolute() if args.tls_cert else None,
         tls_key=args.tls_key.expanduser().absolute() if args.tls_key else None,
-        user=worker_user(cache_dir, user),
+        user=owner,
     )
 
 
@@ -311,8 +396,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     n.add_argument("--tls-cert", type=Path, metavar="FILE", help="TLS certificate (PEM) for the listener")
     n.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key")
     n.add_argument("--max-size", default="100G", metavar="SIZE", help="cache size limit (100G)")
-    n.add_argument("--user", help="the user nginx's workers run as when started as root "
-                                  "(default: the --cache-dir folder's owner)")
+    n.add_argument("--user", help="the user nginx's workers run as when started as root; run as root, the "
+                                  "command gives it the --cache-dir folders (default: the folder's owner)")
 
 
 def main(args: argparse.Namespace) -> int:

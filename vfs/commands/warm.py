@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from mixvfs.cache.download import Download
 from mixvfs.cache.download import Event as DownloadEvent
 from mixvfs.cache.errors import Cancelled
 from mixvfs.cache.units import format_size
+from mixvfs.vfs.commands.status import server_wait_text
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, default_report_path, format_report
 from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.runtime import Runtime
@@ -36,7 +38,7 @@ STOP_WAIT = 2.0  # on Ctrl-C, how long to let downloads wind down before removin
 
 @dataclass
 class Line:
-    kind: str  # start | done | failed
+    kind: str  # start | wait | done | failed
     name: str
     text: str
 
@@ -56,6 +58,9 @@ class Announcer:
             if event is DownloadEvent.ATTEMPT and name not in self.started:
                 self.started[name] = at
                 out.append(Line("start", name, f"start  {name} ({size_text(download.total)})"))
+            elif event is DownloadEvent.SERVER_WAIT:
+                asked = math.ceil(download.server_wait_asked)
+                out.append(Line("wait", name, f"wait   {name}: server asked to wait {asked} s"))
             elif event is DownloadEvent.DONE and name not in self.said:
                 self.said.add(name)
                 took = at - self.started.get(name, at)
@@ -97,7 +102,7 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
     unsubscribe = fetcher.subscribe(lambda download, event: events.put((download, event, time.monotonic())))
     try:
         tracks = build_tracks(session, http=runtime.http, index=runtime.index)
-        core = SessionFS(tracks, fetcher, report, retry_after=0.0, prefetch=True, foreground=runtime.foreground)
+        core = SessionFS(tracks, fetcher, report, failed_for=0.0, prefetch=True, foreground=runtime.foreground)
         report.replace_records(core.initial_records())
         records = report.snapshot()["tracks"]
         todo = [r for r in records if r["status"] == Status.PENDING]
@@ -197,7 +202,8 @@ def rich_display(out: TextIO, core: SessionFS, todo: list[dict[str, Any]]) -> It
                 name = str(d["name"])
                 if name not in tasks:
                     tasks[name] = progress.add_task(name[:40], total=d["total"])
-                progress.update(tasks[name], completed=d["available"], total=d["total"])
+                progress.update(tasks[name], completed=d["available"], total=d["total"],
+                                description=name[:40] + server_wait_text(d))
                 in_flight += int(d["available"])
             done_bytes += sum(core_bytes(core, e.name) for e in events if e.kind == "done")
             progress.update(total, completed=done_bytes + in_flight)

@@ -1,5 +1,6 @@
-"""Where the report of each mountpoint's last mount is, so that after the unmount ``mixvfs report MOUNTPOINT``
-and ``mixvfs status MOUNTPOINT`` can still show it or say where it is (while mounted, the root's xattrs say).
+"""What each mountpoint's last mount was — its report and its daemon's pid — so that the commands find a live
+mount's facts without extended attributes (macOS's Python has no ``os.getxattr``), and after the unmount
+``mixvfs report MOUNTPOINT`` and ``mixvfs status MOUNTPOINT`` can still show the report or say where it is.
 
 One small JSON file in the user's state folder (``~/.local/state/mixvfs/mounts.json`` on Linux, honouring
 ``$XDG_STATE_HOME``), written by the daemon as the folder goes live, bounded to the last :data:`LIMIT`
@@ -22,6 +23,7 @@ from typing import Any
 import platformdirs
 
 from mixvfs.cache.location import make_private_dir
+from mixvfs.vfs.fs.mount_key import mount_key
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class LastMount:
     report: Path
     session: str
     mounted_at: float
+    pid: int | None = None  # the daemon serving it (None: noted by an older mixvfs)
 
 
 def history_file() -> Path:
@@ -41,14 +44,12 @@ def history_file() -> Path:
 
 
 def key(mountpoint: Path) -> str:
-    """The mountpoint as remembered: absolute, symlinks resolved (``~/Tracks`` and ``./Tracks`` are one).
-    The daemon computes it before mounting: resolving the live mountpoint from inside libfuse's init
-    would ask the daemon itself."""
-    return os.path.realpath(mountpoint)
+    """The mountpoint as remembered (see :func:`mixvfs.vfs.fs.mount_key.mount_key`)."""
+    return mount_key(mountpoint)
 
 
-def remember(mountpoint_key: str, report: Path, session: str) -> None:
-    """Record ``report`` as the last report of the mount at ``mountpoint_key``; never raises."""
+def remember(mountpoint_key: str, report: Path, session: str, pid: int | None = None) -> None:
+    """Record ``report`` and the daemon's ``pid`` as the last mount at ``mountpoint_key``; never raises."""
     path = history_file()
     try:
         make_private_dir(path.parent)
@@ -56,11 +57,18 @@ def remember(mountpoint_key: str, report: Path, session: str) -> None:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two mounts starting at once must not drop each other's entry
             entries = _read(path)
             entries.pop(mountpoint_key, None)
-            entries[mountpoint_key] = {"report": str(report), "session": session, "mounted_at": time.time()}
+            entries[mountpoint_key] = {"report": str(report), "session": session, "mounted_at": time.time(),
+                                       "pid": pid}
             newest = sorted(entries.items(), key=lambda item: float(item[1].get("mounted_at", 0)))[-LIMIT:]
             _write(path, dict(newest))
     except OSError as exc:
         log.warning("could not note the report path in %s: %s", path, exc.strerror or exc)
+
+
+def mountpoints_with_report(report: Path) -> list[str]:
+    """The remembered mountpoints whose (last) mount wrote ``report``."""
+    return [where for where, entry in _read(history_file()).items()
+            if isinstance(entry, dict) and entry.get("report") == str(report)]
 
 
 def recall(mountpoint: Path) -> LastMount | None:
@@ -69,7 +77,9 @@ def recall(mountpoint: Path) -> LastMount | None:
     entry = _read(history_file()).get(where)
     if not isinstance(entry, dict) or not isinstance(entry.get("report"), str):
         return None
-    return LastMount(where, Path(entry["report"]), str(entry.get("session", "")), float(entry.get("mounted_at", 0)))
+    pid = entry.get("pid")
+    return LastMount(where, Path(entry["report"]), str(entry.get("session", "")), float(entry.get("mounted_at", 0)),
+                     pid if isinstance(pid, int) and pid > 0 else None)
 
 
 def not_live(mountpoint: Path, cause: str | None = None) -> str:

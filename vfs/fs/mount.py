@@ -10,7 +10,6 @@ import logging
 import os
 import select
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from mixvfs import host
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.cache.location import make_private_dir
 from mixvfs.vfs.fs import history
+from mixvfs.vfs.fs.deadlines import RequestBounds, outlives, request_bounds
 from mixvfs.vfs.fs.report import Report, default_report_path
 from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.runtime import RuntimeConfig, open_runtime
@@ -46,24 +47,22 @@ class MountOptions:
     runtime: RuntimeConfig  # the cache, downloads, retries and token, from the settings layers
     report_path: Path | None
     log_file: Path | None
-    retry_after: float
+    failed_for: float
     prefetch: bool
     threads: int = 16
     attr_timeout: float = 1.0  # keep <= 1 s: live reloads must show within 2 s through the kernel's caches
     default_server: str | None = None  # for manifests that name no server (from the config)
     allow_non_empty: bool = False  # mount over a folder that holds files (they are hidden while mounted)
     passthrough: str = "auto"  # FUSE passthrough for cached tracks where the kernel allows it; "off": never
+    request_timeout: str | float = "auto"  # the longest one request waits for a download (vfs/fs/deadlines.py)
+    token_timeout: float = 30.0  # a token command's limit: part of the longest request (a refresh at a 401)
+
+    def bounds(self) -> RequestBounds:
+        return request_bounds(self.request_timeout, stall_timeout=self.runtime.stall_timeout,
+                              token_timeout=self.token_timeout)
 
 
 # -- the mountpoint -------------------------------------------------------------------------------------
-
-
-def fusermount() -> list[str]:
-    for name in ("fusermount3", "fusermount"):
-        path = shutil.which(name)
-        if path:
-            return [path]
-    return ["umount"]
 
 
 def is_stale(mountpoint: Path) -> bool:
@@ -82,8 +81,7 @@ def is_stale(mountpoint: Path) -> bool:
 
 def clear_stale(mountpoint: Path) -> None:
     """A daemon killed with -9 leaves "Transport endpoint is not connected" behind: lazily unmount it."""
-    tool = fusermount()
-    command = [*tool, "-u", "-z", str(mountpoint)] if "umount" not in tool[0] else ["umount", "-l", str(mountpoint)]
+    command = host.unmount_command(str(mountpoint), lazy=True)
     subprocess.run(command, capture_output=True, check=False)
     if is_stale(mountpoint):
         raise ConfigError(f"{mountpoint}: a dead mount is left there and could not be cleared ({' '.join(command)})")
@@ -126,6 +124,10 @@ def check_paths(options: MountOptions, *, log_file: bool) -> None:
         if report.is_dir():
             raise ConfigError(f"report {report}: it is a folder, not a file")
         usable_folder(report.parent, f"report {report}")
+        other = live_mount_writing(report, besides=options.mountpoint)
+        if other is not None:  # two mounts rewriting one file: each would show the other's tracks
+            raise ConfigError(f"report {report}: the live mount at {other} writes it; give this mount a "
+                              "--report of its own (or none: each mount then has its own)")
     if log_file and options.log_file is not None:
         usable_folder(options.log_file.parent, f"log file {options.log_file}")
         try:
@@ -164,11 +166,20 @@ def why_unusable(folder: Path, exc: OSError, *, named: bool) -> str:
     return f"cannot create files in {where}: {exc.strerror or exc}"
 
 
-def check_libfuse() -> None:
+def libfuse_problem() -> str | None:
+    """None when a libfuse mfusepy can mount with loads; else one line: why not, and what to install or
+    allow (macFUSE refused by the system shows here too: its library loads only once allowed)."""
     try:
         import mixvfs.vfs.adapter.fuse_ops  # noqa: F401  (loads libfuse through mfusepy)
     except (OSError, AttributeError) as exc:
-        raise ConfigError(f"libfuse is not usable: {exc} (Debian/Ubuntu: apt install fuse3; macOS: macFUSE)") from None
+        return f"no usable libfuse ({exc}): {host.libfuse_hint()}"
+    return None
+
+
+def check_libfuse() -> None:
+    problem = libfuse_problem()
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 # -- starting -------------------------------------------------------------------------------------------
@@ -360,17 +371,22 @@ def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, 
 
     def on_ready() -> None:
         # Before the "ok": once `mixvfs mount` returns, `mixvfs report MOUNTPOINT` finds the report after an unmount.
-        history.remember(where, report.path, session.name)
+        history.remember(where, report.path, session.name, os.getpid())
         ready.send({"ok": True, "report": str(report.path), "pid": os.getpid()})
         core.start_prefetch()
 
     status = 0
+    bounds = options.bounds()
+    if (problem := outlives(bounds)) is not None:
+        log.warning("%s", problem)
+    platform_options = host.mount_options(volume_name=session.name, daemon_timeout=bounds.daemon_timeout or 0)
     try:
         ops = fuse_ops.MixOps(core, on_ready=on_ready, root_xattrs=root_xattrs)
         log.info("mounting %s (%d tracks) at %s", session.name, len(core.tracks), options.mountpoint)
         with stop_signals_for_libfuse():
             fuse_ops.run(ops, str(options.mountpoint), threads=options.threads, attr_timeout=options.attr_timeout,
-                         nonempty=options.allow_non_empty, passthrough=options.passthrough)
+                         nonempty=options.allow_non_empty, passthrough=options.passthrough,
+                         platform_options=platform_options)
     except RuntimeError as exc:
         if ready.live:
             # libfuse 3 answers a loop ended by SIGTERM/SIGINT/SIGHUP with a non-zero status (mfusepy raises
@@ -403,15 +419,18 @@ def open_session(
     # Every origin the token may travel to: the server and any absolute cloud URL of a track.
     runtime = open_runtime(options.runtime, origins=[session.server, *(t.cloud_url for t in session.tracks)])
     tracks = build_tracks(session, http=runtime.http, index=runtime.index)
-    report_path = options.report_path or default_report_path(runtime.store.root, session.name)
+    runtime.watch_team_stores(options.runtime.team_reset_after)
+    report_path = options.report_path or default_report_path(runtime.store.root, session.name,
+                                                                 history.key(options.mountpoint))
     try:
         report = Report(report_path, session=session.name, mountpoint=str(options.mountpoint), records=[],
                         manifest=str(options.session_path))
     except OSError as exc:
         runtime.close()
         raise ConfigError(f"report {report_path}: cannot write it: {exc.strerror or exc}") from None
-    core = SessionFS(tracks, runtime.fetcher, report, retry_after=options.retry_after, prefetch=options.prefetch,
-                     confirm_ahead=options.prefetch, mtime=session.mtime, foreground=runtime.foreground)
+    core = SessionFS(tracks, runtime.fetcher, report, failed_for=options.failed_for, prefetch=options.prefetch,
+                     confirm_ahead=options.prefetch, mtime=session.mtime, foreground=runtime.foreground,
+                     attr_timeout=options.attr_timeout, request_wait=options.bounds().request_wait)
     report.replace_records(core.initial_records())
     log_missing(tracks)
     core.start_revalidating()  # while libfuse mounts: on a distant server, each round of questions is a round trip
@@ -438,13 +457,29 @@ def log_missing(tracks: list[Track]) -> None:
 
 
 def mount_info(mountpoint: Path) -> tuple[int | None, Path | None]:
-    """The daemon's pid and report path, read from the mount's root xattrs (None when not a live mixvfs)."""
+    """The daemon's pid and report path (None, None when not a live mixvfs mount): from the state folder,
+    where the daemon noted them as the folder went live, while that daemon still runs; else from the root's
+    extended attributes (a mount made by an older mixvfs)."""
+    if not os.path.ismount(mountpoint):
+        return None, None
+    last = history.recall(mountpoint)
+    if last is not None and last.pid is not None and _alive(last.pid):
+        return last.pid, last.report
     try:
-        pid = int(os.getxattr(mountpoint, PID_XATTR))
-        report = Path(os.getxattr(mountpoint, REPORT_XATTR).decode())
+        pid = int(host.getxattr(mountpoint, PID_XATTR))
+        report = Path(host.getxattr(mountpoint, REPORT_XATTR).decode())
     except (OSError, ValueError):
         return None, None
     return pid, report
+
+
+def live_mount_writing(report: Path, *, besides: Path) -> str | None:
+    """The mountpoint of another live mixvfs mount whose report is ``report``, if the history knows one."""
+    mine = history.key(besides)
+    for where in history.mountpoints_with_report(report):
+        if where != mine and mount_info(Path(where))[1] == report:
+            return where
+    return None
 
 
 class UnmountRefused(MixvfsError):
@@ -464,8 +499,7 @@ def unmount(mountpoint: Path, *, wait: float = 30.0) -> Path | None:
     if report is None:
         last = history.recall(mountpoint)
         report = last.report if last else None
-    tool = fusermount()
-    command = [*tool, "-u", str(mountpoint)] if "umount" not in tool[0] else ["umount", str(mountpoint)]
+    command = host.unmount_command(str(mountpoint))
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise UnmountRefused(refusal(mountpoint, done.stderr.strip(), f"{command[0]} exited {done.returncode}"))
@@ -492,8 +526,4 @@ def _alive(pid: int) -> bool:
         return False
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
+    return host.is_zombie(pid) is not True  # unknown (no /proc): alive, as kill(pid, 0) said

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import glob
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mixvfs.cache.units import format_size
+from mixvfs.vfs.fs.mount_key import mount_tag, slug
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +63,28 @@ class TrackRecord:
     reader_error: str | None = None
 
 
-def default_report_path(cache_dir: Path, session_name: str) -> Path:
-    """``<cache>/reports/<session>.json``: where a session's report goes unless ``--report`` says."""
-    slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in session_name)[:60].strip("-") or "session"
-    return cache_dir / "reports" / f"{slug}.json"
+def default_report_path(cache_dir: Path, session_name: str, mountpoint_key: str | None = None) -> Path:
+    """Where a report goes unless ``--report`` says: ``<cache>/reports/<session>--<mount>.json`` for a mount
+    (one file per mountpoint: two mounts of one session never share a report), ``<session>.json`` for a
+    command that is no mount."""
+    name = slug(session_name)
+    return cache_dir / "reports" / (f"{name}.json" if mountpoint_key is None else
+                                    f"{name}--{mount_tag(mountpoint_key)}.json")
+
+
+def reports_of_session(cache_dir: Path, session_name: str) -> list[Path]:
+    """The mount reports a session's name may have in ``cache_dir`` (one per mountpoint, and the one older
+    versions wrote per session), newest first."""
+    name = slug(session_name)
+    folder = cache_dir / "reports"
+    found = [*folder.glob(f"{glob.escape(name)}--*.json"), folder / f"{name}.json"]
+    dated = []
+    for path in found:
+        try:
+            dated.append((path.stat().st_mtime, path))
+        except OSError:
+            continue
+    return [path for _, path in sorted(dated, reverse=True)]
 
 
 def utc_stamp(at: float | None = None) -> str:
@@ -89,6 +109,7 @@ class Report:
         # see on disk before it returns).
         self._version = 0
         self._written = 0
+        self._eio: dict[str, int] = {}  # EIO answers given to programs, per track id ("" for none)
         self._shown_at: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._flusher, name="report", daemon=True)
@@ -105,18 +126,18 @@ class Report:
             return track_id in self._records
 
     def update(self, track_id: str, *, urgent: bool = False, **fields: Any) -> None:
-        """Change a track's record. ``urgent`` (a failure): return only once the file on disk shows the
-        record's status and error — the reader's EIO comes after this returns."""
+        """Change a track's record. ``urgent`` (a failure, a refusal): return only once the file on disk shows
+        the record's status, error and note — the reader's EIO comes after this returns."""
         with self._lock:
             record = self._records.get(track_id)
             if record is None:
                 return  # a track removed from the session by a live reload; its download may still finish
-            shown = (record.status, record.error)
+            shown = (record.status, record.error, record.note)
             changed = dataclasses.replace(record, **fields)  # an unknown field name is a TypeError, not a new key
             if changed != record:
                 self._records[track_id] = record = changed
                 self._version += 1
-                if (record.status, record.error) != shown:
+                if (record.status, record.error, record.note) != shown:
                     self._shown_at[track_id] = self._version
             needed = self._shown_at.get(track_id, 0)
         if urgent:
@@ -136,6 +157,15 @@ class Report:
         except OSError as exc:  # a full disk must not turn the reader's EIO into another errno
             log.error("cannot write the report %s: %s", self.path, exc.strerror or exc)
 
+    def answered_eio(self, track_id: str | None) -> None:
+        """One more EIO answered to a program about ``track_id`` (None: about no track). Batched: the reason
+        was written (urgently) before the answer left."""
+        with self._lock:
+            key = track_id or ""
+            self._eio[key] = self._eio.get(key, 0) + 1
+            self._version += 1
+        self._dirty.set()
+
     def replace_records(self, records: list[TrackRecord]) -> None:
         """A new track list (the manifest changed while mounted)."""
         with self._lock:
@@ -152,7 +182,7 @@ class Report:
         with self._lock:
             # Shallow copies (the fields are plain values): asdict's deep copy costs 10x on big sessions.
             tracks = [dict(vars(self._records[i])) for i in self._order]
-            return {**self._header, "tracks": tracks}, self._version
+            return {**self._header, "tracks": tracks, "eio_answers": dict(self._eio)}, self._version
 
     def write(self, **extra: Any) -> None:
         with self._write_lock:
@@ -165,7 +195,12 @@ class Report:
         snapshot, version = self._snapshot()
         doc = {**snapshot, **extra}
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except FileNotFoundError:  # its folder was removed while mounted (by default it is in the cache folder)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, flags, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(doc, handle, ensure_ascii=False)
         os.replace(tmp, self.path)

@@ -9,24 +9,33 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from mixvfs.cache.defaults import QUESTIONS
 from mixvfs.cache.download import Download, Event, Foreground, State
-from mixvfs.cache.errors import Cancelled, ContentChanged, FetchError, SourceMissing
+from mixvfs.cache.errors import (
+    CacheError,
+    Cancelled,
+    ContentChanged,
+    FetchError,
+    NotForPreview,
+    RequestWaitExceeded,
+    SourceMissing,
+)
 from mixvfs.cache.http import Freshness
 from mixvfs.cache.remote import Source
 from mixvfs.cache.scheduler import Fetcher
 from mixvfs.vfs.fs.backing import BackingTable
 from mixvfs.vfs.fs.pages import PageTable, Version
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, TrackRecord
-from mixvfs.vfs.session.tracks import Kind, Track
+from mixvfs.vfs.session.tracks import Kind, Track, local_problem
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +99,16 @@ class LocalHandle(BlobHandle):
 class StreamHandle(Handle):
     """A cloud track still downloading: reads wait for just the bytes they need."""
 
-    def __init__(self, track: Track, download: Download, fd: int, fetcher: Fetcher) -> None:
+    def __init__(self, track: Track, download: Download, fd: int, fetcher: Fetcher,
+                 request_wait: float | None = None) -> None:
         self.track, self.name = track, track.name
         self.download = download
         self.fd = fd
         self.fetcher = fetcher
+        self.request_wait = request_wait
 
     def span(self, size: int, offset: int) -> tuple[int, int]:
-        return self.fd, self.download.wait_for(size, offset) - offset
+        return self.fd, self.download.wait_for(size, offset, deadline_after(self.request_wait)) - offset
 
     def close(self) -> None:
         os.close(self.fd)
@@ -113,6 +124,11 @@ class FailedHandle(Handle):
 
     def span(self, size: int, offset: int) -> tuple[int, int]:
         raise FetchError(self.error.reason)
+
+
+def deadline_after(wait: float | None) -> float | None:
+    """The ``time.monotonic()`` by which a request waiting now must be answered (None: no bound)."""
+    return None if wait is None else time.monotonic() + wait
 
 
 def file_stamp(st: os.stat_result) -> tuple[int, ...]:
@@ -183,19 +199,28 @@ class SessionFS:
         fetcher: Fetcher,
         report: Report,
         *,
-        retry_after: float = 60.0,
+        failed_for: float = 60.0,
         prefetch: bool = True,
         confirm_ahead: bool = False,
         mtime: float = 0.0,
         foreground: Foreground | None = None,
-        now: Callable[[], float] = time.time,
+        attr_timeout: float = 1.0,
+        now: Callable[[], float] = time.monotonic,  # durations only: a wall-clock step must not move them
+        request_wait: float | None = None,
     ) -> None:
         self.fetcher = fetcher
+        # The longest one FUSE request may wait for a download (None: as long as it progresses); macFUSE
+        # ejects the volume when a request outlives its daemon_timeout.
+        self.request_wait = request_wait
         # Told when the folder is browsed or read, so prefetch steps aside while it is only browsed.
         self.foreground = foreground or fetcher.foreground
         self.mtime = mtime
         self.report = report
-        self.retry_after = retry_after
+        self.failed_for = failed_for
+        self.attr_timeout = attr_timeout  # how long the kernel keeps an answer of ours about a file
+        # Tracks of unknown size answered as 0 bytes from a remembered failure: until when the kernel may hold
+        # that 0 (their opens fail until then, so no size-driven copier ever copies 0 bytes of them).
+        self._zero_shown: dict[str, float] = {}
         self.prefetch_enabled = prefetch
         self.confirm_ahead = confirm_ahead and prefetch
         self.now = now
@@ -267,6 +292,7 @@ class SessionFS:
         downloading = [
             {"name": names.get(d.source.ident, d.source.label), "available": d.available, "total": d.total,
              "attempts": d.attempts, "state": d.state.value, **({"via": d.via} if d.via else {}),
+             **({"server_wait": math.ceil(wait)} if (wait := d.server_wait_left()) is not None else {}),
              "rate": d.available / (now - d.started) if d.started and now > d.started else None}
             for d in self.fetcher.active() if d.state in (State.PENDING, State.FETCHING)
         ]
@@ -283,6 +309,9 @@ class SessionFS:
         status: dict[str, object] = {"session": snapshot["session"], "tracks": len(snapshot["tracks"]),
                                      "counts": counts, "downloading": downloading,
                                      "failed": failed[:MAX_STATUS_FAILURES], "failed_total": len(failed)}
+        waits = self.fetcher.http.waits.active()
+        if waits:  # an origin that answered 429/503 with Retry-After: nothing is asked of it until then
+            status["server_waits"] = waits
         team = self.fetcher.http.team
         if team is not None:  # per cache: up or down; per track downloaded: team cache (hit/miss) or origin
             status["team_cache"] = team.state()
@@ -314,8 +343,9 @@ class SessionFS:
         return sum(t.size or 0 for t in self.tracks)
 
     def track_xattrs(self, track: Track) -> dict[str, str]:
-        """What ``getfattr`` shows for a file: ``user.mixvfs.<key>``."""
-        record = self.report.record(track.id)
+        """What ``getfattr`` shows for a file: ``user.mixvfs.<key>``. From memory (the report), never the
+        network; a track a live reload just replaced answers from its initial record."""
+        record = self.report.record(track.id) if self.report.has(track.id) else self._initial_record(track)
         return {"status": record.status, "source": record.source, "error": record.error or "",
                 "digest": record.digest or "", "id": track.id}
 
@@ -340,9 +370,37 @@ class SessionFS:
         owner may have re-rendered it); a cloud track of unknown size is asked about, or fetched, rather
         than shown as empty. While a page-cached reader is open, its version's answer stays (see
         :mod:`mixvfs.vfs.fs.pages`)."""
-        answer = self._attributes(track, ask_server=True)
+        with self._reported(track):
+            answer = self._attributes(track, ask_server=True)
         assert answer is not None
         return answer
+
+    def answered_eio(self, track: Track | None, operation: str) -> None:
+        """A program was answered EIO about ``track`` (None: no track): counted in the report, whose track must
+        say why (status, error or reader_error) — the invariant the mount's tests check."""
+        if track is None:
+            log.error("%s answered EIO about no track", operation)
+        self.report.answered_eio(track.id if track is not None else None)
+
+    @contextlib.contextmanager
+    def _reported(self, track: Track) -> Iterator[None]:
+        """Whatever fails a program's stat, open or read of ``track`` is in the report before its EIO: the
+        cache's own failures (its folder gone and not to be made again, its database refusing) and anything
+        unforeseen, besides the track failures each path records itself. They fail this reader, not the track:
+        the next access tries again."""
+        try:
+            yield
+        except FetchError:
+            raise
+        except CacheError as exc:
+            error = FetchError(str(exc))
+            self._record_failure(track, error, track_failed=False)
+            raise error from exc
+        except Exception as exc:
+            log.exception("%s: unexpected error", track.name)
+            error = FetchError(f"internal error ({type(exc).__name__}: {exc}); see the log")
+            self._record_failure(track, error, track_failed=False)
+            raise error from exc
 
     def known_attributes(self, track: Track) -> tuple[int, float] | None:
         """:meth:`attributes` when answering needs no request to a server, so that a listing may hand them
@@ -358,24 +416,37 @@ class SessionFS:
             size, mtime = self.pages.answer(track.name, None, track.mtime)  # that reader's version
             return size or 0, mtime
         if track.kind is Kind.LOCAL:
-            self._restat_local(track)
+            if not self._restat_local(track, record=ask_server):
+                return None
             size = track.size or 0
         elif track.kind is Kind.CLOUD:
             if track.size is None and not ask_server:
                 return None
             size = self._cloud_size(track)
         else:
-            size = 0
+            # Like a cloud track the server lacks: no size at all, so that no copier makes an empty stand-in.
+            if not ask_server:
+                return None
+            raise SourceMissing(track.reason or "missing")
         answered, mtime = self.pages.answer(track.name, size, track.mtime)
         return answered or 0, mtime
 
-    def _restat_local(self, track: Track) -> None:
+    def _restat_local(self, track: Track, *, record: bool) -> bool:
+        """Look at a local file again: its size and mtime now. A file gone, unreadable or no longer a regular
+        file fails ``stat`` (recorded in the report when ``record``) rather than showing a size no open can
+        deliver; one put back is served again."""
         assert track.local_path is not None
-        try:
-            st = os.stat(track.local_path)
-        except OSError:
-            return  # gone for now: opening it will say why
+        problem, st = local_problem(track.local_path)
+        if st is None:
+            if not record:
+                return False
+            error = SourceMissing(problem or f"local file {track.local_path} cannot be used")
+            self._record_failure(track, error)
+            raise error
         track.size, track.mtime = st.st_size, st.st_mtime
+        if self._failures.pop(track.id, None) is not None:
+            self.report.update(track.id, status=Status.LOCAL, error=None, bytes=st.st_size)
+        return True
 
     def _cloud_size(self, track: Track) -> int:
         """The size of a cloud track, never a made-up 0: the manifest's, the server's (HEAD, else a
@@ -383,24 +454,42 @@ class SessionFS:
         if track.size is not None:
             return track.size
         assert track.source is not None
-        with self._track_lock(track):
+        if self._failed_now(track) is not None:
+            # It failed moments ago (its size, or its download): answer from memory, without asking the
+            # server again, so that getfattr, ls -l and `mixvfs status` can say why. 0 is never served as the
+            # track's size: its opens fail (EIO) as long as the kernel may hold this answer (see open).
+            self._zero_shown[track.id] = self.now() + self.attr_timeout
+            return 0
+        deadline = deadline_after(self.request_wait)
+        lock = self._track_lock(track)
+        if not lock.acquire(timeout=-1 if self.request_wait is None else self.request_wait):
+            error = RequestWaitExceeded("the size is unknown: another request asking for it took longer than one "
+                                        f"request may wait ({self.request_wait:g} s, request_timeout)")
+            self._record_failure(track, error, track_failed=False)
+            raise error
+        try:
             if track.size is None:
                 try:
                     track.size = self.fetcher.probe(track.source).size
                     if track.size is None:
-                        track.size = self._download_for_size(track)
+                        track.size = self._download_for_size(track, deadline)
+                except RequestWaitExceeded as exc:  # this request's bound, not the track's failure
+                    self._record_failure(track, FetchError(f"the size is unknown: {exc.reason}"), track_failed=False)
+                    raise
                 except FetchError as exc:
                     self._record_failure(track, FetchError(f"the size is unknown: {exc.reason}"))
                     raise
+        finally:
+            lock.release()
         return track.size or 0
 
-    def _download_for_size(self, track: Track) -> int:
+    def _download_for_size(self, track: Track, deadline: float | None) -> int:
         assert track.source is not None
         acquired = self.fetcher.acquire(track.source)
         try:
             if acquired.download is None:
                 return os.fstat(acquired.fd).st_size
-            acquired.download.wait_for(1 << 62, 0)
+            acquired.download.wait_for(1 << 62, 0, deadline)
             return acquired.download.total or 0
         finally:
             os.close(acquired.fd)
@@ -413,14 +502,56 @@ class SessionFS:
 
     # -- reading -------------------------------------------------------------------------------------
 
-    def open(self, track: Track) -> Opened:
-        if track.kind is Kind.MISSING:
-            return Opened(FailedHandle(track, SourceMissing(track.reason or "missing")), False, True)
+    def _failed_now(self, track: Track) -> FetchError | None:
+        """The failure a track is remembered by, while ``failed_for`` runs."""
+        failure = self._failures.get(track.id)
+        if failure is None or self.now() - failure.at >= self.failed_for:
+            return None
+        return failure.error
+
+    def _sizeless_refusal(self, track: Track) -> FetchError | None:
+        """Why a cloud track of unknown size cannot be opened now: it failed moments ago (its ``stat`` said 0
+        bytes from memory), or the kernel may still hold that 0. A copier that sizes its copy from ``stat``
+        (rsync, sendfile) would otherwise copy nothing and succeed; failing the open, no empty stand-in
+        reaches the export (``cp`` opens its source before it creates the copy)."""
+        if track.kind is not Kind.CLOUD:
+            return None
+        failure = self._failures.get(track.id)
+        shown = self.now() < self._zero_shown.get(track.id, 0.0)
+        if track.size is not None or failure is None:
+            if not shown:
+                return None
+            # The size was learned meanwhile (a probe in the background, another reader's download), but the
+            # kernel may still give this opener the 0 bytes it was told moments ago: once that has expired.
+            return FetchError("the size was unknown a moment ago and the system may still say 0 bytes: "
+                              "open it again in a second")
+        if self._failed_now(track) is None and not shown:
+            return None
+        return FetchError(failure.error.reason, failure.error.status)
+
+    def open(self, track: Track, *, previewer: str | None = None) -> Opened:
+        """``previewer``: the name of a Spotlight or QuickLook process opening it (vfs/fs/finder.py), served
+        stored bytes only."""
+        with self._reported(track):
+            return self._open(track, previewer)
+
+    def _open(self, track: Track, previewer: str | None) -> Opened:
+        if track.kind is Kind.MISSING:  # the report says so from the start: nothing more to record
+            raise SourceMissing(track.reason or "missing")
+        refusal = self._sizeless_refusal(track)
+        if refusal is not None:
+            self._record_failure(track, refusal, track_failed=False)  # this program's EIO, in the report too
+            raise refusal
         try:
             if track.kind is Kind.LOCAL:
                 handle, version = self._open_local(track)
+            elif previewer is not None:
+                handle, version = self._open_for_preview(track, previewer)
             else:
                 handle, version = self._open_cloud(track)
+        except NotForPreview as exc:
+            self.report.update(track.id, urgent=True, note=exc.reason)  # a line, the track's status untouched
+            raise
         except FetchError as exc:
             self._record_failure(track, exc)
             raise
@@ -474,9 +605,9 @@ class SessionFS:
     def _open_cloud(self, track: Track) -> tuple[Handle, Version]:
         assert track.source is not None
         self._reader_reached(track)
-        failure = self._failures.get(track.id)
-        if failure is not None and self.now() - failure.at < self.retry_after:
-            return FailedHandle(track, failure.error), Version("failed", None, track.mtime)
+        failed = self._failed_now(track)
+        if failed is not None:
+            return FailedHandle(track, failed), Version("failed", None, track.mtime)
         self._revalidate_once(track)
         held = self.backings.held(track.name) if self.backings is not None else None
         if held is not None:  # another program reads this version by passthrough: the same bytes, evicted or not
@@ -488,8 +619,18 @@ class SessionFS:
             version = Version(blob_key(acquired.entry.digest), acquired.entry.size, track.mtime)
             return BlobHandle(track, acquired.fd), version
         download = acquired.download
-        handle = StreamHandle(track, download, acquired.fd, self.fetcher)
+        handle = StreamHandle(track, download, acquired.fd, self.fetcher, self.request_wait)
         return handle, Version(download_key(download), download.total or track.size, track.mtime)
+
+    def _open_for_preview(self, track: Track, previewer: str) -> tuple[Handle, Version]:
+        """The stored blob as it is (no revalidation: no request to the server); nothing is downloaded."""
+        assert track.source is not None
+        acquired = self.fetcher.acquire_stored(track.source)
+        if acquired is None or acquired.entry is None:
+            raise NotForPreview(f"not downloaded for {previewer} (a Spotlight or QuickLook preview): "
+                                "previews get cached tracks only")
+        version = Version(blob_key(acquired.entry.digest), acquired.entry.size, track.mtime)
+        return BlobHandle(track, acquired.fd), version
 
     def _revalidate_once(self, track: Track) -> None:
         """At a cached track's first open in this mount, ask the server (one conditional request) whether
@@ -517,7 +658,8 @@ class SessionFS:
 
     def _apply_freshness(self, track: Track, freshness: Freshness) -> None:
         if freshness is Freshness.CHANGED:
-            track.mtime = max(track.mtime, self.now())  # a new version: tools comparing mtimes see it
+            # a new version (an mtime, so wall time): tools comparing mtimes see it
+            track.mtime = max(track.mtime, time.time())
             self.report.update(track.id, status=Status.PENDING, digest=None,
                                note="the server's copy changed since it was cached; downloaded again")
             log.info("%s: the server's copy changed; downloading it again", track.name)
@@ -554,6 +696,10 @@ class SessionFS:
 
     def _reading(self, handle: Handle, action: Callable[[], T]) -> T:
         self.foreground.reading()
+        with self._reported(handle.track):
+            return self._read_recorded(handle, action)
+
+    def _read_recorded(self, handle: Handle, action: Callable[[], T]) -> T:
         try:
             return action()
         except FetchError as exc:
@@ -750,7 +896,7 @@ class SessionFS:
     def _record_failure(self, track: Track, error: FetchError, *, track_failed: bool = True,
                         seen_by_reader: bool = True) -> None:
         """Into the report (on disk before the reader sees EIO) and the log. ``track_failed``: the track
-        itself fails for ``retry_after`` (else only this reader failed, e.g. it gave up waiting).
+        itself fails for ``failed_for`` (else only this reader failed, e.g. it gave up waiting).
         ``seen_by_reader``: a program got this error (stat, open, read) — kept as ``reader_error`` even when
         the track is had later, since that program may have skipped it (a prefetch's failure is not)."""
         previous = self._failures.get(track.id)

@@ -1,15 +1,24 @@
 """File names for session tracks: ``{artist} - {title}.{ext}``.
 
-Names must be legal on Linux (no "/" or NUL, at most 255 bytes of UTF-8),
+Names must be legal on every destination a DJ copies them to — Linux, APFS,
+and the exFAT or FAT32 USB sticks of a club's players, which refuse
+``\\ : * ? " < > |``, control characters and trailing dots or spaces (at most
+255 bytes of UTF-8, which is never more than FAT's 255 UTF-16 units) —,
 readable (no control characters, no invisible direction overrides), unique
-ignoring case (so the folder also works through case-insensitive clients such as
-macOS or SMB), and deterministic: the same session always yields the same
-names, so paths stay stable across remounts.
+ignoring case and Unicode normalization (APFS, HFS+, exFAT, FAT and SMB are
+case-insensitive; APFS is normalization-insensitive too), and deterministic:
+the same session always yields the same names, so paths stay stable across
+remounts.
 
 Choices:
 
-* "/" becomes "_" (as beets and most taggers do); a Unicode look-alike slash
-  would make the name visually lie about directories.
+* "/" and "\\" become "_" (as beets and most taggers do); a Unicode look-alike
+  slash would make the name visually lie about directories.
+* The other characters FAT refuses become their fullwidth look-alikes
+  (``：＊？＂＜＞｜``, as rclone encodes them for such destinations): a title
+  like ``Why? "A" <B>`` stays readable as ``Why？ ＂A＂ ＜B＞``. Names that
+  become equal that way (a title already holding ``？``) are numbered like any
+  other collision.
 * Control characters (category Cc, which includes NUL) are dropped, except that
   runs of tabs and line breaks become one space so the words they separated
   stay apart. Bidirectional overrides/isolates and the BOM are dropped too:
@@ -30,6 +39,9 @@ UNKNOWN_ARTIST = "Unknown Artist"
 UNKNOWN_TITLE = "Unknown Title"
 SEPARATOR = " - "
 SLASH_REPLACEMENT = "_"
+# What exFAT and FAT32 refuse in a name, beyond "/", NUL and control characters.
+FAT_LOOKALIKES = str.maketrans({"\\": SLASH_REPLACEMENT, ":": "\uff1a", "*": "\uff0a", "?": "\uff1f", '"': "\uff02",
+                                "<": "\uff1c", ">": "\uff1e", "|": "\uff5c"})
 # An "extension" longer than this is not a real one; ignoring it keeps room for the name.
 MAX_EXT_BYTES = 16
 
@@ -66,12 +78,14 @@ def _trim(text: str) -> str:
 
 
 def clean_part(text: str | None) -> str:
-    """One name component made safe: NFC, no "/", no controls, trimmed."""
+    """One name component made safe: NFC, no "/" nor what FAT refuses, no controls, trimmed."""
     if not text:
         return ""
     text = _LINE_BREAKS.sub(" ", _fix_surrogates(text))
     text = "".join(ch for ch in text if _keep_char(ch))
-    text = unicodedata.normalize("NFC", text.replace("/", SLASH_REPLACEMENT))
+    # NFC first: a character whose decomposition holds none of them could not bring one back afterwards.
+    text = unicodedata.normalize("NFC", text).replace("/", SLASH_REPLACEMENT).translate(FAT_LOOKALIKES)
+    text = unicodedata.normalize("NFC", text)
     return _trim(text)
 
 

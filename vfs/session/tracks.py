@@ -58,21 +58,32 @@ class Track:
         return self.spec.id
 
 
+def local_problem(path: Path) -> tuple[str | None, os.stat_result | None]:
+    """Why the local file at ``path`` cannot be served now (None: it can), and its ``stat`` when it can. It must
+    be a regular file (a FIFO or device would hang or never end a read) that this process may open: one that
+    stats but cannot be read would show its size and then fail, and a copier would leave an empty file."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"local file {path} cannot be used: {exc.strerror}", None
+    if stat.S_ISDIR(st.st_mode):
+        return f"local file {path} is a folder", None
+    if not stat.S_ISREG(st.st_mode):
+        return f"local file {path} is not a regular file", None
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK))
+    except OSError as exc:
+        return f"local file {path} cannot be read: {exc.strerror}", None
+    return None, st
+
+
 def classify(spec: TrackSpec, mtime: float) -> Track:
-    """Local if the file exists, else cloud if it has a stream path, else missing (with the reason)."""
+    """Local if the file can be read, else cloud if it has a stream path, else missing (with the reason)."""
     problem = None
     if spec.file_path is not None:
-        try:
-            st = spec.file_path.stat()
-        except OSError as exc:
-            problem = f"local file {spec.file_path} cannot be used: {exc.strerror}"
-        else:
-            if os.path.isdir(spec.file_path):
-                problem = f"local file {spec.file_path} is a folder"
-            elif not stat.S_ISREG(st.st_mode):  # a FIFO or device would hang or never end a read
-                problem = f"local file {spec.file_path} is not a regular file"
-            else:
-                return Track(spec, Kind.LOCAL, size=st.st_size, mtime=st.st_mtime, local_path=spec.file_path)
+        problem, st = local_problem(spec.file_path)
+        if st is not None:
+            return Track(spec, Kind.LOCAL, size=st.st_size, mtime=st.st_mtime, local_path=spec.file_path)
     if spec.cloud_url is not None:
         return Track(spec, Kind.CLOUD, size=spec.size, mtime=mtime)
     reason = problem or "the track has neither a local file nor a cloud stream path"

@@ -1,0 +1,291 @@
+"""The platform seam: every call whose presence depends on the operating system, each with a fallback.
+
+Linux gives Python extended attributes (``os.getxattr``), ``posix_fadvise``, file leases (``F_SETLEASE``),
+``/proc`` and ``/sys``, FUSE passthrough and ``fusermount``; macOS gives none of these (its ``getxattr`` takes
+two more arguments and Python does not wrap it; unmounting is ``umount`` or ``diskutil unmount``) but has
+macFUSE's mount options. The rest of mixvfs asks here and never looks at ``sys.platform`` or probes ``os``
+and ``fcntl`` itself, so that one module says what each system offers and what happens without it.
+
+It sits at the package's root, importing nothing of ours, because both layers need it: ``cache/`` (hashing:
+fadvise, leases, the file system type) may not import ``vfs/``, and ``vfs/`` needs the rest. Each facility is
+looked up when called, not at import: a process without it (macOS, or the test lane that takes the Linux-only
+names away) takes the fallback."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+LINUX = sys.platform.startswith("linux")
+DARWIN = sys.platform == "darwin"
+
+# -- extended attributes ---------------------------------------------------------------------------------
+
+XATTR_NOFOLLOW = 0x0001  # macOS <sys/xattr.h>: act on a symlink itself (ours: never a symlink, so 0 is passed)
+XATTR_MAX = 1 << 20  # our largest value (the root's status) stays far below; a bound against a runaway size
+
+
+class XattrsUnsupported(OSError):
+    """No way to read extended attributes in this process."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.ENOTSUP, "extended attributes cannot be read here")
+
+
+def getxattr(path: str | Path, name: str) -> bytes:
+    """The value of extended attribute ``name`` of ``path`` (following symlinks). Linux's Python has
+    ``os.getxattr``; elsewhere libc's own ``getxattr`` through ctypes (macOS's takes a position and options);
+    with neither, :class:`XattrsUnsupported` (an ``OSError``, ENOTSUP)."""
+    native = getattr(os, "getxattr", None)
+    if native is not None:
+        return bytes(native(path, name))
+    call = libc_getxattr()
+    if call is None:
+        raise XattrsUnsupported()
+    return read_xattr(call, os.fsencode(path), name.encode(), darwin=DARWIN)
+
+
+def libc_getxattr() -> Callable[..., int] | None:
+    """libc's ``getxattr`` as a ctypes function (None where libc has none)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.getxattr
+    except (OSError, AttributeError):
+        return None
+    return function
+
+
+def read_xattr(call: Callable[..., int], path: bytes, name: bytes, *, darwin: bool) -> bytes:
+    """Ask ``call`` (libc's ``getxattr``) for the size, then the value; again if it grew meanwhile.
+
+    Linux: ``ssize_t getxattr(const char *path, const char *name, void *value, size_t size)``.
+    macOS: ``ssize_t getxattr(const char *path, const char *name, void *value, size_t size,
+    u_int32_t position, int options)``: position 0 (it is only for resource forks), options 0 (follow)."""
+    setattr(call, "restype", ctypes.c_ssize_t)  # noqa: B010  (ctypes' attributes: mypy knows no Callable's)
+    tail = [ctypes.c_uint32, ctypes.c_int] if darwin else []
+    setattr(call, "argtypes", [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t, *tail])  # noqa: B010
+    extra = (0, 0) if darwin else ()
+    for _ in range(3):
+        size = call(path, name, None, 0, *extra)
+        if size < 0:
+            _raise_errno(path)
+        if size > XATTR_MAX:
+            raise OSError(errno.E2BIG, f"extended attribute {name.decode()} is {size} bytes")
+        buffer = ctypes.create_string_buffer(max(size, 1))
+        got = call(path, name, buffer, size, *extra)
+        if got >= 0:
+            return buffer.raw[:got]
+        if ctypes.get_errno() != errno.ERANGE:  # ERANGE: it grew between the two calls; ask again
+            _raise_errno(path)
+    raise OSError(errno.ERANGE, "extended attribute kept changing size")
+
+
+def _raise_errno(path: bytes) -> None:
+    code = ctypes.get_errno()
+    raise OSError(code, os.strerror(code), os.fsdecode(path))
+
+
+# -- reading a file once, in order (check-export's hashing) ---------------------------------------------
+
+
+def advise_sequential(fd: int) -> None:
+    """Tell the kernel ``fd`` is read once, in order (a bigger readahead). Linux: ``posix_fadvise``; macOS
+    reads ahead on its own (``F_RDAHEAD`` is on by default); elsewhere nothing."""
+    advise = getattr(os, "posix_fadvise", None)
+    sequential = getattr(os, "POSIX_FADV_SEQUENTIAL", None)
+    if advise is not None and sequential is not None:
+        with contextlib.suppress(OSError):
+            advise(fd, 0, 0, sequential)
+
+
+def take_read_lease(fd: int) -> bool:
+    """A read lease on ``fd`` (Linux ``F_SETLEASE``): writers then wait for us. False where it is refused
+    or leases do not exist (macOS): the caller reads with ``pread`` instead of mapping."""
+    setlease, rdlck = getattr(fcntl, "F_SETLEASE", None), getattr(fcntl, "F_RDLCK", None)
+    if setlease is None or rdlck is None:
+        return False
+    try:
+        fcntl.fcntl(fd, setlease, rdlck)
+    except OSError:  # EAGAIN: open for writing somewhere; EACCES: not our file; EINVAL: no leases here
+        return False
+    return True
+
+
+def lease_held(fd: int) -> bool:
+    """False once a writer waits: during a lease break F_GETLEASE answers the type the lease is going to."""
+    getlease, rdlck = getattr(fcntl, "F_GETLEASE", None), getattr(fcntl, "F_RDLCK", None)
+    if getlease is None or rdlck is None:
+        return False
+    try:
+        return bool(fcntl.fcntl(fd, getlease) == rdlck)
+    except OSError:
+        return False
+
+
+def give_back_lease(fd: int) -> None:
+    setlease, unlck = getattr(fcntl, "F_SETLEASE", None), getattr(fcntl, "F_UNLCK", None)
+    if setlease is not None and unlck is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, setlease, unlck)
+
+
+# -- /proc and /sys (Linux) ------------------------------------------------------------------------------
+
+
+def mountinfo() -> list[list[str]] | None:
+    """``/proc/self/mountinfo`` split in fields (None where it cannot be read: not Linux)."""
+    try:
+        with open("/proc/self/mountinfo") as handle:
+            return [line.split() for line in handle]
+    except OSError:
+        return None
+
+
+def file_system_type(dev: int) -> str | None:
+    """The type of the file system on device ``dev`` (``st_dev``), from mountinfo, whose third field is
+    ``major:minor`` and whose type follows the `` - `` separator; None when it cannot be told."""
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    for fields in mountinfo() or []:
+        if len(fields) > 2 and fields[2] == want and "-" in fields[6:]:
+            after = fields.index("-", 6) + 1
+            return fields[after] if after < len(fields) else None
+    return None
+
+
+def mount_type(path: str) -> str | None:
+    """The type of the file system mounted at or above ``path`` (already resolved), from ``/proc/self/mounts``
+    (FUSE mounts show as ``fuse.SUBTYPE``); None when it cannot be told (not Linux)."""
+    best, fstype = "", None
+    try:
+        with open("/proc/self/mounts") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                where = fields[1].replace("\\040", " ")
+                if (path == where or path.startswith(where.rstrip("/") + "/")) and len(where) > len(best):
+                    best, fstype = where, fields[2]
+    except OSError:
+        return None
+    return fstype
+
+
+def set_readahead(mountpoint: str, kib: int) -> bool:
+    """The mount's readahead through sysfs (Linux, root only); False where it cannot be set (the system's
+    own readahead stays: macFUSE's on macOS)."""
+    device = None
+    for fields in mountinfo() or []:
+        if len(fields) > 4 and fields[4].replace("\\040", " ") == mountpoint:
+            device = fields[2]  # the last match is the mount on top
+    if device is None:
+        return False
+    try:
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as knob:
+            knob.write(f"{kib}\n")
+    except OSError:
+        return False
+    return True
+
+
+def is_zombie(pid: int) -> bool | None:
+    """Whether ``pid`` has exited and waits to be reaped (``/proc/PID/stat``); None when it cannot be told
+    (then ``kill(pid, 0)`` alone decides, and a zombie counts as alive until its parent reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1][0] == "Z"
+    except (OSError, IndexError):
+        return None
+
+
+def process_name(pid: int) -> str | None:
+    """The name of process ``pid`` (None when it cannot be told). Linux: ``/proc/PID/comm`` (15 characters
+    at most); macOS: libproc's ``proc_name``."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().rstrip("\n") or None
+    except OSError:
+        pass
+    if not DARWIN:
+        return None
+    try:
+        proc_name = ctypes.CDLL(None, use_errno=True).proc_name
+    except (OSError, AttributeError):
+        return None
+    buffer = ctypes.create_string_buffer(256)
+    length = proc_name(ctypes.c_int(pid), buffer, ctypes.c_uint32(len(buffer)))
+    return buffer.raw[:length].decode(errors="replace") if length > 0 else None
+
+
+CAP_SYS_ADMIN = 21
+
+
+def has_sys_admin() -> bool:
+    """CAP_SYS_ADMIN in this process's effective set (``/proc/self/status``); without ``/proc``, root."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    except (OSError, ValueError):
+        pass
+    return os.geteuid() == 0
+
+
+def passthrough_possible() -> str | None:
+    """None where FUSE passthrough may be asked for (Linux); else why not."""
+    return None if LINUX else "FUSE passthrough exists only on Linux (macFUSE and FUSE-T offer none)"
+
+
+# -- mounting and unmounting -----------------------------------------------------------------------------
+
+
+def unmount_command(mountpoint: str, *, lazy: bool = False, platform: str = sys.platform) -> list[str]:
+    """The command that unmounts a FUSE folder of this user. Linux: ``fusermount3 -u`` (``-z``: lazily, for
+    a dead mount), else ``umount``. macOS: ``umount`` (a user may unmount what they mounted), and for a dead
+    mount ``diskutil unmount force``, which does not wait for a daemon that will never answer."""
+    if platform == "darwin":
+        return ["diskutil", "unmount", "force", mountpoint] if lazy else ["umount", mountpoint]
+    for name in ("fusermount3", "fusermount"):
+        path = shutil.which(name)
+        if path:
+            return [path, "-u", *(["-z"] if lazy else []), mountpoint]
+    return ["umount", *(["-l"] if lazy else []), mountpoint]
+
+
+def mount_options(*, volume_name: str, daemon_timeout: int, platform: str = sys.platform) -> dict[str, str | bool]:
+    """FUSE mount options of this platform beyond the common ones. macFUSE (and FUSE-T, which takes the same):
+    the volume's name in Finder; no AppleDouble ``._*`` files and no Apple xattrs (Finder's metadata and
+    resource forks, which a read-only folder cannot store and which would only make requests); and the
+    ``daemon_timeout`` after which the kernel gives up on a request — macFUSE then ejects the whole volume,
+    so it must exceed the longest any request of ours may wait. Linux: none."""
+    if platform != "darwin":
+        return {}
+    return {"volname": option_value(volume_name) or "mixvfs", "noappledouble": True, "noapplexattr": True,
+            "daemon_timeout": str(daemon_timeout)}
+
+
+def option_value(text: str) -> str:
+    """``text`` as one value of a ``-o`` list: libfuse splits the list on commas and takes a backslash as
+    escaping the next character; control characters have no place in a volume's name."""
+    kept = "".join(ch for ch in text if ch.isprintable())
+    return kept.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def libfuse_hint(platform: str = sys.platform) -> str:
+    """What to install (or allow) when no usable libfuse can be loaded: one line."""
+    if platform == "darwin":
+        return ("install macFUSE (https://macfuse.github.io, `brew install --cask macfuse`) and allow its system "
+                "extension in System Settings > Privacy & Security, or install FUSE-T (https://www.fuse-t.org) and "
+                "set FUSE_LIBRARY_PATH=/usr/local/lib/libfuse-t.dylib")
+    if platform.startswith("linux"):
+        return "install libfuse 3 (Debian/Ubuntu: sudo apt install fuse3; Fedora: sudo dnf install fuse3)"
+    return "install a libfuse 2 compatible FUSE library for this system"

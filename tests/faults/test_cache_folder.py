@@ -1,0 +1,120 @@
+"""The cache folder removed or replaced under a live mount (`rm -rf ~/.cache/mixvfs`, a disk-cleaner app): the
+mount notices at its next cache access, says so once in its log, recreates its folder and goes on; tracks whose
+blobs went with it are downloaded again. Where it cannot go on, each read is EIO with the cause in the report."""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import MIXVFS, Mount, run, write_session
+from tests.faults.helpers import FAST, cachectl, cloud_track, name_of, stream_path, wait_until
+from tools.devserver import DevServer
+
+TRACKS = ("first", "second", "third")
+
+
+def session_with_one_cached(tmp_path: Path, server_root: Path, devserver: DevServer,
+                            mounter: Callable[..., Mount]) -> Mount:
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, t, 300_000 + i, seed=i)
+                                                  for i, t in enumerate(TRACKS)], server=devserver.url)
+    mount = mounter(session, *FAST)
+    run(["cp", str(mount.path / name_of("first")), str(tmp_path / "warm.wav")], check=True)
+    assert mount.wait_track("first", lambda r: r["status"] == "cached")["status"] == "cached"
+    return mount
+
+
+def export_is_whole(mount: Mount, server_root: Path, out: Path) -> None:
+    done = run(["cp", "-r", f"{mount.path}/.", str(out)])
+    assert done.returncode == 0, done.stderr + mount.log()
+    for track in TRACKS:
+        assert filecmp.cmp(server_root / "stream" / f"{track}.wav", out / name_of(track), shallow=False), track
+
+
+def test_the_cache_folder_removed_while_mounted_is_recreated_and_the_export_is_whole(
+        tmp_path, server_root, devserver, mounter):
+    mount = session_with_one_cached(tmp_path, server_root, devserver, mounter)
+    shutil.rmtree(mount.cache_dir)
+    export_is_whole(mount, server_root, tmp_path / "out")
+    assert len(devserver.requests("GET", stream_path("first"))) == 2  # its blob went: downloaded again
+    assert mount.log().count("was removed or replaced") == 1, mount.log()
+    assert stat.S_IMODE(mount.cache_dir.stat().st_mode) == 0o700
+    export_is_whole(mount, server_root, tmp_path / "again")  # now from the new cache
+    assert len(devserver.requests("GET", stream_path("second"))) == 1
+    mount.unmount()
+    assert cachectl(mount.cache_dir, "verify").returncode == 0
+
+
+def test_the_cache_folder_replaced_while_mounted_is_taken_up_and_the_export_is_whole(
+        tmp_path, server_root, devserver, mounter):
+    mount = session_with_one_cached(tmp_path, server_root, devserver, mounter)
+    mount.cache_dir.rename(tmp_path / "old-cache")  # a cleaner that moves the folder away and leaves an empty one
+    mount.cache_dir.mkdir(mode=0o700)
+    export_is_whole(mount, server_root, tmp_path / "out")
+    assert mount.log().count("was removed or replaced") == 1, mount.log()
+    mount.unmount()
+    assert cachectl(mount.cache_dir, "verify").returncode == 0
+    listed = cachectl(mount.cache_dir, "ls").stdout
+    assert all(stream_path(t) in listed for t in TRACKS), listed
+
+
+def test_a_cache_folder_that_cannot_be_made_again_fails_each_read_with_the_cause_in_the_report(
+        tmp_path, server_root, devserver, mounter):
+    mount = session_with_one_cached(tmp_path, server_root, devserver, mounter)
+    shutil.rmtree(mount.cache_dir)
+    mount.cache_dir.write_text("a file where the cache folder was\n")  # mkdir cannot make it again
+    done = run(["cp", "-r", f"{mount.path}/.", str(tmp_path / "out")])
+    assert done.returncode == 1
+    for track in TRACKS:
+        record = mount.track(track)
+        reason = record.get("reader_error") or record.get("error") or ""
+        assert f"{name_of(track)}' for reading: Input/output error" in done.stderr, done.stderr
+        assert str(mount.cache_dir) in reason and "cache" in reason, record
+    mount.unmount()  # the end, too, goes on without the folder
+    assert "unmounted" in mount.log() and "Traceback" not in mount.log()
+
+
+def test_a_download_under_way_when_the_folder_goes_is_stored_in_the_new_one(
+        tmp_path, server_root, devserver, mounter):
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "long", 2_000_000)],
+                            server=devserver.url)
+    mount = mounter(session, *FAST)
+    devserver.set_faults({stream_path("long"): {"hold": "mid", "hold_after": 500_000}})
+    copy = subprocess.Popen(["cp", str(mount.path / name_of("long")), str(tmp_path / "long.wav")],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        devserver.wait_held("mid", 1)  # half a megabyte is in the staging file
+        shutil.rmtree(mount.cache_dir)
+    finally:
+        devserver.release("mid")
+    assert copy.wait(timeout=60) == 0, copy.stderr.read() if copy.stderr else ""
+    if copy.stderr:
+        copy.stderr.close()
+    assert filecmp.cmp(server_root / "stream" / "long.wav", tmp_path / "long.wav", shallow=False)
+    assert mount.wait_track("long", lambda r: r["status"] == "cached")["status"] == "cached", mount.log()
+    assert "its bytes were copied back" in mount.log()
+    mount.unmount()
+    assert cachectl(mount.cache_dir, "verify").returncode == 0
+    assert stream_path("long") in cachectl(mount.cache_dir, "ls").stdout
+    assert len(devserver.requests("GET", stream_path("long"))) == 1  # nothing downloaded twice
+
+
+def test_a_report_and_log_kept_in_the_cache_folder_are_written_again_after_it_goes(
+        tmp_path, server_root, devserver, mounter):
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, t, 300_000 + i, seed=i)
+                                                  for i, t in enumerate(TRACKS)], server=devserver.url)
+    cache = tmp_path / "cache"
+    report, log = cache / "reports" / "s.json", cache / "logs" / "mixvfs.log"  # where they go by default
+    mount = mounter(session, *FAST, "--report", str(report), "--log-file", str(log), cache_dir=cache)
+    mount.report_path, mount.log_file = report, log
+    shutil.rmtree(cache)
+    export_is_whole(mount, server_root, tmp_path / "out")
+    assert "was removed or replaced while in use" in mount.log()  # the log file, opened again
+    assert wait_until(report.exists)  # the next batch of the report's changes writes it again
+    for track in TRACKS:
+        assert mount.wait_track(track, lambda r: r["status"] == "cached")["status"] == "cached"
+    assert "cached" in run([MIXVFS, "report", str(mount.path)], check=True).stdout

@@ -1,0 +1,190 @@
+"""mixvfs/host.py, the platform seam: each facility and its fallback, the latter run for real by taking the
+Linux-only name away (as macOS's Python lacks it), and macOS's argument lists checked as data or through a
+ctypes callback standing in for its libc."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from mixvfs import host
+from mixvfs.cache import digest
+from mixvfs.vfs.fs import mount
+from tests.conftest import _linux_call
+
+# macOS: ssize_t getxattr(const char *path, const char *name, void *value, size_t size, u_int32_t position,
+# int options)
+DARWIN_GETXATTR = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p,
+                                   ctypes.c_size_t, ctypes.c_uint32, ctypes.c_int)
+
+
+def xattr_file(tmp_path: Path) -> Path:
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    try:
+        _linux_call("setxattr")(path, "user.mixvfs.t", b'{"a": 1}')
+    except OSError as exc:
+        pytest.skip(f"no user xattrs on {tmp_path}: {exc}")
+    return path
+
+
+def test_darwin_getxattr_is_called_with_position_and_options_zero() -> None:
+    calls: list[tuple[bytes, bytes, int, int, int]] = []
+    value = b'{"pid": 42}'
+
+    def fake(path: bytes, name: bytes, buffer: int | None, size: int, position: int, options: int) -> int:
+        calls.append((path, name, size, position, options))
+        if buffer:
+            ctypes.memmove(buffer, value, min(size, len(value)))
+        return len(value)
+
+    callback = DARWIN_GETXATTR(fake)
+    got = host.read_xattr(ctypes.cast(callback, ctypes.CFUNCTYPE(ctypes.c_ssize_t)), b"/Users/me/MixBoardTracks",
+                          b"user.mixvfs.pid", darwin=True)
+    assert got == value
+    assert calls == [(b"/Users/me/MixBoardTracks", b"user.mixvfs.pid", 0, 0, 0),
+                     (b"/Users/me/MixBoardTracks", b"user.mixvfs.pid", len(value), 0, 0)]
+
+
+def test_darwin_getxattr_that_grew_between_the_calls_is_asked_again() -> None:
+    answers = iter([2, -errno.ERANGE, 4, 4])  # size 2; ERANGE (it grew); size 4; the 4 bytes
+    sizes: list[int] = []
+
+    def fake(path: bytes, name: bytes, buffer: int | None, size: int, position: int, options: int) -> int:
+        sizes.append(size)
+        got = next(answers)
+        if got < 0:
+            ctypes.set_errno(-got)
+            return -1
+        if buffer:
+            ctypes.memmove(buffer, b"abcd", got)
+        return got
+
+    callback = DARWIN_GETXATTR(fake)
+    function = ctypes.cast(callback, ctypes.CFUNCTYPE(ctypes.c_ssize_t))
+    assert host.read_xattr(function, b"/m", b"user.x", darwin=True) == b"abcd"
+    assert sizes == [0, 2, 0, 4]
+
+
+def test_a_missing_xattr_is_an_oserror_naming_the_path(tmp_path: Path) -> None:
+    def fake(path: bytes, name: bytes, buffer: int | None, size: int, position: int, options: int) -> int:
+        ctypes.set_errno(errno.ENOATTR if hasattr(errno, "ENOATTR") else errno.ENODATA)
+        return -1
+
+    callback = DARWIN_GETXATTR(fake)
+    with pytest.raises(OSError) as raised:
+        host.read_xattr(ctypes.cast(callback, ctypes.CFUNCTYPE(ctypes.c_ssize_t)), b"/m", b"user.x", darwin=True)
+    assert raised.value.filename == "/m" and raised.value.errno in (errno.ENODATA, getattr(errno, "ENOATTR", 0))
+
+
+def test_without_os_getxattr_libc_is_called_and_gives_the_same_bytes(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    path = xattr_file(tmp_path)
+    monkeypatch.delattr(os, "getxattr", raising=False)
+    assert host.getxattr(path, "user.mixvfs.t") == b'{"a": 1}'
+    with pytest.raises(OSError) as raised:
+        host.getxattr(path, "user.mixvfs.none")
+    assert raised.value.errno == errno.ENODATA
+
+
+def test_with_no_xattr_call_at_all_the_error_is_enotsup(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(os, "getxattr", raising=False)
+    monkeypatch.setattr(host, "libc_getxattr", lambda: None)
+    with pytest.raises(OSError) as raised:
+        host.getxattr("/", "user.mixvfs.pid")
+    assert raised.value.errno == errno.ENOTSUP
+
+
+def test_hashing_without_fadvise_or_leases_reads_and_gives_the_same_digest(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(3 * digest.MAP_SPAN // 2)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    for name in ("posix_fadvise", "POSIX_FADV_SEQUENTIAL"):
+        monkeypatch.delattr(os, name, raising=False)
+    for name in ("F_SETLEASE", "F_GETLEASE"):
+        monkeypatch.delattr(fcntl, name, raising=False)
+    mapped: list[int] = []
+
+    def feed_mapped(fd: int, *rest: object) -> int:
+        mapped.append(fd)
+        return 0
+
+    monkeypatch.setattr(digest, "feed_mapped", feed_mapped)
+    before = signal.getsignal(signal.SIGIO)
+    digest.ignore_lease_breaks()
+    try:
+        assert digest.hash_path(path) == xxhash.xxh3_128(data).hexdigest()
+    finally:
+        signal.signal(signal.SIGIO, before)
+    assert mapped == []  # no lease: never mapped
+    assert host.take_read_lease(0) is False and host.lease_held(0) is False
+    host.give_back_lease(0)
+    host.advise_sequential(0)
+
+
+def test_without_proc_the_answers_are_unknown_not_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = open
+
+    def no_proc(file: object, *args: object, **kwargs: object) -> object:
+        if str(file).startswith(("/proc", "/sys")):
+            raise PermissionError(errno.EACCES, "hidden", str(file))
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    assert host.mountinfo() is None
+    assert host.file_system_type(os.stat("/").st_dev) is None
+    assert host.set_readahead("/", 4096) is False
+    assert host.is_zombie(os.getpid()) is None
+    assert host.has_sys_admin() == (os.geteuid() == 0)
+    assert mount._alive(os.getpid())  # kill(pid, 0) alone decides
+
+
+@pytest.mark.linux_facilities
+def test_with_proc_the_answers_are_linux_facts() -> None:
+    assert host.is_zombie(os.getpid()) is False
+    assert host.file_system_type(os.stat("/proc").st_dev) == "proc"
+
+
+@pytest.mark.parametrize(("platform", "lazy", "expected"), [
+    ("darwin", False, ["umount", "/Users/me/MixBoardTracks"]),
+    ("darwin", True, ["diskutil", "unmount", "force", "/Users/me/MixBoardTracks"]),
+])
+def test_the_unmount_command_of_macos(platform: str, lazy: bool, expected: list[str]) -> None:
+    assert host.unmount_command("/Users/me/MixBoardTracks", lazy=lazy, platform=platform) == expected
+
+
+def test_the_unmount_command_of_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}" if name == "fusermount3" else None)
+    assert host.unmount_command("/m", platform="linux") == ["/usr/bin/fusermount3", "-u", "/m"]
+    assert host.unmount_command("/m", lazy=True, platform="linux") == ["/usr/bin/fusermount3", "-u", "-z", "/m"]
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    assert host.unmount_command("/m", lazy=True, platform="linux") == ["umount", "-l", "/m"]
+
+
+def test_macos_mount_options_and_none_on_linux() -> None:
+    assert host.mount_options(volume_name="Friday Mix", daemon_timeout=140, platform="darwin") == {
+        "volname": "Friday Mix", "noappledouble": True, "noapplexattr": True, "daemon_timeout": "140"}
+    assert host.mount_options(volume_name="Friday Mix", daemon_timeout=140, platform="linux") == {}
+
+
+def test_a_volume_name_is_one_option_value() -> None:
+    assert host.option_value("A, B\\C\n") == "A\\, B\\\\C"
+    assert host.mount_options(volume_name="\x00\n", daemon_timeout=1, platform="darwin")["volname"] == "mixvfs"
+
+
+def test_the_libfuse_hint_names_what_to_install() -> None:
+    assert "macFUSE" in host.libfuse_hint("darwin") and "FUSE-T" in host.libfuse_hint("darwin")
+    assert "apt install fuse3" in host.libfuse_hint("linux")
+    assert "\n" not in host.libfuse_hint("darwin") + host.libfuse_hint("linux")
+
+
+def test_passthrough_is_offered_only_on_linux() -> None:
+    assert (host.passthrough_possible() is None) == host.LINUX
