@@ -10,7 +10,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fuse2 test-portable test-passthrough lint typecheck unit bench system clean
+.PHONY: demo test test-fuse2 test-portable test-passthrough lint typecheck unit bench bench-wan system clean
 
 demo: $(STAMP) system
 	$(PY) tools/demo.py
@@ -68,8 +68,15 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) tools/bench.py $(BENCH_ARGS)
 
+# The export over an emulated internet link (root): network namespaces, tbf and a delay line (tools/wan/), nginx
+# as the origin, mixvfs beside aria2c, curl and rclone at 20, 80 and 150 ms, with and without random loss.
+# BENCH_ARGS=--quick for a few minutes' check. It removes its namespaces at the end, on Ctrl-C and on SIGTERM.
+bench-wan: $(STAMP)
+	MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh
+	$(PY) -m tools.wan.bench $(BENCH_ARGS)
+
 # System packages: python3-venv for the venv, libfuse (3 and 2) for the mount, rsync/attr/flac/nginx for the tests,
-# rclone/curl for the benchmark.
+# rclone/curl/aria2c for the benchmarks.
 system:
 	@PYTHON=$(PYTHON) bash tools/install_system.sh
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import stamina
 
+from mixvfs.cache.bwlimit import Budget
+from mixvfs.cache.concurrency import Concurrency
 from mixvfs.cache.digest import hash_prefix, new_hasher
 from mixvfs.cache.errors import (
     BadBody,
@@ -159,6 +161,8 @@ class Download:
     started: float = 0.0
     finished: float = 0.0
     foreground: Foreground = field(default_factory=Foreground)
+    budget: Budget | None = None  # the bandwidth cap shared by every download of the process (bwlimit)
+    meter: Concurrency | None = None  # told of bytes, round trips and push-back: how many downloads fill the link
     cond: threading.Condition = field(default_factory=threading.Condition)
     # Set once the download is cached or failed: for waiters that do not care about each chunk (the
     # prefetcher's slots), so they are not woken by every notify on ``cond``.
@@ -240,6 +244,8 @@ class Download:
                 try:
                     self._attempt()
                 except ServerBusy as exc:
+                    if self.meter is not None:
+                        self.meter.pushed_back()
                     if exc.wait_url is not None:  # a redirect's target (a CDN) may be the origin that said wait
                         self._wait_urls[origin_key(exc.wait_url)] = exc.wait_url
                     raise
@@ -284,8 +290,11 @@ class Download:
         # below); a server that gives none is read again from the start and compared byte for byte, or a
         # change between the two requests would be stitched into one file.
         start = self.available if self.etag and not self.recheck else 0
+        asked = time.monotonic()
         with self.http.get(self.source.url, start=start, if_range=self.etag if start else None,
                            size=self.source.size) as body:
+            if self.meter is not None:
+                self.meter.answered_after(time.monotonic() - asked)
             self.via = body.via
             changed = bool(body.etag and self.etag and body.etag != self.etag)
             if changed and body.start > 0:
@@ -312,11 +321,26 @@ class Download:
                     self.recheck = False
                 if fresh:
                     self._append(fresh)
+                self._pace(len(chunk))
         self.recheck = False
         if self.total is None:
             self.total = self.available  # no length was ever advertised: the body is what it is
         if self.available != self.total:
             raise NetworkError(f"the body ended after {self.available} of {self.total} bytes")
+
+    def _pace(self, count: int) -> None:
+        """Under a bandwidth cap, wait before reading on (the server is slowed by TCP's flow control meanwhile);
+        a cancel, a stop or a reader's claim on this worker ends the wait (the next chunk's check acts on it)."""
+        if self.budget is None:
+            return
+        deadline = time.monotonic() + self.budget.spend(count)
+        with self.cond:
+            while not (self.cancelled or self.stopped or self.yield_requested):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(min(left, 0.1))
+            self.last_progress = time.monotonic()  # waiting for the cap is no stall: readers keep waiting
 
     def _skip_held(self, chunk: bytes, position: int) -> bytes:
         """The part of ``chunk`` (at ``position``) beyond the bytes held, after checking the overlap."""
@@ -378,6 +402,8 @@ class Download:
         self.last_progress = time.monotonic()
 
     def _append(self, chunk: bytes) -> None:
+        if self.meter is not None:
+            self.meter.received(len(chunk))
         if self.total is not None and self.available + len(chunk) > self.total:
             raise LengthMismatch(f"length mismatch: the server sends more than the advertised {self.total} bytes")
         view = memoryview(chunk)

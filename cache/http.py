@@ -19,7 +19,7 @@ import httpx
 from mixvfs.cache import receive_buffer
 from mixvfs.cache import team as team_policy
 from mixvfs.cache.decoding import check_decodable, decoded
-from mixvfs.cache.defaults import CONNECT_TIMEOUT
+from mixvfs.cache.defaults import CONNECT_TIMEOUT, KEEPALIVE_EXPIRY
 from mixvfs.cache.errors import (
     AuthRejected,
     BadBody,
@@ -150,7 +150,8 @@ class HttpClient:
             auth=BearerAuth(tokens) if tokens is not None and tokens.configured else None,
             follow_redirects=True,
             timeout=httpx.Timeout(stall_timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                                keepalive_expiry=KEEPALIVE_EXPIRY),
             headers={"Accept-Encoding": "identity", "User-Agent": "mixvfs/0.1"},
         )
 
@@ -192,6 +193,9 @@ class HttpClient:
                 response = self._client.head(url, headers=headers)
             else:
                 response, _via, _route = self._send("HEAD", url, {}, stack)
+                # A HEAD's answer has no body, but h11 calls the exchange done only once asked for its end:
+                # closed unread, the connection was dropped, and every size asked cost a new TCP handshake.
+                response.read()
         if response.status_code == 304:
             return NOT_MODIFIED
         check_status(response, url)

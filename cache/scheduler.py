@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mixvfs.cache.bwlimit import Budget
+from mixvfs.cache.concurrency import Concurrency
 from mixvfs.cache.digest import hash_fd
 from mixvfs.cache.download import DEMAND, Download, Event, Foreground, RetryPolicy, State
 from mixvfs.cache.errors import Cancelled, FetchError, NoSpace
@@ -49,8 +51,11 @@ class Fetcher:
         jobs: int = 3,
         policy: RetryPolicy | None = None,
         foreground: Foreground | None = None,
+        budget: Budget | None = None,
+        adaptive: bool = False,
     ) -> None:
         self.store = store
+        self.budget = budget  # bwlimit: one cap for all downloads
         self.index = index
         self.http = http
         self.jobs = max(1, jobs)
@@ -59,9 +64,16 @@ class Fetcher:
         self.foreground = foreground or Foreground()
         self._subscribers: list[Subscriber] = []
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)  # a running download ended or paused
+        self._pick = threading.Lock()  # held by the one worker taking the next item from the queue
+        # adaptive: how many of the ``jobs`` may run is measured (cache/concurrency.py); else all of them.
+        self.concurrency = Concurrency(self.jobs) if adaptive else None
         self._active: dict[str, Download] = {}
         self._queue: queue.PriorityQueue[tuple[int, int, Download | None]] = queue.PriorityQueue()
         self._running: set[Download] = set()
+        # Readers' downloads queued but not yet taken by a worker: their slots are spoken for, so a prefetch does
+        # not take the one a paused prefetch just gave back.
+        self._demanded: set[Download] = set()
         self._seq = itertools.count()
         self._workers: list[threading.Thread] = []
         self._closed = False
@@ -248,7 +260,7 @@ class Fetcher:
             raise Cancelled("the mount is shutting down")
         try:
             download = Download(source, self.store, self.index, self.http, self.policy, self._on_event,
-                                foreground=self.foreground)
+                                foreground=self.foreground, budget=self.budget, meter=self.concurrency)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace("no space left on the cache disk") from None
@@ -265,13 +277,19 @@ class Fetcher:
             download.priority = DEMAND
         if download.state is not State.PENDING:
             return
+        if priority == DEMAND:
+            self._demanded.add(download)
         self._queue.put((priority, next(self._seq), download))
-        if priority == DEMAND and len(self._running) >= self.jobs:
+        if priority == DEMAND and len(self._running) >= self._limit():
             paused = [d for d in self._running if d.readers == 0 and not d.yield_requested]
             if paused:
                 victim = max(paused, key=lambda d: d.priority)
                 with victim.cond:
                     victim.yield_requested = True
+
+    def _limit(self, *, waiting: bool = False) -> int:
+        """How many downloads may run now (callers hold ``_lock``)."""
+        return self.jobs if self.concurrency is None else min(self.jobs, self.concurrency.limit(waiting=waiting))
 
     def _ensure_workers(self) -> None:
         while len(self._workers) < self.jobs:
@@ -281,15 +299,31 @@ class Fetcher:
 
     def _work(self) -> None:
         while True:
-            _, _, download = self._queue.get()
-            if download is None:
-                return
-            with self._lock:
-                if download.state is not State.PENDING or self._active.get(download.source.ident) is not download:
-                    continue  # a duplicate queue entry (priority bump) of a download already taken
-                download.started = time.monotonic()
-                download.state = State.FETCHING
-                self._running.add(download)
+            # One worker at a time takes an item and decides on it: the queue's order (readers first, then session
+            # order) is the order downloads start in, even with more workers than the measured number.
+            with self._pick:
+                _, _, download = self._queue.get()
+                if download is None:
+                    return
+                with self._lock:
+                    if download.state is not State.PENDING or self._active.get(download.source.ident) is not download:
+                        self._demanded.discard(download)
+                        continue  # a duplicate queue entry (priority bump) of a download already taken
+                    no_slot = (download.priority != DEMAND and not self._closed
+                               and len(self._running) + len(self._demanded) >= self._limit(waiting=True))
+                    if no_slot:
+                        # Back in the queue, where a reader's track would be taken first, until a download ends or
+                        # the measured number grows (asked again at least every 0.1 s).
+                        self._queue.put((download.priority, next(self._seq), download))
+                    else:
+                        self._demanded.discard(download)
+                        download.started = time.monotonic()
+                        download.state = State.FETCHING
+                        self._running.add(download)
+            if no_slot:
+                with self._lock:
+                    self._freed.wait(timeout=0.1)
+                continue
             try:
                 download.run()
             except Exception:  # run() reports its own failures; this is the last guard of the worker
@@ -300,6 +334,7 @@ class Fetcher:
             finally:
                 with self._lock:
                     self._running.discard(download)
+                    self._freed.notify()
                     if download.state is State.PENDING and self._active.get(download.source.ident) is download:
                         self._queue.put((download.priority, next(self._seq), download))  # paused: resume later
 
@@ -308,6 +343,7 @@ class Fetcher:
             self._remember_intact(download)  # before anyone hears DONE and opens the blob
         if event in (Event.DONE, Event.FAILED):
             with self._lock:  # over: a new reader of this source opens the blob, or starts anew
+                self._demanded.discard(download)
                 if self._active.get(download.source.ident) is download:
                     del self._active[download.source.ident]
         with self._lock:

@@ -9,16 +9,19 @@
 #   nginx-light             for the tests: the studio team cache (auth_request, slice) on loopback
 #   exfatprogs, exfat-fuse  for the tests: an export onto exFAT (a DJ's USB stick), through a loop device
 #   faketime                for the tests: libfaketime steps a mount daemon's wall clock (clock-step tests)
-# With MIXVFS_BENCH_DEPS=1 (`make bench`) also rclone, curl, xxhash (xxhsum, check-export's floor), bindfs, and
+#   iproute2, gcc, libc6-dev for the tests: the emulated internet link (network namespaces, tc, the delay line
+#                           tools/wan/delayline.c, compiled at the first run)
+# With MIXVFS_BENCH_DEPS=1 (`make bench`, `make bench-wan`) also rclone, curl, aria2 (aria2c), xxhash (xxhsum, check-export's floor), bindfs, and
 # gcc, libc6-dev, pkg-config and libfuse3-dev to build tools/fusefloor.c (bindfs and fusefloor are C FUSE
 # filesystems: the floor the daemon's read path is measured against).
 # PYTHON (default python3) is the interpreter `make` builds .venv with; if it is apt's and cannot make a
 # venv, its own pythonX.Y-venv is installed too (e.g. python3.11-venv for `make demo PYTHON=python3.11`).
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
-want=(python3 python3-venv fuse3 libfuse2 libfuse3-3 rsync attr flac nginx-light exfatprogs exfat-fuse faketime)
+want=(python3 python3-venv fuse3 libfuse2 libfuse3-3 rsync attr flac nginx-light exfatprogs exfat-fuse faketime iproute2 gcc
+      libc6-dev)
 if [[ "${MIXVFS_BENCH_DEPS:-0}" == 1 ]]; then
-    want+=(rclone curl xxhash bindfs gcc libc6-dev pkg-config libfuse3-dev)
+    want+=(rclone curl aria2 xxhash bindfs gcc libc6-dev pkg-config libfuse3-dev)
 fi
 
 if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then

@@ -12,7 +12,8 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from mixvfs.cache.defaults import SERVER_WAIT_MAX
+from mixvfs.cache.bwlimit import Budget
+from mixvfs.cache.defaults import QUESTIONS, SERVER_WAIT_MAX
 from mixvfs.cache.download import Foreground, RetryPolicy
 from mixvfs.cache.errors import CacheError, ConfigError, FetchError
 from mixvfs.cache.http import HttpClient, origin_of, warn_if_insecure
@@ -40,6 +41,7 @@ class RuntimeConfig:
     tokens: Callable[[], TokenSource | None]
     team_cache: str | None = None  # the team cache setting (already checked), or None: straight to the origin
     team_reset_after: float = 300.0
+    bwlimit: int = 0  # bytes per second for all downloads together; 0: no cap
     server_wait_max: float = SERVER_WAIT_MAX
 
     @property
@@ -130,8 +132,12 @@ def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housek
     for origin in sorted({origin_of(url) for url in origins if url}):
         warn_if_insecure(origin, tokens)
     team = TeamCache(config.team_cache, reset_after=config.team_reset_after) if config.team_cache else None
+    # A connection for each download and each question in flight: a size or a revalidation never queues for a
+    # connection behind downloads (nor a download behind them).
     http = HttpClient(tokens=tokens, stall_timeout=config.stall_timeout, team=team,
-                      waits=OriginWaits(max_wait=config.server_wait_max))
+                      max_connections=config.jobs + QUESTIONS, waits=OriginWaits(max_wait=config.server_wait_max))
     foreground = Foreground()
-    fetcher = Fetcher(store, index, http, jobs=config.jobs, policy=config.policy, foreground=foreground)
+    budget = Budget(config.bwlimit) if config.bwlimit else None
+    fetcher = Fetcher(store, index, http, jobs=config.jobs, policy=config.policy, foreground=foreground,
+                      budget=budget, adaptive=True)
     return Runtime(store, index, http, fetcher, foreground, tokens, token_error, config.jobs)

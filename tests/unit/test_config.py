@@ -131,3 +131,28 @@ def test_the_old_name_of_failed_for_is_taken_with_a_line_saying_the_new_one(tmp_
     path.write_text('retry_after = "5m"\nfailed_for = "6m"\n')
     with pytest.raises(ConfigError, match="both retry_after and failed_for"):
         config.resolve(parse(), env={"MIXVFS_CONFIG": str(path)})
+
+
+@pytest.mark.parametrize(("file", "env", "flag", "expected"), [
+    (None, None, None, 0),  # no cap by default
+    ('bwlimit = "8M"\n', None, None, 8 << 20),
+    ('bwlimit = "8M"\n', "500k", None, 500 << 10),
+    (None, "4M", "10M/s", 10 << 20),  # like rclone's --bwlimit: bytes per second, an optional "/s"
+    ("bwlimit = 1000000\n", None, None, 1_000_000),  # a bare TOML number is bytes per second
+    ('bwlimit = "4M"\n', None, "off", 0),
+])
+def test_bwlimit_layers(tmp_path, file, env, flag, expected):
+    environ = {}
+    if file is not None:
+        (tmp_path / "c.toml").write_text(file)
+        environ["MIXVFS_CONFIG"] = str(tmp_path / "c.toml")
+    if env is not None:
+        environ["MIXVFS_BWLIMIT"] = env
+    settings = config.resolve(parse(*(["--bwlimit", flag] if flag else [])), env=environ)
+    assert settings.bwlimit == expected
+    assert settings.runtime().bwlimit == expected
+
+
+def test_a_bad_bwlimit_is_one_clear_error():
+    with pytest.raises(ConfigError, match="bwlimit: not a size: 'fast'"):
+        config.resolve(parse("--bwlimit", "fast"), env={})

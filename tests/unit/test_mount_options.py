@@ -11,9 +11,11 @@ from mixvfs.vfs.fs.deadlines import request_bounds
 
 
 def option_list(platform: str, *, daemon_timeout: int = 125, name: str = "Friday Mix", major: int = 2) -> list[str]:
-    import mfusepy
+    # fuse_ops first: it picks libfuse 3 (FUSE_LIBRARY_NAME) before mfusepy loads one; the other way round this
+    # process held libfuse 2 while asking for 3, and every later mount test in it failed the lane check.
+    from mixvfs.vfs.adapter import fuse_ops  # isort: skip
 
-    from mixvfs.vfs.adapter import fuse_ops
+    import mfusepy  # isort: skip
 
     options = fuse_ops.fuse_options(threads=16, waiting_reads=1024, attr_timeout=1.0, nonempty=False,
                                     platform_options=host.mount_options(volume_name=name,

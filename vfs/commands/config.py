@@ -55,6 +55,18 @@ def _whole(low: int, high: int) -> Callable[[str], int]:
 _jobs, _attempts = _whole(1, 64), _whole(1, 100)
 
 
+def _bwlimit(text: str) -> int:
+    """``off``/``0``: no cap; else a size per second (``10M``, ``500k``, ``10M/s``)."""
+    value = text.strip().lower()
+    if value in ("off", "0", ""):
+        return 0
+    return parse_size(value.removesuffix("/s"))
+
+
+def _rate(value: int) -> str:
+    return f"{format_size(value)}/s" if value else "off"
+
+
 def _positive_duration(text: str) -> float:
     seconds = parse_duration(text)
     if seconds <= 0:
@@ -155,7 +167,9 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("max_size", "MIXVFS_MAX_SIZE", DEFAULT_MAX_SIZE, parse_size, "cache size limit, LRU eviction (10G)",
          format_size),
     Spec("max_age", "MIXVFS_MAX_AGE", DEFAULT_MAX_AGE, parse_duration, "drop blobs unused this long (30d)", _seconds),
-    Spec("jobs", "MIXVFS_JOBS", 3, _jobs, "parallel downloads (3)"),
+    Spec("jobs", "MIXVFS_JOBS", 16, _jobs, "most downloads at once; how many run is measured (16)"),
+    Spec("bwlimit", "MIXVFS_BWLIMIT", 0, _bwlimit,
+         "cap on all downloads together, bytes per second like rclone's --bwlimit: 10M = 10 MiB/s (off)", _rate),
     Spec("stall_timeout", "MIXVFS_STALL_TIMEOUT", 30.0, _positive_duration,
          "fail a download without progress this long (30s)", _seconds),
     Spec("failed_for", "MIXVFS_FAILED_FOR", 60.0, parse_duration,
@@ -187,8 +201,8 @@ TEAM_SETTINGS = ("team_cache", "team_cache_reset_after", "team_cache_allow_plain
 PREFLIGHT_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "cache_dir", "max_size", "max_age",
                       "jobs", "stall_timeout", *TEAM_SETTINGS)
 CACHE_SETTINGS = ("cache_dir", "max_size", "max_age")
-WARM_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "jobs", "stall_timeout", "retries",
-                 "retry_wait", "server_wait_max", *TEAM_SETTINGS)
+WARM_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "jobs", "bwlimit", "stall_timeout",
+                 "retries", "retry_wait", "server_wait_max", *TEAM_SETTINGS)
 # Old names still taken, each with a line saying the new one. ``retry_after`` was how long a failed track stays
 # failed: a name easily read as the server's Retry-After header, which ``server_wait_max`` is about.
 RENAMED = {"retry_after": "failed_for"}
@@ -256,7 +270,8 @@ an unknown key is an error (a typo is never ignored silently):
     cache_dir = "~/.cache/mixvfs"
     max_size = "20G"
     max_age = "30d"
-    jobs = 3
+    jobs = 16                              # the most at once; how many run is measured
+    bwlimit = "off"                        # or e.g. "4M": all downloads together, bytes per second
     stall_timeout = "30s"
     failed_for = "60s"                     # a failed track answers EIO at once this long, then is tried again
     server_wait_max = "2m"                 # a server asking to wait longer (Retry-After) fails the track
@@ -324,6 +339,7 @@ class Settings:
     max_size = Setting(int)
     max_age = Setting(float)
     jobs = Setting(int)
+    bwlimit = Setting(int)
     stall_timeout = Setting(float)
     failed_for = Setting(float)
     passthrough = Setting(str)
@@ -347,6 +363,7 @@ class Settings:
                              SPECS["retry_wait"].default if wait is None else float(wait.value),
                              self.token_source, self.team_cache(),
                              float(self._value_or_default("team_cache_reset_after")),
+                             int(self._value_or_default("bwlimit")),
                              float(self._value_or_default("server_wait_max")))
 
     def _value_or_default(self, name: str) -> Any:

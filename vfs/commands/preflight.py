@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mixvfs.cache.defaults import QUESTIONS
 from mixvfs.cache.errors import AuthRejected, ConfigError, FetchError, TransientError
 from mixvfs.cache.http import NO_TOKEN_HINT, HttpClient
 from mixvfs.cache.scheduler import Fetcher
@@ -137,8 +138,9 @@ def run_preflight(session: Session, settings: config.Settings) -> dict[str, Any]
                            housekeeping=False, tolerate_token_error=True)
     try:
         # The fetcher answers `cached` only: preflight starts no download.
-        tracks = build_tracks(session, http=runtime.http, index=runtime.index, jobs=runtime.jobs)
-        with ThreadPoolExecutor(max_workers=max(2, runtime.jobs * 2), thread_name_prefix="preflight") as pool:
+        tracks = build_tracks(session, http=runtime.http, index=runtime.index)
+        # One question per track, each a round trip: asked QUESTIONS at a time, not a few.
+        with ThreadPoolExecutor(max_workers=QUESTIONS, thread_name_prefix="preflight") as pool:
             checks = list(pool.map(lambda t: check_track(t, runtime.fetcher, runtime.http), tracks))
         disk = disk_check(settings.cache_dir, checks, runtime.store, runtime.jobs)
         runtime.http.check_team_stores()

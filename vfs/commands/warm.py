@@ -101,7 +101,7 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
     events: queue.SimpleQueue[tuple[Download, DownloadEvent, float]] = queue.SimpleQueue()
     unsubscribe = fetcher.subscribe(lambda download, event: events.put((download, event, time.monotonic())))
     try:
-        tracks = build_tracks(session, http=runtime.http, index=runtime.index, jobs=runtime.jobs)
+        tracks = build_tracks(session, http=runtime.http, index=runtime.index)
         core = SessionFS(tracks, fetcher, report, failed_for=0.0, prefetch=True, foreground=runtime.foreground)
         report.replace_records(core.initial_records())
         records = report.snapshot()["tracks"]

@@ -418,7 +418,7 @@ def open_session(
 ) -> tuple[SessionFS, Report, list[Callable[[], None]]]:
     # Every origin the token may travel to: the server and any absolute cloud URL of a track.
     runtime = open_runtime(options.runtime, origins=[session.server, *(t.cloud_url for t in session.tracks)])
-    tracks = build_tracks(session, http=runtime.http, index=runtime.index, jobs=runtime.jobs)
+    tracks = build_tracks(session, http=runtime.http, index=runtime.index)
     runtime.watch_team_stores(options.runtime.team_reset_after)
     report_path = options.report_path or default_report_path(runtime.store.root, session.name,
                                                                  history.key(options.mountpoint))
@@ -433,9 +433,10 @@ def open_session(
                      attr_timeout=options.attr_timeout, request_wait=options.bounds().request_wait)
     report.replace_records(core.initial_records())
     log_missing(tracks)
+    core.start_revalidating()  # while libfuse mounts: on a distant server, each round of questions is a round trip
 
     def apply(changed: Session) -> None:
-        fresh = build_tracks(changed, http=runtime.http, index=runtime.index, jobs=runtime.jobs)
+        fresh = build_tracks(changed, http=runtime.http, index=runtime.index)
         core.reload(fresh, mtime=changed.mtime)
         log_missing(fresh)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mixvfs.cache.defaults import QUESTIONS
 from mixvfs.cache.errors import FetchError
 from mixvfs.cache.remote import RemoteInfo, Source
 from mixvfs.vfs.session import sniff
@@ -95,7 +96,7 @@ PROBE_DEADLINE = 10.0
 
 
 def build_tracks(session: Session, *, http: HttpClient | None, index: SourceIndex | None,
-                 jobs: int = 3, deadline: float = PROBE_DEADLINE) -> list[Track]:
+                 questions: int = QUESTIONS, deadline: float = PROBE_DEADLINE) -> list[Track]:
     """``http`` None: the server is not asked (what it said last time comes from ``index``, if any: no
     cache at all means no index, as for ``mixvfs check-export`` on a machine that never mounted).
     The server is asked for at most ``deadline`` seconds in all: a track it has not answered for by then is
@@ -104,7 +105,7 @@ def build_tracks(session: Session, *, http: HttpClient | None, index: SourceInde
     cloud = [t for t in tracks if t.kind is Kind.CLOUD]
     needs_server = [t for t in cloud if t.size is None or _static_ext(t) is None]
     if needs_server and http is not None and index is not None:
-        _probe_all(needs_server, http, index, jobs, deadline)
+        _probe_all(needs_server, http, index, questions, deadline)
     for track in needs_server:
         if track.remote is None and index is not None:
             track.remote = index.remote(track.spec.cloud_url or "")  # server down: what it said last time
@@ -122,7 +123,7 @@ def _static_ext(track: Track) -> str | None:
                             stream_path=spec.stream_path, server_content_type=None, head=None)
 
 
-def _probe_all(tracks: list[Track], http: HttpClient, index: SourceIndex, jobs: int, deadline: float) -> None:
+def _probe_all(tracks: list[Track], http: HttpClient, index: SourceIndex, questions: int, deadline: float) -> None:
     """Ask the server about ``tracks``, a few at a time, for at most ``deadline`` seconds. The answers are
     applied here, in the calling thread: a probe still running at the deadline changes no track. The askers
     are daemon threads (not a ThreadPoolExecutor, whose threads the interpreter joins at exit): a stop
@@ -144,7 +145,7 @@ def _probe_all(tracks: list[Track], http: HttpClient, index: SourceIndex, jobs: 
                 answers[position] = answer
                 all_in.notify_all()
 
-    for number in range(min(len(tracks), max(2, jobs * 2))):
+    for number in range(min(len(tracks), questions)):
         threading.Thread(target=asker, name=f"probe-{number}", daemon=True).start()
     with all_in:
         all_in.wait_for(lambda: len(answers) == len(tracks), timeout=deadline)

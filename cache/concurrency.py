@@ -1,0 +1,123 @@
+"""How many downloads run at once: as many as keep the link full, measured, between a floor and ``--jobs``.
+
+On a long, fat link one download at a time leaves most of it idle (each track's request costs a round trip, and a
+new TCP connection's window starts small); a fixed number is too few for a long link and too many for a thin one or
+a team cache. :class:`Concurrency` measures the goodput of each interval (a few round trips long) and climbs: twice
+as many downloads while the goodput still grows by at least ``GROWTH`` (as TCP's slow start), back to the last
+number that paid when it stops growing; then it holds for a while and probes, in turn, a quarter fewer (kept when
+the goodput stays within ``GROWTH``: a doubling in TCP's own start-up may overshoot) and a quarter more (the link
+may have changed). Half as many when the server pushes back (429/503). It only climbs while downloads wait for a slot:
+an exporter that reads slower than the link needs no more. Time is injected; the scheduler
+(:mod:`mixvfs.cache.scheduler`) asks :meth:`limit`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+START = 4  # downloads at once before anything is measured: what fills a 100 Mbit/s link at 20 ms
+LOWER = 2  # never fewer (one slow track must not stall the others), unless --jobs is lower
+GROWTH = 1.05  # a step up must raise the goodput this much to count
+MIN_INTERVAL = 0.5  # seconds; an interval is also at least ROUND_TRIPS round trips
+ROUND_TRIPS = 4
+HOLD = 8  # intervals at a number that paid before probing for more again
+
+
+class Concurrency:
+    def __init__(self, upper: int, *, start: int = START, clock: Callable[[], float] = time.monotonic) -> None:
+        self.upper = max(1, upper)
+        self.lower = min(LOWER, self.upper)
+        self._limit = max(self.lower, min(start, self.upper))
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._began = clock()
+        self._bytes = 0
+        self._wanted = False  # in this interval, a download waited for a slot
+        self._round_trip: float | None = None  # the least time to a response's headers seen
+        self._paid: tuple[int, float] | None = None  # the last (limit, goodput) that was worth its number
+        self._holding = 0
+        self._starting = True  # doubling, until a step up first buys nothing (as TCP's slow start)
+        self._down_next = False  # the next probe is a step down (probes alternate once the start is over)
+
+    # -- what downloads report ---------------------------------------------------------------------------
+
+    def received(self, count: int) -> None:
+        with self._lock:
+            self._bytes += count
+
+    def answered_after(self, seconds: float) -> None:
+        """A request's response headers came ``seconds`` after it was sent: about one round trip."""
+        with self._lock:
+            if seconds > 0 and (self._round_trip is None or seconds < self._round_trip):
+                self._round_trip = seconds
+
+    def pushed_back(self) -> None:
+        """The server said it is busy (429, 503): half as many downloads, and a fresh measurement."""
+        with self._lock:
+            self._limit = max(self.lower, self._limit // 2)
+            self._paid = None
+            self._holding = HOLD
+            self._starting = False
+            self._restart(self.clock())
+
+    # -- what the scheduler asks -------------------------------------------------------------------------
+
+    def limit(self, *, waiting: bool = False) -> int:
+        """How many downloads may run now. ``waiting``: a download is queued for want of a slot."""
+        with self._lock:
+            self._wanted = self._wanted or waiting
+            now = self.clock()
+            if now - self._began >= self._interval():
+                before, goodput = self._limit, self._bytes / (now - self._began)
+                self._decide(goodput)
+                if self._limit != before:
+                    log.info("downloads at once: %d -> %d (goodput %.2f MB/s, round trip %.0f ms)", before,
+                             self._limit, goodput / 1e6, (self._round_trip or 0) * 1000)
+                self._restart(now)
+            return self._limit
+
+    @property
+    def round_trip(self) -> float | None:
+        return self._round_trip
+
+    def _interval(self) -> float:
+        return max(MIN_INTERVAL, ROUND_TRIPS * (self._round_trip or 0.0))
+
+    def _restart(self, now: float) -> None:
+        self._began, self._bytes, self._wanted = now, 0, False
+
+    def _decide(self, goodput: float) -> None:
+        if not self._wanted or self._bytes == 0:
+            return  # the exporter, not the link, set the pace: nothing learned about the link
+        paid = self._paid
+        if paid is not None and self._limit > paid[0] and goodput < paid[1] * GROWTH:
+            self._limit = paid[0]  # the step up bought nothing: back to the number that paid, for a while
+            self._holding = HOLD
+            self._starting = False
+            self._down_next = True
+            return
+        if paid is not None and self._limit < paid[0] and goodput * GROWTH < paid[1]:
+            self._limit = paid[0]  # the step down cost goodput: back up, for a while
+            self._holding = HOLD
+            self._down_next = False
+            return
+        self._paid = (self._limit, goodput)  # the latest at this number: the link may have changed
+        if self._holding > 0:
+            self._holding -= 1
+        elif self._down_next and self._limit > self.lower:
+            # Fewer, if as many bytes come: every download more is a flow competing at the bottleneck's buffer
+            # (drops, timeouts), a thread, and a track the exporter waits on.
+            self._limit = max(self.lower, self._limit - max(1, self._limit // 4))
+            self._down_next = False
+        elif self._limit < self.upper:
+            step = self._limit if self._starting else max(1, self._limit // 4)
+            self._limit = min(self.upper, self._limit + step)
+            self._down_next = not self._starting
+        else:  # at --jobs: the start is over, the next probe is a step down
+            self._starting = False
+            self._down_next = True

@@ -1,0 +1,175 @@
+"""The concurrency controller with an injected clock, against a model of a link: each download costs a round trip
+before its bytes come, so on a long, fat link more downloads at once fill it, up to where it is full."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+
+import pytest
+
+from mixvfs.cache.concurrency import HOLD, LOWER, MIN_INTERVAL, ROUND_TRIPS, START, Concurrency
+from mixvfs.cache.download import RetryPolicy, State
+from mixvfs.cache.http import HttpClient
+from mixvfs.cache.remote import Source
+from mixvfs.cache.scheduler import Fetcher
+from mixvfs.cache.store import BlobStore
+from tools.devserver import DevServer
+from tools.make_audio import write_sized
+
+MB = 1_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def goodput(downloads: int, rate: float, rtt: float, track: float) -> float:
+    """A link of ``rate`` bytes/s: each download of a ``track``-byte file waits a round trip, then shares the
+    link; the link is full only when enough downloads overlap their round trips."""
+    return downloads * track / (rtt + downloads * track / rate)
+
+
+def run(control: Concurrency, clock: Clock, intervals: int, *, rate: float, rtt: float, track: float,
+        waiting: bool = True) -> list[int]:
+    """Drive the controller as the scheduler does: the bytes of each interval at the current number."""
+    control.answered_after(rtt)
+    seen = []
+    for _ in range(intervals):
+        limit = control.limit(waiting=waiting)
+        seen.append(limit)
+        step = max(MIN_INTERVAL, ROUND_TRIPS * rtt)
+        control.received(int(goodput(limit, rate, rtt, track) * step))
+        clock.now += step
+    seen.append(control.limit(waiting=waiting))
+    return seen
+
+
+def test_a_long_fat_link_gets_more_downloads_until_it_is_full() -> None:
+    clock = Clock()
+    control = Concurrency(32, clock=clock)
+    seen = run(control, clock, 40, rate=12.5 * MB, rtt=0.15, track=0.5 * MB)
+    assert seen[0] == START
+    # The model: 4 downloads fill half of the link; it takes about 20 to reach 85 %.
+    assert max(seen) >= 16
+    # Then it probes around where a quarter more or fewer changes the goodput by about GROWTH.
+    assert statistics.median(goodput(n, 12.5 * MB, 0.15, 0.5 * MB) for n in seen[-20:]) >= 0.75 * 12.5 * MB
+    assert max(seen) <= 32
+
+
+def test_a_link_that_is_full_already_comes_down_to_few() -> None:
+    clock = Clock()
+    control = Concurrency(32, clock=clock)
+    # A thin, near link: 2 downloads already fill it; a step up buys nothing and is taken back, steps down cost
+    # nothing and are kept.
+    seen = run(control, clock, 60, rate=1 * MB, rtt=0.01, track=8 * MB)
+    assert max(seen) <= 2 * START
+    assert seen[-1] == LOWER
+
+
+def test_an_overshoot_of_the_start_is_taken_back() -> None:
+    """Big tracks: 4 at once fill the link, and past 8 each more flow costs it 3 % (drops and timeouts at the
+    bottleneck's buffer). In the first seconds TCP's own start-up makes the goodput grow whatever the number, so
+    the doubling start overshoots, up to --jobs; the steps down bring it back."""
+    clock = Clock()
+    control = Concurrency(16, clock=clock)
+    start = clock.now
+
+    def link(downloads: int) -> float:
+        ramp = min(1.0, (clock.now - start) / 2.0)
+        return ramp * goodput(downloads, 12.5 * MB, 0.08, 8 * MB) * (1 - 0.03 * max(0, downloads - 8))
+
+    seen = []
+    control.answered_after(0.08)
+    for _ in range(120):
+        limit = control.limit(waiting=True)
+        seen.append(limit)
+        control.received(int(link(limit) * MIN_INTERVAL))
+        clock.now += MIN_INTERVAL
+    assert max(seen) >= 16  # the start overshot
+    assert seen[-1] <= 10
+
+
+def test_jobs_is_the_upper_bound_and_never_fewer_than_the_floor() -> None:
+    clock = Clock()
+    control = Concurrency(6, clock=clock)
+    assert max(run(control, clock, 30, rate=125 * MB, rtt=0.15, track=0.5 * MB)) == 6
+    control.pushed_back()
+    control.pushed_back()
+    control.pushed_back()
+    assert control.limit() == LOWER
+    assert Concurrency(1, clock=clock).limit(waiting=True) == 1  # --jobs 1 is one
+
+
+def test_the_server_pushing_back_halves_it_and_it_waits_before_climbing_again() -> None:
+    clock = Clock()
+    control = Concurrency(32, clock=clock)
+    seen = run(control, clock, 12, rate=12.5 * MB, rtt=0.15, track=0.5 * MB)
+    before = seen[-1]
+    control.pushed_back()
+    assert control.limit() == max(LOWER, before // 2)
+    after = run(control, clock, HOLD, rate=12.5 * MB, rtt=0.15, track=0.5 * MB)
+    assert set(after) == {max(LOWER, before // 2)}
+
+
+def test_no_climb_while_nothing_waits_for_a_slot() -> None:
+    clock = Clock()
+    control = Concurrency(32, clock=clock)
+    seen = run(control, clock, 20, rate=12.5 * MB, rtt=0.15, track=0.5 * MB, waiting=False)
+    assert set(seen) == {START}
+
+
+@pytest.mark.parametrize("rtt", [0.02, 0.15])
+def test_an_interval_is_several_round_trips(rtt: float) -> None:
+    clock = Clock()
+    control = Concurrency(32, clock=clock)
+    control.answered_after(rtt)
+    control.limit(waiting=True)
+    control.received(10 * MB)
+    clock.now += max(MIN_INTERVAL, ROUND_TRIPS * rtt) * 0.99
+    assert control.limit(waiting=True) == START  # not yet a whole interval: nothing decided
+    clock.now += max(MIN_INTERVAL, ROUND_TRIPS * rtt) * 0.02
+    assert control.limit(waiting=True) > START
+
+
+def test_the_fetcher_runs_only_the_measured_number_of_downloads_and_a_reader_goes_first(tmp_path: Path) -> None:
+    """Against the real dev server, every body parked mid-way: with the controller's number held at START (its
+    clock stopped), the other prefetches stay queued although --jobs allows 8; a reader's track still starts
+    at once."""
+    root = tmp_path / "server"
+    root.mkdir()
+    names = [f"t{i}.wav" for i in range(8)]
+    for i, name in enumerate(names):
+        write_sized(root / name, 1 << 20, seed=i)
+    store = BlobStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
+    with DevServer(root) as server:
+        server.set_faults({"*": {"hold": "slots", "hold_after": 100_000}})
+        fetcher = Fetcher(store, store.index, HttpClient(stall_timeout=30), jobs=8, policy=RetryPolicy(attempts=1),
+                          adaptive=True)
+        fetcher.concurrency = Concurrency(8, clock=Clock())  # stopped: no interval ever ends
+        sources = [Source(server.url_for(name), size=1 << 20, label=name) for name in names]
+        downloads = [fetcher.prefetch(source, order) for order, source in enumerate(sources[:7])]
+        assert server.wait_held("slots", START) == START
+        # The first START in session order run, the rest wait for a slot.
+        assert [d.state if d else None for d in downloads] == [State.FETCHING] * START + [State.PENDING] * (7 - START)
+        reader = fetcher.acquire(sources[7])  # not prefetched: a reader's demand
+        assert reader.download is not None
+        server.wait_held("slots", START + 1)  # it reached the server while START prefetches were running
+        # The least urgent running prefetch was asked to pause for it (it may pause, or get its slot back before
+        # the reader's download takes one: either way no other prefetch starts past the measured number).
+        assert [d.state if d else None for d in downloads[START:]] == [State.PENDING] * (7 - START), \
+            [(d.source.label, d.state, d.priority) for d in downloads if d]
+        server.release("slots")
+        for download in [*downloads, reader.download]:
+            assert download is not None
+            download.ended.wait(30)  # a hang guard
+        assert all(d is not None and d.state is State.DONE for d in [*downloads, reader.download])
+        fetcher.release(reader.download)
+        os.close(reader.fd)
+        fetcher.close()
+    store.close()
