@@ -262,17 +262,17 @@ class SessionFS:
              "rate": d.available / (now - d.started) if d.started and now > d.started else None}
             for d in self.fetcher.active() if d.state in (State.PENDING, State.FETCHING)
         ]
-        snapshot = self.report.snapshot()
+        records = self.report.records()
         counts: dict[str, int] = {}
         failed = []
         via: dict[str, dict[str, str]] = {}
-        for record in snapshot["tracks"]:
-            counts[record["status"]] = counts.get(record["status"], 0) + 1
-            if record["status"] in FAILED_STATUSES:
-                failed.append({"name": record["name"], "error": record["error"]})
-            if record.get("via"):
-                via[record["id"]] = {"name": record["name"], "via": record["via"]}
-        status: dict[str, object] = {"session": snapshot["session"], "tracks": len(snapshot["tracks"]),
+        for record in records:
+            counts[record.status] = counts.get(record.status, 0) + 1
+            if record.status in FAILED_STATUSES:
+                failed.append({"name": record.name, "error": record.error})
+            if record.via:
+                via[record.id] = {"name": record.name, "via": record.via}
+        status: dict[str, object] = {"session": self.report.session, "tracks": len(records),
                                      "counts": counts, "downloading": downloading,
                                      "failed": failed[:MAX_STATUS_FAILURES], "failed_total": len(failed)}
         waits = self.fetcher.http.waits.active()
