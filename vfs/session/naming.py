@@ -20,6 +20,7 @@ Choices:
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -79,6 +80,7 @@ def clean_part(text: str | None) -> str:
     return _trim(text)
 
 
+@functools.lru_cache(maxsize=256)  # a session has a handful of extensions, asked once per track
 def _clean_ext(ext: str | None) -> str:
     cleaned = clean_part(ext)
     return cleaned if len(cleaned.encode()) <= MAX_EXT_BYTES else ""
@@ -169,7 +171,8 @@ def _compose(artist: str, title: str, ext: str, copy: int) -> str:
     """Assemble a name that fits MAX_NAME_BYTES; ``copy`` > 1 adds " (copy)"."""
     tail = (f" ({copy})" if copy > 1 else "") + (f".{ext}" if ext else "")
     budget = MAX_NAME_BYTES - _utf8_len(SEPARATOR) - _utf8_len(tail)
-    artist, title = _fit(artist, title, budget)
+    if 4 * (len(artist) + len(title)) > budget:  # else it fits whatever the characters (4 bytes at most each)
+        artist, title = _fit(artist, title, budget)
     return f"{artist}{SEPARATOR}{title}{tail}"
 
 
@@ -204,19 +207,20 @@ def assign_names(entries: Sequence[tuple[str, str | None, str | None, str | None
     name, so "A - B", "A - B", "A - B (2)" become "A - B", "A - B (3)", "A - B (2)".
     """
     natural = [_name(artist, title, track_id, ext, 1) for track_id, artist, title, ext in entries]
+    keys = [collision_key(name) for name in natural]
     # A suffixed name must avoid every natural name (even of later tracks) and
     # every name already handed out.
-    taken = {collision_key(name) for name in natural}
+    taken = set(keys)
     used: set[str] = set()
     # Next suffix to try per natural name: keeps many duplicates linear, not quadratic.
     next_copy: dict[str, int] = {}
     names: list[str] = []
-    for (track_id, artist, title, ext), name in zip(entries, natural, strict=True):
-        key = collision_key(name)
+    for (track_id, artist, title, ext), name, key in zip(entries, natural, keys, strict=True):
         if key in used:
             name = _next_free(track_id, artist, title, ext, next_copy, key, taken)
-        used.add(collision_key(name))
-        taken.add(collision_key(name))
+            key = collision_key(name)
+            taken.add(key)
+        used.add(key)
         names.append(name)
     return names
 
