@@ -52,21 +52,33 @@ class Session:
 def load_manifest(path: Path, *, default_server: str | None = None) -> Session:
     """``default_server`` (from the config) serves manifests that name no ``server``; theirs wins."""
     try:
+        mtime = path.stat().st_mtime
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest: {exc.strerror}") from None
+    # Read in the call: no reference stays here, so parse_manifest can free the bytes once decoded (a
+    # 100 000-track manifest is 15 MB, twice over as text).
+    return parse_manifest(_read_manifest(path), base_dir=path.resolve().parent, origin=str(path), mtime=mtime,
+                          default_server=default_server)
+
+
+def _read_manifest(path: Path) -> bytes:
+    try:
         with path.open("rb") as handle:
             data = handle.read(MAX_MANIFEST_BYTES + 1)
-        mtime = path.stat().st_mtime
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the manifest: {exc.strerror}") from None
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{path}: the manifest is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
-    return parse_manifest(data, base_dir=path.resolve().parent, origin=str(path), mtime=mtime,
-                          default_server=default_server)
+    return data
 
 
 def parse_manifest(data: bytes, *, base_dir: Path, origin: str = "manifest", mtime: float = 0.0,
                    default_server: str | None = None) -> Session:
     try:
-        doc = json.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        del data  # the bytes, the text and the parsed document would otherwise all be alive at the peak
+        doc = json.loads(text)
+        del text
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{origin}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
@@ -81,7 +93,14 @@ def parse_manifest(data: bytes, *, base_dir: Path, origin: str = "manifest", mti
     tracks = doc.get("tracks")
     if not isinstance(tracks, list):
         raise ManifestError(f"{origin}: field 'tracks' must be a list of tracks")
-    specs = tuple(_parse_track(raw, i, base_dir, server, origin) for i, raw in enumerate(tracks))
+    parsed = []
+    for i in range(len(tracks)):
+        # Each raw track is let go once parsed: the memory of the parsed JSON is reused for the tracks, and a
+        # big session's daemon does not keep both at its peak.
+        raw, tracks[i] = tracks[i], None
+        parsed.append(_parse_track(raw, i, base_dir, server, origin))
+    specs = tuple(parsed)
+    del parsed
     _check_unique_ids(specs, origin)
     return Session(name=_clean_text(name), server=server, tracks=specs, path=Path(origin), mtime=mtime)
 
