@@ -316,15 +316,17 @@ class SessionFS:
                 "digest": record.digest or "", "id": track.id}
 
     def initial_records(self) -> list[TrackRecord]:
-        return [self._initial_record(t) for t in self.tracks]
+        indexed = self.fetcher.indexed()  # one query: only the tracks it names are looked up one by one
+        return [self._initial_record(t, indexed) for t in self.tracks]
 
-    def _initial_record(self, track: Track) -> TrackRecord:
+    def _initial_record(self, track: Track, indexed: set[str] | None = None) -> TrackRecord:
         if track.kind is Kind.LOCAL:
             return TrackRecord(track.id, track.name, "local", Status.LOCAL, bytes=track.size)
         if track.kind is Kind.MISSING:
             return TrackRecord(track.id, track.name, "missing", Status.MISSING, error=track.reason)
         assert track.source is not None
-        entry = self.fetcher.cached(track.source)
+        unknown = indexed is not None and track.source.ident not in indexed
+        entry = None if unknown else self.fetcher.cached(track.source)
         if entry is not None:
             return TrackRecord(track.id, track.name, "cloud", Status.CACHED, bytes=entry.size, digest=entry.digest)
         return TrackRecord(track.id, track.name, "cloud", Status.PENDING, bytes=track.size)
