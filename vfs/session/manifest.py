@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,13 +126,13 @@ def _parse_track(raw: Any, index: int, base_dir: Path, server: str | None, origi
     return TrackSpec(
         index=index,
         id=track_id,
-        artist=_optional_str(raw, "artist", where),
+        artist=_shared(_optional_str(raw, "artist", where)),
         title=_optional_str(raw, "title", where),
         file_path=_resolve_local(file_path, base_dir),
         stream_path=stream_path,
         cloud_url=_cloud_url(stream_path, server, where),
         size=_optional_size(raw, where),
-        content_type=_optional_str(raw, "content_type", where),
+        content_type=_shared(_optional_str(raw, "content_type", where)),
     )
 
 
@@ -146,6 +147,12 @@ class _TrackWhere:
 
     def __str__(self) -> str:
         return f"{self.origin}: track {self.index} (id {self.track_id!r})"
+
+
+def _shared(value: str | None) -> str | None:
+    """One string object per distinct value of a field that repeats across a library (an artist, a content
+    type): the parsed JSON holds a copy per track."""
+    return None if value is None else sys.intern(value)
 
 
 def _optional_str(doc: dict[str, Any], key: str, where: str | _TrackWhere) -> str | None:
