@@ -29,7 +29,7 @@ def identity(url: str, *, etag: str | None, size: int | None) -> str:
     return url
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Source:
     """A remote file version as far as we know it before downloading."""
 

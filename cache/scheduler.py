@@ -95,6 +95,10 @@ class Fetcher:
 
         return unsubscribe
 
+    def indexed(self) -> set[str]:
+        """The source identities the index maps (a superset of what :meth:`cached` finds whole)."""
+        return self.index.source_idents()
+
     def cached(self, source: Source) -> SourceEntry | None:
         entry = self.index.lookup(source.ident)
         if entry is not None and not self.store.has(entry.digest):

@@ -110,6 +110,18 @@ def open_cache(limits: CacheLimits, *, create: bool = True) -> tuple[BlobStore, 
         raise CacheError(f"cache folder {limits.root}: cannot open it: {exc}") from None
 
 
+def distinct_origins(urls: Iterable[str | None]) -> set[str]:
+    """The origins of ``urls``. A session's track URLs share one or a few: each ``scheme://authority`` prefix
+    (up to the first "/" after "//", which the authority cannot hold) is parsed once, not each of 100 000 URLs."""
+    prefixes = set()
+    for url in urls:
+        if url:
+            start = url.find("//")
+            end = url.find("/", start + 2) if start >= 0 else -1
+            prefixes.add(url if end < 0 else url[:end])
+    return {origin_of(prefix) for prefix in prefixes}
+
+
 def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housekeeping: bool = True,
                  tolerate_token_error: bool = False) -> Runtime:
     """Everything a command needs to read or fill the cache. ``origins``: every URL the token may travel to
@@ -129,7 +141,7 @@ def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housek
             store.close()
             raise
         tokens, token_error = None, exc.reason
-    for origin in sorted({origin_of(url) for url in origins if url}):
+    for origin in sorted(distinct_origins(origins)):
         warn_if_insecure(origin, tokens)
     team = TeamCache(config.team_cache, reset_after=config.team_reset_after) if config.team_cache else None
     # A connection for each download and each question in flight: a size or a revalidation never queues for a

@@ -8,8 +8,10 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from mixvfs.vfs.fs.report import Report, Status, TrackRecord
+from mixvfs.vfs.fs import report as report_module
+from mixvfs.vfs.fs.report import Report, Status, TrackRecord, record_dict
 
 
 def records(count: int) -> list[TrackRecord]:
@@ -109,3 +111,21 @@ def test_a_readers_eio_stays_in_the_report_after_the_track_is_whole_again(tmp_pa
         assert "check-export" in summary[1]
     finally:
         report.close()
+
+
+def test_a_report_written_in_chunks_is_the_whole_document(tmp_path: Path, monkeypatch: Any) -> None:
+    """The file is encoded a chunk of records at a time; it is still one JSON document holding every record
+    in session order, its header and what ``close`` adds, for an empty report and at the chunk boundaries."""
+    monkeypatch.setattr(report_module, "WRITE_CHUNK", 3)
+    for count in (0, 1, 3, 7):
+        path = tmp_path / f"r{count}.json"
+        report = Report(path, session="s\u00e9", mountpoint="/m", records=records(count), manifest="/x.json")
+        if count:
+            report.update("t0", status="failed", error="the server answered HTTP 404 \u2014 gone")
+        report.close(finished=True)
+        doc = json.loads(path.read_text())
+        assert {k: v for k, v in doc.items() if k != "started"} == {
+            "session": "s\u00e9", "mountpoint": "/m", "manifest": "/x.json", "finished": True, "eio_answers": {},
+            "tracks": [record_dict(r) for r in report.records()]}
+        assert [t["id"] for t in doc["tracks"]] == [f"t{i}" for i in range(count)]
+        assert not count or doc["tracks"][0]["error"] == "the server answered HTTP 404 \u2014 gone"

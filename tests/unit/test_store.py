@@ -497,3 +497,21 @@ def test_cachectl_prune_removes_dead_downloads_and_stats_counts_the_index(tmp_pa
     assert stats["index"] == {"sources": 0, "heads": 1}
     assert run("prune", "--dry-run")["staging_files"] == 1 and left.exists()
     assert run("prune")["staging_files"] == 1 and not left.exists()
+
+
+def test_source_idents_names_every_source_row_and_nothing_else(tmp_path: Path) -> None:
+    """The one query a mount asks instead of a lookup per track: every ``src:`` row (whatever its identity
+    holds), no ``head:`` row, and a source whose blob is forgotten is gone from it."""
+    index = SourceIndex(tmp_path / "idx")
+    try:
+        assert index.source_idents() == set()
+        idents = [identity("http://h/a.wav", etag='"x;y"', size=None), identity("http://h/b c.wav", etag=None,
+                                                                               size=3), "http://h/\u00e9"]
+        for i, ident in enumerate(idents):
+            index.record(ident, SourceEntry(f"{i:064x}", 3, None))
+        index.remember_remote("http://h/a.wav", RemoteInfo(size=3, etag=None, content_type=None))
+        assert index.source_idents() == set(idents)
+        index.forget_digest(f"{0:064x}")
+        assert index.source_idents() == set(idents[1:])
+    finally:
+        index.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mixvfs.cache.errors import ConfigError
+from mixvfs.cache.http import origin_of as url_origin
 from mixvfs.cache.team import (
     MARKER,
     ORIGIN_HEADER,
@@ -25,6 +26,7 @@ from mixvfs.cache.team import (
     via,
 )
 from mixvfs.vfs.commands import config
+from mixvfs.vfs.runtime import distinct_origins
 
 URL = "http://origin.example:8080/stream/a.wav?v=2"
 GOOD = {MARKER: "HIT", "ETag": '"e1"', ORIGIN_HEADER: "http://origin.example:8080"}
@@ -234,3 +236,13 @@ def test_the_store_check_wants_a_hit_for_the_second_request_of_one_nonce() -> No
     # An older configuration sends the check to the origin like a track: its refusal (no token) is no verdict.
     stores, detail = judge_store_check(Answer(401, "NONE", checked=False), Answer(401, "NONE", checked=False))
     assert stores is None and detail is not None and "no store check" in detail
+
+
+def test_distinct_origins_of_many_track_urls_are_those_of_each_url() -> None:
+    """The origins a token may travel to, found from each URL's scheme and authority only once per prefix:
+    the same set as asking each URL, whatever its authority holds (user info, a port, IPv6, a query or a
+    fragment right after the host)."""
+    urls = ["http://h:8/a/b", "https://u:p@h/x?y=/z", "http://h?x=1/2", "http://h#f/g", "http://h", "HTTP://H/a",
+            "http://[::1]:9/a", None, "http://h:8/c", *(f"https://cdn.example/t/{i}.wav" for i in range(1000))]
+    assert distinct_origins(urls) == {url_origin(url) for url in urls if url}
+    assert len(distinct_origins(urls)) == 6

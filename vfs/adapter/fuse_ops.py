@@ -304,9 +304,18 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
 
     # -- extended attributes (status of each track) -------------------------------------------------
 
-    def _root_values(self) -> dict[str, str]:
-        return {**self.root_xattrs, "status": json.dumps(self.core.live_status(), ensure_ascii=False),
-                "passthrough": json.dumps(self.passthrough_status()), "requests": json.dumps(self.requests_status())}
+    def _root_value(self, key: str) -> str | None:
+        """One root xattr, computed only when asked: ``status`` walks every track's record, which a question
+        for ``pid`` (asked by every `mixvfs` command that finds a mount) must not pay on a big session."""
+        if key in self.root_xattrs:
+            return self.root_xattrs[key]
+        if key == "status":
+            return json.dumps(self.core.live_status(), ensure_ascii=False)
+        if key == "passthrough":
+            return json.dumps(self.passthrough_status())
+        if key == "requests":
+            return json.dumps(self.requests_status())
+        return None
 
     @guard
     def listxattr(self, path: str) -> list[str]:
@@ -325,11 +334,11 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         self.core.browsing()
         if not name.startswith(XATTR_PREFIX):  # `ls -l` asks every file for security.* and ACLs
             raise FuseOSError(fuse.ENOATTR)
-        values = self._root_values() if path == "/" else self.core.track_xattrs(self._track(path))
         key = name.removeprefix(XATTR_PREFIX)
-        if key not in values:
+        value = self._root_value(key) if path == "/" else self.core.track_xattrs(self._track(path)).get(key)
+        if value is None:
             raise FuseOSError(fuse.ENOATTR)
-        return values[key].encode()
+        return value.encode()
 
     # -- a read-only filesystem ------------------------------------------------------------------------
 

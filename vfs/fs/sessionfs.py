@@ -296,17 +296,17 @@ class SessionFS:
              "rate": d.available / (now - d.started) if d.started and now > d.started else None}
             for d in self.fetcher.active() if d.state in (State.PENDING, State.FETCHING)
         ]
-        snapshot = self.report.snapshot()
+        records = self.report.records()
         counts: dict[str, int] = {}
         failed = []
         via: dict[str, dict[str, str]] = {}
-        for record in snapshot["tracks"]:
-            counts[record["status"]] = counts.get(record["status"], 0) + 1
-            if record["status"] in FAILED_STATUSES:
-                failed.append({"name": record["name"], "error": record["error"]})
-            if record.get("via"):
-                via[record["id"]] = {"name": record["name"], "via": record["via"]}
-        status: dict[str, object] = {"session": snapshot["session"], "tracks": len(snapshot["tracks"]),
+        for record in records:
+            counts[record.status] = counts.get(record.status, 0) + 1
+            if record.status in FAILED_STATUSES:
+                failed.append({"name": record.name, "error": record.error})
+            if record.via:
+                via[record.id] = {"name": record.name, "via": record.via}
+        status: dict[str, object] = {"session": self.report.session, "tracks": len(records),
                                      "counts": counts, "downloading": downloading,
                                      "failed": failed[:MAX_STATUS_FAILURES], "failed_total": len(failed)}
         waits = self.fetcher.http.waits.active()
@@ -350,15 +350,17 @@ class SessionFS:
                 "digest": record.digest or "", "id": track.id}
 
     def initial_records(self) -> list[TrackRecord]:
-        return [self._initial_record(t) for t in self.tracks]
+        indexed = self.fetcher.indexed()  # one query: only the tracks it names are looked up one by one
+        return [self._initial_record(t, indexed) for t in self.tracks]
 
-    def _initial_record(self, track: Track) -> TrackRecord:
+    def _initial_record(self, track: Track, indexed: set[str] | None = None) -> TrackRecord:
         if track.kind is Kind.LOCAL:
             return TrackRecord(track.id, track.name, "local", Status.LOCAL, bytes=track.size)
         if track.kind is Kind.MISSING:
             return TrackRecord(track.id, track.name, "missing", Status.MISSING, error=track.reason)
         assert track.source is not None
-        entry = self.fetcher.cached(track.source)
+        unknown = indexed is not None and track.source.ident not in indexed
+        entry = None if unknown else self.fetcher.cached(track.source)
         if entry is not None:
             return TrackRecord(track.id, track.name, "cloud", Status.CACHED, bytes=entry.size, digest=entry.digest)
         return TrackRecord(track.id, track.name, "cloud", Status.PENDING, bytes=track.size)

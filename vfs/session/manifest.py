@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ class ManifestError(MixvfsError):
     """The manifest cannot be used; the message names the track and field."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrackSpec:
     index: int
     id: str
@@ -52,21 +53,33 @@ class Session:
 def load_manifest(path: Path, *, default_server: str | None = None) -> Session:
     """``default_server`` (from the config) serves manifests that name no ``server``; theirs wins."""
     try:
+        mtime = path.stat().st_mtime
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest: {exc.strerror}") from None
+    # Read in the call: no reference stays here, so parse_manifest can free the bytes once decoded (a
+    # 100 000-track manifest is 15 MB, twice over as text).
+    return parse_manifest(_read_manifest(path), base_dir=path.resolve().parent, origin=str(path), mtime=mtime,
+                          default_server=default_server)
+
+
+def _read_manifest(path: Path) -> bytes:
+    try:
         with path.open("rb") as handle:
             data = handle.read(MAX_MANIFEST_BYTES + 1)
-        mtime = path.stat().st_mtime
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the manifest: {exc.strerror}") from None
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{path}: the manifest is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
-    return parse_manifest(data, base_dir=path.resolve().parent, origin=str(path), mtime=mtime,
-                          default_server=default_server)
+    return data
 
 
 def parse_manifest(data: bytes, *, base_dir: Path, origin: str = "manifest", mtime: float = 0.0,
                    default_server: str | None = None) -> Session:
     try:
-        doc = json.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        del data  # the bytes, the text and the parsed document would otherwise all be alive at the peak
+        doc = json.loads(text)
+        del text
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{origin}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
@@ -81,23 +94,30 @@ def parse_manifest(data: bytes, *, base_dir: Path, origin: str = "manifest", mti
     tracks = doc.get("tracks")
     if not isinstance(tracks, list):
         raise ManifestError(f"{origin}: field 'tracks' must be a list of tracks")
-    specs = tuple(_parse_track(raw, i, base_dir, server, origin) for i, raw in enumerate(tracks))
+    parsed = []
+    for i in range(len(tracks)):
+        # Each raw track is let go once parsed: the memory of the parsed JSON is reused for the tracks, and a
+        # big session's daemon does not keep both at its peak.
+        raw, tracks[i] = tracks[i], None
+        parsed.append(_parse_track(raw, i, base_dir, server, origin))
+    specs = tuple(parsed)
+    del parsed
     _check_unique_ids(specs, origin)
     return Session(name=_clean_text(name), server=server, tracks=specs, path=Path(origin), mtime=mtime)
 
 
 def _parse_track(raw: Any, index: int, base_dir: Path, server: str | None, origin: str) -> TrackSpec:
-    where = f"{origin}: track {index}"
+    at = f"{origin}: track {index}"
     if not isinstance(raw, dict):
-        raise ManifestError(f"{where}: must be an object, not {type(raw).__name__}")
+        raise ManifestError(f"{at}: must be an object, not {type(raw).__name__}")
     track_id = raw.get("id")
     if not isinstance(track_id, str) or not track_id.strip():
-        raise ManifestError(f"{where}: field 'id' is required and must be a non-empty string")
+        raise ManifestError(f"{at}: field 'id' is required and must be a non-empty string")
     if "\x00" in track_id or len(track_id) > 1024:
-        raise ManifestError(f"{where}: field 'id' must not contain NUL or exceed 1024 characters")
+        raise ManifestError(f"{at}: field 'id' must not contain NUL or exceed 1024 characters")
     if _has_surrogates(track_id):
-        raise ManifestError(f"{where}: field 'id' is not valid Unicode text (an unpaired surrogate escape)")
-    where = f"{origin}: track {index} (id {track_id!r})"
+        raise ManifestError(f"{at}: field 'id' is not valid Unicode text (an unpaired surrogate escape)")
+    where = _TrackWhere(origin, index, track_id)
     file_path = _optional_str(raw, "file_path", where)
     stream_path = _optional_str(raw, "cloud_stream_path", where)
     for field_name, value in (("file_path", file_path), ("cloud_stream_path", stream_path)):
@@ -106,20 +126,41 @@ def _parse_track(raw: Any, index: int, base_dir: Path, server: str | None, origi
     return TrackSpec(
         index=index,
         id=track_id,
-        artist=_optional_str(raw, "artist", where),
+        artist=_shared(_optional_str(raw, "artist", where)),
         title=_optional_str(raw, "title", where),
         file_path=_resolve_local(file_path, base_dir),
         stream_path=stream_path,
         cloud_url=_cloud_url(stream_path, server, where),
         size=_optional_size(raw, where),
-        content_type=_optional_str(raw, "content_type", where),
+        content_type=_shared(_optional_str(raw, "content_type", where)),
     )
 
 
-def _optional_str(doc: dict[str, Any], key: str, where: str) -> str | None:
+class _TrackWhere:
+    """``{origin}: track {index} (id {id!r})``, made only for an error message: a valid manifest of 100 000
+    tracks must not format 100 000 of them."""
+
+    __slots__ = ("index", "origin", "track_id")
+
+    def __init__(self, origin: str, index: int, track_id: str) -> None:
+        self.origin, self.index, self.track_id = origin, index, track_id
+
+    def __str__(self) -> str:
+        return f"{self.origin}: track {self.index} (id {self.track_id!r})"
+
+
+def _shared(value: str | None) -> str | None:
+    """One string object per distinct value of a field that repeats across a library (an artist, a content
+    type): the parsed JSON holds a copy per track."""
+    return None if value is None else sys.intern(value)
+
+
+def _optional_str(doc: dict[str, Any], key: str, where: str | _TrackWhere) -> str | None:
     value = doc.get(key)
     if value is None:
         return None
+    if type(value) is str and value.isascii() and len(value) <= MAX_FIELD_CHARS:
+        return value  # the common case, decided in constant time
     if not isinstance(value, str):
         raise ManifestError(f"{where}: field {key!r} must be a string, not {type(value).__name__}")
     if len(value) > MAX_FIELD_CHARS:
@@ -137,6 +178,8 @@ DISPLAY_FIELDS = frozenset({"name", "artist", "title"})
 
 
 def _has_surrogates(text: str) -> bool:
+    if text.isascii():  # constant time in CPython: most fields
+        return False
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -144,7 +187,7 @@ def _has_surrogates(text: str) -> bool:
     return False
 
 
-def _optional_size(doc: dict[str, Any], where: str) -> int | None:
+def _optional_size(doc: dict[str, Any], where: str | _TrackWhere) -> int | None:
     value = doc.get("size")
     if value is None:
         return None
@@ -162,11 +205,11 @@ def _resolve_local(file_path: str | None, base_dir: Path) -> Path | None:
     return path if path.is_absolute() else base_dir / path
 
 
-def _cloud_url(stream_path: str | None, server: str | None, where: str) -> str | None:
+def _cloud_url(stream_path: str | None, server: str | None, where: str | _TrackWhere) -> str | None:
     if not stream_path:
         return None
     if "://" in stream_path:
-        _check_http_url(stream_path, f"{where}: field 'cloud_stream_path'")
+        _check_http_url(stream_path, where, "field 'cloud_stream_path'")
         return stream_path
     if server is None:
         # Name every place a server can come from: the manifest is MixBoard's, the other three are the user's.
@@ -176,9 +219,10 @@ def _cloud_url(stream_path: str | None, server: str | None, where: str) -> str |
     return server.rstrip("/") + "/" + stream_path.lstrip("/")
 
 
-def _check_http_url(url: str, where: str) -> None:
+def _check_http_url(url: str, where: str | _TrackWhere, field: str = "") -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
+        where = f"{where}: {field}" if field else where
         raise ManifestError(f"{where}: must be an http:// or https:// URL, not {url[:80]!r}")
 
 

@@ -29,6 +29,7 @@ Choices:
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -81,6 +82,10 @@ def clean_part(text: str | None) -> str:
     """One name component made safe: NFC, no "/" nor what FAT refuses, no controls, trimmed."""
     if not text:
         return ""
+    if text.isascii() and text.isprintable():
+        # Most names: no control character (the only ASCII ones are Cc), nothing NFC changes, and " " is the
+        # only ASCII whitespace left: the same answer as below, without a look at each character.
+        return text.replace("/", SLASH_REPLACEMENT).translate(FAT_LOOKALIKES).strip(_TRIM)
     text = _LINE_BREAKS.sub(" ", _fix_surrogates(text))
     text = "".join(ch for ch in text if _keep_char(ch))
     # NFC first: a character whose decomposition holds none of them could not bring one back afterwards.
@@ -89,6 +94,7 @@ def clean_part(text: str | None) -> str:
     return _trim(text)
 
 
+@functools.lru_cache(maxsize=256)  # a session has a handful of extensions, asked once per track
 def _clean_ext(ext: str | None) -> str:
     cleaned = clean_part(ext)
     return cleaned if len(cleaned.encode()) <= MAX_EXT_BYTES else ""
@@ -179,7 +185,8 @@ def _compose(artist: str, title: str, ext: str, copy: int) -> str:
     """Assemble a name that fits MAX_NAME_BYTES; ``copy`` > 1 adds " (copy)"."""
     tail = (f" ({copy})" if copy > 1 else "") + (f".{ext}" if ext else "")
     budget = MAX_NAME_BYTES - _utf8_len(SEPARATOR) - _utf8_len(tail)
-    artist, title = _fit(artist, title, budget)
+    if 4 * (len(artist) + len(title)) > budget:  # else it fits whatever the characters (4 bytes at most each)
+        artist, title = _fit(artist, title, budget)
     return f"{artist}{SEPARATOR}{title}{tail}"
 
 
@@ -200,6 +207,8 @@ def file_name(*, artist: str | None, title: str | None, track_id: str, ext: str 
 
 def collision_key(name: str) -> str:
     """Key under which two names count as the same file (case-insensitive)."""
+    if name.isascii():  # casefold() is lower() on ASCII, which NFC leaves as it is
+        return name.lower()
     # casefold() can denormalize (e.g. "ǰ"), so normalize again afterwards.
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
 
@@ -212,19 +221,20 @@ def assign_names(entries: Sequence[tuple[str, str | None, str | None, str | None
     name, so "A - B", "A - B", "A - B (2)" become "A - B", "A - B (3)", "A - B (2)".
     """
     natural = [_name(artist, title, track_id, ext, 1) for track_id, artist, title, ext in entries]
+    keys = [collision_key(name) for name in natural]
     # A suffixed name must avoid every natural name (even of later tracks) and
     # every name already handed out.
-    taken = {collision_key(name) for name in natural}
+    taken = set(keys)
     used: set[str] = set()
     # Next suffix to try per natural name: keeps many duplicates linear, not quadratic.
     next_copy: dict[str, int] = {}
     names: list[str] = []
-    for (track_id, artist, title, ext), name in zip(entries, natural, strict=True):
-        key = collision_key(name)
+    for (track_id, artist, title, ext), name, key in zip(entries, natural, keys, strict=True):
         if key in used:
             name = _next_free(track_id, artist, title, ext, next_copy, key, taken)
-        used.add(collision_key(name))
-        taken.add(collision_key(name))
+            key = collision_key(name)
+            taken.add(key)
+        used.add(key)
         names.append(name)
     return names
 

@@ -9,7 +9,7 @@ caller can fall through to the next one (see :func:`choose_ext`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
@@ -87,6 +87,7 @@ def _media_type(content_type: str | None) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
+@functools.lru_cache(maxsize=256)  # a session names a handful of types, each once per track
 def ext_from_content_type(content_type: str | None) -> str | None:
     """Extension named by a Content-Type value, or None for generic/unknown types."""
     return _CONTENT_TYPE_EXT.get(_media_type(content_type))
@@ -183,15 +184,14 @@ def choose_ext(
     head: bytes | None,
 ) -> str | None:
     """The first extension the evidence yields, most trustworthy evidence first."""
-    probes: tuple[Callable[[], str | None], ...] = (
-        lambda: ext_from_content_type(manifest_content_type),
-        lambda: ext_from_path(file_path),
-        lambda: ext_from_path(stream_path),
-        lambda: ext_from_content_type(server_content_type),
-        lambda: ext_from_magic(head) if head else None,
-    )
-    for probe in probes:
-        ext = probe()
-        if ext is not None:
-            return ext
-    return None
+    # In that order, each looked at only when everything before it said nothing (called per track at mount).
+    ext = ext_from_content_type(manifest_content_type)
+    if ext is None:
+        ext = ext_from_path(file_path)
+    if ext is None:
+        ext = ext_from_path(stream_path)
+    if ext is None:
+        ext = ext_from_content_type(server_content_type)
+    if ext is None and head:
+        ext = ext_from_magic(head)
+    return ext

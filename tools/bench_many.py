@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Sessions of many tracks (a library exported whole): the time a ``mixvfs mount`` takes to return, the time
+of ``ls -l`` of the fresh mount, and the daemon's peak RSS (VmHWM), against a native ``ls -l`` of the same
+files where one exists.
+
+Two sessions per count: ``local`` (every track a file on disk) and ``cloud`` (every track on the server, with
+its size and type in the manifest, so the mount asks the server nothing). The cloud tracks are served by nginx
+(or tools/devserver.py) on 127.0.0.1; prefetch stays off so the figure is the mount's and the listing's own.
+
+    python tools/bench_many.py [--counts 10000,100000] [--runs 5] [--kinds local,cloud] [--work DIR]
+                               [--variants old=/var/tmp/old,new=-]
+
+``--variants``: an A/B, round by round, of code trees (``git archive REV | tar -x -C DIR``; ``-`` is this
+checkout): each variant's ``mixvfs`` runs with its tree first on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools.bench import mixvfs_mount, reset, serve, timed
+
+TRACK_BYTES = 4096
+
+
+def make_files(folder: Path, count: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    body = b"RIFF" + bytes(TRACK_BYTES - 4)
+    for i in range(count):
+        path = folder / f"t{i:06d}.wav"
+        if not path.exists():
+            path.write_bytes(body)
+
+
+def make_session(work: Path, folder: Path, count: int, kind: str, url: str) -> Path:
+    tracks: list[dict[str, object]]
+    if kind == "local":
+        tracks = [{"id": f"l{i}", "artist": f"Artist {i % 997}", "title": f"Track {i:06d}",
+                   "file_path": str(folder / f"t{i:06d}.wav")} for i in range(count)]
+    else:
+        tracks = [{"id": f"c{i}", "artist": f"Artist {i % 997}", "title": f"Track {i:06d}",
+                   "cloud_stream_path": f"/{folder.name}/t{i:06d}.wav", "size": TRACK_BYTES,
+                   "content_type": "audio/wav"} for i in range(count)]
+    session = work / f"many-{kind}-{count}.json"
+    session.write_text(json.dumps({"name": session.stem, "server": url, "tracks": tracks}))
+    return session
+
+
+def run(args: argparse.Namespace, work: Path) -> list[dict[str, object]]:
+    root = work / "root"
+    root.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, object]] = []
+    with serve(root, work) as (url, server):
+        print(f"server: {server}; load average {os.getloadavg()}", flush=True)
+        for count in args.counts:
+            folder = root / f"many{count}"
+            make_files(folder, count)
+            for kind in args.kinds:
+                session = make_session(work, folder, count, kind, url)
+                # mount, ls -l and RSS per variant
+                results: dict[str, tuple[list[float], list[float], list[float]]] = {
+                    name: ([], [], []) for name, _ in args.variants}
+                natives: list[float] = []
+                for _ in range(args.runs):
+                    natives.append(timed(["ls", "-l", str(folder)]))
+                    for name, tree in args.variants:
+                        mounts, listings, rss = results[name]
+                        cache = reset(work / "cache")
+                        with variant(tree):
+                            start = time.perf_counter()
+                            with mixvfs_mount(session, work / "mnt", cache, work, "--no-prefetch") as mount:
+                                mounts.append(time.perf_counter() - start)
+                                listings.append(timed(["ls", "-l", str(mount.path)]))
+                                rss.append(mount.peak_rss_mb())
+                        print(f"  {count} {kind} {name}: mount {mounts[-1]:.3f} s, ls -l {listings[-1]:.3f} s "
+                              f"(native {natives[-1]:.3f} s), peak RSS {rss[-1]:.0f} MB, "
+                              f"load {os.getloadavg()[0]:.1f}", flush=True)
+                for name, _ in args.variants:
+                    mounts, listings, rss = results[name]
+                    row = {"count": count, "kind": kind, "variant": name, "mount_s": statistics.median(mounts),
+                           "ls_s": statistics.median(listings), "native_ls_s": statistics.median(natives),
+                           "ls_ratio": statistics.median(listings) / statistics.median(natives),
+                           "peak_rss_mb": statistics.median(rss),
+                           "runs": {"mount": mounts, "ls": listings, "native": natives, "rss": rss}}
+                    rows.append(row)
+                    print(f"{count:>7} {kind:<5} {name:<4} mount {row['mount_s']:.3f} s (range {min(mounts):.3f}-"
+                          f"{max(mounts):.3f}), ls -l {row['ls_s']:.3f} s (range {min(listings):.3f}-"
+                          f"{max(listings):.3f}; {row['ls_ratio']:.1f}x native {row['native_ls_s']:.3f} s), "
+                          f"RSS {row['peak_rss_mb']:.0f} MB (max {max(rss):.0f})", flush=True)
+    return rows
+
+
+@contextlib.contextmanager
+def variant(tree: str) -> Iterator[None]:
+    """Run the ``mixvfs`` commands (and their daemons) of this block from ``tree`` ('-': this checkout)."""
+    before = os.environ.get("PYTHONPATH")
+    if tree != "-":
+        os.environ["PYTHONPATH"] = tree
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--counts", default="10000,100000", help="track counts, comma-separated")
+    parser.add_argument("--kinds", default="local,cloud", help="local, cloud or both")
+    parser.add_argument("--runs", type=int, default=5, help="runs per case; medians are printed")
+    parser.add_argument("--work", default=None, help="data folder (kept; default: a temp folder on /var/tmp)")
+    parser.add_argument("--variants", default="new=-", help="NAME=TREE,... to compare round by round")
+    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+    args.counts = [int(c) for c in args.counts.split(",") if c]
+    args.kinds = [k for k in args.kinds.split(",") if k]
+    args.variants = [tuple(v.split("=", 1)) for v in args.variants.split(",") if v]
+    if args.work:
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+        rows = run(args, work)
+    else:
+        with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+            rows = run(args, Path(tmp))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
