@@ -40,6 +40,16 @@ class LinkError(RuntimeError):
     pass
 
 
+
+def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL after 10 s: a helper process of the link (delay line, nginx) never outlives it."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
 @dataclass(frozen=True)
 class Shape:
     rtt_ms: float
@@ -210,14 +220,8 @@ class Link:
 
     def _stop_delay(self) -> None:
         proc, self._delay = self._delay, None
-        if proc is None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc)
 
     def down(self) -> None:
         """Remove everything of this slot (idempotent; also what a killed run left)."""

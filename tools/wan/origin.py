@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -14,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.wan.link import PORT, Link
+from tools.wan.link import PORT, Link, stop_process
 
 # Tab-separated: time the answer ended (s), time the request took (s), connection serial, request number on it,
 # method, URI, status, bytes sent, the If-None-Match it carried ("-": none).
@@ -118,12 +117,7 @@ class Origin:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         if proc.stderr:
             proc.stderr.close()
 
