@@ -184,6 +184,8 @@ class Download:
             self._check_cancel()
             self._set_state(State.FETCHING)
             self._fetch_with_retries()
+            if self.available == 0:  # a track is never empty: a 200 with no body is a broken server or CDN
+                raise BadBody("the server sent an empty body (0 bytes) instead of the track")
             self._commit()
         except Yielded:
             # Paused for a reader's track: keep the staging file and the hash state; the fetcher queues

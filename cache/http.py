@@ -251,7 +251,7 @@ class HttpClient:
             info = remote_info(response, url)
             if response.status_code == 206 and not encoding_of(response):
                 _start, total = body_range(response)
-                info = RemoteInfo(total, info.etag, info.content_type, None, info.last_modified)
+                info = RemoteInfo(total or None, info.etag, info.content_type, None, info.last_modified)
             return info
 
     def first_bytes(self, url: str, count: int) -> bytes:
@@ -384,8 +384,9 @@ def remote_info(response: httpx.Response, url: str) -> RemoteInfo:
     content_type = response.headers.get("Content-Type")
     if looks_like_error_body(content_type):  # a maintenance page: its length is not the track's size
         raise NotAudio(f"the server answered {response.status_code} with a {content_type} page instead of audio")
-    # An encoded answer's Content-Length is the encoded size, never the track's.
-    size = None if encoding_of(response) else content_length(response)
+    # An encoded answer's Content-Length is the encoded size, never the track's; a track is never empty, so a
+    # length of 0 says nothing (a stat showing 0 would let a copier make an empty file without reading).
+    size = None if encoding_of(response) else content_length(response) or None
     return RemoteInfo(size=size, etag=response.headers.get("ETag"), content_type=content_type,
                       last_modified=response.headers.get("Last-Modified"))
 

@@ -112,3 +112,25 @@ def test_a_stat_that_failed_stays_in_the_report_once_the_track_is_had(tmp_path, 
     record = mount.wait_track("t1", lambda r: r["status"] == "cached")
     assert "the size is unknown" in record["reader_error"]
     assert run([MIXVFS, "report", str(mount.report_path)]).returncode == 1
+
+
+def test_a_size_of_zero_is_never_shown_and_an_empty_body_is_never_a_track(tmp_path, server_root, devserver, mounter):
+    """A track is never empty. A manifest's "size": 0 or a HEAD's Content-Length: 0 is taken as unknown (the
+    server is asked again), since a stat of 0 lets a copier make an empty file without reading and exit 0; a
+    200 with no body is a failure with EIO and a report line."""
+    zero_in_manifest = cloud_track(server_root, "m0", 50_000, seed=1)
+    zero_in_manifest["size"] = 0
+    zero_in_head = cloud_track(server_root, "h0", 60_000, seed=2, declare_size=False)
+    empty = cloud_track(server_root, "e0", 1000, seed=3, declare_size=False)
+    (server_root / "stream" / "e0.wav").write_bytes(b"")
+    session = write_session(tmp_path / "s.json", [zero_in_manifest, zero_in_head, empty], server=devserver.url)
+    devserver.set_faults({stream_path("h0"): {"content_length": 0, "head": True, "times": 1}})
+    mount = mounter(session, *FAST)
+    out = tmp_path / "out"
+    done = run(["cp", "-r", f"{mount.path}/.", str(out)])
+    assert done.returncode != 0 and name_of("e0") in done.stderr and EIO in done.stderr
+    for track_id in ("m0", "h0"):
+        assert filecmp.cmp(out / name_of(track_id), server_root / "stream" / f"{track_id}.wav", shallow=False)
+    assert not (out / name_of("e0")).exists()
+    record = mount.track("e0")
+    assert record["status"] == "failed" and "0 bytes" in record["error"], record

@@ -195,7 +195,9 @@ def _optional_size(doc: dict[str, Any], where: str | _TrackWhere) -> int | None:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ManifestError(f"{where}: field 'size' must be a non-negative integer number of bytes, not {value!r}")
-    return value
+    # A track is never empty: 0 is taken as unknown (the server is asked), never shown to a copier, which would
+    # make an empty file without reading.
+    return value or None
 
 
 def _resolve_local(file_path: str | None, base_dir: Path) -> Path | None:
