@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from typing import Any, cast
 
 from tests.conftest import MIXVFS, run, write_session
@@ -123,3 +124,20 @@ def test_a_wait_asked_by_the_cdn_a_track_is_redirected_to_is_honoured(tmp_path, 
         assert refused["status"] == 503 and [r["status"] for r in later] == [200]
         assert cast(float, later[0]["t"]) >= cast(float, refused["t"]) + 2
         assert len(api.requests("GET")) == 2  # one redirect per attempt: the refused one and the one after
+
+
+def test_a_listing_during_a_short_wait_does_not_fail_the_export_after_it(tmp_path, server_root, devserver, mounter):
+    """`ls -l` (or Finder) while the origin's wait runs: the stats that needed a size could not ask and got EIO,
+    but the tracks are not failed for --failed-for: once the wait is over, the export is whole."""
+    tracks = [cloud_track(server_root, f"t{i}", 100_000, seed=i, declare_size=False) for i in range(1, 5)]
+    session = write_session(tmp_path / "s.json", tracks, server=devserver.url)
+    devserver.set_faults({stream_path("t1"): {"status": 503, "headers": {"Retry-After": "2"}, "head": True,
+                                              "times": 1}})
+    mount = mounter(session, *FAST, "--failed-for", "1h")
+    run(["ls", "-l", str(mount.path)])  # some sizes cannot be asked now
+    refusal = first_refusal(devserver, 503)
+    assert wait_until(lambda: time.time() >= refusal["t"] + 2.2, timeout=30)  # the server's wait is over (its clock)
+    done = run(["cp", "-r", f"{mount.path}/.", str(tmp_path / "out")])
+    assert done.returncode == 0, done.stderr
+    for i in range(1, 5):
+        assert (tmp_path / "out" / name_of(f"t{i}")).read_bytes() == (server_root / "stream" / f"t{i}.wav").read_bytes()

@@ -27,6 +27,7 @@ from mixvfs.cache.errors import (
     FetchError,
     NotForPreview,
     RequestWaitExceeded,
+    ServerAskedToWait,
     SourceMissing,
 )
 from mixvfs.cache.http import Freshness
@@ -475,7 +476,9 @@ class SessionFS:
                     track.size = self.fetcher.probe(track.source).size
                     if track.size is None:
                         track.size = self._download_for_size(track, deadline)
-                except RequestWaitExceeded as exc:  # this request's bound, not the track's failure
+                except (RequestWaitExceeded, ServerAskedToWait) as exc:
+                    # This request's bound, or a request not sent while the origin's wait runs: this reader's
+                    # failure, not the track's, so a stat after the wait asks again (failed_for may be longer).
                     self._record_failure(track, FetchError(f"the size is unknown: {exc.reason}"), track_failed=False)
                     raise
                 except FetchError as exc:
