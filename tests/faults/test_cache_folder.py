@@ -118,3 +118,20 @@ def test_a_report_and_log_kept_in_the_cache_folder_are_written_again_after_it_go
     for track in TRACKS:
         assert mount.wait_track(track, lambda r: r["status"] == "cached")["status"] == "cached"
     assert "cached" in run([MIXVFS, "report", str(mount.path)], check=True).stdout
+
+
+def test_a_log_in_a_cache_folder_that_cannot_be_made_again_never_changes_the_readers_error(
+        tmp_path, server_root, devserver, mounter):
+    """The log's default place is the cache folder: a log line that cannot be written (a file where the folder
+    was) is the log's problem, and every reader still gets EIO, never ENOTDIR from the log call."""
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, t, 300_000 + i, seed=i)
+                                                  for i, t in enumerate(TRACKS)], server=devserver.url)
+    cache = tmp_path / "cache"
+    mount = mounter(session, *FAST, "--log-file", str(cache / "logs" / "mixvfs.log"), cache_dir=cache)
+    shutil.rmtree(cache)
+    cache.write_text("a file where the cache folder was\n")
+    done = run(["cp", "-r", f"{mount.path}/.", str(tmp_path / "out")])
+    assert done.returncode == 1
+    assert "Not a directory" not in done.stderr, done.stderr
+    for track in TRACKS:
+        assert f"{name_of(track)}' for reading: Input/output error" in done.stderr, done.stderr

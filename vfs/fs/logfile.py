@@ -14,3 +14,14 @@ class LogFile(logging.handlers.WatchedFileHandler):
     def _open(self) -> Any:
         Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         return super()._open()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # WatchedFileHandler reopens outside logging's own guard: a folder that cannot be made again (a file in
+        # its place) raised from the log call itself, and a reader got ENOTDIR instead of EIO. A log line that
+        # cannot be written is logging's error (handleError), never the caller's.
+        try:
+            self.reopenIfNeeded()
+        except OSError:
+            self.handleError(record)
+            return
+        logging.FileHandler.emit(self, record)
