@@ -289,3 +289,27 @@ def libfuse_hint(platform: str = sys.platform) -> str:
     if platform.startswith("linux"):
         return "install libfuse 3 (Debian/Ubuntu: sudo apt install fuse3; Fedora: sudo dnf install fuse3)"
     return "install a libfuse 2 compatible FUSE library for this system"
+
+
+# Enough descriptors for a busy export: each open file, download, staging file, SQLite connection per thread and
+# the report all take one. Below this a mount warns, since a reader's EIO may then come with no report line.
+FEW_OPEN_FILES = 1024
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to the hard limit (as rclone and most daemons do: the soft
+    limit is often 1024, or 256 on macOS) and return the soft limit now in force. macOS refuses more than
+    OPEN_MAX (10240) whatever the hard limit says."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if sys.platform == "darwin":
+        wanted = min(wanted, 10240)
+    if soft == resource.RLIM_INFINITY or wanted <= soft:
+        return soft if soft != resource.RLIM_INFINITY else wanted
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError):
+        return soft
+    return wanted

@@ -188,3 +188,18 @@ def test_the_libfuse_hint_names_what_to_install() -> None:
 
 def test_passthrough_is_offered_only_on_linux() -> None:
     assert (host.passthrough_possible() is None) == host.LINUX
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit_in_a_process_started_with_a_low_one() -> None:
+    import subprocess
+    import sys
+
+    code = ("import resource; from mixvfs import host; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 4096)); "
+            "print(host.raise_open_file_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["4096", "4096"]
+    code = ("import resource; from mixvfs import host; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)); print(host.raise_open_file_limit())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["48"]  # a hard limit is the user's: kept, and the mount warns

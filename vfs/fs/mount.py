@@ -346,6 +346,10 @@ def serve(options: MountOptions, ready_fd: int | None) -> int:
     SIGTERM/SIGINT/SIGHUP, which is an unmount too), write the final report."""
     ready = ReadyChannel(ready_fd)
     _set_handlers(_stop_now)
+    open_files = host.raise_open_file_limit()
+    if open_files < host.FEW_OPEN_FILES:
+        log.warning("this process may open only %d files (ulimit -n): a busy export may fail reads with no "
+                    "report line; raise it (ulimit -n %d) before mounting", open_files, host.FEW_OPEN_FILES)
     try:
         session = load_manifest(options.session_path, default_server=options.default_server)
         check_mountpoint(options.mountpoint, allow_non_empty=options.allow_non_empty)
