@@ -143,3 +143,16 @@ def test_missing_libfuse_is_one_clear_line(tmp_path):
     assert "no usable libfuse" in done.stderr and "fuse3" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not os.path.ismount(tmp_path / "mnt")
+
+
+def test_report_through_a_link_to_a_live_mount_is_that_mounts_report(tmp_path, mounter):
+    music = tmp_path / "music"
+    music.mkdir()
+    write_sized(music / "a.wav", 10_000, kind="wav")
+    session = write_session(tmp_path / "s.json", [{"id": "a", "artist": "A", "title": "a", "file_path": "music/a.wav"}])
+    live = mounter(session)
+    link = tmp_path / "link"
+    link.symlink_to(live.path)
+    done = run([MIXVFS, "report", str(link)])
+    assert done.returncode == 0, done.stderr
+    assert "not mounted" not in done.stderr and "A - a.wav" in done.stdout

@@ -318,6 +318,7 @@ def report_of_mountpoint(mountpoint: Path) -> Path:
     """A live mount's report; else the report of the last mount there (said on stderr: stdout may be JSON)."""
     from mixvfs.vfs.fs import mount
 
+    mountpoint = Path(os.path.realpath(mountpoint))  # a link to the mount: os.path.ismount says no to links
     _, path = mount.mount_info(mountpoint)
     if path is not None:
         return path
