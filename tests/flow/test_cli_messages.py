@@ -58,10 +58,10 @@ def test_warm_creates_the_cache_and_the_read_only_commands_then_find_it(tmp_path
 # -- 2. --version -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("program", [MIXVFS, CACHECTL])
-def test_version(program):
+@pytest.mark.parametrize(("program", "name"), [(MIXVFS, "mixvfs"), (CACHECTL, "cachectl")])
+def test_version(program, name):
     done = run([program, "--version"], check=True)
-    assert done.stdout == f"mixvfs {mixvfs.__version__}\n"
+    assert done.stdout == f"{name} {mixvfs.__version__}\n"
     assert mixvfs.__version__ != "0+unknown"  # installed: the version comes from the package metadata
 
 
