@@ -84,8 +84,7 @@ def parse_manifest(data: bytes, *, base_dir: Path, origin: str = "manifest", mti
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{origin}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{origin}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
-                            f"the line reads {_line_excerpt(exc.doc, exc.pos)!r}") from None
+        raise ManifestError(f"{origin}: {json_error_text(exc)}") from None
     if not isinstance(doc, dict):
         raise ManifestError(f"{origin}: the manifest must be a JSON object with a 'tracks' list")
     if not doc.keys() <= SESSION_KEYS:
@@ -157,6 +156,13 @@ def _unknown_keys(where: str, unknown: set[Any], known: frozenset[str]) -> str:
         parts.append(f"{str(key)[:80]!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     return (f"{where}: unknown field{'s' if len(parts) > 1 else ''} {', '.join(parts)}; "
             f"known: {', '.join(sorted(known))}")
+
+
+def json_error_text(exc: json.JSONDecodeError) -> str:
+    """Where the JSON breaks, said once, and the text of that line (json's own str() says the place twice
+    over when wrapped, and never shows the line)."""
+    return (f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
+            f"the line reads {_line_excerpt(exc.doc, exc.pos)!r}")
 
 
 def _line_excerpt(text: str, pos: int, width: int = 100) -> str:
