@@ -1164,7 +1164,9 @@ and a track with "cloud_stream_path": "/stream/hook.flac" gets ROOT/stream/hook.
 Example (Ctrl-C stops it):
   python tools/devserver.py ~/mixvfs-try/server --port 8765 --token try-me
 
-The faults file, the request log and the test controls are described at the top of this file."""
+With --faults FILE it misbehaves on purpose (errors, cut or slow bodies, odd headers), to reproduce a
+problem: README.md, "Reproducing a problem: the dev server's faults file", lists every field with an
+example. The request log and the test controls are described at the top of this file."""
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -43,7 +43,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
         (str(session), str(tmp_path / "nowhere")): f"export folder {tmp_path / 'nowhere'} does not exist",
         (str(session), str(session)): f"export folder {session} is not a folder",
         (str(tmp_path / "none.json"), str(export)): "cannot read it: No such file or directory",
-        (str(tmp_path / "not-json.json"), str(export)): "not a session manifest or a mixvfs report",
+        (str(tmp_path / "not-json.json"), str(export)): (
+            "not a session manifest or a mixvfs report: not valid JSON at line 1 column 2: Expecting property "
+            "name enclosed in double quotes; the line reads '{not json'"),
         (str(tmp_path / "no-tracks.json"), str(export)): "field 'tracks' must be a list",
         (str(tmp_path / "bad-report.json"), str(export)): "track 0 of the report has no id or name",
     }

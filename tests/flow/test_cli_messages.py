@@ -58,10 +58,10 @@ def test_warm_creates_the_cache_and_the_read_only_commands_then_find_it(tmp_path
 # -- 2. --version -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("program", [MIXVFS, CACHECTL])
-def test_version(program):
+@pytest.mark.parametrize(("program", "name"), [(MIXVFS, "mixvfs"), (CACHECTL, "cachectl")])
+def test_version(program, name):
     done = run([program, "--version"], check=True)
-    assert done.stdout == f"mixvfs {mixvfs.__version__}\n"
+    assert done.stdout == f"{name} {mixvfs.__version__}\n"
     assert mixvfs.__version__ != "0+unknown"  # installed: the version comes from the package metadata
 
 
@@ -174,6 +174,33 @@ def test_relative_stream_path_without_a_server_names_every_way_to_give_one(tmp_p
         assert "track 0 (id 'a'): field 'cloud_stream_path' is a relative path" in line
         for way in ("--server", "MIXVFS_SERVER", "`server` in the config file"):
             assert way in line, (way, line)
+
+
+# -- issue 24 item 5: a misspelt manifest key, a JSON syntax error ------------------------------------------
+
+
+def test_a_misspelt_track_key_is_a_manifest_error_for_every_command(tmp_path):
+    session = str(write_session(tmp_path / "s.json", [{"id": "a", "title": "A", "cloud_stream_pth": "/a.wav"}],
+                                server="http://127.0.0.1:9"))
+    (tmp_path / "mnt").mkdir()
+    for argv in ([MIXVFS, "preflight", session], [MIXVFS, "mount", session, str(tmp_path / "mnt")],
+                 [CACHECTL, "warm", session]):
+        done = run([*argv, "--cache-dir", str(tmp_path / "cache")])
+        assert done.returncode == 2, (argv, done)
+        line = one_line(done.stderr)
+        assert ("track 0 (id 'a'): unknown field 'cloud_stream_pth' (did you mean 'cloud_stream_path'?)"
+                in line), line
+    assert list((tmp_path / "mnt").iterdir()) == []
+
+
+def test_a_json_syntax_error_is_one_line_with_its_place_once_and_the_line(tmp_path):
+    session = tmp_path / "s.json"
+    session.write_text('{"tracks": [\n  {"id": "a", "title": "A" "file_path": "a.wav"}\n]}\n')
+    done = run([MIXVFS, "preflight", str(session), "--cache-dir", str(tmp_path / "cache")])
+    assert done.returncode == 2, done
+    assert one_line(done.stderr) == (
+        f"mixvfs: {session}: not valid JSON at line 2 column 28: Expecting ',' delimiter; "
+        """the line reads '  {"id": "a", "title": "A" "file_path": "a.wav"}'""")
 
 
 # -- 6, 7, 8. the end of a mount -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 
 from mixvfs.cache.errors import ConfigError
 from mixvfs.vfs.commands import config
-from tests.conftest import MIXVFS, run
+from tests.conftest import MIXVFS, REPO, run
 
 
 def parse(*flags: str) -> argparse.Namespace:
@@ -101,11 +101,45 @@ def test_mixvfs_config_shows_value_and_origin(tmp_path):
     assert rows["cache_dir"] == (str(tmp_path / "cache"), "env MIXVFS_CACHE_DIR")
     assert rows["failed_for"] == ("1m", "default")
     assert rows["server_wait_max"] == ("2m", "default")
-    assert rows["token"] == ("(set, hidden)", "env MIXVFS_TOKEN")
+    assert rows["token"] == ("from MIXVFS_TOKEN (hidden)", "env MIXVFS_TOKEN")
     text = run([MIXVFS, "config"], env=env, check=True).stdout
     assert "secret-value" not in text and "secret-value" not in done.stdout
     assert text.splitlines()[0] == f"config file: {path}"
     assert any(line.split() == ["jobs", "2", "config", "file"] for line in text.splitlines())
+
+
+def test_mixvfs_config_shows_where_the_token_comes_from_never_the_token(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("file-secret\n")
+    path = tmp_path / "c.toml"
+    path.write_text(f'token_file = "{token_file}"\n')
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MIXVFS_")}
+    base["MIXVFS_CACHE_DIR"] = str(tmp_path / "cache")
+
+    def token_row(env: dict[str, str], *flags: str) -> tuple[str, str]:
+        done = run([MIXVFS, "config", "--json", *flags], env={**base, **env}, check=True)
+        text = run([MIXVFS, "config", *flags], env={**base, **env}, check=True).stdout
+        for secret in ("file-secret", "env-secret", "cmd-secret"):
+            assert secret not in done.stdout and secret not in text
+        rows = {r["name"]: (r["value"], r["origin"]) for r in json.loads(done.stdout)["settings"]}
+        assert text.splitlines()[-1].split()[:2] == ["token", rows["token"][0].split()[0]]
+        return rows["token"]
+
+    assert token_row({"MIXVFS_CONFIG": str(path)}) == (f"from token_file {token_file}", "config file")
+    assert token_row({"MIXVFS_CONFIG": ""}) == ("none (requests carry no token)", "default")
+    # The same precedence as the token actually used: env over the config file; a file over a value.
+    env = {"MIXVFS_CONFIG": str(path), "MIXVFS_TOKEN": "env-secret"}
+    assert token_row(env) == ("from MIXVFS_TOKEN (hidden)", "env MIXVFS_TOKEN")
+    assert token_row({**env, "MIXVFS_TOKEN_FILE": str(token_file)}) == (
+        f"from token_file {token_file}", "env MIXVFS_TOKEN_FILE")
+    assert token_row(env, "--token-command", "echo cmd-secret") == ("from token_command", "flag --token-command")
+
+
+def test_the_readme_settings_table_has_a_row_for_every_setting():
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("### Configuration", 1)[1].split("\n\n| key ", 1)[1].split("\n\n", 1)[0]
+    keys = {line.split("`")[1] for line in table.splitlines()[2:] if line.startswith("| `")}
+    assert keys == set(config.SPECS)
 
 
 def test_mixvfs_config_rejects_a_bad_file_with_exit_2(tmp_path):

@@ -32,6 +32,15 @@ def test_each_example_config_names_only_its_own_platform(name, foreign):
     assert [word for word in foreign if word in text] == []
 
 
+@pytest.mark.parametrize("name", ["config-linux.toml", "config-macos.toml"])
+def test_each_example_config_sets_no_placeholder_server(name):
+    """A copied example must not send a user's requests (and token) to a made-up host: the server is
+    commented out, so a manifest without one fails clearly, naming every way to give it."""
+    keys = tomllib.loads((CONTRIB / name).read_text())
+    assert "server" not in keys
+    assert [value for value in keys.values() if "example." in str(value)] == []
+
+
 def test_the_launchd_agent_is_a_valid_plist_running_a_foreground_mount():
     with (CONTRIB / "com.mixboard.mixvfs.plist").open("rb") as handle:
         agent = plistlib.load(handle)

@@ -17,7 +17,7 @@ def parse(doc: object, base: Path = Path("/base")):
 def test_valid_manifest_resolves_paths_and_urls(tmp_path):
     session = parse({"name": "Friday Mix", "server": "https://music.example.com/", "tracks": [
         {"id": "a1", "artist": "Nina", "title": "Intro", "file_path": "/Users/me/intro.wav"},
-        {"id": "a2", "file_path": "rel/x.wav", "unknown": {"ignored": True}},
+        {"id": "a2", "file_path": "rel/x.wav"},
         {"id": "c7", "cloud_stream_path": "/stream/c7", "size": 48213, "content_type": "audio/flac"},
         {"id": "c8", "cloud_stream_path": "http://other.example.com/s/c8"},
     ]}, tmp_path)
@@ -62,6 +62,43 @@ def test_not_json_and_not_utf8():
         parse_manifest(b"{nope", base_dir=Path("/"), origin="s.json")
     with pytest.raises(ManifestError, match="not UTF-8"):
         parse_manifest(b'{"tracks": ["\xff"]}', base_dir=Path("/"), origin="s.json")
+
+
+@pytest.mark.parametrize(("doc", "expected"), [
+    ({"tracks": [{"id": "a", "cloud_stream_pth": "/a"}]},
+     "s.json: track 0 (id 'a'): unknown field 'cloud_stream_pth' (did you mean 'cloud_stream_path'?)"),
+    ({"tracks": [{"id": "a"}, {"id": "b", "titel": "B", "artst": "X"}]},
+     "s.json: track 1 (id 'b'): unknown fields 'artst' (did you mean 'artist'?), 'titel' (did you mean 'title'?)"),
+    ({"tracks": [{"ID": "a"}]}, "s.json: track 0: unknown field 'ID' (did you mean 'id'?)"),
+    ({"tracks": [{"id": "a", "bpm": 120}]}, "s.json: track 0 (id 'a'): unknown field 'bpm'; known: artist, "),
+    ({"servr": "http://x", "tracks": []}, "s.json: session: unknown field 'servr' (did you mean 'server'?)"),
+])
+def test_an_unknown_key_is_refused_naming_the_track_the_key_and_the_closest_known_key(doc, expected):
+    with pytest.raises(ManifestError) as info:
+        parse(doc)
+    assert str(info.value).startswith(expected), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_json_syntax_error_gives_line_and_column_once_and_the_line():
+    data = b'{"tracks": [\n  {"id": "a",}\n]}'
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(data, base_dir=Path("/"), origin="s.json")
+    message = str(info.value)
+    assert message == ("s.json: not valid JSON at line 2 column 14: Expecting property name enclosed in double "
+                       "quotes; the line reads '  {\"id\": \"a\",}'")
+
+
+def test_the_line_of_a_json_error_in_a_one_line_manifest_is_cut_around_the_error():
+    good = json.dumps({"tracks": [{"id": f"t{i}"} for i in range(2000)]})
+    data = (good[:-2] + ",]}").encode()  # a trailing comma at the very end of a 30 kB line
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(data, base_dir=Path("/"), origin="s.json")
+    message = str(info.value)
+    assert message.count(" at line ") == 1 and " at line 1 column " in message
+    excerpt = message.split("the line reads ", 1)[1]
+    assert excerpt.startswith("'...") and excerpt.endswith(',]}\'')
+    assert len(excerpt) < 120
 
 
 def test_load_manifest_names_unreadable_file(tmp_path):

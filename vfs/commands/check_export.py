@@ -39,7 +39,7 @@ from mixvfs.cache.location import is_cache
 from mixvfs.cache.units import format_size
 from mixvfs.vfs.commands import config, output
 from mixvfs.vfs.fs.report import load_report, reports_of_session
-from mixvfs.vfs.session.manifest import Session, load_manifest
+from mixvfs.vfs.session.manifest import Session, json_error_text, load_manifest
 from mixvfs.vfs.session.naming import collision_key
 from mixvfs.vfs.session.tracks import Kind, Track, build_tracks
 
@@ -102,7 +102,9 @@ def read_json(path: Path) -> Any:
             return json.load(handle)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from None
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not a session manifest or a mixvfs report: {json_error_text(exc)}") from None
+    except ValueError as exc:  # not UTF-8
         raise ConfigError(f"{path}: not a session manifest or a mixvfs report (not valid JSON: {exc})") from None
 
 

@@ -425,9 +425,23 @@ class Settings:
             if name == "cache_dir":
                 shown = str(self.cache_dir)  # the default is the platform's folder: show which
             rows.append({"name": name, "value": shown, "origin": item.origin})
-        rows.append({"name": "token", "value": "(set, hidden)" if self.token else "-",
-                     "origin": f"env {TOKEN_ENV}" if self.token else "default"})
+        rows.append(self._token_row())
         return rows
+
+    def _token_row(self) -> dict[str, str]:
+        """Where the token comes from, by the precedence of :meth:`token_source`; never the token itself."""
+        candidates: list[tuple[int, int, str, str]] = []
+        command, file = self.resolved.get("token_command"), self.resolved.get("token_file")
+        if command is not None and command.value:
+            candidates.append((command.layer, 2, "from token_command", command.origin))
+        if file is not None and file.value:
+            candidates.append((file.layer, 1, f"from token_file {file.value}", file.origin))
+        if self.token:
+            candidates.append((ENV, 0, f"from {TOKEN_ENV} (hidden)", f"env {TOKEN_ENV}"))
+        if not candidates:
+            return {"name": "token", "value": "none (requests carry no token)", "origin": "default"}
+        _, _, value, origin = max(candidates, key=lambda c: (c[0], c[1]))
+        return {"name": "token", "value": value, "origin": origin}
 
 
 def refuse_token_flag(argv: Iterable[str]) -> None:

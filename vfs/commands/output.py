@@ -61,7 +61,8 @@ def command_line(prog: str, argv: Sequence[str] | None, run: Callable[[list[str]
 
 
 class VersionAction(argparse.Action):
-    """``--version`` for mixvfs and cachectl: "mixvfs X.Y.Z", read from the package metadata only when asked
+    """``--version`` for mixvfs and cachectl: "PROG X.Y.Z" (the program's own name, the package's version),
+    read from the package metadata only when asked
     (argparse's own action wants the text up front, which would cost every command ~40 ms of start-up)."""
 
     def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
@@ -72,5 +73,5 @@ class VersionAction(argparse.Action):
                  option_string: str | None = None) -> None:
         from mixvfs import __version__
 
-        print(f"mixvfs {__version__}")  # on stdout, as argparse's own version action does
+        print(f"{parser.prog} {__version__}")  # on stdout, as argparse's own version action does
         parser.exit()

@@ -6,6 +6,7 @@ mounted: an export that silently misses a track is exactly the bug mixvfs exists
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import sys
@@ -83,9 +84,11 @@ def parse_manifest(data: bytes, *, base_dir: Path, origin: str = "manifest", mti
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{origin}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{origin}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise ManifestError(f"{origin}: {json_error_text(exc)}") from None
     if not isinstance(doc, dict):
         raise ManifestError(f"{origin}: the manifest must be a JSON object with a 'tracks' list")
+    if not doc.keys() <= SESSION_KEYS:
+        raise ManifestError(_unknown_keys(f"{origin}: session", doc.keys() - SESSION_KEYS, SESSION_KEYS))
     name = _optional_str(doc, "name", f"{origin}: session") or Path(origin).stem
     server = _optional_str(doc, "server", f"{origin}: session")
     if server is not None:
@@ -111,6 +114,10 @@ def _parse_track(raw: Any, index: int, base_dir: Path, server: str | None, origi
     if not isinstance(raw, dict):
         raise ManifestError(f"{at}: must be an object, not {type(raw).__name__}")
     track_id = raw.get("id")
+    if not raw.keys() <= TRACK_KEYS:  # a subset test per track: the cost stays flat for 100 000 tracks
+        # Before the id's own checks: a misspelt "id" is named as the unknown key it is.
+        label = f"{at} (id {track_id[:80]!r})" if isinstance(track_id, str) else at
+        raise ManifestError(_unknown_keys(label, raw.keys() - TRACK_KEYS, TRACK_KEYS))
     if not isinstance(track_id, str) or not track_id.strip():
         raise ManifestError(f"{at}: field 'id' is required and must be a non-empty string")
     if "\x00" in track_id or len(track_id) > 1024:
@@ -134,6 +141,39 @@ def _parse_track(raw: Any, index: int, base_dir: Path, server: str | None, origi
         size=_optional_size(raw, where),
         content_type=_shared(_optional_str(raw, "content_type", where)),
     )
+
+
+# Every key mixvfs reads. Anything else is refused rather than ignored: a misspelt `cloud_stream_pth` would
+# otherwise turn a cloud track into a "missing" one with no word about why.
+SESSION_KEYS = frozenset({"name", "server", "tracks"})
+TRACK_KEYS = frozenset({"id", "artist", "title", "file_path", "cloud_stream_path", "size", "content_type"})
+
+
+def _unknown_keys(where: str, unknown: set[Any], known: frozenset[str]) -> str:
+    parts = []
+    for key in sorted(unknown, key=str):
+        close = difflib.get_close_matches(str(key).lower(), known, n=1)
+        parts.append(f"{str(key)[:80]!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (f"{where}: unknown field{'s' if len(parts) > 1 else ''} {', '.join(parts)}; "
+            f"known: {', '.join(sorted(known))}")
+
+
+def json_error_text(exc: json.JSONDecodeError) -> str:
+    """Where the JSON breaks, said once, and the text of that line (json's own str() says the place twice
+    over when wrapped, and never shows the line)."""
+    return (f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
+            f"the line reads {_line_excerpt(exc.doc, exc.pos)!r}")
+
+
+def _line_excerpt(text: str, pos: int, width: int = 100) -> str:
+    """The text of the line holding ``pos``, cut to ``width`` characters around it (a manifest may be one
+    15 MB line)."""
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    end = len(text) if end < 0 else end
+    lo = max(start, min(pos - width // 2, end - width))
+    line = text[lo:min(end, lo + width)].rstrip("\r")
+    return ("..." if lo > start else "") + line + ("..." if lo + width < end else "")
 
 
 class _TrackWhere:
