@@ -40,15 +40,21 @@ def daemon_time_is_faked(mount) -> bool:
     return str(LIBFAKETIME) in Path(f"/proc/{pid}/maps").read_text()
 
 
-def test_a_failed_track_is_tried_again_after_failed_for_when_the_clock_steps_back(
-        tmp_path, server_root, devserver, mounter, wall_clock):
-    offset, env = wall_clock
+def failed_track(tmp_path, server_root, devserver, mounter, env, failed_for: str):
+    """A mount whose daemon's wall clock libfaketime moves, and one track that has just failed (404, EIO)."""
     session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 300_000)], server=devserver.url)
     devserver.set_faults({stream_path("t1"): {"status": 404}})
-    mount = mounter(session, *FAST, "--failed-for", "2s", env=env)
+    mount = mounter(session, *FAST, "--failed-for", failed_for, env=env)
     assert daemon_time_is_faked(mount)
     done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
     assert done.returncode != 0 and EIO in done.stderr
+    return mount
+
+
+def test_a_failed_track_is_tried_again_after_failed_for_when_the_clock_steps_back(
+        tmp_path, server_root, devserver, mounter, wall_clock):
+    offset, env = wall_clock
+    mount = failed_track(tmp_path, server_root, devserver, mounter, env, "2s")
     step(offset, -3600)  # the clock steps back an hour (an NTP correction)
     devserver.set_faults({})  # the server is fixed
     assert wait_until(lambda: cp(mount.path / name_of("t1"), tmp_path / "out.wav").returncode == 0, timeout=30)
@@ -59,12 +65,7 @@ def test_a_failed_track_is_tried_again_after_failed_for_when_the_clock_steps_bac
 def test_a_failed_track_stays_failed_for_failed_for_when_the_clock_steps_forward(
         tmp_path, server_root, devserver, mounter, wall_clock):
     offset, env = wall_clock
-    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "t1", 300_000)], server=devserver.url)
-    devserver.set_faults({stream_path("t1"): {"status": 404}})
-    mount = mounter(session, *FAST, "--failed-for", "1h", env=env)
-    assert daemon_time_is_faked(mount)
-    done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
-    assert done.returncode != 0 and EIO in done.stderr
+    mount = failed_track(tmp_path, server_root, devserver, mounter, env, "1h")
     step(offset, 2 * 3600)  # the clock jumps two hours ahead (resume from suspend, a user's change)
     devserver.set_faults({})
     done = cp(mount.path / name_of("t1"), tmp_path / "out.wav")
