@@ -37,12 +37,19 @@ PORTABLE_MOUNT_TESTS := tests/mount/test_flow.py tests/mount/test_cli.py tests/m
 
 test: $(STAMP) system
 	$(VENV)/bin/ruff check mixvfs tools tests
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --platform darwin mixvfs
 	$(VENV)/bin/pytest -q
 	FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q $(FUSE2_TESTS)
 	@$(MAKE) --no-print-directory test-portable
 	@$(MAKE) --no-print-directory test-passthrough
+
+# ruff, then the import contracts of pyproject.toml's [tool.importlinter]: ARCHITECTURE.md's layers and library
+# table, checked by machine.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mixvfs tools tests
+	$(VENV)/bin/lint-imports
 
 test-fuse2: $(STAMP) system
 	FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q $(FUSE2_TESTS)
@@ -95,4 +102,4 @@ $(STAMP): pyproject.toml | system
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .import_linter_cache
