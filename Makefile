@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-fuse2 test-portable test-passthrough lint typecheck unit bench bench-wan system clean
 
 demo: $(STAMP) system
-	$(PY) tools/demo.py
+	$(PY) -m tools.demo
 
 # The real-mount tests again on libfuse 2, the API macFUSE gives mfusepy on macOS (the main run uses libfuse 3).
 # tests/conftest.py fails the lane if the daemon does not really run on libfuse 2. The stop signals once each
@@ -73,7 +73,7 @@ test-passthrough: $(STAMP) system
 bench: $(STAMP)
 	MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh
 	$(PY) -m pip install -q -e '.[dev,bench]'
-	$(PY) tools/bench.py $(BENCH_ARGS)
+	$(PY) -m tools.bench $(BENCH_ARGS)
 
 # The export over an emulated internet link (root): network namespaces, tbf and a delay line (tools/wan/), nginx
 # as the origin, mixvfs beside aria2c, curl and rclone at 20, 80 and 150 ms, with and without random loss.

@@ -21,11 +21,10 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from tools.devserver import DevServer
+from tools.make_audio import write_flac, write_sized, write_wav
 
-from tools.devserver import DevServer  # noqa: E402
-from tools.make_audio import write_flac, write_sized, write_wav  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 BIN = Path(sys.executable).parent
 TOKEN = "demo-token-not-a-secret"
