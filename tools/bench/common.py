@@ -219,7 +219,7 @@ def serve(root: Path, tmp: Path, prefer_nginx: bool = True) -> Iterator[tuple[st
             proc.wait(timeout=10)
         return
     with DevServer(root) as server:
-        yield server.url, "tools/devserver.py (nginx not installed: the server may be the bottleneck)"
+        yield server.url, "the dev server, tools/devserver (nginx not installed: the server may be the bottleneck)"
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
