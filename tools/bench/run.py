@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if "checkexport" in only:  # 1 GiB even with --quick: a smaller export would time start-up, not hashing
             big = main_set if count * size >= 1 << 30 else make_dataset(root, work, url, "export16x64", 16, 64 * MIB)
             bench.case_check_export(big)
-        if "team" in only:  # the studio tier: tools/bench/team.py; 1 GiB even with --quick (the size)
+        if "team" in only:  # the studio tier: tools/bench/team.py; 1 GiB even with --quick (a session's size)
             big = main_set if count * size >= 1 << 30 else make_dataset(root, work, url, "export16x64", 16, 64 * MIB)
             TeamCase(bench).run(big)
         if "scale" in only:
