@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-fuse2 test-portable test-passthrough lint typecheck unit bench bench-wan system clean
 
 demo: $(STAMP) system
-	$(PY) tools/demo.py
+	$(PY) -m tools.demo
 
 # The real-mount tests again on libfuse 2, the API macFUSE gives mfusepy on macOS (the main run uses libfuse 3).
 # tests/conftest.py fails the lane if the daemon does not really run on libfuse 2. The stop signals once each
@@ -37,12 +37,19 @@ PORTABLE_MOUNT_TESTS := tests/mount/test_flow.py tests/mount/test_cli.py tests/m
 
 test: $(STAMP) system
 	$(VENV)/bin/ruff check mixvfs tools tests
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --platform darwin mixvfs
 	$(VENV)/bin/pytest -q
 	FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q $(FUSE2_TESTS)
 	@$(MAKE) --no-print-directory test-portable
 	@$(MAKE) --no-print-directory test-passthrough
+
+# ruff, then the import contracts of pyproject.toml's [tool.importlinter]: ARCHITECTURE.md's layers and library
+# table, checked by machine.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mixvfs tools tests
+	$(VENV)/bin/lint-imports
 
 test-fuse2: $(STAMP) system
 	FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q $(FUSE2_TESTS)
@@ -66,7 +73,7 @@ test-passthrough: $(STAMP) system
 bench: $(STAMP)
 	MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh
 	$(PY) -m pip install -q -e '.[dev,bench]'
-	$(PY) tools/bench.py $(BENCH_ARGS)
+	$(PY) -m tools.bench $(BENCH_ARGS)
 
 # The export over an emulated internet link (root): network namespaces, tbf and a delay line (tools/wan/), nginx
 # as the origin, mixvfs beside aria2c, curl and rclone at 20, 80 and 150 ms, with and without random loss.
@@ -95,4 +102,4 @@ $(STAMP): pyproject.toml | system
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .import_linter_cache

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from mixvfs.cache.defaults import QUESTIONS
+from mixvfs.cache.defaults import FAILED_FOR, QUESTIONS
 from mixvfs.cache.download import Download, Event, Foreground, State
 from mixvfs.cache.errors import (
     CacheError,
@@ -200,7 +200,7 @@ class SessionFS:
         fetcher: Fetcher,
         report: Report,
         *,
-        failed_for: float = 60.0,
+        failed_for: float = FAILED_FOR,
         prefetch: bool = True,
         confirm_ahead: bool = False,
         mtime: float = 0.0,
