@@ -16,8 +16,9 @@ from mixvfs.cache.http import HttpClient
 from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore
+from mixvfs.vfs.fs.handles import FailedHandle, StreamHandle
 from mixvfs.vfs.fs.report import Report
-from mixvfs.vfs.fs.sessionfs import FailedHandle, SessionFS, StreamHandle
+from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.session.manifest import load_manifest
 from mixvfs.vfs.session.tracks import build_tracks
 from tests.conftest import write_session

@@ -32,7 +32,8 @@ from mixvfs.vfs.adapter.libfuse import (
 )
 from mixvfs.vfs.fs import finder
 from mixvfs.vfs.fs.backing import BackingTable
-from mixvfs.vfs.fs.sessionfs import BLOCK_SIZE, Handle, SessionFS
+from mixvfs.vfs.fs.handles import Handle
+from mixvfs.vfs.fs.sessionfs import BLOCK_SIZE, SessionFS
 from mixvfs.vfs.session.tracks import Kind, Track
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,6 @@ from mixvfs.cache.download import Download, Event, Foreground, State
 from mixvfs.cache.errors import (
     CacheError,
     Cancelled,
-    ContentChanged,
     FetchError,
     NotForPreview,
     RequestWaitExceeded,
@@ -34,6 +33,15 @@ from mixvfs.cache.http import Freshness
 from mixvfs.cache.remote import Source
 from mixvfs.cache.scheduler import Fetcher
 from mixvfs.vfs.fs.backing import BackingTable
+from mixvfs.vfs.fs.handles import (
+    BlobHandle,
+    FailedHandle,
+    Handle,
+    LocalHandle,
+    StreamHandle,
+    deadline_after,
+    file_stamp,
+)
 from mixvfs.vfs.fs.pages import PageTable, Version
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, TrackRecord
 from mixvfs.vfs.session.tracks import Kind, Track, local_problem
@@ -50,92 +58,6 @@ CONFIRMED_FOR = 60.0
 # CONFIRMED_FOR (else the open asks again).
 LOOK_AHEAD = 4 * QUESTIONS
 MAX_STATUS_FAILURES = 100  # an xattr value is at most 64 KiB on Linux: list this many failures, count the rest
-
-
-class Handle:
-    """An open file of the mount."""
-
-    track: Track
-    name: str  # the file's name when it was opened (the kernel's file; a live reload may rename the track)
-    pinned: bool = False  # counted as a page-cached reader in the page table
-    backing: int | None = None  # the passthrough backing file this open was given (see vfs/fs/backing.py)
-    counted: bool = False  # counted in the backing table: release it there
-
-    def span(self, size: int, offset: int) -> tuple[int, int]:
-        """(descriptor, byte count) that hold bytes [offset, offset+size) now, for a zero-copy reply:
-        libfuse reads them from the descriptor itself, without the GIL and without Python bytes."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class BlobHandle(Handle):
-    """A stored blob: immutable bytes, plain ``pread`` on a descriptor held for the life of the handle."""
-
-    def __init__(self, track: Track, fd: int) -> None:
-        self.track, self.name, self.fd = track, track.name, fd
-
-    def span(self, size: int, offset: int) -> tuple[int, int]:
-        return self.fd, size  # a short read at the end of the file is the end of the file
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-class LocalHandle(BlobHandle):
-    """A local file, which its owner may rewrite while we read it: every read first checks that the file
-    is still the version that was opened (a file replaced by rename keeps reading the old one whole)."""
-
-    def __init__(self, track: Track, fd: int, stamp: tuple[int, ...]) -> None:
-        super().__init__(track, fd)
-        self.stamp = stamp
-
-    def span(self, size: int, offset: int) -> tuple[int, int]:
-        if file_stamp(os.fstat(self.fd)) != self.stamp:
-            raise ContentChanged(f"local file {self.track.local_path} changed while it was being read")
-        return self.fd, size
-
-
-class StreamHandle(Handle):
-    """A cloud track still downloading: reads wait for just the bytes they need."""
-
-    def __init__(self, track: Track, download: Download, fd: int, fetcher: Fetcher,
-                 request_wait: float | None = None) -> None:
-        self.track, self.name = track, track.name
-        self.download = download
-        self.fd = fd
-        self.fetcher = fetcher
-        self.request_wait = request_wait
-
-    def span(self, size: int, offset: int) -> tuple[int, int]:
-        return self.fd, self.download.wait_for(size, offset, deadline_after(self.request_wait)) - offset
-
-    def close(self) -> None:
-        os.close(self.fd)
-        self.fetcher.release(self.download)
-
-
-class FailedHandle(Handle):
-    """A track known to fail right now: every read gets the same error at once (no new download)."""
-
-    def __init__(self, track: Track, error: FetchError) -> None:
-        self.track, self.name = track, track.name
-        self.error = error
-
-    def span(self, size: int, offset: int) -> tuple[int, int]:
-        raise FetchError(self.error.reason)
-
-
-def deadline_after(wait: float | None) -> float | None:
-    """The ``time.monotonic()`` by which a request waiting now must be answered (None: no bound)."""
-    return None if wait is None else time.monotonic() + wait
-
-
-def file_stamp(st: os.stat_result) -> tuple[int, ...]:
-    """What changes when a file's bytes may have: a rewrite in place changes size or mtime; a replacement
-    by rename changes the inode. (Not ctime: unlinking the replaced file changes it, not its bytes.)"""
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def blob_key(digest: str) -> str:
@@ -560,7 +482,7 @@ class SessionFS:
         except FetchError as exc:
             self._record_failure(track, exc)
             raise
-        if isinstance(handle, FailedHandle):
+        if handle.known_failure:
             return Opened(handle, keep_cache=False, direct_io=True)
         try:
             admission = self.pages.admit(handle.name, version)
@@ -585,8 +507,7 @@ class SessionFS:
         """The backing file the kernel may read this open from, or None (served normally). Only a whole,
         verified blob of the cache (not a download, nor a local file its owner may rewrite under the reader)."""
         assert self.backings is not None
-        blob_fd = handle.fd if isinstance(handle, BlobHandle) and not isinstance(handle, LocalHandle) else None
-        backing = self.backings.open(handle.name, version.key, blob_fd)
+        backing = self.backings.open(handle.name, version.key, handle.backing_fd)
         handle.counted = True
         return backing
 
@@ -708,14 +629,10 @@ class SessionFS:
         try:
             return action()
         except FetchError as exc:
-            if isinstance(handle, FailedHandle) and self.report.has(handle.track.id):
+            if not handle.known_failure:
+                self._record_failure(handle.track, exc, track_failed=not handle.fails_alone())
+            elif self.report.has(handle.track.id):
                 self.report.update(handle.track.id, urgent=True, reader_error=exc.reason)
-            if not isinstance(handle, FailedHandle):
-                # A reader that gave up on a download that is still going (or on a changed local file)
-                # fails alone: the track and the bytes already held stay good for everybody else.
-                alone = isinstance(handle, LocalHandle) or (
-                    isinstance(handle, StreamHandle) and handle.download.error is None)
-                self._record_failure(handle.track, exc, track_failed=not alone)
             raise
         except OSError as exc:
             error = FetchError(f"reading {handle.track.name} failed: {exc.strerror}")
