@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import stat
 import threading
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from mixvfs.cache.defaults import QUESTIONS
-from mixvfs.cache.download import Download, Event, Foreground, State
+from mixvfs.cache.download import Download, Event, Foreground
 from mixvfs.cache.errors import (
     CacheError,
     Cancelled,
@@ -42,8 +41,9 @@ from mixvfs.vfs.fs.handles import (
     deadline_after,
     file_stamp,
 )
+from mixvfs.vfs.fs.live_status import live_status
 from mixvfs.vfs.fs.pages import PageTable, Version
-from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, TrackRecord
+from mixvfs.vfs.fs.report import Report, Status, TrackRecord
 from mixvfs.vfs.session.tracks import Kind, Track, local_problem
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ CONFIRMED_FOR = 60.0
 # QUESTIONS revalidations in flight ahead of a fast exporter, few enough that what it confirmed is read within
 # CONFIRMED_FOR (else the open asks again).
 LOOK_AHEAD = 4 * QUESTIONS
-MAX_STATUS_FAILURES = 100  # an xattr value is at most 64 KiB on Linux: list this many failures, count the rest
 
 
 def blob_key(digest: str) -> str:
@@ -207,39 +206,7 @@ class SessionFS:
 
     def live_status(self) -> dict[str, object]:
         """What ``mixvfs status`` shows (the root's ``user.mixvfs.status``): downloads in flight and failures."""
-        names: dict[str, str] = {}
-        for track in self.tracks:
-            if track.source is not None:
-                names.setdefault(track.source.ident, track.name)
-        now = time.monotonic()
-        downloading = [
-            {"name": names.get(d.source.ident, d.source.label), "available": d.available, "total": d.total,
-             "attempts": d.attempts, "state": d.state.value, **({"via": d.via} if d.via else {}),
-             **({"server_wait": math.ceil(wait)} if (wait := d.server_wait_left()) is not None else {}),
-             "rate": d.available / (now - d.started) if d.started and now > d.started else None}
-            for d in self.fetcher.active() if d.state in (State.PENDING, State.FETCHING)
-        ]
-        records = self.report.records()
-        counts: dict[str, int] = {}
-        failed = []
-        via: dict[str, dict[str, str]] = {}
-        for record in records:
-            counts[record.status] = counts.get(record.status, 0) + 1
-            if record.status in FAILED_STATUSES:
-                failed.append({"name": record.name, "error": record.error})
-            if record.via:
-                via[record.id] = {"name": record.name, "via": record.via}
-        status: dict[str, object] = {"session": self.report.session, "tracks": len(records),
-                                     "counts": counts, "downloading": downloading,
-                                     "failed": failed[:MAX_STATUS_FAILURES], "failed_total": len(failed)}
-        waits = self.fetcher.http.waits.active()
-        if waits:  # an origin that answered 429/503 with Retry-After: nothing is asked of it until then
-            status["server_waits"] = waits
-        team = self.fetcher.http.team
-        if team is not None:  # per cache: up or down; per track downloaded: team cache (hit/miss) or origin
-            status["team_cache"] = team.state()
-            status["via"] = list(via.values())
-        return status
+        return live_status(self.tracks, self.fetcher, self.report)
 
     def names_of(self, source: Source) -> list[str]:
         """The files (one per track; several tracks may share a source) that ``source`` is the bytes of."""
