@@ -566,7 +566,7 @@ class SessionFS:
         return self._reading(handle, lambda: handle.span(size, offset))
 
     def read(self, handle: Handle, size: int, offset: int) -> bytes:
-        """:meth:`read_span`, as bytes (for a binding without ``read_buf``, and for tests)."""
+        """:meth:`read_span`, as bytes (the tests read this way; the mount reads by :meth:`read_into`)."""
         fd, count = self.read_span(handle, size, offset)
         try:
             return os.pread(fd, count, offset) if count > 0 else b""
