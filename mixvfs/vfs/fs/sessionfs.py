@@ -21,7 +21,6 @@ from mixvfs.cache.defaults import QUESTIONS
 from mixvfs.cache.download import Download, Event, Foreground
 from mixvfs.cache.errors import (
     CacheError,
-    Cancelled,
     FetchError,
     NotForPreview,
     RequestWaitExceeded,
@@ -43,6 +42,8 @@ from mixvfs.vfs.fs.handles import (
 )
 from mixvfs.vfs.fs.live_status import live_status
 from mixvfs.vfs.fs.pages import PageTable, Version
+from mixvfs.vfs.fs.prefetch import Prefetcher
+from mixvfs.vfs.fs.recorder import Recorder
 from mixvfs.vfs.fs.report import Report, Status, TrackRecord
 from mixvfs.vfs.session.tracks import Kind, Track, local_problem
 
@@ -108,12 +109,6 @@ class Walk:
             return next(self._items, None)
 
 
-@dataclass
-class Failure:
-    error: FetchError
-    at: float
-
-
 class SessionFS:
     def __init__(
         self,
@@ -138,7 +133,7 @@ class SessionFS:
         self.foreground = foreground or fetcher.foreground
         self.mtime = mtime
         self.report = report
-        self.failed_for = failed_for
+        self.recorder = Recorder(report, fetcher, failed_for=failed_for, now=now)
         self.attr_timeout = attr_timeout  # how long the kernel keeps an answer of ours about a file
         # Tracks of unknown size answered as 0 bytes from a remembered failure: until when the kernel may hold
         # that 0 (their opens fail until then, so no size-driven copier ever copies 0 bytes of them).
@@ -147,18 +142,15 @@ class SessionFS:
         self.confirm_ahead = confirm_ahead and prefetch
         self.now = now
         self._lock = threading.Lock()
-        self._failures: dict[str, Failure] = {}
         self._track_locks: dict[str, threading.Lock] = {}
         self.pages = PageTable()
         self.backings: BackingTable | None = None  # set by the adapter when the kernel does FUSE passthrough
         self.kernel: KernelCache | None = None  # set by the adapter when libfuse can tell the kernel of reloads
         self._set_tracks(tracks)
         self._unsubscribe = fetcher.subscribe(self._on_download_event)
-        self._prefetch_stop = threading.Event()
-        self._prefetch_thread: threading.Thread | None = None
+        self._prefetch_stop = threading.Event()  # the background work ends: sizes, look-ahead, prefetch
+        self.prefetcher = Prefetcher(fetcher, self.recorder)
         self._sizes_thread: threading.Thread | None = None
-        self._prefetch_slots = threading.Semaphore(fetcher.jobs)
-        self._prefetching: set[Download] = set()
         self._ahead: Walk | None = None  # the look-ahead's pass over the tracks (a reload starts a new one)
         self._reader_at = -1  # the furthest session position a reader opened (the look-ahead keeps ahead of it)
         self._reader_moved = threading.Condition()
@@ -187,7 +179,7 @@ class SessionFS:
                 old.name = track.name
                 records.append(old)
             else:
-                records.append(self._initial_record(track))
+                records.append(self.recorder.initial_record(track))
         previous = self.tracks
         self._set_tracks(tracks)
         if mtime is not None:
@@ -199,10 +191,10 @@ class SessionFS:
             # manifest watcher's thread, never in a FUSE request (see KernelEntries: that would deadlock).
             self.kernel.forget(stale_names(previous, tracks))
         self.report.replace_records(records)
-        if self._prefetch_thread is not None and not self._prefetch_stop.is_set():
-            self._prefetch_thread = None  # the running pass walks the old list; a new pass covers the new tracks
-            self._ahead = None
-            self.start_prefetch()
+        if self.prefetcher.running:
+            self._ahead = None  # the running look-ahead walks the old list: a new one covers the new tracks
+            self.start_revalidating()
+            self.prefetcher.restart(tracks)
 
     def live_status(self) -> dict[str, object]:
         """What ``mixvfs status`` shows (the root's ``user.mixvfs.status``): downloads in flight and failures."""
@@ -235,25 +227,12 @@ class SessionFS:
     def track_xattrs(self, track: Track) -> dict[str, str]:
         """What ``getfattr`` shows for a file: ``user.mixvfs.<key>``. From memory (the report), never the
         network; a track a live reload just replaced answers from its initial record."""
-        record = self.report.record(track.id) if self.report.has(track.id) else self._initial_record(track)
+        record = self.recorder.record_of(track)
         return {"status": record.status, "source": record.source, "error": record.error or "",
                 "digest": record.digest or "", "id": track.id}
 
     def initial_records(self) -> list[TrackRecord]:
-        indexed = self.fetcher.indexed()  # one query: only the tracks it names are looked up one by one
-        return [self._initial_record(t, indexed) for t in self.tracks]
-
-    def _initial_record(self, track: Track, indexed: set[str] | None = None) -> TrackRecord:
-        if track.kind is Kind.LOCAL:
-            return TrackRecord(track.id, track.name, "local", Status.LOCAL, bytes=track.size)
-        if track.kind is Kind.MISSING:
-            return TrackRecord(track.id, track.name, "missing", Status.MISSING, error=track.reason)
-        assert track.source is not None
-        unknown = indexed is not None and track.source.ident not in indexed
-        entry = None if unknown else self.fetcher.cached(track.source)
-        if entry is not None:
-            return TrackRecord(track.id, track.name, "cloud", Status.CACHED, bytes=entry.size, digest=entry.digest)
-        return TrackRecord(track.id, track.name, "cloud", Status.PENDING, bytes=track.size)
+        return self.recorder.initial_records(self.tracks)
 
     # -- attributes ----------------------------------------------------------------------------------
 
@@ -286,12 +265,12 @@ class SessionFS:
             raise
         except CacheError as exc:
             error = FetchError(str(exc))
-            self._record_failure(track, error, track_failed=False)
+            self.recorder.record_failure(track, error, track_failed=False)
             raise error from exc
         except Exception as exc:
             log.exception("%s: unexpected error", track.name)
             error = FetchError(f"internal error ({type(exc).__name__}: {exc}); see the log")
-            self._record_failure(track, error, track_failed=False)
+            self.recorder.record_failure(track, error, track_failed=False)
             raise error from exc
 
     def known_attributes(self, track: Track) -> tuple[int, float] | None:
@@ -333,11 +312,10 @@ class SessionFS:
             if not record:
                 return False
             error = SourceMissing(problem or f"local file {track.local_path} cannot be used")
-            self._record_failure(track, error)
+            self.recorder.record_failure(track, error)
             raise error
         track.size, track.mtime = st.st_size, st.st_mtime
-        if self._failures.pop(track.id, None) is not None:
-            self.report.update(track.id, status=Status.LOCAL, error=None, bytes=st.st_size)
+        self.recorder.local_again(track, st.st_size)
         return True
 
     def _cloud_size(self, track: Track) -> int:
@@ -346,7 +324,7 @@ class SessionFS:
         if track.size is not None:
             return track.size
         assert track.source is not None
-        if self._failed_now(track) is not None:
+        if self.recorder.failed_now(track) is not None:
             # It failed moments ago (its size, or its download): answer from memory, without asking the
             # server again, so that getfattr, ls -l and `mixvfs status` can say why. 0 is never served as the
             # track's size: its opens fail (EIO) as long as the kernel may hold this answer (see open).
@@ -357,7 +335,7 @@ class SessionFS:
         if not lock.acquire(timeout=-1 if self.request_wait is None else self.request_wait):
             error = RequestWaitExceeded("the size is unknown: another request asking for it took longer than one "
                                         f"request may wait ({self.request_wait:g} s, request_timeout)")
-            self._record_failure(track, error, track_failed=False)
+            self.recorder.record_failure(track, error, track_failed=False)
             raise error
         try:
             if track.size is None:
@@ -368,10 +346,11 @@ class SessionFS:
                 except (RequestWaitExceeded, ServerAskedToWait) as exc:
                     # This request's bound, or a request not sent while the origin's wait runs: this reader's
                     # failure, not the track's, so a stat after the wait asks again (failed_for may be longer).
-                    self._record_failure(track, FetchError(f"the size is unknown: {exc.reason}"), track_failed=False)
+                    failure = FetchError(f"the size is unknown: {exc.reason}")
+                    self.recorder.record_failure(track, failure, track_failed=False)
                     raise
                 except FetchError as exc:
-                    self._record_failure(track, FetchError(f"the size is unknown: {exc.reason}"))
+                    self.recorder.record_failure(track, FetchError(f"the size is unknown: {exc.reason}"))
                     raise
         finally:
             lock.release()
@@ -396,13 +375,6 @@ class SessionFS:
 
     # -- reading -------------------------------------------------------------------------------------
 
-    def _failed_now(self, track: Track) -> FetchError | None:
-        """The failure a track is remembered by, while ``failed_for`` runs."""
-        failure = self._failures.get(track.id)
-        if failure is None or self.now() - failure.at >= self.failed_for:
-            return None
-        return failure.error
-
     def _sizeless_refusal(self, track: Track) -> FetchError | None:
         """Why a cloud track of unknown size cannot be opened now: it failed moments ago (its ``stat`` said 0
         bytes from memory), or the kernel may still hold that 0. A copier that sizes its copy from ``stat``
@@ -410,7 +382,7 @@ class SessionFS:
         reaches the export (``cp`` opens its source before it creates the copy)."""
         if track.kind is not Kind.CLOUD:
             return None
-        failure = self._failures.get(track.id)
+        failure = self.recorder.failure(track)
         shown = self.now() < self._zero_shown.get(track.id, 0.0)
         if track.size is not None or failure is None:
             if not shown:
@@ -419,7 +391,7 @@ class SessionFS:
             # kernel may still give this opener the 0 bytes it was told moments ago: once that has expired.
             return FetchError("the size was unknown a moment ago and the system may still say 0 bytes: "
                               "open it again in a second")
-        if self._failed_now(track) is None and not shown:
+        if self.recorder.failed_now(track) is None and not shown:
             return None
         return FetchError(failure.error.reason, failure.error.status)
 
@@ -434,7 +406,7 @@ class SessionFS:
             raise SourceMissing(track.reason or "missing")
         refusal = self._sizeless_refusal(track)
         if refusal is not None:
-            self._record_failure(track, refusal, track_failed=False)  # this program's EIO, in the report too
+            self.recorder.record_failure(track, refusal, track_failed=False)  # this program's EIO, in the report too
             raise refusal
         try:
             if track.kind is Kind.LOCAL:
@@ -447,7 +419,7 @@ class SessionFS:
             self.report.update(track.id, urgent=True, note=exc.reason)  # a line, the track's status untouched
             raise
         except FetchError as exc:
-            self._record_failure(track, exc)
+            self.recorder.record_failure(track, exc)
             raise
         if handle.known_failure:
             return Opened(handle, keep_cache=False, direct_io=True)
@@ -455,7 +427,7 @@ class SessionFS:
             admission = self.pages.admit(handle.name, version)
         except FetchError as exc:
             handle.close()
-            self._record_failure(track, exc, track_failed=False)
+            self.recorder.record_failure(track, exc, track_failed=False)
             raise
         handle.pinned = admission.pinned
         if self.backings is not None:
@@ -463,7 +435,7 @@ class SessionFS:
                 handle.backing = self._passthrough(handle, version)
             except FetchError as exc:
                 self.release(handle)
-                self._record_failure(track, exc, track_failed=False)
+                self.recorder.record_failure(track, exc, track_failed=False)
                 raise
             if handle.backing is not None:  # keep_cache or direct_io with passthrough: EIO, or daemon reads
                 return Opened(handle, keep_cache=False, direct_io=False, stale=admission.stale,
@@ -490,15 +462,14 @@ class SessionFS:
             os.close(fd)
             raise SourceMissing(f"local file {track.local_path} is no longer a regular file")
         track.size, track.mtime = st.st_size, st.st_mtime
-        if self._failures.pop(track.id, None) is not None:
-            self.report.update(track.id, status=Status.LOCAL, error=None, bytes=st.st_size)
+        self.recorder.local_again(track, st.st_size)
         stamp = file_stamp(st)
         return LocalHandle(track, fd, stamp), Version("file:" + ":".join(map(str, stamp)), st.st_size, st.st_mtime)
 
     def _open_cloud(self, track: Track) -> tuple[Handle, Version]:
         assert track.source is not None
         self._reader_reached(track)
-        failed = self._failed_now(track)
+        failed = self.recorder.failed_now(track)
         if failed is not None:
             return FailedHandle(track, failed), Version("failed", None, track.mtime)
         self._revalidate_once(track)
@@ -572,7 +543,7 @@ class SessionFS:
             return os.pread(fd, count, offset) if count > 0 else b""
         except OSError as exc:
             error = FetchError(f"reading {handle.track.name} failed: {exc.strerror}")
-            self._record_failure(handle.track, error)
+            self.recorder.record_failure(handle.track, error)
             raise error from None
 
     def read_into(self, handle: Handle, buffer: memoryview, offset: int) -> int:
@@ -584,7 +555,7 @@ class SessionFS:
             return os.preadv(fd, [buffer[:count]], offset)
         except OSError as exc:
             error = FetchError(f"reading {handle.track.name} failed: {exc.strerror}")
-            self._record_failure(handle.track, error)
+            self.recorder.record_failure(handle.track, error)
             raise error from None
 
     def _reading(self, handle: Handle, action: Callable[[], T]) -> T:
@@ -597,13 +568,13 @@ class SessionFS:
             return action()
         except FetchError as exc:
             if not handle.known_failure:
-                self._record_failure(handle.track, exc, track_failed=not handle.fails_alone())
+                self.recorder.record_failure(handle.track, exc, track_failed=not handle.fails_alone())
             elif self.report.has(handle.track.id):
                 self.report.update(handle.track.id, urgent=True, reader_error=exc.reason)
             raise
         except OSError as exc:
             error = FetchError(f"reading {handle.track.name} failed: {exc.strerror}")
-            self._record_failure(handle.track, error)
+            self.recorder.record_failure(handle.track, error)
             raise error from None
 
     def release(self, handle: Handle) -> None:
@@ -621,10 +592,8 @@ class SessionFS:
             self._sizes_thread = threading.Thread(target=self._learn_sizes, name="sizes", daemon=True)
             self._sizes_thread.start()
         self.start_revalidating()
-        if not self.prefetch_enabled or self._prefetch_thread is not None:
-            return
-        self._prefetch_thread = threading.Thread(target=self._prefetch_all, name="prefetch", daemon=True)
-        self._prefetch_thread.start()
+        if self.prefetch_enabled:
+            self.prefetcher.start(self.tracks)
 
     def start_revalidating(self) -> None:
         """Start the look-ahead (with prefetch): called before the folder goes live, so the first round trips
@@ -700,41 +669,6 @@ class SessionFS:
                     track.probe_failure = None  # answered: a server that gives no size is not asked again
             pause = min(pause * 2, 60.0)
 
-    def _prefetch_all(self) -> None:
-        """Queue cloud tracks in session order, keeping only ``jobs`` prefetches in flight at a time so
-        a 10 000-track session does not open 10 000 staging files. A slot is given back when its download
-        ends (see ``_on_download_event``)."""
-        for order, track in enumerate(list(self.tracks)):
-            if track.source is None or track.id in self._failures:
-                continue
-            while not self._prefetch_slots.acquire(timeout=0.5):
-                if self._prefetch_stop.is_set():
-                    return
-            if self._prefetch_stop.is_set():
-                return
-            try:
-                download = self.fetcher.prefetch(track.source, order)
-            except FetchError as exc:
-                self._record_failure(track, exc, seen_by_reader=False)
-                download = None
-            else:
-                if download is None:
-                    self._stored_meanwhile(track)
-            with self._lock:
-                # Nothing to fetch, or already over (its end event came before we could hold it).
-                if download is None or download.ended.is_set():
-                    self._prefetch_slots.release()
-                else:
-                    self._prefetching.add(download)
-
-    def _stored_meanwhile(self, track: Track) -> None:
-        """Nothing to prefetch: the track is in the cache — maybe put there by another process sharing it
-        (a second mount, `cachectl warm`) since the report was made. Say so, or it stays "pending" forever."""
-        assert track.source is not None
-        entry = self.fetcher.cached(track.source)
-        if entry is not None and self.report.has(track.id) and self.report.record(track.id).status is not Status.CACHED:
-            self.report.update(track.id, status=Status.CACHED, bytes=entry.size, digest=entry.digest, error=None)
-
     def stop_now(self) -> None:
         """The mount is ending (a stop signal or an unmount, as the adapter learns from libfuse): every read
         waiting for a download fails now — EIO, and a ``reader_error`` in the report — and the downloads
@@ -742,6 +676,7 @@ class SessionFS:
         reader waiting on a slow but steady download held the stop (and a killed reader's read-ahead the
         unmount) for as long as its bytes took to come. Reads of bytes already held are still served."""
         self._prefetch_stop.set()
+        self.prefetcher.stop()
         with self._reader_moved:
             self._reader_moved.notify_all()  # the look-ahead sees the stop now, not at its next timeout
         waiting = sum(d.readers for d in self.fetcher.active())
@@ -750,6 +685,7 @@ class SessionFS:
 
     def close(self, wait: float | None = None) -> None:
         self._prefetch_stop.set()
+        self.prefetcher.stop()
         self.fetcher.close(wait)
         self._unsubscribe()
 
@@ -758,49 +694,12 @@ class SessionFS:
     def _on_download_event(self, download: Download, event: Event) -> None:
         if event is Event.DONE and download.digest is not None:
             self.pages.relabel(download_key(download), blob_key(download.digest))
-        if event in (Event.DONE, Event.FAILED):
-            with self._lock:
-                if download in self._prefetching:
-                    self._prefetching.remove(download)
-                    self._prefetch_slots.release()
         for track in self._by_ident.get(download.source.ident, []):
-            if event is Event.ATTEMPT:
-                self.report.update(track.id, status=Status.FETCHING, attempts=download.attempts)
-            elif event is Event.DONE:
+            if event is Event.DONE:
                 if track.size is None:
                     track.size = download.total
                 # The server just sent this version whole: the confirmation a first open's HEAD would ask
                 # for. Without this, every track prefetch finished cost the exporter's open one more request
                 # (~1-2 ms on its serial path: BENCHMARKS.md). For CONFIRMED_FOR: a mount may live for days.
                 track.confirmed_at = time.monotonic()
-                self._failures.pop(track.id, None)
-                self.report.update(track.id, status=Status.CACHED, bytes=download.total, digest=download.digest,
-                                   error=None, attempts=download.attempts, via=download.via)
-            elif event is Event.FAILED and download.error is not None:
-                if isinstance(download.error, Cancelled):
-                    self.report.update(track.id, status=Status.PENDING, error=None)
-                else:
-                    self._record_failure(track, download.error, seen_by_reader=False)
-
-    def _record_failure(self, track: Track, error: FetchError, *, track_failed: bool = True,
-                        seen_by_reader: bool = True) -> None:
-        """Into the report (on disk before the reader sees EIO) and the log. ``track_failed``: the track
-        itself fails for ``failed_for`` (else only this reader failed, e.g. it gave up waiting).
-        ``seen_by_reader``: a program got this error (stat, open, read) — kept as ``reader_error`` even when
-        the track is had later, since that program may have skipped it (a prefetch's failure is not)."""
-        previous = self._failures.get(track.id)
-        first = previous is None or previous.error.reason != error.reason
-        if track_failed:
-            self._failures[track.id] = Failure(error, self.now())
-        if not self.report.has(track.id):
-            log.error("%s (removed from the session): %s", track.name, error.reason)
-            return
-        record = self.report.record(track.id)
-        if track_failed:
-            seen = {"reader_error": error.reason} if seen_by_reader else {}
-            self.report.update(track.id, urgent=True, status=Status.FAILED, error=error.reason,
-                               attempts=max(record.attempts, 1), **seen)
-        else:
-            self.report.update(track.id, urgent=True, error=error.reason, reader_error=error.reason)
-        if first:
-            log.error("%s: %s", track.name, error.reason)
+            self.recorder.download_event(track, download, event)
