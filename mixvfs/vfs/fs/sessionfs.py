@@ -41,6 +41,7 @@ from mixvfs.vfs.fs.handles import (
     file_stamp,
 )
 from mixvfs.vfs.fs.live_status import live_status
+from mixvfs.vfs.fs.mount_state import MountState
 from mixvfs.vfs.fs.pages import PageTable, Version
 from mixvfs.vfs.fs.prefetch import Prefetcher
 from mixvfs.vfs.fs.recorder import Recorder
@@ -51,12 +52,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 BLOCK_SIZE = 1 << 20  # st_blksize: `cp` sizes its buffer from it (128 KiB by default)
-# A cached track confirmed by the server without an open asking (its download just ended, or the look-ahead
-# revalidated it) counts as revalidated for this long; an open after that asks again (a mount may live for days).
-CONFIRMED_FOR = 60.0
 # How many tracks (in session order) past the furthest one a reader opened the look-ahead prepares: enough to keep
 # QUESTIONS revalidations in flight ahead of a fast exporter, few enough that what it confirmed is read within
-# CONFIRMED_FOR (else the open asks again).
+# CONFIRMED_FOR (vfs/fs/mount_state.py; else the open asks again).
 LOOK_AHEAD = 4 * QUESTIONS
 
 
@@ -82,19 +80,6 @@ class KernelCache(Protocol):
 
     def forget(self, names: list[str]) -> None:
         """Drop these names of the folder, and the folder's attributes: the next ``stat`` asks the daemon."""
-
-
-def stat_key(track: Track) -> tuple[object, ...]:
-    """What ``stat`` of a track's file shows and which bytes it is: a name whose key changed is another file."""
-    return (track.kind, track.size, track.mtime, track.source.ident if track.source else None, track.local_path)
-
-
-def stale_names(old: list[Track], new: list[Track]) -> list[str]:
-    """The names of ``old`` the kernel may hold wrongly once ``new`` is the listing: gone (removed, renamed)
-    or now another file (size, mtime or source changed; a cloud track's mtime is the manifest's, so after a
-    reload that is every cloud track)."""
-    by_name = {t.name: t for t in new}
-    return [t.name for t in old if t.name not in by_name or stat_key(by_name[t.name]) != stat_key(t)]
 
 
 class Walk:
@@ -137,12 +122,11 @@ class SessionFS:
         self.attr_timeout = attr_timeout  # how long the kernel keeps an answer of ours about a file
         # Tracks of unknown size answered as 0 bytes from a remembered failure: until when the kernel may hold
         # that 0 (their opens fail until then, so no size-driven copier ever copies 0 bytes of them).
-        self._zero_shown: dict[str, float] = {}
         self.prefetch_enabled = prefetch
         self.confirm_ahead = confirm_ahead and prefetch
         self.now = now
         self._lock = threading.Lock()
-        self._track_locks: dict[str, threading.Lock] = {}
+        self.state = MountState()  # what this mount learned of the tracks since they were listed
         self.pages = PageTable()
         self.backings: BackingTable | None = None  # set by the adapter when the kernel does FUSE passthrough
         self.kernel: KernelCache | None = None  # set by the adapter when libfuse can tell the kernel of reloads
@@ -189,12 +173,25 @@ class SessionFS:
             # made the kernel cache every name with its attributes: without this a removed track would answer
             # ``stat`` — and a changed one show its old size — for the entry timeout. reload() runs on the
             # manifest watcher's thread, never in a FUSE request (see KernelEntries: that would deadlock).
-            self.kernel.forget(stale_names(previous, tracks))
+            self.kernel.forget(self._stale_names(previous, tracks))
+        self.state.listed(tracks)
         self.report.replace_records(records)
         if self.prefetcher.running:
             self._ahead = None  # the running look-ahead walks the old list: a new one covers the new tracks
             self.start_revalidating()
             self.prefetcher.restart(tracks)
+
+    def _stat_key(self, track: Track) -> tuple[object, ...]:
+        """What ``stat`` of a track's file shows and which bytes it is: a name whose key changed is another file."""
+        return (track.kind, self.state.size(track), self.state.mtime(track),
+                track.source.ident if track.source else None, track.local_path)
+
+    def _stale_names(self, old: list[Track], new: list[Track]) -> list[str]:
+        """The names of ``old`` the kernel may hold wrongly once ``new`` is the listing: gone (removed, renamed)
+        or now another file (size, mtime or source changed; a cloud track's mtime is the manifest's, so after a
+        reload that is every cloud track)."""
+        by_name = {t.name: t for t in new}
+        return [t.name for t in old if t.name not in by_name or self._stat_key(by_name[t.name]) != self._stat_key(t)]
 
     def live_status(self) -> dict[str, object]:
         """What ``mixvfs status`` shows (the root's ``user.mixvfs.status``): downloads in flight and failures."""
@@ -222,7 +219,7 @@ class SessionFS:
         return self._by_name.get(name)
 
     def total_size(self) -> int:
-        return sum(t.size or 0 for t in self.tracks)
+        return sum(self.state.size(t) or 0 for t in self.tracks)
 
     def track_xattrs(self, track: Track) -> dict[str, str]:
         """What ``getfattr`` shows for a file: ``user.mixvfs.<key>``. From memory (the report), never the
@@ -284,14 +281,14 @@ class SessionFS:
 
     def _attributes(self, track: Track, *, ask_server: bool) -> tuple[int, float] | None:
         if self.pages.pinned(track.name):
-            size, mtime = self.pages.answer(track.name, None, track.mtime)  # that reader's version
+            size, mtime = self.pages.answer(track.name, None, self.state.mtime(track))  # that reader's version
             return size or 0, mtime
         if track.kind is Kind.LOCAL:
             if not self._restat_local(track, record=ask_server):
                 return None
-            size = track.size or 0
+            size = self.state.size(track) or 0
         elif track.kind is Kind.CLOUD:
-            if track.size is None and not ask_server:
+            if self.state.size(track) is None and not ask_server:
                 return None
             size = self._cloud_size(track)
         else:
@@ -299,7 +296,7 @@ class SessionFS:
             if not ask_server:
                 return None
             raise SourceMissing(track.reason or "missing")
-        answered, mtime = self.pages.answer(track.name, size, track.mtime)
+        answered, mtime = self.pages.answer(track.name, size, self.state.mtime(track))
         return answered or 0, mtime
 
     def _restat_local(self, track: Track, *, record: bool) -> bool:
@@ -314,35 +311,36 @@ class SessionFS:
             error = SourceMissing(problem or f"local file {track.local_path} cannot be used")
             self.recorder.record_failure(track, error)
             raise error
-        track.size, track.mtime = st.st_size, st.st_mtime
+        self.state.local_file(track, st.st_size, st.st_mtime)
         self.recorder.local_again(track, st.st_size)
         return True
 
     def _cloud_size(self, track: Track) -> int:
         """The size of a cloud track, never a made-up 0: the manifest's, the server's (HEAD, else a
         one-byte ranged GET), or — for a server that says nothing about lengths — the downloaded file's."""
-        if track.size is not None:
-            return track.size
+        known = self.state.size(track)
+        if known is not None:
+            return known
         assert track.source is not None
         if self.recorder.failed_now(track) is not None:
             # It failed moments ago (its size, or its download): answer from memory, without asking the
             # server again, so that getfattr, ls -l and `mixvfs status` can say why. 0 is never served as the
             # track's size: its opens fail (EIO) as long as the kernel may hold this answer (see open).
-            self._zero_shown[track.id] = self.now() + self.attr_timeout
+            self.state.showed_zero(track, self.now() + self.attr_timeout)
             return 0
         deadline = deadline_after(self.request_wait)
-        lock = self._track_lock(track)
+        lock = self.state.question_lock(track)
         if not lock.acquire(timeout=-1 if self.request_wait is None else self.request_wait):
             error = RequestWaitExceeded("the size is unknown: another request asking for it took longer than one "
                                         f"request may wait ({self.request_wait:g} s, request_timeout)")
             self.recorder.record_failure(track, error, track_failed=False)
             raise error
         try:
-            if track.size is None:
+            if self.state.size(track) is None:
                 try:
-                    track.size = self.fetcher.probe(track.source).size
-                    if track.size is None:
-                        track.size = self._download_for_size(track, deadline)
+                    self.state.learn_size(track, self.fetcher.probe(track.source).size)
+                    if self.state.size(track) is None:
+                        self.state.learn_size(track, self._download_for_size(track, deadline))
                 except (RequestWaitExceeded, ServerAskedToWait) as exc:
                     # This request's bound, or a request not sent while the origin's wait runs: this reader's
                     # failure, not the track's, so a stat after the wait asks again (failed_for may be longer).
@@ -354,7 +352,7 @@ class SessionFS:
                     raise
         finally:
             lock.release()
-        return track.size or 0
+        return self.state.size(track) or 0
 
     def _download_for_size(self, track: Track, deadline: float | None) -> int:
         assert track.source is not None
@@ -369,10 +367,6 @@ class SessionFS:
             if acquired.download is not None:
                 self.fetcher.release(acquired.download)
 
-    def _track_lock(self, track: Track) -> threading.Lock:
-        with self._lock:
-            return self._track_locks.setdefault(track.id, threading.Lock())
-
     # -- reading -------------------------------------------------------------------------------------
 
     def _sizeless_refusal(self, track: Track) -> FetchError | None:
@@ -383,8 +377,8 @@ class SessionFS:
         if track.kind is not Kind.CLOUD:
             return None
         failure = self.recorder.failure(track)
-        shown = self.now() < self._zero_shown.get(track.id, 0.0)
-        if track.size is not None or failure is None:
+        shown = self.now() < self.state.zero_shown_until(track)
+        if self.state.size(track) is not None or failure is None:
             if not shown:
                 return None
             # The size was learned meanwhile (a probe in the background, another reader's download), but the
@@ -461,7 +455,7 @@ class SessionFS:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise SourceMissing(f"local file {track.local_path} is no longer a regular file")
-        track.size, track.mtime = st.st_size, st.st_mtime
+        self.state.local_file(track, st.st_size, st.st_mtime)
         self.recorder.local_again(track, st.st_size)
         stamp = file_stamp(st)
         return LocalHandle(track, fd, stamp), Version("file:" + ":".join(map(str, stamp)), st.st_size, st.st_mtime)
@@ -471,20 +465,21 @@ class SessionFS:
         self._reader_reached(track)
         failed = self.recorder.failed_now(track)
         if failed is not None:
-            return FailedHandle(track, failed), Version("failed", None, track.mtime)
+            return FailedHandle(track, failed), Version("failed", None, self.state.mtime(track))
         self._revalidate_once(track)
         held = self.backings.held(track.name) if self.backings is not None else None
         if held is not None:  # another program reads this version by passthrough: the same bytes, evicted or not
             key, fd = held
-            return BlobHandle(track, fd), Version(key, os.fstat(fd).st_size, track.mtime)
+            return BlobHandle(track, fd), Version(key, os.fstat(fd).st_size, self.state.mtime(track))
         acquired = self.fetcher.acquire(track.source)
         if acquired.download is None:
             assert acquired.entry is not None
-            version = Version(blob_key(acquired.entry.digest), acquired.entry.size, track.mtime)
+            version = Version(blob_key(acquired.entry.digest), acquired.entry.size, self.state.mtime(track))
             return BlobHandle(track, acquired.fd), version
         download = acquired.download
         handle = StreamHandle(track, download, acquired.fd, self.fetcher, self.request_wait)
-        return handle, Version(download_key(download), download.total or track.size, track.mtime)
+        return handle, Version(download_key(download), download.total or self.state.size(track),
+                               self.state.mtime(track))
 
     def _open_for_preview(self, track: Track, previewer: str) -> tuple[Handle, Version]:
         """The stored blob as it is (no revalidation: no request to the server); nothing is downloaded."""
@@ -493,7 +488,7 @@ class SessionFS:
         if acquired is None or acquired.entry is None:
             raise NotForPreview(f"not downloaded for {previewer} (a Spotlight or QuickLook preview): "
                                 "previews get cached tracks only")
-        version = Version(blob_key(acquired.entry.digest), acquired.entry.size, track.mtime)
+        version = Version(blob_key(acquired.entry.digest), acquired.entry.size, self.state.mtime(track))
         return BlobHandle(track, acquired.fd), version
 
     def _revalidate_once(self, track: Track) -> None:
@@ -501,11 +496,11 @@ class SessionFS:
         the stored version is still its version; never at listing time. A changed track is downloaded
         again; an unreachable server means the cached copy is served, and the report says so. Not asked
         again when the server confirmed the version moments ago (a download, the look-ahead)."""
-        if self._confirmed(track):
+        if self.state.fresh(track):
             return
         assert track.source is not None
-        with self._track_lock(track):
-            if self._confirmed(track):
+        with self.state.question_lock(track):
+            if self.state.fresh(track):
                 return
             try:
                 freshness = self.fetcher.revalidate(track.source)
@@ -514,16 +509,12 @@ class SessionFS:
                 log.warning("%s: served from cache, not revalidated: %s", track.name, exc.reason)
             else:
                 self._apply_freshness(track, freshness)
-            track.validated = True
-
-    def _confirmed(self, track: Track) -> bool:
-        return track.validated or (track.confirmed_at is not None
-                                   and time.monotonic() - track.confirmed_at < CONFIRMED_FOR)
+            self.state.revalidated(track)
 
     def _apply_freshness(self, track: Track, freshness: Freshness) -> None:
         if freshness is Freshness.CHANGED:
             # a new version (an mtime, so wall time): tools comparing mtimes see it
-            track.mtime = max(track.mtime, time.time())
+            self.state.changed(track, time.time())
             self.report.update(track.id, status=Status.PENDING, digest=None,
                                note="the server's copy changed since it was cached; downloaded again")
             log.info("%s: the server's copy changed; downloading it again", track.name)
@@ -642,14 +633,14 @@ class SessionFS:
         assert track.source is not None
         if self.fetcher.cached(track.source) is None:
             return  # nothing stored: a download will be the server's answer
-        with self._track_lock(track):
-            if not self._confirmed(track):
+        with self.state.question_lock(track):
+            if not self.state.fresh(track):
                 try:
                     freshness = self.fetcher.revalidate(track.source)
                 except FetchError:
                     return  # the open asks again, and notes it if the server cannot answer then either
                 self._apply_freshness(track, freshness)
-                track.confirmed_at = time.monotonic()
+                self.state.confirmed(track)
         self.fetcher.check_stored(track.source)
 
     def _learn_sizes(self) -> None:
@@ -657,16 +648,16 @@ class SessionFS:
         (a 503 blip, a timeout), so a later listing shows it without waiting. A lookup asks at once too."""
         pause = 1.0
         while not self._prefetch_stop.wait(pause):
-            unknown = [t for t in self.tracks if t.kind is Kind.CLOUD and t.size is None
-                       and t.source is not None and t.probe_failure is not None]
+            unknown = [t for t in self.tracks if t.kind is Kind.CLOUD and self.state.size(t) is None
+                       and t.source is not None and self.state.probe_failure(t) is not None]
             if not unknown:
                 return
             for track in unknown:
                 assert track.source is not None
                 with contextlib.suppress(FetchError):
                     info = self.fetcher.probe(track.source)
-                    track.size = track.size if track.size is not None else info.size
-                    track.probe_failure = None  # answered: a server that gives no size is not asked again
+                    self.state.learn_size(track, info.size)
+                    self.state.answered(track)  # a server that gives no size is not asked again
             pause = min(pause * 2, 60.0)
 
     def stop_now(self) -> None:
@@ -696,10 +687,9 @@ class SessionFS:
             self.pages.relabel(download_key(download), blob_key(download.digest))
         for track in self._by_ident.get(download.source.ident, []):
             if event is Event.DONE:
-                if track.size is None:
-                    track.size = download.total
+                self.state.learn_size(track, download.total)
                 # The server just sent this version whole: the confirmation a first open's HEAD would ask
                 # for. Without this, every track prefetch finished cost the exporter's open one more request
                 # (~1-2 ms on its serial path: BENCHMARKS.md). For CONFIRMED_FOR: a mount may live for days.
-                track.confirmed_at = time.monotonic()
+                self.state.confirmed(track)
             self.recorder.download_event(track, download, event)
