@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 from mixvfs.cache.download import Download
 from mixvfs.cache.errors import ContentChanged, FetchError
@@ -119,6 +120,17 @@ class FailedHandle(Handle):
     @property
     def known_failure(self) -> bool:
         return True
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An open as the adapter answers it: the handle, and what the kernel may keep or must drop."""
+
+    handle: Handle
+    keep_cache: bool  # the kernel may keep the pages it has: they are of this very version
+    direct_io: bool  # read to the end of this version, whatever size the kernel holds
+    stale: bool = False  # the kernel's size or pages of this file may be another version's: drop them now
+    backing: int | None = None  # FUSE passthrough: the kernel reads this open from that backing file
 
 
 def deadline_after(wait: float | None) -> float | None:

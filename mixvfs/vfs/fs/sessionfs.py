@@ -1,4 +1,6 @@
-"""The session filesystem without FUSE: names, attributes, open/read/release and prefetch.
+"""The session filesystem without FUSE: names, attributes, open/read/release, revalidation at an open. It owns
+and starts the mount's background work: prefetch (prefetch.py), the look-ahead (lookahead.py) and sizes learned
+late (sizes.py); what it learns of tracks is in its MountState, the report kept by its Recorder.
 
 The FUSE adapter (:mod:`mixvfs.vfs.adapter.fuse_ops`) is a thin shell over this class; everything here can be driven
 by unit tests without a kernel. Failures are raised as :class:`mixvfs.cache.errors.FetchError` (the adapter's
@@ -14,10 +16,8 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from mixvfs.cache.defaults import QUESTIONS
 from mixvfs.cache.download import Download, Event, Foreground
 from mixvfs.cache.errors import (
     CacheError,
@@ -28,7 +28,6 @@ from mixvfs.cache.errors import (
     SourceMissing,
 )
 from mixvfs.cache.http import Freshness
-from mixvfs.cache.remote import Source
 from mixvfs.cache.scheduler import Fetcher
 from mixvfs.vfs.fs.backing import BackingTable
 from mixvfs.vfs.fs.handles import (
@@ -36,43 +35,25 @@ from mixvfs.vfs.fs.handles import (
     FailedHandle,
     Handle,
     LocalHandle,
+    Opened,
     StreamHandle,
     deadline_after,
     file_stamp,
 )
 from mixvfs.vfs.fs.live_status import live_status
+from mixvfs.vfs.fs.lookahead import LookAhead
 from mixvfs.vfs.fs.mount_state import MountState
-from mixvfs.vfs.fs.pages import PageTable, Version
+from mixvfs.vfs.fs.pages import PageTable, Version, blob_key, download_key
 from mixvfs.vfs.fs.prefetch import Prefetcher
 from mixvfs.vfs.fs.recorder import Recorder
 from mixvfs.vfs.fs.report import Report, Status, TrackRecord
+from mixvfs.vfs.fs.sizes import learn_sizes
 from mixvfs.vfs.session.tracks import Kind, Track, local_problem
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 BLOCK_SIZE = 1 << 20  # st_blksize: `cp` sizes its buffer from it (128 KiB by default)
-# How many tracks (in session order) past the furthest one a reader opened the look-ahead prepares: enough to keep
-# QUESTIONS revalidations in flight ahead of a fast exporter, few enough that what it confirmed is read within
-# CONFIRMED_FOR (vfs/fs/mount_state.py; else the open asks again).
-LOOK_AHEAD = 4 * QUESTIONS
-
-
-def blob_key(digest: str) -> str:
-    return f"blob:{digest}"
-
-
-def download_key(download: Download) -> str:
-    return f"download:{download.serial}"
-
-
-@dataclass(frozen=True)
-class Opened:
-    handle: Handle
-    keep_cache: bool  # the kernel may keep the pages it has: they are of this very version
-    direct_io: bool  # read to the end of this version, whatever size the kernel holds
-    stale: bool = False  # the kernel's size or pages of this file may be another version's: drop them now
-    backing: int | None = None  # FUSE passthrough: the kernel reads this open from that backing file
 
 
 class KernelCache(Protocol):
@@ -80,18 +61,6 @@ class KernelCache(Protocol):
 
     def forget(self, names: list[str]) -> None:
         """Drop these names of the folder, and the folder's attributes: the next ``stat`` asks the daemon."""
-
-
-class Walk:
-    """The tracks handed out in order to several workers, each track once."""
-
-    def __init__(self, tracks: list[Track]) -> None:
-        self._items = enumerate(tracks)
-        self._lock = threading.Lock()
-
-    def take(self) -> tuple[int, Track] | None:
-        with self._lock:
-            return next(self._items, None)
 
 
 class SessionFS:
@@ -135,9 +104,7 @@ class SessionFS:
         self._prefetch_stop = threading.Event()  # the background work ends: sizes, look-ahead, prefetch
         self.prefetcher = Prefetcher(fetcher, self.recorder)
         self._sizes_thread: threading.Thread | None = None
-        self._ahead: Walk | None = None  # the look-ahead's pass over the tracks (a reload starts a new one)
-        self._reader_at = -1  # the furthest session position a reader opened (the look-ahead keeps ahead of it)
-        self._reader_moved = threading.Condition()
+        self.look_ahead = LookAhead(fetcher, self.state, self.foreground, self._apply_freshness, self._prefetch_stop)
 
     # -- listing -------------------------------------------------------------------------------------
 
@@ -177,8 +144,8 @@ class SessionFS:
         self.state.listed(tracks)
         self.report.replace_records(records)
         if self.prefetcher.running:
-            self._ahead = None  # the running look-ahead walks the old list: a new one covers the new tracks
-            self.start_revalidating()
+            if self.confirm_ahead:
+                self.look_ahead.restart(tracks)
             self.prefetcher.restart(tracks)
 
     def _stat_key(self, track: Track) -> tuple[object, ...]:
@@ -196,10 +163,6 @@ class SessionFS:
     def live_status(self) -> dict[str, object]:
         """What ``mixvfs status`` shows (the root's ``user.mixvfs.status``): downloads in flight and failures."""
         return live_status(self.tracks, self.fetcher, self.report)
-
-    def names_of(self, source: Source) -> list[str]:
-        """The files (one per track; several tracks may share a source) that ``source`` is the bytes of."""
-        return [t.name for t in self._by_ident.get(source.ident, [])]
 
     def names(self) -> list[str]:
         self.foreground.touch()
@@ -580,7 +543,9 @@ class SessionFS:
     def start_prefetch(self) -> None:
         """Once the folder is live: learn the sizes the mount could not learn, and prefetch."""
         if self._sizes_thread is None:
-            self._sizes_thread = threading.Thread(target=self._learn_sizes, name="sizes", daemon=True)
+            self._sizes_thread = threading.Thread(target=learn_sizes, name="sizes", daemon=True,
+                                                  args=(lambda: self.tracks, self.fetcher, self.state,
+                                                        self._prefetch_stop))
             self._sizes_thread.start()
         self.start_revalidating()
         if self.prefetch_enabled:
@@ -589,76 +554,11 @@ class SessionFS:
     def start_revalidating(self) -> None:
         """Start the look-ahead (with prefetch): called before the folder goes live, so the first round trips
         overlap the mount's own start rather than follow it; again by :meth:`start_prefetch` (a no-op then)."""
-        if self.confirm_ahead and self._ahead is None and not self._prefetch_stop.is_set():
-            walk = self._ahead = Walk(list(self.tracks))
-            for number in range(QUESTIONS):
-                threading.Thread(target=self._look_ahead, args=(walk,), name=f"look-ahead-{number}",
-                                 daemon=True).start()
-
-    # -- look-ahead: what a cached track's first open would do, done just before it -------------------
+        if self.confirm_ahead:
+            self.look_ahead.start(self.tracks)
 
     def _reader_reached(self, track: Track) -> None:
-        position = self._position.get(id(track), -1)
-        if position > self._reader_at:
-            with self._reader_moved:
-                self._reader_at = max(self._reader_at, position)
-                self._reader_moved.notify_all()
-
-    def _look_ahead(self, walk: Walk) -> None:
-        """One of QUESTIONS workers keeping the cached tracks up to LOOK_AHEAD past the furthest one being read
-        revalidated and their blobs checked, taken in session order: the same conditional request and the same
-        check their first open would make, made before the exporter opens them. Each request costs a round
-        trip, so one after another they held a warm export of 200 tracks at 80 ms to 16 s; QUESTIONS at once,
-        from the mount's start, each open finds its answer in, or waits for its own request only (it holds the
-        track's lock). Trusted for CONFIRMED_FOR."""
-        while not self._prefetch_stop.is_set() and walk is self._ahead:
-            taken = walk.take()
-            if taken is None:
-                return
-            position, track = taken
-            if track.kind is not Kind.CLOUD or track.source is None:
-                continue
-            with self._reader_moved:
-                while position > self._reader_at + LOOK_AHEAD and not self._prefetch_stop.is_set():
-                    self._reader_moved.wait(timeout=1.0)
-            if self._prefetch_stop.is_set() or walk is not self._ahead:
-                return
-            self.foreground.wait_quiet()  # a listing goes first
-            try:
-                self._confirm_ahead(track)
-            except Exception:  # the look-ahead only saves time: whatever it meets, the open does it all again
-                log.exception("look-ahead of %s failed", track.name)
-
-    def _confirm_ahead(self, track: Track) -> None:
-        assert track.source is not None
-        if self.fetcher.cached(track.source) is None:
-            return  # nothing stored: a download will be the server's answer
-        with self.state.question_lock(track):
-            if not self.state.fresh(track):
-                try:
-                    freshness = self.fetcher.revalidate(track.source)
-                except FetchError:
-                    return  # the open asks again, and notes it if the server cannot answer then either
-                self._apply_freshness(track, freshness)
-                self.state.confirmed(track)
-        self.fetcher.check_stored(track.source)
-
-    def _learn_sizes(self) -> None:
-        """Ask again, with growing pauses, about tracks whose size the mount-time probe could not learn
-        (a 503 blip, a timeout), so a later listing shows it without waiting. A lookup asks at once too."""
-        pause = 1.0
-        while not self._prefetch_stop.wait(pause):
-            unknown = [t for t in self.tracks if t.kind is Kind.CLOUD and self.state.size(t) is None
-                       and t.source is not None and self.state.probe_failure(t) is not None]
-            if not unknown:
-                return
-            for track in unknown:
-                assert track.source is not None
-                with contextlib.suppress(FetchError):
-                    info = self.fetcher.probe(track.source)
-                    self.state.learn_size(track, info.size)
-                    self.state.answered(track)  # a server that gives no size is not asked again
-            pause = min(pause * 2, 60.0)
+        self.look_ahead.reached(self._position.get(id(track), -1))
 
     def stop_now(self) -> None:
         """The mount is ending (a stop signal or an unmount, as the adapter learns from libfuse): every read
@@ -668,8 +568,7 @@ class SessionFS:
         unmount) for as long as its bytes took to come. Reads of bytes already held are still served."""
         self._prefetch_stop.set()
         self.prefetcher.stop()
-        with self._reader_moved:
-            self._reader_moved.notify_all()  # the look-ahead sees the stop now, not at its next timeout
+        self.look_ahead.wake()
         waiting = sum(d.readers for d in self.fetcher.active())
         self.fetcher.stop()
         log.info("the mount is ending: downloads cancelled, %d open files still downloading fail", waiting)
