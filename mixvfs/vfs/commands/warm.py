@@ -30,7 +30,7 @@ from mixvfs.vfs.fs.recorder import Recorder
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, default_report_path, format_report
 from mixvfs.vfs.runtime import Runtime
 from mixvfs.vfs.session.manifest import Session
-from mixvfs.vfs.session.tracks import Track, build_tracks
+from mixvfs.vfs.session.tracks import Track, build_tracks, by_source
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 FINAL = (Status.LOCAL, Status.CACHED, Status.FAILED, Status.MISSING)
@@ -51,13 +51,13 @@ class Announcer:
     """Turns the fetcher's download events into display lines: one ``start`` and one ``done`` or
     ``failed`` per track, however fast the download (built on events, not on polling the report)."""
 
-    tracks: list[Track]
+    sources: dict[str, list[Track]]  # the tracks by source identity: whose bytes a download is
     started: dict[str, float] = field(default_factory=dict)
     said: set[str] = field(default_factory=set)  # names with their final line printed
 
     def lines(self, download: Download, event: DownloadEvent, at: float) -> list[Line]:
         out = []
-        for name in names_of(self.tracks, download):
+        for name in [t.name for t in self.sources.get(download.source.ident, [])]:
             if event is DownloadEvent.ATTEMPT and name not in self.started:
                 self.started[name] = at
                 out.append(Line("start", name, f"start  {name} ({size_text(download.total)})"))
@@ -85,11 +85,6 @@ class Announcer:
         return out
 
 
-def names_of(tracks: list[Track], download: Download) -> list[str]:
-    """The files (one per track; several tracks may share a source) that ``download`` is the bytes of."""
-    return [t.name for t in tracks if t.source is not None and t.source.ident == download.source.ident]
-
-
 def size_text(size: int | None) -> str:
     return format_size(size) if isinstance(size, int) else "size unknown"
 
@@ -109,16 +104,17 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
         logger.disabled = True
     events: queue.SimpleQueue[tuple[Download, DownloadEvent, float]] = queue.SimpleQueue()
     tracks: list[Track] = []
+    sources: dict[str, list[Track]] = {}
 
     def on_event(download: Download, event: DownloadEvent) -> None:
-        for track in tracks:
-            if track.source is not None and track.source.ident == download.source.ident:
-                recorder.download_event(track, download, event)  # the report first: the loop reads it
+        for track in sources.get(download.source.ident, []):
+            recorder.download_event(track, download, event)  # the report first: the loop reads it
         events.put((download, event, time.monotonic()))
 
     unsubscribe = fetcher.subscribe(on_event)
     try:
         tracks += build_tracks(session, http=runtime.http, index=runtime.index)
+        sources.update(by_source(tracks))
         report.replace_records(recorder.initial_records(tracks))
         records = report.snapshot()["tracks"]
         todo = [r for r in records if r["status"] == Status.PENDING]
@@ -127,7 +123,7 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
               f"({format_size(sum(r['bytes'] or 0 for r in todo))})", file=out, flush=True)
         prefetcher = Prefetcher(fetcher, recorder)
         prefetcher.start(tracks)
-        announcer = Announcer(tracks)
+        announcer = Announcer(sources)
         display = rich_display if tty else plain_display
         with display(out, lambda: downloading(tracks, fetcher), todo) as update:
             while True:

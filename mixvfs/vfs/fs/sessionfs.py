@@ -48,7 +48,7 @@ from mixvfs.vfs.fs.prefetch import Prefetcher
 from mixvfs.vfs.fs.recorder import Recorder
 from mixvfs.vfs.fs.report import Report, Status, TrackRecord
 from mixvfs.vfs.fs.sizes import learn_sizes
-from mixvfs.vfs.session.tracks import Kind, Track, local_problem
+from mixvfs.vfs.session.tracks import Kind, Track, by_source, local_problem
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,7 @@ class SessionFS:
     # -- listing -------------------------------------------------------------------------------------
 
     def _set_tracks(self, tracks: list[Track]) -> None:
-        by_ident: dict[str, list[Track]] = {}
-        for track in tracks:
-            if track.source is not None:
-                by_ident.setdefault(track.source.ident, []).append(track)
+        by_ident = by_source(tracks)
         with self._lock:
             self.tracks = tracks
             self._by_name = {t.name: t for t in tracks}

@@ -83,6 +83,15 @@ class Draft:
                      self.reason, self.probe_failure, self.remote, self.validated)
 
 
+def by_source(tracks: list[Track]) -> dict[str, list[Track]]:
+    """The tracks by source identity (several tracks may share a source): whose bytes a download is."""
+    found: dict[str, list[Track]] = {}
+    for track in tracks:
+        if track.source is not None:
+            found.setdefault(track.source.ident, []).append(track)
+    return found
+
+
 def local_problem(path: Path) -> tuple[str | None, os.stat_result | None]:
     """Why the local file at ``path`` cannot be served now (None: it can), and its ``stat`` when it can. It must
     be a regular file (a FIFO or device would hang or never end a read) that this process may open: one that
