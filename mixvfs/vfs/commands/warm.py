@@ -1,7 +1,7 @@
 """``cachectl warm SESSION``: download every cloud track of a session into the cache ahead of the export.
 
 The downloads are the mount's own (:class:`mixvfs.vfs.fs.sessionfs.SessionFS` prefetch over a
-:class:`mixvfs.cache.scheduler.Fetcher`): ``jobs`` at a time, retried, verified, committed by rename — so a
+:class:`mixvfs.cache.fetcher.Fetcher`): ``jobs`` at a time, retried, verified, committed by rename — so a
 warmed cache is exactly what a mount would have built. Progress goes through rich on a terminal (per
 track and total: bytes, rate, ETA) and as one plain line per event otherwise (logs, pipes, CI). Ctrl-C
 stops the downloads, removes their staging files and leaves only whole blobs. The end is the report's

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from mixvfs.cache.defaults import QUESTIONS
-from mixvfs.cache.download import Download, Event, Foreground, State
+from mixvfs.cache.download import Download, Event, State
 from mixvfs.cache.errors import (
     CacheError,
     Cancelled,
@@ -30,9 +30,9 @@ from mixvfs.cache.errors import (
     ServerAskedToWait,
     SourceMissing,
 )
+from mixvfs.cache.fetcher import Fetcher, Foreground
 from mixvfs.cache.http import Freshness
 from mixvfs.cache.remote import Source
-from mixvfs.cache.scheduler import Fetcher
 from mixvfs.vfs.fs.backing import BackingTable
 from mixvfs.vfs.fs.pages import PageTable, Version
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, TrackRecord
