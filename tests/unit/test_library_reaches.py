@@ -6,14 +6,16 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 import httpcore
+import httpx
 import pytest
 
 from mixvfs.cache.errors import CacheError, FetchError
-from mixvfs.cache.http import CHUNK, read_bigger_chunks
+from mixvfs.cache.http import CHUNK, httpx_errors, read_bigger_chunks
 from mixvfs.vfs.adapter.errno_map import fuse_errors
 from tests.faults.helpers import cloud_track
 from tools.devserver import DevServer
@@ -229,3 +231,28 @@ def test_each_thread_gets_its_own_sqlite_connection(tmp_path: Path) -> None:
         assert seen and seen[0] is not store._cache._con
     finally:
         store.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@fuse_errors(Answer)
+def fetch(url: str) -> bytes:
+    with httpx.Client() as client, httpx_errors(url):
+        return client.get(url).content
+
+
+def test_a_network_failure_is_eio_and_its_httpx_cause_stays_in_the_logged_chain(
+        caplog: pytest.LogCaptureFixture) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/a.wav?signature=secret"
+    with caplog.at_level(logging.DEBUG, logger="mixvfs.vfs.adapter.errno_map"), pytest.raises(OSError) as raised:
+        fetch(url)
+    assert raised.value.errno == errno.EIO
+    [record] = [r for r in caplog.records if r.name == "mixvfs.vfs.adapter.errno_map"]
+    message = record.getMessage()
+    assert message.startswith("fetch: EIO from ServerUnreachable: server unreachable: cannot connect to 127.0.0.1")
+    assert "<- ConnectError: " in message  # what the network said, not only our summary of it
+    assert "secret" not in message
