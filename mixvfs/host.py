@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import errno
 import fcntl
 import os
@@ -278,6 +279,15 @@ def option_value(text: str) -> str:
     escaping the next character; control characters have no place in a volume's name."""
     kept = "".join(ch for ch in text if ch.isprintable())
     return kept.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def prefer_libfuse3() -> None:
+    """Ask mfusepy for libfuse 3 where it is installed (mfusepy prefers 2; 3 gives 1 MiB requests), unless
+    ``FUSE_LIBRARY_NAME`` already names one. mfusepy reads the variable once, when it is first imported, so
+    whoever loads it calls this just before: the mount's start (and the tests). Importing mixvfs changes no
+    environment."""
+    if "FUSE_LIBRARY_NAME" not in os.environ and ctypes.util.find_library("fuse3"):
+        os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
 
 
 def libfuse_hint(platform: str = sys.platform) -> str:
