@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import logging
 import secrets
 from collections.abc import Generator, Iterator
@@ -57,9 +58,17 @@ def read_bigger_chunks(connection: type = httpcore.HTTP11Connection, size: int =
     return True
 
 
-read_bigger_chunks()
-receive_buffer.install()  # h11 hands body bytes on without copying them (cache/receive_buffer.py)
-receive_buffer.refuse_leftovers()  # and a connection holding bytes no request asked for is not reused
+@functools.cache
+def install_reaches() -> None:
+    """Apply the three checked reaches below httpx, once per process: httpcore's read size, h11's receive buffer
+    without copies, and no reuse of a connection holding bytes no request asked for. Each warns when its library
+    is not the one it was written for (the pins in pyproject). Called at the runtime's start and by every
+    :class:`HttpClient` before its first connection; importing this module changes no library."""
+    read_bigger_chunks()
+    receive_buffer.install()
+    receive_buffer.refuse_leftovers()
+
+
 ERROR_BODY_TYPES = frozenset({"text/html", "text/plain", "application/json", "application/xml", "text/xml"})
 
 
@@ -140,6 +149,7 @@ class HttpClient:
         team: TeamCache | None = None,
         waits: OriginWaits | None = None,
     ) -> None:
+        install_reaches()  # a client of ours never runs without them: the stray-bytes one guards correctness
         self.tokens = tokens
         self.team = team  # track byte requests (GET, and HEAD for sizes) go through it when set
         # Every request, whoever makes it (a download, a size probe, a revalidation, the auth flow's retry, a

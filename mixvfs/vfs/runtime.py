@@ -16,7 +16,7 @@ from mixvfs.cache.bwlimit import Budget
 from mixvfs.cache.defaults import QUESTIONS, SERVER_WAIT_MAX
 from mixvfs.cache.errors import CacheError, ConfigError, FetchError
 from mixvfs.cache.fetcher import Fetcher, Foreground
-from mixvfs.cache.http import HttpClient, origin_of, warn_if_insecure
+from mixvfs.cache.http import HttpClient, install_reaches, origin_of, warn_if_insecure
 from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.location import CacheLimits, is_cache, make_private_dir
 from mixvfs.cache.origin_wait import OriginWaits
@@ -130,6 +130,7 @@ def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housek
     """Everything a command needs to read or fill the cache. ``origins``: every URL the token may travel to
     (warned about when it is plain http to another machine). ``housekeeping``: remove dead downloads'
     staging files and expired blobs first (commands that download; preflight only looks)."""
+    install_reaches()  # the library reaches below httpx, each checked (warned about at the start when it fails)
     store, index = open_cache(config.cache)
     if housekeeping:
         for path in store.clean_stale_staging():
