@@ -689,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.case_cold_export(main_set)
         if "warm" in only:
             bench.case_warm_export(main_set)
-        floors = Floors(bench)  # issue 12: the floors, each measured in the same run (tools/bench_floors.py)
+        floors = Floors(bench)  # the floors, each measured in the same run (tools/bench_floors.py)
         count_small = 64 if args.quick else 256
         if "pertrack" in only:
             floors.case_pertrack(make_dataset(root, work, url, f"scale{count_small}x4", count_small, 4 * MIB))

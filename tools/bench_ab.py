@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""A/B of two versions of mixvfs on one export case, alternately, paired round by round (what the issue 12
-commits quote): the mount daemon of each variant runs the code tree put first on its PYTHONPATH.
+"""A/B of two versions of mixvfs on one export case, alternately, paired round by round (the figures
+commit messages quote): the mount daemon of each variant runs the code tree put first on its PYTHONPATH.
 
     git archive REV | tar -x -C /var/tmp/old          # the "before" tree
     python tools/bench_ab.py cold256 4 old=/var/tmp/old new=-      # '-': this checkout

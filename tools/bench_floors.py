@@ -1,4 +1,4 @@
-"""Issue 12 part 2: the export measured against its floors, each baseline measured in the same run.
+"""The export measured against its floors, each baseline measured in the same run.
 
 Cases (``tools/bench.py --only pertrack,floors,fuse2``):
 
@@ -75,7 +75,7 @@ def unmount(path: Path) -> None:
 
 
 class Floors:
-    """The issue 12 part 2 rows, on top of :class:`tools.bench.Bench` (its machine, server and helpers)."""
+    """The floors' rows, on top of :class:`tools.bench.Bench` (its machine, server and helpers)."""
 
     def __init__(self, bench: Bench) -> None:
         self.bench = bench
