@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -286,6 +285,8 @@ def prefer_libfuse3() -> None:
     ``FUSE_LIBRARY_NAME`` already names one. mfusepy reads the variable once, when it is first imported, so
     whoever loads it calls this just before: the mount's start (and the tests). Importing mixvfs changes no
     environment."""
+    import ctypes.util  # here: it imports subprocess, which the commands that never mount do not need
+
     if "FUSE_LIBRARY_NAME" not in os.environ and ctypes.util.find_library("fuse3"):
         os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
 
