@@ -100,6 +100,15 @@ class Claims:
 
 
 @dataclass
+class Said:
+    """What the server said of the version being fetched: it is what the index records with the blob."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+    content_type: str | None = None
+
+
+@dataclass
 class ServerWait:
     """A wait the server asked for (Retry-After), while it lasts."""
 
@@ -145,11 +154,7 @@ class Download:
         self.served_upto = 0
         self.total = source.size
         self.digest: str | None = None
-        # What the server said of the version being fetched.
-        self.etag = source.etag
-        self.last_modified: str | None = None
-        self.content_type: str | None = None
-        self.encoding: str | None = None  # a Content-Encoding the server applied anyway (we stored decoded bytes)
+        self.said = Said(etag=source.etag)
         self.via: str | None = None  # where the last request's bytes came from: the origin or the team cache
         self.recheck = False  # the bytes held are not known to be of the server's current version
         self.resuming = False  # the next request continues after a pause: not a new attempt
@@ -377,18 +382,19 @@ class Download:
         # Resume where we are only with an ETag to hold the server to (strong: If-Range; weak: compared
         # below); a server that gives none is read again from the start and compared byte for byte, or a
         # change between the two requests would be stitched into one file.
-        start = self.available if self.etag and not self.recheck else 0
+        said = self.said
+        start = self.available if said.etag and not self.recheck else 0
         asked = time.monotonic()
-        with self.wiring.http.get(self.source.url, start=start, if_range=self.etag if start else None,
+        with self.wiring.http.get(self.source.url, start=start, if_range=said.etag if start else None,
                            size=self.source.size) as body:
             if self.wiring.meter is not None:
                 self.wiring.meter.answered_after(time.monotonic() - asked)
             self.via = body.via
-            changed = bool(body.etag and self.etag and body.etag != self.etag)
+            changed = bool(body.etag and said.etag and body.etag != said.etag)
             if changed and body.start > 0:
                 # A new version continued mid-file (no If-Range: weak or no validator): what we hold
                 # may be of the old one. Read it again from the start and compare.
-                self.etag = body.etag
+                said.etag = body.etag
                 self.recheck = True
                 raise NetworkError("the server's copy changed; reading it again from the start")
             if body.start > self.available:
@@ -396,10 +402,9 @@ class Download:
             if changed:
                 self.total = self.source.size  # the new version has a length of its own
             self._check_total(body.total)
-            self.etag = body.etag or self.etag
-            self.last_modified = body.last_modified or self.last_modified
-            self.content_type = self.content_type or body.content_type
-            self.encoding = body.encoding
+            said.etag = body.etag or said.etag
+            said.last_modified = body.last_modified or said.last_modified
+            said.content_type = said.content_type or body.content_type
             position = body.start
             for chunk in body.chunks:
                 self._check_cancel()
@@ -506,7 +511,8 @@ class Download:
         with store.restaged(self.fd, self.path, self.total) as staged:
             store.commit(staged, self.digest, self.total)  # rename: a blob in the store is always whole
         self.path = None  # now owned by the store
-        entry = SourceEntry(self.digest, self.total, self.content_type, self.etag, self.last_modified)
+        said = self.said
+        entry = SourceEntry(self.digest, self.total, said.content_type, said.etag, said.last_modified)
         index.record(self.source.ident, entry)
         # Another commit (ours or another process's) may have evicted the blob between the rename and this
         # row: its eviction could not remove a row not yet written, so remove it now.

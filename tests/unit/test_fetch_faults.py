@@ -136,15 +136,15 @@ def test_new_etag_between_attempts_starts_over_and_is_used_for_the_next_resume(s
     write_sized(served, SIZE, seed=8)  # a new version: same size, new bytes
     os.utime(served, ns=(old_mtime_ns + 10**9, old_mtime_ns + 10**9))  # and surely a new mtime, so a new ETag
     new_data = (tmp_path / "srv" / "a.wav").read_bytes()
-    d = Download(Source(server.url_for("a.wav"), size=SIZE, etag=first.etag, label="a"),
+    d = Download(Source(server.url_for("a.wav"), size=SIZE, etag=first.said.etag, label="a"),
                  Wiring(store, SourceIndex(store.root), http, lambda _d, _e: None, POLICY, LIMITS))
     server.set_faults({"/a.wav": {"drop_after": 50_000, "times": 2, "id": "second"}})
     d.run()
-    assert d.state is State.DONE and d.etag != first.etag
+    assert d.state is State.DONE and d.said.etag != first.said.etag
     gets = server.requests("GET")[-3:]
     # A fresh start meets the new version (cut at 50 kB); the resumes then name the NEW ETag in If-Range.
     assert [g["range"] for g in gets] == [None, "bytes=50000-", "bytes=100000-"]
-    assert gets[1]["if_range"] == d.etag
+    assert gets[1]["if_range"] == d.said.etag
     assert stored_bytes(store, d) == new_data
 
 
