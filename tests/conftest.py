@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import pytest
 
+from mixvfs import host
 from tools.devserver import DevServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,6 +59,7 @@ def fuse_problem() -> str | None:
         return "/dev/fuse is missing"
     if not (shutil.which("fusermount3") or shutil.which("fusermount")):
         return "fusermount is not installed (apt install fuse3)"
+    host.prefer_libfuse3()  # as the mount's start does, before mfusepy loads a libfuse
     try:
         import mixvfs.vfs.adapter.fuse_ops  # noqa: F401
     except (OSError, AttributeError) as exc:

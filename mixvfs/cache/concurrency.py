@@ -7,8 +7,8 @@ as many downloads while the goodput still grows by at least ``GROWTH`` (as TCP's
 number that paid when it stops growing; then it holds for a while and probes, in turn, a quarter fewer (kept when
 the goodput stays within ``GROWTH``: a doubling in TCP's own start-up may overshoot) and a quarter more (the link
 may have changed). Half as many when the server pushes back (429/503). It only climbs while downloads wait for a slot:
-an exporter that reads slower than the link needs no more. Time is injected; the scheduler
-(:mod:`mixvfs.cache.scheduler`) asks :meth:`limit`.
+an exporter that reads slower than the link needs no more. Time is injected; the fetcher
+(:mod:`mixvfs.cache.fetcher`) asks :meth:`limit`.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class Concurrency:
             self._starting = False
             self._restart(self.clock())
 
-    # -- what the scheduler asks -------------------------------------------------------------------------
+    # -- what the fetcher asks ---------------------------------------------------------------------------
 
     def limit(self, *, waiting: bool = False) -> int:
         """How many downloads may run now. ``waiting``: a download is queued for want of a slot."""

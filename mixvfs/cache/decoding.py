@@ -58,7 +58,7 @@ class GzipDecoder:
             try:
                 out.append(self._member.decompress(data))
             except zlib.error as exc:
-                raise BadBody(f"the server's gzip body is damaged ({exc})") from None
+                raise BadBody(f"the server's gzip body is damaged ({exc})") from exc
             if self._member.eof:
                 self._members += 1
             data = self._member.unused_data if self._member.eof else b""
@@ -89,7 +89,7 @@ class DeflateDecoder:
         try:
             out = self._inflate.decompress(data)
         except zlib.error as exc:
-            raise BadBody(f"the server's deflate body is damaged ({exc})") from None
+            raise BadBody(f"the server's deflate body is damaged ({exc})") from exc
         if self._inflate.eof and self._inflate.unused_data:
             raise BadBody("the server's deflate body has data after its end")
         return out
@@ -115,7 +115,7 @@ class BrotliDecoder:
         try:
             return bytes(self._brotli.process(data))
         except brotli.error as exc:
-            raise BadBody(f"the server's br body is damaged ({exc})") from None
+            raise BadBody(f"the server's br body is damaged ({exc})") from exc
 
     def finish(self) -> bytes:
         if not self._brotli.is_finished():

@@ -3,8 +3,8 @@
 * ``Disk`` classes that never unpickle: a writable cache folder must never be able to run code
   (CVE-2025-69872 — diskcache pickles any value that is not str, bytes or a number, and unpickles on
   read). :class:`SafeDisk` stores only str, bytes and numbers and refuses a pickled value on read;
-  :class:`JsonDisk` is diskcache's own ``JSONDisk`` for the index's records (dicts), with plain-text keys,
-  the same refusal, and the rows of the previous version (JSON *text* values) still readable.
+  :class:`JsonDisk` is diskcache's own ``JSONDisk`` for the index's records (dicts), with plain-text keys
+  and the same refusal.
 * :class:`CheckedCache`: raw SQL over diskcache's ``Cache`` table, for what its API cannot answer in one
   query ("every entry with its size and last use"). Each subclass names the columns it reads; they are
   checked when the cache opens, so a diskcache release that changed the schema fails loudly there,
@@ -16,7 +16,6 @@ Both the blob store and the source index build on this module; it imports neithe
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -49,9 +48,8 @@ class SafeDisk(diskcache.Disk):
 class JsonDisk(diskcache.JSONDisk):
     """JSON values (zlib-compressed, as diskcache's JSONDisk writes them), plain str keys, no pickles.
 
-    Keys stay plain text rather than JSONDisk's compressed JSON: the previous version wrote plain keys, and
-    compressing them would make its rows unreachable (never read again, never removed). Its values were
-    JSON text; they are decoded here too. A value that does not decode reads as None: a damaged record is a
+    Keys stay plain text rather than JSONDisk's compressed JSON: the index's one raw query (``rows``) reads
+    them as text and picks them by prefix. A value that does not decode reads as None: a damaged record is a
     cache miss, never a crash."""
 
     def put(self, key: Any) -> Any:
@@ -68,8 +66,6 @@ class JsonDisk(diskcache.JSONDisk):
     def fetch(self, mode: Any, filename: Any, value: Any, read: bool) -> Any:
         refuse_pickle(mode)
         try:
-            if mode == diskcache.core.MODE_RAW and isinstance(value, str):
-                return json.loads(value)  # a row of the previous version: JSON text, not compressed bytes
             return super().fetch(mode, filename, value, read)
         except (ValueError, zlib.error):  # json's and UnicodeDecodeError are ValueErrors
             return None

@@ -6,8 +6,10 @@ wait for just the bytes they need (progressive reads), resumes a cut-off body (`
 only with a strong validator; bytes already held are compared with the server's, never trusted blindly),
 retries transient failures with backoff through stamina, and commits — blob by rename and its index
 entry, together — only once the body is complete and consistent. Every step is announced as an
-:class:`Event` to the one callback it was given (the scheduler, which fans events out to subscribers).
-The scheduler (:mod:`mixvfs.cache.scheduler`) decides which downloads run.
+:class:`Event` to the one callback it was given (the fetcher, which fans events out to subscribers).
+The fetcher (:mod:`mixvfs.cache.fetcher`) decides which downloads run; it changes a download only through
+the methods below (a reader attached or released, a prefetch's claim, a request to yield, the worker's begin),
+each of which makes its transition under the download's one lock, ``cond``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from pathlib import Path
 
 import stamina
 
-from mixvfs.cache import defaults
 from mixvfs.cache.bwlimit import Budget
 from mixvfs.cache.concurrency import Concurrency
 from mixvfs.cache.digest import hash_prefix, new_hasher
@@ -48,6 +49,7 @@ from mixvfs.cache.errors import (
 from mixvfs.cache.http import HttpClient
 from mixvfs.cache.index import SourceEntry, SourceIndex
 from mixvfs.cache.origin_wait import origin_key
+from mixvfs.cache.policy import Limits, RetryPolicy
 from mixvfs.cache.remote import Source
 from mixvfs.cache.store import BlobStore
 
@@ -55,17 +57,6 @@ log = logging.getLogger(__name__)
 
 _SERIALS = itertools.count(1)
 DEMAND = 0  # queue priority of a download somebody is reading right now; prefetch uses 1 + session order
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = defaults.RETRIES
-    total_timeout: float = 120.0
-    wait_initial: float = defaults.RETRY_WAIT
-    wait_max: float = 8.0
-    wait_jitter: float = defaults.RETRY_WAIT
-    stall_timeout: float = defaults.STALL_TIMEOUT
-    verify_hash_below: int = 16 << 20  # blobs up to this size are fully re-hashed on open (xxh3: ~ms)
 
 
 class State(enum.Enum):
@@ -89,93 +80,191 @@ STATE_EVENTS = {State.FETCHING: Event.FETCHING, State.DONE: Event.DONE, State.FA
 Notify = Callable[["Download", Event], None]
 
 
-class Foreground:
-    """When somebody last browsed the mount (listing, stat) and when somebody last read from it.
+class Cancel(enum.Enum):
+    """Whether the download is wanted: the three ways it may not be, each stronger than the one before."""
 
-    Background prefetch steps aside for a moment while the folder is browsed but nothing is read: in one
-    Python process every FUSE request needs the GIL, and a few prefetch threads busy in httpx made `ls -l`
-    of a 10 000-track session 5 times slower. While an exporter copies (reads keep coming), prefetch is
-    exactly what it needs, so it is never held back then; demand downloads are never held back at all.
-    """
-
-    def __init__(self, quiet: float = 0.02, copying: float = 0.25, patience: float = 1.0) -> None:
-        self.quiet = quiet
-        self.copying = copying
-        # The longest a prefetch step waits for browsing to pause: about one `ls -l` of 10 000 tracks, so a
-        # listing is not slowed by downloads (each one's httpx work holds the GIL every FUSE answer needs),
-        # while a folder browsed without end (a file manager polling it) still lets prefetch go on.
-        self.patience = patience
-        self.last_browse = 0.0
-        self.last_read = 0.0
-
-    def touch(self) -> None:
-        self.last_browse = time.monotonic()
-
-    def reading(self) -> None:
-        self.last_read = time.monotonic()
-
-    def wait_quiet(self) -> None:
-        deadline = time.monotonic() + self.patience
-        while True:
-            now = time.monotonic()
-            idle = now - self.last_browse
-            if idle >= self.quiet or now - self.last_read < self.copying or now >= deadline:
-                return
-            time.sleep(min(self.quiet - idle, deadline - now))
+    NONE = "none"
+    ASKED = "asked"  # the last reader left: the worker stops at its next chunk, unless someone revives it first
+    DYING = "dying"  # the worker saw the cancel and is tearing down: too late to revive
+    STOPPED = "stopped"  # the process is stopping: waits fail at once, nothing revives it (see stop())
 
 
-@dataclass(eq=False)
-class Download:
-    source: Source
+@dataclass
+class Claims:
+    """Who wants the download, which decides its place in the fetcher's queue. Written under ``cond`` only."""
+
+    readers: int = 0
+    prefetch: bool = False
+    priority: int = DEMAND  # DEMAND for readers, 1 + session order for prefetch
+    yield_asked: bool = False  # a reader's track needs this prefetch's worker: pause, resume later
+
+
+@dataclass
+class Said:
+    """What the server said of the version being fetched: it is what the index records with the blob."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+    content_type: str | None = None
+
+
+@dataclass
+class ServerWait:
+    """A wait the server asked for (Retry-After), while it lasts."""
+
+    until: float = 0.0  # the http client's monotonic clock; 0: not waiting
+    asked: float = 0.0  # how long the server asked for, as it said it
+
+
+def _go_on() -> None:
+    """The default step aside: none."""
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What every download of one fetcher shares: the cache, the HTTP client, the policies, the one callback."""
+
     store: BlobStore
     index: SourceIndex
     http: HttpClient
-    policy: RetryPolicy
-    notify: Notify  # the scheduler's: it fans each event out to the subscribers
-    state: State = State.PENDING
-    available: int = 0
-    total: int | None = None
-    digest: str | None = None
-    content_type: str | None = None
-    error: FetchError | None = None
-    attempts: int = 0
-    readers: int = 0
-    prefetch_wanted: bool = False
-    served_upto: int = 0
-    cancelled: bool = False
-    dying: bool = False  # the worker saw the cancel and is tearing down: too late to revive
-    stopped: bool = False  # the process is stopping: waits fail at once, nothing revives it (see stop())
-    priority: int = DEMAND  # its place in the queue: DEMAND for readers, 1 + session order for prefetch
-    yield_requested: bool = False  # a reader's track needs this prefetch's worker: pause, resume later
-    resuming: bool = False  # the next request continues after a pause: not a new attempt
-    fd: int = -1
-    path: Path | None = None
-    etag: str | None = None
-    last_modified: str | None = None
-    encoding: str | None = None  # a Content-Encoding the server applied anyway (we stored the decoded bytes)
-    via: str | None = None  # where the last request's bytes came from: the origin or the team cache (hit/miss)
-    recheck: bool = False  # the bytes held are not known to be of the server's current version
-    last_progress: float = 0.0  # monotonic time of the last byte or attempt: waits end only without it
-    server_wait_until: float = 0.0  # waiting until then (the http client's monotonic clock): the server asked
-    server_wait_asked: float = 0.0  # and how long it asked for, as it said it
-    serial: int = field(default_factory=lambda: next(_SERIALS))  # names this download's bytes (page cache)
-    started: float = 0.0
-    finished: float = 0.0
-    foreground: Foreground = field(default_factory=Foreground)
+    notify: Notify  # the fetcher's: it fans each event out to the subscribers
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    limits: Limits = field(default_factory=Limits)
+    # Called between chunks while nobody reads the download: background prefetch steps aside (the fetcher's
+    # Foreground) while the mount is browsed.
+    step_aside: Callable[[], None] = _go_on
     budget: Budget | None = None  # the bandwidth cap shared by every download of the process (bwlimit)
     meter: Concurrency | None = None  # told of bytes, round trips and push-back: how many downloads fill the link
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    # Set once the download is cached or failed: for waiters that do not care about each chunk (the
-    # prefetcher's slots), so they are not woken by every notify on ``cond``.
-    ended: threading.Event = field(default_factory=threading.Event)
 
-    def __post_init__(self) -> None:
-        self.total = self.source.size
-        self.etag = self.source.etag
-        self.fd, self.path = self.store.new_staging_file()
+
+class Download:
+    def __init__(self, source: Source, wiring: Wiring) -> None:
+        self.source = source
+        self.wiring = wiring
+        self.cond = threading.Condition()  # the one lock of every transition below
+        # Set once the download is cached or failed: for waiters that do not care about each chunk (the
+        # prefetcher's slots), so they are not woken by every notify on ``cond``.
+        self.ended = threading.Event()
+        self.state = State.PENDING
+        self.cancel = Cancel.NONE
+        self.claims = Claims()
+        self.error: FetchError | None = None
+        self.attempts = 0
+        self.available = 0
+        self.served_upto = 0
+        self.total = source.size
+        self.digest: str | None = None
+        self.said = Said(etag=source.etag)
+        self.via: str | None = None  # where the last request's bytes came from: the origin or the team cache
+        self.recheck = False  # the bytes held are not known to be of the server's current version
+        self.resuming = False  # the next request continues after a pause: not a new attempt
+        self.server_wait = ServerWait()
+        self.serial = next(_SERIALS)  # names this download's bytes (page cache)
+        self.started = 0.0
+        self.finished = 0.0
+        self.last_progress = time.monotonic()  # of the last byte or attempt: waits end only without it
+        self.path: Path | None
+        self.fd, self.path = wiring.store.new_staging_file()
         self._hasher = new_hasher()
         self._wait_urls: dict[str, str] = {}  # origins besides the source's that asked this download to wait
-        self.last_progress = time.monotonic()
+
+    # -- what the fetcher reads ------------------------------------------------------------------------
+
+    @property
+    def readers(self) -> int:
+        return self.claims.readers
+
+    @property
+    def priority(self) -> int:
+        return self.claims.priority
+
+    @property
+    def yield_requested(self) -> bool:
+        return self.claims.yield_asked
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not Cancel.NONE
+
+    @property
+    def dying(self) -> bool:
+        return self.cancel is Cancel.DYING
+
+    @property
+    def server_wait_asked(self) -> float:
+        return self.server_wait.asked
+
+    # -- the fetcher's transitions (each under ``cond``) -----------------------------------------------
+
+    def _revivable(self) -> bool:
+        return self.cancel in (Cancel.NONE, Cancel.ASKED) and self.fd >= 0
+
+    def revive(self) -> bool:
+        """Wanted again (a reader or prefetch). False if it is already being torn down or is over."""
+        with self.cond:
+            if not self._revivable():
+                return False
+            self.cancel = Cancel.NONE
+            return True
+
+    def attach_reader(self) -> int | None:
+        """A reader joins: revived, first in the queue, and given its own descriptor, atomically; None (and
+        nothing changed) when the download is over or being torn down."""
+        with self.cond:
+            if not self._revivable():
+                return None
+            fd = os.dup(self.fd)
+            self.cancel = Cancel.NONE
+            self.claims.readers += 1
+            self.claims.priority = DEMAND
+            return fd
+
+    def release_reader(self) -> None:
+        """A reader left. The last one leaving cancels a download that prefetch does not want and that still
+        has bytes to fetch."""
+        with self.cond:
+            self.claims.readers -= 1
+            complete = self.total is not None and self.available >= self.total
+            if (self.claims.readers <= 0 and not self.claims.prefetch and not complete
+                    and self.state in (State.PENDING, State.FETCHING) and self.cancel is Cancel.NONE):
+                self.cancel = Cancel.ASKED
+                self.cond.notify_all()
+
+    def want_prefetch(self, order: int) -> bool:
+        """Prefetch wants it, at ``order`` in the session (a reader's claim keeps it first). False when it is
+        already being torn down or is over."""
+        with self.cond:
+            if not self._revivable():
+                return False
+            self.cancel = Cancel.NONE
+            self.claims.prefetch = True
+            if self.claims.readers == 0:
+                self.claims.priority = 1 + order
+            return True
+
+    def ask_to_yield(self) -> bool:
+        """A reader's track needs this worker: a download nobody reads pauses at its next chunk (and is
+        queued again). False when it has readers or was already asked."""
+        with self.cond:
+            if self.claims.readers or self.claims.yield_asked:
+                return False
+            self.claims.yield_asked = True
+            self.cond.notify_all()  # a wait for the bandwidth cap ends now
+            return True
+
+    def begin(self) -> bool:
+        """A worker takes the download. False when it is no longer pending (taken, or over)."""
+        with self.cond:
+            if self.state is not State.PENDING:
+                return False
+            self.started = time.monotonic()
+            self.state = State.FETCHING
+            return True
+
+    def abandon(self, error: FetchError) -> None:
+        """The worker's last guard: end as failed, unless the download already ended."""
+        if not self.ended.is_set():
+            self._finish(error)
 
     # -- worker side -----------------------------------------------------------------------------------
 
@@ -193,7 +282,7 @@ class Download:
             # this download again and the next request resumes with Range from ``available``.
             with self.cond:
                 self.state = State.PENDING
-                self.yield_requested = False
+                self.claims.yield_asked = False
                 self.resuming = True
             return
         except FetchError as exc:
@@ -227,7 +316,7 @@ class Download:
             self.fd = -1
 
     def _fetch_with_retries(self) -> None:
-        policy = self.policy
+        policy = self.wiring.retry
         for attempt in stamina.retry_context(
             on=TransientError,
             attempts=policy.attempts,
@@ -247,8 +336,8 @@ class Download:
                 try:
                     self._attempt()
                 except ServerBusy as exc:
-                    if self.meter is not None:
-                        self.meter.pushed_back()
+                    if self.wiring.meter is not None:
+                        self.wiring.meter.pushed_back()
                     if exc.wait_url is not None:  # a redirect's target (a CDN) may be the origin that said wait
                         self._wait_urls[origin_key(exc.wait_url)] = exc.wait_url
                     raise
@@ -257,7 +346,7 @@ class Download:
         """No request before the time the origin named (429/503 with Retry-After, this track's or another's):
         wait for it here, cancellable, and counted as progress (a reader waiting on this download is not
         stalled by the server's own word). A wait longer than ``server_wait_max`` fails the track now."""
-        waits = self.http.waits
+        waits = self.wiring.http.waits
         urls = [self.source.url, *self._wait_urls.values()]
         try:
             while (pending := max(filter(None, map(waits.left, urls)), default=None,
@@ -265,24 +354,25 @@ class Download:
                 too_long = next(filter(None, map(waits.too_long, urls)), None)
                 if too_long is not None:
                     raise too_long
-                announce = not self.server_wait_until
+                announce = not self.server_wait.until
                 with self.cond:
-                    self.server_wait_until = waits.clock() + pending[0]
-                    self.server_wait_asked = pending[1].seconds
+                    self.server_wait.until = waits.clock() + pending[0]
+                    self.server_wait.asked = pending[1].seconds
                     self.last_progress = time.monotonic()
                 if announce:
                     self._announce(Event.SERVER_WAIT)
                 with self.cond:
-                    if not self.cancelled:  # a cancel or a stop notifies; the timeout only re-checks
+                    if self.cancel is Cancel.NONE:  # a cancel or a stop notifies; the timeout only re-checks
                         self.cond.wait(timeout=min(pending[0], 1.0))
                 self._check_cancel()
         finally:
-            self.server_wait_until = 0.0
+            self.server_wait.until = 0.0
 
     def server_wait_left(self) -> float | None:
         """Seconds this download still waits because the server asked it to, None when it does not."""
-        left = self.server_wait_until - self.http.waits.clock()
-        return left if self.server_wait_until and left > 0 else None
+        until = self.server_wait.until
+        left = until - self.wiring.http.waits.clock()
+        return left if until and left > 0 else None
 
     def _attempt(self) -> None:
         """One request. Bytes already held are never trusted on the server's word alone: a body that
@@ -292,18 +382,19 @@ class Download:
         # Resume where we are only with an ETag to hold the server to (strong: If-Range; weak: compared
         # below); a server that gives none is read again from the start and compared byte for byte, or a
         # change between the two requests would be stitched into one file.
-        start = self.available if self.etag and not self.recheck else 0
+        said = self.said
+        start = self.available if said.etag and not self.recheck else 0
         asked = time.monotonic()
-        with self.http.get(self.source.url, start=start, if_range=self.etag if start else None,
+        with self.wiring.http.get(self.source.url, start=start, if_range=said.etag if start else None,
                            size=self.source.size) as body:
-            if self.meter is not None:
-                self.meter.answered_after(time.monotonic() - asked)
+            if self.wiring.meter is not None:
+                self.wiring.meter.answered_after(time.monotonic() - asked)
             self.via = body.via
-            changed = bool(body.etag and self.etag and body.etag != self.etag)
+            changed = bool(body.etag and said.etag and body.etag != said.etag)
             if changed and body.start > 0:
                 # A new version continued mid-file (no If-Range: weak or no validator): what we hold
                 # may be of the old one. Read it again from the start and compare.
-                self.etag = body.etag
+                said.etag = body.etag
                 self.recheck = True
                 raise NetworkError("the server's copy changed; reading it again from the start")
             if body.start > self.available:
@@ -311,10 +402,9 @@ class Download:
             if changed:
                 self.total = self.source.size  # the new version has a length of its own
             self._check_total(body.total)
-            self.etag = body.etag or self.etag
-            self.last_modified = body.last_modified or self.last_modified
-            self.content_type = self.content_type or body.content_type
-            self.encoding = body.encoding
+            said.etag = body.etag or said.etag
+            said.last_modified = body.last_modified or said.last_modified
+            said.content_type = said.content_type or body.content_type
             position = body.start
             for chunk in body.chunks:
                 self._check_cancel()
@@ -334,11 +424,12 @@ class Download:
     def _pace(self, count: int) -> None:
         """Under a bandwidth cap, wait before reading on (the server is slowed by TCP's flow control meanwhile);
         a cancel, a stop or a reader's claim on this worker ends the wait (the next chunk's check acts on it)."""
-        if self.budget is None:
+        budget = self.wiring.budget
+        if budget is None:
             return
-        deadline = time.monotonic() + self.budget.spend(count)
+        deadline = time.monotonic() + budget.spend(count)
         with self.cond:
-            while not (self.cancelled or self.stopped or self.yield_requested):
+            while self.cancel is Cancel.NONE and not self.claims.yield_asked:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -368,30 +459,15 @@ class Download:
     def _check_cancel(self) -> None:
         """Between chunks: stop if cancelled, pause if a reader's track needs this worker, step aside
         briefly while the mount is being listed (prefetch only)."""
-        if self.readers == 0:
-            self.foreground.wait_quiet()
+        if self.claims.readers == 0:
+            self.wiring.step_aside()
         with self.cond:
-            if self.cancelled:
-                self.dying = True
+            if self.cancel is Cancel.ASKED:
+                self.cancel = Cancel.DYING
+            if self.cancel is not Cancel.NONE:
                 raise Cancelled("the reader went away")
-            if self.yield_requested and self.readers == 0:
+            if self.claims.yield_asked and self.claims.readers == 0:
                 raise Yielded
-
-    def revive(self) -> bool:
-        """A reader (or prefetch) wants this download again. False if it is already being torn down."""
-        with self.cond:
-            if self.dying or self.stopped or self.fd < 0:
-                return False
-            self.cancelled = False
-            return True
-
-    def attach(self) -> int | None:
-        """Revive and give a reader its own descriptor, atomically; None if the download is over."""
-        with self.cond:
-            if self.dying or self.stopped or self.fd < 0:
-                return None
-            self.cancelled = False
-            return os.dup(self.fd)
 
     def _check_total(self, total: int | None) -> None:
         if total is None:
@@ -405,8 +481,8 @@ class Download:
         self.last_progress = time.monotonic()
 
     def _append(self, chunk: bytes) -> None:
-        if self.meter is not None:
-            self.meter.received(len(chunk))
+        if self.wiring.meter is not None:
+            self.wiring.meter.received(len(chunk))
         if self.total is not None and self.available + len(chunk) > self.total:
             raise LengthMismatch(f"length mismatch: the server sends more than the advertised {self.total} bytes")
         view = memoryview(chunk)
@@ -418,8 +494,8 @@ class Download:
                 offset += written
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpace("no space left on the cache disk while downloading") from None
-            raise FetchError(f"cannot write the download: {exc.strerror}") from None
+                raise NoSpace("no space left on the cache disk while downloading") from exc
+            raise FetchError(f"cannot write the download: {exc.strerror}") from exc
         self._hasher.update(chunk)
         with self.cond:
             self.available = offset
@@ -430,16 +506,18 @@ class Download:
         """Blob and index entry together, before anyone hears DONE: whoever then opens the source finds
         it stored."""
         assert self.path is not None and self.total is not None
+        store, index = self.wiring.store, self.wiring.index
         self.digest = str(self._hasher.hexdigest())
-        with self.store.restaged(self.fd, self.path, self.total) as staged:
-            self.store.commit(staged, self.digest, self.total)  # rename: a blob in the store is always whole
+        with store.restaged(self.fd, self.path, self.total) as staged:
+            store.commit(staged, self.digest, self.total)  # rename: a blob in the store is always whole
         self.path = None  # now owned by the store
-        entry = SourceEntry(self.digest, self.total, self.content_type, self.etag, self.last_modified)
-        self.index.record(self.source.ident, entry)
+        said = self.said
+        entry = SourceEntry(self.digest, self.total, said.content_type, said.etag, said.last_modified)
+        index.record(self.source.ident, entry)
         # Another commit (ours or another process's) may have evicted the blob between the rename and this
         # row: its eviction could not remove a row not yet written, so remove it now.
-        if not self.store.has(self.digest):
-            self.index.forget(self.source.ident)
+        if not store.has(self.digest):
+            index.forget(self.source.ident)
 
     def _fail(self, exc: FetchError) -> None:
         self.error = exc
@@ -455,7 +533,7 @@ class Download:
 
     def _announce(self, event: Event) -> None:
         try:
-            self.notify(self, event)
+            self.wiring.notify(self, event)
         except Exception:  # a subscriber's bug must not kill a worker thread or hide the outcome
             log.exception("download event %s of %s: a subscriber failed", event.value, self.source.label)
 
@@ -465,8 +543,7 @@ class Download:
         answered, and a slow but steady server would otherwise keep a reader (and the stop) waiting for as
         long as the bytes it asked for take to come. For good: no reader or prefetch revives it."""
         with self.cond:
-            self.stopped = True
-            self.cancelled = True
+            self.cancel = Cancel.STOPPED
             self.cond.notify_all()
 
     # -- reader side -----------------------------------------------------------------------------------
@@ -480,7 +557,7 @@ class Download:
         but steady download is otherwise waited for as long as it takes, and a download still queued
         behind others is not stalled."""
         end = offset + size
-        patience = 2 * self.policy.stall_timeout + self.policy.wait_max
+        patience = 2 * self.wiring.limits.stall_timeout + self.wiring.retry.wait_max
         with self.cond:
             while True:
                 if self.total is not None:
@@ -491,7 +568,7 @@ class Download:
                     raise copy.copy(self.error)  # one exception object per raising thread
                 if self.state is State.DONE:
                     break
-                if self.stopped:
+                if self.cancel is Cancel.STOPPED:
                     raise Cancelled("the mount stopped (a stop signal or an unmount) before these bytes came")
                 if self.state is State.PENDING:
                     self.last_progress = time.monotonic()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import logging
 import secrets
 from collections.abc import Generator, Iterator
@@ -57,9 +58,17 @@ def read_bigger_chunks(connection: type = httpcore.HTTP11Connection, size: int =
     return True
 
 
-read_bigger_chunks()
-receive_buffer.install()  # h11 hands body bytes on without copying them (cache/receive_buffer.py)
-receive_buffer.refuse_leftovers()  # and a connection holding bytes no request asked for is not reused
+@functools.cache
+def install_reaches() -> None:
+    """Apply the three checked reaches below httpx, once per process: httpcore's read size, h11's receive buffer
+    without copies, and no reuse of a connection holding bytes no request asked for. Each warns when its library
+    is not the one it was written for (the pins in pyproject). Called at the runtime's start and by every
+    :class:`HttpClient` before its first connection; importing this module changes no library."""
+    read_bigger_chunks()
+    receive_buffer.install()
+    receive_buffer.refuse_leftovers()
+
+
 ERROR_BODY_TYPES = frozenset({"text/html", "text/plain", "application/json", "application/xml", "text/xml"})
 
 
@@ -140,6 +149,7 @@ class HttpClient:
         team: TeamCache | None = None,
         waits: OriginWaits | None = None,
     ) -> None:
+        install_reaches()  # a client of ours never runs without them: the stray-bytes one guards correctness
         self.tokens = tokens
         self.team = team  # track byte requests (GET, and HEAD for sizes) go through it when set
         # Every request, whoever makes it (a download, a size probe, a revalidation, the auth flow's retry, a
@@ -428,8 +438,8 @@ def body_range(response: httpx.Response) -> tuple[int, int | None]:
             span, _, total = rest.partition("/")
             first = int(span.split("-", 1)[0])
             return first, (None if total == "*" else int(total))
-        except ValueError:
-            raise NetworkError(f"the server sent an unreadable Content-Range {value!r}") from None
+        except ValueError as exc:
+            raise NetworkError(f"the server sent an unreadable Content-Range {value!r}") from exc
     return 0, content_length(response)
 
 
@@ -479,26 +489,27 @@ def check_status(response: httpx.Response, url: str) -> None:
 
 @contextlib.contextmanager
 def httpx_errors(url: str) -> Iterator[None]:
-    """Translate httpx's exceptions into ours. The URL's host is named; query strings (maybe secrets) not."""
+    """Translate httpx's exceptions into ours. The URL's host is named; query strings (maybe secrets) not. The
+    httpx error stays the cause, so the log's cause chain shows what the network said."""
     host = urlsplit(url).netloc or url
     try:
         yield
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise ServerUnreachable(f"server unreachable: cannot connect to {host} ({short(exc)})") from None
+        raise ServerUnreachable(f"server unreachable: cannot connect to {host} ({short(exc)})") from exc
     except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
-        raise StallTimeout(f"timed out: no data from {host} within the stall timeout ({short(exc)})") from None
+        raise StallTimeout(f"timed out: no data from {host} within the stall timeout ({short(exc)})") from exc
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
-        raise NetworkError(f"network error talking to {host}: {short(exc)}") from None
-    except httpx.TooManyRedirects:
-        raise PermanentHttpError(f"too many redirects from {host}", 310) from None
+        raise NetworkError(f"network error talking to {host}: {short(exc)}") from exc
+    except httpx.TooManyRedirects as exc:
+        raise PermanentHttpError(f"too many redirects from {host}", 310) from exc
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-        raise PermanentHttpError(f"bad URL for {host}: {short(exc)}", 0) from None
+        raise PermanentHttpError(f"bad URL for {host}: {short(exc)}", 0) from exc
     except httpx.DecodingError as exc:  # before HTTPError, its base class
-        raise BadBody(f"the server sent an encoded body that does not decode: {short(exc)}") from None
+        raise BadBody(f"the server sent an encoded body that does not decode: {short(exc)}") from exc
     except httpx.HTTPError as exc:
-        raise NetworkError(f"HTTP error talking to {host}: {short(exc)}") from None
+        raise NetworkError(f"HTTP error talking to {host}: {short(exc)}") from exc
     except httpx.StreamError as exc:
-        raise NetworkError(f"HTTP stream error from {host}: {short(exc)}") from None
+        raise NetworkError(f"HTTP stream error from {host}: {short(exc)}") from exc
 
 
 def short(exc: BaseException) -> str:

@@ -127,10 +127,9 @@ class SourceIndex:
     def prune(self, *, cutoff: float, blobs: Callable[[], Collection[str]]) -> int:
         """Drop ``head:`` rows last written before ``cutoff`` and ``src:`` rows whose blob is gone; returns
         how many rows went. The blob store removes a blob's rows as it removes the blob; this sweep catches
-        what that cannot: rows of the previous version (untagged; re-written with their tag when their blob
-        exists), rows of a process that raced a removal, damaged rows. ``blobs`` (the stored digests) is
-        asked after the rows are listed: a blob is committed before its row is written, so every listed
-        row whose blob exists finds it there."""
+        what that cannot: rows of a process that raced a removal, damaged (untagged) rows. ``blobs`` (the
+        stored digests) is asked after the rows are listed: a blob is committed before its row is written, so
+        every listed row whose blob exists finds it there."""
         rows = self._db.rows()
         live = blobs()
         removed = 0
@@ -138,21 +137,16 @@ class SourceIndex:
             if key.startswith(HEAD):
                 gone = stored < cutoff
             elif key.startswith(SRC):
-                gone = self._orphan(key, tag, live)
+                gone = self._orphan(tag, live)
             else:
                 continue
             if gone:
                 removed += bool(self._db.delete(key))
         return removed
 
-    def _orphan(self, key: str, tag: str | None, live: Collection[str]) -> bool:
-        if tag is not None:
-            return tag not in live
-        entry = self.lookup(key[len(SRC):])  # untagged: a row of the previous version
-        if entry is None or entry.digest not in live:
-            return True
-        self.record(key[len(SRC):], entry)
-        return False
+    @staticmethod
+    def _orphan(tag: str | None, live: Collection[str]) -> bool:
+        return tag is None or tag not in live  # every row is written tagged with its digest (record)
 
     @cache_errors("counting the index")
     def counts(self) -> dict[str, int]:

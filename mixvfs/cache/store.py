@@ -122,7 +122,7 @@ def victims(
 class BlobCache(CheckedCache):
     """diskcache.Cache plus the few queries we need over its ``Cache`` table."""
 
-    COLUMNS = frozenset({"key", "raw", "size", "access_time", "store_time", "expire_time", "filename"})
+    COLUMNS = frozenset({"key", "raw", "size", "access_time", "store_time", "filename"})
 
     def infos(self) -> list[BlobInfo]:
         rows = self._query("SELECT key, size, access_time, store_time, filename FROM Cache ORDER BY access_time")
@@ -145,12 +145,6 @@ class BlobCache(CheckedCache):
         future = self._query("SELECT COUNT(*) FROM Cache WHERE access_time > ?", (now,))[0][0]
         self._query("UPDATE Cache SET access_time = ? WHERE access_time > ?", (now, now))
         return int(future)
-
-    def clear_expiry(self) -> None:
-        """Forget stored expiries (the previous version wrote them): the TTL is judged by prune from the
-        last use, and a stored one would make ``get`` hide a blob that a raised max_age keeps."""
-        if self._query("SELECT 1 FROM Cache WHERE expire_time IS NOT NULL LIMIT 1"):
-            self._query("UPDATE Cache SET expire_time = NULL WHERE expire_time IS NOT NULL")
 
     def digests(self) -> set[str]:
         return {str(key) for (key,) in self._query("SELECT key FROM Cache WHERE raw = 1")}
@@ -190,7 +184,6 @@ class BlobStore:
             cull_limit=0,  # we evict ourselves (see evict_to); diskcache's batch cull can drop the new blob
             disk_min_file_size=0,
         )
-        cache.clear_expiry()
         return cache
 
     @property

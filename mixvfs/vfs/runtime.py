@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from mixvfs.cache import defaults
 from mixvfs.cache.bwlimit import Budget
 from mixvfs.cache.defaults import QUESTIONS, SERVER_WAIT_MAX
-from mixvfs.cache.download import Foreground, RetryPolicy
 from mixvfs.cache.errors import CacheError, ConfigError, FetchError
-from mixvfs.cache.http import HttpClient, origin_of, warn_if_insecure
+from mixvfs.cache.fetcher import Fetcher, Foreground
+from mixvfs.cache.http import HttpClient, install_reaches, origin_of, warn_if_insecure
 from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.location import CacheLimits, is_cache, make_private_dir
 from mixvfs.cache.origin_wait import OriginWaits
-from mixvfs.cache.scheduler import Fetcher
+from mixvfs.cache.policy import Limits, RetryPolicy
 from mixvfs.cache.store import BlobStore
 from mixvfs.cache.team import TeamCache
 from mixvfs.cache.token import TokenSource
@@ -46,12 +46,15 @@ class RuntimeConfig:
     server_wait_max: float = SERVER_WAIT_MAX
 
     @property
-    def policy(self) -> RetryPolicy:
+    def retry(self) -> RetryPolicy:
         # Jitter in proportion to the first wait: a fixed 0.5 s would dwarf a short --retry-wait.
         return RetryPolicy(attempts=max(1, self.retries), wait_initial=self.retry_wait, wait_jitter=self.retry_wait,
-                           stall_timeout=self.stall_timeout,
                            # a wait the server asked for is spent inside the retries: it must not use them up
                            total_timeout=max(120.0, self.stall_timeout * 4) + self.server_wait_max)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(stall_timeout=self.stall_timeout)
 
 
 @dataclass
@@ -128,6 +131,7 @@ def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housek
     """Everything a command needs to read or fill the cache. ``origins``: every URL the token may travel to
     (warned about when it is plain http to another machine). ``housekeeping``: remove dead downloads'
     staging files and expired blobs first (commands that download; preflight only looks)."""
+    install_reaches()  # the library reaches below httpx, each checked (warned about at the start when it fails)
     store, index = open_cache(config.cache)
     if housekeeping:
         for path in store.clean_stale_staging():
@@ -151,6 +155,6 @@ def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housek
                       max_connections=config.jobs + QUESTIONS, waits=OriginWaits(max_wait=config.server_wait_max))
     foreground = Foreground()
     budget = Budget(config.bwlimit) if config.bwlimit else None
-    fetcher = Fetcher(store, index, http, jobs=config.jobs, policy=config.policy, foreground=foreground,
-                      budget=budget, adaptive=True)
+    fetcher = Fetcher(store, index, http, jobs=config.jobs, retry=config.retry, limits=config.limits,
+                      foreground=foreground, budget=budget, adaptive=True)
     return Runtime(store, index, http, fetcher, foreground, tokens, token_error, config.jobs)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from mixvfs.cache.bwlimit import Budget
-from mixvfs.cache.download import RetryPolicy
+from mixvfs.cache.fetcher import Fetcher
 from mixvfs.cache.http import HttpClient
+from mixvfs.cache.policy import RetryPolicy
 from mixvfs.cache.remote import Source
-from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore
 from tools.devserver import DevServer
 from tools.make_audio import write_sized
@@ -94,7 +94,7 @@ def test_every_byte_of_every_download_is_spent_from_the_one_budget(tmp_path: Pat
     budget = Budget(rate, burst=0, clock=clock)
     store = BlobStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
     with DevServer(root) as server:
-        fetcher = Fetcher(store, store.index, HttpClient(stall_timeout=10), jobs=2, policy=RetryPolicy(attempts=1),
+        fetcher = Fetcher(store, store.index, HttpClient(stall_timeout=10), jobs=2, retry=RetryPolicy(attempts=1),
                           budget=budget)
         acquired = [fetcher.acquire(Source(server.url_for(name), size=size, label=name))
                     for name, size in sizes.items()]

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from mixvfs.cache.concurrency import HOLD, LOWER, MIN_INTERVAL, ROUND_TRIPS, START, Concurrency
-from mixvfs.cache.download import RetryPolicy, State
+from mixvfs.cache.download import State
+from mixvfs.cache.fetcher import Fetcher
 from mixvfs.cache.http import HttpClient
+from mixvfs.cache.policy import RetryPolicy
 from mixvfs.cache.remote import Source
-from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore
 from tools.devserver import DevServer
 from tools.make_audio import write_sized
@@ -37,7 +38,7 @@ def goodput(downloads: int, rate: float, rtt: float, track: float) -> float:
 
 def run(control: Concurrency, clock: Clock, intervals: int, *, rate: float, rtt: float, track: float,
         waiting: bool = True) -> list[int]:
-    """Drive the controller as the scheduler does: the bytes of each interval at the current number."""
+    """Drive the controller as the fetcher does: the bytes of each interval at the current number."""
     control.answered_after(rtt)
     seen = []
     for _ in range(intervals):
@@ -149,7 +150,7 @@ def test_the_fetcher_runs_only_the_measured_number_of_downloads_and_a_reader_goe
     store = BlobStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
     with DevServer(root) as server:
         server.set_faults({"*": {"hold": "slots", "hold_after": 100_000}})
-        fetcher = Fetcher(store, store.index, HttpClient(stall_timeout=30), jobs=8, policy=RetryPolicy(attempts=1),
+        fetcher = Fetcher(store, store.index, HttpClient(stall_timeout=30), jobs=8, retry=RetryPolicy(attempts=1),
                           adaptive=True)
         fetcher.concurrency = Concurrency(8, clock=Clock())  # stopped: no interval ever ends
         sources = [Source(server.url_for(name), size=1 << 20, label=name) for name in names]

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from mixvfs.cache.download import RetryPolicy
 from mixvfs.cache.errors import FetchError
+from mixvfs.cache.fetcher import Fetcher
 from mixvfs.cache.http import HttpClient
 from mixvfs.cache.index import SourceIndex
-from mixvfs.cache.scheduler import Fetcher
+from mixvfs.cache.policy import RetryPolicy
 from mixvfs.cache.store import BlobStore
 from mixvfs.vfs.fs.handles import FailedHandle, StreamHandle
 from mixvfs.vfs.fs.report import Report
@@ -44,7 +44,7 @@ def make_fs(tmp_path: Path) -> Iterator[Any]:
         store = BlobStore(tmp_path / "cache", max_size=100 * MiB, max_age=86400)
         index = SourceIndex(tmp_path / "cache")
         http = HttpClient(stall_timeout=5)
-        fetcher = Fetcher(store, index, http, jobs=2, policy=RetryPolicy(attempts=2, wait_initial=0.01))
+        fetcher = Fetcher(store, index, http, jobs=2, retry=RetryPolicy(attempts=2, wait_initial=0.01))
         built = build_tracks(session, http=http, index=index)
         report = Report(tmp_path / "report.json", session=session.name, mountpoint="-", records=[])
         fs = SessionFS(built, fetcher, report, prefetch=False, **kw)

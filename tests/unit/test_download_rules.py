@@ -10,11 +10,11 @@ from pathlib import Path
 import diskcache
 import pytest
 
-from mixvfs.cache.download import RetryPolicy
+from mixvfs.cache.fetcher import Fetcher
 from mixvfs.cache.http import HttpClient
 from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.policy import Limits, RetryPolicy
 from mixvfs.cache.remote import Source
-from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore
 from tools.devserver import DevServer
 from tools.make_audio import write_sized
@@ -29,9 +29,9 @@ def store(tmp_path: Path) -> Iterator[BlobStore]:
     blobs.close()
 
 
-def fetcher_for(store: BlobStore, tmp_path: Path, policy: RetryPolicy, jobs: int = 1) -> Fetcher:
-    return Fetcher(store, SourceIndex(tmp_path / "cache"), HttpClient(stall_timeout=policy.stall_timeout),
-                   jobs=jobs, policy=policy)
+def fetcher_for(store: BlobStore, tmp_path: Path, retry: RetryPolicy, limits: Limits, jobs: int = 1) -> Fetcher:
+    return Fetcher(store, SourceIndex(tmp_path / "cache"), HttpClient(stall_timeout=limits.stall_timeout),
+                   jobs=jobs, retry=retry, limits=limits)
 
 
 def test_a_slow_but_steady_download_is_waited_for_past_every_fixed_deadline(server_root, store, tmp_path):
@@ -39,10 +39,10 @@ def test_a_slow_but_steady_download_is_waited_for_past_every_fixed_deadline(serv
     2 s, the download takes about 4 s at a steady 256 KiB/s, and the reader asks for the last byte."""
     size = 1 * MiB
     write_sized(server_root / "slow.wav", size, seed=3)
-    policy = RetryPolicy(attempts=2, total_timeout=1.0, stall_timeout=1.0, wait_initial=0.01, wait_max=0.01,
-                         wait_jitter=0.0)
+    policy = RetryPolicy(attempts=2, total_timeout=1.0, wait_initial=0.01, wait_max=0.01, wait_jitter=0.0)
+    limits = Limits(stall_timeout=1.0)
     with DevServer(server_root, faults={"*": {"rate": 256 * KiB}}) as server:
-        fetcher = fetcher_for(store, tmp_path, policy)
+        fetcher = fetcher_for(store, tmp_path, policy, limits)
         acquired = fetcher.acquire(Source(server.url_for("slow.wav"), size=size, label="slow"))
         assert acquired.download is not None
         end = acquired.download.wait_for(1, size - 1)  # the tail first, like a DAW reading the index
@@ -70,9 +70,10 @@ def test_a_store_failing_after_the_rename_fails_one_track_and_keeps_the_worker(s
     write_sized(server_root / "a.wav", 200_000, seed=1)
     write_sized(server_root / "b.wav", 300_000, seed=2)
     store = FlakyCommitStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
-    policy = RetryPolicy(attempts=1, stall_timeout=2.0)
+    policy = RetryPolicy(attempts=1)
+    limits = Limits(stall_timeout=2.0)
     with DevServer(server_root) as server:
-        fetcher = fetcher_for(store, tmp_path, policy, jobs=1)
+        fetcher = fetcher_for(store, tmp_path, policy, limits, jobs=1)
         first = fetcher.acquire(Source(server.url_for("a.wav"), size=200_000, label="a"))
         assert first.download is not None
         assert first.download.ended.wait(10)

@@ -1,4 +1,4 @@
-"""Tier 1 (no kernel): cache/http.py, cache/download.py and cache/scheduler.py against the real dev server —
+"""Tier 1 (no kernel): cache/http.py, cache/download.py and cache/fetcher.py against the real dev server —
 resume offsets, ETag changes, length and content-type checks, status mapping, cancellation, copyable errors."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mixvfs.cache import errors
-from mixvfs.cache.download import Download, Event, RetryPolicy, State
+from mixvfs.cache.download import Download, Event, State, Wiring
 from mixvfs.cache.errors import (
     AuthRejected,
     Cancelled,
@@ -25,16 +25,18 @@ from mixvfs.cache.errors import (
     RequestWaitExceeded,
     ServerBusy,
 )
+from mixvfs.cache.fetcher import Fetcher
 from mixvfs.cache.http import HttpClient
 from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.policy import Limits, RetryPolicy
 from mixvfs.cache.remote import Source
-from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore
 from tools.devserver import DevServer
 from tools.make_audio import write_sized
 
 SIZE = 300_000
-POLICY = RetryPolicy(attempts=3, wait_initial=0.001, wait_max=0.01, wait_jitter=0.0, stall_timeout=2.0)
+POLICY = RetryPolicy(attempts=3, wait_initial=0.001, wait_max=0.01, wait_jitter=0.0)
+LIMITS = Limits(stall_timeout=2.0)
 
 
 @pytest.fixture
@@ -62,7 +64,7 @@ def http() -> Iterator[HttpClient]:
 
 def one_job_fetcher(server: DevServer, store: BlobStore, http: HttpClient, tmp_path: Path) -> tuple[Fetcher, Source]:
     """A fetcher with one worker over the test cache, and the source of the served a.wav."""
-    fetcher = Fetcher(store, SourceIndex(tmp_path / "cache"), http, jobs=1, policy=POLICY)
+    fetcher = Fetcher(store, SourceIndex(tmp_path / "cache"), http, jobs=1, retry=POLICY, limits=LIMITS)
     return fetcher, Source(server.url_for("a.wav"), size=SIZE, label="a")
 
 
@@ -88,8 +90,8 @@ def stored_bytes(store: BlobStore, d: Download) -> bytes:
 
 def download(server: DevServer, store: BlobStore, http: HttpClient, size: int | None = SIZE) -> Download:
     events: list[Event] = []
-    d = Download(Source(server.url_for("a.wav"), size=size, label="a"), store, SourceIndex(store.root), http,
-                 POLICY, lambda _d, event: events.append(event))
+    d = Download(Source(server.url_for("a.wav"), size=size, label="a"),
+                 Wiring(store, SourceIndex(store.root), http, lambda _d, event: events.append(event), POLICY, LIMITS))
     d.run()
     return d
 
@@ -134,15 +136,15 @@ def test_new_etag_between_attempts_starts_over_and_is_used_for_the_next_resume(s
     write_sized(served, SIZE, seed=8)  # a new version: same size, new bytes
     os.utime(served, ns=(old_mtime_ns + 10**9, old_mtime_ns + 10**9))  # and surely a new mtime, so a new ETag
     new_data = (tmp_path / "srv" / "a.wav").read_bytes()
-    d = Download(Source(server.url_for("a.wav"), size=SIZE, etag=first.etag, label="a"), store,
-                 SourceIndex(store.root), http, POLICY, lambda _d, _e: None)
+    d = Download(Source(server.url_for("a.wav"), size=SIZE, etag=first.said.etag, label="a"),
+                 Wiring(store, SourceIndex(store.root), http, lambda _d, _e: None, POLICY, LIMITS))
     server.set_faults({"/a.wav": {"drop_after": 50_000, "times": 2, "id": "second"}})
     d.run()
-    assert d.state is State.DONE and d.etag != first.etag
+    assert d.state is State.DONE and d.said.etag != first.said.etag
     gets = server.requests("GET")[-3:]
     # A fresh start meets the new version (cut at 50 kB); the resumes then name the NEW ETag in If-Range.
     assert [g["range"] for g in gets] == [None, "bytes=50000-", "bytes=100000-"]
-    assert gets[1]["if_range"] == d.etag
+    assert gets[1]["if_range"] == d.said.etag
     assert stored_bytes(store, d) == new_data
 
 
@@ -182,7 +184,7 @@ def test_a_cancelled_download_is_revived_or_replaced_never_handed_over_dying(ser
         server.release("a")
         assert download.ended.wait(30)
         assert download.state is State.FAILED and isinstance(download.error, Cancelled) and download.dying
-        assert not download.revive() and download.attach() is None  # too late: never handed over again
+        assert not download.revive() and download.attach_reader() is None  # too late: never handed over again
         third = fetcher.acquire(source)  # replaced by a new download of the whole file
         fds.append(third.fd)
         assert third.download is not None and third.download is not download
@@ -260,7 +262,7 @@ def test_stop_fails_a_waiting_reader_at_once_even_with_the_worker_stuck_in_a_rea
         assert download.wait_for(1000, 0) == 1000  # bytes already held are still served
         with pytest.raises(Cancelled):
             fetcher.acquire(source)  # neither revived nor started anew
-        assert not download.revive() and download.attach() is None
+        assert not download.revive() and download.attach_reader() is None
         fetcher.release(download)
         os.close(acquired.fd)
     finally:

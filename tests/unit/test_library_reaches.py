@@ -1,20 +1,29 @@
 """Where mixvfs reaches into a library's private parts, the reach is checked and a failure is loud:
-httpcore's per-connection read size, and the errno guard's cause chain (kept in debug logs)."""
+httpcore's per-connection read size (h11's receive buffer and httpcore's idle check: test_receive_buffer.py),
+mfusepy's private ``_libfuse``; the reaches are applied when a runtime or client starts, never at import; and
+the errno guard's cause chain (kept in debug logs)."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import httpcore
+import httpx
 import pytest
 
+from mixvfs import host
 from mixvfs.cache.errors import CacheError, FetchError
-from mixvfs.cache.http import CHUNK, read_bigger_chunks
+from mixvfs.cache.http import CHUNK, httpx_errors, install_reaches, read_bigger_chunks
 from mixvfs.vfs.adapter.errno_map import fuse_errors
+from tests.conftest import fuse_problem, missing_part
 from tests.faults.helpers import cloud_track
 from tools.devserver import DevServer
 
@@ -52,8 +61,9 @@ class RecordingBackend(httpcore.SyncBackend):
 
 
 def test_httpcore_connections_read_a_mebibyte_per_recv(server_root: Path, devserver: DevServer) -> None:
-    """Importing mixvfs.cache.http made httpcore's HTTP/1.1 connections ask the socket for 1 MiB at a time
-    (the 2.5x download speed-up); a renamed attribute would leave them at 64 KiB."""
+    """The reaches installed (as the runtime's start does), httpcore's HTTP/1.1 connections ask the socket for
+    1 MiB at a time (the 2.5x download speed-up); a renamed attribute would leave them at 64 KiB."""
+    install_reaches()
     assert httpcore.HTTP11Connection.READ_NUM_BYTES == CHUNK == 1 << 20
     size = 3 * CHUNK
     entry = cloud_track(server_root, "big", size)
@@ -98,6 +108,73 @@ def test_the_read_size_is_set_where_it_exists(caplog: pytest.LogCaptureFixture) 
         assert read_bigger_chunks(WithReadSize, 12345) is True
     assert WithReadSize.READ_NUM_BYTES == 12345
     assert not caplog.records
+
+
+# -- applied at a start, never at import ----------------------------------------------------------------------
+
+UNTOUCHED = """
+import os, sys
+import h11._connection, h11._receivebuffer, httpcore
+import mixvfs.cache.http, mixvfs.vfs.runtime, mixvfs.vfs.commands.cli, mixvfs.vfs.commands.cachectl
+import mixvfs.vfs.fs.mount, mixvfs.vfs.fs.sessionfs
+try:
+    import mixvfs.vfs.adapter.fuse_ops
+except (OSError, AttributeError):
+    pass  # no libfuse here: the rest still counts
+changed = []
+if httpcore.HTTP11Connection.READ_NUM_BYTES != 64 * 1024:
+    changed.append("httpcore's read size")
+if h11._connection.ReceiveBuffer is not h11._receivebuffer.ReceiveBuffer:
+    changed.append("h11's receive buffer")
+if getattr(httpcore.HTTP11Connection.has_expired, "refuses_leftovers", False):
+    changed.append("httpcore's idle check")
+if "FUSE_LIBRARY_NAME" in os.environ:
+    changed.append("FUSE_LIBRARY_NAME")
+print(changed)
+"""
+
+
+def test_importing_mixvfs_changes_no_library_and_no_environment() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "FUSE_LIBRARY_NAME"}
+    done = subprocess.run([sys.executable, "-c", UNTOUCHED], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_an_http_client_installs_the_reaches() -> None:
+    from mixvfs.cache.http import HttpClient
+
+    HttpClient().close()
+    assert httpcore.HTTP11Connection.READ_NUM_BYTES == CHUNK
+    assert getattr(httpcore.HTTP11Connection.has_expired, "refuses_leftovers", False)
+
+
+# -- mfusepy's private _libfuse ------------------------------------------------------------------------------
+
+# What vfs/adapter takes from mfusepy's private ``_libfuse`` (the libfuse it loaded; fuse_ops.py hands it on at
+# six places: the kernel's entry notices, the exit watch, passthrough's session descriptor, library version and
+# feature flag, and invalidate_path), besides the optional calls looked up with getattr.
+LIBFUSE_CALLS = {
+    2: {"fuse_get_context", "fuse_get_session", "fuse_session_exited", "fuse_lowlevel_notify_inval_entry",
+        "fuse_lowlevel_notify_inval_inode", "fuse_session_next_chan"},
+    3: {"fuse_get_context", "fuse_get_session", "fuse_session_exited", "fuse_lowlevel_notify_inval_entry",
+        "fuse_lowlevel_notify_inval_inode", "fuse_session_fd"},
+}
+
+
+def test_mfusepys_private_libfuse_holds_what_the_adapter_calls() -> None:
+    problem = fuse_problem()
+    if problem is not None:
+        missing_part(f"no libfuse to check ({problem})", "CI must load libfuse")
+    host.prefer_libfuse3()
+    import mfusepy
+
+    lib: Any = mfusepy._libfuse
+    assert isinstance(lib, ctypes.CDLL)
+    # fuse_get_context().contents.fuse: mfusepy's own declaration of the context, read by the adapter
+    context: Any = lib.fuse_get_context.restype
+    assert dict(context._type_._fields_)["fuse"] is ctypes.c_void_p
+    missing = [name for name in sorted(LIBFUSE_CALLS[mfusepy.fuse_version_major]) if not hasattr(lib, name)]
+    assert not missing, f"libfuse {mfusepy.fuse_version_major} lacks {missing}"
 
 
 # -- the errno guard keeps the cause chain in debug logs -----------------------------------------------------
@@ -229,3 +306,28 @@ def test_each_thread_gets_its_own_sqlite_connection(tmp_path: Path) -> None:
         assert seen and seen[0] is not store._cache._con
     finally:
         store.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@fuse_errors(Answer)
+def fetch(url: str) -> bytes:
+    with httpx.Client() as client, httpx_errors(url):
+        return client.get(url).content
+
+
+def test_a_network_failure_is_eio_and_its_httpx_cause_stays_in_the_logged_chain(
+        caplog: pytest.LogCaptureFixture) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/a.wav?signature=secret"
+    with caplog.at_level(logging.DEBUG, logger="mixvfs.vfs.adapter.errno_map"), pytest.raises(OSError) as raised:
+        fetch(url)
+    assert raised.value.errno == errno.EIO
+    [record] = [r for r in caplog.records if r.name == "mixvfs.vfs.adapter.errno_map"]
+    message = record.getMessage()
+    assert message.startswith("fetch: EIO from ServerUnreachable: server unreachable: cannot connect to 127.0.0.1")
+    assert "<- ConnectError: " in message  # what the network said, not only our summary of it
+    assert "secret" not in message

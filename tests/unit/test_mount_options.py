@@ -11,8 +11,9 @@ from mixvfs.vfs.fs.deadlines import request_bounds
 
 
 def option_list(platform: str, *, daemon_timeout: int = 125, name: str = "Friday Mix", major: int = 2) -> list[str]:
-    # fuse_ops first: it picks libfuse 3 (FUSE_LIBRARY_NAME) before mfusepy loads one; the other way round this
-    # process held libfuse 2 while asking for 3, and every later mount test in it failed the lane check.
+    # libfuse 3 picked (FUSE_LIBRARY_NAME) before mfusepy loads one; the other way round this process held
+    # libfuse 2 while asking for 3, and every later mount test in it failed the lane check.
+    host.prefer_libfuse3()
     from mixvfs.vfs.adapter import fuse_ops  # isort: skip
 
     import mfusepy  # isort: skip

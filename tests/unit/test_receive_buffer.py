@@ -15,6 +15,7 @@ from h11._receivebuffer import ReceiveBuffer
 
 from mixvfs.cache import http as _http  # noqa: F401  # importing it installs the buffer
 from mixvfs.cache import receive_buffer
+from mixvfs.cache.http import install_reaches
 from mixvfs.cache.receive_buffer import PassThroughBuffer
 
 
@@ -110,7 +111,8 @@ def test_held_bytes_join_h11s_buffer_before_any_other_use() -> None:
 
 
 def test_install_replaces_h11s_buffer_and_says_so_when_it_cannot() -> None:
-    assert getattr(h11_connection, "ReceiveBuffer") is PassThroughBuffer  # noqa: B009  # mixvfs.cache.http installed it
+    install_reaches()  # as the runtime's start does
+    assert getattr(h11_connection, "ReceiveBuffer") is PassThroughBuffer  # noqa: B009
     assert type(h11.Connection(h11.CLIENT)._receive_buffer) is PassThroughBuffer
     assert receive_buffer.install()  # again: harmless
 

@@ -19,7 +19,7 @@ import pytest
 
 from mixvfs.cache import store as store_module
 from mixvfs.cache.digest import hash_fd
-from mixvfs.cache.disk import SafeDisk
+from mixvfs.cache.disk import JsonDisk, SafeDisk
 from mixvfs.cache.errors import CacheError
 from mixvfs.cache.index import IndexCache, SourceEntry, SourceIndex
 from mixvfs.cache.remote import RemoteInfo, identity
@@ -259,19 +259,6 @@ def test_raising_max_age_rescues_a_blob_past_the_old_one(tmp_path):
     assert read_blob(longer, digest) == b"r" * 1000
 
 
-def test_a_stored_expiry_of_the_previous_version_does_not_hide_a_blob(tmp_path):
-    """The previous version stored diskcache expiries; diskcache's get() hides a row whose expiry passed,
-    and its touch() refuses to extend one. The TTL is now judged by prune from the last use only."""
-    old = BlobStore(tmp_path, max_size=100 * MiB, max_age=100)
-    digest = put(old, b"x" * 1000)
-    assert old._cache.touch(digest, expire=-1)  # as the previous version left it: expired by its max_age
-    assert old._cache.get(digest) is None
-    old.close()
-    store = BlobStore(tmp_path, max_size=100 * MiB, max_age=10_000)
-    assert read_blob(store, digest) == b"x" * 1000
-    assert store.prune() == []
-
-
 # -- a bounded index --------------------------------------------------------------------------------------
 
 
@@ -329,22 +316,19 @@ def test_head_rows_older_than_max_age_are_pruned(tmp_path):
     assert store.index.counts() == {"sources": 0, "heads": 0}
 
 
-def test_rows_of_the_previous_version_are_read_tagged_and_bounded(tmp_path):
-    """The previous version wrote JSON text values, untagged: still read; prune tags those whose blob
-    exists (so they leave with it) and drops the others."""
+def test_an_untagged_source_row_is_dropped_by_prune(tmp_path):
+    """Every source row is written tagged with its blob's digest; one without a tag (damaged, or written by
+    another program) cannot leave with its blob, so prune drops it."""
     store = BlobStore(tmp_path, max_size=100 * MiB, max_age=3600)
     kept = put(store, b"k" * 1000)
-    old = diskcache.Cache(str(tmp_path / "index"), disk=SafeDisk)
-    old.set("src:http://h/k#size=1000", json.dumps({"digest": kept, "size": 1000, "content_type": None}))
-    old.set("src:http://h/gone#size=1", json.dumps({"digest": "0" * 32, "size": 1, "content_type": None}))
-    old.set("head:http://h/k", json.dumps({"size": 1000, "etag": None, "content_type": None, "t": time.time()}))
-    assert store.index.lookup("http://h/k#size=1000") == SourceEntry(kept, 1000, None)
-    assert store.index.remote("http://h/k") == RemoteInfo(1000, None, None)
+    store.index.record("http://h/k#size=1000", SourceEntry(kept, 1000, None))
+    raw = diskcache.Cache(str(tmp_path / "index"), disk=JsonDisk)
+    raw.set("src:http://h/untagged#size=1000", {"digest": kept, "size": 1000, "content_type": None})
+    raw.close()
+    assert store.index.lookup("http://h/untagged#size=1000") == SourceEntry(kept, 1000, None)
     store.prune()
-    assert store.index.lookup("http://h/gone#size=1") is None
+    assert store.index.lookup("http://h/untagged#size=1000") is None
     assert store.index.lookup("http://h/k#size=1000") is not None
-    store.remove(kept)
-    assert store.index.lookup("http://h/k#size=1000") is None
 
 
 def test_index_values_are_json_not_pickles(tmp_path):

@@ -9,14 +9,14 @@ import logging
 from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
-from mixvfs.cache.errors import CacheError, ConfigError, FetchError, MixvfsError
+from mixvfs.cache.errors import MixvfsError
 
 log = logging.getLogger(__name__)
 
+# The first row that matches decides. Every error of ours is EIO, as promised: a track's failure (FetchError),
+# the cache folder's (CacheError) and any other; the copying program sees "Input/output error", the report and
+# the log's cause chain (kept by ``raise … from``) say why.
 ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
-    (FetchError, errno.EIO),  # every track failure: the copying program sees "Input/output error"
-    (CacheError, errno.EIO),
-    (ConfigError, errno.EIO),
     (MixvfsError, errno.EIO),
 )
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import json
 import logging
@@ -14,10 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-if "FUSE_LIBRARY_NAME" not in os.environ and ctypes.util.find_library("fuse3"):
-    os.environ["FUSE_LIBRARY_NAME"] = "fuse3"  # mfusepy prefers libfuse2; 3 gives 1 MiB requests
-
-import mfusepy as fuse
+import mfusepy as fuse  # host.prefer_libfuse3() ran first: daemon.libfuse_problem loads this module
 
 from mixvfs import host
 from mixvfs.vfs.adapter import passthrough

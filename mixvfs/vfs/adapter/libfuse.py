@@ -26,7 +26,7 @@ READAHEAD_KIB = 4096
 # Reads of page-cached files (all reads but direct I/O) reach the daemon as the kernel's "background"
 # requests, of which it keeps only max_background (12 by default) in flight per mount; the rest wait in the
 # kernel, whatever file they are for. Thirty readers parked on queued downloads held all 12, and a read of a
-# cached track took 48 s (issue 8). A waiting reader holds 1-2 requests with libfuse 3 (1 MiB each; 8-16 of
+# cached track took 48 s. A waiting reader holds 1-2 requests with libfuse 3 (1 MiB each; 8-16 of
 # 128 KiB with libfuse 2), each on a libfuse thread of its own (~70 KiB of memory while it waits). With 1024
 # the mount answered in under 0.2 s with 700 readers of 2 MB tracks waiting (822 requests, 60 MB of threads).
 WAITING_READS = 1024
@@ -112,7 +112,7 @@ class ExitWatch:
     @classmethod
     def of_this_mount(cls, lib: Any, on_exit: Callable[[], None]) -> ExitWatch | None:
         """Started, for the mount whose ``init`` this thread answers; None where the loaded libfuse lacks a
-        call (the old behaviour then stays: the daemon's cleanup runs once the requests under way end)."""
+        call (without it, the daemon's cleanup runs once the requests under way end)."""
         try:
             session = session_of_this_mount(lib)
             if session is None:
@@ -180,7 +180,7 @@ class KernelEntries:
     @classmethod
     def of_this_mount(cls, lib: Any, libfuse_major: int) -> KernelEntries | None:
         """The notifier for the mount whose request (``init``) this thread is answering; None where the
-        loaded libfuse lacks a call (the old behaviour then stays: names expire after the entry timeout)."""
+        loaded libfuse lacks a call (without it, names expire after the entry timeout)."""
         try:
             session = session_of_this_mount(lib)
             if session is None:

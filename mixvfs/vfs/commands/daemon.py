@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 def libfuse_problem() -> str | None:
     """None when a libfuse mfusepy can mount with loads; else one line: why not, and what to install or
     allow (macFUSE refused by the system shows here too: its library loads only once allowed)."""
+    host.prefer_libfuse3()
     try:
         import mixvfs.vfs.adapter.fuse_ops  # noqa: F401  (loads libfuse through mfusepy)
     except (OSError, AttributeError) as exc:

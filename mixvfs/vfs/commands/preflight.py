@@ -19,8 +19,8 @@ from typing import Any
 
 from mixvfs.cache.defaults import QUESTIONS
 from mixvfs.cache.errors import AuthRejected, ConfigError, FetchError, TransientError
+from mixvfs.cache.fetcher import Fetcher
 from mixvfs.cache.http import NO_TOKEN_HINT, HttpClient
-from mixvfs.cache.scheduler import Fetcher
 from mixvfs.cache.store import BlobStore
 from mixvfs.cache.token import TokenSource
 from mixvfs.cache.units import format_size

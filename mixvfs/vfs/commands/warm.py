@@ -1,7 +1,7 @@
 """``cachectl warm SESSION``: download every cloud track of a session into the cache ahead of the export.
 
 The downloads are the mount's own (its :class:`mixvfs.vfs.fs.prefetch.Prefetcher` over a
-:class:`mixvfs.cache.scheduler.Fetcher`, reported by its :class:`mixvfs.vfs.fs.recorder.Recorder`): ``jobs`` at a
+:class:`mixvfs.cache.fetcher.Fetcher`, reported by its :class:`mixvfs.vfs.fs.recorder.Recorder`): ``jobs`` at a
 time, retried, verified, committed by rename — so a warmed cache is exactly what a mount would have built.
 Progress goes through rich on a terminal (per track and total: bytes, rate, ETA) and as one plain line per event
 otherwise (logs, pipes, CI). Ctrl-C stops the downloads, removes their staging files and leaves only whole

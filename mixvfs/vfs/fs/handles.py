@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from mixvfs.cache.download import Download
 from mixvfs.cache.errors import ContentChanged, FetchError
-from mixvfs.cache.scheduler import Fetcher
+from mixvfs.cache.fetcher import Fetcher
 from mixvfs.vfs.session.tracks import Track
 
 

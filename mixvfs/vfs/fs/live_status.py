@@ -7,7 +7,7 @@ import math
 import time
 
 from mixvfs.cache.download import Download, State
-from mixvfs.cache.scheduler import Fetcher
+from mixvfs.cache.fetcher import Fetcher
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Report
 from mixvfs.vfs.session.tracks import Track
 

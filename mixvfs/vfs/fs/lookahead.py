@@ -11,10 +11,9 @@ import threading
 from collections.abc import Callable
 
 from mixvfs.cache.defaults import QUESTIONS
-from mixvfs.cache.download import Foreground
 from mixvfs.cache.errors import FetchError
+from mixvfs.cache.fetcher import Fetcher, Foreground
 from mixvfs.cache.http import Freshness
-from mixvfs.cache.scheduler import Fetcher
 from mixvfs.vfs.fs.mount_state import MountState
 from mixvfs.vfs.session.tracks import Kind, Track
 

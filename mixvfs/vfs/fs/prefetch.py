@@ -7,7 +7,7 @@ import threading
 
 from mixvfs.cache.download import Download, Event
 from mixvfs.cache.errors import FetchError
-from mixvfs.cache.scheduler import Fetcher
+from mixvfs.cache.fetcher import Fetcher
 from mixvfs.vfs.fs.recorder import Recorder
 from mixvfs.vfs.session.tracks import Track
 

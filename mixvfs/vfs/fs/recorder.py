@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from mixvfs.cache.defaults import FAILED_FOR
 from mixvfs.cache.download import Download, Event
 from mixvfs.cache.errors import Cancelled, FetchError
-from mixvfs.cache.scheduler import Fetcher
+from mixvfs.cache.fetcher import Fetcher
 from mixvfs.vfs.fs.report import Report, Status, TrackRecord
 from mixvfs.vfs.session.tracks import Kind, Track
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar
 
 from mixvfs.cache.defaults import FAILED_FOR
-from mixvfs.cache.download import Download, Event, Foreground
+from mixvfs.cache.download import Download, Event
 from mixvfs.cache.errors import (
     CacheError,
     FetchError,
@@ -28,8 +28,8 @@ from mixvfs.cache.errors import (
     ServerAskedToWait,
     SourceMissing,
 )
+from mixvfs.cache.fetcher import Fetcher, Foreground
 from mixvfs.cache.http import Freshness
-from mixvfs.cache.scheduler import Fetcher
 from mixvfs.vfs.fs.backing import BackingTable
 from mixvfs.vfs.fs.handles import (
     BlobHandle,

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 
 from mixvfs.cache.errors import FetchError
-from mixvfs.cache.scheduler import Fetcher
+from mixvfs.cache.fetcher import Fetcher
 from mixvfs.vfs.fs.mount_state import MountState
 from mixvfs.vfs.session.tracks import Kind, Track
 

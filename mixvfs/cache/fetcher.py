@@ -1,4 +1,4 @@
-"""The scheduler: which downloads run. One :class:`~mixvfs.cache.download.Download` per source version at a
+"""The fetcher: which downloads run. One :class:`~mixvfs.cache.download.Download` per source version at a
 time, shared by every reader; at most ``jobs`` running; readers' tracks first, then prefetch in session
 order (a reader's track pauses the least urgent prefetch rather than waiting behind it). Subscribers hear
 every download's events (:meth:`Fetcher.subscribe`).
@@ -21,16 +21,52 @@ from mixvfs.cache import defaults
 from mixvfs.cache.bwlimit import Budget
 from mixvfs.cache.concurrency import Concurrency
 from mixvfs.cache.digest import hash_fd
-from mixvfs.cache.download import DEMAND, Download, Event, Foreground, RetryPolicy, State
+from mixvfs.cache.download import DEMAND, Download, Event, State, Wiring
 from mixvfs.cache.errors import Cancelled, FetchError, NoSpace
 from mixvfs.cache.http import Freshness, HttpClient
 from mixvfs.cache.index import SourceEntry, SourceIndex
+from mixvfs.cache.policy import Limits, RetryPolicy
 from mixvfs.cache.remote import RemoteInfo, Source
 from mixvfs.cache.store import BlobStore
 
 log = logging.getLogger(__name__)
 
 Subscriber = Callable[[Download, Event], None]
+
+
+class Foreground:
+    """When somebody last browsed the mount (listing, stat) and when somebody last read from it.
+
+    Background prefetch steps aside for a moment while the folder is browsed but nothing is read: in one
+    Python process every FUSE request needs the GIL, and a few prefetch threads busy in httpx made `ls -l`
+    of a 10 000-track session 5 times slower. While an exporter copies (reads keep coming), prefetch is
+    exactly what it needs, so it is never held back then; demand downloads are never held back at all.
+    """
+
+    def __init__(self, quiet: float = 0.02, copying: float = 0.25, patience: float = 1.0) -> None:
+        self.quiet = quiet
+        self.copying = copying
+        # The longest a prefetch step waits for browsing to pause: about one `ls -l` of 10 000 tracks, so a
+        # listing is not slowed by downloads (each one's httpx work holds the GIL every FUSE answer needs),
+        # while a folder browsed without end (a file manager polling it) still lets prefetch go on.
+        self.patience = patience
+        self.last_browse = 0.0
+        self.last_read = 0.0
+
+    def touch(self) -> None:
+        self.last_browse = time.monotonic()
+
+    def reading(self) -> None:
+        self.last_read = time.monotonic()
+
+    def wait_quiet(self) -> None:
+        deadline = time.monotonic() + self.patience
+        while True:
+            now = time.monotonic()
+            idle = now - self.last_browse
+            if idle >= self.quiet or now - self.last_read < self.copying or now >= deadline:
+                return
+            time.sleep(min(self.quiet - idle, deadline - now))
 
 
 @dataclass
@@ -50,7 +86,8 @@ class Fetcher:
         http: HttpClient,
         *,
         jobs: int = defaults.JOBS,
-        policy: RetryPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        limits: Limits | None = None,
         foreground: Foreground | None = None,
         budget: Budget | None = None,
         adaptive: bool = False,
@@ -60,7 +97,7 @@ class Fetcher:
         self.index = index
         self.http = http
         self.jobs = max(1, jobs)
-        self.policy = policy or RetryPolicy()
+        self.limits = limits or Limits()
         # When the mount is browsed or read: prefetch steps aside while it is only browsed.
         self.foreground = foreground or Foreground()
         self._subscribers: list[Subscriber] = []
@@ -69,6 +106,8 @@ class Fetcher:
         self._pick = threading.Lock()  # held by the one worker taking the next item from the queue
         # adaptive: how many of the ``jobs`` may run is measured (cache/concurrency.py); else all of them.
         self.concurrency = Concurrency(self.jobs) if adaptive else None
+        self._wiring = Wiring(store, index, http, self._on_event, retry=retry or RetryPolicy(), limits=self.limits,
+                              step_aside=self.foreground.wait_quiet, budget=budget, meter=self.concurrency)
         self._active: dict[str, Download] = {}
         self._queue: queue.PriorityQueue[tuple[int, int, Download | None]] = queue.PriorityQueue()
         self._running: set[Download] = set()
@@ -142,15 +181,14 @@ class Fetcher:
         """Open ``source`` for reading: its verified blob if stored, else a (shared) download, reader first."""
         with self._lock:
             download = self._active.get(source.ident)
-            fd = download.attach() if download is not None else None
+            fd = download.attach_reader() if download is not None else None
             if download is None or fd is None:
                 opened = self._open_stored(source)
                 if opened is not None:
                     return opened
                 download = self._start(source)
-                fd = download.attach()
+                fd = download.attach_reader()
                 assert fd is not None  # a new download's staging file is open
-            download.readers += 1
             self._enqueue(download, DEMAND)
             return Acquired(fd, download, None)
 
@@ -161,27 +199,16 @@ class Fetcher:
 
     def release(self, download: Download) -> None:
         """A reader closed its file. The last reader leaving cancels the download unless prefetch wants it."""
-        with self._lock:
-            download.readers -= 1
-            complete = download.total is not None and download.available >= download.total
-            if download.readers <= 0 and not download.prefetch_wanted and not complete and download.state in (
-                State.PENDING, State.FETCHING
-            ):
-                with download.cond:
-                    download.cancelled = True
+        download.release_reader()
 
     def prefetch(self, source: Source, order: int) -> Download | None:
         with self._lock:
             download = self._active.get(source.ident)
-            if download is not None and not download.revive():
-                download = None
-            if download is None:
+            if download is None or not download.want_prefetch(order):
                 if self.cached(source) is not None:
                     return None
                 download = self._start(source)
-            download.prefetch_wanted = True
-            if download.readers == 0:
-                download.priority = 1 + order
+                download.want_prefetch(order)
             self._enqueue(download, download.priority)
             return download
 
@@ -237,7 +264,7 @@ class Fetcher:
         st = os.fstat(fd)
         if st.st_size != entry.size:
             return False
-        if st.st_size > self.policy.verify_hash_below:
+        if st.st_size > self.limits.verify_hash_below:
             return True
         stamp = blob_stamp(st)
         if self._intact.get(entry.digest) == stamp:
@@ -264,12 +291,11 @@ class Fetcher:
         if self._closed:
             raise Cancelled("the mount is shutting down")
         try:
-            download = Download(source, self.store, self.index, self.http, self.policy, self._on_event,
-                                foreground=self.foreground, budget=self.budget, meter=self.concurrency)
+            download = Download(source, self._wiring)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpace("no space left on the cache disk") from None
-            raise FetchError(f"cannot create a staging file: {exc.strerror}") from None
+                raise NoSpace("no space left on the cache disk") from exc
+            raise FetchError(f"cannot create a staging file: {exc.strerror}") from exc
         self._active[source.ident] = download
         self._ensure_workers()
         return download
@@ -278,19 +304,15 @@ class Fetcher:
         """Queue a pending download (callers hold ``_lock``). A reader's track never waits behind
         prefetches: when every worker is busy, the least urgent prefetch pauses (and resumes later with
         Range), so at most ``jobs`` downloads run at once and the reader still starts at once."""
-        if priority == DEMAND:
-            download.priority = DEMAND
         if download.state is not State.PENDING:
             return
         if priority == DEMAND:
             self._demanded.add(download)
         self._queue.put((priority, next(self._seq), download))
         if priority == DEMAND and len(self._running) >= self._limit():
-            paused = [d for d in self._running if d.readers == 0 and not d.yield_requested]
-            if paused:
-                victim = max(paused, key=lambda d: d.priority)
-                with victim.cond:
-                    victim.yield_requested = True
+            idle = [d for d in self._running if d.readers == 0 and not d.yield_requested]
+            if idle:
+                max(idle, key=lambda d: d.priority).ask_to_yield()
 
     def _limit(self, *, waiting: bool = False) -> int:
         """How many downloads may run now (callers hold ``_lock``)."""
@@ -322,9 +344,10 @@ class Fetcher:
                         self._queue.put((download.priority, next(self._seq), download))
                     else:
                         self._demanded.discard(download)
-                        download.started = time.monotonic()
-                        download.state = State.FETCHING
-                        self._running.add(download)
+                        if download.begin():
+                            self._running.add(download)
+                        else:
+                            continue
             if no_slot:
                 with self._lock:
                     self._freed.wait(timeout=0.1)
@@ -333,9 +356,8 @@ class Fetcher:
                 download.run()
             except Exception:  # run() reports its own failures; this is the last guard of the worker
                 log.exception("worker crashed on %s; the track fails, the worker goes on", download.source.label)
-                if not download.ended.is_set():
-                    with contextlib.suppress(Exception):
-                        download._finish(FetchError("internal error in the download worker"))
+                with contextlib.suppress(Exception):
+                    download.abandon(FetchError("internal error in the download worker"))
             finally:
                 with self._lock:
                     self._running.discard(download)
