@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -74,7 +75,30 @@ def missing_part(what: str, ci_must: str) -> NoReturn:
     pytest.skip(what)
 
 
+# Whether the running test carries the `fuse` marker (set per test by `_fuse_marker_of_the_test`): `make unit`
+# selects `-m "not fuse"` and must never mount, so a test that reaches for a mount unmarked fails loudly.
+_TEST_IS_MARKED_FUSE = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the mount fixture is a mounting test: it gets the `fuse` marker without writing it."""
+    for item in items:
+        if "mounter" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.fuse)
+
+
+@pytest.fixture(autouse=True)
+def _fuse_marker_of_the_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    global _TEST_IS_MARKED_FUSE
+    _TEST_IS_MARKED_FUSE = request.node.get_closest_marker("fuse") is not None
+    yield
+    _TEST_IS_MARKED_FUSE = False
+
+
 def require_fuse() -> None:
+    if not _TEST_IS_MARKED_FUSE:
+        pytest.fail("this test mounts: mark it @pytest.mark.fuse (or use the mounter fixture), "
+                    "so that `make unit` (-m 'not fuse') leaves it out")
     problem = fuse_problem()
     if problem is not None:
         missing_part(f"FUSE mounts are impossible here ({problem})", "CI must be able to mount")
@@ -202,6 +226,38 @@ def eio_without_a_report_line(report: dict[str, Any]) -> list[str]:
     return broken
 
 
+# What only a crash writes to the daemon's log: an exception nobody caught (a thread's, the interpreter's, one
+# in a finalizer, logging's own), or a traceback logged above debug (our one-line causes carry none).
+CRASH_SIGNS = ("Traceback (most recent call last)", "Exception in thread", "Exception ignored in",
+               "Fatal Python error", "--- Logging error ---", "Segmentation fault")
+TRACEBACK = "Traceback (most recent call last)"
+# The daemon's log format (mixvfs/vfs/commands/cli.py): time, level, logger, message.
+RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\w+) ")
+CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
+
+
+def crash_in_log(log: str) -> str | None:
+    """The first crash the daemon's log holds, with the lines around it; None if there is none.
+
+    A traceback right under a DEBUG record (and the chained ones it holds) is not one: at --log-level debug the
+    errno guard logs each answer's cause chain with its traceback (mixvfs/vfs/adapter/errno_map.py), which is
+    what debug asks for."""
+    lines = log.splitlines()
+    debug_record = False  # the lines since the last record belong to a DEBUG record
+    for at, line in enumerate(lines):
+        record = RECORD.match(line)
+        if record is not None:
+            debug_record = record.group(1) == "DEBUG"
+        if not any(sign in line for sign in CRASH_SIGNS):
+            continue
+        before = lines[at - 1] if at > 0 else ""
+        under_debug = RECORD.match(before) is not None or any(lines[at - 2].startswith(c) for c in CHAINED)
+        if line.startswith(TRACEBACK) and debug_record and under_debug:
+            continue
+        return "\n".join(lines[max(0, at - 2):at + 20])
+    return None
+
+
 @pytest.fixture
 def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     """Mount with the real `mixvfs mount` (daemon in the background); always unmounted at teardown."""
@@ -250,3 +306,7 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
             report = m.report()
             broken = eio_without_a_report_line(report)
             assert not broken, f"{m.path}: " + "; ".join(broken)
+    # A daemon that crashed answers EIO too: a fault test expecting EIO could not tell the crash from the fault.
+    for m in mounts:
+        crash = crash_in_log(m.log())
+        assert crash is None, f"{m.path}: the daemon's log holds a crash:\n{crash}"

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import MIXVFS, getxattr, listxattr, run, write_session
 from tools.make_audio import write_sized
 
@@ -172,6 +174,7 @@ def test_log_has_one_line_per_failure_with_name_and_cause(tmp_path, server_root,
     ]
 
 
+@pytest.mark.fuse
 def test_mount_from_a_folder_holding_cache_and_vfs_folders(tmp_path):
     """The daemon is `python -m mixvfs.vfs.commands.cli`: the working directory must not shadow our packages."""
     from tests.conftest import require_fuse
