@@ -129,6 +129,19 @@ def without_root_override(cmd: list[str]) -> list[str]:
     return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
 
 
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll for a state change the test cannot be told about (a file another process removes, a line a server
+    logs after its answer). ``timeout`` guards against a hang and is never a time window: True as soon as
+    ``predicate`` holds, False if it still does not after ``timeout`` s. ``interval=0`` spins, for a test
+    that must act while another thread is still inside the change it waits to see begin."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 def run(cmd: list[str], *, check: bool = False, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kw)
     if check and done.returncode != 0:
@@ -194,12 +207,8 @@ class Mount:
     def wait_track(self, track_id: str, predicate: Callable[[dict[str, Any]], bool],
                    timeout: float = 10.0) -> dict[str, Any]:
         """The report is rewritten in batches (failures at once); poll until it says what we expect."""
-        deadline = time.monotonic() + timeout
-        record = self.track(track_id)
-        while not predicate(record) and time.monotonic() < deadline:
-            time.sleep(0.05)
-            record = self.track(track_id)
-        return record
+        wait_until(lambda: predicate(self.track(track_id)), timeout)
+        return self.track(track_id)
 
     def unmount(self) -> None:
         if self.mounted:
