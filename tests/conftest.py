@@ -80,11 +80,22 @@ def missing_part(what: str, ci_must: str) -> NoReturn:
 _TEST_IS_MARKED_FUSE = False
 
 
+# Folders whose tests share one costly thing per process (package- or module-scoped): under pytest-xdist
+# (`make test`) each runs on one worker (--dist loadgroup), so it is built once, not once per worker.
+ONE_WORKER = {
+    "wan": "one emulated link (network namespaces, nginx) for the folder",
+    "team": "a module's nginx, stopped and started again on its port by some tests",
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that uses the mount fixture is a mounting test: it gets the `fuse` marker without writing it."""
     for item in items:
         if "mounter" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.fuse)
+        folder = item.path.relative_to(REPO).parts[1] if item.path.is_relative_to(REPO / "tests") else ""
+        if folder in ONE_WORKER:
+            item.add_marker(pytest.mark.xdist_group(folder))
 
 
 @pytest.fixture(autouse=True)
