@@ -161,17 +161,21 @@ def run(cmd: list[str], *, check: bool = False, timeout: float = 60, **kw: Any) 
 
 
 @pytest.fixture(autouse=True, scope="session")
-def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Mounts note their report path in the user's state folder (mixvfs.vfs.fs.history): the tests' mounts
-    (daemons inherit this environment) note theirs in a folder of their own, not the developer's."""
-    state = tmp_path_factory.mktemp("state")
-    old = os.environ.get("XDG_STATE_HOME")
-    os.environ["XDG_STATE_HOME"] = str(state)
-    yield state
-    if old is None:
-        os.environ.pop("XDG_STATE_HOME", None)
-    else:
-        os.environ["XDG_STATE_HOME"] = old
+def private_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The user's state, cache and config folders, for this test process and every command and daemon it
+    starts (they inherit the environment), are folders of its own: mounts note their report path in the state
+    folder (mixvfs.vfs.fs.history) and a command without --cache-dir uses the default cache, which must be
+    neither the developer's nor another xdist worker's; and the developer's config file changes no test."""
+    folders = {name: tmp_path_factory.mktemp(name.lower()) for name in ("XDG_STATE_HOME", "XDG_CACHE_HOME",
+                                                                       "XDG_CONFIG_HOME")}
+    old = {name: os.environ.get(name) for name in folders}
+    os.environ.update({name: str(folder) for name, folder in folders.items()})
+    yield folders["XDG_STATE_HOME"]
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture
