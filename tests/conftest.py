@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +25,13 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MIXVFS = str(BIN / "mixvfs")
 CACHECTL = str(BIN / "cachectl")
+
+
+# A run started in the background by a shell without job control (`make test &` in a script) inherits SIGINT
+# ignored, and so would every command it starts: the tests of Ctrl-C would send it to deaf processes. A
+# handler here (Python's own) is reset to the default in each child at its exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # `make test` runs the mount tier a second time with FUSE_LIBRARY_NAME=fuse: libfuse 2, the API macFUSE
