@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-fuse2 test-portable test-passthrough lint typecheck unit bench bench-wan system clean
 
 demo: $(STAMP) system
-	$(PY) tools/demo.py
+	$(PY) -m tools.demo
 
 # The real-mount tests again on libfuse 2, the API macFUSE gives mfusepy on macOS (the main run uses libfuse 3).
 # tests/conftest.py fails the lane if the daemon does not really run on libfuse 2. The stop signals once each
@@ -51,10 +51,11 @@ test: lint typecheck system
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q -n 2 -m "not fuse" tests/unit
 
-# Style (ruff), then the import contracts ([tool.importlinter] in pyproject.toml: its lint-imports line goes
-# right below ruff's).
+# ruff, then the import contracts of pyproject.toml's [tool.importlinter]: ARCHITECTURE.md's layers and library
+# table, checked by machine.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mixvfs tools tests
+	$(VENV)/bin/lint-imports
 
 # mypy strict over mixvfs, tools and tests (pyproject.toml), then mixvfs as macOS sees it.
 typecheck: $(STAMP)
@@ -83,7 +84,7 @@ test-passthrough: $(STAMP) system
 bench: $(STAMP)
 	MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh
 	$(PY) -m pip install -q -e '.[dev,bench]'
-	$(PY) tools/bench.py $(BENCH_ARGS)
+	$(PY) -m tools.bench $(BENCH_ARGS)
 
 # The export over an emulated internet link (root): network namespaces, tbf and a delay line (tools/wan/), nginx
 # as the origin, mixvfs beside aria2c, curl and rclone at 20, 80 and 150 ms, with and without random loss.
@@ -112,4 +113,4 @@ $(STAMP): pyproject.toml | system
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .import_linter_cache

@@ -21,11 +21,10 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from tools.devserver import DevServer
+from tools.make_audio import write_flac, write_sized, write_wav
 
-from tools.devserver import DevServer  # noqa: E402
-from tools.make_audio import write_flac, write_sized, write_wav  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 BIN = Path(sys.executable).parent
 TOKEN = "demo-token-not-a-secret"
@@ -118,7 +117,7 @@ def introduce() -> None:
    can export it. This demo plays it through on a local stand-in server:
 
      1. generate a session of real audio: 7 tracks, 2 local and 5 on the server
-     2. start the stand-in server (tools/devserver.py), with a bearer token
+     2. start the stand-in server (python -m tools.devserver), with a bearer token
      3. mount the session with mixvfs
      4. copy the folder out with plain `cp -r`, as MixBoard's exporter does
      5. read the report, and unmount
@@ -149,7 +148,7 @@ def main() -> int:
         f"It serves each file under {shown(server_root)}/ at its path (/stream/c7 is {shown(server_root)}/stream/c7),",
         "only with the bearer token; its faults file makes /stream/broken.wav answer 500.")
     # Shown, not run: DevServer runs that file on a free port with the faults in a temporary folder.
-    print(f"   $ python tools/devserver.py {shown(server_root)} --token {TOKEN} --faults faults.json", flush=True)
+    print(f"   $ python -m tools.devserver {shown(server_root)} --token {TOKEN} --faults faults.json", flush=True)
     with DevServer(server_root, tokens=[TOKEN], faults=failing) as server:
         write_manifest(manifest, server.url, [t.entry for t in tracks])
         print(f"   listening on {server.url}; the manifest's \"server\" now points there")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import stamina
 
+from mixvfs.cache import defaults
 from mixvfs.cache.bwlimit import Budget
 from mixvfs.cache.concurrency import Concurrency
 from mixvfs.cache.digest import hash_prefix, new_hasher
@@ -58,12 +59,12 @@ DEMAND = 0  # queue priority of a download somebody is reading right now; prefet
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 5
+    attempts: int = defaults.RETRIES
     total_timeout: float = 120.0
-    wait_initial: float = 0.5
+    wait_initial: float = defaults.RETRY_WAIT
     wait_max: float = 8.0
-    wait_jitter: float = 0.5
-    stall_timeout: float = 30.0
+    wait_jitter: float = defaults.RETRY_WAIT
+    stall_timeout: float = defaults.STALL_TIMEOUT
     verify_hash_below: int = 16 << 20  # blobs up to this size are fully re-hashed on open (xxh3: ~ms)
 
 

@@ -19,7 +19,7 @@ import httpx
 from mixvfs.cache import receive_buffer
 from mixvfs.cache import team as team_policy
 from mixvfs.cache.decoding import check_decodable, decoded
-from mixvfs.cache.defaults import CONNECT_TIMEOUT, KEEPALIVE_EXPIRY
+from mixvfs.cache.defaults import CONNECT_TIMEOUT, JOBS, KEEPALIVE_EXPIRY, STALL_TIMEOUT
 from mixvfs.cache.errors import (
     AuthRejected,
     BadBody,
@@ -135,8 +135,8 @@ class HttpClient:
         *,
         tokens: TokenSource | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
-        stall_timeout: float = 30.0,
-        max_connections: int = 16,
+        stall_timeout: float = STALL_TIMEOUT,
+        max_connections: int = JOBS,
         team: TeamCache | None = None,
         waits: OriginWaits | None = None,
     ) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mixvfs.cache import defaults
 from mixvfs.cache.bwlimit import Budget
 from mixvfs.cache.concurrency import Concurrency
 from mixvfs.cache.digest import hash_fd
@@ -48,7 +49,7 @@ class Fetcher:
         index: SourceIndex,
         http: HttpClient,
         *,
-        jobs: int = 3,
+        jobs: int = defaults.JOBS,
         policy: RetryPolicy | None = None,
         foreground: Foreground | None = None,
         budget: Budget | None = None,

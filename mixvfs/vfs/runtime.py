@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from mixvfs.cache import defaults
 from mixvfs.cache.bwlimit import Budget
 from mixvfs.cache.defaults import QUESTIONS, SERVER_WAIT_MAX
 from mixvfs.cache.download import Foreground, RetryPolicy
@@ -40,8 +41,8 @@ class RuntimeConfig:
     retry_wait: float
     tokens: Callable[[], TokenSource | None]
     team_cache: str | None = None  # the team cache setting (already checked), or None: straight to the origin
-    team_reset_after: float = 300.0
-    bwlimit: int = 0  # bytes per second for all downloads together; 0: no cap
+    team_reset_after: float = defaults.TEAM_CACHE_RESET_AFTER
+    bwlimit: int = defaults.BWLIMIT  # bytes per second for all downloads together; 0: no cap
     server_wait_max: float = SERVER_WAIT_MAX
 
     @property

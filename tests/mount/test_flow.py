@@ -163,9 +163,9 @@ def test_log_has_one_line_per_failure_with_name_and_cause(tmp_path, server_root,
     mount.unmount()
     errors = [line.split(" ", 2)[2] for line in mount.log().splitlines() if " ERROR " in line]
     assert errors == [
-        "ERROR mixvfs.vfs.fs.mount: No - File.wav: local file /nonexistent/x.wav cannot be used: "
+        "ERROR mixvfs.vfs.commands.daemon: No - File.wav: local file /nonexistent/x.wav cannot be used: "
         "No such file or directory",
-        "ERROR mixvfs.vfs.fs.sessionfs: Art - Gone.wav: the server answered HTTP 404 Not Found",
+        "ERROR mixvfs.vfs.fs.recorder: Art - Gone.wav: the server answered HTTP 404 Not Found",
     ]
 
 

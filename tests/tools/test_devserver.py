@@ -1,4 +1,4 @@
-"""tools/devserver.py, exercised as a real subprocess over HTTP."""
+"""tools/devserver, exercised as a real subprocess over HTTP."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import pytest
 
 from tools.devserver import DevServer, FaultsError, RangeNotSatisfiable, brotli_available, parse_fault, parse_range
 
-DEVSERVER = Path(__file__).resolve().parents[2] / "tools" / "devserver.py"
+REPO = Path(__file__).resolve().parents[2]
 DATA = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable
 NOISE = random.Random(8).randbytes(200_000)  # does not compress: cuts land inside the encoded stream
 TOKEN = "s3cret"
@@ -873,8 +873,8 @@ def test_client_disconnect_mid_body_is_quiet(server: DevServer, client: httpx.Cl
 
 def test_cli_prints_url_writes_port_file_and_exits_cleanly(root: Path, tmp_path: Path) -> None:
     port_file = tmp_path / "port"
-    cmd = [sys.executable, str(DEVSERVER), str(root), "--port", "0", "--port-file", str(port_file)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "tools.devserver", str(root), "--port", "0", "--port-file", str(port_file)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)  # as README says
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

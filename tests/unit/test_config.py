@@ -135,11 +135,26 @@ def test_mixvfs_config_shows_where_the_token_comes_from_never_the_token(tmp_path
     assert token_row(env, "--token-command", "echo cmd-secret") == ("from token_command", "flag --token-command")
 
 
-def test_the_readme_settings_table_has_a_row_for_every_setting():
+def readme_settings() -> dict[str, str]:
+    """README's settings table: key -> its default column."""
     readme = (REPO / "README.md").read_text()
     table = readme.split("### Configuration", 1)[1].split("\n\n| key ", 1)[1].split("\n\n", 1)[0]
-    keys = {line.split("`")[1] for line in table.splitlines()[2:] if line.startswith("| `")}
-    assert keys == set(config.SPECS)
+    rows = [line.split("|") for line in table.splitlines()[2:] if line.startswith("| `")]
+    return {row[1].strip().strip("`"): row[4].strip() for row in rows}
+
+
+def test_the_readme_settings_table_has_a_row_for_every_setting():
+    assert set(readme_settings()) == set(config.SPECS)
+
+
+def test_the_readme_settings_table_gives_the_defaults_the_code_uses():
+    for name, column in readme_settings().items():
+        spec = config.SPECS[name]
+        shown = column.split()[0].rstrip(":,")  # the value; the rest of the column explains it
+        if spec.default is None:
+            assert shown in ("none", "the"), (name, column)  # "none", "the user cache folder"
+        else:
+            assert spec.parse(shown) == spec.default, (name, column)
 
 
 def test_mixvfs_config_rejects_a_bad_file_with_exit_2(tmp_path):

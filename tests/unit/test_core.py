@@ -12,8 +12,9 @@ import pytest
 from mixvfs.cache.download import RetryPolicy
 from mixvfs.cache.errors import FetchError
 from mixvfs.cache.store import BlobStore
+from mixvfs.vfs.fs.handles import FailedHandle, StreamHandle
 from mixvfs.vfs.fs.report import Report
-from mixvfs.vfs.fs.sessionfs import FailedHandle, SessionFS, StreamHandle
+from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.session.manifest import load_manifest
 from mixvfs.vfs.session.tracks import build_tracks
 from tests.conftest import wait_until, write_session
@@ -162,7 +163,7 @@ def test_a_size_that_could_not_be_learned_answers_0_from_memory_and_opens_fail_w
     devserver.set_faults({})
     clock.t += 59.5
     assert fs.attributes(track)[0] == 0  # the kernel may hold this 0 until 60.5
-    track.size = 1000  # learned meanwhile (the background probe)
+    fs.state.learn_size(track, 1000)  # learned meanwhile (the background probe)
     clock.t += 0.7  # failed_for is over, but the 0 answered at 59.5 may sit in the kernel until 60.5
     with pytest.raises(FetchError, match="may still say 0 bytes"):
         fs.open(track)

@@ -33,12 +33,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(REPO))
+from tools.make_audio import write_sized
+from tools.wan.link import Link, Shape, emulated, missing
+from tools.wan.origin import Origin, Request, most_within, serving
 
-from tools.make_audio import write_sized  # noqa: E402
-from tools.wan.link import Link, Shape, emulated, missing  # noqa: E402
-from tools.wan.origin import Origin, Request, most_within, serving  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 KIB, MIB = 1 << 10, 1 << 20
 MIXVFS = str(Path(sys.executable).parent / "mixvfs")

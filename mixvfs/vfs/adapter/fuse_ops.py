@@ -32,7 +32,8 @@ from mixvfs.vfs.adapter.libfuse import (
 )
 from mixvfs.vfs.fs import finder
 from mixvfs.vfs.fs.backing import BackingTable
-from mixvfs.vfs.fs.sessionfs import BLOCK_SIZE, Handle, SessionFS
+from mixvfs.vfs.fs.handles import Handle
+from mixvfs.vfs.fs.sessionfs import BLOCK_SIZE, SessionFS
 from mixvfs.vfs.session.tracks import Kind, Track
 
 log = logging.getLogger(__name__)
@@ -274,21 +275,19 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         name = host.process_name(fuse.fuse_get_context()[2])
         return name if finder.is_previewer(name) else None
 
-    @guard
-    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        """The bytes themselves (after waiting for a download to reach them). Not ``read_buf``: naming a
-        descriptor for libfuse to pread made a copy from the cache take 1.2-1.5x as long with 1.8x the
-        daemon's CPU, because libfuse (without splice) preads it into a fresh page-aligned buffer per
-        request, faulting in every page (BENCHMARKS.md, "read_buf against plain read")."""
-        self.daemon_reads += 1  # a count for the status (a racing increment may be lost; 0 means none came)
-        if fi.fh == EMPTY_FH:
-            return b""
-        return self.core.read(self._handles[fi.fh], size, offset)
+    def read(self, *args: Any) -> int:
+        """Never called, only present: mfusepy installs libfuse's read callback for an operations object that
+        has ``read``, and :meth:`MixFUSE.read` answers that callback by :meth:`read_into`."""
+        raise NotImplementedError("MixFUSE.read answers reads through read_into")
 
     @guard
     def read_into(self, fi: Any, buf: Any, size: int, offset: int) -> int:
-        """:meth:`read`, with the bytes pread straight into libfuse's reply buffer (see :class:`MixFUSE`)."""
-        self.daemon_reads += 1  # as in read(): the status's count of reads that reached the daemon
+        """The bytes themselves (after waiting for a download to reach them), pread straight into libfuse's
+        reply buffer (see :class:`MixFUSE`). Not ``read_buf``: naming a descriptor for libfuse to pread made a
+        copy from the cache take 1.2-1.5x as long with 1.8x the daemon's CPU, because libfuse (without splice)
+        preads it into a fresh page-aligned buffer per request, faulting in every page (BENCHMARKS.md,
+        "read_buf against plain read")."""
+        self.daemon_reads += 1  # a count for the status (a racing increment may be lost; 0 means none came)
         if fi.fh == EMPTY_FH:
             return 0
         target = (ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))

@@ -235,12 +235,14 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
     options = mount_options(args)
     if args.foreground:
         setup_logging(options.log_file if args.ready_fd is not None else None, args.log_level)
-        return mount.serve(options, args.ready_fd)
+        from mixvfs.vfs.commands import daemon
+        return daemon.serve(options, args.ready_fd)
     # Fail fast, in the terminal, with one line: the daemon's own errors would only say "exited with status 1".
     load_manifest(options.session_path, default_server=options.default_server)
     mount.check_mountpoint(options.mountpoint, allow_non_empty=options.allow_non_empty)
     mount.check_paths(options, log_file=True)
-    mount.check_libfuse()
+    from mixvfs.vfs.commands.daemon import check_libfuse
+    check_libfuse()
     assert options.log_file is not None
     message = mount.start_daemon(argv, options.log_file)
     print(f"mounted {options.mountpoint}")

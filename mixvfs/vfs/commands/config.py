@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import platformdirs
 
-from mixvfs.cache.defaults import SERVER_WAIT_MAX, TEAM_CACHE_RESET_AFTER, TOKEN_COMMAND_TIMEOUT
+from mixvfs.cache import defaults
 from mixvfs.cache.errors import ConfigError
-from mixvfs.cache.location import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, CacheLimits, resolve_cache_dir
+from mixvfs.cache.location import CacheLimits, resolve_cache_dir
 from mixvfs.cache.units import format_size, parse_duration, parse_size
 
 if TYPE_CHECKING:  # built in runtime() only: reading settings (config, check-export) needs no httpx
@@ -129,12 +129,18 @@ class Spec:
     env: str
     default: Any
     parse: Callable[[str], Any]
-    help: str
+    help: str  # what it does; the default is added from ``default`` (:attr:`described`), never written here
     show: Callable[[Any], str] = str
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    @property
+    def described(self) -> str:
+        """The help with the default as the setting shows it, e.g. "... (30s)"; a setting without a built-in
+        default says in its help what applies instead."""
+        return self.help if self.default is None else f"{self.help} ({self.show(self.default)})"
 
 
 def _command_shown(command: str) -> str:
@@ -160,38 +166,38 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("server", "MIXVFS_SERVER", None, _server, "server for manifests that name none"),
     Spec("token_command", "MIXVFS_TOKEN_COMMAND", None, _text, "command printing the bearer token (run again on 401)",
          _command_shown),
-    Spec("token_timeout", "MIXVFS_TOKEN_TIMEOUT", TOKEN_COMMAND_TIMEOUT, _positive_duration,
-         "stop a token command (and every process it started) running longer (30s)", _seconds),
+    Spec("token_timeout", "MIXVFS_TOKEN_TIMEOUT", defaults.TOKEN_COMMAND_TIMEOUT, _positive_duration,
+         "stop a token command (and every process it started) running longer", _seconds),
     Spec("token_file", "MIXVFS_TOKEN_FILE", None, _path, "file holding the bearer token (re-read on 401)"),
     Spec("cache_dir", "MIXVFS_CACHE_DIR", None, _path, "cache folder (default: the user cache folder)"),
-    Spec("max_size", "MIXVFS_MAX_SIZE", DEFAULT_MAX_SIZE, parse_size, "cache size limit, LRU eviction (10G)",
+    Spec("max_size", "MIXVFS_MAX_SIZE", defaults.MAX_SIZE, parse_size, "cache size limit, LRU eviction",
          format_size),
-    Spec("max_age", "MIXVFS_MAX_AGE", DEFAULT_MAX_AGE, parse_duration, "drop blobs unused this long (30d)", _seconds),
-    Spec("jobs", "MIXVFS_JOBS", 16, _jobs, "most downloads at once; how many run is measured (16)"),
-    Spec("bwlimit", "MIXVFS_BWLIMIT", 0, _bwlimit,
-         "cap on all downloads together, bytes per second like rclone's --bwlimit: 10M = 10 MiB/s (off)", _rate),
-    Spec("stall_timeout", "MIXVFS_STALL_TIMEOUT", 30.0, _positive_duration,
-         "fail a download without progress this long (30s)", _seconds),
-    Spec("failed_for", "MIXVFS_FAILED_FOR", 60.0, parse_duration,
-         "after a failure, answer EIO at once this long (60s)", _seconds),
-    Spec("server_wait_max", "MIXVFS_SERVER_WAIT_MAX", SERVER_WAIT_MAX, parse_duration,
-         "the longest wait a server may ask for (429/503 Retry-After) before the track fails (2m)", _seconds),
-    Spec("retries", "MIXVFS_RETRIES", 5, _attempts, "attempts per download for transient errors (5)"),
-    Spec("retry_wait", "MIXVFS_RETRY_WAIT", 0.5, parse_duration,
-         "first backoff wait, doubling, with jitter in proportion (0.5s)", _seconds),
+    Spec("max_age", "MIXVFS_MAX_AGE", defaults.MAX_AGE, parse_duration, "drop blobs unused this long", _seconds),
+    Spec("jobs", "MIXVFS_JOBS", defaults.JOBS, _jobs, "most downloads at once; how many run is measured"),
+    Spec("bwlimit", "MIXVFS_BWLIMIT", defaults.BWLIMIT, _bwlimit,
+         "cap on all downloads together, bytes per second like rclone's --bwlimit: 10M = 10 MiB/s", _rate),
+    Spec("stall_timeout", "MIXVFS_STALL_TIMEOUT", defaults.STALL_TIMEOUT, _positive_duration,
+         "fail a download without progress this long", _seconds),
+    Spec("failed_for", "MIXVFS_FAILED_FOR", defaults.FAILED_FOR, parse_duration,
+         "after a failure, answer EIO at once this long", _seconds),
+    Spec("server_wait_max", "MIXVFS_SERVER_WAIT_MAX", defaults.SERVER_WAIT_MAX, parse_duration,
+         "the longest wait a server may ask for (429/503 Retry-After) before the track fails", _seconds),
+    Spec("retries", "MIXVFS_RETRIES", defaults.RETRIES, _attempts, "attempts per download for transient errors"),
+    Spec("retry_wait", "MIXVFS_RETRY_WAIT", defaults.RETRY_WAIT, parse_duration,
+         "first backoff wait, doubling, with jitter in proportion", _seconds),
     Spec("team_cache", "MIXVFS_TEAM_CACHE", None, _team_cache,
          "the studio's team cache(s) for track bytes: URL, ';' = failover order, '|' = random within a group"),
-    Spec("team_cache_reset_after", "MIXVFS_TEAM_CACHE_RESET_AFTER", TEAM_CACHE_RESET_AFTER, _positive_duration,
-         "a team cache that failed is skipped this long (5m)", _seconds),
-    Spec("team_cache_allow_plain_http", "MIXVFS_TEAM_CACHE_ALLOW_PLAIN_HTTP", False, _bool,
-         "allow the token over plain http:// to a team cache on another machine (false)",
+    Spec("team_cache_reset_after", "MIXVFS_TEAM_CACHE_RESET_AFTER", defaults.TEAM_CACHE_RESET_AFTER,
+         _positive_duration, "a team cache that failed is skipped this long", _seconds),
+    Spec("team_cache_allow_plain_http", "MIXVFS_TEAM_CACHE_ALLOW_PLAIN_HTTP", defaults.TEAM_CACHE_ALLOW_PLAIN_HTTP,
+         _bool, "allow the token over plain http:// to a team cache on another machine",
          lambda v: "true" if v else "false"),
-    Spec("request_timeout", "MIXVFS_REQUEST_TIMEOUT", "auto", _request_timeout,
+    Spec("request_timeout", "MIXVFS_REQUEST_TIMEOUT", defaults.REQUEST_TIMEOUT, _request_timeout,
          "the longest one read or stat waits for a download, then EIO and a report line; auto: 2 x stall_timeout "
          "on macOS (whose macFUSE ejects the volume when a request outlives its daemon_timeout), none on Linux; "
-         "off: none (auto)", _request_timeout_shown),
-    Spec("passthrough", "MIXVFS_PASSTHROUGH", "auto", _passthrough,
-         "auto: the kernel reads cached tracks itself (FUSE passthrough) where it can; off: never (auto)"),
+         "off: none", _request_timeout_shown),
+    Spec("passthrough", "MIXVFS_PASSTHROUGH", defaults.PASSTHROUGH, _passthrough,
+         "auto: the kernel reads cached tracks itself (FUSE passthrough) where it can; off: never"),
 )}
 
 # What each command takes (the rest of its flags are its own).
@@ -257,31 +263,44 @@ TOKEN_REFUSAL = ("refusing --token: a token on the command line shows in `ps`; "
                  "use MIXVFS_TOKEN, --token-file or --token-command")
 
 # The help shown by `mixvfs config --help` (this module's docstring is for the code's readers).
-HELP = """Each effective setting, its value and where it came from. Settings come in layers: built-in
+def _example(line: str, comment: str = "") -> str:
+    """A line of the example config file, its comment (if any) in the comment column."""
+    return f"    {line:<38} # {comment}" if comment else f"    {line}"
+
+
+_EXAMPLE = "\n".join((
+    _example('server = "https://music.example.com"', 'for manifests without a "server" (the manifest\'s own wins)'),
+    _example('token_command = "pass show mixboard"', 'or token_file = "~/.config/mixvfs/token"'),
+    _example(f'token_timeout = "{_seconds(defaults.TOKEN_COMMAND_TIMEOUT)}"'),
+    _example('cache_dir = "~/.cache/mixvfs"'),
+    _example('max_size = "20G"'),
+    _example(f'max_age = "{_seconds(defaults.MAX_AGE)}"'),
+    _example(f"jobs = {defaults.JOBS}", "the most at once; how many run is measured"),
+    _example('bwlimit = "off"', 'or e.g. "4M": all downloads together, bytes per second'),
+    _example(f'stall_timeout = "{_seconds(defaults.STALL_TIMEOUT)}"'),
+    _example(f'failed_for = "{_seconds(defaults.FAILED_FOR)}"',
+             "a failed track answers EIO at once this long, then is tried again"),
+    _example(f'server_wait_max = "{_seconds(defaults.SERVER_WAIT_MAX)}"',
+             "a server asking to wait longer (Retry-After) fails the track"),
+    _example(f"retries = {defaults.RETRIES}"),
+    _example(f'retry_wait = "{_seconds(defaults.RETRY_WAIT)}"'),
+    _example('team_cache = "https://cache1.studio.lan:8443|https://cache2.studio.lan:8443;https://cache3.studio.lan:8443"'),
+    _example(f'team_cache_reset_after = "{_seconds(defaults.TEAM_CACHE_RESET_AFTER)}"'),
+    _example("team_cache_allow_plain_http = false", "true only on a trusted network: the token travels in clear text"),
+    _example(f'request_timeout = "{defaults.REQUEST_TIMEOUT}"', 'or "off", or a duration such as "90s"'),
+    _example(f'passthrough = "{defaults.PASSTHROUGH}"', 'or "off"'),
+))
+
+# The help shown by `mixvfs config --help` (this module's docstring is for the code's readers); the example's
+# values that are defaults are formatted from them.
+HELP = f"""Each effective setting, its value and where it came from. Settings come in layers: built-in
 default < config file < environment variable < command-line flag.
 
 The config file is TOML, at $MIXVFS_CONFIG if set, else config.toml in the user config folder
 (~/.config/mixvfs on Linux, ~/Library/Application Support/mixvfs on macOS). Every key is optional;
 an unknown key is an error (a typo is never ignored silently):
 
-    server = "https://music.example.com"   # for manifests without a "server" (the manifest's own wins)
-    token_command = "pass show mixboard"   # or token_file = "~/.config/mixvfs/token"
-    token_timeout = "30s"
-    cache_dir = "~/.cache/mixvfs"
-    max_size = "20G"
-    max_age = "30d"
-    jobs = 16                              # the most at once; how many run is measured
-    bwlimit = "off"                        # or e.g. "4M": all downloads together, bytes per second
-    stall_timeout = "30s"
-    failed_for = "60s"                     # a failed track answers EIO at once this long, then is tried again
-    server_wait_max = "2m"                 # a server asking to wait longer (Retry-After) fails the track
-    retries = 5
-    retry_wait = "0.5s"
-    team_cache = "https://cache1.studio.lan:8443|https://cache2.studio.lan:8443;https://cache3.studio.lan:8443"
-    team_cache_reset_after = "5m"
-    team_cache_allow_plain_http = false   # true only on a trusted network: the token travels in clear text
-    request_timeout = "auto"               # or "off", or a duration such as "90s"
-    passthrough = "auto"                   # or "off"
+{_EXAMPLE}
 
 The token itself is only ever taken from MIXVFS_TOKEN, a token file or a token command, never from the
 config file or a flag (it would show in the process list or sit in a file meant for settings)."""
@@ -298,7 +317,7 @@ def add_flags(parser: argparse.ArgumentParser, names: Iterable[str], *, default:
     for name in names:
         spec = SPECS[name]
         parser.add_argument(spec.flag, dest=name, default=default, metavar=name.split("_")[-1].upper(),
-                            help=f"{spec.help}; env {spec.env}")
+                            help=f"{spec.described}; env {spec.env}")
     if "token_command" in names:
         parser.add_argument("--token", default=default, help=argparse.SUPPRESS)
     for old, new in RENAMED.items():
@@ -403,7 +422,7 @@ class Settings:
         command, file = self.resolved.get("token_command"), self.resolved.get("token_file")
         if command is not None and command.value:
             timeout = self.resolved.get("token_timeout")
-            seconds = TOKEN_COMMAND_TIMEOUT if timeout is None else float(timeout.value)
+            seconds = defaults.TOKEN_COMMAND_TIMEOUT if timeout is None else float(timeout.value)
             candidates.append((command.layer, 2, lambda: TokenSource(command=command.value, timeout=seconds)))
         if file is not None and file.value:
             self.check_token_file()

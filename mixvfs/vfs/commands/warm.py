@@ -1,11 +1,11 @@
 """``cachectl warm SESSION``: download every cloud track of a session into the cache ahead of the export.
 
-The downloads are the mount's own (:class:`mixvfs.vfs.fs.sessionfs.SessionFS` prefetch over a
-:class:`mixvfs.cache.scheduler.Fetcher`): ``jobs`` at a time, retried, verified, committed by rename — so a
-warmed cache is exactly what a mount would have built. Progress goes through rich on a terminal (per
-track and total: bytes, rate, ETA) and as one plain line per event otherwise (logs, pipes, CI). Ctrl-C
-stops the downloads, removes their staging files and leaves only whole blobs. The end is the report's
-per-track table.
+The downloads are the mount's own (its :class:`mixvfs.vfs.fs.prefetch.Prefetcher` over a
+:class:`mixvfs.cache.scheduler.Fetcher`, reported by its :class:`mixvfs.vfs.fs.recorder.Recorder`): ``jobs`` at a
+time, retried, verified, committed by rename — so a warmed cache is exactly what a mount would have built.
+Progress goes through rich on a terminal (per track and total: bytes, rate, ETA) and as one plain line per event
+otherwise (logs, pipes, CI). Ctrl-C stops the downloads, removes their staging files and leaves only whole
+blobs. The end is the report's per-track table.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ from mixvfs.cache.download import Event as DownloadEvent
 from mixvfs.cache.errors import Cancelled
 from mixvfs.cache.units import format_size
 from mixvfs.vfs.commands.status import server_wait_text
+from mixvfs.vfs.fs.live_status import downloading
+from mixvfs.vfs.fs.prefetch import Prefetcher
+from mixvfs.vfs.fs.recorder import Recorder
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, default_report_path, format_report
-from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.runtime import Runtime
 from mixvfs.vfs.session.manifest import Session
-from mixvfs.vfs.session.tracks import build_tracks
+from mixvfs.vfs.session.tracks import Track, build_tracks, by_source
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 FINAL = (Status.LOCAL, Status.CACHED, Status.FAILED, Status.MISSING)
@@ -41,6 +43,7 @@ class Line:
     kind: str  # start | wait | done | failed
     name: str
     text: str
+    size: int = 0  # the bytes a "done" line adds to the total
 
 
 @dataclass
@@ -48,13 +51,13 @@ class Announcer:
     """Turns the fetcher's download events into display lines: one ``start`` and one ``done`` or
     ``failed`` per track, however fast the download (built on events, not on polling the report)."""
 
-    core: SessionFS
+    sources: dict[str, list[Track]]  # the tracks by source identity: whose bytes a download is
     started: dict[str, float] = field(default_factory=dict)
     said: set[str] = field(default_factory=set)  # names with their final line printed
 
     def lines(self, download: Download, event: DownloadEvent, at: float) -> list[Line]:
         out = []
-        for name in self.core.names_of(download.source):
+        for name in [t.name for t in self.sources.get(download.source.ident, [])]:
             if event is DownloadEvent.ATTEMPT and name not in self.started:
                 self.started[name] = at
                 out.append(Line("start", name, f"start  {name} ({size_text(download.total)})"))
@@ -65,7 +68,7 @@ class Announcer:
                 self.said.add(name)
                 took = at - self.started.get(name, at)
                 rate = f" in {took:.1f}s, {format_size(int((download.total or 0) / took))}/s" if took > 0 else ""
-                out.append(Line("done", name, f"done   {name} {size_text(download.total)}{rate}"))
+                out.append(Line("done", name, f"done   {name} {size_text(download.total)}{rate}", download.total or 0))
             elif event is DownloadEvent.FAILED and download.error is not None and not isinstance(
                     download.error, Cancelled) and name not in self.said:
                 self.said.add(name)
@@ -90,29 +93,39 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
     fetcher, store = runtime.fetcher, runtime.store
     report_path = default_report_path(store.root, session.name).with_suffix(".warm.json")  # not the mount's
     report = Report(report_path, session=session.name, mountpoint="", records=[])
-    core: SessionFS | None = None
+    recorder = Recorder(report, fetcher, failed_for=0.0)
+    prefetcher: Prefetcher | None = None
     interrupted = False
-    # Each failure is said once, as a "failed" line: the filesystem's own log line for it would reach stderr
+    # Each failure is said once, as a "failed" line: the recorder's own log line for it would reach stderr
     # too (no log handler is set up for cachectl).
     # stamina's "retry_scheduled" warnings likewise: the tries are counted in the report.
-    quiet = [logging.getLogger("mixvfs.vfs.fs.sessionfs"), logging.getLogger("stamina")]
+    quiet = [logging.getLogger("mixvfs.vfs.fs.recorder"), logging.getLogger("stamina")]
     for logger in quiet:
         logger.disabled = True
     events: queue.SimpleQueue[tuple[Download, DownloadEvent, float]] = queue.SimpleQueue()
-    unsubscribe = fetcher.subscribe(lambda download, event: events.put((download, event, time.monotonic())))
+    tracks: list[Track] = []
+    sources: dict[str, list[Track]] = {}
+
+    def on_event(download: Download, event: DownloadEvent) -> None:
+        for track in sources.get(download.source.ident, []):
+            recorder.download_event(track, download, event)  # the report first: the loop reads it
+        events.put((download, event, time.monotonic()))
+
+    unsubscribe = fetcher.subscribe(on_event)
     try:
-        tracks = build_tracks(session, http=runtime.http, index=runtime.index)
-        core = SessionFS(tracks, fetcher, report, failed_for=0.0, prefetch=True, foreground=runtime.foreground)
-        report.replace_records(core.initial_records())
+        tracks += build_tracks(session, http=runtime.http, index=runtime.index)
+        sources.update(by_source(tracks))
+        report.replace_records(recorder.initial_records(tracks))
         records = report.snapshot()["tracks"]
         todo = [r for r in records if r["status"] == Status.PENDING]
         print(f"{session.name}: {len(records)} tracks; {sum(r['status'] == Status.CACHED for r in records)} "
               f"cached, {sum(r['status'] == Status.LOCAL for r in records)} local, {len(todo)} to download "
               f"({format_size(sum(r['bytes'] or 0 for r in todo))})", file=out, flush=True)
-        core.start_prefetch()
-        announcer = Announcer(core)
+        prefetcher = Prefetcher(fetcher, recorder)
+        prefetcher.start(tracks)
+        announcer = Announcer(sources)
         display = rich_display if tty else plain_display
-        with display(out, core, todo) as update:
+        with display(out, lambda: downloading(tracks, fetcher), todo) as update:
             while True:
                 lines = []
                 with contextlib.suppress(queue.Empty):
@@ -127,13 +140,12 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        unsubscribe()
+        if prefetcher is not None:
+            prefetcher.stop()
         # Cancel the downloads; workers unlink their unfinished bodies. One blocked in a silent read (a
         # stalled server) would notice only after the stall timeout: do not wait for it past STOP_WAIT.
-        if core is not None:
-            core.close(wait=STOP_WAIT)
-        else:
-            fetcher.close(wait=STOP_WAIT)
+        fetcher.close(wait=STOP_WAIT)
+        unsubscribe()
         store.clean_own_staging()  # queued-but-never-started downloads' files, and any worker still blocked
         report.close(finished=not interrupted)
         for logger in quiet:  # only now: a worker may still be logging the failure it just reported
@@ -147,10 +159,11 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
 
 
 Update = Callable[[list[Line]], None]
+InFlight = Callable[[], list[dict[str, Any]]]  # the downloads running now, as ``mixvfs status`` shows them
 
 
 @contextlib.contextmanager
-def plain_display(out: TextIO, core: SessionFS, todo: list[dict[str, Any]]) -> Iterator[Update]:
+def plain_display(out: TextIO, in_flight: InFlight, todo: list[dict[str, Any]]) -> Iterator[Update]:
     def update(events: list[Line]) -> None:
         for event in events:
             print(event.text, file=out, flush=True)
@@ -159,7 +172,7 @@ def plain_display(out: TextIO, core: SessionFS, todo: list[dict[str, Any]]) -> I
 
 
 @contextlib.contextmanager
-def rich_display(out: TextIO, core: SessionFS, todo: list[dict[str, Any]]) -> Iterator[Update]:
+def rich_display(out: TextIO, in_flight: InFlight, todo: list[dict[str, Any]]) -> Iterator[Update]:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -195,22 +208,16 @@ def rich_display(out: TextIO, core: SessionFS, todo: list[dict[str, Any]]) -> It
                     progress.console.print(event.text)
                 if event.kind in ("done", "failed") and event.name in tasks:
                     progress.remove_task(tasks.pop(event.name))
-            live = core.live_status()["downloading"]
-            assert isinstance(live, list)
-            in_flight = 0
-            for d in live:
+            held = 0
+            for d in in_flight():
                 name = str(d["name"])
                 if name not in tasks:
                     tasks[name] = progress.add_task(name[:40], total=d["total"])
                 progress.update(tasks[name], completed=d["available"], total=d["total"],
                                 description=name[:40] + server_wait_text(d))
-                in_flight += int(d["available"])
-            done_bytes += sum(core_bytes(core, e.name) for e in events if e.kind == "done")
-            progress.update(total, completed=done_bytes + in_flight)
+                held += int(str(d["available"]))
+            done_bytes += sum(e.size for e in events if e.kind == "done")
+            progress.update(total, completed=done_bytes + held)
 
         yield update
 
-
-def core_bytes(core: SessionFS, name: str) -> int:
-    track = core.lookup(name)
-    return track.size or 0 if track is not None else 0

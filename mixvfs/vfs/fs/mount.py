@@ -1,5 +1,6 @@
-"""Mount lifecycle: checking the mountpoint (and clearing a stale one), starting the daemon and waiting
-until the folder is live, serving, and unmounting (waiting for the daemon's final report)."""
+"""Mount lifecycle, the FUSE-free half: checking the mountpoint (and clearing a stale one), starting the daemon
+and waiting until the folder is live, and unmounting (waiting for the daemon's final report). The daemon itself,
+which drives the FUSE adapter, is :mod:`mixvfs.vfs.commands.daemon`."""
 
 from __future__ import annotations
 
@@ -14,24 +15,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 from mixvfs import host
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.cache.location import make_private_dir
 from mixvfs.vfs.fs import history
-from mixvfs.vfs.fs.deadlines import RequestBounds, outlives, request_bounds
-from mixvfs.vfs.fs.report import Report, default_report_path
-from mixvfs.vfs.fs.sessionfs import SessionFS
-from mixvfs.vfs.runtime import RuntimeConfig, open_runtime
-from mixvfs.vfs.session.live import ManifestWatcher
-from mixvfs.vfs.session.manifest import Session, load_manifest
-from mixvfs.vfs.session.tracks import Kind, Track, build_tracks
+from mixvfs.vfs.fs.deadlines import RequestBounds, request_bounds
+from mixvfs.vfs.runtime import RuntimeConfig
 
 log = logging.getLogger(__name__)
 
@@ -166,22 +160,6 @@ def why_unusable(folder: Path, exc: OSError, *, named: bool) -> str:
     return f"cannot create files in {where}: {exc.strerror or exc}"
 
 
-def libfuse_problem() -> str | None:
-    """None when a libfuse mfusepy can mount with loads; else one line: why not, and what to install or
-    allow (macFUSE refused by the system shows here too: its library loads only once allowed)."""
-    try:
-        import mixvfs.vfs.adapter.fuse_ops  # noqa: F401  (loads libfuse through mfusepy)
-    except (OSError, AttributeError) as exc:
-        return f"no usable libfuse ({exc}): {host.libfuse_hint()}"
-    return None
-
-
-def check_libfuse() -> None:
-    problem = libfuse_problem()
-    if problem is not None:
-        raise ConfigError(problem)
-
-
 # -- starting -------------------------------------------------------------------------------------------
 
 
@@ -258,203 +236,6 @@ def _read_ready(fd: int, child: subprocess.Popen[bytes]) -> dict[str, object]:
         child.terminate()
         return {"error": "the mount daemon did not come up in time"}
     return {"error": f"the mount daemon exited with status {child.returncode} before the folder was live"}
-
-
-class ReadyChannel:
-    """The pipe to the ``mixvfs mount`` waiting in the terminal: one message ("ok" or an error), then
-    closed for good. Once closed, its number belongs to whatever the daemon opens next (the index
-    database, a staging file, a socket), so the channel forgets it: a later ``send`` writes nothing."""
-
-    def __init__(self, fd: int | None) -> None:
-        self._fd = fd
-        self._lock = threading.Lock()
-        self.sent: dict[str, object] | None = None
-        if fd is not None:
-            # Not inherited by fusermount (forked by libfuse) or a token command: a child still holding the
-            # write end would keep `mixvfs mount` waiting after this daemon died.
-            with contextlib.suppress(OSError):  # a bad number shows when sending, as a logged warning
-                os.set_inheritable(fd, False)
-
-    @property
-    def live(self) -> bool:
-        """The folder was reported live: from here on, the end of the FUSE loop is an unmount."""
-        return self.sent is not None and "ok" in self.sent
-
-    def send(self, message: dict[str, object]) -> bool:
-        """Write ``message`` and close, once; False (and nothing written) if it was already sent."""
-        with self._lock:
-            if self.sent is not None:
-                return False
-            self.sent = message
-            fd, self._fd = self._fd, None
-        if fd is None:
-            return True  # --foreground without a waiting parent: nothing to tell
-        data = (json.dumps(message) + "\n").encode()
-        try:
-            while data:
-                data = data[os.write(fd, data):]
-        except OSError as exc:
-            log.warning("could not tell the waiting mixvfs mount: %s", exc.strerror)
-        finally:
-            os.close(fd)
-        return True
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-class Stopped(BaseException):
-    """A stop signal arrived outside the FUSE loop (a BaseException, like KeyboardInterrupt): while the
-    session opens, a clean "nothing was mounted"."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _stop_now(signum: int, _frame: FrameType | None) -> None:
-    raise Stopped(signum)
-
-
-def _finishing(signum: int, _frame: FrameType | None) -> None:
-    log.info("%s while finishing: the final report is being written", signal.Signals(signum).name)
-
-
-def _set_handlers(handler: Callable[[int, FrameType | None], None] | int) -> None:
-    for signum in STOP_SIGNALS:
-        with contextlib.suppress(ValueError, OSError):  # not the main thread (tests calling serve directly)
-            if signal.getsignal(signum) != signal.SIG_IGN:  # nohup's SIGHUP stays ignored
-                signal.signal(signum, handler)
-
-
-@contextlib.contextmanager
-def stop_signals_for_libfuse() -> Iterator[None]:
-    """While the FUSE loop runs, libfuse's own handlers take SIGTERM/SIGINT/SIGHUP (it installs them only
-    over SIG_DFL): they end the loop and unmount. Python handlers could not run then, the main thread
-    being inside fuse_main. libfuse's handler only sets the session's exit flag; the adapter's ExitWatch
-    sees it and fails the reads waiting on downloads, which the loop would otherwise wait for. Afterwards
-    a further signal must not cut the final report short."""
-    _set_handlers(signal.SIG_DFL)
-    try:
-        yield
-    finally:
-        _set_handlers(_finishing)
-
-
-def serve(options: MountOptions, ready_fd: int | None) -> int:
-    """The daemon: open the cache, learn the tracks, mount, serve until unmounted (or stopped by
-    SIGTERM/SIGINT/SIGHUP, which is an unmount too), write the final report."""
-    ready = ReadyChannel(ready_fd)
-    _set_handlers(_stop_now)
-    open_files = host.raise_open_file_limit()
-    if open_files < host.FEW_OPEN_FILES:
-        log.warning("this process may open only %d files (ulimit -n): a busy export may fail reads with no "
-                    "report line; raise it (ulimit -n %d) before mounting", open_files, host.FEW_OPEN_FILES)
-    try:
-        session = load_manifest(options.session_path, default_server=options.default_server)
-        check_mountpoint(options.mountpoint, allow_non_empty=options.allow_non_empty)
-        check_paths(options, log_file=False)
-        check_libfuse()
-        core, report, closers = open_session(session, options)
-    except MixvfsError as exc:
-        ready.send({"error": str(exc)})
-        log.error("%s", exc)
-        return 2
-    except (Stopped, KeyboardInterrupt) as exc:
-        stopped(ready, exc)
-        return 0
-    return serve_mounted(options, ready, session, core, report, closers)
-
-
-def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, core: SessionFS, report: Report,
-                  closers: list[Callable[[], None]]) -> int:
-    from mixvfs.vfs.adapter import fuse_ops
-
-    root_xattrs = {"pid": str(os.getpid()), "report": str(report.path), "session": session.name}
-    where = history.key(options.mountpoint)  # now: once mounted, resolving the folder would ask this daemon
-
-    def on_ready() -> None:
-        # Before the "ok": once `mixvfs mount` returns, `mixvfs report MOUNTPOINT` finds the report after an unmount.
-        history.remember(where, report.path, session.name, os.getpid())
-        ready.send({"ok": True, "report": str(report.path), "pid": os.getpid()})
-        core.start_prefetch()
-
-    status = 0
-    bounds = options.bounds()
-    if (problem := outlives(bounds)) is not None:
-        log.warning("%s", problem)
-    platform_options = host.mount_options(volume_name=session.name, daemon_timeout=bounds.daemon_timeout or 0)
-    try:
-        ops = fuse_ops.MixOps(core, on_ready=on_ready, root_xattrs=root_xattrs)
-        log.info("mounting %s (%d tracks) at %s", session.name, len(core.tracks), options.mountpoint)
-        with stop_signals_for_libfuse():
-            fuse_ops.run(ops, str(options.mountpoint), threads=options.threads, attr_timeout=options.attr_timeout,
-                         nonempty=options.allow_non_empty, passthrough=options.passthrough,
-                         platform_options=platform_options)
-    except RuntimeError as exc:
-        if ready.live:
-            # libfuse 3 answers a loop ended by SIGTERM/SIGINT/SIGHUP with a non-zero status (mfusepy raises
-            # it): it has unmounted the folder, which is what the signal asked for.
-            log.info("stop signal: the FUSE loop ended (libfuse status %s) and the folder is unmounted", exc)
-        else:
-            ready.send({"error": f"libfuse could not mount {options.mountpoint} ({exc}); see {options.log_file}"})
-            status = 1
-    except (Stopped, KeyboardInterrupt) as exc:  # a signal just before or just after the FUSE loop
-        stopped(ready, exc)
-    finally:
-        _set_handlers(_finishing)  # from here a signal must not cut the final report short
-        core.close()
-        report.close(finished=True)
-        for close in closers:
-            close()
-        log.info("unmounted %s; report %s", options.mountpoint, report.path)
-    return status
-
-
-def stopped(ready: ReadyChannel, exc: BaseException) -> None:
-    name = exc.args[0] if isinstance(exc, Stopped) else "SIGINT"
-    if ready.send({"error": f"stopped by {name} before the folder was live; nothing was mounted"}):
-        log.info("stopped by %s before the folder was live", name)
-
-
-def open_session(
-    session: Session, options: MountOptions
-) -> tuple[SessionFS, Report, list[Callable[[], None]]]:
-    # Every origin the token may travel to: the server and any absolute cloud URL of a track.
-    runtime = open_runtime(options.runtime, origins=[session.server, *(t.cloud_url for t in session.tracks)])
-    tracks = build_tracks(session, http=runtime.http, index=runtime.index)
-    runtime.watch_team_stores(options.runtime.team_reset_after)
-    report_path = options.report_path or default_report_path(runtime.store.root, session.name,
-                                                                 history.key(options.mountpoint))
-    try:
-        report = Report(report_path, session=session.name, mountpoint=str(options.mountpoint), records=[],
-                        manifest=str(options.session_path))
-    except OSError as exc:
-        runtime.close()
-        raise ConfigError(f"report {report_path}: cannot write it: {exc.strerror or exc}") from None
-    core = SessionFS(tracks, runtime.fetcher, report, failed_for=options.failed_for, prefetch=options.prefetch,
-                     confirm_ahead=options.prefetch, mtime=session.mtime, foreground=runtime.foreground,
-                     attr_timeout=options.attr_timeout, request_wait=options.bounds().request_wait)
-    report.replace_records(core.initial_records())
-    log_missing(tracks)
-    core.start_revalidating()  # while libfuse mounts: on a distant server, each round of questions is a round trip
-
-    def apply(changed: Session) -> None:
-        fresh = build_tracks(changed, http=runtime.http, index=runtime.index)
-        core.reload(fresh, mtime=changed.mtime)
-        log_missing(fresh)
-
-    watcher = ManifestWatcher(options.session_path, apply, default_server=options.default_server)
-    watcher.start()
-    # The fetcher is closed by core.close() (serve's finally) first; runtime.close() then keeps the cache to
-    # its limit and closes the rest.
-    return core, report, [watcher.stop, runtime.close]
-
-
-def log_missing(tracks: list[Track]) -> None:
-    for track in tracks:
-        if track.kind is Kind.MISSING:
-            log.error("%s: %s", track.name, track.reason)
 
 
 # -- stopping -------------------------------------------------------------------------------------------

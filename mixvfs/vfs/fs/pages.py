@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from mixvfs.cache.download import Download
 from mixvfs.cache.errors import ContentChanged
 
 
@@ -95,3 +96,13 @@ class PageTable:
             for state in self._files.values():
                 if state.key == old_key:
                     state.key = new_key
+
+
+def blob_key(digest: str) -> str:
+    """The version key of a stored blob: the same bytes whichever track or download they came from."""
+    return f"blob:{digest}"
+
+
+def download_key(download: Download) -> str:
+    """The version key of a download under way; relabelled to its blob's key when it is committed."""
+    return f"download:{download.serial}"

@@ -35,7 +35,10 @@ class Kind(enum.Enum):
     MISSING = "missing"
 
 
-@dataclass(slots=True)  # one per track: 100 000 in a library-sized session
+# One per track: 100 000 in a library-sized session. Frozen: the listing as it was read; what a mount learns
+# later (sizes, mtimes, the server's confirmations) is the mount's (vfs/fs/mount_state.py). eq=False: a track
+# is itself, hashed by identity (a reload's new listing holds new tracks).
+@dataclass(frozen=True, slots=True, eq=False)
 class Track:
     spec: TrackSpec
     kind: Kind
@@ -48,14 +51,45 @@ class Track:
     reason: str | None = None  # why a missing track is missing
     probe_failure: FetchError | None = None  # what the server said when we asked at mount time (its reason)
     remote: RemoteInfo | None = None
-    validated: bool = False  # the server confirmed, in this mount, that ``source`` is its current version
-    # When (time.monotonic) the server last confirmed it without an open asking: a download ended, or the
-    # look-ahead revalidated it; trusted for a while only (sessionfs.CONFIRMED_FOR).
-    confirmed_at: float | None = None
+    validated: bool = False  # the server named this very version (its ETag is in ``source``) as it was listed
 
     @property
     def id(self) -> str:
         return self.spec.id
+
+
+@dataclass(slots=True)
+class Draft:
+    """A track while :func:`build_tracks` learns about it, before it is named and frozen."""
+
+    spec: TrackSpec
+    kind: Kind
+    size: int | None = None
+    mtime: float = 0.0
+    local_path: Path | None = None
+    reason: str | None = None
+    probe_failure: FetchError | None = None
+    remote: RemoteInfo | None = None
+    validated: bool = False
+    source: Source | None = None
+    ext: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def track(self, name: str) -> Track:
+        return Track(self.spec, self.kind, name, self.size, self.mtime, self.ext, self.source, self.local_path,
+                     self.reason, self.probe_failure, self.remote, self.validated)
+
+
+def by_source(tracks: list[Track]) -> dict[str, list[Track]]:
+    """The tracks by source identity (several tracks may share a source): whose bytes a download is."""
+    found: dict[str, list[Track]] = {}
+    for track in tracks:
+        if track.source is not None:
+            found.setdefault(track.source.ident, []).append(track)
+    return found
 
 
 def local_problem(path: Path) -> tuple[str | None, os.stat_result | None]:
@@ -77,17 +111,17 @@ def local_problem(path: Path) -> tuple[str | None, os.stat_result | None]:
     return None, st
 
 
-def classify(spec: TrackSpec, mtime: float) -> Track:
+def classify(spec: TrackSpec, mtime: float) -> Draft:
     """Local if the file can be read, else cloud if it has a stream path, else missing (with the reason)."""
     problem = None
     if spec.file_path is not None:
         problem, st = local_problem(spec.file_path)
         if st is not None:
-            return Track(spec, Kind.LOCAL, size=st.st_size, mtime=st.st_mtime, local_path=spec.file_path)
+            return Draft(spec, Kind.LOCAL, size=st.st_size, mtime=st.st_mtime, local_path=spec.file_path)
     if spec.cloud_url is not None:
-        return Track(spec, Kind.CLOUD, size=spec.size, mtime=mtime)
+        return Draft(spec, Kind.CLOUD, size=spec.size, mtime=mtime)
     reason = problem or "the track has neither a local file nor a cloud stream path"
-    return Track(spec, Kind.MISSING, size=0, mtime=mtime, reason=reason)
+    return Draft(spec, Kind.MISSING, size=0, mtime=mtime, reason=reason)
 
 
 # The longest the mount waits for the server's answers about tracks without a size or a known type before the
@@ -101,7 +135,7 @@ def build_tracks(session: Session, *, http: HttpClient | None, index: SourceInde
     cache at all means no index, as for ``mixvfs check-export`` on a machine that never mounted).
     The server is asked for at most ``deadline`` seconds in all: a track it has not answered for by then is
     treated as one it could not answer for (its size asked again in the background, and at lookup)."""
-    tracks = [classify(spec, session.mtime) for spec in session.tracks]
+    tracks = [classify(spec, session.mtime) for spec in session.tracks]  # then frozen, once named
     cloud = [t for t in tracks if t.kind is Kind.CLOUD]
     needs_server = [t for t in cloud if t.size is None or _static_ext(t) is None]
     if needs_server and http is not None and index is not None:
@@ -112,18 +146,16 @@ def build_tracks(session: Session, *, http: HttpClient | None, index: SourceInde
     for track in tracks:
         _finish(track)
     names = assign_names([(t.id, t.spec.artist, t.spec.title, t.ext) for t in tracks])
-    for track, name in zip(tracks, names, strict=True):
-        track.name = name
-    return tracks
+    return [track.track(name) for track, name in zip(tracks, names, strict=True)]
 
 
-def _static_ext(track: Track) -> str | None:
+def _static_ext(track: Draft) -> str | None:
     spec = track.spec
     return sniff.choose_ext(manifest_content_type=spec.content_type, file_path=str(spec.file_path or ""),
                             stream_path=spec.stream_path, server_content_type=None, head=None)
 
 
-def _probe_all(tracks: list[Track], http: HttpClient, index: SourceIndex, questions: int, deadline: float) -> None:
+def _probe_all(tracks: list[Draft], http: HttpClient, index: SourceIndex, questions: int, deadline: float) -> None:
     """Ask the server about ``tracks``, a few at a time, for at most ``deadline`` seconds. The answers are
     applied here, in the calling thread: a probe still running at the deadline changes no track. The askers
     are daemon threads (not a ThreadPoolExecutor, whose threads the interpreter joins at exit): a stop
@@ -166,7 +198,7 @@ def _probe_all(tracks: list[Track], http: HttpClient, index: SourceIndex, questi
             _apply(track, FetchError(f"the server did not answer within {deadline:g} s at mount"))
 
 
-def _ask(track: Track, http: HttpClient, index: SourceIndex) -> RemoteInfo | FetchError:
+def _ask(track: Draft, http: HttpClient, index: SourceIndex) -> RemoteInfo | FetchError:
     url = track.spec.cloud_url
     assert url is not None
     try:
@@ -185,7 +217,7 @@ def _ask(track: Track, http: HttpClient, index: SourceIndex) -> RemoteInfo | Fet
     return info
 
 
-def _apply(track: Track, answer: RemoteInfo | FetchError) -> None:
+def _apply(track: Draft, answer: RemoteInfo | FetchError) -> None:
     if isinstance(answer, FetchError):
         track.probe_failure = answer
         log.info("cannot ask the server about %s: %s", track.spec.label, answer.reason)
@@ -194,7 +226,7 @@ def _apply(track: Track, answer: RemoteInfo | FetchError) -> None:
     track.validated = True  # asked live; it counts only if the source identity carries the ETag (_finish)
 
 
-def _finish(track: Track) -> None:
+def _finish(track: Draft) -> None:
     spec = track.spec
     remote = track.remote
     if track.kind is Kind.CLOUD:
@@ -215,7 +247,7 @@ def _finish(track: Track) -> None:
     ) or (remote.magic_ext if remote else None)
 
 
-def _local_head(track: Track) -> bytes | None:
+def _local_head(track: Draft) -> bytes | None:
     if track.local_path is None or _static_ext(track) is not None:
         return None
     try:

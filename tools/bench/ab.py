@@ -1,15 +1,14 @@
-#!/usr/bin/env python3
-"""A/B of two versions of mixvfs on one export case, alternately, paired round by round (what the issue 12
-commits quote): the mount daemon of each variant runs the code tree put first on its PYTHONPATH.
+"""A/B of two versions of mixvfs on one export case, alternately, paired round by round: the mount daemon of
+each variant runs the code tree put first on its PYTHONPATH.
 
     git archive REV | tar -x -C /var/tmp/old          # the "before" tree
-    python tools/bench_ab.py cold256 4 old=/var/tmp/old new=-      # '-': this checkout
+    python -m tools.bench.ab cold256 4 old=/var/tmp/old new=-      # '-': this checkout
 
 Cases: cold256 / cold16 (256 x 4 MiB / 16 x 64 MiB, empty cache, page cache dropped, ``cp -r``), warm256 /
 warm16 (fresh mount of a full cache, blobs in the page cache), again256 / again16 (a second ``cp -r`` in the
 same mount). Prints each round, then per variant the medians of wall time and of the daemon's CPU time
 (user + system, from /proc) and the medians of the per-round ratios against the first variant. Served by
-nginx (``tools.bench.serve``) from a work folder on /var/tmp. ``AB_LIB=fuse`` runs the daemons on libfuse 2.
+nginx (``tools.bench.common.serve``) from a work folder on /var/tmp. ``AB_LIB=fuse`` runs the daemons on libfuse 2.
 """
 
 from __future__ import annotations
@@ -19,10 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tools import bench  # noqa: E402
+from tools.bench import common as bench
 
 CASES = {"cold256": (256, 4), "warm256": (256, 4), "again256": (256, 4),
          "cold16": (16, 64), "warm16": (16, 64), "again16": (16, 64)}

@@ -1,13 +1,12 @@
-#!/usr/bin/env python3
 """Sessions of many tracks (a library exported whole): the time a ``mixvfs mount`` takes to return, the time
 of ``ls -l`` of the fresh mount, and the daemon's peak RSS (VmHWM), against a native ``ls -l`` of the same
 files where one exists.
 
 Two sessions per count: ``local`` (every track a file on disk) and ``cloud`` (every track on the server, with
 its size and type in the manifest, so the mount asks the server nothing). The cloud tracks are served by nginx
-(or tools/devserver.py) on 127.0.0.1; prefetch stays off so the figure is the mount's and the listing's own.
+(or the dev server) on 127.0.0.1; prefetch stays off so the figure is the mount's and the listing's own.
 
-    python tools/bench_many.py [--counts 10000,100000] [--runs 5] [--kinds local,cloud] [--work DIR]
+    python -m tools.bench.many [--counts 10000,100000] [--runs 5] [--kinds local,cloud] [--work DIR]
                                [--variants old=/var/tmp/old,new=-]
 
 ``--variants``: an A/B, round by round, of code trees (``git archive REV | tar -x -C DIR``; ``-`` is this
@@ -27,9 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tools.bench import mixvfs_mount, reset, serve, timed
+from tools.bench.common import mixvfs_mount, reset, serve, timed
 
 TRACK_BYTES = 4096
 
@@ -117,7 +114,8 @@ def variant(tree: str) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.many", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", default="10000,100000", help="track counts, comma-separated")
     parser.add_argument("--kinds", default="local,cloud", help="local, cloud or both")
     parser.add_argument("--runs", type=int, default=5, help="runs per case; medians are printed")

@@ -1,6 +1,6 @@
-"""The studio tier in the benchmark (``tools/bench.py --only team``): two workstations exporting the same session
+"""The studio tier in the benchmark (``python -m tools.bench --only team``): two workstations exporting the same session
 through the team cache (nginx, configured by ``mixvfs team-cache nginx-config``) against each alone, straight
-from the origin. The origin is ``tools/devserver.py`` with two tokens (its request log counts the bytes it
+from the origin. The origin is the dev server (``tools.devserver``) with two tokens (its request log counts the bytes it
 sent); each workstation is a mount with its own token and its own (empty) cache folder.
 
 Figures: wall time of both exports running at once, origin GET bytes, and the second workstation's export
@@ -18,22 +18,22 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+from tools.bench.cases import Bench
+from tools.bench.common import MIXVFS, DataSet, Row, copy_tree, free_port, wait_for_port
 from tools.devserver import DevServer
 
 TOKENS = ("alice", "bob")
 
 
 @contextlib.contextmanager
-def team_nginx(mixvfs: str, origin: str, folder: Path, port: int,
-               wait_for_port: Callable[[int, subprocess.Popen[bytes]], None]) -> Iterator[str]:
+def team_nginx(origin: str, folder: Path, port: int) -> Iterator[str]:
     """A fresh team cache (empty cache folder) in front of ``origin``; its URL."""
     shutil.rmtree(folder, ignore_errors=True)
     conf = folder.parent / f"{folder.name}.conf"
-    done = subprocess.run([mixvfs, "team-cache", "nginx-config", "--origin", origin, "--listen", f"127.0.0.1:{port}",
+    done = subprocess.run([MIXVFS, "team-cache", "nginx-config", "--origin", origin, "--listen", f"127.0.0.1:{port}",
                            "--cache-dir", str(folder), "--max-size", "20G"], capture_output=True, text=True,
                           check=True)
     conf.write_text(done.stdout)
@@ -49,18 +49,18 @@ def team_nginx(mixvfs: str, origin: str, folder: Path, port: int,
 
 
 @contextlib.contextmanager
-def mount_as(mixvfs: str, token: str, session: Path, folder: Path, *extra: str) -> Iterator[Path]:
+def mount_as(token: str, session: Path, folder: Path, *extra: str) -> Iterator[Path]:
     """A workstation: a mount with its own token and an empty cache folder of its own."""
     shutil.rmtree(folder, ignore_errors=True)
     mnt = folder / "mnt"
     mnt.mkdir(parents=True)
-    subprocess.run([mixvfs, "mount", str(session), str(mnt), "--cache-dir", str(folder / "cache"), "--report",
+    subprocess.run([MIXVFS, "mount", str(session), str(mnt), "--cache-dir", str(folder / "cache"), "--report",
                     str(folder / "report.json"), "--log-file", str(folder / "mixvfs.log"), "--no-prefetch", *extra],
                    env={**os.environ, "MIXVFS_TOKEN": token}, check=True, capture_output=True)
     try:
         yield mnt
     finally:
-        subprocess.run([mixvfs, "unmount", str(mnt)], capture_output=True, check=False)
+        subprocess.run([MIXVFS, "unmount", str(mnt)], capture_output=True, check=False)
 
 
 def origin_get_bytes(log: Path) -> int:
@@ -71,20 +71,16 @@ def origin_get_bytes(log: Path) -> int:
 
 
 class TeamCase:
-    """Plugged into :class:`tools.bench.Bench`: ``run(bench, data)`` appends its rows."""
+    """On top of :class:`tools.bench.cases.Bench`: ``run(data)`` appends its rows."""
 
-    def __init__(self, mixvfs: str, copy_tree: Callable[[Path, Path], float], free_port: Callable[[], int],
-                 wait_for_port: Callable[[int, subprocess.Popen[bytes]], None]) -> None:
-        self.mixvfs = mixvfs
-        self.copy_tree = copy_tree
-        self.free_port = free_port
-        self.wait_for_port = wait_for_port
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
 
     def export(self, session: Path, work: Path, token: str, team: str | None) -> float:
         """One workstation: mount with an empty cache, ``cp -r`` out, unmount; the cp's seconds."""
         extra = ["--team-cache", team] if team else []
-        with mount_as(self.mixvfs, token, session, work / f"ws-{token}", *extra) as mnt:
-            return float(self.copy_tree(mnt, work / f"out-{token}"))
+        with mount_as(token, session, work / f"ws-{token}", *extra) as mnt:
+            return copy_tree(mnt, work / f"out-{token}")
 
     def both_at_once(self, session: Path, work: Path, team: str | None) -> float:
         seconds: dict[str, float] = {}
@@ -99,7 +95,8 @@ class TeamCase:
             raise RuntimeError("a workstation's export failed")
         return time.perf_counter() - start
 
-    def run(self, bench: Any, data: Any, row: Callable[..., Any]) -> None:
+    def run(self, data: DataSet) -> None:
+        bench = self.bench
         work, root = bench.work / "team", bench.root
         work.mkdir(parents=True, exist_ok=True)
         size = sum(p.stat().st_size for p in data.files)
@@ -116,7 +113,7 @@ class TeamCase:
                 alone.append(self.both_at_once(session, work, None))
                 alone_bytes.append(origin_get_bytes(log) / 1e6)
                 log.write_text("")
-                with team_nginx(self.mixvfs, origin.url, work / "nginx", self.free_port(), self.wait_for_port) as url:
+                with team_nginx(origin.url, work / "nginx", free_port()) as url:
                     team.append(self.both_at_once(session, work, url))
                     team_bytes.append(origin_get_bytes(log) / 1e6)
                     second_team.append(self.export(session, work, "bob", url))  # the cache is warm now
@@ -125,9 +122,9 @@ class TeamCase:
                           f"origin), through the team cache {team[-1]:.2f} s ({team_bytes[-1]:.0f} MB); "
                           f"a later workstation alone {second_alone[-1]:.2f} s, via the warm team cache "
                           f"{second_team[-1]:.2f} s")
-        bench.rows.append(row(f"team: 2 workstations at once, {data.name}", "s", "via team cache", team,
+        bench.rows.append(Row(f"team: 2 workstations at once, {data.name}", "s", "via team cache", team,
                               "each alone", alone))
-        bench.rows.append(row("team: origin GET bytes, 2 workstations", "MB", "via team cache", team_bytes,
+        bench.rows.append(Row("team: origin GET bytes, 2 workstations", "MB", "via team cache", team_bytes,
                               "each alone", alone_bytes, "ratio <= 0.55"))
-        bench.rows.append(row("team: a later workstation (cache warm)", "s", "via team cache", second_team,
+        bench.rows.append(Row("team: a later workstation (cache warm)", "s", "via team cache", second_team,
                               "alone, from the origin", second_alone))

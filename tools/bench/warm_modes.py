@@ -15,7 +15,7 @@ position in the round rather than the filesystem shows. The summary splits the m
 the daemon shows as more daemon CPU; one in the reader's kernel work (e.g. the destination's page cache
 memory) as more reader system time with the daemon unchanged.
 
-    .venv/bin/python tools/probe_warm_modes.py --rounds 16 [--read-only] [--work /var/tmp/probe]
+    .venv/bin/python -m tools.bench.warm_modes --rounds 16 [--read-only] [--work /var/tmp/probe]
 
 Nothing here is a test; it prints figures for BENCHMARKS.md.
 """
@@ -34,11 +34,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from mixvfs.vfs.adapter.libfuse import raise_readahead
-from tools.bench import compile_bytecode, files_under, make_dataset, mixvfs_mount, read_through, reset, serve
-from tools.bench_floors import build_fusefloor, unmount
+from tools.bench.common import compile_bytecode, files_under, make_dataset, mixvfs_mount, read_through, reset, serve
+from tools.bench.floors import build_fusefloor, unmount
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

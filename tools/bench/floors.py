@@ -1,6 +1,6 @@
-"""Issue 12 part 2: the export measured against its floors, each baseline measured in the same run.
+"""The export measured against its floors, each baseline measured in the same run.
 
-Cases (``tools/bench.py --only pertrack,floors,fuse2``):
+Cases (``python -m tools.bench --only pertrack,floors,fuse2``):
 
 * ``pertrack`` — 256 × 4 MiB cold: mixvfs ``cp -r`` against ONE ``curl`` process fetching every URL (``-o``
   each), which reuses one keep-alive connection: what a track costs beyond its bytes;
@@ -25,18 +25,27 @@ import os
 import shutil
 import statistics
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mixvfs.vfs.adapter.libfuse import raise_readahead
-
-if TYPE_CHECKING:
-    from tools.bench import Bench, DataSet
+from tools.bench.cases import Bench
+from tools.bench.common import (
+    MIXVFS,
+    REPO,
+    DataSet,
+    Row,
+    copy_tree,
+    files_under,
+    read_through,
+    reset,
+    sh,
+)
 
 # bindfs on Debian 12 is built on libfuse 2 (128 KiB requests); multithreaded like the mixvfs daemon.
 BINDFS_ARGS = ["--multithreaded", "-r", "-o", "ro"]
-FUSEFLOOR_C = Path(__file__).resolve().parent / "fusefloor.c"
+FUSEFLOOR_C = REPO / "tools" / "fusefloor.c"
 
 
 def build_fusefloor(work: Path) -> Path | None:
@@ -75,7 +84,7 @@ def unmount(path: Path) -> None:
 
 
 class Floors:
-    """The issue 12 part 2 rows, on top of :class:`tools.bench.Bench` (its machine, server and helpers)."""
+    """The floors' rows, on top of :class:`tools.bench.cases.Bench` (its machine, server and helpers)."""
 
     def __init__(self, bench: Bench) -> None:
         self.bench = bench
@@ -87,8 +96,6 @@ class Floors:
     @contextlib.contextmanager
     def mount(self, data: DataSet, cache: Path, library: str | None) -> Iterator[Path]:
         """A mixvfs mount of ``data`` on ``library`` (None: the default, libfuse 3)."""
-        from tools.bench import MIXVFS, sh
-
         env = dict(os.environ)
         if library is not None:
             env["FUSE_LIBRARY_NAME"] = library
@@ -108,8 +115,6 @@ class Floors:
 
     @contextlib.contextmanager
     def bindfs_mount(self, source: Path) -> Iterator[Path]:
-        from tools.bench import sh
-
         assert self.bindfs is not None
         mnt = self.bench.work / "bmnt"
         mnt.mkdir(parents=True, exist_ok=True)
@@ -122,8 +127,6 @@ class Floors:
 
     @contextlib.contextmanager
     def fusefloor_mount(self, source: Path) -> Iterator[Path]:
-        from tools.bench import sh
-
         assert self.fusefloor is not None
         mnt = self.bench.work / "fmnt"
         mnt.mkdir(parents=True, exist_ok=True)
@@ -135,8 +138,6 @@ class Floors:
             unmount(mnt)
 
     def cold_export(self, data: DataSet, library: str | None = None) -> float:
-        from tools.bench import copy_tree, reset
-
         cache = reset(self.bench.work / "cache-cold")
         self.bench.cold(data)
         with self.mount(data, cache, library) as mnt:
@@ -145,8 +146,6 @@ class Floors:
     # -- 256 × 4 MiB: the cost of a track --------------------------------------------------------------
 
     def case_pertrack(self, data: DataSet, library: str | None = None) -> None:
-        from tools.bench import Row
-
         bench = self.bench
         lane = "" if library is None else " [libfuse 2]"
         bench.say(f"per-track cost, {data.name} cold{lane}: one curl process (keep-alive) / mixvfs, {bench.runs} runs")
@@ -168,8 +167,6 @@ class Floors:
     # -- floors: download, native cp, a C FUSE filesystem ------------------------------------------------
 
     def case_floors(self, data: DataSet, library: str | None = None) -> None:
-        from tools.bench import Row, copy_tree, files_under, read_through, reset
-
         bench = self.bench
         lane = "" if library is None else " [libfuse 2]"
         bench.say(f"floors of {data.name}{lane}: curl / cp / bindfs / mixvfs warm, re-export, cold, {bench.runs} runs")
@@ -229,10 +226,6 @@ def rw_copy_tree(src: Path, dest: Path) -> float:
     """Seconds to copy ``src``'s files with plain 1 MiB read/write, as ``cp`` copies out of any FUSE mount
     (``copy_file_range`` only works within one filesystem): native ``cp`` of the same files does one
     in-kernel copy instead (BENCHMARKS.md), a floor no FUSE filesystem can reach through ``cp``."""
-    import time
-
-    from tools.bench import reset
-
     reset(dest).mkdir(parents=True)
     os.sync()  # as copy_tree: no earlier copy's writeback during this one
     start = time.perf_counter()

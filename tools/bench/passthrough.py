@@ -1,4 +1,4 @@
-"""The FUSE passthrough cases of ``make bench`` (``--only passthrough``), kept apart from tools/bench.py's own.
+"""The FUSE passthrough cases of ``make bench`` (``--only passthrough``).
 
 All on the libfuse >= 3.17 that tools/build_libfuse.sh builds (loaded with FUSE_LIBRARY_PATH), as root, on the
 main data set with a full cache, each run a fresh mount, alternating in the same run:
@@ -23,12 +23,9 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from tools.bench import Bench, DataSet
-
-REPO = Path(__file__).resolve().parent.parent
+from tools.bench.cases import Bench
+from tools.bench.common import REPO, DataSet, Row, copy_tree, files_under, mixvfs_mount, read_through, reset
 
 
 def build_libfuse() -> tuple[Path | None, str]:
@@ -80,8 +77,6 @@ def scratch(work: Path, size: int) -> Path:
 
 def copy_settled(src: Path, out: Path) -> float:
     """``cp -r`` timed after ``sync``: no dirty pages of an earlier copy are written back during this one."""
-    from tools.bench import copy_tree, reset
-
     reset(out)
     os.sync()
     return copy_tree(src, out)
@@ -108,8 +103,6 @@ def case_passthrough(bench: Bench, data: DataSet) -> None:
 
 
 def measure(bench: Bench, data: DataSet, lib: Path, out: Path) -> None:
-    from tools.bench import Row, files_under, mixvfs_mount, read_through, reset
-
     floor = lib.parent.parent / "bin" / "passthrough_hp"
     work = bench.work
     cache = reset(work / "cache-passthrough")

@@ -1,0 +1,58 @@
+"""What ``mixvfs status`` shows of a live mount (the root's ``user.mixvfs.status``): the downloads in flight,
+from the fetcher, and the report's counts and failures. Beside the report, whose records it summarises."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from mixvfs.cache.download import Download, State
+from mixvfs.cache.scheduler import Fetcher
+from mixvfs.vfs.fs.report import FAILED_STATUSES, Report
+from mixvfs.vfs.session.tracks import Track
+
+MAX_STATUS_FAILURES = 100  # an xattr value is at most 64 KiB on Linux: list this many failures, count the rest
+
+
+def live_status(tracks: list[Track], fetcher: Fetcher, report: Report) -> dict[str, object]:
+    status: dict[str, object] = {"session": report.session, **report_summary(report),
+                                 "downloading": downloading(tracks, fetcher)}
+    waits = fetcher.http.waits.active()
+    if waits:  # an origin that answered 429/503 with Retry-After: nothing is asked of it until then
+        status["server_waits"] = waits
+    team = fetcher.http.team
+    if team is not None:  # per cache: up or down; per track downloaded: team cache (hit/miss) or origin
+        status["team_cache"] = team.state()
+        status["via"] = [{"name": r.name, "via": r.via} for r in report.records() if r.via]
+    return status
+
+
+def downloading(tracks: list[Track], fetcher: Fetcher) -> list[dict[str, object]]:
+    """The downloads waiting or running, each under the name of the first track it is the bytes of."""
+    names: dict[str, str] = {}
+    for track in tracks:
+        if track.source is not None:
+            names.setdefault(track.source.ident, track.name)
+    now = time.monotonic()
+    return [download_status(d, names.get(d.source.ident, d.source.label), now)
+            for d in fetcher.active() if d.state in (State.PENDING, State.FETCHING)]
+
+
+def download_status(d: Download, name: str, now: float) -> dict[str, object]:
+    return {"name": name, "available": d.available, "total": d.total, "attempts": d.attempts,
+            "state": d.state.value, **({"via": d.via} if d.via else {}),
+            **({"server_wait": math.ceil(wait)} if (wait := d.server_wait_left()) is not None else {}),
+            "rate": d.available / (now - d.started) if d.started and now > d.started else None}
+
+
+def report_summary(report: Report) -> dict[str, object]:
+    """The tracks counted by status, and the failures (the first MAX_STATUS_FAILURES of them named)."""
+    records = report.records()
+    counts: dict[str, int] = {}
+    failed = []
+    for record in records:
+        counts[record.status] = counts.get(record.status, 0) + 1
+        if record.status in FAILED_STATUSES:
+            failed.append({"name": record.name, "error": record.error})
+    return {"tracks": len(records), "counts": counts, "failed": failed[:MAX_STATUS_FAILURES],
+            "failed_total": len(failed)}

@@ -1,0 +1,81 @@
+"""Prefetch: the session's cloud tracks queued for download in session order, ``jobs`` at a time. One
+:class:`Prefetcher` serves the mount (from the moment the folder is live) and ``cachectl warm``."""
+
+from __future__ import annotations
+
+import threading
+
+from mixvfs.cache.download import Download, Event
+from mixvfs.cache.errors import FetchError
+from mixvfs.cache.scheduler import Fetcher
+from mixvfs.vfs.fs.recorder import Recorder
+from mixvfs.vfs.session.tracks import Track
+
+
+class Prefetcher:
+    def __init__(self, fetcher: Fetcher, recorder: Recorder) -> None:
+        self.fetcher = fetcher
+        self.recorder = recorder
+        self._slots = threading.Semaphore(fetcher.jobs)
+        self._lock = threading.Lock()
+        self._in_flight: set[Download] = set()
+        self._stop = threading.Event()
+        self._pass: threading.Thread | None = None
+        self._unsubscribe = fetcher.subscribe(self._on_download_event)
+
+    @property
+    def running(self) -> bool:
+        return self._pass is not None and not self._stop.is_set()
+
+    def start(self, tracks: list[Track]) -> None:
+        """A pass over ``tracks``, unless one runs; after a live reload, :meth:`restart` with the new list."""
+        if self._pass is not None or self._stop.is_set():
+            return
+        self._pass = threading.Thread(target=self._prefetch_all, args=(list(tracks),), name="prefetch",
+                                      daemon=True)
+        self._pass.start()
+
+    def restart(self, tracks: list[Track]) -> None:
+        """The listing changed: the running pass walks the old list; a new pass covers the new tracks (the
+        old one goes on queueing too; the fetcher shares a download both ask for)."""
+        if self.running:
+            self._pass = None
+            self.start(tracks)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._unsubscribe()
+
+    def _prefetch_all(self, tracks: list[Track]) -> None:
+        """Queue cloud tracks in session order, keeping only ``jobs`` prefetches in flight at a time so
+        a 10 000-track session does not open 10 000 staging files. A slot is given back when its download
+        ends (see ``_on_download_event``)."""
+        for order, track in enumerate(tracks):
+            if track.source is None or self.recorder.failure(track) is not None:
+                continue
+            while not self._slots.acquire(timeout=0.5):
+                if self._stop.is_set():
+                    return
+            if self._stop.is_set():
+                return
+            try:
+                download = self.fetcher.prefetch(track.source, order)
+            except FetchError as exc:
+                self.recorder.record_failure(track, exc, seen_by_reader=False)
+                download = None
+            else:
+                if download is None:
+                    self.recorder.stored_meanwhile(track)
+            with self._lock:
+                # Nothing to fetch, or already over (its end event came before we could hold it).
+                if download is None or download.ended.is_set():
+                    self._slots.release()
+                else:
+                    self._in_flight.add(download)
+
+    def _on_download_event(self, download: Download, event: Event) -> None:
+        if event in (Event.DONE, Event.FAILED):
+            with self._lock:
+                if download in self._in_flight:
+                    self._in_flight.remove(download)
+                    self._slots.release()

@@ -1,0 +1,130 @@
+"""What the report says of each track, kept current: the downloads' events, every failure (on disk before the
+reader sees EIO), and the failures each track is remembered by for ``failed_for``. Shared by the mount
+(:class:`mixvfs.vfs.fs.sessionfs.SessionFS`) and ``cachectl warm``, which report the same downloads alike."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mixvfs.cache.defaults import FAILED_FOR
+from mixvfs.cache.download import Download, Event
+from mixvfs.cache.errors import Cancelled, FetchError
+from mixvfs.cache.scheduler import Fetcher
+from mixvfs.vfs.fs.report import Report, Status, TrackRecord
+from mixvfs.vfs.session.tracks import Kind, Track
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    error: FetchError
+    at: float
+
+
+class Recorder:
+    def __init__(self, report: Report, fetcher: Fetcher, *, failed_for: float = FAILED_FOR,
+                 now: Callable[[], float] = time.monotonic) -> None:
+        self.report = report
+        self.fetcher = fetcher
+        self.failed_for = failed_for
+        self.now = now  # durations only: a wall-clock step must not move them
+        self._failures: dict[str, Failure] = {}
+        self._lock = threading.Lock()
+
+    # -- the records a listing starts from ----------------------------------------------------------------
+
+    def initial_records(self, tracks: list[Track]) -> list[TrackRecord]:
+        indexed = self.fetcher.indexed()  # one query: only the tracks it names are looked up one by one
+        return [self.initial_record(t, indexed) for t in tracks]
+
+    def initial_record(self, track: Track, indexed: set[str] | None = None) -> TrackRecord:
+        if track.kind is Kind.LOCAL:
+            return TrackRecord(track.id, track.name, "local", Status.LOCAL, bytes=track.size)
+        if track.kind is Kind.MISSING:
+            return TrackRecord(track.id, track.name, "missing", Status.MISSING, error=track.reason)
+        assert track.source is not None
+        unknown = indexed is not None and track.source.ident not in indexed
+        entry = None if unknown else self.fetcher.cached(track.source)
+        if entry is not None:
+            return TrackRecord(track.id, track.name, "cloud", Status.CACHED, bytes=entry.size, digest=entry.digest)
+        return TrackRecord(track.id, track.name, "cloud", Status.PENDING, bytes=track.size)
+
+    def record_of(self, track: Track) -> TrackRecord:
+        """The track's record; a track a live reload just replaced answers from its initial record."""
+        return self.report.record(track.id) if self.report.has(track.id) else self.initial_record(track)
+
+    # -- failures -----------------------------------------------------------------------------------------
+
+    def failure(self, track: Track) -> Failure | None:
+        """The failure the track is remembered by (even past ``failed_for``: see :meth:`failed_now`)."""
+        return self._failures.get(track.id)
+
+    def failed_now(self, track: Track) -> FetchError | None:
+        """The failure a track is remembered by, while ``failed_for`` runs."""
+        failure = self._failures.get(track.id)
+        if failure is None or self.now() - failure.at >= self.failed_for:
+            return None
+        return failure.error
+
+    def forget_failure(self, track: Track) -> bool:
+        """The track is had after all (a download ended, a local file is back): whether it had failed."""
+        with self._lock:
+            return self._failures.pop(track.id, None) is not None
+
+    def local_again(self, track: Track, size: int) -> None:
+        """A local file that failed is served again."""
+        if self.forget_failure(track):
+            self.report.update(track.id, status=Status.LOCAL, error=None, bytes=size)
+
+    def record_failure(self, track: Track, error: FetchError, *, track_failed: bool = True,
+                       seen_by_reader: bool = True) -> None:
+        """Into the report (on disk before the reader sees EIO) and the log. ``track_failed``: the track
+        itself fails for ``failed_for`` (else only this reader failed, e.g. it gave up waiting).
+        ``seen_by_reader``: a program got this error (stat, open, read) — kept as ``reader_error`` even when
+        the track is had later, since that program may have skipped it (a prefetch's failure is not)."""
+        with self._lock:
+            previous = self._failures.get(track.id)
+            if track_failed:
+                self._failures[track.id] = Failure(error, self.now())
+        first = previous is None or previous.error.reason != error.reason
+        if not self.report.has(track.id):
+            log.error("%s (removed from the session): %s", track.name, error.reason)
+            return
+        record = self.report.record(track.id)
+        if track_failed:
+            seen = {"reader_error": error.reason} if seen_by_reader else {}
+            self.report.update(track.id, urgent=True, status=Status.FAILED, error=error.reason,
+                               attempts=max(record.attempts, 1), **seen)
+        else:
+            self.report.update(track.id, urgent=True, error=error.reason, reader_error=error.reason)
+        if first:
+            log.error("%s: %s", track.name, error.reason)
+
+    # -- downloads ----------------------------------------------------------------------------------------
+
+    def download_event(self, track: Track, download: Download, event: Event) -> None:
+        """One download event, for one of the tracks (several may share a source) it is the bytes of."""
+        if event is Event.ATTEMPT:
+            self.report.update(track.id, status=Status.FETCHING, attempts=download.attempts)
+        elif event is Event.DONE:
+            self.forget_failure(track)
+            self.report.update(track.id, status=Status.CACHED, bytes=download.total, digest=download.digest,
+                               error=None, attempts=download.attempts, via=download.via)
+        elif event is Event.FAILED and download.error is not None:
+            if isinstance(download.error, Cancelled):
+                self.report.update(track.id, status=Status.PENDING, error=None)
+            else:
+                self.record_failure(track, download.error, seen_by_reader=False)
+
+    def stored_meanwhile(self, track: Track) -> None:
+        """Nothing to prefetch: the track is in the cache — maybe put there by another process sharing it
+        (a second mount, `cachectl warm`) since the report was made. Say so, or it stays "pending" forever."""
+        assert track.source is not None
+        entry = self.fetcher.cached(track.source)
+        if entry is not None and self.report.has(track.id) and self.report.record(track.id).status is not Status.CACHED:
+            self.report.update(track.id, status=Status.CACHED, bytes=entry.size, digest=entry.digest, error=None)

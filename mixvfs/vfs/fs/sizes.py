@@ -1,0 +1,34 @@
+"""Sizes the mount-time probe could not learn (a 503 blip, a timeout), asked again in the background with growing
+pauses, so that a later listing shows them without waiting. A lookup asks at once too (SessionFS._cloud_size)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+
+from mixvfs.cache.errors import FetchError
+from mixvfs.cache.scheduler import Fetcher
+from mixvfs.vfs.fs.mount_state import MountState
+from mixvfs.vfs.session.tracks import Kind, Track
+
+FIRST_PAUSE, LONGEST_PAUSE = 1.0, 60.0
+
+
+def learn_sizes(listing: Callable[[], list[Track]], fetcher: Fetcher, state: MountState,
+                stop: threading.Event) -> None:
+    """Until every size-less cloud track whose probe failed has an answer, or ``stop``; ``listing``: the tracks
+    now (a live reload swaps them)."""
+    pause = FIRST_PAUSE
+    while not stop.wait(pause):
+        unknown = [t for t in listing() if t.kind is Kind.CLOUD and state.size(t) is None
+                   and t.source is not None and state.probe_failure(t) is not None]
+        if not unknown:
+            return
+        for track in unknown:
+            assert track.source is not None
+            with contextlib.suppress(FetchError):
+                info = fetcher.probe(track.source)
+                state.learn_size(track, info.size)
+                state.answered(track)  # a server that gives no size is not asked again
+        pause = min(pause * 2, LONGEST_PAUSE)
