@@ -35,15 +35,21 @@ PORTABLE_MOUNT_TESTS := tests/mount/test_flow.py tests/mount/test_cli.py tests/m
 	tests/faults/test_signals.py::test_foreground_mount_stopped_by_a_signal_exits_0_and_keeps_the_cache \
 	-k "not SIGINT and not SIGHUP"
 
-test: $(STAMP) system
-	$(VENV)/bin/ruff check mixvfs tools tests
-	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy --platform darwin mixvfs
-	$(VENV)/bin/pytest -q
-	FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q $(FUSE2_TESTS)
+# The whole check: lint, types, then every lane. Each pytest run spreads its tests over $(WORKERS) processes
+# (pytest-xdist): most tests wait on a server, a mount or a child process, not on a core.
+WORKERS ?= 4
+XDIST := -n $(WORKERS) --dist loadgroup
+
+test: lint typecheck system
+	$(VENV)/bin/pytest -q $(XDIST)
+	FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q $(XDIST) $(FUSE2_TESTS)
 	@$(MAKE) --no-print-directory test-portable
 	@$(MAKE) --no-print-directory test-passthrough
+
+# The inner loop: the in-process tests only (tests/unit less what mounts, marked fuse), in seconds; no mount, no
+# daemon, and no package from `system` beyond the venv's. Two processes: many of these tests wait on a server.
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q -n 2 -m "not fuse" tests/unit
 
 # ruff, then the import contracts of pyproject.toml's [tool.importlinter]: ARCHITECTURE.md's layers and library
 # table, checked by machine.
@@ -51,13 +57,18 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check mixvfs tools tests
 	$(VENV)/bin/lint-imports
 
+# mypy strict over mixvfs, tools and tests (pyproject.toml), then mixvfs as macOS sees it.
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --platform darwin mixvfs
+
 test-fuse2: $(STAMP) system
-	FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q $(FUSE2_TESTS)
+	FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q $(XDIST) $(FUSE2_TESTS)
 
 test-portable: $(STAMP) system
-	$(PORTABLE) $(VENV)/bin/pytest -q -p no:cacheprovider -m "not linux_facilities" tests/unit
-	$(PORTABLE) FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q -p no:cacheprovider -m "not linux_facilities" \
-		$(PORTABLE_MOUNT_TESTS)
+	$(PORTABLE) $(VENV)/bin/pytest -q $(XDIST) -p no:cacheprovider -m "not linux_facilities" tests/unit
+	$(PORTABLE) FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q $(XDIST) -p no:cacheprovider \
+		-m "not linux_facilities" $(PORTABLE_MOUNT_TESTS)
 
 # The FUSE passthrough lane (tests/passthrough, which the plain run leaves out): libfuse >= 3.17 built from
 # Debian 13's fuse3 source into build/libfuse-3.17 (tools/build_libfuse.sh: seconds once built), loaded through

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +26,13 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MIXVFS = str(BIN / "mixvfs")
 CACHECTL = str(BIN / "cachectl")
+
+
+# A run started in the background by a shell without job control (`make test &` in a script) inherits SIGINT
+# ignored, and so would every command it starts: the tests of Ctrl-C would send it to deaf processes. A
+# handler here (Python's own) is reset to the default in each child at its exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # `make test` runs the mount tier a second time with FUSE_LIBRARY_NAME=fuse: libfuse 2, the API macFUSE
@@ -76,7 +85,41 @@ def missing_part(what: str, ci_must: str) -> NoReturn:
     pytest.skip(what)
 
 
+# Whether the running test carries the `fuse` marker (set per test by `_fuse_marker_of_the_test`): `make unit`
+# selects `-m "not fuse"` and must never mount, so a test that reaches for a mount unmarked fails loudly.
+_TEST_IS_MARKED_FUSE = False
+
+
+# Folders whose tests share one costly thing per process (package- or module-scoped): under pytest-xdist
+# (`make test`) each runs on one worker (--dist loadgroup), so it is built once, not once per worker.
+ONE_WORKER = {
+    "wan": "one emulated link (network namespaces, nginx) for the folder",
+    "team": "a module's nginx, stopped and started again on its port by some tests",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the mount fixture is a mounting test: it gets the `fuse` marker without writing it."""
+    for item in items:
+        if "mounter" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.fuse)
+        folder = item.path.relative_to(REPO).parts[1] if item.path.is_relative_to(REPO / "tests") else ""
+        if folder in ONE_WORKER:
+            item.add_marker(pytest.mark.xdist_group(folder))
+
+
+@pytest.fixture(autouse=True)
+def _fuse_marker_of_the_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    global _TEST_IS_MARKED_FUSE
+    _TEST_IS_MARKED_FUSE = request.node.get_closest_marker("fuse") is not None
+    yield
+    _TEST_IS_MARKED_FUSE = False
+
+
 def require_fuse() -> None:
+    if not _TEST_IS_MARKED_FUSE:
+        pytest.fail("this test mounts: mark it @pytest.mark.fuse (or use the mounter fixture), "
+                    "so that `make unit` (-m 'not fuse') leaves it out")
     problem = fuse_problem()
     if problem is not None:
         missing_part(f"FUSE mounts are impossible here ({problem})", "CI must be able to mount")
@@ -107,6 +150,19 @@ def without_root_override(cmd: list[str]) -> list[str]:
     return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
 
 
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll for a state change the test cannot be told about (a file another process removes, a line a server
+    logs after its answer). ``timeout`` guards against a hang and is never a time window: True as soon as
+    ``predicate`` holds, False if it still does not after ``timeout`` s. ``interval=0`` spins, for a test
+    that must act while another thread is still inside the change it waits to see begin."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 def run(cmd: list[str], *, check: bool = False, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kw)
     if check and done.returncode != 0:
@@ -115,17 +171,21 @@ def run(cmd: list[str], *, check: bool = False, timeout: float = 60, **kw: Any) 
 
 
 @pytest.fixture(autouse=True, scope="session")
-def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Mounts note their report path in the user's state folder (mixvfs.vfs.fs.history): the tests' mounts
-    (daemons inherit this environment) note theirs in a folder of their own, not the developer's."""
-    state = tmp_path_factory.mktemp("state")
-    old = os.environ.get("XDG_STATE_HOME")
-    os.environ["XDG_STATE_HOME"] = str(state)
-    yield state
-    if old is None:
-        os.environ.pop("XDG_STATE_HOME", None)
-    else:
-        os.environ["XDG_STATE_HOME"] = old
+def private_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The user's state, cache and config folders, for this test process and every command and daemon it
+    starts (they inherit the environment), are folders of its own: mounts note their report path in the state
+    folder (mixvfs.vfs.fs.history) and a command without --cache-dir uses the default cache, which must be
+    neither the developer's nor another xdist worker's; and the developer's config file changes no test."""
+    folders = {name: tmp_path_factory.mktemp(name.lower()) for name in ("XDG_STATE_HOME", "XDG_CACHE_HOME",
+                                                                       "XDG_CONFIG_HOME")}
+    old = {name: os.environ.get(name) for name in folders}
+    os.environ.update({name: str(folder) for name, folder in folders.items()})
+    yield folders["XDG_STATE_HOME"]
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture
@@ -172,12 +232,8 @@ class Mount:
     def wait_track(self, track_id: str, predicate: Callable[[dict[str, Any]], bool],
                    timeout: float = 10.0) -> dict[str, Any]:
         """The report is rewritten in batches (failures at once); poll until it says what we expect."""
-        deadline = time.monotonic() + timeout
-        record = self.track(track_id)
-        while not predicate(record) and time.monotonic() < deadline:
-            time.sleep(0.05)
-            record = self.track(track_id)
-        return record
+        wait_until(lambda: predicate(self.track(track_id)), timeout)
+        return self.track(track_id)
 
     def unmount(self) -> None:
         if self.mounted:
@@ -202,6 +258,38 @@ def eio_without_a_report_line(report: dict[str, Any]) -> list[str]:
                                         or track.get("reader_error") or track.get("note")):
             broken.append(f"{count} EIO answer(s) for {track.get('name')!r}, whose report line says nothing: {track}")
     return broken
+
+
+# What only a crash writes to the daemon's log: an exception nobody caught (a thread's, the interpreter's, one
+# in a finalizer, logging's own), or a traceback logged above debug (our one-line causes carry none).
+CRASH_SIGNS = ("Traceback (most recent call last)", "Exception in thread", "Exception ignored in",
+               "Fatal Python error", "--- Logging error ---", "Segmentation fault")
+TRACEBACK = "Traceback (most recent call last)"
+# The daemon's log format (mixvfs/vfs/commands/cli.py): time, level, logger, message.
+RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\w+) ")
+CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
+
+
+def crash_in_log(log: str) -> str | None:
+    """The first crash the daemon's log holds, with the lines around it; None if there is none.
+
+    A traceback right under a DEBUG record (and the chained ones it holds) is not one: at --log-level debug the
+    errno guard logs each answer's cause chain with its traceback (mixvfs/vfs/adapter/errno_map.py), which is
+    what debug asks for."""
+    lines = log.splitlines()
+    debug_record = False  # the lines since the last record belong to a DEBUG record
+    for at, line in enumerate(lines):
+        record = RECORD.match(line)
+        if record is not None:
+            debug_record = record.group(1) == "DEBUG"
+        if not any(sign in line for sign in CRASH_SIGNS):
+            continue
+        before = lines[at - 1] if at > 0 else ""
+        under_debug = RECORD.match(before) is not None or any(lines[at - 2].startswith(c) for c in CHAINED)
+        if line.startswith(TRACEBACK) and debug_record and under_debug:
+            continue
+        return "\n".join(lines[max(0, at - 2):at + 20])
+    return None
 
 
 @pytest.fixture
@@ -252,3 +340,7 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
             report = m.report()
             broken = eio_without_a_report_line(report)
             assert not broken, f"{m.path}: " + "; ".join(broken)
+    # A daemon that crashed answers EIO too: a fault test expecting EIO could not tell the crash from the fault.
+    for m in mounts:
+        crash = crash_in_log(m.log())
+        assert crash is None, f"{m.path}: the daemon's log holds a crash:\n{crash}"

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +51,6 @@ def cachectl_json(cache_dir: Path, *args: str) -> Any:
     done = cachectl(cache_dir, *args, "--json")
     assert done.returncode in (0, 1), done.stderr
     return json.loads(done.stdout)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll for a state change the test cannot be told about (a file removed by another process)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def holds_open(pid: int, path: Path) -> bool:

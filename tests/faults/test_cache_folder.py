@@ -11,8 +11,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import MIXVFS, Mount, run, write_session
-from tests.faults.helpers import FAST, cachectl, cloud_track, name_of, stream_path, wait_until
+from tests.conftest import MIXVFS, Mount, run, wait_until, write_session
+from tests.faults.helpers import FAST, cachectl, cloud_track, name_of, stream_path
 from tools.devserver import DevServer
 
 TRACKS = ("first", "second", "third")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import getxattr, missing_part, write_session
-from tests.faults.helpers import FAST, cloud_track, cp, name_of, stream_path, wait_until
+from tests.conftest import getxattr, missing_part, wait_until, write_session
+from tests.faults.helpers import FAST, cloud_track, cp, name_of, stream_path
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 EIO = "Input/output error"

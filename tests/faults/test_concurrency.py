@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import getxattr, run, write_session
-from tests.faults.helpers import cloud_track, holds_open, max_overlap, name_of, stream_path, wait_until
+from tests.conftest import getxattr, run, wait_until, write_session
+from tests.faults.helpers import cloud_track, holds_open, max_overlap, name_of, stream_path
 from tools.devserver import DevServer
 
 

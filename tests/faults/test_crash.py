@@ -9,8 +9,8 @@ import filecmp
 import os
 import signal
 
-from tests.conftest import getxattr, write_session
-from tests.faults.helpers import cachectl, cachectl_json, cloud_track, cp, name_of, stream_path, wait_until
+from tests.conftest import getxattr, wait_until, write_session
+from tests.faults.helpers import cachectl, cachectl_json, cloud_track, cp, name_of, stream_path
 
 
 def dead(pid: int) -> bool:

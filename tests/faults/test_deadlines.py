@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import write_session
-from tests.faults.helpers import cloud_track, name_of, stream_path, wait_until
+from tests.conftest import wait_until, write_session
+from tests.faults.helpers import cloud_track, name_of, stream_path
 
 
 def stuck_fine_and_local(tmp_path: Path, server_root: Path) -> tuple[list[dict[str, Any]], Path]:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run, write_session
-from tests.faults.helpers import FAST, cloud_track, name_of, stream_path, wait_until
+from tests.conftest import run, wait_until, write_session
+from tests.faults.helpers import FAST, cloud_track, name_of, stream_path
 from tools.make_audio import write_sized
 
 MiB = 1 << 20

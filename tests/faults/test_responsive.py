@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import Mount, run, write_session
-from tests.faults.helpers import cloud_track, holds_open, name_of, wait_until
+from tests.conftest import Mount, run, wait_until, write_session
+from tests.faults.helpers import cloud_track, holds_open, name_of
 from tools.make_audio import write_sized
 
 READERS = 30

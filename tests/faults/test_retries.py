@@ -8,8 +8,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import Mount, write_session
-from tests.faults.helpers import FAST, cloud_track, cp, name_of, stream_path, wait_until
+from tests.conftest import Mount, wait_until, write_session
+from tests.faults.helpers import FAST, cloud_track, cp, name_of, stream_path
 from tools.devserver import DevServer
 
 EIO = "Input/output error"

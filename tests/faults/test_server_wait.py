@@ -9,8 +9,8 @@ import subprocess
 import time
 from typing import Any, cast
 
-from tests.conftest import MIXVFS, run, write_session
-from tests.faults.helpers import FAST, cloud_track, cp, name_of, stream_path, wait_until
+from tests.conftest import MIXVFS, run, wait_until, write_session
+from tests.faults.helpers import FAST, cloud_track, cp, name_of, stream_path
 from tools.devserver import DevServer
 
 

@@ -14,15 +14,14 @@ import filecmp
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import CACHECTL, MIXVFS, Mount, getxattr, require_fuse, run, write_session
-from tests.faults.helpers import cachectl, cloud_track, cp, holds_open, name_of, stream_path, wait_until
+from tests.conftest import CACHECTL, MIXVFS, Mount, getxattr, require_fuse, run, wait_until, write_session
+from tests.faults.helpers import cachectl, cloud_track, cp, holds_open, name_of, stream_path
 from tools.devserver import DevServer
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -37,14 +36,18 @@ class Reaper:
         self.pids: list[int] = []
 
     def exit_status(self, pid: int, timeout: float = HANG_GUARD) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        ended: list[int] = []
+
+        def reaped() -> bool:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done == pid:
-                self.pids.remove(pid)
-                return os.waitstatus_to_exitcode(status)
-            time.sleep(0.02)
-        raise AssertionError(f"daemon {pid} still running {timeout:g} s after the signal")
+                ended.append(os.waitstatus_to_exitcode(status))
+            return bool(ended)
+
+        if not wait_until(reaped, timeout):
+            raise AssertionError(f"daemon {pid} still running {timeout:g} s after the signal")
+        self.pids.remove(pid)
+        return ended[0]
 
     def reap_rest(self) -> None:
         for pid in list(self.pids):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MIXVFS, Mount, run, write_session
-from tests.faults.helpers import FAST, cloud_track, cp, name_of, stream_path, wait_until
+from tests.conftest import MIXVFS, Mount, run, wait_until, write_session
+from tests.faults.helpers import FAST, cloud_track, cp, name_of, stream_path
 from tools.devserver import DevServer
 
 

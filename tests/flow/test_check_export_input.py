@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CACHECTL, MIXVFS, run, write_session
-from tests.faults.helpers import wait_until
+from tests.conftest import CACHECTL, MIXVFS, run, wait_until, write_session
 from tools.make_audio import write_sized
 
 

@@ -14,8 +14,8 @@ import pytest
 
 import mixvfs
 from mixvfs.vfs.commands import cachectl, cli
-from tests.conftest import CACHECTL, MIXVFS, run, write_session
-from tests.faults.helpers import holds_open, wait_until
+from tests.conftest import CACHECTL, MIXVFS, run, wait_until, write_session
+from tests.faults.helpers import holds_open
 
 MIXVFS_COMMANDS = ("mount", "unmount", "report", "preflight", "status", "check-export", "config", "team-cache")
 NESTED_COMMANDS = ("team-cache nginx-config",)

@@ -7,11 +7,12 @@ import filecmp
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import MIXVFS, getxattr, listxattr, run, write_session
+import pytest
+
+from tests.conftest import MIXVFS, getxattr, listxattr, run, wait_until, write_session
 from tools.make_audio import write_sized
 
 
@@ -76,12 +77,12 @@ def test_status_shows_a_download_in_flight(tmp_path, server_root, devserver, mou
     mount = mounter(session)  # prefetch starts the download
     devserver.wait_held("slow")
     # The server has sent its 1 MiB; poll (hang guard only) until the mount has taken all of it in.
-    deadline = time.monotonic() + 30
+    def taken_in() -> bool:
+        downloading = status_of(mount.path)["downloading"]
+        return bool(downloading) and downloading[0]["available"] == held_at
+
+    assert wait_until(taken_in, 30), status_of(mount.path)
     status = status_of(mount.path)
-    while not (status["downloading"] and status["downloading"][0]["available"] == held_at):
-        assert time.monotonic() < deadline, status
-        time.sleep(0.02)
-        status = status_of(mount.path)
     assert [without_rate(d) for d in status["downloading"]] == [
         {"name": "Art - Slow.wav", "available": held_at, "total": size, "attempts": 1, "state": "fetching"}]
     assert status["downloading"][0]["rate"] > 0  # bytes per second since it started: what --watch shows
@@ -121,10 +122,8 @@ def test_live_reload_adds_and_removes_tracks_while_a_copy_runs(tmp_path, server_
     renamed = {**tracks[0], "title": "Longer"}
     write_session(session, [renamed, cloud("n1", "New", "/stream/new", 60_000)], server=devserver.url)
     wanted = ["Art - Longer.wav", "Art - New.wav"]
-    deadline = time.monotonic() + 10  # typically ~1 s (0.5 s poll + 1 s kernel entry cache); no timed assertion
-    while sorted(os.listdir(mount.path)) != wanted and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert sorted(os.listdir(mount.path)) == wanted
+    # Typically ~1 s (0.5 s poll + 1 s kernel entry cache).
+    assert wait_until(lambda: sorted(os.listdir(mount.path)) == wanted), os.listdir(mount.path)
     assert not (mount.path / "Art - Old.wav").exists()
     assert (mount.path / "Art - New.wav").stat().st_size == 60_000
     run(["cp", str(mount.path / "Art - New.wav"), str(tmp_path / "new.wav")], check=True)
@@ -144,9 +143,7 @@ def test_invalid_manifest_keeps_the_listing_and_is_logged(tmp_path, server_root,
     session = write_session(tmp_path / "s.json", [cloud("o1", "Old", "/stream/old", 50_000)], server=devserver.url)
     mount = mounter(session, "--no-prefetch")
     session.write_text('{"tracks": [{"title": "no id"}]}')
-    deadline = time.monotonic() + 5
-    while "cannot be used" not in mount.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_until(lambda: "cannot be used" in mount.log()), mount.log()
     assert os.listdir(mount.path) == ["Art - Old.wav"]
     lines = [line for line in mount.log().splitlines() if "cannot be used" in line]
     assert len(lines) == 1 and "track 0" in lines[0] and "'id'" in lines[0]
@@ -172,6 +169,7 @@ def test_log_has_one_line_per_failure_with_name_and_cause(tmp_path, server_root,
     ]
 
 
+@pytest.mark.fuse
 def test_mount_from_a_folder_holding_cache_and_vfs_folders(tmp_path):
     """The daemon is `python -m mixvfs.vfs.commands.cli`: the working directory must not shadow our packages."""
     from tests.conftest import require_fuse

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Mount, daemon_libfuse_major, getxattr, run, write_session
+from tests.conftest import Mount, daemon_libfuse_major, getxattr, run, wait_until, write_session
 from tests.faults.helpers import cloud_track, name_of
 from tools.make_audio import write_sized
 
@@ -78,16 +77,19 @@ def test_a_reload_is_seen_by_stat_at_once(tmp_path, server_root, devserver, moun
     write_session(session, [cloud_track(server_root, "grows", 5000, seed=7), tracks[2]], server=devserver.url)
     # Until the reload is done, keep the kernel's entries fresh (a lookup or listing renews them for 1 s), so
     # that what it answers right after the reload comes from the daemon's notice, not from their expiry.
-    deadline = time.monotonic() + 30  # a hang guard only: the watcher polls every 0.5 s
-    while reloads_done(mount) == 0:
-        assert time.monotonic() < deadline, mount.log()
+    def reloaded_keeping_entries_fresh() -> bool:
+        if reloads_done(mount):
+            return True
         # The reload may land between the check above and these looks (its log line comes after it): then
         # "gone" is gone, and `ls` may list a name it can no longer stat. What counts is asserted below.
         with contextlib.suppress(FileNotFoundError):
             gone.stat()
             grows.stat()
         run(["ls", "-l", str(mount.path)])
-        time.sleep(0.05)
+        return False
+
+    # The watcher polls every 0.5 s.
+    assert wait_until(reloaded_keeping_entries_fresh, 30, interval=0.05), mount.log()
     assert not gone.exists()
     assert grows.stat().st_size == 5000
     assert ls_sizes(mount.path) == {name_of("grows"): 5000, name_of("stays"): 3000}

@@ -16,8 +16,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import MIXVFS, run, write_session
-from tests.faults.helpers import cachectl, cloud_track, name_of, stream_path, wait_until
+from tests.conftest import MIXVFS, run, wait_until, write_session
+from tests.faults.helpers import cachectl, cloud_track, name_of, stream_path
 from tests.passthrough.conftest import passthrough_status
 
 SIZE = 3_000_000

@@ -11,13 +11,12 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import MIXVFS, missing_part, run
+from tests.conftest import MIXVFS, missing_part, run, wait_until
 from tools.devserver import DevServer
 
 # The third is long enough that finding it in a file (random audio bytes included) means it was written there.
@@ -80,12 +79,10 @@ class TeamNginx:
     def start(self) -> None:
         self._proc = subprocess.Popen([self.nginx, "-c", str(self.conf), "-e", str(self.dir / "logs" / "error.log"),
                                        "-g", "daemon off;"], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20  # a hang guard, not a wait
-        while not accepts(self.port):
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                raise RuntimeError(f"nginx did not start: {err}{self.error_log()}")
-            time.sleep(0.02)
+        proc = self._proc
+        if not wait_until(lambda: proc.poll() is not None or accepts(self.port), 20) or proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"nginx did not start: {err}{self.error_log()}")
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 
 from mixvfs.cache.team import VIA_HIT, VIA_MISS, VIA_ORIGIN
-from tests.conftest import MIXVFS, Mount, run, write_session
-from tests.faults.helpers import FAST, cloud_track, name_of, stream_path, wait_until
+from tests.conftest import MIXVFS, Mount, run, wait_until, write_session
+from tests.faults.helpers import FAST, cloud_track, name_of, stream_path
 from tests.team.conftest import SECRET_TOKEN, WORKER_USER, TeamNginx, get_bytes, gets, require_nginx
 from tools.devserver import DevServer
 from tools.make_audio import write_sized

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 from mixvfs.cache.bwlimit import Budget
-from mixvfs.cache.fetcher import Fetcher
-from mixvfs.cache.http import HttpClient
 from mixvfs.cache.policy import RetryPolicy
 from mixvfs.cache.remote import Source
 from mixvfs.cache.store import BlobStore
+from tests.unit.conftest import MakeFetcher
 from tools.devserver import DevServer
 from tools.make_audio import write_sized
 
@@ -81,7 +80,8 @@ def test_a_rate_of_zero_is_refused() -> None:
         Budget(0)
 
 
-def test_every_byte_of_every_download_is_spent_from_the_one_budget(tmp_path: Path) -> None:
+def test_every_byte_of_every_download_is_spent_from_the_one_budget(tmp_path: Path, store: BlobStore,
+                                                                   make_fetcher: MakeFetcher) -> None:
     """Two downloads through a real server share the fetcher's budget: with its clock stopped, what the budget
     is owed afterwards is exactly both tracks' bytes (a download that skipped the cap would owe nothing)."""
     root = tmp_path / "server"
@@ -92,10 +92,8 @@ def test_every_byte_of_every_download_is_spent_from_the_one_budget(tmp_path: Pat
     clock = Clock()
     rate = 4096 * MIB  # the waits it asks for are milliseconds: the test is about the accounting
     budget = Budget(rate, burst=0, clock=clock)
-    store = BlobStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
     with DevServer(root) as server:
-        fetcher = Fetcher(store, store.index, HttpClient(stall_timeout=10), jobs=2, retry=RetryPolicy(attempts=1),
-                          budget=budget)
+        fetcher = make_fetcher(store, jobs=2, retry=RetryPolicy(attempts=1), stall_timeout=10, budget=budget)
         acquired = [fetcher.acquire(Source(server.url_for(name), size=size, label=name))
                     for name, size in sizes.items()]
         for (name, size), got in zip(sizes.items(), acquired, strict=True):
@@ -106,5 +104,4 @@ def test_every_byte_of_every_download_is_spent_from_the_one_budget(tmp_path: Pat
             assert got.download is not None
             got.download.ended.wait(10)  # a hang guard: the bytes are all in
         fetcher.close()
-    store.close()
     assert budget.spend(0) == pytest.approx(sum(sizes.values()) / rate)

@@ -11,11 +11,10 @@ import pytest
 
 from mixvfs.cache.concurrency import HOLD, LOWER, MIN_INTERVAL, ROUND_TRIPS, START, Concurrency
 from mixvfs.cache.download import State
-from mixvfs.cache.fetcher import Fetcher
-from mixvfs.cache.http import HttpClient
 from mixvfs.cache.policy import RetryPolicy
 from mixvfs.cache.remote import Source
 from mixvfs.cache.store import BlobStore
+from tests.unit.conftest import MakeFetcher
 from tools.devserver import DevServer
 from tools.make_audio import write_sized
 
@@ -138,7 +137,8 @@ def test_an_interval_is_several_round_trips(rtt: float) -> None:
     assert control.limit(waiting=True) > START
 
 
-def test_the_fetcher_runs_only_the_measured_number_of_downloads_and_a_reader_goes_first(tmp_path: Path) -> None:
+def test_the_fetcher_runs_only_the_measured_number_of_downloads_and_a_reader_goes_first(
+        tmp_path: Path, store: BlobStore, make_fetcher: MakeFetcher) -> None:
     """Against the real dev server, every body parked mid-way: with the controller's number held at START (its
     clock stopped), the other prefetches stay queued although --jobs allows 8; a reader's track still starts
     at once."""
@@ -147,11 +147,9 @@ def test_the_fetcher_runs_only_the_measured_number_of_downloads_and_a_reader_goe
     names = [f"t{i}.wav" for i in range(8)]
     for i, name in enumerate(names):
         write_sized(root / name, 1 << 20, seed=i)
-    store = BlobStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
     with DevServer(root) as server:
         server.set_faults({"*": {"hold": "slots", "hold_after": 100_000}})
-        fetcher = Fetcher(store, store.index, HttpClient(stall_timeout=30), jobs=8, retry=RetryPolicy(attempts=1),
-                          adaptive=True)
+        fetcher = make_fetcher(store, jobs=8, retry=RetryPolicy(attempts=1), stall_timeout=30, adaptive=True)
         fetcher.concurrency = Concurrency(8, clock=Clock())  # stopped: no interval ever ends
         sources = [Source(server.url_for(name), size=1 << 20, label=name) for name in names]
         downloads = [fetcher.prefetch(source, order) for order, source in enumerate(sources[:7])]
@@ -173,4 +171,3 @@ def test_the_fetcher_runs_only_the_measured_number_of_downloads_and_a_reader_goe
         fetcher.release(reader.download)
         os.close(reader.fd)
         fetcher.close()
-    store.close()

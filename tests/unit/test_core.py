@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,6 @@ from typing import Any
 import pytest
 
 from mixvfs.cache.errors import FetchError
-from mixvfs.cache.fetcher import Fetcher
-from mixvfs.cache.http import HttpClient
-from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.policy import RetryPolicy
 from mixvfs.cache.store import BlobStore
 from mixvfs.vfs.fs.handles import FailedHandle, StreamHandle
@@ -21,7 +17,8 @@ from mixvfs.vfs.fs.report import Report
 from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.session.manifest import load_manifest
 from mixvfs.vfs.session.tracks import build_tracks
-from tests.conftest import write_session
+from tests.conftest import wait_until, write_session
+from tests.unit.conftest import MakeFetcher
 from tools.make_audio import write_sized
 
 MiB = 1 << 20
@@ -36,16 +33,16 @@ class Clock:
 
 
 @pytest.fixture
-def make_fs(tmp_path: Path) -> Iterator[Any]:
+def make_fs(tmp_path: Path, make_fetcher: MakeFetcher) -> Iterator[Any]:
+    """A SessionFS over the test's cache folder; each one opens the cache anew, as a process of its own does."""
     opened: list[SessionFS] = []
+    stores: list[BlobStore] = []
 
     def make(tracks: list[dict[str, Any]], url: str, **kw: Any) -> SessionFS:
         session = load_manifest(write_session(tmp_path / "s.json", tracks, server=url))
-        store = BlobStore(tmp_path / "cache", max_size=100 * MiB, max_age=86400)
-        index = SourceIndex(tmp_path / "cache")
-        http = HttpClient(stall_timeout=5)
-        fetcher = Fetcher(store, index, http, jobs=2, retry=RetryPolicy(attempts=2, wait_initial=0.01))
-        built = build_tracks(session, http=http, index=index)
+        stores.append(BlobStore(tmp_path / "cache", max_size=100 * MiB, max_age=86400))
+        fetcher = make_fetcher(stores[-1], jobs=2, retry=RetryPolicy(attempts=2, wait_initial=0.01), stall_timeout=5)
+        built = build_tracks(session, http=fetcher.http, index=fetcher.index)
         report = Report(tmp_path / "report.json", session=session.name, mountpoint="-", records=[])
         fs = SessionFS(built, fetcher, report, prefetch=False, **kw)
         report.replace_records(fs.initial_records())
@@ -56,14 +53,13 @@ def make_fs(tmp_path: Path) -> Iterator[Any]:
     for fs in opened:
         fs.close()
         fs.report.close()
+    for store in stores:
+        store.close()
 
 
 def settle(fs: SessionFS) -> None:
     """Wait (bounded) until no download is in flight, i.e. finished ones are committed."""
-    deadline = time.monotonic() + 10
-    while fs.fetcher.active() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert fs.fetcher.active() == []
+    assert wait_until(lambda: not fs.fetcher.active()), fs.fetcher.active()
 
 
 def read_all(fs: SessionFS, name: str, chunk: int = 128 * 1024) -> bytes:
@@ -195,7 +191,7 @@ def test_missing_track_reads_fail_and_report_says_why(make_fs, devserver, tmp_pa
 
 
 def test_a_track_another_process_cached_meanwhile_is_reported_cached_not_pending(
-        make_fs, server_root, devserver, tmp_path):
+        make_fs, make_fetcher, server_root, devserver, tmp_path):
     """Two processes on one cache (a mount and `cachectl warm`, or two warms): B's report was made before A
     stored the track; B's prefetch then has nothing to fetch — the report must say cached, or a warm waiting
     for every track to settle waits forever."""
@@ -205,22 +201,19 @@ def test_a_track_another_process_cached_meanwhile_is_reported_cached_not_pending
     first = make_fs(entry, devserver.url)  # process A (no prefetch)
     session = load_manifest(tmp_path / "s.json")
     store = BlobStore(tmp_path / "cache", max_size=100 * MiB, max_age=86400)  # process B: its own connections
-    index = SourceIndex(tmp_path / "cache")
-    fetcher = Fetcher(store, index, HttpClient(stall_timeout=5), jobs=1)
+    fetcher = make_fetcher(store, stall_timeout=5)
     report = Report(tmp_path / "report-b.json", session=session.name, mountpoint="-", records=[])
-    second = SessionFS(build_tracks(session, http=None, index=index), fetcher, report, prefetch=True)
+    second = SessionFS(build_tracks(session, http=None, index=store.index), fetcher, report, prefetch=True)
     report.replace_records(second.initial_records())
     assert report.record("t").status == "pending"
     assert len(read_all(first, "A - T.wav")) == 200_000  # A downloads and stores it
     settle(first)
     second.start_prefetch()
-    deadline = time.monotonic() + 10
-    while report.record("t").status != "cached" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert report.record("t").status == "cached"
+    assert wait_until(lambda: report.record("t").status == "cached"), report.record("t")
     assert len(devserver.requests("GET", "/t.wav")) == 1  # B did not download it again
     second.close()
     report.close()
+    store.close()
 
 
 def test_read_into_a_buffer_gives_the_bytes_read_gives(make_fs, server_root, devserver):

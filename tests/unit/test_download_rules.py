@@ -4,15 +4,10 @@ waits that end only without progress, a store that fails after taking the file, 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import diskcache
-import pytest
 
-from mixvfs.cache.fetcher import Fetcher
-from mixvfs.cache.http import HttpClient
-from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.policy import Limits, RetryPolicy
 from mixvfs.cache.remote import Source
 from mixvfs.cache.store import BlobStore
@@ -22,19 +17,7 @@ from tools.make_audio import write_sized
 KiB, MiB = 1 << 10, 1 << 20
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[BlobStore]:
-    blobs = BlobStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
-    yield blobs
-    blobs.close()
-
-
-def fetcher_for(store: BlobStore, tmp_path: Path, retry: RetryPolicy, limits: Limits, jobs: int = 1) -> Fetcher:
-    return Fetcher(store, SourceIndex(tmp_path / "cache"), HttpClient(stall_timeout=limits.stall_timeout),
-                   jobs=jobs, retry=retry, limits=limits)
-
-
-def test_a_slow_but_steady_download_is_waited_for_past_every_fixed_deadline(server_root, store, tmp_path):
+def test_a_slow_but_steady_download_is_waited_for_past_every_fixed_deadline(server_root, store, make_fetcher):
     """Old rule: a reader gave up after total_timeout + stall_timeout whatever the progress. Here that is
     2 s, the download takes about 4 s at a steady 256 KiB/s, and the reader asks for the last byte."""
     size = 1 * MiB
@@ -42,7 +25,7 @@ def test_a_slow_but_steady_download_is_waited_for_past_every_fixed_deadline(serv
     policy = RetryPolicy(attempts=2, total_timeout=1.0, wait_initial=0.01, wait_max=0.01, wait_jitter=0.0)
     limits = Limits(stall_timeout=1.0)
     with DevServer(server_root, faults={"*": {"rate": 256 * KiB}}) as server:
-        fetcher = fetcher_for(store, tmp_path, policy, limits)
+        fetcher = make_fetcher(store, retry=policy, limits=limits)
         acquired = fetcher.acquire(Source(server.url_for("slow.wav"), size=size, label="slow"))
         assert acquired.download is not None
         end = acquired.download.wait_for(1, size - 1)  # the tail first, like a DAW reading the index
@@ -66,14 +49,14 @@ class FlakyCommitStore(BlobStore):
         super().commit(staged, digest, size)
 
 
-def test_a_store_failing_after_the_rename_fails_one_track_and_keeps_the_worker(server_root, tmp_path):
+def test_a_store_failing_after_the_rename_fails_one_track_and_keeps_the_worker(server_root, tmp_path, make_fetcher):
     write_sized(server_root / "a.wav", 200_000, seed=1)
     write_sized(server_root / "b.wav", 300_000, seed=2)
     store = FlakyCommitStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
     policy = RetryPolicy(attempts=1)
     limits = Limits(stall_timeout=2.0)
     with DevServer(server_root) as server:
-        fetcher = fetcher_for(store, tmp_path, policy, limits, jobs=1)
+        fetcher = make_fetcher(store, retry=policy, limits=limits)
         first = fetcher.acquire(Source(server.url_for("a.wav"), size=200_000, label="a"))
         assert first.download is not None
         assert first.download.ended.wait(10)
@@ -98,11 +81,11 @@ class EvictedAtOnceStore(BlobStore):
         self.remove(digest)
 
 
-def test_an_index_row_never_outlives_a_blob_evicted_before_it_was_written(server_root, tmp_path):
+def test_an_index_row_never_outlives_a_blob_evicted_before_it_was_written(server_root, tmp_path, make_fetcher):
     write_sized(server_root / "a.wav", 200_000, seed=1)
     store = EvictedAtOnceStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
     with DevServer(server_root) as server:
-        fetcher = Fetcher(store, store.index, HttpClient(stall_timeout=2.0), jobs=1)
+        fetcher = make_fetcher(store, stall_timeout=2.0)
         source = Source(server.url_for("a.wav"), size=200_000, label="a")
         acquired = fetcher.acquire(source)
         assert acquired.download is not None and acquired.download.ended.wait(10)

@@ -27,10 +27,11 @@ from mixvfs.cache.errors import (
 )
 from mixvfs.cache.fetcher import Fetcher
 from mixvfs.cache.http import HttpClient
-from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.policy import Limits, RetryPolicy
 from mixvfs.cache.remote import Source
 from mixvfs.cache.store import BlobStore
+from tests.conftest import wait_until
+from tests.unit.conftest import MakeFetcher
 from tools.devserver import DevServer
 from tools.make_audio import write_sized
 
@@ -48,23 +49,10 @@ def served(tmp_path: Path) -> Iterator[tuple[DevServer, bytes]]:
         yield server, (root / "a.wav").read_bytes()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[BlobStore]:
-    blobs = BlobStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
-    yield blobs
-    blobs.close()
-
-
-@pytest.fixture
-def http() -> Iterator[HttpClient]:
-    client = HttpClient(stall_timeout=2.0)
-    yield client
-    client.close()
-
-
-def one_job_fetcher(server: DevServer, store: BlobStore, http: HttpClient, tmp_path: Path) -> tuple[Fetcher, Source]:
+def one_job_fetcher(make_fetcher: MakeFetcher, server: DevServer, store: BlobStore,
+                    http: HttpClient) -> tuple[Fetcher, Source]:
     """A fetcher with one worker over the test cache, and the source of the served a.wav."""
-    fetcher = Fetcher(store, SourceIndex(tmp_path / "cache"), http, jobs=1, retry=POLICY, limits=LIMITS)
+    fetcher = make_fetcher(store, retry=POLICY, limits=LIMITS, http=http)
     return fetcher, Source(server.url_for("a.wav"), size=SIZE, label="a")
 
 
@@ -91,7 +79,7 @@ def stored_bytes(store: BlobStore, d: Download) -> bytes:
 def download(server: DevServer, store: BlobStore, http: HttpClient, size: int | None = SIZE) -> Download:
     events: list[Event] = []
     d = Download(Source(server.url_for("a.wav"), size=size, label="a"),
-                 Wiring(store, SourceIndex(store.root), http, lambda _d, event: events.append(event), POLICY, LIMITS))
+                 Wiring(store, store.index, http, lambda _d, event: events.append(event), POLICY, LIMITS))
     d.run()
     return d
 
@@ -137,7 +125,7 @@ def test_new_etag_between_attempts_starts_over_and_is_used_for_the_next_resume(s
     os.utime(served, ns=(old_mtime_ns + 10**9, old_mtime_ns + 10**9))  # and surely a new mtime, so a new ETag
     new_data = (tmp_path / "srv" / "a.wav").read_bytes()
     d = Download(Source(server.url_for("a.wav"), size=SIZE, etag=first.said.etag, label="a"),
-                 Wiring(store, SourceIndex(store.root), http, lambda _d, _e: None, POLICY, LIMITS))
+                 Wiring(store, store.index, http, lambda _d, _e: None, POLICY, LIMITS))
     server.set_faults({"/a.wav": {"drop_after": 50_000, "times": 2, "id": "second"}})
     d.run()
     assert d.state is State.DONE and d.said.etag != first.said.etag
@@ -163,11 +151,11 @@ def test_transient_failures_stop_after_the_attempts(served, store, http):
     assert len(server.requests("GET")) == 3
 
 
-def test_a_cancelled_download_is_revived_or_replaced_never_handed_over_dying(served, store, http, tmp_path):
+def test_a_cancelled_download_is_revived_or_replaced_never_handed_over_dying(served, store, http, make_fetcher):
     server, data = served
     # The response parks mid-body: the worker sits in a read and cannot see a cancel until bytes come again.
     server.set_faults(PARKED)
-    fetcher, source = one_job_fetcher(server, store, http, tmp_path)
+    fetcher, source = one_job_fetcher(make_fetcher, server, store, http)
     fds: list[int] = []
     try:
         first = fetcher.acquire(source)
@@ -209,11 +197,11 @@ def test_every_fetch_error_survives_copy():
             assert type(clone) is kind and clone.reason == "why" and vars(clone) == vars(original)
 
 
-def test_a_finished_download_still_in_the_map_is_never_handed_out(served, store, http, tmp_path):
+def test_a_finished_download_still_in_the_map_is_never_handed_out(served, store, http, make_fetcher):
     """The window between a download closing its staging descriptor and leaving the fetcher's map: a new
     reader must get the stored blob, never a dup() of a closed (or, worse, reused) descriptor."""
     server, body = served
-    fetcher, source = one_job_fetcher(server, store, http, tmp_path)
+    fetcher, source = one_job_fetcher(make_fetcher, server, store, http)
     try:
         first = fetcher.acquire(source)
         assert first.download is not None
@@ -221,10 +209,7 @@ def test_a_finished_download_still_in_the_map_is_never_handed_out(served, store,
         assert finished.ended.wait(10) and finished.state is State.DONE
         fetcher.release(finished)
         os.close(first.fd)
-        deadline = time.monotonic() + 5
-        while finished.fd >= 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert finished.fd == -1
+        assert wait_until(lambda: finished.fd == -1), finished.fd
         fetcher._active[source.ident] = finished  # as if the announcement had not removed it yet
         again = fetcher.acquire(source)
         assert again.download is None  # served from the store
@@ -234,13 +219,13 @@ def test_a_finished_download_still_in_the_map_is_never_handed_out(served, store,
         fetcher.close()
 
 
-def test_stop_fails_a_waiting_reader_at_once_even_with_the_worker_stuck_in_a_read(served, store, http, tmp_path):
+def test_stop_fails_a_waiting_reader_at_once_even_with_the_worker_stuck_in_a_read(served, store, http, make_fetcher):
     """The mount ending (libfuse's exit flag) must not wait for bytes: a reader waiting on a download fails
     now, though the worker sits in a read of a parked response and could not see a cancel; and nothing
     revives the download afterwards."""
     server, _ = served
     server.set_faults(PARKED)
-    fetcher, source = one_job_fetcher(server, store, http, tmp_path)
+    fetcher, source = one_job_fetcher(make_fetcher, server, store, http)
     outcome: list[BaseException] = []
     try:
         acquired = fetcher.acquire(source)
@@ -273,14 +258,14 @@ def test_stop_fails_a_waiting_reader_at_once_even_with_the_worker_stuck_in_a_rea
     assert not list(store.staging.glob("*.part"))
 
 
-def test_a_wait_past_its_deadline_fails_that_read_alone_and_the_download_goes_on(served, store, http, tmp_path):
+def test_a_wait_past_its_deadline_fails_that_read_alone_and_the_download_goes_on(served, store, http, make_fetcher):
     """macOS's request bound (vfs/fs/deadlines.py): a read whose deadline has passed gets RequestWaitExceeded
     instead of waiting for bytes the parked server does not send; the bytes already held are still served
     whatever the deadline, and the download itself neither fails nor stops: it ends whole once the server
     sends the rest. (A deadline already past: no clock in the test.)"""
     server, data = served
     server.set_faults(PARKED)
-    fetcher, source = one_job_fetcher(server, store, http, tmp_path)
+    fetcher, source = one_job_fetcher(make_fetcher, server, store, http)
     try:
         acquired = fetcher.acquire(source)
         download = acquired.download

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from mixvfs.vfs.fs import report as report_module
 from mixvfs.vfs.fs.report import Report, Status, TrackRecord, record_dict
+from tests.conftest import wait_until
 
 
 def records(count: int) -> list[TrackRecord]:
@@ -59,9 +59,8 @@ def test_urgent_update_waits_for_a_change_another_thread_is_writing(tmp_path: Pa
         worker = threading.Thread(target=report.update, args=("t1",),
                                   kwargs={"urgent": True, "status": "failed", "error": "gone"})
         worker.start()
-        deadline = time.monotonic() + 30  # a hang guard only
-        while report.record("t1").status != "failed":  # the worker's change is made; its write may be running
-            assert time.monotonic() < deadline
+        # Spinning: the worker's change is made while its write may still be running.
+        assert wait_until(lambda: report.record("t1").status == "failed", 30, interval=0)
         report.update("t1", urgent=True, status="failed", error="gone")
         assert on_disk(report, "t1")["status"] == "failed"
         worker.join()

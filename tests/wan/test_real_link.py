@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 from mixvfs.cache.defaults import QUESTIONS
-from tests.conftest import Mount
+from tests.conftest import Mount, wait_until
 from tests.wan.conftest import RTT_MS
 from tools.make_audio import write_sized
 from tools.wan.origin import Origin, Request, most_in_flight, most_within
@@ -53,12 +52,8 @@ def copy_out(mount: Mount, dest: Path, files: list[Path]) -> None:
 
 def settled(origin: Origin, since: int, count: Callable[[list[Request]], int], want: int) -> list[Request]:
     """nginx writes a request's line once its answer is sent: wait (bounded) until ``want`` are in."""
-    deadline = time.monotonic() + 10  # a hang guard, not a time window: the lines are normally there at once
-    while True:
-        requests = origin.requests(since)
-        if count(requests) >= want or time.monotonic() > deadline:
-            return requests
-        time.sleep(0.05)
+    wait_until(lambda: count(origin.requests(since)) >= want)  # the lines are normally there at once
+    return origin.requests(since)
 
 
 def test_a_fresh_mount_revalidates_the_cached_tracks_in_parallel_not_one_round_trip_each(

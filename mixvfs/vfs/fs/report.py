@@ -246,7 +246,11 @@ class Report:
                 return
             # Batch harder when the report is big: writing takes at most ~10 % of the time, so a
             # 10 000-track session's report never starves the threads that serve the mount.
-            time.sleep(max(FLUSH_INTERVAL, 10 * self._last_write_seconds))
+            # A wait on the stop event, not time.sleep: close ends it at once (and writes the last report
+            # itself), and it never fails (time.sleep under libfaketime, as the clock-step tests run the
+            # daemon, fails with EINVAL and took this thread down).
+            if self._stop.wait(max(FLUSH_INTERVAL, 10 * self._last_write_seconds)):
+                return
             self._dirty.clear()
             try:
                 self.write()

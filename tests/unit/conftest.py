@@ -1,0 +1,62 @@
+"""The in-process tests' shared parts: the cache wired as mixvfs.vfs.runtime wires it (a blob store holding its
+source index, an HTTP client, a fetcher over both), in the test's own folder, closed at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mixvfs.cache.fetcher import Fetcher
+from mixvfs.cache.http import HttpClient
+from mixvfs.cache.policy import Limits, RetryPolicy
+from mixvfs.cache.store import BlobStore
+
+GiB = 1 << 30
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[BlobStore]:
+    """A blob store in ``tmp_path / "cache"``, with room for anything a test downloads and nothing expiring
+    during a test."""
+    blobs = BlobStore(tmp_path / "cache", max_size=GiB, max_age=3600)
+    yield blobs
+    blobs.close()
+
+
+@pytest.fixture
+def http() -> Iterator[HttpClient]:
+    client = HttpClient(stall_timeout=2.0)
+    yield client
+    client.close()
+
+
+MakeFetcher = Callable[..., Fetcher]
+
+
+@pytest.fixture
+def make_fetcher() -> Iterator[MakeFetcher]:
+    """``make_fetcher(store, jobs=1, retry=RetryPolicy(), limits=Limits(), http=None, stall_timeout=None,
+    **fetcher_options)``: a fetcher over ``store`` and the store's own index (as the runtime has it: a blob
+    removed takes its rows with it), with a client of its own unless ``http`` is given (``stall_timeout``, by
+    default the limits').
+    Every one is closed at the end, after what the test closed itself."""
+    made: list[tuple[Fetcher, HttpClient | None]] = []
+
+    def make(store: BlobStore, *, jobs: int = 1, retry: RetryPolicy | None = None, limits: Limits | None = None,
+             http: HttpClient | None = None, stall_timeout: float | None = None, **options: Any) -> Fetcher:
+        limits = limits or Limits()
+        stall = limits.stall_timeout if stall_timeout is None else stall_timeout
+        client = http if http is not None else HttpClient(stall_timeout=stall)
+        fetcher = Fetcher(store, store.index, client, jobs=jobs, retry=retry or RetryPolicy(), limits=limits,
+                          **options)
+        made.append((fetcher, None if http is not None else client))
+        return fetcher
+
+    yield make
+    for fetcher, own in made:
+        fetcher.close()
+        if own is not None:
+            own.close()
