@@ -1,9 +1,9 @@
 """mixvfs: a read-only FUSE folder of a MixBoard session, cloud tracks fetched into a content-addressed cache.
 
-The code lives in the repository's top-level ``vfs/`` and ``cache/`` folders; this package installs them as
-``mixvfs.vfs`` and ``mixvfs.cache`` (``vfs`` and ``cache`` here are links to them), so nothing of ours is a
-top-level module that another distribution — PyPI has a ``cache`` — or a folder in the working directory
-could shadow.
+The code lives in ``mixvfs.vfs`` (the FUSE folder, the session, the commands) and ``mixvfs.cache`` (the
+content-addressed cache, FUSE-free); the repository's top-level ``vfs/`` and ``cache/`` are links to them. Nothing
+of ours is a top-level module that another distribution — PyPI has a ``cache`` — or a folder in the working
+directory could shadow.
 """
 
 

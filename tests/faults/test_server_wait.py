@@ -89,18 +89,6 @@ def test_status_shows_the_wait_the_server_asked_for(tmp_path, server_root, devse
     mount.unmount()  # a download waiting on the server's word does not hold the unmount
 
 
-def test_the_old_retry_after_setting_name_still_works_and_says_its_new_name(tmp_path):
-    config = tmp_path / "config.toml"
-    config.write_text('retry_after = "5m"\n')
-    done = run([MIXVFS, "config", "--json"], env={"MIXVFS_CONFIG": str(config), "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 0, done.stderr
-    rows = {r["name"]: r["value"] for r in json.loads(done.stdout)["settings"]}
-    assert rows["failed_for"] == "5m" and "retry_after is now called failed_for" in done.stderr
-    config.write_text("")
-    done = run([MIXVFS, "config", "--json", "--retry-after", "7m"], env={"MIXVFS_CONFIG": str(config),
-                                                                          "PATH": "/usr/bin:/bin"})
-    rows = {r["name"]: r["value"] for r in json.loads(done.stdout)["settings"]}
-    assert rows["failed_for"] == "7m" and "--retry-after is now called --failed-for" in done.stderr, done.stderr
 
 
 

@@ -165,21 +165,6 @@ def test_mixvfs_config_rejects_a_bad_file_with_exit_2(tmp_path):
     assert "jobs: not a whole number: 'many'" in done.stderr
 
 
-def test_the_old_name_of_failed_for_is_taken_with_a_line_saying_the_new_one(tmp_path, capsys):
-    path = tmp_path / "config.toml"
-    path.write_text('retry_after = "5m"\n')
-    settings = config.resolve(parse(), env={"MIXVFS_CONFIG": str(path)})
-    assert (settings.failed_for, settings.resolved["failed_for"].origin) == (300.0, "config file")
-    assert "retry_after is now called failed_for" in capsys.readouterr().err
-    settings = config.resolve(parse(), env={"MIXVFS_CONFIG": str(path), "MIXVFS_RETRY_AFTER": "7m"})
-    assert (settings.failed_for, settings.resolved["failed_for"].origin) == (420.0, "env MIXVFS_RETRY_AFTER")
-    assert "env MIXVFS_RETRY_AFTER is now called MIXVFS_FAILED_FOR" in capsys.readouterr().err
-    settings = config.resolve(parse(), env={"MIXVFS_CONFIG": str(path), "MIXVFS_RETRY_AFTER": "7m",
-                                            "MIXVFS_FAILED_FOR": "9m"})
-    assert settings.failed_for == 540.0  # the new name wins
-    path.write_text('retry_after = "5m"\nfailed_for = "6m"\n')
-    with pytest.raises(ConfigError, match="both retry_after and failed_for"):
-        config.resolve(parse(), env={"MIXVFS_CONFIG": str(path)})
 
 
 @pytest.mark.parametrize(("file", "env", "flag", "expected"), [

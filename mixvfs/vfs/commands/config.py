@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,9 +208,6 @@ PREFLIGHT_SETTINGS = ("server", "token_command", "token_timeout", "token_file", 
 CACHE_SETTINGS = ("cache_dir", "max_size", "max_age")
 WARM_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "jobs", "bwlimit", "stall_timeout",
                  "retries", "retry_wait", "server_wait_max", *TEAM_SETTINGS)
-# Old names still taken, each with a line saying the new one. ``retry_after`` was how long a failed track stays
-# failed: a name easily read as the server's Retry-After header, which ``server_wait_max`` is about.
-RENAMED = {"retry_after": "failed_for"}
 
 
 DEFAULT, FILE, ENV, FLAG = range(4)  # the layers, lowest first
@@ -245,13 +241,6 @@ def load_config_file(path: Path, *, required: bool) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from None
     except ValueError as exc:  # tomllib.TOMLDecodeError
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
-    for old, new in RENAMED.items():
-        if old in data:
-            if new in data:
-                raise ConfigError(f"config file {path}: both {old} and {new}; keep only {new} ({old} is its old "
-                                  "name)")
-            deprecated(f"config file {path}: {old} is now called {new}")
-            data[new] = data.pop(old)
     unknown = sorted(set(data) - set(SPECS))
     if unknown:
         raise ConfigError(f"config file {path}: unknown key(s) {', '.join(unknown)} "
@@ -320,9 +309,6 @@ def add_flags(parser: argparse.ArgumentParser, names: Iterable[str], *, default:
                             help=f"{spec.described}; env {spec.env}")
     if "token_command" in names:
         parser.add_argument("--token", default=default, help=argparse.SUPPRESS)
-    for old, new in RENAMED.items():
-        if new in names:
-            parser.add_argument("--" + old.replace("_", "-"), dest=old, default=default, help=argparse.SUPPRESS)
 
 
 class Setting(Generic[T]):
@@ -483,29 +469,13 @@ def resolve(args: argparse.Namespace | None, names: Iterable[str] = MOUNT_SETTIN
         item = Resolved(spec.default, DEFAULT, "default")
         if name in file_values:
             item = Resolved(_parse_file_value(spec, file_values[name], path), FILE, "config file")
-        for old_env in (SPECS_RENAMED_ENV.get(name, ()) if not env.get(spec.env) else ()):
-            if env.get(old_env):
-                deprecated(f"env {old_env} is now called {spec.env}")
-                item = Resolved(_parse(spec, env[old_env], f"env {old_env}"), ENV, f"env {old_env}")
         if env.get(spec.env):
             item = Resolved(_parse(spec, env[spec.env], f"env {spec.env}"), ENV, f"env {spec.env}")
         flag_value = getattr(args, name, None) if args is not None else None
-        for old in (o for o, n in RENAMED.items() if n == name and flag_value is None and args is not None):
-            flag_value = getattr(args, old, None)
-            if flag_value is not None:
-                deprecated(f"--{old.replace('_', '-')} is now called {spec.flag}")
         if flag_value is not None:
             item = Resolved(_parse(spec, str(flag_value), spec.flag), FLAG, f"flag {spec.flag}")
         resolved[name] = item
     return Settings(resolved, path, path.is_file(), env.get(TOKEN_ENV) or None)
-
-
-SPECS_RENAMED_ENV = {new: (f"MIXVFS_{old.upper()}",) for old, new in RENAMED.items()}
-
-
-def deprecated(text: str) -> None:
-    """One line on stderr (stdout may be JSON) for an old setting name that still works."""
-    print(f"mixvfs: {text} (the old name still works for now)", file=sys.stderr)
 
 
 def _parse(spec: Spec, text: str, where: str) -> Any:
