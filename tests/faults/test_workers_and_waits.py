@@ -14,7 +14,7 @@ KiB, MiB = 1 << 10, 1 << 20
 
 
 def test_a_slow_steady_download_serves_a_tail_reader_and_a_copier(tmp_path, server_root, devserver, mounter):
-    size = 2 * MiB  # about 8 s at 256 KiB/s, far past the 1 s stall timeout: only progress keeps it going
+    size = 2 * MiB  # about 8 s at 256 KiB/s, far past the 3 s stall timeout: only progress keeps it going
     session = write_session(tmp_path / "s.json", [cloud_track(server_root, "slow", size, seed=1)],
                             server=devserver.url)
     devserver.set_faults({stream_path("slow"): {"rate": 256 * KiB}})

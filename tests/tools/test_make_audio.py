@@ -10,7 +10,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,19 +285,6 @@ def test_write_sized_is_deterministic_per_seed(tmp_path: Path) -> None:
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert paths[0].read_bytes()[44:] != paths[2].read_bytes()[44:]
     assert paths[0].read_bytes()[:44] == paths[2].read_bytes()[:44]
-
-
-def test_write_sized_64_mib_is_fast(tmp_path: Path) -> None:
-    path = tmp_path / "big.wav"
-    best = float("inf")
-    for _ in range(2):  # a second try absorbs a one-off stall on a busy machine
-        start = time.perf_counter()
-        write_sized(path, 64 << 20, seed=3)
-        best = min(best, time.perf_counter() - start)
-        if best < 1.0:
-            break
-    assert path.stat().st_size == 64 << 20
-    assert best < 1.0
 
 
 def _flac_metadata_blocks(data: bytes) -> list[tuple[int, bool, int]]:
