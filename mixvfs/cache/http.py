@@ -348,8 +348,11 @@ class HttpClient:
                 self.team.failed(route, exc.reason)
                 continue
             if method == "GET" and current is None and 200 <= response.status_code < 300:
-                try:  # bytes are coming: what are the origin's current ones? (the origin's errors are ours)
-                    current = self._origin_now(url)
+                # Bytes are coming: what are the origin's current ones? What it told the cache's authorization
+                # of this request, else its own answer (the origin's errors are ours).
+                current = team_policy.relayed(first.headers)
+                try:
+                    current = current or self._origin_now(url)
                 except BaseException:
                     attempt.close()
                     raise

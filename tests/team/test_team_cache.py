@@ -16,7 +16,14 @@ from typing import Any
 
 import httpx
 
-from mixvfs.cache.team import VIA_HIT, VIA_MISS, VIA_ORIGIN
+from mixvfs.cache.team import (
+    AUTH_HEADER,
+    CURRENT_ETAG_HEADER,
+    CURRENT_LENGTH_HEADER,
+    VIA_HIT,
+    VIA_MISS,
+    VIA_ORIGIN,
+)
 from tests.conftest import MIXVFS, Mount, run, wait_until, write_session
 from tests.faults.helpers import FAST, cloud_track, name_of, stream_path
 from tests.team.conftest import SECRET_TOKEN, WORKER_USER, TeamNginx, get_bytes, gets, require_nginx
@@ -94,6 +101,31 @@ def test_a_second_user_exports_the_session_with_no_origin_bytes(
     assert status["team_cache"][0]["state"] == "up"
     assert {t["via"] for t in status["via"]} == {VIA_HIT}
     assert "team cache hit" in run([MIXVFS, "report", str(bob.path)], check=True).stdout
+
+
+def test_a_later_users_hit_costs_the_origin_one_request_the_caches_authorization(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    # The cache passes on what the origin said in the authorization HEAD it made for the request (ETag, length):
+    # the client checks the copy against that instead of asking the origin again, a round trip in each track's
+    # path and a second request at the origin per track.
+    tracks = {"hit1": 300_000, "hit2": SLICE + 321}
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, t, n, seed=40 + i)
+                                             for i, (t, n) in enumerate(tracks.items())])
+    alice = mount_as(mounter, session, "alice", team_nginx, tmp_path)
+    assert export(alice, tmp_path / "alice").returncode == 0
+    bob = mount_as(mounter, session, "bob", team_nginx, tmp_path)
+    assert export(bob, tmp_path / "bob").returncode == 0
+    for track in tracks:
+        path = stream_path(track)
+        assert filecmp.cmp(origin.root / "stream" / f"{track}.wav", tmp_path / "bob" / name_of(track),
+                           shallow=False)
+        assert via(bob, track) == VIA_HIT
+        asked = [(e["method"], e["auth"]) for e in origin.requests(path=path) if e["auth"] == "Bearer bob"]
+        assert asked == [("HEAD", "Bearer bob")], f"the origin saw, for bob's {track}: {asked}"
+    direct = httpx.head(origin.url + stream_path("hit2"), headers={"Authorization": "Bearer bob"})
+    answer = httpx.get(team_nginx.url + stream_path("hit2"), headers={"Authorization": "Bearer bob"})
+    assert answer.headers[CURRENT_ETAG_HEADER] == direct.headers["ETag"]
+    assert answer.headers[CURRENT_LENGTH_HEADER] == str(tracks["hit2"]) and answer.headers[AUTH_HEADER] == "200"
 
 
 def test_a_token_the_origin_refuses_gets_eio_and_no_track_bytes(
