@@ -128,6 +128,32 @@ def test_a_later_users_hit_costs_the_origin_one_request_the_caches_authorization
     assert answer.headers[CURRENT_LENGTH_HEADER] == str(tracks["hit2"]) and answer.headers[AUTH_HEADER] == "200"
 
 
+def test_a_session_the_studio_holds_is_asked_for_all_at_once_up_to_jobs(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    # Each hit waits one origin round trip (the cache's authorization) and brings no internet bytes: the later
+    # user's downloads start --jobs at once, not from the few a link's measured start would begin with.
+    jobs, count = 12, 20
+    names = [f"many{i}" for i in range(count)]
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, t, 100_000, seed=60 + i)
+                                             for i, t in enumerate(names)])
+    alice = mount_as(mounter, session, "alice", team_nginx, tmp_path)
+    assert export(alice, tmp_path / "alice").returncode == 0
+    origin.set_faults({stream_path(t): {"hold": "auth", "hold_head": True} for t in names})
+    try:
+        bob = mounter(session, "--team-cache", team_nginx.url, "--jobs", str(jobs), cache_dir=tmp_path / "bob-cache",
+                      env={"MIXVFS_TOKEN": "bob"})
+        copy = subprocess.Popen(["cp", "-r", f"{bob.path}/.", str(tmp_path / "bob")])
+        # The authorizations parked at the origin are the downloads in flight (bob's export sends nothing else).
+        assert origin.wait_held("auth", jobs) == jobs
+    finally:
+        origin.set_faults({})
+        origin.release("auth")
+    assert copy.wait(timeout=60) == 0
+    for track in names:
+        assert filecmp.cmp(origin.root / "stream" / f"{track}.wav", tmp_path / "bob" / name_of(track), shallow=False)
+        assert not gets(origin, stream_path(track), "bob")
+
+
 def test_a_token_the_origin_refuses_gets_eio_and_no_track_bytes(
         origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
     session = session_of(tmp_path, origin, [cloud_track(origin.root, "secret", SLICE + 10)])
