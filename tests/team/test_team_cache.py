@@ -10,11 +10,12 @@ import pwd
 import signal
 import stat
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from mixvfs.cache.team import (
     AUTH_HEADER,
@@ -126,6 +127,36 @@ def test_a_later_users_hit_costs_the_origin_one_request_the_caches_authorization
     answer = httpx.get(team_nginx.url + stream_path("hit2"), headers={"Authorization": "Bearer bob"})
     assert answer.headers[CURRENT_ETAG_HEADER] == direct.headers["ETag"]
     assert answer.headers[CURRENT_LENGTH_HEADER] == str(tracks["hit2"]) and answer.headers[AUTH_HEADER] == "200"
+
+
+@pytest.fixture
+def older_nginx(origin: DevServer) -> Iterator[TeamNginx]:
+    """A cache configured before it passed on the origin's word (no X-Mixvfs-Auth-Status). Asked for before the
+    mounter, it outlives the test's mounts."""
+    older = TeamNginx(require_nginx(), origin.url)
+    text = older.conf.read_text()
+    relay = [line for line in text.splitlines() if AUTH_HEADER in line]
+    assert len(relay) == 1
+    older.conf.write_text(text.replace(relay[0] + "\n", ""))
+    older.start()
+    yield older
+    older.remove()
+
+
+def test_a_cache_configured_before_it_passed_on_the_origins_word_still_gets_a_changed_track_right(
+        origin: DevServer, older_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    # The client asks the origin itself, as it did with such a configuration.
+    size = 200_000
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, "older", size)])
+    alice = mount_as(mounter, session, "alice", older_nginx, tmp_path)
+    assert export(alice, tmp_path / "alice").returncode == 0
+    replace(origin.root / "stream" / "older.wav", size, seed=31)
+    bob = mount_as(mounter, session, "bob", older_nginx, tmp_path)
+    assert export(bob, tmp_path / "bob").returncode == 0
+    assert filecmp.cmp(origin.root / "stream" / "older.wav", tmp_path / "bob" / name_of("older"), shallow=False)
+    assert "asking it to refresh" in bob.log()
+    heads = [e for e in origin.requests("HEAD", stream_path("older")) if e["auth"] == "Bearer bob"]
+    assert len(heads) >= 2, "the cache's authorization and the client's own question"
 
 
 def test_a_session_the_studio_holds_is_asked_for_all_at_once_up_to_jobs(
