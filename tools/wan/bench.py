@@ -325,8 +325,12 @@ class Bench:
                     check_copy(data, dest)
                     row.add("mixvfs", result)
                     ratio = f" = {result.seconds / floor:.2f}× the floor" if row.floor else ""
+                    asked = result.requests
+                    span = max(r.end for r in asked) - min(r.start for r in asked) if asked else 0.0
                     self.say(f"  {row.case}, run {i + 1}: {result.seconds:.2f} s{ratio} (mount "
-                             f"{self.mount_seconds:.2f} s); at the origin: {per_track(result.requests, row.tracks)}")
+                             f"{self.mount_seconds:.2f} s, the copy after it {result.seconds - self.mount_seconds:.2f}"
+                             f" s); at the origin: {per_track(result.requests, row.tracks)}, from the first to the "
+                             f"last within {span:.2f} s")
         self.rows += [straight, first, later]
         s_med, f_med = straight.median("mixvfs"), first.median("mixvfs")
         if s_med and f_med:
