@@ -59,7 +59,8 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 @dataclass(frozen=True)
 class Current:
-    """What the origin itself says about a track now (its own HEAD): what the cache's copy must match."""
+    """What the origin says about a track now (in the cache's authorization of this request, or to the client's
+    own HEAD): what the cache's copy must match."""
 
     etag: str | None
     length: int | None
@@ -270,7 +271,8 @@ class TeamCache:
 
 def staleness(headers: Mapping[str, str], total: int | None, expected: int | None,
               current: Current | None = None) -> str | None:
-    """Why the cache's copy is not the origin's current one, or None. ``current`` comes from the origin itself;
+    """Why the cache's copy is not the origin's current one, or None. ``current`` comes from the origin (see
+    :class:`Current`);
     ``expected`` (the manifest's or a listing's size, maybe stale itself) counts only when the origin gave no
     length: a track that changed size is the download's business (its rules for a size that changes)."""
     etag = headers.get("ETag")

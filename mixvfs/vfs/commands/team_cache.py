@@ -306,7 +306,8 @@ http {{
             proxy_set_header If-Range "";
             proxy_set_header If-None-Match "";
             proxy_set_header If-Modified-Since "";
-            # Never cached: nginx writes a cache entry's key into its file, and this one would hold the token.
+            # Never cached: nginx writes a cache entry's key into its file, and this one would hold the token; and
+            # the client checks the copy against this answer's ETag and length, which must be the origin's now.
         }}
 
         # Does this cache store? The second request of one nonce is a HIT only if the workers could write the
