@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from mixvfs.cache import defaults
 from mixvfs.cache.bwlimit import Budget
-from mixvfs.cache.concurrency import Concurrency
+from mixvfs.cache.concurrency import START, Concurrency
 from mixvfs.cache.digest import hash_fd
 from mixvfs.cache.download import DEMAND, Download, Event, State, Wiring
 from mixvfs.cache.errors import Cancelled, FetchError, NoSpace
@@ -91,6 +91,7 @@ class Fetcher:
         foreground: Foreground | None = None,
         budget: Budget | None = None,
         adaptive: bool = False,
+        start: int = START,
     ) -> None:
         self.store = store
         self.budget = budget  # bwlimit: one cap for all downloads
@@ -104,8 +105,8 @@ class Fetcher:
         self._lock = threading.Lock()
         self._freed = threading.Condition(self._lock)  # a running download ended or paused
         self._pick = threading.Lock()  # held by the one worker taking the next item from the queue
-        # adaptive: how many of the ``jobs`` may run is measured (cache/concurrency.py); else all of them.
-        self.concurrency = Concurrency(self.jobs) if adaptive else None
+        # adaptive: how many of the ``jobs`` may run is measured (cache/concurrency.py), from ``start``; else all.
+        self.concurrency = Concurrency(self.jobs, start=start) if adaptive else None
         self._wiring = Wiring(store, index, http, self._on_event, retry=retry or RetryPolicy(), limits=self.limits,
                               step_aside=self.foreground.wait_quiet, budget=budget, meter=self.concurrency)
         self._active: dict[str, Download] = {}

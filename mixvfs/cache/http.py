@@ -348,8 +348,11 @@ class HttpClient:
                 self.team.failed(route, exc.reason)
                 continue
             if method == "GET" and current is None and 200 <= response.status_code < 300:
-                try:  # bytes are coming: what are the origin's current ones? (the origin's errors are ours)
-                    current = self._origin_now(url)
+                # Bytes are coming: what are the origin's current ones? What it told the cache's authorization
+                # of this request, else its own answer (the origin's errors are ours).
+                current = team_policy.relayed(first.headers)
+                try:
+                    current = current or self._origin_now(url)
                 except BaseException:
                     attempt.close()
                     raise
@@ -372,9 +375,9 @@ class HttpClient:
 
 
     def _origin_now(self, url: str) -> team_policy.Current:
-        """The origin's current ETag and length of ``url``, from the origin itself (never from the team cache,
-        whose answers — its authorization included — may be as old as its copy): one HEAD, no bytes; a
-        one-byte ranged GET for an origin without HEAD."""
+        """The origin's current ETag and length of ``url``, from the origin itself, for a team cache that does
+        not pass on its authorization's answer (never from anything the cache kept, which may be as old as its
+        copy): one HEAD, no bytes; a one-byte ranged GET for an origin without HEAD."""
         with httpx_errors(url):
             response = self._client.head(url)
             if response.status_code in HEAD_UNSUPPORTED:

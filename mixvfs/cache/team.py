@@ -6,9 +6,12 @@ The setting is CVMFS-style: ``;`` separates groups tried in order (failover), ``
 group, one picked at random per request (load spreading). A cache that fails (cannot be reached, times out,
 answers 502/503/504 or without the marker header) is skipped for ``reset_after`` seconds and the request goes
 to the next group, at last straight to the origin. The bytes the cache sends are checked against the origin's
-current ETag and length, which the client asks the origin itself for (one HEAD, no bytes, as a download through
-the cache starts): never against anything the cache kept, which can be as stale as its copy. A stale copy is
-asked for again with the refresh header, and if still wrong, that request goes to the origin.
+current ETag and length: never against anything the cache kept, which can be as stale as its copy. The cache
+authorizes every request with a HEAD of the same URI at the origin, made for this request (never cached), and
+passes on what the origin said in it (``AUTH_HEADER``, ``CURRENT_ETAG_HEADER``, ``CURRENT_LENGTH_HEADER``): that is
+the origin's word at the download's start, with no round trip of its own. A cache whose configuration does not
+pass it on (an older one) leaves the client to ask the origin itself (one HEAD). A stale copy is asked for again
+with the refresh header, and if still wrong, that request goes to the origin.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ log = logging.getLogger(__name__)
 MARKER = "X-Cache-Status"
 REFRESH_HEADER = "X-Mixvfs-Refresh"
 ORIGIN_HEADER = "X-Mixvfs-Origin"  # request: the origin the client means; answer: the origin the cache fronts
+# On a track's answer: the status, ETag and Content-Length of the origin's answer to the authorization HEAD the
+# cache made for this very request (an absent ETag or length: the origin sent none).
+AUTH_HEADER = "X-Mixvfs-Auth-Status"
+CURRENT_ETAG_HEADER = "X-Mixvfs-Origin-ETag"
+CURRENT_LENGTH_HEADER = "X-Mixvfs-Origin-Length"
 FAILOVER_STATUSES = frozenset({502, 503, 504})
 MISDIRECTED = 421  # the cache fronts another origin
 # Asked twice with one nonce (``?n=``), the second answer is a HIT only if the cache stored the first.
@@ -51,7 +59,8 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 @dataclass(frozen=True)
 class Current:
-    """What the origin itself says about a track now (its own HEAD): what the cache's copy must match."""
+    """What the origin says about a track now (in the cache's authorization of this request, or to the client's
+    own HEAD): what the cache's copy must match."""
 
     etag: str | None
     length: int | None
@@ -262,7 +271,8 @@ class TeamCache:
 
 def staleness(headers: Mapping[str, str], total: int | None, expected: int | None,
               current: Current | None = None) -> str | None:
-    """Why the cache's copy is not the origin's current one, or None. ``current`` comes from the origin itself;
+    """Why the cache's copy is not the origin's current one, or None. ``current`` comes from the origin (see
+    :class:`Current`);
     ``expected`` (the manifest's or a listing's size, maybe stale itself) counts only when the origin gave no
     length: a track that changed size is the download's business (its rules for a size that changes)."""
     etag = headers.get("ETag")
@@ -273,6 +283,16 @@ def staleness(headers: Mapping[str, str], total: int | None, expected: int | Non
     if total is not None and expected is not None and total != expected:
         return f"its copy is {total} bytes where {expected} were expected"
     return None
+
+
+def relayed(headers: Mapping[str, str]) -> Current | None:
+    """What the origin said to the cache's authorization of this request (its current ETag and length), or None
+    when the cache did not pass it on (a configuration without it, or no 2xx authorization: ask the origin)."""
+    status = headers.get(AUTH_HEADER, "")
+    if not (status.isdigit() and 200 <= int(status) < 300):
+        return None
+    length = headers.get(CURRENT_LENGTH_HEADER, "").strip()
+    return Current(headers.get(CURRENT_ETAG_HEADER) or None, int(length) if length.isdigit() else None)
 
 
 def via(headers: Mapping[str, str]) -> str:

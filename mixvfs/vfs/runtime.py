@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from mixvfs.cache import defaults
 from mixvfs.cache.bwlimit import Budget
+from mixvfs.cache.concurrency import START
 from mixvfs.cache.defaults import QUESTIONS, SERVER_WAIT_MAX
 from mixvfs.cache.errors import CacheError, ConfigError, FetchError
 from mixvfs.cache.fetcher import Fetcher, Foreground
@@ -155,6 +156,11 @@ def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housek
                       max_connections=config.jobs + QUESTIONS, waits=OriginWaits(max_wait=config.server_wait_max))
     foreground = Foreground()
     budget = Budget(config.bwlimit) if config.bwlimit else None
+    # Through a team cache a track that is there costs one round trip to the origin (the cache's authorization)
+    # and no internet bytes: a session the studio holds is latency-bound, and it is gone in the second or two a
+    # doubling start from a few downloads would take to measure its way up. So all of --jobs at once from the
+    # start; the measurement still steps down when that buys nothing (tracks the cache must fetch).
     fetcher = Fetcher(store, index, http, jobs=config.jobs, retry=config.retry, limits=config.limits,
-                      foreground=foreground, budget=budget, adaptive=True)
+                      foreground=foreground, budget=budget, adaptive=True,
+                      start=config.jobs if team is not None else START)
     return Runtime(store, index, http, fetcher, foreground, tokens, token_error, config.jobs)

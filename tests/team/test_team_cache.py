@@ -10,13 +10,21 @@ import pwd
 import signal
 import stat
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from mixvfs.cache.team import VIA_HIT, VIA_MISS, VIA_ORIGIN
+from mixvfs.cache.team import (
+    AUTH_HEADER,
+    CURRENT_ETAG_HEADER,
+    CURRENT_LENGTH_HEADER,
+    VIA_HIT,
+    VIA_MISS,
+    VIA_ORIGIN,
+)
 from tests.conftest import MIXVFS, Mount, run, wait_until, write_session
 from tests.faults.helpers import FAST, cloud_track, name_of, stream_path
 from tests.team.conftest import SECRET_TOKEN, WORKER_USER, TeamNginx, get_bytes, gets, require_nginx
@@ -94,6 +102,87 @@ def test_a_second_user_exports_the_session_with_no_origin_bytes(
     assert status["team_cache"][0]["state"] == "up"
     assert {t["via"] for t in status["via"]} == {VIA_HIT}
     assert "team cache hit" in run([MIXVFS, "report", str(bob.path)], check=True).stdout
+
+
+def test_a_later_users_hit_costs_the_origin_one_request_the_caches_authorization(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    # The cache passes on what the origin said in the authorization HEAD it made for the request (ETag, length):
+    # the client checks the copy against that instead of asking the origin again, a round trip in each track's
+    # path and a second request at the origin per track.
+    tracks = {"hit1": 300_000, "hit2": SLICE + 321}
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, t, n, seed=40 + i)
+                                             for i, (t, n) in enumerate(tracks.items())])
+    alice = mount_as(mounter, session, "alice", team_nginx, tmp_path)
+    assert export(alice, tmp_path / "alice").returncode == 0
+    bob = mount_as(mounter, session, "bob", team_nginx, tmp_path)
+    assert export(bob, tmp_path / "bob").returncode == 0
+    for track in tracks:
+        path = stream_path(track)
+        assert filecmp.cmp(origin.root / "stream" / f"{track}.wav", tmp_path / "bob" / name_of(track),
+                           shallow=False)
+        assert via(bob, track) == VIA_HIT
+        asked = [(e["method"], e["auth"]) for e in origin.requests(path=path) if e["auth"] == "Bearer bob"]
+        assert asked == [("HEAD", "Bearer bob")], f"the origin saw, for bob's {track}: {asked}"
+    direct = httpx.head(origin.url + stream_path("hit2"), headers={"Authorization": "Bearer bob"})
+    answer = httpx.get(team_nginx.url + stream_path("hit2"), headers={"Authorization": "Bearer bob"})
+    assert answer.headers[CURRENT_ETAG_HEADER] == direct.headers["ETag"]
+    assert answer.headers[CURRENT_LENGTH_HEADER] == str(tracks["hit2"]) and answer.headers[AUTH_HEADER] == "200"
+
+
+@pytest.fixture
+def older_nginx(origin: DevServer) -> Iterator[TeamNginx]:
+    """A cache configured before it passed on the origin's word (no X-Mixvfs-Auth-Status). Asked for before the
+    mounter, it outlives the test's mounts."""
+    older = TeamNginx(require_nginx(), origin.url)
+    text = older.conf.read_text()
+    relay = [line for line in text.splitlines() if AUTH_HEADER in line]
+    assert len(relay) == 1
+    older.conf.write_text(text.replace(relay[0] + "\n", ""))
+    older.start()
+    yield older
+    older.remove()
+
+
+def test_a_cache_configured_before_it_passed_on_the_origins_word_still_gets_a_changed_track_right(
+        origin: DevServer, older_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    # The client asks the origin itself, as it did with such a configuration.
+    size = 200_000
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, "older", size)])
+    alice = mount_as(mounter, session, "alice", older_nginx, tmp_path)
+    assert export(alice, tmp_path / "alice").returncode == 0
+    replace(origin.root / "stream" / "older.wav", size, seed=31)
+    bob = mount_as(mounter, session, "bob", older_nginx, tmp_path)
+    assert export(bob, tmp_path / "bob").returncode == 0
+    assert filecmp.cmp(origin.root / "stream" / "older.wav", tmp_path / "bob" / name_of("older"), shallow=False)
+    assert "asking it to refresh" in bob.log()
+    heads = [e for e in origin.requests("HEAD", stream_path("older")) if e["auth"] == "Bearer bob"]
+    assert len(heads) >= 2, "the cache's authorization and the client's own question"
+
+
+def test_a_session_the_studio_holds_is_asked_for_all_at_once_up_to_jobs(
+        origin: DevServer, team_nginx: TeamNginx, mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    # Each hit waits one origin round trip (the cache's authorization) and brings no internet bytes: the later
+    # user's downloads start --jobs at once, not from the few a link's measured start would begin with.
+    jobs, count = 12, 20
+    names = [f"many{i}" for i in range(count)]
+    session = session_of(tmp_path, origin, [cloud_track(origin.root, t, 100_000, seed=60 + i)
+                                             for i, t in enumerate(names)])
+    alice = mount_as(mounter, session, "alice", team_nginx, tmp_path)
+    assert export(alice, tmp_path / "alice").returncode == 0
+    origin.set_faults({stream_path(t): {"hold": "auth", "hold_head": True} for t in names})
+    try:
+        bob = mounter(session, "--team-cache", team_nginx.url, "--jobs", str(jobs), cache_dir=tmp_path / "bob-cache",
+                      env={"MIXVFS_TOKEN": "bob"})
+        copy = subprocess.Popen(["cp", "-r", f"{bob.path}/.", str(tmp_path / "bob")])
+        # The authorizations parked at the origin are the downloads in flight (bob's export sends nothing else).
+        assert origin.wait_held("auth", jobs) == jobs
+    finally:
+        origin.set_faults({})
+        origin.release("auth")
+    assert copy.wait(timeout=60) == 0
+    for track in names:
+        assert filecmp.cmp(origin.root / "stream" / f"{track}.wav", tmp_path / "bob" / name_of(track), shallow=False)
+        assert not gets(origin, stream_path(track), "bob")
 
 
 def test_a_token_the_origin_refuses_gets_eio_and_no_track_bytes(

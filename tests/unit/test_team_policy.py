@@ -10,6 +10,9 @@ import pytest
 from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.http import origin_of as url_origin
 from mixvfs.cache.team import (
+    AUTH_HEADER,
+    CURRENT_ETAG_HEADER,
+    CURRENT_LENGTH_HEADER,
     MARKER,
     ORIGIN_HEADER,
     VIA_HIT,
@@ -23,6 +26,7 @@ from mixvfs.cache.team import (
     origin_of,
     parse_spec,
     plain_http_problem,
+    relayed,
     via,
 )
 from mixvfs.vfs.commands import config
@@ -178,6 +182,17 @@ def test_the_copy_is_judged_by_what_the_origin_itself_says_now() -> None:
     assert judge('"e1"', 1000, 900, Current('"e1"', 1000)) is Verdict.USE
     assert judge('"e1"', 1000, 900, Current(None, None)) is Verdict.REFRESH  # nothing to go on but the listing
     assert judge('"e1"', 1000, None, None) is Verdict.USE  # a HEAD for a size: nothing asked
+
+
+def test_the_origins_word_in_the_caches_authorization_is_taken_only_from_a_yes() -> None:
+    said = {AUTH_HEADER: "200", CURRENT_ETAG_HEADER: '"e2"', CURRENT_LENGTH_HEADER: "1000"}
+    assert relayed({**GOOD, **said}) == Current('"e2"', 1000)
+    assert relayed({**GOOD, AUTH_HEADER: "204"}) == Current(None, None)  # the origin said a yes and nothing else
+    assert relayed({**GOOD, **said, CURRENT_LENGTH_HEADER: "12x"}) == Current('"e2"', None)
+    # An older configuration passes nothing on, and a refusal or a 5xx is no word on the track: ask the origin.
+    assert relayed(GOOD) is None
+    assert relayed({**GOOD, **said, AUTH_HEADER: "401"}) is None
+    assert relayed({**GOOD, **said, AUTH_HEADER: ""}) is None
 
 
 def test_a_pass_is_not_called_a_miss() -> None:

@@ -9,7 +9,7 @@ time (mixvfs: from ``mixvfs mount`` to the end of ``cp -r``), cold (an empty cac
 floor (bytes ÷ link rate); the last columns are mixvfs ÷ the best peer of that run and mixvfs's requests and
 connections per track, counted in nginx's log.
 
-    python -m tools.wan.bench [--quick] [--runs N] [--only cold,big,loss,warm,ask,bwlimit,reconnect]
+    python -m tools.wan.bench [--quick] [--runs N] [--only cold,big,loss,warm,ask,bwlimit,reconnect,studio]
                               [--rate MBIT]
 
 The link's traffic goes only to the namespaces it makes; they are removed at the end, on Ctrl-C and on SIGTERM
@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -34,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tools.make_audio import write_sized
-from tools.wan.link import Link, Shape, emulated, missing
-from tools.wan.origin import Origin, Request, most_within, serving
+from tools.wan.link import Link, Shape, emulated, missing, stop_process
+from tools.wan.origin import Origin, Request, most_within, nginx_binary, serving
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,6 +113,7 @@ class Bench:
         self.copied_at = 0.0  # wall clock (nginx logs in it too) when the last mixvfs export's cp ended
         self.caps: list[tuple[int, float]] = []  # (--bwlimit, the rate the origin sent at)
         self.reconnect = ""
+        self.studio = ""
         self.unmount_seconds = 0.0
         self.export_seconds: float | None = None  # of the last mixvfs export: mount to the end of cp -r
 
@@ -143,12 +145,12 @@ class Bench:
         return path
 
     @contextlib.contextmanager
-    def mounted(self, session: Path, cache: Path, *extra: str) -> Iterator[Path]:
+    def mounted(self, session: Path, cache: Path, *extra: str, token: str = TOKEN) -> Iterator[Path]:
         mnt = self.work / "mnt"
         mnt.mkdir(exist_ok=True)
         sh([MIXVFS, "mount", str(session), str(mnt), "--cache-dir", str(cache), "--report",
             str(self.work / "report.json"), "--log-file", str(self.work / "mixvfs.log"), *extra],
-           env={**os.environ, "MIXVFS_TOKEN": TOKEN})
+           env={**os.environ, "MIXVFS_TOKEN": token})
         pid = int(os.getxattr(mnt, "user.mixvfs.pid"))
         try:
             yield mnt
@@ -176,9 +178,9 @@ class Bench:
             proc.stderr.close()
         self.unmount_seconds = time.perf_counter() - started
 
-    def mixvfs_export(self, session: Path, cache: Path, dest: Path, *extra: str) -> None:
+    def mixvfs_export(self, session: Path, cache: Path, dest: Path, *extra: str, token: str = TOKEN) -> None:
         start = time.perf_counter()
-        with self.mounted(session, cache, *extra) as mnt:
+        with self.mounted(session, cache, *extra, token=token) as mnt:
             self.mount_seconds = time.perf_counter() - start
             sh(["cp", "-r", f"{mnt}/.", str(dest)])
             self.copied_at = time.time()
@@ -293,6 +295,49 @@ class Bench:
                      f"run {i + 1}: {rate / MIB:.2f} MiB/s = {rate / cap:.3f} × the cap "
                      f"(whole export {result.seconds:.1f} s)")
 
+    def case_studio(self, data: DataSet, shape: Shape, runs: int) -> None:
+        """The studio tier: a team cache (nginx as ``mixvfs team-cache nginx-config`` writes it, on this machine:
+        the studio's LAN) before the origin at the far end of the link. Each run, beside a workstation straight
+        to the origin: the first workstation through an empty team cache (alice), then a later one (bob, another
+        token, an empty cache of its own) whose bytes all sit in the team cache. The origin's requests per track
+        are counted in its log; the team cache's own log (its times and the origin's) is kept in the work folder."""
+        self.shape(shape)
+        session = data.session(self.work, self.origin.url)
+        floor = data.total / shape.bytes_per_second
+        label = f"{len(data.files)} × {human(data.size)}, {shape.rtt_ms:g} ms"
+        straight = Row(f"studio: {label}, straight to the origin", floor, len(data.files))
+        first = Row(f"studio: {label}, first workstation through the team cache", floor, len(data.files))
+        later = Row(f"studio: {label}, a later workstation (another token), all in the team cache", None,
+                    len(data.files))
+        for i in range(runs):
+            dest = self.fresh("out")
+            result = self.measure(lambda dest=dest: self.mixvfs_export(  # type: ignore[misc]
+                session, self.fresh("cache"), dest))
+            check_copy(data, dest)
+            straight.add("mixvfs", result)
+            self.say(f"  {straight.case}, run {i + 1}: {result.seconds:.2f} s = {result.seconds / floor:.2f}× the "
+                     f"floor; {per_track(result.requests, straight.tracks)}")
+            with team_cache(self.work / f"team-{i}", self.origin.url) as team:
+                for row, token in ((first, TOKEN), (later, "bob")):
+                    dest = self.fresh("out")
+                    result = self.measure(lambda dest=dest, token=token: self.mixvfs_export(  # type: ignore[misc]
+                        session, self.fresh("cache"), dest, "--team-cache", team, token=token))
+                    check_copy(data, dest)
+                    row.add("mixvfs", result)
+                    ratio = f" = {result.seconds / floor:.2f}× the floor" if row.floor else ""
+                    asked = result.requests
+                    span = max(r.end for r in asked) - min(r.start for r in asked) if asked else 0.0
+                    self.say(f"  {row.case}, run {i + 1}: {result.seconds:.2f} s{ratio} (mount "
+                             f"{self.mount_seconds:.2f} s, the copy after it {result.seconds - self.mount_seconds:.2f}"
+                             f" s); at the origin: {per_track(result.requests, row.tracks)}, from the first to the "
+                             f"last within {span:.2f} s")
+        self.rows += [straight, first, later]
+        s_med, f_med = straight.median("mixvfs"), first.median("mixvfs")
+        if s_med and f_med:
+            self.studio = (f"first workstation through the team cache ÷ straight to the origin: {f_med / s_med:.2f} "
+                           f"(medians {f_med:.2f} s / {s_med:.2f} s)")
+            self.say(f"  {self.studio}")
+
     def case_reconnect(self, data: DataSet, shape: Shape) -> None:
         """What a new connection costs against a kept one: two HEADs in one curl (the second reuses the first's
         connection), the time to each answer's first byte."""
@@ -329,6 +374,43 @@ class Bench:
             floor = f"{row.floor:.1f} s" if row.floor else "—"
             lines.append(f"| {row.case} | {floor} | " + " | ".join(cells) + f" | {vs} | {counts} |")
         return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def team_cache(folder: Path, origin: str) -> Iterator[str]:
+    """The studio's team cache: nginx on this machine (the studio's LAN is loopback here) in front of ``origin``,
+    configured by ``mixvfs team-cache nginx-config``, empty. Its URL; its log is ``folder/cache/logs``."""
+    nginx = nginx_binary()
+    if nginx is None:
+        raise RuntimeError("nginx is not installed (apt install nginx-light)")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    done = subprocess.run([MIXVFS, "team-cache", "nginx-config", "--origin", origin, "--listen", f"127.0.0.1:{port}",
+                           "--cache-dir", str(folder / "cache"), "--max-size", "10G"],
+                          capture_output=True, text=True, check=True)
+    conf = folder / "nginx.conf"
+    conf.write_text(done.stdout)
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-e", str(folder / "cache" / "logs" / "error.log"),
+                             "-g", "daemon off;"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20  # a hang guard: nginx starts in milliseconds
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise RuntimeError(f"the team cache's nginx did not start: {err}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+        if proc.stderr:
+            proc.stderr.close()
 
 
 def spread(values: list[float], unit: str) -> str:
@@ -377,7 +459,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="40 short tracks at 80 ms, one run (a few minutes)")
     parser.add_argument("--runs", type=int, default=None, help="runs of each case (default 3; quick 1)")
-    parser.add_argument("--only", default="", help="comma list: cold,big,loss,warm,ask,bwlimit,reconnect (default all)")
+    parser.add_argument("--only", default="",
+                        help="comma list: cold,big,loss,warm,ask,bwlimit,reconnect,studio (default all)")
     parser.add_argument("--rate", type=float, default=100.0, help="link rate each way, Mbit/s (100)")
     parser.add_argument("--rtts", default="", help="comma list of round trips (ms) for the cold cases (20,80,150)")
     parser.add_argument("--work", default=None, help="data folder (default: a temp folder on /var/tmp)")
@@ -398,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench-wan: {', '.join(lacking)} not installed (MIXVFS_BENCH_DEPS=1 tools/install_system.sh)",
               file=sys.stderr)
         return 2
-    only = set(filter(None, args.only.split(","))) or {"cold", "big", "loss", "warm", "ask", "bwlimit", "reconnect"}
+    only = set(filter(None, args.only.split(","))) or {"cold", "big", "loss", "warm", "ask", "bwlimit", "reconnect",
+                                                      "studio"}
     rate = args.rate
     with contextlib.ExitStack() as stack:
         work = Path(args.work) if args.work else Path(stack.enter_context(
@@ -429,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.case_warm(small, Shape(80, rate), args.runs)
         if "ask" in only:
             bench.case_ask(small, Shape(80, rate), args.runs)
+        if "studio" in only:
+            bench.case_studio(small, Shape(80, rate), args.runs)
         if "reconnect" in only:
             bench.case_reconnect(small, Shape(150, rate))
         if "bwlimit" in only:  # a third of the link: the cap, not the link, bounds the export
@@ -437,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         if bench.caps:
             table += "\n\n--bwlimit: track bytes ÷ (first GET to the end of cp) ÷ the cap, per run: " + ", ".join(
                 f"{sent / cap:.3f}" for cap, sent in bench.caps)
+        if bench.studio:
+            table += f"\n\nstudio: {bench.studio}"
         if bench.reconnect:
             table += f"\n\nreconnect at {bench.reconnect}"
         print()

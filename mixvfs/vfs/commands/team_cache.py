@@ -17,8 +17,10 @@ never a home-made server. What the generated configuration does, and why:
   downloads nothing;
 * every answer carries ``X-Cache-Status`` (HIT, MISS, … ; NONE for nginx's own, e.g. a refused token;
   PASS when the origin answered something other than yes/no to the authorization, passed through
-  uncached), and the origin it fronts (``X-Mixvfs-Origin``). The client checks a cached copy's ETag and
-  length against what the origin itself says (its own HEAD), never against anything the cache kept;
+  uncached), and the origin it fronts (``X-Mixvfs-Origin``). A track's answer also carries what the origin
+  said in the authorization HEAD made for it (``X-Mixvfs-Auth-Status``, ``X-Mixvfs-Origin-ETag``,
+  ``X-Mixvfs-Origin-Length``): the client checks the copy's ETag and length against that, the origin's word at
+  the download's start, never against anything the cache kept, and needs no question of its own;
   ``X-Mixvfs-Refresh: 1`` on a request bypasses (and replaces) the cached copy of that URI;
 * ``/.mixvfs-store-check?n=NONCE`` tells whether the cache stores at all: nginx fetches a small answer from itself
   through a cache zone beside the track bytes' (same owner, same disk); the second request of one nonce must be
@@ -42,6 +44,9 @@ from urllib.parse import urlsplit
 
 from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.team import (
+    AUTH_HEADER,
+    CURRENT_ETAG_HEADER,
+    CURRENT_LENGTH_HEADER,
     MARKER,
     MISDIRECTED,
     ORIGIN_HEADER,
@@ -217,7 +222,7 @@ events {{ worker_connections 1024; }}
 http {{
     # Never the Authorization header in the log.
     log_format mixvfs '$remote_addr [$time_local] "$request" $status $body_bytes_sent cache=$upstream_cache_status '
-                      'auth=$mixvfs_auth_status $request_time';
+                      'auth=$mixvfs_auth_status $request_time upstream=$upstream_response_time';
     access_log {q(d / "logs" / "access.log")} mixvfs;
     client_body_temp_path {q(d / "temp" / "client_body")};
     proxy_temp_path {q(d / "temp" / "proxy")};
@@ -256,6 +261,10 @@ http {{
             if ({origin_var} !~* "^(|{re.escape(cfg.origin)}/?)$") {{ return {MISDIRECTED}; }}
             auth_request /.mixvfs-auth;
             auth_request_set $mixvfs_auth_status $upstream_status;
+            # What the origin said of the track in that HEAD, made for this request: the client checks the
+            # copy against it without asking the origin again (one round trip and one request fewer).
+            auth_request_set $mixvfs_auth_etag $upstream_http_etag;
+            auth_request_set $mixvfs_auth_length $upstream_http_content_length;
             # The origin answered the authorization with neither yes nor no (404, 5xx): its own answer to the
             # request, straight through and uncached.
             error_page 500 = @mixvfs_pass;
@@ -280,6 +289,9 @@ http {{
             proxy_hide_header Set-Cookie;
             add_header {MARKER} $mixvfs_cache_status always;
             add_header {ORIGIN_HEADER} {cfg.origin} always;
+            add_header {AUTH_HEADER} $mixvfs_auth_status always;
+            add_header {CURRENT_ETAG_HEADER} $mixvfs_auth_etag always;
+            add_header {CURRENT_LENGTH_HEADER} $mixvfs_auth_length always;
             proxy_pass {cfg.origin.split('://')[0]}://mixvfs_origin$request_uri;
         }}
 
@@ -294,7 +306,8 @@ http {{
             proxy_set_header If-Range "";
             proxy_set_header If-None-Match "";
             proxy_set_header If-Modified-Since "";
-            # Never cached: nginx writes a cache entry's key into its file, and this one would hold the token.
+            # Never cached: nginx writes a cache entry's key into its file, and this one would hold the token; and
+            # the client checks the copy against this answer's ETag and length, which must be the origin's now.
         }}
 
         # Does this cache store? The second request of one nonce is a HIT only if the workers could write the
