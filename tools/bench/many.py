@@ -41,6 +41,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def file_getattrs(mount: Path) -> int:
+    """The LOOKUP and GETATTR requests for files the daemon has answered (-1 where it does not count them):
+    those of a listing whose attributes outlived the kernel's attribute timeout before ``ls`` stat'ed them."""
+    try:
+        return int(json.loads(os.getxattr(mount, "user.mixvfs.requests"))["file_getattrs"])
+    except (OSError, KeyError, ValueError):
+        return -1
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -95,11 +104,13 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, object]]:
                                 mounts.append(time.perf_counter() - start)
                                 daemon_cpu = cpu_seconds(mount.pid)
                                 mount_cpu.append(children_cpu() - command_cpu + daemon_cpu)
+                                before = file_getattrs(mount.path)
                                 listings.append(timed(["ls", "-l", str(mount.path)]))
                                 ls_cpu.append(cpu_seconds(mount.pid) - daemon_cpu)
+                                asked = file_getattrs(mount.path) - before
                                 rss.append(mount.peak_rss_mb())
                         print(f"  {count} {kind} {name}: mount {mounts[-1]:.3f} s (CPU {mount_cpu[-1]:.2f} s), "
-                              f"ls -l {listings[-1]:.3f} s (daemon CPU {ls_cpu[-1]:.2f} s; native "
+                              f"ls -l {listings[-1]:.3f} s (daemon CPU {ls_cpu[-1]:.2f} s, {asked} getattr; native "
                               f"{natives[-1]:.3f} s), peak RSS {rss[-1]:.0f} MB, "
                               f"load {os.getloadavg()[0]:.1f}", flush=True)
                 for name, _ in args.variants:
