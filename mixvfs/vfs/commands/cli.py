@@ -237,9 +237,10 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
         setup_logging(options.log_file if args.ready_fd is not None else None, args.log_level)
         from mixvfs.vfs.commands import daemon
         return daemon.serve(options, args.ready_fd)
-    # Fail fast, in the terminal, with one line, before a daemon starts. The manifest is left to the daemon,
-    # which sends its error here through the ready pipe, word for word: parsed here too, a 100 000-track
-    # manifest cost the mount a second more. So is the whole adapter (the libfuse check here loads mfusepy alone).
+    # Fail fast, in the terminal, with one line, before a daemon starts. The manifest and the whole adapter are
+    # left to the daemon, whose error comes back through the ready pipe word for word: parsing a 100 000-track
+    # manifest here too cost the mount a second more, loading the adapter (and the core) a quarter second; the
+    # libfuse check here loads mfusepy alone.
     mount.check_mountpoint(options.mountpoint, allow_non_empty=options.allow_non_empty)
     mount.check_paths(options, log_file=True)
     from mixvfs.vfs.adapter.libfuse import libfuse_problem
