@@ -9,53 +9,25 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mixvfs.cache import defaults
 from mixvfs.cache.bwlimit import Budget
 from mixvfs.cache.concurrency import START
-from mixvfs.cache.defaults import QUESTIONS, SERVER_WAIT_MAX
+from mixvfs.cache.defaults import QUESTIONS
 from mixvfs.cache.errors import CacheError, ConfigError, FetchError
 from mixvfs.cache.fetcher import Fetcher, Foreground
 from mixvfs.cache.http import HttpClient, install_reaches, origin_of, warn_if_insecure
 from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.location import CacheLimits, is_cache, make_private_dir
 from mixvfs.cache.origin_wait import OriginWaits
-from mixvfs.cache.policy import Limits, RetryPolicy
+from mixvfs.cache.policy import RuntimeConfig
 from mixvfs.cache.store import BlobStore
 from mixvfs.cache.team import TeamCache
 from mixvfs.cache.token import TokenSource
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """Plain values resolved from the settings layers (see :mod:`mixvfs.vfs.commands.config`)."""
-
-    cache: CacheLimits
-    jobs: int
-    stall_timeout: float
-    retries: int
-    retry_wait: float
-    tokens: Callable[[], TokenSource | None]
-    team_cache: str | None = None  # the team cache setting (already checked), or None: straight to the origin
-    team_reset_after: float = defaults.TEAM_CACHE_RESET_AFTER
-    bwlimit: int = defaults.BWLIMIT  # bytes per second for all downloads together; 0: no cap
-    server_wait_max: float = SERVER_WAIT_MAX
-
-    @property
-    def retry(self) -> RetryPolicy:
-        # Jitter in proportion to the first wait: a fixed 0.5 s would dwarf a short --retry-wait.
-        return RetryPolicy(attempts=max(1, self.retries), wait_initial=self.retry_wait, wait_jitter=self.retry_wait,
-                           # a wait the server asked for is spent inside the retries: it must not use them up
-                           total_timeout=max(120.0, self.stall_timeout * 4) + self.server_wait_max)
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(stall_timeout=self.stall_timeout)
 
 
 @dataclass

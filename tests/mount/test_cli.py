@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 
 from tests.conftest import CACHECTL, MIXVFS, run, write_session
@@ -156,3 +157,39 @@ def test_report_through_a_link_to_a_live_mount_is_that_mounts_report(tmp_path, m
     done = run([MIXVFS, "report", str(link)])
     assert done.returncode == 0, done.stderr
     assert "not mounted" not in done.stderr and "A - a.wav" in done.stdout
+
+
+def test_the_waiting_mount_leaves_the_manifest_and_the_core_to_the_daemon(tmp_path):
+    """`mixvfs mount` waits in the terminal while its daemon starts: it checks what only it can say before a
+    daemon exists (the mountpoint, the folders, that a libfuse loads), and leaves the rest to the daemon, whose
+    errors reach the terminal word for word. It neither parses the manifest (a 100 000-track one cost the
+    mount a second more) nor loads the core, the HTTP client or the cache database (a quarter second more)."""
+    source = tmp_path / "a.wav"
+    write_sized(source, 5000, seed=1)
+    session = write_session(tmp_path / "s.json", [{"id": "a", "artist": "A", "title": "T", "file_path": str(source)}])
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    probe = ("import json, sys\n"
+             "from mixvfs.vfs.session import manifest\n"
+             "parsed = []\n"
+             "real = manifest.parse_manifest\n"
+             "def counted(*args, **kwargs):\n"
+             "    parsed.append(1)\n"
+             "    return real(*args, **kwargs)\n"
+             "manifest.parse_manifest = counted\n"
+             "from mixvfs.vfs.commands import cli\n"
+             "code = cli.main(sys.argv[1:])\n"
+             "print(json.dumps({'code': code, 'parsed': len(parsed), 'modules': sorted(sys.modules)}), "
+             "file=sys.stderr)\n")
+    done = run([sys.executable, "-c", probe, "mount", str(session), str(mountpoint), "--cache-dir",
+                str(tmp_path / "c"), "--no-prefetch"])
+    try:
+        seen = json.loads(done.stderr.splitlines()[-1])
+        assert seen["code"] == 0 and os.path.ismount(mountpoint), done
+        assert (mountpoint / "A - T.wav").read_bytes() == source.read_bytes()
+        assert seen["parsed"] == 0
+        unwanted = {"httpx", "diskcache", "sqlite3", "mixvfs.vfs.adapter.fuse_ops", "mixvfs.vfs.fs.sessionfs",
+                    "mixvfs.vfs.runtime", "mixvfs.vfs.commands.daemon"}
+        assert unwanted.isdisjoint(seen["modules"]), sorted(unwanted.intersection(seen["modules"]))
+    finally:
+        run([MIXVFS, "unmount", str(mountpoint)])

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mixvfs.vfs.fs.mount import MountOptions
 from tests.conftest import Mount, daemon_libfuse_major, getxattr, run, wait_until, write_session
 from tests.faults.helpers import cloud_track, name_of
 from tools.make_audio import write_sized
@@ -94,3 +95,21 @@ def test_a_reload_is_seen_by_stat_at_once(tmp_path, server_root, devserver, moun
     assert grows.stat().st_size == 5000
     assert ls_sizes(mount.path) == {name_of("grows"): 5000, name_of("stays"): 3000}
     assert grows.read_bytes() == (server_root / "stream" / "grows.wav").read_bytes()
+
+
+def test_libfuse_threads_keep_their_python_state(tmp_path, server_root, devserver, mounter):
+    """Each request reaches Python on one of libfuse's threads; ctypes made and destroyed a Python thread state
+    for every one (an mmap and munmap of its frame stack each: ``ls -l`` sends two xattr questions per file).
+    A thread's state is kept from its first callback on, so every later callback finds it."""
+    tracks = [cloud_track(server_root, f"t{i:02d}", 1000 + i, seed=i) for i in range(3)]
+    mount = mounter(write_session(tmp_path / "s.json", tracks, server=devserver.url), "--no-prefetch")
+    before = requests(mount.path)
+    questions = 60
+    for _ in range(questions):  # the kernel caches no xattr: each is a request on some libfuse thread
+        getxattr(mount.path, "user.mixvfs.pid")
+    after = requests(mount.path)
+    kept = after["thread_states_kept"]
+    assert 1 <= kept <= 2 * MountOptions.threads  # run()'s limit: twice the idle threads libfuse keeps
+    # Only a thread's first callback keeps its state (the requests() questions are callbacks too).
+    reused = after["callbacks_on_kept_states"] - before["callbacks_on_kept_states"]
+    assert reused >= questions - kept, (reused, kept)

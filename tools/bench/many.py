@@ -1,6 +1,8 @@
 """Sessions of many tracks (a library exported whole): the time a ``mixvfs mount`` takes to return, the time
 of ``ls -l`` of the fresh mount, and the daemon's peak RSS (VmHWM), against a native ``ls -l`` of the same
-files where one exists.
+files where one exists. Beside each time, the CPU it took (the ``mixvfs mount`` command and the daemon until
+the mount returned; the daemon during ``ls -l``): on a shared machine, wall time follows the load, CPU time
+much less.
 
 Two sessions per count: ``local`` (every track a file on disk) and ``cloud`` (every track on the server, with
 its size and type in the manifest, so the mount asks the server nothing). The cloud tracks are served by nginx
@@ -19,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -29,6 +32,27 @@ from pathlib import Path
 from tools.bench.common import mixvfs_mount, reset, serve, timed
 
 TRACK_BYTES = 4096
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system): on a shared machine, steadier than wall time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def file_getattrs(mount: Path) -> int:
+    """The LOOKUP and GETATTR requests for files the daemon has answered (-1 where it does not count them):
+    those of a listing whose attributes outlived the kernel's attribute timeout before ``ls`` stat'ed them."""
+    try:
+        return int(json.loads(os.getxattr(mount, "user.mixvfs.requests"))["file_getattrs"])
+    except (OSError, KeyError, ValueError):
+        return -1
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def make_files(folder: Path, count: int) -> None:
@@ -65,36 +89,45 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, object]]:
             make_files(folder, count)
             for kind in args.kinds:
                 session = make_session(work, folder, count, kind, url)
-                # mount, ls -l and RSS per variant
-                results: dict[str, tuple[list[float], list[float], list[float]]] = {
-                    name: ([], [], []) for name, _ in args.variants}
+                # mount, ls -l, RSS, CPU of the mount (the command and the daemon), CPU of the daemon in ls -l
+                results: dict[str, tuple[list[float], ...]] = {
+                    name: ([], [], [], [], []) for name, _ in args.variants}
                 natives: list[float] = []
                 for _ in range(args.runs):
                     natives.append(timed(["ls", "-l", str(folder)]))
                     for name, tree in args.variants:
-                        mounts, listings, rss = results[name]
+                        mounts, listings, rss, mount_cpu, ls_cpu = results[name]
                         cache = reset(work / "cache")
                         with variant(tree):
-                            start = time.perf_counter()
+                            start, command_cpu = time.perf_counter(), children_cpu()
                             with mixvfs_mount(session, work / "mnt", cache, work, "--no-prefetch") as mount:
                                 mounts.append(time.perf_counter() - start)
+                                daemon_cpu = cpu_seconds(mount.pid)
+                                mount_cpu.append(children_cpu() - command_cpu + daemon_cpu)
+                                before = file_getattrs(mount.path)
                                 listings.append(timed(["ls", "-l", str(mount.path)]))
+                                ls_cpu.append(cpu_seconds(mount.pid) - daemon_cpu)
+                                asked = file_getattrs(mount.path) - before
                                 rss.append(mount.peak_rss_mb())
-                        print(f"  {count} {kind} {name}: mount {mounts[-1]:.3f} s, ls -l {listings[-1]:.3f} s "
-                              f"(native {natives[-1]:.3f} s), peak RSS {rss[-1]:.0f} MB, "
+                        print(f"  {count} {kind} {name}: mount {mounts[-1]:.3f} s (CPU {mount_cpu[-1]:.2f} s), "
+                              f"ls -l {listings[-1]:.3f} s (daemon CPU {ls_cpu[-1]:.2f} s, {asked} getattr; native "
+                              f"{natives[-1]:.3f} s), peak RSS {rss[-1]:.0f} MB, "
                               f"load {os.getloadavg()[0]:.1f}", flush=True)
                 for name, _ in args.variants:
-                    mounts, listings, rss = results[name]
+                    mounts, listings, rss, mount_cpu, ls_cpu = results[name]
                     row = {"count": count, "kind": kind, "variant": name, "mount_s": statistics.median(mounts),
                            "ls_s": statistics.median(listings), "native_ls_s": statistics.median(natives),
                            "ls_ratio": statistics.median(listings) / statistics.median(natives),
-                           "peak_rss_mb": statistics.median(rss),
-                           "runs": {"mount": mounts, "ls": listings, "native": natives, "rss": rss}}
+                           "peak_rss_mb": statistics.median(rss), "mount_cpu_s": statistics.median(mount_cpu),
+                           "ls_daemon_cpu_s": statistics.median(ls_cpu),
+                           "runs": {"mount": mounts, "ls": listings, "native": natives, "rss": rss,
+                                    "mount_cpu": mount_cpu, "ls_daemon_cpu": ls_cpu}}
                     rows.append(row)
                     print(f"{count:>7} {kind:<5} {name:<4} mount {row['mount_s']:.3f} s (range {min(mounts):.3f}-"
                           f"{max(mounts):.3f}), ls -l {row['ls_s']:.3f} s (range {min(listings):.3f}-"
                           f"{max(listings):.3f}; {row['ls_ratio']:.1f}x native {row['native_ls_s']:.3f} s), "
-                          f"RSS {row['peak_rss_mb']:.0f} MB (max {max(rss):.0f})", flush=True)
+                          f"RSS {row['peak_rss_mb']:.0f} MB (max {max(rss):.0f}); CPU: mount "
+                          f"{row['mount_cpu_s']:.2f} s, daemon in ls -l {row['ls_daemon_cpu_s']:.2f} s", flush=True)
     return rows
 
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import mfusepy as fuse  # host.prefer_libfuse3() ran first: daemon.libfuse_problem loads this module
+import mfusepy as fuse  # host.prefer_libfuse3() ran first: libfuse.libfuse_problem loads this module
 
 from mixvfs import host
 from mixvfs.vfs.adapter import passthrough
@@ -26,6 +26,7 @@ from mixvfs.vfs.adapter.libfuse import (
     invalidate_path,
     raise_readahead,
 )
+from mixvfs.vfs.adapter.thread_states import ThreadStates
 from mixvfs.vfs.fs import finder
 from mixvfs.vfs.fs.backing import BackingTable
 from mixvfs.vfs.fs.handles import Handle
@@ -64,6 +65,7 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         self._listings: dict[int, list[Track]] = {}  # open directory handle -> its snapshot of the tracks
         self.kernel_entries: KernelEntries | None = None  # set in init: tells the kernel what a reload changed
         self.exit_watch: ExitWatch | None = None  # set in init: the loop is ending, waiting reads must fail now
+        self.thread_states: ThreadStates | None = None  # set by MixFUSE: libfuse's threads' Python states
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -226,8 +228,12 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         return None if known is None else self._file_stat(*known)
 
     def requests_status(self) -> dict[str, int]:
-        """The root's ``user.mixvfs.requests``: how the kernel learnt about the files' attributes."""
-        return {"file_getattrs": self.file_getattrs, "listed_with_attributes": self.listed_with_attributes}
+        """The root's ``user.mixvfs.requests``: how the kernel learnt about the files' attributes, and how many
+        callbacks found their libfuse thread's Python state kept by an earlier one."""
+        states = self.thread_states
+        return {"file_getattrs": self.file_getattrs, "listed_with_attributes": self.listed_with_attributes,
+                "thread_states_kept": states.kept if states else 0,
+                "callbacks_on_kept_states": states.reused if states else 0}
 
     @guard
     def statfs(self, path: str) -> dict[str, int]:
@@ -347,7 +353,19 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
 class MixFUSE(fuse.FUSE):  # type: ignore[misc]
     """mfusepy's FUSE, answering a read as a C filesystem does: ``pread`` into the buffer libfuse hands the
     callback. mfusepy's own ``read`` takes Python ``bytes`` from the operation and copies them into that
-    buffer: a 1 MiB allocation and a second copy of every byte per request, that no C floor pays."""
+    buffer: a 1 MiB allocation and a second copy of every byte per request, that no C floor pays.
+
+    Each libfuse thread keeps its Python thread state across callbacks (:class:`ThreadStates`), up to
+    ``kept_threads`` of them over the process's life."""
+
+    def __init__(self, operations: MixOps, mountpoint: str, *, kept_threads: int, **options: Any) -> None:
+        self.thread_states = operations.thread_states = ThreadStates(kept_threads)
+        super().__init__(operations, mountpoint, **options)
+
+    def _wrapper(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """mfusepy's entry to every callback."""
+        self.thread_states.keep()
+        return super()._wrapper(func, *args, **kwargs)
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         return int(self.operations.read_into(fip.contents, buf, size, offset))
@@ -406,7 +424,9 @@ def run(ops: MixOps, mountpoint: str, *, foreground: bool = True, threads: int =
     ops.waiting_reads = waiting_reads
     ops.passthrough_setting = passthrough
     ops.mountpoint = os.path.realpath(mountpoint)
-    MixFUSE(ops, mountpoint, raw_fi=True, **options)
+    # Twice the idle threads libfuse keeps: the states of threads it ended after a burst of waiting reads
+    # stay behind (thread_states.py), and the limit bounds them.
+    MixFUSE(ops, mountpoint, kept_threads=2 * threads, raw_fi=True, **options)
 
 
 def fuse_options(*, threads: int, waiting_reads: int, attr_timeout: float, nonempty: bool, debug: bool = False,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.vfs.commands import config, output
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Status, format_report, has_problem, load_report
-from mixvfs.vfs.session.manifest import ManifestError, load_manifest
+from mixvfs.vfs.session.manifest import ManifestError
 
 if TYPE_CHECKING:  # imported where a command needs it: check-export, config, status start without httpx
     from mixvfs.vfs.fs import mount
@@ -237,12 +237,15 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
         setup_logging(options.log_file if args.ready_fd is not None else None, args.log_level)
         from mixvfs.vfs.commands import daemon
         return daemon.serve(options, args.ready_fd)
-    # Fail fast, in the terminal, with one line: the daemon's own errors would only say "exited with status 1".
-    load_manifest(options.session_path, default_server=options.default_server)
+    # Fail fast, in the terminal, with one line, before a daemon starts. The manifest and the whole adapter are
+    # left to the daemon, whose error comes back through the ready pipe word for word: parsing a 100 000-track
+    # manifest here too cost the mount a second more, loading the adapter (and the core) a quarter second; the
+    # libfuse check here loads mfusepy alone.
     mount.check_mountpoint(options.mountpoint, allow_non_empty=options.allow_non_empty)
     mount.check_paths(options, log_file=True)
-    from mixvfs.vfs.commands.daemon import check_libfuse
-    check_libfuse()
+    from mixvfs.vfs.adapter.libfuse import libfuse_problem
+    if (problem := libfuse_problem(whole_adapter=False)) is not None:
+        raise ConfigError(problem)
     assert options.log_file is not None
     message = mount.start_daemon(argv, options.log_file)
     print(f"mounted {options.mountpoint}")

@@ -28,8 +28,8 @@ from mixvfs.cache.location import CacheLimits, resolve_cache_dir
 from mixvfs.cache.units import format_size, parse_duration, parse_size
 
 if TYPE_CHECKING:  # built in runtime() only: reading settings (config, check-export) needs no httpx
+    from mixvfs.cache.policy import RuntimeConfig
     from mixvfs.cache.token import TokenSource
-    from mixvfs.vfs.runtime import RuntimeConfig
 
 T = TypeVar("T")
 CONFIG_ENV = "MIXVFS_CONFIG"
@@ -360,7 +360,7 @@ class Settings:
     def runtime(self) -> RuntimeConfig:
         """What :func:`mixvfs.vfs.runtime.open_runtime` needs; settings a command does not take keep their
         defaults."""
-        from mixvfs.vfs.runtime import RuntimeConfig
+        from mixvfs.cache.policy import RuntimeConfig
 
         retries, wait = self.resolved.get("retries"), self.resolved.get("retry_wait")
         return RuntimeConfig(self.cache_limits(), self.jobs, self.stall_timeout,

@@ -23,9 +23,9 @@ from pathlib import Path
 from mixvfs import host
 from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.cache.location import make_private_dir
+from mixvfs.cache.policy import RuntimeConfig
 from mixvfs.vfs.fs import history
 from mixvfs.vfs.fs.deadlines import RequestBounds, request_bounds
-from mixvfs.vfs.runtime import RuntimeConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,35 @@
+"""The daemon builds its session with the cyclic collector paused, then keeps those objects out of its passes."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from mixvfs.vfs.commands.daemon import no_collection_while_opening
+
+
+@pytest.fixture(autouse=True)
+def collector_as_it_was():
+    enabled = gc.isenabled()
+    yield
+    gc.unfreeze()
+    if enabled:
+        gc.enable()
+
+
+def test_the_session_is_built_without_collections_then_frozen():
+    gc.unfreeze()
+    collections = sum(generation["collections"] for generation in gc.get_stats())
+    with no_collection_while_opening():
+        assert not gc.isenabled()
+        built = [[i] for i in range(10 * gc.get_threshold()[0])]  # far past a collection's threshold
+        assert sum(generation["collections"] for generation in gc.get_stats()) == collections
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= len(built)  # out of every later pass
+
+
+def test_the_collector_comes_back_when_opening_fails():
+    with pytest.raises(RuntimeError), no_collection_while_opening():
+        raise RuntimeError("a bad manifest")
+    assert gc.isenabled()
