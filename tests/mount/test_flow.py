@@ -6,6 +6,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -186,3 +187,40 @@ def test_mount_from_a_folder_holding_cache_and_vfs_folders(tmp_path):
         assert (work / "mnt" / "A - T.wav").read_bytes() == b"RIFF" + bytes(100)
     finally:
         run([MIXVFS, "unmount", "mnt"], cwd=work)
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["all-whole", "one-failed"])
+def test_status_watch_ends_with_the_mount_and_exits_with_the_sessions_outcome(tmp_path, server_root, devserver,
+                                                                              mounter, fail):
+    """The mount going away is the normal end of a watch, not an error: exit 0, or 1 when a track failed."""
+    serve(server_root, "ok", 50_000, 1)
+    tracks = [cloud("c1", "Fine", "/stream/ok", 50_000)]
+    if fail:
+        tracks.append(cloud("c2", "Gone", "/stream/gone", 1000))
+    session = write_session(tmp_path / "s.json", tracks, server=devserver.url)
+    mount = mounter(session)
+    mount.wait_track("c1", lambda r: r["status"] == "cached")
+    if fail:
+        mount.wait_track("c2", lambda r: r["status"] == "failed")
+    watch = subprocess.Popen([MIXVFS, "status", str(mount.path), "--watch", "0.1", "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert watch.stdout is not None
+    assert json.loads(watch.stdout.readline())["failed_total"] == int(fail)
+    mount.unmount()
+    _, err = watch.communicate(timeout=30)
+    assert watch.returncode == int(fail), err
+    assert f"the mount at {mount.path} ended; {int(fail)} track(s) failed (report: {mount.report_path})" in err
+
+
+def test_status_watch_stopped_by_ctrl_c_exits_1_when_a_track_failed(tmp_path, server_root, devserver, mounter):
+    """Ctrl-C ends the watching, not the session: the exit code still says a track failed, as `status` does."""
+    session = write_session(tmp_path / "s.json", [cloud("c2", "Gone", "/stream/gone", 1000)], server=devserver.url)
+    mount = mounter(session)
+    mount.wait_track("c2", lambda r: r["status"] == "failed")
+    watch = subprocess.Popen([MIXVFS, "status", str(mount.path), "--watch", "0.1", "--json"],
+                             stdout=subprocess.PIPE, text=True)
+    assert watch.stdout is not None
+    assert json.loads(watch.stdout.readline())["failed_total"] == 1
+    watch.send_signal(signal.SIGINT)
+    watch.communicate(timeout=30)
+    assert watch.returncode == 1

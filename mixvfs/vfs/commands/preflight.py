@@ -24,12 +24,12 @@ from mixvfs.cache.http import NO_TOKEN_HINT, HttpClient
 from mixvfs.cache.store import BlobStore
 from mixvfs.cache.token import TokenSource
 from mixvfs.cache.units import format_size
-from mixvfs.vfs.commands import config, output
+from mixvfs.vfs.commands import config, exit_codes, output
 from mixvfs.vfs.runtime import open_runtime
 from mixvfs.vfs.session.manifest import Session, load_manifest
 from mixvfs.vfs.session.tracks import Kind, Track, build_tracks
 
-EXIT_OK, EXIT_WILL_FAIL, EXIT_UNCHECKED = 0, 3, 4
+EXIT_OK, EXIT_WILL_FAIL, EXIT_UNCHECKED = exit_codes.OK, exit_codes.WILL_FAIL, exit_codes.UNCHECKED
 
 # Track states (JSON values); the table shows them with spaces.
 LOCAL_OK, CACHED, TO_DOWNLOAD = "local_ok", "cached", "to_download"
