@@ -43,6 +43,8 @@ def server_wait_text(download: dict[str, Any]) -> str:
 def format_status(data: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(data.get("counts", {}).items()))
     lines = [f"session {data.get('session')!r}: {data.get('tracks')} tracks ({counts or 'none'})"]
+    if data.get("server"):
+        lines.append(f"server: {data['server']}")
     downloading = data.get("downloading", [])
     rate = sum(d.get("rate") or 0 for d in downloading)
     left = [d["total"] - d["available"] for d in downloading if d.get("total") is not None]

@@ -14,9 +14,12 @@ from mixvfs.vfs.session.tracks import Track
 MAX_STATUS_FAILURES = 100  # an xattr value is at most 64 KiB on Linux: list this many failures, count the rest
 
 
-def live_status(tracks: list[Track], fetcher: Fetcher, report: Report) -> dict[str, object]:
+def live_status(tracks: list[Track], fetcher: Fetcher, report: Report, *,
+                server: str | None = None) -> dict[str, object]:
     status: dict[str, object] = {"session": report.session, **report_summary(report),
                                  "downloading": downloading(tracks, fetcher)}
+    if server is not None:  # the music service refuses the token, or cannot be reached (vfs/fs/server_word.py)
+        status["server"] = server
     waits = fetcher.http.waits.active()
     if waits:  # an origin that answered 429/503 with Retry-After: nothing is asked of it until then
         status["server_waits"] = waits

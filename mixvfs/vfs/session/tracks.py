@@ -55,6 +55,7 @@ class Track:
     probe_failure: FetchError | None = None  # what the server said when we asked at mount time (its reason)
     remote: RemoteInfo | None = None
     validated: bool = False  # the server named this very version (its ETag is in ``source``) as it was listed
+    answered: bool = False  # the server answered about it as it was listed (its size, its type)
 
     @property
     def id(self) -> str:
@@ -74,6 +75,7 @@ class Draft:
     probe_failure: FetchError | None = None
     remote: RemoteInfo | None = None
     validated: bool = False
+    answered: bool = False
     source: Source | None = None
     ext: str | None = None
 
@@ -83,7 +85,7 @@ class Draft:
 
     def track(self, name: str) -> Track:
         return Track(self.spec, self.kind, name, self.size, self.mtime, self.ext, self.source, self.local_path,
-                     self.reason, self.probe_failure, self.remote, self.validated)
+                     self.reason, self.probe_failure, self.remote, self.validated, self.answered)
 
 
 def by_source(tracks: list[Track]) -> dict[str, list[Track]]:
@@ -242,6 +244,7 @@ def _apply(track: Draft, answer: RemoteInfo | FetchError) -> None:
         log.info("cannot ask the server about %s: %s", track.spec.label, answer.reason)
         return
     track.remote = answer
+    track.answered = True
     track.validated = True  # asked live; it counts only if the source identity carries the ETag (_finish)
 
 
