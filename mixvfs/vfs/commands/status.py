@@ -52,6 +52,10 @@ def format_status(data: dict[str, Any]) -> str:
     lines.append(f"downloading: {len(downloading)}{overall}")
     for d in downloading:
         total = d.get("total")
+        if d.get("state") == "pending" and not d.get("available"):  # queued: no bytes, maybe no size yet
+            of = f" ({format_size(total)})" if total else ""
+            lines.append(f"  {d.get('name')}: queued{of}{server_wait_text(d)}")
+            continue
         done = format_size(d.get("available", 0))
         share = f" of {format_size(total)} ({100 * d['available'] / total:.0f}%)" if total else ""
         speed = f", {format_size(int(d['rate']))}/s" if d.get("rate") else ""
