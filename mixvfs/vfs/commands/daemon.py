@@ -197,7 +197,9 @@ def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, 
             # it): it has unmounted the folder, which is what the signal asked for.
             log.info("stop signal: the FUSE loop ended (libfuse status %s) and the folder is unmounted", exc)
         else:
-            ready.send({"error": f"libfuse could not mount {options.mountpoint} ({exc}); see {options.log_file}"})
+            cause = host.fuse_access_problem()
+            ready.send({"error": f"cannot mount {options.mountpoint}: {cause}" if cause is not None else
+                        f"libfuse could not mount {options.mountpoint} ({exc}); see {options.log_file}"})
             status = 1
     except (Stopped, KeyboardInterrupt) as exc:  # a signal just before or just after the FUSE loop
         stopped(ready, exc)

@@ -17,8 +17,9 @@ TABLE: tuple[tuple[int, str], ...] = (
              "`lsof +f --`), `verify` found corrupt blobs"),
     (USAGE, "bad input: manifest, flags (`--token` is refused by every command), config file, mountpoint "
             "(missing, not empty, already mounted; not mounted for `unmount`/`status`/`report`, which then say "
-            "where the last report is), unusable cache folder, report or log path; no access to FUSE for "
-            "`mount` (the message names the cause: `/dev/fuse`, `fusermount3`, `user_allow_other`); "
+            "where the last report is), unusable cache folder, report or log path; a user who cannot mount "
+            "(`mount`: the message names the cause and the fix — no access to `/dev/fuse`, `fusermount3` missing "
+            "or not setuid root); "
             "`cachectl stats/ls/verify/prune` on a folder that is not a cache (\"no cache at PATH\")"),
     (WILL_FAIL, "`preflight`: the export will fail (a track missing or unauthorized, a server certificate not "
                 "trusted, not enough disk space, no usable libfuse)"),
