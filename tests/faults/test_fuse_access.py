@@ -5,6 +5,7 @@ are bind-mounted stand-ins, so the machine's own are never touched."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import site
@@ -38,7 +39,8 @@ def python_for_the_user() -> str:
     missing_part(f"no Python {version} the user {USER} can run", "CI must run the ordinary-user FUSE tests")
 
 
-def as_ordinary_user(tmp_path: Path, device_mode: int, helper_setuid: bool) -> subprocess.CompletedProcess[str]:
+def as_ordinary_user(tmp_path: Path, device_mode: int, helper_setuid: bool,
+                     command: str = "mount s.json mnt") -> subprocess.CompletedProcess[str]:
     if os.geteuid() != 0 or not (shutil.which("setpriv") and shutil.which("unshare")):
         missing_part("needs root, setpriv and unshare to run a mount as an ordinary user",
                      "CI must run the ordinary-user FUSE tests as root")
@@ -62,7 +64,7 @@ def as_ordinary_user(tmp_path: Path, device_mode: int, helper_setuid: bool) -> s
            "XDG_STATE_HOME": str(tmp_path / "st"), "XDG_CONFIG_HOME": str(tmp_path / "cf"),
            "PYTHONPATH": os.pathsep.join([str(REPO), *site.getsitepackages()])}
     inner = (f'mount --bind "{device}" /dev/fuse && mount --bind "{stand_in}" "{helper}" && cd "{tmp_path}" && '
-             f'exec {" ".join(AS_USER)} "{python}" -m mixvfs.vfs.commands.cli mount s.json mnt')
+             f'exec {" ".join(AS_USER)} "{python}" -m mixvfs.vfs.commands.cli {command}')
     return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", inner], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
 
@@ -87,3 +89,12 @@ def test_a_fusermount3_that_is_not_setuid_is_named_with_the_fix(tmp_path):
         f"mixvfs: cannot mount {tmp_path / 'mnt'}: {helper} is not setuid root (-rwxr-xr-x root:root), so it "
         f"cannot mount for a user who is not root: `sudo chown root {helper} && sudo chmod u+s {helper}`, as the "
         "fuse3 package installs it")
+
+
+def test_preflight_says_the_export_will_fail_when_the_user_cannot_mount(tmp_path):
+    require_fuse()
+    done = as_ordinary_user(tmp_path, 0o600, helper_setuid=True, command="preflight s.json --json")
+    assert done.returncode == 3, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["fuse"].startswith("no access to /dev/fuse (Permission denied: crw------- root:root)")
+    assert f"`mixvfs mount` cannot mount: {doc['fuse']}" in doc["problems"]

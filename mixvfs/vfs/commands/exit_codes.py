@@ -22,7 +22,7 @@ TABLE: tuple[tuple[int, str], ...] = (
             "or not setuid root); "
             "`cachectl stats/ls/verify/prune` on a folder that is not a cache (\"no cache at PATH\")"),
     (WILL_FAIL, "`preflight`: the export will fail (a track missing or unauthorized, a server certificate not "
-                "trusted, not enough disk space, no usable libfuse)"),
+                "trusted, not enough disk space, no usable libfuse or a user who cannot mount)"),
     (UNCHECKED, "`preflight`: could not check (server unreachable, busy or too slow to answer)"),
     (INTERRUPTED, "`cachectl warm` or `mixvfs check-export` interrupted with Ctrl-C; `mixvfs mount` cancelled "
                   "(Ctrl-C, SIGTERM, SIGHUP) before the folder was live — its daemon is stopped too"),

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mixvfs import host
 from mixvfs.cache.defaults import QUESTIONS
 from mixvfs.cache.errors import AuthRejected, CertificateNotTrusted, ConfigError, FetchError, TransientError
 from mixvfs.cache.fetcher import Fetcher
@@ -159,7 +160,7 @@ def run_preflight(session: Session, settings: config.Settings) -> dict[str, Any]
     from mixvfs.vfs.commands.daemon import libfuse_problem
 
     result = summarize(session, checks, disk, token_state(runtime.tokens, runtime.token_error, checks),
-                       token_error=runtime.token_error, fuse_problem=libfuse_problem())
+                       token_error=runtime.token_error, fuse_problem=libfuse_problem() or host.fuse_access_problem())
     if team is not None:
         result["team_cache"] = team
         # Never a failed export (the bytes still come, from the origin), but never silently slower either.
