@@ -302,6 +302,59 @@ def libfuse_hint(platform: str = sys.platform) -> str:
     return "install a libfuse 2 compatible FUSE library for this system"
 
 
+FUSE_DEVICE = "/dev/fuse"
+FUSE_HELPERS = ("fusermount3", "fusermount")  # libfuse 3's, libfuse 2's: an ordinary user mounts through one
+
+
+def fuse_access_problem(*, device: str = FUSE_DEVICE, helpers: tuple[str, ...] = FUSE_HELPERS,
+                        search: str | None = None, euid: int | None = None,
+                        platform: str = sys.platform) -> str | None:
+    """Why this user cannot mount on Linux, with the fix, in one line; None when nothing here explains it.
+    libfuse opens ``device`` itself first (no access: it stops there, "failed to open /dev/fuse"), then a user
+    who is not root mounts through the setuid-root ``fusermount3`` (missing, or not setuid: the mount is
+    refused). mixvfs never mounts with ``allow_other``, so ``/etc/fuse.conf``'s ``user_allow_other`` is never
+    needed. ``search``: the PATH to look for the helpers in (the process's own when None); ``euid``: whose mount
+(this process's when None)."""
+    if not platform.startswith("linux"):
+        return None
+    if not os.path.exists(device):
+        return f"{device} does not exist: the fuse kernel module is not loaded (sudo modprobe fuse)"
+    if not os.access(device, os.R_OK | os.W_OK):
+        st = os.stat(device)
+        return (f"no access to {device} (Permission denied: {_mode_and_owner(st)}); libfuse must open it to mount. "
+                f"Ask an administrator to let users open it: `sudo chmod 0666 {device}`, the mode Debian's and "
+                "Fedora's fuse packages give it (a udev rule, KERNEL==\"fuse\", MODE=\"0666\", keeps it across "
+                "reboots)")
+    if (os.geteuid() if euid is None else euid) == 0:
+        return None
+    found = [path for name in helpers if (path := shutil.which(name, path=search))]
+    if not found:
+        return (f"{helpers[0]} is missing: a user who is not root mounts through it "
+                "(Debian/Ubuntu: sudo apt install fuse3; Fedora: sudo dnf install fuse3)")
+    helper = found[0]
+    st = os.stat(helper)
+    if st.st_uid != 0 or not st.st_mode & 0o4000:
+        return (f"{helper} is not setuid root ({_mode_and_owner(st)}), so it cannot mount for a user who is not "
+                f"root: `sudo chown root {helper} && sudo chmod u+s {helper}`, as the fuse3 package installs it")
+    return None
+
+
+def _mode_and_owner(st: os.stat_result) -> str:
+    import grp
+    import pwd
+    import stat
+
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"{stat.filemode(st.st_mode)} {owner}:{group}"
+
+
 # Enough descriptors for a busy export: each open file, download, staging file, SQLite connection per thread and
 # the report all take one. Below this a mount warns, since a reader's EIO may then come with no report line.
 FEW_OPEN_FILES = 1024

@@ -27,6 +27,9 @@ SERVER_WAIT_MAX = 120.0
 # The server and the token.
 TOKEN_COMMAND_TIMEOUT = 30.0  # seconds; a password manager waiting for an unlock may need the user
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection to a server
+# seconds the server's answers about tracks at mount or preflight may take before the user is told what the
+# command waits for (at most PROBE_DEADLINE in all)
+SLOW_SERVER_NOTICE = 1.0
 # Questions without a body (a size, a conditional HEAD) in flight at once to a server: each costs a round trip,
 # so asked one after another 200 tracks at 80 ms take 16 s; this many at once, about one second.
 QUESTIONS = 32

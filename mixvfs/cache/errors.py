@@ -24,6 +24,7 @@ adapter turns these into errno in one table (:mod:`mixvfs.vfs.adapter.errno_map`
             │   └── ServerAskedToWait   not sent: the origin asked us to wait (Retry-After) and the time is not up
             ├── NetworkError        connection reset, body cut off, protocol error
             │   └── ServerUnreachable   connection refused, DNS failure, connect timeout
+            │       └── CertificateNotTrusted   the TLS certificate was refused
             └── StallTimeout        no progress for ``stall_timeout`` seconds
 """
 
@@ -126,6 +127,12 @@ class NetworkError(TransientError):
 
 class ServerUnreachable(NetworkError):
     pass
+
+
+class CertificateNotTrusted(ServerUnreachable):
+    """The server's TLS certificate failed verification (self-signed, another host's, expired, an unknown
+    authority): no request reached it. A team cache with one is down (the origin serves); preflight calls an
+    origin with one a failure, since trying again will not change the certificate."""
 
 
 class StallTimeout(TransientError):

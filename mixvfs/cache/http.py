@@ -10,6 +10,7 @@ import enum
 import functools
 import logging
 import secrets
+import ssl
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from mixvfs.cache.defaults import CONNECT_TIMEOUT, JOBS, KEEPALIVE_EXPIRY, STALL
 from mixvfs.cache.errors import (
     AuthRejected,
     BadBody,
+    CertificateNotTrusted,
     FetchError,
     NetworkError,
     NotAudio,
@@ -181,6 +183,9 @@ class HttpClient:
                     answers = [self._client.get(url, auth=None) for _ in range(2)]
                 first, second = (team_policy.Answer(r.status_code, r.headers.get(team_policy.MARKER),
                                                     team_policy.STORE_CHECK_HEADER in r.headers) for r in answers)
+            except TransientError as exc:  # down (or its certificate refused): shown as down, with why
+                self.team.failed(team_policy.Route(endpoint, url), exc.reason)
+                continue
             except FetchError as exc:
                 log.info("team cache %s: store check not made: %s", endpoint.host, exc.reason)
                 continue
@@ -498,6 +503,8 @@ def httpx_errors(url: str) -> Iterator[None]:
     try:
         yield
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        if (why := certificate_failure(exc)) is not None:
+            raise CertificateNotTrusted(f"certificate not trusted: {host} ({why})") from exc
         raise ServerUnreachable(f"server unreachable: cannot connect to {host} ({short(exc)})") from exc
     except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
         raise StallTimeout(f"timed out: no data from {host} within the stall timeout ({short(exc)})") from exc
@@ -513,6 +520,17 @@ def httpx_errors(url: str) -> Iterator[None]:
         raise NetworkError(f"HTTP error talking to {host}: {short(exc)}") from exc
     except httpx.StreamError as exc:
         raise NetworkError(f"HTTP stream error from {host}: {short(exc)}") from exc
+
+
+def certificate_failure(exc: BaseException) -> str | None:
+    """Why the TLS certificate was refused, when that is what ended the connection (httpx keeps the ssl
+    error in the cause chain); None for every other connection failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or short(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def short(exc: BaseException) -> str:

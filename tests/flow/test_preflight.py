@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +163,87 @@ def test_a_server_without_head_is_size_unknown_or_ranged_not_missing(tmp_path, s
     assert {t["id"]: t["size"] for t in doc["tracks"]} == {"l": doc["tracks"][0]["size"], "a": 300_000, "b": 200_000}
     ranged = devserver.requests("GET", "/stream/a")
     assert [r["range"] for r in ranged] == ["bytes=0-0"]  # one byte, not the track
+
+
+def test_a_server_too_slow_to_answer_could_not_check_exit_4_with_the_reason(tmp_path, server_root, devserver):
+    """Slow is not missing: a track the server does not answer about in time is "unreachable" with why
+    (exit 4), and while preflight waits it says what for. Default stall timeout (30 s): the server is slow,
+    not silent beyond it."""
+    manifest = session(tmp_path, server_root, devserver.url)
+    devserver.set_faults({"*": {"hold": "slow", "hold_head": True}})  # every HEAD waits until released
+    (tmp_path / "no-config.toml").write_text("")
+    check = subprocess.Popen([MIXVFS, "preflight", str(manifest), "--cache-dir", str(tmp_path / "cache"), "--json"],
+                             env=done_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # "a" (no size in the manifest) is asked as the tracks are built, for at most 10 s; "b" after that.
+        devserver.wait_held("slow", count=2, timeout=60)
+    finally:
+        devserver.release("slow")
+    out, err = check.communicate(timeout=60)
+    doc = json.loads(out)
+    assert check.returncode == 4, err
+    assert states(doc) == {"l": "local_ok", "a": "unreachable", "b": "to_download"}
+    assert {t["id"]: t["detail"] for t in doc["tracks"]}["a"] == "the server did not answer within 10 s"
+    assert doc["problems"] == ["A - One.wav: unreachable (the server did not answer within 10 s)"]
+    host = devserver.url.split("//", 1)[1]
+    assert (f"mixvfs: waiting for {host} to answer about 1 track(s) whose size or format the manifest does not "
+            "give (at most 10 s in all") in err
+
+
+def test_a_url_shared_by_two_tracks_is_one_download(tmp_path, server_root, devserver):
+    manifest = session(tmp_path, server_root, devserver.url)
+    doc = json.loads(manifest.read_text())
+    doc["tracks"].append({**doc["tracks"][2], "id": "b2", "title": "Two again"})
+    manifest.write_text(json.dumps(doc))
+    code, result, _ = preflight(manifest, tmp_path / "cache")
+    assert code == 0
+    assert states(result)["b2"] == "to_download"
+    assert result["to_download"] == {"tracks": 2, "bytes": 500_000, "unknown_sizes": 0}
+    assert result["disk"]["needed"] == 500_000
+
+
+def self_signed(tmp_path: Path) -> Path:
+    pem = tmp_path / "server.pem"
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(pem), "-out", str(pem)], check=True)
+    return pem
+
+
+def test_a_server_certificate_not_trusted_says_so_and_will_fail(tmp_path, server_root):
+    with DevServer(server_root, tls=self_signed(tmp_path)) as server:
+        manifest = session(tmp_path, server_root, server.url)
+        code, doc, _ = preflight(manifest, tmp_path / "cache")
+    assert code == 3 and doc["verdict"] == "will_fail"
+    assert states(doc) == {"l": "local_ok", "a": "untrusted", "b": "untrusted"}
+    detail = {t["id"]: t["detail"] for t in doc["tracks"]}["b"]
+    assert detail.startswith("certificate not trusted: 127.0.0.1:") and "unreachable" not in detail
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_team_cache_that_is_down_or_not_trusted_shows_in_preflight(tmp_path, server_root, devserver):
+    """The export still works (from the music service), so the verdict stands; but the user is told."""
+    manifest = session(tmp_path, server_root, devserver.url)
+    down = f"http://127.0.0.1:{closed_port()}"
+    with DevServer(server_root, tls=self_signed(tmp_path)) as untrusted:
+        code, doc, _ = preflight(manifest, tmp_path / "cache", "--team-cache", f"{down};{untrusted.url}")
+        text = run([MIXVFS, "preflight", str(manifest), "--cache-dir", str(tmp_path / "cache"), "--team-cache",
+                    f"{down};{untrusted.url}"], env=done_env(tmp_path)).stdout
+    assert code == 0, doc
+    by_url = {c["url"]: c for c in doc["team_cache"]}
+    assert by_url[down]["state"] == "down" and "server unreachable" in by_url[down]["reason"]
+    assert by_url[untrusted.url]["state"] == "down"
+    assert by_url[untrusted.url]["reason"].startswith("certificate not trusted: 127.0.0.1:")
+    assert any(n.startswith(f"team cache {untrusted.url} is down (certificate not trusted") for n in doc["notes"])
+    assert f"team cache:  {down} DOWN (server unreachable" in text
+    assert f"team cache:  {untrusted.url} DOWN (certificate not trusted" in text
+
+
+def done_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIXVFS_")}
+    env["MIXVFS_CONFIG"] = str(tmp_path / "no-config.toml")
+    return env

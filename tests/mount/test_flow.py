@@ -6,6 +6,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,10 @@ def test_status_shows_a_download_in_flight(tmp_path, server_root, devserver, mou
     assert wait_until(taken_in, 30), status_of(mount.path)
     status = status_of(mount.path)
     assert [without_rate(d) for d in status["downloading"]] == [
-        {"name": "Art - Slow.wav", "available": held_at, "total": size, "attempts": 1, "state": "fetching"}]
+        {"id": "s1", "name": "Art - Slow.wav", "available": held_at, "total": size, "attempts": 1,
+         "state": "fetching"}]
     assert status["downloading"][0]["rate"] > 0  # bytes per second since it started: what --watch shows
-    assert status["counts"] == {"fetching": 1}
+    assert status["counts"] == {"downloading": 1}
     done = run([MIXVFS, "status", str(mount.path)])
     assert done.returncode == 0
     assert any(line.startswith("  Art - Slow.wav: 1.0 MiB of 1.5 MiB (67%), ") and line.endswith(" left")
@@ -186,3 +188,67 @@ def test_mount_from_a_folder_holding_cache_and_vfs_folders(tmp_path):
         assert (work / "mnt" / "A - T.wav").read_bytes() == b"RIFF" + bytes(100)
     finally:
         run([MIXVFS, "unmount", "mnt"], cwd=work)
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["all-whole", "one-failed"])
+def test_status_watch_ends_with_the_mount_and_exits_with_the_sessions_outcome(tmp_path, server_root, devserver,
+                                                                              mounter, fail):
+    """The mount going away is the normal end of a watch, not an error: exit 0, or 1 when a track failed."""
+    serve(server_root, "ok", 50_000, 1)
+    tracks = [cloud("c1", "Fine", "/stream/ok", 50_000)]
+    if fail:
+        tracks.append(cloud("c2", "Gone", "/stream/gone", 1000))
+    session = write_session(tmp_path / "s.json", tracks, server=devserver.url)
+    mount = mounter(session)
+    mount.wait_track("c1", lambda r: r["status"] == "cached")
+    if fail:
+        mount.wait_track("c2", lambda r: r["status"] == "failed")
+    watch = subprocess.Popen([MIXVFS, "status", str(mount.path), "--watch", "0.1", "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert watch.stdout is not None
+    assert json.loads(watch.stdout.readline())["failed_total"] == int(fail)
+    # The watch's own read of the status may hold the folder for that instant: the unmount is then refused
+    # as busy, and asked again.
+    assert wait_until(lambda: run([MIXVFS, "unmount", str(mount.path)]).returncode == 0, 30)
+    mount.mounted = False
+    _, err = watch.communicate(timeout=30)
+    assert watch.returncode == int(fail), err
+    assert f"the mount at {mount.path} ended; {int(fail)} track(s) failed (report: {mount.report_path})" in err
+
+
+def test_status_watch_stopped_by_ctrl_c_exits_1_when_a_track_failed(tmp_path, server_root, devserver, mounter):
+    """Ctrl-C ends the watching, not the session: the exit code still says a track failed, as `status` does."""
+    session = write_session(tmp_path / "s.json", [cloud("c2", "Gone", "/stream/gone", 1000)], server=devserver.url)
+    mount = mounter(session)
+    mount.wait_track("c2", lambda r: r["status"] == "failed")
+    watch = subprocess.Popen([MIXVFS, "status", str(mount.path), "--watch", "0.1", "--json"],
+                             stdout=subprocess.PIPE, text=True)
+    assert watch.stdout is not None
+    assert json.loads(watch.stdout.readline())["failed_total"] == 1
+    watch.send_signal(signal.SIGINT)
+    watch.communicate(timeout=30)
+    assert watch.returncode == 1
+
+
+def test_status_header_counts_agree_with_the_rows(tmp_path, server_root, devserver, mounter):
+    """Every track counted once; "downloading" in the header is exactly the tracks the rows list, queued or
+    running (two tracks of one URL: two rows); the rest pending or done."""
+    for i in range(4):
+        serve(server_root, f"t{i}", 20_000, i)
+    devserver.set_faults({"*": {"hold": "all"}})
+    tracks = [cloud(f"c{i}", f"T{i}", f"/stream/t{i}", 20_000) for i in range(4)]
+    tracks.append(cloud("c0b", "T0 again", "/stream/t0", 20_000))
+    session = write_session(tmp_path / "s.json", tracks, server=devserver.url)
+    mount = mounter(session, "--jobs", "2")
+    try:
+        devserver.wait_held("all", count=2)
+        status = status_of(mount.path)
+        rows = [d["name"] for d in status["downloading"]]
+        assert sum(status["counts"].values()) == status["tracks"] == 5
+        assert status["counts"].get("downloading", 0) == len(rows) >= 2
+        if "Art - T0.wav" in rows:
+            assert "Art - T0 again.wav" in rows
+        text = run([MIXVFS, "status", str(mount.path)]).stdout.splitlines()
+        assert f"downloading: {len(rows)}" in text[1] and f"{len(rows)} downloading" in text[0]
+    finally:
+        devserver.release("all")

@@ -203,3 +203,15 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit_in_a_process_started_wi
             "resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)); print(host.raise_open_file_limit())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.split() == ["48"]  # a hard limit is the user's: kept, and the mount warns
+
+
+def test_a_missing_fusermount3_is_named_for_a_user_who_is_not_root(tmp_path) -> None:
+    device = tmp_path / "fuse"
+    device.write_text("")  # readable and writable: the device is not the cause here
+    problem = host.fuse_access_problem(device=str(device), search=str(tmp_path), euid=1000, platform="linux")
+    assert problem == ("fusermount3 is missing: a user who is not root mounts through it "
+                       "(Debian/Ubuntu: sudo apt install fuse3; Fedora: sudo dnf install fuse3)")
+    assert host.fuse_access_problem(device=str(device), search=str(tmp_path), euid=0, platform="linux") is None
+    assert host.fuse_access_problem(device=str(tmp_path / "none"), platform="darwin") is None
+    assert host.fuse_access_problem(device=str(tmp_path / "none"), platform="linux") == (
+        f"{tmp_path / 'none'} does not exist: the fuse kernel module is not loaded (sudo modprobe fuse)")

@@ -36,11 +36,13 @@ class DevServer:
         faults: Mapping[str, Mapping[str, object]] | None = None,
         log: Path | None = None,
         host: str = "127.0.0.1",
+        tls: Path | None = None,
     ) -> None:
         self.root = Path(root)
         self.tokens = tuple(tokens)
         self.token_file = token_file
         self.host = host
+        self.tls = tls  # a PEM (certificate and key): HTTPS; its test controls (release, held) are then not usable
         self._tmp = tempfile.TemporaryDirectory(prefix="devserver-")
         self.workdir = Path(self._tmp.name)
         self.faults_file = self.workdir / "faults.json"
@@ -62,6 +64,8 @@ class DevServer:
             cmd += ["--token", token]
         if self.token_file is not None:
             cmd += ["--token-file", str(self.token_file)]
+        if self.tls is not None:
+            cmd += ["--tls", str(self.tls)]
         return cmd
 
     def _environment(self) -> dict[str, str]:
@@ -80,7 +84,7 @@ class DevServer:
             self._proc = subprocess.Popen(self._command(port_file), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                           env=self._environment())
         self.port = self._wait_for_port(port_file, timeout)
-        self.url = base_url(self.host, self.port)
+        self.url = base_url(self.host, self.port, "https" if self.tls is not None else "http")
         return self
 
     def _wait_for_port(self, port_file: Path, timeout: float) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Sequence
@@ -44,6 +45,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--faults", type=Path, help="JSON faults file, re-read per request")
     p.add_argument("--log", type=Path, help="append one JSON line per request here")
     p.add_argument("--port-file", type=Path, help="write the bound port here (atomically)")
+    p.add_argument("--tls", type=Path, metavar="PEM",
+                   help="serve HTTPS with the certificate and key in this PEM file (e.g. a self-signed one, to "
+                        "see what mixvfs says of a certificate it does not trust)")
     return p.parse_args(argv)
 
 
@@ -68,12 +72,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     state = ServerState(ServerConfig(root, tuple(args.token), args.token_file, args.faults, args.log))
     server = DevHTTPServer((args.host, args.port), state)
+    if args.tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls)
+        # The handshake in the handler's thread (its first read), not in accept: a client refusing the
+        # certificate must not hold up the loop that accepts the others.
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     # Handlers first: a caller may send SIGTERM the instant it learns the port.
     _install_stop_handlers(server)
     port = int(server.server_address[1])
     if args.port_file:
         write_atomic(args.port_file, str(port))
-    print(f"listening on {base_url(args.host, port)}", flush=True)
+    print(f"listening on {base_url(args.host, port, 'https' if args.tls else 'http')}", flush=True)
     try:
         server.serve_forever(poll_interval=0.1)
     finally:

@@ -13,25 +13,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mixvfs.cache.errors import ConfigError, MixvfsError
-from mixvfs.vfs.commands import config, output
+from mixvfs.vfs.commands import config, exit_codes, output
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Status, format_report, has_problem, load_report
 from mixvfs.vfs.session.manifest import ManifestError
 
 if TYPE_CHECKING:  # imported where a command needs it: check-export, config, status start without httpx
     from mixvfs.vfs.fs import mount
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = exit_codes.OK, exit_codes.FAILED, exit_codes.USAGE
 
-DESCRIPTION = """mixvfs: mount a MixBoard session as a read-only folder, check it before an export, watch it,
+DESCRIPTION = f"""mixvfs: mount a MixBoard session as a read-only folder, check it before an export, watch it,
 unmount it. Each command's help (mixvfs COMMAND --help) describes it, with examples.
 
-Exit codes (every command):
-  0  ok
-  1  the command ran and something failed (a track failed in the report, unmount refused, ...)
-  2  bad input: manifest, flags, config file, mountpoint (missing, not empty, not mounted),
-     unusable cache/report/log path
-  3  preflight: the export will fail (a track is missing/unauthorized, not enough disk space)
-  4  preflight: could not check (the server is unreachable or answered 5xx)
+Exit codes (every command, and cachectl's):
+{exit_codes.help_text()}
 """
 MOUNT_TEXT = """Mount SESSION (the manifest MixBoard wrote) read-only at MOUNTPOINT, in the background. Local tracks
 pass through; cloud tracks are downloaded into the cache when read (and ahead of time, unless

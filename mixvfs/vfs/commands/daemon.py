@@ -73,6 +73,14 @@ class ReadyChannel:
         """The folder was reported live: from here on, the end of the FUSE loop is an unmount."""
         return self.sent is not None and "ok" in self.sent
 
+    def note(self, text: str) -> None:
+        """One line for the user, shown by the waiting ``mixvfs mount`` before the folder is live (what the
+        mount waits for, what the server said); also logged. Nothing is written once the channel is closed."""
+        log.warning("%s", text)
+        with self._lock:
+            if self.sent is None and self._fd is not None:
+                self._write(self._fd, {"note": text})
+
     def send(self, message: dict[str, object]) -> bool:
         """Write ``message`` and close, once; False (and nothing written) if it was already sent."""
         with self._lock:
@@ -82,15 +90,20 @@ class ReadyChannel:
             fd, self._fd = self._fd, None
         if fd is None:
             return True  # --foreground without a waiting parent: nothing to tell
+        try:
+            self._write(fd, message)
+        finally:
+            os.close(fd)
+        return True
+
+    @staticmethod
+    def _write(fd: int, message: dict[str, object]) -> None:
         data = (json.dumps(message) + "\n").encode()
         try:
             while data:
                 data = data[os.write(fd, data):]
         except OSError as exc:
             log.warning("could not tell the waiting mixvfs mount: %s", exc.strerror)
-        finally:
-            os.close(fd)
-        return True
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -149,7 +162,7 @@ def serve(options: MountOptions, ready_fd: int | None) -> int:
             check_mountpoint(options.mountpoint, allow_non_empty=options.allow_non_empty)
             check_paths(options, log_file=False)
             check_libfuse()
-            core, report, closers = open_session(session, options)
+            core, report, closers = open_session(session, options, say=ready.note)
     except MixvfsError as exc:
         ready.send({"error": str(exc)})
         log.error("%s", exc)
@@ -191,7 +204,9 @@ def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, 
             # it): it has unmounted the folder, which is what the signal asked for.
             log.info("stop signal: the FUSE loop ended (libfuse status %s) and the folder is unmounted", exc)
         else:
-            ready.send({"error": f"libfuse could not mount {options.mountpoint} ({exc}); see {options.log_file}"})
+            cause = host.fuse_access_problem()
+            ready.send({"error": f"cannot mount {options.mountpoint}: {cause}" if cause is not None else
+                        f"libfuse could not mount {options.mountpoint} ({exc}); see {options.log_file}"})
             status = 1
     except (Stopped, KeyboardInterrupt) as exc:  # a signal just before or just after the FUSE loop
         stopped(ready, exc)
@@ -212,11 +227,13 @@ def stopped(ready: ReadyChannel, exc: BaseException) -> None:
 
 
 def open_session(
-    session: Session, options: MountOptions
+    session: Session, options: MountOptions, say: Callable[[str], None] | None = None
 ) -> tuple[SessionFS, Report, list[Callable[[], None]]]:
+    """``say``: a line for the user while the folder is not live yet (the slow server waited for, the server
+    refusing the token or out of reach)."""
     # Every origin the token may travel to: the server and any absolute cloud URL of a track.
     runtime = open_runtime(options.runtime, origins=[session.server, *(t.cloud_url for t in session.tracks)])
-    tracks = build_tracks(session, http=runtime.http, index=runtime.index)
+    tracks = build_tracks(session, http=runtime.http, index=runtime.index, waiting=say)
     runtime.watch_team_stores(options.runtime.team_reset_after)
     report_path = options.report_path or default_report_path(runtime.store.root, session.name,
                                                                  history.key(options.mountpoint))
@@ -231,6 +248,9 @@ def open_session(
                      attr_timeout=options.attr_timeout, request_wait=options.bounds().request_wait)
     report.replace_records(core.initial_records())
     log_missing(tracks)
+    core.server.hear_listing(tracks)
+    if say is not None and (word := core.server.text(tracks)) is not None:
+        say(word)
     core.start_revalidating()  # while libfuse mounts: on a distant server, each round of questions is a round trip
 
     def apply(changed: Session) -> None:

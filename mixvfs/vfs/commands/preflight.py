@@ -12,29 +12,32 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mixvfs import host
 from mixvfs.cache.defaults import QUESTIONS
-from mixvfs.cache.errors import AuthRejected, ConfigError, FetchError, TransientError
+from mixvfs.cache.errors import AuthRejected, CertificateNotTrusted, ConfigError, FetchError, TransientError
 from mixvfs.cache.fetcher import Fetcher
 from mixvfs.cache.http import NO_TOKEN_HINT, HttpClient
 from mixvfs.cache.store import BlobStore
 from mixvfs.cache.token import TokenSource
 from mixvfs.cache.units import format_size
-from mixvfs.vfs.commands import config, output
+from mixvfs.vfs.commands import config, exit_codes, output
 from mixvfs.vfs.runtime import open_runtime
 from mixvfs.vfs.session.manifest import Session, load_manifest
 from mixvfs.vfs.session.tracks import Kind, Track, build_tracks
 
-EXIT_OK, EXIT_WILL_FAIL, EXIT_UNCHECKED = 0, 3, 4
+EXIT_OK, EXIT_WILL_FAIL, EXIT_UNCHECKED = exit_codes.OK, exit_codes.WILL_FAIL, exit_codes.UNCHECKED
 
 # Track states (JSON values); the table shows them with spaces.
 LOCAL_OK, CACHED, TO_DOWNLOAD = "local_ok", "cached", "to_download"
 UNREACHABLE, UNAUTHORIZED, MISSING = "unreachable", "unauthorized", "missing"
-FAILING = (UNAUTHORIZED, MISSING)
+UNTRUSTED = "untrusted"  # the server's TLS certificate was refused: no retry changes that
+FAILING = (UNAUTHORIZED, MISSING, UNTRUSTED)
 
 
 @dataclass
@@ -99,15 +102,22 @@ def check_track(track: Track, fetcher: Fetcher, http: HttpClient) -> TrackCheck:
 def classify(error: FetchError) -> str:
     if isinstance(error, AuthRejected):
         return UNAUTHORIZED
+    if isinstance(error, CertificateNotTrusted):
+        return UNTRUSTED
     if isinstance(error, TransientError):
         return UNREACHABLE  # down, busy or too slow now: we cannot tell whether the export would work
     return MISSING  # 404, 410, a refused range...: retrying will not help
 
 
+def downloads_of(checks: list[TrackCheck]) -> list[TrackCheck]:
+    """The tracks to download, one per URL: two tracks of one URL are one download and one blob."""
+    return list({c.location: c for c in reversed(checks) if c.state == TO_DOWNLOAD}.values())[::-1]
+
+
 def disk_check(cache_dir: Path, checks: list[TrackCheck], store: BlobStore, jobs: int) -> Disk:
     """What the export needs on the cache's disk: the bytes to download, bounded by the room left under
     ``max_size`` (older blobs are evicted beyond it) plus the downloads in flight (``jobs`` staging files)."""
-    sizes = [c.size or 0 for c in checks if c.state == TO_DOWNLOAD]
+    sizes = [c.size or 0 for c in downloads_of(checks)]
     to_download = sum(sizes)
     used = store.used_bytes()
     room = max(0, store.max_size - used)
@@ -138,7 +148,7 @@ def run_preflight(session: Session, settings: config.Settings) -> dict[str, Any]
                            housekeeping=False, tolerate_token_error=True)
     try:
         # The fetcher answers `cached` only: preflight starts no download.
-        tracks = build_tracks(session, http=runtime.http, index=runtime.index)
+        tracks = build_tracks(session, http=runtime.http, index=runtime.index, waiting=say_waiting)
         # One question per track, each a round trip: asked QUESTIONS at a time, not a few.
         with ThreadPoolExecutor(max_workers=QUESTIONS, thread_name_prefix="preflight") as pool:
             checks = list(pool.map(lambda t: check_track(t, runtime.fetcher, runtime.http), tracks))
@@ -150,12 +160,19 @@ def run_preflight(session: Session, settings: config.Settings) -> dict[str, Any]
     from mixvfs.vfs.adapter.libfuse import libfuse_problem
 
     result = summarize(session, checks, disk, token_state(runtime.tokens, runtime.token_error, checks),
-                       token_error=runtime.token_error, fuse_problem=libfuse_problem())
+                       token_error=runtime.token_error, fuse_problem=libfuse_problem() or host.fuse_access_problem())
     if team is not None:
         result["team_cache"] = team
         # Never a failed export (the bytes still come, from the origin), but never silently slower either.
         result["notes"] += [f"team cache {c['url']}: {c['store_detail']}" for c in team if c["stores"] is False]
+        result["notes"] += [f"team cache {c['url']} is down ({c['reason']}): the tracks come from the music "
+                            "service directly" for c in team if c["state"] == "down"]
     return result
+
+
+def say_waiting(text: str) -> None:
+    """On stderr (stdout may be JSON for a script): what preflight is waiting for while the server is slow."""
+    print(f"mixvfs: {text}", file=sys.stderr, flush=True)
 
 
 def short_detail(detail: str) -> str:
@@ -164,7 +181,7 @@ def short_detail(detail: str) -> str:
 
 def summarize(session: Session, checks: list[TrackCheck], disk: Disk, token: str,
               token_error: str | None = None, fuse_problem: str | None = None) -> dict[str, Any]:
-    downloads = [c for c in checks if c.state == TO_DOWNLOAD]
+    downloads = downloads_of(checks)
     # The way to set a token is said once, on the token line, not on every row.
     problems = [f"{c.name}: {c.state.replace('_', ' ')}" + (f" ({short_detail(c.detail)})" if c.detail else "")
                 for c in checks if c.state in (*FAILING, UNREACHABLE)]
@@ -226,7 +243,8 @@ def format_preflight(result: dict[str, Any]) -> str:
     lines.append(f"fuse:        {'ok' if result['fuse'] == 'ok' else 'NOT USABLE (see the problem below)'}")
     for cache in result.get("team_cache", []):
         stores = {True: "stores", False: "DOES NOT STORE", None: "stores: unknown"}[cache["stores"]]
-        lines.append(f"team cache:  {cache['url']} {cache['state']}, {stores}")
+        state = cache["state"] if cache["state"] == "up" else f"DOWN ({cache['reason']})"
+        lines.append(f"team cache:  {cache['url']} {state}, {stores}")
     lines += [f"note: {note}" for note in result["notes"]]
     lines += [f"problem: {problem}" for problem in result["problems"]]
     lines.append(f"verdict: {VERDICTS[result['verdict']]} (exit {result['exit_code']})")

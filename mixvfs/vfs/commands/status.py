@@ -16,6 +16,7 @@ from typing import Any
 from mixvfs import host
 from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.units import format_size
+from mixvfs.vfs.commands import exit_codes
 
 STATUS_XATTR = "user.mixvfs.status"
 
@@ -42,6 +43,8 @@ def server_wait_text(download: dict[str, Any]) -> str:
 def format_status(data: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(data.get("counts", {}).items()))
     lines = [f"session {data.get('session')!r}: {data.get('tracks')} tracks ({counts or 'none'})"]
+    if data.get("server"):
+        lines.append(f"server: {data['server']}")
     downloading = data.get("downloading", [])
     rate = sum(d.get("rate") or 0 for d in downloading)
     left = [d["total"] - d["available"] for d in downloading if d.get("total") is not None]
@@ -49,6 +52,10 @@ def format_status(data: dict[str, Any]) -> str:
     lines.append(f"downloading: {len(downloading)}{overall}")
     for d in downloading:
         total = d.get("total")
+        if d.get("state") == "pending" and not d.get("available"):  # queued: no bytes, maybe no size yet
+            of = f" ({format_size(total)})" if total else ""
+            lines.append(f"  {d.get('name')}: queued{of}{server_wait_text(d)}")
+            continue
         done = format_size(d.get("available", 0))
         share = f" of {format_size(total)} ({100 * d['available'] / total:.0f}%)" if total else ""
         speed = f", {format_size(int(d['rate']))}/s" if d.get("rate") else ""
@@ -99,31 +106,95 @@ def main(args: argparse.Namespace) -> int:
     if args.watch is None:
         data = read_status(mountpoint)
         show(data, as_json=args.json)
-        return 1 if data.get("failed_total") else 0
+        return outcome(data)
     return watch(mountpoint, max(0.1, args.watch), as_json=args.json)
+
+
+def outcome(data: dict[str, Any]) -> int:
+    """What a status says of the session: 1 once a track failed, else 0."""
+    return exit_codes.FAILED if data.get("failed_total") else exit_codes.OK
 
 
 def show(data: dict[str, Any], *, as_json: bool) -> None:
     print(json.dumps(data, ensure_ascii=False) if as_json else format_status(data), flush=True)
 
 
+class Watched:
+    """The last status a watch showed: what its exit code says when the watch ends."""
+
+    def __init__(self, mountpoint: Path) -> None:
+        self.mountpoint = mountpoint
+        self.last: dict[str, Any] | None = None
+
+    def read(self) -> dict[str, Any] | None:
+        """The status now; None once the mount has gone away after the watch saw it live."""
+        try:
+            self.last = read_status(self.mountpoint)
+        except ConfigError:
+            if self.last is None:
+                raise  # never live: the usual "not mounted" (exit 2), naming the last report
+            return None
+        return self.last
+
+    def ended(self) -> int:
+        """The mount went away (an unmount, a logout): say so, with the final report's word where it is known."""
+        assert self.last is not None
+        failed = self.last.get("failed_total", 0)
+        final = final_report(self.mountpoint)
+        if final is not None:
+            path, failed = final
+            print(f"mixvfs: the mount at {self.mountpoint} ended; {failed} track(s) failed (report: {path})",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"mixvfs: the mount at {self.mountpoint} ended", file=sys.stderr, flush=True)
+        return exit_codes.FAILED if failed else exit_codes.OK
+
+    def interrupted(self) -> int:
+        """Ctrl-C: the watch stops, the session's outcome so far stays its exit code (a script that watches
+        until Ctrl-C learns whether a track failed, as from `mixvfs status`)."""
+        return outcome(self.last) if self.last is not None else exit_codes.OK
+
+
+def final_report(mountpoint: Path) -> tuple[Path, int] | None:
+    """The report the ended mount left (found through the state folder) and how many tracks it says failed."""
+    from mixvfs.vfs.fs.history import recall
+    from mixvfs.vfs.fs.report import FAILED_STATUSES, load_report
+
+    last = recall(mountpoint)
+    if last is None:
+        return None
+    try:
+        tracks = load_report(last.report).get("tracks", [])
+    except (OSError, ValueError):
+        return None
+    return last.report, sum(1 for t in tracks if isinstance(t, dict) and t.get("status") in FAILED_STATUSES)
+
+
 def watch(mountpoint: Path, interval: float, *, as_json: bool) -> int:
     """Refresh until Ctrl-C or the mount goes away: in place on a terminal, one block (or JSON line) per
-    refresh otherwise (a log or a pipe)."""
+    refresh otherwise (a log or a pipe). Either way the exit code is the session's: 1 if a track failed."""
+    watched = Watched(mountpoint)
     if as_json or not sys.stdout.isatty():
         try:
-            while True:
-                show(read_status(mountpoint), as_json=as_json)
+            while (data := watched.read()) is not None:
+                show(data, as_json=as_json)
                 time.sleep(interval)
         except KeyboardInterrupt:
-            return 0
+            return watched.interrupted()
+        return watched.ended()
     from rich.live import Live
     from rich.text import Text
 
+    first = watched.read()
+    assert first is not None
     try:
-        with Live(Text(format_status(read_status(mountpoint))), refresh_per_second=4) as live:
+        with Live(Text(format_status(first)), refresh_per_second=4) as live:
             while True:
                 time.sleep(interval)
-                live.update(Text(format_status(read_status(mountpoint))))
+                data = watched.read()
+                if data is None:
+                    break
+                live.update(Text(format_status(data)))
     except KeyboardInterrupt:
-        return 0
+        return watched.interrupted()
+    return watched.ended()

@@ -8,15 +8,21 @@ import time
 
 from mixvfs.cache.download import Download, State
 from mixvfs.cache.fetcher import Fetcher
-from mixvfs.vfs.fs.report import FAILED_STATUSES, Report
+from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status
 from mixvfs.vfs.session.tracks import Track
 
+DOWNLOADING = "downloading"  # a count of status's header: the tracks its downloading rows list
 MAX_STATUS_FAILURES = 100  # an xattr value is at most 64 KiB on Linux: list this many failures, count the rest
 
 
-def live_status(tracks: list[Track], fetcher: Fetcher, report: Report) -> dict[str, object]:
-    status: dict[str, object] = {"session": report.session, **report_summary(report),
-                                 "downloading": downloading(tracks, fetcher)}
+def live_status(tracks: list[Track], fetcher: Fetcher, report: Report, *,
+                server: str | None = None) -> dict[str, object]:
+    rows = downloading(tracks, fetcher)
+    status: dict[str, object] = {"session": report.session,
+                                 **report_summary(report, downloading_ids={str(r["id"]) for r in rows}),
+                                 "downloading": rows}
+    if server is not None:  # the music service refuses the token, or cannot be reached (vfs/fs/server_word.py)
+        status["server"] = server
     waits = fetcher.http.waits.active()
     if waits:  # an origin that answered 429/503 with Retry-After: nothing is asked of it until then
         status["server_waits"] = waits
@@ -28,30 +34,34 @@ def live_status(tracks: list[Track], fetcher: Fetcher, report: Report) -> dict[s
 
 
 def downloading(tracks: list[Track], fetcher: Fetcher) -> list[dict[str, object]]:
-    """The downloads waiting or running, each under the name of the first track it is the bytes of."""
-    names: dict[str, str] = {}
-    for track in tracks:
-        if track.source is not None:
-            names.setdefault(track.source.ident, track.name)
+    """One row per track whose download is queued or running (tracks sharing a source share its numbers), in
+    session order: the header's "downloading" count is these rows."""
+    active = {d.source.ident: d for d in fetcher.active() if d.state in (State.PENDING, State.FETCHING)}
+    if not active:
+        return []
     now = time.monotonic()
-    return [download_status(d, names.get(d.source.ident, d.source.label), now)
-            for d in fetcher.active() if d.state in (State.PENDING, State.FETCHING)]
+    return [download_status(active[t.source.ident], t, now) for t in tracks
+            if t.source is not None and t.source.ident in active]
 
 
-def download_status(d: Download, name: str, now: float) -> dict[str, object]:
-    return {"name": name, "available": d.available, "total": d.total, "attempts": d.attempts,
-            "state": d.state.value, **({"via": d.via} if d.via else {}),
+def download_status(d: Download, track: Track, now: float) -> dict[str, object]:
+    return {"id": track.id, "name": track.name, "available": d.available, "total": d.total,
+            "attempts": d.attempts, "state": d.state.value, **({"via": d.via} if d.via else {}),
             **({"server_wait": math.ceil(wait)} if (wait := d.server_wait_left()) is not None else {}),
             "rate": d.available / (now - d.started) if d.started and now > d.started else None}
 
 
-def report_summary(report: Report) -> dict[str, object]:
-    """The tracks counted by status, and the failures (the first MAX_STATUS_FAILURES of them named)."""
+def report_summary(report: Report, downloading_ids: set[str] | frozenset[str] = frozenset()) -> dict[str, object]:
+    """The tracks counted by status — a track whose download is queued or running counted as "downloading",
+    as many as the rows that list them — and the failures (the first MAX_STATUS_FAILURES of them named)."""
     records = report.records()
     counts: dict[str, int] = {}
     failed = []
     for record in records:
-        counts[record.status] = counts.get(record.status, 0) + 1
+        shown = DOWNLOADING if record.id in downloading_ids else str(record.status)
+        if shown == Status.FETCHING:  # the report says so a moment before or after the fetcher: neither lists it
+            shown = str(Status.PENDING)
+        counts[shown] = counts.get(shown, 0) + 1
         if record.status in FAILED_STATUSES:
             failed.append({"name": record.name, "error": record.error})
     return {"tracks": len(records), "counts": counts, "failed": failed[:MAX_STATUS_FAILURES],

@@ -220,6 +220,8 @@ def _stop_signals_cancel() -> Iterator[None]:
 
 
 def _read_ready(fd: int, child: subprocess.Popen[bytes]) -> dict[str, object]:
+    """The daemon's word: "ok" or an error, the last line; lines before it are notes for the user (what the
+    mount waits for, what the server said), shown as they come."""
     deadline = time.monotonic() + READY_TIMEOUT
     data = b""
     while time.monotonic() < deadline:
@@ -229,8 +231,12 @@ def _read_ready(fd: int, child: subprocess.Popen[bytes]) -> dict[str, object]:
             if not chunk:
                 break
             data += chunk
-            if data.endswith(b"\n"):
-                return dict(json.loads(data))
+            while b"\n" in data:
+                line, data = data.split(b"\n", 1)
+                message = dict(json.loads(line))
+                if "note" not in message:
+                    return message
+                print(f"mixvfs: {message['note']}", file=sys.stderr, flush=True)
     child.poll()
     if child.returncode is None:
         child.terminate()

@@ -48,6 +48,7 @@ from mixvfs.vfs.fs.pages import PageTable, Version, blob_key, download_key
 from mixvfs.vfs.fs.prefetch import Prefetcher
 from mixvfs.vfs.fs.recorder import Recorder
 from mixvfs.vfs.fs.report import Report, Status, TrackRecord
+from mixvfs.vfs.fs.server_word import ServerWord
 from mixvfs.vfs.fs.sizes import learn_sizes
 from mixvfs.vfs.session.tracks import Kind, Track, by_source, local_problem
 
@@ -89,6 +90,7 @@ class SessionFS:
         self.mtime = mtime
         self.report = report
         self.recorder = Recorder(report, fetcher, failed_for=failed_for, now=now)
+        self.server = ServerWord(lambda t: t.source is not None and fetcher.cached(t.source) is not None)
         self.attr_timeout = attr_timeout  # how long the kernel keeps an answer of ours about a file
         # Tracks of unknown size answered as 0 bytes from a remembered failure: until when the kernel may hold
         # that 0 (their opens fail until then, so no size-driven copier ever copies 0 bytes of them).
@@ -160,7 +162,7 @@ class SessionFS:
 
     def live_status(self) -> dict[str, object]:
         """What ``mixvfs status`` shows (the root's ``user.mixvfs.status``): downloads in flight and failures."""
-        return live_status(self.tracks, self.fetcher, self.report)
+        return live_status(self.tracks, self.fetcher, self.report, server=self.server.text(self.tracks))
 
     def names(self) -> list[str]:
         self.foreground.touch()
@@ -580,6 +582,8 @@ class SessionFS:
     # -- events --------------------------------------------------------------------------------------
 
     def _on_download_event(self, download: Download, event: Event) -> None:
+        if event in (Event.DONE, Event.FAILED):
+            self.server.hear(download.error if event is Event.FAILED else None)
         if event is Event.DONE and download.digest is not None:
             self.pages.relabel(download_key(download), blob_key(download.digest))
         for track in self._by_ident.get(download.source.ident, []):

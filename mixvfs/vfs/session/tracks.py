@@ -11,12 +11,15 @@ import os
 import queue
 import stat
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-from mixvfs.cache.defaults import QUESTIONS
-from mixvfs.cache.errors import FetchError
+from mixvfs.cache.defaults import QUESTIONS, SLOW_SERVER_NOTICE
+from mixvfs.cache.errors import FetchError, StallTimeout
 from mixvfs.cache.remote import RemoteInfo, Source
 from mixvfs.vfs.session import sniff
 from mixvfs.vfs.session.manifest import Session, TrackSpec
@@ -52,6 +55,7 @@ class Track:
     probe_failure: FetchError | None = None  # what the server said when we asked at mount time (its reason)
     remote: RemoteInfo | None = None
     validated: bool = False  # the server named this very version (its ETag is in ``source``) as it was listed
+    answered: bool = False  # the server answered about it as it was listed (its size, its type)
 
     @property
     def id(self) -> str:
@@ -71,6 +75,7 @@ class Draft:
     probe_failure: FetchError | None = None
     remote: RemoteInfo | None = None
     validated: bool = False
+    answered: bool = False
     source: Source | None = None
     ext: str | None = None
 
@@ -80,7 +85,7 @@ class Draft:
 
     def track(self, name: str) -> Track:
         return Track(self.spec, self.kind, name, self.size, self.mtime, self.ext, self.source, self.local_path,
-                     self.reason, self.probe_failure, self.remote, self.validated)
+                     self.reason, self.probe_failure, self.remote, self.validated, self.answered)
 
 
 def by_source(tracks: list[Track]) -> dict[str, list[Track]]:
@@ -130,16 +135,19 @@ PROBE_DEADLINE = 10.0
 
 
 def build_tracks(session: Session, *, http: HttpClient | None, index: SourceIndex | None,
-                 questions: int = QUESTIONS, deadline: float = PROBE_DEADLINE) -> list[Track]:
+                 questions: int = QUESTIONS, deadline: float = PROBE_DEADLINE,
+                 waiting: Callable[[str], None] | None = None) -> list[Track]:
     """``http`` None: the server is not asked (what it said last time comes from ``index``, if any: no
     cache at all means no index, as for ``mixvfs check-export`` on a machine that never mounted).
     The server is asked for at most ``deadline`` seconds in all: a track it has not answered for by then is
-    treated as one it could not answer for (its size asked again in the background, and at lookup)."""
+    treated as one it could not answer for (its size asked again in the background, and at lookup), a
+    transient failure (too slow now, not missing). ``waiting`` is told, once, what is being waited for when
+    the answers take longer than ``SLOW_SERVER_NOTICE``."""
     tracks = [classify(spec, session.mtime) for spec in session.tracks]  # then frozen, once named
     cloud = [t for t in tracks if t.kind is Kind.CLOUD]
     needs_server = [t for t in cloud if t.size is None or _static_ext(t) is None]
     if needs_server and http is not None and index is not None:
-        _probe_all(needs_server, http, index, questions, deadline)
+        _probe_all(needs_server, http, index, questions, deadline, waiting)
     for track in needs_server:
         if track.remote is None and index is not None:
             track.remote = index.remote(track.spec.cloud_url or "")  # server down: what it said last time
@@ -155,7 +163,8 @@ def _static_ext(track: Draft) -> str | None:
                             stream_path=spec.stream_path, server_content_type=None, head=None)
 
 
-def _probe_all(tracks: list[Draft], http: HttpClient, index: SourceIndex, questions: int, deadline: float) -> None:
+def _probe_all(tracks: list[Draft], http: HttpClient, index: SourceIndex, questions: int, deadline: float,
+               waiting: Callable[[str], None] | None = None) -> None:
     """Ask the server about ``tracks``, a few at a time, for at most ``deadline`` seconds. The answers are
     applied here, in the calling thread: a probe still running at the deadline changes no track. The askers
     are daemon threads (not a ThreadPoolExecutor, whose threads the interpreter joins at exit): a stop
@@ -179,8 +188,12 @@ def _probe_all(tracks: list[Draft], http: HttpClient, index: SourceIndex, questi
 
     for number in range(min(len(tracks), questions)):
         threading.Thread(target=asker, name=f"probe-{number}", daemon=True).start()
+    started = time.monotonic()
     with all_in:
-        all_in.wait_for(lambda: len(answers) == len(tracks), timeout=deadline)
+        all_in.wait_for(lambda: len(answers) == len(tracks), timeout=min(deadline, SLOW_SERVER_NOTICE))
+        if len(answers) < len(tracks) and waiting is not None:
+            waiting(slow_server_text(tracks, len(tracks) - len(answers), deadline))
+        all_in.wait_for(lambda: len(answers) == len(tracks), timeout=max(0.0, deadline - (time.monotonic() - started)))
         got = dict(answers)
     while True:  # the ones not started yet are never asked now
         try:
@@ -195,7 +208,15 @@ def _probe_all(tracks: list[Draft], http: HttpClient, index: SourceIndex, questi
                     "them: each size is asked again in the background, and when a program looks", len(late),
                     deadline)
         for track in late:
-            _apply(track, FetchError(f"the server did not answer within {deadline:g} s at mount"))
+            _apply(track, StallTimeout(f"the server did not answer within {deadline:g} s"))
+
+
+def slow_server_text(tracks: list[Draft], unanswered: int, deadline: float) -> str:
+    """What a command waits for while the server is slow to answer about the tracks it must ask about."""
+    hosts = sorted({urlsplit(t.spec.cloud_url or "").netloc.rpartition("@")[2] for t in tracks})
+    where = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3} more" if len(hosts) > 3 else "")
+    return (f"waiting for {where} to answer about {unanswered} track(s) whose size or format the manifest does "
+            f"not give (at most {deadline:g} s in all; tracks still unanswered then are asked again later)")
 
 
 def _ask(track: Draft, http: HttpClient, index: SourceIndex) -> RemoteInfo | FetchError:
@@ -223,6 +244,7 @@ def _apply(track: Draft, answer: RemoteInfo | FetchError) -> None:
         log.info("cannot ask the server about %s: %s", track.spec.label, answer.reason)
         return
     track.remote = answer
+    track.answered = True
     track.validated = True  # asked live; it counts only if the source identity carries the ETag (_finish)
 
 
