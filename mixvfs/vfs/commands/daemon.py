@@ -24,7 +24,7 @@ from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.runtime import open_runtime
 from mixvfs.vfs.session.live import ManifestWatcher
 from mixvfs.vfs.session.manifest import Session, load_manifest
-from mixvfs.vfs.session.tracks import Kind, Track, build_tracks
+from mixvfs.vfs.session.tracks import Kind, Track, build_tracks, remember_names
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,7 @@ def open_session(
     # Every origin the token may travel to: the server and any absolute cloud URL of a track.
     runtime = open_runtime(options.runtime, origins=[session.server, *(t.cloud_url for t in session.tracks)])
     tracks = build_tracks(session, http=runtime.http, index=runtime.index)
+    remember_names(runtime.index, session.name, tracks)
     runtime.watch_team_stores(options.runtime.team_reset_after)
     report_path = options.report_path or default_report_path(runtime.store.root, session.name,
                                                                  history.key(options.mountpoint))
@@ -228,6 +229,7 @@ def open_session(
 
     def apply(changed: Session) -> None:
         fresh = build_tracks(changed, http=runtime.http, index=runtime.index)
+        remember_names(runtime.index, changed.name, fresh)
         core.reload(fresh, mtime=changed.mtime)
         log_missing(fresh)
 

@@ -30,7 +30,7 @@ from mixvfs.vfs.fs.recorder import Recorder
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, default_report_path, format_report
 from mixvfs.vfs.runtime import Runtime
 from mixvfs.vfs.session.manifest import Session
-from mixvfs.vfs.session.tracks import Track, build_tracks, by_source
+from mixvfs.vfs.session.tracks import Track, build_tracks, by_source, remember_names
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 FINAL = (Status.LOCAL, Status.CACHED, Status.FAILED, Status.MISSING)
@@ -114,6 +114,7 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
     unsubscribe = fetcher.subscribe(on_event)
     try:
         tracks += build_tracks(session, http=runtime.http, index=runtime.index)
+        remember_names(runtime.index, session.name, tracks)
         sources.update(by_source(tracks))
         report.replace_records(recorder.initial_records(tracks))
         records = report.snapshot()["tracks"]

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mixvfs.cache.defaults import QUESTIONS
-from mixvfs.cache.errors import FetchError
-from mixvfs.cache.remote import RemoteInfo, Source
+from mixvfs.cache.errors import CacheError, FetchError
+from mixvfs.cache.remote import RemoteInfo, Seen, Source
 from mixvfs.vfs.session import sniff
 from mixvfs.vfs.session.manifest import Session, TrackSpec
 from mixvfs.vfs.session.naming import assign_names
@@ -90,6 +90,17 @@ def by_source(tracks: list[Track]) -> dict[str, list[Track]]:
         if track.source is not None:
             found.setdefault(track.source.ident, []).append(track)
     return found
+
+
+def remember_names(index: SourceIndex, session_name: str, tracks: list[Track]) -> None:
+    """Tell the cache's index the name and session each cached track is seen under now (a mount, a warm, a
+    pin): ``cachectl`` speaks in these names. A convenience: a cache that refuses it is said once in the log,
+    and nothing else changes."""
+    seen = {t.source.ident: Seen(t.name, session_name) for t in tracks if t.source is not None}
+    try:
+        index.remember_seen(seen)
+    except CacheError as exc:
+        log.warning("the cache could not keep the tracks' names: %s", exc)
 
 
 def local_problem(path: Path) -> tuple[str | None, os.stat_result | None]:
