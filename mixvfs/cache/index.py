@@ -42,6 +42,7 @@ SRC = "src:"
 HEAD = "head:"
 SEEN = "seen:"
 PIN = "pin:"
+NAMES_BATCH = 500  # names written per transaction
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,12 @@ class IndexCache(CheckedCache):
         """Every row's key, tag and time of writing, in one query (the sweep's input)."""
         rows = self._query("SELECT key, tag, store_time FROM Cache WHERE raw = 1")
         return [(str(key), tag if isinstance(tag, str) else None, float(stored)) for key, tag, stored in rows]
+
+    def source_digests(self) -> list[tuple[str, str]]:
+        """Every source identity with its digest (the row's tag), in one range query on the key index."""
+        rows = self._query("SELECT key, tag FROM Cache WHERE raw = 1 AND key >= ? AND key < ? AND tag IS NOT NULL",
+                           (SRC, "src;"))
+        return [(str(key)[len(SRC):], str(tag)) for key, tag in rows]
 
     def values(self, prefix: str) -> dict[str, Any]:
         """Every row under ``prefix`` with its value, in one query (``get`` per key is a query each: a mount of
@@ -149,20 +156,28 @@ class SourceIndex:
     # -- names ---------------------------------------------------------------------------------------
 
     @cache_errors("remembering track names")
-    def remember_seen(self, seen: Mapping[str, Seen]) -> int:
+    def remember_seen(self, seen: Mapping[str, Seen], *, stop: Callable[[], bool] = lambda: False) -> int:
         """Remember the name and session of each cached source identity in ``seen`` (others are skipped: a
-        name is kept only for what the cache holds); only rows that changed are written, in one
-        transaction. Returns how many were written."""
+        name is kept only for what the cache holds); only rows that changed are written, ``NAMES_BATCH`` to a
+        transaction (a download's commit waits for the write lock at most one batch), until ``stop`` says.
+        Returns how many were written."""
         if not seen:
             return 0
-        cached = self.source_idents() if len(seen) > 1 else {i for i in seen if self._get(SRC + i) is not None}
-        known = self._db.values(SEEN) if len(seen) > 1 else {i: self._get(SEEN + i) for i in seen}
-        changed = {ident: asdict(s) for ident, s in seen.items() if ident in cached and known.get(ident) != asdict(s)}
-        if changed:
+        if len(seen) == 1:
+            cached = {i for i in seen if self._get(SRC + i) is not None}
+            known = {i: self._get(SEEN + i) for i in seen}
+        else:
+            cached, known = self.source_idents(), self._db.values(SEEN)
+        changed = [(ident, asdict(s)) for ident, s in seen.items() if ident in cached and known.get(ident) != asdict(s)]
+        written = 0
+        for start in range(0, len(changed), NAMES_BATCH):
+            if stop():
+                break
             with self._db.transact():
-                for ident, value in changed.items():
+                for ident, value in changed[start:start + NAMES_BATCH]:
                     self._db.set(SEEN + ident, value)
-        return len(changed)
+                    written += 1
+        return written
 
     @cache_errors("reading track names")
     def seen(self) -> dict[str, Seen]:
@@ -210,15 +225,23 @@ class SourceIndex:
                 names.extend(s for s in by_url[url] if s not in names)
         return found
 
+    @cache_errors("reading the pins")
+    def pinned_set(self) -> set[str]:
+        """The digests of every pinned session, without their names: what each eviction spares."""
+        urls = {url for pin in self.pins() for url in pin.urls}
+        if not urls:
+            return set()
+        return {digest for ident, digest in self._db.source_digests() if url_of(ident) in urls}
+
     @cache_errors("reading the index")
     def digests_of_urls(self, urls: Collection[str]) -> dict[str, set[str]]:
         """URL -> the digests its source rows map to (any version), for the URLs in ``urls`` that have one."""
         found: dict[str, set[str]] = {}
         if not urls:
             return found
-        for key, tag, _ in self._db.rows():
-            if tag is not None and key.startswith(SRC) and (url := url_of(key[len(SRC):])) in urls:
-                found.setdefault(url, set()).add(tag)
+        for ident, digest in self._db.source_digests():
+            if (url := url_of(ident)) in urls:
+                found.setdefault(url, set()).add(digest)
         return found
 
     # -- what servers said -----------------------------------------------------------------------------

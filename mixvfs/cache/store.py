@@ -372,8 +372,8 @@ class BlobStore:
             return []  # the common case, answered from diskcache's running total: no table scan per commit
         with self._evict_lock:
             infos = self.infos()
-            pinned = self.index.pinned_digests()
-            chosen = victims(infos, limit=limit, protect=frozenset(protect) | pinned.keys())
+            pinned = self.index.pinned_set()
+            chosen = victims(infos, limit=limit, protect=frozenset(protect) | pinned)
             self._remove(chosen)
             self._warn_if_pins_exceed(infos, pinned, limit)
             return chosen
@@ -413,8 +413,8 @@ class BlobStore:
                          clamped)
             infos = self.infos()
             cutoff = ttl_reference(infos, now) - (self.max_age if max_age is None else max_age)
-            pinned = self.index.pinned_digests()
-            chosen = victims(infos, limit=limit, cutoff=cutoff, protect=pinned.keys())
+            pinned = self.index.pinned_set()
+            chosen = victims(infos, limit=limit, cutoff=cutoff, protect=pinned)
             if warn:
                 self._warn_if_pins_exceed(infos, pinned, limit)
             if not dry_run:
