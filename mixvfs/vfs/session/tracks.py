@@ -121,8 +121,10 @@ class NameKeeper:
                                         name="names", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        self._stop.set()
+    def close(self, *, finish: bool = False) -> None:
+        """Stop writing and wait for the thread; ``finish``: let it write every name first (a warm ending)."""
+        if not finish:
+            self._stop.set()
         if self._thread is not None:
             self._thread.join()
 
