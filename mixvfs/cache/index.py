@@ -1,6 +1,6 @@
 """The source index: which digest holds the bytes of a source, and what the server last said about it.
 
-Two kinds of record, JSON values in a diskcache (:class:`mixvfs.cache.disk.JsonDisk`, never pickles):
+Four kinds of record, JSON values in a diskcache (:class:`mixvfs.cache.disk.JsonDisk`, never pickles):
 
 * ``src:<identity>`` -> ``{"digest", "size", "content_type", "etag", "last_modified"}`` — a source
   identity is the URL plus the version the server gave (ETag, else size); the entry keeps the validators of
@@ -18,7 +18,7 @@ Two kinds of record, JSON values in a diskcache (:class:`mixvfs.cache.disk.JsonD
   it changed (:meth:`SourceIndex.remember_seen`);
 * ``pin:<manifest path>`` -> ``{"session", "urls"}`` — a session pinned by ``cachectl pin``: the blobs its
   URLs map to (whatever version of them is stored) are never chosen by eviction or prune
-  (:meth:`SourceIndex.pinned_digests`), until ``cachectl unpin``. By URL, not identity: a track whose
+  (:meth:`SourceIndex.pinned_set`), until ``cachectl unpin``. By URL, not identity: a track whose
   server copy changed and was downloaded again stays pinned.
 
 The index stays bounded: ``src:`` rows leave with their blob, ``seen:`` rows with their source's rows (the
@@ -263,11 +263,11 @@ class SourceIndex:
     @cache_errors("pruning the index")
     def prune(self, *, cutoff: float, blobs: Callable[[], Collection[str]]) -> int:
         """Drop ``head:`` rows last written before ``cutoff``, ``src:`` rows whose blob is gone and ``seen:`` rows
-        whose source is no longer cached; returns
-        how many rows went. The blob store removes a blob's rows as it removes the blob; this sweep catches
-        what that cannot: rows of a process that raced a removal, damaged (untagged) rows. ``blobs`` (the
-        stored digests) is asked after the rows are listed: a blob is committed before its row is written, so
-        every listed row whose blob exists finds it there."""
+        whose source is no longer cached; returns how many rows went. The blob store removes a blob's rows as it
+        removes the blob; this sweep catches what that cannot: rows of a process that raced a removal, damaged
+        (untagged) rows, names of sources gone. ``blobs`` (the stored digests) is asked after the rows are
+        listed: a blob is committed before its row is written, so every listed row whose blob exists finds it
+        there."""
         rows = self._db.rows()
         live = blobs()
         sources = {key[len(SRC):] for key, tag, _ in rows if key.startswith(SRC) and not self._orphan(tag, live)}

@@ -218,7 +218,7 @@ def stats(store: BlobStore) -> dict[str, Any]:
     pinned_bytes = sum(size for digest, size in sizes.items() if digest in pinned)
     sessions = []
     for one in pins:
-        held = [d for d, names in pinned.items() if one.session in names and d in sizes]
+        held = [d for d in store.index.pinned_digests([one]) if d in sizes]  # by the pin, not its name (may repeat)
         sessions.append({"session": one.session, "manifest": one.key, "tracks": len(one.urls), "blobs": len(held),
                          "bytes": sum(sizes[d] for d in held)})
     total = sum(sizes.values())
@@ -278,7 +278,7 @@ def format_stats(s: dict[str, Any]) -> str:
 
 
 def format_listing(rows: list[dict[str, Any]]) -> str:
-    width = max([len(named(row)) for row in rows] + [4])
+    width = max([len(named(row)) for row in rows] + [len("NAME (SESSION)")])
     lines = [f"{'NAME (SESSION)':<{width}}  {'SIZE':>10}  {'LAST USE':<20}  {'PINNED BY':<12}  {'DIGEST':<32}  SOURCES"]
     for row in rows:
         sources = ", ".join(row["sources"]) or "-"
