@@ -125,3 +125,22 @@ def digest_of(path: Path) -> str:
         return hash_fd(fd, size=path.stat().st_size)
     finally:
         os.close(fd)
+
+
+def test_unpin_by_a_name_two_pins_share_asks_for_the_manifest(tmp_path, server_root, devserver):
+    friday, _ = sessions(tmp_path, server_root, devserver.url)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    twin = copy / "friday.json"
+    twin.write_text(friday.read_text())  # another manifest, the same session name
+    cache = tmp_path / "cache"
+    for manifest in (friday, twin):
+        assert cachectl(cache, "pin", str(manifest)).returncode == 0
+    ambiguous = cachectl(cache, "unpin", "Friday")
+    assert ambiguous.returncode == 2
+    assert ambiguous.stderr == (f"cachectl: 2 pinned sessions are named 'Friday': name one by its manifest: "
+                                f"{twin.resolve()}, {friday.resolve()}\n")
+    assert cachectl(cache, "unpin", str(twin)).returncode == 0
+    stats = json.loads(cachectl(cache, "stats", "--json").stdout)
+    assert [p["manifest"] for p in stats["pinned"]["sessions"]] == [str(friday.resolve())]
+    assert stats["pinned"]["blobs"] == 2
