@@ -1,7 +1,9 @@
 # Every target installs what it needs, so a fresh clone works with `make demo` / `make test`, in this order:
-#   1. `system`: Debian/Ubuntu packages with apt, as root or through sudo (python3-venv, libfuse 3 and 2,
-#      rsync, attr, flac, nginx-light, faketime; the list and why each is needed: tools/install_system.sh);
-#   2. $(VENV): a virtual environment made with $(PYTHON), holding mixvfs (editable) and its dev tools.
+#   1. `system`: Debian/Ubuntu packages with apt, as root or through sudo: what the demo needs (python3-venv,
+#      libfuse 3, attr); `system-test` adds what the tests need (libfuse 2, rsync, flac, nginx-light, faketime,
+#      ...); the lists and why each is needed: tools/install_system.sh;
+#   2. $(VENV): a virtual environment made with $(PYTHON), holding mixvfs (editable) and its dev tools. It is
+#      the user's who made it: run make as the user who works in the checkout (apt asks sudo for itself).
 SHELL := /bin/bash
 # Any Python >= 3.11 (pyproject.toml's requires-python), e.g. `make demo PYTHON=python3.12` where python3 is
 # older (Ubuntu 22.04's is 3.10).
@@ -10,7 +12,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fuse2 test-portable test-passthrough lint typecheck unit bench bench-wan system clean
+.PHONY: demo test test-fuse2 test-portable test-passthrough lint typecheck unit bench bench-wan system system-test \
+	venv-access clean
 
 demo: $(STAMP) system
 	$(PY) -m tools.demo
@@ -40,7 +43,7 @@ PORTABLE_MOUNT_TESTS := tests/mount/test_flow.py tests/mount/test_cli.py tests/m
 WORKERS ?= 4
 XDIST := -n $(WORKERS) --dist loadgroup
 
-test: lint typecheck system
+test: lint typecheck system-test
 	$(VENV)/bin/pytest -q $(XDIST)
 	FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q $(XDIST) $(FUSE2_TESTS)
 	@$(MAKE) --no-print-directory test-portable
@@ -62,10 +65,10 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --platform darwin mixvfs
 
-test-fuse2: $(STAMP) system
+test-fuse2: $(STAMP) system-test
 	FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q $(XDIST) $(FUSE2_TESTS)
 
-test-portable: $(STAMP) system
+test-portable: $(STAMP) system-test
 	$(PORTABLE) $(VENV)/bin/pytest -q $(XDIST) -p no:cacheprovider -m "not linux_facilities" tests/unit
 	$(PORTABLE) FUSE_LIBRARY_NAME=fuse $(VENV)/bin/pytest -q $(XDIST) -p no:cacheprovider \
 		-m "not linux_facilities" $(PORTABLE_MOUNT_TESTS)
@@ -74,7 +77,7 @@ test-portable: $(STAMP) system
 # Debian 13's fuse3 source into build/libfuse-3.17 (tools/build_libfuse.sh: seconds once built), loaded through
 # mfusepy's FUSE_LIBRARY_PATH; needs root. Under CI=true a failed build fails the lane; elsewhere it is skipped
 # with the cause (tests/passthrough/conftest.py likewise for a run without root).
-test-passthrough: $(STAMP) system
+test-passthrough: $(STAMP) system-test
 	@lib=$$(bash tools/build_libfuse.sh) || { \
 	  if [ "$$CI" = true ]; then echo "passthrough lane: building libfuse >= 3.17 failed" >&2; exit 1; fi; \
 	  echo "passthrough lane SKIPPED: building libfuse >= 3.17 failed (see above)" >&2; exit 0; }; \
@@ -82,31 +85,47 @@ test-passthrough: $(STAMP) system
 	FUSE_LIBRARY_PATH=$$lib $(VENV)/bin/pytest -q tests/passthrough
 
 bench: $(STAMP)
-	MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	@PYTHON=$(PYTHON) bash tools/install_system.sh bench
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
 # The export over an emulated internet link (root): network namespaces, tbf and a delay line (tools/wan/), nginx
 # as the origin, mixvfs beside aria2c, curl and rclone at 20, 80 and 150 ms, with and without random loss.
 # BENCH_ARGS=--quick for a few minutes' check. It removes its namespaces at the end, on Ctrl-C and on SIGTERM.
 bench-wan: $(STAMP)
-	MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh
+	@PYTHON=$(PYTHON) bash tools/install_system.sh bench
 	$(PY) -m tools.wan.bench $(BENCH_ARGS)
 
-# System packages: python3-venv for the venv, libfuse (3 and 2) for the mount, rsync/attr/flac/nginx for the tests,
-# rclone/curl/aria2c for the benchmarks.
+# System packages: python3-venv for the venv, libfuse 3 for the mount, attr for the demo's getfattr (`system`);
+# libfuse 2, rsync, flac, nginx, exfat, faketime, iproute2 and gcc for the tests (`system-test`); rclone, curl,
+# aria2c and bindfs for the benchmarks (`make bench`).
 system:
-	@PYTHON=$(PYTHON) bash tools/install_system.sh
+	@PYTHON=$(PYTHON) bash tools/install_system.sh demo
+
+system-test:
+	@PYTHON=$(PYTHON) bash tools/install_system.sh test
+
+# A .venv made by another user (root, by `sudo make`) cannot be written by this one, and pip, compileall and the
+# stamp would fail half-way with "Permission denied": say whose it is and what to do, before anything runs.
+venv-access:
+	@if [ -e $(VENV) ] && { [ ! -w $(VENV) ] || { [ -e $(VENV)/bin ] && [ ! -w $(VENV)/bin ]; }; }; then \
+	  echo "$(VENV) belongs to $$(stat -c %U $(VENV) 2>/dev/null || stat -f %Su $(VENV)), not to $$(id -un), who runs make:" \
+	    "run make as that user, or remove it (sudo rm -rf $(VENV) mixvfs.egg-info) and run make again as yourself" >&2; \
+	  exit 2; fi
 
 # After `system` (order-only: it changes no file make could compare), since the venv needs python3-venv.
 # A venv without pip (left by a `python3 -m venv` that failed for want of python3-venv) is made again.
-$(STAMP): pyproject.toml | system
+$(STAMP): pyproject.toml | system venv-access
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
 	  echo "mixvfs needs Python 3.11 or newer; $(PYTHON) is: $$(command -v $(PYTHON) >/dev/null && $(PYTHON) --version 2>&1 || echo not found)" >&2; \
 	  echo "Install one (or use pyenv/uv) and name it: make demo PYTHON=python3.11" >&2; exit 1; }
 	$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	@# The one message filtered: setuptools' "Editable installation" box (pip shows the build backend's warnings).
+	@# Our checkout holds tools/ and tests/ beside mixvfs/, so setuptools cannot put one plain folder on sys.path
+	@# and installs a finder for mixvfs alone, then warns that a folder named like the package in the working
+	@# directory could be imported instead: here that folder is the package itself. Other warnings still show.
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install -q -e '.[dev]'
 	@# Bytecode now, as pip writes it for an installed package: under PYTHONDONTWRITEBYTECODE an editable
 	@# install would compile our sources again at every start of every command (~30 ms each).
 	$(PY) -m compileall -q mixvfs >/dev/null

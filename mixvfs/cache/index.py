@@ -1,6 +1,6 @@
 """The source index: which digest holds the bytes of a source, and what the server last said about it.
 
-Two kinds of record, JSON values in a diskcache (:class:`mixvfs.cache.disk.JsonDisk`, never pickles):
+Four kinds of record, JSON values in a diskcache (:class:`mixvfs.cache.disk.JsonDisk`, never pickles):
 
 * ``src:<identity>`` -> ``{"digest", "size", "content_type", "etag", "last_modified"}`` — a source
   identity is the URL plus the version the server gave (ETag, else size); the entry keeps the validators of
@@ -12,22 +12,37 @@ Two kinds of record, JSON values in a diskcache (:class:`mixvfs.cache.disk.JsonD
   ``max_age`` (diskcache's ``store_time``) are dropped by :meth:`SourceIndex.prune`: the same rule as
   blobs, unused that long.
 
-The index stays bounded: ``src:`` rows leave with their blob, ``head:`` rows with age.
+* ``seen:<identity>`` -> ``{"name", "session"}`` — the file name ("Artist - Title.ext") and the session a
+  cached source was last seen under (by a mount, ``cachectl warm`` or ``pin``, or its download): what the
+  ``cachectl`` commands show first, before digests and URLs. Written only for cached sources, and only when
+  it changed (:meth:`SourceIndex.remember_seen`);
+* ``pin:<manifest path>`` -> ``{"session", "urls"}`` — a session pinned by ``cachectl pin``: the blobs its
+  URLs map to (whatever version of them is stored) are never chosen by eviction or prune
+  (:meth:`SourceIndex.pinned_set`), until ``cachectl unpin``. By URL, not identity: a track whose
+  server copy changed and was downloaded again stays pinned.
+
+The index stays bounded: ``src:`` rows leave with their blob, ``seen:`` rows with their source's rows (the
+sweep of :meth:`SourceIndex.prune`), ``head:`` rows with age; ``pin:`` rows only by ``cachectl unpin``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from mixvfs.cache.disk import CheckedCache, JsonDisk
+from mixvfs.cache.errors import CacheError
 from mixvfs.cache.folder import CacheFolder, cache_errors
-from mixvfs.cache.remote import RemoteInfo
+from mixvfs.cache.remote import RemoteInfo, Seen, url_of
 
 SRC = "src:"
 HEAD = "head:"
+SEEN = "seen:"
+PIN = "pin:"
+NAMES_BATCH = 500  # names written per transaction
 
 
 @dataclass(frozen=True)
@@ -41,13 +56,44 @@ class SourceEntry:
     last_modified: str | None = None
 
 
+@dataclass(frozen=True)
+class Pin:
+    """A pinned session: ``key`` its manifest's path, ``session`` its name, ``urls`` its cloud tracks'."""
+
+    key: str
+    session: str
+    urls: tuple[str, ...]
+    at: float
+
+
 class IndexCache(CheckedCache):
-    COLUMNS = frozenset({"key", "raw", "tag", "store_time"})
+    COLUMNS = frozenset({"key", "raw", "tag", "store_time", "mode", "filename", "value"})
 
     def rows(self) -> list[tuple[str, str | None, float]]:
         """Every row's key, tag and time of writing, in one query (the sweep's input)."""
         rows = self._query("SELECT key, tag, store_time FROM Cache WHERE raw = 1")
         return [(str(key), tag if isinstance(tag, str) else None, float(stored)) for key, tag, stored in rows]
+
+    def source_digests(self) -> list[tuple[str, str]]:
+        """Every source identity with its digest (the row's tag), in one range query on the key index."""
+        rows = self._query("SELECT key, tag FROM Cache WHERE raw = 1 AND key >= ? AND key < ? AND tag IS NOT NULL",
+                           (SRC, "src;"))
+        return [(str(key)[len(SRC):], str(tag)) for key, tag in rows]
+
+    def values(self, prefix: str) -> dict[str, Any]:
+        """Every row under ``prefix`` with its value, in one query (``get`` per key is a query each: a mount of
+        100 000 cached tracks compares their names in one pass). A value that does not decode is None."""
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # "seen:" .. "seen;": a range on the key index
+        rows = self._query("SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key >= ? AND key < ?",
+                           (prefix, upper))
+        disk = self._disk  # type: ignore[attr-defined]
+        found = {}
+        for key, mode, filename, value in rows:
+            try:
+                found[str(key)[len(prefix):]] = disk.fetch(mode, filename, value, False)
+            except (OSError, CacheError):
+                found[str(key)[len(prefix):]] = None
+        return found
 
 
 def open_index(path: str) -> IndexCache:
@@ -107,6 +153,97 @@ class SourceIndex:
                 result.setdefault(entry.digest, []).append(key[len(SRC):])
         return result
 
+    # -- names ---------------------------------------------------------------------------------------
+
+    @cache_errors("remembering track names")
+    def remember_seen(self, seen: Mapping[str, Seen], *, stop: Callable[[], bool] = lambda: False) -> int:
+        """Remember the name and session of each cached source identity in ``seen`` (others are skipped: a
+        name is kept only for what the cache holds); only rows that changed are written, ``NAMES_BATCH`` to a
+        transaction (a download's commit waits for the write lock at most one batch), until ``stop`` says.
+        Returns how many were written."""
+        if not seen:
+            return 0
+        if len(seen) == 1:
+            cached = {i for i in seen if self._get(SRC + i) is not None}
+            known = {i: self._get(SEEN + i) for i in seen}
+        else:
+            cached, known = self.source_idents(), self._db.values(SEEN)
+        changed = [(ident, asdict(s)) for ident, s in seen.items() if ident in cached and known.get(ident) != asdict(s)]
+        written = 0
+        for start in range(0, len(changed), NAMES_BATCH):
+            if stop():
+                break
+            with self._db.transact():
+                for ident, value in changed[start:start + NAMES_BATCH]:
+                    self._db.set(SEEN + ident, value)
+                    written += 1
+        return written
+
+    @cache_errors("reading track names")
+    def seen(self) -> dict[str, Seen]:
+        """Source identity -> the name and session it was last seen under."""
+        found = {}
+        for ident, data in self._db.values(SEEN).items():
+            if isinstance(data, dict) and isinstance(data.get("name"), str) and isinstance(data.get("session"), str):
+                found[ident] = Seen(data["name"], data["session"])
+        return found
+
+    # -- pins ------------------------------------------------------------------------------------------
+
+    @cache_errors("pinning a session")
+    def pin(self, key: str, session: str, urls: Iterable[str]) -> Pin:
+        pin = Pin(key, session, tuple(dict.fromkeys(urls)), time.time())
+        self._db.set(PIN + key, {"session": pin.session, "urls": list(pin.urls), "at": pin.at})
+        return pin
+
+    @cache_errors("unpinning a session")
+    def unpin(self, key: str) -> bool:
+        return bool(self._db.delete(PIN + key))
+
+    @cache_errors("reading the pins")
+    def pins(self) -> list[Pin]:
+        found = []
+        for key, data in sorted(self._db.values(PIN).items()):
+            if isinstance(data, dict) and isinstance(data.get("urls"), list):
+                found.append(Pin(key, str(data.get("session", key)), tuple(str(u) for u in data["urls"]),
+                                 float(data.get("at", 0.0))))
+        return found
+
+    @cache_errors("reading the pins")
+    def pinned_digests(self, pins: list[Pin] | None = None) -> dict[str, list[str]]:
+        """Digest -> the pinned sessions (names) holding it: the blobs eviction and prune must spare. One query
+        over the source rows (each tagged with its digest) and one over the pins."""
+        pins = self.pins() if pins is None else pins
+        by_url: dict[str, list[str]] = {}
+        for pin in pins:
+            for url in pin.urls:
+                by_url.setdefault(url, []).append(pin.session)
+        found: dict[str, list[str]] = {}
+        for url, digests in self.digests_of_urls(by_url).items():
+            for digest in digests:
+                names = found.setdefault(digest, [])
+                names.extend(s for s in by_url[url] if s not in names)
+        return found
+
+    @cache_errors("reading the pins")
+    def pinned_set(self) -> set[str]:
+        """The digests of every pinned session, without their names: what each eviction spares."""
+        urls = {url for pin in self.pins() for url in pin.urls}
+        if not urls:
+            return set()
+        return {digest for ident, digest in self._db.source_digests() if url_of(ident) in urls}
+
+    @cache_errors("reading the index")
+    def digests_of_urls(self, urls: Collection[str]) -> dict[str, set[str]]:
+        """URL -> the digests its source rows map to (any version), for the URLs in ``urls`` that have one."""
+        found: dict[str, set[str]] = {}
+        if not urls:
+            return found
+        for ident, digest in self._db.source_digests():
+            if (url := url_of(ident)) in urls:
+                found.setdefault(url, set()).add(digest)
+        return found
+
     # -- what servers said -----------------------------------------------------------------------------
 
     @cache_errors("reading what a server said")
@@ -125,19 +262,23 @@ class SourceIndex:
 
     @cache_errors("pruning the index")
     def prune(self, *, cutoff: float, blobs: Callable[[], Collection[str]]) -> int:
-        """Drop ``head:`` rows last written before ``cutoff`` and ``src:`` rows whose blob is gone; returns
-        how many rows went. The blob store removes a blob's rows as it removes the blob; this sweep catches
-        what that cannot: rows of a process that raced a removal, damaged (untagged) rows. ``blobs`` (the
-        stored digests) is asked after the rows are listed: a blob is committed before its row is written, so
-        every listed row whose blob exists finds it there."""
+        """Drop ``head:`` rows last written before ``cutoff``, ``src:`` rows whose blob is gone and ``seen:`` rows
+        whose source is no longer cached; returns how many rows went. The blob store removes a blob's rows as it
+        removes the blob; this sweep catches what that cannot: rows of a process that raced a removal, damaged
+        (untagged) rows, names of sources gone. ``blobs`` (the stored digests) is asked after the rows are
+        listed: a blob is committed before its row is written, so every listed row whose blob exists finds it
+        there."""
         rows = self._db.rows()
         live = blobs()
+        sources = {key[len(SRC):] for key, tag, _ in rows if key.startswith(SRC) and not self._orphan(tag, live)}
         removed = 0
         for key, tag, stored in rows:
             if key.startswith(HEAD):
                 gone = stored < cutoff
             elif key.startswith(SRC):
                 gone = self._orphan(tag, live)
+            elif key.startswith(SEEN):
+                gone = key[len(SEEN):] not in sources  # the name of a source no longer cached
             else:
                 continue
             if gone:
@@ -152,7 +293,8 @@ class SourceIndex:
     def counts(self) -> dict[str, int]:
         """How many rows of each kind (for ``cachectl stats``)."""
         keys = [key for key, _, _ in self._db.rows()]
-        return {"sources": sum(k.startswith(SRC) for k in keys), "heads": sum(k.startswith(HEAD) for k in keys)}
+        return {"sources": sum(k.startswith(SRC) for k in keys), "heads": sum(k.startswith(HEAD) for k in keys),
+                "names": sum(k.startswith(SEEN) for k in keys), "pins": sum(k.startswith(PIN) for k in keys)}
 
     def _keys(self, prefix: str) -> list[str]:
         return [key for key, _, _ in self._db.rows() if key.startswith(prefix)]

@@ -29,6 +29,23 @@ def identity(url: str, *, etag: str | None, size: int | None) -> str:
     return url
 
 
+@dataclass(frozen=True)
+class Seen:
+    """The name ("Artist - Title.ext") a cached source was last seen under, and in which session: what the
+    cache's commands show first."""
+
+    name: str
+    session: str
+
+
+def url_of(ident: str) -> str:
+    """The URL of a source identity (:func:`identity`'s inverse, less the version)."""
+    at = ident.find("#etag=")  # an ETag is the server's text: it may hold anything after its mark
+    if at < 0:
+        at = ident.rfind("#size=")
+    return ident if at < 0 else ident[:at]
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """A remote file version as far as we know it before downloading."""

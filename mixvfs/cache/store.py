@@ -6,7 +6,10 @@ diskcache does the bookkeeping (transactional metadata, last-use time kept by it
 * :class:`BlobDisk` adopts a finished staging file by ``rename`` instead of copying it, and refuses
   pickled values (a writable cache folder must never be able to run code);
 * one eviction policy, :func:`victims`: blobs unused for ``max_age`` (the TTL), then least recently used
-  down to a size, sparing protected blobs. Commit-time eviction (size only, sparing the blob just stored —
+  down to a size, sparing protected blobs — the blob just stored, and every blob of a pinned session (the
+  index's pins, read at each eviction: a ``cachectl pin`` beside a live mount is seen by its next eviction).
+  Pinned bytes count toward the size limit; when pins alone exceed it, everything else goes and a warning
+  says so. Commit-time eviction (size only, sparing the blob just stored —
   diskcache's own ``cull`` works in batches of ten and can evict it) and :meth:`BlobStore.prune` (TTL and
   size; at every mount start and ``cachectl prune``) both ask it;
 * one TTL rule: last use + ``max_age`` < now, judged by :meth:`BlobStore.prune` with the max_age *it* is
@@ -46,6 +49,7 @@ from mixvfs.cache.disk import CheckedCache, SafeDisk
 from mixvfs.cache.errors import CacheError, NoSpace
 from mixvfs.cache.folder import CacheFolder, cache_errors, translated
 from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +123,10 @@ def victims(
     return expired + by_size
 
 
+def pinned_bytes(infos: Iterable[BlobInfo], pinned: Collection[str]) -> int:
+    return sum(info.size for info in infos if info.digest in pinned)
+
+
 class BlobCache(CheckedCache):
     """diskcache.Cache plus the few queries we need over its ``Cache`` table."""
 
@@ -171,6 +179,7 @@ class BlobStore:
         self._blobs = self.folder.database("blobs", self._open_blobs)
         self.index = SourceIndex(root, self.folder)  # a blob's rows leave with it (see _remove)
         self._evict_lock = threading.Lock()
+        self._warned_pins = False
         self._own: set[Path] = set()  # staging files this store handed out and has not seen end
         self._own_bound = 64
         self._own_lock = threading.Lock()
@@ -357,13 +366,31 @@ class BlobStore:
 
     @cache_errors("evicting blobs")
     def evict_to(self, limit: int, *, protect: Iterable[str] = ()) -> list[BlobInfo]:
-        """Least recently used blobs out until the rest fits in ``limit`` (after each commit)."""
+        """Least recently used blobs out until the rest fits in ``limit`` (after each commit); pinned blobs
+        stay."""
         if self._cache.stored_bytes() <= limit:
             return []  # the common case, answered from diskcache's running total: no table scan per commit
         with self._evict_lock:
-            chosen = victims(self.infos(), limit=limit, protect=frozenset(protect))
+            infos = self.infos()
+            pinned = self.index.pinned_set()
+            chosen = victims(infos, limit=limit, protect=frozenset(protect) | pinned)
             self._remove(chosen)
+            self._warn_if_pins_exceed(infos, pinned, limit)
             return chosen
+
+    def _warn_if_pins_exceed(self, infos: Sequence[BlobInfo], pinned: Collection[str], limit: int) -> None:
+        """One warning per process while the pinned blobs alone are over the size limit."""
+        held = pinned_bytes(infos, pinned)
+        if held > limit and not self._warned_pins:
+            log.warning("pinned sessions alone hold %s, over the cache's size limit (%s): nothing else is kept; "
+                        "`cachectl unpin SESSION` or a larger max_size", format_size(held), format_size(limit))
+        self._warned_pins = held > limit
+
+    @cache_errors("reading the pins")
+    def pinned(self) -> dict[str, list[str]]:
+        """Digest -> the pinned sessions holding it (stored blobs only)."""
+        stored = self._cache.digests()
+        return {digest: names for digest, names in self.index.pinned_digests().items() if digest in stored}
 
     @cache_errors("pruning the cache")
     def prune(
@@ -373,9 +400,11 @@ class BlobStore:
         max_size: int | None = None,
         dry_run: bool = False,
         now: float | None = None,
+        warn: bool = True,
     ) -> list[BlobInfo]:
         """Drop blobs unused for ``max_age`` (default: the store's), then least recently used down to
-        ``max_size``; and bound the index (its rows of removed blobs, HEAD answers older than max_age)."""
+        ``max_size``, sparing pinned blobs; and bound the index (its rows of removed blobs, HEAD answers older
+        than max_age). ``warn``: log when pins alone exceed ``max_size`` (a command that says so itself: False)."""
         now = time.time() if now is None else now
         limit = self.max_size if max_size is None else max_size
         with self._evict_lock:
@@ -384,7 +413,10 @@ class BlobStore:
                          clamped)
             infos = self.infos()
             cutoff = ttl_reference(infos, now) - (self.max_age if max_age is None else max_age)
-            chosen = victims(infos, limit=limit, cutoff=cutoff)
+            pinned = self.index.pinned_set()
+            chosen = victims(infos, limit=limit, cutoff=cutoff, protect=pinned)
+            if warn:
+                self._warn_if_pins_exceed(infos, pinned, limit)
             if not dry_run:
                 self._remove(chosen)
                 self.index.prune(cutoff=cutoff, blobs=self._cache.digests)

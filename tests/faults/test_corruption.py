@@ -46,7 +46,8 @@ def test_cachectl_verify_finds_and_removes_a_changed_blob(tmp_path, server_root,
     damage(blob, "flip")
     done = cachectl(tmp_path / "cache", "verify")
     assert done.returncode == 1
-    assert f"corrupt, removed: {digest}" in done.stdout and "checked 1 blob(s): 1 corrupt" in done.stdout
+    assert done.stdout.splitlines()[0] == f"corrupt, removed: {name_of('t1')} (Test Session) (390.6 KiB) {digest}"
+    assert "checked 1 blob(s): 1 corrupt" in done.stdout
     assert cachectl_json(tmp_path / "cache", "ls") == [] and not blob.exists()
     assert cachectl(tmp_path / "cache", "verify").returncode == 0
     mount = mounter(session, *FAST)

@@ -19,7 +19,7 @@ from tests.faults.helpers import holds_open
 
 MIXVFS_COMMANDS = ("mount", "unmount", "report", "preflight", "status", "check-export", "config", "team-cache")
 NESTED_COMMANDS = ("team-cache nginx-config",)
-CACHECTL_COMMANDS = ("stats", "ls", "verify", "prune", "warm")
+CACHECTL_COMMANDS = ("stats", "ls", "verify", "prune", "warm", "pin", "unpin")
 MARKUP = ("``", ":class:", ":func:", ":mod:", ":data:", ":meth:")
 
 
@@ -96,7 +96,7 @@ def test_token_on_the_command_line_is_refused_by_every_command_taking_token_sett
     session = str(write_session(tmp_path / "s.json", []))
     (tmp_path / "mnt").mkdir()
     for argv in ([MIXVFS, "mount", session, str(tmp_path / "mnt")], [MIXVFS, "preflight", session],
-                 [MIXVFS, "config"], [CACHECTL, "warm", session]):
+                 [MIXVFS, "config"], [CACHECTL, "warm", session], [CACHECTL, "pin", session]):
         for token in (["--token", "sekrit"], ["--token=sekrit"]):
             done = run([*argv, *token, "--cache-dir", str(tmp_path / "cache")])
             assert done.returncode == 2, (argv, done)

@@ -125,3 +125,30 @@ def test_warm_says_when_the_server_asked_to_wait_and_waits(tmp_path, server_root
     refused, *later = devserver.requests("GET", "/stream/a")
     assert refused["status"] == 503 and [r["status"] for r in later] == [200]
     assert later[0]["t"] >= refused["t"] + 2
+
+
+def test_every_kind_of_404_is_counted_failed_and_exits_1(tmp_path, server_root, devserver):
+    """A track the server does not have is never "done": without a size in the manifest (its size probe meets
+    the 404 first, as "Gone" in README's Try it), after a retried 503, and behind a URL two tracks share."""
+    (server_root / "stream").mkdir()
+    write_sized(server_root / "stream" / "here", 100_000, kind="wav", seed=3)
+    manifest = write_session(tmp_path / "s.json", [
+        {"id": "h", "artist": "H", "title": "Here", "cloud_stream_path": "/stream/here"},
+        {"id": "g", "artist": "Nobody", "title": "Gone", "cloud_stream_path": "/stream/gone.flac"},
+        {"id": "g2", "artist": "Nobody", "title": "Gone Too", "cloud_stream_path": "/stream/gone.flac"},
+        {"id": "r", "artist": "R", "title": "Retried", "cloud_stream_path": "/stream/retried", "size": 5000},
+    ], server=devserver.url)
+    devserver.set_faults({"/stream/retried": {"status": 503, "times": 1, "then": {"status": 404}}})
+    cache = tmp_path / "cache"
+    for _ in range(2):  # and again: what failed is asked again, and fails again, never "cached"
+        done = run(cachectl(cache, "warm", str(manifest)))
+        assert done.returncode == 1, done.stdout + done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[-1] == "1 cached, 3 failed", done.stdout
+        failed = sorted(line.split(":")[0] for line in lines if line.startswith("failed "))
+        assert failed == ["failed Nobody - Gone Too.flac", "failed Nobody - Gone.flac", "failed R - Retried"]
+        assert not any(line.startswith("done   Nobody") or line.startswith("done   R") for line in lines)
+    (report_path,) = (cache / "reports").glob("*.warm.json")
+    report = json.loads(report_path.read_text())
+    statuses = {t["id"]: t["status"] for t in report["tracks"]}
+    assert statuses == {"h": "cached", "g": "failed", "g2": "failed", "r": "failed"}

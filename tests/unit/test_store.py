@@ -4,6 +4,7 @@ bounded index, staging files owned by flock, no pickles."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import stat
@@ -22,7 +23,7 @@ from mixvfs.cache.digest import hash_fd
 from mixvfs.cache.disk import JsonDisk, SafeDisk
 from mixvfs.cache.errors import CacheError
 from mixvfs.cache.index import IndexCache, SourceEntry, SourceIndex
-from mixvfs.cache.remote import RemoteInfo, identity
+from mixvfs.cache.remote import RemoteInfo, Seen, identity, url_of
 from mixvfs.cache.store import BlobCache, BlobInfo, BlobStore, victims
 from tests.conftest import wait_until
 
@@ -209,6 +210,56 @@ def test_index_maps_identities_and_remembers_remote_info(tmp_path):
     assert index.remote(url) == RemoteInfo(10, '"e1"', "audio/wav", None)
 
 
+def test_pinned_blobs_survive_commit_eviction_and_prune_and_follow_a_new_version(tmp_path, caplog):
+    store = BlobStore(tmp_path, max_size=2 * MiB, max_age=3600)
+    index = store.index
+    pinned = put(store, b"p" * MiB)
+    index.record(identity("http://h/p", etag='"v1"', size=None), SourceEntry(pinned, MiB, None))
+    index.pin("/s/friday.json", "Friday", ["http://h/p"])
+    assert index.pinned_digests() == {pinned: ["Friday"]}
+    others = [put(store, bytes([i]) * MiB) for i in range(3)]  # each commit evicts: never the pinned blob
+    assert {i.digest for i in store.infos()} == {pinned, others[-1]}
+    # Pins alone over the limit: everything else goes (at prune, at each commit), and the log says so once.
+    store.max_size = MiB // 2
+    with caplog.at_level(logging.WARNING, logger="mixvfs.cache.store"):
+        assert [v.digest for v in store.prune()] == [others[-1]]
+        assert [i.digest for i in store.infos()] == [pinned]
+        put(store, b"x" * 1000)
+        put(store, b"y" * 1000)
+    assert [r.getMessage() for r in caplog.records] == [
+        "pinned sessions alone hold 1.0 MiB, over the cache's size limit (512.0 KiB): nothing else is kept; "
+        "`cachectl unpin SESSION` or a larger max_size"]
+    assert len(store.infos()) == 2 and pinned in {i.digest for i in store.infos()}
+    # The server's copy changed and was downloaded again: the new version is pinned too (the pin is by URL).
+    newer = put(store, b"q" * 1000)
+    index.record(identity("http://h/p", etag='"v2"', size=None), SourceEntry(newer, 1000, None))
+    assert set(index.pinned_digests()) == {pinned, newer}
+    assert index.unpin("/s/friday.json") and not index.unpin("/s/friday.json")
+    assert index.pinned_digests() == {}
+    store.prune(max_size=0)
+    assert store.infos() == []
+
+
+def test_names_are_written_only_for_cached_sources_and_only_when_they_change(tmp_path):
+    index = SourceIndex(tmp_path)
+    cached, other = "http://h/a#size=1", "http://h/b#size=1"
+    index.record(cached, SourceEntry("d1", 1, None))
+    seen = {cached: Seen("A - One.wav", "Friday"), other: Seen("B - Two.wav", "Friday")}
+    assert index.remember_seen(seen) == 1  # b is not cached: no name kept for it
+    assert index.remember_seen(seen) == 0  # unchanged: nothing written
+    assert index.remember_seen({cached: Seen("A - One.wav", "Saturday")}) == 1
+    assert index.seen() == {cached: Seen("A - One.wav", "Saturday")}
+    index.forget_digest("d1")
+    assert index.prune(cutoff=0, blobs=set) == 1  # the name of a source no longer cached goes with the sweep
+    assert index.seen() == {}
+
+
+def test_url_of_an_identity():
+    assert url_of(identity("http://h/a", etag='"x#size=3"', size=None)) == "http://h/a"
+    assert url_of(identity("http://h/a", etag=None, size=3)) == "http://h/a"
+    assert url_of("http://h/a") == "http://h/a"
+
+
 # -- one eviction policy ----------------------------------------------------------------------------------
 
 
@@ -314,7 +365,7 @@ def test_head_rows_older_than_max_age_are_pruned(tmp_path):
     assert store.index.remote("http://h/a") is not None  # a dry run changes nothing
     store.prune(now=time.time() + 7200)
     assert store.index.remote("http://h/a") is None
-    assert store.index.counts() == {"sources": 0, "heads": 0}
+    assert store.index.counts() == {"sources": 0, "heads": 0, "names": 0, "pins": 0}
 
 
 def test_an_untagged_source_row_is_dropped_by_prune(tmp_path):
@@ -479,7 +530,7 @@ def test_cachectl_prune_removes_dead_downloads_and_stats_counts_the_index(tmp_pa
 
     stats = run("stats")
     assert stats["staging_files"] == 1 and stats["staging_left_over"] == 1
-    assert stats["index"] == {"sources": 0, "heads": 1}
+    assert stats["index"] == {"sources": 0, "heads": 1, "names": 0, "pins": 0}
     assert run("prune", "--dry-run")["staging_files"] == 1 and left.exists()
     assert run("prune")["staging_files"] == 1 and not left.exists()
 

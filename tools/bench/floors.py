@@ -51,7 +51,7 @@ FUSEFLOOR_C = REPO / "tools" / "fusefloor.c"
 def build_fusefloor(work: Path) -> Path | None:
     """Compile tools/fusefloor.c against the installed libfuse 3 (None, and why, when it cannot be built)."""
     if not (shutil.which("cc") and shutil.which("pkg-config")):
-        print("  (no C floor: cc or pkg-config missing; `MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh`)")
+        print("  (no C floor: cc or pkg-config missing; `bash tools/install_system.sh bench`)")
         return None
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True,
                            check=False)
@@ -213,7 +213,7 @@ class Floors:
                                   "bindfs (C, libfuse 2)", bind, "",
                                   {"round_ratios": ratios(warm, bind), "bindfs_args": BINDFS_ARGS}))
         else:
-            bench.say("  (no bindfs: `MIXVFS_BENCH_DEPS=1 bash tools/install_system.sh` installs it)")
+            bench.say("  (no bindfs: `bash tools/install_system.sh bench` installs it)")
         bench.rows.append(Row(f"re-export, same mount ÷ native cp{lane}", "s", "mixvfs", again, "native cp", native,
                               "ratio <= 1.2" if not lane else "", {"round_ratios": ratios(again, native)}))
         bench.rows.append(Row(f"re-export ÷ read/write copy{lane}", "s", "mixvfs", again, "1 MiB read/write copy",

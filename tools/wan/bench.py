@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     lacking = [t for t in ("aria2c", "curl", "rclone") if shutil.which(t) is None]
     if lacking:
-        print(f"bench-wan: {', '.join(lacking)} not installed (MIXVFS_BENCH_DEPS=1 tools/install_system.sh)",
+        print(f"bench-wan: {', '.join(lacking)} not installed (bash tools/install_system.sh bench)",
               file=sys.stderr)
         return 2
     only = set(filter(None, args.only.split(","))) or {"cold", "big", "loss", "warm", "ask", "bwlimit", "reconnect",

@@ -9,26 +9,29 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.index import SourceIndex
+from mixvfs.cache.remote import Seen
 from mixvfs.cache.store import BlobInfo, BlobStore
 from mixvfs.cache.units import format_size
 from mixvfs.vfs.commands import config, output
 from mixvfs.vfs.runtime import open_cache, open_runtime
 from mixvfs.vfs.session.manifest import load_manifest
 
-DESCRIPTION = """cachectl: look after the mixvfs cache (stats, ls, verify, prune) and fill it ahead of an export (warm).
-Safe while a mount uses the same cache. Each command's help (cachectl COMMAND --help) describes it, with
-examples.
+DESCRIPTION = """cachectl: look after the mixvfs cache (stats, ls, verify, prune), fill it ahead of an export (warm),
+and keep a session's tracks whatever the limits (pin, unpin). Safe while a mount uses the same cache. Blobs are
+shown by the track name and session they were last seen under, then by digest and URL. Each command's help
+(cachectl COMMAND --help) describes it, with examples.
 The cache options (--cache-dir, --max-size, --max-age) go before or after the command.
 
-Exit codes: 0 ok; 1 verify found corrupt blobs, or warm could not download a track; 2 bad flags,
-config or manifest, no cache at the folder (stats, ls, verify, prune), or an unusable cache folder;
-130 warm interrupted (Ctrl-C).
+Exit codes: 0 ok; 1 verify found corrupt blobs, or warm or pin could not download a track; 2 bad flags,
+config or manifest, no cache at the folder (stats, ls, verify, prune, unpin), a session that is not pinned
+(unpin), or an unusable cache folder; 130 warm or pin interrupted (Ctrl-C).
 """
 EXAMPLES = """examples:
   cachectl stats
@@ -37,6 +40,8 @@ EXAMPLES = """examples:
   cachectl verify
   cachectl warm ~/Sessions/friday.json --jobs 4     # download every cloud track before the export
   cachectl warm friday.json > warm.log              # not a terminal: one line per event
+  cachectl pin ~/Sessions/friday.json               # download what is missing and keep it, whatever the limits
+  cachectl unpin ~/Sessions/friday.json             # or by the session's name, as stats and ls show it
 """
 JSON_HELP = "print JSON instead of a table"
 # name: (one-line summary, description, examples)
@@ -45,8 +50,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "The cache folder, its blobs and bytes against the size limit, the age limit, downloads in\n"
               "progress or left over by a dead process, and the index's entries.",
               "  cachectl stats\n  cachectl --cache-dir /Volumes/Scratch/mixvfs stats --json"),
-    "ls": ("every blob and the sources that map to it",
-           "Every blob (by content digest) with its size, last use and the sources (cloud URLs) that map to it.",
+    "ls": ("every blob: its track name, session, pins, then digest and sources",
+           "Every blob, least recently used first: the track name (\"Artist - Title.ext\") and session it was\n"
+           "last seen under (by a mount, warm or pin; \"-\" for a blob cached before names were kept), its\n"
+           "size, last use, the pinned sessions that keep it, then its content digest and the sources (cloud\n"
+           "URLs) that map to it.",
            "  cachectl ls\n  cachectl ls --json | jq '.[] | select(.size > 100000000)'"),
     "verify": ("re-hash every blob; remove corrupt ones",
                "Re-hash every blob and remove the ones whose bytes changed on disk (a mount downloads them again\n"
@@ -54,7 +62,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "  cachectl verify\n  cachectl verify --json"),
     "prune": ("expire unused blobs, then least recently used down to the size",
               "Remove blobs unused for --max-age, then the least recently used ones until the rest fits in\n"
-              "--max-size (both default to the cache's settings), and the staging files of dead downloads.",
+              "--max-size (both default to the cache's settings), and the staging files of dead downloads.\n"
+              "Blobs of a pinned session (cachectl pin) are kept whatever the limits.",
               "  cachectl prune --max-age 7d --max-size 5G --dry-run    # only say what would go\n"
               "  cachectl prune --max-size 0                            # empty the cache"),
     "warm": ("download every cloud track of a session now (progress; Ctrl-C stops)",
@@ -65,6 +74,17 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
              "per-track table. Exit 1 if a track could not be downloaded, 130 if interrupted.",
              "  cachectl warm ~/Sessions/friday.json --jobs 4\n"
              "  cachectl warm friday.json --cache-dir /Volumes/Scratch/mixvfs > warm.log"),
+    "pin": ("download what a session lacks (as warm does) and keep its tracks whatever the limits",
+            "Pin SESSION, then download its missing cloud tracks as warm does (same output, same exit codes). The\n"
+            "blobs of a pinned session are never removed by prune or by eviction, whatever --max-size and\n"
+            "--max-age say; they still count toward the size limit, and stats warns when pins alone exceed it.\n"
+            "A track whose server copy changes stays pinned (the pin is by URL). Safe beside a live mount: its\n"
+            "next eviction sees the pin. Pinning again updates the pin to the manifest's tracks now.",
+            "  cachectl pin ~/Sessions/friday.json\n  cachectl pin friday.json --jobs 4 > pin.log"),
+    "unpin": ("release a pinned session's tracks to the ordinary limits",
+              "Remove the pin of SESSION (its manifest, or its name as stats and ls show it). Its blobs stay in\n"
+              "the cache as ordinary ones: the next prune or eviction may remove them.",
+              "  cachectl unpin ~/Sessions/friday.json\n  cachectl unpin 'Friday Night'"),
 }
 
 
@@ -86,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("stats", "ls", "verify", "prune"):
         commands[name].add_argument("--json", action="store_true", help=JSON_HELP)
     commands["prune"].add_argument("--dry-run", action="store_true", help="only say what would be freed")
-    warm = commands["warm"]
-    warm.add_argument("session", type=Path, help="the session manifest (JSON)")
-    config.add_flags(warm, config.WARM_SETTINGS)
+    for name in ("warm", "pin"):
+        commands[name].add_argument("session", type=Path, help="the session manifest (JSON)")
+        config.add_flags(commands[name], config.WARM_SETTINGS)
+    commands["unpin"].add_argument("session", help="the session manifest, or the pinned session's name")
     return parser
 
 
@@ -99,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "warm":
+    if args.command in ("warm", "pin"):
         return cmd_warm(args)  # opens the whole runtime (store, index, HTTP, fetcher) itself
     # Only warm may create the cache: the others only look, and a mistyped --cache-dir is "no cache".
     store, index = open_cache(config.resolve(args, config.CACHE_SETTINGS).cache_limits(), create=False)
@@ -113,52 +134,118 @@ def run(argv: list[str]) -> int:
 def run_command(args: argparse.Namespace, store: BlobStore, index: SourceIndex) -> int:
     if args.command == "stats":
         return emit(args, stats(store), format_stats)
+    if args.command == "unpin":
+        return cmd_unpin(args.session, index)
+    names = Names.of(index)  # read before prune and verify remove the rows of what they remove
     if args.command == "ls":
-        return emit(args, listing(store, index), format_listing)
+        return emit(args, listing(store, index, names), format_listing)
     if args.command == "prune":
         # --max-age/--max-size are the store's limits (flag, env, config file or default): prune to them.
-        victims = store.prune(dry_run=args.dry_run)
+        victims = store.prune(dry_run=args.dry_run, warn=False)  # the output says it (format_prune)
         # Dead downloads' staging files go too (those no process holds: see BlobStore.clean_stale_staging).
         staging = store.clean_stale_staging(dry_run=args.dry_run)
+        kept = store.pinned()
+        kept_infos = [i for i in store.infos() if i.digest in kept]
         result = {"dry_run": args.dry_run, "freed_blobs": len(victims), "freed_bytes": sum(v.size for v in victims),
-                  "blobs": [blob_json(v) for v in victims], "staging_files": len(staging)}
+                  "blobs": [names.blob_json(v) for v in victims], "staging_files": len(staging),
+                  "pinned_kept": len(kept_infos), "pinned_bytes": sum(i.size for i in kept_infos),
+                  "max_size": store.max_size}
         return emit(args, result, format_prune)
     if args.command == "verify":
         checked, corrupt = store.verify()
-        result = {"checked": checked, "corrupt": [blob_json(c) for c in corrupt]}
+        result = {"checked": checked, "corrupt": [names.blob_json(c) for c in corrupt]}
         emit(args, result, format_verify)
         return 1 if corrupt else 0
     raise ConfigError(f"unknown command {args.command}")
 
 
 def cmd_warm(args: argparse.Namespace) -> int:
-    from mixvfs.vfs.commands import warm
+    from mixvfs.vfs.commands import pin, warm
 
     settings = config.resolve(args, config.CACHE_SETTINGS + config.WARM_SETTINGS)
-    session = load_manifest(args.session.expanduser(), default_server=settings.server)
+    path = args.session.expanduser()
+    session = load_manifest(path, default_server=settings.server)
     runtime = open_runtime(settings.runtime(), origins=[session.server, *(t.cloud_url for t in session.tracks)])
     try:
+        if args.command == "pin":
+            return pin.pin(path, session, runtime, out=sys.stdout, tty=sys.stdout.isatty())
         return warm.warm(session, runtime, out=sys.stdout, tty=sys.stdout.isatty())
     finally:
         runtime.close()
 
 
+def cmd_unpin(which: str, index: SourceIndex) -> int:
+    from mixvfs.vfs.commands import pin
+
+    released = pin.unpin(which, index)
+    print(f"unpinned {released.session!r} ({released.key}): its {len(released.urls)} cloud track(s) are ordinary "
+          "cache entries again (prune and eviction may remove them)")
+    return 0
+
+
+@dataclass(frozen=True)
+class Names:
+    """What the index knows to name blobs by: the sources of each digest, the name and session each source was
+    last seen under, and the pinned sessions holding each digest."""
+
+    sources: dict[str, list[str]]
+    seen: dict[str, Seen]
+    pinned: dict[str, list[str]]
+
+    @classmethod
+    def of(cls, index: SourceIndex) -> Names:
+        return cls(index.sources_by_digest(), index.seen(), index.pinned_digests())
+
+    def tracks(self, digest: str) -> list[dict[str, str]]:
+        found = []
+        for ident in self.sources.get(digest, []):
+            seen = self.seen.get(ident)
+            if seen is not None:
+                found.append({"name": seen.name, "session": seen.session, "source": ident})
+        return found
+
+    def blob_json(self, info: BlobInfo) -> dict[str, Any]:
+        tracks = self.tracks(info.digest)
+        return {"name": tracks[0]["name"] if tracks else None, "session": tracks[0]["session"] if tracks else None,
+                "tracks": tracks, "pinned_by": self.pinned.get(info.digest, []), **blob_json(info)}
+
+
 def stats(store: BlobStore) -> dict[str, Any]:
     infos = store.infos()
-    return {"cache_dir": str(store.root), "blobs": len(infos), "bytes": sum(i.size for i in infos),
+    pins = store.index.pins()
+    pinned = store.index.pinned_digests(pins)
+    sizes = {i.digest: i.size for i in infos}
+    pinned_bytes = sum(size for digest, size in sizes.items() if digest in pinned)
+    sessions = []
+    for one in pins:
+        held = [d for d in store.index.pinned_digests([one]) if d in sizes]  # by the pin, not its name (may repeat)
+        sessions.append({"session": one.session, "manifest": one.key, "tracks": len(one.urls), "blobs": len(held),
+                         "bytes": sum(sizes[d] for d in held)})
+    total = sum(sizes.values())
+    return {"cache_dir": str(store.root), "blobs": len(infos), "bytes": total,
             "max_size": store.max_size, "max_age": store.max_age,
+            "pinned": {"blobs": sum(d in pinned for d in sizes), "bytes": pinned_bytes, "sessions": sessions},
+            "unpinned": {"blobs": sum(d not in pinned for d in sizes), "bytes": total - pinned_bytes},
+            "pins_exceed_limit": pinned_bytes > store.max_size,
             "staging_files": len(list(store.staging.glob("*.part"))),
             "staging_left_over": len(store.clean_stale_staging(dry_run=True)), "index": store.index.counts()}
 
 
-def listing(store: BlobStore, index: SourceIndex) -> list[dict[str, Any]]:
-    sources = index.sources_by_digest()
-    return [{**blob_json(info), "sources": sources.get(info.digest, [])} for info in store.infos()]
+def listing(store: BlobStore, index: SourceIndex, names: Names) -> list[dict[str, Any]]:
+    return [{**names.blob_json(info), "sources": names.sources.get(info.digest, [])} for info in store.infos()]
 
 
 def blob_json(info: BlobInfo) -> dict[str, Any]:
     return {"digest": info.digest, "size": info.size, "last_used": iso(info.last_used),
             "expires": iso(info.expires) if info.expires else None}
+
+
+def named(blob: dict[str, Any]) -> str:
+    """A blob as people know it: "Artist - Title.ext (session)", then how many other names share its bytes."""
+    if not blob["tracks"]:
+        return "- (no name known)"
+    more = len({t["name"] for t in blob["tracks"]}) - 1
+    return f"{blob['name']} ({blob['session']})" + (f" +{more} more" if more > 0 else "")
 
 
 def iso(at: float) -> str:
@@ -171,32 +258,54 @@ def emit(args: argparse.Namespace, result: Any, formatter: Any) -> int:
 
 
 def format_stats(s: dict[str, Any]) -> str:
-    return (f"cache:   {s['cache_dir']}\nblobs:   {s['blobs']}\nbytes:   {format_size(s['bytes'])} of "
-            f"{format_size(s['max_size'])}\nmax age: {s['max_age'] / 86400:g} days\n"
-            f"staging: {s['staging_files']} download(s) in progress or left over "
-            f"({s['staging_left_over']} left over by a dead process)\n"
-            f"index:   {s['index']['sources']} source(s), {s['index']['heads']} server answer(s)")
+    pinned, unpinned = s["pinned"], s["unpinned"]
+    lines = [f"cache:    {s['cache_dir']}", f"blobs:    {s['blobs']}",
+             f"bytes:    {format_size(s['bytes'])} of {format_size(s['max_size'])}",
+             f"pinned:   {pinned['blobs']} blob(s), {format_size(pinned['bytes'])}, kept whatever the limits",
+             *[f"          {p['session']}: {p['blobs']} of {p['tracks']} cloud track(s) held, "
+               f"{format_size(p['bytes'])} ({p['manifest']})" for p in pinned["sessions"]],
+             f"unpinned: {unpinned['blobs']} blob(s), {format_size(unpinned['bytes'])}",
+             f"max age:  {s['max_age'] / 86400:g} days",
+             f"staging:  {s['staging_files']} download(s) in progress or left over "
+             f"({s['staging_left_over']} left over by a dead process)",
+             f"index:    {s['index']['sources']} source(s), {s['index']['names']} with a track name, "
+             f"{s['index']['heads']} server answer(s)"]
+    if s["pins_exceed_limit"]:
+        from mixvfs.vfs.commands.pin import pins_warning
+
+        lines.append(pins_warning(pinned["bytes"], s["max_size"]))
+    return "\n".join(lines)
 
 
 def format_listing(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'DIGEST':<32}  {'SIZE':>10}  {'LAST USE':<20}  SOURCES"]
+    width = max([len(named(row)) for row in rows] + [len("NAME (SESSION)")])
+    lines = [f"{'NAME (SESSION)':<{width}}  {'SIZE':>10}  {'LAST USE':<20}  {'PINNED BY':<12}  {'DIGEST':<32}  SOURCES"]
     for row in rows:
         sources = ", ".join(row["sources"]) or "-"
-        lines.append(f"{row['digest']:<32}  {format_size(row['size']):>10}  {row['last_used']:<20}  {sources}")
+        pins = ", ".join(row["pinned_by"]) or "-"
+        lines.append(f"{named(row):<{width}}  {format_size(row['size']):>10}  {row['last_used']:<20}  {pins:<12}  "
+                     f"{row['digest']:<32}  {sources}")
     return "\n".join(lines)
 
 
 def format_prune(r: dict[str, Any]) -> str:
     verb = "would free" if r["dry_run"] else "freed"
-    lines = [f"{blob['digest']}  {format_size(blob['size'])}  last used {blob['last_used']}" for blob in r["blobs"]]
+    lines = [f"{named(blob)}  {format_size(blob['size'])}  last used {blob['last_used']}  {blob['digest']}"
+             for blob in r["blobs"]]
     lines.append(f"{verb} {r['freed_blobs']} blob(s), {format_size(r['freed_bytes'])}")
+    if r["pinned_kept"]:
+        lines.append(f"kept {r['pinned_kept']} pinned blob(s), {format_size(r['pinned_bytes'])}, whatever the limits")
+    if r["pinned_bytes"] > r["max_size"]:
+        from mixvfs.vfs.commands.pin import pins_warning
+
+        lines.append(pins_warning(r["pinned_bytes"], r["max_size"]))
     if r["staging_files"]:
         lines.append(f"{verb} {r['staging_files']} staging file(s) of dead downloads")
     return "\n".join(lines)
 
 
 def format_verify(r: dict[str, Any]) -> str:
-    lines = [f"corrupt, removed: {c['digest']} ({format_size(c['size'])})" for c in r["corrupt"]]
+    lines = [f"corrupt, removed: {named(c)} ({format_size(c['size'])}) {c['digest']}" for c in r["corrupt"]]
     lines.append(f"checked {r['checked']} blob(s): {len(r['corrupt'])} corrupt")
     return "\n".join(lines)
 

@@ -26,7 +26,7 @@ from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.runtime import open_runtime
 from mixvfs.vfs.session.live import ManifestWatcher
 from mixvfs.vfs.session.manifest import Session, load_manifest
-from mixvfs.vfs.session.tracks import Kind, Track, build_tracks
+from mixvfs.vfs.session.tracks import Kind, NameKeeper, Track, build_tracks
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,8 @@ def open_session(
     # Every origin the token may travel to: the server and any absolute cloud URL of a track.
     runtime = open_runtime(options.runtime, origins=[session.server, *(t.cloud_url for t in session.tracks)])
     tracks = build_tracks(session, http=runtime.http, index=runtime.index, waiting=say)
+    names = NameKeeper(runtime.index)
+    names.keep(session.name, tracks)
     runtime.watch_team_stores(options.runtime.team_reset_after)
     report_path = options.report_path or default_report_path(runtime.store.root, session.name,
                                                                  history.key(options.mountpoint))
@@ -241,6 +243,7 @@ def open_session(
         report = Report(report_path, session=session.name, mountpoint=str(options.mountpoint), records=[],
                         manifest=str(options.session_path))
     except OSError as exc:
+        names.close()
         runtime.close()
         raise ConfigError(f"report {report_path}: cannot write it: {exc.strerror or exc}") from None
     core = SessionFS(tracks, runtime.fetcher, report, failed_for=options.failed_for, prefetch=options.prefetch,
@@ -255,6 +258,7 @@ def open_session(
 
     def apply(changed: Session) -> None:
         fresh = build_tracks(changed, http=runtime.http, index=runtime.index)
+        names.keep(changed.name, fresh)
         core.reload(fresh, mtime=changed.mtime)
         log_missing(fresh)
 
@@ -262,7 +266,7 @@ def open_session(
     watcher.start()
     # The fetcher is closed by core.close() (serve's finally) first; runtime.close() then keeps the cache to
     # its limit and closes the rest.
-    return core, report, [watcher.stop, runtime.close]
+    return core, report, [watcher.stop, names.close, runtime.close]
 
 
 def log_missing(tracks: list[Track]) -> None:

@@ -11,7 +11,7 @@ OK, FAILED, USAGE, WILL_FAIL, UNCHECKED, INTERRUPTED = 0, 1, 2, 3, 4, 130
 TABLE: tuple[tuple[int, str], ...] = (
     (OK, "ok (preflight: the export can succeed; `status --watch`: the mount ended, or Ctrl-C, with no track "
          "failed)"),
-    (FAILED, "the command ran and something failed: a failed track (`report`, `status`, `warm`; "
+    (FAILED, "the command ran and something failed: a failed track (`report`, `status`, `warm`, `pin`; "
              "`status --watch` when it ends, by Ctrl-C or because the mount went away, with a track failed), "
              "unmount refused (a program has a file or the folder open: the message names `fuser -vm` / "
              "`lsof +f --`), `verify` found corrupt blobs"),
@@ -20,12 +20,14 @@ TABLE: tuple[tuple[int, str], ...] = (
             "where the last report is), unusable cache folder, report or log path; a user who cannot mount "
             "(`mount`: the message names the cause and the fix — no access to `/dev/fuse`, `fusermount3` missing "
             "or not setuid root); "
-            "`cachectl stats/ls/verify/prune` on a folder that is not a cache (\"no cache at PATH\")"),
+            "`cachectl stats/ls/verify/prune/unpin` on a folder that is not a cache (\"no cache at PATH\"); "
+            "`cachectl unpin` of a session that is not pinned"),
     (WILL_FAIL, "`preflight`: the export will fail (a track missing or unauthorized, a server certificate not "
                 "trusted, not enough disk space, no usable libfuse or a user who cannot mount)"),
     (UNCHECKED, "`preflight`: could not check (server unreachable, busy or too slow to answer)"),
-    (INTERRUPTED, "`cachectl warm` or `mixvfs check-export` interrupted with Ctrl-C; `mixvfs mount` cancelled "
-                  "(Ctrl-C, SIGTERM, SIGHUP) before the folder was live — its daemon is stopped too"),
+    (INTERRUPTED, "`cachectl warm`, `cachectl pin` or `mixvfs check-export` interrupted with Ctrl-C; "
+                  "`mixvfs mount` cancelled (Ctrl-C, SIGTERM, SIGHUP) before the folder was live — its daemon is "
+                  "stopped too"),
 )
 
 

@@ -30,7 +30,7 @@ from mixvfs.vfs.fs.recorder import Recorder
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, default_report_path, format_report
 from mixvfs.vfs.runtime import Runtime
 from mixvfs.vfs.session.manifest import Session
-from mixvfs.vfs.session.tracks import Track, build_tracks, by_source
+from mixvfs.vfs.session.tracks import NameKeeper, Track, build_tracks, by_source
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 FINAL = (Status.LOCAL, Status.CACHED, Status.FAILED, Status.MISSING)
@@ -112,8 +112,10 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
         events.put((download, event, time.monotonic()))
 
     unsubscribe = fetcher.subscribe(on_event)
+    names = NameKeeper(runtime.index)
     try:
         tracks += build_tracks(session, http=runtime.http, index=runtime.index)
+        names.keep(session.name, tracks)  # beside the downloads: 100 000 names first written take seconds
         sources.update(by_source(tracks))
         report.replace_records(recorder.initial_records(tracks))
         records = report.snapshot()["tracks"]
@@ -145,6 +147,7 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
         # Cancel the downloads; workers unlink their unfinished bodies. One blocked in a silent read (a
         # stalled server) would notice only after the stall timeout: do not wait for it past STOP_WAIT.
         fetcher.close(wait=STOP_WAIT)
+        names.close(finish=not interrupted)
         unsubscribe()
         store.clean_own_staging()  # queued-but-never-started downloads' files, and any worker still blocked
         report.close(finished=not interrupted)

@@ -15,7 +15,7 @@ from mixvfs.cache.download import Download, Event
 from mixvfs.cache.errors import Cancelled, FetchError
 from mixvfs.cache.fetcher import Fetcher
 from mixvfs.vfs.fs.report import Report, Status, TrackRecord
-from mixvfs.vfs.session.tracks import Kind, Track
+from mixvfs.vfs.session.tracks import Kind, Track, remember_names
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ class Recorder:
             self.forget_failure(track)
             self.report.update(track.id, status=Status.CACHED, bytes=download.total, digest=download.digest,
                                error=None, attempts=download.attempts, via=download.via)
+            remember_names(self.fetcher.index, self.report.session, [track])
         elif event is Event.FAILED and download.error is not None:
             if isinstance(download.error, Cancelled):
                 self.report.update(track.id, status=Status.PENDING, error=None)
