@@ -6,14 +6,18 @@ a team cache. :class:`Concurrency` measures the goodput of each interval (a few 
 as many downloads while the goodput still grows by at least ``GROWTH`` (as TCP's slow start), back to the last
 number that paid when it stops growing; then it holds for a while and probes, in turn, a quarter fewer (kept when
 the goodput stays within ``GROWTH``: a doubling in TCP's own start-up may overshoot) and a quarter more (the link
-may have changed). Half as many when the server pushes back (429/503). It only climbs while downloads wait for a slot:
-an exporter that reads slower than the link needs no more. Time is injected; the fetcher
+may have changed). Half as many when the server pushes back (429/503). The start is for a short round trip; until
+the first interval is measured, a longer one seen in the answers starts it with proportionally more
+(:func:`start_for`: the bandwidth-delay product of the same rate), rather than spend a doubling interval of several
+long round trips on each step to there. It only climbs while downloads wait for a slot: an exporter that reads
+slower than the link needs no more. Time is injected; the fetcher
 (:mod:`mixvfs.cache.fetcher`) asks :meth:`limit`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +25,7 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 START = 4  # downloads at once before anything is measured: what fills a 100 Mbit/s link at 20 ms
+START_ROUND_TRIP = 0.020  # seconds: the round trip START is for; a longer one starts with proportionally more
 LOWER = 2  # never fewer (one slow track must not stall the others), unless --jobs is lower
 GROWTH = 1.05  # a step up must raise the goodput this much to count
 MIN_INTERVAL = 0.5  # seconds; an interval is also at least ROUND_TRIPS round trips
@@ -28,11 +33,17 @@ ROUND_TRIPS = 4
 HOLD = 8  # intervals at a number that paid before probing for more again
 
 
+def start_for(round_trip: float) -> int:
+    """Downloads at once to begin with at ``round_trip``: START scaled to the longer round trip, as the
+    bandwidth-delay product of the rate START fills grows with it (at 80 ms, 16)."""
+    return max(START, math.ceil(START * round_trip / START_ROUND_TRIP - 1e-9))
+
+
 class Concurrency:
     def __init__(self, upper: int, *, start: int = START, clock: Callable[[], float] = time.monotonic) -> None:
         self.upper = max(1, upper)
         self.lower = min(LOWER, self.upper)
-        self._limit = max(self.lower, min(start, self.upper))
+        self._limit = self._start = max(self.lower, min(start, self.upper))
         self.clock = clock
         self._lock = threading.Lock()
         self._began = clock()
@@ -51,10 +62,14 @@ class Concurrency:
             self._bytes += count
 
     def answered_after(self, seconds: float) -> None:
-        """A request's response headers came ``seconds`` after it was sent: about one round trip."""
+        """A request's response headers came ``seconds`` after it was sent: about one round trip (the first on a
+        new connection: two, with the handshake)."""
         with self._lock:
             if seconds > 0 and (self._round_trip is None or seconds < self._round_trip):
                 self._round_trip = seconds
+                if self._starting and self._paid is None:  # nothing measured yet: the start is still a guess
+                    # From the least answer time: a new connection's first answer includes its handshake.
+                    self._limit = max(self._start, min(self.upper, start_for(seconds)))
 
     def pushed_back(self) -> None:
         """The server said it is busy (429, 503): half as many downloads, and a fresh measurement."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mixvfs.cache.concurrency import HOLD, LOWER, MIN_INTERVAL, ROUND_TRIPS, START, Concurrency
+from mixvfs.cache.concurrency import HOLD, LOWER, MIN_INTERVAL, ROUND_TRIPS, START, Concurrency, start_for
 from mixvfs.cache.download import State
 from mixvfs.cache.policy import RetryPolicy
 from mixvfs.cache.remote import Source
@@ -54,7 +54,7 @@ def test_a_long_fat_link_gets_more_downloads_until_it_is_full() -> None:
     clock = Clock()
     control = Concurrency(32, clock=clock)
     seen = run(control, clock, 40, rate=12.5 * MB, rtt=0.15, track=0.5 * MB)
-    assert seen[0] == START
+    assert seen[0] == start_for(0.15) == 30  # the round trip is 7.5 times START's
     # The model: 4 downloads fill half of the link; it takes about 20 to reach 85 %.
     assert max(seen) >= 16
     # Then it probes around where a quarter more or fewer changes the goodput by about GROWTH.
@@ -95,6 +95,30 @@ def test_an_overshoot_of_the_start_is_taken_back() -> None:
     assert seen[-1] <= 10
 
 
+def test_a_long_round_trip_starts_with_more_downloads_until_the_first_measurement() -> None:
+    """At 20 ms START fills the link; at 80 ms the same rate holds four times the bytes in flight. Before
+    anything is measured the least answer time sets the start (a new connection's first answer takes two round
+    trips, handshake included); once an interval is measured, only the measurements move it."""
+    clock = Clock()
+    control = Concurrency(64, clock=clock)
+    assert control.limit(waiting=True) == START
+    control.answered_after(0.16)  # handshake and request at 80 ms
+    assert control.limit(waiting=True) == 32
+    control.answered_after(0.08)  # a request on a kept connection
+    assert control.limit(waiting=True) == 16
+    control.answered_after(0.005)  # a near server after all: never below START
+    assert control.limit(waiting=True) == START
+    assert Concurrency(16, clock=clock).limit() == START
+    capped = Concurrency(16, clock=clock)
+    capped.answered_after(0.15)
+    assert capped.limit() == 16  # --jobs bounds the start too
+    capped.received(MB)
+    clock.now += max(MIN_INTERVAL, ROUND_TRIPS * 0.15)
+    measured = capped.limit(waiting=True)  # the first interval: from now on the measurements decide
+    capped.answered_after(0.01)
+    assert capped.limit(waiting=True) == measured
+
+
 def test_jobs_is_the_upper_bound_and_never_fewer_than_the_floor() -> None:
     clock = Clock()
     control = Concurrency(6, clock=clock)
@@ -121,7 +145,7 @@ def test_no_climb_while_nothing_waits_for_a_slot() -> None:
     clock = Clock()
     control = Concurrency(32, clock=clock)
     seen = run(control, clock, 20, rate=12.5 * MB, rtt=0.15, track=0.5 * MB, waiting=False)
-    assert set(seen) == {START}
+    assert set(seen) == {start_for(0.15)}
 
 
 @pytest.mark.parametrize("rtt", [0.02, 0.15])
@@ -129,12 +153,12 @@ def test_an_interval_is_several_round_trips(rtt: float) -> None:
     clock = Clock()
     control = Concurrency(32, clock=clock)
     control.answered_after(rtt)
-    control.limit(waiting=True)
+    first = control.limit(waiting=True)
     control.received(10 * MB)
     clock.now += max(MIN_INTERVAL, ROUND_TRIPS * rtt) * 0.99
-    assert control.limit(waiting=True) == START  # not yet a whole interval: nothing decided
+    assert control.limit(waiting=True) == first  # not yet a whole interval: nothing decided
     clock.now += max(MIN_INTERVAL, ROUND_TRIPS * rtt) * 0.02
-    assert control.limit(waiting=True) > START
+    assert control.limit(waiting=True) > first
 
 
 def test_the_fetcher_runs_only_the_measured_number_of_downloads_and_a_reader_goes_first(

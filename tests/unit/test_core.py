@@ -236,3 +236,24 @@ def test_read_into_a_buffer_gives_the_bytes_read_gives(make_fs, server_root, dev
             assert fs.read_into(opened.handle, memoryview(buffer), len(body) + 5) == 0
         finally:
             fs.release(opened.handle)
+
+
+def test_the_look_ahead_walks_only_the_tracks_the_cache_holds(make_fs, server_root, devserver):
+    # A cold mount has nothing to revalidate: its look-ahead starts no worker (each used to look every track up in
+    # the index, twice, while the downloads needed the interpreter); a warm one asks about its stored tracks only.
+    tracks = [{"id": n, "artist": "A", "title": n, "cloud_stream_path": f"/{n}.wav", "size": len(n) * 4000}
+              for n in ("one", "two", "three")]
+    for n in ("one", "two", "three"):
+        (server_root / f"{n}.wav").write_bytes(n.encode() * 4000)
+    cold = make_fs(tracks, devserver.url)
+    cold.look_ahead.start(cold.tracks)
+    assert cold.look_ahead.workers == 0
+    assert read_all(cold, "A - two.wav") == b"two" * 4000
+    settle(cold)
+    warm = make_fs(tracks, devserver.url)
+    warm.look_ahead.start(warm.tracks)
+    assert warm.look_ahead.workers == 1
+    two = warm.lookup("A - two.wav")
+    assert two is not None
+    assert wait_until(lambda: warm.state.fresh(two))  # the look-ahead confirmed it with the server
+    assert [r["path"] for r in devserver.requests("HEAD")] == ["/two.wav"]

@@ -4,7 +4,8 @@ each variant runs the code tree put first on its PYTHONPATH.
     git archive REV | tar -x -C /var/tmp/old          # the "before" tree
     python -m tools.bench.ab cold256 4 old=/var/tmp/old new=-      # '-': this checkout
 
-Cases: cold256 / cold16 (256 x 4 MiB / 16 x 64 MiB, empty cache, page cache dropped, ``cp -r``), warm256 /
+Cases: cold256 / cold16 / cold192 (256 x 4 MiB / 16 x 64 MiB / 192 x 1 MiB, empty cache, page cache dropped,
+``cp -r``; 1 MiB tracks show a fixed per-track cost), warm256 /
 warm16 (fresh mount of a full cache, blobs in the page cache), again256 / again16 (a second ``cp -r`` in the
 same mount). Prints each round, then per variant the medians of wall time and of the daemon's CPU time
 (user + system, from /proc) and the medians of the per-round ratios against the first variant. Served by
@@ -21,7 +22,7 @@ from pathlib import Path
 from tools.bench import common as bench
 
 CASES = {"cold256": (256, 4), "warm256": (256, 4), "again256": (256, 4),
-         "cold16": (16, 64), "warm16": (16, 64), "again16": (16, 64)}
+         "cold16": (16, 64), "warm16": (16, 64), "again16": (16, 64), "cold192": (192, 1)}
 
 
 def cpu_seconds(pid: int) -> float:

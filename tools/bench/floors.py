@@ -2,8 +2,9 @@
 
 Cases (``python -m tools.bench --only pertrack,floors,fuse2``):
 
-* ``pertrack`` — 256 × 4 MiB cold: mixvfs ``cp -r`` against ONE ``curl`` process fetching every URL (``-o``
-  each), which reuses one keep-alive connection: what a track costs beyond its bytes;
+* ``pertrack`` — 192 × 1 MiB cold (``--quick``: 64): mixvfs ``cp -r`` against ONE ``curl`` process fetching every
+  URL (``-o`` each), which reuses one keep-alive connection: what a track costs beyond its bytes (4 MiB tracks hid
+  most of that cost behind their bytes);
 * ``floors`` — per round, alternately: the download floor (that same one-``curl`` fetch), native ``cp`` of the
   same files, two C FUSE floors over the same files (from the page cache): ``tools/fusefloor.c`` (the least a
   libfuse 3 high-level filesystem does: built here with ``cc``, same libfuse, request size and threads as the
@@ -143,7 +144,7 @@ class Floors:
         with self.mount(data, cache, library) as mnt:
             return copy_tree(mnt, self.bench.work / "out")
 
-    # -- 256 × 4 MiB: the cost of a track --------------------------------------------------------------
+    # -- 192 × 1 MiB: the cost of a track --------------------------------------------------------------
 
     def case_pertrack(self, data: DataSet, library: str | None = None) -> None:
         bench = self.bench

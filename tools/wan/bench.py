@@ -44,6 +44,7 @@ KIB, MIB = 1 << 10, 1 << 20
 MIXVFS = str(Path(sys.executable).parent / "mixvfs")
 TOKEN = "alice"
 PEERS = ("aria2c -j8", "curl --parallel 8", "rclone copy")
+BASELINE = "mixvfs baseline"  # --baseline: another checkout's mixvfs, in the same runs
 
 
 @dataclass
@@ -145,12 +146,15 @@ class Bench:
         return path
 
     @contextlib.contextmanager
-    def mounted(self, session: Path, cache: Path, *extra: str, token: str = TOKEN) -> Iterator[Path]:
+    def mounted(self, session: Path, cache: Path, *extra: str, token: str = TOKEN,
+                code: str | None = None) -> Iterator[Path]:
+        """A mount of ``session``; ``code``: another checkout's ``mixvfs`` package runs it (PYTHONPATH, inherited
+        by the daemon), for an A/B in the same run."""
         mnt = self.work / "mnt"
         mnt.mkdir(exist_ok=True)
+        env = {**os.environ, "MIXVFS_TOKEN": token, **({"PYTHONPATH": code} if code else {})}
         sh([MIXVFS, "mount", str(session), str(mnt), "--cache-dir", str(cache), "--report",
-            str(self.work / "report.json"), "--log-file", str(self.work / "mixvfs.log"), *extra],
-           env={**os.environ, "MIXVFS_TOKEN": token})
+            str(self.work / "report.json"), "--log-file", str(self.work / "mixvfs.log"), *extra], env=env)
         pid = int(os.getxattr(mnt, "user.mixvfs.pid"))
         try:
             yield mnt
@@ -178,9 +182,10 @@ class Bench:
             proc.stderr.close()
         self.unmount_seconds = time.perf_counter() - started
 
-    def mixvfs_export(self, session: Path, cache: Path, dest: Path, *extra: str, token: str = TOKEN) -> None:
+    def mixvfs_export(self, session: Path, cache: Path, dest: Path, *extra: str, token: str = TOKEN,
+                      code: str | None = None) -> None:
         start = time.perf_counter()
-        with self.mounted(session, cache, *extra, token=token) as mnt:
+        with self.mounted(session, cache, *extra, token=token, code=code) as mnt:
             self.mount_seconds = time.perf_counter() - start
             sh(["cp", "-r", f"{mnt}/.", str(dest)])
             self.copied_at = time.time()
@@ -214,6 +219,8 @@ class Bench:
         tools: dict[str, Callable[[Path], None]] = {
             "mixvfs": lambda d: self.mixvfs_export(session, self.fresh("cache"), d),
             "mixvfs --jobs 8": lambda d: self.mixvfs_export(session, self.fresh("cache"), d, "--jobs", "8"),
+            **({BASELINE: lambda d: self.mixvfs_export(session, self.fresh("cache"), d, code=self.args.baseline)}
+               if self.args.baseline else {}),
             "aria2c -j8": lambda d: self.aria2c(data, d),
             "curl --parallel 8": lambda d: self.curl(data, d),
             "rclone copy": lambda d: self.rclone(data, d),
@@ -236,15 +243,18 @@ class Bench:
         self.mixvfs_export(session, cache, self.fresh("out"))  # fill it
         row = Row(f"warm: {len(data.files)} × {human(data.size)} cached, fresh mount + cp -r, {shape.rtt_ms:g} ms",
                   None, len(data.files))
+        variants = {"mixvfs": None, **({BASELINE: self.args.baseline} if self.args.baseline else {})}
         for i in range(runs):
-            dest = self.fresh("out")
-            result = self.measure(lambda dest=dest: self.mixvfs_export(session, cache, dest))  # type: ignore[misc]
-            check_copy(data, dest)
-            row.add("mixvfs", result)
-            heads = [r for r in result.requests if r.method == "HEAD"]
-            self.say(f"  {row.case}, run {i + 1}: {result.seconds:.2f} s (mount {self.mount_seconds:.2f} s); "
-                     f"{per_track(result.requests, row.tracks)}; "
-                     f"most HEADs within one round trip: {most_within([r.end for r in heads], shape.rtt_ms / 1000)}")
+            for tool, code in variants.items():
+                dest = self.fresh("out")
+                result = self.measure(lambda dest=dest, code=code: self.mixvfs_export(  # type: ignore[misc]
+                    session, cache, dest, code=code))
+                check_copy(data, dest)
+                row.add(tool, result)
+                heads = [r.end for r in result.requests if r.method == "HEAD"]
+                self.say(f"  {row.case}, run {i + 1}: {tool} {result.seconds:.2f} s "
+                         f"(mount {self.mount_seconds:.2f} s); {per_track(result.requests, row.tracks)}; "
+                         f"most HEADs within one round trip: {most_within(heads, shape.rtt_ms / 1000)}")
         self.rows.append(row)
 
     def case_ask(self, data: DataSet, shape: Shape, runs: int) -> None:
@@ -354,7 +364,7 @@ class Bench:
     # -- the table --------------------------------------------------------------------------------------
 
     def table(self) -> str:
-        tools = ["mixvfs", "mixvfs --jobs 8", *PEERS]
+        tools = ["mixvfs", "mixvfs --jobs 8", *([BASELINE] if self.args.baseline else []), *PEERS]
         lines = ["| case | floor | " + " | ".join(tools) + " | mixvfs ÷ best peer | mixvfs requests / connections "
                  "per track |", "|---" * (len(tools) + 4) + "|"]
         for row in self.rows:
@@ -465,6 +475,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rtts", default="", help="comma list of round trips (ms) for the cold cases (20,80,150)")
     parser.add_argument("--work", default=None, help="data folder (default: a temp folder on /var/tmp)")
     parser.add_argument("--out", default=str(REPO / "bench-out"), help="where wan-results.md goes")
+    parser.add_argument("--baseline", default=None, metavar="CHECKOUT",
+                        help="another checkout (e.g. `git archive main | tar -x -C DIR`): its mixvfs runs as one more "
+                             "tool, interleaved with this one in each run (an A/B on the same link and load)")
     args = parser.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
     return args

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 
 from mixvfs.cache.defaults import QUESTIONS
-from mixvfs.cache.errors import FetchError
+from mixvfs.cache.errors import CacheError, FetchError
 from mixvfs.cache.fetcher import Fetcher, Foreground
 from mixvfs.cache.http import Freshness
 from mixvfs.vfs.fs.mount_state import MountState
@@ -26,10 +26,10 @@ LOOK_AHEAD = 4 * QUESTIONS
 
 
 class Walk:
-    """The tracks handed out in order to several workers, each track once."""
+    """The tracks (each with its session position) handed out in order to several workers, each track once."""
 
-    def __init__(self, tracks: list[Track]) -> None:
-        self._items = enumerate(tracks)
+    def __init__(self, items: list[tuple[int, Track]]) -> None:
+        self._items = iter(items)
         self._lock = threading.Lock()
 
     def take(self) -> tuple[int, Track] | None:
@@ -48,13 +48,28 @@ class LookAhead:
         self._walk: Walk | None = None  # the pass over the tracks (a reload starts a new one)
         self._reader_at = -1  # the furthest session position a reader opened (the look-ahead keeps ahead of it)
         self._reader_moved = threading.Condition()
+        self.workers = 0  # how many workers the latest pass started
 
     def start(self, tracks: list[Track]) -> None:
         """A pass over ``tracks``, unless one runs (a reload calls :meth:`restart`)."""
         if self._walk is None and not self.stop.is_set():
-            walk = self._walk = Walk(list(tracks))
-            for number in range(QUESTIONS):
+            items = self._stored(tracks)
+            walk = self._walk = Walk(items)
+            self.workers = min(QUESTIONS, len(items))
+            for number in range(self.workers):
                 threading.Thread(target=self._work, args=(walk,), name=f"look-ahead-{number}", daemon=True).start()
+
+    def _stored(self, tracks: list[Track]) -> list[tuple[int, Track]]:
+        """The cloud tracks the index maps now, with their session positions: one query, instead of a lookup per
+        track (two database reads each) competing with the downloads of a cold mount for the interpreter. A
+        track stored later (by another process) is revalidated by its own open, as without the look-ahead."""
+        try:
+            indexed = self.fetcher.indexed()
+        except CacheError:
+            log.warning("the look-ahead could not read the cache index: each open revalidates its own track")
+            return []
+        return [(position, track) for position, track in enumerate(tracks)
+                if track.kind is Kind.CLOUD and track.source is not None and track.source.ident in indexed]
 
     def restart(self, tracks: list[Track]) -> None:
         """The listing changed: the running pass walks the old list and ends; a new one covers the new tracks."""
