@@ -245,15 +245,22 @@ class DataSet:
     urls: list[str]
 
 
-def make_dataset(root: Path, work: Path, url: str, name: str, count: int, size: int) -> DataSet:
-    folder = root / name
+def sized_tracks(folder: Path, count: int, size: int) -> list[Path]:
+    """COUNT WAV files of SIZE bytes in FOLDER (kept from an earlier run when their size matches), each with
+    content of its own: seeded by the folder's name and its number."""
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for i in range(count):
         path = folder / f"t{i:05d}.wav"
         if not path.exists() or path.stat().st_size != size:
-            write_sized(path, size, kind="wav", seed=zlib.crc32(f"{name}/{i}".encode()))
+            write_sized(path, size, kind="wav", seed=zlib.crc32(f"{folder.name}/{i}".encode()))
         files.append(path)
+    return files
+
+
+def make_dataset(root: Path, work: Path, url: str, name: str, count: int, size: int) -> DataSet:
+    folder = root / name
+    files = sized_tracks(folder, count, size)
     tracks = [{"id": f"{name}-{i}", "artist": "Bench", "title": f"{name} {i:05d}",
                "cloud_stream_path": f"/{name}/{p.name}", "size": size, "content_type": "audio/wav"}
               for i, p in enumerate(files)]

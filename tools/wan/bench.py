@@ -29,12 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.make_audio import write_sized
+from tools.bench.common import sized_tracks
 from tools.wan.link import Link, Shape, emulated, missing, stop_process
 from tools.wan.origin import Origin, Request, most_within, nginx_binary, serving
 
@@ -71,15 +70,7 @@ class DataSet:
 
 def make_dataset(root: Path, count: int, size: int) -> DataSet:
     name = f"s{count}x{size // KIB}k"
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for i in range(count):
-        path = folder / f"t{i:05d}.wav"
-        if not path.exists() or path.stat().st_size != size:
-            write_sized(path, size, kind="wav", seed=zlib.crc32(f"{name}/{i}".encode()))
-        files.append(path)
-    return DataSet(name, files, size)
+    return DataSet(name, sized_tracks(root / name, count, size), size)
 
 
 @dataclass
