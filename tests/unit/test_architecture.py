@@ -48,3 +48,43 @@ def test_the_error_tree_is_drawn_as_errors_py_has_it():
     assert set(re.findall(r"`([A-Z][A-Za-z]+)`", section)) == {*drawn, "MixvfsError"} == ours
     for name, parent in drawn.items():
         assert getattr(errors, parent) in getattr(errors, name).__bases__, name
+
+
+def import_cycles(package: str) -> list[set[str]]:
+    """The groups of modules that import each other, directly or around a circle (Tarjan's strongly connected
+    components over the imports as grimp reads them from the source, function-level imports included)."""
+    import grimp  # import-linter's own graph builder
+
+    graph = grimp.build_graph(package)
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[set[str]] = []
+
+    def visit(module: str) -> None:
+        order[module] = low[module] = len(order)
+        stack.append(module)
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported not in order:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in stack:
+                low[module] = min(low[module], order[imported])
+        if low[module] == order[module]:
+            group = set()
+            while True:
+                member = stack.pop()
+                group.add(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                cycles.append(group)
+
+    for module in sorted(graph.modules):
+        if module not in order:
+            visit(module)
+    return cycles
+
+
+def test_no_module_of_the_package_imports_itself_around_a_circle():
+    assert import_cycles("mixvfs") == []

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import mfusepy as fuse  # host.prefer_libfuse3() ran first: libfuse.libfuse_problem loads this module
+import mfusepy as fuse  # host.prefer_libfuse3() ran first: loading.libfuse_problem loads this module
 
 from mixvfs import host
 from mixvfs.vfs.adapter import passthrough

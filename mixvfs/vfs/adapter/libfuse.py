@@ -32,23 +32,6 @@ READAHEAD_KIB = 4096
 WAITING_READS = 1024
 
 
-def libfuse_problem(*, whole_adapter: bool = True) -> str | None:
-    """None when a libfuse mfusepy can mount with loads; else one line: why not, and what to install or
-    allow (macFUSE refused by the system shows here too: its library loads only once allowed).
-    ``whole_adapter=False`` loads mfusepy alone: what the waiting ``mixvfs mount`` asks before it starts a
-    daemon (which asks again with the whole adapter, and its answer reaches the terminal too). The adapter
-    brings the whole core with it, a quarter of a second of a 10 000-track mount's start."""
-    host.prefer_libfuse3()
-    try:
-        if whole_adapter:
-            import mixvfs.vfs.adapter.fuse_ops  # noqa: F401
-        else:
-            import mfusepy  # noqa: F401
-    except (OSError, AttributeError) as exc:
-        return f"no usable libfuse ({exc}): {host.libfuse_hint()}"
-    return None
-
-
 def raise_readahead(mountpoint: str, kib: int = READAHEAD_KIB) -> bool:
     """Set the mount's readahead (Linux sysfs, root only; elsewhere the system's default stays)."""
     done = host.set_readahead(mountpoint, kib)

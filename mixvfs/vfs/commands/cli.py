@@ -238,7 +238,7 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
     # libfuse check here loads mfusepy alone.
     mount.check_mountpoint(options.mountpoint, allow_non_empty=options.allow_non_empty)
     mount.check_paths(options, log_file=True)
-    from mixvfs.vfs.adapter.libfuse import libfuse_problem
+    from mixvfs.vfs.adapter.loading import libfuse_problem
     if (problem := libfuse_problem(whole_adapter=False)) is not None:
         raise ConfigError(problem)
     assert options.log_file is not None

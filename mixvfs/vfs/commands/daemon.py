@@ -17,7 +17,7 @@ from types import FrameType
 
 from mixvfs import host
 from mixvfs.cache.errors import ConfigError, MixvfsError
-from mixvfs.vfs.adapter.libfuse import libfuse_problem
+from mixvfs.vfs.adapter.loading import libfuse_problem
 from mixvfs.vfs.fs import history
 from mixvfs.vfs.fs.deadlines import outlives
 from mixvfs.vfs.fs.mount import MountOptions, check_mountpoint, check_paths

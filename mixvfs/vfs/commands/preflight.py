@@ -157,7 +157,7 @@ def run_preflight(session: Session, settings: config.Settings) -> dict[str, Any]
         team = runtime.http.team.state() if runtime.http.team is not None else None
     finally:
         runtime.close()
-    from mixvfs.vfs.adapter.libfuse import libfuse_problem
+    from mixvfs.vfs.adapter.loading import libfuse_problem
 
     result = summarize(session, checks, disk, token_state(runtime.tokens, runtime.token_error, checks),
                        token_error=runtime.token_error, fuse_problem=libfuse_problem() or host.fuse_access_problem())
