@@ -18,9 +18,9 @@ itself), capped at macFUSE's 600 s."""
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 
+from mixvfs import host
 from mixvfs.cache.defaults import CONNECT_TIMEOUT
 
 MACFUSE_MAX_DAEMON_TIMEOUT = 600  # seconds; the kernel extension refuses more (FUSE_MAX_DAEMON_TIMEOUT)
@@ -36,9 +36,10 @@ class RequestBounds:
 
 
 def request_bounds(setting: str | float, *, stall_timeout: float, token_timeout: float,
-                   platform: str = sys.platform) -> RequestBounds:
-    """``setting`` is ``request_timeout``: "auto", or seconds (0: no bound)."""
-    darwin = platform == "darwin"
+                   platform: str | None = None) -> RequestBounds:
+    """``setting`` is ``request_timeout``: "auto", or seconds (0: no bound). ``platform``: this system's
+    (``host``'s) unless named."""
+    darwin = host.DARWIN if platform is None else platform == "darwin"
     if setting == "auto":
         wait: float | None = 2 * stall_timeout if darwin else None
     else:
