@@ -513,9 +513,12 @@ class Download:
         self.path = None  # now owned by the store
         said = self.said
         entry = SourceEntry(self.digest, self.total, said.content_type, said.etag, said.last_modified)
-        index.record(self.source.ident, entry)
-        # Another commit (ours or another process's) may have evicted the blob between the rename and this
-        # row: its eviction could not remove a row not yet written, so remove it now.
+        try:
+            index.record(self.source.ident, entry)
+        finally:
+            store.settle(self.digest)
+        # Another process's commit may have evicted the blob between the rename and this row: its eviction
+        # could not remove a row not yet written, so remove it now.
         if not store.has(self.digest):
             index.forget(self.source.ident)
 

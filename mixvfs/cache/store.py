@@ -183,6 +183,9 @@ class BlobStore:
         self._own: set[Path] = set()  # staging files this store handed out and has not seen end
         self._own_bound = 64
         self._own_lock = threading.Lock()
+        # Blobs committed whose index rows are not written yet: until then no pin can name them (pins find
+        # blobs through those rows), so every eviction of this process spares them.
+        self._settling: set[str] = set()
 
     def _open_blobs(self, path: str) -> BlobCache:
         cache = BlobCache(
@@ -285,14 +288,26 @@ class BlobStore:
     # -- blobs -----------------------------------------------------------------------------------------
 
     def commit(self, staged: Path, digest: str, size: int) -> None:
-        """Adopt a verified staging file as the blob ``digest``; identical bytes are stored once."""
+        """Adopt a verified staging file as the blob ``digest``; identical bytes are stored once. The blob is
+        spared by every eviction until :meth:`settle`, which the committer calls once the index maps it."""
+        with self._own_lock:
+            self._settling.add(digest)
         try:
             if self._mark_used(digest):
                 staged.unlink(missing_ok=True)  # open readers keep their descriptor (POSIX)
             else:
                 self._adopt(staged, digest, size)
+        except BaseException:
+            with self._own_lock:
+                self._settling.discard(digest)
+            raise
         finally:
             self._disown(staged)
+
+    def settle(self, digest: str) -> None:
+        """The index maps the blob committed as ``digest`` (a pin finds it now): back to the size limit."""
+        with self._own_lock:
+            self._settling.discard(digest)
         self.evict_to(self.max_size, protect=[digest])
 
     def _adopt(self, staged: Path, digest: str, size: int) -> None:
@@ -373,7 +388,9 @@ class BlobStore:
         with self._evict_lock:
             infos = self.infos()
             pinned = self.index.pinned_set()
-            chosen = victims(infos, limit=limit, protect=frozenset(protect) | pinned)
+            with self._own_lock:
+                settling = frozenset(self._settling)
+            chosen = victims(infos, limit=limit, protect=frozenset(protect) | pinned | settling)
             self._remove(chosen)
             self._warn_if_pins_exceed(infos, pinned, limit)
             return chosen

@@ -144,3 +144,17 @@ def test_unpin_by_a_name_two_pins_share_asks_for_the_manifest(tmp_path, server_r
     stats = json.loads(cachectl(cache, "stats", "--json").stdout)
     assert [p["manifest"] for p in stats["pinned"]["sessions"]] == [str(friday.resolve())]
     assert stats["pinned"]["blobs"] == 2
+
+
+def test_a_pin_larger_than_the_size_limit_keeps_every_track_it_downloads(tmp_path, server_root, devserver):
+    """Five 300 KiB tracks pinned under a 1 MiB limit, downloaded at once: each commit's eviction must spare the
+    blobs of the pin that other downloads committed a moment before (their index rows, through which a pin
+    finds its blobs, may not be written yet)."""
+    tracks = [cloud_track(server_root, f"p{i}", 300 * KiB, seed=20 + i) for i in range(5)]
+    big = write_session(tmp_path / "big.json", tracks, server=devserver.url, name="Big")
+    cache = tmp_path / "cache"
+    done = cachectl(cache, "--max-size", "1M", "pin", str(big), "--jobs", "5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "pinned 'Big': 5 of 5 cloud track(s) held" in done.stdout
+    assert "over the size limit" in done.stdout
+    assert sorted(r["name"] for r in ls(cache)) == sorted(name_of(f"p{i}") for i in range(5))

@@ -41,6 +41,7 @@ def stage(store: BlobStore, data: bytes) -> tuple[Path, str]:
 def put(store: BlobStore, data: bytes) -> str:
     path, digest = stage(store, data)
     store.commit(path, digest, len(data))
+    store.settle(digest)  # as a download does once the index maps the blob
     return digest
 
 

@@ -4,7 +4,7 @@ A pin is a row of the cache's own index (``pin:<manifest path>``: the session's 
 every process on the cache — a live mount's commit-time eviction, its start's prune, ``cachectl prune`` — reads
 it at its next eviction and spares the blobs those URLs map to. The pin is written *before* the downloads, so
 every blob they commit is already pinned; one eviction already under way in another process when the pin was
-written may still remove a blob it had chosen, which the check after the downloads catches (one more warm).
+written may still remove a blob it had chosen, which the check after the downloads names (exit 1: pin again).
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ def pin(path: Path, session: Session, runtime: Runtime, *, out: TextIO, tty: boo
     urls = [t.cloud_url for t in session.tracks if t.cloud_url]
     pinned = runtime.index.pin(str(path.resolve()), session.name, urls)
     code = warm.warm(session, runtime, out=out, tty=tty)
-    if code == warm.EXIT_OK and held(runtime, pinned)[0] < len(pinned.urls):
-        # An eviction another process had under way when the pin was written took a blob: fetch it again.
-        print("a pinned track was evicted as it was pinned: downloading it again", file=out, flush=True)
-        code = warm.warm(session, runtime, out=out, tty=tty)
     count, size = held(runtime, pinned)
+    if code == warm.EXIT_OK and count < len(pinned.urls):
+        # An eviction another process had under way when the pin was written took a blob. The downloads are
+        # over (warm closed its fetcher): say so, and what fetches it again.
+        print(f"{len(pinned.urls) - count} pinned track(s) were evicted by another process as they were pinned: "
+              "run `cachectl pin` again to download them", file=out, flush=True)
+        code = warm.EXIT_FAILED
     print(f"pinned {session.name!r}: {count} of {len(pinned.urls)} cloud track(s) held, {format_size(size)}; "
           f"kept whatever the size and age limits until `cachectl unpin`", file=out, flush=True)
     every = runtime.store.pinned()
