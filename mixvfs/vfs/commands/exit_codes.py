@@ -16,8 +16,9 @@ TABLE: tuple[tuple[int, str], ...] = (
              "unmount refused (a program has a file or the folder open: the message names `fuser -vm` / "
              "`lsof +f --`), `verify` found corrupt blobs"),
     (USAGE, "bad input: manifest, flags (`--token` is refused by every command), config file, mountpoint "
-            "(missing, not empty, already mounted; not mounted for `unmount`/`status`/`report`, which then say "
-            "where the last report is), unusable cache folder, report or log path; a user who cannot mount "
+            "(missing, not empty, already mounted; not mounted for `unmount`/`status`, which then say where the "
+            "last report is; `report` of a folder never mounted — after an unmount it shows the last report), "
+            "unusable cache folder, report or log path; a user who cannot mount "
             "(`mount`: the message names the cause and the fix — no access to `/dev/fuse`, `fusermount3` missing "
             "or not setuid root); "
             "`cachectl stats/ls/verify/prune/unpin` on a folder that is not a cache (\"no cache at PATH\"); "
