@@ -844,6 +844,7 @@ def test_log_records_every_field(root: Path, tmp_path: Path, client: httpx.Clien
         "status": 200,  # If-Range mismatch: full body
         "bytes": len(DATA),
         "fault": "delay",
+        "t_gone": None,
     }
     assert (head["method"], head["status"], head["bytes"], head["fault"]) == ("HEAD", 200, 0, None)
     assert len(log.read_text().splitlines()) == 2
@@ -904,3 +905,21 @@ def test_then_applies_once_times_are_used_up(server: DevServer) -> None:
     assert third.headers["ETag"][:2] == "W/"  # for good, not once
     with pytest.raises(FaultsError, match="'then' needs 'times'"):
         server.set_faults({"/track.flac": {"then": {"weak_etag": True}}})
+
+
+def test_a_client_that_hangs_up_while_parked_on_a_hold_is_logged_as_gone(root: Path, tmp_path: Path) -> None:
+    """A parked request ends only at the release; the log says when its client left (``t_gone``), so a test
+    counting requests in flight counts it as the client ran it."""
+    with DevServer(root, tokens=[TOKEN], log=tmp_path / "log.jsonl") as srv:
+        srv.set_faults({"/track.flac": {"hold": "h", "hold_after": 100}})
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        conn.request("GET", "/track.flac", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert len(conn.getresponse().read(100)) == 100
+        srv.wait_held("h")
+        conn.close()
+        left = time.time()
+        srv.release("h")
+        assert srv.wait_idle(30)
+        (get,) = srv.requests("GET")
+    gone, end = get["t_gone"], get["t_end"]
+    assert isinstance(gone, float) and isinstance(end, float) and left - 1 <= gone <= end

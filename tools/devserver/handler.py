@@ -6,6 +6,7 @@ import email.utils
 import errno
 import io
 import os
+import select
 import socket
 import socketserver
 import sys
@@ -324,7 +325,7 @@ class DevRequestHandler(BaseHTTPRequestHandler):
         With ``rate`` it sends rate/10-byte pieces and sleeps until each is due: no busy wait.
         """
         limit = length if fault.drop_after is None else min(length, fault.drop_after)
-        pauses = self._pauses(fault, length)
+        pauses = self._pauses(fault, length, record)
         step = CHUNK if fault.rate is None else max(1, min(CHUNK, fault.rate // 10))
         clock = time.monotonic()  # rate reference point
         src.seek(start)
@@ -341,15 +342,30 @@ class DevRequestHandler(BaseHTTPRequestHandler):
             if fault.rate is not None and record.bytes < limit:  # no pause after the last byte: t_end is honest
                 _sleep_until(clock + record.bytes / fault.rate)
 
-    def _pauses(self, fault: Fault, length: int) -> list[tuple[int, Callable[[], None]]]:
+    def _pauses(self, fault: Fault, length: int, record: RequestRecord) -> list[tuple[int, Callable[[], None]]]:
         """(offset, action) for the stall and the hold, in offset order; none at or past the end."""
         pauses: list[tuple[int, Callable[[], None]]] = []
         if fault.stall_after is not None and fault.stall_after < length:
             pauses.append((fault.stall_after, lambda: time.sleep(fault.stall_seconds)))
         hold = fault.hold
         if hold is not None and fault.hold_after is not None and fault.hold_after < length:
-            pauses.append((fault.hold_after, lambda: self.state.holds.wait(hold, fault.identity)))
+            pauses.append((fault.hold_after,
+                           lambda: self.state.holds.wait(hold, fault.identity, gone=lambda: self._gone(record))))
         return sorted(pauses, key=lambda pause: pause[0])
+
+    def _gone(self, record: RequestRecord) -> bool:
+        """Whether the client closed the connection (read side at its end); logs when, as ``t_gone``. A
+        parked request learns it no other way: nothing is written until the release."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            closed = bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except ValueError:  # a TLS socket takes no recv flags: not told
+            return False
+        except OSError:
+            closed = True
+        if closed:
+            record.t_gone = time.time()
+        return closed
 
 
 def _representation(f: BinaryIO, target: Path, st: os.stat_result, fault: Fault | None) -> Representation:

@@ -6,7 +6,7 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ class RequestRecord:
     bytes: int = 0
     fault: str | None = None
     t_end: float | None = None
+    t_gone: float | None = None  # the client hung up while the request was parked on a hold (it ends later)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -55,8 +56,10 @@ class Holds:
         self._parked: dict[str, list[tuple[str, threading.Event]]] = {}
         self._stopping = False
 
-    def wait(self, name: str, identity: str) -> None:
-        """Return once NAME is released for this entry; raise ServerStopping if the server stops."""
+    def wait(self, name: str, identity: str, gone: Callable[[], bool] | None = None) -> None:
+        """Return once NAME is released for this entry; raise ServerStopping if the server stops. ``gone``
+        (asked a few times a second while parked, until it says yes) tells whether the client hung up: the
+        request stays parked, but its caller can log when its client left."""
         gate = (identity, threading.Event())
         with self._cond:
             if self._stopping:
@@ -65,7 +68,11 @@ class Holds:
                 return
             self._parked.setdefault(name, []).append(gate)
             self._cond.notify_all()
-        gate[1].wait()  # no timeout: release() or stop() sets it
+        while not gate[1].wait(None if gone is None else 0.05):  # release() or stop() sets it
+            if gone is not None and gone():
+                gone = None
+        if gone is not None:
+            gone()  # a client that left just before the release
         with self._cond:
             if gate in self._parked.get(name, []):
                 self._parked[name].remove(gate)
