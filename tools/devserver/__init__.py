@@ -67,7 +67,9 @@ Log (``--log``): one JSON object per request, written when the response is finis
 no query), the request headers ``range``, ``if_range``, ``if_none_match``, ``if_modified_since``,
 ``accept_encoding``, ``auth``, then ``status``, ``bytes`` (body bytes sent: compressed bytes with
 ``encoding``, payload without chunk framing with ``chunked``), ``fault`` (the actions applied to
-this request joined by '+', e.g. ``"stall_after+drop_after"`` or ``"encoding+chunked"``, or null).
+this request joined by '+', e.g. ``"stall_after+drop_after"`` or ``"encoding+chunked"``, or null),
+``t_gone`` (when the client hung up while the request was parked on a hold, which ends it only at the
+release; else null).
 
 Tests use :class:`DevServer`, which runs the server (``python -m tools.devserver``) as a real subprocess.
 
