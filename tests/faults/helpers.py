@@ -62,9 +62,11 @@ def holds_open(pid: int, path: Path) -> bool:
         return False
 
 
-def max_overlap(entries: list[dict[str, Any]]) -> int:
-    """The largest number of requests in flight at once, from the log's start and end times."""
-    events = sorted([(float(e["t"]), 1) for e in entries] + [(float(e["t_end"]), -1) for e in entries])
+def max_overlap(entries: list[dict[str, Any]], *, lag: float = 0.0) -> int:
+    """The largest number of requests in flight at once, from the log's start and end times. ``lag``: how late
+    the server may log an end (it writes the last byte, then takes the time; the client, done at once, may
+    start its next request in between) — meaningful only for requests that last far longer."""
+    events = sorted([(float(e["t"]), 1) for e in entries] + [(float(e["t_end"]) - lag, -1) for e in entries])
     current = peak = 0
     for _, step in events:  # at equal times the end (-1) sorts first: touching intervals do not overlap
         current += step

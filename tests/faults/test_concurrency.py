@@ -43,7 +43,9 @@ def test_downloads_across_tracks_are_bounded_by_jobs(tmp_path, server_root, devs
     ids = [f"j{i}" for i in range(6)]
     tracks = [cloud_track(server_root, track_id, 300_000, seed=i) for i, track_id in enumerate(ids)]
     session = write_session(tmp_path / "s.json", tracks, server=devserver.url)
-    devserver.set_faults({"*": {"hold": "jobs", "hold_after": 100_000}})  # every download parks mid-body
+    # Every download parks mid-body, and after the release takes about 0.3 s (1 MB/s): long beside the few
+    # milliseconds by which the server may log an end late.
+    devserver.set_faults({"*": {"hold": "jobs", "hold_after": 100_000, "rate": 1_000_000}})
     mount = mounter(session, "--jobs", "2")  # prefetch queues them too
     sources = [mount.path / name_of(t) for t in ids]
     readers = [subprocess.Popen(["cp", str(src), str(tmp_path / src.name)]) for src in sources]
@@ -64,7 +66,7 @@ def test_downloads_across_tracks_are_bounded_by_jobs(tmp_path, server_root, devs
     # reader was there) resumes with a Range request, never from the start again.
     assert sorted(g["path"] for g in gets if g["range"] is None) == sorted(stream_path(t) for t in ids)
     ran = client_side(gets)
-    assert max_overlap(ran) <= 2, [(g["path"], g["range"], g["t"], g["t_end"], g.get("bytes")) for g in ran]
+    assert max_overlap(ran, lag=0.05) <= 2, [(g["path"], g["range"], g["t"], g["t_end"]) for g in ran]
     assert max_overlap(gets[:2]) == 2  # the two held ones did run side by side
 
 
