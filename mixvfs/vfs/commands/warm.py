@@ -107,9 +107,11 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
     sources: dict[str, list[Track]] = {}
 
     def on_event(download: Download, event: DownloadEvent) -> None:
-        for track in sources.get(download.source.ident, []):
-            recorder.download_event(track, download, event)  # the report first: the loop reads it
+        # The line's event first, then the report: once the loop sees a track final in the report, the event
+        # that made it so is already queued, and the loop's last drain prints it.
         events.put((download, event, time.monotonic()))
+        for track in sources.get(download.source.ident, []):
+            recorder.download_event(track, download, event)
 
     unsubscribe = fetcher.subscribe(on_event)
     names = NameKeeper(runtime.index)
@@ -135,9 +137,14 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
                     while True:
                         lines += announcer.lines(*events.get_nowait())
                 snapshot = report.snapshot()["tracks"]
+                finished = all(r["status"] in FINAL for r in snapshot)
+                if finished:  # the events queued since the drain above (each before its report change)
+                    with contextlib.suppress(queue.Empty):
+                        while True:
+                            lines += announcer.lines(*events.get_nowait())
                 lines += announcer.leftovers(snapshot)
                 update(lines)
-                if all(r["status"] in FINAL for r in snapshot):
+                if finished:
                     break
     except KeyboardInterrupt:
         interrupted = True
