@@ -130,7 +130,19 @@ if getattr(httpcore.HTTP11Connection.has_expired, "refuses_leftovers", False):
     changed.append("httpcore's idle check")
 if "FUSE_LIBRARY_NAME" in os.environ:
     changed.append("FUSE_LIBRARY_NAME")
+if "httpx._main" in sys.modules and sys.modules["httpx._main"] is None:
+    changed.append("httpx's command-line tool")
 print(changed)
+"""
+
+SKIPPED_TOOL = """
+import sys
+from mixvfs.vfs.commands import output
+output.skip_httpx_command_line_tool()
+import httpx
+with httpx.Client() as client:  # the library itself is whole
+    pass
+print(sorted(m for m in ("httpx._main", "click", "rich.console", "pygments") if sys.modules.get(m) is not None))
 """
 
 
@@ -138,6 +150,18 @@ def test_importing_mixvfs_changes_no_library_and_no_environment() -> None:
     env = {k: v for k, v in os.environ.items() if k != "FUSE_LIBRARY_NAME"}
     done = subprocess.run([sys.executable, "-c", UNTOUCHED], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_a_command_loads_no_part_of_httpxs_command_line_tool() -> None:
+    done = subprocess.run([sys.executable, "-c", SKIPPED_TOOL], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_httpxs_command_line_tool_is_where_the_skip_expects_it() -> None:
+    """The skip relies on httpx importing ``httpx._main`` inside ``try/except ImportError``: a newer httpx that
+    stopped doing so would fail every command at start."""
+    source = Path(httpx.__file__).read_text()
+    assert "from ._main import main" in source and "except ImportError" in source
 
 
 def test_an_http_client_installs_the_reaches() -> None:

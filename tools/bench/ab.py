@@ -83,6 +83,7 @@ def main(argv: list[str]) -> int:
         return 2
     case, rounds = argv[1], int(argv[2])
     variants = [tuple(arg.split("=", 1)) for arg in argv[3:]]
+    bench.compile_bytecode(*(tree for _, tree in variants if tree != "-"))
     os.chdir("/tmp")  # `python -m` puts the working directory first on the daemon's path: not this checkout
     work = Path("/var/tmp/mixvfs-ab")
     work.mkdir(exist_ok=True)

@@ -340,10 +340,12 @@ def copy_tree(src: Path, dest: Path) -> float:
 
 
 
-def compile_bytecode() -> None:
+def compile_bytecode(*trees: str | Path) -> None:
     """Write our modules' bytecode, as ``pip install`` does for an installed package. An editable install
     leaves it to the first import, which does not write it under PYTHONDONTWRITEBYTECODE (set on these
-    machines): every ``mixvfs`` process would then compile our sources again, ~30 ms of each start-up that
-    no user's installed copy pays."""
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "mixvfs")], check=True,
-                   stdout=subprocess.DEVNULL)
+    machines): every ``mixvfs`` process would then compile our changed sources again, up to ~80 ms of each
+    process's start (a mount pays it twice: the command and its daemon) that no user's installed copy pays.
+    ``trees``: other checkouts whose mixvfs runs too (an A/B's baseline)."""
+    for tree in (REPO, *map(Path, trees)):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "mixvfs")], check=True,
+                       stdout=subprocess.DEVNULL)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tools.bench.common import mixvfs_mount, reset, serve, timed
+from tools.bench.common import compile_bytecode, mixvfs_mount, reset, serve, timed
 
 TRACK_BYTES = 4096
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args.counts = [int(c) for c in args.counts.split(",") if c]
     args.kinds = [k for k in args.kinds.split(",") if k]
     args.variants = [tuple(v.split("=", 1)) for v in args.variants.split(",") if v]
+    compile_bytecode(*(tree for _, tree in args.variants if tree != "-"))
     if args.work:
         work = Path(args.work)
         work.mkdir(parents=True, exist_ok=True)

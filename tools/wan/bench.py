@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.bench.common import sized_tracks
+from tools.bench.common import compile_bytecode, sized_tracks
 from tools.wan.link import Link, Shape, emulated, missing, stop_process
 from tools.wan.origin import Origin, Request, most_within, nginx_binary, serving
 
@@ -77,6 +77,17 @@ def make_dataset(root: Path, count: int, size: int) -> DataSet:
 class Result:
     seconds: float
     requests: list[Request]
+    began: float = 0.0  # wall clock (nginx logs in it) when the tool started
+
+    def timeline(self) -> str:
+        """Where the wall time went beside the transfer: before the first request reached the origin (a mount's
+        start), and after the last answer left it (the copy's end)."""
+        if not self.requests:
+            return ""
+        first = min(r.start for r in self.requests)
+        last = max(r.end for r in self.requests)
+        return (f"; first request after {first - self.began:.2f} s, last answer "
+                f"{self.began + self.seconds - last:.2f} s before the end")
 
 
 @dataclass
@@ -122,11 +133,12 @@ class Bench:
         after it is not the export's)."""
         mark = self.origin.mark()
         self.export_seconds = None
+        began = time.time()
         start = time.perf_counter()
         run()
         seconds = self.export_seconds if self.export_seconds is not None else time.perf_counter() - start
         time.sleep(0.3)  # nginx writes its log line after the answer's last byte left: let the last ones land
-        return Result(seconds, self.origin.requests(mark))
+        return Result(seconds, self.origin.requests(mark), began)
 
     # -- the tools --------------------------------------------------------------------------------------
 
@@ -223,7 +235,7 @@ class Bench:
                 check_copy(data, dest)
                 row.add(tool, result)
                 self.say(f"  {row.case}, run {i + 1}: {tool} {result.seconds:.2f} s = {result.seconds / floor:.2f}× "
-                         f"the floor; {per_track(result.requests, row.tracks)}")
+                         f"the floor; {per_track(result.requests, row.tracks)}{result.timeline()}")
         self.rows.append(row)
 
     def case_warm(self, data: DataSet, shape: Shape, runs: int) -> None:
@@ -488,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     only = set(filter(None, args.only.split(","))) or {"cold", "big", "loss", "warm", "ask", "bwlimit", "reconnect",
                                                       "studio"}
     rate = args.rate
+    compile_bytecode(*([args.baseline] if args.baseline else []))
     with contextlib.ExitStack() as stack:
         work = Path(args.work) if args.work else Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="mixvfs-wan-", dir="/var/tmp")))

@@ -40,7 +40,6 @@ from mixvfs.vfs.commands.export_plan import Expected, Plan, make_plan
 from mixvfs.vfs.session.naming import collision_key
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 130
-SETTINGS = ("server", "cache_dir")  # no token, no download settings: nothing is fetched
 
 # Track states (JSON values); the lines show them with spaces.
 OK, MISSING, WRONG_SIZE, WRONG_CONTENT, NOT_VERIFIABLE = (
@@ -394,7 +393,7 @@ def is_mixvfs(folder: Path) -> bool:
 
 def main(args: argparse.Namespace) -> int:
     ignore_lease_breaks()  # exported files are hashed from a mapping under a read lease (cache/digest.py)
-    settings = config.resolve(args, SETTINGS)
+    settings = config.resolve(args, config.CHECK_EXPORT_SETTINGS)
     target: Path = args.session_or_report.expanduser()
     folder: Path = args.export_dir.expanduser()
     check_folder(folder)

@@ -145,7 +145,7 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     ce.add_argument("session_or_report", type=Path, metavar="SESSION_OR_REPORT",
                     help="the session manifest, or the report of the mount the export was made from")
     ce.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="the folder the tracks were exported to")
-    config.add_flags(ce, check_export_settings())
+    config.add_flags(ce, config.CHECK_EXPORT_SETTINGS)
     ce.add_argument("--json", action="store_true", help=JSON_HELP)
 
     if wanted not in sub.choices:  # its module (nginx, addresses) is loaded only to run it or list them all
@@ -157,12 +157,6 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     config.add_flags(c, config.MOUNT_SETTINGS)
     c.add_argument("--json", action="store_true", help=JSON_HELP)
     return parser
-
-
-def check_export_settings() -> tuple[str, ...]:
-    from mixvfs.vfs.commands.check_export import SETTINGS
-
-    return SETTINGS
 
 
 @output.quiet_on_closed_pipe

@@ -206,6 +206,7 @@ TEAM_SETTINGS = ("team_cache", "team_cache_reset_after", "team_cache_allow_plain
 PREFLIGHT_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "cache_dir", "max_size", "max_age",
                       "jobs", "stall_timeout", *TEAM_SETTINGS)
 CACHE_SETTINGS = ("cache_dir", "max_size", "max_age")
+CHECK_EXPORT_SETTINGS = ("server", "cache_dir")  # no token, no download settings: nothing is fetched
 WARM_SETTINGS = ("server", "token_command", "token_timeout", "token_file", "jobs", "bwlimit", "stall_timeout",
                  "retries", "retry_wait", "server_wait_max", *TEAM_SETTINGS)
 

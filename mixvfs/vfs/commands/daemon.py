@@ -184,7 +184,6 @@ def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, 
         # Before the "ok": once `mixvfs mount` returns, `mixvfs report MOUNTPOINT` finds the report after an unmount.
         history.remember(where, report.path, session.name, os.getpid())
         ready.send({"ok": True, "report": str(report.path), "pid": os.getpid()})
-        core.start_prefetch()
 
     status = 0
     bounds = options.bounds()
@@ -254,7 +253,10 @@ def open_session(
     core.server.hear_listing(tracks)
     if say is not None and (word := core.server.text(tracks)) is not None:
         say(word)
-    core.start_revalidating()  # while libfuse mounts: on a distant server, each round of questions is a round trip
+    # While libfuse mounts: on a distant server each question and each download begins with a round trip (or a
+    # handshake); started only once the folder is live, the first ones would follow the mount's start, not
+    # overlap it. What a download stores before the folder is live (or if libfuse then fails) is cached all the same.
+    core.start_prefetch()
 
     def apply(changed: Session) -> None:
         fresh = build_tracks(changed, http=runtime.http, index=runtime.index)

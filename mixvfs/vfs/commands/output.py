@@ -47,6 +47,7 @@ def command_line(prog: str, argv: Sequence[str] | None, run: Callable[[list[str]
     (``--token VALUE``), and end every error as one line on stderr — ours with ``exit_code``, one from the
     system (a path too long, a dead mount) with 2 — never a traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
+    skip_httpx_command_line_tool()
     try:
         refuse(args)
         return run(args)
@@ -58,6 +59,16 @@ def command_line(prog: str, argv: Sequence[str] | None, run: Callable[[list[str]
     except OSError as exc:
         print(f"{prog}: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+
+
+def skip_httpx_command_line_tool() -> None:
+    """httpx's package imports its own command-line tool (click, rich, pygments: ~75 ms, an eighth of a mount's
+    start, paid by the command and again by its daemon) whenever click is installed, and defines a stand-in when
+    that import fails. Our commands never run that tool, so its import is made to fail. A reach into httpx's
+    package, applied when a command starts (never at import: a program importing mixvfs keeps its httpx whole),
+    only while httpx is not loaded yet; tests/unit/test_library_reaches.py checks it."""
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None: "not importable"
 
 
 class VersionAction(argparse.Action):

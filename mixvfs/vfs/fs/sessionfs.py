@@ -541,7 +541,8 @@ class SessionFS:
     # -- prefetch --------------------------------------------------------------------------------------
 
     def start_prefetch(self) -> None:
-        """Once the folder is live: learn the sizes the mount could not learn, and prefetch."""
+        """Learn the sizes the mount could not learn, revalidate ahead and prefetch: called while libfuse mounts
+        (the daemon does not wait for the folder to be live), so the first round trips overlap the mount's start."""
         if self._sizes_thread is None:
             self._sizes_thread = threading.Thread(target=learn_sizes, name="sizes", daemon=True,
                                                   args=(lambda: self.tracks, self.fetcher, self.state,
