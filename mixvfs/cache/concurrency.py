@@ -7,7 +7,7 @@ as many downloads while the goodput still grows by at least ``GROWTH`` (as TCP's
 number that paid when it stops growing; then it holds for a while and probes, in turn, a quarter fewer (kept when
 the goodput stays within ``GROWTH``: a doubling in TCP's own start-up may overshoot) and a quarter more (the link
 may have changed). Half as many when the server pushes back (429/503). The start is for a short round trip; until
-the first interval is measured, a longer one seen in the answers starts it with proportionally more
+the first interval is measured, a longer one seen in a handshake or an answer starts it with proportionally more
 (:func:`start_for`: the bandwidth-delay product of the same rate), rather than spend a doubling interval of several
 long round trips on each step to there. It only climbs while downloads wait for a slot: an exporter that reads
 slower than the link needs no more. Time is injected; the fetcher
@@ -64,6 +64,14 @@ class Concurrency:
     def answered_after(self, seconds: float) -> None:
         """A request's response headers came ``seconds`` after it was sent: about one round trip (the first on a
         new connection: two, with the handshake)."""
+        self._saw_round_trip(seconds)
+
+    def handshake_took(self, seconds: float) -> None:
+        """A new connection's TCP handshake took ``seconds``: one round trip, known before any answer (the first
+        downloads' connections open at once, so the start is scaled one round trip sooner)."""
+        self._saw_round_trip(seconds)
+
+    def _saw_round_trip(self, seconds: float) -> None:
         with self._lock:
             if seconds > 0 and (self._round_trip is None or seconds < self._round_trip):
                 self._round_trip = seconds

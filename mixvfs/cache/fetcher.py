@@ -107,6 +107,8 @@ class Fetcher:
         self._pick = threading.Lock()  # held by the one worker taking the next item from the queue
         # adaptive: how many of the ``jobs`` may run is measured (cache/concurrency.py), from ``start``; else all.
         self.concurrency = Concurrency(self.jobs, start=start) if adaptive else None
+        if self.concurrency is not None:
+            http.on_handshake = self.concurrency.handshake_took
         self._wiring = Wiring(store, index, http, self._on_event, retry=retry or RetryPolicy(), limits=self.limits,
                               step_aside=self.foreground.wait_quiet, budget=budget, meter=self.concurrency)
         self._active: dict[str, Download] = {}

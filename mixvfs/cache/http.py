@@ -11,7 +11,9 @@ import functools
 import logging
 import secrets
 import ssl
-from collections.abc import Generator, Iterator
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -157,6 +159,10 @@ class HttpClient:
         # Every request, whoever makes it (a download, a size probe, a revalidation, the auth flow's retry, a
         # redirect), passes these hooks: an origin that said "wait" is asked nothing until its time is up.
         self.waits = waits or OriginWaits()
+        # Told the seconds of each new TCP connection's handshake (one round trip, measured before any answer):
+        # the download controller's first word on how long the link is (cache/concurrency.py).
+        self.on_handshake: Callable[[float], None] | None = None
+        self._handshakes = threading.local()
         self._client = httpx.Client(
             event_hooks={"request": [self._before_request], "response": [self._after_response]},
             auth=BearerAuth(tokens) if tokens is not None and tokens.configured else None,
@@ -193,6 +199,17 @@ class HttpClient:
 
     def _before_request(self, request: httpx.Request) -> None:
         self.waits.check(str(request.url))  # raises (nothing is sent) while the origin's wait runs
+        if self.on_handshake is not None:
+            request.extensions["trace"] = self._trace  # httpcore's events for this request (httpx's "trace")
+
+    def _trace(self, event: str, _info: dict[str, object]) -> None:
+        """httpcore calls this in the request's thread: a new connection's TCP connect began, or ended."""
+        if event == "connection.connect_tcp.started":
+            self._handshakes.began = time.monotonic()
+        elif event == "connection.connect_tcp.complete" and self.on_handshake is not None:
+            began = getattr(self._handshakes, "began", None)
+            if began is not None:
+                self.on_handshake(time.monotonic() - began)
 
     def _after_response(self, response: httpx.Response) -> None:
         seconds = self.waits.heard(str(response.request.url), response.status_code,
