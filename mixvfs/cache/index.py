@@ -43,6 +43,10 @@ HEAD = "head:"
 SEEN = "seen:"
 PIN = "pin:"
 NAMES_BATCH = 500  # names written per transaction
+# Up to this many names are compared with the index by key (two queries); more, by one pass over every row (a
+# mount's whole session).
+NAMES_BY_KEY = 2000
+KEYED_BATCH = 500  # keys per query (SQLite allows 32 766 parameters)
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,16 @@ class IndexCache(CheckedCache):
                            (SRC, "src;"))
         return [(str(key)[len(SRC):], str(tag)) for key, tag in rows]
 
-    def values(self, prefix: str) -> dict[str, Any]:
+    def values(self, prefix: str, keys: Collection[str] | None = None) -> dict[str, Any]:
         """Every row under ``prefix`` with its value, in one query (``get`` per key is a query each: a mount of
-        100 000 cached tracks compares their names in one pass). A value that does not decode is None."""
-        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # "seen:" .. "seen;": a range on the key index
-        rows = self._query("SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key >= ? AND key < ?",
-                           (prefix, upper))
+        100 000 cached tracks compares their names in one pass); with ``keys``, only those rows (``prefix`` +
+        key), found through the key index. A value that does not decode is None."""
+        if keys is None:
+            upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # "seen:" .. "seen;": a range on the key index
+            rows = self._query("SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key >= ? AND key < ?",
+                               (prefix, upper))
+        else:
+            rows = self._keyed("key, mode, filename, value", [prefix + key for key in keys])
         disk = self._disk  # type: ignore[attr-defined]
         found = {}
         for key, mode, filename, value in rows:
@@ -94,6 +102,18 @@ class IndexCache(CheckedCache):
             except (OSError, CacheError):
                 found[str(key)[len(prefix):]] = None
         return found
+
+    def present(self, prefix: str, keys: Collection[str]) -> set[str]:
+        """Which of ``keys`` have a row under ``prefix``, in one query per ``KEYED_BATCH``."""
+        return {str(key)[len(prefix):] for (key,) in self._keyed("key", [prefix + key for key in keys])}
+
+    def _keyed(self, columns: str, keys: list[str]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(keys), KEYED_BATCH):
+            batch = keys[start:start + KEYED_BATCH]
+            marks = ", ".join("?" * len(batch))
+            rows += self._query(f"SELECT {columns} FROM Cache WHERE raw = 1 AND key IN ({marks})", tuple(batch))
+        return rows
 
 
 def open_index(path: str) -> IndexCache:
@@ -163,9 +183,8 @@ class SourceIndex:
         Returns how many were written."""
         if not seen:
             return 0
-        if len(seen) == 1:
-            cached = {i for i in seen if self._get(SRC + i) is not None}
-            known = {i: self._get(SEEN + i) for i in seen}
+        if len(seen) <= NAMES_BY_KEY:  # the names of downloads just done: a few, in an index of maybe 100 000
+            cached, known = self._db.present(SRC, seen), self._db.values(SEEN, seen)
         else:
             cached, known = self.source_idents(), self._db.values(SEEN)
         changed = [(ident, asdict(s)) for ident, s in seen.items() if ident in cached and known.get(ident) != asdict(s)]

@@ -154,6 +154,7 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
         # Cancel the downloads; workers unlink their unfinished bodies. One blocked in a silent read (a
         # stalled server) would notice only after the stall timeout: do not wait for it past STOP_WAIT.
         fetcher.close(wait=STOP_WAIT)
+        recorder.close()
         names.close(finish=not interrupted)
         unsubscribe()
         store.clean_own_staging()  # queued-but-never-started downloads' files, and any worker still blocked

@@ -15,7 +15,7 @@ from mixvfs.cache.download import Download, Event
 from mixvfs.cache.errors import Cancelled, FetchError
 from mixvfs.cache.fetcher import Fetcher
 from mixvfs.vfs.fs.report import Report, Status, TrackRecord
-from mixvfs.vfs.session.tracks import Kind, Track, remember_names
+from mixvfs.vfs.session.tracks import Kind, NameBatch, Track
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,11 @@ class Recorder:
         self.now = now  # durations only: a wall-clock step must not move them
         self._failures: dict[str, Failure] = {}
         self._lock = threading.Lock()
+        self._names = NameBatch(fetcher.index, report.session)  # the names of tracks downloaded, in batches
+
+    def close(self) -> None:
+        """Write the names still queued (before the index closes)."""
+        self._names.close()
 
     # -- the records a listing starts from ----------------------------------------------------------------
 
@@ -115,7 +120,7 @@ class Recorder:
             self.forget_failure(track)
             self.report.update(track.id, status=Status.CACHED, bytes=download.total, digest=download.digest,
                                error=None, attempts=download.attempts, via=download.via)
-            remember_names(self.fetcher.index, self.report.session, [track])
+            self._names.add(track)
         elif event is Event.FAILED and download.error is not None:
             if isinstance(download.error, Cancelled):
                 self.report.update(track.id, status=Status.PENDING, error=None)

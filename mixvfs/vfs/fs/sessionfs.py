@@ -579,6 +579,7 @@ class SessionFS:
         self.prefetcher.stop()
         self.fetcher.close(wait)
         self._unsubscribe()
+        self.recorder.close()
 
     # -- events --------------------------------------------------------------------------------------
 
