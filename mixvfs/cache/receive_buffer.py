@@ -32,7 +32,7 @@ from types import ModuleType
 import h11
 import httpcore
 from h11 import _connection as h11_connection
-from h11._receivebuffer import ReceiveBuffer
+from h11._receivebuffer import ReceiveBuffer, blank_line_regex
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,19 @@ class PassThroughBuffer(ReceiveBuffer):
         return super().maybe_extract_next_line()
 
     def maybe_extract_lines(self) -> list[bytearray] | None:
+        held = self._held
+        if held is not None and not held.startswith((b"\n", b"\r\n")):
+            # A response's headers and the first part of its body in one recv (on a near link, most of a
+            # small track): only the headers join h11's buffer; the body stays held, handed on as it is.
+            # Settled whole, every byte of it was copied thrice (into the buffer, out of it, into bytes).
+            match = blank_line_regex.search(held)
+            if match is not None:
+                end = match.end()
+                self._held = None  # h11's own code below (its _extract settles) sees the headers alone
+                self._data += held[:end]
+                lines = super().maybe_extract_lines()  # all of them: the buffer ends at the blank line
+                self._held = held[end:] or None
+                return lines
         self._settle()
         return super().maybe_extract_lines()
 

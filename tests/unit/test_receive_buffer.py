@@ -98,6 +98,17 @@ def test_a_body_recv_passes_through_without_a_copy() -> None:
     assert len(buf) == 0 and not buf and buf.maybe_extract_at_most(10) is None
 
 
+def test_a_body_that_came_with_the_headers_is_handed_on_as_received_not_copied_through_h11s_buffer() -> None:
+    buf = PassThroughBuffer()
+    body = b"y" * 200_000
+    buf += b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + body
+    assert buf.maybe_extract_lines() == [bytearray(b"HTTP/1.1 200 OK"), bytearray(b"Content-Length: 200000")]
+    assert len(buf) == len(body)
+    out = buf.maybe_extract_at_most(1 << 20)
+    assert type(out) is bytes and out == body  # type: ignore[comparison-overlap]  # bytes: httpcore copies nothing
+    assert not buf
+
+
 def test_held_bytes_join_h11s_buffer_before_any_other_use() -> None:
     buf = PassThroughBuffer()
     buf += b"HTTP/1.1 200 OK\r\n"
