@@ -516,10 +516,10 @@ class Download:
         try:
             index.record(self.source.ident, entry)
         finally:
-            store.settle(self.digest)
-        # Another process's commit may have evicted the blob between the rename and this row: its eviction
-        # could not remove a row not yet written, so remove it now.
-        if not store.has(self.digest):
+            # False when another process's commit evicted the blob between the rename and this row: its
+            # eviction could not remove a row not yet written, so remove it now.
+            stored = store.settle(self.digest)
+        if not stored:
             index.forget(self.source.ident)
 
     def _fail(self, exc: FetchError) -> None:

@@ -293,7 +293,10 @@ class BlobStore:
         with self._own_lock:
             self._settling.add(digest)
         try:
-            if self._mark_used(digest):
+            # Asked first without a transaction: the stored-already case is rare (identical bytes behind two
+            # sources), and a use recorded on a miss took the write lock for nothing, once per download. Should
+            # another process store the same bytes in between, the adoption replaces its row with the same bytes.
+            if self._stored(digest) and self._mark_used(digest):
                 staged.unlink(missing_ok=True)  # open readers keep their descriptor (POSIX)
             else:
                 self._adopt(staged, digest, size)
@@ -304,11 +307,16 @@ class BlobStore:
         finally:
             self._disown(staged)
 
-    def settle(self, digest: str) -> None:
-        """The index maps the blob committed as ``digest`` (a pin finds it now): back to the size limit."""
+    @cache_errors("evicting blobs")
+    def settle(self, digest: str) -> bool:
+        """The index maps the blob committed as ``digest`` (a pin finds it now): back to the size limit. Returns
+        whether the blob is still stored: another process's eviction may have taken it before its index row was
+        written (that eviction could not remove a row not yet there), in which case the committer removes the
+        row. Two reads and no lock, after each commit, when the cache is under its limit."""
         with self._own_lock:
             self._settling.discard(digest)
         self.evict_to(self.max_size, protect=[digest])
+        return self._stored(digest)
 
     def _adopt(self, staged: Path, digest: str, size: int) -> None:
         try:
@@ -331,6 +339,10 @@ class BlobStore:
     @cache_errors("looking up a blob")
     def has(self, digest: str) -> bool:
         return digest in self._cache
+
+    @cache_errors("looking up a blob")
+    def _stored(self, digest: str) -> bool:
+        return self._cache.info(digest) is not None
 
     @cache_errors("opening a blob")
     def open_blob(self, digest: str) -> int | None:

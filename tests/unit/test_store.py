@@ -552,3 +552,26 @@ def test_source_idents_names_every_source_row_and_nothing_else(tmp_path: Path) -
         assert index.source_idents() == set(idents[1:])
     finally:
         index.close()
+
+
+def test_a_commit_takes_the_write_lock_once_and_its_settling_none(tmp_path: Path) -> None:
+    """Per download: the adoption is the one write transaction of the blob database (asking whether the bytes
+    were stored already takes no lock), and what follows the index row (the running total, whether the blob is
+    still there) two reads. SQLite's own trace of this thread's connection counts them."""
+    store = BlobStore(tmp_path / "cache", max_size=MiB, max_age=3600)
+    put(store, b"first")  # the database and this thread's connection are made
+    statements: list[str] = []
+    store._cache._con.set_trace_callback(statements.append)
+    path, digest = stage(store, b"second")
+    store.commit(path, digest, 6)
+    assert sum(s.startswith("BEGIN") for s in statements) == 1, statements
+    statements.clear()
+    assert store.settle(digest) is True
+    assert len(statements) == 2 and not any(s.startswith("BEGIN") for s in statements), statements
+    again, same = stage(store, b"second")  # the same bytes again: a use recorded, the staging file dropped
+    store.commit(again, same, 6)
+    assert not again.exists() and store.settle(same) and len(store.infos()) == 2
+    store._remove_digest(same)  # as another process's eviction before the row: settle says so
+    assert store.settle(same) is False
+    store._cache._con.set_trace_callback(None)
+    store.close()
