@@ -68,8 +68,11 @@ class PassThroughBuffer(ReceiveBuffer):
         return len(self) > 0
 
     def __bytes__(self) -> bytes:
-        self._settle()
-        return bytes(self._data)
+        # httpcore asks for this (h11's ``trailing_data``) after every response's headers: the body held is
+        # given as it is (bytes never change), not moved into h11's buffer and copied out of it.
+        if self._held is None:
+            return bytes(self._data)
+        return self._held if not self._data else bytes(self._data) + self._held
 
     def _extract(self, count: int) -> bytearray:
         self._settle()

@@ -104,6 +104,7 @@ def test_a_body_that_came_with_the_headers_is_handed_on_as_received_not_copied_t
     buf += b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + body
     assert buf.maybe_extract_lines() == [bytearray(b"HTTP/1.1 200 OK"), bytearray(b"Content-Length: 200000")]
     assert len(buf) == len(body)
+    assert bytes(buf) is buf._held  # what httpcore asks after the headers (trailing data): no copy, nothing moved
     out = buf.maybe_extract_at_most(1 << 20)
     assert type(out) is bytes and out == body  # type: ignore[comparison-overlap]  # bytes: httpcore copies nothing
     assert not buf
