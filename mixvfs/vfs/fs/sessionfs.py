@@ -544,6 +544,9 @@ class SessionFS:
         """Learn the sizes the mount could not learn, revalidate ahead and prefetch: called while libfuse mounts
         (the daemon does not wait for the folder to be live), so the first round trips overlap the mount's start."""
         if self._sizes_thread is None:
+            # How long the tracks are sets how many downloads begin at once (cache/concurrency.py).
+            self.fetcher.expect_tracks([size for t in self.tracks if t.kind is Kind.CLOUD
+                                        and (size := self.state.size(t)) is not None])
             self._sizes_thread = threading.Thread(target=learn_sizes, name="sizes", daemon=True,
                                                   args=(lambda: self.tracks, self.fetcher, self.state,
                                                         self._prefetch_stop))
