@@ -219,6 +219,7 @@ class Mount:
     log_file: Path
     mounted: bool = True
     extra: list[str] = field(default_factory=list)
+    pid: int | None = None  # the daemon's, once mounted
 
     def report(self) -> dict[str, Any]:
         return dict(json.loads(self.report_path.read_text()))
@@ -242,6 +243,21 @@ class Mount:
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def daemon_state(self) -> str:
+        """Whether the daemon still runs: a test that meets ENOTCONN or a report that stopped changing says so."""
+        if self.pid is None:
+            return "daemon pid unknown"
+        try:
+            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return f"daemon {self.pid} is gone"
+        return f"daemon {self.pid} is {'dead (a zombie)' if state == 'Z' else 'alive'}"
+
+    def diagnosis(self, lines: int = 40) -> str:
+        """What a failing mount test prints beside its own facts: the daemon alive or not, its log's tail."""
+        tail = "\n".join(self.log().splitlines()[-lines:])
+        return f"{self.daemon_state()}; its log ends:\n{tail}"
 
 
 def eio_without_a_report_line(report: dict[str, Any]) -> list[str]:
@@ -320,10 +336,13 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
         m = Mount(mp, cache, report, session, log, mounted=done.returncode == 0)
         m.extra = [done.stdout, done.stderr, str(done.returncode)]  # for tests of failing mounts
         mounts.append(m)  # before any check below: teardown unmounts it whatever happens
+        if m.mounted:
+            with contextlib.suppress(OSError):  # a mount another user made answers root nothing (no allow_other)
+                m.pid = int(getxattr(mp, "user.mixvfs.pid"))
         wanted = lane_libfuse_major()
         if m.mounted and wanted is not None and sys.platform == "linux":
-            pid = int(getxattr(mp, "user.mixvfs.pid"))
-            assert daemon_libfuse_major(pid) == wanted, f"the daemon does not run on libfuse {wanted}"
+            assert m.pid is not None and daemon_libfuse_major(m.pid) == wanted, \
+                f"the daemon does not run on libfuse {wanted}"
         return m
 
     yield mount

@@ -31,8 +31,22 @@ def test_a_slow_steady_download_serves_a_tail_reader_and_a_copier(tmp_path, serv
     assert record["status"] in ("fetching", "cached") and record["error"] is None
 
 
-def chattr(flag: str, paths: list[Path]) -> None:
-    run(["chattr", flag, *map(str, paths)], check=True)
+def refuse_writes(cache_dir: Path) -> list[Path]:
+    """Make the blob store's SQLite database refuse every write: its file and its write-ahead log immutable
+    (``chattr +i``); what was made so, for :func:`allow_writes`.
+
+    Never the ``-shm`` beside them (the WAL index): SQLite maps it and writes through the mapping, even to
+    read after a commit, and on ext4 a write fault on a mapped page of an immutable file is SIGBUS. A commit,
+    then ``chattr +i`` of the three files, then a read kills the process every time, with no error for SQLite
+    to return; without the ``-shm`` the read succeeds and a write fails with "disk I/O error"."""
+    database = cache_dir / "blobs"
+    refused = [database / "cache.db", database / "cache.db-wal"]
+    run(["chattr", "+i", *map(str, refused)], check=True)
+    return refused
+
+
+def allow_writes(refused: list[Path]) -> None:
+    run(["chattr", "-i", *map(str, refused)], check=True)
 
 
 def test_a_cache_database_refusing_a_commit_fails_one_track_and_the_worker_goes_on(
@@ -41,18 +55,21 @@ def test_a_cache_database_refusing_a_commit_fails_one_track_and_the_worker_goes_
     session = write_session(tmp_path / "s.json", entries, server=devserver.url)
     mount = mounter(session, *FAST, "--jobs", "1")
     run(["cp", str(mount.path / name_of("a")), str(tmp_path / "a.wav")], check=True)
-    database = sorted((mount.cache_dir / "blobs").glob("cache.db*"))
-    chattr("+i", database)  # SQLite can no longer write: the commit fails after the blob file was renamed in
+    # `cp` may end before the commit does (its bytes were all there): only a's cached line says it is stored.
+    assert mount.wait_track("a", lambda r: r["status"] == "cached")["status"] == "cached", mount.diagnosis()
+    refused = refuse_writes(mount.cache_dir)  # the commit fails after the blob file was renamed in
     try:
         done = run(["cp", str(mount.path / name_of("b")), str(tmp_path / "b.wav")])
         if done.returncode == 0:  # the reader had every byte before the commit failed: they are right
             assert filecmp.cmp(tmp_path / "b.wav", server_root / "stream" / "b.wav", shallow=False)
         # The report is rewritten in batches; a loaded machine may take seconds to get there.
         record = mount.wait_track("b", lambda r: r["status"] == "failed", timeout=60)
-        assert record["status"] == "failed" and "cache" in record["error"], (record, done.stderr, mount.log())
+        assert record["status"] == "failed" and "cache" in record["error"], \
+            f"{record}\ncp exited {done.returncode}: {done.stderr}\n{mount.diagnosis()}"
     finally:
-        chattr("-i", database)
+        allow_writes(refused)
     # The only worker survived: the next track downloads (a dead worker would leave this cp waiting forever).
-    run(["cp", str(mount.path / name_of("c")), str(tmp_path / "c.wav")], check=True, timeout=30)
+    done = run(["cp", str(mount.path / name_of("c")), str(tmp_path / "c.wav")], timeout=30)
+    assert done.returncode == 0, f"cp exited {done.returncode}: {done.stderr}\n{mount.diagnosis()}"
     assert filecmp.cmp(tmp_path / "c.wav", server_root / "stream" / "c.wav", shallow=False)
     assert cachectl(mount.cache_dir, "verify").returncode == 0
