@@ -150,6 +150,27 @@ def without_root_override(cmd: list[str]) -> list[str]:
     return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
 
 
+@contextlib.contextmanager
+def database_refusing_writes(folder: Path) -> Iterator[None]:
+    """While inside: the SQLite database diskcache keeps in ``folder`` refuses every write, its file and its
+    write-ahead log immutable (``chattr +i``: root, on a file system that has the flag, as CI's ext4 does).
+
+    Never the ``-shm`` beside them (the WAL index): SQLite maps it and writes through the mapping, even to
+    read after a commit, and on ext4 a write fault on a mapped page of an immutable file is SIGBUS. A commit,
+    then ``chattr +i`` of the three files, then a read kills the process every time, with no error for SQLite
+    to return; without the ``-shm`` the read succeeds and a write fails with "disk I/O error"."""
+    if shutil.which("chattr") is None:
+        missing_part("chattr is not installed (e2fsprogs)", "CI installs it")
+    refused = [folder / "cache.db", folder / "cache.db-wal"]
+    done = run(["chattr", "+i", *map(str, refused)])
+    if done.returncode != 0:
+        missing_part(f"chattr +i is refused here: {done.stderr.strip()}", "CI runs as root on ext4")
+    try:
+        yield
+    finally:
+        run(["chattr", "-i", *map(str, refused)], check=True)
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
     """Poll for a state change the test cannot be told about (a file another process removes, a line a server
     logs after its answer). ``timeout`` guards against a hang and is never a time window: True as soon as

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import filecmp
 import subprocess
-from pathlib import Path
 
-from tests.conftest import run, write_session
+from tests.conftest import database_refusing_writes, run, write_session
 from tests.faults.helpers import FAST, cachectl, cloud_track, name_of, stream_path
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -31,24 +30,6 @@ def test_a_slow_steady_download_serves_a_tail_reader_and_a_copier(tmp_path, serv
     assert record["status"] in ("fetching", "cached") and record["error"] is None
 
 
-def refuse_writes(cache_dir: Path) -> list[Path]:
-    """Make the blob store's SQLite database refuse every write: its file and its write-ahead log immutable
-    (``chattr +i``); what was made so, for :func:`allow_writes`.
-
-    Never the ``-shm`` beside them (the WAL index): SQLite maps it and writes through the mapping, even to
-    read after a commit, and on ext4 a write fault on a mapped page of an immutable file is SIGBUS. A commit,
-    then ``chattr +i`` of the three files, then a read kills the process every time, with no error for SQLite
-    to return; without the ``-shm`` the read succeeds and a write fails with "disk I/O error"."""
-    database = cache_dir / "blobs"
-    refused = [database / "cache.db", database / "cache.db-wal"]
-    run(["chattr", "+i", *map(str, refused)], check=True)
-    return refused
-
-
-def allow_writes(refused: list[Path]) -> None:
-    run(["chattr", "-i", *map(str, refused)], check=True)
-
-
 def test_a_cache_database_refusing_a_commit_fails_one_track_and_the_worker_goes_on(
         tmp_path, server_root, devserver, mounter):
     entries = [cloud_track(server_root, name, 300_000, seed=n) for n, name in enumerate(("a", "b", "c"))]
@@ -57,8 +38,7 @@ def test_a_cache_database_refusing_a_commit_fails_one_track_and_the_worker_goes_
     run(["cp", str(mount.path / name_of("a")), str(tmp_path / "a.wav")], check=True)
     # `cp` may end before the commit does (its bytes were all there): only a's cached line says it is stored.
     assert mount.wait_track("a", lambda r: r["status"] == "cached")["status"] == "cached", mount.diagnosis()
-    refused = refuse_writes(mount.cache_dir)  # the commit fails after the blob file was renamed in
-    try:
+    with database_refusing_writes(mount.cache_dir / "blobs"):  # the commit fails after the blob file was renamed in
         done = run(["cp", str(mount.path / name_of("b")), str(tmp_path / "b.wav")])
         if done.returncode == 0:  # the reader had every byte before the commit failed: they are right
             assert filecmp.cmp(tmp_path / "b.wav", server_root / "stream" / "b.wav", shallow=False)
@@ -66,8 +46,6 @@ def test_a_cache_database_refusing_a_commit_fails_one_track_and_the_worker_goes_
         record = mount.wait_track("b", lambda r: r["status"] == "failed", timeout=60)
         assert record["status"] == "failed" and "cache" in record["error"], \
             f"{record}\ncp exited {done.returncode}: {done.stderr}\n{mount.diagnosis()}"
-    finally:
-        allow_writes(refused)
     # The only worker survived: the next track downloads (a dead worker would leave this cp waiting forever).
     done = run(["cp", str(mount.path / name_of("c")), str(tmp_path / "c.wav")], timeout=30)
     assert done.returncode == 0, f"cp exited {done.returncode}: {done.stderr}\n{mount.diagnosis()}"
