@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mixvfs.cache.errors import FetchError
-from mixvfs.cache.policy import RetryPolicy
 from mixvfs.cache.store import BlobStore
 from mixvfs.vfs.fs.handles import FailedHandle, StreamHandle
 from mixvfs.vfs.fs.report import Report
 from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.session.manifest import load_manifest
 from mixvfs.vfs.session.tracks import build_tracks
-from tests.conftest import wait_until, write_session
-from tests.unit.conftest import MakeFetcher
+from tests.conftest import wait_until
 from tools.make_audio import write_sized
 
 MiB = 1 << 20
@@ -30,31 +25,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@pytest.fixture
-def make_fs(tmp_path: Path, make_fetcher: MakeFetcher) -> Iterator[Any]:
-    """A SessionFS over the test's cache folder; each one opens the cache anew, as a process of its own does."""
-    opened: list[SessionFS] = []
-    stores: list[BlobStore] = []
-
-    def make(tracks: list[dict[str, Any]], url: str, **kw: Any) -> SessionFS:
-        session = load_manifest(write_session(tmp_path / "s.json", tracks, server=url))
-        stores.append(BlobStore(tmp_path / "cache", max_size=100 * MiB, max_age=86400))
-        fetcher = make_fetcher(stores[-1], jobs=2, retry=RetryPolicy(attempts=2, wait_initial=0.01), stall_timeout=5)
-        built = build_tracks(session, http=fetcher.http, index=fetcher.index)
-        report = Report(tmp_path / "report.json", session=session.name, mountpoint="-", records=[])
-        fs = SessionFS(built, fetcher, report, prefetch=False, **kw)
-        report.replace_records(fs.initial_records())
-        opened.append(fs)
-        return fs
-
-    yield make
-    for fs in opened:
-        fs.close()
-        fs.report.close()
-    for store in stores:
-        store.close()
 
 
 def settle(fs: SessionFS) -> None:

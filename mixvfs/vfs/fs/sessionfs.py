@@ -130,7 +130,7 @@ class SessionFS:
                 old.name = track.name
                 records.append(old)
             else:
-                records.append(self.recorder.initial_record(track))
+                records.append(self.recorder.listed_record(track))
         previous = self.tracks
         self._set_tracks(tracks)
         if mtime is not None:
