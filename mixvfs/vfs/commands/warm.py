@@ -51,13 +51,13 @@ class Announcer:
     """Turns the fetcher's download events into display lines: one ``start`` and one ``done`` or
     ``failed`` per track, however fast the download (built on events, not on polling the report)."""
 
-    sources: dict[str, list[Track]]  # the tracks by source identity: whose bytes a download is
+    sources: dict[str, tuple[Track, ...]]  # the tracks by source identity: whose bytes a download is
     started: dict[str, float] = field(default_factory=dict)
     said: set[str] = field(default_factory=set)  # names with their final line printed
 
     def lines(self, download: Download, event: DownloadEvent, at: float) -> list[Line]:
         out = []
-        for name in [t.name for t in self.sources.get(download.source.ident, [])]:
+        for name in [t.name for t in self.sources.get(download.source.ident, ())]:
             if event is DownloadEvent.ATTEMPT and name not in self.started:
                 self.started[name] = at
                 out.append(Line("start", name, f"start  {name} ({size_text(download.total)})"))
@@ -104,13 +104,13 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
         logger.disabled = True
     events: queue.SimpleQueue[tuple[Download, DownloadEvent, float]] = queue.SimpleQueue()
     tracks: list[Track] = []
-    sources: dict[str, list[Track]] = {}
+    sources: dict[str, tuple[Track, ...]] = {}
 
     def on_event(download: Download, event: DownloadEvent) -> None:
         # The line's event first, then the report: once the loop sees a track final in the report, the event
         # that made it so is already queued, and the loop's last drain prints it.
         events.put((download, event, time.monotonic()))
-        for track in sources.get(download.source.ident, []):
+        for track in sources.get(download.source.ident, ()):
             recorder.download_event(track, download, event)
 
     unsubscribe = fetcher.subscribe(on_event)

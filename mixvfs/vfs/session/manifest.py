@@ -43,6 +43,9 @@ class TrackSpec:
     def label(self) -> str:
         return f"track {self.index} (id {self.id!r})"
 
+    def __str__(self) -> str:
+        return self.label
+
 
 @dataclass(frozen=True)
 class Session:
