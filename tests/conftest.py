@@ -150,6 +150,27 @@ def without_root_override(cmd: list[str]) -> list[str]:
     return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
 
 
+@contextlib.contextmanager
+def database_refusing_writes(folder: Path) -> Iterator[None]:
+    """While inside: the SQLite database diskcache keeps in ``folder`` refuses every write, its file and its
+    write-ahead log immutable (``chattr +i``: root, on a file system that has the flag, as CI's ext4 does).
+
+    Never the ``-shm`` beside them (the WAL index): SQLite maps it and writes through the mapping, even to
+    read after a commit, and on ext4 a write fault on a mapped page of an immutable file is SIGBUS. A commit,
+    then ``chattr +i`` of the three files, then a read kills the process every time, with no error for SQLite
+    to return; without the ``-shm`` the read succeeds and a write fails with "disk I/O error"."""
+    if shutil.which("chattr") is None:
+        missing_part("chattr is not installed (e2fsprogs)", "CI installs it")
+    refused = [folder / "cache.db", folder / "cache.db-wal"]
+    done = run(["chattr", "+i", *map(str, refused)])
+    if done.returncode != 0:
+        missing_part(f"chattr +i is refused here: {done.stderr.strip()}", "CI runs as root on ext4")
+    try:
+        yield
+    finally:
+        run(["chattr", "-i", *map(str, refused)], check=True)
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
     """Poll for a state change the test cannot be told about (a file another process removes, a line a server
     logs after its answer). ``timeout`` guards against a hang and is never a time window: True as soon as
@@ -219,6 +240,8 @@ class Mount:
     log_file: Path
     mounted: bool = True
     extra: list[str] = field(default_factory=list)
+    pid: int | None = None  # the daemon's, once mounted
+    crash_expected: bool = False  # a test that kills the daemon by a fatal signal: its log holds the stacks
 
     def report(self) -> dict[str, Any]:
         return dict(json.loads(self.report_path.read_text()))
@@ -242,6 +265,21 @@ class Mount:
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def daemon_state(self) -> str:
+        """Whether the daemon still runs: a test that meets ENOTCONN or a report that stopped changing says so."""
+        if self.pid is None:
+            return "daemon pid unknown"
+        try:
+            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return f"daemon {self.pid} is gone"
+        return f"daemon {self.pid} is {'dead (a zombie)' if state == 'Z' else 'alive'}"
+
+    def diagnosis(self, lines: int = 40) -> str:
+        """What a failing mount test prints beside its own facts: the daemon alive or not, its log's tail."""
+        tail = "\n".join(self.log().splitlines()[-lines:])
+        return f"{self.daemon_state()}; its log ends:\n{tail}"
 
 
 def eio_without_a_report_line(report: dict[str, Any]) -> list[str]:
@@ -320,10 +358,13 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
         m = Mount(mp, cache, report, session, log, mounted=done.returncode == 0)
         m.extra = [done.stdout, done.stderr, str(done.returncode)]  # for tests of failing mounts
         mounts.append(m)  # before any check below: teardown unmounts it whatever happens
+        if m.mounted:
+            with contextlib.suppress(OSError):  # a mount another user made answers root nothing (no allow_other)
+                m.pid = int(getxattr(mp, "user.mixvfs.pid"))
         wanted = lane_libfuse_major()
         if m.mounted and wanted is not None and sys.platform == "linux":
-            pid = int(getxattr(mp, "user.mixvfs.pid"))
-            assert daemon_libfuse_major(pid) == wanted, f"the daemon does not run on libfuse {wanted}"
+            assert m.pid is not None and daemon_libfuse_major(m.pid) == wanted, \
+                f"the daemon does not run on libfuse {wanted}"
         return m
 
     yield mount
@@ -342,5 +383,5 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
             assert not broken, f"{m.path}: " + "; ".join(broken)
     # A daemon that crashed answers EIO too: a fault test expecting EIO could not tell the crash from the fault.
     for m in mounts:
-        crash = crash_in_log(m.log())
+        crash = None if m.crash_expected else crash_in_log(m.log())
         assert crash is None, f"{m.path}: the daemon's log holds a crash:\n{crash}"

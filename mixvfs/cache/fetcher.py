@@ -138,6 +138,12 @@ class Fetcher:
 
         return unsubscribe
 
+    def expect_tracks(self, sizes: list[int]) -> None:
+        """The sizes (those known) of the tracks this fetcher is about to download: long tracks begin with fewer
+        downloads at once (cache/concurrency.py)."""
+        if self.concurrency is not None:
+            self.concurrency.expect_tracks(sizes)
+
     def indexed(self) -> set[str]:
         """The source identities the index maps (a superset of what :meth:`cached` finds whole)."""
         return self.index.source_idents()

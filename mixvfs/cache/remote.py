@@ -6,7 +6,7 @@ httpx nor diskcache: ``http`` (transport) and ``index`` (storage) depend on it; 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,10 @@ class Source:
     url: str
     size: int | None = None
     etag: str | None = None
-    label: str = ""
+    # What names the track in the log: anything whose str() does (a session's track passes its spec, whose text
+    # is made only when a line is logged: a string per track is 7 MB of a 100 000-track mount). Not part of
+    # the version's identity.
+    label: object = field(default="", compare=False)
 
     @property
     def ident(self) -> str:

@@ -57,3 +57,22 @@ def test_kill_9_mid_download_then_remount_recovers(tmp_path, server_root, devser
     second.unmount()
     verified = cachectl(second.cache_dir, "verify")
     assert verified.returncode == 0 and "checked 1 blob(s): 0 corrupt" in verified.stdout
+
+
+def test_a_daemon_killed_by_a_fatal_signal_says_so_in_its_log_with_every_thread_s_stack(
+        tmp_path, server_root, devserver, mounter):
+    """SIGBUS is what the kernel sends a process that writes to a mapped page it refuses: SQLite writes its WAL
+    index (``cache.db-shm``) through a mapping at every database access, so that file made immutable, or a
+    disk gone read-only, kills the daemon with no Python exception to log. Its readers then get "Transport
+    endpoint is not connected"; the log must say why, not end at its start-up lines."""
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "one", 100_000)], server=devserver.url)
+    mount = mounter(session, "--no-prefetch")
+    assert mount.pid is not None
+    mount.crash_expected = True
+    os.kill(mount.pid, signal.SIGBUS)
+    assert wait_until(lambda: dead(mount.pid))
+    mount.mounted = False  # the teardown clears the dead mount
+    log = mount.log()
+    assert "Fatal Python error: Bus error" in log, log
+    assert log.count("(most recent call first)") >= 2, log  # every thread: the FUSE loop's and our own
+    assert "fuse_ops.py" in log, log

@@ -172,7 +172,7 @@ def test_log_has_one_line_per_failure_with_name_and_cause(tmp_path, server_root,
 
 
 @pytest.mark.fuse
-def test_mount_from_a_folder_holding_cache_and_vfs_folders(tmp_path):
+def test_mount_from_a_folder_holding_cache_vfs_and_mixvfs_folders(tmp_path):
     """The daemon is `python -m mixvfs.vfs.commands.cli`: the working directory must not shadow our packages."""
     from tests.conftest import require_fuse
 
@@ -180,6 +180,9 @@ def test_mount_from_a_folder_holding_cache_and_vfs_folders(tmp_path):
     work = tmp_path / "work"
     for name in ("cache/index", "vfs", "mnt"):  # cache/index: what a cache folder made in the cwd holds
         (work / name).mkdir(parents=True)
+    # A package of our own name there (a checkout, another version): the daemon must not import it.
+    (work / "mixvfs").mkdir()
+    (work / "mixvfs" / "__init__.py").write_text("raise ImportError('the mixvfs in the working directory')\n")
     (work / "a.wav").write_bytes(b"RIFF" + bytes(100))
     write_session(work / "s.json", [{"id": "t", "artist": "A", "title": "T", "file_path": "a.wav"}])
     done = run([MIXVFS, "mount", "s.json", "mnt", "--cache-dir", "cache"], cwd=work)

@@ -1,5 +1,6 @@
 """The in-process tests' shared parts: the cache wired as mixvfs.vfs.runtime wires it (a blob store holding its
-source index, an HTTP client, a fetcher over both), in the test's own folder, closed at the end."""
+source index, an HTTP client, a fetcher over both) and a SessionFS over it (``make_fs``), in the test's own
+folder, closed at the end."""
 
 from __future__ import annotations
 
@@ -13,8 +14,13 @@ from mixvfs.cache.fetcher import Fetcher
 from mixvfs.cache.http import HttpClient
 from mixvfs.cache.policy import Limits, RetryPolicy
 from mixvfs.cache.store import BlobStore
+from mixvfs.vfs.fs.report import Report
+from mixvfs.vfs.fs.sessionfs import SessionFS
+from mixvfs.vfs.session.manifest import load_manifest
+from mixvfs.vfs.session.tracks import build_tracks
+from tests.conftest import write_session
 
-GiB = 1 << 30
+MiB, GiB = 1 << 20, 1 << 30
 
 
 @pytest.fixture
@@ -60,3 +66,28 @@ def make_fetcher() -> Iterator[MakeFetcher]:
         fetcher.close()
         if own is not None:
             own.close()
+
+
+@pytest.fixture
+def make_fs(tmp_path: Path, make_fetcher: MakeFetcher) -> Iterator[Any]:
+    """A SessionFS over the test's cache folder; each one opens the cache anew, as a process of its own does."""
+    opened: list[SessionFS] = []
+    stores: list[BlobStore] = []
+
+    def make(tracks: list[dict[str, Any]], url: str, **kw: Any) -> SessionFS:
+        session = load_manifest(write_session(tmp_path / "s.json", tracks, server=url))
+        stores.append(BlobStore(tmp_path / "cache", max_size=100 * MiB, max_age=86400))
+        fetcher = make_fetcher(stores[-1], jobs=2, retry=RetryPolicy(attempts=2, wait_initial=0.01), stall_timeout=5)
+        built = build_tracks(session, http=fetcher.http, index=fetcher.index)
+        report = Report(tmp_path / "report.json", session=session.name, mountpoint="-", records=[])
+        fs = SessionFS(built, fetcher, report, prefetch=False, **kw)
+        report.replace_records(fs.initial_records())
+        opened.append(fs)
+        return fs
+
+    yield make
+    for fs in opened:
+        fs.close()
+        fs.report.close()
+    for store in stores:
+        store.close()

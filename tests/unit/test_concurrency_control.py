@@ -195,3 +195,72 @@ def test_the_fetcher_runs_only_the_measured_number_of_downloads_and_a_reader_goe
         fetcher.release(reader.download)
         os.close(reader.fd)
         fetcher.close()
+
+
+# -- long tracks ----------------------------------------------------------------------------------------------
+
+MIB = 1 << 20
+
+
+def test_long_tracks_start_with_few_downloads_however_long_the_round_trip() -> None:
+    assert start_for(0.08, 512 * 1024) == start_for(0.08) == 16  # short tracks: the bandwidth-delay product
+    assert start_for(0.08, 8 * MIB) == start_for(0.15, 8 * MIB) == 6
+    assert start_for(0.02, 8 * MIB) == START  # a short round trip: no more than short tracks would get
+
+
+def test_on_long_tracks_the_controller_does_not_double_and_stays_near_its_start() -> None:
+    """A doubling start on 8 MiB tracks would put the next several long downloads on the link at once, and TCP's
+    own ramp in the first intervals would look like a step that paid: the number moves by quarters only."""
+    clock = Clock()
+    control = Concurrency(16, clock=clock)
+    control.expect_tracks([8 * MIB] * 23 + [1000])  # the typical (median) track counts, not the odd short one
+    assert control.limit(waiting=True) == START
+    control.handshake_took(0.08)
+    assert control.limit(waiting=True) == 6
+    seen = run(control, clock, 40, rate=12.5 * MB, rtt=0.08, track=8 * MIB)
+    assert seen[0] == 6 and max(seen) <= 8 and min(seen) >= 5, seen
+
+
+def test_short_tracks_still_double_from_their_start() -> None:
+    clock = Clock()
+    control = Concurrency(64, clock=clock)
+    control.expect_tracks([512 * 1024] * 200)
+    seen = run(control, clock, 6, rate=50 * MB, rtt=0.02, track=512 * 1024)
+    assert seen[:3] == [START, 2 * START, 4 * START], seen
+
+
+def test_an_explicit_start_is_kept_on_long_tracks() -> None:
+    """A team cache's hits cost a round trip each to the origin's authorization: its start (--jobs) stays."""
+    control = Concurrency(16, start=16, clock=Clock())
+    control.expect_tracks([8 * MIB] * 10)
+    control.handshake_took(0.08)
+    assert control.limit(waiting=True) == 16
+
+
+def test_sizes_after_the_first_measurement_change_nothing_but_the_next_guess() -> None:
+    clock = Clock()
+    control = Concurrency(16, clock=clock)
+    control.answered_after(0.08)
+    run(control, clock, 2, rate=12.5 * MB, rtt=0.08, track=512 * 1024)
+    before = control.limit(waiting=True)
+    control.expect_tracks([8 * MIB] * 10)
+    assert control.limit(waiting=True) == before
+
+
+def test_long_tracks_at_a_short_round_trip_keep_the_short_start_as_their_least() -> None:
+    clock = Clock()
+    control = Concurrency(16, clock=clock)
+    control.handshake_took(0.02)
+    control.expect_tracks([8 * MIB] * 10)
+    assert control.limit(waiting=True) == START == control.lower
+
+
+def test_a_server_pushing_back_halves_long_tracks_below_their_start() -> None:
+    control = Concurrency(16, clock=Clock())
+    control.expect_tracks([8 * MIB] * 10)
+    control.handshake_took(0.08)
+    assert control.limit(waiting=True) == 6
+    control.pushed_back()
+    assert control.limit(waiting=True) == 3
+    control.pushed_back()
+    assert control.limit(waiting=True) == LOWER

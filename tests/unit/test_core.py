@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mixvfs.cache.errors import FetchError
-from mixvfs.cache.policy import RetryPolicy
 from mixvfs.cache.store import BlobStore
 from mixvfs.vfs.fs.handles import FailedHandle, StreamHandle
 from mixvfs.vfs.fs.report import Report
@@ -18,7 +14,6 @@ from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.session.manifest import load_manifest
 from mixvfs.vfs.session.tracks import build_tracks
 from tests.conftest import wait_until, write_session
-from tests.unit.conftest import MakeFetcher
 from tools.make_audio import write_sized
 
 MiB = 1 << 20
@@ -30,31 +25,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@pytest.fixture
-def make_fs(tmp_path: Path, make_fetcher: MakeFetcher) -> Iterator[Any]:
-    """A SessionFS over the test's cache folder; each one opens the cache anew, as a process of its own does."""
-    opened: list[SessionFS] = []
-    stores: list[BlobStore] = []
-
-    def make(tracks: list[dict[str, Any]], url: str, **kw: Any) -> SessionFS:
-        session = load_manifest(write_session(tmp_path / "s.json", tracks, server=url))
-        stores.append(BlobStore(tmp_path / "cache", max_size=100 * MiB, max_age=86400))
-        fetcher = make_fetcher(stores[-1], jobs=2, retry=RetryPolicy(attempts=2, wait_initial=0.01), stall_timeout=5)
-        built = build_tracks(session, http=fetcher.http, index=fetcher.index)
-        report = Report(tmp_path / "report.json", session=session.name, mountpoint="-", records=[])
-        fs = SessionFS(built, fetcher, report, prefetch=False, **kw)
-        report.replace_records(fs.initial_records())
-        opened.append(fs)
-        return fs
-
-    yield make
-    for fs in opened:
-        fs.close()
-        fs.report.close()
-    for store in stores:
-        store.close()
 
 
 def settle(fs: SessionFS) -> None:
@@ -257,3 +227,58 @@ def test_the_look_ahead_walks_only_the_tracks_the_cache_holds(make_fs, server_ro
     assert two is not None
     assert wait_until(lambda: warm.state.fresh(two))  # the look-ahead confirmed it with the server
     assert [r["path"] for r in devserver.requests("HEAD")] == ["/two.wav"]
+
+
+def test_a_readers_place_in_the_listing_is_its_manifest_index_and_none_once_a_reload_left_it_out(
+        make_fs, server_root, devserver, tmp_path):
+    names = ("one", "two", "three")
+    tracks = [{"id": n, "artist": "A", "title": n, "cloud_stream_path": f"/{n}.wav", "size": 4000} for n in names]
+    fs = make_fs(tracks, devserver.url)
+    assert [fs._listed_at(t) for t in fs.tracks] == [0, 1, 2]
+    old_three = fs.tracks[2]
+    reloaded = load_manifest(write_session(tmp_path / "s2.json", tracks[::-1], server=devserver.url))
+    fs.reload(build_tracks(reloaded, http=fs.fetcher.http, index=fs.fetcher.index))
+    assert [t.id for t in fs.tracks] == ["three", "two", "one"]
+    assert [fs._listed_at(t) for t in fs.tracks] == [0, 1, 2]
+    assert fs._listed_at(old_three) == -1  # an open file of the listing before: the look-ahead stays where it is
+
+
+def test_a_big_listing_keeps_no_string_or_list_per_track_beyond_its_own(make_fs, devserver):
+    """What a mount keeps per track (the spec, the track, its source, name and report record, the maps by name
+    and id) traced by tracemalloc: no label string made for the log, no list per source, no map of places."""
+    import gc
+    import tracemalloc
+    count = 5000
+    tracks = [{"id": f"c{i}", "artist": "A", "title": f"T{i:05d}", "cloud_stream_path": f"/s/{i}.wav",
+               "size": 4096, "content_type": "audio/wav"} for i in range(count)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fs = make_fs(tracks, devserver.url)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(fs.tracks) == count
+    assert fs.tracks[7].source is not None and str(fs.tracks[7].source.label) == "track 7 (id 'c7')"
+    assert kept < 950 * count, f"{kept / count:.0f} bytes kept per track"
+
+
+def test_a_download_is_told_to_every_track_of_its_version_and_to_no_other(make_fs, server_root, devserver):
+    # Two tracks of one URL and one size share the download; a third names the URL with another size: another
+    # version, whose record the download must not touch.
+    (server_root / "a.wav").write_bytes(b"a" * 4000)
+    fs = make_fs([{"id": "one", "title": "one", "cloud_stream_path": "/a.wav", "size": 4000},
+                  {"id": "two", "title": "two", "cloud_stream_path": "/a.wav", "size": 4000},
+                  {"id": "odd", "title": "odd", "cloud_stream_path": "/a.wav", "size": 3999},
+                  {"id": "b", "title": "b", "cloud_stream_path": "/b.wav", "size": 10}], devserver.url)
+    one, two, odd, b = fs.tracks
+    assert one.source is not None and odd.source is not None and b.source is not None
+    assert fs._by_source.of(one.source) == (one, two)
+    assert fs._by_source.of(odd.source) == (odd,)
+    assert fs._by_source.of(b.source) == (b,)
+    assert read_all(fs, one.name) == b"a" * 4000
+    settle(fs)
+    statuses = {r.id: r.status.value for r in fs.report.records()}
+    assert statuses["one"] == statuses["two"] == "cached", statuses
+    assert statuses["odd"] == "pending" and statuses["b"] == "pending", statuses

@@ -104,3 +104,77 @@ def test_the_line_of_a_json_error_in_a_one_line_manifest_is_cut_around_the_error
 def test_load_manifest_names_unreadable_file(tmp_path):
     with pytest.raises(ManifestError, match="cannot read the manifest"):
         load_manifest(tmp_path / "absent.json")
+
+
+def whole_document(text: str, base: Path = Path("/base"), default_server: str | None = None):
+    """What the manifest means, read the plain way: every error and value as json.loads sees the document."""
+    from mixvfs.vfs.session.manifest import _parse_document
+    return _parse_document(json.loads(text), base, "s.json", 0.0, default_server)
+
+
+TRACKS = [{"id": "a1", "artist": "Nina", "title": "Intro", "file_path": "rel/intro.wav"},
+          {"id": "c7", "cloud_stream_path": "/stream/c7", "size": 48213.0, "content_type": "audio/flac"},
+          {"id": "c8", "cloud_stream_path": "https://other.example.com/s/c8", "title": "Caf\u00e9 \ud83c\udfb5"}]
+
+
+@pytest.mark.parametrize("text", [
+    json.dumps({"name": "Friday", "server": "https://m.example.com", "tracks": TRACKS}),
+    json.dumps({"name": "Friday", "server": "https://m.example.com", "tracks": TRACKS}, indent=4),
+    json.dumps({"name": "Friday", "server": "https://m.example.com", "tracks": TRACKS}, separators=(",", ":")),
+    json.dumps({"server": "https://m.example.com", "tracks": TRACKS, "name": "After the tracks"}),
+    json.dumps({"tracks": TRACKS, "server": "https://m.example.com"}),  # the server after the tracks
+    json.dumps({"server": None, "tracks": TRACKS[::2]}),
+    json.dumps({"tracks": []}),
+    '\r\n\t {"server": "https://m.example.com", "tracks": [] } \n',
+    '{"tracks": [{"id": "x"}], "tracks": ' + json.dumps(TRACKS) + ', "server": "http://a.example"}',  # last wins
+])
+def test_a_manifest_read_track_by_track_means_what_the_whole_document_means(text):
+    for default_server in (None, "http://default.example"):
+        session = parse_manifest(text.encode(), base_dir=Path("/base"), origin="s.json",
+                                 default_server=default_server)
+        assert session == whole_document(text, default_server=default_server)
+
+
+@pytest.mark.parametrize("text", [
+    '{"tracks": [{"id": "a"}, {"id": "a"}]}',
+    '{"tracks": [{"id": "a"}, ]}',
+    '{"tracks": [{"id": "a"}]} x',
+    '{"tracks": [{"id": "a"}], "server": 7}',
+    '{"server": "ftp://x", "tracks": [{"id": "a"}]}',
+    '{"name": 3, "tracks": [{"id": "a"}]}',
+    '{"tracks": [{"id": "a", "cloud_stream_path": "/s"}, {"id": 3}], "bogus": 1, }',
+    '{"tracks": [{"id": "a"}, {"id": "b", "size": -1}], "server": "http://a.example", "name": [',
+])
+def test_a_bad_manifest_read_track_by_track_is_refused_with_the_whole_documents_error(text):
+    try:
+        whole_document(text)
+    except json.JSONDecodeError as exc:
+        from mixvfs.vfs.session.manifest import json_error_text
+        expected = f"s.json: {json_error_text(exc)}"
+    except ManifestError as exc:
+        expected = str(exc)
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(text.encode(), base_dir=Path("/base"), origin="s.json")
+    assert str(caught.value) == expected
+
+
+def test_a_big_manifest_is_decoded_without_holding_every_track_as_a_dict_at_once():
+    """The parse's peak (traced by tracemalloc) is the decoded text and the parsed tracks, plus one track's dict:
+    the whole document as dicts would add several hundred bytes per track."""
+    import gc
+    import tracemalloc
+    count = 20_000
+    text = json.dumps({"name": "big", "server": "https://m.example.com", "tracks": [
+        {"id": f"c{i}", "artist": f"Artist {i % 97}", "title": f"Track {i:06d}", "cloud_stream_path": f"/s/{i}.wav",
+         "size": 4096 + i, "content_type": "audio/wav"} for i in range(count)]}).encode()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        session = parse_manifest(text, base_dir=Path("/base"), origin="s.json")
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(session.tracks) == count
+    overhead = peak - before - kept - len(text)  # above what stays and the text decoded (ASCII: a byte a character)
+    assert overhead < 80 * count, f"the parse's peak was {overhead / count:.0f} bytes per track above what it kept"

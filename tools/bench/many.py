@@ -158,10 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.counts = [int(c) for c in args.counts.split(",") if c]
     args.kinds = [k for k in args.kinds.split(",") if k]
-    args.variants = [tuple(v.split("=", 1)) for v in args.variants.split(",") if v]
+    args.variants = [(name, tree if tree == "-" else str(Path(tree).resolve()))
+                     for name, tree in (v.split("=", 1) for v in args.variants.split(",") if v)]
     compile_bytecode(*(tree for _, tree in args.variants if tree != "-"))
+    if args.out:
+        args.out = str(Path(args.out).resolve())
+    # Out of any checkout: `python -m` puts the working directory first on a daemon's path, and a variant's daemon
+    # (older code, started without -P) would otherwise run this checkout's package.
+    os.chdir("/tmp")
     if args.work:
-        work = Path(args.work)
+        work = Path(args.work).resolve()
         work.mkdir(parents=True, exist_ok=True)
         rows = run(args, work)
     else:

@@ -505,6 +505,10 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.work) if args.work else Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="mixvfs-wan-", dir="/var/tmp")))
         work.chmod(0o755)
+        # Out of any checkout: `python -m` puts the working directory first on a daemon's path, and a --baseline
+        # checkout's daemon (older code, started without -P) would otherwise run this checkout's package.
+        args.out = str(Path(args.out).resolve())
+        os.chdir(work)
         root = work / "www"
         root.mkdir(exist_ok=True)
         small = make_dataset(root, 40 if args.quick else 200, 512 * KIB)

@@ -6,6 +6,7 @@ report. Above the adapter, which it drives; the mountpoint checks and the launch
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import gc
 import json
 import logging
@@ -150,6 +151,12 @@ def stop_signals_for_libfuse() -> Iterator[None]:
 def serve(options: MountOptions, ready_fd: int | None) -> int:
     """The daemon: open the cache, learn the tracks, mount, serve until unmounted (or stopped by
     SIGTERM/SIGINT/SIGHUP, which is an unmount too), write the final report."""
+    # A fatal signal ends the daemon at once, with no Python exception to log: SIGBUS above all, which the
+    # kernel sends for a write to a mapped page it refuses (SQLite's WAL index, which every database access
+    # writes through a mapping, on a file made immutable or a disk gone read-only). Every thread's stack goes
+    # to stderr, which is the log file when `mixvfs mount` started this daemon: the log says how it died
+    # instead of ending at its start-up lines, and the readers' "Transport endpoint is not connected" has a cause.
+    faulthandler.enable(all_threads=True)
     ready = ReadyChannel(ready_fd)
     _set_handlers(_stop_now)
     open_files = host.raise_open_file_limit()

@@ -30,7 +30,7 @@ from mixvfs.vfs.fs.recorder import Recorder
 from mixvfs.vfs.fs.report import FAILED_STATUSES, Report, Status, default_report_path, format_report
 from mixvfs.vfs.runtime import Runtime
 from mixvfs.vfs.session.manifest import Session
-from mixvfs.vfs.session.tracks import NameKeeper, Track, build_tracks, by_source
+from mixvfs.vfs.session.tracks import NameKeeper, SourceTracks, Track, build_tracks
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 FINAL = (Status.LOCAL, Status.CACHED, Status.FAILED, Status.MISSING)
@@ -51,13 +51,13 @@ class Announcer:
     """Turns the fetcher's download events into display lines: one ``start`` and one ``done`` or
     ``failed`` per track, however fast the download (built on events, not on polling the report)."""
 
-    sources: dict[str, list[Track]]  # the tracks by source identity: whose bytes a download is
+    sources: SourceTracks  # whose bytes a download is
     started: dict[str, float] = field(default_factory=dict)
     said: set[str] = field(default_factory=set)  # names with their final line printed
 
     def lines(self, download: Download, event: DownloadEvent, at: float) -> list[Line]:
         out = []
-        for name in [t.name for t in self.sources.get(download.source.ident, [])]:
+        for name in [t.name for t in self.sources.of(download.source)]:
             if event is DownloadEvent.ATTEMPT and name not in self.started:
                 self.started[name] = at
                 out.append(Line("start", name, f"start  {name} ({size_text(download.total)})"))
@@ -104,13 +104,13 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
         logger.disabled = True
     events: queue.SimpleQueue[tuple[Download, DownloadEvent, float]] = queue.SimpleQueue()
     tracks: list[Track] = []
-    sources: dict[str, list[Track]] = {}
+    sources = SourceTracks()
 
     def on_event(download: Download, event: DownloadEvent) -> None:
         # The line's event first, then the report: once the loop sees a track final in the report, the event
         # that made it so is already queued, and the loop's last drain prints it.
         events.put((download, event, time.monotonic()))
-        for track in sources.get(download.source.ident, []):
+        for track in sources.of(download.source):
             recorder.download_event(track, download, event)
 
     unsubscribe = fetcher.subscribe(on_event)
@@ -118,7 +118,7 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
     try:
         tracks += build_tracks(session, http=runtime.http, index=runtime.index)
         names.keep(session.name, tracks)  # beside the downloads: 100 000 names first written take seconds
-        sources.update(by_source(tracks))
+        sources.add(tracks)
         report.replace_records(recorder.initial_records(tracks))
         records = report.snapshot()["tracks"]
         todo = [r for r in records if r["status"] == Status.PENDING]

@@ -170,9 +170,11 @@ def start_daemon(argv: list[str], log_file: Path) -> dict[str, object]:
     try:
         with open(log_file, "ab") as log_handle:
             child = subprocess.Popen(
-                # Our packages are mixvfs.*: a `cache` or `vfs` folder in the working directory cannot shadow
-                # them (the cwd must stay: argv may hold relative paths).
-                [sys.executable, "-m", "mixvfs.vfs.commands.cli", *argv, "--foreground", "--ready-fd", str(write_end)],
+                # -P: the working directory is not put first on the daemon's path, so a `mixvfs` folder there
+                # (a checkout of ours, another version) cannot stand in for the package that runs this command
+                # (the cwd must stay: argv may hold relative paths).
+                [sys.executable, "-P", "-m", "mixvfs.vfs.commands.cli", *argv, "--foreground",
+                 "--ready-fd", str(write_end)],
                 stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle,
                 pass_fds=(write_end,), start_new_session=True,
             )

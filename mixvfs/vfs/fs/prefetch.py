@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 from mixvfs.cache.download import Download, Event
-from mixvfs.cache.errors import FetchError
+from mixvfs.cache.errors import CacheError, FetchError
 from mixvfs.cache.fetcher import Fetcher
 from mixvfs.vfs.fs.recorder import Recorder
 from mixvfs.vfs.session.tracks import Track
@@ -58,20 +58,30 @@ class Prefetcher:
                     return
             if self._stop.is_set():
                 return
-            try:
-                download = self.fetcher.prefetch(track.source, order)
-            except FetchError as exc:
-                self.recorder.record_failure(track, exc, seen_by_reader=False)
-                download = None
-            else:
-                if download is None:
-                    self.recorder.stored_meanwhile(track)
+            download = self._queue(track, order)
             with self._lock:
                 # Nothing to fetch, or already over (its end event came before we could hold it).
                 if download is None or download.ended.is_set():
                     self._slots.release()
                 else:
                     self._in_flight.add(download)
+
+    def _queue(self, track: Track, order: int) -> Download | None:
+        """The track's download, queued as a prefetch; None when there is nothing to wait for."""
+        assert track.source is not None
+        try:
+            download = self.fetcher.prefetch(track.source, order)
+            if download is None:
+                self.recorder.stored_meanwhile(track)
+            return download
+        except FetchError as exc:
+            self.recorder.record_failure(track, exc, seen_by_reader=False)
+        except CacheError as exc:
+            # The cache's database refusing even to say whether it holds the track: failed like a full cache
+            # disk (NoSpace), with the cause in the report. Let out, it would end the pass with a traceback, and
+            # `cachectl warm`, which waits for every track to be final, would wait for ever.
+            self.recorder.record_failure(track, FetchError(str(exc)), seen_by_reader=False)
+        return None
 
     def _on_download_event(self, download: Download, event: Event) -> None:
         if event in (Event.DONE, Event.FAILED):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mixvfs.cache.defaults import FAILED_FOR
 from mixvfs.cache.download import Download, Event
-from mixvfs.cache.errors import Cancelled, FetchError
+from mixvfs.cache.errors import CacheError, Cancelled, FetchError
 from mixvfs.cache.fetcher import Fetcher
 from mixvfs.vfs.fs.report import Report, Status, TrackRecord
 from mixvfs.vfs.session.tracks import Kind, NameBatch, Track
@@ -59,9 +59,19 @@ class Recorder:
             return TrackRecord(track.id, track.name, "cloud", Status.CACHED, bytes=entry.size, digest=entry.digest)
         return TrackRecord(track.id, track.name, "cloud", Status.PENDING, bytes=track.size)
 
+    def listed_record(self, track: Track) -> TrackRecord:
+        """:meth:`initial_record` for a track met after the mount's start (a live reload's, an xattr of one it
+        replaced): pending when the cache cannot say whether it holds the track (its database refusing), since
+        a listing or ``getfattr`` must not fail for that; the track's open meets the cache and reports it."""
+        try:
+            return self.initial_record(track)
+        except CacheError as exc:
+            log.warning("%s: listed as pending, the cache cannot say whether it holds it: %s", track.name, exc)
+            return self.initial_record(track, indexed=set())
+
     def record_of(self, track: Track) -> TrackRecord:
         """The track's record; a track a live reload just replaced answers from its initial record."""
-        return self.report.record(track.id) if self.report.has(track.id) else self.initial_record(track)
+        return self.report.record(track.id) if self.report.has(track.id) else self.listed_record(track)
 
     # -- failures -----------------------------------------------------------------------------------------
 

@@ -8,7 +8,14 @@ import enum
 import threading
 from collections.abc import Callable
 
-from mixvfs.cache.errors import AuthRejected, BadBody, FetchError, PermanentHttpError, ServerUnreachable
+from mixvfs.cache.errors import (
+    AuthRejected,
+    BadBody,
+    CacheError,
+    FetchError,
+    PermanentHttpError,
+    ServerUnreachable,
+)
 from mixvfs.vfs.session.tracks import Kind, Track
 
 TOKEN_SETTINGS = "MIXVFS_TOKEN, or token_file / token_command in the config (--token-file, --token-command)"
@@ -71,7 +78,11 @@ class ServerWord:
                     "input/output error")
         if heard is Heard.UNREACHABLE:
             cloud = [t for t in tracks if t.kind is Kind.CLOUD]
-            cached = sum(1 for t in cloud if self._is_cached(t))
+            try:
+                cached = sum(1 for t in cloud if self._is_cached(t))
+            except CacheError as exc:  # `mixvfs status` must still say what the server did
+                return (f"{reason}: the cache cannot say which of the {len(cloud)} cloud tracks it holds ({exc}); "
+                        "those it does not hold will fail until the server answers")
             return (f"{reason}: {cached} of {len(cloud)} cloud tracks are cached and will copy; "
                     f"{len(cloud) - cached} will fail until it answers")
         return None

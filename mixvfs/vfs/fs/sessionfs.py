@@ -50,7 +50,7 @@ from mixvfs.vfs.fs.recorder import Recorder
 from mixvfs.vfs.fs.report import Report, Status, TrackRecord
 from mixvfs.vfs.fs.server_word import ServerWord
 from mixvfs.vfs.fs.sizes import learn_sizes
-from mixvfs.vfs.session.tracks import Kind, Track, by_source, local_problem
+from mixvfs.vfs.session.tracks import Kind, SourceTracks, Track, local_problem
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +112,11 @@ class SessionFS:
     # -- listing -------------------------------------------------------------------------------------
 
     def _set_tracks(self, tracks: list[Track]) -> None:
-        by_ident = by_source(tracks)
+        by_source = SourceTracks(tracks)
         with self._lock:
             self.tracks = tracks
             self._by_name = {t.name: t for t in tracks}
-            self._by_ident = by_ident
-            self._position = {id(t): i for i, t in enumerate(tracks)}
+            self._by_source = by_source
 
     def reload(self, tracks: list[Track], *, mtime: float | None = None) -> None:
         """The manifest changed while mounted: swap the listing in one step. Open handles hold their Track
@@ -130,7 +129,7 @@ class SessionFS:
                 old.name = track.name
                 records.append(old)
             else:
-                records.append(self.recorder.initial_record(track))
+                records.append(self.recorder.listed_record(track))
         previous = self.tracks
         self._set_tracks(tracks)
         if mtime is not None:
@@ -544,6 +543,9 @@ class SessionFS:
         """Learn the sizes the mount could not learn, revalidate ahead and prefetch: called while libfuse mounts
         (the daemon does not wait for the folder to be live), so the first round trips overlap the mount's start."""
         if self._sizes_thread is None:
+            # How long the tracks are sets how many downloads begin at once (cache/concurrency.py).
+            self.fetcher.expect_tracks([size for t in self.tracks if t.kind is Kind.CLOUD
+                                        and (size := self.state.size(t)) is not None])
             self._sizes_thread = threading.Thread(target=learn_sizes, name="sizes", daemon=True,
                                                   args=(lambda: self.tracks, self.fetcher, self.state,
                                                         self._prefetch_stop))
@@ -559,7 +561,14 @@ class SessionFS:
             self.look_ahead.start(self.tracks)
 
     def _reader_reached(self, track: Track) -> None:
-        self.look_ahead.reached(self._position.get(id(track), -1))
+        self.look_ahead.reached(self._listed_at(track))
+
+    def _listed_at(self, track: Track) -> int:
+        """The track's place in the current listing, -1 if a reload left it out. A listing is built in the
+        manifest's order, so its place is its index there (a map of places was 10 MB of a 100 000-track mount)."""
+        tracks = self.tracks
+        at = track.spec.index
+        return at if at < len(tracks) and tracks[at] is track else -1
 
     def stop_now(self) -> None:
         """The mount is ending (a stop signal or an unmount, as the adapter learns from libfuse): every read
@@ -588,7 +597,7 @@ class SessionFS:
             self.server.hear(download.error if event is Event.FAILED else None)
         if event is Event.DONE and download.digest is not None:
             self.pages.relabel(download_key(download), blob_key(download.digest))
-        for track in self._by_ident.get(download.source.ident, []):
+        for track in self._by_source.of(download.source):
             if event is Event.DONE:
                 self.state.learn_size(track, download.total)
                 # The server just sent this version whole: the confirmation a first open's HEAD would ask

@@ -9,10 +9,12 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from mixvfs.cache.errors import MixvfsError
@@ -40,6 +42,9 @@ class TrackSpec:
     @property
     def label(self) -> str:
         return f"track {self.index} (id {self.id!r})"
+
+    def __str__(self) -> str:
+        return self.label
 
 
 @dataclass(frozen=True)
@@ -78,22 +83,114 @@ def parse_manifest(data: bytes, *, base_dir: Path, origin: str = "manifest", mti
                    default_server: str | None = None) -> Session:
     try:
         text = data.decode("utf-8")
-        del data  # the bytes, the text and the parsed document would otherwise all be alive at the peak
-        doc = json.loads(text)
-        del text
+        del data  # the bytes, the text and the parsed tracks would otherwise all be alive at the peak
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{origin}: not UTF-8 text (byte {exc.start})") from None
+    session = _parse_track_by_track(text, base_dir, origin, mtime, default_server)
+    if session is not None:
+        return session
+    try:
+        doc = json.loads(text)
+        del text
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{origin}: {json_error_text(exc)}") from None
+    return _parse_document(doc, base_dir, origin, mtime, default_server)
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's, as json.loads skips it
+
+
+def _skip(text: str, pos: int) -> int:
+    match = _WHITESPACE.match(text, pos)
+    return match.end() if match else pos  # it always matches, if only the empty string
+
+
+def _parse_track_by_track(text: str, base_dir: Path, origin: str, mtime: float,
+                          default_server: str | None) -> Session | None:
+    """The manifest decoded one track at a time: each track's dict is made, parsed and let go before the
+    next, so a 100 000-track session never holds the whole document as dicts (its freed dicts left about
+    300 bytes per track of the daemon's memory unusable for anything else). None: anything but a valid
+    manifest whose 'server', if it names one, precedes its 'tracks' (the tracks are read with the server known
+    at that point) -- then the whole-document path reads it and says exactly what is wrong, in the order it
+    always has."""
+    # One scanner per call: its key memo is not shared between threads (typeshed does not declare scan_once).
+    scan: Callable[[str, int], tuple[Any, int]] = cast(Any, json.JSONDecoder()).scan_once
+    fields: dict[str, Any] = {}
+    specs: list[TrackSpec] | None = None
+    try:
+        pos = _skip(text, 0)
+        if text[pos] != "{":
+            return None
+        pos = _skip(text, pos + 1)
+        while True:
+            if text[pos] != '"':
+                return None
+            key, pos = scan(text, pos)
+            pos = _skip(text, pos)
+            if text[pos] != ":" or key in fields or key not in SESSION_KEYS:
+                return None
+            if key == "server" and "tracks" in fields:
+                return None  # the tracks were read with the default server: the whole document decides
+            pos = _skip(text, pos + 1)
+            if key == "tracks":
+                fields[key] = None
+                specs, pos = _scan_tracks(text, pos, scan, fields, base_dir, origin, default_server)
+            else:
+                fields[key], pos = scan(text, pos)
+            pos = _skip(text, pos)
+            if text[pos] == "}":
+                break
+            if text[pos] != ",":
+                return None
+            pos = _skip(text, pos + 1)
+        if specs is None or _skip(text, pos + 1) != len(text):
+            return None
+        name = _optional_str(fields, "name", f"{origin}: session") or Path(origin).stem
+        session = Session(name=_clean_text(name), server=_session_server(fields, origin, default_server),
+                          tracks=tuple(specs), path=Path(origin), mtime=mtime)
+        del specs
+        _check_unique_ids(session.tracks, origin)
+    except (ManifestError, ValueError, StopIteration, IndexError, RecursionError):
+        return None
+    return session
+
+
+def _scan_tracks(text: str, pos: int, scan: Callable[[str, int], tuple[Any, int]], fields: dict[str, Any],
+                 base_dir: Path, origin: str, default_server: str | None) -> tuple[list[TrackSpec], int]:
+    """The 'tracks' array at ``pos``, parsed track by track; ValueError where it is not a plain array."""
+    if text[pos] != "[":
+        raise ValueError("not a list of tracks")
+    server = _session_server(fields, origin, default_server)
+    specs: list[TrackSpec] = []
+    pos = _skip(text, pos + 1)
+    if text[pos] == "]":
+        return specs, pos + 1
+    while True:
+        raw, pos = scan(text, pos)
+        specs.append(_parse_track(raw, len(specs), base_dir, server, origin))
+        del raw
+        pos = _skip(text, pos)
+        if text[pos] == "]":
+            return specs, pos + 1
+        if text[pos] != ",":
+            raise ValueError("not a list of tracks")
+        pos = _skip(text, pos + 1)
+
+
+def _session_server(doc: dict[str, Any], origin: str, default_server: str | None) -> str | None:
+    server = _optional_str(doc, "server", f"{origin}: session")
+    if server is not None:
+        _check_http_url(server, f"{origin}: session field 'server'")
+    return server or default_server
+
+
+def _parse_document(doc: Any, base_dir: Path, origin: str, mtime: float, default_server: str | None) -> Session:
     if not isinstance(doc, dict):
         raise ManifestError(f"{origin}: the manifest must be a JSON object with a 'tracks' list")
     if not doc.keys() <= SESSION_KEYS:
         raise ManifestError(_unknown_keys(f"{origin}: session", doc.keys() - SESSION_KEYS, SESSION_KEYS))
     name = _optional_str(doc, "name", f"{origin}: session") or Path(origin).stem
-    server = _optional_str(doc, "server", f"{origin}: session")
-    if server is not None:
-        _check_http_url(server, f"{origin}: session field 'server'")
-    server = server or default_server
+    server = _session_server(doc, origin, default_server)
     tracks = doc.get("tracks")
     if not isinstance(tracks, list):
         raise ManifestError(f"{origin}: field 'tracks' must be a list of tracks")

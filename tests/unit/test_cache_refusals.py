@@ -1,0 +1,138 @@
+"""A cache whose database refuses, met by each path of the mount that reaches it: a FUSE request's (stat, open,
+read, xattrs, the root's status) and the mount's own work (prefetch, a live reload). Each gives an answer or an
+EIO with the cause in the report — never an exception let out of a thread, never an EIO nothing explains.
+
+Two ways to make it refuse, both real: the cache folder replaced by a file (every access fails, reads too: the
+folder cannot be made again), and the blob database's files made immutable (writes fail, reads go on)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mixvfs.cache.errors import FetchError
+from mixvfs.vfs.fs.sessionfs import SessionFS
+from mixvfs.vfs.session.manifest import load_manifest
+from mixvfs.vfs.session.tracks import build_tracks
+from tests.conftest import database_refusing_writes, wait_until, write_session
+from tests.unit.test_core import read_all, settle
+from tools.make_audio import write_sized
+
+
+def entry(track_id: str, **extra: Any) -> dict[str, Any]:
+    return {"id": track_id, "artist": "A", "title": track_id, "cloud_stream_path": f"/{track_id}.wav",
+            "content_type": "audio/wav", **extra}
+
+
+def cache_folder_made_a_file(folder: Path) -> None:
+    """The cache folder removed and a file put in its place: the next access cannot make it again."""
+    shutil.rmtree(folder)
+    folder.write_text("a file where the cache folder was\n")
+
+
+def on_disk(fs: SessionFS, track_id: str) -> dict[str, Any]:
+    """The track's line in the report file, as `mixvfs report` reads it."""
+    tracks = json.loads(fs.report.path.read_text())["tracks"]
+    return dict(next(t for t in tracks if t["id"] == track_id))
+
+
+@pytest.fixture
+def thread_crashes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[BaseException]]:
+    """The exceptions that ended a thread (what a daemon's log shows as "Exception in thread ...")."""
+    crashes: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashes.append(args.exc_value))
+    yield crashes
+
+
+def test_a_thread_new_to_a_database_refusing_writes_fails_its_open_with_the_cause_in_the_report_first(
+        make_fs, server_root, devserver, tmp_path):
+    """libfuse starts and ends threads as requests come: one that never used the blob database opens its first
+    connection to it while it refuses writes (a read-only connection then). Opening a cached track records a
+    use, a write: that open fails, and the report file says why before the reader has its error; the track
+    stays cached (the next open tries again)."""
+    write_sized(server_root / "t.wav", 200_000, seed=1)
+    fs = make_fs([entry("t", size=200_000)], devserver.url)
+    assert len(read_all(fs, "A - t.wav")) == 200_000
+    settle(fs)
+    seen: dict[str, Any] = {}
+
+    def first_open() -> None:
+        try:
+            opened = fs.open(fs.lookup("A - t.wav"))
+        except FetchError as exc:
+            seen["error"], seen["on_disk"] = exc.reason, on_disk(fs, "t")  # what the report says at that moment
+        else:
+            fs.release(opened.handle)
+            seen["opened"] = True
+
+    with database_refusing_writes(tmp_path / "cache" / "blobs"):
+        thread = threading.Thread(target=first_open)
+        thread.start()
+        thread.join()
+    assert "cache" in seen["error"], seen
+    assert seen["on_disk"]["reader_error"] == seen["error"] and seen["on_disk"]["status"] == "cached", seen
+    assert len(read_all(fs, "A - t.wav")) == 200_000  # the database takes writes again: served
+
+
+def test_a_prefetch_the_cache_cannot_answer_fails_each_track_with_the_cause_and_the_pass_goes_on(
+        make_fs, server_root, devserver, tmp_path, thread_crashes):
+    """Prefetch asks the cache whether it holds each track before it downloads it. A cache that cannot say
+    fails the track as a full cache disk does, cause in the report, and the pass goes on to the next one:
+    `cachectl warm` waits for every track to be final, and would wait for ever on one left pending."""
+    for name in ("one", "two"):
+        write_sized(server_root / f"{name}.wav", 100_000, seed=2)
+    fs = make_fs([entry("one", size=100_000), entry("two", size=100_000)], devserver.url)
+    cache_folder_made_a_file(tmp_path / "cache")
+    fs.prefetcher.start(fs.tracks)
+    assert wait_until(lambda: all(on_disk(fs, t)["status"] == "failed" for t in ("one", "two")), timeout=30), \
+        [on_disk(fs, t) for t in ("one", "two")]
+    for track_id in ("one", "two"):
+        record = on_disk(fs, track_id)
+        assert str(tmp_path / "cache") in record["error"] and record["reader_error"] is None, record
+    assert thread_crashes == []
+    assert devserver.requests("GET", "/one.wav") == []  # nothing was downloaded that could not be stored
+
+
+def reloaded(fs: SessionFS, tmp_path: Path, url: str, tracks: list[dict[str, Any]]) -> None:
+    """The manifest rewritten with ``tracks`` and reloaded, as the manifest watcher does."""
+    session = load_manifest(write_session(tmp_path / "s.json", tracks, server=url))
+    fs.reload(build_tracks(session, http=fs.fetcher.http, index=fs.fetcher.index))
+
+
+def test_a_live_reload_while_the_cache_cannot_answer_lists_the_new_tracks_as_pending(
+        make_fs, devserver, tmp_path):
+    """A track a live reload adds starts from what the cache holds of it; a cache that cannot say must not
+    keep the new listing out (the watcher would keep the old one): the track is pending, its open reports."""
+    fs = make_fs([entry("old", size=1000)], devserver.url)
+    cache_folder_made_a_file(tmp_path / "cache")
+    reloaded(fs, tmp_path, devserver.url, [entry("old", size=1000), entry("new", size=2000)])
+    assert fs.lookup("A - new.wav") is not None
+    assert fs.report.record("new").status == "pending"
+
+
+def test_the_xattrs_of_a_track_a_reload_replaced_answer_while_the_cache_cannot(make_fs, devserver, tmp_path):
+    """A program holding a track a live reload just replaced asks its ``user.mixvfs.*`` attributes: they answer
+    from memory, never EIO — even when the cache cannot say whether it holds the track."""
+    fs = make_fs([entry("old", size=1000)], devserver.url)
+    old = fs.lookup("A - old.wav")
+    assert old is not None
+    reloaded(fs, tmp_path, devserver.url, [entry("new", size=2000)])
+    cache_folder_made_a_file(tmp_path / "cache")
+    assert fs.track_xattrs(old)["status"] == "pending"
+
+
+def test_the_status_of_a_mount_whose_server_and_cache_both_fail_says_what_the_server_did(make_fs, tmp_path):
+    """``mixvfs status`` (the root's ``user.mixvfs.status``) counts the cached tracks when the server cannot be
+    reached. A cache that cannot say must not turn the whole status into an EIO about no track."""
+    nothing_listens = "http://127.0.0.1:9"  # the discard port: refused at once
+    fs = make_fs([entry("t")], nothing_listens)  # no size: the listing asks the server, and cannot reach it
+    fs.server.hear_listing(fs.tracks)  # as the daemon does once the tracks are listed
+    cache_folder_made_a_file(tmp_path / "cache")
+    server = str(fs.live_status()["server"])
+    assert "cannot say which of the 1 cloud tracks it holds" in server and str(tmp_path / "cache") in server, server
