@@ -43,6 +43,6 @@ def test_a_handshake_scales_the_start_before_any_answer() -> None:
     control = Concurrency(64, clock=lambda: 0.0)
     assert control.limit(waiting=True) == START
     control.handshake_took(0.08)
-    assert control.limit(waiting=True) == start_for(0.08) == 16
+    assert control.limit(waiting=True) == start_for(0.08) == 12
     control.answered_after(0.16)  # the first answer on that connection (handshake + request): the least stays
-    assert control.limit(waiting=True) == 16
+    assert control.limit(waiting=True) == 12
