@@ -8,10 +8,12 @@ number that paid when it stops growing; then it holds for a while and probes, in
 the goodput stays within ``GROWTH``: a doubling in TCP's own start-up may overshoot) and a quarter more (the link
 may have changed). Half as many when the server pushes back (429/503). The start is for a short round trip; until
 the first interval is measured, a longer one seen in a handshake or an answer starts it with proportionally more
-(:func:`start_for`: the bandwidth-delay product of the same rate), rather than spend a doubling interval of several
-long round trips on each step to there. It only climbs while downloads wait for a slot: an exporter that reads
-slower than the link needs no more. Time is injected; the fetcher
-(:mod:`mixvfs.cache.fetcher`) asks :meth:`limit`.
+(:func:`start_for`: the bandwidth-delay product of the same rate, up to ``SCALED_MOST``), rather than spend a
+doubling interval of several long round trips on each step to there; from such a start it probes by quarters only.
+A session of long tracks (:meth:`Concurrency.expect_tracks`) starts with ``LONG_TRACKS`` and probes by quarters,
+never below that start unless the server pushes back. It only climbs while downloads wait for a slot: an
+exporter that reads slower than the link needs no more. Time is injected; the fetcher (:mod:`mixvfs.cache.fetcher`)
+asks :meth:`limit`.
 """
 
 from __future__ import annotations
