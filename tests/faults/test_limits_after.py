@@ -31,11 +31,18 @@ def test_report_of_a_dead_mount_shows_its_last_report(tmp_path, server_root, dev
     reader = subprocess.Popen(["cat", str(mount.path / name_of("t1"))], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     devserver.wait_held("t1")
+    watching = subprocess.Popen([MIXVFS, "status", str(mount.path), "--watch", "0.2"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    assert watching.stdout is not None and watching.stdout.readline()  # the watch has seen the mount live
     os.kill(int(getxattr(mount.path, "user.mixvfs.pid")), signal.SIGKILL)
     reader.wait(timeout=30)
+    _, said = watching.communicate(timeout=60)
+    # A script watching an export to its end learns from the exit code that the export lacks tracks.
+    assert watching.returncode == 1 and "its daemon died" in said, said
     done = run([MIXVFS, "report", str(mount.path)])
     assert "Traceback" not in done.stderr
-    assert done.returncode in (0, 1) and "Artist - t1.wav" in done.stdout, done.stderr
+    assert done.returncode == 1 and "Artist - t1.wav" in done.stdout, done.stderr
+    assert "its daemon died" in done.stderr
 
 
 def test_an_empty_cache_dir_and_a_manifest_given_as_a_report_are_one_line(tmp_path):

@@ -298,14 +298,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mixvfs.vfs.fs import mount
 
     target: Path = args.target.expanduser()
-    if mount.is_stale(target) or target.is_dir():  # is_dir() of a dead mount raises ENOTCONN: ask first
+    dead = mount.is_stale(target)  # the daemon was killed: the tracks it had not finished were never had
+    if dead or target.is_dir():  # is_dir() of a dead mount raises ENOTCONN: ask first
         target = report_of_mountpoint(target)
     try:
         data = load_report(target)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read report {target}: {exc}") from None
     output.emit(data, args.json, format_report)
-    return EXIT_FAILED if any(has_problem(t) for t in data.get("tracks", [])) else EXIT_OK
+    return EXIT_FAILED if dead or any(has_problem(t) for t in data.get("tracks", [])) else EXIT_OK
 
 
 def report_of_mountpoint(mountpoint: Path) -> Path:

@@ -139,6 +139,12 @@ class Watched:
     def ended(self) -> int:
         """The mount went away (an unmount, a logout): say so, with the final report's word where it is known."""
         assert self.last is not None
+        from mixvfs.vfs.fs.mount import is_stale
+
+        if is_stale(self.mountpoint):  # killed, not unmounted: what it had not finished was never had
+            print(f"mixvfs: the mount at {self.mountpoint} ended: its daemon died (see its log; `mixvfs report "
+                  f"{self.mountpoint}` shows the report as last written)", file=sys.stderr, flush=True)
+            return exit_codes.FAILED
         failed = self.last.get("failed_total", 0)
         final = final_report(self.mountpoint)
         if final is not None:
