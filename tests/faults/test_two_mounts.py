@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MIXVFS, run, write_session
+from tests.conftest import MIXVFS, run, wait_until, write_session
 from tests.faults.helpers import FAST, cloud_track, cp, name_of
 
 
@@ -39,6 +39,9 @@ def test_one_session_mounted_twice_keeps_a_report_per_mount(tmp_path, server_roo
     assert caught.value.errno == errno.EIO
     assert cp(second.path / name_of("ok"), tmp_path / "ok.wav").returncode == 0
 
+    # The report is rewritten in batches (a fraction of a second): wait for the copy's record to reach it.
+    wait_until(lambda: statuses(report_of(second.path)) == {"ok": "cached", "gone": "pending"}
+               and statuses(report_of(first.path)) == {"ok": "pending", "gone": "failed"}, timeout=30)
     assert statuses(report_of(first.path)) == {"ok": "pending", "gone": "failed"}
     assert statuses(report_of(second.path)) == {"ok": "cached", "gone": "pending"}
     assert report_of(first.path)["mountpoint"] == str(first.path)
@@ -48,9 +51,15 @@ def test_one_session_mounted_twice_keeps_a_report_per_mount(tmp_path, server_roo
     assert status["failed_total"] == 1
 
     second.unmount()  # its final report must not touch the first mount's
+    # The report is rewritten in batches (a fraction of a second): wait for the copy's record to reach it.
+    wait_until(lambda: statuses(report_of(second.path)) == {"ok": "cached", "gone": "pending"}
+               and statuses(report_of(first.path)) == {"ok": "pending", "gone": "failed"}, timeout=30)
     assert statuses(report_of(first.path)) == {"ok": "pending", "gone": "failed"}
     assert statuses(report_of(second.path)) == {"ok": "cached", "gone": "pending"}  # its last report
     first.unmount()
+    # The report is rewritten in batches (a fraction of a second): wait for the copy's record to reach it.
+    wait_until(lambda: statuses(report_of(second.path)) == {"ok": "cached", "gone": "pending"}
+               and statuses(report_of(first.path)) == {"ok": "pending", "gone": "failed"}, timeout=30)
     assert statuses(report_of(first.path)) == {"ok": "pending", "gone": "failed"}
     assert statuses(report_of(second.path)) == {"ok": "cached", "gone": "pending"}
 
