@@ -575,3 +575,33 @@ def test_a_commit_takes_the_write_lock_once_and_its_settling_none(tmp_path: Path
     assert store.settle(same) is False
     store._cache._con.set_trace_callback(None)
     store.close()
+
+
+def test_each_database_access_asks_the_file_system_once_and_still_sees_its_folder_replaced(tmp_path, monkeypatch):
+    blobs = BlobStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
+    try:
+        entry = SourceEntry("d", 1, None)
+        blobs.index.record("src", entry)
+        stats: list[str] = []
+        real_stat = os.stat
+
+        def counted(path, *args, **kwargs):
+            stats.append(str(path))
+            return real_stat(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "stat", counted)
+        assert blobs.index.lookup("src") == entry
+        # One stat per access, of the database file: each one releases the GIL (a download makes about a dozen).
+        assert stats == [str(tmp_path / "cache" / "index" / "cache.db")]
+        monkeypatch.setattr(os, "stat", real_stat)
+        # A folder replaced by a copy (another cache.db) is still told, and opened afresh.
+        subprocess.run(["cp", "-a", str(tmp_path / "cache" / "index"), str(tmp_path / "copy")], check=True)
+        subprocess.run(["rm", "-rf", str(tmp_path / "cache" / "index")], check=True)
+        os.rename(tmp_path / "copy", tmp_path / "cache" / "index")
+        blobs.index.record("src2", entry)
+        assert blobs.index.lookup("src2") == entry
+        con = sqlite3.connect(tmp_path / "cache" / "index" / "cache.db")
+        assert con.execute("SELECT COUNT(*) FROM Cache WHERE key = 'src:src2'").fetchone() == (1,)
+        con.close()
+    finally:
+        blobs.close()
