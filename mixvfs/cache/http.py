@@ -51,15 +51,17 @@ CHUNK = 1 << 20
 # ~2.5x (measured: BENCHMARKS.md, "download path"). READ_NUM_BYTES is httpcore's per-connection read size.
 
 
-def read_bigger_chunks(connection: type = httpcore.HTTP11Connection, size: int = CHUNK) -> bool:
-    """Make httpcore's HTTP/1.1 connections ask for ``size`` bytes per ``recv``. ``READ_NUM_BYTES`` is
-    private: if a new httpcore drops or changes it, downloads still work, only slower, so say so loudly
-    instead of silently patching nothing (tests/unit/test_library_reaches.py checks it applies)."""
+def read_bigger_chunks(connection: type = httpcore.HTTP11Connection, size: int = CHUNK,
+                       head: int = receive_buffer.HEAD_READ) -> bool:
+    """Make httpcore's HTTP/1.1 connections ask for ``size`` bytes per ``recv`` of a body (``head`` for the
+    headers). ``READ_NUM_BYTES`` is private: if a new httpcore drops or changes it, downloads still work, only
+    slower, so say so loudly instead of silently patching nothing (tests/unit/test_library_reaches.py checks it
+    applies)."""
     if not isinstance(getattr(connection, "READ_NUM_BYTES", None), int):
         log.warning("httpcore %s: %s.READ_NUM_BYTES is gone; downloads read 64 KiB per recv, about 2.5x slower "
                     "(mixvfs needs an update for this httpcore)", httpcore.__version__, connection.__name__)
         return False
-    connection.READ_NUM_BYTES = size  # type: ignore[attr-defined]
+    connection.READ_NUM_BYTES = receive_buffer.ReadSize(size, head)  # type: ignore[attr-defined]
     return True
 
 
