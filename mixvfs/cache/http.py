@@ -181,7 +181,7 @@ class HttpClient:
         self._timeout = self._client.timeout.as_dict()
         # Direct requests skip what a track's GET at its origin does not use: with a proxy from the environment
         # (which the client routes by URL) every request goes through the client.
-        self._direct = not urllib.request.getproxies()
+        self._direct = not any(scheme != "no" for scheme in urllib.request.getproxies())  # no_proxy alone: none
         # Origins asked directly: those whose last answer through the client came without a redirect or a cookie.
         self._direct_origins: set[str] = set()
 

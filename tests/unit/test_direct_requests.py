@@ -98,3 +98,25 @@ def test_an_origin_that_starts_to_redirect_is_asked_through_the_client_which_dro
     assert origin == [(200, "Bearer the-token")] + [(302, "Bearer the-token")] * 3
     assert at_cdn == [(200, None)] * 2
     assert len(client_sends) == 3
+
+
+def test_with_a_proxy_from_the_environment_every_request_goes_through_the_client(
+        server_root: Path, monkeypatch: pytest.MonkeyPatch, client_sends: list[str]) -> None:
+    path = cloud_track(server_root, "a", SIZE)["cloud_stream_path"]
+    monkeypatch.setenv("no_proxy", "*")  # a proxy named, and this server exempted from it: the client decides
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    with DevServer(server_root) as api:
+        client = HttpClient()
+        try:
+            assert [len(fetch(client, api.url_for(path))) for _ in range(2)] == [SIZE] * 2
+        finally:
+            client.close()
+    assert len(client_sends) == 2
+    monkeypatch.delenv("http_proxy")  # no_proxy alone names no proxy: asked directly after the first
+    with DevServer(server_root) as api:
+        client = HttpClient()
+        try:
+            assert [len(fetch(client, api.url_for(path))) for _ in range(2)] == [SIZE] * 2
+        finally:
+            client.close()
+    assert len(client_sends) == 3
