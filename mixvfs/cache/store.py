@@ -37,7 +37,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,10 @@ from mixvfs.cache.units import format_size
 log = logging.getLogger(__name__)
 
 COPY_CHUNK = 1 << 20
+# A blob's use is recorded (LRU order, and the TTL's "unused since") at most once a minute by one process: an
+# export opening a track just downloaded took the write lock for a time no eviction can tell from its commit's.
+USE_RECORDED_FOR = 60.0
+USES_KEPT = 4096  # digests remembered with their time of use before the older than a minute are dropped
 
 @dataclass(frozen=True)
 class Adopt:
@@ -169,8 +173,11 @@ class BlobCache(CheckedCache):
 class BlobStore:
     """Content-addressed blobs with a size limit and a time-since-last-use limit, and their index."""
 
-    def __init__(self, root: Path, *, max_size: int, max_age: float) -> None:
+    def __init__(self, root: Path, *, max_size: int, max_age: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.root = root
+        self.clock = clock  # when this process last recorded a use of a blob (USE_RECORDED_FOR)
+        self._uses: dict[str, float] = {}  # digest -> the clock's time of this process's last recorded use
         self.max_size = max_size
         self.max_age = max_age
         self.staging = root / "staging"
@@ -320,7 +327,8 @@ class BlobStore:
 
     def _adopt(self, staged: Path, digest: str, size: int) -> None:
         try:
-            self._cache.set(digest, Adopt(staged, size), read=True)
+            self._cache.set(digest, Adopt(staged, size), read=True)  # stored now: its last use is now
+            self._used(digest)
         except OSError as exc:
             raise translate_os_error(exc, "storing a download in the cache") from exc
         except (diskcache.Timeout, sqlite3.Error) as exc:
@@ -334,6 +342,7 @@ class BlobStore:
         if handle is None:
             return False
         handle.close()
+        self._used(digest)
         return True
 
     @cache_errors("looking up a blob")
@@ -347,12 +356,32 @@ class BlobStore:
     @cache_errors("opening a blob")
     def open_blob(self, digest: str) -> int | None:
         """A descriptor of the blob, or None. Records the use (diskcache's LRU ``get`` sets the last-use
-        time, which the TTL counts from): once per open, not per read."""
+        time, which the TTL counts from, in a write transaction): once per open, not per read, and not again
+        within ``USE_RECORDED_FOR`` of this process's last record of it (its commit, mostly: an exporter opens
+        a track just prefetched), when a read finds its file."""
+        recorded = self._uses.get(digest)
+        if recorded is not None and self.clock() - recorded < USE_RECORDED_FOR:
+            info = self._cache.info(digest)
+            if info is None:
+                return None
+            try:
+                return os.open(self.path_of(info), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None  # evicted since the read: as diskcache's get says then
         handle = self._cache.get(digest, read=True)
         if handle is None:
             return None
         with handle:
-            return os.dup(handle.fileno())
+            fd = os.dup(handle.fileno())
+        self._used(digest)
+        return fd
+
+    def _used(self, digest: str) -> None:
+        now = self.clock()
+        with self._own_lock:
+            if len(self._uses) >= USES_KEPT:  # only the last minute's matter
+                self._uses = {d: t for d, t in self._uses.items() if now - t < USE_RECORDED_FOR}
+            self._uses[digest] = now
 
     @cache_errors("looking up a blob")
     def info(self, digest: str) -> BlobInfo | None:

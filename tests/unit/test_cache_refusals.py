@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from mixvfs.cache.errors import FetchError
+from mixvfs.cache.store import USE_RECORDED_FOR
 from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.session.manifest import load_manifest
 from mixvfs.vfs.session.tracks import build_tracks
@@ -71,6 +73,9 @@ def test_a_thread_new_to_a_database_refusing_writes_fails_its_open_with_the_caus
             fs.release(opened.handle)
             seen["opened"] = True
 
+    # A minute on: the open records a use again (within a minute of the download's commit it writes nothing).
+    store = fs.fetcher.store
+    store.clock = lambda: time.monotonic() + USE_RECORDED_FOR
     with database_refusing_writes(tmp_path / "cache" / "blobs"):
         thread = threading.Thread(target=first_open)
         thread.start()

@@ -137,8 +137,11 @@ class Recorder:
             self.forget_failure(track)
             self.report.update(track.id, status=Status.CACHED, bytes=download.total, digest=download.digest,
                                error=None, attempts=download.attempts, via=download.via)
-            self._names.add(track)
+            # The fetcher forgot this download before telling its end: busy means another one still runs.
+            self._names.add(track, soon=not self.fetcher.busy())
         elif event is Event.FAILED and download.error is not None:
+            if not self.fetcher.busy():
+                self._names.flush()
             if isinstance(download.error, Cancelled):
                 self.report.update(track.id, status=Status.PENDING, error=None)
             else:
