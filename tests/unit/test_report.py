@@ -163,3 +163,49 @@ def test_a_track_held_for_its_record_reads_and_writes_as_the_record_its_listing_
     finally:
         held.close()
         made.close()
+
+
+def test_a_track_finds_its_record_by_its_place_with_no_map_by_id_and_by_id_when_the_place_moved(
+        tmp_path: Path) -> None:
+    """The report finds a track's record at the track's place in its manifest: a 10 000-track report keeps no
+    map by id (a pointer per track, not a dict's ~40 bytes). A track whose place now holds another track (a
+    reload moved it) is still found by its id, and one the session no longer has is left alone."""
+    import gc
+    import tracemalloc
+
+    from mixvfs.vfs.fs.report import listed_record
+    from mixvfs.vfs.session.manifest import load_manifest
+    from mixvfs.vfs.session.tracks import build_tracks
+    from tests.conftest import write_session
+
+    count = 10_000
+    session = load_manifest(write_session(tmp_path / "s.json", [
+        {"id": f"c{i}", "title": f"T{i}", "cloud_stream_path": f"/{i}.wav", "size": 10} for i in range(count)],
+        server="http://127.0.0.1:9"))
+    tracks = build_tracks(session, http=None, index=None)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        report = Report(tmp_path / "r.json", session="s", mountpoint="/m", records=tracks)
+        for track in tracks[::100]:
+            assert report.has(track) and report.record(track) == listed_record(track)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    try:
+        assert kept < 12 * count, f"{kept / count:.0f} bytes per track"
+        report.update(tracks[5], status=Status.FAILED, error="boom", attempts=1)
+        assert report.record("c5").status is Status.FAILED and report.record(tracks[6]).status is Status.PENDING
+
+        moved = [tracks[1], tracks[0], *tracks[2:5]]  # a reload: c1 now first, c0 second, the rest gone
+        report.replace_records(moved)
+        report.update(tracks[0], status=Status.FAILED, error="moved", attempts=1)
+        assert report.record(tracks[0]).error == "moved" and report.record("c1").error is None
+        assert [r.id for r in report.records()] == ["c1", "c0", "c2", "c3", "c4"]
+        report.update(tracks[7], status=Status.FAILED, error="gone")  # no longer in the session: nothing
+        assert not report.has(tracks[7]) and not report.has("c7")
+        assert [r.error for r in report.records()] == [None, "moved", None, None, None]
+    finally:
+        report.close()

@@ -78,7 +78,7 @@ class Recorder:
 
     def record_of(self, track: Track) -> TrackRecord:
         """The track's record; a track a live reload just replaced answers from its initial record."""
-        return self.report.record(track.id) if self.report.has(track.id) else self.listed_record(track)
+        return self.report.record(track) if self.report.has(track) else self.listed_record(track)
 
     # -- failures -----------------------------------------------------------------------------------------
 
@@ -101,7 +101,7 @@ class Recorder:
     def local_again(self, track: Track, size: int) -> None:
         """A local file that failed is served again."""
         if self.forget_failure(track):
-            self.report.update(track.id, status=Status.LOCAL, error=None, bytes=size)
+            self.report.update(track, status=Status.LOCAL, error=None, bytes=size)
 
     def record_failure(self, track: Track, error: FetchError, *, track_failed: bool = True,
                        seen_by_reader: bool = True) -> None:
@@ -114,16 +114,16 @@ class Recorder:
             if track_failed:
                 self._failures[track.id] = Failure(error, self.now())
         first = previous is None or previous.error.reason != error.reason
-        if not self.report.has(track.id):
+        if not self.report.has(track):
             log.error("%s (removed from the session): %s", track.name, error.reason)
             return
-        record = self.report.record(track.id)
+        record = self.report.record(track)
         if track_failed:
             seen = {"reader_error": error.reason} if seen_by_reader else {}
-            self.report.update(track.id, urgent=True, status=Status.FAILED, error=error.reason,
+            self.report.update(track, urgent=True, status=Status.FAILED, error=error.reason,
                                attempts=max(record.attempts, 1), **seen)
         else:
-            self.report.update(track.id, urgent=True, error=error.reason, reader_error=error.reason)
+            self.report.update(track, urgent=True, error=error.reason, reader_error=error.reason)
         if first:
             log.error("%s: %s", track.name, error.reason)
 
@@ -132,10 +132,10 @@ class Recorder:
     def download_event(self, track: Track, download: Download, event: Event) -> None:
         """One download event, for one of the tracks (several may share a source) it is the bytes of."""
         if event is Event.ATTEMPT:
-            self.report.update(track.id, status=Status.FETCHING, attempts=download.attempts)
+            self.report.update(track, status=Status.FETCHING, attempts=download.attempts)
         elif event is Event.DONE:
             self.forget_failure(track)
-            self.report.update(track.id, status=Status.CACHED, bytes=download.total, digest=download.digest,
+            self.report.update(track, status=Status.CACHED, bytes=download.total, digest=download.digest,
                                error=None, attempts=download.attempts, via=download.via)
             # The fetcher forgot this download before telling its end: busy means another one still runs.
             self._names.add(track, soon=not self.fetcher.busy())
@@ -143,7 +143,7 @@ class Recorder:
             if not self.fetcher.busy():
                 self._names.flush()
             if isinstance(download.error, Cancelled):
-                self.report.update(track.id, status=Status.PENDING, error=None)
+                self.report.update(track, status=Status.PENDING, error=None)
             else:
                 self.record_failure(track, download.error, seen_by_reader=False)
 
@@ -152,5 +152,5 @@ class Recorder:
         (a second mount, `cachectl warm`) since the report was made. Say so, or it stays "pending" forever."""
         assert track.source is not None
         entry = self.fetcher.cached(track.source)
-        if entry is not None and self.report.has(track.id) and self.report.record(track.id).status is not Status.CACHED:
-            self.report.update(track.id, status=Status.CACHED, bytes=entry.size, digest=entry.digest, error=None)
+        if entry is not None and self.report.has(track) and self.report.record(track).status is not Status.CACHED:
+            self.report.update(track, status=Status.CACHED, bytes=entry.size, digest=entry.digest, error=None)

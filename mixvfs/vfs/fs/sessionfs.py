@@ -124,7 +124,7 @@ class SessionFS:
         report record (status, attempts), under its new name if it was renamed."""
         records: list[Entry] = []
         for track in tracks:
-            old = self.report.record(track.id) if self.report.has(track.id) else None
+            old = self.report.record(track) if self.report.has(track) else None
             if old is not None and old.source == track.kind.value:
                 old.name = track.name
                 # The track itself where its record is still the one its listing implies (no record of its own).
@@ -373,7 +373,7 @@ class SessionFS:
             else:
                 handle, version = self._open_cloud(track)
         except NotForPreview as exc:
-            self.report.update(track.id, urgent=True, note=exc.reason)  # a line, the track's status untouched
+            self.report.update(track, urgent=True, note=exc.reason)  # a line, the track's status untouched
             raise
         except FetchError as exc:
             self.recorder.record_failure(track, exc)
@@ -468,7 +468,7 @@ class SessionFS:
             try:
                 freshness = self.fetcher.revalidate(track.source)
             except FetchError as exc:
-                self.report.update(track.id, note=f"served from cache, not revalidated: {exc.reason}")
+                self.report.update(track, note=f"served from cache, not revalidated: {exc.reason}")
                 log.warning("%s: served from cache, not revalidated: %s", track.name, exc.reason)
             else:
                 self._apply_freshness(track, freshness)
@@ -478,11 +478,11 @@ class SessionFS:
         if freshness is Freshness.CHANGED:
             # a new version (an mtime, so wall time): tools comparing mtimes see it
             self.state.changed(track, time.time())
-            self.report.update(track.id, status=Status.PENDING, digest=None,
+            self.report.update(track, status=Status.PENDING, digest=None,
                                note="the server's copy changed since it was cached; downloaded again")
             log.info("%s: the server's copy changed; downloading it again", track.name)
         elif freshness is Freshness.UNKNOWN:
-            self.report.update(track.id, note="served from cache; the server gives no ETag or "
+            self.report.update(track, note="served from cache; the server gives no ETag or "
                                               "Last-Modified to revalidate it with")
 
     def read_span(self, handle: Handle, size: int, offset: int) -> tuple[int, int]:
@@ -523,8 +523,8 @@ class SessionFS:
         except FetchError as exc:
             if not handle.known_failure:
                 self.recorder.record_failure(handle.track, exc, track_failed=not handle.fails_alone())
-            elif self.report.has(handle.track.id):
-                self.report.update(handle.track.id, urgent=True, reader_error=exc.reason)
+            elif self.report.has(handle.track):
+                self.report.update(handle.track, urgent=True, reader_error=exc.reason)
             raise
         except OSError as exc:
             error = FetchError(f"reading {handle.track.name} failed: {exc.strerror}")
