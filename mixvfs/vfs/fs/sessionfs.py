@@ -50,7 +50,7 @@ from mixvfs.vfs.fs.recorder import Recorder
 from mixvfs.vfs.fs.report import Entry, Report, Status, listed_record
 from mixvfs.vfs.fs.server_word import ServerWord
 from mixvfs.vfs.fs.sizes import learn_sizes
-from mixvfs.vfs.session.tracks import Kind, SourceTracks, Track, local_problem
+from mixvfs.vfs.session.tracks import TRACK_NAME, Kind, SortedTracks, SourceTracks, Track, local_problem
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,10 @@ class SessionFS:
     # -- listing -------------------------------------------------------------------------------------
 
     def _set_tracks(self, tracks: list[Track]) -> None:
-        by_source = SourceTracks(tracks)
+        by_source, by_name = SourceTracks(tracks), SortedTracks(tracks, TRACK_NAME)
         with self._lock:
             self.tracks = tracks
-            self._by_name = {t.name: t for t in tracks}
+            self._by_name = by_name
             self._by_source = by_source
 
     def reload(self, tracks: list[Track], *, mtime: float | None = None) -> None:
@@ -238,9 +238,15 @@ class SessionFS:
         to the kernel beside the name; None for a cloud track whose size is still unknown (``stat`` asks), and
         for one a live reload replaced since the listing began (a listing read in parts keeps its snapshot:
         the kernel would cache a name the reload already told it to forget)."""
-        if self._by_name.get(track.name) is not track:
+        if not self._listed(track):
             return None
         return self._attributes(track, ask_server=False)
+
+    def _listed(self, track: Track) -> bool:
+        """Whether ``track`` is in the listing now: at its manifest index (a listing holds each track there;
+        no search per entry of a listing), else under its name."""
+        tracks, at = self.tracks, track.spec.index
+        return (at < len(tracks) and tracks[at] is track) or self._by_name.get(track.name) is track
 
     def _attributes(self, track: Track, *, ask_server: bool) -> tuple[int, float] | None:
         if self.pages.pinned(track.name):

@@ -5,8 +5,10 @@ index so a later mount knows them even when the server is down."""
 
 from __future__ import annotations
 
+import bisect
 import enum
 import logging
+import operator
 import os
 import queue
 import stat
@@ -88,38 +90,57 @@ class Draft:
                      self.reason, self.probe_failure, self.validated, self.answered)
 
 
+class SortedTracks:
+    """Tracks found by a text key (a name, a URL) through one list sorted by it: a pointer per track, where a
+    dict by key was about 38 bytes per track (3.8 MB of a 100 000-track mount); a lookup is a binary search,
+    about 17 comparisons at 100 000. Tracks of one key keep the order they came in."""
+
+    __slots__ = ("_key", "_sorted")
+
+    def __init__(self, tracks: Iterable[Track], key: Callable[[Track], str]) -> None:
+        self._key = key
+        self._sorted = sorted(tracks, key=key)
+
+    def add(self, tracks: Iterable[Track]) -> None:
+        self._sorted = sorted([*self._sorted, *tracks], key=self._key)  # stable: the ones held stay first
+
+    def get(self, text: str) -> Track | None:
+        """The first track of this key."""
+        held = self._sorted
+        at = bisect.bisect_left(held, text, key=self._key)
+        return held[at] if at < len(held) and self._key(held[at]) == text else None
+
+    def every(self, text: str) -> list[Track]:
+        held, key = self._sorted, self._key
+        at = bisect.bisect_left(held, text, key=key)
+        found = []
+        while at < len(held) and key(held[at]) == text:
+            found.append(held[at])
+            at += 1
+        return found
+
+
+TRACK_NAME: Callable[[Track], str] = operator.attrgetter("name")
+_SOURCE_URL: Callable[[Track], str] = operator.attrgetter("source.url")
+
+
 class SourceTracks:
-    """The tracks by source (several tracks may share one): whose bytes a download is. Keyed by URL, the string
+    """The tracks by source (several tracks may share one): whose bytes a download is. Found by URL, the string
     each track's source already holds (a key string per track, made for this map, was 9 MB of a 100 000-track
-    mount), a track alone under its URL kept as itself (a tuple each was 8 MB more); the version (ETag, size)
-    is compared when asked."""
+    mount), through one list sorted by it; the version (ETag, size) is compared when asked."""
 
     __slots__ = ("_by_url",)
 
     def __init__(self, tracks: Iterable[Track] = ()) -> None:
-        self._by_url: dict[str, Track | tuple[Track, ...]] = {}
-        self.add(tracks)
+        self._by_url = SortedTracks((t for t in tracks if t.source is not None), _SOURCE_URL)
 
     def add(self, tracks: Iterable[Track]) -> None:
-        by_url = self._by_url
-        for track in tracks:
-            if track.source is None:
-                continue
-            url = track.source.url
-            held = by_url.get(url)
-            if held is None:
-                by_url[url] = track
-            else:
-                by_url[url] = (*held, track) if isinstance(held, tuple) else (held, track)
+        self._by_url.add(t for t in tracks if t.source is not None)
 
     def of(self, source: Source) -> tuple[Track, ...]:
         """The tracks whose source is this version of this URL."""
-        held = self._by_url.get(source.url)
-        if held is None:
-            return ()
         ident = source.ident
-        return tuple(t for t in (held if isinstance(held, tuple) else (held,))
-                     if t.source is not None and t.source.ident == ident)
+        return tuple(t for t in self._by_url.every(source.url) if t.source is not None and t.source.ident == ident)
 
 
 def remember_names(index: SourceIndex, session_name: str, tracks: list[Track],
