@@ -87,3 +87,39 @@ def test_while_downloads_run_names_wait_for_a_batch_and_are_written_at_once_when
     names.close()
     assert named() == {t.id for t in tracks}
     assert names.batches == 4
+
+
+def test_a_big_listing_makes_names_only_for_the_tracks_the_cache_holds(tmp_path: Path) -> None:
+    """A mount of many tracks names the cached ones in the index without an identity and a name made for every
+    track first (a big map freed right after, ~25 MB of a 100 000-track mount's start): the traced peak stays
+    far below a map of the listing (210 bytes per track before), and exactly the cached tracks get their names."""
+    import gc
+    import tracemalloc
+
+    from mixvfs.cache.index import SourceIndex
+    from mixvfs.vfs.session.tracks import remember_names
+
+    count = 20000
+    specs = [{"id": f"t{i}", "artist": "A", "title": f"T{i}", "cloud_stream_path": f"/t{i}.wav", "size": 10}
+             for i in range(count)]
+    session = load_manifest(write_session(tmp_path / "s.json", specs, server="http://127.0.0.1:9"))
+    tracks = build_tracks(session, http=None, index=None)
+    index = SourceIndex(tmp_path / "index")
+    held = tracks[10], tracks[4000]
+    for track in held:
+        assert track.source is not None
+        index.record(track.source.ident, SourceEntry("d", 10, None))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        remember_names(index, "Friday", tracks)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    try:
+        assert index.seen() == {t.source.ident: Seen(t.name, "Friday") for t in held if t.source is not None}
+        assert peak < 40 * count, f"{peak / count:.0f} bytes per track at the peak"
+    finally:
+        index.close()

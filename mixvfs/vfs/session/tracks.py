@@ -148,9 +148,16 @@ def remember_names(index: SourceIndex, session_name: str, tracks: list[Track],
     """Tell the cache's index the name and session each cached track is seen under now (a mount, a warm, a
     pin): ``cachectl`` speaks in these names. A convenience: a cache that refuses it is said once in the log,
     and nothing else changes."""
-    seen = {t.source.ident: Seen(t.name, session_name) for t in tracks if t.source is not None}
     try:
-        index.remember_seen(seen, stop=stop.is_set if stop is not None else lambda: False)
+        wanted = index.names_wanted(len(tracks))
+        seen = {}
+        for track in tracks:
+            if track.source is None:
+                continue
+            ident = track.source.ident  # made and let go at once where not wanted: its memory is the next one's
+            if wanted is None or ident in wanted:
+                seen[ident] = Seen(track.name, session_name)
+        index.remember_seen(seen, stop=stop.is_set if stop is not None else lambda: False, cached=wanted)
     except CacheError as exc:
         log.warning("the cache could not keep the tracks' names: %s", exc)
 
