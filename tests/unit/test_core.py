@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -264,6 +265,29 @@ def test_a_big_listing_keeps_no_string_or_list_per_track_beyond_its_own(make_fs,
     assert len(fs.tracks) == count
     assert fs.tracks[7].source is not None and str(fs.tracks[7].source.label) == "track 7 (id 'c7')"
     assert kept < 655 * count, f"{kept / count:.0f} bytes kept per track"  # 669 with a dict by name and by URL
+
+
+def test_a_listing_with_attributes_keeps_a_size_per_file_and_nothing_more(make_fs, devserver):
+    """``ls -l`` hands every file's attributes to the kernel; what the mount keeps of that is the size it told,
+    per file (a size the next open compares with), not a page-table record per file (~150 bytes each)."""
+    import gc
+    import tracemalloc
+    count = 5000
+    fs = make_fs([{"id": f"c{i}", "title": f"T{i:05d}", "cloud_stream_path": f"/s/{i}.wav", "size": 4096}
+                  for i in range(count)], devserver.url)
+    listing = fs.listing()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        attributes = [fs.known_attributes(t) for t in listing]
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert {a[0] for a in attributes if a is not None} == {4096} and None not in attributes
+    kept -= sys.getsizeof(attributes) + sum(sys.getsizeof(a) for a in attributes)  # the answers themselves
+    assert kept < 50 * count, f"{kept / count:.0f} bytes kept per file listed"
 
 
 def test_a_download_is_told_to_every_track_of_its_version_and_to_no_other(make_fs, server_root, devserver):

@@ -38,12 +38,13 @@ class Admission:
     stale: bool  # the kernel may hold another size or pages for this file: invalidate them now
 
 
-@dataclass
+@dataclass(slots=True)
 class _File:
+    """A file opened at least once in this mount."""
+
     key: str | None = None  # the version whose pages the kernel may hold
     size: int | None = None  # that version's size: what ``stat`` answers while it has readers
     mtime: float = 0.0
-    told: int | None = None  # the size ``stat`` last told the kernel (it may keep it for the attribute timeout)
     readers: int = 0  # open page-cached readers of ``key``
 
 
@@ -51,6 +52,10 @@ class PageTable:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._files: dict[str, _File] = {}
+        # The size ``stat`` last told the kernel, per file (it may keep it for the attribute timeout): set for
+        # every file a listing shows, so a size alone, not a ``_File`` (~110 bytes more per file: 11 MB
+        # during ``ls -l`` of 100 000 tracks).
+        self._told: dict[str, int | None] = {}
 
     def admit(self, name: str, version: Version) -> Admission:
         """How ``name`` may be opened to serve ``version``; raises ContentChanged when it cannot be
@@ -64,7 +69,7 @@ class PageTable:
                 # keep_cache: leave the other reader's pages be; nothing is invalidated under it.
                 return Admission(keep_cache=True, direct_io=True, pinned=False, stale=False)
             keep = state.key == version.key
-            stale = version.size is None or version.size != state.told
+            stale = version.size is None or version.size != self._told.get(name)
             state.key, state.size, state.mtime = version.key, version.size, version.mtime
             state.readers += 1
             return Admission(keep_cache=keep, direct_io=stale, pinned=True, stale=stale or not keep)
@@ -79,10 +84,10 @@ class PageTable:
         """What ``stat`` tells the kernel: the file as it is now (``size``, ``mtime``) — or, while a
         page-cached reader is open, that reader's version."""
         with self._lock:
-            state = self._files.setdefault(name, _File())
-            if state.readers:
+            state = self._files.get(name)
+            if state is not None and state.readers:
                 size, mtime = state.size, state.mtime
-            state.told = size
+            self._told[name] = size
             return size, mtime
 
     def pinned(self, name: str) -> bool:
