@@ -178,6 +178,20 @@ def translated(doing: str) -> Iterator[None]:
         raise ours(exc, doing) from exc
 
 
+REFUSED_WRITE = "the cache database refused the write (read-only, immutable, or its disk failing)"
+
+
+def refused_write(exc: BaseException) -> str | None:
+    """The one sentence for a write the blob database would not take — whichever way SQLite (or diskcache, which
+    turns a refused ``BEGIN IMMEDIATE`` into its ``Timeout``) says it — or None when ``exc`` is something else
+    (a full disk keeps its own words). Every download a refusing database fails says the same."""
+    if isinstance(exc, diskcache.Timeout):
+        return REFUSED_WRITE
+    if isinstance(exc, sqlite3.OperationalError) and "full" not in str(exc):
+        return REFUSED_WRITE
+    return None
+
+
 def ours(exc: BaseException, doing: str) -> MixvfsError:
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -47,7 +47,7 @@ import diskcache
 from mixvfs.cache.digest import hash_fd
 from mixvfs.cache.disk import CheckedCache, SafeDisk
 from mixvfs.cache.errors import CacheError, NoSpace
-from mixvfs.cache.folder import CacheFolder, cache_errors, translated
+from mixvfs.cache.folder import CacheFolder, cache_errors, refused_write, translated
 from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.units import format_size
 
@@ -180,6 +180,8 @@ class BlobStore:
         self.index = SourceIndex(root, self.folder)  # a blob's rows leave with it (see _remove)
         self._evict_lock = threading.Lock()
         self._warned_pins = False
+        # Why the last open could not record the blob's use (the database refusing writes), None once one could.
+        self.use_refused: str | None = None
         self._own: set[Path] = set()  # staging files this store handed out and has not seen end
         self._own_bound = 64
         self._own_lock = threading.Lock()
@@ -347,12 +349,36 @@ class BlobStore:
     @cache_errors("opening a blob")
     def open_blob(self, digest: str) -> int | None:
         """A descriptor of the blob, or None. Records the use (diskcache's LRU ``get`` sets the last-use
-        time, which the TTL counts from): once per open, not per read."""
-        handle = self._cache.get(digest, read=True)
+        time, which the TTL counts from): once per open, not per read. A database that refuses the write
+        (read-only, immutable, its disk failing) does not keep the bytes from a reader: the blob is opened
+        without it, and :attr:`use_refused` says why until a use is recorded again."""
+        try:
+            handle = self._cache.get(digest, read=True)
+        except (sqlite3.Error, diskcache.Timeout) as exc:
+            return self._open_unrecorded(digest, exc)
+        if self.use_refused is not None:
+            self.use_refused = None
+            log.info("the cache database records the uses of cached tracks again")
         if handle is None:
             return None
         with handle:
             return os.dup(handle.fileno())
+
+    def _open_unrecorded(self, digest: str, exc: sqlite3.Error | diskcache.Timeout) -> int | None:
+        """The blob opened by a lookup alone (a read), its use not recorded: it may be evicted before blobs
+        used less recently. The bytes are the caller's to check, as for any stored blob."""
+        reason = refused_write(exc) or f"the cache database: {exc or type(exc).__name__}"
+        if self.use_refused != reason:
+            log.warning("cached tracks are served, but their use cannot be recorded (%s): they may be evicted "
+                        "before tracks used less recently", reason)
+        self.use_refused = reason
+        info = self._cache.info(digest)
+        if info is None:
+            return None
+        try:
+            return os.open(self.path_of(info), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
 
     @cache_errors("looking up a blob")
     def info(self, digest: str) -> BlobInfo | None:
