@@ -182,6 +182,7 @@ class BlobStore:
         self._warned_pins = False
         # Why the last open could not record the blob's use (the database refusing writes), None once one could.
         self.use_refused: str | None = None
+        self._refusal_said = False  # SQLite's words for a refused commit logged (once, until one is taken)
         self._own: set[Path] = set()  # staging files this store handed out and has not seen end
         self._own_bound = 64
         self._own_lock = threading.Lock()
@@ -323,11 +324,18 @@ class BlobStore:
     def _adopt(self, staged: Path, digest: str, size: int) -> None:
         try:
             self._cache.set(digest, Adopt(staged, size), read=True)
+            self._refusal_said = False
         except OSError as exc:
             raise translate_os_error(exc, "storing a download in the cache") from exc
         except (diskcache.Timeout, sqlite3.Error) as exc:
             # The rename may have happened: the orphan file is diskcache's to clean (check(fix=True)).
-            raise CacheError(f"the cache database did not take the download: {exc or type(exc).__name__}") from exc
+            words = str(exc) or type(exc).__name__
+            if (refused := refused_write(exc)) is not None:
+                if not self._refusal_said:  # SQLite's own words, once: the report says the one sentence
+                    self._refusal_said = True
+                    log.warning("the cache database refuses writes: %s", words)
+                raise CacheError(refused) from exc
+            raise CacheError(f"the cache database did not take the download: {words}") from exc
 
     @cache_errors("recording a use")
     def _mark_used(self, digest: str) -> bool:

@@ -7,6 +7,7 @@ folder cannot be made again), and the blob database's files made immutable (writ
 
 from __future__ import annotations
 
+import collections
 import json
 import shutil
 import threading
@@ -17,11 +18,14 @@ from typing import Any
 import pytest
 
 from mixvfs.cache.folder import REFUSED_WRITE
+from mixvfs.cache.store import BlobStore
 from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.session.manifest import load_manifest
 from mixvfs.vfs.session.tracks import build_tracks
 from tests.conftest import database_refusing_writes, wait_until, write_session
+from tests.unit.conftest import GiB
 from tests.unit.test_core import read_all, settle
+from tests.unit.test_store import put, stage
 from tools.make_audio import write_sized
 
 
@@ -138,3 +142,34 @@ def test_the_status_of_a_mount_whose_server_and_cache_both_fail_says_what_the_se
     server = str(fs.live_status()["server"])
     assert "cannot say which of the 1 cloud tracks it holds" in server and str(tmp_path / "cache") in server, server
 
+
+def test_commits_from_many_threads_into_a_database_refusing_writes_each_say_it_refused(tmp_path):
+    """SQLite may end a refused write's transaction itself; diskcache's own mark of the transaction, one for
+    all threads, was then taken by another thread's, and the first one's rollback failed an assertion
+    ("internal error: AssertionError" in the report). Every commit gets the one sentence instead."""
+    store = BlobStore(tmp_path / "cache", max_size=GiB, max_age=3600)
+    put(store, b"first blob" * 100)  # the database's files exist
+    staged = [stage(store, n.to_bytes(4, "big") * 500) for n in range(240)]
+    met: list[str] = []
+    start = threading.Barrier(12)
+
+    def commit(share: list[tuple[Path, str]]) -> None:
+        start.wait()
+        for path, digest in share:
+            try:
+                store.commit(path, digest, 2000)
+            except Exception as exc:  # what each commit met is the test's finding
+                met.append(f"{type(exc).__name__}: {exc}")
+            else:
+                met.append("taken")
+
+    try:
+        with database_refusing_writes(tmp_path / "cache" / "blobs"):
+            threads = [threading.Thread(target=commit, args=(staged[n::12],)) for n in range(12)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        store.close()
+    assert collections.Counter(met) == {f"CacheError: {REFUSED_WRITE}": len(staged)}
