@@ -302,7 +302,7 @@ class Download:
         self.finished = time.monotonic()
         if error is not None and self.path is not None:
             with contextlib.suppress(OSError):
-                os.unlink(self.path)
+                self.wiring.store.discard_staging(self.path)
         self.path = None
         if error is None:
             self._set_state(State.DONE)

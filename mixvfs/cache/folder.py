@@ -96,6 +96,11 @@ class CacheFolder:
             missing = [n for n in self.subfolders if not os.path.isdir(self.root / n)]
             if not (root_changed or stale or missing):
                 return  # another thread recovered it meanwhile
+            denied = first_denied(self.root, *(self.root / n for n in self.subfolders),
+                                  *(path for db in self._dbs for path in db.paths))
+            if denied is not None:  # still there, but no longer ours to use (chmod): nothing to make again
+                raise CacheError(f"the cache folder {self.root} cannot be used: {describe(denied)}; mixvfs needs "
+                                 f"to read and write it (chmod 700 {self.root})") from denied
             try:
                 self._make()
                 for db in stale:
@@ -110,6 +115,19 @@ class CacheFolder:
                         "downloaded again", self.root, what)
 
 
+def first_denied(*paths: str | Path) -> PermissionError | None:
+    """The permission error of the first of ``paths`` that cannot be looked at (a folder on its way made
+    unreadable), None when each is there or simply missing."""
+    for path in paths:
+        try:
+            os.stat(path)
+        except PermissionError as exc:
+            return exc
+        except OSError:
+            continue
+    return None
+
+
 class LiveDb(Generic[D]):
     """A database of the cache folder, opened again in place when its folder or file is no longer the one
     opened. ``get()`` gives the database to use now."""
@@ -119,6 +137,7 @@ class LiveDb(Generic[D]):
         self.folder = folder
         self._opener = opener
         self._paths = (str(folder), str(folder / DB_FILE))  # as str: a Path costs as much again per stat
+        self.paths = self._paths
         self._db = opener(str(folder))
         self._identity = self._now()
 

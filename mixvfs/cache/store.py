@@ -273,16 +273,37 @@ class BlobStore:
 
     def clean_own_staging(self) -> list[Path]:
         """Remove this store's staging files (after its downloads were stopped, e.g. on Ctrl-C): a
-        download queued but never started still has its empty staging file, and a worker blocked in a
-        stalled read still holds its lock, so these are not stale yet."""
+        download queued but never started still has its empty staging file, a worker blocked in a
+        stalled read still holds its lock, so these are not stale yet, and a failed download's file may not
+        have been removable then (the folder's permissions changed). One that still cannot be removed is
+        named in the log; the next mount's cleaning removes it."""
         with self._own_lock:
             own, self._own = self._own, set()
         removed = []
         for path in sorted(own):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 path.unlink()
-                removed.append(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("staging file %s left: %s; the next mount or cachectl removes it", path,
+                            exc.strerror or exc)
+                continue
+            removed.append(path)
         return removed
+
+    def discard_staging(self, path: Path) -> None:
+        """A failed download's staging file, removed; one that cannot be removed now (its folder made
+        unreadable) stays this store's, for :meth:`clean_own_staging` to try again at the end."""
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            self._disown(path)
+        except OSError:
+            with self._own_lock:
+                self._own.add(path)
+        else:
+            self._disown(path)
 
     def _disown(self, staged: Path) -> None:
         with self._own_lock:
