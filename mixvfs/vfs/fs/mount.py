@@ -91,6 +91,8 @@ def check_mountpoint(mountpoint: Path, *, allow_non_empty: bool = False) -> None
         raise ConfigError(f"mountpoint {mountpoint} is not a folder")
     if os.path.ismount(mountpoint):
         raise ConfigError(f"mountpoint {mountpoint} is already mounted (mixvfs unmount {mountpoint})")
+    if (problem := host.mountpoint_access_problem(mountpoint)) is not None:
+        raise ConfigError(f"cannot mount {mountpoint}: {problem}")
     if not allow_non_empty and holds_files(mountpoint):
         # libfuse 3 mounts over files without a word: they would vanish from view until the unmount.
         raise ConfigError(f"mountpoint {mountpoint} is not empty: mounting would hide its files "

@@ -105,7 +105,9 @@ def utc_stamp(at: float | None = None) -> str:
 
 class Report:
     def __init__(self, path: Path, *, session: str, mountpoint: str, records: list[TrackRecord],
-                 manifest: str | None = None) -> None:
+                 manifest: str | None = None, held: bool = False) -> None:
+        """``held``: nothing is written until :meth:`publish` (a mount's report, once its folder is live: a mount
+        that never happened leaves no report, nor overwrites the last one); the path is checked writable now."""
         self.path = path
         self.session = session
         self._header: dict[str, Any] = {"session": session, "mountpoint": mountpoint, "started": utc_stamp()}
@@ -126,9 +128,25 @@ class Report:
         self._shown_at: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._flusher, name="report", daemon=True)
+        self._held = held
         path.parent.mkdir(parents=True, exist_ok=True)
+        if held:
+            probe = self._temp_path()
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+            os.unlink(probe)
+            return
         self.write()
         self._thread.start()
+
+    def publish(self) -> None:
+        """Write the report and keep it current from now on (a held report; at once for any other)."""
+        if self._held:
+            self._held = False
+            self.write()
+            self._thread.start()
+
+    def _temp_path(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
     def record(self, track_id: str) -> TrackRecord:
         with self._lock:
@@ -161,7 +179,7 @@ class Report:
     def _write_through(self, needed: int) -> None:
         """Return once the file holds version ``needed``: at once if a write already did (a repeated
         identical failure), else after our write — or after another thread's, if it took our change."""
-        if self._written >= needed:
+        if self._written >= needed or self._held:
             return
         try:
             with self._write_lock:
@@ -202,6 +220,8 @@ class Report:
             return header, [self._records[i] for i in self._order], self._version
 
     def write(self, **extra: Any) -> None:
+        if self._held:
+            return  # not published: the mount never went live
         with self._write_lock:
             self._write_locked(**extra)
 
@@ -211,7 +231,7 @@ class Report:
         started = time.monotonic()
         header, records, version = self._records_now()
         header.update(extra)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp = self._temp_path()
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
             fd = os.open(tmp, flags, 0o600)
@@ -233,7 +253,8 @@ class Report:
     def close(self, **extra: Any) -> None:
         self._stop.set()
         self._dirty.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         try:
             self.write(**extra)
         except OSError as exc:  # the caller still has a cache to close
