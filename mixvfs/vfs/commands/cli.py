@@ -259,8 +259,13 @@ def setup_logging(log_file: Path | None, level: str) -> None:
 def cmd_unmount(mountpoint: Path) -> int:
     from mixvfs.vfs.fs import mount
 
-    report = mount.unmount(mountpoint)
-    print(f"unmounted {mountpoint}" + (f" (report: {report})" if report else ""))
+    done = mount.unmount(mountpoint)
+    report = done.report
+    if done.daemon_died:  # killed: the report is as it last wrote it, and what it had not finished was never had
+        print(f"its daemon had died; cleared the dead mount at {mountpoint}"
+              + (f" (report as last written: {report})" if report else ""))
+    else:
+        print(f"unmounted {mountpoint}" + (f" (report: {report})" if report else ""))
     if report is not None:
         for line in served_summary(report):
             print(line)

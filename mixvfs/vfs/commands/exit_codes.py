@@ -13,7 +13,7 @@ TABLE: tuple[tuple[int, str], ...] = (
          "failed)"),
     (FAILED, "the command ran and something failed: a failed track (`report`, `status`, `warm`, `pin`; "
              "`status --watch` when it ends, by Ctrl-C or because the mount went away, with a track failed), "
-             "a mount whose daemon died (`report` of its folder, `status --watch` when it ends), "
+             "a mount whose daemon died (`report` and `status` of its folder, `status --watch` when it ends), "
              "unmount refused (a program has a file or the folder open: the message names `fuser -vm` / "
              "`lsof +f --`), `verify` found corrupt blobs"),
     (USAGE, "bad input: manifest, flags (`--token` is refused by every command), config file, mountpoint "

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mixvfs import host
-from mixvfs.cache.errors import ConfigError
+from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.cache.units import format_size
 from mixvfs.vfs.commands import exit_codes
 
@@ -26,7 +26,10 @@ def read_status(mountpoint: Path) -> dict[str, Any]:
         raw = host.getxattr(mountpoint, STATUS_XATTR)
     except OSError as exc:
         from mixvfs.vfs.fs.history import not_live  # says where the last report is, after an unmount
+        from mixvfs.vfs.fs.mount import DaemonDied, died_text, is_stale
 
+        if is_stale(mountpoint):  # killed, not unmounted: a failure (exit 1), as `mixvfs report` of it
+            raise DaemonDied(died_text(mountpoint)) from None
         raise ConfigError(not_live(mountpoint, exc.strerror)) from None
     data = json.loads(raw)
     if not isinstance(data, dict):
@@ -130,9 +133,9 @@ class Watched:
         """The status now; None once the mount has gone away after the watch saw it live."""
         try:
             self.last = read_status(self.mountpoint)
-        except ConfigError:
+        except MixvfsError:
             if self.last is None:
-                raise  # never live: the usual "not mounted" (exit 2), naming the last report
+                raise  # never live: the usual "not mounted" (exit 2), naming the last report; a dead one (1)
             return None
         return self.last
 
