@@ -138,6 +138,10 @@ class Report:
         self.write()
         self._thread.start()
 
+    def writes_quickly(self) -> bool:
+        """Whether a write now costs little: at most a tenth of the batching interval, as the last one took."""
+        return self._last_write_seconds <= FLUSH_INTERVAL / 10
+
     def publish(self) -> None:
         """Write the report and keep it current from now on (a held report; at once for any other)."""
         if self._held:
