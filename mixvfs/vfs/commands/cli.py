@@ -176,7 +176,7 @@ def run(args_list: list[str]) -> int:
     if args.command == "mount":
         return cmd_mount(args, args_list)
     if args.command == "unmount":
-        return cmd_unmount(args.mountpoint.expanduser())
+        return cmd_unmount(Path(os.path.realpath(args.mountpoint.expanduser())))
     if args.command == "report":
         return cmd_report(args)
     if args.command == "preflight":
@@ -204,7 +204,7 @@ def mount_options(args: argparse.Namespace) -> mount.MountOptions:
     runtime = settings.runtime()
     return mount.MountOptions(
         session_path=args.session.expanduser().resolve(),
-        mountpoint=args.mountpoint.expanduser().absolute(),
+        mountpoint=Path(os.path.realpath(args.mountpoint.expanduser())),  # as the kernel resolves it: no ..
         runtime=runtime,
         report_path=args.report.expanduser().absolute() if args.report else None,
         log_file=(args.log_file or runtime.cache.root / "logs" / "mixvfs.log").expanduser().absolute(),
