@@ -4,9 +4,10 @@ the index; uncached ones are EIO with "server unreachable"; a blip never empties
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 
-from tests.conftest import run, write_session
+from tests.conftest import MIXVFS, run, write_session
 from tests.faults.helpers import FAST, cachectl, cloud_track, cp, name_of
 from tools.devserver import DevServer
 
@@ -72,6 +73,8 @@ def test_a_server_that_never_answers_costs_a_listing_one_stall_not_one_per_track
         assert listing.returncode != 0  # the sizes could not be had: ls says so for each
         # At most one more question (a check whether the server answers again) reached it after the mount's own.
         assert devserver.held("silent") <= asked_at_mount + 1, devserver.held("silent")
+        status = json.loads(run([MIXVFS, "status", str(mount.path), "--json"]).stdout)
+        assert [w["origin"] for w in status["server_silent"]] == [devserver.url], status
         for track in sizeless:
             record = mount.track(track["id"])
             assert record["status"] == "failed" and record["error"].startswith("the size is unknown: "), record

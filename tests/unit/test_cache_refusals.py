@@ -19,6 +19,7 @@ import pytest
 
 from mixvfs.cache.folder import REFUSED_WRITE
 from mixvfs.cache.store import BlobStore
+from mixvfs.vfs.commands.status import format_status
 from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.session.manifest import load_manifest
 from mixvfs.vfs.session.tracks import build_tracks
@@ -76,13 +77,16 @@ def test_a_cached_track_opened_while_the_database_refuses_writes_is_served_and_t
             thread.start()
             thread.join()
             assert seen.pop("bytes") == expected
+        assert fs.live_status()["cache"] == f"cached tracks are served, but their use is not recorded: {REFUSED_WRITE}"
+        assert f"cache: cached tracks are served, but their use is not recorded: {REFUSED_WRITE}" in \
+            format_status(fs.live_status()).splitlines()
     record = fs.report.record("t")
     assert record.status == "cached" and record.reader_error is None, record
     assert record.note == f"served from cache; its use was not recorded: {REFUSED_WRITE}", record
     refusals = [r for r in caplog.records if "their use cannot be recorded" in r.getMessage()]
     assert len(refusals) == 1, [r.getMessage() for r in caplog.records]
     assert read_all(fs, "A - t.wav") == expected  # writes taken again
-    assert fs.fetcher.store.use_refused is None
+    assert fs.fetcher.store.use_refused is None and "cache" not in fs.live_status()
 
 
 def test_a_prefetch_the_cache_cannot_answer_fails_each_track_with_the_cause_and_the_pass_goes_on(

@@ -48,6 +48,8 @@ def format_status(data: dict[str, Any]) -> str:
     lines = [f"session {data.get('session')!r}: {data.get('tracks')} tracks ({counts or 'none'})"]
     if data.get("server"):
         lines.append(f"server: {data['server']}")
+    if data.get("cache"):
+        lines.append(f"cache: {data['cache']}")
     downloading = data.get("downloading", [])
     rate = sum(d.get("rate") or 0 for d in downloading)
     left = [d["total"] - d["available"] for d in downloading if d.get("total") is not None]
@@ -67,6 +69,8 @@ def format_status(data: dict[str, Any]) -> str:
         via = f", from the {d['via']}" if d.get("via") else ""
         lines.append(f"  {d.get('name')}: {done}{share}{speed}{eta}{retry}{via}{server_wait_text(d)}")
     lines += [f"{w.get('origin')}: server asked to wait {w.get('seconds')} s" for w in data.get("server_waits", [])]
+    lines += [f"{w.get('origin')}: has not answered for {w.get('seconds')} s; asked again now and then"
+              for w in data.get("server_silent", [])]
     failed = data.get("failed", [])
     lines.append(f"failed: {data.get('failed_total', len(failed))}")
     lines += [f"  {f.get('name')}: {f.get('error')}" for f in failed]
