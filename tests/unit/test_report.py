@@ -130,18 +130,18 @@ def test_a_report_written_in_chunks_is_the_whole_document(tmp_path: Path, monkey
         assert not count or doc["tracks"][0]["error"] == "the server answered HTTP 404 \u2014 gone"
 
 
-def test_a_held_report_writes_nothing_until_published_and_nothing_at_all_if_never(tmp_path: Path) -> None:
+def test_a_report_published_later_writes_nothing_until_then_and_nothing_at_all_if_never(tmp_path: Path) -> None:
     """A mount's report is published once its folder is live: a mount that never happened leaves none, and
     the last mount's report at that path stays as it was."""
     path = tmp_path / "reports" / "r.json"
     path.parent.mkdir()
     path.write_text('{"the last mount": true}')
-    held = Report(path, session="s", mountpoint="/m", records=records(3), held=True)
-    held.update("t1", status=Status.FAILED, error="boom", urgent=True)
-    held.close(finished=True)
+    never = Report(path, session="s", mountpoint="/m", records=records(3), publish_later=True)
+    never.update("t1", status=Status.FAILED, error="boom", urgent=True)
+    never.close(finished=True)
     assert json.loads(path.read_text()) == {"the last mount": True}
     assert list(path.parent.iterdir()) == [path]  # the writability probe left nothing
-    live = Report(path, session="s", mountpoint="/m", records=records(3), held=True)
+    live = Report(path, session="s", mountpoint="/m", records=records(3), publish_later=True)
     live.publish()
     assert on_disk(live, "t1")["status"] == "pending"
     live.update("t1", status=Status.FAILED, error="boom", urgent=True)

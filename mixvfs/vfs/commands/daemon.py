@@ -281,7 +281,7 @@ def open_session(
                                                                  history.key(options.mountpoint))
     try:
         report = Report(report_path, session=session.name, mountpoint=str(options.mountpoint), records=[],
-                        manifest=str(options.session_path), held=True)
+                        manifest=str(options.session_path), publish_later=True)
     except OSError as exc:
         names.close()
         runtime.close()

@@ -105,9 +105,10 @@ def utc_stamp(at: float | None = None) -> str:
 
 class Report:
     def __init__(self, path: Path, *, session: str, mountpoint: str, records: list[TrackRecord],
-                 manifest: str | None = None, held: bool = False) -> None:
-        """``held``: nothing is written until :meth:`publish` (a mount's report, once its folder is live: a mount
-        that never happened leaves no report, nor overwrites the last one); the path is checked writable now."""
+                 manifest: str | None = None, publish_later: bool = False) -> None:
+        """``publish_later``: nothing is written until :meth:`publish` (a mount's report, once its folder is live:
+        a mount that never happened leaves no report, nor overwrites the last one); the path is checked writable
+        now."""
         self.path = path
         self.session = session
         self._header: dict[str, Any] = {"session": session, "mountpoint": mountpoint, "started": utc_stamp()}
@@ -128,9 +129,9 @@ class Report:
         self._shown_at: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._flusher, name="report", daemon=True)
-        self._held = held
+        self._unpublished = publish_later
         path.parent.mkdir(parents=True, exist_ok=True)
-        if held:
+        if publish_later:
             probe = self._temp_path()
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
             os.unlink(probe)
@@ -143,9 +144,9 @@ class Report:
         return self._last_write_seconds <= FLUSH_INTERVAL / 10
 
     def publish(self) -> None:
-        """Write the report and keep it current from now on (a held report; at once for any other)."""
-        if self._held:
-            self._held = False
+        """Write the report and keep it current from now on (one made with publish_later; at once for any other)."""
+        if self._unpublished:
+            self._unpublished = False
             self.write()
             self._thread.start()
 
@@ -183,7 +184,7 @@ class Report:
     def _write_through(self, needed: int) -> None:
         """Return once the file holds version ``needed``: at once if a write already did (a repeated
         identical failure), else after our write — or after another thread's, if it took our change."""
-        if self._written >= needed or self._held:
+        if self._written >= needed or self._unpublished:
             return
         try:
             with self._write_lock:
@@ -224,8 +225,8 @@ class Report:
             return header, [self._records[i] for i in self._order], self._version
 
     def write(self, **extra: Any) -> None:
-        if self._held:
-            return  # not published: the mount never went live
+        if self._unpublished:
+            return  # not published yet: the mount is not live (and may never be)
         with self._write_lock:
             self._write_locked(**extra)
 
