@@ -64,6 +64,19 @@ def test_rsync_and_copytree_read_the_same_bytes(tmp_path, server_root, devserver
         assert filecmp.cmp(tmp_path / "copytree" / name, tmp_path / origin, shallow=False)
 
 
+def test_archive_copies_read_the_same_bytes(tmp_path, server_root, devserver, mounter):
+    """`cp -a` and `rsync -aAX` ask each file for its ACL and extended attributes: a namespace mixvfs does
+    not support (ENOTSUP for security.* and system.*) is no error for them, as on any file system without ACLs."""
+    session = mixed_session(tmp_path, server_root, devserver.url)
+    mount = mounter(session, "--no-prefetch")
+    cp = run(["cp", "-a", f"{mount.path}/.", str(tmp_path / "cp")], check=True)
+    rsync = run(["rsync", "-aAX", f"{mount.path}/", str(tmp_path / "rsync")], check=True)
+    assert (cp.stderr, rsync.stderr) == ("", "")
+    for name, origin in EXPECTED.items():
+        assert filecmp.cmp(tmp_path / "cp" / name, tmp_path / origin, shallow=False), name
+        assert filecmp.cmp(tmp_path / "rsync" / name, tmp_path / origin, shallow=False), name
+
+
 def test_size_is_exact_before_first_read_from_head(tmp_path, server_root, devserver, mounter):
     session = mixed_session(tmp_path, server_root, devserver.url)
     mount = mounter(session, "--no-prefetch")

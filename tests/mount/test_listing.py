@@ -4,9 +4,12 @@ the kernel sends no LOOKUP or GETATTR per file (issue 12); the sizes are getattr
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from mixvfs.vfs.fs.mount import MountOptions
 from tests.conftest import Mount, daemon_libfuse_major, getxattr, run, wait_until, write_session
@@ -57,6 +60,31 @@ def test_ls_l_takes_attributes_from_the_listing(tmp_path, server_root, devserver
     else:  # libfuse 2 has no READDIRPLUS: names only, the kernel looks each file up
         assert listed == 0 and asked >= len(expected), (asked, listed)
     assert {p.name: p.stat().st_size for p in mount.path.iterdir()} == expected
+
+
+def test_ls_l_asks_no_security_or_acl_question_per_file(tmp_path, server_root, devserver, mounter):
+    """`ls -l` asks each file for security.selinux and its POSIX ACL, which the kernel never caches for FUSE:
+    2 requests per file. mixvfs supports neither namespace and says so (ENOTSUP, as a Linux file system
+    without them does); GNU ls remembers that per file system and asks no more."""
+    tracks = [cloud_track(server_root, f"t{i:02d}", 1000 + i, seed=i) for i in range(COUNT)]
+    mount = mounter(write_session(tmp_path / "s.json", tracks, server=devserver.url), "--no-prefetch")
+    before = requests(mount.path)
+    done = run(["ls", "-l", str(mount.path)], check=True)
+    asked = requests(mount.path)["foreign_xattrs"] - before["foreign_xattrs"]
+    assert asked <= 2, asked  # was 2 per file: 60
+    assert done.stderr == ""
+    modes = [line.split()[0] for line in done.stdout.splitlines()[1:]]
+    assert modes == ["-rw-r--r--"] * COUNT  # no ACL "+" nor SELinux context "." after the mode
+
+    track = mount.path / name_of("t00")
+    for name in ("security.selinux", "system.posix_acl_access", "security.capability"):
+        with pytest.raises(OSError) as raised:
+            getxattr(track, name)
+        assert raised.value.errno == errno.ENOTSUP, name
+    with pytest.raises(OSError) as raised:  # the user namespace is supported: a name not there is ENODATA
+        getxattr(track, "user.xdg.origin.url")
+    assert raised.value.errno == errno.ENODATA
+    assert getxattr(track, "user.mixvfs.id") == b"t00"
 
 
 def reloads_done(mount: Mount) -> int:

@@ -244,8 +244,9 @@ def test_a_readers_place_in_the_listing_is_its_manifest_index_and_none_once_a_re
 
 
 def test_a_big_listing_keeps_no_string_or_list_per_track_beyond_its_own(make_fs, devserver):
-    """What a mount keeps per track (the spec, the track, its source, name and report record, the maps by name
-    and id) traced by tracemalloc: no label string made for the log, no list per source, no map of places."""
+    """What a mount keeps per track (the spec, the track, its source and name, the maps by name and id) traced
+    by tracemalloc: no label string made for the log, no list per source, no map of places, no second string
+    for the stream path, and no report record for a track nothing has happened to (826 bytes with one)."""
     import gc
     import tracemalloc
     count = 5000
@@ -261,7 +262,7 @@ def test_a_big_listing_keeps_no_string_or_list_per_track_beyond_its_own(make_fs,
         tracemalloc.stop()
     assert len(fs.tracks) == count
     assert fs.tracks[7].source is not None and str(fs.tracks[7].source.label) == "track 7 (id 'c7')"
-    assert kept < 950 * count, f"{kept / count:.0f} bytes kept per track"
+    assert kept < 760 * count, f"{kept / count:.0f} bytes kept per track"
 
 
 def test_a_download_is_told_to_every_track_of_its_version_and_to_no_other(make_fs, server_root, devserver):

@@ -215,3 +215,18 @@ def test_a_missing_fusermount3_is_named_for_a_user_who_is_not_root(tmp_path) -> 
     assert host.fuse_access_problem(device=str(tmp_path / "none"), platform="darwin") is None
     assert host.fuse_access_problem(device=str(tmp_path / "none"), platform="linux") == (
         f"{tmp_path / 'none'} does not exist: the fuse kernel module is not loaded (sudo modprobe fuse)")
+
+
+def test_release_free_memory_is_glibcs_malloc_trim_and_nothing_elsewhere(monkeypatch):
+    """On glibc it gives the free heap back (the daemon's test, test_daemon_gc.py, sees the pages go); a libc
+    without ``malloc_trim`` (macOS, musl) leaves it to the allocator, and says so."""
+    libc = ctypes.CDLL(None)
+    if hasattr(libc, "malloc_trim"):
+        assert host.release_free_memory() is True
+
+    class NoTrim:
+        def __init__(self, name: object) -> None:
+            pass
+
+    monkeypatch.setattr(ctypes, "CDLL", NoTrim)
+    assert host.release_free_memory() is False

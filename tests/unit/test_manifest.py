@@ -30,6 +30,25 @@ def test_valid_manifest_resolves_paths_and_urls(tmp_path):
     assert c8.cloud_url == "http://other.example.com/s/c8"
 
 
+def test_the_stream_path_reads_as_written_and_costs_no_string_of_its_own_where_the_url_ends_with_it():
+    session = parse({"server": "https://music.example.com/", "tracks": [
+        {"id": "a", "cloud_stream_path": "/stream/a.flac"},
+        {"id": "b", "cloud_stream_path": "stream/b.flac"},
+        {"id": "c", "cloud_stream_path": "//stream/c.flac"},  # joined as "/stream/c.flac": kept as written
+        {"id": "d", "cloud_stream_path": "http://other.example.com/s/d.mp3"},
+        {"id": "e", "cloud_stream_path": ""},
+        {"id": "f", "file_path": "/x/f.wav"},
+    ]})
+    a, b, c, d, e, f = session.tracks
+    assert [t.stream_path for t in session.tracks] == [
+        "/stream/a.flac", "stream/b.flac", "//stream/c.flac", "http://other.example.com/s/d.mp3", "", None]
+    assert (a.cloud_url, b.cloud_url, c.cloud_url) == ("https://music.example.com/stream/a.flac",
+                                                        "https://music.example.com/stream/b.flac",
+                                                        "https://music.example.com/stream/c.flac")
+    assert (a.stream, b.stream, d.stream) == (14, 13, 32)  # its length only: the URL's end is the path
+    assert (c.stream, e.stream, f.stream) == ("//stream/c.flac", "", None)
+
+
 @pytest.mark.parametrize(("doc", "expected"), [
     ([], "must be a JSON object"),
     ({"name": "x"}, "field 'tracks' must be a list"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 
@@ -14,7 +15,7 @@ from mixvfs.vfs.session.tracks import Kind, Track
 
 def cloud_track(*, size: int | None = None, validated: bool = False) -> Track:
     spec = TrackSpec(0, "t1", "A", "T", None, "/t.wav", "http://x/t.wav", size, None)
-    return Track(spec, Kind.CLOUD, "A - T.wav", size, 5.0, "wav", Source("http://x/t.wav", size=size),
+    return Track(spec, Kind.CLOUD, "A - T.wav", size, 5.0, Source("http://x/t.wav", size=size),
                  validated=validated)
 
 
@@ -48,3 +49,11 @@ def test_a_reload_keeps_only_what_was_learned_of_listed_tracks():
     state.listed([new])
     assert state.size(old) is None and state.size(new) is None
     assert state.question_lock(old) is state.question_lock(new)  # by id: an asker after a reload waits too
+
+
+def test_a_track_keeps_only_what_a_mount_reads():
+    """One per track, 100 000 in a library: the extension and the server's answer went into the name and the
+    source, and a Track fits Python's 128-byte size class, not 144."""
+    track = cloud_track(size=10)
+    assert not hasattr(track, "ext") and not hasattr(track, "remote")
+    assert sys.getsizeof(track) <= 128, sys.getsizeof(track)  # the collector's 16-byte header included

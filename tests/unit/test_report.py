@@ -130,6 +130,41 @@ def test_a_report_written_in_chunks_is_the_whole_document(tmp_path: Path, monkey
         assert not count or doc["tracks"][0]["error"] == "the server answered HTTP 404 \u2014 gone"
 
 
+def test_a_track_held_for_its_record_reads_and_writes_as_the_record_its_listing_implies(tmp_path: Path) -> None:
+    """A pending, local or missing track costs the report no record of its own until something happens to it:
+    the track stands for its record, which reads, updates and writes exactly as that record would."""
+    from mixvfs.vfs.fs.report import listed_record
+    from mixvfs.vfs.session.manifest import load_manifest
+    from mixvfs.vfs.session.tracks import build_tracks
+    from tests.conftest import write_session
+
+    (tmp_path / "here.wav").write_bytes(b"RIFF" + bytes(96))
+    session = load_manifest(write_session(tmp_path / "s.json", [
+        {"id": "l", "title": "here", "file_path": "here.wav"},
+        {"id": "c", "title": "there", "cloud_stream_path": "/c.wav", "size": 4000},
+        {"id": "m", "title": "gone", "file_path": "gone.wav"},
+    ], server="http://127.0.0.1:9"))
+    tracks = build_tracks(session, http=None, index=None)
+    held = Report(tmp_path / "held.json", session="s", mountpoint="/m", records=tracks)
+    made = Report(tmp_path / "made.json", session="s", mountpoint="/m", records=[listed_record(t) for t in tracks])
+    try:
+        written = json.loads(held.path.read_text())["tracks"]
+        assert written == json.loads(made.path.read_text())["tracks"]
+        assert [(t["id"], t["source"], t["status"], t["bytes"]) for t in written] == [
+            ("l", "local", "local", 100), ("c", "cloud", "pending", 4000), ("m", "missing", "missing", None)]
+        assert written[2]["error"] == tracks[2].reason and "gone.wav" in written[2]["error"]
+        assert held.records() == made.records() == [held.record(t.id) for t in tracks]
+
+        for report in (held, made):
+            report.update("c", urgent=True, status=Status.FAILED, error="boom", attempts=1)
+        assert held.record("c") == made.record("c") and held.record("c").status is Status.FAILED
+        assert json.loads(held.path.read_text())["tracks"] == json.loads(made.path.read_text())["tracks"]
+        assert held.record("l") == listed_record(tracks[0])  # the others still as listed
+    finally:
+        held.close()
+        made.close()
+
+
 def test_a_report_published_later_writes_nothing_until_then_and_nothing_at_all_if_never(tmp_path: Path) -> None:
     """A mount's report is published once its folder is live: a mount that never happened leaves none, and
     the last mount's report at that path stays as it was."""

@@ -40,6 +40,14 @@ LIBFUSE_MAJOR: int = fuse.fuse_version_major
 guard = fuse_errors(FuseOSError)
 XATTR_PREFIX = "user.mixvfs."
 XATTR_PREFIX_BYTES = XATTR_PREFIX.encode()
+# Linux's xattr namespaces other than ``user.``, which mixvfs holds nothing in and can store nothing in: a name
+# there is answered ENOTSUP (the namespace is not supported), as by a Linux file system without a handler for
+# it, not ENODATA (supported, none on this file). GNU ls remembers ENOTSUP per file system and asks no more:
+# `ls -l` then sends 2 questions in all instead of 2 per file (security.selinux, the POSIX ACL), each a round
+# trip through libfuse into Python that the kernel never caches for FUSE. With SELinux on, the kernel answers
+# security.selinux itself and never asks us. macOS's names (com.apple.*) are none of these: ENOATTR as before.
+UNSUPPORTED_NAMESPACES = ("security.", "system.", "trusted.")
+UNSUPPORTED_NAMESPACES_BYTES = tuple(prefix.encode() for prefix in UNSUPPORTED_NAMESPACES)
 FUSE_READDIR_PLUS = 1  # libfuse 3's readdir flags: the kernel asks for attributes too
 FUSE_FILL_DIR_PLUS = 2  # the filler's flag: this entry's stat is complete
 NEVER_INDEX_PATH = "/" + finder.NEVER_INDEX
@@ -62,6 +70,7 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         # Counts for the root's ``user.mixvfs.requests`` (racing increments may be lost; 0 means none came).
         self.file_getattrs = 0  # getattr of a file: each LOOKUP and GETATTR the kernel sends for one
         self.listed_with_attributes = 0  # entries a READDIRPLUS listing handed over with their attributes
+        self.foreign_xattrs = 0  # getxattr of names not ours (`ls -l` asks security.selinux and the ACL)
         self._listings: dict[int, list[Track]] = {}  # open directory handle -> its snapshot of the tracks
         self.kernel_entries: KernelEntries | None = None  # set in init: tells the kernel what a reload changed
         self.exit_watch: ExitWatch | None = None  # set in init: the loop is ending, waiting reads must fail now
@@ -232,6 +241,7 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
         callbacks found their libfuse thread's Python state kept by an earlier one."""
         states = self.thread_states
         return {"file_getattrs": self.file_getattrs, "listed_with_attributes": self.listed_with_attributes,
+                "foreign_xattrs": self.foreign_xattrs,
                 "thread_states_kept": states.kept if states else 0,
                 "callbacks_on_kept_states": states.reused if states else 0}
 
@@ -326,15 +336,18 @@ class MixOps(fuse.Operations):  # type: ignore[misc]
             return []
         return [XATTR_PREFIX + key for key in self.core.track_xattrs(self._track(path))]
 
-    def browsing(self) -> None:
-        """With READDIRPLUS, `ls -l` sends no LOOKUP per file: its xattr questions are what says it is browsing."""
+    def foreign_xattr(self, unsupported: bool) -> int:
+        """The errno for a getxattr of a name not ours: ENOTSUP in a namespace mixvfs does not support (see
+        ``UNSUPPORTED_NAMESPACES``), else ENOATTR. Such a question also says the folder is being browsed."""
+        self.foreign_xattrs += 1
         self.core.browsing()
+        return errno.ENOTSUP if unsupported else int(fuse.ENOATTR)
 
     @guard
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if not name.startswith(XATTR_PREFIX):
+            raise FuseOSError(self.foreign_xattr(name.startswith(UNSUPPORTED_NAMESPACES)))
         self.core.browsing()
-        if not name.startswith(XATTR_PREFIX):  # `ls -l` asks every file for security.* and ACLs
-            raise FuseOSError(fuse.ENOATTR)
         key = name.removeprefix(XATTR_PREFIX)
         value = self._root_value(key) if path == "/" else self.core.track_xattrs(self._track(path)).get(key)
         if value is None:
@@ -371,13 +384,12 @@ class MixFUSE(fuse.FUSE):  # type: ignore[misc]
         return int(self.operations.read_into(fip.contents, buf, size, offset))
 
     def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
-        """``ls -l`` asks every file for ``security.selinux`` and its POSIX ACL, each a request of its own on
-        a fresh mount (the kernel caches neither for a filesystem without FUSE_POSIX_ACL): answer names that
-        are not ours before decoding anything or raising (an exception through mfusepy's wrapper costs more
-        than the answer)."""
+        """Names that are not ours (``ls -l`` asks for ``security.selinux`` and the POSIX ACL, which the kernel
+        caches for no FUSE file system without FUSE_POSIX_ACL) are answered before decoding anything or
+        raising (an exception through mfusepy's wrapper costs more than the answer)."""
         if not name.startswith(XATTR_PREFIX_BYTES):
-            self.operations.browsing()
-            return -int(fuse.ENOATTR)
+            ops: MixOps = self.operations
+            return -ops.foreign_xattr(name.startswith(UNSUPPORTED_NAMESPACES_BYTES))
         return int(super().getxattr(path, name, value, size, *args))
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:

@@ -47,13 +47,15 @@ def no_collection_while_opening() -> Iterator[None]:
     collection while building walked every object made so far: building a 100 000-track session took 1.9-2.1
     s of CPU with the collector and 1.25 s without. Later passes no longer walk the session either (the
     listing and the reads allocate too). Garbage already in cycles when it ends stays; a full pass to find
-    it would walk the whole session once more."""
+    it would walk the whole session once more. The C heap's free pages go back to the system at the end
+    (``host.release_free_memory``): a 100 000-track daemon, once mounted, holds 7-10 MB less."""
     gc.disable()
     try:
         yield
     finally:
         gc.freeze()
         gc.enable()
+        host.release_free_memory()
 
 
 class ReadyChannel:
@@ -168,6 +170,7 @@ def serve(options: MountOptions, ready_fd: int | None) -> int:
     try:
         with no_collection_while_opening():
             session = load_manifest(options.session_path, default_server=options.default_server)
+            host.release_free_memory()  # what the parse freed (23 MB of a 100 000-track manifest's)
             check_mountpoint(options.mountpoint, allow_non_empty=options.allow_non_empty)
             check_paths(options, log_file=False)
             check_libfuse()
@@ -304,6 +307,7 @@ def open_session(
         names.keep(changed.name, fresh)
         core.reload(fresh, mtime=changed.mtime)
         log_missing(fresh)
+        host.release_free_memory()  # the listing before, and what parsing and building the new one freed
 
     watcher = ManifestWatcher(options.session_path, apply, default_server=options.default_server)
     watcher.start()

@@ -79,7 +79,7 @@ def check_track(track: Track, fetcher: Fetcher, http: HttpClient) -> TrackCheck:
         base.size, base.state = entry.size, CACHED
         return base
     failure = track.probe_failure
-    if failure is None and track.remote is None:  # build_tracks did not need the server for this one
+    if failure is None and not track.answered:  # build_tracks did not need the server for this one
         try:
             info = http.probe(track.source.url)  # HEAD, or a ranged GET where HEAD is not supported
         except FetchError as exc:

@@ -14,7 +14,7 @@ from mixvfs.cache.defaults import FAILED_FOR
 from mixvfs.cache.download import Download, Event
 from mixvfs.cache.errors import CacheError, Cancelled, FetchError
 from mixvfs.cache.fetcher import Fetcher
-from mixvfs.vfs.fs.report import Report, Status, TrackRecord
+from mixvfs.vfs.fs.report import Entry, Report, Status, TrackRecord, as_record, listed_record
 from mixvfs.vfs.session.tracks import Kind, NameBatch, Track
 
 log = logging.getLogger(__name__)
@@ -43,31 +43,38 @@ class Recorder:
 
     # -- the records a listing starts from ----------------------------------------------------------------
 
-    def initial_records(self, tracks: list[Track]) -> list[TrackRecord]:
+    def initial_records(self, tracks: list[Track]) -> list[Entry]:
+        """What the report starts from: a record for each track the cache holds, the track itself for the
+        others (their record is the one the listing implies: ``report.listed_record``)."""
         indexed = self.fetcher.indexed()  # one query: only the tracks it names are looked up one by one
-        return [self.initial_record(t, indexed) for t in tracks]
+        return [self.initial_entry(t, indexed) for t in tracks]
+
+    def initial_entry(self, track: Track, indexed: set[str] | None = None) -> Entry:
+        if track.kind is Kind.CLOUD:
+            assert track.source is not None
+            unknown = indexed is not None and track.source.ident not in indexed
+            entry = None if unknown else self.fetcher.cached(track.source)
+            if entry is not None:
+                return TrackRecord(track.id, track.name, "cloud", Status.CACHED, bytes=entry.size,
+                                   digest=entry.digest)
+        return track
 
     def initial_record(self, track: Track, indexed: set[str] | None = None) -> TrackRecord:
-        if track.kind is Kind.LOCAL:
-            return TrackRecord(track.id, track.name, "local", Status.LOCAL, bytes=track.size)
-        if track.kind is Kind.MISSING:
-            return TrackRecord(track.id, track.name, "missing", Status.MISSING, error=track.reason)
-        assert track.source is not None
-        unknown = indexed is not None and track.source.ident not in indexed
-        entry = None if unknown else self.fetcher.cached(track.source)
-        if entry is not None:
-            return TrackRecord(track.id, track.name, "cloud", Status.CACHED, bytes=entry.size, digest=entry.digest)
-        return TrackRecord(track.id, track.name, "cloud", Status.PENDING, bytes=track.size)
+        entry = self.initial_entry(track, indexed)
+        return entry if isinstance(entry, TrackRecord) else listed_record(track)
 
-    def listed_record(self, track: Track) -> TrackRecord:
-        """:meth:`initial_record` for a track met after the mount's start (a live reload's, an xattr of one it
+    def listed_entry(self, track: Track) -> Entry:
+        """:meth:`initial_entry` for a track met after the mount's start (a live reload's, an xattr of one it
         replaced): pending when the cache cannot say whether it holds the track (its database refusing), since
         a listing or ``getfattr`` must not fail for that; the track's open meets the cache and reports it."""
         try:
-            return self.initial_record(track)
+            return self.initial_entry(track)
         except CacheError as exc:
             log.warning("%s: listed as pending, the cache cannot say whether it holds it: %s", track.name, exc)
-            return self.initial_record(track, indexed=set())
+            return track
+
+    def listed_record(self, track: Track) -> TrackRecord:
+        return as_record(self.listed_entry(track))
 
     def record_of(self, track: Track) -> TrackRecord:
         """The track's record; a track a live reload just replaced answers from its initial record."""

@@ -20,13 +20,17 @@ import operator
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from mixvfs.cache.units import format_size
 from mixvfs.vfs.fs.mount_key import mount_tag, slug
+
+if TYPE_CHECKING:
+    from mixvfs.vfs.session.tracks import Track
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +73,35 @@ _record_values = operator.attrgetter(*RECORD_FIELDS)
 # Records are encoded this many at a time: a 100 000-track report is never one list of dicts in memory.
 WRITE_CHUNK = 2000
 
+# What the report holds per track: its record, or the track itself while its record is the one the listing
+# implies (:func:`listed_record`): a pending, local or missing track -- most of a big session -- costs no
+# record of its own until something happens to it (a record each was 12 MB of a 100 000-track mount).
+Entry: TypeAlias = "TrackRecord | Track"
 
-def record_dict(record: TrackRecord) -> dict[str, Any]:
+
+def listed_record(track: Track) -> TrackRecord:
+    """The record of a track nothing has happened to since it was listed: a cloud track pending, a local one
+    local, a missing one missing with its reason (a cloud track the cache held is listed with a record)."""
+    return TrackRecord(*_listed_values(track))
+
+
+def _listed_values(track: Track) -> tuple[Any, ...]:
+    """:func:`listed_record`'s fields, in ``RECORD_FIELDS``' order."""
+    source = track.kind.value  # the track's kind names its source: local, cloud, missing
+    if source == "missing":
+        return track.id, track.name, source, Status.MISSING, None, None, track.reason, 0, None, None, None
+    status = Status.LOCAL if source == "local" else Status.PENDING
+    return track.id, track.name, source, status, track.size, None, None, 0, None, None, None
+
+
+def as_record(entry: Entry) -> TrackRecord:
+    return entry if isinstance(entry, TrackRecord) else listed_record(entry)
+
+
+def record_dict(record: Entry) -> dict[str, Any]:
     """A record as the report's JSON holds it (a shallow copy: the fields are plain values)."""
-    return dict(zip(RECORD_FIELDS, _record_values(record), strict=True))
+    values = _record_values(record) if isinstance(record, TrackRecord) else _listed_values(record)
+    return dict(zip(RECORD_FIELDS, values, strict=True))
 
 
 def default_report_path(cache_dir: Path, session_name: str, mountpoint_key: str | None = None) -> Path:
@@ -104,7 +133,7 @@ def utc_stamp(at: float | None = None) -> str:
 
 
 class Report:
-    def __init__(self, path: Path, *, session: str, mountpoint: str, records: list[TrackRecord],
+    def __init__(self, path: Path, *, session: str, mountpoint: str, records: Sequence[Entry],
                  manifest: str | None = None, publish_later: bool = False) -> None:
         """``publish_later``: nothing is written until :meth:`publish` (a mount's report, once its folder is live:
         a mount that never happened leaves no report, nor overwrites the last one); the path is checked writable
@@ -114,8 +143,7 @@ class Report:
         self._header: dict[str, Any] = {"session": session, "mountpoint": mountpoint, "started": utc_stamp()}
         if manifest is not None:  # `mixvfs check-export REPORT` finds the local tracks' sources through it
             self._header["manifest"] = manifest
-        self._records = {r.id: r for r in records}
-        self._order = [r.id for r in records]
+        self._records: dict[str, Entry] = {r.id: r for r in records}  # in session order (a change keeps its place)
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one writer at a time (see _write_locked)
         self._dirty = threading.Event()
@@ -155,7 +183,8 @@ class Report:
 
     def record(self, track_id: str) -> TrackRecord:
         with self._lock:
-            return copy.copy(self._records[track_id])
+            entry = self._records[track_id]
+        return copy.copy(entry) if isinstance(entry, TrackRecord) else listed_record(entry)
 
     def has(self, track_id: str) -> bool:
         with self._lock:
@@ -165,9 +194,10 @@ class Report:
         """Change a track's record. ``urgent`` (a failure, a refusal): return only once the file on disk shows
         the record's status, error and note — the reader's EIO comes after this returns."""
         with self._lock:
-            record = self._records.get(track_id)
-            if record is None:
+            entry = self._records.get(track_id)
+            if entry is None:
                 return  # a track removed from the session by a live reload; its download may still finish
+            record = as_record(entry)
             shown = (record.status, record.error, record.note)
             changed = dataclasses.replace(record, **fields)  # an unknown field name is a TypeError, not a new key
             if changed != record:
@@ -202,11 +232,10 @@ class Report:
             self._version += 1
         self._dirty.set()
 
-    def replace_records(self, records: list[TrackRecord]) -> None:
+    def replace_records(self, records: Sequence[Entry]) -> None:
         """A new track list (the manifest changed while mounted)."""
         with self._lock:
             self._records = {r.id: r for r in records}
-            self._order = [r.id for r in records]
             self._version += 1
             self._shown_at = {}
         self.write()
@@ -217,12 +246,12 @@ class Report:
 
     def records(self) -> list[TrackRecord]:
         """The records in session order, as they are now (a record is replaced on change, never altered)."""
-        return self._records_now()[1]
+        return [as_record(entry) for entry in self._records_now()[1]]
 
-    def _records_now(self) -> tuple[dict[str, Any], list[TrackRecord], int]:
+    def _records_now(self) -> tuple[dict[str, Any], list[Entry], int]:
         with self._lock:
             header = {**self._header, "eio_answers": dict(self._eio)}
-            return header, [self._records[i] for i in self._order], self._version
+            return header, list(self._records.values()), self._version
 
     def write(self, **extra: Any) -> None:
         if self._unpublished:

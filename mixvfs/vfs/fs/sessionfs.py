@@ -47,7 +47,7 @@ from mixvfs.vfs.fs.mount_state import MountState
 from mixvfs.vfs.fs.pages import PageTable, Version, blob_key, download_key
 from mixvfs.vfs.fs.prefetch import Prefetcher
 from mixvfs.vfs.fs.recorder import Recorder
-from mixvfs.vfs.fs.report import Report, Status, TrackRecord
+from mixvfs.vfs.fs.report import Entry, Report, Status, listed_record
 from mixvfs.vfs.fs.server_word import ServerWord
 from mixvfs.vfs.fs.sizes import learn_sizes
 from mixvfs.vfs.session.tracks import Kind, SourceTracks, Track, local_problem
@@ -122,14 +122,15 @@ class SessionFS:
         """The manifest changed while mounted: swap the listing in one step. Open handles hold their Track
         (and descriptor or download), so files already open keep reading; a track that stays keeps its
         report record (status, attempts), under its new name if it was renamed."""
-        records = []
+        records: list[Entry] = []
         for track in tracks:
             old = self.report.record(track.id) if self.report.has(track.id) else None
             if old is not None and old.source == track.kind.value:
                 old.name = track.name
-                records.append(old)
+                # The track itself where its record is still the one its listing implies (no record of its own).
+                records.append(track if old == listed_record(track) else old)
             else:
-                records.append(self.recorder.listed_record(track))
+                records.append(self.recorder.listed_entry(track))
         previous = self.tracks
         self._set_tracks(tracks)
         if mtime is not None:
@@ -190,7 +191,7 @@ class SessionFS:
         return {"status": record.status, "source": record.source, "error": record.error or "",
                 "digest": record.digest or "", "id": track.id}
 
-    def initial_records(self) -> list[TrackRecord]:
+    def initial_records(self) -> list[Entry]:
         return self.recorder.initial_records(self.tracks)
 
     # -- attributes ----------------------------------------------------------------------------------

@@ -27,8 +27,13 @@ def learn_sizes(listing: Callable[[], list[Track]], fetcher: Fetcher, state: Mou
             return
         for track in unknown:
             assert track.source is not None
-            with contextlib.suppress(FetchError):
-                info = fetcher.probe(track.source)
-                state.learn_size(track, info.size)
-                state.answered(track)  # a server that gives no size is not asked again
+            # Under the track's question lock, which a stat asking for the size takes too: a stat meanwhile
+            # waits for this answer instead of sending the same question again.
+            with state.question_lock(track):
+                if state.size(track) is not None:
+                    continue
+                with contextlib.suppress(FetchError):
+                    info = fetcher.probe(track.source)
+                    state.learn_size(track, info.size)
+                    state.answered(track)  # a server that gives no size is not asked again
         pause = min(pause * 2, LONGEST_PAUSE)

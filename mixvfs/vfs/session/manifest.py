@@ -34,10 +34,19 @@ class TrackSpec:
     artist: str | None
     title: str | None
     file_path: Path | None
-    stream_path: str | None
+    # The 'cloud_stream_path' as written (``stream_path``); where the URL ends with it (a path joined to the
+    # server, or a URL itself), only its length: the string again was 7 MB of a 100 000-track mount.
+    stream: str | int | None
     cloud_url: str | None
     size: int | None
     content_type: str | None
+
+    @property
+    def stream_path(self) -> str | None:
+        stream = self.stream
+        if isinstance(stream, int):
+            return self.cloud_url[len(self.cloud_url) - stream:] if self.cloud_url is not None else None
+        return stream
 
     @property
     def label(self) -> str:
@@ -227,14 +236,16 @@ def _parse_track(raw: Any, index: int, base_dir: Path, server: str | None, origi
     for field_name, value in (("file_path", file_path), ("cloud_stream_path", stream_path)):
         if value is not None and "\x00" in value:
             raise ManifestError(f"{where}: field {field_name!r} contains a NUL character")
+    cloud_url = _cloud_url(stream_path, server, where)
     return TrackSpec(
         index=index,
         id=track_id,
         artist=_shared(_optional_str(raw, "artist", where)),
         title=_optional_str(raw, "title", where),
         file_path=_resolve_local(file_path, base_dir),
-        stream_path=stream_path,
-        cloud_url=_cloud_url(stream_path, server, where),
+        stream=len(stream_path) if stream_path and cloud_url is not None and cloud_url.endswith(stream_path)
+        else stream_path,
+        cloud_url=cloud_url,
         size=_optional_size(raw, where),
         content_type=_shared(_optional_str(raw, "content_type", where)),
     )
