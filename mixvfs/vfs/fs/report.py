@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.2
+QUICK_RECORDS = 2000  # a report this small is written through at the end of a burst of downloads (Recorder)
 
 
 class Status(enum.StrEnum):
@@ -168,8 +169,9 @@ class Report:
         self._thread.start()
 
     def writes_quickly(self) -> bool:
-        """Whether a write now costs little: at most a tenth of the batching interval, as the last one took."""
-        return self._last_write_seconds <= FLUSH_INTERVAL / 10
+        """Whether a write costs little whatever the machine's load: a report of at most ``QUICK_RECORDS`` tracks
+        (a few milliseconds to write)."""
+        return len(self._records) <= QUICK_RECORDS
 
     def publish(self) -> None:
         """Write the report and keep it current from now on (one made with publish_later; at once for any other)."""
