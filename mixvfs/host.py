@@ -387,6 +387,38 @@ def _mode_and_owner(st: os.stat_result) -> str:
     return f"{stat.filemode(st.st_mode)} {owner}:{group}"
 
 
+# glibc's mallopt parameters (<malloc.h>).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+# Buffers up to this size come from malloc's heap, not a fresh mapping each: httpcore's 1 MiB receives, the bytes
+# objects a track's body passes through. And freed memory is given back to the kernel only past this much free
+# at the heap's top.
+REUSED_BUFFER = 8 << 20
+KEPT_FREE = 32 << 20
+
+
+def reuse_freed_memory(*, mmap_threshold: int = REUSED_BUFFER, trim_threshold: int = KEPT_FREE) -> bool:
+    """Keep the daemon's large buffers in malloc's heap between uses (glibc's ``mallopt``), so that each track's
+    megabyte of received body lands in pages already faulted in. glibc's own default starts to serve such sizes
+    by a new mapping, then from its heaps, which it trims back as soon as 2 MiB sit free at their top: the next
+    receive faulted in (and the kernel zeroed) every page again, about 150 faults and a sixth of the daemon's
+    CPU per 1 MiB track (BENCHMARKS.md). False where there is no glibc (macOS, musl: their allocators decide)."""
+    if not LINUX:
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return False
+    # gnu_get_libc_version: glibc's alone (musl's mallopt is a stub that accepts nothing).
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None or not hasattr(libc, "gnu_get_libc_version"):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    # The trim threshold first: setting either one fixes both (glibc stops adjusting them itself).
+    return bool(mallopt(M_TRIM_THRESHOLD, trim_threshold)) and bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+
+
 # Enough descriptors for a busy export: each open file, download, staging file, SQLite connection per thread and
 # the report all take one. Below this a mount warns, since a reader's EIO may then come with no report line.
 FEW_OPEN_FILES = 1024

@@ -222,6 +222,11 @@ class Fetcher:
             self._enqueue(download, download.priority)
             return download
 
+    def busy(self) -> bool:
+        """Whether any download is queued or running."""
+        with self._lock:
+            return bool(self._active)
+
     def active(self) -> list[Download]:
         with self._lock:
             return list(self._active.values())

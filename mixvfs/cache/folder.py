@@ -4,8 +4,9 @@ each database is opened afresh in it. Blobs that went with the old folder are si
 tracks they held are downloaded again.
 
 A database is the one diskcache opened on a subfolder; it is known by the identity (device, inode) of its
-folder and of its ``cache.db``: a removed folder, a removed database file or a replaced folder all change one.
-Checking costs two ``stat`` calls per access, against a FUSE open's milliseconds.
+``cache.db``: a removed database file, a removed folder and a replaced one (whose ``cache.db`` is another file, or
+none) all change it. Checking costs one ``stat`` per access: a download's dozen accesses each released the GIL
+twice more for the folder's, which told nothing the file's did not.
 
 Every failure here is a :class:`CacheError` naming the folder, and so is every error of SQLite or the file
 system met while using a database (:func:`cache_errors`): the layers above report them per track, never as
@@ -136,13 +137,13 @@ class LiveDb(Generic[D]):
         self.owner = owner
         self.folder = folder
         self._opener = opener
-        self._paths = (str(folder), str(folder / DB_FILE))  # as str: a Path costs as much again per stat
-        self.paths = self._paths
+        self._path = str(folder / DB_FILE)  # as str: a Path costs as much again per stat
+        self.paths = (str(folder), self._path)  # what a permission change may hide (CacheFolder.recover)
         self._db = opener(str(folder))
         self._identity = self._now()
 
     def _now(self) -> Identity:
-        return identity(*self._paths)
+        return identity(self._path)
 
     def stale(self) -> bool:
         return self._now() != self._identity

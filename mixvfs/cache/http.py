@@ -13,6 +13,7 @@ import secrets
 import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -51,15 +52,17 @@ CHUNK = 1 << 20
 # ~2.5x (measured: BENCHMARKS.md, "download path"). READ_NUM_BYTES is httpcore's per-connection read size.
 
 
-def read_bigger_chunks(connection: type = httpcore.HTTP11Connection, size: int = CHUNK) -> bool:
-    """Make httpcore's HTTP/1.1 connections ask for ``size`` bytes per ``recv``. ``READ_NUM_BYTES`` is
-    private: if a new httpcore drops or changes it, downloads still work, only slower, so say so loudly
-    instead of silently patching nothing (tests/unit/test_library_reaches.py checks it applies)."""
+def read_bigger_chunks(connection: type = httpcore.HTTP11Connection, size: int = CHUNK,
+                       head: int = receive_buffer.HEAD_READ) -> bool:
+    """Make httpcore's HTTP/1.1 connections ask for ``size`` bytes per ``recv`` of a body (``head`` for the
+    headers). ``READ_NUM_BYTES`` is private: if a new httpcore drops or changes it, downloads still work, only
+    slower, so say so loudly instead of silently patching nothing (tests/unit/test_library_reaches.py checks it
+    applies)."""
     if not isinstance(getattr(connection, "READ_NUM_BYTES", None), int):
         log.warning("httpcore %s: %s.READ_NUM_BYTES is gone; downloads read 64 KiB per recv, about 2.5x slower "
                     "(mixvfs needs an update for this httpcore)", httpcore.__version__, connection.__name__)
         return False
-    connection.READ_NUM_BYTES = size  # type: ignore[attr-defined]
+    connection.READ_NUM_BYTES = receive_buffer.ReadSize(size, head)  # type: ignore[attr-defined]
     return True
 
 
@@ -167,15 +170,24 @@ class HttpClient:
         # the download controller's first word on how long the link is (cache/concurrency.py).
         self.on_handshake: Callable[[float], None] | None = None
         self._handshakes = threading.local()
+        # One connection pool, shared by the client and the direct requests below.
+        self._transport = httpx.HTTPTransport(
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                                keepalive_expiry=KEEPALIVE_EXPIRY))
         self._client = httpx.Client(
             event_hooks={"request": [self._before_request], "response": [self._after_response]},
             auth=BearerAuth(tokens) if tokens is not None and tokens.configured else None,
             follow_redirects=True,
             timeout=httpx.Timeout(stall_timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
-                                keepalive_expiry=KEEPALIVE_EXPIRY),
+            transport=self._transport,
             headers={"Accept-Encoding": "identity", "User-Agent": "mixvfs/0.1"},
         )
+        self._timeout = self._client.timeout.as_dict()
+        # Direct requests skip what a track's GET at its origin does not use: with a proxy from the environment
+        # (which the client routes by URL) every request goes through the client.
+        self._direct = not any(scheme != "no" for scheme in urllib.request.getproxies())  # no_proxy alone: none
+        # Origins asked directly: those whose last answer through the client came without a redirect or a cookie.
+        self._direct_origins: set[str] = set()
 
     def close(self) -> None:
         self._client.close()
@@ -402,7 +414,60 @@ class HttpClient:
             elif verdict is Verdict.ORIGIN:
                 break
         via = VIA_ORIGIN if self.team is not None else None
-        return stack.enter_context(self._client.stream(method, url, headers=headers)), via, None
+        direct = self._direct_request(method, url, headers)
+        if direct is not None:
+            stack.callback(direct.close)
+            return direct, via, None
+        response = stack.enter_context(self._client.stream(method, url, headers=headers))
+        if self._direct and 200 <= response.status_code < 300 and not response.history and not self._client.cookies:
+            self._direct_origins.add(origin_of(url))
+        return response, via, None
+
+    def _direct_request(self, method: str, url: str, headers: dict[str, str]) -> httpx.Response | None:
+        """A request at the origin straight through the connection pool (httpx's transport API), skipping the
+        client's per-request work (the URL merged, the auth and redirect flows as generators, the cookie jar
+        read and written: about a sixth of the daemon's GIL time per 1 MiB track, BENCHMARKS.md, item 4, third
+        round). The same hooks, headers, token, refresh on 401 and timeouts as the client's. None: ask through
+        the client — an origin that redirects (httpx follows, dropping the token for another origin), a server
+        that set a cookie, a proxy from the environment; and the first request to each origin, which tells."""
+        if origin_of(url) not in self._direct_origins or self._client.cookies:
+            return None
+        token, generation = (None, None) if self.tokens is None or not self.tokens.configured else self.tokens.current()
+        response = self._direct_once(method, url, headers, token)
+        if response is None or response.status_code != 401 or generation is None:
+            return response
+        try:  # as the auth flow does: read, so that the connection serves the retry
+            response.read()
+        finally:
+            response.close()
+        assert self.tokens is not None
+        # One refresh of the token and one retry, as BearerAuth does: never a storm.
+        return self._direct_once(method, url, headers, self.tokens.refresh(generation) or token)
+
+    def _direct_once(self, method: str, url: str, headers: dict[str, str], token: str | None) -> httpx.Response | None:
+        merged = httpx.Headers(self._client.headers)
+        merged.update(headers)
+        if token:
+            merged["Authorization"] = f"Bearer {token}"
+        request = httpx.Request(method, url, headers=merged, extensions={"timeout": self._timeout})
+        hooks = self._client.event_hooks  # the client's own (_before_request, _after_response), as it calls them
+        for hook in hooks["request"]:
+            hook(request)
+        response = self._transport.handle_request(request)
+        response.request = request
+        try:
+            for hook in hooks["response"]:
+                hook(response)
+            if response.has_redirect_location:  # asked again through the client, which follows it
+                self._direct_origins.discard(origin_of(url))
+                response.close()
+                return None
+            if "set-cookie" in response.headers:
+                self._client.cookies.extract_cookies(response)  # kept: the client sends it from now on
+        except BaseException:
+            response.close()
+            raise
+        return response
 
 
     def _origin_now(self, url: str) -> team_policy.Current:

@@ -114,6 +114,29 @@ class PassThroughBuffer(ReceiveBuffer):
         return super().is_next_line_obviously_invalid_request_line()
 
 
+# A response's headers are read with a smaller recv: on a near link its body is already waiting, and the part of
+# it that came with the headers is copied once out of that recv (PassThroughBuffer.maybe_extract_lines). Read
+# with the body's megabyte, that was most of a small track (~7 % of the daemon's GIL time on 1 MiB tracks,
+# BENCHMARKS.md, item 4, third round); one more recv per response costs less. Any headers fit: h11 asks again
+# until they end.
+HEAD_READ = 16 << 10
+
+
+class ReadSize:
+    """``READ_NUM_BYTES`` of an httpcore HTTP/1.1 connection: ``head`` while the server's headers are awaited,
+    ``body`` once its body comes (h11's state of the server: SEND_BODY). Read on the class: ``body``."""
+
+    def __init__(self, body: int, head: int) -> None:
+        self.body = body
+        self.head = head
+
+    def __get__(self, connection: object, owner: type | None = None) -> int:
+        state = getattr(connection, "_h11_state", None)
+        if state is None or state.their_state is h11.SEND_BODY:
+            return self.body
+        return self.head
+
+
 def install(module: ModuleType = h11_connection) -> bool:
     """Make h11's connections (created after this) use :class:`PassThroughBuffer`. False, with a warning, when
     h11's buffer is not the one this was written against."""

@@ -37,7 +37,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,10 @@ from mixvfs.cache.units import format_size
 log = logging.getLogger(__name__)
 
 COPY_CHUNK = 1 << 20
+# A blob's use is recorded (LRU order, and the TTL's "unused since") at most once a minute by one process: an
+# export opening a track just downloaded took the write lock for a time no eviction can tell from its commit's.
+USE_RECORDED_FOR = 60.0
+USES_KEPT = 4096  # digests remembered with their time of use before the older than a minute are dropped
 
 @dataclass(frozen=True)
 class Adopt:
@@ -169,8 +173,11 @@ class BlobCache(CheckedCache):
 class BlobStore:
     """Content-addressed blobs with a size limit and a time-since-last-use limit, and their index."""
 
-    def __init__(self, root: Path, *, max_size: int, max_age: float) -> None:
+    def __init__(self, root: Path, *, max_size: int, max_age: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.root = root
+        self.clock = clock  # when this process last recorded a use of a blob (USE_RECORDED_FOR)
+        self._uses: dict[str, float] = {}  # digest -> the clock's time of this process's last recorded use
         self.max_size = max_size
         self.max_age = max_age
         self.staging = root / "staging"
@@ -344,7 +351,8 @@ class BlobStore:
 
     def _adopt(self, staged: Path, digest: str, size: int) -> None:
         try:
-            self._cache.set(digest, Adopt(staged, size), read=True)
+            self._cache.set(digest, Adopt(staged, size), read=True)  # stored now: its last use is now
+            self._used(digest)
             self._refusal_said = False
         except OSError as exc:
             raise translate_os_error(exc, "storing a download in the cache") from exc
@@ -365,6 +373,7 @@ class BlobStore:
         if handle is None:
             return False
         handle.close()
+        self._used(digest)
         return True
 
     @cache_errors("looking up a blob")
@@ -378,9 +387,14 @@ class BlobStore:
     @cache_errors("opening a blob")
     def open_blob(self, digest: str) -> int | None:
         """A descriptor of the blob, or None. Records the use (diskcache's LRU ``get`` sets the last-use
-        time, which the TTL counts from): once per open, not per read. A database that refuses the write
-        (read-only, immutable, its disk failing) does not keep the bytes from a reader: the blob is opened
-        without it, and :attr:`use_refused` says why until a use is recorded again."""
+        time, which the TTL counts from, in a write transaction): once per open, not per read, and not again
+        within ``USE_RECORDED_FOR`` of this process's last record of it (its commit, mostly: an exporter opens
+        a track just prefetched), when a read finds its file. A database that refuses the write (read-only,
+        immutable, its disk failing) does not keep the bytes from a reader: the blob is opened without it, and
+        :attr:`use_refused` says why until a use is recorded again."""
+        recorded = self._uses.get(digest)
+        if recorded is not None and self.clock() - recorded < USE_RECORDED_FOR:
+            return self._open_by_lookup(digest)
         try:
             handle = self._cache.get(digest, read=True)
         except (sqlite3.Error, diskcache.Timeout) as exc:
@@ -391,7 +405,16 @@ class BlobStore:
         if handle is None:
             return None
         with handle:
-            return os.dup(handle.fileno())
+            fd = os.dup(handle.fileno())
+        self._used(digest)
+        return fd
+
+    def _used(self, digest: str) -> None:
+        now = self.clock()
+        with self._own_lock:
+            if len(self._uses) >= USES_KEPT:  # only the last minute's matter
+                self._uses = {d: t for d, t in self._uses.items() if now - t < USE_RECORDED_FOR}
+            self._uses[digest] = now
 
     def _open_unrecorded(self, digest: str, exc: sqlite3.Error | diskcache.Timeout) -> int | None:
         """The blob opened by a lookup alone (a read), its use not recorded: it may be evicted before blobs
@@ -401,13 +424,17 @@ class BlobStore:
             log.warning("cached tracks are served, but their use cannot be recorded (%s): they may be evicted "
                         "before tracks used less recently", reason)
         self.use_refused = reason
+        return self._open_by_lookup(digest)
+
+    def _open_by_lookup(self, digest: str) -> int | None:
+        """The blob's file opened after a read of its row, recording no use."""
         info = self._cache.info(digest)
         if info is None:
             return None
         try:
             return os.open(self.path_of(info), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return None
+            return None  # evicted since the read: as diskcache's get says then
 
     @cache_errors("looking up a blob")
     def info(self, digest: str) -> BlobInfo | None:

@@ -11,6 +11,7 @@ import collections
 import json
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from mixvfs.cache.folder import REFUSED_WRITE
-from mixvfs.cache.store import BlobStore
+from mixvfs.cache.store import USE_RECORDED_FOR, BlobStore
 from mixvfs.vfs.commands.status import format_status
 from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.session.manifest import load_manifest
@@ -71,6 +72,9 @@ def test_a_cached_track_opened_while_the_database_refuses_writes_is_served_and_t
     def first_open() -> None:
         seen["bytes"] = read_all(fs, "A - t.wav")
 
+    # A minute on: the open records a use again (within a minute of the download's commit it writes nothing).
+    store = fs.fetcher.store
+    store.clock = lambda: time.monotonic() + USE_RECORDED_FOR
     with database_refusing_writes(tmp_path / "cache" / "blobs"):
         for _ in range(2):
             thread = threading.Thread(target=first_open)

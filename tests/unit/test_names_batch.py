@@ -13,7 +13,7 @@ from mixvfs.cache.store import BlobStore
 from mixvfs.vfs.fs.recorder import Recorder
 from mixvfs.vfs.fs.report import Report
 from mixvfs.vfs.session.manifest import load_manifest
-from mixvfs.vfs.session.tracks import build_tracks
+from mixvfs.vfs.session.tracks import NameBatch, build_tracks
 from tests.conftest import write_session
 from tests.unit.conftest import MakeFetcher
 
@@ -50,3 +50,40 @@ def test_a_download_s_end_does_not_wait_for_the_index_to_write_the_track_s_name(
     assert store.index.seen() == {t.source.ident: Seen(t.name, session.name) for t in tracks if t.source}
     recorder.download_event(tracks[0], downloads[0], Event.DONE)  # after close: the report only, no name queued
     report.close()
+
+
+def test_while_downloads_run_names_wait_for_a_batch_and_are_written_at_once_when_none_does(
+        tmp_path: Path, store: BlobStore) -> None:
+    specs = [{"id": f"t{i}", "artist": "A", "title": f"T{i}", "cloud_stream_path": f"/t{i}.wav", "size": 10}
+             for i in range(COUNT)]
+    session = load_manifest(write_session(tmp_path / "s.json", specs, server="http://127.0.0.1:9"))
+    tracks = build_tracks(session, http=None, index=None)
+    for n, track in enumerate(tracks):
+        assert track.source is not None
+        store.index.record(track.source.ident, SourceEntry(f"d{n}", 10, None))
+
+    def named() -> set[str]:
+        return {t.id for t in tracks if t.source is not None and t.source.ident in store.index.seen()}
+
+    names = NameBatch(store.index, session.name, at_once=8)
+    for track in tracks[:3]:
+        names.add(track, soon=False)  # other downloads still run: no transaction for three names
+    assert names.batches == 0
+    assert named() == set()
+    for track in tracks[3:8]:
+        names.add(track, soon=False)  # the eighth makes a batch
+    assert names.written(1, timeout=60)
+    assert named() == {t.id for t in tracks[:8]}
+    for track in tracks[8:11]:
+        names.add(track, soon=False)
+    names.flush()  # the downloads ended (the last one failed): what is queued goes now
+    assert names.written(2, timeout=60)
+    assert named() == {t.id for t in tracks[:11]}
+    names.add(tracks[11], soon=True)  # the last download's end: written at once
+    assert names.written(3, timeout=60)
+    assert named() == {t.id for t in tracks[:12]}
+    for track in tracks[12:]:
+        names.add(track, soon=False)
+    names.close()
+    assert named() == {t.id for t in tracks}
+    assert names.batches == 4

@@ -80,9 +80,11 @@ def test_identical_bytes_are_stored_once(tmp_path):
 
 
 def test_size_limit_evicts_least_recently_used_and_never_the_new_blob(tmp_path):
-    store = BlobStore(tmp_path, max_size=50 * MiB, max_age=3600)
+    now = [0.0]
+    store = BlobStore(tmp_path, max_size=50 * MiB, max_age=3600, clock=lambda: now[0])
     a = put(store, b"a" * 20 * MiB)
     b = put(store, b"b" * 20 * MiB)
+    now[0] += store_module.USE_RECORDED_FOR  # a use is recorded again a minute after the last
     os.close(store.open_blob(a) or -1)  # a is now more recently used than b
     c = put(store, b"c" * 20 * MiB)  # diskcache's own cull (batches of 10) would empty the cache here
     assert {i.digest for i in store.infos()} == {a, c}
@@ -157,10 +159,12 @@ def test_a_last_use_in_the_future_is_clamped_so_a_clock_stepped_back_makes_no_bl
 
 
 def test_ttl_is_counted_from_last_use(tmp_path):
-    store = BlobStore(tmp_path, max_size=100 * MiB, max_age=100)
+    now = [0.0]
+    store = BlobStore(tmp_path, max_size=100 * MiB, max_age=100, clock=lambda: now[0])
     digest = put(store, b"t" * 1000)
     (before,) = store.infos()
     assert wait_until(lambda: time.time() > before.last_used)  # the clock has moved on: a later use is later
+    now[0] += store_module.USE_RECORDED_FOR
     os.close(store.open_blob(digest) or -1)
     (after,) = store.infos()
     assert after.last_used > before.last_used
@@ -575,3 +579,54 @@ def test_a_commit_takes_the_write_lock_once_and_its_settling_none(tmp_path: Path
     assert store.settle(same) is False
     store._cache._con.set_trace_callback(None)
     store.close()
+
+
+def test_each_database_access_asks_the_file_system_once_and_still_sees_its_folder_replaced(tmp_path, monkeypatch):
+    blobs = BlobStore(tmp_path / "cache", max_size=1 << 30, max_age=3600)
+    try:
+        entry = SourceEntry("d", 1, None)
+        blobs.index.record("src", entry)
+        stats: list[str] = []
+        real_stat = os.stat
+
+        def counted(path, *args, **kwargs):
+            stats.append(str(path))
+            return real_stat(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "stat", counted)
+        assert blobs.index.lookup("src") == entry
+        # One stat per access, of the database file: each one releases the GIL (a download makes about a dozen).
+        assert stats == [str(tmp_path / "cache" / "index" / "cache.db")]
+        monkeypatch.setattr(os, "stat", real_stat)
+        # A folder replaced by a copy (another cache.db) is still told, and opened afresh.
+        subprocess.run(["cp", "-a", str(tmp_path / "cache" / "index"), str(tmp_path / "copy")], check=True)
+        subprocess.run(["rm", "-rf", str(tmp_path / "cache" / "index")], check=True)
+        os.rename(tmp_path / "copy", tmp_path / "cache" / "index")
+        blobs.index.record("src2", entry)
+        assert blobs.index.lookup("src2") == entry
+        con = sqlite3.connect(tmp_path / "cache" / "index" / "cache.db")
+        assert con.execute("SELECT COUNT(*) FROM Cache WHERE key = 'src:src2'").fetchone() == (1,)
+        con.close()
+    finally:
+        blobs.close()
+
+
+def test_a_blob_opened_within_a_minute_of_its_last_recorded_use_is_read_without_a_write(tmp_path):
+    now = [0.0]
+    store = BlobStore(tmp_path, max_size=100 * MiB, max_age=100, clock=lambda: now[0])
+    digest = put(store, b"t" * 1000)  # its commit is a use
+    (committed,) = store.infos()
+    assert wait_until(lambda: time.time() > committed.last_used)
+    now[0] += store_module.USE_RECORDED_FOR - 1
+    with sqlite3.connect(tmp_path / "blobs" / "cache.db", isolation_level=None) as other:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock: a read is not held up by it
+        assert read_blob(store, digest) == b"t" * 1000
+        other.execute("COMMIT")
+    assert store.infos()[0].last_used == committed.last_used
+    now[0] += 1
+    assert read_blob(store, digest) == b"t" * 1000  # a minute on: the use is recorded
+    (used,) = store.infos()
+    assert used.last_used > committed.last_used
+    now[0] += store_module.USE_RECORDED_FOR - 1
+    store.remove(digest)
+    assert store.open_blob(digest) is None  # gone: as diskcache's own answer says

@@ -163,6 +163,7 @@ def serve(options: MountOptions, ready_fd: int | None) -> int:
     faulthandler.enable(all_threads=True)
     ready = ReadyChannel(ready_fd)
     _set_handlers(_stop_now)
+    host.reuse_freed_memory()
     open_files = host.raise_open_file_limit()
     if open_files < host.FEW_OPEN_FILES:
         log.warning("this process may open only %d files (ulimit -n): a busy export may fail reads with no "

@@ -135,14 +135,18 @@ class Recorder:
             self.report.update(track.id, status=Status.FETCHING, attempts=download.attempts)
         elif event is Event.DONE:
             self.forget_failure(track)
+            # The fetcher forgot this download before telling its end: busy means another one still runs.
+            last = not self.fetcher.busy()
             # The last download of a burst (an export's last track, a single `cp`): on disk now, not with the next
             # batch, so a `mixvfs report` right after the copy does not show it still fetching — when the report
             # is small enough to write at once; a big one keeps to its batches.
-            last = not self.fetcher.active() and self.report.writes_quickly()
             self.report.update(track.id, status=Status.CACHED, bytes=download.total, digest=download.digest,
-                               error=None, attempts=download.attempts, via=download.via, urgent=last)
-            self._names.add(track)
+                               error=None, attempts=download.attempts, via=download.via,
+                               urgent=last and self.report.writes_quickly())
+            self._names.add(track, soon=last)
         elif event is Event.FAILED and download.error is not None:
+            if not self.fetcher.busy():
+                self._names.flush()
             if isinstance(download.error, Cancelled):
                 self.report.update(track.id, status=Status.PENDING, error=None)
             else:

@@ -159,23 +159,33 @@ class NameKeeper:
             self._thread.join()
 
 
-class NameBatch:
-    """The names of tracks as their downloads end, told to the index by a thread of its own, all those that
-    ended meanwhile in one transaction. Told one download at a time on the download's own path, each name cost
-    two reads and a write transaction (~0.2 ms, and the index's write lock, which every other download's commit
-    waits for). A name is a convenience for ``cachectl``: one lost to a crash is written again by the next
-    mount that lists the track (:class:`NameKeeper`). :meth:`close` writes what is still queued."""
+# Names of downloaded tracks written to the index at once while downloads still run: each write is a few
+# statements and a transaction whichever its size, and one per track or two handed the GIL around ~100 times
+# per track on a cold export of 1 MiB tracks (BENCHMARKS.md, item 4, third round).
+NAMES_AT_ONCE = 64
 
-    def __init__(self, index: SourceIndex, session_name: str) -> None:
+
+class NameBatch:
+    """The names of tracks as their downloads end, told to the index by a thread of its own: ``at_once`` of them in
+    one transaction while downloads run, and whatever is queued as soon as none does (``soon``) or the batch
+    closes. Told one download at a time on the download's own path, each name cost two reads and a write
+    transaction (~0.2 ms, and the index's write lock, which every other download's commit waits for). A name is a
+    convenience for ``cachectl``: one lost to a crash is written again by the next mount that lists the track
+    (:class:`NameKeeper`). :meth:`close` writes what is still queued."""
+
+    def __init__(self, index: SourceIndex, session_name: str, *, at_once: int = NAMES_AT_ONCE) -> None:
         self.index = index
         self.session_name = session_name
+        self.at_once = at_once
+        self.batches = 0  # written so far
         self._pending: list[Track] = []
         self._cond = threading.Condition()
-        self._writing = False
+        self._due = False  # the thread writes what is queued
         self._closed = False
         self._thread: threading.Thread | None = None
 
-    def add(self, track: Track) -> None:
+    def add(self, track: Track, *, soon: bool = True) -> None:
+        """Queue ``track``'s name; ``soon``: nothing else is downloading, write the queue now."""
         with self._cond:
             if self._closed:
                 return
@@ -183,23 +193,44 @@ class NameBatch:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._write_all, name="names-done", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            self._wake(soon or len(self._pending) >= self.at_once)
+
+    def flush(self) -> None:
+        """Write what is queued now (downloads ended without one more name)."""
+        with self._cond:
+            self._wake(bool(self._pending))
+
+    def _wake(self, due: bool) -> None:
+        if due and not self._due:
+            self._due = True
+            self._cond.notify_all()
 
     def _write_all(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._closed:
+                while not self._due and not self._closed:
                     self._cond.wait()
+                self._due = False
                 if not self._pending:
-                    return
+                    if self._closed:
+                        return
+                    continue
                 batch, self._pending = self._pending, []
             remember_names(self.index, self.session_name, batch)
+            with self._cond:
+                self.batches += 1
+                self._cond.notify_all()
+
+    def written(self, batches: int, timeout: float | None = None) -> bool:
+        """Wait until ``batches`` batches in all are written; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.batches >= batches, timeout)
 
     def close(self) -> None:
         """Write what is queued, then stop (the index must still be open)."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
+            self._cond.notify_all()
             thread = self._thread
         if thread is not None:
             thread.join()
