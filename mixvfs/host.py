@@ -354,6 +354,23 @@ def fuse_access_problem(*, device: str = FUSE_DEVICE, helpers: tuple[str, ...] =
     return None
 
 
+def mountpoint_access_problem(mountpoint: str | os.PathLike[str], *, euid: int | None = None,
+                              platform: str = sys.platform) -> str | None:
+    """Why fusermount3 will refuse to mount on ``mountpoint`` for this user, with the fix; None when it will
+    not for that reason. A user who is not root mounts only on a folder they may write to (fusermount3's own
+    check: "user has no write access to mountpoint")."""
+    if not platform.startswith("linux") or (os.geteuid() if euid is None else euid) == 0:
+        return None
+    if os.access(mountpoint, os.W_OK):
+        return None
+    try:
+        mode = f" ({_mode_and_owner(os.stat(mountpoint))})"
+    except OSError:
+        mode = ""
+    return (f"you have no write access to it{mode}, and fusermount3 mounts only on a folder its user may write "
+            "to: mount on a folder of your own, e.g. mkdir -p ~/MixBoardTracks")
+
+
 def _mode_and_owner(st: os.stat_result) -> str:
     import grp
     import pwd

@@ -38,6 +38,11 @@ HOLD = 8  # intervals at a number that paid before probing for more again
 # hold the export's end (200 x 512 KiB at 150 ms, medians of 3: 16 at once 1.35 x the floor, 12 at once 1.29 x,
 # 10 at once 1.29 x; at 80 ms 12 and 16 alike, 1.21 x).
 SCALED_MOST = 12
+# On a longer path each such timeout costs more (at least 200 ms plus a round trip), and fewer flows end sooner:
+# 200 x 512 KiB at 150 ms, medians of 3 alternated, 12 at once 1.36 x the floor, 8 at once 1.24 x; at 80 ms the
+# other way round, 12 at once 1.23 x, 8 at once 1.29 x.
+LONG_PATH = 0.12  # seconds of round trip from which the start is at most LONG_PATH_MOST
+LONG_PATH_MOST = 8
 
 
 START_TRACK_SIZE = 512 * 1024  # bytes: the track size START was found for (a request's round trip per track)
@@ -47,13 +52,15 @@ LONG_TRACKS = 6  # downloads at once to begin with on long tracks, however long 
 
 def start_for(round_trip: float, track_size: int | None = None) -> int:
     """Downloads at once to begin with at ``round_trip``: START scaled to the longer round trip, as the
-    bandwidth-delay product of the rate START fills grows with it (at 40 ms, 8), up to SCALED_MOST.
+    bandwidth-delay product of the rate START fills grows with it (at 40 ms, 8), up to SCALED_MOST (from a
+    LONG_PATH round trip on, LONG_PATH_MOST).
 
     On long tracks (``track_size``: the session's typical one) each request's round trip is paid once per many
     bytes, so fewer downloads fill the link, and fewer is better: many long flows through one bottleneck end
     unevenly (TCP shares it unfairly), and the last stragglers, each alone on a link it has to grow into again,
     hold the export's end (24 × 8 MiB at 80 and 150 ms: 6 at once 1.15-1.17 × the floor, 16 at once 1.20-1.26)."""
-    scaled = max(START, min(SCALED_MOST, math.ceil(START * round_trip / START_ROUND_TRIP - 1e-9)))
+    most = SCALED_MOST if round_trip < LONG_PATH else LONG_PATH_MOST
+    scaled = max(START, min(most, math.ceil(START * round_trip / START_ROUND_TRIP - 1e-9)))
     if track_size is not None and track_size >= LONG_TRACK_SIZE:
         return min(scaled, LONG_TRACKS)
     return scaled

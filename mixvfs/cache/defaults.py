@@ -21,6 +21,11 @@ STALL_TIMEOUT = 30.0  # seconds a download may go without a byte before the atte
 RETRIES = 5  # attempts per download for a transient error
 RETRY_WAIT = 0.5  # seconds of the first wait between attempts; it doubles, with jitter in proportion
 FAILED_FOR = 60.0  # seconds a failed track answers EIO at once before it is tried again
+# A server that let a request go unanswered (no headers within the stall or connect timeout) is not asked again
+# until one request checks that it answers: the first check this many seconds later, then twice as long each time,
+# at most SILENT_CHECK_LONGEST. Meanwhile its requests fail at once instead of waiting the stall timeout each.
+SILENT_CHECK_FIRST = 5.0
+SILENT_CHECK_LONGEST = 60.0
 # seconds a server may ask us to wait (429/503 with Retry-After) before the track fails instead
 SERVER_WAIT_MAX = 120.0
 

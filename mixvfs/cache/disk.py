@@ -20,6 +20,7 @@ import os
 import sqlite3
 import threading
 import zlib
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import diskcache
@@ -78,6 +79,7 @@ class CheckedCache(diskcache.Cache):
     MAX_CONNECTIONS = 256  # past this many threads seen, the idle ones' connections are dropped (closed)
 
     def __init__(self, directory: str, **settings: Any) -> None:
+        self._txns: dict[int, int] = {}
         self._thread_cons: dict[int, sqlite3.Connection] = {}
         self._cons_pid = os.getpid()
         super().__init__(directory, **settings)
@@ -104,6 +106,35 @@ class CheckedCache(diskcache.Cache):
             self._thread_cons[key] = con
         return con
 
+    # diskcache marks "a transaction of this thread is open" in one attribute of the cache, ``_txn_id``, and
+    # asserts at its end that the mark is still its own. That holds while SQLite serialises writers; but a write
+    # SQLite refuses with an I/O error (a read-only or immutable database) may roll the transaction back there
+    # and then, so another thread's BEGIN succeeds and overwrites the mark before the first thread's rollback
+    # runs: an AssertionError instead of the refusal. Kept per OS thread (diskcache's connections are), each
+    # thread sees its own mark, and the rollback of a transaction SQLite already ended is a no-op (``_sql``).
+    @property
+    def _txn_id(self) -> int | None:
+        return self._txns.get(threading.get_ident())
+
+    @_txn_id.setter
+    def _txn_id(self, value: int | None) -> None:
+        if value is None:
+            self._txns.pop(threading.get_ident(), None)
+        else:
+            self._txns[threading.get_ident()] = value
+
+    @property
+    def _sql(self) -> Callable[..., sqlite3.Cursor]:
+        con = self._con
+        execute = con.execute
+
+        def sql(statement: str, *args: Any) -> sqlite3.Cursor:
+            if statement == "ROLLBACK" and not con.in_transaction:
+                return con.cursor()  # SQLite rolled it back itself (an I/O error): the refusal is the error
+            return execute(statement, *args)
+
+        return sql
+
     def close(self) -> None:
         """This thread's connection, as diskcache's ``close`` (which its ``_con`` also calls for a new thread
         state: the other threads' connections must survive that)."""
@@ -124,4 +155,4 @@ class CheckedCache(diskcache.Cache):
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         # diskcache's `_sql` is its cursor helper (autocommit: one statement is one transaction).
-        return list(self._sql(sql, args).fetchall())  # type: ignore[attr-defined]
+        return list(self._sql(sql, args).fetchall())

@@ -18,6 +18,7 @@ import contextlib
 import copy
 import enum
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import stamina
+import stamina.instrumentation
 
 from mixvfs.cache.bwlimit import Budget
 from mixvfs.cache.concurrency import Concurrency
@@ -54,6 +56,24 @@ from mixvfs.cache.remote import Source
 from mixvfs.cache.store import BlobStore
 
 log = logging.getLogger(__name__)
+retry_log = log.getChild("retries")  # one line per retry; `cachectl warm` silences it (the report counts tries)
+_retrying = threading.local()  # the download whose attempt just failed, in the thread that retries it
+
+
+def _say_retry(details: stamina.instrumentation.RetryDetails) -> None:
+    download: Download | None = getattr(_retrying, "download", None)
+    cause = details.caused_by
+    reason = cause.reason if isinstance(cause, FetchError) else f"{type(cause).__name__}: {cause}"
+    retry_log.info("%s: attempt %d failed (%s); trying again in %.1f s", download.source.label if download else
+                   details.name, details.retry_num, reason, details.wait_for)
+
+
+@functools.cache
+def say_retries_in_our_words() -> None:
+    """stamina's own hook logs a bare "stamina.retry_scheduled" per retry (its facts ride in ``extra``, which a
+    plain log format drops): 128 such lines in one log said nothing. One line of ours instead, naming the track
+    and the cause. Set when the first download runs (stamina's hooks are the process's), never at import."""
+    stamina.instrumentation.set_on_retry_hooks([_say_retry])
 
 _SERIALS = itertools.count(1)
 DEMAND = 0  # queue priority of a download somebody is reading right now; prefetch uses 1 + session order
@@ -302,7 +322,7 @@ class Download:
         self.finished = time.monotonic()
         if error is not None and self.path is not None:
             with contextlib.suppress(OSError):
-                os.unlink(self.path)
+                self.wiring.store.discard_staging(self.path)
         self.path = None
         if error is None:
             self._set_state(State.DONE)
@@ -317,6 +337,8 @@ class Download:
 
     def _fetch_with_retries(self) -> None:
         policy = self.wiring.retry
+        say_retries_in_our_words()
+        _retrying.download = self
         for attempt in stamina.retry_context(
             on=TransientError,
             attempts=policy.attempts,

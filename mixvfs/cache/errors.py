@@ -26,6 +26,7 @@ adapter turns these into errno in one table (:mod:`mixvfs.vfs.adapter.errno_map`
             │   └── ServerUnreachable   connection refused, DNS failure, connect timeout
             │       └── CertificateNotTrusted   the TLS certificate was refused
             └── StallTimeout        no progress for ``stall_timeout`` seconds
+                └── NotAnswering    not sent: the origin has not answered a request lately (no headers in time)
 """
 
 from __future__ import annotations
@@ -137,3 +138,8 @@ class CertificateNotTrusted(ServerUnreachable):
 
 class StallTimeout(TransientError):
     pass
+
+
+class NotAnswering(StallTimeout):
+    """A request that was not sent: its origin let an earlier one go unanswered (no response headers within
+    the stall or connect timeout) and has not answered since."""

@@ -76,6 +76,7 @@ class Acquired:
     fd: int
     download: Download | None
     entry: SourceEntry | None
+    unrecorded: str | None = None  # a stored blob served whose use the cache database would not record: why
 
 
 class Fetcher:
@@ -267,7 +268,7 @@ class Fetcher:
             self.store.remove(entry.digest)
             self.index.forget(source.ident)
             return None
-        return Acquired(fd, None, entry)
+        return Acquired(fd, None, entry, self.store.use_refused)
 
     def _blob_intact(self, fd: int, entry: SourceEntry) -> bool:
         """The size always; the full hash of a small blob, unless this process already knows these bytes:

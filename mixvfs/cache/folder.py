@@ -97,6 +97,11 @@ class CacheFolder:
             missing = [n for n in self.subfolders if not os.path.isdir(self.root / n)]
             if not (root_changed or stale or missing):
                 return  # another thread recovered it meanwhile
+            denied = first_denied(self.root, *(self.root / n for n in self.subfolders),
+                                  *(path for db in self._dbs for path in db.paths))
+            if denied is not None:  # still there, but no longer ours to use (chmod): nothing to make again
+                raise CacheError(f"the cache folder {self.root} cannot be used: {describe(denied)}; mixvfs needs "
+                                 f"to read and write it (chmod 700 {self.root})") from denied
             try:
                 self._make()
                 for db in stale:
@@ -111,6 +116,19 @@ class CacheFolder:
                         "downloaded again", self.root, what)
 
 
+def first_denied(*paths: str | Path) -> PermissionError | None:
+    """The permission error of the first of ``paths`` that cannot be looked at (a folder on its way made
+    unreadable), None when each is there or simply missing."""
+    for path in paths:
+        try:
+            os.stat(path)
+        except PermissionError as exc:
+            return exc
+        except OSError:
+            continue
+    return None
+
+
 class LiveDb(Generic[D]):
     """A database of the cache folder, opened again in place when its folder or file is no longer the one
     opened. ``get()`` gives the database to use now."""
@@ -120,6 +138,7 @@ class LiveDb(Generic[D]):
         self.folder = folder
         self._opener = opener
         self._path = str(folder / DB_FILE)  # as str: a Path costs as much again per stat
+        self.paths = (str(folder), self._path)  # what a permission change may hide (CacheFolder.recover)
         self._db = opener(str(folder))
         self._identity = self._now()
 
@@ -177,6 +196,20 @@ def translated(doing: str) -> Iterator[None]:
         raise
     except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
         raise ours(exc, doing) from exc
+
+
+REFUSED_WRITE = "the cache database refused the write (read-only, immutable, or its disk failing)"
+
+
+def refused_write(exc: BaseException) -> str | None:
+    """The one sentence for a write the blob database would not take — whichever way SQLite (or diskcache, which
+    turns a refused ``BEGIN IMMEDIATE`` into its ``Timeout``) says it — or None when ``exc`` is something else
+    (a full disk keeps its own words). Every download a refusing database fails says the same."""
+    if isinstance(exc, diskcache.Timeout):
+        return REFUSED_WRITE
+    if isinstance(exc, sqlite3.OperationalError) and "full" not in str(exc):
+        return REFUSED_WRITE
+    return None
 
 
 def ours(exc: BaseException, doing: str) -> MixvfsError:

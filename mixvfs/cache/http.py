@@ -38,6 +38,7 @@ from mixvfs.cache.errors import (
     StallTimeout,
     TransientError,
 )
+from mixvfs.cache.origin_silence import OriginSilences
 from mixvfs.cache.origin_wait import OriginWaits
 from mixvfs.cache.remote import RemoteInfo
 from mixvfs.cache.team import ORIGIN_HEADER, REFRESH_HEADER, VIA_ORIGIN, TeamCache, Verdict
@@ -155,6 +156,7 @@ class HttpClient:
         max_connections: int = JOBS,
         team: TeamCache | None = None,
         waits: OriginWaits | None = None,
+        silences: OriginSilences | None = None,
     ) -> None:
         install_reaches()  # a client of ours never runs without them: the stray-bytes one guards correctness
         self.tokens = tokens
@@ -162,6 +164,8 @@ class HttpClient:
         # Every request, whoever makes it (a download, a size probe, a revalidation, the auth flow's retry, a
         # redirect), passes these hooks: an origin that said "wait" is asked nothing until its time is up.
         self.waits = waits or OriginWaits()
+        # ... and an origin that let a request go unanswered is asked nothing until a check finds it answers.
+        self.silences = silences or OriginSilences()
         # Told the seconds of each new TCP connection's handshake (one round trip, measured before any answer):
         # the download controller's first word on how long the link is (cache/concurrency.py).
         self.on_handshake: Callable[[float], None] | None = None
@@ -210,7 +214,10 @@ class HttpClient:
             self.team.stored(endpoint, *team_policy.judge_store_check(first, second))
 
     def _before_request(self, request: httpx.Request) -> None:
-        self.waits.check(str(request.url))  # raises (nothing is sent) while the origin's wait runs
+        url = str(request.url)
+        self.waits.check(url)  # raises (nothing is sent) while the origin's wait runs
+        self.silences.before(url)  # raises while the origin is silent, unless this request is the check
+        _awaiting.request = (self.silences, url)  # until its headers arrive (httpx_errors: its end without them)
         if self.on_handshake is not None:
             request.extensions["trace"] = self._trace  # httpcore's events for this request (httpx's "trace")
 
@@ -224,6 +231,8 @@ class HttpClient:
                 self.on_handshake(time.monotonic() - began)
 
     def _after_response(self, response: httpx.Response) -> None:
+        _awaiting.request = None
+        self.silences.answered(str(response.request.url))
         seconds = self.waits.heard(str(response.request.url), response.status_code,
                                    response.headers.get("Retry-After"), response.headers.get("Date"))
         if seconds is not None:  # converted once, here: check_status quotes it
@@ -577,13 +586,34 @@ def check_status(response: httpx.Response, url: str) -> None:
     raise PermanentHttpError(f"the server answered {what}", status)
 
 
+# The request this thread sent whose answer (response headers) has not come yet, and the silences to tell how it
+# ended: set by HttpClient's request hook, cleared by its response hook, or below when it ends without an answer.
+_awaiting = threading.local()
+
+
+def _tell_silences(exc: BaseException) -> None:
+    pending = getattr(_awaiting, "request", None)
+    if pending is None:
+        return
+    _awaiting.request = None
+    silences, url = pending
+    if isinstance(exc, httpx.ReadTimeout | httpx.ConnectTimeout):  # nothing came back within the timeout
+        silences.unanswered(url, "connect timeout" if isinstance(exc, httpx.ConnectTimeout) else "stall timeout")
+    else:  # refused, reset, closed: the server (or the network) said something
+        silences.answered(url)
+
+
 @contextlib.contextmanager
 def httpx_errors(url: str) -> Iterator[None]:
     """Translate httpx's exceptions into ours. The URL's host is named; query strings (maybe secrets) not. The
     httpx error stays the cause, so the log's cause chain shows what the network said."""
     host = urlsplit(url).netloc or url
     try:
-        yield
+        try:
+            yield
+        except (httpx.HTTPError, httpx.StreamError) as exc:
+            _tell_silences(exc)
+            raise
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         if (why := certificate_failure(exc)) is not None:
             raise CertificateNotTrusted(f"certificate not trusted: {host} ({why})") from exc

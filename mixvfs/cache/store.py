@@ -47,7 +47,7 @@ import diskcache
 from mixvfs.cache.digest import hash_fd
 from mixvfs.cache.disk import CheckedCache, SafeDisk
 from mixvfs.cache.errors import CacheError, NoSpace
-from mixvfs.cache.folder import CacheFolder, cache_errors, translated
+from mixvfs.cache.folder import CacheFolder, cache_errors, refused_write, translated
 from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.units import format_size
 
@@ -187,6 +187,9 @@ class BlobStore:
         self.index = SourceIndex(root, self.folder)  # a blob's rows leave with it (see _remove)
         self._evict_lock = threading.Lock()
         self._warned_pins = False
+        # Why the last open could not record the blob's use (the database refusing writes), None once one could.
+        self.use_refused: str | None = None
+        self._refusal_said = False  # SQLite's words for a refused commit logged (once, until one is taken)
         self._own: set[Path] = set()  # staging files this store handed out and has not seen end
         self._own_bound = 64
         self._own_lock = threading.Lock()
@@ -277,16 +280,37 @@ class BlobStore:
 
     def clean_own_staging(self) -> list[Path]:
         """Remove this store's staging files (after its downloads were stopped, e.g. on Ctrl-C): a
-        download queued but never started still has its empty staging file, and a worker blocked in a
-        stalled read still holds its lock, so these are not stale yet."""
+        download queued but never started still has its empty staging file, a worker blocked in a
+        stalled read still holds its lock, so these are not stale yet, and a failed download's file may not
+        have been removable then (the folder's permissions changed). One that still cannot be removed is
+        named in the log; the next mount's cleaning removes it."""
         with self._own_lock:
             own, self._own = self._own, set()
         removed = []
         for path in sorted(own):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 path.unlink()
-                removed.append(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("staging file %s left: %s; the next mount or cachectl removes it", path,
+                            exc.strerror or exc)
+                continue
+            removed.append(path)
         return removed
+
+    def discard_staging(self, path: Path) -> None:
+        """A failed download's staging file, removed; one that cannot be removed now (its folder made
+        unreadable) stays this store's, for :meth:`clean_own_staging` to try again at the end."""
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            self._disown(path)
+        except OSError:
+            with self._own_lock:
+                self._own.add(path)
+        else:
+            self._disown(path)
 
     def _disown(self, staged: Path) -> None:
         with self._own_lock:
@@ -329,11 +353,18 @@ class BlobStore:
         try:
             self._cache.set(digest, Adopt(staged, size), read=True)  # stored now: its last use is now
             self._used(digest)
+            self._refusal_said = False
         except OSError as exc:
             raise translate_os_error(exc, "storing a download in the cache") from exc
         except (diskcache.Timeout, sqlite3.Error) as exc:
             # The rename may have happened: the orphan file is diskcache's to clean (check(fix=True)).
-            raise CacheError(f"the cache database did not take the download: {exc or type(exc).__name__}") from exc
+            words = str(exc) or type(exc).__name__
+            if (refused := refused_write(exc)) is not None:
+                if not self._refusal_said:  # SQLite's own words, once: the report says the one sentence
+                    self._refusal_said = True
+                    log.warning("the cache database refuses writes: %s", words)
+                raise CacheError(refused) from exc
+            raise CacheError(f"the cache database did not take the download: {words}") from exc
 
     @cache_errors("recording a use")
     def _mark_used(self, digest: str) -> bool:
@@ -358,17 +389,19 @@ class BlobStore:
         """A descriptor of the blob, or None. Records the use (diskcache's LRU ``get`` sets the last-use
         time, which the TTL counts from, in a write transaction): once per open, not per read, and not again
         within ``USE_RECORDED_FOR`` of this process's last record of it (its commit, mostly: an exporter opens
-        a track just prefetched), when a read finds its file."""
+        a track just prefetched), when a read finds its file. A database that refuses the write (read-only,
+        immutable, its disk failing) does not keep the bytes from a reader: the blob is opened without it, and
+        :attr:`use_refused` says why until a use is recorded again."""
         recorded = self._uses.get(digest)
         if recorded is not None and self.clock() - recorded < USE_RECORDED_FOR:
-            info = self._cache.info(digest)
-            if info is None:
-                return None
-            try:
-                return os.open(self.path_of(info), os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return None  # evicted since the read: as diskcache's get says then
-        handle = self._cache.get(digest, read=True)
+            return self._open_by_lookup(digest)
+        try:
+            handle = self._cache.get(digest, read=True)
+        except (sqlite3.Error, diskcache.Timeout) as exc:
+            return self._open_unrecorded(digest, exc)
+        if self.use_refused is not None:
+            self.use_refused = None
+            log.info("the cache database records the uses of cached tracks again")
         if handle is None:
             return None
         with handle:
@@ -382,6 +415,26 @@ class BlobStore:
             if len(self._uses) >= USES_KEPT:  # only the last minute's matter
                 self._uses = {d: t for d, t in self._uses.items() if now - t < USE_RECORDED_FOR}
             self._uses[digest] = now
+
+    def _open_unrecorded(self, digest: str, exc: sqlite3.Error | diskcache.Timeout) -> int | None:
+        """The blob opened by a lookup alone (a read), its use not recorded: it may be evicted before blobs
+        used less recently. The bytes are the caller's to check, as for any stored blob."""
+        reason = refused_write(exc) or f"the cache database: {exc or type(exc).__name__}"
+        if self.use_refused != reason:
+            log.warning("cached tracks are served, but their use cannot be recorded (%s): they may be evicted "
+                        "before tracks used less recently", reason)
+        self.use_refused = reason
+        return self._open_by_lookup(digest)
+
+    def _open_by_lookup(self, digest: str) -> int | None:
+        """The blob's file opened after a read of its row, recording no use."""
+        info = self._cache.info(digest)
+        if info is None:
+            return None
+        try:
+            return os.open(self.path_of(info), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None  # evicted since the read: as diskcache's get says then
 
     @cache_errors("looking up a blob")
     def info(self, digest: str) -> BlobInfo | None:

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import MIXVFS, Mount, run, wait_until, write_session
+from tests.conftest import MIXVFS, Mount, run, wait_until, without_root_override, write_session
 from tests.faults.helpers import FAST, cachectl, cloud_track, name_of, stream_path
 from tools.devserver import DevServer
 
@@ -135,3 +135,43 @@ def test_a_log_in_a_cache_folder_that_cannot_be_made_again_never_changes_the_rea
     assert "Not a directory" not in done.stderr, done.stderr
     for track in TRACKS:
         assert f"{name_of(track)}' for reading: Input/output error" in done.stderr, done.stderr
+
+
+def test_a_cache_folder_made_unreadable_while_mounted_says_permission_denied_and_leaves_nothing_behind(
+        tmp_path, server_root, devserver, mounter):
+    """`chmod 000` on the cache folder under a live mount (the daemon bound by permission bits, as a user's
+    is): each track that needs the cache is EIO whose report line says permission denied — the folder was neither
+    removed nor replaced —, the log (kept in that folder) goes on in the file already open, with one line saying
+    so and no logging error, and once the folder is readable again after a clean unmount, no staging file is
+    left in it."""
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, t, 300_000 + i, seed=i)
+                                                  for i, t in enumerate(TRACKS)], server=devserver.url)
+    cache = tmp_path / "cache"
+    log = cache / "logs" / "mixvfs.log"
+    # The tracks copy out held back by the server: a download is under way when the folder's mode changes.
+    devserver.set_faults({stream_path("second"): {"hold": "mid", "hold_after": 100_000}})
+    mount = mounter(session, *FAST, "--stall-timeout", "30s", "--log-file", str(log), cache_dir=cache,
+                    wrap=without_root_override([]))
+    mount.log_file = log
+    run(["cp", str(mount.path / name_of("first")), str(tmp_path / "first.wav")], check=True)
+    copier = subprocess.Popen(["cp", str(mount.path / name_of("second")), str(tmp_path / "second.wav")],
+                              stderr=subprocess.PIPE, text=True)
+    devserver.wait_held("mid")
+    cache.chmod(0)
+    try:
+        devserver.release("mid")
+        _, copier_said = copier.communicate(timeout=60)
+        done = run(["cp", str(mount.path / name_of("third")), str(tmp_path / "third.wav")])
+        assert done.returncode == 1 and "Input/output error" in done.stderr, done.stderr
+        for track in ("second", "third"):
+            record = mount.wait_track(track, lambda r: r["status"] == "failed" or r["reader_error"] is not None)
+            said = record["error"] or record["reader_error"]
+            assert "Permission denied" in said and "removed or replaced" not in said, (record, copier_said)
+    finally:
+        cache.chmod(0o700)
+    mount.unmount()
+    text = log.read_text()
+    assert "--- Logging error ---" not in text and "Traceback" not in text, text
+    assert text.count("cannot be looked at") == 1, text
+    assert "unmounted" in text or "stopped" in text or "final report" in text, text
+    assert list((cache / "staging").glob("*.part")) == []

@@ -39,8 +39,8 @@ def python_for_the_user() -> str:
     missing_part(f"no Python {version} the user {USER} can run", "CI must run the ordinary-user FUSE tests")
 
 
-def as_ordinary_user(tmp_path: Path, device_mode: int, helper_setuid: bool,
-                     command: str = "mount s.json mnt") -> subprocess.CompletedProcess[str]:
+def as_ordinary_user(tmp_path: Path, device_mode: int, helper_setuid: bool, command: str = "mount s.json mnt",
+                     mountpoint_mode: int = 0o777) -> subprocess.CompletedProcess[str]:
     if os.geteuid() != 0 or not (shutil.which("setpriv") and shutil.which("unshare")):
         missing_part("needs root, setpriv and unshare to run a mount as an ordinary user",
                      "CI must run the ordinary-user FUSE tests as root")
@@ -60,6 +60,7 @@ def as_ordinary_user(tmp_path: Path, device_mode: int, helper_setuid: bool,
         os.chmod(folder, os.stat(folder).st_mode | 0o005)
     for path in (tmp_path, tmp_path / "mnt", session, tmp_path / "a.wav"):
         os.chmod(path, 0o777 if path.is_dir() else 0o644)
+    os.chmod(tmp_path / "mnt", mountpoint_mode)
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "c"),
            "XDG_STATE_HOME": str(tmp_path / "st"), "XDG_CONFIG_HOME": str(tmp_path / "cf"),
            "PYTHONPATH": os.pathsep.join([str(REPO), *site.getsitepackages()])}
@@ -78,6 +79,11 @@ def test_no_access_to_dev_fuse_is_named_with_the_fix(tmp_path):
         "libfuse must open it to mount. Ask an administrator to let users open it: `sudo chmod 0666 /dev/fuse`, "
         "the mode Debian's and Fedora's fuse packages give it (a udev rule, KERNEL==\"fuse\", MODE=\"0666\", keeps "
         "it across reboots)")
+    # libfuse refused in the daemon: nothing says a mount happened — no "unmounted" in the log, no report.
+    cache = tmp_path / "c" / "mixvfs"
+    log = (cache / "logs" / "mixvfs.log").read_text()
+    assert "unmounted" not in log and "nothing was mounted" in log, log
+    assert not (cache / "reports").exists() or list((cache / "reports").glob("*.json")) == [], log
 
 
 def test_a_fusermount3_that_is_not_setuid_is_named_with_the_fix(tmp_path):
@@ -98,3 +104,21 @@ def test_preflight_says_the_export_will_fail_when_the_user_cannot_mount(tmp_path
     doc = json.loads(done.stdout)
     assert doc["fuse"].startswith("no access to /dev/fuse (Permission denied: crw------- root:root)")
     assert f"`mixvfs mount` cannot mount: {doc['fuse']}" in doc["problems"]
+
+
+def test_a_mountpoint_the_user_cannot_write_is_named_and_nothing_says_it_was_mounted(tmp_path):
+    """fusermount3 refuses a mountpoint its user has no write access to. The command says so itself (not
+    "libfuse could not mount … (4); see log"), and nothing pretends a mount happened: no "unmounted" in the
+    log, no report."""
+    require_fuse()
+    done = as_ordinary_user(tmp_path, 0o666, helper_setuid=True, mountpoint_mode=0o755)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"mixvfs: cannot mount {tmp_path / 'mnt'}: you have no write access to it (drwxr-xr-x root:root), and "
+        "fusermount3 mounts only on a folder its user may write to: mount on a folder of your own, e.g. "
+        "mkdir -p ~/MixBoardTracks"), done.stderr
+    cache = tmp_path / "c" / "mixvfs"
+    log_file = cache / "logs" / "mixvfs.log"
+    log = log_file.read_text() if log_file.exists() else ""  # refused before a daemon was started: none
+    assert "unmounted" not in log, log
+    assert not (cache / "reports").exists() or list((cache / "reports").glob("*.json")) == [], log

@@ -43,6 +43,16 @@ def test_report_of_a_dead_mount_shows_its_last_report(tmp_path, server_root, dev
     assert "Traceback" not in done.stderr
     assert done.returncode == 1 and "Artist - t1.wav" in done.stdout, done.stderr
     assert "its daemon died" in done.stderr
+    # Right after the kill too: `status` says the daemon died (exit 1), not "not mounted now".
+    done = run([MIXVFS, "status", str(mount.path)])
+    assert done.returncode == 1 and "its daemon died" in done.stderr and "not mounted now" not in done.stderr, \
+        done.stderr
+    # The unmount clears the dead mount and says what happened to it.
+    done = run([MIXVFS, "unmount", str(mount.path)])
+    assert done.returncode == 0, done.stderr
+    assert f"its daemon had died; cleared the dead mount at {mount.path}" in done.stdout, done.stdout
+    assert not os.path.ismount(mount.path)
+    mount.mounted = False
 
 
 def test_an_empty_cache_dir_and_a_manifest_given_as_a_report_are_one_line(tmp_path):

@@ -4,10 +4,11 @@ the index; uncached ones are EIO with "server unreachable"; a blip never empties
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 
-from tests.conftest import write_session
-from tests.faults.helpers import FAST, cloud_track, cp, name_of
+from tests.conftest import MIXVFS, run, write_session
+from tests.faults.helpers import FAST, cachectl, cloud_track, cp, name_of
 from tools.devserver import DevServer
 
 
@@ -50,3 +51,38 @@ def test_server_blip_at_mount_never_empties_a_cached_track(tmp_path, server_root
         assert filecmp.cmp(tmp_path / "again.wav", server_root / "stream" / "t1.wav", shallow=False)
         mount.unmount()
     assert len(devserver.requests("GET", "/stream/t1.wav")) == 1  # all served from the cache
+
+
+def test_a_server_that_never_answers_costs_a_listing_one_stall_not_one_per_track(
+        tmp_path, server_root, devserver, mounter):
+    """The server takes each connection and says nothing. Once one question went unanswered for the stall
+    timeout, the origin is known not to answer: the listing's next questions are not sent (each track gets its
+    report line at once), cached tracks still copy, the others are EIO with a report line, never a hang."""
+    cached = cloud_track(server_root, "kept", 60_000)
+    sizeless = [cloud_track(server_root, f"s{n}", 40_000 + n, seed=n, declare_size=False) for n in range(6)]
+    session = write_session(tmp_path / "s.json", [cached, *sizeless], server=devserver.url)
+    # The kept track is in the cache before the server goes silent.
+    assert cachectl(tmp_path / "cache", "warm", str(write_session(tmp_path / "kept.json", [cached],
+                                                                  server=devserver.url))).returncode == 0
+    devserver.set_faults({"*": {"hold": "silent", "hold_head": True}})
+    try:
+        mount = mounter(session, "--no-prefetch", "--retries", "2", "--retry-wait", "0.01s",
+                        "--stall-timeout", "2s")
+        asked_at_mount = devserver.wait_held("silent", len(sizeless))
+        listing = run(["ls", "-l", str(mount.path)], timeout=120)  # the timeout: a hang guard only
+        assert listing.returncode != 0  # the sizes could not be had: ls says so for each
+        # At most one more question (a check whether the server answers again) reached it after the mount's own.
+        assert devserver.held("silent") <= asked_at_mount + 1, devserver.held("silent")
+        status = json.loads(run([MIXVFS, "status", str(mount.path), "--json"]).stdout)
+        assert [w["origin"] for w in status["server_silent"]] == [devserver.url], status
+        for track in sizeless:
+            record = mount.track(track["id"])
+            assert record["status"] == "failed" and record["error"].startswith("the size is unknown: "), record
+        done = cp(mount.path / name_of("kept"), tmp_path / "kept.wav")
+        assert done.returncode == 0, done.stderr
+        assert filecmp.cmp(tmp_path / "kept.wav", server_root / "stream" / "kept.wav", shallow=False)
+        failed = cp(mount.path / name_of("s0"), tmp_path / "s0.wav")
+        assert failed.returncode != 0 and "Input/output error" in failed.stderr
+        assert mount.track("s0")["status"] == "failed"
+    finally:
+        devserver.release("silent")

@@ -51,3 +51,26 @@ def test_a_cache_database_refusing_a_commit_fails_one_track_and_the_worker_goes_
     assert done.returncode == 0, f"cp exited {done.returncode}: {done.stderr}\n{mount.diagnosis()}"
     assert filecmp.cmp(tmp_path / "c.wav", server_root / "stream" / "c.wav", shallow=False)
     assert cachectl(mount.cache_dir, "verify").returncode == 0
+
+
+def test_cached_tracks_copy_whole_while_the_cache_database_refuses_writes(tmp_path, server_root, devserver, mounter):
+    """An open records the blob's use, a write: a database that refuses it must not fail a copy of whole,
+    verified bytes. They are served; the report's note and one log line say the use was not recorded."""
+    entries = [cloud_track(server_root, name, 300_000, seed=n) for n, name in enumerate(("a", "b"))]
+    session = write_session(tmp_path / "s.json", entries, server=devserver.url)
+    first = mounter(session, *FAST)
+    for name in ("a", "b"):
+        run(["cp", str(first.path / name_of(name)), str(tmp_path / f"{name}.first")], check=True)
+        first.wait_track(name, lambda r: r["status"] == "cached")
+    first.unmount()
+    mount = mounter(session, *FAST)
+    with database_refusing_writes(mount.cache_dir / "blobs"):
+        for name in ("a", "b"):
+            done = run(["cp", str(mount.path / name_of(name)), str(tmp_path / f"{name}.wav")])
+            assert done.returncode == 0, f"{done.stderr}\n{mount.diagnosis()}"
+            assert filecmp.cmp(tmp_path / f"{name}.wav", server_root / "stream" / f"{name}.wav", shallow=False)
+            record = mount.wait_track(name, lambda r: r["note"] is not None)
+            assert record["status"] == "cached" and record["reader_error"] is None, record
+            assert record["note"].startswith("served from cache; its use was not recorded: the cache database "
+                                             "refused the write"), record
+    assert mount.log().count("their use cannot be recorded") == 1, mount.log()

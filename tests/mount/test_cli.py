@@ -159,6 +159,17 @@ def test_report_through_a_link_to_a_live_mount_is_that_mounts_report(tmp_path, m
     assert "not mounted" not in done.stderr and "A - a.wav" in done.stdout
 
 
+def test_the_mounted_line_and_the_report_name_the_mountpoint_normalised(tmp_path, mounter):
+    music = tmp_path / "music"
+    music.mkdir()
+    write_sized(music / "a.wav", 10_000, kind="wav")
+    session = write_session(tmp_path / "s.json", [{"id": "a", "artist": "A", "title": "a", "file_path": "music/a.wav"}])
+    (tmp_path / "mnt").mkdir()
+    live = mounter(session, mountpoint=tmp_path / "music" / ".." / "." / "mnt")
+    assert live.extra[0].splitlines()[0] == f"mounted {tmp_path / 'mnt'}", live.extra[0]
+    assert live.report()["mountpoint"] == str(tmp_path / "mnt")
+
+
 def test_the_waiting_mount_leaves_the_manifest_and_the_core_to_the_daemon(tmp_path):
     """`mixvfs mount` waits in the terminal while its daemon starts: it checks what only it can say before a
     daemon exists (the mountpoint, the folders, that a libfuse loads), and leaves the rest to the daemon, whose

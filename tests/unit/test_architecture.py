@@ -40,7 +40,7 @@ def test_the_error_tree_is_drawn_as_errors_py_has_it():
         "ServerWaitTooLong": "FetchError", "RequestWaitExceeded": "FetchError", "NotForPreview": "FetchError",
         "TransientError": "FetchError", "ServerBusy": "TransientError", "ServerAskedToWait": "ServerBusy",
         "NetworkError": "TransientError", "ServerUnreachable": "NetworkError", "StallTimeout": "TransientError",
-        "CertificateNotTrusted": "ServerUnreachable",
+        "CertificateNotTrusted": "ServerUnreachable", "NotAnswering": "StallTimeout",
     }
     section = ARCHITECTURE.split("## The error tree", 1)[1].split("\n## ", 1)[0]
     ours = {name for name, value in vars(errors).items()

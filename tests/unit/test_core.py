@@ -308,3 +308,29 @@ def test_a_download_is_told_to_every_track_of_its_version_and_to_no_other(make_f
     statuses = {r.id: r.status.value for r in fs.report.records()}
     assert statuses["one"] == statuses["two"] == "cached", statuses
     assert statuses["odd"] == "pending" and statuses["b"] == "pending", statuses
+
+
+def test_the_last_download_of_a_burst_is_in_the_report_file_when_its_event_is_told(make_fs, server_root, devserver):
+    """A `mixvfs report` right after `cp` of the last track read the report file before the batch that says
+    "cached" was written (up to a batch interval later). The last download to end, with a small report, is
+    written through: on disk by the time its event has been told to every subscriber."""
+    import threading
+
+    from mixvfs.cache.download import Event
+
+    write_sized(server_root / "t.wav", 150_000, seed=3)
+    fs = make_fs([{"id": "t", "artist": "A", "title": "t", "cloud_stream_path": "/t.wav", "size": 150_000,
+                   "content_type": "audio/wav"}], devserver.url)
+    told = threading.Event()
+    seen: dict[str, object] = {}
+
+    def after_the_recorder(_download: object, event: Event) -> None:
+        if event is Event.DONE:
+            tracks = json.loads(fs.report.path.read_text())["tracks"]
+            seen["on_disk"] = next(t for t in tracks if t["id"] == "t")["status"]
+            told.set()
+
+    fs.fetcher.subscribe(after_the_recorder)  # subscribers hear in order: the mount's recorder first
+    assert len(read_all(fs, "A - t.wav")) == 150_000
+    assert told.wait(30)
+    assert seen["on_disk"] == "cached", seen

@@ -58,3 +58,16 @@ def test_the_c_heap_freed_while_opening_goes_back_to_the_system():
         before = resident_mib()
     assert before - resident_mib() >= 16, (before, resident_mib())
     assert len(held) == 64 << 10
+
+
+def test_what_libfuse_wrote_to_the_log_while_mounting_is_told_apart_from_our_lines(tmp_path) -> None:
+    from mixvfs.vfs.commands.daemon import libfuse_said, log_size
+
+    log = tmp_path / "mixvfs.log"
+    log.write_text("2026-12-07 00:00:00,001 INFO mixvfs.x: an earlier mount\nfuse: an earlier complaint\n")
+    since = log_size(log)
+    with log.open("a") as handle:
+        handle.write("2026-12-07 00:00:01,002 INFO mixvfs.vfs.commands.daemon: mounting S (1 tracks) at /m\n"
+                     "fusermount3: user has no write access to mountpoint /m\n")
+    assert libfuse_said(log, since) == "fusermount3: user has no write access to mountpoint /m"
+    assert libfuse_said(None, since) is None and libfuse_said(tmp_path / "none.log", 0) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import os
 import threading
 import time
@@ -285,3 +286,15 @@ def test_a_wait_past_its_deadline_fails_that_read_alone_and_the_download_goes_on
         server.release("a")
         fetcher.close()
         fetcher.index.close()
+
+
+def test_each_retry_is_one_line_naming_the_track_and_the_cause(served, store, http, caplog):
+    server, _ = served
+    server.set_faults({"/a.wav": {"status": 503, "times": 2}})
+    with caplog.at_level(logging.INFO):
+        d = download(server, store, http)
+    assert d.state is State.DONE and d.attempts == 3
+    said = [r.getMessage() for r in caplog.records if r.name.startswith(("stamina", "mixvfs.cache.download"))]
+    assert len(said) == 2 and all(line.startswith("a: attempt ") for line in said), said
+    assert said[0].startswith("a: attempt 1 failed (the server answered HTTP 503 Service Unavailable); trying again "
+                              "in "), said

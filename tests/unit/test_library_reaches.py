@@ -339,6 +339,18 @@ def test_each_thread_gets_its_own_sqlite_connection(tmp_path: Path) -> None:
         store.close()
 
 
+def test_diskcaches_transaction_keeps_its_mark_and_its_rollback_where_the_cache_overrides_them() -> None:
+    """CheckedCache keeps diskcache's ``_txn_id`` per thread and makes ``_sql``'s ROLLBACK of a transaction SQLite
+    already ended a no-op: both only mean something while ``_transact`` marks and rolls back through them."""
+    import inspect
+
+    import diskcache
+
+    source = inspect.getsource(diskcache.Cache._transact)  # type: ignore[attr-defined]
+    assert "self._txn_id = tid" in source and "assert self._txn_id == tid" in source
+    assert "sql = self._sql" in source and "sql('ROLLBACK')" in source
+
+
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -165,6 +165,25 @@ def test_a_track_held_for_its_record_reads_and_writes_as_the_record_its_listing_
         made.close()
 
 
+def test_a_report_published_later_writes_nothing_until_then_and_nothing_at_all_if_never(tmp_path: Path) -> None:
+    """A mount's report is published once its folder is live: a mount that never happened leaves none, and
+    the last mount's report at that path stays as it was."""
+    path = tmp_path / "reports" / "r.json"
+    path.parent.mkdir()
+    path.write_text('{"the last mount": true}')
+    never = Report(path, session="s", mountpoint="/m", records=records(3), publish_later=True)
+    never.update("t1", status=Status.FAILED, error="boom", urgent=True)
+    never.close(finished=True)
+    assert json.loads(path.read_text()) == {"the last mount": True}
+    assert list(path.parent.iterdir()) == [path]  # the writability probe left nothing
+    live = Report(path, session="s", mountpoint="/m", records=records(3), publish_later=True)
+    live.publish()
+    assert on_disk(live, "t1")["status"] == "pending"
+    live.update("t1", status=Status.FAILED, error="boom", urgent=True)
+    assert on_disk(live, "t1")["error"] == "boom"
+    live.close()
+
+
 def test_a_track_finds_its_record_by_its_place_with_no_map_by_id_and_by_id_when_the_place_moved(
         tmp_path: Path) -> None:
     """The report finds a track's record at the track's place in its manifest: a 10 000-track report keeps no

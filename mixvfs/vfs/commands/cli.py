@@ -176,7 +176,7 @@ def run(args_list: list[str]) -> int:
     if args.command == "mount":
         return cmd_mount(args, args_list)
     if args.command == "unmount":
-        return cmd_unmount(args.mountpoint.expanduser())
+        return cmd_unmount(Path(os.path.realpath(args.mountpoint.expanduser())))
     if args.command == "report":
         return cmd_report(args)
     if args.command == "preflight":
@@ -204,7 +204,7 @@ def mount_options(args: argparse.Namespace) -> mount.MountOptions:
     runtime = settings.runtime()
     return mount.MountOptions(
         session_path=args.session.expanduser().resolve(),
-        mountpoint=args.mountpoint.expanduser().absolute(),
+        mountpoint=Path(os.path.realpath(args.mountpoint.expanduser())),  # as the kernel resolves it: no ..
         runtime=runtime,
         report_path=args.report.expanduser().absolute() if args.report else None,
         log_file=(args.log_file or runtime.cache.root / "logs" / "mixvfs.log").expanduser().absolute(),
@@ -259,8 +259,13 @@ def setup_logging(log_file: Path | None, level: str) -> None:
 def cmd_unmount(mountpoint: Path) -> int:
     from mixvfs.vfs.fs import mount
 
-    report = mount.unmount(mountpoint)
-    print(f"unmounted {mountpoint}" + (f" (report: {report})" if report else ""))
+    done = mount.unmount(mountpoint)
+    report = done.report
+    if done.daemon_died:  # killed: the report is as it last wrote it, and what it had not finished was never had
+        print(f"its daemon had died; cleared the dead mount at {mountpoint}"
+              + (f" (report as last written: {report})" if report else ""))
+    else:
+        print(f"unmounted {mountpoint}" + (f" (report: {report})" if report else ""))
     if report is not None:
         for line in served_summary(report):
             print(line)

@@ -11,9 +11,11 @@ import gc
 import json
 import logging
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
 
 from mixvfs import host
@@ -193,6 +195,7 @@ def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, 
 
     def on_ready() -> None:
         # Before the "ok": once `mixvfs mount` returns, `mixvfs report MOUNTPOINT` finds the report after an unmount.
+        report.publish()
         history.remember(where, report.path, session.name, os.getpid())
         ready.send({"ok": True, "report": str(report.path), "pid": os.getpid()})
 
@@ -201,6 +204,7 @@ def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, 
     if (problem := outlives(bounds)) is not None:
         log.warning("%s", problem)
     platform_options = host.mount_options(volume_name=session.name, daemon_timeout=bounds.daemon_timeout or 0)
+    said_from = log_size(options.log_file)
     try:
         ops = fuse_ops.MixOps(core, on_ready=on_ready, root_xattrs=root_xattrs)
         log.info("mounting %s (%d tracks) at %s", session.name, len(core.tracks), options.mountpoint)
@@ -214,20 +218,50 @@ def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, 
             # it): it has unmounted the folder, which is what the signal asked for.
             log.info("stop signal: the FUSE loop ended (libfuse status %s) and the folder is unmounted", exc)
         else:
-            cause = host.fuse_access_problem()
+            cause = (host.fuse_access_problem() or host.mountpoint_access_problem(options.mountpoint)
+                     or libfuse_said(options.log_file, said_from))
             ready.send({"error": f"cannot mount {options.mountpoint}: {cause}" if cause is not None else
                         f"libfuse could not mount {options.mountpoint} ({exc}); see {options.log_file}"})
+            log.error("nothing was mounted at %s: %s", options.mountpoint, cause or f"libfuse status {exc}")
             status = 1
     except (Stopped, KeyboardInterrupt) as exc:  # a signal just before or just after the FUSE loop
         stopped(ready, exc)
     finally:
         _set_handlers(_finishing)  # from here a signal must not cut the final report short
         core.close()
-        report.close(finished=True)
+        report.close(finished=True)  # a mount that never went live writes none
         for close in closers:
             close()
-        log.info("unmounted %s; report %s", options.mountpoint, report.path)
+        if ready.live:
+            log.info("unmounted %s; report %s", options.mountpoint, report.path)
     return status
+
+
+# A line of our log (cli.setup_logging's format); any other line in the log file came through stderr.
+OUR_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
+
+
+def log_size(log_file: Path | None) -> int | None:
+    try:
+        return None if log_file is None else log_file.stat().st_size
+    except OSError:
+        return None
+
+
+def libfuse_said(log_file: Path | None, since: int | None) -> str | None:
+    """What libfuse or fusermount3 wrote to stderr while mounting — the daemon's stderr is its log file when
+    ``mixvfs mount`` started it —, e.g. "fusermount3: user has no write access to mountpoint …": the lines since
+    ``since`` that are not ours."""
+    if log_file is None or since is None:
+        return None
+    try:
+        with log_file.open("rb") as handle:
+            handle.seek(since)
+            text = handle.read(16 << 10).decode(errors="replace")
+    except OSError:
+        return None
+    said = [line.strip() for line in text.splitlines() if line.strip() and not OUR_LOG_LINE.match(line)]
+    return "; ".join(said) or None
 
 
 def stopped(ready: ReadyChannel, exc: BaseException) -> None:
@@ -251,7 +285,7 @@ def open_session(
                                                                  history.key(options.mountpoint))
     try:
         report = Report(report_path, session=session.name, mountpoint=str(options.mountpoint), records=[],
-                        manifest=str(options.session_path))
+                        manifest=str(options.session_path), publish_later=True)
     except OSError as exc:
         names.close()
         runtime.close()

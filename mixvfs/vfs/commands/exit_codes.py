@@ -13,7 +13,7 @@ TABLE: tuple[tuple[int, str], ...] = (
          "failed)"),
     (FAILED, "the command ran and something failed: a failed track (`report`, `status`, `warm`, `pin`; "
              "`status --watch` when it ends, by Ctrl-C or because the mount went away, with a track failed), "
-             "a mount whose daemon died (`report` of its folder, `status --watch` when it ends), "
+             "a mount whose daemon died (`report` and `status` of its folder, `status --watch` when it ends), "
              "unmount refused (a program has a file or the folder open: the message names `fuser -vm` / "
              "`lsof +f --`), `verify` found corrupt blobs"),
     (USAGE, "bad input: manifest, flags (`--token` is refused by every command), config file, mountpoint "
@@ -21,7 +21,8 @@ TABLE: tuple[tuple[int, str], ...] = (
             "last report is; `report` of a folder never mounted — after an unmount it shows the last report), "
             "unusable cache folder, report or log path; a user who cannot mount "
             "(`mount`: the message names the cause and the fix — no access to `/dev/fuse`, `fusermount3` missing "
-            "or not setuid root); "
+            "or not setuid root, a mountpoint the user may not write to; any other refusal in libfuse's own "
+            "words — and nothing was mounted: no report is written); "
             "`cachectl stats/ls/verify/prune/unpin` on a folder that is not a cache (\"no cache at PATH\"); "
             "`cachectl unpin` of a session that is not pinned"),
     (WILL_FAIL, "`preflight`: the export will fail (a track missing or unauthorized, a server certificate not "

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mixvfs import host
-from mixvfs.cache.errors import ConfigError
+from mixvfs.cache.errors import ConfigError, MixvfsError
 from mixvfs.cache.units import format_size
 from mixvfs.vfs.commands import exit_codes
 
@@ -26,7 +26,10 @@ def read_status(mountpoint: Path) -> dict[str, Any]:
         raw = host.getxattr(mountpoint, STATUS_XATTR)
     except OSError as exc:
         from mixvfs.vfs.fs.history import not_live  # says where the last report is, after an unmount
+        from mixvfs.vfs.fs.mount import DaemonDied, died_text, is_stale
 
+        if is_stale(mountpoint):  # killed, not unmounted: a failure (exit 1), as `mixvfs report` of it
+            raise DaemonDied(died_text(mountpoint)) from None
         raise ConfigError(not_live(mountpoint, exc.strerror)) from None
     data = json.loads(raw)
     if not isinstance(data, dict):
@@ -45,6 +48,8 @@ def format_status(data: dict[str, Any]) -> str:
     lines = [f"session {data.get('session')!r}: {data.get('tracks')} tracks ({counts or 'none'})"]
     if data.get("server"):
         lines.append(f"server: {data['server']}")
+    if data.get("cache"):
+        lines.append(f"cache: {data['cache']}")
     downloading = data.get("downloading", [])
     rate = sum(d.get("rate") or 0 for d in downloading)
     left = [d["total"] - d["available"] for d in downloading if d.get("total") is not None]
@@ -64,6 +69,8 @@ def format_status(data: dict[str, Any]) -> str:
         via = f", from the {d['via']}" if d.get("via") else ""
         lines.append(f"  {d.get('name')}: {done}{share}{speed}{eta}{retry}{via}{server_wait_text(d)}")
     lines += [f"{w.get('origin')}: server asked to wait {w.get('seconds')} s" for w in data.get("server_waits", [])]
+    lines += [f"{w.get('origin')}: has not answered for {w.get('seconds')} s; asked again now and then"
+              for w in data.get("server_silent", [])]
     failed = data.get("failed", [])
     lines.append(f"failed: {data.get('failed_total', len(failed))}")
     lines += [f"  {f.get('name')}: {f.get('error')}" for f in failed]
@@ -130,9 +137,9 @@ class Watched:
         """The status now; None once the mount has gone away after the watch saw it live."""
         try:
             self.last = read_status(self.mountpoint)
-        except ConfigError:
+        except MixvfsError:
             if self.last is None:
-                raise  # never live: the usual "not mounted" (exit 2), naming the last report
+                raise  # never live: the usual "not mounted" (exit 2), naming the last report; a dead one (1)
             return None
         return self.last
 

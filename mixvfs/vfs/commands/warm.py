@@ -98,8 +98,8 @@ def warm(session: Session, runtime: Runtime, *, out: TextIO, tty: bool) -> int:
     interrupted = False
     # Each failure is said once, as a "failed" line: the recorder's own log line for it would reach stderr
     # too (no log handler is set up for cachectl).
-    # stamina's "retry_scheduled" warnings likewise: the tries are counted in the report.
-    quiet = [logging.getLogger("mixvfs.vfs.fs.recorder"), logging.getLogger("stamina")]
+    # The downloads' retry lines likewise: the tries are counted in the report.
+    quiet = [logging.getLogger("mixvfs.vfs.fs.recorder"), logging.getLogger("mixvfs.cache.download.retries")]
     for logger in quiet:
         logger.disabled = True
     events: queue.SimpleQueue[tuple[Download, DownloadEvent, float]] = queue.SimpleQueue()

@@ -26,6 +26,11 @@ def live_status(tracks: list[Track], fetcher: Fetcher, report: Report, *,
     waits = fetcher.http.waits.active()
     if waits:  # an origin that answered 429/503 with Retry-After: nothing is asked of it until then
         status["server_waits"] = waits
+    silent = fetcher.http.silences.silent()
+    if silent:  # an origin that let a request go unanswered: asked nothing but a check now and then
+        status["server_silent"] = silent
+    if fetcher.store.use_refused is not None:  # cached tracks served, their use (LRU, the TTL) not recorded
+        status["cache"] = f"cached tracks are served, but their use is not recorded: {fetcher.store.use_refused}"
     team = fetcher.http.team
     if team is not None:  # per cache: up or down; per track downloaded: team cache (hit/miss) or origin
         status["team_cache"] = team.state()

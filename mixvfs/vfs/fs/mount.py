@@ -91,6 +91,8 @@ def check_mountpoint(mountpoint: Path, *, allow_non_empty: bool = False) -> None
         raise ConfigError(f"mountpoint {mountpoint} is not a folder")
     if os.path.ismount(mountpoint):
         raise ConfigError(f"mountpoint {mountpoint} is already mounted (mixvfs unmount {mountpoint})")
+    if (problem := host.mountpoint_access_problem(mountpoint)) is not None:
+        raise ConfigError(f"cannot mount {mountpoint}: {problem}")
     if not allow_non_empty and holds_files(mountpoint):
         # libfuse 3 mounts over files without a word: they would vanish from view until the unmount.
         raise ConfigError(f"mountpoint {mountpoint} is not empty: mounting would hide its files "
@@ -279,13 +281,29 @@ class UnmountRefused(MixvfsError):
     """The folder is mounted but could not be unmounted (exit 1: the command ran, the unmount failed)."""
 
 
-def unmount(mountpoint: Path, *, wait: float = 30.0) -> Path | None:
+class DaemonDied(MixvfsError):
+    """The folder is a dead mount: its daemon was killed (exit 1, as ``report`` of it: what it had not finished
+    was never had)."""
+
+
+def died_text(mountpoint: Path) -> str:
+    return (f"the mount at {mountpoint} is dead: its daemon died (see its log; `mixvfs report {mountpoint}` shows "
+            f"the report as last written, `mixvfs unmount {mountpoint}` clears the dead mount)")
+
+
+@dataclass(frozen=True)
+class Unmounted:
+    report: Path | None  # the final report (or the last written, for a daemon that died); None when unknown
+    daemon_died: bool  # a dead mount was cleared: its daemon had died (killed) before
+
+
+def unmount(mountpoint: Path, *, wait: float = 30.0) -> Unmounted:
     """Unmount and wait for the daemon to finish its final report; returns the report's path (None when
-    neither the mount nor the history knows it)."""
+    neither the mount nor the history knows it), and whether the daemon had died (a dead mount cleared)."""
     if is_stale(mountpoint):
         clear_stale(mountpoint)
         last = history.recall(mountpoint)
-        return last.report if last else None
+        return Unmounted(last.report if last else None, daemon_died=True)
     if not os.path.ismount(mountpoint):
         raise ConfigError(history.not_live(mountpoint))
     pid, report = mount_info(mountpoint)
@@ -299,7 +317,7 @@ def unmount(mountpoint: Path, *, wait: float = 30.0) -> Path | None:
     deadline = time.monotonic() + wait
     while pid is not None and time.monotonic() < deadline and _alive(pid):
         time.sleep(0.05)
-    return report
+    return Unmounted(report, daemon_died=False)
 
 
 def refusal(mountpoint: Path, stderr: str, fallback: str) -> str:

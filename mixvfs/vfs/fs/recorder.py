@@ -135,10 +135,15 @@ class Recorder:
             self.report.update(track, status=Status.FETCHING, attempts=download.attempts)
         elif event is Event.DONE:
             self.forget_failure(track)
-            self.report.update(track, status=Status.CACHED, bytes=download.total, digest=download.digest,
-                               error=None, attempts=download.attempts, via=download.via)
             # The fetcher forgot this download before telling its end: busy means another one still runs.
-            self._names.add(track, soon=not self.fetcher.busy())
+            last = not self.fetcher.busy()
+            # The last download of a burst (an export's last track, a single `cp`): on disk now, not with the next
+            # batch, so a `mixvfs report` right after the copy does not show it still fetching — when the report
+            # is small enough to write at once; a big one keeps to its batches.
+            self.report.update(track, status=Status.CACHED, bytes=download.total, digest=download.digest,
+                               error=None, attempts=download.attempts, via=download.via,
+                               urgent=last and self.report.writes_quickly())
+            self._names.add(track, soon=last)
         elif event is Event.FAILED and download.error is not None:
             if not self.fetcher.busy():
                 self._names.flush()

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.2
+QUICK_RECORDS = 2000  # a report this small is written through at the end of a burst of downloads (Recorder)
 
 
 class Status(enum.StrEnum):
@@ -134,7 +135,10 @@ def utc_stamp(at: float | None = None) -> str:
 
 class Report:
     def __init__(self, path: Path, *, session: str, mountpoint: str, records: Sequence[Entry],
-                 manifest: str | None = None) -> None:
+                 manifest: str | None = None, publish_later: bool = False) -> None:
+        """``publish_later``: nothing is written until :meth:`publish` (a mount's report, once its folder is live:
+        a mount that never happened leaves no report, nor overwrites the last one); the path is checked writable
+        now."""
         self.path = path
         self.session = session
         self._header: dict[str, Any] = {"session": session, "mountpoint": mountpoint, "started": utc_stamp()}
@@ -158,9 +162,30 @@ class Report:
         self._shown_at: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._flusher, name="report", daemon=True)
+        self._unpublished = publish_later
         path.parent.mkdir(parents=True, exist_ok=True)
+        if publish_later:
+            probe = self._temp_path()
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+            os.unlink(probe)
+            return
         self.write()
         self._thread.start()
+
+    def writes_quickly(self) -> bool:
+        """Whether a write costs little whatever the machine's load: a report of at most ``QUICK_RECORDS`` tracks
+        (a few milliseconds to write)."""
+        return len(self._records) <= QUICK_RECORDS
+
+    def publish(self) -> None:
+        """Write the report and keep it current from now on (one made with publish_later; at once for any other)."""
+        if self._unpublished:
+            self._unpublished = False
+            self.write()
+            self._thread.start()
+
+    def _temp_path(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
     def _place(self, key: str | Track) -> int | None:
         """Where the record of ``key`` (a track, or a track's id) is; None: not in this session. Under the lock."""
@@ -215,7 +240,7 @@ class Report:
     def _write_through(self, needed: int) -> None:
         """Return once the file holds version ``needed``: at once if a write already did (a repeated
         identical failure), else after our write — or after another thread's, if it took our change."""
-        if self._written >= needed:
+        if self._written >= needed or self._unpublished:
             return
         try:
             with self._write_lock:
@@ -256,6 +281,8 @@ class Report:
             return header, list(self._records), self._version
 
     def write(self, **extra: Any) -> None:
+        if self._unpublished:
+            return  # not published yet: the mount is not live (and may never be)
         with self._write_lock:
             self._write_locked(**extra)
 
@@ -265,7 +292,7 @@ class Report:
         started = time.monotonic()
         header, records, version = self._records_now()
         header.update(extra)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp = self._temp_path()
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
             fd = os.open(tmp, flags, 0o600)
@@ -287,7 +314,8 @@ class Report:
     def close(self, **extra: Any) -> None:
         self._stop.set()
         self._dirty.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         try:
             self.write(**extra)
         except OSError as exc:  # the caller still has a cache to close

@@ -443,6 +443,8 @@ class SessionFS:
         acquired = self.fetcher.acquire(track.source)
         if acquired.download is None:
             assert acquired.entry is not None
+            if acquired.unrecorded is not None:
+                self.report.update(track, note=f"served from cache; its use was not recorded: {acquired.unrecorded}")
             version = Version(blob_key(acquired.entry.digest), acquired.entry.size, self.state.mtime(track))
             return BlobHandle(track, acquired.fd), version
         download = acquired.download
