@@ -339,6 +339,10 @@ class Download:
         policy = self.wiring.retry
         say_retries_in_our_words()
         _retrying.download = self
+        # Once an attempt met a stall (for a silent origin: no headers in time), the next ones are never the
+        # origin's check: the reader would wait a second stall timeout for a question asked after its own went
+        # unanswered.
+        stalled = False
         for attempt in stamina.retry_context(
             on=TransientError,
             attempts=policy.attempts,
@@ -356,7 +360,11 @@ class Download:
                     self._announce(Event.ATTEMPT)
                 self.resuming = False
                 try:
-                    self._attempt()
+                    with self.wiring.http.silences.no_check(stalled):
+                        self._attempt()
+                except StallTimeout:
+                    stalled = True
+                    raise
                 except ServerBusy as exc:
                     if self.wiring.meter is not None:
                         self.wiring.meter.pushed_back()

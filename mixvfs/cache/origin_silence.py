@@ -8,15 +8,19 @@ whatever the status) or any failure that is not a silence (a refused or reset co
 
 Only the wait for an answer counts: a body that stalls after its headers is one download's trouble, met by its
 own retry. Requests already sent when the first silence is known are left to their own timeouts; each that ends
-unanswered counts as a check that failed then. No HTTP here; the clock is injected.
+unanswered counts as a check that failed then. A request whose own earlier question met silence (a download's next
+attempt) is never the check: its reader would wait a second stall timeout for a question asked after its first one
+had already gone unanswered; it fails at once like the others (:meth:`OriginSilences.no_check`). No HTTP here; the
+clock is injected.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from mixvfs.cache.defaults import SILENT_CHECK_FIRST, SILENT_CHECK_LONGEST
@@ -41,6 +45,23 @@ class OriginSilences:
         self.clock = clock
         self._lock = threading.Lock()
         self._silent: dict[str, Silence] = {}
+        self._no_check = threading.local()  # set in a thread whose requests must not be the check
+
+    @contextlib.contextmanager
+    def no_check(self, when: bool = True) -> Iterator[None]:
+        """While inside (and ``when``), this thread's requests to a silent origin are refused even when a check is
+        due: for a request that retries one already unanswered, whose reader must not wait a second stall timeout."""
+        before = getattr(self._no_check, "on", False)
+        self._no_check.on = before or when
+        try:
+            yield
+        finally:
+            self._no_check.on = before
+
+    def is_silent(self, url: str) -> bool:
+        """``url``'s origin let a request go unanswered and has not answered since."""
+        with self._lock:
+            return origin_key(url) in self._silent
 
     def before(self, url: str) -> None:
         """Before a request to ``url``: raises :class:`NotAnswering` (nothing is sent) while its origin is
@@ -52,7 +73,7 @@ class OriginSilences:
             silence = self._silent.get(key)
             if silence is None:
                 return
-            if now >= silence.next_check:
+            if now >= silence.next_check and not getattr(self._no_check, "on", False):
                 # A scout that never ended (its thread killed) holds the others back at most ``longest``.
                 silence.scouting = True
                 silence.next_check = now + self.longest

@@ -53,6 +53,28 @@ def test_server_blip_at_mount_never_empties_a_cached_track(tmp_path, server_root
     assert len(devserver.requests("GET", "/stream/t1.wav")) == 1  # all served from the cache
 
 
+def test_a_read_waits_one_stall_on_a_silent_server_its_retries_are_never_the_check(
+        tmp_path, server_root, devserver, mounter):
+    """The size is in the manifest, so the folder is live at once; the server takes the GET and says nothing.
+    The download's first attempt meets the stall timeout; its next attempts (the retry waits add up to more than
+    the pause before the origin's check) are refused at once: none of them is the check, whose stall the reader
+    would wait a second time. cp gets EIO after one stall timeout, the report says why."""
+    track = cloud_track(server_root, "t1", 60_000)
+    session = write_session(tmp_path / "s.json", [track], server=devserver.url)
+    devserver.set_faults({"*": {"hold": "silent"}})
+    try:
+        # Retry waits 1 + 2 + 4 s (jitter aside): the last attempt comes after the 5 s pause before a check.
+        mount = mounter(session, "--no-prefetch", "--retries", "4", "--retry-wait", "1s", "--stall-timeout", "2s")
+        failed = cp(mount.path / name_of("t1"), tmp_path / "t1.wav")
+        assert failed.returncode != 0 and "Input/output error" in failed.stderr
+        assert devserver.held("silent") == 1  # the first attempt only: no retry was sent as the check
+        record = mount.track("t1")
+        assert record["status"] == "failed" and record["attempts"] == 4, record
+        assert "has not answered" in record["error"], record
+    finally:
+        devserver.release("silent")
+
+
 def test_a_server_that_never_answers_costs_a_listing_one_stall_not_one_per_track(
         tmp_path, server_root, devserver, mounter):
     """The server takes each connection and says nothing. Once one question went unanswered for the stall

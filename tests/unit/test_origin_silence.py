@@ -76,6 +76,19 @@ def test_a_request_sent_before_the_silence_was_known_and_unanswered_since_puts_t
     held.before(URL)
 
 
+def test_a_retry_of_an_unanswered_request_is_never_the_check():
+    """A download's next attempt after its own went unanswered: its reader must not wait a second stall timeout
+    for a check that starts after its first question timed out. It fails at once; a fresh request is the check."""
+    held, clock = silences()
+    held.unanswered(URL, "stall timeout")
+    clock.at += 7.0  # the check is due
+    with held.no_check(), pytest.raises(NotAnswering):
+        held.before(URL)
+    with held.no_check(False):
+        held.before(URL)  # not a retry: this one is the check
+    assert held.is_silent(URL) and not held.is_silent("http://cdn.example/a.wav")
+
+
 def test_an_answer_ends_the_silence():
     held, clock = silences()
     held.unanswered(URL, "connect timeout")
