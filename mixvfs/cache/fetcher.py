@@ -233,12 +233,16 @@ class Fetcher:
 
     def stop(self) -> None:
         """Stop now, without waiting: no new download, every reader waiting for bytes fails at once, every
-        download is cancelled (its worker gives up at its next chunk). Idempotent; :meth:`close` does it too."""
+        download is cancelled (its worker gives up at its next chunk), and every connection is shut down: a
+        request waiting for a server that sends no headers (a download's, a ``stat``'s size probe) ends now
+        instead of at its stall timeout, which held the unmount and the stop for seconds. Idempotent;
+        :meth:`close` does it too."""
         with self._lock:
             self._closed = True
             downloads = list(self._active.values())
         for download in downloads:
             download.stop()
+        self.http.cut_connections()
 
     def close(self, wait: float | None = None) -> None:
         """:meth:`stop`, then wait for the workers: at most ``wait`` seconds in all (default 3)."""

@@ -10,10 +10,12 @@ import enum
 import functools
 import logging
 import secrets
+import socket
 import ssl
 import threading
 import time
 import urllib.request
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -28,6 +30,7 @@ from mixvfs.cache.defaults import CONNECT_TIMEOUT, JOBS, KEEPALIVE_EXPIRY, STALL
 from mixvfs.cache.errors import (
     AuthRejected,
     BadBody,
+    Cancelled,
     CertificateNotTrusted,
     FetchError,
     NetworkError,
@@ -170,6 +173,11 @@ class HttpClient:
         # the download controller's first word on how long the link is (cache/concurrency.py).
         self.on_handshake: Callable[[float], None] | None = None
         self._handshakes = threading.local()
+        # Every TCP connection this client opened (httpcore's network streams, learned from its trace events),
+        # for :meth:`cut_connections`: a thread waiting for an answer is woken only by its socket's shutdown.
+        self._streams: weakref.WeakSet[object] = weakref.WeakSet()
+        self._streams_lock = threading.Lock()
+        self._cut = False
         # One connection pool, shared by the client and the direct requests below.
         self._transport = httpx.HTTPTransport(
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
@@ -191,6 +199,21 @@ class HttpClient:
 
     def close(self) -> None:
         self._client.close()
+
+    def cut_connections(self) -> int:
+        """The process is stopping: shut every connection down, so that each request under way ends now — one
+        waiting for a server that sends no headers would otherwise hold its thread (a download's worker, a
+        ``stat``) for the stall timeout, and the stop with it. No request is sent after this. Returns how many
+        connections were open."""
+        with self._streams_lock:
+            self._cut = True
+            streams = list(self._streams)
+        for stream in streams:
+            sock = stream.get_extra_info("socket")  # type: ignore[attr-defined]
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):  # already closed by its own thread
+                    sock.shutdown(socket.SHUT_RDWR)
+        return len(streams)
 
     def check_team_stores(self) -> None:
         """Ask each team cache whether it stores what it fetches (two small requests, no token: the check is
@@ -215,19 +238,27 @@ class HttpClient:
 
     def _before_request(self, request: httpx.Request) -> None:
         url = str(request.url)
+        if self._cut:
+            raise Cancelled("not sent: the mount is stopping")
         self.waits.check(url)  # raises (nothing is sent) while the origin's wait runs
         self.silences.before(url)  # raises while the origin is silent, unless this request is the check
-        _awaiting.request = (self.silences, url)  # until its headers arrive (httpx_errors: its end without them)
-        if self.on_handshake is not None:
-            request.extensions["trace"] = self._trace  # httpcore's events for this request (httpx's "trace")
+        _awaiting.request = (self, url)  # until its headers arrive (httpx_errors: its end without them)
+        request.extensions["trace"] = self._trace  # httpcore's events for this request (httpx's "trace")
 
-    def _trace(self, event: str, _info: dict[str, object]) -> None:
+    def _trace(self, event: str, info: dict[str, object]) -> None:
         """httpcore calls this in the request's thread: a new connection's TCP connect began, or ended."""
         if event == "connection.connect_tcp.started":
             self._handshakes.began = time.monotonic()
-        elif event == "connection.connect_tcp.complete" and self.on_handshake is not None:
+        elif event == "connection.connect_tcp.complete":
+            stream = info.get("return_value")
+            if stream is not None:
+                with self._streams_lock:
+                    self._streams.add(stream)
+                    cut = self._cut
+                if cut:  # made while the stop cut the others: cut too
+                    self.cut_connections()
             began = getattr(self._handshakes, "began", None)
-            if began is not None:
+            if began is not None and self.on_handshake is not None:
                 self.on_handshake(time.monotonic() - began)
 
     def _after_response(self, response: httpx.Response) -> None:
@@ -591,16 +622,21 @@ def check_status(response: httpx.Response, url: str) -> None:
 _awaiting = threading.local()
 
 
-def _tell_silences(exc: BaseException) -> None:
+def _tell_silences(exc: BaseException) -> bool:
+    """Tell the silences how the request awaiting its answer ended; True when the stop cut it (nothing to tell)."""
     pending = getattr(_awaiting, "request", None)
     if pending is None:
-        return
+        return False
     _awaiting.request = None
-    silences, url = pending
+    client, url = pending
+    if client._cut:  # the process is stopping: its connection was shut down, the server said nothing
+        return True
     if isinstance(exc, httpx.ReadTimeout | httpx.ConnectTimeout):  # nothing came back within the timeout
-        silences.unanswered(url, "connect timeout" if isinstance(exc, httpx.ConnectTimeout) else "stall timeout")
+        client.silences.unanswered(url, "connect timeout" if isinstance(exc, httpx.ConnectTimeout)
+                                   else "stall timeout")
     else:  # refused, reset, closed: the server (or the network) said something
-        silences.answered(url)
+        client.silences.answered(url)
+    return False
 
 
 @contextlib.contextmanager
@@ -612,7 +648,8 @@ def httpx_errors(url: str) -> Iterator[None]:
         try:
             yield
         except (httpx.HTTPError, httpx.StreamError) as exc:
-            _tell_silences(exc)
+            if _tell_silences(exc):
+                raise Cancelled("the mount is stopping: the request was cut before the server answered") from exc
             raise
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         if (why := certificate_failure(exc)) is not None:

@@ -345,3 +345,33 @@ def test_a_restart_after_a_crash_clears_the_dead_mount_and_serves_then_logout_un
     assert not mounted(mountpoint)
     assert "cleared a stale mount" in log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize("how", ["unmount", "SIGTERM"])
+def test_downloads_waiting_for_headers_end_at_the_stop_none_left_fetching(how, reaper, tmp_path, server_root,
+                                                                          devserver, mounter):
+    """A server that takes each GET and sends no headers, the stall timeout far beyond the test: at an unmount or
+    a stop signal the requests still waiting for an answer are cut (their connections shut down), so each
+    prefetch download ends then, and the final report shows none of them still fetching (a worker left waiting
+    in its request kept its track "fetching" past the end, and held the daemon seconds after the FUSE loop)."""
+    tracks = [cloud_track(server_root, f"t{n}", 100_000 + n, seed=n) for n in range(4)]
+    session = write_session(tmp_path / "s.json", tracks, server=devserver.url)
+    devserver.set_faults({"*": {"hold": "h"}})
+    try:
+        mount = mounter(session, "--stall-timeout", "600s")
+        pid = daemon_pid(mount, reaper)
+        devserver.wait_held("h", len(tracks))
+        if how == "unmount":
+            done = run([MIXVFS, "unmount", str(mount.path)], timeout=HANG_GUARD)
+            assert done.returncode == 0, done.stdout + done.stderr
+            mount.mounted = False
+            assert reaper.exit_status(pid) == 0
+            report = mount.report()
+        else:
+            report = stop_and_check(mount, pid, signal.SIGTERM, reaper)
+        assert report.get("finished") is True
+        statuses = {record["id"]: record["status"] for record in report["tracks"]}
+        assert statuses == {track["id"]: "pending" for track in tracks}, statuses
+        assert not list((mount.cache_dir / "staging").glob("*.part"))
+    finally:
+        devserver.release("h")

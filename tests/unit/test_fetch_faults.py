@@ -259,6 +259,34 @@ def test_stop_fails_a_waiting_reader_at_once_even_with_the_worker_stuck_in_a_rea
     assert not list(store.staging.glob("*.part"))
 
 
+def test_stop_cuts_a_request_waiting_for_headers_and_its_worker_ends_now(served, store, make_fetcher):
+    """A server that takes the GET and sends no headers: the worker waits in the request, where a cancel is not
+    seen, for the stall timeout (here far longer than the test). The stop shuts its connection down: the worker
+    ends now, the download Cancelled (not a network failure, and the origin not marked silent), and nothing is
+    sent after the stop."""
+    server, _ = served
+    server.set_faults({"/a.wav": {"hold": "h"}})  # parked before any header
+    http = HttpClient(stall_timeout=600.0)
+    fetcher = make_fetcher(store, retry=POLICY, limits=Limits(stall_timeout=600.0), http=http)
+    source = Source(server.url_for("a.wav"), size=SIZE, label="a")
+    try:
+        download = fetcher.prefetch(source, 0)
+        assert download is not None
+        server.wait_held("h")
+        fetcher.stop()
+        assert download.ended.wait(timeout=30)  # a hang guard only
+        assert isinstance(download.error, Cancelled), download.error
+        assert http.silences.silent() == []
+        with pytest.raises(Cancelled):
+            http.probe(server.url_for("a.wav"))
+        assert server.held("h") == 1  # the probe after the stop was never sent
+    finally:
+        server.release("h")
+        fetcher.close()
+        fetcher.index.close()
+        http.close()
+
+
 def test_a_wait_past_its_deadline_fails_that_read_alone_and_the_download_goes_on(served, store, http, make_fetcher):
     """macOS's request bound (vfs/fs/deadlines.py): a read whose deadline has passed gets RequestWaitExceeded
     instead of waiting for bytes the parked server does not send; the bytes already held are still served
