@@ -108,3 +108,19 @@ def test_a_server_that_never_answers_costs_a_listing_one_stall_not_one_per_track
         assert mount.track("s0")["status"] == "failed"
     finally:
         devserver.release("silent")
+
+
+def test_answers_that_come_after_the_folder_went_live_are_kept_and_a_stat_waits_for_them(
+        tmp_path, server_root, devserver, mounter):
+    """A server slower than the mount's 10 s for its questions: the folder goes live without the sizes, the
+    questions go on, and their answers are kept. ls -l waits for those answers instead of asking each size again,
+    one track at a time: the server is asked once per track in all, and every size is right."""
+    sizeless = [cloud_track(server_root, f"s{n}", 40_000 + n, seed=n, declare_size=False) for n in range(6)]
+    session = write_session(tmp_path / "s.json", sizeless, server=devserver.url)
+    devserver.set_faults({"*": {"delay": 11, "head": True}})  # past the mount's 10 s for its questions
+    mount = mounter(session, "--no-prefetch")
+    listing = run(["ls", "-l", str(mount.path)], timeout=120)  # the timeout: a hang guard only
+    assert listing.returncode == 0, listing.stderr
+    for track in sizeless:
+        assert os.stat(mount.path / name_of(track["id"])).st_size == 40_000 + int(track["id"][1:])
+    assert len(devserver.requests("HEAD")) == len(sizeless), devserver.requests("HEAD")

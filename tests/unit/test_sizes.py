@@ -5,7 +5,10 @@ from __future__ import annotations
 import sys
 import threading
 
+from mixvfs.cache.errors import StallTimeout
+from mixvfs.cache.remote import RemoteInfo
 from mixvfs.vfs.fs.sizes import learn_sizes
+from mixvfs.vfs.session.late_answers import LateAnswers
 from tests.conftest import wait_until
 from tools.make_audio import write_sized
 
@@ -43,3 +46,23 @@ def test_a_stat_while_the_background_asks_for_a_size_waits_for_that_answer(make_
     background.join(30)
     assert answers == [5000]
     assert len(devserver.requests("HEAD", "/t.wav")) == 2  # the mount's and the background's: none from the stat
+
+
+def test_an_answer_that_comes_after_the_folder_went_live_is_kept_and_a_stat_waits_for_it():
+    """The mount's question still open at its deadline: the answer that comes later is handed to the mount (also
+    one that came before the mount listened), and a stat waiting for it wakes with it, no second question."""
+    late = LateAnswers()
+    late.asking([(0, "http://a/0.wav"), (1, "http://a/1.wav"), (2, "http://a/2.wav")])
+    late.arrived(0, "http://a/0.wav", RemoteInfo(100, None, None))  # before the mount listens
+    heard: list[tuple[int, object]] = []
+    late.listen(lambda place, _url, answer: heard.append((place, answer)))
+    assert heard == [(0, RemoteInfo(100, None, None))]
+    assert late.pending(1, "http://a/1.wav") and not late.pending(0, "http://a/0.wav")
+    waited: list[object] = []
+    stat = threading.Thread(target=lambda: waited.append(late.wait(1, "http://a/1.wav", None)), daemon=True)
+    stat.start()
+    late.arrived(1, "http://a/1.wav", RemoteInfo(200, None, None))
+    stat.join(timeout=30)  # a hang guard only
+    assert waited == [RemoteInfo(200, None, None)] and heard[-1] == (1, RemoteInfo(200, None, None))
+    late.arrived(2, "http://a/2.wav", StallTimeout("timed out"))
+    assert not late.any_pending() and late.wait(3, "http://a/3.wav", None) is None  # never asked: no wait

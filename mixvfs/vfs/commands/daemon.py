@@ -27,6 +27,7 @@ from mixvfs.vfs.fs.mount import MountOptions, check_mountpoint, check_paths
 from mixvfs.vfs.fs.report import Report, default_report_path
 from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.runtime import open_runtime
+from mixvfs.vfs.session.late_answers import LateAnswers
 from mixvfs.vfs.session.live import ManifestWatcher
 from mixvfs.vfs.session.manifest import Session, load_manifest
 from mixvfs.vfs.session.tracks import Kind, NameKeeper, Track, build_tracks
@@ -277,7 +278,8 @@ def open_session(
     refusing the token or out of reach)."""
     # Every origin the token may travel to: the server and any absolute cloud URL of a track.
     runtime = open_runtime(options.runtime, origins=[session.server, *(t.cloud_url for t in session.tracks)])
-    tracks = build_tracks(session, http=runtime.http, index=runtime.index, waiting=say)
+    late = LateAnswers()
+    tracks = build_tracks(session, http=runtime.http, index=runtime.index, waiting=say, late=late)
     names = NameKeeper(runtime.index)
     names.keep(session.name, tracks)
     runtime.watch_team_stores(options.runtime.team_reset_after)
@@ -292,7 +294,7 @@ def open_session(
         raise ConfigError(f"report {report_path}: cannot write it: {exc.strerror or exc}") from None
     core = SessionFS(tracks, runtime.fetcher, report, failed_for=options.failed_for, prefetch=options.prefetch,
                      confirm_ahead=options.prefetch, mtime=session.mtime, foreground=runtime.foreground,
-                     attr_timeout=options.attr_timeout, request_wait=options.bounds().request_wait)
+                     attr_timeout=options.attr_timeout, request_wait=options.bounds().request_wait, late=late)
     report.replace_records(core.initial_records())
     log_missing(tracks)
     core.server.hear_listing(tracks)

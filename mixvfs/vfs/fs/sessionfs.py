@@ -30,6 +30,7 @@ from mixvfs.cache.errors import (
 )
 from mixvfs.cache.fetcher import Fetcher, Foreground
 from mixvfs.cache.http import Freshness
+from mixvfs.cache.remote import RemoteInfo
 from mixvfs.vfs.fs.backing import BackingTable
 from mixvfs.vfs.fs.handles import (
     BlobHandle,
@@ -50,6 +51,7 @@ from mixvfs.vfs.fs.recorder import Recorder
 from mixvfs.vfs.fs.report import Entry, Report, Status, listed_record
 from mixvfs.vfs.fs.server_word import ServerWord
 from mixvfs.vfs.fs.sizes import learn_sizes
+from mixvfs.vfs.session.late_answers import LateAnswers
 from mixvfs.vfs.session.tracks import TRACK_NAME, Kind, SortedTracks, SourceTracks, Track, local_problem
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ class SessionFS:
         attr_timeout: float = 1.0,
         now: Callable[[], float] = time.monotonic,  # durations only: a wall-clock step must not move them
         request_wait: float | None = None,
+        late: LateAnswers | None = None,
     ) -> None:
         self.fetcher = fetcher
         # The longest one FUSE request may wait for a download (None: as long as it progresses); macFUSE
@@ -108,6 +111,18 @@ class SessionFS:
         self.prefetcher = Prefetcher(fetcher, self.recorder)
         self._sizes_thread: threading.Thread | None = None
         self.look_ahead = LookAhead(fetcher, self.state, self.foreground, self._apply_freshness, self._prefetch_stop)
+        # The mount's questions still open when the folder went live: their answers are kept as they come, and a
+        # stat of such a track waits for its question rather than asking again.
+        self.late = late or LateAnswers()
+        self.late.listen(self._late_answer)
+
+    def _late_answer(self, place: int, url: str, answer: RemoteInfo | FetchError) -> None:
+        tracks = self.tracks
+        track = tracks[place] if place < len(tracks) else None
+        if track is None or track.source is None or track.source.url != url or isinstance(answer, FetchError):
+            return  # a reload changed the listing, or no answer: the sizes thread and a stat ask again
+        self.state.learn_size(track, answer.size)
+        self.state.answered(track)
 
     # -- listing -------------------------------------------------------------------------------------
 
@@ -305,6 +320,9 @@ class SessionFS:
             self.recorder.record_failure(track, error, track_failed=False)
             raise error
         try:
+            if self.state.size(track) is None and self.late.pending(track.spec.index, track.source.url):
+                # The mount's own question about it is still open: its answer, not a second question.
+                self.late.wait(track.spec.index, track.source.url, self.request_wait)
             if self.state.size(track) is None:
                 try:
                     self.state.learn_size(track, self.fetcher.probe(track.source).size)
@@ -557,7 +575,7 @@ class SessionFS:
                                         and (size := self.state.size(t)) is not None])
             self._sizes_thread = threading.Thread(target=learn_sizes, name="sizes", daemon=True,
                                                   args=(lambda: self.tracks, self.fetcher, self.state,
-                                                        self._prefetch_stop))
+                                                        self._prefetch_stop, self.late))
             self._sizes_thread.start()
         self.start_revalidating()
         if self.prefetch_enabled:

@@ -10,20 +10,23 @@ from collections.abc import Callable
 from mixvfs.cache.errors import FetchError
 from mixvfs.cache.fetcher import Fetcher
 from mixvfs.vfs.fs.mount_state import MountState
+from mixvfs.vfs.session.late_answers import LateAnswers
 from mixvfs.vfs.session.tracks import Kind, Track
 
 FIRST_PAUSE, LONGEST_PAUSE = 1.0, 60.0
 
 
 def learn_sizes(listing: Callable[[], list[Track]], fetcher: Fetcher, state: MountState,
-                stop: threading.Event) -> None:
+                stop: threading.Event, late: LateAnswers | None = None) -> None:
     """Until every size-less cloud track whose probe failed has an answer, or ``stop``; ``listing``: the tracks
-    now (a live reload swaps them)."""
+    now (a live reload swaps them). A track whose mount-time question is still open (``late``) is not asked
+    again: its answer is on its way."""
     pause = FIRST_PAUSE
     while not stop.wait(pause):
         unknown = [t for t in listing() if t.kind is Kind.CLOUD and state.size(t) is None
-                   and t.source is not None and state.probe_failure(t) is not None]
-        if not unknown:
+                   and t.source is not None and state.probe_failure(t) is not None
+                   and not (late is not None and late.pending(t.spec.index, t.source.url))]
+        if not unknown and not (late is not None and late.any_pending()):
             return
         for track in unknown:
             assert track.source is not None

@@ -30,6 +30,7 @@ from mixvfs.vfs.session.naming import assign_names
 if TYPE_CHECKING:  # only annotations: naming tracks (check-export) needs neither httpx nor diskcache
     from mixvfs.cache.http import HttpClient
     from mixvfs.cache.index import SourceIndex
+    from mixvfs.vfs.session.late_answers import LateAnswers
 
 log = logging.getLogger(__name__)
 
@@ -303,18 +304,19 @@ PROBE_DEADLINE = 10.0
 
 def build_tracks(session: Session, *, http: HttpClient | None, index: SourceIndex | None,
                  questions: int = QUESTIONS, deadline: float = PROBE_DEADLINE,
-                 waiting: Callable[[str], None] | None = None) -> list[Track]:
+                 waiting: Callable[[str], None] | None = None, late: LateAnswers | None = None) -> list[Track]:
     """``http`` None: the server is not asked (what it said last time comes from ``index``, if any: no
     cache at all means no index, as for ``mixvfs check-export`` on a machine that never mounted).
     The server is asked for at most ``deadline`` seconds in all: a track it has not answered for by then is
     treated as one it could not answer for (its size asked again in the background, and at lookup), a
     transient failure (too slow now, not missing). ``waiting`` is told, once, what is being waited for when
-    the answers take longer than ``SLOW_SERVER_NOTICE``."""
+    the answers take longer than ``SLOW_SERVER_NOTICE``. ``late``: the questions still open at the deadline go on
+    in the background and their answers go there (a mount); without it they are dropped (the askers stop)."""
     tracks = [classify(spec, session.mtime) for spec in session.tracks]  # then frozen, once named
     cloud = [t for t in tracks if t.kind is Kind.CLOUD]
     needs_server = [t for t in cloud if t.size is None or _static_ext(t) is None]
     if needs_server and http is not None and index is not None:
-        _probe_all(needs_server, http, index, questions, deadline, waiting)
+        _probe_all(needs_server, http, index, questions, deadline, waiting, late)
     for track in needs_server:
         if track.remote is None and index is not None:
             track.remote = index.remote(track.spec.cloud_url or "")  # server down: what it said last time
@@ -331,7 +333,7 @@ def _static_ext(track: Draft) -> str | None:
 
 
 def _probe_all(tracks: list[Draft], http: HttpClient, index: SourceIndex, questions: int, deadline: float,
-               waiting: Callable[[str], None] | None = None) -> None:
+               waiting: Callable[[str], None] | None = None, late: LateAnswers | None = None) -> None:
     """Ask the server about ``tracks``, a few at a time, for at most ``deadline`` seconds. The answers are
     applied here, in the calling thread: a probe still running at the deadline changes no track. The askers
     are daemon threads (not a ThreadPoolExecutor, whose threads the interpreter joins at exit): a stop
@@ -341,6 +343,7 @@ def _probe_all(tracks: list[Draft], http: HttpClient, index: SourceIndex, questi
         todo.put(position)
     answers: dict[int, RemoteInfo | FetchError] = {}
     all_in = threading.Condition()
+    handed_over = False  # the deadline passed: answers go to ``late``
 
     def asker() -> None:
         while True:
@@ -352,6 +355,9 @@ def _probe_all(tracks: list[Draft], http: HttpClient, index: SourceIndex, questi
             with all_in:
                 answers[position] = answer
                 all_in.notify_all()
+                late_one = handed_over
+            if late_one and late is not None:
+                late.arrived(tracks[position].spec.index, tracks[position].spec.cloud_url or "", answer)
 
     for number in range(min(len(tracks), questions)):
         threading.Thread(target=asker, name=f"probe-{number}", daemon=True).start()
@@ -362,19 +368,23 @@ def _probe_all(tracks: list[Draft], http: HttpClient, index: SourceIndex, questi
             waiting(slow_server_text(tracks, len(tracks) - len(answers), deadline))
         all_in.wait_for(lambda: len(answers) == len(tracks), timeout=max(0.0, deadline - (time.monotonic() - started)))
         got = dict(answers)
-    while True:  # the ones not started yet are never asked now
+        handed_over = True
+        if late is not None:  # asked on in the background, 32 at once: each answer is kept when it comes
+            late.asking([(t.spec.index, t.spec.cloud_url or "") for position, t in enumerate(tracks)
+                         if position not in got])
+    while late is None:  # the ones not started yet are never asked now
         try:
             todo.get_nowait()
         except queue.Empty:
             break
     for position, answer in got.items():
         _apply(tracks[position], answer)
-    late = [t for position, t in enumerate(tracks) if position not in got]
-    if late:
+    unanswered = [t for position, t in enumerate(tracks) if position not in got]
+    if unanswered:
         log.warning("the server had not answered about %d track(s) after %g s; the folder goes live without "
-                    "them: each size is asked again in the background, and when a program looks", len(late),
-                    deadline)
-        for track in late:
+                    "them: their questions go on in the background, and a program that looks waits for its "
+                    "track's answer", len(unanswered), deadline)
+        for track in unanswered:
             _apply(track, StallTimeout(f"the server did not answer within {deadline:g} s"))
 
 
