@@ -58,11 +58,6 @@ class OriginSilences:
         finally:
             self._no_check.on = before
 
-    def is_silent(self, url: str) -> bool:
-        """``url``'s origin let a request go unanswered and has not answered since."""
-        with self._lock:
-            return origin_key(url) in self._silent
-
     def before(self, url: str) -> None:
         """Before a request to ``url``: raises :class:`NotAnswering` (nothing is sent) while its origin is
         silent, unless this request is let through as the one scout (then it must end in :meth:`answered` or
