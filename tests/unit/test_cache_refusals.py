@@ -231,3 +231,27 @@ def test_a_thread_whose_connection_met_a_refusal_writes_again_once_the_database_
     assert store.use_refused is None
     again = [r for r in caplog.records if "records the uses of cached tracks again" in r.getMessage()]
     assert len(again) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_a_download_read_whole_that_the_cache_would_not_take_is_not_a_failed_track(
+        make_fs, server_root, devserver, tmp_path, caplog):
+    """The database refusing the commit of a verified download: its reader still reads every byte (its own
+    descriptor of the staging file), so the copy is whole and the track must not be reported failed (nor answer
+    EIO for ``failed_for``): pending, with the cause as a note; read again, it is downloaded and cached."""
+    write_sized(server_root / "t.wav", 300_000, seed=2)
+    write_sized(server_root / "u.wav", 1000, seed=3)
+    fs = make_fs([entry("u", size=1000), entry("t", size=300_000)], devserver.url)
+    expected = (server_root / "t.wav").read_bytes()
+    assert read_all(fs, "A - u.wav") == (server_root / "u.wav").read_bytes()  # the database's files exist
+    settle(fs)
+    with database_refusing_writes(tmp_path / "cache" / "blobs"):
+        assert read_all(fs, "A - t.wav") == expected
+        settle(fs)
+    record = fs.report.record("t")
+    assert record.status == "pending" and record.error is None and record.reader_error is None, record
+    assert record.note == f"read whole, but not cached: the cache could not take the download: {REFUSED_WRITE}"
+    assert on_disk(fs, "t")["status"] == "pending"
+    assert fs.recorder.failed_now(fs.lookup("A - t.wav")) is None
+    assert read_all(fs, "A - t.wav") == expected  # not failed for failed_for: downloaded again, and kept
+    settle(fs)
+    assert fs.report.record("t").status == "cached"
