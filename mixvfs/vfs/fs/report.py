@@ -142,6 +142,7 @@ class Report:
         self.path = path
         self.session = session
         self._header: dict[str, Any] = {"session": session, "mountpoint": mountpoint, "started": utc_stamp()}
+        self.unwritten: str | None = None  # why the final report could not be written (close), else None
         if manifest is not None:  # `mixvfs check-export REPORT` finds the local tracks' sources through it
             self._header["manifest"] = manifest
         # In session order (a change keeps its place). Found by the track's place in its manifest, which is its
@@ -319,7 +320,8 @@ class Report:
         try:
             self.write(**extra)
         except OSError as exc:  # the caller still has a cache to close
-            log.error("cannot write the final report %s: %s", self.path, exc.strerror or exc)
+            self.unwritten = f"cannot write the final report {self.path}: {exc.strerror or exc}"
+            log.error("%s", self.unwritten)
 
     def _flusher(self) -> None:
         while not self._stop.is_set():
