@@ -228,3 +228,28 @@ def test_a_track_finds_its_record_by_its_place_with_no_map_by_id_and_by_id_when_
         assert [r.error for r in report.records()] == [None, "moved", None, None, None]
     finally:
         report.close()
+
+
+def test_a_report_that_cannot_be_written_is_said_once_in_the_log_then_once_when_written_again(
+        tmp_path: Path, caplog: Any) -> None:
+    """A report folder unusable through an export (the cache folder made unreadable): one log line, not one per
+    track failing meanwhile; one line when a write succeeds again, and the file then holds every failure."""
+    caplog.set_level("INFO", logger="mixvfs.vfs.fs.report")
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    report = Report(folder / "r.json", session="s", mountpoint="/m", records=records(40))
+    try:
+        shutil.rmtree(folder)
+        folder.write_text("a file where the report's folder was\n")  # every write fails: it cannot be made again
+        for n in range(40):
+            report.update(f"t{n}", urgent=True, status="failed", error="boom")
+        said = [r.getMessage() for r in caplog.records if "cannot write the report" in r.getMessage()]
+        assert len(said) == 1, said
+        folder.unlink()
+        folder.mkdir()
+        report.update("t0", urgent=True, status="failed", error="boom again")
+        assert on_disk(report, "t39")["status"] == "failed" and on_disk(report, "t0")["error"] == "boom again"
+        again = [r.getMessage() for r in caplog.records if r.getMessage().endswith("is written again")]
+        assert len(again) == 1, again
+    finally:
+        report.close(finished=True)
