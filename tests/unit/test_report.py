@@ -253,3 +253,20 @@ def test_a_report_that_cannot_be_written_is_said_once_in_the_log_then_once_when_
         assert len(again) == 1, again
     finally:
         report.close(finished=True)
+
+
+def test_the_status_of_a_failed_track_downloaded_again_shows_it_once_as_downloading() -> None:
+    """`mixvfs status` during a silent server: tracks that failed (stalled) and are queued again were counted as
+    downloading in the header and listed under "failed" too. Each track is shown once: its download's row."""
+    from mixvfs.vfs.fs.live_status import report_summary
+
+    report = Report(Path("/nonexistent/r.json"), session="s", mountpoint="/m", records=records(4),
+                    publish_later=True)  # nothing is written: the summary reads the records in memory
+    report.update("t0", status="failed", error="no answer")
+    report.update("t1", status="failed", error="no answer")
+    report.update("t2", status="cached")
+    summary = report_summary(report, downloading_ids={"t1", "t3"})
+    assert summary["counts"] == {"failed": 1, "downloading": 2, "cached": 1}, summary
+    assert summary["failed"] == [{"name": "Artist - Track 0.wav", "error": "no answer"}], summary
+    assert summary["failed_total"] == 1, summary
+    report.close()
