@@ -336,8 +336,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read report {target}: {exc}") from None
     output.emit(data, args.json, format_report)
-    ended = not dead and args.target.expanduser() != target and not os.path.ismount(args.target.expanduser())
-    missing = final_report_missing(args.target.expanduser(), target) if ended else None
+    asked = Path(os.path.realpath(args.target.expanduser()))  # a link to the mount: ismount says no to links
+    ended = not dead and asked != target and not os.path.ismount(asked)
+    missing = final_report_missing(asked, target) if ended else None
     if missing is not None:  # the mount has ended, but this is not its outcome
         print(f"mixvfs: this report is incomplete: {missing}", file=sys.stderr)
     return EXIT_FAILED if dead or missing or any(has_problem(t) for t in data.get("tracks", [])) else EXIT_OK
