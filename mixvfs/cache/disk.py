@@ -72,6 +72,12 @@ class JsonDisk(diskcache.JSONDisk):
             return None
 
 
+def refusal(exc: sqlite3.OperationalError) -> bool:
+    """A write the database file refused (read-only, immutable: SQLite's READONLY and IOERR families), not a
+    lock another connection holds nor an error of the statement."""
+    return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR)
+
+
 class CheckedCache(diskcache.Cache):
     """A diskcache.Cache that may be queried by SQL on the ``COLUMNS`` it names (checked at open)."""
 
@@ -81,6 +87,7 @@ class CheckedCache(diskcache.Cache):
     def __init__(self, directory: str, **settings: Any) -> None:
         self._txns: dict[int, int] = {}
         self._thread_cons: dict[int, sqlite3.Connection] = {}
+        self._refused: set[int] = set()  # the threads whose connection met a refusal: reopened at next access
         self._cons_pid = os.getpid()
         super().__init__(directory, **settings)
         self.check_schema()
@@ -98,6 +105,12 @@ class CheckedCache(diskcache.Cache):
         if pid != self._cons_pid:  # forked: the parent's connections are not ours to use
             self._thread_cons, self._cons_pid = {}, pid
         key = threading.get_ident()
+        if key in self._refused and key not in self._txns:  # never within a transaction: it ends on its own
+            # Let go of it, not closed: a caller may still hold its ``execute`` (diskcache captures it across
+            # calls); it closes once the last such reference goes.
+            self._refused.discard(key)
+            self._thread_cons.pop(key, None)
+            self._local.__dict__.pop("con", None)  # type: ignore[attr-defined]  # diskcache's thread-local
         con = self._thread_cons.get(key)
         if con is None:
             con = super()._con  # type: ignore[misc]  # diskcache connects and applies its pragmas
@@ -131,7 +144,15 @@ class CheckedCache(diskcache.Cache):
         def sql(statement: str, *args: Any) -> sqlite3.Cursor:
             if statement == "ROLLBACK" and not con.in_transaction:
                 return con.cursor()  # SQLite rolled it back itself (an I/O error): the refusal is the error
-            return execute(statement, *args)
+            try:
+                return execute(statement, *args)
+            except sqlite3.OperationalError as exc:
+                if refusal(exc):
+                    # SQLite opens a database it may not write (immutable, read-only) read-only for the
+                    # connection's life: this thread's next access connects anew, so a database writable
+                    # again is written again.
+                    self._refused.add(threading.get_ident())
+                raise
 
         return sql
 

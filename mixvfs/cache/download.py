@@ -43,6 +43,7 @@ from mixvfs.cache.errors import (
     LengthMismatch,
     NetworkError,
     NoSpace,
+    NotKept,
     RequestWaitExceeded,
     ServerBusy,
     StallTimeout,
@@ -239,6 +240,12 @@ class Download:
             self.claims.priority = DEMAND
             return fd
 
+    def had_readers(self) -> bool:
+        """Whether a reader has this download's bytes or is attached to it (its own descriptor of the staging
+        file, from which it reads on to the end after a :class:`NotKept` failure)."""
+        with self.cond:
+            return self.claims.readers > 0 or self.served_upto > 0
+
     def release_reader(self) -> None:
         """A reader left. The last one leaving cancels a download that prefetch does not want and that still
         has bytes to fetch."""
@@ -308,7 +315,9 @@ class Download:
         except FetchError as exc:
             self._finish(exc)
         except CacheError as exc:
-            self._finish(FetchError(f"the cache could not take the download: {exc}"))
+            whole = self.total is not None and self.available >= self.total  # verified: the commit follows it
+            error = NotKept if whole else FetchError
+            self._finish(error(f"the cache could not take the download: {exc}"))
         except Exception as exc:  # a bug must still end as a failed track, never a hung reader
             log.exception("download of %s crashed", self.source.label)
             self._finish(FetchError(f"internal error: {type(exc).__name__}: {exc}"))

@@ -57,6 +57,11 @@ class FetchError(MixvfsError):
         self.status = status  # the HTTP status behind it, when there was one
 
 
+class NotKept(FetchError):
+    """The whole body came and was verified, but the cache would not take it: every reader of the download
+    still gets whole bytes (from its own descriptor of the staging file); the track is just not cached."""
+
+
 class SourceMissing(FetchError):
     pass
 

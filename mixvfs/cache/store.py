@@ -354,6 +354,7 @@ class BlobStore:
             self._cache.set(digest, Adopt(staged, size), read=True)  # stored now: its last use is now
             self._used(digest)
             self._refusal_said = False
+            self._uses_recorded_again()
         except OSError as exc:
             raise translate_os_error(exc, "storing a download in the cache") from exc
         except (diskcache.Timeout, sqlite3.Error) as exc:
@@ -374,6 +375,7 @@ class BlobStore:
             return False
         handle.close()
         self._used(digest)
+        self._uses_recorded_again()
         return True
 
     @cache_errors("looking up a blob")
@@ -399,15 +401,19 @@ class BlobStore:
             handle = self._cache.get(digest, read=True)
         except (sqlite3.Error, diskcache.Timeout) as exc:
             return self._open_unrecorded(digest, exc)
-        if self.use_refused is not None:
-            self.use_refused = None
-            log.info("the cache database records the uses of cached tracks again")
+        self._uses_recorded_again()
         if handle is None:
             return None
         with handle:
             fd = os.dup(handle.fileno())
         self._used(digest)
         return fd
+
+    def _uses_recorded_again(self) -> None:
+        """A write of the blob database went through (a use, a commit): :attr:`use_refused` no longer holds."""
+        if self.use_refused is not None:
+            self.use_refused = None
+            log.info("the cache database records the uses of cached tracks again")
 
     def _used(self, digest: str) -> None:
         now = self.clock()

@@ -141,7 +141,8 @@ def test_a_cache_folder_made_unreadable_while_mounted_says_permission_denied_and
         tmp_path, server_root, devserver, mounter):
     """`chmod 000` on the cache folder under a live mount (the daemon bound by permission bits, as a user's
     is): each track that needs the cache is EIO whose report line says permission denied — the folder was neither
-    removed nor replaced —, the log (kept in that folder) goes on in the file already open, with one line saying
+    removed nor replaced — (a download under way, read whole from its staging file, is a whole copy, its note
+    saying why it was not cached), the log (kept in that folder) goes on in the file already open, with one line saying
     so and no logging error, and once the folder is readable again after a clean unmount, no staging file is
     left in it."""
     session = write_session(tmp_path / "s.json", [cloud_track(server_root, t, 300_000 + i, seed=i)
@@ -163,10 +164,15 @@ def test_a_cache_folder_made_unreadable_while_mounted_says_permission_denied_and
         _, copier_said = copier.communicate(timeout=60)
         done = run(["cp", str(mount.path / name_of("third")), str(tmp_path / "third.wav")])
         assert done.returncode == 1 and "Input/output error" in done.stderr, done.stderr
-        for track in ("second", "third"):
-            record = mount.wait_track(track, lambda r: r["status"] == "failed" or r["reader_error"] is not None)
-            said = record["error"] or record["reader_error"]
-            assert "Permission denied" in said and "removed or replaced" not in said, (record, copier_said)
+        # The download under way ends in its staging file, open before the change: its reader reads it whole,
+        # so that track is not failed; the cache could not keep it, and its note says why.
+        assert copier.returncode == 0, copier_said
+        assert filecmp.cmp(tmp_path / "second.wav", server_root / "stream" / "second.wav", shallow=False)
+        record = mount.wait_track("second", lambda r: r["note"] is not None)
+        assert record["status"] == "pending" and "Permission denied" in record["note"], record
+        record = mount.wait_track("third", lambda r: r["status"] == "failed" or r["reader_error"] is not None)
+        said = record["error"] or record["reader_error"]
+        assert "Permission denied" in said and "removed or replaced" not in said, (record, copier_said)
     finally:
         cache.chmod(0o700)
     mount.unmount()
@@ -175,3 +181,29 @@ def test_a_cache_folder_made_unreadable_while_mounted_says_permission_denied_and
     assert text.count("cannot be looked at") == 1, text
     assert "unmounted" in text or "stopped" in text or "final report" in text, text
     assert list((cache / "staging").glob("*.part")) == []
+
+
+def test_a_final_report_that_cannot_be_written_makes_unmount_and_report_say_so_and_fail(
+        tmp_path, server_root, devserver, mounter):
+    """The cache folder (where the report is kept by default) unreadable at the unmount (the daemon bound by
+    permission bits, as a user's is): the final report cannot be written. `unmount` says so, with the cause, and
+    exits 1; once the folder is readable again, `report` of the mountpoint says the report it shows is
+    incomplete (as last written while mounted, not the mount's outcome) and exits 1."""
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "first", 300_000, seed=1)],
+                            server=devserver.url)
+    cache = tmp_path / "cache"
+    mount = mounter(session, *FAST, cache_dir=cache, wrap=without_root_override([]), default_report=True)
+    run(["cp", str(mount.path / name_of("first")), str(tmp_path / "first.wav")], check=True)
+    mount.wait_track("first", lambda r: r["status"] == "cached")
+    cache.chmod(0)
+    try:
+        done = run([MIXVFS, "unmount", str(mount.path)])
+        mount.mounted = False
+    finally:
+        cache.chmod(0o700)
+    assert done.returncode == 1, f"{done.stdout}{done.stderr}"
+    assert "the final report was not written" in done.stderr and "Permission denied" in done.stderr, done.stderr
+    shown = run([MIXVFS, "report", str(mount.path)])
+    assert shown.returncode == 1, f"{shown.stdout}{shown.stderr}"
+    assert "this report is incomplete" in shown.stderr and "Permission denied" in shown.stderr, shown.stderr
+    assert "cannot write the final report" in mount.log(), mount.log()

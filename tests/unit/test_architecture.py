@@ -33,7 +33,7 @@ def test_the_module_table_names_every_product_module_and_no_other():
 def test_the_error_tree_is_drawn_as_errors_py_has_it():
     drawn = {  # class: its parent, as the section "The error tree" says
         "ConfigError": "MixvfsError", "CacheError": "MixvfsError", "CorruptBlob": "CacheError",
-        "FetchError": "MixvfsError",
+        "FetchError": "MixvfsError", "NotKept": "FetchError",
         "SourceMissing": "FetchError", "Cancelled": "FetchError", "PermanentHttpError": "FetchError",
         "AuthRejected": "PermanentHttpError", "BadBody": "FetchError", "LengthMismatch": "BadBody",
         "NotAudio": "BadBody", "ContentChanged": "BadBody", "NoSpace": "FetchError",

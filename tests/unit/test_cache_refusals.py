@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
+import os
 import shutil
 import threading
 import time
@@ -181,3 +183,75 @@ def test_commits_from_many_threads_into_a_database_refusing_writes_each_say_it_r
     finally:
         store.close()
     assert collections.Counter(met) == {f"CacheError: {REFUSED_WRITE}": len(staged)}
+
+
+def test_a_thread_whose_connection_met_a_refusal_writes_again_once_the_database_takes_writes(tmp_path, caplog):
+    """SQLite opens a database it may not write read-only, for the connection's life; the connections are kept
+    per thread, so a thread that first reached the database while it was immutable kept refusing after
+    ``chattr -i``. A connection that met a refusal is dropped and the thread's next access opens a new one; the
+    first write taken ends the "use not recorded" state, said once in the log."""
+    caplog.set_level(logging.INFO, logger="mixvfs.cache.store")
+    store = BlobStore(tmp_path / "cache", max_size=GiB, max_age=3600)
+    first = put(store, b"first blob" * 100)  # the database's files exist
+    store.clock = lambda: time.monotonic() + USE_RECORDED_FOR  # an open records its use again
+    staged = [stage(store, n.to_bytes(4, "big") * 500) for n in range(2)]
+    jobs: collections.deque[tuple[Path, str]] = collections.deque()
+    ready, done = threading.Semaphore(0), threading.Semaphore(0)
+    met: list[str] = []
+
+    def worker() -> None:  # one thread for both commits: its connection is the one opened while refused
+        for _ in range(2):
+            ready.acquire()
+            path, digest = jobs.popleft()
+            try:
+                store.commit(path, digest, 2000)
+            except Exception as exc:  # what each commit met is the test's finding
+                met.append(f"{type(exc).__name__}: {exc}")
+            else:
+                met.append("taken")
+            done.release()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        with database_refusing_writes(tmp_path / "cache" / "blobs"):
+            fd = store.open_blob(first)
+            assert fd is not None and store.use_refused == REFUSED_WRITE
+            os.close(fd)
+            jobs.append(staged[0])
+            ready.release()
+            done.acquire()
+        jobs.append(staged[1])
+        ready.release()
+        done.acquire()
+    finally:
+        thread.join()
+        store.close()
+    assert met == [f"CacheError: {REFUSED_WRITE}", "taken"]
+    assert store.use_refused is None
+    again = [r for r in caplog.records if "records the uses of cached tracks again" in r.getMessage()]
+    assert len(again) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_a_download_read_whole_that_the_cache_would_not_take_is_not_a_failed_track(
+        make_fs, server_root, devserver, tmp_path, caplog):
+    """The database refusing the commit of a verified download: its reader still reads every byte (its own
+    descriptor of the staging file), so the copy is whole and the track must not be reported failed (nor answer
+    EIO for ``failed_for``): pending, with the cause as a note; read again, it is downloaded and cached."""
+    write_sized(server_root / "t.wav", 300_000, seed=2)
+    write_sized(server_root / "u.wav", 1000, seed=3)
+    fs = make_fs([entry("u", size=1000), entry("t", size=300_000)], devserver.url)
+    expected = (server_root / "t.wav").read_bytes()
+    assert read_all(fs, "A - u.wav") == (server_root / "u.wav").read_bytes()  # the database's files exist
+    settle(fs)
+    with database_refusing_writes(tmp_path / "cache" / "blobs"):
+        assert read_all(fs, "A - t.wav") == expected
+        settle(fs)
+    record = fs.report.record("t")
+    assert record.status == "pending" and record.error is None and record.reader_error is None, record
+    assert record.note == f"read whole, but not cached: the cache could not take the download: {REFUSED_WRITE}"
+    assert on_disk(fs, "t")["status"] == "pending"
+    assert fs.recorder.failed_now(fs.lookup("A - t.wav")) is None
+    assert read_all(fs, "A - t.wav") == expected  # not failed for failed_for: downloaded again, and kept
+    settle(fs)
+    assert fs.report.record("t").status == "cached"

@@ -228,3 +228,45 @@ def test_a_track_finds_its_record_by_its_place_with_no_map_by_id_and_by_id_when_
         assert [r.error for r in report.records()] == [None, "moved", None, None, None]
     finally:
         report.close()
+
+
+def test_a_report_that_cannot_be_written_is_said_once_in_the_log_then_once_when_written_again(
+        tmp_path: Path, caplog: Any) -> None:
+    """A report folder unusable through an export (the cache folder made unreadable): one log line, not one per
+    track failing meanwhile; one line when a write succeeds again, and the file then holds every failure."""
+    caplog.set_level("INFO", logger="mixvfs.vfs.fs.report")
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    report = Report(folder / "r.json", session="s", mountpoint="/m", records=records(40))
+    try:
+        shutil.rmtree(folder)
+        folder.write_text("a file where the report's folder was\n")  # every write fails: it cannot be made again
+        for n in range(40):
+            report.update(f"t{n}", urgent=True, status="failed", error="boom")
+        said = [r.getMessage() for r in caplog.records if "cannot write the report" in r.getMessage()]
+        assert len(said) == 1, said
+        folder.unlink()
+        folder.mkdir()
+        report.update("t0", urgent=True, status="failed", error="boom again")
+        assert on_disk(report, "t39")["status"] == "failed" and on_disk(report, "t0")["error"] == "boom again"
+        again = [r.getMessage() for r in caplog.records if r.getMessage().endswith("is written again")]
+        assert len(again) == 1, again
+    finally:
+        report.close(finished=True)
+
+
+def test_the_status_of_a_failed_track_downloaded_again_shows_it_once_as_downloading() -> None:
+    """`mixvfs status` during a silent server: tracks that failed (stalled) and are queued again were counted as
+    downloading in the header and listed under "failed" too. Each track is shown once: its download's row."""
+    from mixvfs.vfs.fs.live_status import report_summary
+
+    report = Report(Path("/nonexistent/r.json"), session="s", mountpoint="/m", records=records(4),
+                    publish_later=True)  # nothing is written: the summary reads the records in memory
+    report.update("t0", status="failed", error="no answer")
+    report.update("t1", status="failed", error="no answer")
+    report.update("t2", status="cached")
+    summary = report_summary(report, downloading_ids={"t1", "t3"})
+    assert summary["counts"] == {"failed": 1, "downloading": 2, "cached": 1}, summary
+    assert summary["failed"] == [{"name": "Artist - Track 0.wav", "error": "no answer"}], summary
+    assert summary["failed_total"] == 1, summary
+    report.close()

@@ -266,10 +266,35 @@ def cmd_unmount(mountpoint: Path) -> int:
               + (f" (report as last written: {report})" if report else ""))
     else:
         print(f"unmounted {mountpoint}" + (f" (report: {report})" if report else ""))
+        missing = final_report_missing(mountpoint, report) if report is not None and done.ended else None
+        if missing is not None:
+            print(f"mixvfs: {missing}", file=sys.stderr)
+            return EXIT_FAILED
     if report is not None:
         for line in served_summary(report):
             print(line)
     return EXIT_OK
+
+
+def final_report_missing(mountpoint: Path, report: Path) -> str | None:
+    """Why the mount that wrote ``report`` and has ended left no final report (its daemon's word in the history,
+    else a report without ``finished``), or None when it did."""
+    from mixvfs.vfs.fs import history
+
+    last = history.recall(mountpoint)
+    why = last.unwritten if last is not None and last.report == report else None
+    if why is None:
+        try:
+            if load_report(report).get("finished") is True:
+                return None
+        except FileNotFoundError:
+            why = f"the report {report} is gone"
+        except (OSError, ValueError) as exc:
+            why = f"cannot read the report {report}: {getattr(exc, 'strerror', None) or exc}"
+        else:
+            why = "the report has no end (see the mount's log)"
+    return (f"the final report was not written: {why}. What {report} holds (if anything) is as last written while "
+            "mounted, not the mount's outcome")
 
 
 def served_summary(report: Path) -> list[str]:
@@ -311,7 +336,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read report {target}: {exc}") from None
     output.emit(data, args.json, format_report)
-    return EXIT_FAILED if dead or any(has_problem(t) for t in data.get("tracks", [])) else EXIT_OK
+    asked = Path(os.path.realpath(args.target.expanduser()))  # a link to the mount: ismount says no to links
+    ended = not dead and asked != target and not os.path.ismount(asked)
+    missing = final_report_missing(asked, target) if ended else None
+    if missing is not None:  # the mount has ended, but this is not its outcome
+        print(f"mixvfs: this report is incomplete: {missing}", file=sys.stderr)
+    return EXIT_FAILED if dead or missing or any(has_problem(t) for t in data.get("tracks", [])) else EXIT_OK
 
 
 def report_of_mountpoint(mountpoint: Path) -> Path:

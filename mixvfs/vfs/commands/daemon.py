@@ -233,7 +233,13 @@ def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, 
         report.close(finished=True)  # a mount that never went live writes none
         for close in closers:
             close()
-        if ready.live:
+        if ready.live and report.unwritten is not None:
+            # Said where `mixvfs unmount` and `mixvfs report` look, and in the exit status: the report on disk is
+            # as last written while mounted, not the mount's outcome.
+            history.note_unwritten(where, report.path, report.unwritten)
+            log.error("unmounted %s without its final report: %s", options.mountpoint, report.unwritten)
+            status = 1
+        elif ready.live:
             log.info("unmounted %s; report %s", options.mountpoint, report.path)
     return status
 

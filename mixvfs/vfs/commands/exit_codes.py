@@ -15,7 +15,8 @@ TABLE: tuple[tuple[int, str], ...] = (
              "`status --watch` when it ends, by Ctrl-C or because the mount went away, with a track failed), "
              "a mount whose daemon died (`report` and `status` of its folder, `status --watch` when it ends), "
              "unmount refused (a program has a file or the folder open: the message names `fuser -vm` / "
-             "`lsof +f --`), `verify` found corrupt blobs"),
+             "`lsof +f --`), a final report the daemon could not write (`unmount` says why; `report` of the "
+             "mountpoint then says the report it shows is incomplete), `verify` found corrupt blobs"),
     (USAGE, "bad input: manifest, flags (`--token` is refused by every command), config file, mountpoint "
             "(missing, not empty, already mounted; not mounted for `unmount`/`status`, which then say where the "
             "last report is; `report` of a folder never mounted — after an unmount it shows the last report), "

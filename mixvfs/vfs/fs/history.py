@@ -37,6 +37,7 @@ class LastMount:
     session: str
     mounted_at: float
     pid: int | None = None  # the daemon serving it (None: noted by an older mixvfs)
+    unwritten: str | None = None  # why its daemon could not write the final report: the report is incomplete
 
 
 def history_file() -> Path:
@@ -65,6 +66,24 @@ def remember(mountpoint_key: str, report: Path, session: str, pid: int | None = 
         log.warning("could not note the report path in %s: %s", path, exc.strerror or exc)
 
 
+def note_unwritten(mountpoint_key: str, report: Path, why: str) -> None:
+    """The daemon that wrote ``report`` ended without its final report (``why``): noted beside its entry, so that
+    ``unmount`` and ``report`` say so rather than show the report as last written as the mount's outcome. Never
+    raises (the daemon's log says it too)."""
+    path = history_file()
+    try:
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            entries = _read(path)
+            entry = entries.get(mountpoint_key)
+            if not isinstance(entry, dict) or entry.get("report") != str(report):
+                return  # another mount there since: not ours to mark
+            entry["unwritten"] = why
+            _write(path, entries)
+    except OSError as exc:
+        log.warning("could not note in %s that the final report is missing: %s", path, exc.strerror or exc)
+
+
 def mountpoints_with_report(report: Path) -> list[str]:
     """The remembered mountpoints whose (last) mount wrote ``report``."""
     return [where for where, entry in _read(history_file()).items()
@@ -77,9 +96,10 @@ def recall(mountpoint: Path) -> LastMount | None:
     entry = _read(history_file()).get(where)
     if not isinstance(entry, dict) or not isinstance(entry.get("report"), str):
         return None
-    pid = entry.get("pid")
+    pid, unwritten = entry.get("pid"), entry.get("unwritten")
     return LastMount(where, Path(entry["report"]), str(entry.get("session", "")), float(entry.get("mounted_at", 0)),
-                     pid if isinstance(pid, int) and pid > 0 else None)
+                     pid if isinstance(pid, int) and pid > 0 else None,
+                     unwritten if isinstance(unwritten, str) else None)
 
 
 def not_live(mountpoint: Path, cause: str | None = None) -> str:

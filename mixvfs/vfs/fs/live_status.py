@@ -58,7 +58,9 @@ def download_status(d: Download, track: Track, now: float) -> dict[str, object]:
 
 def report_summary(report: Report, downloading_ids: set[str] | frozenset[str] = frozenset()) -> dict[str, object]:
     """The tracks counted by status — a track whose download is queued or running counted as "downloading",
-    as many as the rows that list them — and the failures (the first MAX_STATUS_FAILURES of them named)."""
+    as many as the rows that list them — and the failures (the first MAX_STATUS_FAILURES of them named): the
+    tracks counted as failed or missing, so that no track is shown twice (one that failed and is downloaded
+    again is a downloading row; if it fails again, it is a failure again)."""
     records = report.records()
     counts: dict[str, int] = {}
     failed = []
@@ -67,7 +69,7 @@ def report_summary(report: Report, downloading_ids: set[str] | frozenset[str] = 
         if shown == Status.FETCHING:  # the report says so a moment before or after the fetcher: neither lists it
             shown = str(Status.PENDING)
         counts[shown] = counts.get(shown, 0) + 1
-        if record.status in FAILED_STATUSES:
+        if shown in FAILED_STATUSES:
             failed.append({"name": record.name, "error": record.error})
     return {"tracks": len(records), "counts": counts, "failed": failed[:MAX_STATUS_FAILURES],
             "failed_total": len(failed)}

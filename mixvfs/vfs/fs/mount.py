@@ -295,6 +295,7 @@ def died_text(mountpoint: Path) -> str:
 class Unmounted:
     report: Path | None  # the final report (or the last written, for a daemon that died); None when unknown
     daemon_died: bool  # a dead mount was cleared: its daemon had died (killed) before
+    ended: bool = True  # the daemon has ended (its final report written, or its failure noted); False: still at it
 
 
 def unmount(mountpoint: Path, *, wait: float = 30.0) -> Unmounted:
@@ -317,7 +318,7 @@ def unmount(mountpoint: Path, *, wait: float = 30.0) -> Unmounted:
     deadline = time.monotonic() + wait
     while pid is not None and time.monotonic() < deadline and _alive(pid):
         time.sleep(0.05)
-    return Unmounted(report, daemon_died=False)
+    return Unmounted(report, daemon_died=False, ended=pid is not None and not _alive(pid))
 
 
 def refusal(mountpoint: Path, stderr: str, fallback: str) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mixvfs.cache.defaults import FAILED_FOR
 from mixvfs.cache.download import Download, Event
-from mixvfs.cache.errors import CacheError, Cancelled, FetchError
+from mixvfs.cache.errors import CacheError, Cancelled, FetchError, NotKept
 from mixvfs.cache.fetcher import Fetcher
 from mixvfs.vfs.fs.report import Entry, Report, Status, TrackRecord, as_record, listed_record
 from mixvfs.vfs.session.tracks import Kind, NameBatch, Track
@@ -149,8 +149,23 @@ class Recorder:
                 self._names.flush()
             if isinstance(download.error, Cancelled):
                 self.report.update(track, status=Status.PENDING, error=None)
+            elif isinstance(download.error, NotKept) and download.had_readers():
+                self.read_whole_not_kept(track, download, download.error)
             else:
                 self.record_failure(track, download.error, seen_by_reader=False)
+
+    def read_whole_not_kept(self, track: Track, download: Download, error: NotKept) -> None:
+        """The cache refused a verified download whose readers read it whole from the staging file: the track
+        was had, so it is not failed (no EIO for ``failed_for``, no failure in the report); it stays pending,
+        to be downloaded again at its next open, with the cause as a note."""
+        self.forget_failure(track)
+        if not self.report.has(track):
+            return
+        note = f"read whole, but not cached: {error.reason}"
+        if self.report.record(track).note != note:
+            log.warning("%s: %s", track.name, note)
+        self.report.update(track, urgent=True, status=Status.PENDING, error=None, bytes=download.total,
+                           attempts=download.attempts, note=note)
 
     def stored_meanwhile(self, track: Track) -> None:
         """Nothing to prefetch: the track is in the cache — maybe put there by another process sharing it

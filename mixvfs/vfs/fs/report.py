@@ -142,6 +142,8 @@ class Report:
         self.path = path
         self.session = session
         self._header: dict[str, Any] = {"session": session, "mountpoint": mountpoint, "started": utc_stamp()}
+        self.unwritten: str | None = None  # why the final report could not be written (close), else None
+        self._failing: str | None = None  # why the last write failed, while writes fail (logged once)
         if manifest is not None:  # `mixvfs check-export REPORT` finds the local tracks' sources through it
             self._header["manifest"] = manifest
         # In session order (a change keeps its place). Found by the track's place in its manifest, which is its
@@ -247,7 +249,7 @@ class Report:
                 if self._written < needed:
                     self._write_locked()
         except OSError as exc:  # a full disk must not turn the reader's EIO into another errno
-            log.error("cannot write the report %s: %s", self.path, exc.strerror or exc)
+            self._write_failed(exc, logging.ERROR)
 
     def answered_eio(self, track_id: str | None) -> None:
         """One more EIO answered to a program about ``track_id`` (None: about no track). Batched: the reason
@@ -310,6 +312,17 @@ class Report:
         os.replace(tmp, self.path)
         self._written = version
         self._last_write_seconds = time.monotonic() - started
+        if self._failing is not None:
+            self._failing = None
+            log.info("the report %s is written again", self.path)
+
+    def _write_failed(self, exc: OSError, level: int) -> None:
+        """Logged once per cause, not once per track: a report folder unreadable for the length of an export
+        would otherwise put a line in the log for every track; a write that succeeds again says so."""
+        why = str(exc.strerror or exc)
+        if self._failing != why:
+            self._failing = why
+            log.log(level, "cannot write the report %s: %s (said once until it is written again)", self.path, why)
 
     def close(self, **extra: Any) -> None:
         self._stop.set()
@@ -319,7 +332,8 @@ class Report:
         try:
             self.write(**extra)
         except OSError as exc:  # the caller still has a cache to close
-            log.error("cannot write the final report %s: %s", self.path, exc.strerror or exc)
+            self.unwritten = f"cannot write the final report {self.path}: {exc.strerror or exc}"
+            log.error("%s", self.unwritten)
 
     def _flusher(self) -> None:
         while not self._stop.is_set():
@@ -337,7 +351,7 @@ class Report:
             try:
                 self.write()
             except OSError as exc:  # e.g. a full disk: try again with the next batch, never stop flushing
-                log.warning("cannot write the report %s: %s", self.path, exc.strerror or exc)
+                self._write_failed(exc, logging.WARNING)
 
 
 def load_report(path: Path) -> dict[str, Any]:
