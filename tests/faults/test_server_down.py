@@ -9,6 +9,7 @@ import os
 
 from tests.conftest import MIXVFS, run, write_session
 from tests.faults.helpers import FAST, cachectl, cloud_track, cp, name_of
+from tests.faults.test_mount_says import notes
 from tools.devserver import DevServer
 
 
@@ -86,3 +87,27 @@ def test_a_server_that_never_answers_costs_a_listing_one_stall_not_one_per_track
         assert mount.track("s0")["status"] == "failed"
     finally:
         devserver.release("silent")
+
+
+def test_a_track_downloaded_before_its_size_was_known_copies_while_the_server_is_down(
+        tmp_path, server_root, mounter):
+    """The first mount could not learn the size (the server busy while it listed), so the download began
+    knowing the bare URL only. Once the server is gone, the cached track still has its size, from the index, and
+    copies; the mount's line says so, and so does the report."""
+    track = cloud_track(server_root, "late", 180_000, declare_size=False)
+    with DevServer(server_root, faults={"*": {"status": 503, "head": True}}) as server:
+        session = write_session(tmp_path / "s.json", [track], server=server.url)
+        first = mounter(session, *FAST, "--failed-for", "0s")
+        server.set_faults({})
+        done = cp(first.path / name_of("late"), tmp_path / "first.wav")
+        assert done.returncode == 0, done.stderr
+        first.unmount()
+    second = mounter(session, *FAST)
+    said = notes(second.extra[1])
+    assert len(said) == 1 and said[0].endswith(": 1 of 1 cloud tracks are cached and will copy; 0 will fail until "
+                                               "it answers"), said
+    assert os.stat(second.path / name_of("late")).st_size == 180_000  # the stored blob's, from the index
+    done = cp(second.path / name_of("late"), tmp_path / "again.wav")
+    assert done.returncode == 0, done.stderr
+    assert filecmp.cmp(tmp_path / "again.wav", server_root / "stream" / "late.wav", shallow=False)
+    assert second.track("late")["status"] == "cached"

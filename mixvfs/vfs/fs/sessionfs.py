@@ -27,6 +27,7 @@ from mixvfs.cache.errors import (
     RequestWaitExceeded,
     ServerAskedToWait,
     SourceMissing,
+    TransientError,
 )
 from mixvfs.cache.fetcher import Fetcher, Foreground
 from mixvfs.cache.http import Freshness
@@ -317,8 +318,13 @@ class SessionFS:
                     self.recorder.record_failure(track, failure, track_failed=False)
                     raise
                 except FetchError as exc:
-                    self.recorder.record_failure(track, FetchError(f"the size is unknown: {exc.reason}"))
-                    raise
+                    # The server down, busy or silent: a track the cache holds is served from the cache (its
+                    # first open revalidates it once the server answers), so its size is the stored one.
+                    stored = self.fetcher.cached(track.source) if isinstance(exc, TransientError) else None
+                    if stored is None:
+                        self.recorder.record_failure(track, FetchError(f"the size is unknown: {exc.reason}"))
+                        raise
+                    self.state.learn_size(track, stored.size)
         finally:
             lock.release()
         return self.state.size(track) or 0
