@@ -9,7 +9,7 @@ import pytest
 
 from mixvfs.cache.errors import FetchError
 from mixvfs.cache.store import BlobStore
-from mixvfs.vfs.fs.handles import FailedHandle, StreamHandle
+from mixvfs.vfs.fs.handles import StreamHandle
 from mixvfs.vfs.fs.report import Report
 from mixvfs.vfs.fs.sessionfs import SessionFS
 from mixvfs.vfs.session.manifest import load_manifest
@@ -103,11 +103,13 @@ def test_failure_is_remembered_until_failed_for(make_fs, server_root, devserver)
     record = json.loads(fs.report.path.read_text())["tracks"][0]
     assert (record["status"], record["attempts"]) == ("failed", 1)
     assert "HTTP 404" in record["error"]
-    assert isinstance(fs.open(fs.lookup("A - E.wav")).handle, FailedHandle)  # EIO at once, no new GET
+    with pytest.raises(FetchError, match="404"):  # the open fails at once, no new GET: no empty copy is made
+        fs.open(fs.lookup("A - E.wav"))
     assert len(devserver.requests("GET", "/e.wav")) == 1
     devserver.set_faults({})
     clock.t += 59  # still inside the window: the fixed server is not asked yet
-    assert isinstance(fs.open(fs.lookup("A - E.wav")).handle, FailedHandle)
+    with pytest.raises(FetchError, match="404"):
+        fs.open(fs.lookup("A - E.wav"))
     assert len(devserver.requests("GET", "/e.wav")) == 1
     clock.t += 2
     assert read_all(fs, "A - E.wav") == b"e" * 1000
