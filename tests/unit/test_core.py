@@ -307,6 +307,9 @@ def test_a_download_is_told_to_every_track_of_its_version_and_to_no_other(make_f
     assert fs._by_source.of(b.source) == (b,)
     assert read_all(fs, one.name) == b"a" * 4000
     settle(fs)
+    # The fetcher forgets a download before it tells the download's end, one track after the other: wait for
+    # that telling to reach both tracks (on a loaded machine the report was read between the two).
+    wait_until(lambda: {r.id: r.status.value for r in fs.report.records()}["two"] != "fetching")
     statuses = {r.id: r.status.value for r in fs.report.records()}
     assert statuses["one"] == statuses["two"] == "cached", statuses
     assert statuses["odd"] == "pending" and statuses["b"] == "pending", statuses
