@@ -111,3 +111,26 @@ def test_a_track_downloaded_before_its_size_was_known_copies_while_the_server_is
     assert done.returncode == 0, done.stderr
     assert filecmp.cmp(tmp_path / "again.wav", server_root / "stream" / "late.wav", shallow=False)
     assert second.track("late")["status"] == "cached"
+
+
+def test_a_track_downloaded_before_its_size_was_known_copies_while_the_server_never_answers(
+        tmp_path, server_root, devserver, mounter):
+    """As above, with a server that takes each connection and says nothing: the stored size and bytes serve the
+    track (and its report line says it was not revalidated), never an EIO."""
+    track = cloud_track(server_root, "late", 120_000, declare_size=False)
+    session = write_session(tmp_path / "s.json", [track], server=devserver.url)
+    devserver.set_faults({"*": {"status": 503, "head": True}})
+    first = mounter(session, *FAST, "--failed-for", "0s")
+    devserver.set_faults({})
+    assert cp(first.path / name_of("late"), tmp_path / "first.wav").returncode == 0
+    first.unmount()
+    devserver.set_faults({"*": {"hold": "silent", "hold_head": True}})
+    try:
+        second = mounter(session, "--no-prefetch", "--retries", "2", "--retry-wait", "0.01s", "--stall-timeout", "2s")
+        assert os.stat(second.path / name_of("late")).st_size == 120_000  # the stored blob's, from the index
+        done = cp(second.path / name_of("late"), tmp_path / "again.wav")
+        assert done.returncode == 0, done.stderr
+        assert filecmp.cmp(tmp_path / "again.wav", server_root / "stream" / "late.wav", shallow=False)
+        assert second.track("late")["status"] == "cached"
+    finally:
+        devserver.release("silent")
