@@ -146,20 +146,25 @@ class Fetcher:
             self.concurrency.expect_tracks(sizes)
 
     def indexed(self) -> set[str]:
-        """The source identities the index maps (a superset of what :meth:`cached` finds whole)."""
-        return self.index.source_idents()
+        """The URLs of the sources the index maps (a superset of what :meth:`cached` finds whole)."""
+        return self.index.source_urls()
+
+    def _find(self, source: Source) -> tuple[str, SourceEntry] | None:
+        """The stored version of ``source`` and the identity it is stored under (see ``SourceIndex.find``)."""
+        return self.index.find(source.url, etag=source.etag, size=source.size)
 
     def cached(self, source: Source) -> SourceEntry | None:
-        entry = self.index.lookup(source.ident)
-        if entry is not None and not self.store.has(entry.digest):
+        found = self._find(source)
+        if found is None or not self.store.has(found[1].digest):
             return None  # evicted or pruned: the mapping is stale
-        return entry
+        return found[1]
 
     def check_stored(self, source: Source) -> None:
         """The open's check of a stored blob (size; hash of a small one), made ahead of the open: a blob found
         intact is remembered, so its open does not read it again; a damaged one is left for the open, which
         removes it and downloads the track again. Records no use of the blob (the open does)."""
-        entry = self.index.lookup(source.ident)
+        found = self._find(source)
+        entry = None if found is None else found[1]
         info = None if entry is None else self.store.info(entry.digest)
         if entry is None or info is None:
             return
@@ -179,12 +184,13 @@ class Fetcher:
     def revalidate(self, source: Source) -> Freshness:
         """Is the stored version of ``source`` still the server's? A changed one is forgotten, so the
         next :meth:`acquire` downloads the new version. Raises FetchError when the server cannot say."""
-        entry = self.cached(source)
-        if entry is None:
+        found = self._find(source)
+        if found is None or not self.store.has(found[1].digest):
             return Freshness.UNCHANGED  # nothing stored: a download fetches whatever is current
+        ident, entry = found
         freshness = self.http.revalidate(source.url, entry.etag, entry.last_modified, entry.size)
         if freshness is Freshness.CHANGED:
-            self.index.forget(source.ident)
+            self.index.forget(ident)
         return freshness
 
     def acquire(self, source: Source) -> Acquired:
@@ -258,19 +264,20 @@ class Fetcher:
     # -- internals -------------------------------------------------------------------------------------
 
     def _open_stored(self, source: Source) -> Acquired | None:
-        entry = self.index.lookup(source.ident)
-        if entry is None:
+        found = self._find(source)
+        if found is None:
             return None
+        ident, entry = found
         fd = self.store.open_blob(entry.digest)
         if fd is None:
-            self.index.forget(source.ident)
+            self.index.forget(ident)
             return None
         if not self._blob_intact(fd, entry):
             os.close(fd)
             log.warning("blob %s of %s was damaged on disk; removed, fetching again", entry.digest,
                         source.label)
             self.store.remove(entry.digest)
-            self.index.forget(source.ident)
+            self.index.forget(ident)
             return None
         return Acquired(fd, None, entry, self.store.use_refused)
 

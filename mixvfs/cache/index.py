@@ -3,8 +3,10 @@
 Four kinds of record, JSON values in a diskcache (:class:`mixvfs.cache.disk.JsonDisk`, never pickles):
 
 * ``src:<identity>`` -> ``{"digest", "size", "content_type", "etag", "last_modified"}`` — a source
-  identity is the URL plus the version the server gave (ETag, else size); the entry keeps the validators of
-  the stored version, so a cached track is revalidated at its first open in each mount. Each row is tagged
+  identity is the URL plus what was known of the version when its download began (ETag, else size, else
+  nothing); one row per URL (:meth:`SourceIndex.record`), found whatever a later caller knows
+  (:meth:`SourceIndex.find`); the entry keeps the validators of the stored version, so a cached track is
+  revalidated at its first open in each mount. Each row is tagged
   with its digest, so removing a blob removes its rows in one ``evict(tag)`` (:meth:`SourceIndex.forget_digest`,
   called by the blob store whenever it removes a blob);
 * ``head:<url>`` -> ``{"size", "etag", "content_type", "magic_ext", "last_modified"}`` — the last HEAD
@@ -36,7 +38,7 @@ from typing import Any
 from mixvfs.cache.disk import CheckedCache, JsonDisk
 from mixvfs.cache.errors import CacheError
 from mixvfs.cache.folder import CacheFolder, cache_errors
-from mixvfs.cache.remote import RemoteInfo, Seen, url_of
+from mixvfs.cache.remote import RemoteInfo, Seen, identity, url_of
 
 SRC = "src:"
 HEAD = "head:"
@@ -103,6 +105,21 @@ class IndexCache(CheckedCache):
                 found[str(key)[len(prefix):]] = None
         return found
 
+    def versions(self, url: str) -> list[tuple[str, Any]]:
+        """Every source row of ``url`` (``src:<url>`` itself and ``src:<url>#...``), newest first, with its
+        value: two ranges on the key index."""
+        key = SRC + url
+        rows = self._query("SELECT key, mode, filename, value, store_time FROM Cache WHERE raw = 1 AND "
+                           "(key = ? OR (key >= ? AND key < ?)) ORDER BY store_time DESC", (key, key + "#", key + "$"))
+        disk = self._disk  # type: ignore[attr-defined]
+        found: list[tuple[str, Any]] = []
+        for name, mode, filename, value, _ in rows:
+            try:
+                found.append((str(name)[len(SRC):], disk.fetch(mode, filename, value, False)))
+            except (OSError, CacheError):
+                continue
+        return found
+
     def present(self, prefix: str, keys: Collection[str]) -> set[str]:
         """Which of ``keys`` have a row under ``prefix``, in one query per ``KEYED_BATCH``."""
         return {str(key)[len(prefix):] for (key,) in self._keyed("key", [prefix + key for key in keys])}
@@ -141,6 +158,30 @@ class SourceIndex:
         data = self._get(SRC + ident)
         return None if data is None else entry_of(data)
 
+    @cache_errors("looking up a source")
+    def find(self, url: str, *, etag: str | None, size: int | None) -> tuple[str, SourceEntry] | None:
+        """The stored version of ``url`` that agrees with what is known of it now (``etag``, ``size``: None
+        for unknown), and the identity it is stored under. A row is keyed by what was known when its download
+        began (the bare URL when neither size nor ETag was), which need not be what a later mount knows (the
+        server down, or up again): the exact identity first, else the newest row of the URL whose validators
+        agree. A version found so is revalidated at its first open like any whose identity lacks the ETag."""
+        exact = identity(url, etag=etag, size=size)
+        entry = self.lookup(exact)
+        if entry is not None:
+            return exact, entry
+        for ident, data in self._db.versions(url):
+            if url_of(ident) != url or not isinstance(data, dict) or (entry := entry_of(data)) is None:
+                continue
+            if (etag is None or entry.etag == etag) and (size is None or entry.size == size):
+                return ident, entry
+        return None
+
+    @cache_errors("reading the index")
+    def source_urls(self) -> set[str]:
+        """The URL of every source the index maps, in one query (a superset of the tracks :meth:`find`
+        finds): a mount of 100 000 tracks asks this once instead of looking each track up."""
+        return {url_of(ident) for ident in self.source_idents()}
+
     @cache_errors("reading the index")
     def source_idents(self) -> set[str]:
         """Every source identity the index maps, in one query: a mount of 100 000 tracks asks this once
@@ -151,8 +192,13 @@ class SourceIndex:
 
     @cache_errors("recording a download")
     def record(self, ident: str, entry: SourceEntry) -> None:
-        """Map ``ident`` to ``entry``; the row is tagged with the entry's digest (see :meth:`forget_digest`)."""
+        """Map ``ident`` to ``entry``; the row is tagged with the entry's digest (see :meth:`forget_digest`).
+        One row per URL: the rows of its other versions go (a mount that knows less of the version than the
+        download did must find this one, not an older one; their blobs leave by eviction)."""
         self._db.set(SRC + ident, asdict(entry), tag=entry.digest)
+        for other, _ in self._db.versions(url_of(ident)):
+            if other != ident and url_of(other) == url_of(ident):
+                self._db.delete(SRC + other)
 
     @cache_errors("forgetting a source")
     def forget(self, ident: str) -> None:

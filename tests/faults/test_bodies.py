@@ -4,6 +4,7 @@ track, and never enters the store; after a failure reads get EIO at once until -
 from __future__ import annotations
 
 import filecmp
+import os
 
 from tests.conftest import MIXVFS, run, write_session
 from tests.faults.helpers import FAST, cachectl_json, cloud_track, cp, name_of, stream_path
@@ -134,3 +135,22 @@ def test_a_size_of_zero_is_never_shown_and_an_empty_body_is_never_a_track(tmp_pa
     assert not (out / name_of("e0")).exists()
     record = mount.track("e0")
     assert record["status"] == "failed" and "0 bytes" in record["error"], record
+
+
+def test_a_known_failure_fails_the_open_so_no_copier_leaves_an_empty_file(tmp_path, server_root, devserver, mounter):
+    """The manifest gives the size, so stat shows it; once the 404 is known, every open fails at once (EIO and
+    a report line), so cp, cp -a and rsync create no copy at all. The first copy, which meets the 404 at its
+    first read, is the one that can leave an empty file (cp creates its copy before reading)."""
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "gone", 176_444)], server=devserver.url)
+    devserver.set_faults({stream_path("gone"): {"status": 404}})
+    mount = mounter(session, *FAST, "--failed-for", "1h")
+    first = cp(mount.path / name_of("gone"), tmp_path / "first.wav")
+    assert first.returncode != 0 and EIO in first.stderr
+    assert os.stat(mount.path / name_of("gone")).st_size == 176_444  # the manifest's: stat has nothing to fail
+    for copier, out in ((["cp", "-r"], "og2"), (["cp", "-a"], "og3"), (["rsync", "-a"], "og4")):
+        done = run([*copier, f"{mount.path}/.", str(tmp_path / out)])
+        assert done.returncode != 0 and EIO in done.stderr, (copier, done.stderr)
+        assert not (tmp_path / out / name_of("gone")).exists(), copier  # no empty stand-in
+    assert [g["status"] for g in devserver.requests("GET", stream_path("gone"))] == [404]
+    record = mount.track("gone")
+    assert record["status"] == "failed" and "404" in record["error"]

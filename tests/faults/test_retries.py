@@ -25,6 +25,9 @@ def test_503_twice_then_ok_is_retried_and_counted(tmp_path, server_root, devserv
     assert [r["status"] for r in devserver.requests("GET", stream_path("t1"))] == [503, 503, 200]
     record = mount.wait_track("t1", lambda r: r["status"] == "cached")
     assert record["status"] == "cached" and record["attempts"] == 3 and record["error"] is None
+    # The log names the track as the folder does (README's example line).
+    assert (f"{name_of('t1')}: attempt 1 failed (the server answered HTTP 503 Service Unavailable); trying again "
+            "in ") in mount.log(), mount.log()
 
 
 def test_429_until_attempts_run_out_is_eio_with_every_attempt_counted(tmp_path, server_root, devserver, mounter):

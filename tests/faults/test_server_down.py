@@ -9,6 +9,7 @@ import os
 
 from tests.conftest import MIXVFS, run, write_session
 from tests.faults.helpers import FAST, cachectl, cloud_track, cp, name_of
+from tests.faults.test_mount_says import notes
 from tools.devserver import DevServer
 
 
@@ -124,3 +125,50 @@ def test_answers_that_come_after_the_folder_went_live_are_kept_and_a_stat_waits_
     for track in sizeless:
         assert os.stat(mount.path / name_of(track["id"])).st_size == 40_000 + int(track["id"][1:])
     assert len(devserver.requests("HEAD")) == len(sizeless), devserver.requests("HEAD")
+
+
+def test_a_track_downloaded_before_its_size_was_known_copies_while_the_server_is_down(
+        tmp_path, server_root, mounter):
+    """The first mount could not learn the size (the server busy while it listed), so the download began
+    knowing the bare URL only. Once the server is gone, the cached track still has its size, from the index, and
+    copies; the mount's line says so, and so does the report."""
+    track = cloud_track(server_root, "late", 180_000, declare_size=False)
+    with DevServer(server_root, faults={"*": {"status": 503, "head": True}}) as server:
+        session = write_session(tmp_path / "s.json", [track], server=server.url)
+        first = mounter(session, *FAST, "--failed-for", "0s")
+        server.set_faults({})
+        done = cp(first.path / name_of("late"), tmp_path / "first.wav")
+        assert done.returncode == 0, done.stderr
+        first.unmount()
+    second = mounter(session, *FAST)
+    said = notes(second.extra[1])
+    assert len(said) == 1 and said[0].endswith(": 1 of 1 cloud tracks are cached and will copy; 0 will fail until "
+                                               "it answers"), said
+    assert os.stat(second.path / name_of("late")).st_size == 180_000  # the stored blob's, from the index
+    done = cp(second.path / name_of("late"), tmp_path / "again.wav")
+    assert done.returncode == 0, done.stderr
+    assert filecmp.cmp(tmp_path / "again.wav", server_root / "stream" / "late.wav", shallow=False)
+    assert second.track("late")["status"] == "cached"
+
+
+def test_a_track_downloaded_before_its_size_was_known_copies_while_the_server_never_answers(
+        tmp_path, server_root, devserver, mounter):
+    """As above, with a server that takes each connection and says nothing: the stored size and bytes serve the
+    track (and its report line says it was not revalidated), never an EIO."""
+    track = cloud_track(server_root, "late", 120_000, declare_size=False)
+    session = write_session(tmp_path / "s.json", [track], server=devserver.url)
+    devserver.set_faults({"*": {"status": 503, "head": True}})
+    first = mounter(session, *FAST, "--failed-for", "0s")
+    devserver.set_faults({})
+    assert cp(first.path / name_of("late"), tmp_path / "first.wav").returncode == 0
+    first.unmount()
+    devserver.set_faults({"*": {"hold": "silent", "hold_head": True}})
+    try:
+        second = mounter(session, "--no-prefetch", "--retries", "2", "--retry-wait", "0.01s", "--stall-timeout", "2s")
+        assert os.stat(second.path / name_of("late")).st_size == 120_000  # the stored blob's, from the index
+        done = cp(second.path / name_of("late"), tmp_path / "again.wav")
+        assert done.returncode == 0, done.stderr
+        assert filecmp.cmp(tmp_path / "again.wav", server_root / "stream" / "late.wav", shallow=False)
+        assert second.track("late")["status"] == "cached"
+    finally:
+        devserver.release("silent")

@@ -235,10 +235,11 @@ def test_pinned_blobs_survive_commit_eviction_and_prune_and_follow_a_new_version
         "pinned sessions alone hold 1.0 MiB, over the cache's size limit (512.0 KiB): nothing else is kept; "
         "`cachectl unpin SESSION` or a larger max_size"]
     assert len(store.infos()) == 2 and pinned in {i.digest for i in store.infos()}
-    # The server's copy changed and was downloaded again: the new version is pinned too (the pin is by URL).
+    # The server's copy changed and was downloaded again: the new version is pinned (the pin is by URL); the
+    # old one, no longer mapped by any row (one per URL), is not held any more.
     newer = put(store, b"q" * 1000)
     index.record(identity("http://h/p", etag='"v2"', size=None), SourceEntry(newer, 1000, None))
-    assert set(index.pinned_digests()) == {pinned, newer}
+    assert set(index.pinned_digests()) == {newer}
     assert index.unpin("/s/friday.json") and not index.unpin("/s/friday.json")
     assert index.pinned_digests() == {}
     store.prune(max_size=0)
@@ -630,3 +631,23 @@ def test_a_blob_opened_within_a_minute_of_its_last_recorded_use_is_read_without_
     now[0] += store_module.USE_RECORDED_FOR - 1
     store.remove(digest)
     assert store.open_blob(digest) is None  # gone: as diskcache's own answer says
+
+
+def test_a_source_is_found_whatever_was_known_when_its_download_began(tmp_path):
+    """A row is keyed by what was known when its download began; a later mount that knows more (or less) of the
+    version still finds it, and never a version whose validators disagree. One row per URL: the newest version."""
+    index = SourceIndex(tmp_path)
+    url = "http://h/stream/a.wav"
+    index.record(url, SourceEntry("d1", 10, "audio/wav", etag='"e1"'))  # began knowing the URL only
+    index.record("http://h/stream/a.wav2", SourceEntry("other", 3, None))  # a URL that merely starts alike
+    assert index.find(url, etag=None, size=None) == (url, SourceEntry("d1", 10, "audio/wav", etag='"e1"'))
+    assert index.find(url, etag='"e1"', size=10) is not None and index.find(url, etag=None, size=10) is not None
+    assert index.find(url, etag='"e2"', size=None) is None  # another version: downloaded anew
+    assert index.find(url, etag=None, size=11) is None
+    later = identity(url, etag='"e2"', size=12)
+    index.record(later, SourceEntry("d2", 12, None, etag='"e2"'))
+    assert index.find(url, etag='"e2"', size=None) == (later, SourceEntry("d2", 12, None, etag='"e2"'))
+    assert index.find(url, etag=None, size=None) == (later, SourceEntry("d2", 12, None, etag='"e2"'))  # one row
+    assert index.find(url, etag='"e1"', size=None) is None
+    assert index.find("http://h/stream/a", etag=None, size=None) is None
+    assert index.source_urls() == {url, "http://h/stream/a.wav2"}

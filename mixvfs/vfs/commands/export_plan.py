@@ -100,8 +100,9 @@ def expected_of(track: Track, index: SourceIndex | None) -> Expected:
     elif track.kind is Kind.MISSING:
         exp.size, exp.why_unknown = None, track.reason
     elif track.source is not None and index is not None:
-        entry = index.lookup(track.source.ident)
-        if entry is not None:
+        found = index.find(track.source.url, etag=track.source.etag, size=track.source.size)
+        if found is not None:
+            entry = found[1]
             exp.digest, exp.digest_from, exp.size = entry.digest, "the cache index", entry.size
     return exp
 

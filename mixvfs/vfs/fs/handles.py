@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 
 from mixvfs.cache.download import Download
-from mixvfs.cache.errors import ContentChanged, FetchError
+from mixvfs.cache.errors import ContentChanged
 from mixvfs.cache.fetcher import Fetcher
 from mixvfs.vfs.session.tracks import Track
 
@@ -29,11 +29,6 @@ class Handle:
 
     def close(self) -> None:
         pass
-
-    @property
-    def known_failure(self) -> bool:
-        """Opened on a failure already recorded: its reads repeat it (the report only notes the reader)."""
-        return False
 
     def fails_alone(self) -> bool:
         """Whether a read error fails this reader only: the track and the bytes already held stay good for
@@ -105,21 +100,6 @@ class StreamHandle(Handle):
 
     def fails_alone(self) -> bool:
         return self.download.error is None  # the download goes on: only this reader gave up
-
-
-class FailedHandle(Handle):
-    """A track known to fail right now: every read gets the same error at once (no new download)."""
-
-    def __init__(self, track: Track, error: FetchError) -> None:
-        self.track, self.name = track, track.name
-        self.error = error
-
-    def span(self, size: int, offset: int) -> tuple[int, int]:
-        raise FetchError(self.error.reason)
-
-    @property
-    def known_failure(self) -> bool:
-        return True
 
 
 @dataclass(frozen=True)

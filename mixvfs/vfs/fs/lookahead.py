@@ -69,7 +69,7 @@ class LookAhead:
             log.warning("the look-ahead could not read the cache index: each open revalidates its own track")
             return []
         return [(position, track) for position, track in enumerate(tracks)
-                if track.kind is Kind.CLOUD and track.source is not None and track.source.ident in indexed]
+                if track.kind is Kind.CLOUD and track.source is not None and track.source.url in indexed]
 
     def restart(self, tracks: list[Track]) -> None:
         """The listing changed: the running pass walks the old list and ends; a new one covers the new tracks."""

@@ -52,7 +52,7 @@ class Recorder:
     def initial_entry(self, track: Track, indexed: set[str] | None = None) -> Entry:
         if track.kind is Kind.CLOUD:
             assert track.source is not None
-            unknown = indexed is not None and track.source.ident not in indexed
+            unknown = indexed is not None and track.source.url not in indexed
             entry = None if unknown else self.fetcher.cached(track.source)
             if entry is not None:
                 return TrackRecord(track.id, track.name, "cloud", Status.CACHED, bytes=entry.size,

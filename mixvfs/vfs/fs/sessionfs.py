@@ -27,6 +27,7 @@ from mixvfs.cache.errors import (
     RequestWaitExceeded,
     ServerAskedToWait,
     SourceMissing,
+    TransientError,
 )
 from mixvfs.cache.fetcher import Fetcher, Foreground
 from mixvfs.cache.http import Freshness
@@ -34,7 +35,6 @@ from mixvfs.cache.remote import RemoteInfo
 from mixvfs.vfs.fs.backing import BackingTable
 from mixvfs.vfs.fs.handles import (
     BlobHandle,
-    FailedHandle,
     Handle,
     LocalHandle,
     Opened,
@@ -335,8 +335,13 @@ class SessionFS:
                     self.recorder.record_failure(track, failure, track_failed=False)
                     raise
                 except FetchError as exc:
-                    self.recorder.record_failure(track, FetchError(f"the size is unknown: {exc.reason}"))
-                    raise
+                    # The server down, busy or silent: a track the cache holds is served from the cache (its
+                    # first open revalidates it once the server answers), so its size is the stored one.
+                    stored = self.fetcher.cached(track.source) if isinstance(exc, TransientError) else None
+                    if stored is None:
+                        self.recorder.record_failure(track, FetchError(f"the size is unknown: {exc.reason}"))
+                        raise
+                    self.state.learn_size(track, stored.size)
         finally:
             lock.release()
         return self.state.size(track) or 0
@@ -355,6 +360,18 @@ class SessionFS:
                 self.fetcher.release(acquired.download)
 
     # -- reading -------------------------------------------------------------------------------------
+
+    def _known_failure(self, track: Track) -> FetchError | None:
+        """A cloud track that failed moments ago (within ``failed_for``) fails its open at once, whatever size
+        ``stat`` shows (the manifest's): an open that succeeded would let ``cp`` create its copy and leave it
+        empty at the first read's EIO."""
+        if track.kind is not Kind.CLOUD:
+            return None
+        failed = self.recorder.failed_now(track)
+        if failed is None:
+            return None
+        self._reader_reached(track)  # a copier going past failed tracks moves the look-ahead on all the same
+        return FetchError(failed.reason, failed.status)
 
     def _sizeless_refusal(self, track: Track) -> FetchError | None:
         """Why a cloud track of unknown size cannot be opened now: it failed moments ago (its ``stat`` said 0
@@ -385,7 +402,7 @@ class SessionFS:
     def _open(self, track: Track, previewer: str | None) -> Opened:
         if track.kind is Kind.MISSING:  # the report says so from the start: nothing more to record
             raise SourceMissing(track.reason or "missing")
-        refusal = self._sizeless_refusal(track)
+        refusal = self._known_failure(track) or self._sizeless_refusal(track)
         if refusal is not None:
             self.recorder.record_failure(track, refusal, track_failed=False)  # this program's EIO, in the report too
             raise refusal
@@ -402,8 +419,6 @@ class SessionFS:
         except FetchError as exc:
             self.recorder.record_failure(track, exc)
             raise
-        if handle.known_failure:
-            return Opened(handle, keep_cache=False, direct_io=True)
         try:
             admission = self.pages.admit(handle.name, version)
         except FetchError as exc:
@@ -450,9 +465,6 @@ class SessionFS:
     def _open_cloud(self, track: Track) -> tuple[Handle, Version]:
         assert track.source is not None
         self._reader_reached(track)
-        failed = self.recorder.failed_now(track)
-        if failed is not None:
-            return FailedHandle(track, failed), Version("failed", None, self.state.mtime(track))
         self._revalidate_once(track)
         held = self.backings.held(track.name) if self.backings is not None else None
         if held is not None:  # another program reads this version by passthrough: the same bytes, evicted or not
@@ -547,10 +559,7 @@ class SessionFS:
         try:
             return action()
         except FetchError as exc:
-            if not handle.known_failure:
-                self.recorder.record_failure(handle.track, exc, track_failed=not handle.fails_alone())
-            elif self.report.has(handle.track):
-                self.report.update(handle.track, urgent=True, reader_error=exc.reason)
+            self.recorder.record_failure(handle.track, exc, track_failed=not handle.fails_alone())
             raise
         except OSError as exc:
             error = FetchError(f"reading {handle.track.name} failed: {exc.strerror}")

@@ -15,7 +15,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -87,7 +87,10 @@ class Draft:
         return self.spec.id
 
     def track(self, name: str) -> Track:
-        return Track(self.spec, self.kind, name, self.size, self.mtime, self.source, self.local_path,
+        # The log names a download's track by its file name, as the folder shows it (the name's string is the
+        # track's own: nothing more is kept per track).
+        source = None if self.source is None else replace(self.source, label=name)
+        return Track(self.spec, self.kind, name, self.size, self.mtime, source, self.local_path,
                      self.reason, self.probe_failure, self.validated, self.answered)
 
 
@@ -432,7 +435,7 @@ def _finish(track: Draft) -> None:
         if track.size is None and remote is not None:
             track.size = remote.size
         etag = remote.etag if remote is not None and spec.size is None else None
-        track.source = Source(spec.cloud_url or "", size=track.size, etag=etag, label=spec)
+        track.source = Source(spec.cloud_url or "", size=track.size, etag=etag, label=spec)  # named in track()
         # A cached blob found under this identity is the server's current version only when the identity
         # names the version the server just gave; otherwise its first open revalidates it.
         track.validated = track.validated and etag is not None
