@@ -65,8 +65,17 @@ def test_the_cache_folder_replaced_while_mounted_is_taken_up_and_the_export_is_w
 def test_a_cache_folder_that_cannot_be_made_again_fails_each_read_with_the_cause_in_the_report(
         tmp_path, server_root, devserver, mounter):
     mount = session_with_one_cached(tmp_path, server_root, devserver, mounter)
-    shutil.rmtree(mount.cache_dir)
-    mount.cache_dir.write_text("a file where the cache folder was\n")  # mkdir cannot make it again
+    def replaced() -> bool:
+        """The folder removed and a file put in its place (mkdir cannot make it again); the daemon may make the
+        folder again in between (its report is written there), so until the file is in place."""
+        shutil.rmtree(mount.cache_dir, ignore_errors=True)
+        try:
+            mount.cache_dir.write_text("a file where the cache folder was\n")
+        except IsADirectoryError:
+            return False
+        return True
+
+    assert wait_until(replaced, interval=0)
     done = run(["cp", "-r", f"{mount.path}/.", str(tmp_path / "out")])
     assert done.returncode == 1
     for track in TRACKS:
