@@ -222,19 +222,25 @@ class HttpClient:
         if self.team is None:
             return
         for endpoint in self.team.endpoints:
-            url = f"{endpoint.base}{team_policy.STORE_CHECK_PATH}?n={secrets.token_hex(16)}"
-            try:
-                with httpx_errors(url):
-                    answers = [self._client.get(url, auth=None) for _ in range(2)]
-                first, second = (team_policy.Answer(r.status_code, r.headers.get(team_policy.MARKER),
-                                                    team_policy.STORE_CHECK_HEADER in r.headers) for r in answers)
-            except TransientError as exc:  # down (or its certificate refused): shown as down, with why
-                self.team.failed(team_policy.Route(endpoint, url), exc.reason)
-                continue
-            except FetchError as exc:
-                log.info("team cache %s: store check not made: %s", endpoint.host, exc.reason)
-                continue
-            self.team.stored(endpoint, *team_policy.judge_store_check(first, second))
+            # Twice before calling it down: a down cache is routed around for minutes, and one connection the cache
+            # closed without an answer (a worker restarting, a kept connection it timed out) says little.
+            for attempt in range(2):
+                url = f"{endpoint.base}{team_policy.STORE_CHECK_PATH}?n={secrets.token_hex(16)}"  # a fresh nonce
+                try:
+                    with httpx_errors(url):
+                        answers = [self._client.get(url, auth=None) for _ in range(2)]
+                    first, second = (team_policy.Answer(r.status_code, r.headers.get(team_policy.MARKER),
+                                                        team_policy.STORE_CHECK_HEADER in r.headers) for r in answers)
+                except TransientError as exc:  # down (or its certificate refused): shown as down, with why
+                    if attempt == 0:
+                        log.info("team cache %s: store check: %s; asking once more", endpoint.host, exc.reason)
+                        continue
+                    self.team.failed(team_policy.Route(endpoint, url), exc.reason)
+                except FetchError as exc:
+                    log.info("team cache %s: store check not made: %s", endpoint.host, exc.reason)
+                else:
+                    self.team.stored(endpoint, *team_policy.judge_store_check(first, second))
+                break
 
     def _before_request(self, request: httpx.Request) -> None:
         url = str(request.url)
