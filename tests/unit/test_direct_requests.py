@@ -105,18 +105,17 @@ def test_with_a_proxy_from_the_environment_every_request_goes_through_the_client
     path = cloud_track(server_root, "a", SIZE)["cloud_stream_path"]
     monkeypatch.setenv("no_proxy", "*")  # a proxy named, and this server exempted from it: the client decides
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
-    with DevServer(server_root) as api:
-        client = HttpClient()
-        try:
-            assert [len(fetch(client, api.url_for(path))) for _ in range(2)] == [SIZE] * 2
-        finally:
-            client.close()
+
+    def fetch_twice() -> None:
+        with DevServer(server_root) as api:
+            client = HttpClient()
+            try:
+                assert [len(fetch(client, api.url_for(path))) for _ in range(2)] == [SIZE] * 2
+            finally:
+                client.close()
+
+    fetch_twice()
     assert len(client_sends) == 2
     monkeypatch.delenv("http_proxy")  # no_proxy alone names no proxy: asked directly after the first
-    with DevServer(server_root) as api:
-        client = HttpClient()
-        try:
-            assert [len(fetch(client, api.url_for(path))) for _ in range(2)] == [SIZE] * 2
-        finally:
-            client.close()
+    fetch_twice()
     assert len(client_sends) == 3

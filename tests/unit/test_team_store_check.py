@@ -61,25 +61,15 @@ def cache_server(request: pytest.FixtureRequest) -> Iterator[Cache]:
     cache.close()
 
 
-@pytest.mark.parametrize("cache_server", [1], indirect=True)
-def test_one_connection_closed_without_an_answer_is_asked_again_not_called_down(cache_server: Cache) -> None:
+@pytest.mark.parametrize(("cache_server", "state", "stores"), [(1, "up", True), (2, "down", None)],
+                         indirect=["cache_server"])
+def test_one_connection_closed_without_an_answer_is_asked_again_two_in_a_row_call_it_down(
+        cache_server: Cache, state: str, stores: bool | None) -> None:
     team = TeamCache(cache_server.url)
     client = HttpClient(team=team)
     try:
         client.check_team_stores()
     finally:
         client.close()
-    [state] = team.state()
-    assert state["state"] == "up" and state["stores"] is True, state
-
-
-@pytest.mark.parametrize("cache_server", [2], indirect=True)
-def test_two_in_a_row_call_it_down(cache_server: Cache) -> None:
-    team = TeamCache(cache_server.url)
-    client = HttpClient(team=team)
-    try:
-        client.check_team_stores()
-    finally:
-        client.close()
-    [state] = team.state()
-    assert state["state"] == "down" and state["stores"] is None, state
+    [seen] = team.state()
+    assert seen["state"] == state and seen["stores"] is stores, seen
