@@ -112,7 +112,7 @@ def test_an_overshoot_of_the_start_is_taken_back() -> None:
 
 
 def test_a_long_round_trip_starts_with_more_downloads_until_the_first_measurement() -> None:
-    """At 20 ms START fills the link; at 80 ms the same rate holds four times the bytes in flight. Before
+    """At 10 ms START fills the link; at 80 ms the same rate holds eight times the bytes in flight. Before
     anything is measured the least answer time sets the start (a new connection's first answer takes two round
     trips, handshake included); once an interval is measured, only the measurements move it."""
     clock = Clock()
@@ -120,7 +120,7 @@ def test_a_long_round_trip_starts_with_more_downloads_until_the_first_measuremen
     assert control.limit(waiting=True) == START
     control.answered_after(0.1)  # a request at 100 ms: scaled, to the most
     assert control.limit(waiting=True) == SCALED_MOST == 12
-    control.answered_after(0.04)  # a request on a kept connection, at 40 ms
+    control.answered_after(0.02)  # a request on a kept connection, at 20 ms
     assert control.limit(waiting=True) == 8
     control.answered_after(0.005)  # a near server after all: never below START, and the doubling start is back
     assert control.limit(waiting=True) == START
@@ -230,7 +230,8 @@ def test_a_longer_path_starts_with_fewer_downloads_than_the_most_a_shorter_one_g
 def test_long_tracks_start_with_few_downloads_however_long_the_round_trip() -> None:
     assert start_for(0.08, 512 * 1024) == start_for(0.08) == 12  # short tracks: the bandwidth-delay product
     assert start_for(0.08, 8 * MIB) == start_for(0.15, 8 * MIB) == 6
-    assert start_for(0.02, 8 * MIB) == START  # a short round trip: no more than short tracks would get
+    assert start_for(0.01, 8 * MIB) == START  # a short round trip: no more than short tracks would get
+    assert start_for(0.02, 8 * MIB) == LONG_TRACKS < start_for(0.02)
 
 
 def test_on_long_tracks_the_controller_does_not_double_and_stays_near_its_start() -> None:
@@ -250,7 +251,7 @@ def test_short_tracks_still_double_from_their_start() -> None:
     clock = Clock()
     control = Concurrency(64, clock=clock)
     control.expect_tracks([512 * 1024] * 200)
-    seen = run(control, clock, 6, rate=50 * MB, rtt=0.02, track=512 * 1024)
+    seen = run(control, clock, 6, rate=50 * MB, rtt=0.01, track=512 * 1024)
     assert seen[:3] == [START, 2 * START, 4 * START], seen
 
 
@@ -275,7 +276,7 @@ def test_sizes_after_the_first_measurement_change_nothing_but_the_next_guess() -
 def test_long_tracks_at_a_short_round_trip_keep_the_short_start_as_their_least() -> None:
     clock = Clock()
     control = Concurrency(16, clock=clock)
-    control.handshake_took(0.02)
+    control.handshake_took(0.01)
     control.expect_tracks([8 * MIB] * 10)
     assert control.limit(waiting=True) == START == control.lower
 
