@@ -16,7 +16,10 @@ def test_mount_refuses_bad_mountpoints_with_one_line(tmp_path, mounter):
     session = write_session(tmp_path / "s.json", [])
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
-    for target, words in ((tmp_path / "absent", "does not exist"), (not_a_dir, "is not a folder")):
+    (tmp_path / "mnt").mkdir()
+    through_missing = tmp_path / "nope" / ".." / "mnt"  # realpath reads it as mnt; the kernel finds no such path
+    for target, words in ((tmp_path / "absent", "does not exist"), (not_a_dir, "is not a folder"),
+                          (through_missing, f"does not exist: {tmp_path / 'nope'} is missing")):
         done = run([MIXVFS, "mount", str(session), str(target), "--cache-dir", str(tmp_path / "c")])
         assert done.returncode == 2
         assert words in done.stderr and done.stderr.count("\n") == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 
 import pytest
 
@@ -106,6 +107,13 @@ def test_mixvfs_config_shows_value_and_origin(tmp_path):
     assert "secret-value" not in text and "secret-value" not in done.stdout
     assert text.splitlines()[0] == f"config file: {path}"
     assert any(line.split() == ["jobs", "2", "config", "file"] for line in text.splitlines())
+    # The columns line up, the longest name (team_cache_allow_plain_http) and the cache path included; the
+    # columns are two spaces apart at the least (a value may hold single spaces).
+    header, *table = text.splitlines()[1:]
+    for line in table:
+        columns = re.fullmatch(r"(\S+) {2,}(\S.*?) {2,}(\S.*)", line)
+        assert columns is not None, line
+        assert (columns.start(2), columns.start(3)) == (header.index("VALUE"), header.index("FROM")), line
 
 
 def test_mixvfs_config_shows_where_the_token_comes_from_never_the_token(tmp_path):

@@ -204,7 +204,7 @@ def mount_options(args: argparse.Namespace) -> mount.MountOptions:
     runtime = settings.runtime()
     return mount.MountOptions(
         session_path=args.session.expanduser().resolve(),
-        mountpoint=Path(os.path.realpath(args.mountpoint.expanduser())),  # as the kernel resolves it: no ..
+        mountpoint=mount.resolved_mountpoint(args.mountpoint.expanduser()),
         runtime=runtime,
         report_path=args.report.expanduser().absolute() if args.report else None,
         log_file=(args.log_file or runtime.cache.root / "logs" / "mixvfs.log").expanduser().absolute(),

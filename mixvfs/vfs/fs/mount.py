@@ -82,6 +82,18 @@ def clear_stale(mountpoint: Path) -> None:
     log.warning("cleared a stale mount at %s", mountpoint)
 
 
+def resolved_mountpoint(typed: Path) -> Path:
+    """``typed`` as the kernel resolves it, symbolic links and ``..`` included. ``realpath`` alone reads
+    ``nope/../mnt`` as ``mnt`` even where ``nope`` is missing, where the shell, ``cp`` and the kernel find no
+    such path: the mount would go to a folder the user did not name."""
+    resolved = Path(os.path.realpath(typed))
+    if not os.path.lexists(typed) and resolved.exists():
+        missing = next((prefix for prefix in (typed, *typed.parents) if not os.path.lexists(prefix)
+                        and os.path.lexists(prefix.parent)), typed)
+        raise ConfigError(f"mountpoint {typed} does not exist: {missing} is missing")
+    return resolved
+
+
 def check_mountpoint(mountpoint: Path, *, allow_non_empty: bool = False) -> None:
     if is_stale(mountpoint):
         clear_stale(mountpoint)
