@@ -315,6 +315,40 @@ def test_a_download_is_told_to_every_track_of_its_version_and_to_no_other(make_f
     assert statuses["odd"] == "pending" and statuses["b"] == "pending", statuses
 
 
+def test_a_track_just_downloaded_is_not_revalidated_while_its_end_is_being_told(make_fs, server_root, devserver):
+    """Between a download's commit (its blob in the index) and the mount hearing DONE (the track noted as
+    confirmed), an open found the track merely cached and asked the server about the bytes it had just sent: a
+    HEAD, one round trip on the exporter's path (1-7 per cold export of 200 tracks over the emulated link). A
+    subscriber told of DONE before the mount's own is inside that window."""
+    import threading
+
+    from mixvfs.cache.download import Event
+    from mixvfs.cache.http import Freshness
+
+    write_sized(server_root / "t.wav", 150_000, seed=4)
+    fs = make_fs([{"id": "t", "artist": "A", "title": "t", "cloud_stream_path": "/t.wav", "size": 150_000}],
+                 devserver.url)
+    source = fs.tracks[0].source
+    assert source is not None
+    told = threading.Event()
+    answers: list[Freshness] = []
+
+    def inside_the_window(_download: object, event: Event) -> None:
+        if event is Event.DONE:
+            answers.append(fs.fetcher.revalidate(source))
+            told.set()
+
+    fs.fetcher._subscribers.insert(0, inside_the_window)  # heard before the mount's own subscriber
+    assert len(read_all(fs, "A - t.wav")) == 150_000
+    assert told.wait(30)
+    assert answers == [Freshness.UNCHANGED]
+    assert devserver.requests("HEAD", "/t.wav") == []
+    # Once told, the track is confirmed for the mount; later, a revalidation asks the server as before.
+    assert fs.state.fresh(fs.tracks[0])
+    assert fs.fetcher.revalidate(source) is Freshness.UNCHANGED
+    assert len(devserver.requests("HEAD", "/t.wav")) == 1
+
+
 def test_the_last_download_of_a_burst_is_in_the_report_file_when_its_event_is_told(make_fs, server_root, devserver):
     """A `mixvfs report` right after `cp` of the last track read the report file before the batch that says
     "cached" was written (up to a batch interval later). The last download to end, with a small report, is
