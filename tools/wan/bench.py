@@ -4,13 +4,15 @@ in the same run, on the same link.
 
 The link (tools/wan/link.py): network namespaces, veth pairs, ``tbf`` for the rate with a one-BDP drop-tail buffer,
 and a TUN delay line (tools/wan/delayline.c) for the round trip and random loss. The origin is nginx in the server
-namespace with a bearer check (tools/wan/origin.py). Real kernel TCP end to end. Every figure is one tool's wall
-time (mixvfs: from ``mixvfs mount`` to the end of ``cp -r``), cold (an empty cache, a fresh mount), divided by the
-floor (bytes ÷ link rate); the last columns are mixvfs ÷ the best peer of that run and mixvfs's requests and
-connections per track, counted in nginx's log.
+namespace with a bearer check (tools/wan/origin.py). Real kernel TCP end to end; the origin sends with the host's
+default congestion control unless ``--origin-cc`` names one (the first line says which: with many flows through
+one shallow buffer, CUBIC and BBR lose packets differently, and every tool's figure moves). Every figure is one
+tool's wall time (mixvfs: from ``mixvfs mount`` to the end of ``cp -r``), cold (an empty cache, a fresh mount),
+divided by the floor (bytes ÷ link rate); the last columns are mixvfs ÷ the best peer of that run and mixvfs's
+requests and connections per track, counted in nginx's log.
 
     python -m tools.wan.bench [--quick] [--runs N] [--only cold,big,loss,warm,ask,bwlimit,reconnect,studio]
-                              [--rate MBIT]
+                              [--rate MBIT] [--origin-cc cubic|bbr|...]
 
 The link's traffic goes only to the namespaces it makes; they are removed at the end, on Ctrl-C and on SIGTERM
 (a run killed with SIGKILL leaves them: ``python -m tools.wan.link down N``).
@@ -475,6 +477,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default="",
                         help="comma list: cold,big,loss,warm,ask,bwlimit,reconnect,studio (default all)")
     parser.add_argument("--rate", type=float, default=100.0, help="link rate each way, Mbit/s (100)")
+    parser.add_argument("--origin-cc", default=None, metavar="NAME",
+                        help="TCP congestion control the origin sends with, e.g. cubic (Linux's default) or bbr "
+                             "(default: this host's, which a new namespace copies; choosing sets the host's "
+                             "default for the moment the server namespace is made, then puts it back)")
     parser.add_argument("--rtts", default="", help="comma list of round trips (ms) for the cold cases (20,80,150)")
     parser.add_argument("--work", default=None, help="data folder (default: a temp folder on /var/tmp)")
     parser.add_argument("--out", default=str(REPO / "bench-out"), help="where wan-results.md goes")
@@ -515,10 +521,11 @@ def main(argv: list[str] | None = None) -> int:
         big = make_dataset(root, 24, 8 * MIB)
         for path in [*small.files, *big.files]:
             path.read_bytes()  # into the page cache: the server is never disk-bound
-        link = stack.enter_context(emulated(Shape(80, rate), work / "build"))
+        link = stack.enter_context(emulated(Shape(80, rate), work / "build", args.origin_cc))
         origin = stack.enter_context(serving(link, root, work / "origin"))
-        print(f"bench-wan {time.strftime('%Y-%m-%d %H:%M')} UTC: link slot {link.slot}, {rate:g} Mbit/s each way, "
-              f"origin {origin.url} (nginx, bearer check); load average {os.getloadavg()[0]:.2f}", flush=True)
+        said = (f"bench-wan {time.strftime('%Y-%m-%d %H:%M')} UTC: link slot {link.slot}, {rate:g} Mbit/s each way, "
+                f"origin {origin.url} (nginx, bearer check, sending with TCP {link.origin_cc})")
+        print(f"{said}; load average {os.getloadavg()[0]:.2f}", flush=True)
         bench = Bench(args, link, origin, work)
         rtts = [float(r) for r in args.rtts.split(",") if r] or ((80,) if args.quick else (20, 80, 150))
         if "cold" in only:
@@ -553,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nload average at the end {os.getloadavg()[0]:.2f} (2 cores shared: other work makes runs noisy)")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "wan-results.md").write_text(table + "\n")
+        (out / "wan-results.md").write_text(said + "\n\n" + table + "\n")
     return 0
 
 

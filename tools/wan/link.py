@@ -40,6 +40,42 @@ class LinkError(RuntimeError):
     pass
 
 
+CONGESTION_CONTROL = Path("/proc/sys/net/ipv4/tcp_congestion_control")
+
+
+def congestion_control(netns: str | None = None) -> str:
+    """The default TCP congestion control of this namespace, or of ``netns``."""
+    if netns is None:
+        return CONGESTION_CONTROL.read_text().strip()
+    done = subprocess.run(["ip", "netns", "exec", netns, "cat", str(CONGESTION_CONTROL)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise LinkError(f"reading the congestion control of {netns}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def host_congestion_control(name: str | None) -> Iterator[None]:
+    """The host's default congestion control is ``name`` for the block (None: left as it is). A new network
+    namespace starts with a copy of the host's default and, on some kernels, may not change its own (EPERM even
+    as root): the only way to choose what the origin sends with is to have the host's default right while its
+    namespace is made. The block is that one ``ip netns add``; sockets the host opens in those milliseconds
+    would get it too, which is why it is a choice (``--origin-cc``), never the default."""
+    before = congestion_control()
+    if name is None or name == before:
+        yield
+        return
+    try:
+        CONGESTION_CONTROL.write_text(name)
+    except OSError as exc:
+        allowed = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control").read_text().strip()
+        raise LinkError(f"congestion control {name!r}: {exc.strerror} (this kernel allows: {allowed})") from None
+    try:
+        yield
+    finally:
+        CONGESTION_CONTROL.write_text(before)
+
+
 
 def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
     """SIGTERM, then SIGKILL after 10 s: a helper process of the link (delay line, nginx) never outlives it."""
@@ -120,6 +156,7 @@ class Link:
         self.client_ip, self.router_ip_a = f"{net}.0.1", f"{net}.0.2"
         self.router_ip_b, self.server_ip = f"{net}.1.1", f"{net}.1.2"
         self.shape: Shape | None = None
+        self.origin_cc = ""  # the server namespace's TCP congestion control: what the origin sends with
         self._delay: subprocess.Popen[bytes] | None = None
         self.delay_log = build / f"delayline-{slot}.log"
 
@@ -133,12 +170,17 @@ class Link:
 
     # -- building and removing ------------------------------------------------------------------------
 
-    def build_up(self, shape: Shape) -> None:
-        """Everything but the router namespace (made by :func:`claim`); on any failure, :meth:`down`."""
+    def build_up(self, shape: Shape, origin_cc: str | None = None) -> None:
+        """Everything but the router namespace (made by :func:`claim`); on any failure, :meth:`down`.
+        ``origin_cc``: the TCP congestion control the origin sends with (None: the host's default)."""
         try:
             delayline = build_delayline(self.build)
             r = ["-n", self.router]
-            ip("netns", "add", self.server)
+            with host_congestion_control(origin_cc):
+                ip("netns", "add", self.server)
+            self.origin_cc = congestion_control(self.server)
+            if origin_cc is not None and self.origin_cc != origin_cc:
+                raise LinkError(f"the server namespace sends with {self.origin_cc}, not {origin_cc}")
             ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.router_a)
             ip("link", "set", self.router_a, "netns", self.router)
             ip(*r, "link", "add", self.router_b, "type", "veth", "peer", "name", self.server_if)
@@ -246,9 +288,9 @@ def claim(build: Path) -> Link:
 
 
 @contextlib.contextmanager
-def emulated(shape: Shape, build: Path) -> Iterator[Link]:
+def emulated(shape: Shape, build: Path, origin_cc: str | None = None) -> Iterator[Link]:
     """A link of this shape for the block, removed after it whatever happens (SIGTERM included: it is turned
-    into SystemExit for the block, so the ``finally`` runs)."""
+    into SystemExit for the block, so the ``finally`` runs). ``origin_cc``: see :meth:`Link.build_up`."""
     previous = signal.getsignal(signal.SIGTERM)
     restore = False
     with contextlib.suppress(ValueError):  # not the main thread: the caller handles its signals
@@ -256,7 +298,7 @@ def emulated(shape: Shape, build: Path) -> Iterator[Link]:
         restore = True
     link = claim(build)
     try:
-        link.build_up(shape)
+        link.build_up(shape, origin_cc)
         yield link
     finally:
         link.down()
