@@ -49,6 +49,14 @@ LONG_PATH = 0.12  # seconds of round trip from which the start is at most LONG_P
 LONG_PATH_MOST = 8
 
 
+# Bytes per second: the link START fills at START_ROUND_TRIP (100 Mbit/s). The quarter probes never go below what
+# holds the bandwidth-delay product measured (the best goodput, the least round trip) in flight, in START's
+# proportion: a step down that cost less than GROWTH was kept, and the intervals' noise (a goodput that moves by
+# a fifth from one half second to the next) let a run of such steps take a 100 Mbit/s link at 80 or 150 ms
+# from 12 or 8 downloads down to 6, where each lost packet costs the link more (200 x 512 KiB, medians of 3
+# alternated, origin sending with CUBIC: 1.223 -> 1.178 x the floor at 80 ms, 1.298 -> 1.269 at 150 ms).
+REFERENCE_RATE = 12.5e6
+
 START_TRACK_SIZE = 512 * 1024  # bytes: the track size START was found for (a request's round trip per track)
 LONG_TRACK_SIZE = 4 * START_TRACK_SIZE  # bytes: tracks this long or longer are long (most real music files are)
 LONG_TRACKS = 6  # downloads at once to begin with on long tracks, however long the round trip
@@ -84,6 +92,8 @@ class Concurrency:
         self._wanted = False  # in this interval, a download waited for a slot
         self._round_trip: float | None = None  # the least time to a response's headers seen
         self._paid: tuple[int, float] | None = None  # the last (limit, goodput) that was worth its number
+        self._best = 0.0  # the best goodput measured: with the least round trip, the floor of the probes down
+        self._pushed = False  # the server answered 429/503: no floor from the link's size any more
         self._holding = 0
         self._starting = True  # doubling, until a step up first buys nothing (as TCP's slow start)
         self._guessing = True  # nothing measured yet: the number is a guess from the round trip
@@ -148,6 +158,7 @@ class Concurrency:
             self.lower = min(LOWER, self.upper)
             self._limit = max(self.lower, self._limit // 2)
             self._paid = None
+            self._pushed = True  # from now on the server's word, not the link's size, sets the least number
             self._holding = HOLD
             self._starting = self._guessing = False
             self._restart(self.clock())
@@ -172,6 +183,19 @@ class Concurrency:
     def round_trip(self) -> float | None:
         return self._round_trip
 
+    def _floor(self) -> int:
+        """The fewest downloads the probes may leave, on short tracks (each request's round trip a large part of
+        its track's time): those that hold the bandwidth-delay product measured in flight, in START's proportion
+        (REFERENCE_RATE), up to what the round trip would start with. ``lower`` on long tracks (their start is
+        their floor already: fewer long flows fill a link), on tracks of unknown size, on a thin or near link,
+        and once the server has pushed back."""
+        short = self._track_size is not None and self._track_size < LONG_TRACK_SIZE
+        if not short or self._pushed or self._round_trip is None or self._best <= 0:
+            return self.lower
+        bdp = START * (self._best / REFERENCE_RATE) * (self._round_trip / START_ROUND_TRIP)
+        most = min(self.upper, SCALED_MOST if self._round_trip < LONG_PATH else LONG_PATH_MOST)
+        return max(self.lower, min(most, math.ceil(bdp - 1e-9)))
+
     def _interval(self) -> float:
         return max(MIN_INTERVAL, ROUND_TRIPS * (self._round_trip or 0.0))
 
@@ -195,12 +219,14 @@ class Concurrency:
             self._down_next = False
             return
         self._paid = (self._limit, goodput)  # the latest at this number: the link may have changed
+        self._best = max(self._best, goodput)
+        floor = self._floor()
         if self._holding > 0:
             self._holding -= 1
-        elif self._down_next and self._limit > self.lower:
+        elif self._down_next and self._limit > floor:
             # Fewer, if as many bytes come: every download more is a flow competing at the bottleneck's buffer
             # (drops, timeouts), a thread, and a track the exporter waits on.
-            self._limit = max(self.lower, self._limit - max(1, self._limit // 4))
+            self._limit = max(floor, self._limit - max(1, self._limit // 4))
             self._down_next = False
         elif self._limit < self.upper:
             step = self._limit if self._starting else max(1, self._limit // 4)

@@ -3,6 +3,7 @@ before its bytes come, so on a long, fat link more downloads at once fill it, up
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 from pathlib import Path
@@ -19,6 +20,7 @@ from mixvfs.cache.concurrency import (
     ROUND_TRIPS,
     SCALED_MOST,
     START,
+    START_ROUND_TRIP,
     Concurrency,
     start_for,
 )
@@ -109,6 +111,55 @@ def test_an_overshoot_of_the_start_is_taken_back() -> None:
         clock.now += MIN_INTERVAL
     assert seen[0] == SCALED_MOST and max(seen) <= 16  # no doubling from a start the round trip scaled
     assert seen[-1] <= 10
+
+
+def flat_link(control: Concurrency, clock: Clock, intervals: int, rate: float) -> list[int]:
+    """A link whose goodput barely depends on the number of downloads: half a percent per download, so a quarter
+    more or fewer moves it by less than GROWTH, and every probe down is kept unless something else stops it."""
+    seen = []
+    for _ in range(intervals):
+        limit = control.limit(waiting=True)
+        seen.append(limit)
+        control.received(int(rate * (1 - 0.005 * max(0, 16 - limit)) * MIN_INTERVAL))
+        clock.now += MIN_INTERVAL
+    return seen
+
+
+def test_short_tracks_never_probe_below_what_holds_the_bandwidth_delay_product() -> None:
+    """Steps down that each cost less than GROWTH added up: 12 -> 9 -> 6 on a 100 Mbit/s link at 80 ms, where
+    fewer flows each lose more to a dropped packet. Never fewer than the measured rate times the round trip
+    needs, in START's proportion (here the most the round trip starts with)."""
+    clock = Clock()
+    control = Concurrency(16, clock=clock)
+    control.expect_tracks([512 * 1024] * 200)
+    control.answered_after(0.08)
+    seen = flat_link(control, clock, 80, 12.5 * MB)
+    assert seen[0] == SCALED_MOST and min(seen) == SCALED_MOST == control._floor()
+    # Tracks of unknown size (which may be long: fewer long flows fill a link) keep the old floor.
+    unknown = Concurrency(16, clock=clock)
+    unknown.answered_after(0.08)
+    assert min(flat_link(unknown, clock, 80, 12.5 * MB)) == LOWER
+
+
+def test_on_a_thin_link_the_floor_is_what_its_rate_needs() -> None:
+    """1.25 MB/s (10 Mbit/s) at 80 ms holds a tenth of the bytes in flight: 4 downloads, not 12."""
+    clock = Clock()
+    control = Concurrency(16, clock=clock)
+    control.expect_tracks([512 * 1024] * 200)
+    control.answered_after(0.08)
+    seen = flat_link(control, clock, 120, 1.25 * MB)
+    assert min(seen) == math.ceil(START * 0.1 * 0.08 / START_ROUND_TRIP - 1e-9) == 4 < SCALED_MOST
+
+
+def test_a_server_pushing_back_is_obeyed_below_the_floor() -> None:
+    clock = Clock()
+    control = Concurrency(16, clock=clock)
+    control.expect_tracks([512 * 1024] * 200)
+    control.answered_after(0.08)
+    before = flat_link(control, clock, 10, 12.5 * MB)[-1]
+    control.pushed_back()
+    assert control.limit(waiting=True) == before // 2 < SCALED_MOST
+    assert min(flat_link(control, clock, 80, 12.5 * MB)) == LOWER
 
 
 def test_a_long_round_trip_starts_with_more_downloads_until_the_first_measurement() -> None:
