@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -110,6 +112,47 @@ def write_lock_held(database: Path) -> Iterator[None]:
         con.execute("COMMIT")
     finally:
         con.close()
+
+
+COMMIT_IN_ANOTHER_PROCESS = """
+import sys
+from pathlib import Path
+from mixvfs.cache.store import BlobStore
+store = BlobStore(Path(sys.argv[1]), max_size=1 << 30, max_age=3600)  # opening writes: before the lock is taken
+print("open", flush=True)
+sys.stdin.readline()
+store.commit(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+store.settle(sys.argv[3])
+store.close()
+"""
+
+
+def test_the_file_of_another_process_s_commit_in_flight_is_never_removed(blobs):
+    """The same, the committer a second process sharing the cache (a mount beside `cachectl prune`)."""
+    put(blobs, b"first" * 100)
+    data = b"theirs" * 2000
+    path, digest = stage(blobs, data)
+    other = subprocess.Popen([sys.executable, "-c", COMMIT_IN_ANOTHER_PROCESS, str(blobs.root), str(path), digest,
+                              str(len(data))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdin is not None and other.stdout is not None
+        assert other.stdout.readline() == "open\n"
+        with write_lock_held(blobs.root / "blobs" / "cache.db"):
+            other.stdin.write("commit\n")
+            other.stdin.flush()
+            assert wait_until(lambda: not path.exists() or other.poll() is not None)
+            assert other.poll() is None, "the other process ended before its commit waited for the lock"
+            [in_flight] = blobs.unindexed()
+            assert in_flight.size == len(data)
+            assert blobs.sweep_unindexed() == []
+            assert in_flight.filename in files_in(blobs)
+        assert other.wait(timeout=60) == 0
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    assert blobs.unindexed() == []
+    assert read_blob(blobs, digest) == data
 
 
 def test_the_file_of_a_commit_in_flight_is_never_removed(blobs):
