@@ -47,7 +47,10 @@ def test_cachectl_stats_tells_of_a_refused_commit_s_file_and_prune_removes_it_af
             "database refused: cachectl prune removes them once 60 min old (1 younger") in cachectl("stats")
 
     # Now: a commit may still name it.
-    assert json.loads(cachectl("prune", "--json"))["unindexed_files"] == []
+    young = json.loads(cachectl("prune", "--json"))
+    assert young["unindexed_files"] == [] and (young["unindexed_kept"], young["unindexed_kept_bytes"]) == (1, 300_000)
+    assert ("kept 1 file(s) outside the index, 293.0 KiB, less than 60 min old: a commit may still name them"
+            in cachectl("prune"))
     assert left.filename in files_in(cache)
 
     ahead = later(UNINDEXED_GRACE + 60)
@@ -57,6 +60,7 @@ def test_cachectl_stats_tells_of_a_refused_commit_s_file_and_prune_removes_it_af
     assert path.exists()
     done = json.loads(cachectl("prune", "--json", env=ahead))
     assert [f["path"] for f in done["unindexed_files"]] == [str(path)] and done["unindexed_bytes"] == 300_000
+    assert done["unindexed_kept"] == 0
     assert not path.exists()
     assert json.loads(cachectl("stats", "--json"))["unindexed"]["files"] == 0
     assert "outside:" not in cachectl("stats")

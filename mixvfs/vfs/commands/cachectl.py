@@ -151,12 +151,16 @@ def run_command(args: argparse.Namespace, store: BlobStore, index: SourceIndex) 
         staging = store.clean_stale_staging(dry_run=args.dry_run)
         # Files of commits the database refused (no row names them), once UNINDEXED_GRACE old.
         unindexed = store.sweep_unindexed(dry_run=args.dry_run)
+        swept = {u.filename for u in unindexed}
+        young = [u for u in store.unindexed() if u.filename not in swept]  # a commit may still name them
         kept = store.pinned()
         kept_infos = [i for i in store.infos() if i.digest in kept]
         result = {"dry_run": args.dry_run, "freed_blobs": len(victims), "freed_bytes": sum(v.size for v in victims),
                   "blobs": [names.blob_json(v) for v in victims], "staging_files": len(staging),
                   "unindexed_files": [unindexed_json(store, u) for u in unindexed],
                   "unindexed_bytes": sum(u.size for u in unindexed),
+                  "unindexed_kept": len(young), "unindexed_kept_bytes": sum(u.size for u in young),
+                  "unindexed_grace": UNINDEXED_GRACE,
                   "pinned_kept": len(kept_infos), "pinned_bytes": sum(i.size for i in kept_infos),
                   "max_size": store.max_size}
         return emit(args, result, format_prune)
@@ -329,6 +333,10 @@ def format_prune(r: dict[str, Any]) -> str:
                      for f in r["unindexed_files"])
         lines.append(f"{verb} {len(r['unindexed_files'])} file(s) outside the index, "
                      f"{format_size(r['unindexed_bytes'])} (left by commits the cache database refused)")
+    if r["unindexed_kept"]:
+        lines.append(f"kept {r['unindexed_kept']} file(s) outside the index, {format_size(r['unindexed_kept_bytes'])}, "
+                     f"less than {r['unindexed_grace'] / 60:g} min old: a commit may still name them (a prune "
+                     "after that removes them)")
     return "\n".join(lines)
 
 
