@@ -11,6 +11,11 @@ from __future__ import annotations
 # The cache folder's limits.
 MAX_SIZE = 10 << 30  # bytes
 MAX_AGE = 30 * 86400.0  # seconds unused before a blob is dropped
+# Seconds a file in the blob folder that no index row names is kept before prune removes it (a commit the database
+# refused after its rename left it). A commit renames its file first and writes its row a moment later, waiting at
+# most diskcache's busy timeout (60 s) for the write lock, in this process or another sharing the cache: an hour
+# is far beyond any commit in flight.
+UNINDEXED_GRACE = 3600.0
 
 # Downloads.
 # The most downloads at once: how many of them run is measured (cache/concurrency.py), so this is a ceiling that

@@ -18,6 +18,10 @@ diskcache does the bookkeeping (transactional metadata, last-use time kept by it
   processes with different max_ages would overwrite each other's expiries;
 * a blob leaves with its index rows (:meth:`BlobStore._remove` — eviction, prune, verify, a blob found
   damaged at open): the store opens its root's :class:`SourceIndex` as ``store.index``.
+* files in the blob folder that no row names (a commit the database refused after its rename: SQLite
+  read-only or failing, a full disk) are found by :meth:`BlobStore.unindexed` and removed by
+  :meth:`BlobStore.sweep_unindexed` once older than ``UNINDEXED_GRACE`` (by ``cachectl prune``, and at a mount
+  start after a refused commit was noted), never while a commit may still be writing its row.
 
 Staging files live in ``<root>/staging``: outside diskcache's folder (its ``check(fix=True)`` deletes
 files it does not know) but on the same filesystem, so the final rename is atomic and copy-free. A
@@ -44,6 +48,7 @@ from typing import Any
 
 import diskcache
 
+from mixvfs.cache.defaults import UNINDEXED_GRACE
 from mixvfs.cache.digest import hash_fd
 from mixvfs.cache.disk import CheckedCache, SafeDisk
 from mixvfs.cache.errors import CacheError, NoSpace
@@ -84,6 +89,23 @@ class BlobDisk(SafeDisk):
                 if attempt == 9 or not value.path.exists():
                     raise
         return value.size, diskcache.core.MODE_BINARY, filename, None
+
+
+# diskcache's names for the files it keeps values in: two levels of folders from a random hex name, then the
+# rest of it with ".val" (diskcache.Disk.filename). Only such files are ever taken for a refused commit's leftover.
+VALUE_SUFFIX = ".val"
+# In the cache folder: a commit was refused since the last sweep found nothing left. A mount's housekeeping lists
+# the blob folder only when it is there (one stat, not a folder opened per blob: ~20 ms for 2000 blobs).
+REFUSED_NOTE = "refused-commits"
+
+
+@dataclass(frozen=True)
+class Unindexed:
+    """A file in the blob folder that no row of the blob database names."""
+
+    filename: str  # relative to the blob folder, as diskcache names a row's file
+    size: int
+    changed: float  # wall time of its last change (a rename changes it): how long a commit may still name it
 
 
 @dataclass(frozen=True)
@@ -160,6 +182,13 @@ class BlobCache(CheckedCache):
 
     def digests(self) -> set[str]:
         return {str(key) for (key,) in self._query("SELECT key FROM Cache WHERE raw = 1")}
+
+    def filenames(self) -> set[str]:
+        """The file every row names (relative to the cache's folder)."""
+        return {str(name) for (name,) in self._query("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
+
+    def names_file(self, filename: str) -> bool:
+        return bool(self._query("SELECT 1 FROM Cache WHERE filename = ? LIMIT 1", (filename,)))
 
     def stored_bytes(self) -> int:
         """diskcache's running total of value sizes (kept by its triggers), without summing the table."""
@@ -358,7 +387,9 @@ class BlobStore:
         except OSError as exc:
             raise translate_os_error(exc, "storing a download in the cache") from exc
         except (diskcache.Timeout, sqlite3.Error) as exc:
-            # The rename may have happened: the orphan file is diskcache's to clean (check(fix=True)).
+            # The rename may have happened (diskcache removes the file itself only when BEGIN times out): a
+            # file no row names, which `unindexed` counts and `sweep_unindexed` removes after UNINDEXED_GRACE.
+            self._note_refused_commit()
             words = str(exc) or type(exc).__name__
             if (refused := refused_write(exc)) is not None:
                 if not self._refusal_said:  # SQLite's own words, once: the report says the one sentence
@@ -539,6 +570,84 @@ class BlobStore:
                 self.index.prune(cutoff=cutoff, blobs=self._cache.digests)
         return chosen
 
+    # Files left outside the index. diskcache's own ``Cache.check(fix=True)`` would remove them too, but it is
+    # not fit to run beside a live mount or a second process: it deletes every unknown file at once, a commit in
+    # flight's included (diskcache renames a value's file before the transaction that writes its row), so a
+    # blob would be committed naming a file just deleted; and it runs ``PRAGMA integrity_check`` and ``VACUUM``
+    # and holds the write lock over a walk of the whole folder, stalling every download's commit on a big cache.
+    # Ours is narrower: diskcache's value files only, rows read in one query after the walk, no lock held, and
+    # a file removed only once it has gone ``grace`` seconds unchanged and still no row names it.
+
+    @cache_errors("looking for files outside the index")
+    def unindexed(self) -> list[Unindexed]:
+        """Every value file in the blob folder that no row names, oldest change first. The folder is listed
+        before the rows are read (a commit that renamed its file into the listing has its row read, if it is
+        written), names only: just the few files no row names are ``stat``-ed."""
+        folder = str(self.root / "blobs")
+        listed = list(value_files(folder))
+        named = self._cache.filenames() if listed else set()
+        left = []
+        for name in listed:
+            if name in named:
+                continue
+            try:
+                st = os.stat(os.path.join(folder, name), follow_symlinks=False)
+            except FileNotFoundError:  # evicted meanwhile
+                continue
+            left.append(Unindexed(name, st.st_size, max(st.st_mtime, st.st_ctime)))
+        return sorted(left, key=lambda u: u.changed)
+
+    @cache_errors("removing files outside the index")
+    def sweep_unindexed(self, *, now: float | None = None, grace: float = UNINDEXED_GRACE,
+                        dry_run: bool = False, if_noted: bool = False) -> list[Unindexed]:
+        """Remove (``dry_run``: only name) the files no row names that have gone ``grace`` seconds unchanged:
+        their commits were refused. Younger ones may be a commit in flight, here or in another process sharing
+        the cache (its row is written a moment after its rename), and stay. Each is asked for by name again
+        just before it goes. ``if_noted``: only when a refused commit was noted (:data:`REFUSED_NOTE`), which
+        goes once a sweep leaves nothing behind and no refusal was noted meanwhile."""
+        now = time.time() if now is None else now
+        note = self.root / REFUSED_NOTE
+        try:
+            noted: int | None = note.stat().st_mtime_ns
+        except FileNotFoundError:
+            noted = None
+        if if_noted and noted is None:
+            return []
+        folder = self.root / "blobs"
+        swept, kept = [], 0
+        for left in self.unindexed():
+            if now - left.changed < grace:
+                kept += 1
+                continue
+            if not dry_run:
+                if self._cache.names_file(left.filename):
+                    continue  # a row names it now: written since the walk
+                path = folder / left.filename
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                with contextlib.suppress(OSError):  # emptied folders go, as diskcache's own removal does
+                    os.removedirs(path.parent)
+            swept.append(left)
+        if noted is not None and not dry_run and not kept:
+            with contextlib.suppress(FileNotFoundError):
+                if note.stat().st_mtime_ns == noted:  # no refusal noted since this sweep began
+                    note.unlink()
+        return swept
+
+    def _note_refused_commit(self) -> None:
+        """Leave :data:`REFUSED_NOTE`, so that the next mount's housekeeping looks for the file. If even this
+        cannot be written (the disk full to its last inode), `cachectl prune` still finds the file and `stats`
+        tells of it."""
+        note = self.root / REFUSED_NOTE
+        try:
+            os.close(os.open(note, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            os.utime(note)  # a refusal after a sweep began keeps the note (the sweep compares its time)
+        except OSError as exc:
+            log.info("could not note a refused commit for the next mount's clean-up (%s): cachectl prune "
+                     "removes its file", exc.strerror or exc)
+
     @cache_errors("verifying blobs")
     def verify(self) -> tuple[int, list[BlobInfo]]:
         """Re-hash every blob; remove and return the ones whose bytes changed. Returns (checked, corrupt)."""
@@ -560,6 +669,27 @@ class BlobStore:
                 corrupt.append(info)
                 self._remove_digest(info.digest)
         return len(infos), corrupt
+
+
+def value_files(folder: str) -> Iterator[str]:
+    """The files where diskcache puts values ("ab/cd/<name>.val"), relative to ``folder``: two levels of
+    folders, nothing else (the database's own files, anything a user left) looked at."""
+    for top in subfolders(folder):
+        for sub in subfolders(os.path.join(folder, top)):
+            # A folder emptied and removed meanwhile holds nothing.
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError), \
+                    os.scandir(os.path.join(folder, top, sub)) as entries:
+                for entry in entries:
+                    if entry.name.endswith(VALUE_SUFFIX) and entry.is_file(follow_symlinks=False):
+                        yield f"{top}/{sub}/{entry.name}"
+
+
+def subfolders(path: str) -> list[str]:
+    try:
+        with os.scandir(path) as entries:
+            return [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 LOCKS_UNSUPPORTED = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})

@@ -103,13 +103,19 @@ def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housek
                  tolerate_token_error: bool = False) -> Runtime:
     """Everything a command needs to read or fill the cache. ``origins``: every URL the token may travel to
     (warned about when it is plain http to another machine). ``housekeeping``: remove dead downloads'
-    staging files and expired blobs first (commands that download; preflight only looks)."""
+    staging files, expired blobs and the files of refused commits first (commands that download; preflight only
+    looks)."""
     install_reaches()  # the library reaches below httpx, each checked (warned about at the start when it fails)
     store, index = open_cache(config.cache)
     if housekeeping:
         for path in store.clean_stale_staging():
             log.info("removed a dead download's leftover %s", path.name)
         store.prune()
+        # Only after a refused commit was noted: listing the blob folder opens a folder per blob or so (~20 ms
+        # for 2000 blobs, more from a cold disk), too much for every mount start; nor after each commit, where
+        # eviction answers from diskcache's running total without reading the table.
+        for left in store.sweep_unindexed(if_noted=True):
+            log.info("removed %s, a file no cache row named (a commit the cache database refused)", left.filename)
     token_error = None
     try:
         tokens = config.tokens()

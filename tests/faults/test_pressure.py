@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mixvfs.cache.defaults import UNINDEXED_GRACE
 from tests.conftest import run, write_session
 from tests.faults.helpers import cachectl, cachectl_json, cloud_track, cp, name_of, stream_path
 
@@ -86,4 +87,6 @@ def test_disk_full_while_downloading_is_eio_and_the_store_stays_consistent(
     assert list((mount.cache_dir / "staging").iterdir()) == []  # the partial body is gone
     mount.unmount()
     assert [b["size"] for b in cachectl_json(mount.cache_dir, "ls")] == [500_000]
+    assert cachectl_json(mount.cache_dir, "stats")["unindexed"] == {
+        "files": 0, "bytes": 0, "younger_than_grace": 0, "grace": UNINDEXED_GRACE}  # no bytes left outside it
     assert cachectl(mount.cache_dir, "verify").returncode == 0

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mixvfs.cache.defaults import UNINDEXED_GRACE
 from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.remote import Seen
-from mixvfs.cache.store import BlobInfo, BlobStore
+from mixvfs.cache.store import BlobInfo, BlobStore, Unindexed
 from mixvfs.cache.units import format_size
 from mixvfs.vfs.commands import config, output
 from mixvfs.vfs.runtime import open_cache, open_runtime
@@ -48,7 +50,8 @@ JSON_HELP = "print JSON instead of a table"
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "stats": ("blob count, bytes and limits",
               "The cache folder, its blobs and bytes against the size limit, the age limit, downloads in\n"
-              "progress or left over by a dead process, and the index's entries.",
+              "progress or left over by a dead process, the index's entries, and the files in the blob folder\n"
+              "that no index row names (left by commits the cache database refused; prune removes them).",
               "  cachectl stats\n  cachectl --cache-dir /Volumes/Scratch/mixvfs stats --json"),
     "ls": ("every blob: its track name, session, pins, then digest and sources",
            "Every blob, least recently used first: the track name (\"Artist - Title.ext\") and session it was\n"
@@ -62,7 +65,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "  cachectl verify\n  cachectl verify --json"),
     "prune": ("expire unused blobs, then least recently used down to the size",
               "Remove blobs unused for --max-age, then the least recently used ones until the rest fits in\n"
-              "--max-size (both default to the cache's settings), and the staging files of dead downloads.\n"
+              "--max-size (both default to the cache's settings), the staging files of dead downloads, and\n"
+              f"the files in the blob folder that no index row names once {UNINDEXED_GRACE / 60:g} minutes old (left\n"
+              "by commits the cache database refused: a full disk, a read-only or failing database).\n"
               "Blobs of a pinned session (cachectl pin) are kept whatever the limits.",
               "  cachectl prune --max-age 7d --max-size 5G --dry-run    # only say what would go\n"
               "  cachectl prune --max-size 0                            # empty the cache"),
@@ -144,10 +149,18 @@ def run_command(args: argparse.Namespace, store: BlobStore, index: SourceIndex) 
         victims = store.prune(dry_run=args.dry_run, warn=False)  # the output says it (format_prune)
         # Dead downloads' staging files go too (those no process holds: see BlobStore.clean_stale_staging).
         staging = store.clean_stale_staging(dry_run=args.dry_run)
+        # Files of commits the database refused (no row names them), once UNINDEXED_GRACE old.
+        unindexed = store.sweep_unindexed(dry_run=args.dry_run)
+        swept = {u.filename for u in unindexed}
+        young = [u for u in store.unindexed() if u.filename not in swept]  # a commit may still name them
         kept = store.pinned()
         kept_infos = [i for i in store.infos() if i.digest in kept]
         result = {"dry_run": args.dry_run, "freed_blobs": len(victims), "freed_bytes": sum(v.size for v in victims),
                   "blobs": [names.blob_json(v) for v in victims], "staging_files": len(staging),
+                  "unindexed_files": [unindexed_json(store, u) for u in unindexed],
+                  "unindexed_bytes": sum(u.size for u in unindexed),
+                  "unindexed_kept": len(young), "unindexed_kept_bytes": sum(u.size for u in young),
+                  "unindexed_grace": UNINDEXED_GRACE,
                   "pinned_kept": len(kept_infos), "pinned_bytes": sum(i.size for i in kept_infos),
                   "max_size": store.max_size}
         return emit(args, result, format_prune)
@@ -222,13 +235,21 @@ def stats(store: BlobStore) -> dict[str, Any]:
         sessions.append({"session": one.session, "manifest": one.key, "tracks": len(one.urls), "blobs": len(held),
                          "bytes": sum(sizes[d] for d in held)})
     total = sum(sizes.values())
+    unindexed = store.unindexed()
+    young = [u for u in unindexed if time.time() - u.changed < UNINDEXED_GRACE]
     return {"cache_dir": str(store.root), "blobs": len(infos), "bytes": total,
             "max_size": store.max_size, "max_age": store.max_age,
             "pinned": {"blobs": sum(d in pinned for d in sizes), "bytes": pinned_bytes, "sessions": sessions},
             "unpinned": {"blobs": sum(d not in pinned for d in sizes), "bytes": total - pinned_bytes},
             "pins_exceed_limit": pinned_bytes > store.max_size,
             "staging_files": len(list(store.staging.glob("*.part"))),
-            "staging_left_over": len(store.clean_stale_staging(dry_run=True)), "index": store.index.counts()}
+            "staging_left_over": len(store.clean_stale_staging(dry_run=True)), "index": store.index.counts(),
+            "unindexed": {"files": len(unindexed), "bytes": sum(u.size for u in unindexed),
+                          "younger_than_grace": len(young), "grace": UNINDEXED_GRACE}}
+
+
+def unindexed_json(store: BlobStore, left: Unindexed) -> dict[str, Any]:
+    return {"path": str(store.root / "blobs" / left.filename), "size": left.size, "changed": iso(left.changed)}
 
 
 def listing(store: BlobStore, index: SourceIndex, names: Names) -> list[dict[str, Any]]:
@@ -270,6 +291,12 @@ def format_stats(s: dict[str, Any]) -> str:
              f"({s['staging_left_over']} left over by a dead process)",
              f"index:    {s['index']['sources']} source(s), {s['index']['names']} with a track name, "
              f"{s['index']['heads']} server answer(s)"]
+    left = s["unindexed"]
+    if left["files"]:
+        young = (f" once {left['grace'] / 60:g} min old ({left['younger_than_grace']} younger: a commit may still "
+                 "name them)" if left["younger_than_grace"] else "")
+        lines.append(f"outside:  {left['files']} file(s) ({format_size(left['bytes'])}) in the blob folder outside "
+                     f"the index, left by commits the cache database refused: cachectl prune removes them{young}")
     if s["pins_exceed_limit"]:
         from mixvfs.vfs.commands.pin import pins_warning
 
@@ -301,6 +328,15 @@ def format_prune(r: dict[str, Any]) -> str:
         lines.append(pins_warning(r["pinned_bytes"], r["max_size"]))
     if r["staging_files"]:
         lines.append(f"{verb} {r['staging_files']} staging file(s) of dead downloads")
+    if r["unindexed_files"]:
+        lines.extend(f"{f['path']}  {format_size(f['size'])}  changed {f['changed']}  (outside the index)"
+                     for f in r["unindexed_files"])
+        lines.append(f"{verb} {len(r['unindexed_files'])} file(s) outside the index, "
+                     f"{format_size(r['unindexed_bytes'])} (left by commits the cache database refused)")
+    if r["unindexed_kept"]:
+        lines.append(f"kept {r['unindexed_kept']} file(s) outside the index, {format_size(r['unindexed_kept_bytes'])}, "
+                     f"less than {r['unindexed_grace'] / 60:g} min old: a commit may still name them (a prune "
+                     "after that removes them)")
     return "\n".join(lines)
 
 
