@@ -343,7 +343,9 @@ def test_a_track_just_downloaded_is_not_revalidated_while_its_end_is_being_told(
     assert told.wait(30)
     assert answers == [Freshness.UNCHANGED]
     assert devserver.requests("HEAD", "/t.wav") == []
-    # Once told, the track is confirmed for the mount; later, a revalidation asks the server as before.
+    # Once every subscriber was told, the track is confirmed for the mount; later, a revalidation asks the server
+    # as before.
+    assert wait_until(lambda: not fs.fetcher._downloading(source))
     assert fs.state.fresh(fs.tracks[0])
     assert fs.fetcher.revalidate(source) is Freshness.UNCHANGED
     assert len(devserver.requests("HEAD", "/t.wav")) == 1

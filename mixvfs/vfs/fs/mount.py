@@ -87,7 +87,8 @@ def resolved_mountpoint(typed: Path) -> Path:
     ``nope/../mnt`` as ``mnt`` even where ``nope`` is missing, where the shell, ``cp`` and the kernel find no
     such path: the mount would go to a folder the user did not name."""
     resolved = Path(os.path.realpath(typed))
-    if not os.path.lexists(typed) and resolved.exists():
+    # os.path's answers, not Path.exists(): a dead mount there raises ENOTCONN, which check_mountpoint clears.
+    if not os.path.lexists(typed) and os.path.exists(resolved):
         missing = next((prefix for prefix in (typed, *typed.parents) if not os.path.lexists(prefix)
                         and os.path.lexists(prefix.parent)), typed)
         raise ConfigError(f"mountpoint {typed} does not exist: {missing} is missing")
