@@ -314,7 +314,15 @@ class HttpClient:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
-        info = self.probe(url, headers)
+        try:
+            info = self.probe(url, headers)
+        except FetchError as exc:
+            if exc.status == 416:
+                # Not one byte to give (its HEAD had no usable size, its one-byte GET was refused): the server's
+                # file is empty now, which no stored track is. Changed: the download that follows says why it
+                # fails, and the stored version is never served as if the server had confirmed it.
+                return Freshness.CHANGED
+            raise
         if info is NOT_MODIFIED:
             return Freshness.UNCHANGED
         if info.size is not None and info.size != size:

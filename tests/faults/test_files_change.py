@@ -328,3 +328,17 @@ def test_shutil_copyfile_right_after_a_re_render_gets_the_new_file(tmp_path, mou
     settle_without_invalidation(path, source)
     shutil.copyfile(path, tmp_path / "copy.wav")
     assert filecmp.cmp(tmp_path / "copy.wav", source, shallow=False)
+
+
+def test_a_cached_track_whose_server_copy_became_empty_is_eio_with_its_report_line_never_the_old_bytes(
+        tmp_path, server_root, devserver, mounter):
+    """The server's file emptied (its HEAD: 200, a new ETag, Content-Length 0; a one-byte GET refused with 416):
+    the cached version is no longer the server's. It was served as if nothing had happened, with a note that it
+    was not revalidated (or none at all)."""
+    session, first = cached_by_a_first_mount(tmp_path, server_root, devserver, mounter)
+    (server_root / "stream" / "t1.wav").write_bytes(b"")
+    second = mounter(session, *FAST, cache_dir=first.cache_dir)
+    done = run(["cp", str(second.path / name_of("t1")), str(tmp_path / "two.wav")])
+    assert done.returncode != 0 and "Input/output error" in done.stderr
+    record = second.wait_track("t1", lambda r: r["status"] == "failed")
+    assert "0 bytes" in record["error"], record  # "the server sends 0 bytes where 1048576 were advertised"
