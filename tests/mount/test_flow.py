@@ -61,6 +61,33 @@ def test_xattrs_of_files_and_root_status(tmp_path, server_root, devserver, mount
                     "  Art - Gone.wav: the server answered HTTP 404 Not Found"]
 
 
+def test_a_copy_of_the_mounts_folder_with_its_attributes_is_no_mount_for_status(tmp_path, server_root, devserver,
+                                                                                 mounter):
+    """`cp -a` and `rsync -aAX` copy the root's user.mixvfs.* attributes with the folder: status read them from
+    the copy and showed a session (and `--watch` refreshed it for ever), where the folder is no mount."""
+    serve(server_root, "ok", 100_000, 1)
+    session = write_session(tmp_path / "s.json", [cloud("c1", "Fine", "/stream/ok", 100_000)], server=devserver.url)
+    mount = mounter(session)
+    mount.wait_track("c1", lambda r: r["status"] == "cached")
+    run(["cp", "-a", str(mount.path), str(tmp_path / "copy")], check=True)
+    assert getxattr(tmp_path / "copy", "user.mixvfs.status")  # the copy carries the attribute
+    done = run([MIXVFS, "status", str(tmp_path / "copy")])
+    assert done.returncode == 2 and "nothing is mounted at" in done.stderr, done
+    watched = run([MIXVFS, "status", str(tmp_path / "copy"), "--watch", "0.2"], timeout=30)
+    assert watched.returncode == 2 and "nothing is mounted at" in watched.stderr, watched
+    assert run([MIXVFS, "status", str(mount.path)]).returncode == 0  # the mount itself still answers
+
+
+def test_unmount_of_a_path_through_a_missing_folder_is_refused(tmp_path, server_root, devserver, mounter):
+    """`nope/../mnt` names no folder for the shell, umount or fusermount3: unmount refuses it as mount does."""
+    session = write_session(tmp_path / "s.json", [], server=devserver.url)
+    mount = mounter(session)
+    typed = f"{tmp_path}/nope/../{mount.path.name}"
+    done = run([MIXVFS, "unmount", typed])
+    assert done.returncode == 2 and f"{tmp_path / 'nope'} is missing" in done.stderr, done
+    assert os.path.ismount(mount.path)
+
+
 def without_rate(download: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in download.items() if key != "rate"}  # the rate changes as time passes
 

@@ -106,14 +106,14 @@ def test_mixvfs_config_shows_value_and_origin(tmp_path):
     text = run([MIXVFS, "config"], env=env, check=True).stdout
     assert "secret-value" not in text and "secret-value" not in done.stdout
     assert text.splitlines()[0] == f"config file: {path}"
-    assert any(line.split() == ["jobs", "2", "config", "file"] for line in text.splitlines())
-    # The columns line up, the longest name (team_cache_allow_plain_http) and the cache path included; the
-    # columns are two spaces apart at the least (a value may hold single spaces).
+    assert any(line.split() == ["jobs", "config", "file", "2"] for line in text.splitlines())
+    # The columns line up, the longest name (team_cache_allow_plain_http) included, the value last (a long path
+    # runs on alone); the columns are two spaces apart at the least (an origin or a value may hold one).
     header, *table = text.splitlines()[1:]
     for line in table:
         columns = re.fullmatch(r"(\S+) {2,}(\S.*?) {2,}(\S.*)", line)
         assert columns is not None, line
-        assert (columns.start(2), columns.start(3)) == (header.index("VALUE"), header.index("FROM")), line
+        assert (columns.start(2), columns.start(3)) == (header.index("FROM"), header.index("VALUE")), line
 
 
 def test_mixvfs_config_shows_where_the_token_comes_from_never_the_token(tmp_path):
@@ -130,7 +130,8 @@ def test_mixvfs_config_shows_where_the_token_comes_from_never_the_token(tmp_path
         for secret in ("file-secret", "env-secret", "cmd-secret"):
             assert secret not in done.stdout and secret not in text
         rows = {r["name"]: (r["value"], r["origin"]) for r in json.loads(done.stdout)["settings"]}
-        assert text.splitlines()[-1].split()[:2] == ["token", rows["token"][0].split()[0]]
+        last = text.splitlines()[-1]
+        assert last.split()[0] == "token" and last.endswith(f"  {rows['token'][0]}")
         return rows["token"]
 
     assert token_row({"MIXVFS_CONFIG": str(path)}) == (f"from token_file {token_file}", "config file")

@@ -176,7 +176,9 @@ def run(args_list: list[str]) -> int:
     if args.command == "mount":
         return cmd_mount(args, args_list)
     if args.command == "unmount":
-        return cmd_unmount(Path(os.path.realpath(args.mountpoint.expanduser())))
+        from mixvfs.vfs.fs import mount
+
+        return cmd_unmount(mount.resolved_mountpoint(args.mountpoint.expanduser()))
     if args.command == "report":
         return cmd_report(args)
     if args.command == "preflight":

@@ -498,9 +498,10 @@ def _parse_file_value(spec: Spec, value: Any, path: Path) -> Any:
 def format_rows(settings: Settings) -> str:
     state = "" if settings.file_found else " (not found: defaults apply)"
     rows = settings.rows()
-    # Columns as wide as their longest entry (team_cache_allow_plain_http, a long cache path): aligned either way.
+    # Columns as wide as their longest entry (team_cache_allow_plain_http), the value last: a long one (a cache
+    # path, a token command) then runs on to the right alone, instead of widening every row to its length.
     name_width = max(len("SETTING"), *(len(str(r["name"])) for r in rows))
-    value_width = max(len("VALUE"), *(len(str(r["value"])) for r in rows))
-    lines = [f"config file: {settings.path}{state}", f"{'SETTING':<{name_width}}  {'VALUE':<{value_width}}  FROM"]
-    lines += [f"{r['name']:<{name_width}}  {r['value']:<{value_width}}  {r['origin']}" for r in rows]
+    origin_width = max(len("FROM"), *(len(str(r["origin"])) for r in rows))
+    lines = [f"config file: {settings.path}{state}", f"{'SETTING':<{name_width}}  {'FROM':<{origin_width}}  VALUE"]
+    lines += [f"{r['name']:<{name_width}}  {r['origin']:<{origin_width}}  {r['value']}" for r in rows]
     return "\n".join(lines)

@@ -7,7 +7,9 @@ same. Read through the platform seam: macOS's Python has no ``os.getxattr``."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,12 +24,18 @@ STATUS_XATTR = "user.mixvfs.status"
 
 
 def read_status(mountpoint: Path) -> dict[str, Any]:
+    from mixvfs.vfs.fs.history import not_live  # says where the last report is, after an unmount
+    from mixvfs.vfs.fs.mount import DaemonDied, died_text, is_stale
+
+    # Only a mount point's attributes are a live mount's word: `cp -a` or `rsync -aAX` of a mount's folder
+    # copies the root's attributes too, and a status read from such a copy claimed a session that was not there
+    # (a link to the mount is followed first: ismount says no to links).
+    live = os.path.ismount(os.path.realpath(mountpoint))
     try:
+        if not live:
+            raise FileNotFoundError(errno.ENOENT, "not a mount point")
         raw = host.getxattr(mountpoint, STATUS_XATTR)
     except OSError as exc:
-        from mixvfs.vfs.fs.history import not_live  # says where the last report is, after an unmount
-        from mixvfs.vfs.fs.mount import DaemonDied, died_text, is_stale
-
         if is_stale(mountpoint):  # killed, not unmounted: a failure (exit 1), as `mixvfs report` of it
             raise DaemonDied(died_text(mountpoint)) from None
         raise ConfigError(not_live(mountpoint, exc.strerror)) from None
