@@ -216,3 +216,29 @@ def test_a_final_report_that_cannot_be_written_makes_unmount_and_report_say_so_a
     assert shown.returncode == 1, f"{shown.stdout}{shown.stderr}"
     assert "this report is incomplete" in shown.stderr and "Permission denied" in shown.stderr, shown.stderr
     assert "cannot write the final report" in mount.log(), mount.log()
+
+
+def test_a_report_the_live_mount_cannot_write_is_said_to_be_behind_and_leaves_no_temporary_files(
+        tmp_path, server_root, devserver, mounter):
+    """Its folder no longer takes files (as a full disk, which made `mixvfs report` show tracks as fetching or
+    pending that had failed with EIO, and left a temporary file per batch): status says the report is behind,
+    `mixvfs report MOUNTPOINT` says so and exits 1, and no half-written temporary file stays."""
+    session = write_session(tmp_path / "s.json", [cloud_track(server_root, "first", 300_000, seed=1),
+                                                  {"id": "gone", "artist": "Artist", "title": "gone",
+                                                   "cloud_stream_path": "/stream/gone.wav", "size": 1000}],
+                            server=devserver.url)
+    mount = mounter(session, *FAST, "--no-prefetch", wrap=without_root_override([]))
+    run(["cp", str(mount.path / name_of("first")), str(tmp_path / "first.wav")], check=True)
+    mount.wait_track("first", lambda r: r["status"] == "cached")
+    mode = tmp_path.stat().st_mode
+    tmp_path.chmod(0o555)  # where the report is: no new file (its temporary one) can be made there
+    try:
+        assert run(["cp", str(mount.path / "Artist - gone.wav"), str(tmp_path / "out.wav")]).returncode != 0
+        assert wait_until(lambda: "report: behind this status" in run([MIXVFS, "status", str(mount.path)]).stdout)
+        shown = run([MIXVFS, "report", str(mount.path)])
+        assert shown.returncode == 1, f"{shown.stdout}{shown.stderr}"
+        assert "this report is behind the live mount" in shown.stderr and "Permission denied" in shown.stderr
+    finally:
+        tmp_path.chmod(mode)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    mount.wait_track("gone", lambda r: r["status"] == "failed")  # written again once it can be

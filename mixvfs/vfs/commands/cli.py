@@ -343,7 +343,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     missing = final_report_missing(asked, target) if ended else None
     if missing is not None:  # the mount has ended, but this is not its outcome
         print(f"mixvfs: this report is incomplete: {missing}", file=sys.stderr)
-    return EXIT_FAILED if dead or missing or any(has_problem(t) for t in data.get("tracks", [])) else EXIT_OK
+    behind = live_report_behind(asked) if not dead and asked != target and not ended else None
+    if behind is not None:  # the live mount could not write it lately (a full disk): its tracks may have moved on
+        print(f"mixvfs: this report is behind the live mount ({behind}); `mixvfs status {asked}` shows each "
+              "track as it is", file=sys.stderr)
+    failed = dead or missing or behind or any(has_problem(t) for t in data.get("tracks", []))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def live_report_behind(mountpoint: Path) -> str | None:
+    """Why a live mount's report file is behind it (its daemon's word), or None."""
+    from mixvfs.vfs.commands.status import read_status
+
+    try:
+        behind = read_status(mountpoint).get("report")
+    except MixvfsError:
+        return None
+    return str(behind) if behind else None
 
 
 def report_of_mountpoint(mountpoint: Path) -> Path:

@@ -58,6 +58,8 @@ def format_status(data: dict[str, Any]) -> str:
         lines.append(f"server: {data['server']}")
     if data.get("cache"):
         lines.append(f"cache: {data['cache']}")
+    if data.get("report"):
+        lines.append(f"report: behind this status: {data['report']}")
     downloading = data.get("downloading", [])
     rate = sum(d.get("rate") or 0 for d in downloading)
     left = [d["total"] - d["available"] for d in downloading if d.get("total") is not None]

@@ -31,6 +31,8 @@ def live_status(tracks: list[Track], fetcher: Fetcher, report: Report, *,
         status["server_silent"] = silent
     if fetcher.store.use_refused is not None:  # cached tracks served, their use (LRU, the TTL) not recorded
         status["cache"] = f"cached tracks are served, but their use is not recorded: {fetcher.store.use_refused}"
+    if report.behind is not None:  # the report file is as last written: this status is the current word
+        status["report"] = report.behind
     team = fetcher.http.team
     if team is not None:  # per cache: up or down; per track downloaded: team cache (hit/miss) or origin
         status["team_cache"] = team.state()

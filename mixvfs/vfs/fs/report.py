@@ -10,6 +10,7 @@ otherwise rewrite megabytes per event and starve the threads serving the mount).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import enum
@@ -301,20 +302,33 @@ class Report:
         except FileNotFoundError:  # its folder was removed while mounted (by default it is in the cache folder)
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(tmp, flags, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            # json.dumps (C) per chunk: json.dump streams through the pure-Python encoder, 10x slower.
-            opening = json.dumps({**header, "tracks": []}, ensure_ascii=False)
-            handle.write(opening[:-2])  # the object without its closing "]}": the tracks follow
-            for start in range(0, len(records), WRITE_CHUNK):
-                chunk = [record_dict(r) for r in records[start:start + WRITE_CHUNK]]
-                handle.write(("" if start == 0 else ", ") + json.dumps(chunk, ensure_ascii=False)[1:-1])
-            handle.write("]}")
-        os.replace(tmp, self.path)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                # json.dumps (C) per chunk: json.dump streams through the pure-Python encoder, 10x slower.
+                opening = json.dumps({**header, "tracks": []}, ensure_ascii=False)
+                handle.write(opening[:-2])  # the object without its closing "]}": the tracks follow
+                for start in range(0, len(records), WRITE_CHUNK):
+                    chunk = [record_dict(r) for r in records[start:start + WRITE_CHUNK]]
+                    handle.write(("" if start == 0 else ", ") + json.dumps(chunk, ensure_ascii=False)[1:-1])
+                handle.write("]}")
+            os.replace(tmp, self.path)
+        except BaseException:
+            # A full disk fails the write or the close: the half-written temporary file must not stay (one per
+            # batch of a whole export filled the report folder with them).
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         self._written = version
         self._last_write_seconds = time.monotonic() - started
         if self._failing is not None:
             self._failing = None
             log.info("the report %s is written again", self.path)
+
+    @property
+    def behind(self) -> str | None:
+        """Why the file on disk is behind the mount (its last write failed: a full disk, a folder made
+        unwritable), else None: what ``mixvfs status`` and ``mixvfs report MOUNTPOINT`` then say."""
+        return None if self._failing is None else f"cannot write the report {self.path}: {self._failing}"
 
     def _write_failed(self, exc: OSError, level: int) -> None:
         """Logged once per cause, not once per track: a report folder unreadable for the length of an export
