@@ -210,6 +210,11 @@ class SourceIndex:
         return int(self._db.evict(digest))
 
     @cache_errors("listing sources")
+    @cache_errors("reading the index")
+    def named_digests(self) -> set[str]:
+        """Every digest some source's row names (one query)."""
+        return {digest for _ident, digest in self._db.source_digests()}
+
     def sources_by_digest(self) -> dict[str, list[str]]:
         """digest -> source identities that map to it (for ``cachectl ls``)."""
         result: dict[str, list[str]] = {}

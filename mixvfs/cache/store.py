@@ -570,6 +570,29 @@ class BlobStore:
                 self.index.prune(cutoff=cutoff, blobs=self._cache.digests)
         return chosen
 
+    @cache_errors("reading the index")
+    def unnamed(self, infos: Sequence[BlobInfo] | None = None, *, now: float | None = None,
+                grace: float = UNINDEXED_GRACE) -> list[BlobInfo]:
+        """Blobs stored more than ``grace`` ago that no source's row names: their commit stored the bytes, then
+        the index refused the row (a full disk). No open can find them (a track finds its blob through its
+        row); only the size limit, or their age, would ever take them. Younger ones may be a commit whose row
+        is being written."""
+        now = time.time() if now is None else now
+        infos = self.infos() if infos is None else infos
+        named = self.index.named_digests()
+        return [info for info in infos if info.digest not in named and info.stored < now - grace]
+
+    @cache_errors("removing blobs no source names")
+    def remove_unnamed(self, *, now: float | None = None, dry_run: bool = False) -> list[BlobInfo]:
+        """Remove (``dry_run``: only list) the blobs :meth:`unnamed` finds: ``cachectl prune``'s."""
+        with self._evict_lock:
+            unnamed = self.unnamed(now=now)
+            if not dry_run:
+                for info in unnamed:
+                    if info.digest not in self.index.named_digests():  # a row written meanwhile: keep it
+                        self._remove_digest(info.digest)
+        return unnamed
+
     # Files left outside the index. diskcache's own ``Cache.check(fix=True)`` would remove them too, but it is
     # not fit to run beside a live mount or a second process: it deletes every unknown file at once, a commit in
     # flight's included (diskcache renames a value's file before the transaction that writes its row), so a

@@ -187,3 +187,29 @@ def test_the_file_of_a_commit_in_flight_is_never_removed(blobs):
     assert blobs.unindexed() == []
     assert read_blob(blobs, digest) == data
 
+
+
+def test_a_blob_whose_index_row_was_refused_is_counted_and_pruned_once_the_grace_has_passed(blobs):
+    """A full disk can refuse the index's row after the blob database took the blob (a download commits the
+    blob, then its row): no track can find such a blob, and only its age would ever take it. Stats says so,
+    `cachectl prune` removes it once UNINDEXED_GRACE old (younger, it may be a commit whose row is on its way),
+    and a blob a source names is never taken for one."""
+    from mixvfs.cache.index import SourceEntry
+
+    named = put(blobs, b"a blob a source names" * 100)
+    blobs.index.record("https://music.example/a.wav", SourceEntry(named, 2100, None))
+    path, digest = stage(blobs, b"z" * 7000)
+    blobs.commit(path, digest, 7000)  # the blob is stored ...
+    with database_refusing_writes(blobs.root / "index"), pytest.raises(CacheError):
+        blobs.index.record("https://music.example/z.wav", SourceEntry(digest, 7000, None))  # ... its row refused
+    info = blobs.info(digest)
+    assert info is not None
+    stats = cachectl.stats(blobs)
+    assert stats["unnamed"] == {"blobs": 1, "bytes": 7000}
+    assert "1 blob(s) (6.8 KiB) no track's source names" in cachectl.format_stats(stats)
+    assert blobs.remove_unnamed(now=info.stored + UNINDEXED_GRACE - 1) == []  # may be a commit in flight
+    assert blobs.remove_unnamed(now=info.stored + UNINDEXED_GRACE + 1, dry_run=True) == [info]
+    assert blobs.has(digest)
+    assert blobs.remove_unnamed(now=info.stored + UNINDEXED_GRACE + 1) == [info]
+    assert not blobs.has(digest) and blobs.has(named)
+    assert cachectl.stats(blobs)["unnamed"] == {"blobs": 0, "bytes": 0}

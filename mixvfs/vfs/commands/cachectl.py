@@ -147,6 +147,9 @@ def run_command(args: argparse.Namespace, store: BlobStore, index: SourceIndex) 
     if args.command == "prune":
         # --max-age/--max-size are the store's limits (flag, env, config file or default): prune to them.
         victims = store.prune(dry_run=args.dry_run, warn=False)  # the output says it (format_prune)
+        # Blobs whose index row was refused (a full disk): no track can find them, once UNINDEXED_GRACE old.
+        gone = {v.digest for v in victims}
+        victims += [u for u in store.remove_unnamed(dry_run=args.dry_run) if u.digest not in gone]
         # Dead downloads' staging files go too (those no process holds: see BlobStore.clean_stale_staging).
         staging = store.clean_stale_staging(dry_run=args.dry_run)
         # Files of commits the database refused (no row names them), once UNINDEXED_GRACE old.
@@ -237,6 +240,7 @@ def stats(store: BlobStore) -> dict[str, Any]:
     total = sum(sizes.values())
     unindexed = store.unindexed()
     young = [u for u in unindexed if time.time() - u.changed < UNINDEXED_GRACE]
+    unnamed = store.unnamed(infos, grace=0)  # all of them: prune says which are old enough to go
     return {"cache_dir": str(store.root), "blobs": len(infos), "bytes": total,
             "max_size": store.max_size, "max_age": store.max_age,
             "pinned": {"blobs": sum(d in pinned for d in sizes), "bytes": pinned_bytes, "sessions": sessions},
@@ -245,7 +249,8 @@ def stats(store: BlobStore) -> dict[str, Any]:
             "staging_files": len(list(store.staging.glob("*.part"))),
             "staging_left_over": len(store.clean_stale_staging(dry_run=True)), "index": store.index.counts(),
             "unindexed": {"files": len(unindexed), "bytes": sum(u.size for u in unindexed),
-                          "younger_than_grace": len(young), "grace": UNINDEXED_GRACE}}
+                          "younger_than_grace": len(young), "grace": UNINDEXED_GRACE},
+            "unnamed": {"blobs": len(unnamed), "bytes": sum(i.size for i in unnamed)}}
 
 
 def unindexed_json(store: BlobStore, left: Unindexed) -> dict[str, Any]:
@@ -297,6 +302,10 @@ def format_stats(s: dict[str, Any]) -> str:
                  "name them)" if left["younger_than_grace"] else "")
         lines.append(f"outside:  {left['files']} file(s) ({format_size(left['bytes'])}) in the blob folder outside "
                      f"the index, left by commits the cache database refused: cachectl prune removes them{young}")
+    if s["unnamed"]["blobs"]:
+        lines.append(f"unnamed:  {s['unnamed']['blobs']} blob(s) ({format_size(s['unnamed']['bytes'])}) no track's "
+                     "source names (the index refused their row: a full disk): cachectl prune removes them once "
+                     f"{UNINDEXED_GRACE / 60:g} min old")
     if s["pins_exceed_limit"]:
         from mixvfs.vfs.commands.pin import pins_warning
 
