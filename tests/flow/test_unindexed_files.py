@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from mixvfs.cache.defaults import UNINDEXED_GRACE
+from mixvfs.cache.index import SourceEntry
 from mixvfs.cache.store import REFUSED_NOTE, BlobStore
 from tests.conftest import CACHECTL, missing_part, run, write_session
 from tests.unit.conftest import GiB
@@ -31,6 +32,7 @@ def test_cachectl_stats_tells_of_a_refused_commit_s_file_and_prune_removes_it_af
     store = BlobStore(cache, max_size=GiB, max_age=3600)
     try:
         kept = put(store, b"indexed" * 1000)
+        store.index.record("https://music.example/kept.wav", SourceEntry(kept, 7000, None))  # as a download does
         refused_commit(store, b"x" * 300_000)
         [left] = store.unindexed()
     finally:
