@@ -58,6 +58,15 @@ def thread_crashes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[BaseExcepti
     yield crashes
 
 
+def commit_met(store: BlobStore, path: Path, digest: str) -> str:
+    """What one commit of a 2000-byte staged blob met: "taken", or the exception it raised."""
+    try:
+        store.commit(path, digest, 2000)
+    except Exception as exc:  # what each commit met is the test's finding
+        return f"{type(exc).__name__}: {exc}"
+    return "taken"
+
+
 def test_a_cached_track_opened_while_the_database_refuses_writes_is_served_and_the_report_says_its_use_was_not_kept(
         make_fs, server_root, devserver, tmp_path, caplog):
     """Opening a cached track records its use (LRU, the TTL), a write. A database refusing it must not keep whole,
@@ -166,12 +175,7 @@ def test_commits_from_many_threads_into_a_database_refusing_writes_each_say_it_r
     def commit(share: list[tuple[Path, str]]) -> None:
         start.wait()
         for path, digest in share:
-            try:
-                store.commit(path, digest, 2000)
-            except Exception as exc:  # what each commit met is the test's finding
-                met.append(f"{type(exc).__name__}: {exc}")
-            else:
-                met.append("taken")
+            met.append(commit_met(store, path, digest))
 
     try:
         with database_refusing_writes(tmp_path / "cache" / "blobs"):
@@ -203,12 +207,7 @@ def test_a_thread_whose_connection_met_a_refusal_writes_again_once_the_database_
         for _ in range(2):
             ready.acquire()
             path, digest = jobs.popleft()
-            try:
-                store.commit(path, digest, 2000)
-            except Exception as exc:  # what each commit met is the test's finding
-                met.append(f"{type(exc).__name__}: {exc}")
-            else:
-                met.append("taken")
+            met.append(commit_met(store, path, digest))
             done.release()
 
     thread = threading.Thread(target=worker)
