@@ -29,8 +29,9 @@ FUSE2_TESTS := tests/mount tests/faults/test_signals.py tests/faults/test_concur
 # os.*xattr, os.posix_fadvise and fcntl's leases and hides /proc and /sys from our code; passthrough is off. The
 # unit tier whole (less the tests of a Linux facility itself, marked linux_facilities), then the libfuse 2 mount
 # tests that go through the fallbacks: status/report/unmount without xattrs, check-export's hashing and mount
-# check, Finder's names, a dead mount cleared, a stop signal, the request bound.
-PORTABLE := PYTHONPATH=tests/portable_lane MIXVFS_PASSTHROUGH=off
+# check, Finder's names, a dead mount cleared, a stop signal, the request bound. The daemon starts as on a Mac: a
+# new interpreter, not the command forked.
+PORTABLE := PYTHONPATH=tests/portable_lane MIXVFS_PASSTHROUGH=off MIXVFS_DAEMON_START=spawn
 PORTABLE_MOUNT_TESTS := tests/mount/test_flow.py tests/mount/test_cli.py tests/mount/test_check_export.py \
 	tests/mount/test_finder.py tests/flow/test_check_export_input.py tests/faults/test_crash.py \
 	tests/faults/test_deadlines.py::test_reads_behind_a_stalled_server_and_a_full_queue_are_answered_within_the_request_timeout \

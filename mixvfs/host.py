@@ -225,6 +225,18 @@ def process_name(pid: int) -> str | None:
     return buffer.raw[:length].decode(errors="replace") if length > 0 else None
 
 
+DAEMON_START_ENV = "MIXVFS_DAEMON_START"
+
+
+def fork_daemon() -> bool:
+    """Whether ``mixvfs mount`` starts its daemon by forking itself rather than a new interpreter. Linux: yes, as
+    libfuse's own daemonizing does (nothing the command has loaded minds a fork). macOS: no: a process that has
+    loaded Apple's frameworks must ``exec`` after ``fork`` or the child's first use of them aborts, and macFUSE's
+    libfuse, which the command's check loads, brings CoreFoundation and DiskArbitration. ``MIXVFS_DAEMON_START=spawn``
+    asks for the new interpreter anywhere (the portable test lane runs so, as on a Mac)."""
+    return LINUX and os.environ.get(DAEMON_START_ENV, "").strip().lower() != "spawn"
+
+
 def release_free_memory() -> bool:
     """Give the C heap's free pages back to the system (glibc's ``malloc_trim``). Decoding and building a big
     session frees much of what it allocates (the manifest's text, each track's parsed object, the drafts), and

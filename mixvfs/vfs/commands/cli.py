@@ -238,7 +238,14 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
     if (problem := libfuse_problem(whole_adapter=False)) is not None:
         raise ConfigError(problem)
     assert options.log_file is not None
-    message = mount.start_daemon(argv, options.log_file)
+    log_file, level = options.log_file, args.log_level
+
+    def serve(ready_fd: int) -> int:  # the daemon, when it is this process forked
+        setup_logging(log_file, level)
+        from mixvfs.vfs.commands import daemon
+        return daemon.serve(options, ready_fd)
+
+    message = mount.start_daemon(argv, options.log_file, serve)
     print(f"mounted {options.mountpoint}")
     print(f"report: {message.get('report')}")
     print(f"log:    {options.log_file}")

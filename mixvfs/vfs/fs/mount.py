@@ -15,10 +15,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from mixvfs import host
 from mixvfs.cache.errors import ConfigError, MixvfsError
@@ -178,21 +181,19 @@ def why_unusable(folder: Path, exc: OSError, *, named: bool) -> str:
 # -- starting -------------------------------------------------------------------------------------------
 
 
-def start_daemon(argv: list[str], log_file: Path) -> dict[str, object]:
-    """Run ``mixvfs mount ... --foreground`` detached and wait until it says the folder is live."""
+def start_daemon(argv: list[str], log_file: Path, serve: Callable[[int], int]) -> dict[str, object]:
+    """Start the daemon detached and wait until it says the folder is live. Where the platform seam allows
+    (:func:`mixvfs.host.fork_daemon`), the daemon is this very process, forked: its interpreter, its imports
+    and its checks are not paid a second time (~80 ms of a mount's start), and it runs ``serve(ready_fd)``;
+    elsewhere a new interpreter runs ``mixvfs mount ... --foreground``."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     read_end, write_end = os.pipe()
     try:
-        with open(log_file, "ab") as log_handle:
-            child = subprocess.Popen(
-                # -P: the working directory is not put first on the daemon's path, so a `mixvfs` folder there
-                # (a checkout of ours, another version) cannot stand in for the package that runs this command
-                # (the cwd must stay: argv may hold relative paths).
-                [sys.executable, "-P", "-m", "mixvfs.vfs.commands.cli", *argv, "--foreground",
-                 "--ready-fd", str(write_end)],
-                stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle,
-                pass_fds=(write_end,), start_new_session=True,
-            )
+        # A fork copies one thread: with another running (a program that calls this), a lock it held would
+        # stay locked in the child for ever.
+        alone = threading.active_count() == 1
+        child: Daemon = (_fork(serve, read_end, write_end, log_file) if host.fork_daemon() and alone
+                         else _spawn(argv, write_end, log_file))
     finally:
         os.close(write_end)  # the daemon has its copy: ours must go, or the pipe never reports its death
     try:
@@ -212,6 +213,98 @@ def start_daemon(argv: list[str], log_file: Path) -> dict[str, object]:
     if "error" in message:
         raise ConfigError(str(message["error"]))
     return message
+
+
+class Daemon(Protocol):
+    """The starting daemon as the waiting command sees it: :class:`subprocess.Popen`'s part of it."""
+
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+def _spawn(argv: list[str], write_end: int, log_file: Path) -> Daemon:
+    with open(log_file, "ab") as log_handle:
+        return subprocess.Popen(
+            # -P: the working directory is not put first on the daemon's path, so a `mixvfs` folder there
+            # (a checkout of ours, another version) cannot stand in for the package that runs this command
+            # (the cwd must stay: argv may hold relative paths).
+            [sys.executable, "-P", "-m", "mixvfs.vfs.commands.cli", *argv, "--foreground",
+             "--ready-fd", str(write_end)],
+            stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle,
+            pass_fds=(write_end,), start_new_session=True,
+        )
+
+
+def _fork(serve: Callable[[int], int], read_end: int, write_end: int, log_file: Path) -> Daemon:
+    """This process forked, as ``subprocess.Popen(start_new_session=True)`` would start the daemon: a session
+    of its own, stdin from /dev/null, stdout and stderr into the log; the child never returns from here."""
+    log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()  # or what is buffered would be written twice, once by each process
+    pid = os.fork()
+    if pid:
+        os.close(log_fd)
+        return Forked(pid)
+    status = 1
+    try:
+        os.setsid()
+        os.close(read_end)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(null)
+        os.close(log_fd)
+        status = serve(write_end)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # the child ends here whatever happens: never back in the command
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
+
+
+class Forked:
+    """A forked daemon by its pid, with :class:`subprocess.Popen`'s calls the waiting command uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            with contextlib.suppress(ChildProcessError):
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
+            time.sleep(0.01)
+        assert self.returncode is not None
+        return self.returncode
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
 
 
 class MountCancelled(MixvfsError):
@@ -236,7 +329,7 @@ def _stop_signals_cancel() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _read_ready(fd: int, child: subprocess.Popen[bytes]) -> dict[str, object]:
+def _read_ready(fd: int, child: Daemon) -> dict[str, object]:
     """The daemon's word: "ok" or an error, the last line; lines before it are notes for the user (what the
     mount waits for, what the server said), shown as they come."""
     deadline = time.monotonic() + READY_TIMEOUT
@@ -254,10 +347,16 @@ def _read_ready(fd: int, child: subprocess.Popen[bytes]) -> dict[str, object]:
                 if "note" not in message:
                     return message
                 print(f"mixvfs: {message['note']}", file=sys.stderr, flush=True)
-    child.poll()
-    if child.returncode is None:
+    else:
         child.terminate()
         return {"error": "the mount daemon did not come up in time"}
+    # The pipe closed without a word: the daemon is ending (its files are closed a moment before its status
+    # can be had), or it closed the pipe and lives on.
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=5)
+    if child.returncode is None:
+        child.terminate()
+        return {"error": "the mount daemon closed its pipe to this command without a word and was stopped"}
     return {"error": f"the mount daemon exited with status {child.returncode} before the folder was live"}
 
 
