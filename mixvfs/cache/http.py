@@ -149,6 +149,33 @@ def is_strong(etag: str | None) -> bool:
     return bool(etag) and not str(etag).startswith("W/")
 
 
+def trust_store_later() -> Callable[[], ssl.SSLContext]:
+    """httpx's own TLS context (``httpx.create_ssl_context()``: certifi's bundle, or the ``SSL_CERT_FILE`` or
+    ``SSL_CERT_DIR`` of the environment), made from now on a thread of its own; the call returned waits for it and
+    raises what making it raised. Reading the bundle costs 20-30 ms, nearly all of it inside OpenSSL with the GIL
+    released: a command that opens the cache meanwhile (a mount's start) does not wait for it."""
+    made: list[ssl.SSLContext | Exception] = []
+    done = threading.Event()
+
+    def make() -> None:
+        try:
+            made.append(httpx.create_ssl_context())
+        except Exception as exc:  # handed to the caller, as if httpx had raised it there
+            made.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=make, name="trust-store", daemon=True).start()
+
+    def context() -> ssl.SSLContext:
+        done.wait()
+        if isinstance(made[0], Exception):
+            raise made[0]
+        return made[0]
+
+    return context
+
+
 class HttpClient:
     def __init__(
         self,
@@ -160,7 +187,9 @@ class HttpClient:
         team: TeamCache | None = None,
         waits: OriginWaits | None = None,
         silences: OriginSilences | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``ssl_context``: what servers are verified with (default: httpx's, made here)."""
         install_reaches()  # a client of ours never runs without them: the stray-bytes one guards correctness
         self.tokens = tokens
         self.team = team  # track byte requests (GET, and HEAD for sizes) go through it when set
@@ -180,6 +209,7 @@ class HttpClient:
         self._cut = False
         # One connection pool, shared by the client and the direct requests below.
         self._transport = httpx.HTTPTransport(
+            verify=ssl_context if ssl_context is not None else True,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
                                 keepalive_expiry=KEEPALIVE_EXPIRY))
         self._client = httpx.Client(

@@ -17,7 +17,7 @@ from mixvfs.cache.concurrency import START
 from mixvfs.cache.defaults import QUESTIONS
 from mixvfs.cache.errors import CacheError, ConfigError, FetchError
 from mixvfs.cache.fetcher import Fetcher, Foreground
-from mixvfs.cache.http import HttpClient, install_reaches, origin_of, warn_if_insecure
+from mixvfs.cache.http import HttpClient, install_reaches, origin_of, trust_store_later, warn_if_insecure
 from mixvfs.cache.index import SourceIndex
 from mixvfs.cache.location import CacheLimits, is_cache, make_private_dir
 from mixvfs.cache.origin_wait import OriginWaits
@@ -106,6 +106,7 @@ def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housek
     staging files, expired blobs and the files of refused commits first (commands that download; preflight only
     looks)."""
     install_reaches()  # the library reaches below httpx, each checked (warned about at the start when it fails)
+    trust = trust_store_later()  # read while the cache opens
     store, index = open_cache(config.cache)
     if housekeeping:
         for path in store.clean_stale_staging():
@@ -131,7 +132,8 @@ def open_runtime(config: RuntimeConfig, *, origins: Iterable[str | None], housek
     # A connection for each download and each question in flight: a size or a revalidation never queues for a
     # connection behind downloads (nor a download behind them).
     http = HttpClient(tokens=tokens, stall_timeout=config.stall_timeout, team=team,
-                      max_connections=config.jobs + QUESTIONS, waits=OriginWaits(max_wait=config.server_wait_max))
+                      max_connections=config.jobs + QUESTIONS, waits=OriginWaits(max_wait=config.server_wait_max),
+                      ssl_context=trust())
     foreground = Foreground()
     budget = Budget(config.bwlimit) if config.bwlimit else None
     # Through a team cache a track that is there costs one round trip to the origin (the cache's authorization)
