@@ -237,6 +237,27 @@ def fork_daemon() -> bool:
     return LINUX and os.environ.get(DAEMON_START_ENV, "").strip().lower() != "spawn"
 
 
+def open_fds() -> list[int]:
+    """The file descriptors open in this process: ``/dev/fd`` (Linux's is ``/proc/self/fd``; macOS has its own),
+    else every number below the soft limit that answers (at most 65 536 of them)."""
+    try:
+        return sorted(int(name) for name in os.listdir("/dev/fd"))
+    except (OSError, ValueError):
+        pass
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = 65536 if soft == resource.RLIM_INFINITY else min(soft, 65536)
+    found = []
+    for fd in range(top):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        found.append(fd)
+    return found
+
+
 def release_free_memory() -> bool:
     """Give the C heap's free pages back to the system (glibc's ``malloc_trim``). Decoding and building a big
     session frees much of what it allocates (the manifest's text, each track's parsed object, the drafts), and

@@ -154,3 +154,35 @@ def test_the_forked_handle_answers_as_popen_does() -> None:
     child.terminate()
     assert child.wait(timeout=10) == -15 and child.poll() == -15
     child.kill()  # ended: nothing to signal, no error
+
+
+def test_a_forked_daemon_keeps_no_descriptor_the_command_was_given(tmp_path: Path) -> None:
+    """A script's pipe left open to ``mixvfs mount`` (beyond stdin, stdout and stderr, without close-on-exec) is
+    closed in the daemon, as a new interpreter's start closes it: a reader of that pipe sees its end once the
+    command has ended, not when the daemon does. The command's own descriptors (close-on-exec) stay."""
+    linux_only()
+    seen, _ = run_case(tmp_path, """
+        import select
+        given_r, given_w = os.pipe()
+        os.set_inheritable(given_w, True)
+        ours = os.open(os.devnull, os.O_RDONLY)  # close-on-exec, as Python opens everything
+        def same(fd, was):
+            try:
+                now = os.fstat(fd)
+            except OSError:
+                return False
+            return (now.st_dev, now.st_ino) == was
+        given_id, ours_id = [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (given_w, ours)]
+        def serve(fd):
+            say(fd, {"ok": True, "given": same(given_w, given_id), "ours": same(ours, ours_id)})
+            time.sleep(3)
+            return 0
+        message = mount.start_daemon(["unused"], log, serve)
+        os.close(given_w)
+        ended, _, _ = select.select([given_r], [], [], 2)
+        eof = bool(ended) and os.read(given_r, 1) == b""
+        result(given=message["given"], ours=message["ours"], eof=eof)
+    """, env={host.DAEMON_START_ENV: ""})
+    assert seen["given"] is False, "the pipe the command was given is closed in the daemon"
+    assert seen["ours"] is True, "the command's own descriptor stays"
+    assert seen["eof"] is True, "the pipe ended while the daemon still ran"

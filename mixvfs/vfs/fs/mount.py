@@ -259,6 +259,7 @@ def _fork(serve: Callable[[int], int], read_end: int, write_end: int, log_file: 
         os.dup2(log_fd, 2)
         os.close(null)
         os.close(log_fd)
+        _close_inherited(keep=write_end)
         status = serve(write_end)
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else 1
@@ -269,6 +270,18 @@ def _fork(serve: Callable[[int], int], read_end: int, write_end: int, log_file: 
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(status)
+
+
+def _close_inherited(*, keep: int) -> None:
+    """Close what this process was given by the program that started it (descriptors beyond 0-2 without
+    close-on-exec), as ``subprocess.Popen(close_fds=True)`` does for a new interpreter: a pipe a script or a
+    CI runner left open would otherwise stay open in the daemon for as long as it serves, and whatever reads
+    that pipe to its end would wait as long. Our own descriptors (close-on-exec, as Python opens them) stay."""
+    for fd in host.open_fds():
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):  # the listing's own descriptor, already closed
+                if os.get_inheritable(fd):
+                    os.close(fd)
 
 
 class Forked:
