@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -230,3 +231,28 @@ def test_the_daemon_is_the_command_forked_on_linux_and_a_new_interpreter_when_as
         assert done.returncode == 0, done
         live.mounted = False
         assert live.report()["tracks"][0]["status"] == "local"
+
+
+@pytest.mark.parametrize("closed", [">&-", "2>&-", ">&- 2>&-", "<&- 2>&-"])
+@pytest.mark.parametrize("how", ["", "spawn"])
+def test_a_mount_started_with_its_stdio_closed_mounts_and_says_so_in_its_status(tmp_path, closed, how):
+    """A script may start `mixvfs mount` with stdout or stderr closed: the ready pipe and the log must not take
+    their numbers (the daemon's word landed in its log, and the command waited and failed); the exit status says
+    what happened to the mount."""
+    source = tmp_path / "a.wav"
+    write_sized(source, 5000, seed=1)
+    session = write_session(tmp_path / "s.json", [{"id": "a", "artist": "A", "title": "T", "file_path": str(source)}])
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    log = tmp_path / "m.log"
+    command = (f"exec {MIXVFS} mount {session} {mountpoint} --cache-dir {tmp_path / 'c'} --log-file {log} "
+               f"--no-prefetch {closed}")
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MIXVFS_DAEMON_START": how})
+    try:
+        assert done.returncode == 0, (done, log.read_text() if log.exists() else "")
+        assert os.path.ismount(mountpoint)
+        assert (mountpoint / "A - T.wav").read_bytes() == source.read_bytes()
+        assert '"ok"' not in log.read_text(), "the daemon's word went to its log instead of the command"
+    finally:
+        run([MIXVFS, "unmount", str(mountpoint)])

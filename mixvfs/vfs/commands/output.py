@@ -31,7 +31,8 @@ def quiet_on_closed_pipe(main: Callable[P, int]) -> Callable[P, int]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> int:
         try:
             code = main(*args, **kwargs)
-            sys.stdout.flush()
+            if sys.stdout is not None:  # None: started with stdout closed (`>&-`), so nothing was printed
+                sys.stdout.flush()
             return code
         except BrokenPipeError:
             # Point stdout at /dev/null so the interpreter's own flush at exit raises nothing either.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -187,7 +188,9 @@ def start_daemon(argv: list[str], log_file: Path, serve: Callable[[int], int]) -
     and its checks are not paid a second time (~80 ms of a mount's start), and it runs ``serve(ready_fd)``;
     elsewhere a new interpreter runs ``mixvfs mount ... --foreground``."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    read_end, write_end = os.pipe()
+    # Above 0-2 whatever this command was given: with its stdin, stdout or stderr closed (`>&-`), a pipe or the log
+    # would otherwise take one of those numbers, and the daemon's own stdio would land on top of it.
+    read_end, write_end = (_above_stdio(fd) for fd in os.pipe())
     try:
         # A fork copies one thread: with another running (a program that calls this), a lock it held would
         # stay locked in the child for ever.
@@ -242,9 +245,10 @@ def _spawn(argv: list[str], write_end: int, log_file: Path) -> Daemon:
 def _fork(serve: Callable[[int], int], read_end: int, write_end: int, log_file: Path) -> Daemon:
     """This process forked, as ``subprocess.Popen(start_new_session=True)`` would start the daemon: a session
     of its own, stdin from /dev/null, stdout and stderr into the log; the child never returns from here."""
-    log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    log_fd = _above_stdio(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()  # or what is buffered would be written twice, once by each process
+        if stream is not None:  # None: the command was started with it closed
+            stream.flush()  # or what is buffered would be written twice, once by each process
     pid = os.fork()
     if pid:
         os.close(log_fd)
@@ -257,19 +261,34 @@ def _fork(serve: Callable[[int], int], read_end: int, write_end: int, log_file: 
         os.dup2(null, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
-        os.close(null)
+        if null > 2:
+            os.close(null)
         os.close(log_fd)
         _close_inherited(keep=write_end)
+        # A command started with stdout or stderr closed has no Python stream for it; the daemon's go to the log
+        # now, as a new interpreter's would (its fault handler and its last words need stderr).
+        sys.stdout = sys.stdout or open(1, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+        sys.stderr = sys.stderr or open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
         status = serve(write_end)
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # the child ends here whatever happens: never back in the command
         traceback.print_exc()
     finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
         os._exit(status)
+
+
+def _above_stdio(fd: int) -> int:
+    """``fd``, or a close-on-exec copy of it numbered 3 or more when it took the place of a closed stdin, stdout
+    or stderr."""
+    if fd > 2:
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return moved
 
 
 def _close_inherited(*, keep: int) -> None:
