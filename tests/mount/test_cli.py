@@ -256,3 +256,19 @@ def test_a_mount_started_with_its_stdio_closed_mounts_and_says_so_in_its_status(
         assert '"ok"' not in log.read_text(), "the daemon's word went to its log instead of the command"
     finally:
         run([MIXVFS, "unmount", str(mountpoint)])
+
+
+def test_unmount_leaves_a_file_system_that_is_not_mixvfs_alone(tmp_path):
+    """`mixvfs unmount` of someone else's mount (here a tmpfs, whose files an unmount loses; root mounts it) is
+    refused, exit 2, and the mount and its files stay."""
+    other = tmp_path / "other"
+    other.mkdir()
+    run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(other)], check=True)
+    try:
+        (other / "notes.txt").write_text("keep me")
+        done = run([MIXVFS, "unmount", str(other)])
+        assert done.returncode == 2, done
+        assert "not by mixvfs (it is tmpfs)" in done.stderr and done.stderr.count("\n") == 1
+        assert os.path.ismount(other) and (other / "notes.txt").read_text() == "keep me"
+    finally:
+        run(["umount", "-l", str(other)])

@@ -77,8 +77,27 @@ def is_stale(mountpoint: Path) -> bool:
     return False
 
 
+MOUNT_TYPE = "fuse.mixvfs"  # what the mount table says of ours (the adapter mounts with subtype "mixvfs")
+
+
+def foreign_mount(mountpoint: Path, pid: int | None = None) -> str | None:
+    """Why ``mountpoint``'s mount is not for mixvfs to unmount: the mount table names another file system (a
+    tmpfs, someone's sshfs: unmounting a tmpfs loses its files). Where the table cannot be read (macOS), a live
+    daemon of ours (``pid``, from the state folder or the root's attributes) answers for it."""
+    fstype = host.mount_type(str(mountpoint))
+    if fstype == MOUNT_TYPE or (fstype is None and pid is not None):
+        return None
+    kind = f" (it is {fstype})" if fstype is not None else ""
+    return (f"{mountpoint} is mounted, but not by mixvfs{kind}: mixvfs unmounts only its own mounts; use umount "
+            "if that is what you want")
+
+
 def clear_stale(mountpoint: Path) -> None:
-    """A daemon killed with -9 leaves "Transport endpoint is not connected" behind: lazily unmount it."""
+    """A daemon killed with -9 leaves "Transport endpoint is not connected" behind: lazily unmount it (ours only:
+    another file system's dead mount is its owner's to clear)."""
+    fstype = host.mount_type(str(mountpoint))
+    if fstype is not None and fstype != MOUNT_TYPE:
+        raise ConfigError(f"{mountpoint}: a dead {fstype} mount is there, not a mixvfs one; clear it with umount -l")
     command = host.unmount_command(str(mountpoint), lazy=True)
     subprocess.run(command, capture_output=True, check=False)
     if is_stale(mountpoint):
@@ -452,6 +471,8 @@ def unmount(mountpoint: Path, *, wait: float = 30.0) -> Unmounted:
     if not os.path.ismount(mountpoint):
         raise ConfigError(history.not_live(mountpoint))
     pid, report = mount_info(mountpoint)
+    if (foreign := foreign_mount(mountpoint, pid)) is not None:
+        raise ConfigError(foreign)
     if report is None:
         last = history.recall(mountpoint)
         report = last.report if last else None
