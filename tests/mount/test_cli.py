@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,71 @@ def test_unmount_leaves_a_file_system_that_is_not_mixvfs_alone(tmp_path):
         assert os.path.ismount(other) and (other / "notes.txt").read_text() == "keep me"
     finally:
         run(["umount", "-l", str(other)])
+
+
+def test_a_second_mount_of_a_folder_still_being_mounted_is_refused(tmp_path, server_root, devserver):
+    """The first mount is still starting (its token command waits on a pipe): a second `mixvfs mount` of the same
+    folder is refused, exit 2, naming the first, instead of mounting on top of it; the first then goes live with
+    its own session. And files put into the folder while a mount starts are not hidden by it: the mount is
+    refused when it finds them at the end of its start."""
+    track = server_root / "stream" / "slow.wav"
+    track.parent.mkdir(exist_ok=True)
+    write_sized(track, 20_000, kind="wav", seed=3)
+    first = write_session(tmp_path / "first.json", [{"id": "s", "artist": "First", "title": "Slow", "size": 20_000,
+                                                    "cloud_stream_path": "/stream/slow.wav"}], server=devserver.url)
+    source = tmp_path / "b.wav"
+    write_sized(source, 5000, seed=1)
+    second = write_session(tmp_path / "second.json", [{"id": "b", "artist": "Second", "title": "B",
+                                                      "file_path": str(source)}])
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    gate, started = tmp_path / "gate", tmp_path / "started"
+
+    def start(session: Path) -> subprocess.Popen[str]:
+        started.unlink(missing_ok=True)
+        gate.unlink(missing_ok=True)
+        os.mkfifo(gate)
+        return subprocess.Popen([MIXVFS, "mount", str(session), str(mountpoint), "--cache-dir", str(tmp_path / "c"),
+                                 "--log-file", str(tmp_path / "m.log"), "--no-prefetch",
+                                 "--token-command", f"touch {started}; cat {gate}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_started(starting: subprocess.Popen[str]) -> None:
+        while not started.exists():  # the token command has begun: the daemon is inside its start
+            assert starting.poll() is None, starting.communicate()
+            time.sleep(0.02)
+
+    def open_gate() -> None:
+        with open(gate, "w") as pipe:
+            pipe.write("token\n")
+
+    waiting = start(first)
+    try:
+        wait_started(waiting)
+        refused = run([MIXVFS, "mount", str(second), str(mountpoint), "--cache-dir", str(tmp_path / "c2")])
+        assert refused.returncode == 2, refused
+        assert "is being mounted or served by another mixvfs (pid" in refused.stderr
+        assert not os.path.ismount(mountpoint)
+        open_gate()
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0, err
+        assert sorted(os.listdir(mountpoint)) == ["First - Slow.wav"]
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+        run([MIXVFS, "unmount", str(mountpoint)])
+    assert not os.path.ismount(mountpoint)
+
+    waiting = start(first)
+    try:
+        wait_started(waiting)
+        (mountpoint / "precious.txt").write_text("mine")
+        open_gate()
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 2 and "not empty" in err, (out, err)
+        assert not os.path.ismount(mountpoint) and (mountpoint / "precious.txt").read_text() == "mine"
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+        if os.path.ismount(mountpoint):
+            run([MIXVFS, "unmount", str(mountpoint)])

@@ -170,6 +170,7 @@ def serve(options: MountOptions, ready_fd: int | None) -> int:
         log.warning("this process may open only %d files (ulimit -n): a busy export may fail reads with no "
                     "report line; raise it (ulimit -n %d) before mounting", open_files, host.FEW_OPEN_FILES)
     try:
+        claimed = history.claim(options.mountpoint)  # held until this process ends
         with no_collection_while_opening():
             session = load_manifest(options.session_path, default_server=options.default_server)
             host.release_free_memory()  # what the parse freed (23 MB of a 100 000-track manifest's)
@@ -177,6 +178,7 @@ def serve(options: MountOptions, ready_fd: int | None) -> int:
             check_paths(options, log_file=False)
             check_libfuse()
             core, report, closers = open_session(session, options, say=ready.note)
+        recheck_mountpoint(options, core, report, closers)
     except MixvfsError as exc:
         ready.send({"error": str(exc)})
         log.error("%s", exc)
@@ -184,7 +186,26 @@ def serve(options: MountOptions, ready_fd: int | None) -> int:
     except (Stopped, KeyboardInterrupt) as exc:
         stopped(ready, exc)
         return 0
-    return serve_mounted(options, ready, session, core, report, closers)
+    try:
+        return serve_mounted(options, ready, session, core, report, closers)
+    finally:
+        if claimed is not None:
+            claimed.close()
+
+
+def recheck_mountpoint(options: MountOptions, core: SessionFS, report: Report,
+                       closers: list[Callable[[], None]]) -> None:
+    """The mountpoint checked again just before libfuse mounts it: opening the session may have taken seconds
+    (a slow server's answers), and meanwhile another file system may have been mounted there, or files put in it
+    that the mount would hide."""
+    try:
+        check_mountpoint(options.mountpoint, allow_non_empty=options.allow_non_empty)
+    except MixvfsError:
+        core.close()
+        report.close(finished=True)  # never live: no report written
+        for close in closers:
+            close()
+        raise
 
 
 def serve_mounted(options: MountOptions, ready: ReadyChannel, session: Session, core: SessionFS, report: Report,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -18,10 +19,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import platformdirs
 
+from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.location import make_private_dir
 from mixvfs.vfs.fs.mount_key import mount_key
 
@@ -47,6 +49,40 @@ def history_file() -> Path:
 def key(mountpoint: Path) -> str:
     """The mountpoint as remembered (see :func:`mixvfs.vfs.fs.mount_key.mount_key`)."""
     return mount_key(mountpoint)
+
+
+class MountClaimed(ConfigError):
+    """Another mixvfs daemon is mounting, or serving, this mountpoint."""
+
+
+def claim(mountpoint: Path) -> IO[str] | None:
+    """This process's claim on ``mountpoint`` from its start until it exits: a lock file in the state folder,
+    locked while the returned file stays open. A second mount of the same folder, started while the first is
+    still probing its server, would otherwise pass the same checks and mount on top of it (and an export started
+    on the first would copy the second's tracks). :class:`MountClaimed`, naming the other daemon, when it is
+    held; None when the state folder cannot hold it (then nothing is claimed: as before)."""
+    folder = history_file().parent / "claims"
+    name = hashlib.sha256(key(mountpoint).encode()).hexdigest()[:24] + ".lock"
+    try:
+        make_private_dir(folder)
+        handle = open(folder / name, "a+")  # noqa: SIM115  (held open: the lock lives as long as the file)
+    except OSError as exc:
+        log.warning("cannot claim %s in %s (%s): a second mount of it would not be refused", mountpoint, folder,
+                    exc.strerror or exc)
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        by = f" (pid {holder})" if holder.isdigit() else ""
+        raise MountClaimed(f"{mountpoint} is being mounted or served by another mixvfs{by}; "
+                           f"unmount it first (mixvfs unmount {mountpoint})") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def remember(mountpoint_key: str, report: Path, session: str, pid: int | None = None) -> None:
