@@ -9,6 +9,7 @@ import contextlib
 import enum
 import functools
 import logging
+import os
 import secrets
 import socket
 import ssl
@@ -29,6 +30,7 @@ from mixvfs.cache.decoding import check_decodable, decoded
 from mixvfs.cache.defaults import CONNECT_TIMEOUT, JOBS, KEEPALIVE_EXPIRY, STALL_TIMEOUT
 from mixvfs.cache.errors import (
     AuthRejected,
+    ConfigError,
     BadBody,
     Cancelled,
     CertificateNotTrusted,
@@ -160,6 +162,8 @@ def trust_store_later() -> Callable[[], ssl.SSLContext]:
     def make() -> None:
         try:
             made.append(httpx.create_ssl_context())
+        except OSError as exc:  # ssl.SSLError too: a file that is not a certificate
+            made.append(ConfigError(trust_store_problem(exc)))
         except Exception as exc:  # handed to the caller, as if httpx had raised it there
             made.append(exc)
         finally:
@@ -174,6 +178,16 @@ def trust_store_later() -> Callable[[], ssl.SSLContext]:
         return made[0]
 
     return context
+
+
+def trust_store_problem(exc: OSError) -> str:
+    """One line for a trust store that cannot be read (OpenSSL's own error names no file)."""
+    named = [f"{name}={os.environ[name]}" for name in ("SSL_CERT_FILE", "SSL_CERT_DIR") if os.environ.get(name)]
+    where = " and ".join(named) if named else "the certificates httpx trusts by default (certifi)"
+    why = ("not certificates OpenSSL can read" + (f" ({exc.reason})" if exc.reason else "")
+           if isinstance(exc, ssl.SSLError)
+           else exc.strerror or str(exc))
+    return f"cannot read the TLS certificates to trust from {where}: {why}"
 
 
 class HttpClient:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mixvfs.cache.errors import CertificateNotTrusted
+from mixvfs.cache.errors import CertificateNotTrusted, ConfigError
 from mixvfs.cache.http import HttpClient, trust_store_later
 from tests.conftest import missing_part
 
@@ -27,17 +27,23 @@ def test_the_context_is_httpxs_own_and_verifies() -> None:
     assert ours and ours == theirs
 
 
-def test_an_unreadable_trust_store_is_the_callers_error_as_httpx_raises_it(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    bad = tmp_path / "not-a-certificate.pem"
-    bad.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+@pytest.mark.parametrize("kind", ["missing", "not a certificate", "a folder"])
+def test_an_unreadable_trust_store_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         kind: str) -> None:
+    bad = tmp_path / "certs.pem"
+    if kind == "not a certificate":
+        bad.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    elif kind == "a folder":
+        bad.mkdir()
     monkeypatch.setenv("SSL_CERT_FILE", str(bad))
-    with pytest.raises(ssl.SSLError) as httpx_raised:
-        httpx.create_ssl_context()
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     context = trust_store_later()
-    with pytest.raises(ssl.SSLError) as ours:
+    with pytest.raises(ConfigError) as said:
         context()
-    assert type(ours.value) is type(httpx_raised.value)
+    assert f"cannot read the TLS certificates to trust from SSL_CERT_FILE={bad}: " in str(said.value)
+    assert "\n" not in str(said.value)
+    if kind == "not a certificate":
+        assert "certs.pem: not certificates OpenSSL can read" in str(said.value)
 
 
 @pytest.fixture
