@@ -30,10 +30,10 @@ from mixvfs.cache.decoding import check_decodable, decoded
 from mixvfs.cache.defaults import CONNECT_TIMEOUT, JOBS, KEEPALIVE_EXPIRY, STALL_TIMEOUT
 from mixvfs.cache.errors import (
     AuthRejected,
-    ConfigError,
     BadBody,
     Cancelled,
     CertificateNotTrusted,
+    ConfigError,
     FetchError,
     NetworkError,
     NotAudio,

@@ -112,6 +112,11 @@ def run_token_command(command: str, timeout: float = TOKEN_COMMAND_TIMEOUT) -> s
         stop_process_group(process)
         raise AuthRejected(f"the token command {name} did not finish within {timeout:g} s "
                            "(stopped, with every process it started)", 401) from None
+    except BaseException:
+        # This process is being stopped while the command runs (a mount cancelled with Ctrl-C or SIGTERM while
+        # it starts): the command and what it started go too, not left running on their own.
+        stop_process_group(process)
+        raise
     if process.returncode == 127:  # the shell's "command not found"
         program = missing_program(err, command) or name
         raise AuthRejected(f"the token command failed: command not found: {program}", 401)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -341,3 +342,31 @@ def test_a_second_mount_of_a_folder_still_being_mounted_is_refused(tmp_path, ser
             waiting.kill()
         if os.path.ismount(mountpoint):
             run([MIXVFS, "unmount", str(mountpoint)])
+
+
+def test_a_mount_cancelled_while_its_token_command_runs_stops_that_command_and_its_children(tmp_path, devserver):
+    session = write_session(tmp_path / "s.json", [{"id": "s", "artist": "A", "title": "T", "size": 10,
+                                                   "cloud_stream_path": "/stream/t.wav"}], server=devserver.url)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    os.mkfifo(gate)
+    marker = f"{os.getpid() % 1000 + 43000}"  # `sleep <marker>`: the token command's child, found by its arguments
+    waiting = subprocess.Popen([MIXVFS, "mount", str(session), str(mountpoint), "--cache-dir", str(tmp_path / "c"),
+                                "--log-file", str(tmp_path / "m.log"), "--no-prefetch",
+                                "--token-command", f"sleep {marker} & touch {started}; cat {gate}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not started.exists():
+            assert waiting.poll() is None, waiting.communicate()
+            time.sleep(0.02)
+        waiting.send_signal(signal.SIGTERM)
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 130 and "mount cancelled" in err, (out, err)
+        assert not os.path.ismount(mountpoint)
+        while run(["pgrep", "-f", f"^sleep {marker}$"]).returncode == 0:  # SIGKILLed: gone once reaped
+            time.sleep(0.02)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+        run(["pkill", "-f", f"^sleep {marker}$"])
