@@ -10,6 +10,7 @@ import os
 import random
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.flow.test_preflight import self_signed
 from tools.devserver import DevServer, FaultsError, RangeNotSatisfiable, brotli_available, parse_fault, parse_range
 
 REPO = Path(__file__).resolve().parents[2]
@@ -923,3 +925,15 @@ def test_a_client_that_hangs_up_while_parked_on_a_hold_is_logged_as_gone(root: P
         (get,) = srv.requests("GET")
     gone, end = get["t_gone"], get["t_end"]
     assert isinstance(gone, float) and isinstance(end, float) and left - 1 <= gone <= end
+
+
+def test_over_tls_a_trusting_client_gets_the_files_bytes(tmp_path: Path) -> None:
+    """``--tls``: bodies go through the encryption (sendfile on the socket would put the plaintext on the wire:
+    every GET failed with WRONG_VERSION_NUMBER)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "t.wav").write_bytes(bytes(range(256)) * 4000)
+    pem = self_signed(tmp_path)
+    with DevServer(root, tls=pem) as server:
+        answer = httpx.get(server.url_for("t.wav"), verify=ssl.create_default_context(cafile=str(pem)))
+    assert answer.status_code == 200 and answer.content == (root / "t.wav").read_bytes()

@@ -9,6 +9,7 @@ import os
 import select
 import socket
 import socketserver
+import ssl
 import sys
 import time
 import urllib.parse
@@ -284,7 +285,11 @@ class DevRequestHandler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))  # one write: one chunk on the wire
 
     def _send_fast(self, record: RequestRecord, f: BinaryIO, start: int, length: int) -> None:
-        """Zero-copy sendfile (the benchmark pushes a GiB through here); falls back to copying."""
+        """Zero-copy sendfile (the benchmark pushes a GiB through here); falls back to copying. Never on TLS
+        (``--tls``): sendfile would put the file's plaintext on the wire, past the encryption."""
+        if isinstance(self.connection, ssl.SSLSocket):
+            self._send_copy(record, f, start, length)
+            return
         out_fd, in_fd = self.connection.fileno(), f.fileno()
         while record.bytes < length:
             try:
