@@ -234,7 +234,10 @@ def fork_daemon() -> bool:
     loaded Apple's frameworks must ``exec`` after ``fork`` or the child's first use of them aborts, and macFUSE's
     libfuse, which the command's check loads, brings CoreFoundation and DiskArbitration. ``MIXVFS_DAEMON_START=spawn``
     asks for the new interpreter anywhere (the portable test lane runs so, as on a Mac)."""
-    return LINUX and os.environ.get(DAEMON_START_ENV, "").strip().lower() != "spawn"
+    asked = os.environ.get(DAEMON_START_ENV, "").strip().lower()
+    if asked not in ("", "fork", "spawn"):
+        raise ValueError(f"{DAEMON_START_ENV} is {asked!r}: it takes fork or spawn (or nothing: fork on Linux)")
+    return LINUX and asked != "spawn"
 
 
 def open_fds() -> list[int]:

@@ -76,6 +76,7 @@ def test_the_daemon_is_this_process_forked_in_a_session_of_its_own_writing_into_
 
 
 @pytest.mark.parametrize(("body", "words"), [
+    ("os.kill(os.getpid(), 9)", "was killed by SIGKILL before the folder was live"),
     ("raise RuntimeError('boom in the daemon')", "exited with status 1 before the folder was live"),
     ("return 3", "exited with status 3 before the folder was live"),
     ("sys.exit(4)", "exited with status 4 before the folder was live"),
@@ -135,6 +136,12 @@ def test_forking_is_linux_s_and_spawn_overrides_it(monkeypatch: pytest.MonkeyPat
     assert host.fork_daemon()
     monkeypatch.setenv(host.DAEMON_START_ENV, " Spawn ")
     assert not host.fork_daemon()
+    monkeypatch.delenv(host.DAEMON_START_ENV)
+    monkeypatch.setenv(host.DAEMON_START_ENV, "fork")
+    assert host.fork_daemon()
+    monkeypatch.setenv(host.DAEMON_START_ENV, "bogus")
+    with pytest.raises(ValueError, match="MIXVFS_DAEMON_START is 'bogus': it takes fork or spawn"):
+        host.fork_daemon()
     monkeypatch.delenv(host.DAEMON_START_ENV)
     monkeypatch.setattr(host, "LINUX", False)  # macOS: a process that loaded Apple's frameworks must exec
     assert not host.fork_daemon()

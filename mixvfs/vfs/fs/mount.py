@@ -206,6 +206,10 @@ def start_daemon(argv: list[str], log_file: Path, serve: Callable[[int], int]) -
     (:func:`mixvfs.host.fork_daemon`), the daemon is this very process, forked: its interpreter, its imports
     and its checks are not paid a second time (~80 ms of a mount's start), and it runs ``serve(ready_fd)``;
     elsewhere a new interpreter runs ``mixvfs mount ... --foreground``."""
+    try:
+        forking = host.fork_daemon()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     log_file.parent.mkdir(parents=True, exist_ok=True)
     # Above 0-2 whatever this command was given: with its stdin, stdout or stderr closed (`>&-`), a pipe or the log
     # would otherwise take one of those numbers, and the daemon's own stdio would land on top of it.
@@ -214,7 +218,7 @@ def start_daemon(argv: list[str], log_file: Path, serve: Callable[[int], int]) -
         # A fork copies one thread: with another running (a program that calls this), a lock it held would
         # stay locked in the child for ever.
         alone = threading.active_count() == 1
-        child: Daemon = (_fork(serve, read_end, write_end, log_file) if host.fork_daemon() and alone
+        child: Daemon = (_fork(serve, read_end, write_end, log_file) if forking and alone
                          else _spawn(argv, write_end, log_file))
     finally:
         os.close(write_end)  # the daemon has its copy: ours must go, or the pipe never reports its death
@@ -408,7 +412,16 @@ def _read_ready(fd: int, child: Daemon) -> dict[str, object]:
     if child.returncode is None:
         child.terminate()
         return {"error": "the mount daemon closed its pipe to this command without a word and was stopped"}
+    if child.returncode < 0:
+        return {"error": f"the mount daemon was killed by {signal_name(-child.returncode)} before the folder was live"}
     return {"error": f"the mount daemon exited with status {child.returncode} before the folder was live"}
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 # -- stopping -------------------------------------------------------------------------------------------
