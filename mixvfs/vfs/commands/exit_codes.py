@@ -18,8 +18,9 @@ TABLE: tuple[tuple[int, str], ...] = (
              "`lsof +f --`), a final report the daemon could not write (`unmount` says why; `report` of the "
              "mountpoint then says the report it shows is incomplete), `verify` found corrupt blobs"),
     (USAGE, "bad input: manifest, flags (`--token` is refused by every command), config file, mountpoint "
-            "(missing, not empty, already mounted; not mounted for `unmount`/`status`, which then say where the "
-            "last report is; `report` of a folder never mounted — after an unmount it shows the last report), "
+            "(missing, not empty, already mounted or being mounted by another `mixvfs mount`; not mounted for "
+            "`unmount`/`status`, which then say where the last report is; mounted by another file system, for "
+            "`unmount`; `report` of a folder never mounted — after an unmount it shows the last report), "
             "unusable cache folder, report or log path; a user who cannot mount "
             "(`mount`: the message names the cause and the fix — no access to `/dev/fuse`, `fusermount3` missing "
             "or not setuid root, a mountpoint the user may not write to; any other refusal in libfuse's own "
