@@ -270,7 +270,9 @@ def test_unmount_leaves_a_file_system_that_is_not_mixvfs_alone(tmp_path):
         (other / "notes.txt").write_text("keep me")
         done = run([MIXVFS, "unmount", str(other)])
         assert done.returncode == 2, done
-        assert "not by mixvfs (it is tmpfs)" in done.stderr and done.stderr.count("\n") == 1
+        assert "is mounted, but not by mixvfs" in done.stderr and done.stderr.count("\n") == 1
+        if "portable_lane" not in sys.modules:  # there the mount table is hidden from mixvfs: no type to name
+            assert "(it is tmpfs)" in done.stderr
         assert os.path.ismount(other) and (other / "notes.txt").read_text() == "keep me"
     finally:
         run(["umount", "-l", str(other)])
