@@ -154,8 +154,9 @@ def is_strong(etag: str | None) -> bool:
 def trust_store_later() -> Callable[[], ssl.SSLContext]:
     """httpx's own TLS context (``httpx.create_ssl_context()``: certifi's bundle, or the ``SSL_CERT_FILE`` or
     ``SSL_CERT_DIR`` of the environment), made from now on a thread of its own; the call returned waits for it and
-    raises what making it raised. Reading the bundle costs 20-30 ms, nearly all of it inside OpenSSL with the GIL
-    released: a command that opens the cache meanwhile (a mount's start) does not wait for it."""
+    raises what making it raised (a trust store that cannot be read: a :class:`ConfigError` naming it). Reading
+    the bundle costs 20-30 ms, nearly all of it inside OpenSSL with the GIL released: a command that opens the
+    cache meanwhile (a mount's start) does not wait for it."""
     made: list[ssl.SSLContext | Exception] = []
     done = threading.Event()
 
