@@ -270,3 +270,24 @@ def test_the_status_of_a_failed_track_downloaded_again_shows_it_once_as_download
     assert summary["failed"] == [{"name": "Artist - Track 0.wav", "error": "no answer"}], summary
     assert summary["failed_total"] == 1, summary
     report.close()
+
+
+def test_the_status_counts_a_track_whose_reader_got_eio_as_the_report_does() -> None:
+    """A reader given EIO (a server down, the track's download retrying in the background, or had later): the
+    report counts it as a problem and `mixvfs report` exits 1; `mixvfs status` said "failed: 0" and exited 0
+    while readers were getting EIO. The row stays where its state puts it (downloading, cached)."""
+    from mixvfs.vfs.fs.live_status import report_summary
+
+    report = Report(Path("/nonexistent/r.json"), session="s", mountpoint="/m", records=records(3),
+                    publish_later=True)
+    report.update("t0", status="failed", error="server unreachable", reader_error="server unreachable")
+    report.update("t1", status="cached", reader_error="server unreachable")
+    summary = report_summary(report, downloading_ids={"t0"})
+    assert summary["counts"] == {"downloading": 1, "cached": 1, "pending": 1}, summary
+    assert summary["failed_total"] == 2, summary
+    failed = summary["failed"]
+    assert isinstance(failed, list)
+    assert {f["name"]: f["error"] for f in failed} == {
+        "Artist - Track 0.wav": "a reader got an input/output error: server unreachable",
+        "Artist - Track 1.wav": "a reader got an input/output error: server unreachable"}
+    report.close()

@@ -62,7 +62,8 @@ def report_summary(report: Report, downloading_ids: set[str] | frozenset[str] = 
     """The tracks counted by status — a track whose download is queued or running counted as "downloading",
     as many as the rows that list them — and the failures (the first MAX_STATUS_FAILURES of them named): the
     tracks counted as failed or missing, so that no track is shown twice (one that failed and is downloaded
-    again is a downloading row; if it fails again, it is a failure again)."""
+    again is a downloading row; if it fails again, it is a failure again). A track whose reader was given EIO is
+    a failure too, whatever its state now (downloading again, or had later), as the report counts it."""
     records = report.records()
     counts: dict[str, int] = {}
     failed = []
@@ -73,5 +74,7 @@ def report_summary(report: Report, downloading_ids: set[str] | frozenset[str] = 
         counts[shown] = counts.get(shown, 0) + 1
         if shown in FAILED_STATUSES:
             failed.append({"name": record.name, "error": record.error})
+        elif record.reader_error:  # as the report counts it: the export may lack the track, whatever it is now
+            failed.append({"name": record.name, "error": f"a reader got an input/output error: {record.reader_error}"})
     return {"tracks": len(records), "counts": counts, "failed": failed[:MAX_STATUS_FAILURES],
             "failed_total": len(failed)}
