@@ -38,6 +38,7 @@ from mixvfs.cache.errors import (
     BadBody,
     CacheError,
     Cancelled,
+    CertificateNotTrusted,
     ContentChanged,
     FetchError,
     LengthMismatch,
@@ -59,6 +60,13 @@ from mixvfs.cache.store import BlobStore
 log = logging.getLogger(__name__)
 retry_log = log.getChild("retries")  # one line per retry; `cachectl warm` silences it (the report counts tries)
 _retrying = threading.local()  # the download whose attempt just failed, in the thread that retries it
+
+
+def worth_another_attempt(exc: Exception) -> bool:
+    """What the download tries again: a transient failure, but not a certificate that is not trusted (no request
+    reached the server, and asking again will not change its certificate: it was tried 5 times, ~8 s of EIO to
+    come, for an answer known at the first)."""
+    return isinstance(exc, TransientError) and not isinstance(exc, CertificateNotTrusted)
 
 
 def _say_retry(details: stamina.instrumentation.RetryDetails) -> None:
@@ -353,7 +361,7 @@ class Download:
         # unanswered.
         stalled = False
         for attempt in stamina.retry_context(
-            on=TransientError,
+            on=worth_another_attempt,
             attempts=policy.attempts,
             timeout=policy.total_timeout,
             wait_initial=policy.wait_initial,

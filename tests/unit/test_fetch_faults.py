@@ -326,3 +326,17 @@ def test_each_retry_is_one_line_naming_the_track_and_the_cause(served, store, ht
     assert len(said) == 2 and all(line.startswith("a: attempt ") for line in said), said
     assert said[0].startswith("a: attempt 1 failed (the server answered HTTP 503 Service Unavailable); trying again "
                               "in "), said
+
+
+def test_a_certificate_not_trusted_is_not_tried_again(tmp_path: Path, store: BlobStore, http: HttpClient) -> None:
+    """Retries are for what a later attempt may not meet; an untrusted certificate is met by every one (the
+    download made 5 attempts, ~8 s of backoff, before the reader's EIO)."""
+    from tests.flow.test_preflight import self_signed
+
+    root = tmp_path / "tls-root"
+    root.mkdir()
+    write_sized(root / "a.wav", SIZE, seed=1)
+    with DevServer(root, tls=self_signed(tmp_path)) as server:
+        d = download(server, store, http)
+        assert d.state is State.FAILED and isinstance(d.error, errors.CertificateNotTrusted), (d.state, d.error)
+        assert d.attempts == 1
