@@ -101,21 +101,26 @@ def run_token_command(command: str, timeout: float = TOKEN_COMMAND_TIMEOUT) -> s
     process group goes (a shell's children too, not only the shell). Errors name the program, never its
     arguments (they may hold secrets)."""
     name = command_preview(command)
+    process: subprocess.Popen[str] | None = None
     try:
         process = subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
-    except OSError as exc:
-        raise AuthRejected(f"cannot run the token command {name}: {exc.strerror}", 401) from None
-    try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        assert process is not None
         stop_process_group(process)
         raise AuthRejected(f"the token command {name} did not finish within {timeout:g} s "
                            "(stopped, with every process it started)", 401) from None
+    except OSError as exc:
+        if process is not None:
+            stop_process_group(process)
+        raise AuthRejected(f"cannot run the token command {name}: {exc.strerror}", 401) from None
     except BaseException:
         # This process is being stopped while the command runs (a mount cancelled with Ctrl-C or SIGTERM while
-        # it starts): the command and what it started go too, not left running on their own.
-        stop_process_group(process)
+        # it starts; the signal's exception may come the moment the command started): the command and what it
+        # started go too, not left running on their own.
+        if process is not None:
+            stop_process_group(process)
         raise
     if process.returncode == 127:  # the shell's "command not found"
         program = missing_program(err, command) or name
