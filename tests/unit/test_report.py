@@ -291,3 +291,17 @@ def test_the_status_counts_a_track_whose_reader_got_eio_as_the_report_does() -> 
         "Artist - Track 0.wav": "a reader got an input/output error: server unreachable",
         "Artist - Track 1.wav": "a reader got an input/output error: server unreachable"}
     report.close()
+
+
+def test_the_servers_word_for_a_certificate_not_trusted_says_what_will_help() -> None:
+    """A certificate not trusted is no connection, but no answer will ever come by waiting: the line says what to
+    set (the mount used to say the tracks "will fail until it answers")."""
+    from mixvfs.cache.errors import CertificateNotTrusted, ServerUnreachable
+    from mixvfs.vfs.fs.server_word import ServerWord
+
+    word = ServerWord(lambda _track: False)
+    word.hear(ServerUnreachable("server unreachable: cannot connect to music.example"))
+    assert (word.text([]) or "").endswith("will fail until it answers")
+    word.hear(CertificateNotTrusted("certificate not trusted: music.example:443: self-signed certificate"))
+    assert (word.text([]) or "").endswith(
+        "will fail until its certificate is trusted (SSL_CERT_FILE names the certificates to trust)")

@@ -12,6 +12,7 @@ from mixvfs.cache.errors import (
     AuthRejected,
     BadBody,
     CacheError,
+    CertificateNotTrusted,
     FetchError,
     PermanentHttpError,
     ServerUnreachable,
@@ -48,6 +49,7 @@ class ServerWord:
         self._lock = threading.Lock()
         self.heard = Heard.NOTHING
         self.reason = ""
+        self.untrusted = False  # the connection failed at the server's certificate: asking again will not help
 
     def hear(self, error: FetchError | None) -> None:
         heard = heard_from(error)
@@ -55,6 +57,7 @@ class ServerWord:
             return
         with self._lock:
             self.heard, self.reason = heard, error.reason if error is not None else ""
+            self.untrusted = isinstance(error, CertificateNotTrusted)
 
     def hear_listing(self, tracks: list[Track]) -> None:
         """The questions asked while the tracks were listed: one answer means the server is there; else a
@@ -71,7 +74,8 @@ class ServerWord:
 
     def text(self, tracks: list[Track]) -> str | None:
         with self._lock:
-            heard, reason = self.heard, self.reason
+            heard, reason, untrusted = self.heard, self.reason, self.untrusted
+        trusted = "until its certificate is trusted (SSL_CERT_FILE names the certificates to trust)"
         if heard is Heard.REFUSED:
             return (f"the music service refuses the cloud tracks ({reason.split(': set ', 1)[0]}): set the token "
                     f"with {TOKEN_SETTINGS}; until then every cloud track not in the cache fails with an "
@@ -82,7 +86,7 @@ class ServerWord:
                 cached = sum(1 for t in cloud if self._is_cached(t))
             except CacheError as exc:  # `mixvfs status` must still say what the server did
                 return (f"{reason}: the cache cannot say which of the {len(cloud)} cloud tracks it holds ({exc}); "
-                        "those it does not hold will fail until the server answers")
+                        f"those it does not hold will fail {trusted if untrusted else 'until the server answers'}")
             return (f"{reason}: {cached} of {len(cloud)} cloud tracks are cached and will copy; "
-                    f"{len(cloud) - cached} will fail until it answers")
+                    f"{len(cloud) - cached} will fail {trusted if untrusted else 'until it answers'}")
         return None
