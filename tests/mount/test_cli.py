@@ -372,3 +372,27 @@ def test_a_mount_cancelled_while_its_token_command_runs_stops_that_command_and_i
         if waiting.poll() is None:
             waiting.kill()
         run(["pkill", "-f", f"^sleep {marker}$"])
+
+
+def test_a_foreground_mount_with_stderr_closed_serves(tmp_path):
+    """`--foreground 2>&-` (a service manager that gives no stderr): the daemon has no stream for its fault
+    handler, and mounted nothing at all, silently."""
+    source = tmp_path / "a.wav"
+    write_sized(source, 5000, seed=1)
+    session = write_session(tmp_path / "s.json", [{"id": "a", "artist": "A", "title": "T", "file_path": str(source)}])
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    daemon = subprocess.Popen(["bash", "-c", f"exec {MIXVFS} mount {session} {mountpoint} --cache-dir "
+                                             f"{tmp_path / 'c'} --no-prefetch --foreground 2>&-"])
+    try:
+        while not os.path.ismount(mountpoint):
+            assert daemon.poll() is None, f"the daemon ended with {daemon.returncode}"
+            time.sleep(0.02)
+        assert (mountpoint / "A - T.wav").read_bytes() == source.read_bytes()
+        assert run([MIXVFS, "unmount", str(mountpoint)]).returncode == 0
+        assert daemon.wait(timeout=30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        if os.path.ismount(mountpoint):
+            run(["umount", "-l", str(mountpoint)])

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -161,7 +162,8 @@ def serve(options: MountOptions, ready_fd: int | None) -> int:
     # writes through a mapping, on a file made immutable or a disk gone read-only). Every thread's stack goes
     # to stderr, which is the log file when `mixvfs mount` started this daemon: the log says how it died
     # instead of ending at its start-up lines, and the readers' "Transport endpoint is not connected" has a cause.
-    faulthandler.enable(all_threads=True)
+    if sys.stderr is not None:  # None: started with stderr closed (`--foreground 2>&-`): no stack to show
+        faulthandler.enable(all_threads=True)
     ready = ReadyChannel(ready_fd)
     _set_handlers(_stop_now)
     host.reuse_freed_memory()
