@@ -510,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         work = Path(args.work) if args.work else Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="mixvfs-wan-", dir="/var/tmp")))
+        work.mkdir(parents=True, exist_ok=True)
         work.chmod(0o755)
         # Out of any checkout: `python -m` puts the working directory first on a daemon's path, and a --baseline
         # checkout's daemon (older code, started without -P) would otherwise run this checkout's package.
