@@ -12,8 +12,11 @@ the first interval is measured, a longer one seen in a handshake or an answer st
 doubling interval of several long round trips on each step to there; from such a start it probes by quarters only.
 A session of long tracks (:meth:`Concurrency.expect_tracks`) starts with ``LONG_TRACKS`` and probes by quarters,
 never below that start unless the server pushes back. It only climbs while downloads wait for a slot: an
-exporter that reads slower than the link needs no more. Time is injected; the fetcher (:mod:`mixvfs.cache.fetcher`)
-asks :meth:`limit`.
+exporter that reads slower than the link needs no more. Downloads a team cache serves from its store (a hit, on the
+studio's LAN) do not cross the link: their bytes are not the link's goodput, and of the downloads at once only the
+share that is not such a hit counts against the number that fills the link (a later workstation's export is
+200 authorization round trips at the origin, each answer nearly all wait: as many at once as ``--jobs`` allows).
+Time is injected; the fetcher (:mod:`mixvfs.cache.fetcher`) asks :meth:`limit`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,9 @@ REFERENCE_RATE = 12.5e6
 START_TRACK_SIZE = 512 * 1024  # bytes: the track size START was found for (a request's round trip per track)
 LONG_TRACK_SIZE = 4 * START_TRACK_SIZE  # bytes: tracks this long or longer are long (most real music files are)
 LONG_TRACKS = 6  # downloads at once to begin with on long tracks, however long the round trip
+# The latest answers whose share of team-cache hits scales the number of downloads at once: a few intervals' worth,
+# so a session whose first tracks were hits and whose later ones are not comes back to the link's number soon.
+NEARBY_ANSWERS = 16
 
 
 def start_for(round_trip: float, track_size: int | None = None) -> int:
@@ -98,6 +105,7 @@ class Concurrency:
         self._starting = True  # doubling, until a step up first buys nothing (as TCP's slow start)
         self._guessing = True  # nothing measured yet: the number is a guess from the round trip
         self._down_next = False  # the next probe is a step down (probes alternate once the start is over)
+        self._nearby: deque[bool] = deque(maxlen=NEARBY_ANSWERS)  # the latest answers: a team cache's hit or not
 
     def expect_tracks(self, sizes: list[int]) -> None:
         """The sizes of the tracks about to be downloaded (those known): on long ones the start is fewer
@@ -121,13 +129,19 @@ class Concurrency:
 
     # -- what downloads report ---------------------------------------------------------------------------
 
-    def received(self, count: int) -> None:
+    def received(self, count: int, *, nearby: bool = False) -> None:
+        """``count`` bytes of a body came; ``nearby``: from a team cache's store, not across the link."""
+        if nearby:
+            return
         with self._lock:
             self._bytes += count
 
-    def answered_after(self, seconds: float) -> None:
+    def answered_after(self, seconds: float, *, nearby: bool = False) -> None:
         """A request's response headers came ``seconds`` after it was sent: about one round trip (the first on a
-        new connection: two, with the handshake)."""
+        new connection: two, with the handshake). ``nearby``: the answer is a team cache's hit (its wait was the
+        origin's authorization, one round trip too; its bytes will not cross the link)."""
+        with self._lock:
+            self._nearby.append(nearby)
         self._saw_round_trip(seconds)
 
     def handshake_took(self, seconds: float) -> None:
@@ -177,11 +191,22 @@ class Concurrency:
                     log.info("downloads at once: %d -> %d (goodput %.2f MB/s, round trip %.0f ms)", before,
                              self._limit, goodput / 1e6, (self._round_trip or 0) * 1000)
                 self._restart(now)
-            return self._limit
+            return self._with_nearby(self._limit)
 
     @property
     def round_trip(self) -> float | None:
         return self._round_trip
+
+    def _with_nearby(self, link: int) -> int:
+        """``link`` downloads crossing the link, when a share of the latest answers were team-cache hits: as many
+        more as keep about ``link`` of them off such hits, up to ``upper`` (all of them hits: ``upper``)."""
+        hits = sum(self._nearby)
+        if not hits:
+            return link
+        crossing = len(self._nearby) - hits
+        if not crossing:
+            return self.upper
+        return min(self.upper, max(link, math.ceil(link * len(self._nearby) / crossing)))
 
     def _floor(self) -> int:
         """The fewest downloads the probes may leave, on short tracks (each request's round trip a large part of

@@ -20,7 +20,7 @@ UNINDEXED_GRACE = 3600.0
 # Downloads.
 # The most downloads at once: how many of them run is measured (cache/concurrency.py), so this is a ceiling that
 # a fast link fills and a slow one never reaches.
-JOBS = 16
+JOBS = 32
 BWLIMIT = 0  # bytes per second for all downloads together; 0: no cap
 STALL_TIMEOUT = 30.0  # seconds a download may go without a byte before the attempt fails
 RETRIES = 5  # attempts per download for a transient error

@@ -56,6 +56,7 @@ from mixvfs.cache.origin_wait import origin_key
 from mixvfs.cache.policy import Limits, RetryPolicy
 from mixvfs.cache.remote import Source
 from mixvfs.cache.store import BlobStore
+from mixvfs.cache.team import VIA_HIT
 
 log = logging.getLogger(__name__)
 retry_log = log.getChild("retries")  # one line per retry; `cachectl warm` silences it (the report counts tries)
@@ -435,7 +436,7 @@ class Download:
         with self.wiring.http.get(self.source.url, start=start, if_range=said.etag if start else None,
                            size=self.source.size) as body:
             if self.wiring.meter is not None:
-                self.wiring.meter.answered_after(time.monotonic() - asked)
+                self.wiring.meter.answered_after(time.monotonic() - asked, nearby=body.via == VIA_HIT)
             self.via = body.via
             changed = bool(body.etag and said.etag and body.etag != said.etag)
             if changed and body.start > 0:
@@ -529,7 +530,7 @@ class Download:
 
     def _append(self, chunk: bytes) -> None:
         if self.wiring.meter is not None:
-            self.wiring.meter.received(len(chunk))
+            self.wiring.meter.received(len(chunk), nearby=self.via == VIA_HIT)
         if self.total is not None and self.available + len(chunk) > self.total:
             raise LengthMismatch(f"length mismatch: the server sends more than the advertised {self.total} bytes")
         view = memoryview(chunk)

@@ -17,6 +17,7 @@ from mixvfs.cache.concurrency import (
     LONG_TRACKS,
     LOWER,
     MIN_INTERVAL,
+    NEARBY_ANSWERS,
     ROUND_TRIPS,
     SCALED_MOST,
     START,
@@ -341,3 +342,36 @@ def test_a_server_pushing_back_halves_long_tracks_below_their_start() -> None:
     assert control.limit(waiting=True) == 3
     control.pushed_back()
     assert control.limit(waiting=True) == LOWER
+
+
+def test_answers_from_a_team_cache_store_let_as_many_run_as_jobs_allows() -> None:
+    """A later workstation: every answer a team-cache hit. Each waits a round trip (the origin's authorization)
+    and its bytes come over the studio's LAN: the link's number does not bound them, --jobs does."""
+    clock = Clock()
+    control = Concurrency(32, clock=clock)
+    for _ in range(3):
+        control.answered_after(0.08, nearby=True)
+    assert control.limit(waiting=True) == 32
+    # Their bytes are not the link's goodput: however many come, the link's own number learns nothing from them.
+    control.received(500 * MB, nearby=True)
+    clock.now += 10
+    assert control.limit(waiting=True) == 32
+    for _ in range(NEARBY_ANSWERS):  # the session goes on with tracks the team cache had not stored
+        control.answered_after(0.08)
+    assert control.limit(waiting=True) == start_for(0.08)
+
+
+def test_a_share_of_team_cache_hits_adds_downloads_for_them_only() -> None:
+    clock = Clock()
+    control = Concurrency(64, clock=clock)
+    control.answered_after(0.08)
+    link = control.limit(waiting=True)
+    for nearby in [True, False] * (NEARBY_ANSWERS // 2):
+        control.answered_after(0.08, nearby=nearby)
+    # Half the answers are hits: twice as many at once keeps about ``link`` of them on the link.
+    assert control.limit(waiting=True) == 2 * link
+    assert Concurrency(6, clock=clock).limit() <= 6
+    capped = Concurrency(6, clock=clock)
+    for nearby in [True, False] * (NEARBY_ANSWERS // 2):
+        capped.answered_after(0.08, nearby=nearby)
+    assert capped.limit(waiting=True) == 6  # --jobs is still the most
