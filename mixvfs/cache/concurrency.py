@@ -64,6 +64,10 @@ REFERENCE_RATE = 12.5e6
 START_TRACK_SIZE = 512 * 1024  # bytes: the track size START was found for (a request's round trip per track)
 LONG_TRACK_SIZE = 4 * START_TRACK_SIZE  # bytes: tracks this long or longer are long (most real music files are)
 LONG_TRACKS = 6  # downloads at once to begin with on long tracks, however long the round trip
+# The link's recent goodput (recent_goodput): a sample of the bytes carried every CARRIED_STEP seconds, kept for
+# CARRIED_KEPT seconds.
+CARRIED_STEP = 0.05
+CARRIED_KEPT = 4.0
 # The latest answers whose share of team-cache hits scales the number of downloads at once: a few intervals' worth,
 # so a session whose first tracks were hits and whose later ones are not comes back to the link's number soon.
 NEARBY_ANSWERS = 16
@@ -106,6 +110,8 @@ class Concurrency:
         self._guessing = True  # nothing measured yet: the number is a guess from the round trip
         self._down_next = False  # the next probe is a step down (probes alternate once the start is over)
         self._nearby: deque[bool] = deque(maxlen=NEARBY_ANSWERS)  # the latest answers: a team cache's hit or not
+        self._carried = 0  # bytes across the link since the start
+        self._carried_at: deque[tuple[float, int]] = deque()  # (time, _carried), one sample per CARRIED_STEP
 
     def expect_tracks(self, sizes: list[int]) -> None:
         """The sizes of the tracks about to be downloaded (those known): on long ones the start is fewer
@@ -135,6 +141,22 @@ class Concurrency:
             return
         with self._lock:
             self._bytes += count
+            self._carried += count
+            now = self.clock()
+            samples = self._carried_at
+            if not samples or now - samples[-1][0] >= CARRIED_STEP:
+                samples.append((now, self._carried))
+                while len(samples) > 2 and now - samples[1][0] >= CARRIED_KEPT:
+                    samples.popleft()
+
+    def recent_goodput(self, seconds: float) -> float:
+        """Bytes per second across the link over about the last ``seconds`` (up to CARRIED_KEPT)."""
+        with self._lock:
+            now = self.clock()
+            then = next(((t, c) for t, c in reversed(self._carried_at) if now - t >= seconds), None)
+            if then is None:
+                return self._best  # not that long measured yet: say nothing against the link
+            return (self._carried - then[1]) / max(now - then[0], 1e-9)
 
     def answered_after(self, seconds: float, *, nearby: bool = False) -> None:
         """A request's response headers came ``seconds`` after it was sent: about one round trip (the first on a
@@ -196,6 +218,11 @@ class Concurrency:
     @property
     def round_trip(self) -> float | None:
         return self._round_trip
+
+    @property
+    def best_goodput(self) -> float:
+        """Bytes per second: the most an interval has carried across the link (0.0 before any)."""
+        return self._best
 
     def _with_nearby(self, link: int) -> int:
         """``link`` downloads crossing the link, when a share of the latest answers were team-cache hits: as many

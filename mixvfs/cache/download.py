@@ -56,7 +56,8 @@ from mixvfs.cache.origin_wait import origin_key
 from mixvfs.cache.policy import Limits, RetryPolicy
 from mixvfs.cache.remote import Source
 from mixvfs.cache.store import BlobStore
-from mixvfs.cache.team import VIA_HIT
+from mixvfs.cache.tail import MOST_RECONNECTS, TailWatch
+from mixvfs.cache.team import VIA_HIT, VIA_ORIGIN
 
 log = logging.getLogger(__name__)
 retry_log = log.getChild("retries")  # one line per retry; `cachectl warm` silences it (the report counts tries)
@@ -165,6 +166,9 @@ class Wiring:
     step_aside: Callable[[], None] = _go_on
     budget: Budget | None = None  # the bandwidth cap shared by every download of the process (bwlimit)
     meter: Concurrency | None = None  # told of bytes, round trips and push-back: how many downloads fill the link
+    # The fetcher's word: these are the export's last downloads. Only then is a crawl a connection's, worth a new
+    # one (cache/tail.py).
+    in_tail: Callable[[], bool] = lambda: False
 
 
 class Download:
@@ -188,6 +192,7 @@ class Download:
         self.via: str | None = None  # where the last request's bytes came from: the origin or the team cache
         self.recheck = False  # the bytes held are not known to be of the server's current version
         self.resuming = False  # the next request continues after a pause: not a new attempt
+        self.reconnects = 0  # requests given up for a new connection because this download crawled at the end
         self.server_wait = ServerWait()
         self.serial = next(_SERIALS)  # names this download's bytes (page cache)
         self.started = 0.0
@@ -379,7 +384,14 @@ class Download:
                 self.resuming = False
                 try:
                     with self.wiring.http.silences.no_check(stalled):
-                        self._attempt()
+                        new_connection = False
+                        while True:
+                            try:
+                                self._attempt(new_connection=new_connection)
+                                break
+                            except Reconnect:  # the same attempt, from the bytes held, on a new connection
+                                self.reconnects += 1
+                                new_connection = True
                 except StallTimeout:
                     stalled = True
                     raise
@@ -422,7 +434,7 @@ class Download:
         left = until - self.wiring.http.waits.clock()
         return left if until and left > 0 else None
 
-    def _attempt(self) -> None:
+    def _attempt(self, *, new_connection: bool = False) -> None:
         """One request. Bytes already held are never trusted on the server's word alone: a body that
         starts before ``available`` (a server ignoring Range, a 206 rounded down, an encoded body, a
         re-check after the validator changed) is compared with them byte for byte, and the download
@@ -434,7 +446,7 @@ class Download:
         start = self.available if said.etag and not self.recheck else 0
         asked = time.monotonic()
         with self.wiring.http.get(self.source.url, start=start, if_range=said.etag if start else None,
-                           size=self.source.size) as body:
+                                  size=self.source.size, new_connection=new_connection) as body:
             if self.wiring.meter is not None:
                 self.wiring.meter.answered_after(time.monotonic() - asked, nearby=body.via == VIA_HIT)
             self.via = body.via
@@ -453,6 +465,7 @@ class Download:
             said.etag = body.etag or said.etag
             said.last_modified = body.last_modified or said.last_modified
             said.content_type = said.content_type or body.content_type
+            watch = self._tail_watch(body.via)
             position = body.start
             for chunk in body.chunks:
                 self._check_cancel()
@@ -463,11 +476,27 @@ class Download:
                 if fresh:
                     self._append(fresh)
                 self._pace(len(chunk))
+                if watch is not None and self.total is not None and watch.crawling(len(chunk), self.total - position):
+                    log.info("%s: %d of %d bytes, crawling at the end of the export; asking for the rest on a new "
+                             "connection", self.source.label, self.available, self.total)
+                    raise Reconnect
         self.recheck = False
         if self.total is None:
             self.total = self.available  # no length was ever advertised: the body is what it is
         if self.available != self.total:
             raise NetworkError(f"the body ended after {self.available} of {self.total} bytes")
+
+    def _tail_watch(self, via: str | None) -> TailWatch | None:
+        """A watch for a crawl while the link has room (the export's end), where asking again can help: a request
+        at the origin itself (a team cache's own fetch from the origin would go on), of a version it can be held
+        to (an ETag: the rest is asked with If-Range), with no bandwidth cap (under a cap, slow is what was asked
+        for), once."""
+        meter = self.wiring.meter
+        if (meter is None or self.wiring.budget is not None or via not in (None, VIA_ORIGIN) or not self.said.etag
+                or self.reconnects >= MOST_RECONNECTS):
+            return None
+        return TailWatch(best_goodput=lambda: meter.best_goodput, round_trip=lambda: meter.round_trip,
+                         link_goodput=meter.recent_goodput, in_tail=self.wiring.in_tail, clock=meter.clock)
 
     def _pace(self, count: int) -> None:
         """Under a bandwidth cap, wait before reading on (the server is slowed by TCP's flow control meanwhile);
@@ -637,6 +666,10 @@ class Download:
                 self.cond.wait(timeout=wait)
             self.served_upto = max(self.served_upto, end)
         return max(end, offset)
+
+
+class Reconnect(Exception):  # control flow, not an error: never leaves this module
+    """A download crawling at the export's end gives up its request, to ask for the rest on a new connection."""
 
 
 class Yielded(Exception):  # control flow, not an error: never leaves this module

@@ -28,6 +28,7 @@ from mixvfs.cache.index import SourceEntry, SourceIndex
 from mixvfs.cache.policy import Limits, RetryPolicy
 from mixvfs.cache.remote import RemoteInfo, Source
 from mixvfs.cache.store import BlobStore
+from mixvfs.cache.tail import TAIL_SHARE
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class Fetcher:
         if self.concurrency is not None:
             http.on_handshake = self.concurrency.handshake_took
         self._wiring = Wiring(store, index, http, self._on_event, retry=retry or RetryPolicy(), limits=self.limits,
-                              step_aside=self.foreground.wait_quiet, budget=budget, meter=self.concurrency)
+                              step_aside=self.foreground.wait_quiet, budget=budget, meter=self.concurrency,
+                              in_tail=self._in_tail)
         self._active: dict[str, Download] = {}
         # Downloads that just stored their source, out of ``_active`` until every subscriber has heard DONE (a
         # mount notes the track as confirmed then): in between, the blob is in the index and the track looks
@@ -353,6 +355,12 @@ class Fetcher:
             idle = [d for d in self._running if d.readers == 0 and not d.yield_requested]
             if idle:
                 max(idle, key=lambda d: d.priority).ask_to_yield()
+
+    def _in_tail(self) -> bool:
+        """The export's last downloads: none waits for a slot, and few run (a quarter of the measured number at
+        most). Before that, downloads that crawl together are the link's state (losses), not a connection's."""
+        with self._lock:
+            return self._queue.empty() and len(self._running) <= max(1, self._limit() // TAIL_SHARE)
 
     def _limit(self, *, waiting: bool = False) -> int:
         """How many downloads may run now (callers hold ``_lock``)."""

@@ -223,10 +223,16 @@ class HttpClient:
         self._streams_lock = threading.Lock()
         self._cut = False
         # One connection pool, shared by the client and the direct requests below.
+        verify = ssl_context if ssl_context is not None else httpx.create_ssl_context()
         self._transport = httpx.HTTPTransport(
-            verify=ssl_context if ssl_context is not None else True,
+            verify=verify,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
                                 keepalive_expiry=KEEPALIVE_EXPIRY))
+        # A pool that keeps nothing: a request sent through it always opens a connection of its own (a download
+        # crawling on its old one at the export's end: cache/tail.py).
+        self._fresh_transport = httpx.HTTPTransport(
+            verify=verify,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=0))
         self._client = httpx.Client(
             event_hooks={"request": [self._before_request], "response": [self._after_response]},
             auth=BearerAuth(tokens) if tokens is not None and tokens.configured else None,
@@ -244,6 +250,7 @@ class HttpClient:
 
     def close(self) -> None:
         self._client.close()
+        self._fresh_transport.close()
 
     def cut_connections(self) -> int:
         """The process is stopping: shut every connection down, so that each request under way ends now — one
@@ -410,19 +417,20 @@ class HttpClient:
     @contextlib.contextmanager
     def get(
         self, url: str, *, start: int = 0, end: int | None = None, if_range: str | None = None,
-        size: int | None = None,
+        size: int | None = None, new_connection: bool = False,
     ) -> Iterator[Body]:
         """Stream ``url`` from ``start``. ``Body.start`` says where the body really starts: 0 when the
         server ignores the range (or If-Range no longer matches), earlier than asked when it rounds
         ranges down, and always 0 for a body the server encoded anyway (the chunks are decoded).
-        ``size``: the length the manifest or the origin gave, which a team cache's copy must have."""
+        ``size``: the length the manifest or the origin gave, which a team cache's copy must have.
+        ``new_connection``: on a connection opened for this request, when asked at the origin directly."""
         headers = {}
         if start or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
             if if_range and is_strong(if_range):  # RFC 9110 13.1.5: a weak validator never matches
                 headers["If-Range"] = if_range
         with httpx_errors(url), contextlib.ExitStack() as stack:
-            response, via, route = self._send("GET", url, headers, stack, expected=size)
+            response, via, route = self._send("GET", url, headers, stack, expected=size, new_connection=new_connection)
             check_status(response, url)
             content_type = response.headers.get("Content-Type")
             if looks_like_error_body(content_type):
@@ -459,7 +467,8 @@ class HttpClient:
             raise
 
     def _send(self, method: str, url: str, headers: dict[str, str], stack: contextlib.ExitStack, *,
-              expected: int | None = None) -> tuple[httpx.Response, str | None, team_policy.Route | None]:
+              expected: int | None = None, new_connection: bool = False,
+              ) -> tuple[httpx.Response, str | None, team_policy.Route | None]:
         """A track request (its response open in ``stack``) and where the answer came from: through the team
         cache when one is set and up, else — or when the cache fails or stays stale — from the origin.
         Errors of the cache's own requests end here; the origin's are the caller's (``httpx_errors``)."""
@@ -504,7 +513,7 @@ class HttpClient:
             elif verdict is Verdict.ORIGIN:
                 break
         via = VIA_ORIGIN if self.team is not None else None
-        direct = self._direct_request(method, url, headers)
+        direct = self._direct_request(method, url, headers, new_connection=new_connection)
         if direct is not None:
             stack.callback(direct.close)
             return direct, via, None
@@ -513,7 +522,8 @@ class HttpClient:
             self._direct_origins.add(origin_of(url))
         return response, via, None
 
-    def _direct_request(self, method: str, url: str, headers: dict[str, str]) -> httpx.Response | None:
+    def _direct_request(self, method: str, url: str, headers: dict[str, str], *,
+                        new_connection: bool = False) -> httpx.Response | None:
         """A request at the origin straight through the connection pool (httpx's transport API), skipping the
         client's per-request work (the URL merged, the auth and redirect flows as generators, the cookie jar
         read and written: about a sixth of the daemon's GIL time per 1 MiB track, BENCHMARKS.md, item 4, third
@@ -523,7 +533,7 @@ class HttpClient:
         if origin_of(url) not in self._direct_origins or self._client.cookies:
             return None
         token, generation = (None, None) if self.tokens is None or not self.tokens.configured else self.tokens.current()
-        response = self._direct_once(method, url, headers, token)
+        response = self._direct_once(method, url, headers, token, new_connection=new_connection)
         if response is None or response.status_code != 401 or generation is None:
             return response
         try:  # as the auth flow does: read, so that the connection serves the retry
@@ -532,9 +542,11 @@ class HttpClient:
             response.close()
         assert self.tokens is not None
         # One refresh of the token and one retry, as BearerAuth does: never a storm.
-        return self._direct_once(method, url, headers, self.tokens.refresh(generation) or token)
+        return self._direct_once(method, url, headers, self.tokens.refresh(generation) or token,
+                                 new_connection=new_connection)
 
-    def _direct_once(self, method: str, url: str, headers: dict[str, str], token: str | None) -> httpx.Response | None:
+    def _direct_once(self, method: str, url: str, headers: dict[str, str], token: str | None, *,
+                     new_connection: bool = False) -> httpx.Response | None:
         merged = httpx.Headers(self._client.headers)
         merged.update(headers)
         if token:
@@ -543,7 +555,7 @@ class HttpClient:
         hooks = self._client.event_hooks  # the client's own (_before_request, _after_response), as it calls them
         for hook in hooks["request"]:
             hook(request)
-        response = self._transport.handle_request(request)
+        response = (self._fresh_transport if new_connection else self._transport).handle_request(request)
         response.request = request
         try:
             for hook in hooks["response"]:

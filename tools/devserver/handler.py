@@ -87,6 +87,7 @@ class DevRequestHandler(BaseHTTPRequestHandler):
             if_modified_since=self.headers.get("If-Modified-Since"),
             accept_encoding=self.headers.get("Accept-Encoding"),
             auth=self.headers.get("Authorization"),
+            client_port=self.client_address[1] if isinstance(self.client_address, tuple) else None,
         )
         self.state.begin()
         try:

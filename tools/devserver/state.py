@@ -31,6 +31,7 @@ class RequestRecord:
     if_modified_since: str | None
     accept_encoding: str | None
     auth: str | None
+    client_port: int | None = None  # the client's end of the connection: one per TCP connection
     status: int | None = None
     bytes: int = 0
     fault: str | None = None
