@@ -15,6 +15,7 @@ import stat
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 from mixvfs.cache import defaults
 from mixvfs.cache.errors import AuthRejected
@@ -96,6 +97,28 @@ def header_safe(raw: str | None, origin: str) -> str | None:
     return token
 
 
+class _CommandProcess(subprocess.Popen[str]):
+    """A Popen that stops what it started when this process is stopped while the child starts. Popen waits for
+    the child's exec before it returns; a stop signal's exception in that wait (a mount cancelled the moment its
+    token command started: seen on a loaded machine, the command's own children already running) left the child
+    running unseen, as Popen was never returned. Reaches into subprocess's ``_execute_child``, which sets ``pid``
+    right after the fork (CPython 3.11-3.13); tests/mount/test_cli.py's cancelled-token-command test covers it."""
+
+    def _execute_child(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super()._execute_child(*args, **kwargs)  # type: ignore[misc]
+        except BaseException:
+            pid = getattr(self, "pid", None)
+            if isinstance(pid, int) and pid > 0:
+                for kill in (os.killpg, os.kill):  # its session (start_new_session), or itself before setsid
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+                self.returncode = -signal.SIGKILL
+            raise
+
+
 def run_token_command(command: str, timeout: float = TOKEN_COMMAND_TIMEOUT) -> str:
     """The command's standard output. It runs in a session of its own, so that on a timeout the whole
     process group goes (a shell's children too, not only the shell). Errors name the program, never its
@@ -103,8 +126,8 @@ def run_token_command(command: str, timeout: float = TOKEN_COMMAND_TIMEOUT) -> s
     name = command_preview(command)
     process: subprocess.Popen[str] | None = None
     try:
-        process = subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+        process = _CommandProcess(command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         assert process is not None

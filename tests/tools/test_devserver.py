@@ -834,7 +834,8 @@ def test_log_records_every_field(root: Path, tmp_path: Path, client: httpx.Clien
         assert srv.requests(path="/album/My Song.mp3") == [head]
     assert isinstance(get["t"], float) and isinstance(get["t_end"], float)
     assert before <= get["t"] <= get["t_end"] <= time.time()
-    assert {k: v for k, v in get.items() if k not in ("t", "t_end")} == {
+    assert isinstance(get["client_port"], int) and get["client_port"] > 0  # the client's end of its connection
+    assert {k: v for k, v in get.items() if k not in ("t", "t_end", "client_port")} == {
         "method": "GET",
         "path": "/track.flac",
         "range": "bytes=10-19",
