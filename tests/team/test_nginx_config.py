@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mixvfs.cache.defaults import STALL_TIMEOUT
 from mixvfs.vfs.commands.team_cache import CacheConfig, prepare_dir, render
 from tests.conftest import MIXVFS, missing_part, run
 from tests.team.conftest import require_nginx
@@ -37,6 +38,11 @@ def test_the_generated_config_passes_nginx_t_and_writes_only_under_the_cache_dir
             if word.startswith("/") and not word.startswith("/etc/ssl/"):
                 assert word.startswith(str(cache_dir)), line
     assert "proxy_ssl_verify on" in done.stdout and "max_size=21474836480" in done.stdout
+    # A request waiting on another's fetch of its slice gets no byte: nginx must give up the wait (and ask the origin
+    # itself) before a client's default stall timeout takes the whole team cache for down.
+    waits = [line.split()[1].rstrip(";") for line in done.stdout.splitlines()
+             if line.split()[:1] == ["proxy_cache_lock_timeout"]]
+    assert waits and all(w.endswith("s") and int(w[:-1]) < STALL_TIMEOUT for w in waits), waits
     assert oct(cache_dir.stat().st_mode & 0o777) == "0o700"
 
 

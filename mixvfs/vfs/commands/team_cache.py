@@ -11,7 +11,8 @@ never a home-made server. What the generated configuration does, and why:
   normalised one, so no path the origin authorizes can name another path's cached bytes;
 * track bytes are cached once for everybody, keyed by method, URI and 4 MiB slice — never by token — so
   ranged reads and resumes are served from the cache, and ``proxy_cache_lock`` makes concurrent misses of a
-  slice one fetch. The origin's ``Cache-Control: private`` is overridden: acceptable only because every hit
+  slice one fetch (a request waits for it at most ``LOCK_TIMEOUT``, then is passed to the origin uncached). The
+  origin's ``Cache-Control: private`` is overridden: acceptable only because every hit
   is re-authorized (RFC 9111 §3.5);
 * a HEAD stays a HEAD (``proxy_cache_convert_head off``, the method in the key): listing a session
   downloads nothing;
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from mixvfs.cache.defaults import STALL_TIMEOUT
 from mixvfs.cache.errors import ConfigError
 from mixvfs.cache.team import (
     AUTH_HEADER,
@@ -59,6 +61,10 @@ from mixvfs.cache.team import (
 from mixvfs.cache.units import parse_size
 
 SLICE = "4m"
+# Seconds a request waits for another's fetch of the same slice (proxy_cache_lock) before nginx asks the origin
+# for it too: under mixvfs's stall timeout, or a second workstation exporting beside a first on a slow origin
+# takes the cache for down (no byte within the stall timeout) for team_cache_reset_after.
+LOCK_TIMEOUT = int(STALL_TIMEOUT * 2 // 3)
 STORE_CHECK, STORE_ANSWER = STORE_CHECK_PATH, "/.mixvfs-store-answer"
 
 TEXT = """Print a complete nginx configuration for a studio's team cache in front of ORIGIN (the music service).
@@ -280,7 +286,9 @@ http {{
             proxy_cache_valid 200 206 30d;
             proxy_cache_lock on;
             proxy_cache_lock_age 60s;
-            proxy_cache_lock_timeout 60s;
+            # A request waiting for another's fetch of its slice gets no byte meanwhile: past this, nginx passes it
+            # to the origin itself (uncached), before the client's stall timeout takes the cache for down.
+            proxy_cache_lock_timeout {LOCK_TIMEOUT}s;
             proxy_cache_convert_head off;
             proxy_cache_bypass $mixvfs_refresh $mixvfs_head;
             proxy_no_cache $mixvfs_head;
