@@ -50,7 +50,7 @@ from mixvfs.cache.errors import (
     StallTimeout,
     TransientError,
 )
-from mixvfs.cache.http import HttpClient
+from mixvfs.cache.http import Body, HttpClient
 from mixvfs.cache.index import SourceEntry, SourceIndex
 from mixvfs.cache.origin_wait import origin_key
 from mixvfs.cache.policy import Limits, RetryPolicy
@@ -384,14 +384,7 @@ class Download:
                 self.resuming = False
                 try:
                     with self.wiring.http.silences.no_check(stalled):
-                        new_connection = False
-                        while True:
-                            try:
-                                self._attempt(new_connection=new_connection)
-                                break
-                            except Reconnect:  # the same attempt, from the bytes held, on a new connection
-                                self.reconnects += 1
-                                new_connection = True
+                        self._attempt()
                 except StallTimeout:
                     stalled = True
                     raise
@@ -434,7 +427,7 @@ class Download:
         left = until - self.wiring.http.waits.clock()
         return left if until and left > 0 else None
 
-    def _attempt(self, *, new_connection: bool = False) -> None:
+    def _attempt(self) -> None:
         """One request. Bytes already held are never trusted on the server's word alone: a body that
         starts before ``available`` (a server ignoring Range, a 206 rounded down, an encoded body, a
         re-check after the validator changed) is compared with them byte for byte, and the download
@@ -445,8 +438,10 @@ class Download:
         said = self.said
         start = self.available if said.etag and not self.recheck else 0
         asked = time.monotonic()
-        with self.wiring.http.get(self.source.url, start=start, if_range=said.etag if start else None,
-                                  size=self.source.size, new_connection=new_connection) as body:
+        with contextlib.ExitStack() as held:  # the request being read: another one may take its place (_switch)
+            body = held.enter_context(self.wiring.http.get(self.source.url, start=start,
+                                                           if_range=said.etag if start else None,
+                                                           size=self.source.size))
             if self.wiring.meter is not None:
                 self.wiring.meter.answered_after(time.monotonic() - asked, nearby=body.via == VIA_HIT)
             self.via = body.via
@@ -467,7 +462,8 @@ class Download:
             said.content_type = said.content_type or body.content_type
             watch = self._tail_watch(body.via)
             position = body.start
-            for chunk in body.chunks:
+            chunks = body.chunks
+            while (chunk := next(chunks, None)) is not None:
                 self._check_cancel()
                 fresh = self._skip_held(chunk, position) if position < self.available else chunk
                 position += len(chunk)
@@ -477,14 +473,45 @@ class Download:
                     self._append(fresh)
                 self._pace(len(chunk))
                 if watch is not None and self.total is not None and watch.crawling(len(chunk), self.total - position):
-                    log.info("%s: %d of %d bytes, crawling at the end of the export; asking for the rest on a new "
-                             "connection", self.source.label, self.available, self.total)
-                    raise Reconnect
+                    watch = None
+                    rest = self._switch(held) if position == self.available else None
+                    if rest is not None:
+                        chunks, position = rest.chunks, rest.start
         self.recheck = False
         if self.total is None:
             self.total = self.available  # no length was ever advertised: the body is what it is
         if self.available != self.total:
             raise NetworkError(f"the body ended after {self.available} of {self.total} bytes")
+
+    def _switch(self, held: contextlib.ExitStack) -> Body | None:
+        """This download crawls at the export's end (cache/tail.py): ask for the rest of the track on a new
+        connection, while the crawling request stays open. Taken only if the answer is exactly that rest — from
+        the byte held, of the same version (its ETag), of the same length: the crawling request is then closed
+        (in ``held``) and the new one read on. Any other answer (an error, another version, a whole body) is
+        dropped and the crawling request read on as if nothing had been asked: a new connection never costs the
+        track what the old one would have delivered."""
+        self.reconnects += 1
+        log.info("%s: %d of %d bytes, crawling at the end of the export; asking for the rest on a new connection",
+                 self.source.label, self.available, self.total)
+        fresh = contextlib.ExitStack()
+        try:
+            body = fresh.enter_context(self.wiring.http.get(self.source.url, start=self.available,
+                                                            if_range=self.said.etag, size=self.source.size,
+                                                            new_connection=True))
+            if body.start != self.available or body.etag != self.said.etag or body.total != self.total:
+                raise NetworkError(f"it was not the rest of this version (from byte {body.start}, ETag {body.etag}, "
+                                   f"{body.total} bytes)")
+        except FetchError as exc:
+            fresh.close()
+            log.info("%s: the new connection's answer is not used (%s); reading on the first", self.source.label,
+                     exc)
+            return None
+        except BaseException:
+            fresh.close()
+            raise
+        held.close()  # the crawling request: its connection goes
+        held.enter_context(fresh.pop_all())
+        return body
 
     def _tail_watch(self, via: str | None) -> TailWatch | None:
         """A watch for a crawl while the link has room (the export's end), where asking again can help: a request
@@ -666,10 +693,6 @@ class Download:
                 self.cond.wait(timeout=wait)
             self.served_upto = max(self.served_upto, end)
         return max(end, offset)
-
-
-class Reconnect(Exception):  # control flow, not an error: never leaves this module
-    """A download crawling at the export's end gives up its request, to ask for the rest on a new connection."""
 
 
 class Yielded(Exception):  # control flow, not an error: never leaves this module

@@ -9,7 +9,8 @@ trip, and the rest of the track comes in a few round trips. So a download far sl
 can go, while the link as a whole carries less than half of that (another download's fair share is not a crawl)
 and it is among the export's last few (before that, downloads crawling together are the link's losses), with
 enough left that a new connection's handshake and start pay, is asked again from the bytes it holds (Range,
-If-Range on its ETag: the same version or the whole file again), once.
+If-Range on its ETag), once, while its request stays open: the new answer replaces it only if it is exactly the
+rest (``Download._switch``).
 
 :class:`TailWatch` is one request's watch: the download feeds it each chunk; time is injected.
 """

@@ -8,8 +8,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from mixvfs.cache.concurrency import Concurrency
-from mixvfs.cache.download import State
+from mixvfs.cache.download import Download, State
 from mixvfs.cache.policy import RetryPolicy
 from mixvfs.cache.remote import Source
 from mixvfs.cache.store import BlobStore
@@ -95,46 +97,60 @@ def test_a_crawl_is_judged_on_the_latest_window_not_the_whole_request() -> None:
     assert feed(w, clock, rate=0.2 * MB, seconds=window * 1.5, left=1_000_000)
 
 
+def crawl(server: DevServer, store: BlobStore, make_fetcher: MakeFetcher, name: str, size: int) -> Download:
+    """``name`` downloaded by a fetcher whose mount measured a 12.5 MB/s link with a 150 ms round trip before, on
+    the test's clock, which runs ten times as fast as the bytes come: the dev server's faults make it crawl."""
+    clock = Clock(time.monotonic())  # where the meter's own clock stood when it was made
+    fetcher = make_fetcher(store, jobs=4, retry=RetryPolicy(attempts=1), stall_timeout=30, adaptive=True)
+    meter = fetcher.concurrency
+    assert isinstance(meter, Concurrency)
+    meter.clock = clock  # the link's measurements and the watch's windows run on the test's clock
+    meter.answered_after(RTT)
+    meter.limit(waiting=True)
+    meter.received(int(LINK))
+    clock.now += 1.0
+    meter.limit(waiting=True)
+    assert meter.best_goodput > 0
+    download = fetcher.prefetch(Source(server.url_for(name), size=size, label=name), 0)
+    assert download is not None
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.is_set():
+            clock.now += 0.1
+            time.sleep(0.01)
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        assert download.ended.wait(60)  # a hang guard
+    finally:
+        stop.set()
+        ticker.join()
+    return download
+
+
+def stored(store: BlobStore, download: Download) -> bytes:
+    fd = store.open_blob(download.digest or "")
+    assert fd is not None
+    try:
+        return os.pread(fd, (download.total or 0) + 1, 0)
+    finally:
+        os.close(fd)
+
+
 def test_the_fetcher_asks_a_crawling_download_again_from_its_bytes_on_a_new_connection(
         tmp_path: Path, store: BlobStore, make_fetcher: MakeFetcher) -> None:
     """Against the real dev server: its first answer for the track comes at a crawl (its ``rate`` fault, once),
-    the link is otherwise idle. The download gives that request up and asks for the rest with Range and If-Range,
-    on a connection of its own; the bytes are the track's, in one attempt (no retry, no backoff)."""
+    the link is otherwise idle. The download asks for the rest with Range and If-Range on a connection of its own,
+    takes it and drops the crawling one; the bytes are the track's, in one attempt (no retry, no backoff)."""
     root = tmp_path / "server"
     root.mkdir()
     size = 1 << 20
     write_sized(root / "t.wav", size, seed=3)
-    data = (root / "t.wav").read_bytes()
-    clock = Clock(time.monotonic())  # where the meter's own clock stood when it was made
     with DevServer(root) as server:
         server.set_faults({"/t.wav": {"rate": 20_000, "times": 1}})
-        fetcher = make_fetcher(store, jobs=4, retry=RetryPolicy(attempts=1), stall_timeout=30, adaptive=True)
-        meter = fetcher.concurrency
-        assert isinstance(meter, Concurrency)
-        meter.clock = clock  # the link's measurements and the watch's windows run on the test's clock
-        # What the mount measured before: a 12.5 MB/s link with a 150 ms round trip.
-        meter.answered_after(RTT)
-        meter.limit(waiting=True)
-        meter.received(int(LINK))
-        clock.now += 1.0
-        meter.limit(waiting=True)
-        assert meter.best_goodput > 0
-        download = fetcher.prefetch(Source(server.url_for("t.wav"), size=size, label="t.wav"), 0)
-        assert download is not None
-        stop = threading.Event()
-
-        def tick() -> None:  # time passes on the test's clock, ten times as fast as the bytes come
-            while not stop.is_set():
-                clock.now += 0.1
-                time.sleep(0.01)
-
-        ticker = threading.Thread(target=tick, daemon=True)
-        ticker.start()
-        try:
-            assert download.ended.wait(60)  # a hang guard
-        finally:
-            stop.set()
-            ticker.join()
+        download = crawl(server, store, make_fetcher, "t.wav", size)
         assert download.state is State.DONE, download.error
         assert download.attempts == 1 and download.reconnects == 1
         first, second = server.requests("GET", "/t.wav")
@@ -142,9 +158,25 @@ def test_the_fetcher_asks_a_crawling_download_again_from_its_bytes_on_a_new_conn
         assert str(second["range"]).startswith("bytes=") and int(str(second["range"])[6:-1]) > 0
         assert second["if_range"] is not None
         assert second["client_port"] != first["client_port"]  # a connection of its own
-        fd = store.open_blob(download.digest or "")
-        assert fd is not None
-        try:
-            assert os.pread(fd, size + 1, 0) == data
-        finally:
-            os.close(fd)
+        assert stored(store, download) == (root / "t.wav").read_bytes()
+
+
+@pytest.mark.parametrize("second", [{"status": 404}, {"status": 503}, {"etag": '"another-version"'},
+                                    {"ignore_range": True}], ids=["404", "503", "another-version", "whole-body"])
+def test_a_new_connection_s_answer_that_is_not_the_rest_is_dropped_and_the_crawl_read_on(
+        tmp_path: Path, store: BlobStore, make_fetcher: MakeFetcher, second: dict[str, object]) -> None:
+    """The crawling request stays open while the new one is asked: an error, another version or a whole body in
+    answer costs nothing: the first connection delivers the track, in the same attempt."""
+    root = tmp_path / "server"
+    root.mkdir()
+    size = 256 << 10
+    write_sized(root / "t.wav", size, seed=4)
+    with DevServer(root) as server:
+        server.set_faults({"/t.wav": {"rate": 128_000, "times": 1, "then": second}})
+        download = crawl(server, store, make_fetcher, "t.wav", size)
+        assert download.state is State.DONE, download.error
+        assert download.attempts == 1 and download.reconnects == 1
+        first, asked = server.requests("GET", "/t.wav")
+        assert first["range"] is None and first["bytes"] == size  # the first connection delivered it all
+        assert asked["range"] is not None
+        assert stored(store, download) == (root / "t.wav").read_bytes()
