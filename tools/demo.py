@@ -220,7 +220,10 @@ def check(copy: subprocess.CompletedProcess[str], export: Path, names: dict[str,
             problems.append(names[track_id])
     if names["bad"] != BROKEN:
         problems.append(f"the failing track is named {names['bad']!r}, not {BROKEN!r} as announced")
-    if copy.returncode == 0 or f"{BROKEN}': Input/output error" not in copy.stderr:
+    # cp says "error reading 'X': Input/output error" when the read fails, "cannot open 'X' for reading:
+    # Input/output error" when the download had failed before cp opened it (prefetch got there first).
+    eio = any(f"{BROKEN}'" in line and line.endswith("Input/output error") for line in copy.stderr.splitlines())
+    if copy.returncode == 0 or not eio:
         problems.append("the failing track did not give cp an Input/output error")
     final = {r["id"]: r for r in json.loads(report_path.read_text())["tracks"]}
     if final["bad"]["status"] != "failed" or "500" not in (final["bad"]["error"] or ""):
