@@ -192,7 +192,7 @@ class Download:
         self.via: str | None = None  # where the last request's bytes came from: the origin or the team cache
         self.recheck = False  # the bytes held are not known to be of the server's current version
         self.resuming = False  # the next request continues after a pause: not a new attempt
-        self.reconnects = 0  # requests given up for a new connection because this download crawled at the end
+        self.reconnects = 0  # times the rest was asked on a new connection because this download crawled
         self.server_wait = ServerWait()
         self.serial = next(_SERIALS)  # names this download's bytes (page cache)
         self.started = 0.0
@@ -487,9 +487,9 @@ class Download:
         """This download crawls at the export's end (cache/tail.py): ask for the rest of the track on a new
         connection, while the crawling request stays open. Taken only if the answer is exactly that rest — from
         the byte held, of the same version (its ETag), of the same length: the crawling request is then closed
-        (in ``held``) and the new one read on. Any other answer (an error, another version, a whole body) is
-        dropped and the crawling request read on as if nothing had been asked: a new connection never costs the
-        track what the old one would have delivered."""
+        (in ``held``) and the new one read on; a body that breaks after that is resumed as any other. Any other
+        answer (an error, another version, a whole body) is dropped and the crawling request read on as if nothing
+        had been asked."""
         self.reconnects += 1
         log.info("%s: %d of %d bytes, crawling at the end of the export; asking for the rest on a new connection",
                  self.source.label, self.available, self.total)
