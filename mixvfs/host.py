@@ -30,6 +30,10 @@ DARWIN = sys.platform == "darwin"
 
 XATTR_NOFOLLOW = 0x0001  # macOS <sys/xattr.h>: act on a symlink itself (ours: never a symlink, so 0 is passed)
 XATTR_MAX = 1 << 20  # our largest value (the root's status) stays far below; a bound against a runaway size
+# Bytes asked for beyond the size just told: a value made anew at each call (a mount's status, with its download
+# rates) can be a few bytes longer by the next call, and a buffer of the exact size then fails with ERANGE
+# (`mixvfs status --watch` ended, saying the live mount had gone, where libc's getxattr is the way: macOS).
+XATTR_SLACK = 4096
 
 
 class XattrsUnsupported(OSError):
@@ -63,7 +67,8 @@ def libc_getxattr() -> Callable[..., int] | None:
 
 
 def read_xattr(call: Callable[..., int], path: bytes, name: bytes, *, darwin: bool) -> bytes:
-    """Ask ``call`` (libc's ``getxattr``) for the size, then the value; again if it grew meanwhile.
+    """Ask ``call`` (libc's ``getxattr``) for the size, then the value into a little more room (XATTR_SLACK);
+    again if it grew beyond that meanwhile.
 
     Linux: ``ssize_t getxattr(const char *path, const char *name, void *value, size_t size)``.
     macOS: ``ssize_t getxattr(const char *path, const char *name, void *value, size_t size,
@@ -78,8 +83,9 @@ def read_xattr(call: Callable[..., int], path: bytes, name: bytes, *, darwin: bo
             _raise_errno(path)
         if size > XATTR_MAX:
             raise OSError(errno.E2BIG, f"extended attribute {name.decode()} is {size} bytes")
-        buffer = ctypes.create_string_buffer(max(size, 1))
-        got = call(path, name, buffer, size, *extra)
+        capacity = size + XATTR_SLACK
+        buffer = ctypes.create_string_buffer(capacity)
+        got = call(path, name, buffer, capacity, *extra)
         if got >= 0:
             return buffer.raw[:got]
         if ctypes.get_errno() != errno.ERANGE:  # ERANGE: it grew between the two calls; ask again

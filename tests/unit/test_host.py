@@ -50,7 +50,7 @@ def test_darwin_getxattr_is_called_with_position_and_options_zero() -> None:
                           b"user.mixvfs.pid", darwin=True)
     assert got == value
     assert calls == [(b"/Users/me/MixBoardTracks", b"user.mixvfs.pid", 0, 0, 0),
-                     (b"/Users/me/MixBoardTracks", b"user.mixvfs.pid", len(value), 0, 0)]
+                     (b"/Users/me/MixBoardTracks", b"user.mixvfs.pid", len(value) + host.XATTR_SLACK, 0, 0)]
 
 
 def test_darwin_getxattr_that_grew_between_the_calls_is_asked_again() -> None:
@@ -70,7 +70,31 @@ def test_darwin_getxattr_that_grew_between_the_calls_is_asked_again() -> None:
     callback = DARWIN_GETXATTR(fake)
     function = ctypes.cast(callback, ctypes.CFUNCTYPE(ctypes.c_ssize_t))
     assert host.read_xattr(function, b"/m", b"user.x", darwin=True) == b"abcd"
-    assert sizes == [0, 2, 0, 4]
+    assert sizes == [0, 2 + host.XATTR_SLACK, 0, 4 + host.XATTR_SLACK]
+
+
+def test_a_value_made_anew_at_each_call_that_is_a_little_longer_each_time_is_read_at_once() -> None:
+    """A mount's status is computed at each getxattr (its rates change): the value asked for after the size may be
+    a few bytes longer. It fits the room asked for and is read at the first try (with a buffer of the exact size,
+    each try failed with ERANGE, and `mixvfs status --watch` ended as if the mount had gone)."""
+    length = [100]
+    calls: list[int] = []
+
+    def fake(path: bytes, name: bytes, buffer: int | None, size: int, position: int, options: int) -> int:
+        calls.append(size)
+        length[0] += 7  # longer at every call
+        if not buffer:
+            return length[0]
+        if size < length[0]:
+            ctypes.set_errno(errno.ERANGE)
+            return -1
+        ctypes.memmove(buffer, b"x" * length[0], length[0])
+        return length[0]
+
+    callback = DARWIN_GETXATTR(fake)
+    function = ctypes.cast(callback, ctypes.CFUNCTYPE(ctypes.c_ssize_t))
+    assert host.read_xattr(function, b"/m", b"user.mixvfs.status", darwin=True) == b"x" * 114
+    assert calls == [0, 107 + host.XATTR_SLACK]
 
 
 def test_a_missing_xattr_is_an_oserror_naming_the_path(tmp_path: Path) -> None:
