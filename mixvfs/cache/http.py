@@ -637,10 +637,16 @@ def body_range(response: httpx.Response) -> tuple[int, int | None]:
         try:
             _unit, _, rest = value.partition(" ")
             span, _, total = rest.partition("/")
-            first = int(span.split("-", 1)[0])
-            return first, (None if total == "*" else int(total))
+            first_text, _, last_text = span.partition("-")
+            first, last = int(first_text), int(last_text)
+            size = None if total == "*" else int(total)
         except ValueError as exc:
             raise NetworkError(f"the server sent an unreadable Content-Range {value!r}") from exc
+        length = content_length(response)
+        if length is not None and length != last - first + 1:
+            # The body would end (by its Content-Length) before or after the range it claims: never the rest.
+            raise NetworkError(f"the server sent Content-Range {value!r} with Content-Length {length}")
+        return first, size
     return 0, content_length(response)
 
 

@@ -162,7 +162,8 @@ def test_the_fetcher_asks_a_crawling_download_again_from_its_bytes_on_a_new_conn
 
 
 @pytest.mark.parametrize("second", [{"status": 404}, {"status": 503}, {"etag": '"another-version"'},
-                                    {"ignore_range": True}], ids=["404", "503", "another-version", "whole-body"])
+                                    {"ignore_range": True}, {"content_length": 1000}],
+                         ids=["404", "503", "another-version", "whole-body", "length-not-the-range"])
 def test_a_new_connection_s_answer_that_is_not_the_rest_is_dropped_and_the_crawl_read_on(
         tmp_path: Path, store: BlobStore, make_fetcher: MakeFetcher, second: dict[str, object]) -> None:
     """The crawling request stays open while the new one is asked: an error, another version or a whole body in
