@@ -4,7 +4,10 @@ Cases (``python -m tools.bench --only pertrack,floors,fuse2``):
 
 * ``pertrack`` — 192 × 1 MiB cold (``--quick``: 64): mixvfs ``cp -r`` against ONE ``curl`` process fetching every
   URL (``-o`` each), which reuses one keep-alive connection: what a track costs beyond its bytes (4 MiB tracks hid
-  most of that cost behind their bytes);
+  most of that cost behind their bytes); and, the same runs, the download path alone: a fresh mount on an empty
+  cache that nobody reads, from the mount's return until its report counts every track cached (its prefetch
+  downloads, verifies and commits each), with the daemon's CPU time meanwhile — the least a cold export's
+  daemon does, whatever the read path (FUSE passthrough included);
 * ``floors`` — per round, alternately: the download floor (that same one-``curl`` fetch), native ``cp`` of the
   same files, two C FUSE floors over the same files (from the page cache): ``tools/fusefloor.c`` (the least a
   libfuse 3 high-level filesystem does: built here with ``cc``, same libfuse, request size and threads as the
@@ -22,6 +25,7 @@ than the medians when the machine's speed drifts. Nothing here is a test: no fig
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import statistics
@@ -74,6 +78,13 @@ def libfuse_of(pid: int) -> str:
             if name.startswith("libfuse"):
                 return name
     return "?"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def unmount(path: Path) -> None:
@@ -146,24 +157,57 @@ class Floors:
 
     # -- 192 × 1 MiB: the cost of a track --------------------------------------------------------------
 
+    def prefetch_alone(self, data: DataSet) -> tuple[float, float]:
+        """(seconds, daemon CPU seconds) from a fresh mount's return on an empty cache until its report counts
+        every track cached, with no reader: the download path alone. Watched through the report file, not the
+        mount: a question to the mount is browsing it, for which prefetch steps aside."""
+        cache = reset(self.bench.work / "cache-cold")
+        report = self.bench.work / "report.json"
+        self.bench.cold(data)
+        with self.mount(data, cache, None) as mnt:
+            pid = int(os.getxattr(mnt, "user.mixvfs.pid"))
+            began, cpu = time.perf_counter(), cpu_seconds(pid)
+            deadline = began + 120  # a hang guard: the whole set downloads in about a second on loopback
+            while True:
+                with contextlib.suppress(OSError, ValueError):  # between two writes of the report
+                    statuses = [t["status"] for t in json.loads(report.read_text())["tracks"]]
+                    if statuses.count("cached") >= len(data.files):
+                        break
+                    if "failed" in statuses or "missing" in statuses:
+                        raise RuntimeError(f"prefetch did not cache every track: {report}")
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"prefetch did not cache every track in 120 s: {report}")
+                time.sleep(0.005)
+            return time.perf_counter() - began, cpu_seconds(pid) - cpu
+
     def case_pertrack(self, data: DataSet, library: str | None = None) -> None:
         bench = self.bench
         lane = "" if library is None else " [libfuse 2]"
         bench.say(f"per-track cost, {data.name} cold{lane}: one curl process (keep-alive) / mixvfs, {bench.runs} runs")
-        curl, mix = [], []
+        curl, mix, alone, cpu = [], [], [], []
         for i in range(bench.runs):
             bench.cold(data)
             curl.append(bench.curl_all(data, bench.work / "out"))
             if library is None:
                 _, seconds, _ = bench.mixvfs_cold(data, profile="pertrack-cold" if i == 0 else "")
+                took, used = self.prefetch_alone(data)
+                alone.append(took)
+                cpu.append(used)
             else:
                 seconds = self.cold_export(data, library)
             mix.append(seconds)
-            bench.say(f"  run {i + 1}: curl {curl[-1]:.3f} s, mixvfs {mix[-1]:.3f} s ({mix[-1] / curl[-1]:.2f})")
+            bench.say(f"  run {i + 1}: curl {curl[-1]:.3f} s, mixvfs {mix[-1]:.3f} s ({mix[-1] / curl[-1]:.2f})"
+                      + (f"; the download path alone {alone[-1]:.3f} s ({alone[-1] / curl[-1]:.2f}), daemon CPU "
+                         f"{cpu[-1]:.3f} s" if alone else ""))
         bench.rows.append(Row(f"{data.name} cold export ÷ one curl{lane}", "s", "mixvfs", mix,
                               "curl, 1 process, keep-alive", curl, "" if lane else "ratio <= 1.3",
                               {"round_ratios": ratios(mix, curl),
                                "ms_per_track": 1000 * statistics.median(mix) / len(data.files)}))
+        if alone:
+            bench.rows.append(Row(f"{data.name}: the download path alone (prefetch, no reader) ÷ one curl", "s",
+                                  "mixvfs prefetch", alone, "curl, 1 process, keep-alive", curl, "",
+                                  {"round_ratios": ratios(alone, curl), "daemon_cpu_seconds": cpu,
+                                   "cpu_ms_per_track": 1000 * statistics.median(cpu) / len(data.files)}))
 
     # -- floors: download, native cp, a C FUSE filesystem ------------------------------------------------
 

@@ -45,6 +45,10 @@ KIB, MIB = 1 << 10, 1 << 20
 MIXVFS = str(Path(sys.executable).parent / "mixvfs")
 TOKEN = "alice"
 PEERS = ("aria2c -j8", "curl --parallel 8", "rclone copy")
+# The same bytes as ONE file (the tracks end to end): what TCP on this link delivers for them with no request per
+# track, on one connection (curl) and split over eight (aria2c -x8 -s8). Not peers (no exporter can fetch a
+# session as one file): the bound a per-track tool is measured against, in the same run.
+WHOLE = ("one file: curl", "one file: aria2c -x8")
 BASELINE = "mixvfs baseline"  # --baseline: another checkout's mixvfs, in the same runs
 
 
@@ -68,6 +72,20 @@ class DataSet:
 
     def urls(self, url: str) -> list[str]:
         return [f"{url}/{self.name}/{p.name}" for p in self.files]
+
+    @property
+    def whole_name(self) -> str:
+        return f"{self.name}-whole/all.bin"
+
+    def make_whole(self, root: Path) -> Path:
+        """The tracks end to end, as one file under ``root`` (kept from an earlier run when its size matches)."""
+        path = root / self.whole_name
+        if not path.exists() or path.stat().st_size != self.total:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as out:
+                for track in self.files:
+                    out.write(track.read_bytes())
+        return path
 
 
 def make_dataset(root: Path, count: int, size: int) -> DataSet:
@@ -209,6 +227,15 @@ class Bench:
         sh(["curl", "--parallel", "--parallel-max", "8", "-sSf", "-H", f"Authorization: Bearer {TOKEN}",
             "-K", str(config)])
 
+    def whole_curl(self, data: DataSet, dest: Path) -> None:
+        sh(["curl", "-sSf", "-H", f"Authorization: Bearer {TOKEN}", "-o", str(dest / "all.bin"),
+            f"{self.origin.url}/{data.whole_name}"])
+
+    def whole_aria2c(self, data: DataSet, dest: Path) -> None:
+        sh(["aria2c", "-x8", "-s8", "-k1M", "--header", f"Authorization: Bearer {TOKEN}", "-d", str(dest), "-o",
+            "all.bin", "--allow-overwrite=true", "--auto-file-renaming=false", "--file-allocation=none",
+            "--quiet=true", f"{self.origin.url}/{data.whole_name}"])
+
     def rclone(self, data: DataSet, dest: Path) -> None:
         sh(["rclone", "copy", ":http:", str(dest), "--http-url", f"{self.origin.url}/{data.name}/",
             "--http-headers", f"Authorization,Bearer {TOKEN}", "--config", "/dev/null"])
@@ -229,12 +256,17 @@ class Bench:
             "aria2c -j8": lambda d: self.aria2c(data, d),
             "curl --parallel 8": lambda d: self.curl(data, d),
             "rclone copy": lambda d: self.rclone(data, d),
+            WHOLE[0]: lambda d: self.whole_curl(data, d),
+            WHOLE[1]: lambda d: self.whole_aria2c(data, d),
         }
         for i in range(runs):
             for tool, run in tools.items():
                 dest = self.fresh("out")
                 result = self.measure(lambda run=run, dest=dest: run(dest))  # type: ignore[misc]
-                check_copy(data, dest)
+                if tool in WHOLE:
+                    check_whole(data, dest / "all.bin")
+                else:
+                    check_copy(data, dest)
                 row.add(tool, result)
                 self.say(f"  {row.case}, run {i + 1}: {tool} {result.seconds:.2f} s = {result.seconds / floor:.2f}× "
                          f"the floor; {per_track(result.requests, row.tracks)}{result.timeline()}")
@@ -369,9 +401,9 @@ class Bench:
     # -- the table --------------------------------------------------------------------------------------
 
     def table(self) -> str:
-        tools = ["mixvfs", "mixvfs --jobs 8", *([BASELINE] if self.args.baseline else []), *PEERS]
-        lines = ["| case | floor | " + " | ".join(tools) + " | mixvfs ÷ best peer | mixvfs requests / connections "
-                 "per track |", "|---" * (len(tools) + 4) + "|"]
+        tools = ["mixvfs", "mixvfs --jobs 8", *([BASELINE] if self.args.baseline else []), *PEERS, *WHOLE]
+        lines = ["| case | floor | " + " | ".join(tools) + " | mixvfs ÷ best peer | mixvfs ÷ one file's best | "
+                 "mixvfs requests / connections per track |", "|---" * (len(tools) + 5) + "|"]
         for row in self.rows:
             cells = []
             for tool in tools:
@@ -385,9 +417,11 @@ class Bench:
             best = [m for m in (row.median(p) for p in PEERS) if m is not None]
             mine = row.median("mixvfs")
             vs = f"{mine / min(best):.2f}" if best and mine else "—"
+            whole = [m for m in (row.median(w) for w in WHOLE) if m is not None]
+            vs_whole = f"{mine / min(whole):.2f}" if whole and mine else "—"
             counts = "; ".join(per_track(r.requests, row.tracks, short=True) for r in row.runs.get("mixvfs", []))
             floor = f"{row.floor:.1f} s" if row.floor else "—"
-            lines.append(f"| {row.case} | {floor} | " + " | ".join(cells) + f" | {vs} | {counts} |")
+            lines.append(f"| {row.case} | {floor} | " + " | ".join(cells) + f" | {vs} | {vs_whole} | {counts} |")
         return "\n".join(lines)
 
 
@@ -464,6 +498,17 @@ def check_copy(data: DataSet, dest: Path) -> None:
             raise RuntimeError(f"{out}: not the server's bytes")
 
 
+def check_whole(data: DataSet, got: Path) -> None:
+    """The one-file fetch: its size, and its first and last track's bytes where they belong."""
+    if not got.exists() or got.stat().st_size != data.total:
+        raise RuntimeError(f"{got}: {got.stat().st_size if got.exists() else 'no'} bytes, not {data.total}")
+    with got.open("rb") as handle:
+        for i in (0, len(data.files) - 1):
+            handle.seek(i * data.size)
+            if handle.read(data.size) != data.files[i].read_bytes():
+                raise RuntimeError(f"{got}: not the server's bytes at track {i}")
+
+
 def sh(cmd: list[str], *, env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode not in ok:
@@ -520,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         root.mkdir(exist_ok=True)
         small = make_dataset(root, 40 if args.quick else 200, 512 * KIB)
         big = make_dataset(root, 24, 8 * MIB)
-        for path in [*small.files, *big.files]:
+        wholes = [data.make_whole(root) for data in (small, big)]
+        for path in [*small.files, *big.files, *wholes]:
             path.read_bytes()  # into the page cache: the server is never disk-bound
         link = stack.enter_context(emulated(Shape(80, rate), work / "build", args.origin_cc))
         origin = stack.enter_context(serving(link, root, work / "origin"))
