@@ -18,6 +18,8 @@ from mixvfs.cache.concurrency import (
     LOWER,
     MIN_INTERVAL,
     NEARBY_ANSWERS,
+    QUEUED,
+    RECENT_ANSWERS,
     ROUND_TRIPS,
     SCALED_MOST,
     START,
@@ -208,6 +210,60 @@ def test_the_server_pushing_back_halves_it_and_it_waits_before_climbing_again() 
     assert control.limit() == max(LOWER, before // 2)
     after = run(control, clock, HOLD, rate=12.5 * MB, rtt=0.15, track=0.5 * MB)
     assert set(after) == {max(LOWER, before // 2)}
+
+
+def growing_link(control: Concurrency, clock: Clock, intervals: int, *, rtt: float, answer: float) -> list[int]:
+    """Each interval: RECENT_ANSWERS answers after ``answer`` seconds, and a goodput that a quarter more downloads
+    raise by a fifth (more than GROWTH): on its own, every probe up would pay."""
+    seen = []
+    for _ in range(intervals):
+        limit = control.limit(waiting=True)
+        seen.append(limit)
+        for _ in range(RECENT_ANSWERS):
+            control.answered_after(answer)
+        step = max(MIN_INTERVAL, ROUND_TRIPS * rtt)
+        control.received(int(0.5 * MB * limit * step))
+        clock.now += step
+    return seen
+
+
+def test_on_a_long_path_no_download_is_added_while_the_answers_wait_in_a_full_queue() -> None:
+    """At 150 ms, answers that come half a round trip late waited in the bottleneck's queue: the link is full, so
+    the number never goes above the long path's start however the goodput moves (the probes down go on)."""
+    clock = Clock()
+    control = Concurrency(32, clock=clock)
+    control.handshake_took(0.15)
+    assert QUEUED < 1.5
+    seen = growing_link(control, clock, 20, rtt=0.15, answer=0.15 * 1.5)
+    assert seen[0] == max(seen) == LONG_PATH_MOST
+
+
+def test_on_a_long_path_answers_without_queueing_let_the_probes_climb() -> None:
+    """The same path with room (a loss-bound link: no queue, the answers a round trip each): a quarter more pays,
+    and the number climbs past the start. Nor does the rule hold back a shorter path, queue or not."""
+    clock = Clock()
+    control = Concurrency(32, clock=clock)
+    control.handshake_took(0.15)
+    seen = growing_link(control, clock, 20, rtt=0.15, answer=0.15)
+    assert seen[0] == LONG_PATH_MOST and max(seen) > LONG_PATH_MOST
+    clock = Clock()
+    control = Concurrency(32, clock=clock)
+    control.handshake_took(0.08)
+    seen = growing_link(control, clock, 20, rtt=0.08, answer=0.08 * 1.5)
+    assert seen[0] == SCALED_MOST and max(seen) > SCALED_MOST
+
+
+def test_a_new_connection_s_first_answers_hold_the_long_path_s_first_probe() -> None:
+    """The start's answers each include a handshake (two round trips): the first interval adds nothing while the
+    start's flows still grow their windows (a probe down follows, as at --jobs, and the number it costs is held
+    for a while); answers on kept connections then let it probe up."""
+    clock = Clock()
+    control = Concurrency(32, clock=clock)
+    control.handshake_took(0.15)
+    assert growing_link(control, clock, 1, rtt=0.15, answer=0.3) == [LONG_PATH_MOST]
+    assert control.limit(waiting=True) == LONG_PATH_MOST
+    seen = growing_link(control, clock, HOLD + 4, rtt=0.15, answer=0.15)
+    assert max(seen) > LONG_PATH_MOST
 
 
 def test_no_climb_while_nothing_waits_for_a_slot() -> None:
