@@ -12,7 +12,8 @@ divided by the floor (bytes ÷ link rate); the last columns are mixvfs ÷ the be
 requests and connections per track, counted in nginx's log.
 
     python -m tools.wan.bench [--quick] [--runs N] [--only cold,big,loss,warm,ask,bwlimit,reconnect,studio]
-                              [--rate MBIT] [--origin-cc cubic|bbr|...]
+                              [--rate MBIT] [--origin-cc cubic|bbr|...] [--rtts MS,...] [--loss-rtts MS,...]
+                              [--losses PERCENT,...]
 
 The link's traffic goes only to the namespaces it makes; they are removed at the end, on Ctrl-C and on SIGTERM
 (a run killed with SIGKILL leaves them: ``python -m tools.wan.link down N``).
@@ -527,6 +528,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(default: this host's, which a new namespace copies; choosing sets the host's "
                              "default for the moment the server namespace is made, then puts it back)")
     parser.add_argument("--rtts", default="", help="comma list of round trips (ms) for the cold cases (20,80,150)")
+    parser.add_argument("--loss-rtts", default="80", help="comma list of round trips (ms) for the loss cases (80)")
+    parser.add_argument("--losses", default="", help="comma list of loss rates, %% (0.5,2; quick: 2)")
     parser.add_argument("--work", default=None, help="data folder (default: a temp folder on /var/tmp)")
     parser.add_argument("--out", default=str(REPO / "bench-out"), help="where wan-results.md goes")
     parser.add_argument("--baseline", default=None, metavar="CHECKOUT",
@@ -582,8 +585,10 @@ def main(argv: list[str] | None = None) -> int:
             for rtt in (80, 150):
                 bench.case_cold(big, Shape(rtt, rate), args.runs)
         if "loss" in only:
-            for loss in ((0.02,) if args.quick else (0.005, 0.02)):
-                bench.case_cold(small, Shape(80, rate, loss), args.runs)
+            losses = [float(p) / 100 for p in args.losses.split(",") if p] or ([0.02] if args.quick else [0.005, 0.02])
+            for loss_rtt in (float(r) for r in args.loss_rtts.split(",") if r):
+                for loss in losses:
+                    bench.case_cold(small, Shape(loss_rtt, rate, loss), args.runs)
         if "warm" in only:
             bench.case_warm(small, Shape(80, rate), args.runs)
         if "ask" in only:
