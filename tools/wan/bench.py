@@ -257,9 +257,10 @@ class Bench:
             "aria2c -j8": lambda d: self.aria2c(data, d),
             "curl --parallel 8": lambda d: self.curl(data, d),
             "rclone copy": lambda d: self.rclone(data, d),
-            WHOLE[0]: lambda d: self.whole_curl(data, d),
-            WHOLE[1]: lambda d: self.whole_aria2c(data, d),
         }
+        if not shape.loss:  # one flow under random loss at a long round trip takes many times the floor: no bound
+            tools[WHOLE[0]] = lambda d: self.whole_curl(data, d)
+            tools[WHOLE[1]] = lambda d: self.whole_aria2c(data, d)
         for i in range(runs):
             for tool, run in tools.items():
                 dest = self.fresh("out")
