@@ -8,9 +8,8 @@ number that paid when it stops growing; then it holds for a while and probes, in
 the goodput stays within ``GROWTH``: a doubling in TCP's own start-up may overshoot) and a quarter more (the link
 may have changed; on a long path only while requests are answered without waiting in the bottleneck's queue,
 ``QUEUED``: a full link's goodput moves with TCP, not with the number; and there, while each step up pays, up
-again). Half as many when the server pushes back
-(429/503). The start is for a short round trip; until
-the first interval is measured, a longer one seen in a handshake or an answer starts it with proportionally more
+again). Half as many when the server pushes back (429/503). The start is for a short round trip; until the first
+interval is measured, a longer one seen in a handshake or an answer starts it with proportionally more
 (:func:`start_for`: the bandwidth-delay product of the same rate, up to ``SCALED_MOST``), rather than spend a
 doubling interval of several long round trips on each step to there; from such a start it probes by quarters only.
 A session of long tracks (:meth:`Concurrency.expect_tracks`) starts with ``LONG_TRACKS`` and probes by quarters,
@@ -123,7 +122,9 @@ class Concurrency:
         self._holding = 0
         self._starting = True  # doubling, until a step up first buys nothing (as TCP's slow start)
         self._guessing = True  # nothing measured yet: the number is a guess from the round trip
-        self._down_next = False  # the next probe is a step down (probes alternate once the start is over)
+        # The next probe is a step down (probes alternate once the start is over; on a long path with room, not
+        # after a step up that paid).
+        self._down_next = False
         self._nearby: deque[bool] = deque(maxlen=NEARBY_ANSWERS)  # the latest answers: a team cache's hit or not
         self._answers: deque[float] = deque(maxlen=RECENT_ANSWERS)  # seconds to the latest answers across the link
         self._carried = 0  # bytes across the link since the start
@@ -273,10 +274,10 @@ class Concurrency:
         """On a long path: the latest answers waited in the bottleneck's queue (QUEUED). A new connection's first
         answer takes two round trips (its handshake) and counts as such: no probe in the first interval, while the
         start's flows still grow their windows."""
-        rtt = self._round_trip
-        if rtt is None or rtt < LONG_PATH or not self._answers:
+        if not self._long_path() or not self._answers:
             return False
-        return statistics.median(self._answers) > QUEUED * rtt
+        assert self._round_trip is not None
+        return statistics.median(self._answers) > QUEUED * self._round_trip
 
     def _interval(self) -> float:
         return max(MIN_INTERVAL, ROUND_TRIPS * (self._round_trip or 0.0))
